@@ -1,0 +1,40 @@
+//! Key format and checksum, argon2id hashing on a bounded pool, AES-256-GCM sealing.
+
+pub mod hasher;
+pub mod sealing;
+pub mod token;
+
+pub use hasher::{HashingParams, SecretHasher};
+pub use sealing::MasterKeys;
+pub use token::{Environment, ParsedToken, TokenFormat};
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// `N` bytes from the operating system's CSPRNG (via `rand`'s thread RNG).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// A new time-ordered id: `prefix` + 22 base62 characters of (48-bit Unix
+/// milliseconds, 80 random bits). Ids sort in creation order, which keyset
+/// pagination relies on.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", token::new_id_body())
+}

@@ -1,0 +1,215 @@
+//! The token format (DESIGN §3):
+//! `<prefix>_<live|test>_` + 22 base62 key id + 43 base62 secret (256 bits)
+//! + 6 base62 CRC32 of everything before it. Fixed length, parsed by position.
+
+use std::fmt;
+
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Base62 characters of a key id (a u128).
+pub const KEY_ID_LEN: usize = 22;
+/// Base62 characters of a 256-bit secret.
+pub const SECRET_LEN: usize = 43;
+/// Base62 characters of the CRC32 checksum.
+pub const CHECKSUM_LEN: usize = 6;
+/// Prefix of the public key id (`key_…`); not part of the token.
+pub const KEY_ID_PREFIX: &str = "key_";
+
+/// Which traffic a key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Environment {
+    /// Production traffic.
+    Live,
+    /// Test traffic.
+    Test,
+}
+
+impl Environment {
+    /// The name stored in the database and used in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "live" => Some(Self::Live),
+            "test" => Some(Self::Test),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Builds and parses tokens for one configured prefix (default `kp`).
+#[derive(Clone, Debug)]
+pub struct TokenFormat {
+    prefix: String,
+}
+
+/// A token that passed the format and checksum test. Borrowed from the input.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParsedToken<'a> {
+    /// Environment named by the token prefix.
+    pub environment: Environment,
+    /// The 22 base62 characters of the key id (without `key_`).
+    pub key_id_body: &'a str,
+    /// The secret part, hashed with argon2id.
+    pub secret: &'a str,
+}
+
+impl ParsedToken<'_> {
+    /// The public key id (`key_…`).
+    pub fn key_id(&self) -> String {
+        format!("{KEY_ID_PREFIX}{}", self.key_id_body)
+    }
+}
+
+/// A freshly generated token; `token` is shown once and never stored.
+pub struct NewToken {
+    /// Full plaintext token.
+    pub token: String,
+    /// Public key id (`key_…`).
+    pub key_id: String,
+    /// Display prefix: the token up to and including the key id.
+    pub start: String,
+}
+
+impl fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewToken").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl TokenFormat {
+    /// A format with this prefix (letters and digits only, checked by config).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    fn head(&self, environment: Environment) -> String {
+        format!("{}_{}_", self.prefix, environment.as_str())
+    }
+
+    /// Generates a new key id and secret for `environment`.
+    pub fn generate(&self, environment: Environment) -> NewToken {
+        let id_body = new_id_body();
+        let secret = encode_fixed(&super::random_bytes::<32>(), SECRET_LEN);
+        let mut token = self.head(environment);
+        token.push_str(&id_body);
+        let start = token.clone();
+        token.push_str(&secret);
+        let checksum = encode_fixed(&crc32fast::hash(token.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
+        token.push_str(&checksum);
+        NewToken { token, key_id: format!("{KEY_ID_PREFIX}{id_body}"), start }
+    }
+
+    /// Checks the prefix, length, alphabet and checksum. Costs no lookup.
+    pub fn parse<'a>(&self, token: &'a str) -> Option<ParsedToken<'a>> {
+        let environment = [Environment::Live, Environment::Test]
+            .into_iter()
+            .find(|env| token.starts_with(&self.head(*env)))?;
+        let head_len = self.head(environment).len();
+        let body = &token[head_len..];
+        if body.len() != KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN
+            || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return None;
+        }
+        let (signed, checksum) = token.split_at(token.len() - CHECKSUM_LEN);
+        let expected = encode_fixed(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
+        if checksum != expected {
+            return None;
+        }
+        Some(ParsedToken {
+            environment,
+            key_id_body: &body[..KEY_ID_LEN],
+            secret: &body[KEY_ID_LEN..KEY_ID_LEN + SECRET_LEN],
+        })
+    }
+}
+
+/// 22 base62 characters: 48-bit Unix milliseconds then 80 random bits.
+pub(crate) fn new_id_body() -> String {
+    let millis = u128::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0) & ((1 << 48) - 1);
+    let random = u128::from_be_bytes(super::random_bytes::<16>()) >> 48;
+    encode_fixed(&((millis << 80) | random).to_be_bytes(), KEY_ID_LEN)
+}
+
+/// Base62 of a big-endian number, left-padded with `0` to `width` characters.
+/// Fixed width keeps string order equal to numeric order.
+pub fn encode_fixed(bytes: &[u8], width: usize) -> String {
+    let mut number = bytes.to_vec();
+    let mut digits = Vec::with_capacity(width);
+    while number.iter().any(|&b| b != 0) {
+        let mut remainder = 0u32;
+        for byte in number.iter_mut() {
+            let value = (remainder << 8) | u32::from(*byte);
+            *byte = (value / 62) as u8;
+            remainder = value % 62;
+        }
+        digits.push(ALPHABET[remainder as usize]);
+    }
+    digits.resize(width.max(digits.len()), b'0');
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_back() {
+        let format = TokenFormat::new("kp");
+        let new = format.generate(Environment::Test);
+        assert!(new.token.starts_with("kp_test_"));
+        assert_eq!(new.token.len(), 8 + KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN);
+        let parsed = format.parse(&new.token).expect("valid token");
+        assert_eq!(parsed.environment, Environment::Test);
+        assert_eq!(parsed.key_id(), new.key_id);
+        assert!(new.start.ends_with(parsed.key_id_body));
+    }
+
+    #[test]
+    fn any_changed_character_fails_the_checksum() {
+        let format = TokenFormat::new("kp");
+        let token = format.generate(Environment::Live).token;
+        for i in 8..token.len() {
+            let mut bytes = token.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
+            let changed = String::from_utf8(bytes).unwrap();
+            assert!(format.parse(&changed).is_none(), "position {i}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        let format = TokenFormat::new("kp");
+        for garbage in ["", "kp_live_", "kp_prod_abc", "Bearer x", &"a".repeat(80)] {
+            assert!(format.parse(garbage).is_none());
+        }
+        let token = format.generate(Environment::Live).token;
+        assert!(TokenFormat::new("acme").parse(&token).is_none());
+        assert!(format.parse(&format!("{token}x")).is_none());
+    }
+
+    #[test]
+    fn base62_is_fixed_width_and_ordered() {
+        assert_eq!(encode_fixed(&[0], 3), "000");
+        assert_eq!(encode_fixed(&[61], 2), "0z");
+        assert_eq!(encode_fixed(&[0, 62], 2), "10");
+        assert_eq!(encode_fixed(&[0xff; 32], SECRET_LEN).len(), SECRET_LEN);
+        assert_eq!(encode_fixed(&u128::MAX.to_be_bytes(), KEY_ID_LEN).len(), KEY_ID_LEN);
+        let a = encode_fixed(&1000u32.to_be_bytes(), 6);
+        let b = encode_fixed(&1001u32.to_be_bytes(), 6);
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,92 @@
+//! The control plane's one error type and its one mapping to `tonic::Status`.
+
+use sea_orm::{DbErr, SqlErr};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// Result alias used across the control plane.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller sent bad input; each violation names a request field.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// No credentials, or credentials that are not valid.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// Valid credentials that may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The resource does not exist in the caller's org.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The resource's state does not allow the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A database call failed.
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+    /// Argon2 hashing failed (bad parameters or a stored hash that does not parse).
+    #[error("password hashing: {0}")]
+    Hashing(String),
+    /// A sealed value could not be opened: tampered, or sealed under an unknown key.
+    #[error("sealed value: {0}")]
+    Sealing(String),
+    /// Start-up configuration is wrong; the message says how to fix it.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// File or socket I/O failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A gRPC server failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    /// One bad field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument(violations) => {
+                let message = format!("invalid argument: {}", describe(&violations));
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    message,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::PermissionDenied(message) => Status::permission_denied(message),
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::Database(db) if is_unique_violation(&db) => {
+                Status::already_exists("a resource with this identity already exists")
+            }
+            internal => {
+                // Logged inside the request span, which carries the request id.
+                tracing::error!(error = %internal, "internal error");
+                Status::internal("internal error; see the server log for this request id")
+            }
+        }
+    }
+}
+
+fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}

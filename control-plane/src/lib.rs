@@ -1,0 +1,3 @@
+//! Keyplane control plane.
+pub mod crypto;
+pub mod error;

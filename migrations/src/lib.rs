@@ -1,0 +1,17 @@
+//! Keyplane's database schema as sea-orm migrations; the same migrations run on
+//! Postgres and SQLite.
+
+pub use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_api_keys;
+
+/// Every Keyplane migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_api_keys::Migration)]
+    }
+}

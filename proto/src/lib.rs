@@ -1,0 +1,24 @@
+//! Keyplane's protobuf messages and tonic services, generated from `proto/keyplane`.
+//!
+//! Both binaries depend on this crate, so the wire types exist exactly once.
+
+/// Public admin API (`keyplane.admin.v1`).
+pub mod admin {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs)]
+        tonic::include_proto!("keyplane.admin.v1");
+    }
+}
+
+/// Control plane ⇄ sidecar protocol (`keyplane.sync.v1`).
+pub mod sync {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs)]
+        tonic::include_proto!("keyplane.sync.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every Keyplane proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyplane_descriptor");
