@@ -1,3 +1,180 @@
-//! Keyplane control plane.
+//! Keyplane control plane: issues, verifies and revokes API keys, records
+//! every change in a tamper-evident audit log, and serves the admin gRPC API.
+//!
+//! [`run`] wires everything; `main.rs` only parses, binds and waits for a signal.
+
+pub mod bootstrap;
+pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyplane_proto::admin::v1::api_key_service_server::ApiKeyServiceServer;
+use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+use crypto::{SecretHasher, TokenFormat};
+pub use error::{Error, Result};
+use service::{AuditService, Authenticator, Core, KeyService, Verifier};
+
+/// Sockets the control plane serves on, bound by the caller (port 0 in tests).
+pub struct Listeners {
+    /// gRPC API.
+    pub grpc: TcpListener,
+    /// Prometheus `/metrics`, if enabled.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Verified secrets remembered by the verifier.
+const VERIFIED_SECRETS_CAPACITY: u64 = 100_000;
+/// How often the health check pings the database.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the control plane until `shutdown` resolves, then drains in-flight calls.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    // reqwest brings aws-lc and sqlx brings ring: pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    bootstrap::data_dir(&config.storage.data_dir)?;
+    let root_token = bootstrap::root_token(&config)?;
+    let master_keys = bootstrap::master_keys(&config)?;
+
+    let db = store::connect(&config.storage.database_url()).await?;
+    store::migrate(&db).await?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let workers = config
+        .hash_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let core = Arc::new(Core {
+        db: db.clone(),
+        tokens: TokenFormat::new(config.token_prefix.clone()),
+        hasher: SecretHasher::new(config.hashing_params(), workers)?,
+        master_keys,
+        metrics: metrics.clone(),
+    });
+    let verifier = Arc::new(Verifier::new(core.clone(), VERIFIED_SECRETS_CAPACITY));
+    let auth = Authenticator::new(&root_token, verifier.clone());
+    let keys = Arc::new(KeyService::new(core.clone(), verifier.clone()));
+    let audit = Arc::new(AuditService::new(core.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ApiKeyServiceServer<grpc::api_keys::ApiKeyGrpc>>()
+        .await;
+    health_reporter
+        .set_serving::<AuditServiceServer<grpc::audit::AuditGrpc>>()
+        .await;
+    let health_task = tokio::spawn(watch_database(db.clone(), health_reporter));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keyplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keyplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = listeners.metrics.map(|listener| {
+        tokio::spawn(metrics::serve(listener, metrics.clone(), async {
+            let _ = metrics_stopped.await;
+        }))
+    });
+
+    tracing::info!(
+        addr = %listeners.grpc.local_addr()?,
+        database = if config.storage.is_postgres() { "postgres" } else { "sqlite" },
+        "keyplane control plane serving"
+    );
+    let request_span = |request: &http::Request<_>| {
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::info_span!("rpc", method = %request.uri().path(), request_id = %request_id)
+    };
+    let result = Server::builder()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_grpc().make_span_with(request_span))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ApiKeyServiceServer::new(grpc::api_keys::ApiKeyGrpc::new(
+            keys,
+            auth.clone(),
+        )))
+        .add_service(AuditServiceServer::new(grpc::audit::AuditGrpc::new(
+            audit, auth,
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), shutdown)
+        .await;
+
+    health_task.abort();
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    db.close().await?;
+    tracing::info!("keyplane control plane stopped");
+    Ok(result?)
+}
+
+/// Reports NOT_SERVING while the database is unreachable.
+async fn watch_database(db: DatabaseConnection, reporter: tonic_health::server::HealthReporter) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        let reachable = db.ping().await.is_ok();
+        if reachable != serving {
+            serving = reachable;
+            let status = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::warn!("database unreachable; reporting NOT_SERVING");
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+        }
+    }
+}
+
+/// `keyplane migrate`: applies pending migrations (or only reports them).
+pub async fn migrate(
+    storage: &config::StorageArgs,
+    status_only: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
+    if !storage.is_postgres() {
+        bootstrap::data_dir(&storage.data_dir)?;
+    }
+    let db = store::connect(&storage.database_url()).await?;
+    if !status_only {
+        store::migrate(&db).await?;
+    }
+    let report = (
+        store::applied_migrations(&db).await?,
+        store::pending_migrations(&db).await?,
+    );
+    db.close().await?;
+    Ok(report)
+}

@@ -1,1 +1,74 @@
-fn main(){}
+//! `keyplane`: parses the command line, binds listeners, installs logging and
+//! hands over to [`keyplane_control_plane::run`].
+
+use clap::Parser;
+use keyplane_control_plane::Listeners;
+use keyplane_control_plane::config::{Cli, Command, LogFormat};
+use keyplane_control_plane::crypto::MasterKeys;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match execute(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("keyplane: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
+    match command {
+        Command::Serve(config) => {
+            let listeners = Listeners {
+                grpc: TcpListener::bind(config.listen).await?,
+                metrics: match config.metrics_listen {
+                    Some(addr) => Some(TcpListener::bind(addr).await?),
+                    None => None,
+                },
+            };
+            keyplane_control_plane::run(config, listeners, shutdown_signal()).await
+        }
+        Command::Migrate { storage, status } => {
+            let (applied, pending) = keyplane_control_plane::migrate(&storage, status).await?;
+            for name in applied {
+                println!("applied  {name}");
+            }
+            for name in pending {
+                println!("pending  {name}");
+            }
+            Ok(())
+        }
+        Command::GenerateMasterKey { id } => {
+            print!("{}", MasterKeys::generate_line(&id));
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

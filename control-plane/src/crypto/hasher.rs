@@ -23,7 +23,11 @@ pub struct HashingParams {
 
 impl Default for HashingParams {
     fn default() -> Self {
-        Self { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
     }
 }
 
@@ -37,8 +41,13 @@ pub struct SecretHasher {
 impl SecretHasher {
     /// A hasher with these parameters and this many concurrent hashes.
     pub fn new(params: HashingParams, workers: usize) -> Result<Self> {
-        let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
-            .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
+        let params = Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            None,
+        )
+        .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
         Ok(Self {
             argon2: Arc::new(Argon2::new(Algorithm::Argon2id, Version::V0x13, params)),
             permits: Arc::new(Semaphore::new(workers.max(1))),
@@ -89,7 +98,11 @@ mod tests {
     #[tokio::test]
     async fn hash_then_verify() {
         let hasher = SecretHasher::new(
-            HashingParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+            HashingParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
             2,
         )
         .unwrap();
@@ -97,6 +110,11 @@ mod tests {
         assert!(phc.starts_with("$argon2id$"));
         assert!(hasher.verify("s3cret".into(), phc.clone()).await.unwrap());
         assert!(!hasher.verify("other".into(), phc).await.unwrap());
-        assert!(hasher.verify("x".into(), "not a hash".into()).await.is_err());
+        assert!(
+            hasher
+                .verify("x".into(), "not a hash".into())
+                .await
+                .is_err()
+        );
     }
 }

@@ -82,16 +82,27 @@ pub struct NewToken {
     pub start: String,
 }
 
+impl NewToken {
+    /// The secret part of the token (what argon2id hashes).
+    pub fn secret(&self) -> &str {
+        &self.token[self.start.len()..self.start.len() + SECRET_LEN]
+    }
+}
+
 impl fmt::Debug for NewToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewToken").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("NewToken")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl TokenFormat {
     /// A format with this prefix (letters and digits only, checked by config).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     fn head(&self, environment: Environment) -> String {
@@ -106,9 +117,16 @@ impl TokenFormat {
         token.push_str(&id_body);
         let start = token.clone();
         token.push_str(&secret);
-        let checksum = encode_fixed(&crc32fast::hash(token.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
+        let checksum = encode_fixed(
+            &crc32fast::hash(token.as_bytes()).to_be_bytes(),
+            CHECKSUM_LEN,
+        );
         token.push_str(&checksum);
-        NewToken { token, key_id: format!("{KEY_ID_PREFIX}{id_body}"), start }
+        NewToken {
+            token,
+            key_id: format!("{KEY_ID_PREFIX}{id_body}"),
+            start,
+        }
     }
 
     /// Checks the prefix, length, alphabet and checksum. Costs no lookup.
@@ -124,7 +142,10 @@ impl TokenFormat {
             return None;
         }
         let (signed, checksum) = token.split_at(token.len() - CHECKSUM_LEN);
-        let expected = encode_fixed(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
+        let expected = encode_fixed(
+            &crc32fast::hash(signed.as_bytes()).to_be_bytes(),
+            CHECKSUM_LEN,
+        );
         if checksum != expected {
             return None;
         }
@@ -138,7 +159,8 @@ impl TokenFormat {
 
 /// 22 base62 characters: 48-bit Unix milliseconds then 80 random bits.
 pub(crate) fn new_id_body() -> String {
-    let millis = u128::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0) & ((1 << 48) - 1);
+    let millis =
+        u128::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0) & ((1 << 48) - 1);
     let random = u128::from_be_bytes(super::random_bytes::<16>()) >> 48;
     encode_fixed(&((millis << 80) | random).to_be_bytes(), KEY_ID_LEN)
 }
@@ -176,6 +198,7 @@ mod tests {
         assert_eq!(parsed.environment, Environment::Test);
         assert_eq!(parsed.key_id(), new.key_id);
         assert!(new.start.ends_with(parsed.key_id_body));
+        assert_eq!(new.secret(), parsed.secret);
     }
 
     #[test]
@@ -207,7 +230,10 @@ mod tests {
         assert_eq!(encode_fixed(&[61], 2), "0z");
         assert_eq!(encode_fixed(&[0, 62], 2), "10");
         assert_eq!(encode_fixed(&[0xff; 32], SECRET_LEN).len(), SECRET_LEN);
-        assert_eq!(encode_fixed(&u128::MAX.to_be_bytes(), KEY_ID_LEN).len(), KEY_ID_LEN);
+        assert_eq!(
+            encode_fixed(&u128::MAX.to_be_bytes(), KEY_ID_LEN).len(),
+            KEY_ID_LEN
+        );
         let a = encode_fixed(&1000u32.to_be_bytes(), 6);
         let b = encode_fixed(&1001u32.to_be_bytes(), 6);
         assert!(a < b);

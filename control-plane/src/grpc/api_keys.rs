@@ -1,0 +1,246 @@
+//! `keyplane.admin.v1.ApiKeyService` over [`KeyService`].
+
+use std::sync::Arc;
+
+use keyplane_proto::admin::v1 as pb;
+use pb::api_key_service_server::ApiKeyService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, api_key_to_proto};
+use super::request_context;
+use crate::crypto::Environment;
+use crate::error::{Error, Result};
+use crate::service::api_keys::{Expiry, KeyChanges, ListQuery, NewKey};
+use crate::service::{Authenticator, KeyService};
+use crate::store::api_keys::ListFilter;
+
+/// The gRPC adapter of the API-key service.
+pub struct ApiKeyGrpc {
+    keys: Arc<KeyService>,
+    auth: Authenticator,
+}
+
+impl ApiKeyGrpc {
+    /// An adapter over `keys`.
+    pub fn new(keys: Arc<KeyService>, auth: Authenticator) -> Self {
+        Self { keys, auth }
+    }
+}
+
+fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
+    Ok(NewKey {
+        environment: convert::environment_from_proto("environment", request.environment)?
+            .unwrap_or(Environment::Live),
+        expiry: match request.expiry {
+            None => None,
+            Some(pb::create_api_key_request::Expiry::ExpiresAt(at)) => {
+                Some(Expiry::At(convert::time_from_proto("expires_at", at)?))
+            }
+            Some(pb::create_api_key_request::Expiry::Ttl(ttl)) => {
+                Some(Expiry::Ttl(convert::duration_from_proto("ttl", ttl)?))
+            }
+        },
+        rate_limit: request
+            .rate_limit
+            .map(|l| convert::rate_limit_from_proto("rate_limit", l))
+            .transpose()?,
+        metadata: request
+            .metadata
+            .map(|m| convert::struct_to_json("metadata", m))
+            .transpose()?,
+        org_id: request.org_id,
+        name: request.name,
+        description: request.description,
+        scopes: request.scopes,
+        recoverable: request.recoverable,
+    })
+}
+
+fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
+    let paths = request
+        .update_mask
+        .ok_or_else(|| Error::invalid("update_mask", "is required"))?
+        .paths;
+    let update = request.update.unwrap_or_default();
+    let mut changes = KeyChanges::default();
+    for path in paths {
+        match path.as_str() {
+            "name" => changes.name = Some(update.name.clone()),
+            "description" => changes.description = Some(update.description.clone()),
+            "scopes" => changes.scopes = Some(update.scopes.clone()),
+            "expires_at" => {
+                changes.expires_at = Some(
+                    update
+                        .expires_at
+                        .map(|at| convert::time_from_proto("update.expires_at", at))
+                        .transpose()?,
+                );
+            }
+            "rate_limit" => {
+                changes.rate_limit = Some(
+                    update
+                        .rate_limit
+                        .map(|l| convert::rate_limit_from_proto("update.rate_limit", l))
+                        .transpose()?,
+                );
+            }
+            "metadata" => {
+                changes.metadata = Some(
+                    update
+                        .metadata
+                        .clone()
+                        .map(|m| convert::struct_to_json("update.metadata", m))
+                        .transpose()?,
+                );
+            }
+            other => {
+                return Err(Error::invalid(
+                    "update_mask",
+                    format!("unknown or unchangeable field {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok(changes)
+}
+
+#[tonic::async_trait]
+impl ApiKeyService for ApiKeyGrpc {
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let issued = self
+            .keys
+            .create(&ctx, new_key(request.into_inner())?)
+            .await?;
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            api_key: Some(api_key_to_proto(&issued.key)),
+            token: issued.token,
+        }))
+    }
+
+    async fn get_api_key(
+        &self,
+        request: Request<pb::GetApiKeyRequest>,
+    ) -> Result<Response<pb::GetApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::GetApiKeyRequest { org_id, id } = request.into_inner();
+        let key = self.keys.get(&ctx, &org_id, &id).await?;
+        Ok(Response::new(pb::GetApiKeyResponse {
+            api_key: Some(api_key_to_proto(&key)),
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let query = ListQuery {
+            filter: ListFilter {
+                status: convert::status_from_proto("status", request.status)?,
+                environment: convert::environment_from_proto("environment", request.environment)?,
+                name_prefix: Some(request.name_prefix).filter(|p| !p.is_empty()),
+            },
+            org_id: request.org_id,
+            page_size: request.page_size,
+            page_token: request.page_token,
+        };
+        let page = self.keys.list(&ctx, query).await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: page.items.iter().map(api_key_to_proto).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn update_api_key(
+        &self,
+        request: Request<pb::UpdateApiKeyRequest>,
+    ) -> Result<Response<pb::UpdateApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let (org_id, id) = (request.org_id.clone(), request.id.clone());
+        let key = self
+            .keys
+            .update(&ctx, &org_id, &id, key_changes(request)?)
+            .await?;
+        Ok(Response::new(pb::UpdateApiKeyResponse {
+            api_key: Some(api_key_to_proto(&key)),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::RevokeApiKeyRequest { org_id, id, reason } = request.into_inner();
+        let key = self.keys.revoke(&ctx, &org_id, &id, &reason).await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            api_key: Some(api_key_to_proto(&key)),
+        }))
+    }
+
+    async fn delete_api_key(
+        &self,
+        request: Request<pb::DeleteApiKeyRequest>,
+    ) -> Result<Response<pb::DeleteApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::DeleteApiKeyRequest { org_id, id } = request.into_inner();
+        self.keys.delete(&ctx, &org_id, &id).await?;
+        Ok(Response::new(pb::DeleteApiKeyResponse {}))
+    }
+
+    async fn rotate_api_key(
+        &self,
+        request: Request<pb::RotateApiKeyRequest>,
+    ) -> Result<Response<pb::RotateApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::RotateApiKeyRequest {
+            org_id,
+            id,
+            grace_period,
+        } = request.into_inner();
+        let grace = grace_period
+            .map(|g| convert::duration_from_proto("grace_period", g))
+            .transpose()?;
+        let rotation = self.keys.rotate(&ctx, &org_id, &id, grace).await?;
+        Ok(Response::new(pb::RotateApiKeyResponse {
+            api_key: Some(api_key_to_proto(&rotation.issued.key)),
+            token: rotation.issued.token,
+            previous: Some(api_key_to_proto(&rotation.previous)),
+        }))
+    }
+
+    async fn reveal_api_key(
+        &self,
+        request: Request<pb::RevealApiKeyRequest>,
+    ) -> Result<Response<pb::RevealApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::RevealApiKeyRequest { org_id, id } = request.into_inner();
+        let token = self.keys.reveal(&ctx, &org_id, &id).await?;
+        Ok(Response::new(pb::RevealApiKeyResponse { token }))
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<pb::VerifyApiKeyRequest>,
+    ) -> Result<Response<pb::VerifyApiKeyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let environment = convert::environment_from_proto("environment", request.environment)?;
+        let verification = self
+            .keys
+            .verify(&ctx, &request.token, environment, &request.required_scopes)
+            .await?;
+        let (valid, failure, principal) = convert::verification_to_proto(&verification);
+        Ok(Response::new(pb::VerifyApiKeyResponse {
+            valid,
+            failure: failure.into(),
+            principal,
+        }))
+    }
+}

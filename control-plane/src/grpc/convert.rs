@@ -1,0 +1,269 @@
+//! Conversions between protobuf messages and domain types. Bad values become
+//! field violations naming the request field.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keyplane_proto::admin::v1 as pb;
+use prost_types::value::Kind;
+use serde_json::{Number, Value};
+
+use crate::crypto::Environment;
+use crate::error::{Error, Result};
+use crate::service::api_keys::{RateLimit, rate_limit_of};
+use crate::service::verify::{Failure, Verification};
+use crate::store::{api_keys, audit};
+
+/// Protobuf timestamp → UTC time.
+pub fn time_from_proto(field: &str, ts: prost_types::Timestamp) -> Result<DateTime<Utc>> {
+    u32::try_from(ts.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
+        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+}
+
+/// UTC time → protobuf timestamp.
+pub fn time_to_proto(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Protobuf duration → non-negative duration.
+pub fn duration_from_proto(field: &str, duration: prost_types::Duration) -> Result<Duration> {
+    Duration::try_from(duration)
+        .map_err(|_| Error::invalid(field, "must be a non-negative duration"))
+}
+
+/// Protobuf environment → domain (`None` for unspecified).
+pub fn environment_from_proto(field: &str, value: i32) -> Result<Option<Environment>> {
+    match pb::Environment::try_from(value) {
+        Ok(pb::Environment::Unspecified) => Ok(None),
+        Ok(pb::Environment::Live) => Ok(Some(Environment::Live)),
+        Ok(pb::Environment::Test) => Ok(Some(Environment::Test)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("unknown environment {value}; use ENVIRONMENT_LIVE or ENVIRONMENT_TEST"),
+        )),
+    }
+}
+
+/// Domain environment → protobuf.
+pub fn environment_to_proto(environment: Environment) -> pb::Environment {
+    match environment {
+        Environment::Live => pb::Environment::Live,
+        Environment::Test => pb::Environment::Test,
+    }
+}
+
+/// Protobuf status filter → stored status (`None` for any).
+pub fn status_from_proto(field: &str, value: i32) -> Result<Option<&'static str>> {
+    match pb::ApiKeyStatus::try_from(value) {
+        Ok(pb::ApiKeyStatus::Unspecified) => Ok(None),
+        Ok(pb::ApiKeyStatus::Active) => Ok(Some(api_keys::ACTIVE)),
+        Ok(pb::ApiKeyStatus::Revoked) => Ok(Some(api_keys::REVOKED)),
+        Err(_) => Err(Error::invalid(field, format!("unknown status {value}"))),
+    }
+}
+
+/// Protobuf rate limit → domain.
+pub fn rate_limit_from_proto(field: &str, limit: pb::RateLimit) -> Result<RateLimit> {
+    let window = limit
+        .window
+        .ok_or_else(|| Error::invalid(format!("{field}.window"), "is required"))?;
+    Ok(RateLimit {
+        requests: limit.requests,
+        window: duration_from_proto(&format!("{field}.window"), window)?,
+    })
+}
+
+fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
+    pb::RateLimit {
+        requests: limit.requests,
+        window: prost_types::Duration::try_from(limit.window).ok(),
+    }
+}
+
+/// Protobuf `Struct` → JSON object.
+pub fn struct_to_json(field: &str, value: prost_types::Struct) -> Result<Value> {
+    fn convert(value: prost_types::Value) -> Option<Value> {
+        Some(match value.kind? {
+            Kind::NullValue(_) => Value::Null,
+            Kind::BoolValue(b) => Value::Bool(b),
+            Kind::NumberValue(n) => {
+                // Integral values stay integers so JSON round-trips cleanly.
+                if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                    Value::Number(Number::from(n as i64))
+                } else {
+                    Value::Number(Number::from_f64(n)?)
+                }
+            }
+            Kind::StringValue(s) => Value::String(s),
+            Kind::ListValue(list) => Value::Array(
+                list.values
+                    .into_iter()
+                    .map(convert)
+                    .collect::<Option<_>>()?,
+            ),
+            Kind::StructValue(object) => Value::Object(
+                object
+                    .fields
+                    .into_iter()
+                    .map(|(k, v)| Some((k, convert(v)?)))
+                    .collect::<Option<_>>()?,
+            ),
+        })
+    }
+    convert(prost_types::Value {
+        kind: Some(Kind::StructValue(value)),
+    })
+    .ok_or_else(|| Error::invalid(field, "must be valid JSON (no NaN or infinite numbers)"))
+}
+
+/// JSON object → protobuf `Struct` (`None` for anything but an object).
+pub fn json_to_struct(value: &Value) -> Option<prost_types::Struct> {
+    fn convert(value: &Value) -> prost_types::Value {
+        let kind = match value {
+            Value::Null => Kind::NullValue(0),
+            Value::Bool(b) => Kind::BoolValue(*b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            Value::String(s) => Kind::StringValue(s.clone()),
+            Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+                values: items.iter().map(convert).collect(),
+            }),
+            Value::Object(map) => Kind::StructValue(prost_types::Struct {
+                fields: map.iter().map(|(k, v)| (k.clone(), convert(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    match convert(value).kind {
+        Some(Kind::StructValue(object)) => Some(object),
+        _ => None,
+    }
+}
+
+/// Stored key → protobuf resource (no secret material).
+pub fn api_key_to_proto(key: &api_keys::Model) -> pb::ApiKey {
+    pb::ApiKey {
+        id: key.id.clone(),
+        org_id: key.org_id.clone(),
+        name: key.name.clone(),
+        description: key.description.clone(),
+        environment: environment_to_proto(key.environment()).into(),
+        scopes: key.scope_list(),
+        status: if key.status == api_keys::ACTIVE {
+            pb::ApiKeyStatus::Active
+        } else {
+            pb::ApiKeyStatus::Revoked
+        }
+        .into(),
+        start: key.start.clone(),
+        expires_at: key.expires_at.map(time_to_proto),
+        rate_limit: rate_limit_of(key).map(rate_limit_to_proto),
+        metadata: key.metadata.as_ref().and_then(json_to_struct),
+        recoverable: key.sealed_token.is_some(),
+        created_by: key.created_by.clone(),
+        created_at: Some(time_to_proto(key.created_at)),
+        updated_at: Some(time_to_proto(key.updated_at)),
+        revoked_at: key.revoked_at.map(time_to_proto),
+        revoked_by: key.revoked_by.clone().unwrap_or_default(),
+        revocation_reason: key.revocation_reason.clone().unwrap_or_default(),
+        rotated_from: key.rotated_from.clone().unwrap_or_default(),
+        last_used_at: key.last_used_at.map(time_to_proto),
+        usage_count: u64::try_from(key.usage_count).unwrap_or(0),
+    }
+}
+
+/// The principal a key speaks for.
+pub fn principal_to_proto(key: &api_keys::Model) -> pb::Principal {
+    pb::Principal {
+        key_id: key.id.clone(),
+        org_id: key.org_id.clone(),
+        environment: environment_to_proto(key.environment()).into(),
+        scopes: key.scope_list(),
+        expires_at: key.expires_at.map(time_to_proto),
+        rate_limit: rate_limit_of(key).map(rate_limit_to_proto),
+    }
+}
+
+/// Domain failure → protobuf enum.
+pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
+    match failure {
+        Failure::Malformed => pb::VerifyFailure::Malformed,
+        Failure::Unknown => pb::VerifyFailure::Unknown,
+        Failure::BadSecret => pb::VerifyFailure::BadSecret,
+        Failure::Revoked => pb::VerifyFailure::Revoked,
+        Failure::Expired => pb::VerifyFailure::Expired,
+        Failure::WrongEnvironment => pb::VerifyFailure::WrongEnvironment,
+        Failure::MissingScope => pb::VerifyFailure::MissingScope,
+    }
+}
+
+/// Verification → (valid, failure, principal).
+pub fn verification_to_proto(
+    verification: &Verification,
+) -> (bool, pb::VerifyFailure, Option<pb::Principal>) {
+    match verification {
+        Verification::Valid(key) => (
+            true,
+            pb::VerifyFailure::Unspecified,
+            Some(principal_to_proto(key)),
+        ),
+        Verification::Invalid(failure, key) => (
+            false,
+            failure_to_proto(*failure),
+            key.as_deref().map(principal_to_proto),
+        ),
+    }
+}
+
+/// Stored audit row → protobuf.
+pub fn audit_event_to_proto(event: audit::Model) -> pb::AuditEvent {
+    pb::AuditEvent {
+        metadata: json_to_struct(&event.metadata),
+        created_at: Some(time_to_proto(event.created_at)),
+        seq: u64::try_from(event.seq).unwrap_or(0),
+        id: event.id,
+        org_id: event.org_id,
+        actor_type: event.actor_type,
+        actor_id: event.actor_id,
+        action: event.action,
+        target_type: event.target_type,
+        target_id: event.target_id,
+        request_id: event.request_id,
+        peer_address: event.peer_address,
+        user_agent: event.user_agent,
+        prev_hash: event.prev_hash,
+        hash: event.hash,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_struct_round_trip() {
+        let value = serde_json::json!({"a": 1, "b": [true, null, "x", 1.5], "c": {"d": -3}});
+        let proto = json_to_struct(&value).unwrap();
+        assert_eq!(struct_to_json("metadata", proto).unwrap(), value);
+        assert!(json_to_struct(&serde_json::json!([1])).is_none());
+    }
+
+    #[test]
+    fn nan_is_refused_with_the_field_name() {
+        let proto = prost_types::Struct {
+            fields: [(
+                "x".to_owned(),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
+        };
+        let error = struct_to_json("metadata", proto).unwrap_err();
+        assert!(error.to_string().contains("metadata"));
+    }
+}

@@ -1,0 +1,34 @@
+//! Domain logic, free of transport types: who may do what, keys, verification
+//! and the audit log. gRPC adapters in `grpc/` call into this layer.
+
+pub mod api_keys;
+pub mod audit;
+pub mod auth;
+pub mod validate;
+pub mod verify;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::crypto::{MasterKeys, SecretHasher, TokenFormat};
+use crate::metrics::Metrics;
+
+pub use api_keys::KeyService;
+pub use audit::AuditService;
+pub use auth::{Actor, Authenticator, RequestContext, Scope};
+pub use verify::{Failure, Verification, Verifier};
+
+/// State shared by every service.
+pub struct Core {
+    /// The database.
+    pub db: DatabaseConnection,
+    /// Token prefix and format.
+    pub tokens: TokenFormat,
+    /// Argon2id on a bounded pool.
+    pub hasher: SecretHasher,
+    /// Master keys for sealed values.
+    pub master_keys: MasterKeys,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}

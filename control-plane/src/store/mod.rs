@@ -1,0 +1,139 @@
+//! Database access: SeaORM entities and tenant-scoped queries.
+//!
+//! Reads take the org explicitly; writes go through an [`OrgTx`], a
+//! transaction bound to one org, so no query can forget the tenant.
+
+pub mod api_keys;
+pub mod audit;
+pub mod key_events;
+
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use keyplane_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    Statement, TransactionTrait,
+};
+
+use crate::error::Result;
+
+/// Which orgs a read may see.
+#[derive(Clone, Copy, Debug)]
+pub enum OrgScope<'a> {
+    /// Only this org.
+    Org(&'a str),
+    /// Every org: only for platform credentials (verification by a sidecar).
+    AllOrgs,
+}
+
+/// Opens the database. SQLite gets one connection (SQLite has one writer;
+/// one connection serialises transactions instead of failing them with
+/// SQLITE_BUSY), WAL, a busy timeout and case-sensitive LIKE like Postgres.
+pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None::<Duration>)
+            .max_lifetime(None::<Duration>)
+            .map_sqlx_sqlite_opts(|opts: SqliteConnectOptions| {
+                opts.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+                    .pragma("case_sensitive_like", "ON")
+            });
+    } else {
+        options.max_connections(32).min_connections(1);
+    }
+    Ok(Database::connect(options).await?)
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
+    Ok(Migrator::up(db, None).await?)
+}
+
+/// Names of migrations not yet applied.
+pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>> {
+    Ok(Migrator::get_pending_migrations(db)
+        .await?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect())
+}
+
+/// Names of applied migrations.
+pub async fn applied_migrations(db: &DatabaseConnection) -> Result<Vec<String>> {
+    Ok(Migrator::get_applied_migrations(db)
+        .await?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect())
+}
+
+/// Now, truncated to microseconds (what Postgres keeps), so values hash the
+/// same before and after a round trip.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A transaction bound to one org. On Postgres it holds the org's advisory
+/// lock, which serialises the org's audit chain; SQLite already has one writer.
+pub struct OrgTx {
+    tx: DatabaseTransaction,
+    org: String,
+}
+
+impl OrgTx {
+    /// Begins a transaction for `org` and takes its lock.
+    pub async fn begin(db: &DatabaseConnection, org: &str) -> Result<Self> {
+        let tx = db.begin().await?;
+        advisory_lock(&tx, &format!("org:{org}")).await?;
+        Ok(Self {
+            tx,
+            org: org.to_owned(),
+        })
+    }
+
+    /// The org every write in this transaction belongs to.
+    pub fn org(&self) -> &str {
+        &self.org
+    }
+
+    /// The underlying connection, for queries.
+    pub fn conn(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+/// Takes a transaction-scoped Postgres advisory lock named `name` (no-op on SQLite).
+async fn advisory_lock(tx: &DatabaseTransaction, name: &str) -> Result<()> {
+    if tx.get_database_backend() == DbBackend::Postgres {
+        let digest = crate::crypto::sha256(name.as_bytes());
+        let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+        tx.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [key.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether `db` is Postgres.
+pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}
