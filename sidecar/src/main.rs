@@ -1,1 +1,2 @@
+//! Keyplane sidecar (work in progress).
 fn main() {}

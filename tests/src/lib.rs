@@ -1,1 +1,359 @@
-//! x
+//! Test harness for Keyplane's end-to-end tests and load generators: starts
+//! the control plane in-process on `127.0.0.1:0` over SQLite or a throwaway
+//! Postgres, and builds authenticated gRPC clients.
+
+pub mod logs;
+pub mod postgres;
+pub mod process;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use keyplane_control_plane::{Config, Listeners};
+use keyplane_proto::admin::v1 as pb;
+use pb::api_key_service_client::ApiKeyServiceClient;
+use pb::audit_service_client::AuditServiceClient;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// The throwaway Postgres.
+    Postgres,
+}
+
+impl Backend {
+    /// A fresh database URL for one test, or `None` when this backend is
+    /// unavailable (Postgres not installed and not required: the test is skipped).
+    pub async fn fresh_database(self, data_dir: &std::path::Path) -> Option<String> {
+        match self {
+            Backend::Sqlite => Some(format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("keyplane.db").display()
+            )),
+            Backend::Postgres => match postgres::server() {
+                Some(server) => Some(server.create_database().await),
+                None => None,
+            },
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel that authenticates with a token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A control plane running inside the test process.
+pub struct TestControlPlane {
+    /// gRPC address.
+    pub addr: SocketAddr,
+    /// Root token.
+    pub root_token: String,
+    /// Database URL.
+    pub database_url: String,
+    /// Data directory (root token, master key, SQLite file).
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<keyplane_control_plane::Result<()>>>,
+}
+
+impl TestControlPlane {
+    /// Starts a control plane on `backend`; `None` if the backend is skipped.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), letting the test adjust the configuration.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Self> {
+        logs::init();
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().to_path_buf();
+        let database_url = backend.fresh_database(&data_dir).await?;
+        let mut config = Config::for_test(&data_dir);
+        config.storage.database_url = Some(database_url);
+        if backend == Backend::Postgres {
+            let key_file = data_dir.join("master-key.conf");
+            std::fs::write(
+                &key_file,
+                keyplane_control_plane::crypto::MasterKeys::generate_line("k1"),
+            )
+            .expect("write master key");
+            config.master_key_file = Some(key_file);
+        }
+        adjust(&mut config);
+        let mut plane = Self::launch(config).await;
+        plane._temp = Some(temp);
+        Some(plane)
+    }
+
+    /// Starts a control plane with exactly this configuration (its data dir
+    /// must outlive it). A random root token is written first.
+    pub async fn launch(config: Config) -> Self {
+        logs::init();
+        std::fs::create_dir_all(&config.storage.data_dir).expect("data dir");
+        let root_path = config.root_token_path();
+        if !root_path.exists() {
+            std::fs::write(
+                &root_path,
+                format!(
+                    "kproot_test_{}{}",
+                    postgres::random_suffix(),
+                    postgres::random_suffix()
+                ),
+            )
+            .expect("root token");
+        }
+        let root_token = std::fs::read_to_string(&root_path)
+            .expect("root token")
+            .trim()
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let database_url = config.storage.database_url();
+        let data_dir = config.storage.data_dir.clone();
+        let task = tokio::spawn(keyplane_control_plane::run(
+            config,
+            Listeners {
+                grpc: listener,
+                metrics: None,
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let plane = Self {
+            addr,
+            root_token,
+            database_url,
+            data_dir,
+            _temp: None,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        };
+        plane.wait_ready().await;
+        plane
+    }
+
+    async fn wait_ready(&self) {
+        use tonic_health::pb::health_client::HealthClient;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+                .expect("uri")
+                .connect()
+                .await
+            {
+                let response = HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if response.is_ok_and(|r| r.into_inner().status == 1) {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "control plane did not become ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A channel to the control plane.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A channel that authenticates with `token`.
+    pub async fn authed(&self, token: &str) -> Authed {
+        let value = format!("Bearer {token}").parse().expect("ascii token");
+        InterceptedService::new(self.channel().await, Bearer(value))
+    }
+
+    /// API-key client authenticated with `token`.
+    pub async fn keys(&self, token: &str) -> ApiKeyServiceClient<Authed> {
+        ApiKeyServiceClient::new(self.authed(token).await)
+    }
+
+    /// Audit client authenticated with `token`.
+    pub async fn audit(&self, token: &str) -> AuditServiceClient<Authed> {
+        AuditServiceClient::new(self.authed(token).await)
+    }
+
+    /// A separate connection to the same database, for inspecting or
+    /// tampering with rows directly.
+    pub async fn database(&self) -> DatabaseConnection {
+        sea_orm::Database::connect(self.database_url.clone())
+            .await
+            .expect("connect to test database")
+    }
+
+    /// Creates a key in `org` with `scopes` using the root token; returns (key, token).
+    pub async fn create_key(&self, org: &str, scopes: &[&str]) -> (pb::ApiKey, String) {
+        let response = self
+            .keys(&self.root_token)
+            .await
+            .create_api_key(pb::CreateApiKeyRequest {
+                org_id: org.to_owned(),
+                name: format!("{org} key"),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("create key")
+            .into_inner();
+        (response.api_key.expect("key"), response.token)
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown_now().await;
+    }
+
+    async fn shutdown_now(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("control plane task")
+                .expect("control plane exited cleanly");
+        }
+    }
+}
+
+impl Drop for TestControlPlane {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A fresh random org id, so tests never see each other's data.
+pub fn random_org() -> String {
+    format!("org_{}", postgres::random_suffix())
+}
+
+/// Runs a test body on SQLite and on Postgres: `both_backends!(name)` turns
+/// `async fn name(backend: Backend)` into `name_sqlite` and `name_postgres` tests.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            ::paste::paste! {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn [<$name _sqlite>]() {
+                    $name($crate::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn [<$name _postgres>]() {
+                    $name($crate::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+/// Starts a control plane or returns from the test when the backend is skipped.
+#[macro_export]
+macro_rules! start_or_skip {
+    ($backend:expr) => {
+        match $crate::TestControlPlane::start($backend).await {
+            Some(plane) => plane,
+            None => return,
+        }
+    };
+}
+
+/// Asserts an INVALID_ARGUMENT whose `BadRequest` details name `field`.
+pub fn assert_invalid_field(status: &tonic::Status, field: &str) {
+    use tonic_types::StatusExt;
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "expected INVALID_ARGUMENT for {field}: {status:?}"
+    );
+    let details = status.get_error_details();
+    let bad_request = details.bad_request().expect("BadRequest details");
+    assert!(
+        bad_request
+            .field_violations
+            .iter()
+            .any(|v| v.field == field),
+        "no violation for {field:?} in {:?}",
+        bad_request.field_violations
+    );
+}
+
+/// Protobuf timestamp `offset` from now.
+pub fn timestamp_in(offset: chrono::Duration) -> prost_types::Timestamp {
+    let at = chrono::Utc::now() + offset;
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// The same token with a different secret and a correct checksum: passes
+/// the format test, names a real key, and must fail with `bad_secret`.
+pub fn forge_secret(token: &str) -> String {
+    use keyplane_control_plane::crypto::token::{CHECKSUM_LEN, SECRET_LEN, encode_fixed};
+    let body_end = token.len() - CHECKSUM_LEN;
+    let head = &token[..body_end - SECRET_LEN];
+    let original = &token[body_end - SECRET_LEN..body_end];
+    let secret = if original.starts_with('0') { "1" } else { "0" }.repeat(SECRET_LEN);
+    let signed = format!("{head}{secret}");
+    let checksum = encode_fixed(
+        &crc32fast::hash(signed.as_bytes()).to_be_bytes(),
+        CHECKSUM_LEN,
+    );
+    format!("{signed}{checksum}")
+}
+
+/// Asserts that `text` contains no complete Keyplane token (`kp_live_`/`kp_test_`
+/// followed by the 71 characters of id, secret and checksum).
+pub fn assert_no_token_in(text: &str) {
+    for head in ["kp_live_", "kp_test_"] {
+        for (at, _) in text.match_indices(head) {
+            let rest = &text[at + head.len()..];
+            let run = rest.bytes().take_while(u8::is_ascii_alphanumeric).count();
+            assert!(
+                run < 71,
+                "a full token appears in the text: {}",
+                &text[at..at + head.len() + run]
+            );
+        }
+    }
+}

@@ -56,10 +56,10 @@ impl AuditService {
                 })
             })
             .transpose()?;
-        if let (Some(start), Some(end)) = (query.filter.start_time, query.filter.end_time) {
-            if start >= end {
-                return Err(Error::invalid("end_time", "must be after start_time"));
-            }
+        if let (Some(start), Some(end)) = (query.filter.start_time, query.filter.end_time)
+            && start >= end
+        {
+            return Err(Error::invalid("end_time", "must be after start_time"));
         }
         let mut items = audit::list(&self.core.db, &org, &query.filter, before, limit + 1).await?;
         let next_page_token = if items.len() as u64 > limit {

@@ -1,0 +1,8 @@
+//! End-to-end tests over real sockets, on SQLite and on Postgres.
+
+mod api_keys;
+mod audit;
+mod bad_input;
+mod grpcurl;
+mod isolation;
+mod secrets;

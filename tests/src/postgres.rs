@@ -1,0 +1,211 @@
+//! A throwaway Postgres for the test run: `initdb` into a temp dir, started
+//! with `pg_ctl` on a Unix socket (no TCP port to race for), one database per
+//! test. A watchdog process stops it and removes the directory when the test
+//! process exits, however it exits.
+//!
+//! Postgres is skipped (with a loud note) when its binaries are missing,
+//! unless `CI=true` or `KEYPLANE_TEST_REQUIRE_POSTGRES=1`: then it is mandatory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+/// The running server.
+pub struct PgServer {
+    socket_dir: PathBuf,
+    _watchdog: Mutex<Child>,
+}
+
+static SERVER: OnceLock<Option<PgServer>> = OnceLock::new();
+
+/// Whether a missing Postgres must fail the run.
+pub fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("KEYPLANE_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+/// The shared server, started on first use; `None` when Postgres is not
+/// installed and not required.
+pub fn server() -> Option<&'static PgServer> {
+    SERVER
+        .get_or_init(|| match find_bindir() {
+            Some(bindir) => Some(PgServer::start(&bindir)),
+            None if required() => panic!(
+                "Postgres is required (CI=true or KEYPLANE_TEST_REQUIRE_POSTGRES=1) but no initdb was found; \
+                 install postgresql or set KEYPLANE_TEST_PG_BIN"
+            ),
+            None => {
+                eprintln!("NOTE: Postgres binaries not found; Postgres variants of the tests are SKIPPED");
+                None
+            }
+        })
+        .as_ref()
+}
+
+fn find_bindir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("KEYPLANE_TEST_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    candidates.sort_by_key(|path| {
+        path.parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    candidates.pop().or_else(|| {
+        let output = Command::new("sh")
+            .args(["-c", "command -v initdb"])
+            .output()
+            .ok()?;
+        let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+        path.parent().map(Path::to_path_buf)
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// `program args…`, as the `postgres` user when we are root (initdb refuses root).
+fn pg_command(bindir: &Path, program: &str, as_postgres: bool) -> Command {
+    let binary = bindir.join(program);
+    if as_postgres {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(binary);
+        command
+    } else {
+        Command::new(binary)
+    }
+}
+
+fn run(mut command: Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl PgServer {
+    fn start(bindir: &Path) -> Self {
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("keyplane-pg-")
+            .tempdir()
+            .expect("temp dir for Postgres")
+            .keep();
+        if as_postgres {
+            let ids = |flag: &str| -> u32 {
+                let out = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .expect("id postgres");
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("postgres user exists")
+            };
+            std::os::unix::fs::chown(&dir, Some(ids("-u")), Some(ids("-g")))
+                .expect("chown Postgres dir");
+        }
+        let data = dir.join("data");
+        let mut initdb = pg_command(bindir, "initdb", as_postgres);
+        initdb.arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb");
+        let options = format!(
+            "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=400",
+            dir.display()
+        );
+        let mut start = pg_command(bindir, "pg_ctl", as_postgres);
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("log"))
+            .args(["-w", "-o", &options, "start"]);
+        run(start, "pg_ctl start");
+
+        // The watchdog holds our end of a pipe; when this process exits the
+        // pipe closes, `cat` returns, and Postgres is stopped and removed.
+        let stop = format!(
+            "{} {} -D {} -m immediate stop >/dev/null 2>&1; rm -rf {}",
+            if as_postgres {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
+            bindir.join("pg_ctl").display(),
+            data.display(),
+            dir.display()
+        );
+        let mut watchdog = Command::new("sh")
+            .args(["-c", &format!("cat >/dev/null; {stop}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the Postgres watchdog");
+        // Keep stdin open (never written) for the life of the process.
+        let _ = watchdog.stdin.as_mut().map(|stdin| stdin.flush());
+        Self {
+            socket_dir: dir,
+            _watchdog: Mutex::new(watchdog),
+        }
+    }
+
+    /// URL of database `name` on this server.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{name}?host={}",
+            self.socket_dir.display()
+        )
+    }
+
+    /// Creates a fresh database and returns its URL.
+    pub async fn create_database(&self) -> String {
+        let name = format!("kp_{}", random_suffix());
+        let admin = sea_orm::Database::connect(self.url("postgres"))
+            .await
+            .expect("connect to Postgres");
+        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        self.url(&name)
+    }
+}
+
+/// 16 random lowercase hex characters.
+pub fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", hasher.finish())
+}
