@@ -20,8 +20,8 @@ use keyplane_proto::admin::v1::api_key_service_server::ApiKeyServiceServer;
 use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -127,7 +127,7 @@ pub async fn run(
         .add_service(AuditServiceServer::new(grpc::audit::AuditGrpc::new(
             audit, auth,
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), shutdown)
+        .serve_with_incoming_shutdown(incoming(listeners.grpc), shutdown)
         .await;
 
     health_task.abort();
@@ -138,6 +138,11 @@ pub async fn run(
     db.close().await?;
     tracing::info!("keyplane control plane stopped");
     Ok(result?)
+}
+
+/// Accepted connections with Nagle off (small gRPC frames must not wait for ACKs).
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Reports NOT_SERVING while the database is unreachable.

@@ -106,6 +106,19 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Name-prefix filters (`LIKE 'prefix%'`): Postgres needs
+        // text_pattern_ops to use a btree for LIKE under any collation;
+        // SQLite uses a plain index once case_sensitive_like is on.
+        let name_index = match manager.get_database_backend() {
+            sea_orm_migration::sea_orm::DbBackend::Postgres => {
+                "CREATE INDEX api_keys_org_id_name ON api_keys (org_id, name text_pattern_ops)"
+            }
+            _ => "CREATE INDEX api_keys_org_id_name ON api_keys (org_id, name)",
+        };
+        manager
+            .get_connection()
+            .execute_unprepared(name_index)
+            .await?;
 
         manager
             .create_table(

@@ -5,6 +5,7 @@
 pub mod logs;
 pub mod postgres;
 pub mod process;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use keyplane_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -50,7 +51,14 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
                     .pragma("case_sensitive_like", "ON")
             });
     } else {
-        options.max_connections(32).min_connections(1);
+        // Plan each statement with its real parameters: a generic plan cannot
+        // see that a name prefix is selective and scans the whole org instead.
+        options
+            .max_connections(32)
+            .min_connections(1)
+            .map_sqlx_postgres_opts(|opts: PgConnectOptions| {
+                opts.options([("plan_cache_mode", "force_custom_plan")])
+            });
     }
     Ok(Database::connect(options).await?)
 }
