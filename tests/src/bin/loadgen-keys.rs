@@ -185,7 +185,8 @@ async fn main() {
     // the start, filtered by status and environment, and by a name prefix.
     let mut client = client.clone();
     let mut page_token = String::new();
-    let kinds: [(&str, fn(usize) -> pb::ListApiKeysRequest); 3] = [
+    type MakeRequest = fn(usize) -> pb::ListApiKeysRequest;
+    let kinds: [(&str, MakeRequest); 3] = [
         ("walk", |_| pb::ListApiKeysRequest::default()),
         ("status+environment filter", |_| pb::ListApiKeysRequest {
             status: pb::ApiKeyStatus::Active as i32,
