@@ -20,10 +20,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_with_config(
             config,
             &protos.map(PathBuf::from),
-            &[PathBuf::from("."), wellknown],
+            &[PathBuf::from("."), wellknown.clone()],
         )?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    reflection_descriptors(&out_dir, &wellknown)
+}
+
+/// Descriptor set of the ext_authz subset in `reflection/`, for the
+/// sidecar's server reflection (no code is generated from it).
+fn reflection_descriptors(
+    out_dir: &std::path::Path,
+    wellknown: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path()?)
+        .arg("--include_imports")
+        .arg(format!(
+            "--descriptor_set_out={}",
+            out_dir.join("ext_authz_descriptor.bin").display()
+        ))
+        .arg("-Ireflection")
+        .arg(format!("-I{}", wellknown.display()))
+        .arg("reflection/envoy/service/auth/v3/external_auth.proto")
+        .status()?;
+    if !status.success() {
+        return Err("protoc failed on reflection/ protos".into());
+    }
+    println!("cargo:rerun-if-changed=reflection");
     Ok(())
 }

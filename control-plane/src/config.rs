@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -32,7 +33,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (applies pending migrations first).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Apply pending migrations, or list them with --status, without serving.
     Migrate {
         /// Where the data lives.
@@ -111,6 +112,15 @@ pub struct Config {
     /// Argon2id parallelism (lanes).
     #[arg(long, env = "KEYPLANE_ARGON2_PARALLELISM", default_value_t = 1)]
     pub argon2_parallelism: u32,
+    /// Heartbeat period of sidecar Watch streams.
+    #[arg(long, env = "KEYPLANE_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How often the key-event log is polled for other replicas' commits.
+    #[arg(long, env = "KEYPLANE_EVENT_POLL_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub event_poll_interval: Duration,
+    /// How long key events are kept; sidecars further behind get a Reset.
+    #[arg(long, env = "KEYPLANE_KEY_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub key_event_retention: Duration,
     /// Concurrent argon2 computations (default: CPU count).
     #[arg(long, env = "KEYPLANE_HASH_WORKERS")]
     pub hash_workers: Option<usize>,
@@ -145,6 +155,9 @@ impl Config {
             argon2_iterations: 1,
             argon2_parallelism: 1,
             hash_workers: None,
+            heartbeat_interval: Duration::from_millis(200),
+            event_poll_interval: Duration::from_millis(20),
+            key_event_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use keyplane_proto::admin::v1::api_key_service_server::ApiKeyServiceServer;
 use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
+use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -28,6 +29,7 @@ use tower_http::trace::TraceLayer;
 pub use config::Config;
 use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
+use service::sync::{FeedSettings, KeyEventFeed};
 use service::{AuditService, Authenticator, Core, KeyService, Verifier};
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -40,6 +42,8 @@ pub struct Listeners {
 
 /// Verified secrets remembered by the verifier.
 const VERIFIED_SECRETS_CAPACITY: u64 = 100_000;
+/// How often old key events are compacted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the health check pings the database.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -67,11 +71,28 @@ pub async fn run(
         hasher: SecretHasher::new(config.hashing_params(), workers)?,
         master_keys,
         metrics: metrics.clone(),
+        key_events_committed: Arc::new(tokio::sync::Notify::new()),
     });
     let verifier = Arc::new(Verifier::new(core.clone(), VERIFIED_SECRETS_CAPACITY));
     let auth = Authenticator::new(&root_token, verifier.clone());
     let keys = Arc::new(KeyService::new(core.clone(), verifier.clone()));
     let audit = Arc::new(AuditService::new(core.clone()));
+    let feed = KeyEventFeed::new(
+        core.clone(),
+        FeedSettings {
+            heartbeat: config.heartbeat_interval,
+            poll: config.event_poll_interval,
+        },
+    )
+    .await?;
+    let background = [
+        tokio::spawn(feed.clone().tail(core.key_events_committed.clone())),
+        tokio::spawn(service::sync::enforce_retention(
+            core.clone(),
+            config.key_event_retention,
+            RETENTION_INTERVAL,
+        )),
+    ];
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -79,6 +100,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<AuditServiceServer<grpc::audit::AuditGrpc>>()
+        .await;
+    health_reporter
+        .set_serving::<KeySyncServiceServer<grpc::key_sync::KeySyncGrpc>>()
         .await;
     let health_task = tokio::spawn(watch_database(db.clone(), health_reporter));
 
@@ -125,12 +149,19 @@ pub async fn run(
             auth.clone(),
         )))
         .add_service(AuditServiceServer::new(grpc::audit::AuditGrpc::new(
-            audit, auth,
+            audit,
+            auth.clone(),
+        )))
+        .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(
+            core, verifier, feed, auth,
         )))
         .serve_with_incoming_shutdown(incoming(listeners.grpc), shutdown)
         .await;
 
     health_task.abort();
+    for task in background {
+        task.abort();
+    }
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

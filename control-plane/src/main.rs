@@ -32,7 +32,7 @@ async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
                     None => None,
                 },
             };
-            keyplane_control_plane::run(config, listeners, shutdown_signal()).await
+            keyplane_control_plane::run(*config, listeners, shutdown_signal()).await
         }
         Command::Migrate { storage, status } => {
             let (applied, pending) = keyplane_control_plane::migrate(&storage, status).await?;

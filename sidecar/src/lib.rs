@@ -1,1 +1,205 @@
-//! x
+//! Keyplane sidecar: answers "is this key allowed?" next to an application,
+//! from a cache kept correct by the control plane's key-event stream.
+//!
+//! Front ends: Envoy ext_authz gRPC ([`ext_authz`]) and HTTP forward-auth
+//! ([`http`]). Both call the same [`check::Checker`]. No database.
+
+pub mod cache;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod ext_authz;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod sync;
+pub mod usage;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use keyplane_proto::sync::v1::key_sync_service_client::KeySyncServiceClient;
+use keyplane_proto::token::{Environment, TokenFormat};
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+/// Sockets the sidecar serves on, bound by the caller (port 0 in tests).
+pub struct Listeners {
+    /// ext_authz gRPC, health, reflection.
+    pub grpc: TcpListener,
+    /// Forward-auth, health, readiness, metrics.
+    pub http: TcpListener,
+}
+
+/// How often health and staleness gauges are refreshed.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+/// Idle rate limiters are dropped after this long.
+const LIMITER_IDLE: Duration = Duration::from_secs(600);
+
+/// Runs the sidecar until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let credential = std::fs::read_to_string(&config.credential_file).map_err(|e| {
+        Error::Config(format!(
+            "cannot read credential file {}: {e}",
+            config.credential_file.display()
+        ))
+    })?;
+    let credential = sync::Credential::bearer(credential.trim())?;
+    let channel = Channel::from_shared(config.control_plane.clone())
+        .map_err(|e| Error::Config(format!("--control-plane {}: {e}", config.control_plane)))?
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let client = KeySyncServiceClient::new(InterceptedService::new(channel, credential));
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let cache = cache::KeyCache::new(
+        config.cache_capacity,
+        config.cache_ttl,
+        config.negative_cache_ttl,
+    );
+    let state = Arc::new(sync::SyncState::default());
+    let usage = usage::UsageCounter::default();
+    let checker = Arc::new(check::Checker::new(check::CheckerParts {
+        tokens: TokenFormat::new(config.token_prefix.clone()),
+        environment: match config.environment {
+            config::Environment::Live => Environment::Live,
+            config::Environment::Test => Environment::Test,
+        },
+        max_staleness: config.max_staleness,
+        fail_open: config.fail_open,
+        cache: cache.clone(),
+        limits: ratelimit::RateLimits::new(config.cache_capacity, LIMITER_IDLE),
+        usage: usage.clone(),
+        sync: state.clone(),
+        client: client.clone(),
+        metrics: metrics.clone(),
+    }));
+
+    let background = [
+        tokio::spawn(sync::follow(
+            client.clone(),
+            cache,
+            state.clone(),
+            metrics.clone(),
+        )),
+        tokio::spawn(
+            usage
+                .clone()
+                .report_every(client.clone(), config.usage_interval),
+        ),
+    ];
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<AuthorizationServer<ext_authz::ExtAuthz>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let health_task = tokio::spawn(report_health(
+        checker.clone(),
+        state,
+        metrics.clone(),
+        health_reporter,
+    ));
+
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(keyplane_proto::EXT_AUTHZ_FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+    let strip = !config.keep_credential;
+    let header = config.credential_header.to_ascii_lowercase();
+    let front = Arc::new(http::HttpFrontEnd {
+        checker: checker.clone(),
+        metrics: metrics.clone(),
+        credential_header: header.clone(),
+        strip_credential: strip,
+        default_scopes: config.default_scopes.clone(),
+    });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(front.serve(listeners.http, async {
+        let _ = http_stopped.await;
+    }));
+    tracing::info!(
+        grpc = %listeners.grpc.local_addr()?,
+        control_plane = %config.control_plane,
+        environment = ?config.environment,
+        "keyplane sidecar serving"
+    );
+    let authz = ext_authz::ExtAuthz::new(checker, header, strip, config.default_scopes.clone());
+    let result = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AuthorizationServer::new(authz))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await;
+
+    let _ = stop_http.send(());
+    let _ = http_task.await;
+    health_task.abort();
+    // Send the last usage counts before exiting.
+    for task in background {
+        task.abort();
+    }
+    usage.flush(&mut client.clone()).await;
+    tracing::info!("keyplane sidecar stopped");
+    Ok(result?)
+}
+
+/// Keeps grpc.health.v1 and the staleness gauge in line with the stream.
+async fn report_health(
+    checker: Arc<check::Checker>,
+    state: Arc<sync::SyncState>,
+    metrics: Arc<metrics::Metrics>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let mut serving = false;
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        metrics.staleness_seconds.set(state.silence().as_secs_f64());
+        let ready = checker.readiness() == sync::Readiness::Fresh;
+        if ready != serving {
+            serving = ready;
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            if ready {
+                reporter
+                    .set_serving::<AuthorizationServer<ext_authz::ExtAuthz>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<AuthorizationServer<ext_authz::ExtAuthz>>()
+                    .await;
+            }
+        }
+    }
+}

@@ -1,2 +1,47 @@
-//! Keyplane sidecar (work in progress).
-fn main() {}
+//! `keyplane-sidecar`: parses the command line, binds listeners, installs
+//! logging and hands over to [`keyplane_sidecar::run`].
+
+use clap::Parser;
+use keyplane_sidecar::Listeners;
+use keyplane_sidecar::config::{Config, LogFormat};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let result = async {
+        let listeners = Listeners {
+            grpc: TcpListener::bind(config.grpc_listen).await?,
+            http: TcpListener::bind(config.http_listen).await?,
+        };
+        keyplane_sidecar::run(config, listeners, shutdown_signal()).await
+    };
+    match result.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("keyplane-sidecar: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

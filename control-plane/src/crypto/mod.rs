@@ -2,13 +2,11 @@
 
 pub mod hasher;
 pub mod sealing;
-pub mod token;
 
 pub use hasher::{HashingParams, SecretHasher};
+pub use keyplane_proto::token::{self, Environment, ParsedToken, TokenFormat, random_bytes};
 pub use sealing::MasterKeys;
-pub use token::{Environment, ParsedToken, TokenFormat};
 
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// SHA-256 of `bytes`.
@@ -25,13 +23,6 @@ pub fn hex(bytes: &[u8]) -> String {
             let _ = write!(out, "{b:02x}");
             out
         })
-}
-
-/// `N` bytes from the operating system's CSPRNG (via `rand`'s thread RNG).
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes
 }
 
 /// A new time-ordered id: `prefix` + 22 base62 characters of (48-bit Unix

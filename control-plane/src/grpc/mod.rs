@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod convert;
+pub mod key_sync;
 
 use tonic::Request;
 

@@ -198,6 +198,13 @@ impl KeyService {
         Ok(IssuedKey { key, token })
     }
 
+    /// Commits a transaction that appended key events and wakes the feed.
+    async fn commit_with_key_events(&self, tx: OrgTx) -> Result<()> {
+        tx.commit().await?;
+        self.core.key_events_committed.notify_one();
+        Ok(())
+    }
+
     /// Generates a token, hashes its secret and seals it if recoverable.
     async fn issue(
         &self,
@@ -428,7 +435,7 @@ impl KeyService {
         }
         key_events::append(&tx, id, KeyEventKind::Deleted).await?;
         audit::append(&tx, ctx.audit("api_key.deleted", "api_key", id, json!({}))).await?;
-        tx.commit().await
+        self.commit_with_key_events(tx).await
     }
 
     /// Issues a replacement key; the old one works for `grace` more (24h by
@@ -495,7 +502,7 @@ impl KeyService {
             ),
         )
         .await?;
-        tx.commit().await?;
+        self.commit_with_key_events(tx).await?;
         Ok(Rotation {
             issued: IssuedKey {
                 key: new_key,

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod sync;
 pub mod validate;
 pub mod verify;
 
@@ -31,4 +32,7 @@ pub struct Core {
     pub master_keys: MasterKeys,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Signalled after a transaction that appended key events commits, so
+    /// the feed tails the log at once instead of at the next poll.
+    pub key_events_committed: Arc<tokio::sync::Notify>,
 }

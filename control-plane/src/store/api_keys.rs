@@ -174,3 +174,59 @@ pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
         .await?;
     Ok(result.rows_affected > 0)
 }
+
+/// Uses of one key reported by a sidecar.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    /// Key id.
+    pub key_id: String,
+    /// Uses since the last report.
+    pub count: i64,
+    /// Latest use.
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// Adds a batch of usage counts in one statement. Sidecars are platform
+/// credentials, so this spans orgs: callers pass [`OrgScope::AllOrgs`] to say so.
+pub async fn record_usage(
+    db: &impl ConnectionTrait,
+    scope: OrgScope<'_>,
+    batch: &[Usage],
+) -> Result<u64> {
+    use sea_orm::sea_query::{CaseStatement, Query};
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let mut count = CaseStatement::new();
+    let mut last_used = CaseStatement::new();
+    for usage in batch {
+        count = count.case(
+            Expr::col(Column::Id).eq(usage.key_id.as_str()),
+            Expr::val(usage.count),
+        );
+        last_used = last_used.case(
+            Expr::col(Column::Id).eq(usage.key_id.as_str()),
+            // Never move last_used_at backwards.
+            Expr::cust_with_exprs(
+                "CASE WHEN $1 IS NULL OR $1 < $2 THEN $2 ELSE $1 END",
+                [Expr::col(Column::LastUsedAt), Expr::val(usage.last_used_at)],
+            ),
+        );
+    }
+    let mut update = Query::update();
+    update
+        .table(Entity)
+        .value(
+            Column::UsageCount,
+            Expr::col(Column::UsageCount).add(Expr::Case(Box::new(count.finally(Expr::val(0i64))))),
+        )
+        .value(
+            Column::LastUsedAt,
+            Expr::Case(Box::new(last_used.finally(Expr::col(Column::LastUsedAt)))),
+        )
+        .and_where(Expr::col(Column::Id).is_in(batch.iter().map(|u| u.key_id.as_str())));
+    if let OrgScope::Org(org) = scope {
+        update.and_where(Expr::col(Column::OrgId).eq(org));
+    }
+    Ok(db.execute(&update).await?.rows_affected())
+}

@@ -1,4 +1,5 @@
-//! The token format (DESIGN §3):
+//! The token format (DESIGN §3), shared by the control plane (which issues
+//! and verifies tokens) and the sidecar (which rejects garbage without a lookup):
 //! `<prefix>_<live|test>_` + 22 base62 key id + 43 base62 secret (256 bits)
 //! + 6 base62 CRC32 of everything before it. Fixed length, parsed by position.
 
@@ -112,7 +113,7 @@ impl TokenFormat {
     /// Generates a new key id and secret for `environment`.
     pub fn generate(&self, environment: Environment) -> NewToken {
         let id_body = new_id_body();
-        let secret = encode_fixed(&super::random_bytes::<32>(), SECRET_LEN);
+        let secret = encode_fixed(&random_bytes::<32>(), SECRET_LEN);
         let mut token = self.head(environment);
         token.push_str(&id_body);
         let start = token.clone();
@@ -157,11 +158,21 @@ impl TokenFormat {
     }
 }
 
+/// `N` bytes from the operating system's CSPRNG (via `rand`'s thread RNG).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
 /// 22 base62 characters: 48-bit Unix milliseconds then 80 random bits.
-pub(crate) fn new_id_body() -> String {
-    let millis =
-        u128::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0) & ((1 << 48) - 1);
-    let random = u128::from_be_bytes(super::random_bytes::<16>()) >> 48;
+pub fn new_id_body() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        & ((1 << 48) - 1);
+    let random = u128::from_be_bytes(random_bytes::<16>()) >> 48;
     encode_fixed(&((millis << 80) | random).to_be_bytes(), KEY_ID_LEN)
 }
 

@@ -1,0 +1,132 @@
+//! `keyplane.sync.v1.KeySyncService` over the sync service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use keyplane_proto::sync::v1 as pb;
+use pb::key_sync_service_server::KeySyncService;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use super::{convert, request_context};
+use crate::error::Error;
+use crate::service::sync::{self, FeedMessage, KeyEventFeed};
+use crate::service::{Authenticator, Core, Verifier};
+use crate::store::api_keys::Usage;
+
+/// The gRPC adapter of the sidecar protocol.
+pub struct KeySyncGrpc {
+    core: Arc<Core>,
+    verifier: Arc<Verifier>,
+    feed: Arc<KeyEventFeed>,
+    auth: Authenticator,
+}
+
+impl KeySyncGrpc {
+    /// An adapter over the feed and verifier.
+    pub fn new(
+        core: Arc<Core>,
+        verifier: Arc<Verifier>,
+        feed: Arc<KeyEventFeed>,
+        auth: Authenticator,
+    ) -> Self {
+        Self {
+            core,
+            verifier,
+            feed,
+            auth,
+        }
+    }
+}
+
+fn event_kind(kind: &str) -> pb::KeyEventKind {
+    match kind {
+        "revoked" => pb::KeyEventKind::Revoked,
+        "deleted" => pb::KeyEventKind::Deleted,
+        "expired" => pb::KeyEventKind::Expired,
+        _ => pb::KeyEventKind::Updated,
+    }
+}
+
+fn to_proto(message: FeedMessage) -> pb::WatchResponse {
+    let seq = |s: i64| u64::try_from(s).unwrap_or(0);
+    let message = match message {
+        FeedMessage::Event(event) => pb::watch_response::Message::Event(pb::KeyEvent {
+            seq: seq(event.seq),
+            kind: event_kind(&event.kind).into(),
+            key_id: event.key_id,
+        }),
+        FeedMessage::Heartbeat(head) => pb::watch_response::Message::Heartbeat(pb::Heartbeat {
+            head_seq: seq(head),
+        }),
+        FeedMessage::Reset(head) => pb::watch_response::Message::Reset(pb::Reset {
+            head_seq: seq(head),
+        }),
+    };
+    pb::WatchResponse {
+        message: Some(message),
+    }
+}
+
+/// The Watch response stream.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl KeySyncService for KeySyncGrpc {
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let (verification, as_of) =
+            sync::verify_for_sidecar(&self.core, &self.verifier, &ctx, &request.get_ref().token)
+                .await?;
+        let (valid, failure, principal) = convert::verification_to_proto(&verification);
+        Ok(Response::new(pb::VerifyResponse {
+            valid,
+            failure: failure.into(),
+            principal,
+            as_of_seq: u64::try_from(as_of).unwrap_or(0),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let after = i64::try_from(request.get_ref().after_seq)
+            .map_err(|_| Error::invalid("after_seq", "is out of range"))?;
+        let receiver = self.feed.watch(&ctx, after).await?;
+        let stream =
+            ReceiverStream::new(receiver).map(|item| item.map(to_proto).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_usage(
+        &self,
+        request: Request<pb::ReportUsageRequest>,
+    ) -> Result<Response<pb::ReportUsageResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let mut batch = Vec::new();
+        for (i, entry) in request.into_inner().entries.into_iter().enumerate() {
+            let last_used_at = entry.last_used_at.ok_or_else(|| {
+                Error::invalid(format!("entries[{i}].last_used_at"), "is required")
+            })?;
+            batch.push(Usage {
+                count: i64::try_from(entry.count).map_err(|_| {
+                    Error::invalid(format!("entries[{i}].count"), "is out of range")
+                })?,
+                last_used_at: convert::time_from_proto(
+                    &format!("entries[{i}].last_used_at"),
+                    last_used_at,
+                )?,
+                key_id: entry.key_id,
+            });
+        }
+        let applied = sync::report_usage(&self.core, &ctx, batch).await?;
+        Ok(Response::new(pb::ReportUsageResponse { applied }))
+    }
+}

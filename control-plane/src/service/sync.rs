@@ -1,0 +1,234 @@
+//! What sidecars consume: the key-event feed (replay from the log, then
+//! live), verification with the log position it reflects, and usage reports.
+//!
+//! Each control-plane process tails `key_events` itself (woken at once by its
+//! own commits, polling for other replicas' commits) and fans events out to
+//! its Watch streams, so a change made through any replica reaches every sidecar.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use super::Core;
+use super::auth::{RequestContext, Scope};
+use super::verify::{Verification, Verifier};
+use crate::error::{Error, Result};
+use crate::store::{OrgScope, api_keys, key_events};
+
+/// Events read from the log per query.
+const BATCH: u64 = 1000;
+
+/// One message of a Watch stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedMessage {
+    /// A key changed.
+    Event(key_events::Model),
+    /// Alive; the log's head.
+    Heartbeat(i64),
+    /// The requested position is gone: flush and continue from this head.
+    Reset(i64),
+}
+
+/// Timing of the feed.
+#[derive(Clone, Copy, Debug)]
+pub struct FeedSettings {
+    /// Heartbeat period of each stream.
+    pub heartbeat: Duration,
+    /// How often the log is polled for other replicas' commits.
+    pub poll: Duration,
+}
+
+/// The key-event feed of this process.
+pub struct KeyEventFeed {
+    core: Arc<Core>,
+    settings: FeedSettings,
+    live: broadcast::Sender<key_events::Model>,
+    /// Highest seq broadcast so far.
+    tailed: AtomicI64,
+}
+
+impl KeyEventFeed {
+    /// A feed starting at the current head of the log.
+    pub async fn new(core: Arc<Core>, settings: FeedSettings) -> Result<Arc<Self>> {
+        let head = key_events::head_seq(&core.db).await?;
+        let (live, _) = broadcast::channel(4096);
+        Ok(Arc::new(Self {
+            core,
+            settings,
+            live,
+            tailed: AtomicI64::new(head),
+        }))
+    }
+
+    /// Tails the log until the process stops: woken by local commits, polling otherwise.
+    pub async fn tail(self: Arc<Self>, committed: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                () = committed.notified() => {},
+                () = tokio::time::sleep(self.settings.poll) => {},
+            }
+            if let Err(error) = self.tail_once().await {
+                tracing::warn!(%error, "reading the key-event log failed; retrying");
+            }
+        }
+    }
+
+    async fn tail_once(&self) -> Result<()> {
+        loop {
+            let after = self.tailed.load(Ordering::Acquire);
+            let events = key_events::after(&self.core.db, after, BATCH).await?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            for event in events {
+                // No receivers is fine: nobody is watching.
+                let _ = self.live.send(event);
+            }
+            self.tailed.store(last, Ordering::Release);
+        }
+    }
+
+    /// Starts a Watch stream after `after_seq` for an authorized sidecar.
+    pub async fn watch(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        after_seq: i64,
+    ) -> Result<mpsc::Receiver<Result<FeedMessage>>> {
+        require_sidecar(ctx)?;
+        // Subscribe before reading the log so nothing committed in between is missed.
+        let live = self.live.subscribe();
+        let (sender, receiver) = mpsc::channel(256);
+        let feed = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = feed.stream(after_seq, live, &sender).await {
+                let _ = sender.send(Err(error)).await;
+            }
+        });
+        Ok(receiver)
+    }
+
+    async fn stream(
+        &self,
+        after_seq: i64,
+        mut live: broadcast::Receiver<key_events::Model>,
+        sender: &mpsc::Sender<Result<FeedMessage>>,
+    ) -> Result<()> {
+        let send = |message| async {
+            sender
+                .send(Ok(message))
+                .await
+                .map_err(|_| Error::Unauthenticated("closed"))
+        };
+        let head = key_events::head_seq(&self.core.db).await?;
+        let oldest = key_events::oldest_seq(&self.core.db).await?;
+        let mut position = after_seq;
+        let gap = oldest.is_some_and(|oldest| after_seq + 1 < oldest);
+        if after_seq > head || (after_seq > 0 && gap) {
+            position = head;
+            send(FeedMessage::Reset(head)).await?;
+        } else if after_seq == 0 {
+            // A fresh sidecar has nothing cached to invalidate: start at the head.
+            position = head;
+        }
+        position = self.replay(position, sender).await?;
+        // A heartbeat carries only what this stream delivered: resuming after
+        // it can never skip an event still queued for this stream.
+        send(FeedMessage::Heartbeat(position)).await?;
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                () = sender.closed() => return Ok(()),
+                _ = heartbeat.tick() => {
+                    send(FeedMessage::Heartbeat(position)).await?;
+                }
+                received = live.recv() => match received {
+                    Ok(event) if event.seq > position => {
+                        position = event.seq;
+                        send(FeedMessage::Event(event)).await?;
+                    }
+                    Ok(_) => {}
+                    // Fell behind the broadcast buffer: catch up from the log.
+                    Err(broadcast::error::RecvError::Lagged(_)) => position = self.replay(position, sender).await?,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Sends every logged event after `position`; returns the new position.
+    async fn replay(
+        &self,
+        mut position: i64,
+        sender: &mpsc::Sender<Result<FeedMessage>>,
+    ) -> Result<i64> {
+        loop {
+            let events = key_events::after(&self.core.db, position, BATCH).await?;
+            if events.is_empty() {
+                return Ok(position);
+            }
+            for event in events {
+                position = event.seq;
+                sender
+                    .send(Ok(FeedMessage::Event(event)))
+                    .await
+                    .map_err(|_| Error::Unauthenticated("closed"))?;
+            }
+        }
+    }
+}
+
+fn require_sidecar(ctx: &RequestContext) -> Result<()> {
+    if ctx.is_platform() && ctx.has_scope(Scope::Sidecar) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "needs a platform key (org keyplane) with scope {}",
+            Scope::Sidecar.as_str()
+        )))
+    }
+}
+
+/// Verification for sidecars: the outcome and the log head it reflects.
+pub async fn verify_for_sidecar(
+    core: &Core,
+    verifier: &Verifier,
+    ctx: &RequestContext,
+    token: &str,
+) -> Result<(Verification, i64)> {
+    require_sidecar(ctx)?;
+    // Read the head first: the key row read afterwards reflects at least it.
+    let as_of = key_events::head_seq(&core.db).await?;
+    Ok((verifier.verify(OrgScope::AllOrgs, token).await?, as_of))
+}
+
+/// Applies a sidecar's usage batch in one statement.
+pub async fn report_usage(
+    core: &Core,
+    ctx: &RequestContext,
+    batch: Vec<api_keys::Usage>,
+) -> Result<u64> {
+    require_sidecar(ctx)?;
+    if let Some(bad) = batch.iter().position(|u| u.count < 0) {
+        return Err(Error::invalid(
+            format!("entries[{bad}].count"),
+            "must not be negative",
+        ));
+    }
+    api_keys::record_usage(&core.db, OrgScope::AllOrgs, &batch).await
+}
+
+/// Deletes key events older than `retention` every `every`, keeping the head.
+pub async fn enforce_retention(core: Arc<Core>, retention: Duration, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let cutoff = crate::store::now() - retention;
+        match key_events::delete_before(&core.db, cutoff).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "compacted the key-event log"),
+            Err(error) => tracing::warn!(%error, "key-event retention failed"),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The check decision, shared by every front end (ext_authz gRPC, HTTP
+//! forward-auth): format → cache (single-flight Verify on a miss) →
+//! freshness against applied revocations → expiry, environment, scopes →
+//! rate limit. The rules themselves are the pure [`decide`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use keyplane_proto::token::{Environment, TokenFormat};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{Freshness, KeyCache, Principal, Refusal, Verdict};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
+use crate::sync::{self, ControlPlaneClient, Readiness, SyncState};
+use crate::usage::UsageCounter;
+
+/// How a denial is expressed: the HTTP status a proxy should answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyStatus {
+    /// 401: missing, malformed, unknown, revoked or expired key.
+    Unauthenticated,
+    /// 403: wrong environment or missing scope.
+    Forbidden,
+    /// 429: over the key's rate limit.
+    RateLimited,
+    /// 503: the sidecar cannot decide (not synced, stale, control plane down).
+    Unavailable,
+}
+
+impl DenyStatus {
+    /// The HTTP status code.
+    pub fn http_code(self) -> u16 {
+        match self {
+            DenyStatus::Unauthenticated => 401,
+            DenyStatus::Forbidden => 403,
+            DenyStatus::RateLimited => 429,
+            DenyStatus::Unavailable => 503,
+        }
+    }
+}
+
+/// Why a request is denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// The status to answer.
+    pub status: DenyStatus,
+    /// Machine-readable reason (also the metrics label).
+    pub reason: &'static str,
+    /// For 429: when to retry.
+    pub retry_after: Option<Duration>,
+}
+
+impl Denial {
+    fn new(status: DenyStatus, reason: &'static str) -> Self {
+        Self {
+            status,
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// Outcome of a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the request through as this principal.
+    Allow(Principal),
+    /// Refuse it.
+    Deny(Denial),
+}
+
+/// The rules applied to a trustworthy verdict: refusal reasons, expiry at
+/// request time, environment, then scopes.
+pub fn decide(
+    verdict: &Verdict,
+    environment: &str,
+    required_scopes: &[String],
+    now: SystemTime,
+) -> Decision {
+    use DenyStatus::*;
+    let principal = match verdict {
+        Verdict::Invalid { refusal, .. } => {
+            let reason = match refusal {
+                Refusal::Unknown => "unknown",
+                Refusal::BadSecret => "bad_secret",
+                Refusal::Revoked => "revoked",
+                Refusal::Expired => "expired",
+            };
+            return Decision::Deny(Denial::new(Unauthenticated, reason));
+        }
+        Verdict::Valid { principal, .. } => principal,
+    };
+    if principal.expires_at.is_some_and(|at| at <= now) {
+        return Decision::Deny(Denial::new(Unauthenticated, "expired"));
+    }
+    if principal.environment != environment {
+        return Decision::Deny(Denial::new(Forbidden, "wrong_environment"));
+    }
+    if required_scopes
+        .iter()
+        .any(|needed| !principal.scopes.contains(needed))
+    {
+        return Decision::Deny(Denial::new(Forbidden, "missing_scope"));
+    }
+    Decision::Allow(principal.clone())
+}
+
+/// Makes check decisions.
+pub struct Checker {
+    tokens: TokenFormat,
+    environment: &'static str,
+    max_staleness: Duration,
+    fail_open: bool,
+    cache: KeyCache,
+    limits: RateLimits,
+    usage: UsageCounter,
+    sync: Arc<SyncState>,
+    client: ControlPlaneClient,
+    metrics: Arc<Metrics>,
+}
+
+/// Parts a [`Checker`] is built from.
+pub struct CheckerParts {
+    /// Token prefix.
+    pub tokens: TokenFormat,
+    /// Environment served.
+    pub environment: Environment,
+    /// Staleness bound.
+    pub max_staleness: Duration,
+    /// Allow from cache when stale.
+    pub fail_open: bool,
+    /// Verdict cache.
+    pub cache: KeyCache,
+    /// Rate limiters.
+    pub limits: RateLimits,
+    /// Usage counts.
+    pub usage: UsageCounter,
+    /// Stream position and staleness.
+    pub sync: Arc<SyncState>,
+    /// Control-plane client.
+    pub client: ControlPlaneClient,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Checker {
+    /// A checker over these parts.
+    pub fn new(parts: CheckerParts) -> Self {
+        Self {
+            tokens: parts.tokens,
+            environment: parts.environment.as_str(),
+            max_staleness: parts.max_staleness,
+            fail_open: parts.fail_open,
+            cache: parts.cache,
+            limits: parts.limits,
+            usage: parts.usage,
+            sync: parts.sync,
+            client: parts.client,
+            metrics: parts.metrics,
+        }
+    }
+
+    /// Decides about a request carrying `credential` (the token, if any).
+    pub async fn check(&self, credential: Option<&str>, required_scopes: &[String]) -> Decision {
+        let decision = self.decide(credential, required_scopes).await;
+        let (label, reason) = match &decision {
+            Decision::Allow(principal) => {
+                self.usage.record(&principal.key_id);
+                ("allow", "ok")
+            }
+            Decision::Deny(denial) => ("deny", denial.reason),
+        };
+        self.metrics
+            .checks
+            .get_or_create(&vec![("decision", label), ("reason", reason)])
+            .inc();
+        decision
+    }
+
+    async fn decide(&self, credential: Option<&str>, required_scopes: &[String]) -> Decision {
+        use DenyStatus::*;
+        let readiness = self.sync.readiness(self.max_staleness);
+        if readiness == Readiness::NotSynced || (readiness == Readiness::Stale && !self.fail_open) {
+            let reason = if readiness == Readiness::NotSynced {
+                "not_synced"
+            } else {
+                "stale"
+            };
+            return Decision::Deny(Denial::new(Unavailable, reason));
+        }
+        let Some(token) = credential.filter(|t| !t.is_empty()) else {
+            return Decision::Deny(Denial::new(Unauthenticated, "missing_credential"));
+        };
+        if self.tokens.parse(token).is_none() {
+            return Decision::Deny(Denial::new(Unauthenticated, "malformed"));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let verdict = match self.trusted_verdict(digest, token).await {
+            Ok(verdict) => verdict,
+            Err(denial) => return Decision::Deny(denial),
+        };
+        let decision = decide(
+            &verdict,
+            self.environment,
+            required_scopes,
+            SystemTime::now(),
+        );
+        if let Decision::Allow(principal) = &decision
+            && let Some(limit) = principal.rate_limit
+            && let Err(wait) = self.limits.check(&principal.key_id, limit)
+        {
+            return Decision::Deny(Denial {
+                status: RateLimited,
+                reason: "rate_limited",
+                retry_after: Some(wait),
+            });
+        }
+        decision
+    }
+
+    /// A verdict that reflects every change applied for its key: from the
+    /// cache, or from Verify (once more if the answer raced an update).
+    async fn trusted_verdict(&self, digest: [u8; 32], token: &str) -> Result<Arc<Verdict>, Denial> {
+        let cached = self.cache.get(&digest).await;
+        self.metrics
+            .cache_lookups
+            .get_or_create(&vec![(
+                "result",
+                if cached.is_some() { "hit" } else { "miss" },
+            )])
+            .inc();
+        if let Some(verdict) = cached {
+            match self.cache.freshness(&verdict).await {
+                Freshness::Fresh => return Ok(verdict),
+                Freshness::Revoked => {
+                    return Err(Denial::new(DenyStatus::Unauthenticated, "revoked"));
+                }
+                Freshness::Stale => self.cache.forget(&digest).await,
+            }
+        }
+        for _ in 0..2 {
+            let mut client = self.client.clone();
+            let metrics = self.metrics.clone();
+            let verdict = self
+                .cache
+                .get_or_verify(digest, async move {
+                    sync::verify(&mut client, token, &metrics).await
+                })
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "verify failed");
+                    Denial::new(DenyStatus::Unavailable, "control_plane_unavailable")
+                })?;
+            match self.cache.freshness(&verdict).await {
+                Freshness::Fresh => return Ok(verdict),
+                // The answer was computed before a revocation this sidecar already applied.
+                Freshness::Revoked => {
+                    self.cache.forget(&digest).await;
+                    return Err(Denial::new(DenyStatus::Unauthenticated, "revoked"));
+                }
+                Freshness::Stale => self.cache.forget(&digest).await,
+            }
+        }
+        Err(Denial::new(DenyStatus::Unavailable, "changing"))
+    }
+
+    /// Whether checks can be answered (for health and readiness).
+    pub fn readiness(&self) -> Readiness {
+        self.sync.readiness(self.max_staleness)
+    }
+
+    /// Number of cached verdicts.
+    pub fn cached(&self) -> u64 {
+        self.cache.len()
+    }
+}
+
+/// Splits a scope list given as text (comma- or space-separated).
+pub fn parse_scopes(text: &str) -> Vec<String> {
+    text.split([',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(
+        environment: &'static str,
+        scopes: &[&str],
+        expires_at: Option<SystemTime>,
+    ) -> Verdict {
+        Verdict::Valid {
+            principal: Principal {
+                key_id: "key_1".into(),
+                org_id: "acme".into(),
+                environment,
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                expires_at,
+                rate_limit: None,
+            },
+            as_of: 1,
+        }
+    }
+
+    fn status(decision: Decision) -> Option<(u16, &'static str)> {
+        match decision {
+            Decision::Allow(_) => None,
+            Decision::Deny(denial) => Some((denial.status.http_code(), denial.reason)),
+        }
+    }
+
+    #[test]
+    fn rules() {
+        let now = SystemTime::now();
+        let scopes = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            status(decide(
+                &principal("live", &["a"], None),
+                "live",
+                &scopes(&["a"]),
+                now
+            )),
+            None
+        );
+        assert_eq!(
+            status(decide(
+                &principal("live", &["a"], None),
+                "live",
+                &scopes(&["b"]),
+                now
+            )),
+            Some((403, "missing_scope"))
+        );
+        assert_eq!(
+            status(decide(&principal("test", &[], None), "live", &[], now)),
+            Some((403, "wrong_environment"))
+        );
+        let past = now - Duration::from_secs(1);
+        assert_eq!(
+            status(decide(
+                &principal("live", &[], Some(past)),
+                "live",
+                &[],
+                now
+            )),
+            Some((401, "expired"))
+        );
+        let revoked = Verdict::Invalid {
+            refusal: Refusal::Revoked,
+            key_id: None,
+            as_of: 1,
+        };
+        assert_eq!(
+            status(decide(&revoked, "live", &[], now)),
+            Some((401, "revoked"))
+        );
+        assert_eq!(parse_scopes("a, b c"), vec!["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,137 @@
+//! Command line and environment (`KEYPLANE_SIDECAR_*`), parsed in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Keyplane sidecar: answers API-key checks for Envoy ext_authz and HTTP
+/// forward-auth (Traefik, nginx, Caddy) from a cache kept correct by the
+/// control plane's revocation stream.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "keyplane-sidecar", version, about, long_about = None)]
+pub struct Config {
+    /// Control-plane gRPC URL.
+    #[arg(
+        long,
+        env = "KEYPLANE_SIDECAR_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub control_plane: String,
+    /// File holding this sidecar's credential: a platform key (org `keyplane`)
+    /// with scope `keyplane:sidecar`.
+    #[arg(long, env = "KEYPLANE_SIDECAR_CREDENTIAL_FILE")]
+    pub credential_file: PathBuf,
+    /// Environment this sidecar serves; keys of the other one are refused (403).
+    #[arg(long, env = "KEYPLANE_SIDECAR_ENVIRONMENT", value_enum, default_value_t = Environment::Live)]
+    pub environment: Environment,
+    /// gRPC address: Envoy ext_authz v3, health, reflection.
+    #[arg(
+        long,
+        env = "KEYPLANE_SIDECAR_GRPC_LISTEN",
+        default_value = "127.0.0.1:50061"
+    )]
+    pub grpc_listen: SocketAddr,
+    /// HTTP address: forward-auth under `/check`, `/healthz`, `/readyz`, `/metrics`.
+    #[arg(
+        long,
+        env = "KEYPLANE_SIDECAR_HTTP_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub http_listen: SocketAddr,
+    /// Most cached verification results.
+    #[arg(
+        long,
+        env = "KEYPLANE_SIDECAR_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
+    pub cache_capacity: u64,
+    /// How long a positive result stays cached (changes arrive on the stream sooner).
+    #[arg(long, env = "KEYPLANE_SIDECAR_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+    /// How long a negative result (unknown, bad secret, revoked, expired) stays cached.
+    #[arg(long, env = "KEYPLANE_SIDECAR_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub negative_cache_ttl: Duration,
+    /// With no event or heartbeat for this long, stop allowing from cache (503).
+    #[arg(long, env = "KEYPLANE_SIDECAR_MAX_STALENESS", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_staleness: Duration,
+    /// Keep allowing from cache when stale (fail open) instead of answering 503.
+    #[arg(long, env = "KEYPLANE_SIDECAR_FAIL_OPEN")]
+    pub fail_open: bool,
+    /// Scopes required when the proxy names none (comma-separated).
+    #[arg(long, env = "KEYPLANE_SIDECAR_DEFAULT_SCOPES", value_delimiter = ',')]
+    pub default_scopes: Vec<String>,
+    /// Request header carrying the key (`authorization` expects `Bearer <token>`).
+    #[arg(
+        long,
+        env = "KEYPLANE_SIDECAR_CREDENTIAL_HEADER",
+        default_value = "authorization"
+    )]
+    pub credential_header: String,
+    /// Pass the credential header on to the application (default: removed).
+    #[arg(long, env = "KEYPLANE_SIDECAR_KEEP_CREDENTIAL")]
+    pub keep_credential: bool,
+    /// How often usage counts are reported to the control plane.
+    #[arg(long, env = "KEYPLANE_SIDECAR_USAGE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub usage_interval: Duration,
+    /// Token prefix issued by the control plane.
+    #[arg(long, env = "KEYPLANE_SIDECAR_TOKEN_PREFIX", default_value = "kp")]
+    pub token_prefix: String,
+    /// Log format.
+    #[arg(long, env = "KEYPLANE_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Environment served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    /// Production keys (`kp_live_…`).
+    Live,
+    /// Test keys (`kp_test_…`).
+    Test,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// A configuration for tests: short intervals, loopback addresses.
+    pub fn for_test(control_plane: String, credential_file: PathBuf) -> Self {
+        Self {
+            control_plane,
+            credential_file,
+            environment: Environment::Live,
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(300),
+            negative_cache_ttl: Duration::from_secs(5),
+            max_staleness: Duration::from_secs(5),
+            fail_open: false,
+            default_scopes: Vec::new(),
+            credential_header: "authorization".into(),
+            keep_credential: false,
+            usage_interval: Duration::from_millis(200),
+            token_prefix: "kp".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Config::command().debug_assert();
+    }
+}

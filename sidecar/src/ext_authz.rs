@@ -1,0 +1,131 @@
+//! Envoy `ext_authz` v3 over gRPC (`envoy.service.auth.v3.Authorization/Check`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HttpStatusCode, OkHttpResponse,
+};
+use envoy_types::ext_authz::v3::{
+    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use tonic::{Request, Response, Status};
+
+use crate::check::{Checker, Decision, DenyStatus, parse_scopes};
+use crate::http::{credential_from, identity_headers, www_authenticate};
+
+/// The ext_authz service.
+pub struct ExtAuthz {
+    checker: Arc<Checker>,
+    credential_header: String,
+    strip_credential: bool,
+    default_scopes: Vec<String>,
+}
+
+impl ExtAuthz {
+    /// An ext_authz service over `checker`.
+    pub fn new(
+        checker: Arc<Checker>,
+        credential_header: String,
+        strip_credential: bool,
+        default_scopes: Vec<String>,
+    ) -> Self {
+        Self {
+            checker,
+            credential_header: credential_header.to_ascii_lowercase(),
+            strip_credential,
+            default_scopes,
+        }
+    }
+}
+
+fn allowed(response: OkHttpResponse) -> CheckResponse {
+    let mut check = CheckResponse::with_status(Status::ok("allowed"));
+    check.set_http_response(response);
+    check
+}
+
+fn denied(code: tonic::Code, reason: &str, response: DeniedHttpResponse) -> CheckResponse {
+    let mut check = CheckResponse::with_status(Status::new(code, reason));
+    check.set_http_response(response);
+    check
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let request = request.into_inner();
+        let empty = HashMap::new();
+        let headers = request.get_client_headers().unwrap_or(&empty);
+        let context = request.attributes.as_ref().map(|a| &a.context_extensions);
+        let required = context
+            .and_then(|c| c.get("required_scopes"))
+            .or_else(|| headers.get("x-required-scopes"))
+            .map(|text| parse_scopes(text))
+            .unwrap_or_else(|| self.default_scopes.clone());
+        let credential = credential_from(
+            headers.get(&self.credential_header).map(String::as_str),
+            &self.credential_header,
+        );
+        let response = match self.checker.check(credential, &required).await {
+            Decision::Allow(principal) => {
+                let mut ok = OkHttpResponseBuilder::new();
+                for (name, value) in identity_headers(&principal) {
+                    ok.add_header(
+                        name,
+                        value,
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        false,
+                    );
+                }
+                if self.strip_credential {
+                    ok.remove_header(self.credential_header.clone());
+                }
+                allowed(ok.build())
+            }
+            Decision::Deny(denial) => {
+                let (code, http) = match denial.status {
+                    DenyStatus::Unauthenticated => {
+                        (tonic::Code::Unauthenticated, HttpStatusCode::Unauthorized)
+                    }
+                    DenyStatus::Forbidden => {
+                        (tonic::Code::PermissionDenied, HttpStatusCode::Forbidden)
+                    }
+                    DenyStatus::RateLimited => (
+                        tonic::Code::ResourceExhausted,
+                        HttpStatusCode::TooManyRequests,
+                    ),
+                    DenyStatus::Unavailable => {
+                        (tonic::Code::Unavailable, HttpStatusCode::ServiceUnavailable)
+                    }
+                };
+                let mut builder = DeniedHttpResponseBuilder::new();
+                builder.set_http_status(http);
+                builder.add_header("content-type", "application/json", None, false);
+                if denial.status == DenyStatus::Unauthenticated {
+                    builder.add_header(
+                        "www-authenticate",
+                        www_authenticate(denial.reason),
+                        None,
+                        false,
+                    );
+                }
+                if let Some(wait) = denial.retry_after {
+                    builder.add_header(
+                        "retry-after",
+                        wait.as_secs().max(1).to_string(),
+                        None,
+                        false,
+                    );
+                }
+                builder.set_body(format!("{{\"error\":\"{}\"}}", denial.reason));
+                denied(code, denial.reason, builder.build())
+            }
+        };
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,208 @@
+//! The HTTP front end (hyper): forward-auth under `/check` for Envoy HTTP
+//! ext_authz, Traefik ForwardAuth, nginx `auth_request` and Caddy
+//! `forward_auth`; plus `/healthz`, `/readyz` and `/metrics`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::cache::Principal;
+use crate::check::{Checker, Decision, DenyStatus, parse_scopes};
+use crate::metrics::Metrics;
+use crate::sync::Readiness;
+
+/// Path prefix of forward-auth checks.
+pub const CHECK_PREFIX: &str = "/check";
+
+/// The identity headers set on allowed requests (overwriting any sent by the client).
+pub fn identity_headers(principal: &Principal) -> [(&'static str, String); 4] {
+    [
+        ("x-keyplane-key-id", principal.key_id.clone()),
+        ("x-keyplane-org-id", principal.org_id.clone()),
+        ("x-keyplane-scopes", principal.scopes.join(" ")),
+        ("x-keyplane-environment", principal.environment.to_owned()),
+    ]
+}
+
+/// `WWW-Authenticate` for a 401 (RFC 6750).
+pub fn www_authenticate(reason: &str) -> String {
+    format!("Bearer realm=\"keyplane\", error=\"invalid_token\", error_description=\"{reason}\"")
+}
+
+/// The token in a credential header: `Bearer <token>` for `authorization`,
+/// the raw value for any other header.
+pub fn credential_from<'a>(value: Option<&'a str>, header: &str) -> Option<&'a str> {
+    let value = value?.trim();
+    if header.eq_ignore_ascii_case("authorization") {
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    } else {
+        Some(value)
+    }
+}
+
+/// What the HTTP front end serves.
+pub struct HttpFrontEnd {
+    /// The decision maker.
+    pub checker: Arc<Checker>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Credential header name (lowercase).
+    pub credential_header: String,
+    /// Ask the proxy to drop the credential header.
+    pub strip_credential: bool,
+    /// Scopes required when the proxy names none.
+    pub default_scopes: Vec<String>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+impl HttpFrontEnd {
+    async fn handle(&self, request: Request<Incoming>) -> Reply {
+        let path = request.uri().path();
+        match path {
+            "/healthz" => reply(StatusCode::OK, "ok\n"),
+            "/readyz" => match self.checker.readiness() {
+                Readiness::Fresh => reply(StatusCode::OK, "ready\n"),
+                Readiness::Stale => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stale: no word from the control plane\n",
+                ),
+                Readiness::NotSynced => reply(StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n"),
+            },
+            "/metrics" => {
+                let mut response = reply(StatusCode::OK, self.metrics.render());
+                response.headers_mut().insert(
+                    "content-type",
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            _ if path == CHECK_PREFIX || path.starts_with("/check/") => {
+                self.forward_auth(&request).await
+            }
+            _ => reply(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn forward_auth(&self, request: &Request<Incoming>) -> Reply {
+        let headers = request.headers();
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let required = text("x-required-scopes")
+            .map(parse_scopes)
+            .unwrap_or_else(|| self.default_scopes.clone());
+        let method = text("x-forwarded-method")
+            .or_else(|| text("x-original-method"))
+            .unwrap_or(request.method().as_str());
+        let uri = text("x-forwarded-uri")
+            .or_else(|| text("x-original-uri"))
+            .unwrap_or_default();
+        let credential = credential_from(text(&self.credential_header), &self.credential_header);
+        let decision = self.checker.check(credential, &required).await;
+        tracing::debug!(
+            method,
+            uri,
+            allowed = matches!(decision, Decision::Allow(_)),
+            "forward-auth check"
+        );
+        match decision {
+            Decision::Allow(principal) => {
+                let mut response = reply(StatusCode::OK, Bytes::new());
+                let out = response.headers_mut();
+                for (name, value) in identity_headers(&principal) {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        out.insert(name, value);
+                    }
+                }
+                if self.strip_credential
+                    && let Ok(value) = HeaderValue::from_str(&self.credential_header)
+                {
+                    // Envoy's HTTP ext_authz honours this; other proxies are configured to drop it.
+                    out.insert("x-envoy-auth-headers-to-remove", value);
+                }
+                response
+            }
+            Decision::Deny(denial) => {
+                let status = StatusCode::from_u16(denial.status.http_code())
+                    .unwrap_or(StatusCode::UNAUTHORIZED);
+                let mut response = reply(status, format!("{{\"error\":\"{}\"}}\n", denial.reason));
+                let out = response.headers_mut();
+                out.insert("content-type", HeaderValue::from_static("application/json"));
+                if denial.status == DenyStatus::Unauthenticated
+                    && let Ok(value) = HeaderValue::from_str(&www_authenticate(denial.reason))
+                {
+                    out.insert("www-authenticate", value);
+                }
+                if let Some(wait) = denial.retry_after {
+                    out.insert("retry-after", HeaderValue::from(wait.as_secs().max(1)));
+                }
+                response
+            }
+        }
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "http accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let front = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let front = front.clone();
+                    async move { Ok::<_, Infallible>(front.handle(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials() {
+        assert_eq!(
+            credential_from(Some("Bearer abc"), "authorization"),
+            Some("abc")
+        );
+        assert_eq!(
+            credential_from(Some("bearer  abc "), "authorization"),
+            Some("abc")
+        );
+        assert_eq!(credential_from(Some("Basic abc"), "authorization"), None);
+        assert_eq!(credential_from(Some("abc"), "x-api-key"), Some("abc"));
+        assert_eq!(credential_from(None, "x-api-key"), None);
+    }
+}

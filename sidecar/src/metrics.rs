@@ -1,0 +1,108 @@
+//! Prometheus metrics of the sidecar.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Label set: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Checks by decision (allow/deny) and reason.
+    pub checks: Family<Labels, Counter>,
+    /// Cache lookups by result (hit/miss); the hit ratio is hit / (hit + miss).
+    pub cache_lookups: Family<Labels, Counter>,
+    /// Verify calls to the control plane.
+    pub verify_calls: Counter,
+    /// Latency of Verify calls.
+    pub verify_seconds: Histogram,
+    /// Last key-event seq applied.
+    pub applied_seq: Gauge<u64, AtomicU64>,
+    /// Seconds since the last event or heartbeat (stream lag / staleness).
+    pub staleness_seconds: Gauge<f64, AtomicU64>,
+    /// 1 while the Watch stream is connected.
+    pub stream_connected: Gauge,
+    /// Watch reconnect attempts.
+    pub stream_reconnects: Counter,
+    /// Resets received (cache flushed).
+    pub stream_resets: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("keyplane_sidecar");
+        let checks = Family::<Labels, Counter>::default();
+        registry.register("checks", "Checks by decision and reason", checks.clone());
+        let cache_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by result",
+            cache_lookups.clone(),
+        );
+        let verify_calls = Counter::default();
+        registry.register(
+            "verify_calls",
+            "Verify calls to the control plane",
+            verify_calls.clone(),
+        );
+        let verify_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "verify_seconds",
+            "Latency of Verify calls",
+            verify_seconds.clone(),
+        );
+        let applied_seq = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "applied_seq",
+            "Last key-event seq applied",
+            applied_seq.clone(),
+        );
+        let staleness_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "staleness_seconds",
+            "Seconds since the last event or heartbeat",
+            staleness_seconds.clone(),
+        );
+        let stream_connected = Gauge::default();
+        registry.register(
+            "stream_connected",
+            "1 while the Watch stream is connected",
+            stream_connected.clone(),
+        );
+        let stream_reconnects = Counter::default();
+        registry.register(
+            "stream_reconnects",
+            "Watch reconnect attempts",
+            stream_reconnects.clone(),
+        );
+        let stream_resets = Counter::default();
+        registry.register("stream_resets", "Resets received", stream_resets.clone());
+        Self {
+            registry,
+            checks,
+            cache_lookups,
+            verify_calls,
+            verify_seconds,
+            applied_seq,
+            staleness_seconds,
+            stream_connected,
+            stream_reconnects,
+            stream_resets,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
