@@ -4,11 +4,8 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = [
-        "keyplane/admin/v1/api_keys.proto",
-        "keyplane/admin/v1/audit.proto",
-        "keyplane/sync/v1/key_sync.proto",
-    ];
+    let protos =
+        ["keyplane/admin/v1/api_keys.proto", "keyplane/admin/v1/audit.proto", "keyplane/sync/v1/key_sync.proto"];
     let wellknown = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
@@ -17,11 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("keyplane_descriptor.bin"))
-        .compile_with_config(
-            config,
-            &protos.map(PathBuf::from),
-            &[PathBuf::from("."), wellknown.clone()],
-        )?;
+        .compile_with_config(config, &protos.map(PathBuf::from), &[PathBuf::from("."), wellknown.clone()])?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -36,10 +29,7 @@ fn reflection_descriptors(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path()?)
         .arg("--include_imports")
-        .arg(format!(
-            "--descriptor_set_out={}",
-            out_dir.join("ext_authz_descriptor.bin").display()
-        ))
+        .arg(format!("--descriptor_set_out={}", out_dir.join("ext_authz_descriptor.bin").display()))
         .arg("-Ireflection")
         .arg(format!("-I{}", wellknown.display()))
         .arg("reflection/envoy/service/auth/v3/external_auth.proto")

@@ -15,20 +15,12 @@ const MIN_ROOT_TOKEN_LEN: usize = 32;
 pub fn root_token(config: &Config) -> Result<String> {
     let path = config.root_token_path();
     if !path.exists() {
-        let token = format!(
-            "kproot_{}",
-            encode_fixed(&crate::crypto::random_bytes::<32>(), 43)
-        );
+        let token = format!("kproot_{}", encode_fixed(&crate::crypto::random_bytes::<32>(), 43));
         write_secret_file(&path, &format!("{token}\n"))?;
         tracing::info!(path = %path.display(), "generated the root token; read it from this file");
     }
     let token = std::fs::read_to_string(&path)
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot read root token file {}: {e}",
-                path.display()
-            ))
-        })?
+        .map_err(|e| Error::Config(format!("cannot read root token file {}: {e}", path.display())))?
         .trim()
         .to_owned();
     if token.len() < MIN_ROOT_TOKEN_LEN {
@@ -68,12 +60,7 @@ pub fn data_dir(path: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot create data directory {}: {e}",
-                path.display()
-            ))
-        })
+        .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", path.display())))
 }
 
 /// Writes a new file readable by its owner only; never overwrites.

@@ -66,12 +66,9 @@ pub struct StorageArgs {
 impl StorageArgs {
     /// The database URL, defaulting to SQLite in the data directory.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("keyplane.db").display()
-            )
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("keyplane.db").display()))
     }
 
     /// Whether the database is Postgres.
@@ -127,25 +124,15 @@ pub struct Config {
 }
 
 fn parse_prefix(value: &str) -> Result<String, String> {
-    let ok = (1..=16).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok {
-        Ok(value.to_owned())
-    } else {
-        Err("use 1 to 16 lowercase letters or digits".into())
-    }
+    let ok = (1..=16).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok { Ok(value.to_owned()) } else { Err("use 1 to 16 lowercase letters or digits".into()) }
 }
 
 impl Config {
     /// A configuration for tests: SQLite in `data_dir`, cheap argon2.
     pub fn for_test(data_dir: impl Into<PathBuf>) -> Self {
         Self {
-            storage: StorageArgs {
-                data_dir: data_dir.into(),
-                database_url: None,
-            },
+            storage: StorageArgs { data_dir: data_dir.into(), database_url: None },
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: None,
             root_token_file: None,
@@ -172,9 +159,7 @@ impl Config {
 
     /// Root token file path.
     pub fn root_token_path(&self) -> PathBuf {
-        self.root_token_file
-            .clone()
-            .unwrap_or_else(|| self.storage.data_dir.join("root-token"))
+        self.root_token_file.clone().unwrap_or_else(|| self.storage.data_dir.join("root-token"))
     }
 }
 

@@ -53,11 +53,7 @@ impl Error {
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
+    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
 impl From<Error> for Status {
@@ -65,11 +61,7 @@ impl From<Error> for Status {
         match error {
             Error::InvalidArgument(violations) => {
                 let message = format!("invalid argument: {}", describe(&violations));
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    message,
-                    ErrorDetails::with_bad_request(violations),
-                )
+                Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(violations))
             }
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),

@@ -62,9 +62,7 @@ pub async fn run(
     let db = store::connect(&config.storage.database_url()).await?;
     store::migrate(&db).await?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let workers = config
-        .hash_workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let workers = config.hash_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let core = Arc::new(Core {
         db: db.clone(),
         tokens: TokenFormat::new(config.token_prefix.clone()),
@@ -79,31 +77,19 @@ pub async fn run(
     let audit = Arc::new(AuditService::new(core.clone()));
     let feed = KeyEventFeed::new(
         core.clone(),
-        FeedSettings {
-            heartbeat: config.heartbeat_interval,
-            poll: config.event_poll_interval,
-        },
+        FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval },
     )
     .await?;
+    let closing_feed = feed.clone();
     let background = [
         tokio::spawn(feed.clone().tail(core.key_events_committed.clone())),
-        tokio::spawn(service::sync::enforce_retention(
-            core.clone(),
-            config.key_event_retention,
-            RETENTION_INTERVAL,
-        )),
+        tokio::spawn(service::sync::enforce_retention(core.clone(), config.key_event_retention, RETENTION_INTERVAL)),
     ];
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ApiKeyServiceServer<grpc::api_keys::ApiKeyGrpc>>()
-        .await;
-    health_reporter
-        .set_serving::<AuditServiceServer<grpc::audit::AuditGrpc>>()
-        .await;
-    health_reporter
-        .set_serving::<KeySyncServiceServer<grpc::key_sync::KeySyncGrpc>>()
-        .await;
+    health_reporter.set_serving::<ApiKeyServiceServer<grpc::api_keys::ApiKeyGrpc>>().await;
+    health_reporter.set_serving::<AuditServiceServer<grpc::audit::AuditGrpc>>().await;
+    health_reporter.set_serving::<KeySyncServiceServer<grpc::key_sync::KeySyncGrpc>>().await;
     let health_task = tokio::spawn(watch_database(db.clone(), health_reporter));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -130,11 +116,7 @@ pub async fn run(
         "keyplane control plane serving"
     );
     let request_span = |request: &http::Request<_>| {
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
         tracing::info_span!("rpc", method = %request.uri().path(), request_id = %request_id)
     };
     let result = Server::builder()
@@ -144,18 +126,14 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ApiKeyServiceServer::new(grpc::api_keys::ApiKeyGrpc::new(
-            keys,
-            auth.clone(),
-        )))
-        .add_service(AuditServiceServer::new(grpc::audit::AuditGrpc::new(
-            audit,
-            auth.clone(),
-        )))
-        .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(
-            core, verifier, feed, auth,
-        )))
-        .serve_with_incoming_shutdown(incoming(listeners.grpc), shutdown)
+        .add_service(ApiKeyServiceServer::new(grpc::api_keys::ApiKeyGrpc::new(keys, auth.clone())))
+        .add_service(AuditServiceServer::new(grpc::audit::AuditGrpc::new(audit, auth.clone())))
+        .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(core, verifier, feed, auth)))
+        .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
+            shutdown.await;
+            // Watch streams never end by themselves: end them so the server drains.
+            closing_feed.close();
+        })
         .await;
 
     health_task.abort();
@@ -196,10 +174,7 @@ async fn watch_database(db: DatabaseConnection, reporter: tonic_health::server::
 }
 
 /// `keyplane migrate`: applies pending migrations (or only reports them).
-pub async fn migrate(
-    storage: &config::StorageArgs,
-    status_only: bool,
-) -> Result<(Vec<String>, Vec<String>)> {
+pub async fn migrate(storage: &config::StorageArgs, status_only: bool) -> Result<(Vec<String>, Vec<String>)> {
     if !storage.is_postgres() {
         bootstrap::data_dir(&storage.data_dir)?;
     }
@@ -207,10 +182,7 @@ pub async fn migrate(
     if !status_only {
         store::migrate(&db).await?;
     }
-    let report = (
-        store::applied_migrations(&db).await?,
-        store::pending_migrations(&db).await?,
-    );
+    let report = (store::applied_migrations(&db).await?, store::pending_migrations(&db).await?);
     db.close().await?;
     Ok(report)
 }

@@ -31,22 +31,10 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("keyplane");
         let verifications = Family::<Labels, Counter>::default();
-        registry.register(
-            "verifications",
-            "Token verifications by outcome",
-            verifications.clone(),
-        );
+        registry.register("verifications", "Token verifications by outcome", verifications.clone());
         let argon2_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 12));
-        registry.register(
-            "argon2_verify_seconds",
-            "Argon2id verification time",
-            argon2_seconds.clone(),
-        );
-        Self {
-            registry,
-            verifications,
-            argon2_seconds,
-        }
+        registry.register("argon2_verify_seconds", "Argon2id verification time", argon2_seconds.clone());
+        Self { registry, verifications, argon2_seconds }
     }
 }
 
@@ -85,21 +73,14 @@ pub async fn serve(
                 async move {
                     if request.uri().path() == "/metrics" {
                         Response::builder()
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
+                            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
                             .body(Full::new(Bytes::from(metrics.render())))
                     } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::new()))
+                        Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new()))
                     }
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

@@ -115,10 +115,7 @@ impl MigrationTrait for Migration {
             }
             _ => "CREATE INDEX api_keys_org_id_name ON api_keys (org_id, name)",
         };
-        manager
-            .get_connection()
-            .execute_unprepared(name_index)
-            .await?;
+        manager.get_connection().execute_unprepared(name_index).await?;
 
         manager
             .create_table(
@@ -169,14 +166,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            AuditEvents::Table.into_iden(),
-            KeyEvents::Table.into_iden(),
-            ApiKeys::Table.into_iden(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).to_owned())
-                .await?;
+        for table in [AuditEvents::Table.into_iden(), KeyEvents::Table.into_iden(), ApiKeys::Table.into_iden()] {
+            manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())
     }

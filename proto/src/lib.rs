@@ -27,5 +27,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyp
 
 /// Encoded `FileDescriptorSet` of Envoy's ext_authz v3 service (a
 /// wire-compatible subset), so the sidecar's reflection covers `Check`.
-pub const EXT_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("ext_authz_descriptor");
+pub const EXT_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ext_authz_descriptor");

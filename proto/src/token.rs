@@ -92,18 +92,14 @@ impl NewToken {
 
 impl fmt::Debug for NewToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewToken")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
+        f.debug_struct("NewToken").field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
 
 impl TokenFormat {
     /// A format with this prefix (letters and digits only, checked by config).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        Self { prefix: prefix.into() }
     }
 
     fn head(&self, environment: Environment) -> String {
@@ -118,35 +114,22 @@ impl TokenFormat {
         token.push_str(&id_body);
         let start = token.clone();
         token.push_str(&secret);
-        let checksum = encode_fixed(
-            &crc32fast::hash(token.as_bytes()).to_be_bytes(),
-            CHECKSUM_LEN,
-        );
+        let checksum = encode_fixed(&crc32fast::hash(token.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
         token.push_str(&checksum);
-        NewToken {
-            token,
-            key_id: format!("{KEY_ID_PREFIX}{id_body}"),
-            start,
-        }
+        NewToken { token, key_id: format!("{KEY_ID_PREFIX}{id_body}"), start }
     }
 
     /// Checks the prefix, length, alphabet and checksum. Costs no lookup.
     pub fn parse<'a>(&self, token: &'a str) -> Option<ParsedToken<'a>> {
-        let environment = [Environment::Live, Environment::Test]
-            .into_iter()
-            .find(|env| token.starts_with(&self.head(*env)))?;
+        let environment =
+            [Environment::Live, Environment::Test].into_iter().find(|env| token.starts_with(&self.head(*env)))?;
         let head_len = self.head(environment).len();
         let body = &token[head_len..];
-        if body.len() != KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN
-            || !body.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
+        if body.len() != KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
         let (signed, checksum) = token.split_at(token.len() - CHECKSUM_LEN);
-        let expected = encode_fixed(
-            &crc32fast::hash(signed.as_bytes()).to_be_bytes(),
-            CHECKSUM_LEN,
-        );
+        let expected = encode_fixed(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
         if checksum != expected {
             return None;
         }
@@ -168,9 +151,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// 22 base62 characters: 48-bit Unix milliseconds then 80 random bits.
 pub fn new_id_body() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
         & ((1 << 48) - 1);
     let random = u128::from_be_bytes(random_bytes::<16>()) >> 48;
     encode_fixed(&((millis << 80) | random).to_be_bytes(), KEY_ID_LEN)
@@ -241,10 +222,7 @@ mod tests {
         assert_eq!(encode_fixed(&[61], 2), "0z");
         assert_eq!(encode_fixed(&[0, 62], 2), "10");
         assert_eq!(encode_fixed(&[0xff; 32], SECRET_LEN).len(), SECRET_LEN);
-        assert_eq!(
-            encode_fixed(&u128::MAX.to_be_bytes(), KEY_ID_LEN).len(),
-            KEY_ID_LEN
-        );
+        assert_eq!(encode_fixed(&u128::MAX.to_be_bytes(), KEY_ID_LEN).len(), KEY_ID_LEN);
         let a = encode_fixed(&1000u32.to_be_bytes(), 6);
         let b = encode_fixed(&1001u32.to_be_bytes(), 6);
         assert!(a < b);

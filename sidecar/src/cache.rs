@@ -105,12 +105,7 @@ struct VerdictExpiry {
 }
 
 impl Expiry<[u8; 32], Arc<Verdict>> for VerdictExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<Verdict>,
-        _now: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &[u8; 32], value: &Arc<Verdict>, _now: Instant) -> Option<Duration> {
         Some(match **value {
             Verdict::Valid { .. } => self.positive,
             Verdict::Invalid { .. } => self.negative,
@@ -133,10 +128,7 @@ impl KeyCache {
     pub fn new(capacity: u64, positive_ttl: Duration, negative_ttl: Duration) -> Self {
         let verdicts = Cache::builder()
             .max_capacity(capacity)
-            .expire_after(VerdictExpiry {
-                positive: positive_ttl,
-                negative: negative_ttl,
-            })
+            .expire_after(VerdictExpiry { positive: positive_ttl, negative: negative_ttl })
             .build();
         let floor = Arc::new(AtomicU64::new(0));
         let evicted_floor = floor.clone();
@@ -153,11 +145,7 @@ impl KeyCache {
                 }
             })
             .build();
-        Self {
-            verdicts,
-            changes,
-            floor,
-        }
+        Self { verdicts, changes, floor }
     }
 
     /// How far `verdict` can be trusted.
@@ -186,9 +174,7 @@ impl KeyCache {
         digest: [u8; 32],
         verify: impl Future<Output = Result<Verdict, E>>,
     ) -> Result<Arc<Verdict>, Arc<E>> {
-        self.verdicts
-            .try_get_with(digest, async { verify.await.map(Arc::new) })
-            .await
+        self.verdicts.try_get_with(digest, async { verify.await.map(Arc::new) }).await
     }
 
     /// Drops the cached verdict of one token.
@@ -201,9 +187,7 @@ impl KeyCache {
         let previous = self.changes.get(key_id).await;
         let terminal = terminal || previous.is_some_and(|p| p.terminal);
         let seq = previous.map_or(seq, |p| p.seq.max(seq));
-        self.changes
-            .insert(key_id.to_owned(), Change { seq, terminal })
-            .await;
+        self.changes.insert(key_id.to_owned(), Change { seq, terminal }).await;
     }
 
     /// Flushes everything: verdicts from before `head` are no longer trusted.

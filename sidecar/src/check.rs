@@ -53,11 +53,7 @@ pub struct Denial {
 
 impl Denial {
     fn new(status: DenyStatus, reason: &'static str) -> Self {
-        Self {
-            status,
-            reason,
-            retry_after: None,
-        }
+        Self { status, reason, retry_after: None }
     }
 }
 
@@ -72,12 +68,7 @@ pub enum Decision {
 
 /// The rules applied to a trustworthy verdict: refusal reasons, expiry at
 /// request time, environment, then scopes.
-pub fn decide(
-    verdict: &Verdict,
-    environment: &str,
-    required_scopes: &[String],
-    now: SystemTime,
-) -> Decision {
+pub fn decide(verdict: &Verdict, environment: &str, required_scopes: &[String], now: SystemTime) -> Decision {
     use DenyStatus::*;
     let principal = match verdict {
         Verdict::Invalid { refusal, .. } => {
@@ -97,10 +88,7 @@ pub fn decide(
     if principal.environment != environment {
         return Decision::Deny(Denial::new(Forbidden, "wrong_environment"));
     }
-    if required_scopes
-        .iter()
-        .any(|needed| !principal.scopes.contains(needed))
-    {
+    if required_scopes.iter().any(|needed| !principal.scopes.contains(needed)) {
         return Decision::Deny(Denial::new(Forbidden, "missing_scope"));
     }
     Decision::Allow(principal.clone())
@@ -171,10 +159,7 @@ impl Checker {
             }
             Decision::Deny(denial) => ("deny", denial.reason),
         };
-        self.metrics
-            .checks
-            .get_or_create(&vec![("decision", label), ("reason", reason)])
-            .inc();
+        self.metrics.checks.get_or_create(&vec![("decision", label), ("reason", reason)]).inc();
         decision
     }
 
@@ -182,11 +167,7 @@ impl Checker {
         use DenyStatus::*;
         let readiness = self.sync.readiness(self.max_staleness);
         if readiness == Readiness::NotSynced || (readiness == Readiness::Stale && !self.fail_open) {
-            let reason = if readiness == Readiness::NotSynced {
-                "not_synced"
-            } else {
-                "stale"
-            };
+            let reason = if readiness == Readiness::NotSynced { "not_synced" } else { "stale" };
             return Decision::Deny(Denial::new(Unavailable, reason));
         }
         let Some(token) = credential.filter(|t| !t.is_empty()) else {
@@ -200,21 +181,12 @@ impl Checker {
             Ok(verdict) => verdict,
             Err(denial) => return Decision::Deny(denial),
         };
-        let decision = decide(
-            &verdict,
-            self.environment,
-            required_scopes,
-            SystemTime::now(),
-        );
+        let decision = decide(&verdict, self.environment, required_scopes, SystemTime::now());
         if let Decision::Allow(principal) = &decision
             && let Some(limit) = principal.rate_limit
             && let Err(wait) = self.limits.check(&principal.key_id, limit)
         {
-            return Decision::Deny(Denial {
-                status: RateLimited,
-                reason: "rate_limited",
-                retry_after: Some(wait),
-            });
+            return Decision::Deny(Denial { status: RateLimited, reason: "rate_limited", retry_after: Some(wait) });
         }
         decision
     }
@@ -225,10 +197,7 @@ impl Checker {
         let cached = self.cache.get(&digest).await;
         self.metrics
             .cache_lookups
-            .get_or_create(&vec![(
-                "result",
-                if cached.is_some() { "hit" } else { "miss" },
-            )])
+            .get_or_create(&vec![("result", if cached.is_some() { "hit" } else { "miss" })])
             .inc();
         if let Some(verdict) = cached {
             match self.cache.freshness(&verdict).await {
@@ -244,9 +213,7 @@ impl Checker {
             let metrics = self.metrics.clone();
             let verdict = self
                 .cache
-                .get_or_verify(digest, async move {
-                    sync::verify(&mut client, token, &metrics).await
-                })
+                .get_or_verify(digest, async move { sync::verify(&mut client, token, &metrics).await })
                 .await
                 .map_err(|error| {
                     tracing::warn!(%error, "verify failed");
@@ -278,21 +245,14 @@ impl Checker {
 
 /// Splits a scope list given as text (comma- or space-separated).
 pub fn parse_scopes(text: &str) -> Vec<String> {
-    text.split([',', ' '])
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    text.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn principal(
-        environment: &'static str,
-        scopes: &[&str],
-        expires_at: Option<SystemTime>,
-    ) -> Verdict {
+    fn principal(environment: &'static str, scopes: &[&str], expires_at: Option<SystemTime>) -> Verdict {
         Verdict::Valid {
             principal: Principal {
                 key_id: "key_1".into(),
@@ -317,47 +277,16 @@ mod tests {
     fn rules() {
         let now = SystemTime::now();
         let scopes = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(status(decide(&principal("live", &["a"], None), "live", &scopes(&["a"]), now)), None);
         assert_eq!(
-            status(decide(
-                &principal("live", &["a"], None),
-                "live",
-                &scopes(&["a"]),
-                now
-            )),
-            None
-        );
-        assert_eq!(
-            status(decide(
-                &principal("live", &["a"], None),
-                "live",
-                &scopes(&["b"]),
-                now
-            )),
+            status(decide(&principal("live", &["a"], None), "live", &scopes(&["b"]), now)),
             Some((403, "missing_scope"))
         );
-        assert_eq!(
-            status(decide(&principal("test", &[], None), "live", &[], now)),
-            Some((403, "wrong_environment"))
-        );
+        assert_eq!(status(decide(&principal("test", &[], None), "live", &[], now)), Some((403, "wrong_environment")));
         let past = now - Duration::from_secs(1);
-        assert_eq!(
-            status(decide(
-                &principal("live", &[], Some(past)),
-                "live",
-                &[],
-                now
-            )),
-            Some((401, "expired"))
-        );
-        let revoked = Verdict::Invalid {
-            refusal: Refusal::Revoked,
-            key_id: None,
-            as_of: 1,
-        };
-        assert_eq!(
-            status(decide(&revoked, "live", &[], now)),
-            Some((401, "revoked"))
-        );
+        assert_eq!(status(decide(&principal("live", &[], Some(past)), "live", &[], now)), Some((401, "expired")));
+        let revoked = Verdict::Invalid { refusal: Refusal::Revoked, key_id: None, as_of: 1 };
+        assert_eq!(status(decide(&revoked, "live", &[], now)), Some((401, "revoked")));
         assert_eq!(parse_scopes("a, b c"), vec!["a", "b", "c"]);
     }
 }

@@ -13,11 +13,7 @@ use clap::{Parser, ValueEnum};
 #[command(name = "keyplane-sidecar", version, about, long_about = None)]
 pub struct Config {
     /// Control-plane gRPC URL.
-    #[arg(
-        long,
-        env = "KEYPLANE_SIDECAR_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "KEYPLANE_SIDECAR_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
     pub control_plane: String,
     /// File holding this sidecar's credential: a platform key (org `keyplane`)
     /// with scope `keyplane:sidecar`.
@@ -27,25 +23,13 @@ pub struct Config {
     #[arg(long, env = "KEYPLANE_SIDECAR_ENVIRONMENT", value_enum, default_value_t = Environment::Live)]
     pub environment: Environment,
     /// gRPC address: Envoy ext_authz v3, health, reflection.
-    #[arg(
-        long,
-        env = "KEYPLANE_SIDECAR_GRPC_LISTEN",
-        default_value = "127.0.0.1:50061"
-    )]
+    #[arg(long, env = "KEYPLANE_SIDECAR_GRPC_LISTEN", default_value = "127.0.0.1:50061")]
     pub grpc_listen: SocketAddr,
     /// HTTP address: forward-auth under `/check`, `/healthz`, `/readyz`, `/metrics`.
-    #[arg(
-        long,
-        env = "KEYPLANE_SIDECAR_HTTP_LISTEN",
-        default_value = "127.0.0.1:8081"
-    )]
+    #[arg(long, env = "KEYPLANE_SIDECAR_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
     pub http_listen: SocketAddr,
     /// Most cached verification results.
-    #[arg(
-        long,
-        env = "KEYPLANE_SIDECAR_CACHE_CAPACITY",
-        default_value_t = 100_000
-    )]
+    #[arg(long, env = "KEYPLANE_SIDECAR_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
     /// How long a positive result stays cached (changes arrive on the stream sooner).
     #[arg(long, env = "KEYPLANE_SIDECAR_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -63,11 +47,7 @@ pub struct Config {
     #[arg(long, env = "KEYPLANE_SIDECAR_DEFAULT_SCOPES", value_delimiter = ',')]
     pub default_scopes: Vec<String>,
     /// Request header carrying the key (`authorization` expects `Bearer <token>`).
-    #[arg(
-        long,
-        env = "KEYPLANE_SIDECAR_CREDENTIAL_HEADER",
-        default_value = "authorization"
-    )]
+    #[arg(long, env = "KEYPLANE_SIDECAR_CREDENTIAL_HEADER", default_value = "authorization")]
     pub credential_header: String,
     /// Pass the credential header on to the application (default: removed).
     #[arg(long, env = "KEYPLANE_SIDECAR_KEEP_CREDENTIAL")]

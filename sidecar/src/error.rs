@@ -26,9 +26,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::ControlPlane(status) => {
-                Status::unavailable(format!("control plane: {}", status.message()))
-            }
+            Error::ControlPlane(status) => Status::unavailable(format!("control plane: {}", status.message())),
             other => {
                 tracing::error!(error = %other, "internal error");
                 Status::internal("internal error")

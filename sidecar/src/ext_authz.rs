@@ -4,12 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HttpStatusCode, OkHttpResponse,
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpStatusCode, OkHttpResponse,
 };
-use envoy_types::ext_authz::v3::{
-    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
-};
+use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use tonic::{Request, Response, Status};
 
 use crate::check::{Checker, Decision, DenyStatus, parse_scopes};
@@ -31,12 +28,7 @@ impl ExtAuthz {
         strip_credential: bool,
         default_scopes: Vec<String>,
     ) -> Self {
-        Self {
-            checker,
-            credential_header: credential_header.to_ascii_lowercase(),
-            strip_credential,
-            default_scopes,
-        }
+        Self { checker, credential_header: credential_header.to_ascii_lowercase(), strip_credential, default_scopes }
     }
 }
 
@@ -54,10 +46,7 @@ fn denied(code: tonic::Code, reason: &str, response: DeniedHttpResponse) -> Chec
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let request = request.into_inner();
         let empty = HashMap::new();
         let headers = request.get_client_headers().unwrap_or(&empty);
@@ -67,20 +56,13 @@ impl Authorization for ExtAuthz {
             .or_else(|| headers.get("x-required-scopes"))
             .map(|text| parse_scopes(text))
             .unwrap_or_else(|| self.default_scopes.clone());
-        let credential = credential_from(
-            headers.get(&self.credential_header).map(String::as_str),
-            &self.credential_header,
-        );
+        let credential =
+            credential_from(headers.get(&self.credential_header).map(String::as_str), &self.credential_header);
         let response = match self.checker.check(credential, &required).await {
             Decision::Allow(principal) => {
                 let mut ok = OkHttpResponseBuilder::new();
                 for (name, value) in identity_headers(&principal) {
-                    ok.add_header(
-                        name,
-                        value,
-                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                        false,
-                    );
+                    ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
                 }
                 if self.strip_credential {
                     ok.remove_header(self.credential_header.clone());
@@ -89,38 +71,19 @@ impl Authorization for ExtAuthz {
             }
             Decision::Deny(denial) => {
                 let (code, http) = match denial.status {
-                    DenyStatus::Unauthenticated => {
-                        (tonic::Code::Unauthenticated, HttpStatusCode::Unauthorized)
-                    }
-                    DenyStatus::Forbidden => {
-                        (tonic::Code::PermissionDenied, HttpStatusCode::Forbidden)
-                    }
-                    DenyStatus::RateLimited => (
-                        tonic::Code::ResourceExhausted,
-                        HttpStatusCode::TooManyRequests,
-                    ),
-                    DenyStatus::Unavailable => {
-                        (tonic::Code::Unavailable, HttpStatusCode::ServiceUnavailable)
-                    }
+                    DenyStatus::Unauthenticated => (tonic::Code::Unauthenticated, HttpStatusCode::Unauthorized),
+                    DenyStatus::Forbidden => (tonic::Code::PermissionDenied, HttpStatusCode::Forbidden),
+                    DenyStatus::RateLimited => (tonic::Code::ResourceExhausted, HttpStatusCode::TooManyRequests),
+                    DenyStatus::Unavailable => (tonic::Code::Unavailable, HttpStatusCode::ServiceUnavailable),
                 };
                 let mut builder = DeniedHttpResponseBuilder::new();
                 builder.set_http_status(http);
                 builder.add_header("content-type", "application/json", None, false);
                 if denial.status == DenyStatus::Unauthenticated {
-                    builder.add_header(
-                        "www-authenticate",
-                        www_authenticate(denial.reason),
-                        None,
-                        false,
-                    );
+                    builder.add_header("www-authenticate", www_authenticate(denial.reason), None, false);
                 }
                 if let Some(wait) = denial.retry_after {
-                    builder.add_header(
-                        "retry-after",
-                        wait.as_secs().max(1).to_string(),
-                        None,
-                        false,
-                    );
+                    builder.add_header("retry-after", wait.as_secs().max(1).to_string(), None, false);
                 }
                 builder.set_body(format!("{{\"error\":\"{}\"}}", denial.reason));
                 denied(code, denial.reason, builder.build())

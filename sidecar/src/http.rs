@@ -79,25 +79,18 @@ impl HttpFrontEnd {
             "/healthz" => reply(StatusCode::OK, "ok\n"),
             "/readyz" => match self.checker.readiness() {
                 Readiness::Fresh => reply(StatusCode::OK, "ready\n"),
-                Readiness::Stale => reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "stale: no word from the control plane\n",
-                ),
+                Readiness::Stale => reply(StatusCode::SERVICE_UNAVAILABLE, "stale: no word from the control plane\n"),
                 Readiness::NotSynced => reply(StatusCode::SERVICE_UNAVAILABLE, "not synced yet\n"),
             },
             "/metrics" => {
                 let mut response = reply(StatusCode::OK, self.metrics.render());
                 response.headers_mut().insert(
                     "content-type",
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
                 );
                 response
             }
-            _ if path == CHECK_PREFIX || path.starts_with("/check/") => {
-                self.forward_auth(&request).await
-            }
+            _ if path == CHECK_PREFIX || path.starts_with("/check/") => self.forward_auth(&request).await,
             _ => reply(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -105,23 +98,13 @@ impl HttpFrontEnd {
     async fn forward_auth(&self, request: &Request<Incoming>) -> Reply {
         let headers = request.headers();
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let required = text("x-required-scopes")
-            .map(parse_scopes)
-            .unwrap_or_else(|| self.default_scopes.clone());
-        let method = text("x-forwarded-method")
-            .or_else(|| text("x-original-method"))
-            .unwrap_or(request.method().as_str());
-        let uri = text("x-forwarded-uri")
-            .or_else(|| text("x-original-uri"))
-            .unwrap_or_default();
+        let required = text("x-required-scopes").map(parse_scopes).unwrap_or_else(|| self.default_scopes.clone());
+        let method =
+            text("x-forwarded-method").or_else(|| text("x-original-method")).unwrap_or(request.method().as_str());
+        let uri = text("x-forwarded-uri").or_else(|| text("x-original-uri")).unwrap_or_default();
         let credential = credential_from(text(&self.credential_header), &self.credential_header);
         let decision = self.checker.check(credential, &required).await;
-        tracing::debug!(
-            method,
-            uri,
-            allowed = matches!(decision, Decision::Allow(_)),
-            "forward-auth check"
-        );
+        tracing::debug!(method, uri, allowed = matches!(decision, Decision::Allow(_)), "forward-auth check");
         match decision {
             Decision::Allow(principal) => {
                 let mut response = reply(StatusCode::OK, Bytes::new());
@@ -140,8 +123,7 @@ impl HttpFrontEnd {
                 response
             }
             Decision::Deny(denial) => {
-                let status = StatusCode::from_u16(denial.status.http_code())
-                    .unwrap_or(StatusCode::UNAUTHORIZED);
+                let status = StatusCode::from_u16(denial.status.http_code()).unwrap_or(StatusCode::UNAUTHORIZED);
                 let mut response = reply(status, format!("{{\"error\":\"{}\"}}\n", denial.reason));
                 let out = response.headers_mut();
                 out.insert("content-type", HeaderValue::from_static("application/json"));
@@ -179,9 +161,7 @@ impl HttpFrontEnd {
                     let front = front.clone();
                     async move { Ok::<_, Infallible>(front.handle(request).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
             });
         }
     }
@@ -193,14 +173,8 @@ mod tests {
 
     #[test]
     fn credentials() {
-        assert_eq!(
-            credential_from(Some("Bearer abc"), "authorization"),
-            Some("abc")
-        );
-        assert_eq!(
-            credential_from(Some("bearer  abc "), "authorization"),
-            Some("abc")
-        );
+        assert_eq!(credential_from(Some("Bearer abc"), "authorization"), Some("abc"));
+        assert_eq!(credential_from(Some("bearer  abc "), "authorization"), Some("abc"));
         assert_eq!(credential_from(Some("Basic abc"), "authorization"), None);
         assert_eq!(credential_from(Some("abc"), "x-api-key"), Some("abc"));
         assert_eq!(credential_from(None, "x-api-key"), None);

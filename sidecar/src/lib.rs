@@ -49,12 +49,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let credential = std::fs::read_to_string(&config.credential_file).map_err(|e| {
-        Error::Config(format!(
-            "cannot read credential file {}: {e}",
-            config.credential_file.display()
-        ))
-    })?;
+    let credential = std::fs::read_to_string(&config.credential_file)
+        .map_err(|e| Error::Config(format!("cannot read credential file {}: {e}", config.credential_file.display())))?;
     let credential = sync::Credential::bearer(credential.trim())?;
     let channel = Channel::from_shared(config.control_plane.clone())
         .map_err(|e| Error::Config(format!("--control-plane {}: {e}", config.control_plane)))?
@@ -65,11 +61,7 @@ pub async fn run(
     let client = KeySyncServiceClient::new(InterceptedService::new(channel, credential));
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let cache = cache::KeyCache::new(
-        config.cache_capacity,
-        config.cache_ttl,
-        config.negative_cache_ttl,
-    );
+    let cache = cache::KeyCache::new(config.cache_capacity, config.cache_ttl, config.negative_cache_ttl);
     let state = Arc::new(sync::SyncState::default());
     let usage = usage::UsageCounter::default();
     let checker = Arc::new(check::Checker::new(check::CheckerParts {
@@ -89,32 +81,14 @@ pub async fn run(
     }));
 
     let background = [
-        tokio::spawn(sync::follow(
-            client.clone(),
-            cache,
-            state.clone(),
-            metrics.clone(),
-        )),
-        tokio::spawn(
-            usage
-                .clone()
-                .report_every(client.clone(), config.usage_interval),
-        ),
+        tokio::spawn(sync::follow(client.clone(), cache, state.clone(), metrics.clone())),
+        tokio::spawn(usage.clone().report_every(client.clone(), config.usage_interval)),
     ];
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_not_serving::<AuthorizationServer<ext_authz::ExtAuthz>>()
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    let health_task = tokio::spawn(report_health(
-        checker.clone(),
-        state,
-        metrics.clone(),
-        health_reporter,
-    ));
+    health_reporter.set_not_serving::<AuthorizationServer<ext_authz::ExtAuthz>>().await;
+    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let health_task = tokio::spawn(report_health(checker.clone(), state, metrics.clone(), health_reporter));
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -153,10 +127,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AuthorizationServer::new(authz))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)), shutdown)
         .await;
 
     let _ = stop_http.send(());
@@ -185,20 +156,13 @@ async fn report_health(
         let ready = checker.readiness() == sync::Readiness::Fresh;
         if ready != serving {
             serving = ready;
-            let status = if ready {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
+            let status =
+                if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
             reporter.set_service_status("", status).await;
             if ready {
-                reporter
-                    .set_serving::<AuthorizationServer<ext_authz::ExtAuthz>>()
-                    .await;
+                reporter.set_serving::<AuthorizationServer<ext_authz::ExtAuthz>>().await;
             } else {
-                reporter
-                    .set_not_serving::<AuthorizationServer<ext_authz::ExtAuthz>>()
-                    .await;
+                reporter.set_not_serving::<AuthorizationServer<ext_authz::ExtAuthz>>().await;
             }
         }
     }

@@ -40,47 +40,19 @@ impl Default for Metrics {
         let checks = Family::<Labels, Counter>::default();
         registry.register("checks", "Checks by decision and reason", checks.clone());
         let cache_lookups = Family::<Labels, Counter>::default();
-        registry.register(
-            "cache_lookups",
-            "Cache lookups by result",
-            cache_lookups.clone(),
-        );
+        registry.register("cache_lookups", "Cache lookups by result", cache_lookups.clone());
         let verify_calls = Counter::default();
-        registry.register(
-            "verify_calls",
-            "Verify calls to the control plane",
-            verify_calls.clone(),
-        );
+        registry.register("verify_calls", "Verify calls to the control plane", verify_calls.clone());
         let verify_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        registry.register(
-            "verify_seconds",
-            "Latency of Verify calls",
-            verify_seconds.clone(),
-        );
+        registry.register("verify_seconds", "Latency of Verify calls", verify_seconds.clone());
         let applied_seq = Gauge::<u64, AtomicU64>::default();
-        registry.register(
-            "applied_seq",
-            "Last key-event seq applied",
-            applied_seq.clone(),
-        );
+        registry.register("applied_seq", "Last key-event seq applied", applied_seq.clone());
         let staleness_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "staleness_seconds",
-            "Seconds since the last event or heartbeat",
-            staleness_seconds.clone(),
-        );
+        registry.register("staleness_seconds", "Seconds since the last event or heartbeat", staleness_seconds.clone());
         let stream_connected = Gauge::default();
-        registry.register(
-            "stream_connected",
-            "1 while the Watch stream is connected",
-            stream_connected.clone(),
-        );
+        registry.register("stream_connected", "1 while the Watch stream is connected", stream_connected.clone());
         let stream_reconnects = Counter::default();
-        registry.register(
-            "stream_reconnects",
-            "Watch reconnect attempts",
-            stream_reconnects.clone(),
-        );
+        registry.register("stream_reconnects", "Watch reconnect attempts", stream_reconnects.clone());
         let stream_resets = Counter::default();
         registry.register("stream_resets", "Resets received", stream_resets.clone());
         Self {

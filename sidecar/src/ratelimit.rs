@@ -22,10 +22,7 @@ impl RateLimits {
     /// Limiters for up to `capacity` keys; idle ones are dropped after `idle`.
     pub fn new(capacity: u64, idle: Duration) -> Self {
         Self {
-            limiters: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(idle)
-                .build(),
+            limiters: Cache::builder().max_capacity(capacity).time_to_idle(idle).build(),
             clock: DefaultClock::default(),
         }
     }
@@ -48,10 +45,7 @@ impl RateLimits {
                 entry
             }
         };
-        entry
-            .1
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        entry.1.check().map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
 
@@ -67,14 +61,8 @@ mod tests {
             assert!(limits.check("k", limit).is_ok());
         }
         let wait = limits.check("k", limit).unwrap_err();
-        assert!(
-            wait > Duration::from_secs(10) && wait <= Duration::from_secs(20),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::from_secs(10) && wait <= Duration::from_secs(20), "{wait:?}");
         assert!(limits.check("other", limit).is_ok(), "per key");
-        assert!(
-            limits.check("k", (10, Duration::from_secs(1))).is_ok(),
-            "a changed limit starts afresh"
-        );
+        assert!(limits.check("k", (10, Duration::from_secs(1))).is_ok(), "a changed limit starts afresh");
     }
 }

@@ -34,13 +34,8 @@ impl Credential {
 }
 
 impl Interceptor for Credential {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -108,12 +103,7 @@ impl SyncState {
 }
 
 /// Follows the Watch stream forever, resuming after the last applied seq.
-pub async fn follow(
-    client: ControlPlaneClient,
-    cache: KeyCache,
-    state: Arc<SyncState>,
-    metrics: Arc<Metrics>,
-) {
+pub async fn follow(client: ControlPlaneClient, cache: KeyCache, state: Arc<SyncState>, metrics: Arc<Metrics>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match watch_once(client.clone(), &cache, &state, &metrics).await {
@@ -139,10 +129,10 @@ async fn watch_once(
     metrics: &Metrics,
 ) -> Result<()> {
     let after_seq = state.position();
-    let mut stream = client
-        .watch(pb::WatchRequest { after_seq })
-        .await?
-        .into_inner();
+    // Until the first catch-up nothing is cached (checks answer 503), so
+    // there is nothing to replay: start at the head.
+    let from_head = !state.caught_up.load(Ordering::Acquire);
+    let mut stream = client.watch(pb::WatchRequest { after_seq, from_head }).await?.into_inner();
     metrics.stream_connected.set(1);
     tracing::info!(after_seq, "following the key-event stream");
     while let Some(message) = stream.message().await? {
@@ -157,21 +147,13 @@ async fn watch_once(
                 metrics.applied_seq.set(state.position());
             }
             Some(pb::watch_response::Message::Heartbeat(heartbeat)) => {
-                state
-                    .position
-                    .fetch_max(heartbeat.head_seq, Ordering::AcqRel);
+                state.position.fetch_max(heartbeat.head_seq, Ordering::AcqRel);
                 if !state.caught_up.swap(true, Ordering::AcqRel) {
-                    tracing::info!(
-                        position = heartbeat.head_seq,
-                        "caught up with the key-event log"
-                    );
+                    tracing::info!(position = heartbeat.head_seq, "caught up with the key-event log");
                 }
             }
             Some(pb::watch_response::Message::Reset(reset)) => {
-                tracing::warn!(
-                    head = reset.head_seq,
-                    "position no longer retained; flushing the cache"
-                );
+                tracing::warn!(head = reset.head_seq, "position no longer retained; flushing the cache");
                 cache.reset(reset.head_seq);
                 state.position.store(reset.head_seq, Ordering::Release);
                 metrics.stream_resets.inc();
@@ -184,30 +166,16 @@ async fn watch_once(
 }
 
 /// Asks the control plane about a token.
-pub async fn verify(
-    client: &mut ControlPlaneClient,
-    token: &str,
-    metrics: &Metrics,
-) -> Result<Verdict> {
+pub async fn verify(client: &mut ControlPlaneClient, token: &str, metrics: &Metrics) -> Result<Verdict> {
     let started = Instant::now();
     metrics.verify_calls.inc();
-    let response = client
-        .verify(pb::VerifyRequest {
-            token: token.to_owned(),
-        })
-        .await;
-    metrics
-        .verify_seconds
-        .observe(started.elapsed().as_secs_f64());
+    let response = client.verify(pb::VerifyRequest { token: token.to_owned() }).await;
+    metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
     let response = response?.into_inner();
     let principal = response.principal.map(principal_from_proto);
     if response.valid {
-        let principal =
-            principal.ok_or_else(|| tonic::Status::internal("valid answer without principal"))?;
-        return Ok(Verdict::Valid {
-            principal,
-            as_of: response.as_of_seq,
-        });
+        let principal = principal.ok_or_else(|| tonic::Status::internal("valid answer without principal"))?;
+        return Ok(Verdict::Valid { principal, as_of: response.as_of_seq });
     }
     let refusal = match admin::VerifyFailure::try_from(response.failure) {
         Ok(admin::VerifyFailure::BadSecret) => Refusal::BadSecret,
@@ -215,23 +183,13 @@ pub async fn verify(
         Ok(admin::VerifyFailure::Expired) => Refusal::Expired,
         _ => Refusal::Unknown,
     };
-    Ok(Verdict::Invalid {
-        refusal,
-        key_id: principal.map(|p| p.key_id),
-        as_of: response.as_of_seq,
-    })
+    Ok(Verdict::Invalid { refusal, key_id: principal.map(|p| p.key_id), as_of: response.as_of_seq })
 }
 
 fn principal_from_proto(principal: admin::Principal) -> Principal {
     Principal {
-        environment: if principal.environment == admin::Environment::Test as i32 {
-            "test"
-        } else {
-            "live"
-        },
-        expires_at: principal
-            .expires_at
-            .and_then(|t| std::time::SystemTime::try_from(t).ok()),
+        environment: if principal.environment == admin::Environment::Test as i32 { "test" } else { "live" },
+        expires_at: principal.expires_at.and_then(|t| std::time::SystemTime::try_from(t).ok()),
         rate_limit: principal.rate_limit.and_then(|limit| {
             let window = Duration::try_from(limit.window?).ok()?;
             Some((limit.requests, window))

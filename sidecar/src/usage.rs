@@ -58,10 +58,7 @@ impl UsageCounter {
                 last_used_at: Some(prost_types::Timestamp::from(*last)),
             })
             .collect();
-        if let Err(status) = client
-            .report_usage(pb::ReportUsageRequest { entries })
-            .await
-        {
+        if let Err(status) = client.report_usage(pb::ReportUsageRequest { entries }).await {
             tracing::warn!(code = ?status.code(), message = status.message(), "usage report failed; will retry");
             self.restore(batch);
         }

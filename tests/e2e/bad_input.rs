@@ -2,9 +2,7 @@
 //! and nothing is written.
 
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::{
-    Backend, assert_invalid_field, both_backends, random_org, start_or_skip, timestamp_in,
-};
+use keyplane_tests::{Backend, assert_invalid_field, both_backends, random_org, start_or_skip, timestamp_in};
 
 both_backends!(each_bad_field_is_named);
 
@@ -18,11 +16,7 @@ async fn each_bad_field_is_named(backend: Backend) {
     let (key, _) = plane.create_key(&org, &[]).await;
     let mut keys = plane.keys(&plane.root_token).await;
     let create = |change: fn(&mut pb::CreateApiKeyRequest)| {
-        let mut request = pb::CreateApiKeyRequest {
-            org_id: org.clone(),
-            name: "ok".into(),
-            ..Default::default()
-        };
+        let mut request = pb::CreateApiKeyRequest { org_id: org.clone(), name: "ok".into(), ..Default::default() };
         change(&mut request);
         request
     };
@@ -31,56 +25,26 @@ async fn each_bad_field_is_named(backend: Backend) {
         ("name", create(|r| r.name = String::new())),
         ("name", create(|r| r.name = "n".repeat(201))),
         ("description", create(|r| r.description = "d".repeat(2001))),
-        (
-            "scopes[1]",
-            create(|r| r.scopes = vec!["ok:scope".into(), "bad scope".into()]),
-        ),
-        (
-            "scopes[0]",
-            create(|r| r.scopes = vec!["keyplane:keys:destroy".into()]),
-        ),
+        ("scopes[1]", create(|r| r.scopes = vec!["ok:scope".into(), "bad scope".into()])),
+        ("scopes[0]", create(|r| r.scopes = vec!["keyplane:keys:destroy".into()])),
         (
             "expires_at",
             create(|r| {
-                r.expiry = Some(pb::create_api_key_request::Expiry::ExpiresAt(timestamp_in(
-                    chrono::Duration::seconds(-5),
-                )))
+                r.expiry =
+                    Some(pb::create_api_key_request::Expiry::ExpiresAt(timestamp_in(chrono::Duration::seconds(-5))))
             }),
         ),
-        (
-            "ttl",
-            create(|r| r.expiry = Some(pb::create_api_key_request::Expiry::Ttl(duration(5)))),
-        ),
-        (
-            "ttl",
-            create(|r| {
-                r.expiry = Some(pb::create_api_key_request::Expiry::Ttl(duration(
-                    11 * 365 * 86_400,
-                )))
-            }),
-        ),
-        (
-            "ttl",
-            create(|r| r.expiry = Some(pb::create_api_key_request::Expiry::Ttl(duration(-60)))),
-        ),
+        ("ttl", create(|r| r.expiry = Some(pb::create_api_key_request::Expiry::Ttl(duration(5))))),
+        ("ttl", create(|r| r.expiry = Some(pb::create_api_key_request::Expiry::Ttl(duration(11 * 365 * 86_400))))),
+        ("ttl", create(|r| r.expiry = Some(pb::create_api_key_request::Expiry::Ttl(duration(-60))))),
         ("environment", create(|r| r.environment = 7)),
         (
             "rate_limit.requests",
-            create(|r| {
-                r.rate_limit = Some(pb::RateLimit {
-                    requests: 0,
-                    window: Some(duration(1)),
-                })
-            }),
+            create(|r| r.rate_limit = Some(pb::RateLimit { requests: 0, window: Some(duration(1)) })),
         ),
         (
             "rate_limit.window",
-            create(|r| {
-                r.rate_limit = Some(pb::RateLimit {
-                    requests: 5,
-                    window: Some(duration(0)),
-                })
-            }),
+            create(|r| r.rate_limit = Some(pb::RateLimit { requests: 5, window: Some(duration(0)) })),
         ),
         ("org_id", create(|r| r.org_id = String::new())),
         ("org_id", create(|r| r.org_id = "has space".into())),
@@ -91,77 +55,33 @@ async fn each_bad_field_is_named(backend: Backend) {
     }
     let mut oversized = create(|_| {});
     oversized.metadata = keyplane_control_plane::grpc::convert::json_to_struct(&big_metadata);
-    assert_invalid_field(
-        &keys.create_api_key(oversized).await.unwrap_err(),
-        "metadata",
-    );
+    assert_invalid_field(&keys.create_api_key(oversized).await.unwrap_err(), "metadata");
 
     let list = |change: fn(&mut pb::ListApiKeysRequest)| {
-        let mut request = pb::ListApiKeysRequest {
-            org_id: org.clone(),
-            ..Default::default()
-        };
+        let mut request = pb::ListApiKeysRequest { org_id: org.clone(), ..Default::default() };
         change(&mut request);
         request
     };
+    assert_invalid_field(&keys.list_api_keys(list(|r| r.page_size = 1001)).await.unwrap_err(), "page_size");
     assert_invalid_field(
-        &keys
-            .list_api_keys(list(|r| r.page_size = 1001))
-            .await
-            .unwrap_err(),
-        "page_size",
-    );
-    assert_invalid_field(
-        &keys
-            .list_api_keys(list(|r| r.page_token = "not-a-token".into()))
-            .await
-            .unwrap_err(),
+        &keys.list_api_keys(list(|r| r.page_token = "not-a-token".into())).await.unwrap_err(),
         "page_token",
     );
-    assert_invalid_field(
-        &keys
-            .list_api_keys(list(|r| r.environment = 9))
-            .await
-            .unwrap_err(),
-        "environment",
-    );
-    assert_invalid_field(
-        &keys
-            .list_api_keys(list(|r| r.status = 9))
-            .await
-            .unwrap_err(),
-        "status",
-    );
+    assert_invalid_field(&keys.list_api_keys(list(|r| r.environment = 9)).await.unwrap_err(), "environment");
+    assert_invalid_field(&keys.list_api_keys(list(|r| r.status = 9)).await.unwrap_err(), "status");
 
     let update = |paths: &[&str], update: pb::ApiKeyUpdate| pb::UpdateApiKeyRequest {
         org_id: org.clone(),
         id: key.id.clone(),
         update: Some(update),
-        update_mask: Some(prost_types::FieldMask {
-            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-        }),
+        update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() }),
     };
     assert_invalid_field(
-        &keys
-            .update_api_key(update(&["status"], Default::default()))
-            .await
-            .unwrap_err(),
+        &keys.update_api_key(update(&["status"], Default::default())).await.unwrap_err(),
         "update_mask",
     );
-    assert_invalid_field(
-        &keys
-            .update_api_key(update(&[], Default::default()))
-            .await
-            .unwrap_err(),
-        "update_mask",
-    );
-    assert_invalid_field(
-        &keys
-            .update_api_key(update(&["name"], Default::default()))
-            .await
-            .unwrap_err(),
-        "update.name",
-    );
+    assert_invalid_field(&keys.update_api_key(update(&[], Default::default())).await.unwrap_err(), "update_mask");
+    assert_invalid_field(&keys.update_api_key(update(&["name"], Default::default())).await.unwrap_err(), "update.name");
     assert_invalid_field(
         &keys
             .update_api_key(update(
@@ -200,19 +120,11 @@ async fn each_bad_field_is_named(backend: Backend) {
     );
 
     // Nothing was written by any refused call: one key, one audit row.
-    let listed = keys
-        .list_api_keys(list(|_| {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .api_keys;
+    let listed = keys.list_api_keys(list(|_| {})).await.unwrap().into_inner().api_keys;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, key.name);
     let events = audit
-        .list_audit_events(pb::ListAuditEventsRequest {
-            org_id: org.clone(),
-            ..Default::default()
-        })
+        .list_audit_events(pb::ListAuditEventsRequest { org_id: org.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

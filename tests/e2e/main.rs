@@ -6,3 +6,4 @@ mod bad_input;
 mod grpcurl;
 mod isolation;
 mod secrets;
+mod sidecar;

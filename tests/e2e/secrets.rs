@@ -21,20 +21,14 @@ async fn dump_database(plane: &keyplane_tests::TestControlPlane) -> String {
         return String::from_utf8_lossy(&dump).into_owned();
     }
     let tables = db
-        .query_all_raw(Statement::from_string(
-            backend,
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
-        ))
+        .query_all_raw(Statement::from_string(backend, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
         .await
         .expect("tables");
     let mut dump = String::new();
     for table in tables {
         let name: String = table.try_get("", "tablename").expect("name");
         let rows = db
-            .query_all_raw(Statement::from_string(
-                backend,
-                format!("SELECT t::text AS row FROM \"{name}\" t"),
-            ))
+            .query_all_raw(Statement::from_string(backend, format!("SELECT t::text AS row FROM \"{name}\" t")))
             .await
             .expect("rows");
         for row in rows {
@@ -63,69 +57,37 @@ async fn no_secret_in_tables_or_logs(backend: Backend) {
         .into_inner();
     let id = created.api_key.unwrap().id;
     let revealed = keys
-        .reveal_api_key(pb::RevealApiKeyRequest {
-            org_id: org.clone(),
-            id: id.clone(),
-        })
+        .reveal_api_key(pb::RevealApiKeyRequest { org_id: org.clone(), id: id.clone() })
         .await
         .unwrap()
         .into_inner()
         .token;
     assert_eq!(revealed, created.token);
     let rotated = keys
-        .rotate_api_key(pb::RotateApiKeyRequest {
-            org_id: org.clone(),
-            id: id.clone(),
-            grace_period: None,
-        })
+        .rotate_api_key(pb::RotateApiKeyRequest { org_id: org.clone(), id: id.clone(), grace_period: None })
         .await
         .unwrap()
         .into_inner();
     // Failed verifications and bad credentials must not log what was sent either.
     let forged = keyplane_tests::forge_secret(&created.token);
-    keys.verify_api_key(pb::VerifyApiKeyRequest {
-        token: forged.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let _ = plane
-        .keys(&forged)
-        .await
-        .list_api_keys(pb::ListApiKeysRequest::default())
-        .await
-        .unwrap_err();
+    keys.verify_api_key(pb::VerifyApiKeyRequest { token: forged.clone(), ..Default::default() }).await.unwrap();
+    let _ = plane.keys(&forged).await.list_api_keys(pb::ListApiKeysRequest::default()).await.unwrap_err();
     let listed = keys
-        .list_api_keys(pb::ListApiKeysRequest {
-            org_id: org.clone(),
-            ..Default::default()
-        })
+        .list_api_keys(pb::ListApiKeysRequest { org_id: org.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
     let events = plane
         .audit(&admin)
         .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            org_id: org.clone(),
-            ..Default::default()
-        })
+        .list_audit_events(pb::ListAuditEventsRequest { org_id: org.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
 
-    let secrets = [
-        created.token.clone(),
-        rotated.token.clone(),
-        admin.clone(),
-        plane.root_token.clone(),
-        forged,
-    ];
+    let secrets = [created.token.clone(), rotated.token.clone(), admin.clone(), plane.root_token.clone(), forged];
     // The secret part alone (what argon2 hashes) must not appear either.
-    let secret_parts: Vec<String> = secrets[..3]
-        .iter()
-        .map(|t| t[t.len() - 49..t.len() - 6].to_owned())
-        .collect();
+    let secret_parts: Vec<String> = secrets[..3].iter().map(|t| t[t.len() - 49..t.len() - 6].to_owned()).collect();
     let haystacks = [
         ("database", dump_database(&plane).await),
         ("logs", keyplane_tests::logs::captured()),
@@ -134,10 +96,7 @@ async fn no_secret_in_tables_or_logs(backend: Backend) {
     ];
     for (place, text) in &haystacks {
         for secret in secrets.iter().chain(&secret_parts) {
-            assert!(
-                !text.contains(secret.as_str()),
-                "a secret appears in the {place}"
-            );
+            assert!(!text.contains(secret.as_str()), "a secret appears in the {place}");
         }
     }
     plane.stop().await;

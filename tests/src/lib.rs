@@ -37,10 +37,7 @@ impl Backend {
     /// unavailable (Postgres not installed and not required: the test is skipped).
     pub async fn fresh_database(self, data_dir: &std::path::Path) -> Option<String> {
         match self {
-            Backend::Sqlite => Some(format!(
-                "sqlite://{}?mode=rwc",
-                data_dir.join("keyplane.db").display()
-            )),
+            Backend::Sqlite => Some(format!("sqlite://{}?mode=rwc", data_dir.join("keyplane.db").display())),
             Backend::Postgres => match postgres::server() {
                 Some(server) => Some(server.create_database().await),
                 None => None,
@@ -54,13 +51,8 @@ impl Backend {
 pub struct Bearer(MetadataValue<Ascii>);
 
 impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -78,6 +70,10 @@ pub struct TestControlPlane {
     pub database_url: String,
     /// Data directory (root token, master key, SQLite file).
     pub data_dir: PathBuf,
+    /// Prometheus `/metrics` address.
+    pub metrics_addr: SocketAddr,
+    /// The configuration it runs with (for restarts and replicas).
+    pub config: Config,
     _temp: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<keyplane_control_plane::Result<()>>>,
@@ -99,11 +95,8 @@ impl TestControlPlane {
         config.storage.database_url = Some(database_url);
         if backend == Backend::Postgres {
             let key_file = data_dir.join("master-key.conf");
-            std::fs::write(
-                &key_file,
-                keyplane_control_plane::crypto::MasterKeys::generate_line("k1"),
-            )
-            .expect("write master key");
+            std::fs::write(&key_file, keyplane_control_plane::crypto::MasterKeys::generate_line("k1"))
+                .expect("write master key");
             config.master_key_file = Some(key_file);
         }
         adjust(&mut config);
@@ -121,29 +114,21 @@ impl TestControlPlane {
         if !root_path.exists() {
             std::fs::write(
                 &root_path,
-                format!(
-                    "kproot_test_{}{}",
-                    postgres::random_suffix(),
-                    postgres::random_suffix()
-                ),
+                format!("kproot_test_{}{}", postgres::random_suffix(), postgres::random_suffix()),
             )
             .expect("root token");
         }
-        let root_token = std::fs::read_to_string(&root_path)
-            .expect("root token")
-            .trim()
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let root_token = std::fs::read_to_string(&root_path).expect("root token").trim().to_owned();
+        let listener = TcpListener::bind(config.listen).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+        let metrics_addr = metrics.local_addr().expect("metrics addr");
         let (shutdown, stopped) = oneshot::channel::<()>();
         let database_url = config.storage.database_url();
         let data_dir = config.storage.data_dir.clone();
         let task = tokio::spawn(keyplane_control_plane::run(
-            config,
-            Listeners {
-                grpc: listener,
-                metrics: None,
-            },
+            config.clone(),
+            Listeners { grpc: listener, metrics: Some(metrics) },
             async {
                 let _ = stopped.await;
             },
@@ -153,6 +138,8 @@ impl TestControlPlane {
             root_token,
             database_url,
             data_dir,
+            metrics_addr,
+            config,
             _temp: None,
             shutdown: Some(shutdown),
             task: Some(task),
@@ -165,35 +152,22 @@ impl TestControlPlane {
         use tonic_health::pb::health_client::HealthClient;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
-                .expect("uri")
-                .connect()
-                .await
-            {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await {
                 let response = HealthClient::new(channel)
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
                     .await;
                 if response.is_ok_and(|r| r.into_inner().status == 1) {
                     return;
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "control plane did not become ready"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "control plane did not become ready");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
     /// A channel to the control plane.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
+        Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await.expect("connect")
     }
 
     /// A channel that authenticates with `token`.
@@ -215,9 +189,7 @@ impl TestControlPlane {
     /// A separate connection to the same database, for inspecting or
     /// tampering with rows directly.
     pub async fn database(&self) -> DatabaseConnection {
-        sea_orm::Database::connect(self.database_url.clone())
-            .await
-            .expect("connect to test database")
+        sea_orm::Database::connect(self.database_url.clone()).await.expect("connect to test database")
     }
 
     /// Creates a key in `org` with `scopes` using the root token; returns (key, token).
@@ -237,6 +209,34 @@ impl TestControlPlane {
         (response.api_key.expect("key"), response.token)
     }
 
+    /// Another control plane on the same database (a replica), on a new port.
+    pub async fn replica(&self) -> Self {
+        let mut config = self.config.clone();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::launch(config).await
+    }
+
+    /// Stops the server (drained), keeping the handle for [`start_again`](Self::start_again).
+    pub async fn stop_for_now(&mut self) {
+        self.shutdown_now().await;
+    }
+
+    /// Starts a stopped control plane again on the same address and database.
+    pub async fn start_again(&mut self) {
+        let mut config = self.config.clone();
+        config.listen = self.addr;
+        let mut restarted = Self::launch(config).await;
+        self.shutdown = restarted.shutdown.take();
+        self.task = restarted.task.take();
+        self.metrics_addr = restarted.metrics_addr;
+    }
+
+    /// The value of a counter or gauge in the control plane's `/metrics`
+    /// (summed over label sets whose text contains `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric_value(&http_get(&format!("http://{}/metrics", self.metrics_addr)).await, name, labels)
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
         self.shutdown_now().await;
@@ -247,9 +247,7 @@ impl TestControlPlane {
             let _ = shutdown.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await
-                .expect("control plane task")
-                .expect("control plane exited cleanly");
+            task.await.expect("control plane task").expect("control plane exited cleanly");
         }
     }
 }
@@ -301,18 +299,11 @@ macro_rules! start_or_skip {
 /// Asserts an INVALID_ARGUMENT whose `BadRequest` details name `field`.
 pub fn assert_invalid_field(status: &tonic::Status, field: &str) {
     use tonic_types::StatusExt;
-    assert_eq!(
-        status.code(),
-        tonic::Code::InvalidArgument,
-        "expected INVALID_ARGUMENT for {field}: {status:?}"
-    );
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "expected INVALID_ARGUMENT for {field}: {status:?}");
     let details = status.get_error_details();
     let bad_request = details.bad_request().expect("BadRequest details");
     assert!(
-        bad_request
-            .field_violations
-            .iter()
-            .any(|v| v.field == field),
+        bad_request.field_violations.iter().any(|v| v.field == field),
         "no violation for {field:?} in {:?}",
         bad_request.field_violations
     );
@@ -321,10 +312,7 @@ pub fn assert_invalid_field(status: &tonic::Status, field: &str) {
 /// Protobuf timestamp `offset` from now.
 pub fn timestamp_in(offset: chrono::Duration) -> prost_types::Timestamp {
     let at = chrono::Utc::now() + offset;
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 /// The same token with a different secret and a correct checksum: passes
@@ -336,10 +324,7 @@ pub fn forge_secret(token: &str) -> String {
     let original = &token[body_end - SECRET_LEN..body_end];
     let secret = if original.starts_with('0') { "1" } else { "0" }.repeat(SECRET_LEN);
     let signed = format!("{head}{secret}");
-    let checksum = encode_fixed(
-        &crc32fast::hash(signed.as_bytes()).to_be_bytes(),
-        CHECKSUM_LEN,
-    );
+    let checksum = encode_fixed(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
     format!("{signed}{checksum}")
 }
 
@@ -350,11 +335,142 @@ pub fn assert_no_token_in(text: &str) {
         for (at, _) in text.match_indices(head) {
             let rest = &text[at + head.len()..];
             let run = rest.bytes().take_while(u8::is_ascii_alphanumeric).count();
-            assert!(
-                run < 71,
-                "a full token appears in the text: {}",
-                &text[at..at + head.len() + run]
-            );
+            assert!(run < 71, "a full token appears in the text: {}", &text[at..at + head.len() + run]);
+        }
+    }
+}
+
+/// GET `url` and return the body (panics on transport errors).
+pub async fn http_get(url: &str) -> String {
+    reqwest::get(url).await.expect("GET").text().await.expect("body")
+}
+
+/// Sum of the samples of `name` whose label text contains `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && label_text.contains(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A sidecar running inside the test process, following a control plane.
+pub struct TestSidecar {
+    /// ext_authz gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP address (forward-auth, health, metrics).
+    pub http_addr: SocketAddr,
+    /// A pooled HTTP client for calling it.
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<keyplane_sidecar::Result<()>>>,
+    _credential: tempfile::NamedTempFile,
+}
+
+impl TestSidecar {
+    /// Starts a sidecar for `plane` with a fresh `keyplane:sidecar` platform
+    /// key, adjusted by `adjust`, and waits until it has caught up.
+    pub async fn start(plane: &TestControlPlane, adjust: impl FnOnce(&mut keyplane_sidecar::Config)) -> Self {
+        let (_, token) = plane.create_key("keyplane", &["keyplane:sidecar"]).await;
+        let sidecar = Self::start_unready(plane, &token, adjust).await;
+        sidecar.wait_ready().await;
+        sidecar
+    }
+
+    /// Starts a sidecar with this credential without waiting for readiness.
+    pub async fn start_unready(
+        plane: &TestControlPlane,
+        credential: &str,
+        adjust: impl FnOnce(&mut keyplane_sidecar::Config),
+    ) -> Self {
+        logs::init();
+        let mut file = tempfile::NamedTempFile::new().expect("credential file");
+        std::io::Write::write_all(&mut file, credential.as_bytes()).expect("write credential");
+        let mut config =
+            keyplane_sidecar::Config::for_test(format!("http://{}", plane.addr), file.path().to_path_buf());
+        adjust(&mut config);
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (grpc_addr, http_addr) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(keyplane_sidecar::run(config, keyplane_sidecar::Listeners { grpc, http }, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            grpc_addr,
+            http_addr,
+            http: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+            task: Some(task),
+            _credential: file,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (caught up with the log).
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.get("/readyz").await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "sidecar did not become ready");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GET a path of the HTTP front end: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.http.get(format!("http://{}{path}", self.http_addr)).send().await.expect("GET");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+
+    /// Forward-auth check with a bearer token and optional required scopes.
+    pub async fn check(&self, token: &str, scopes: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .http
+            .get(format!("http://{}/check", self.http_addr))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(scopes) = scopes {
+            request = request.header("x-required-scopes", scopes);
+        }
+        request.send().await.expect("check")
+    }
+
+    /// Status of a forward-auth check.
+    pub async fn check_status(&self, token: &str) -> u16 {
+        self.check(token, None).await.status().as_u16()
+    }
+
+    /// Polls until a check of `token` answers `status` (bounded); returns how long it took.
+    pub async fn wait_for_status(&self, token: &str, status: u16) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        while self.check_status(token).await != status {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "check never answered {status}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        started.elapsed()
+    }
+
+    /// A sample of the sidecar's `/metrics`.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric_value(&self.get("/metrics").await.1, name, labels)
+    }
+
+    /// Stops the sidecar.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("sidecar task").expect("sidecar exited cleanly");
+        }
+    }
+}
+
+impl Drop for TestSidecar {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
         }
     }
 }

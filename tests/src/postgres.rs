@@ -62,20 +62,14 @@ fn find_bindir() -> Option<PathBuf> {
             .unwrap_or(0)
     });
     candidates.pop().or_else(|| {
-        let output = Command::new("sh")
-            .args(["-c", "command -v initdb"])
-            .output()
-            .ok()?;
+        let output = Command::new("sh").args(["-c", "command -v initdb"]).output().ok()?;
         let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
         path.parent().map(Path::to_path_buf)
     })
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 /// `program args…`, as the `postgres` user when we are root (initdb refuses root).
@@ -103,36 +97,17 @@ fn run(mut command: Command, what: &str) {
 impl PgServer {
     fn start(bindir: &Path) -> Self {
         let as_postgres = is_root();
-        let dir = tempfile::Builder::new()
-            .prefix("keyplane-pg-")
-            .tempdir()
-            .expect("temp dir for Postgres")
-            .keep();
+        let dir = tempfile::Builder::new().prefix("keyplane-pg-").tempdir().expect("temp dir for Postgres").keep();
         if as_postgres {
             let ids = |flag: &str| -> u32 {
-                let out = Command::new("id")
-                    .args([flag, "postgres"])
-                    .output()
-                    .expect("id postgres");
-                String::from_utf8_lossy(&out.stdout)
-                    .trim()
-                    .parse()
-                    .expect("postgres user exists")
+                let out = Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
+                String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres user exists")
             };
-            std::os::unix::fs::chown(&dir, Some(ids("-u")), Some(ids("-g")))
-                .expect("chown Postgres dir");
+            std::os::unix::fs::chown(&dir, Some(ids("-u")), Some(ids("-g"))).expect("chown Postgres dir");
         }
         let data = dir.join("data");
         let mut initdb = pg_command(bindir, "initdb", as_postgres);
-        initdb.arg("-D").arg(&data).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
+        initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
         run(initdb, "initdb");
         let options = format!(
             "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
@@ -140,23 +115,14 @@ impl PgServer {
             dir.display()
         );
         let mut start = pg_command(bindir, "pg_ctl", as_postgres);
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.join("log"))
-            .args(["-w", "-o", &options, "start"]);
+        start.arg("-D").arg(&data).arg("-l").arg(dir.join("log")).args(["-w", "-o", &options, "start"]);
         run(start, "pg_ctl start");
 
         // The watchdog holds our end of a pipe; when this process exits the
         // pipe closes, `cat` returns, and Postgres is stopped and removed.
         let stop = format!(
             "{} {} -D {} -m immediate stop >/dev/null 2>&1; rm -rf {}",
-            if as_postgres {
-                "runuser -u postgres --"
-            } else {
-                ""
-            },
+            if as_postgres { "runuser -u postgres --" } else { "" },
             bindir.join("pg_ctl").display(),
             data.display(),
             dir.display()
@@ -169,26 +135,18 @@ impl PgServer {
             .expect("start the Postgres watchdog");
         // Keep stdin open (never written) for the life of the process.
         let _ = watchdog.stdin.as_mut().map(|stdin| stdin.flush());
-        Self {
-            socket_dir: dir,
-            _watchdog: Mutex::new(watchdog),
-        }
+        Self { socket_dir: dir, _watchdog: Mutex::new(watchdog) }
     }
 
     /// URL of database `name` on this server.
     pub fn url(&self, name: &str) -> String {
-        format!(
-            "postgres://postgres@localhost/{name}?host={}",
-            self.socket_dir.display()
-        )
+        format!("postgres://postgres@localhost/{name}?host={}", self.socket_dir.display())
     }
 
     /// Creates a fresh database and returns its URL.
     pub async fn create_database(&self) -> String {
         let name = format!("kp_{}", random_suffix());
-        let admin = sea_orm::Database::connect(self.url("postgres"))
-            .await
-            .expect("connect to Postgres");
+        let admin = sea_orm::Database::connect(self.url("postgres")).await.expect("connect to Postgres");
         sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
@@ -201,11 +159,7 @@ impl PgServer {
 pub fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     format!("{:016x}", hasher.finish())
 }

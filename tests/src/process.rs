@@ -10,10 +10,7 @@ use tokio::process::{Child, Command};
 /// Path of a workspace binary built next to the test executable.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -61,20 +58,13 @@ impl ControlPlaneProcess {
         })
         .await
         .expect("keyplane started in time");
-        Self {
-            child,
-            addr,
-            log,
-            lines,
-        }
+        Self { child, addr, log, lines }
     }
 
     /// Sends SIGTERM, waits for a clean exit and returns the whole log.
     pub async fn stop(mut self) -> String {
         let pid = self.child.id().expect("pid");
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exit in time")
@@ -82,11 +72,7 @@ impl ControlPlaneProcess {
         while let Ok(Some(line)) = self.lines.next_line().await {
             self.log.push(line);
         }
-        assert!(
-            status.success(),
-            "keyplane exited with {status}:\n{}",
-            self.log.join("\n")
-        );
+        assert!(status.success(), "keyplane exited with {status}:\n{}", self.log.join("\n"));
         self.log.join("\n")
     }
 }

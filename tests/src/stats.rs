@@ -23,8 +23,7 @@ impl Summary {
     pub fn of(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
         latencies.sort_unstable();
         let at = |q: f64| {
-            let index =
-                ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+            let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
             latencies.get(index).copied().unwrap_or_default()
         };
         Self {

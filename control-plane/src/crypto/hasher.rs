@@ -23,11 +23,7 @@ pub struct HashingParams {
 
 impl Default for HashingParams {
     fn default() -> Self {
-        Self {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
-        }
+        Self { memory_kib: 19_456, iterations: 2, parallelism: 1 }
     }
 }
 
@@ -41,13 +37,8 @@ pub struct SecretHasher {
 impl SecretHasher {
     /// A hasher with these parameters and this many concurrent hashes.
     pub fn new(params: HashingParams, workers: usize) -> Result<Self> {
-        let params = Params::new(
-            params.memory_kib,
-            params.iterations,
-            params.parallelism,
-            None,
-        )
-        .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
+        let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
+            .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
         Ok(Self {
             argon2: Arc::new(Argon2::new(Algorithm::Argon2id, Version::V0x13, params)),
             permits: Arc::new(Semaphore::new(workers.max(1))),
@@ -76,18 +67,9 @@ impl SecretHasher {
         .await
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Hashing("hashing pool closed".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| Error::Hashing(format!("hashing task failed: {e}")))?
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        let _permit = self.permits.acquire().await.map_err(|_| Error::Hashing("hashing pool closed".into()))?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| Error::Hashing(format!("hashing task failed: {e}")))?
     }
 }
 
@@ -97,24 +79,11 @@ mod tests {
 
     #[tokio::test]
     async fn hash_then_verify() {
-        let hasher = SecretHasher::new(
-            HashingParams {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            },
-            2,
-        )
-        .unwrap();
+        let hasher = SecretHasher::new(HashingParams { memory_kib: 64, iterations: 1, parallelism: 1 }, 2).unwrap();
         let phc = hasher.hash("s3cret".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$"));
         assert!(hasher.verify("s3cret".into(), phc.clone()).await.unwrap());
         assert!(!hasher.verify("other".into(), phc).await.unwrap());
-        assert!(
-            hasher
-                .verify("x".into(), "not a hash".into())
-                .await
-                .is_err()
-        );
+        assert!(hasher.verify("x".into(), "not a hash".into()).await.is_err());
     }
 }

@@ -37,24 +37,14 @@ impl MasterKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad =
-                |why: &str| Error::Config(format!("master key file line {}: {why}", number + 1));
-            let (id, encoded) = line
-                .split_once('=')
-                .ok_or_else(|| bad("expected <id>=<base64 key>"))?;
+            let bad = |why: &str| Error::Config(format!("master key file line {}: {why}", number + 1));
+            let (id, encoded) = line.split_once('=').ok_or_else(|| bad("expected <id>=<base64 key>"))?;
             let id = id.trim();
-            if id.is_empty()
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 return Err(bad("key id must be letters, digits, '-' or '_'"));
             }
-            let bytes = BASE64
-                .decode(encoded.trim())
-                .map_err(|_| bad("key is not base64"))?;
-            let cipher =
-                Aes256Gcm::new_from_slice(&bytes).map_err(|_| bad("key must be 32 bytes"))?;
+            let bytes = BASE64.decode(encoded.trim()).map_err(|_| bad("key is not base64"))?;
+            let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| bad("key must be 32 bytes"))?;
             if keys.iter().any(|(existing, _)| existing == id) {
                 return Err(bad("duplicate key id"));
             }
@@ -68,12 +58,8 @@ impl MasterKeys {
 
     /// Reads and parses a master-key file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read master key file {}: {e}",
-                path.display()
-            ))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read master key file {}: {e}", path.display())))?;
         Self::parse(&text)
     }
 
@@ -84,27 +70,15 @@ impl MasterKeys {
 
     /// Id of the key that seals new values.
     pub fn current_id(&self) -> &str {
-        self.keys
-            .last()
-            .map(|(id, _)| id.as_str())
-            .unwrap_or_default()
+        self.keys.last().map(|(id, _)| id.as_str()).unwrap_or_default()
     }
 
     /// Seals `plaintext`, bound to `associated` (the row id).
     pub fn seal(&self, plaintext: &[u8], associated: &str) -> Result<String> {
-        let (id, cipher) = self
-            .keys
-            .last()
-            .ok_or_else(|| Error::Sealing("no master key".into()))?;
+        let (id, cipher) = self.keys.last().ok_or_else(|| Error::Sealing("no master key".into()))?;
         let nonce = Nonce::generate();
         let ciphertext = cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: associated.as_bytes(),
-                },
-            )
+            .encrypt(&nonce, Payload { msg: plaintext, aad: associated.as_bytes() })
             .map_err(|_| Error::Sealing("encryption failed".into()))?;
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&ciphertext);
@@ -114,36 +88,22 @@ impl MasterKeys {
     /// Opens a sealed value; fails clearly if it was altered, moved to another
     /// row, or sealed under a key that is not configured.
     pub fn open(&self, sealed: &str, associated: &str) -> Result<Vec<u8>> {
-        let (id, encoded) = sealed
-            .split_once(':')
-            .ok_or_else(|| Error::Sealing("not a sealed value".into()))?;
+        let (id, encoded) = sealed.split_once(':').ok_or_else(|| Error::Sealing("not a sealed value".into()))?;
         let cipher = self
             .keys
             .iter()
             .find(|(key_id, _)| key_id == id)
             .map(|(_, cipher)| cipher)
             .ok_or_else(|| Error::Sealing(format!("sealed under unknown master key {id:?}")))?;
-        let bytes = BASE64
-            .decode(encoded)
-            .map_err(|_| Error::Sealing("sealed value is not base64".into()))?;
+        let bytes = BASE64.decode(encoded).map_err(|_| Error::Sealing("sealed value is not base64".into()))?;
         if bytes.len() < NONCE_LEN {
             return Err(Error::Sealing("sealed value is truncated".into()));
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
         let nonce = Nonce::try_from(nonce).map_err(|_| Error::Sealing("bad nonce".into()))?;
         cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: ciphertext,
-                    aad: associated.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                Error::Sealing(
-                    "authentication failed: value was altered or belongs to another row".into(),
-                )
-            })
+            .decrypt(&nonce, Payload { msg: ciphertext, aad: associated.as_bytes() })
+            .map_err(|_| Error::Sealing("authentication failed: value was altered or belongs to another row".into()))
     }
 }
 
@@ -162,16 +122,8 @@ mod tests {
         let mut tampered = sealed.clone().into_bytes();
         let last = tampered.len() - 2;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
-        assert!(
-            keys.open(std::str::from_utf8(&tampered).unwrap(), "key_1")
-                .is_err()
-        );
-        assert!(
-            keys.open("k9:AAAA", "key_1")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown master key")
-        );
+        assert!(keys.open(std::str::from_utf8(&tampered).unwrap(), "key_1").is_err());
+        assert!(keys.open("k9:AAAA", "key_1").unwrap_err().to_string().contains("unknown master key"));
     }
 
     #[test]
@@ -183,10 +135,7 @@ mod tests {
         let keys = MasterKeys::parse(&both).unwrap();
         assert_eq!(keys.current_id(), "k2");
         assert!(keys.seal(b"v", "r").unwrap().starts_with("k2:"));
-        assert!(
-            keys.open(&sealed_old, "r").is_err(),
-            "different k1 material"
-        );
+        assert!(keys.open(&sealed_old, "r").is_err(), "different k1 material");
         assert!(MasterKeys::parse("k1=short").is_err());
         assert!(MasterKeys::parse("").is_err());
     }

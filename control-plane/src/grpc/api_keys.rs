@@ -29,8 +29,7 @@ impl ApiKeyGrpc {
 
 fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
     Ok(NewKey {
-        environment: convert::environment_from_proto("environment", request.environment)?
-            .unwrap_or(Environment::Live),
+        environment: convert::environment_from_proto("environment", request.environment)?.unwrap_or(Environment::Live),
         expiry: match request.expiry {
             None => None,
             Some(pb::create_api_key_request::Expiry::ExpiresAt(at)) => {
@@ -40,14 +39,8 @@ fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
                 Some(Expiry::Ttl(convert::duration_from_proto("ttl", ttl)?))
             }
         },
-        rate_limit: request
-            .rate_limit
-            .map(|l| convert::rate_limit_from_proto("rate_limit", l))
-            .transpose()?,
-        metadata: request
-            .metadata
-            .map(|m| convert::struct_to_json("metadata", m))
-            .transpose()?,
+        rate_limit: request.rate_limit.map(|l| convert::rate_limit_from_proto("rate_limit", l)).transpose()?,
+        metadata: request.metadata.map(|m| convert::struct_to_json("metadata", m)).transpose()?,
         org_id: request.org_id,
         name: request.name,
         description: request.description,
@@ -57,10 +50,7 @@ fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
 }
 
 fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
-    let paths = request
-        .update_mask
-        .ok_or_else(|| Error::invalid("update_mask", "is required"))?
-        .paths;
+    let paths = request.update_mask.ok_or_else(|| Error::invalid("update_mask", "is required"))?.paths;
     let update = request.update.unwrap_or_default();
     let mut changes = KeyChanges::default();
     for path in paths {
@@ -69,35 +59,20 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
             "description" => changes.description = Some(update.description.clone()),
             "scopes" => changes.scopes = Some(update.scopes.clone()),
             "expires_at" => {
-                changes.expires_at = Some(
-                    update
-                        .expires_at
-                        .map(|at| convert::time_from_proto("update.expires_at", at))
-                        .transpose()?,
-                );
+                changes.expires_at =
+                    Some(update.expires_at.map(|at| convert::time_from_proto("update.expires_at", at)).transpose()?);
             }
             "rate_limit" => {
                 changes.rate_limit = Some(
-                    update
-                        .rate_limit
-                        .map(|l| convert::rate_limit_from_proto("update.rate_limit", l))
-                        .transpose()?,
+                    update.rate_limit.map(|l| convert::rate_limit_from_proto("update.rate_limit", l)).transpose()?,
                 );
             }
             "metadata" => {
-                changes.metadata = Some(
-                    update
-                        .metadata
-                        .clone()
-                        .map(|m| convert::struct_to_json("update.metadata", m))
-                        .transpose()?,
-                );
+                changes.metadata =
+                    Some(update.metadata.clone().map(|m| convert::struct_to_json("update.metadata", m)).transpose()?);
             }
             other => {
-                return Err(Error::invalid(
-                    "update_mask",
-                    format!("unknown or unchangeable field {other:?}"),
-                ));
+                return Err(Error::invalid("update_mask", format!("unknown or unchangeable field {other:?}")));
             }
         }
     }
@@ -111,10 +86,7 @@ impl ApiKeyService for ApiKeyGrpc {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let issued = self
-            .keys
-            .create(&ctx, new_key(request.into_inner())?)
-            .await?;
+        let issued = self.keys.create(&ctx, new_key(request.into_inner())?).await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(api_key_to_proto(&issued.key)),
             token: issued.token,
@@ -128,9 +100,7 @@ impl ApiKeyService for ApiKeyGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::GetApiKeyRequest { org_id, id } = request.into_inner();
         let key = self.keys.get(&ctx, &org_id, &id).await?;
-        Ok(Response::new(pb::GetApiKeyResponse {
-            api_key: Some(api_key_to_proto(&key)),
-        }))
+        Ok(Response::new(pb::GetApiKeyResponse { api_key: Some(api_key_to_proto(&key)) }))
     }
 
     async fn list_api_keys(
@@ -163,13 +133,8 @@ impl ApiKeyService for ApiKeyGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let request = request.into_inner();
         let (org_id, id) = (request.org_id.clone(), request.id.clone());
-        let key = self
-            .keys
-            .update(&ctx, &org_id, &id, key_changes(request)?)
-            .await?;
-        Ok(Response::new(pb::UpdateApiKeyResponse {
-            api_key: Some(api_key_to_proto(&key)),
-        }))
+        let key = self.keys.update(&ctx, &org_id, &id, key_changes(request)?).await?;
+        Ok(Response::new(pb::UpdateApiKeyResponse { api_key: Some(api_key_to_proto(&key)) }))
     }
 
     async fn revoke_api_key(
@@ -179,9 +144,7 @@ impl ApiKeyService for ApiKeyGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::RevokeApiKeyRequest { org_id, id, reason } = request.into_inner();
         let key = self.keys.revoke(&ctx, &org_id, &id, &reason).await?;
-        Ok(Response::new(pb::RevokeApiKeyResponse {
-            api_key: Some(api_key_to_proto(&key)),
-        }))
+        Ok(Response::new(pb::RevokeApiKeyResponse { api_key: Some(api_key_to_proto(&key)) }))
     }
 
     async fn delete_api_key(
@@ -199,14 +162,8 @@ impl ApiKeyService for ApiKeyGrpc {
         request: Request<pb::RotateApiKeyRequest>,
     ) -> Result<Response<pb::RotateApiKeyResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let pb::RotateApiKeyRequest {
-            org_id,
-            id,
-            grace_period,
-        } = request.into_inner();
-        let grace = grace_period
-            .map(|g| convert::duration_from_proto("grace_period", g))
-            .transpose()?;
+        let pb::RotateApiKeyRequest { org_id, id, grace_period } = request.into_inner();
+        let grace = grace_period.map(|g| convert::duration_from_proto("grace_period", g)).transpose()?;
         let rotation = self.keys.rotate(&ctx, &org_id, &id, grace).await?;
         Ok(Response::new(pb::RotateApiKeyResponse {
             api_key: Some(api_key_to_proto(&rotation.issued.key)),
@@ -232,15 +189,8 @@ impl ApiKeyService for ApiKeyGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let request = request.into_inner();
         let environment = convert::environment_from_proto("environment", request.environment)?;
-        let verification = self
-            .keys
-            .verify(&ctx, &request.token, environment, &request.required_scopes)
-            .await?;
+        let verification = self.keys.verify(&ctx, &request.token, environment, &request.required_scopes).await?;
         let (valid, failure, principal) = convert::verification_to_proto(&verification);
-        Ok(Response::new(pb::VerifyApiKeyResponse {
-            valid,
-            failure: failure.into(),
-            principal,
-        }))
+        Ok(Response::new(pb::VerifyApiKeyResponse { valid, failure: failure.into(), principal }))
     }
 }

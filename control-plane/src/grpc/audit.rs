@@ -39,14 +39,8 @@ impl AuditServiceApi for AuditGrpc {
                 action: non_empty(request.action),
                 actor_id: non_empty(request.actor_id),
                 target_id: non_empty(request.target_id),
-                start_time: request
-                    .start_time
-                    .map(|t| convert::time_from_proto("start_time", t))
-                    .transpose()?,
-                end_time: request
-                    .end_time
-                    .map(|t| convert::time_from_proto("end_time", t))
-                    .transpose()?,
+                start_time: request.start_time.map(|t| convert::time_from_proto("start_time", t)).transpose()?,
+                end_time: request.end_time.map(|t| convert::time_from_proto("end_time", t)).transpose()?,
             },
             org_id: request.org_id,
             page_size: request.page_size,
@@ -54,11 +48,7 @@ impl AuditServiceApi for AuditGrpc {
         };
         let page = self.audit.list(&ctx, query).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
-            audit_events: page
-                .items
-                .into_iter()
-                .map(convert::audit_event_to_proto)
-                .collect(),
+            audit_events: page.items.into_iter().map(convert::audit_event_to_proto).collect(),
             next_page_token: page.next_page_token,
         }))
     }
@@ -68,10 +58,7 @@ impl AuditServiceApi for AuditGrpc {
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let report = self
-            .audit
-            .verify_chain(&ctx, &request.get_ref().org_id)
-            .await?;
+        let report = self.audit.verify_chain(&ctx, &request.get_ref().org_id).await?;
         let (first_broken_seq, first_broken_id, problem) = report
             .first_broken
             .clone()

@@ -32,8 +32,7 @@ pub fn time_to_proto(time: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// Protobuf duration → non-negative duration.
 pub fn duration_from_proto(field: &str, duration: prost_types::Duration) -> Result<Duration> {
-    Duration::try_from(duration)
-        .map_err(|_| Error::invalid(field, "must be a non-negative duration"))
+    Duration::try_from(duration).map_err(|_| Error::invalid(field, "must be a non-negative duration"))
 }
 
 /// Protobuf environment → domain (`None` for unspecified).
@@ -42,10 +41,9 @@ pub fn environment_from_proto(field: &str, value: i32) -> Result<Option<Environm
         Ok(pb::Environment::Unspecified) => Ok(None),
         Ok(pb::Environment::Live) => Ok(Some(Environment::Live)),
         Ok(pb::Environment::Test) => Ok(Some(Environment::Test)),
-        Err(_) => Err(Error::invalid(
-            field,
-            format!("unknown environment {value}; use ENVIRONMENT_LIVE or ENVIRONMENT_TEST"),
-        )),
+        Err(_) => {
+            Err(Error::invalid(field, format!("unknown environment {value}; use ENVIRONMENT_LIVE or ENVIRONMENT_TEST")))
+        }
     }
 }
 
@@ -69,20 +67,12 @@ pub fn status_from_proto(field: &str, value: i32) -> Result<Option<&'static str>
 
 /// Protobuf rate limit → domain.
 pub fn rate_limit_from_proto(field: &str, limit: pb::RateLimit) -> Result<RateLimit> {
-    let window = limit
-        .window
-        .ok_or_else(|| Error::invalid(format!("{field}.window"), "is required"))?;
-    Ok(RateLimit {
-        requests: limit.requests,
-        window: duration_from_proto(&format!("{field}.window"), window)?,
-    })
+    let window = limit.window.ok_or_else(|| Error::invalid(format!("{field}.window"), "is required"))?;
+    Ok(RateLimit { requests: limit.requests, window: duration_from_proto(&format!("{field}.window"), window)? })
 }
 
 fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
-    pb::RateLimit {
-        requests: limit.requests,
-        window: prost_types::Duration::try_from(limit.window).ok(),
-    }
+    pb::RateLimit { requests: limit.requests, window: prost_types::Duration::try_from(limit.window).ok() }
 }
 
 /// Protobuf `Struct` → JSON object.
@@ -100,25 +90,14 @@ pub fn struct_to_json(field: &str, value: prost_types::Struct) -> Result<Value> 
                 }
             }
             Kind::StringValue(s) => Value::String(s),
-            Kind::ListValue(list) => Value::Array(
-                list.values
-                    .into_iter()
-                    .map(convert)
-                    .collect::<Option<_>>()?,
-            ),
-            Kind::StructValue(object) => Value::Object(
-                object
-                    .fields
-                    .into_iter()
-                    .map(|(k, v)| Some((k, convert(v)?)))
-                    .collect::<Option<_>>()?,
-            ),
+            Kind::ListValue(list) => Value::Array(list.values.into_iter().map(convert).collect::<Option<_>>()?),
+            Kind::StructValue(object) => {
+                Value::Object(object.fields.into_iter().map(|(k, v)| Some((k, convert(v)?))).collect::<Option<_>>()?)
+            }
         })
     }
-    convert(prost_types::Value {
-        kind: Some(Kind::StructValue(value)),
-    })
-    .ok_or_else(|| Error::invalid(field, "must be valid JSON (no NaN or infinite numbers)"))
+    convert(prost_types::Value { kind: Some(Kind::StructValue(value)) })
+        .ok_or_else(|| Error::invalid(field, "must be valid JSON (no NaN or infinite numbers)"))
 }
 
 /// JSON object → protobuf `Struct` (`None` for anything but an object).
@@ -129,9 +108,9 @@ pub fn json_to_struct(value: &Value) -> Option<prost_types::Struct> {
             Value::Bool(b) => Kind::BoolValue(*b),
             Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
             Value::String(s) => Kind::StringValue(s.clone()),
-            Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-                values: items.iter().map(convert).collect(),
-            }),
+            Value::Array(items) => {
+                Kind::ListValue(prost_types::ListValue { values: items.iter().map(convert).collect() })
+            }
             Value::Object(map) => Kind::StructValue(prost_types::Struct {
                 fields: map.iter().map(|(k, v)| (k.clone(), convert(v))).collect(),
             }),
@@ -153,12 +132,8 @@ pub fn api_key_to_proto(key: &api_keys::Model) -> pb::ApiKey {
         description: key.description.clone(),
         environment: environment_to_proto(key.environment()).into(),
         scopes: key.scope_list(),
-        status: if key.status == api_keys::ACTIVE {
-            pb::ApiKeyStatus::Active
-        } else {
-            pb::ApiKeyStatus::Revoked
-        }
-        .into(),
+        status: if key.status == api_keys::ACTIVE { pb::ApiKeyStatus::Active } else { pb::ApiKeyStatus::Revoked }
+            .into(),
         start: key.start.clone(),
         expires_at: key.expires_at.map(time_to_proto),
         rate_limit: rate_limit_of(key).map(rate_limit_to_proto),
@@ -202,20 +177,12 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
 }
 
 /// Verification → (valid, failure, principal).
-pub fn verification_to_proto(
-    verification: &Verification,
-) -> (bool, pb::VerifyFailure, Option<pb::Principal>) {
+pub fn verification_to_proto(verification: &Verification) -> (bool, pb::VerifyFailure, Option<pb::Principal>) {
     match verification {
-        Verification::Valid(key) => (
-            true,
-            pb::VerifyFailure::Unspecified,
-            Some(principal_to_proto(key)),
-        ),
-        Verification::Invalid(failure, key) => (
-            false,
-            failure_to_proto(*failure),
-            key.as_deref().map(principal_to_proto),
-        ),
+        Verification::Valid(key) => (true, pb::VerifyFailure::Unspecified, Some(principal_to_proto(key))),
+        Verification::Invalid(failure, key) => {
+            (false, failure_to_proto(*failure), key.as_deref().map(principal_to_proto))
+        }
     }
 }
 
@@ -255,13 +222,7 @@ mod tests {
     #[test]
     fn nan_is_refused_with_the_field_name() {
         let proto = prost_types::Struct {
-            fields: [(
-                "x".to_owned(),
-                prost_types::Value {
-                    kind: Some(Kind::NumberValue(f64::NAN)),
-                },
-            )]
-            .into(),
+            fields: [("x".to_owned(), prost_types::Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into(),
         };
         let error = struct_to_json("metadata", proto).unwrap_err();
         assert!(error.to_string().contains("metadata"));

@@ -24,18 +24,8 @@ pub struct KeySyncGrpc {
 
 impl KeySyncGrpc {
     /// An adapter over the feed and verifier.
-    pub fn new(
-        core: Arc<Core>,
-        verifier: Arc<Verifier>,
-        feed: Arc<KeyEventFeed>,
-        auth: Authenticator,
-    ) -> Self {
-        Self {
-            core,
-            verifier,
-            feed,
-            auth,
-        }
+    pub fn new(core: Arc<Core>, verifier: Arc<Verifier>, feed: Arc<KeyEventFeed>, auth: Authenticator) -> Self {
+        Self { core, verifier, feed, auth }
     }
 }
 
@@ -56,16 +46,10 @@ fn to_proto(message: FeedMessage) -> pb::WatchResponse {
             kind: event_kind(&event.kind).into(),
             key_id: event.key_id,
         }),
-        FeedMessage::Heartbeat(head) => pb::watch_response::Message::Heartbeat(pb::Heartbeat {
-            head_seq: seq(head),
-        }),
-        FeedMessage::Reset(head) => pb::watch_response::Message::Reset(pb::Reset {
-            head_seq: seq(head),
-        }),
+        FeedMessage::Heartbeat(head) => pb::watch_response::Message::Heartbeat(pb::Heartbeat { head_seq: seq(head) }),
+        FeedMessage::Reset(head) => pb::watch_response::Message::Reset(pb::Reset { head_seq: seq(head) }),
     };
-    pb::WatchResponse {
-        message: Some(message),
-    }
+    pb::WatchResponse { message: Some(message) }
 }
 
 /// The Watch response stream.
@@ -73,14 +57,10 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Statu
 
 #[tonic::async_trait]
 impl KeySyncService for KeySyncGrpc {
-    async fn verify(
-        &self,
-        request: Request<pb::VerifyRequest>,
-    ) -> Result<Response<pb::VerifyResponse>, Status> {
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let (verification, as_of) =
-            sync::verify_for_sidecar(&self.core, &self.verifier, &ctx, &request.get_ref().token)
-                .await?;
+            sync::verify_for_sidecar(&self.core, &self.verifier, &ctx, &request.get_ref().token).await?;
         let (valid, failure, principal) = convert::verification_to_proto(&verification);
         Ok(Response::new(pb::VerifyResponse {
             valid,
@@ -92,16 +72,12 @@ impl KeySyncService for KeySyncGrpc {
 
     type WatchStream = WatchStream;
 
-    async fn watch(
-        &self,
-        request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let after = i64::try_from(request.get_ref().after_seq)
-            .map_err(|_| Error::invalid("after_seq", "is out of range"))?;
-        let receiver = self.feed.watch(&ctx, after).await?;
-        let stream =
-            ReceiverStream::new(receiver).map(|item| item.map(to_proto).map_err(Status::from));
+        let after =
+            i64::try_from(request.get_ref().after_seq).map_err(|_| Error::invalid("after_seq", "is out of range"))?;
+        let receiver = self.feed.watch(&ctx, after, request.get_ref().from_head).await?;
+        let stream = ReceiverStream::new(receiver).map(|item| item.map(to_proto).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -112,17 +88,13 @@ impl KeySyncService for KeySyncGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let mut batch = Vec::new();
         for (i, entry) in request.into_inner().entries.into_iter().enumerate() {
-            let last_used_at = entry.last_used_at.ok_or_else(|| {
-                Error::invalid(format!("entries[{i}].last_used_at"), "is required")
-            })?;
+            let last_used_at = entry
+                .last_used_at
+                .ok_or_else(|| Error::invalid(format!("entries[{i}].last_used_at"), "is required"))?;
             batch.push(Usage {
-                count: i64::try_from(entry.count).map_err(|_| {
-                    Error::invalid(format!("entries[{i}].count"), "is out of range")
-                })?,
-                last_used_at: convert::time_from_proto(
-                    &format!("entries[{i}].last_used_at"),
-                    last_used_at,
-                )?,
+                count: i64::try_from(entry.count)
+                    .map_err(|_| Error::invalid(format!("entries[{i}].count"), "is out of range"))?,
+                last_used_at: convert::time_from_proto(&format!("entries[{i}].last_used_at"), last_used_at)?,
                 key_id: entry.key_id,
             });
         }

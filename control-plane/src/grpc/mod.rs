@@ -13,17 +13,9 @@ use crate::service::{Authenticator, RequestContext};
 
 /// Builds the request context: authenticates the bearer token and records
 /// request id, peer address and user agent for the audit log.
-pub async fn request_context<T>(
-    auth: &Authenticator,
-    request: &Request<T>,
-) -> Result<RequestContext> {
+pub async fn request_context<T>(auth: &Authenticator, request: &Request<T>) -> Result<RequestContext> {
     let metadata = request.metadata();
-    let text = |name: &str| {
-        metadata
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
+    let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let bearer = text("authorization")
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
@@ -32,10 +24,7 @@ pub async fn request_context<T>(
     Ok(RequestContext {
         actor,
         request_id: text("x-request-id").chars().take(128).collect(),
-        peer_address: request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        peer_address: request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
         user_agent: text("user-agent").chars().take(512).collect(),
     })
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::Core;
 use super::auth::{RequestContext, Scope};
 use super::validate::{self, Violations};
-use super::verify::{self, Verification, Verifier};
+use super::verify::{self, Purpose, Verification, Verifier};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::store::key_events::{self, KeyEventKind};
@@ -189,11 +189,7 @@ impl KeyService {
         let (row, token) = self.issue(ctx, attributes, None).await?;
         let tx = OrgTx::begin(&self.core.db, &org).await?;
         let key = api_keys::insert(&tx, row).await?;
-        audit::append(
-            &tx,
-            ctx.audit("api_key.created", "api_key", &key.id, describe(&key)),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit("api_key.created", "api_key", &key.id, describe(&key))).await?;
         tx.commit().await?;
         Ok(IssuedKey { key, token })
     }
@@ -215,11 +211,7 @@ impl KeyService {
         let generated = self.core.tokens.generate(attributes.environment);
         let secret_hash = self.core.hasher.hash(generated.secret().to_owned()).await?;
         let sealed_token = if attributes.recoverable {
-            Some(
-                self.core
-                    .master_keys
-                    .seal(generated.token.as_bytes(), &generated.key_id)?,
-            )
+            Some(self.core.master_keys.seal(generated.token.as_bytes(), &generated.key_id)?)
         } else {
             None
         };
@@ -254,48 +246,24 @@ impl KeyService {
     }
 
     /// One key of the caller's org.
-    pub async fn get(
-        &self,
-        ctx: &RequestContext,
-        org_id: &str,
-        id: &str,
-    ) -> Result<api_keys::Model> {
+    pub async fn get(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<api_keys::Model> {
         let org = ctx.authorize(Scope::KeysRead, org_id)?;
-        api_keys::find(&self.core.db, &org, id)
-            .await?
-            .ok_or(Error::NotFound("api key"))
+        api_keys::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("api key"))
     }
 
     /// A page of keys in id order.
-    pub async fn list(
-        &self,
-        ctx: &RequestContext,
-        query: ListQuery,
-    ) -> Result<Page<api_keys::Model>> {
+    pub async fn list(&self, ctx: &RequestContext, query: ListQuery) -> Result<Page<api_keys::Model>> {
         let org = ctx.authorize(Scope::KeysRead, &query.org_id)?;
         let limit = validate::page_size("page_size", query.page_size)?;
         let after = validate::decode_page_token("page_token", PAGE_KIND, &query.page_token)?;
-        let mut items = api_keys::list(
-            &self.core.db,
-            &org,
-            &query.filter,
-            after.as_deref(),
-            limit + 1,
-        )
-        .await?;
+        let mut items = api_keys::list(&self.core.db, &org, &query.filter, after.as_deref(), limit + 1).await?;
         let next_page_token = if items.len() as u64 > limit {
             items.truncate(limit as usize);
-            items
-                .last()
-                .map(|k| validate::encode_page_token(PAGE_KIND, &k.id))
-                .unwrap_or_default()
+            items.last().map(|k| validate::encode_page_token(PAGE_KIND, &k.id)).unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        Ok(Page { items, next_page_token })
     }
 
     /// Changes the named fields of a key.
@@ -341,7 +309,10 @@ impl KeyService {
             changed.push("metadata");
         }
         if changed.is_empty() {
-            violations.add("update_mask", "name at least one field: name, description, scopes, expires_at, rate_limit, metadata");
+            violations.add(
+                "update_mask",
+                "name at least one field: name, description, scopes, expires_at, rate_limit, metadata",
+            );
         }
         violations.finish()?;
         if let Some(scopes) = &changes.scopes {
@@ -349,9 +320,7 @@ impl KeyService {
         }
 
         let tx = OrgTx::begin(&self.core.db, &org).await?;
-        let key = api_keys::find(tx.conn(), tx.org(), id)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
+        let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
         let mut row = key.into_active_model();
         if let Some(name) = changes.name {
             row.name = Set(name);
@@ -376,52 +345,24 @@ impl KeyService {
         row.updated_at = Set(now);
         let key = api_keys::update(&tx, row).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
-        audit::append(
-            &tx,
-            ctx.audit(
-                "api_key.updated",
-                "api_key",
-                &key.id,
-                json!({ "fields": changed }),
-            ),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, json!({ "fields": changed }))).await?;
         tx.commit().await?;
         Ok(key)
     }
 
     /// Revokes a key for good.
-    pub async fn revoke(
-        &self,
-        ctx: &RequestContext,
-        org_id: &str,
-        id: &str,
-        reason: &str,
-    ) -> Result<api_keys::Model> {
+    pub async fn revoke(&self, ctx: &RequestContext, org_id: &str, id: &str, reason: &str) -> Result<api_keys::Model> {
         let org = ctx.authorize(Scope::KeysWrite, org_id)?;
         let mut violations = Violations::default();
         violations.text("reason", reason, 500, false);
         violations.finish()?;
         let tx = OrgTx::begin(&self.core.db, &org).await?;
-        let key = api_keys::find(tx.conn(), tx.org(), id)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
+        let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
         if key.status == api_keys::REVOKED {
-            return Err(Error::FailedPrecondition(
-                "the key is already revoked".into(),
-            ));
+            return Err(Error::FailedPrecondition("the key is already revoked".into()));
         }
         let key = revoke_in(&tx, ctx, key, reason).await?;
-        audit::append(
-            &tx,
-            ctx.audit(
-                "api_key.revoked",
-                "api_key",
-                &key.id,
-                json!({ "reason": reason }),
-            ),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit("api_key.revoked", "api_key", &key.id, json!({ "reason": reason }))).await?;
         tx.commit().await?;
         Ok(key)
     }
@@ -452,9 +393,7 @@ impl KeyService {
         if grace > MAX_ROTATION_GRACE {
             return Err(Error::invalid("grace_period", "must be at most 30 days"));
         }
-        let old = api_keys::find(&self.core.db, &org, id)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
+        let old = api_keys::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("api key"))?;
         let attributes = Attributes {
             name: old.name.clone(),
             description: old.description.clone(),
@@ -469,14 +408,10 @@ impl KeyService {
 
         let tx = OrgTx::begin(&self.core.db, &org).await?;
         // Re-read inside the transaction: the key may have changed meanwhile.
-        let old = api_keys::find(tx.conn(), tx.org(), id)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
+        let old = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
         let now = store::now();
         if old.status != api_keys::ACTIVE || old.is_expired(now) {
-            return Err(Error::FailedPrecondition(
-                "only an active, unexpired key can be rotated".into(),
-            ));
+            return Err(Error::FailedPrecondition("only an active, unexpired key can be rotated".into()));
         }
         let new_key = api_keys::insert(&tx, row).await?;
         let previous = if grace.is_zero() {
@@ -484,9 +419,7 @@ impl KeyService {
         } else {
             let grace_end = now + grace;
             let mut row = old.clone().into_active_model();
-            row.expires_at = Set(Some(
-                old.expires_at.map_or(grace_end, |at| at.min(grace_end)),
-            ));
+            row.expires_at = Set(Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end))));
             row.updated_at = Set(now);
             let previous = api_keys::update(&tx, row).await?;
             key_events::append(&tx, &previous.id, KeyEventKind::Updated).await?;
@@ -503,32 +436,21 @@ impl KeyService {
         )
         .await?;
         self.commit_with_key_events(tx).await?;
-        Ok(Rotation {
-            issued: IssuedKey {
-                key: new_key,
-                token,
-            },
-            previous,
-        })
+        Ok(Rotation { issued: IssuedKey { key: new_key, token }, previous })
     }
 
     /// Returns the token of a recoverable key (audited).
     pub async fn reveal(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<String> {
         let org = ctx.authorize(Scope::KeysReveal, org_id)?;
         let tx = OrgTx::begin(&self.core.db, &org).await?;
-        let key = api_keys::find(tx.conn(), tx.org(), id)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
-        let sealed = key.sealed_token.as_deref().ok_or_else(|| {
-            Error::FailedPrecondition("the key was not created recoverable".into())
-        })?;
+        let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        let sealed = key
+            .sealed_token
+            .as_deref()
+            .ok_or_else(|| Error::FailedPrecondition("the key was not created recoverable".into()))?;
         let token = String::from_utf8(self.core.master_keys.open(sealed, &key.id)?)
             .map_err(|_| Error::Sealing("sealed token is not text".into()))?;
-        audit::append(
-            &tx,
-            ctx.audit("api_key.revealed", "api_key", &key.id, json!({})),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit("api_key.revealed", "api_key", &key.id, json!({}))).await?;
         tx.commit().await?;
         Ok(token)
     }
@@ -545,22 +467,13 @@ impl KeyService {
         let mut violations = Violations::default();
         violations.scopes("required_scopes", required_scopes);
         violations.finish()?;
-        let verification = self.verifier.verify(scope, token).await?;
-        Ok(verify::check_requirements(
-            verification,
-            environment,
-            required_scopes,
-        ))
+        let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
+        Ok(verify::check_requirements(verification, environment, required_scopes))
     }
 }
 
 /// Marks `key` revoked and logs the key event, inside `tx`.
-async fn revoke_in(
-    tx: &OrgTx,
-    ctx: &RequestContext,
-    key: api_keys::Model,
-    reason: &str,
-) -> Result<api_keys::Model> {
+async fn revoke_in(tx: &OrgTx, ctx: &RequestContext, key: api_keys::Model, reason: &str) -> Result<api_keys::Model> {
     let now = store::now();
     let mut row = key.into_active_model();
     row.status = Set(api_keys::REVOKED.to_owned());
@@ -588,19 +501,13 @@ fn check_rate_limit(violations: &mut Violations, field: &str, limit: &RateLimit)
         violations.add(format!("{field}.requests"), "must be at least 1");
     }
     if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&limit.window) {
-        violations.add(
-            format!("{field}.window"),
-            "must be between 1 second and 1 day",
-        );
+        violations.add(format!("{field}.window"), "must be between 1 second and 1 day");
     }
 }
 
 fn stored_rate_limit(limit: Option<RateLimit>) -> (Option<i32>, Option<i64>) {
     match limit {
-        Some(limit) => (
-            i32::try_from(limit.requests).ok(),
-            i64::try_from(limit.window.as_millis()).ok(),
-        ),
+        Some(limit) => (i32::try_from(limit.requests).ok(), i64::try_from(limit.window.as_millis()).ok()),
         None => (None, None),
     }
 }

@@ -51,9 +51,8 @@ impl AuditService {
         let limit = validate::page_size("page_size", query.page_size)?;
         let before = validate::decode_page_token("page_token", PAGE_KIND, &query.page_token)?
             .map(|seq| {
-                seq.parse::<i64>().map_err(|_| {
-                    Error::invalid("page_token", "is not a page token returned by this listing")
-                })
+                seq.parse::<i64>()
+                    .map_err(|_| Error::invalid("page_token", "is not a page token returned by this listing"))
             })
             .transpose()?;
         if let (Some(start), Some(end)) = (query.filter.start_time, query.filter.end_time)
@@ -64,17 +63,11 @@ impl AuditService {
         let mut items = audit::list(&self.core.db, &org, &query.filter, before, limit + 1).await?;
         let next_page_token = if items.len() as u64 > limit {
             items.truncate(limit as usize);
-            items
-                .last()
-                .map(|e| validate::encode_page_token(PAGE_KIND, &e.seq.to_string()))
-                .unwrap_or_default()
+            items.last().map(|e| validate::encode_page_token(PAGE_KIND, &e.seq.to_string())).unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        Ok(Page { items, next_page_token })
     }
 
     /// Recomputes the org's chain from the first row and reports the first
@@ -85,21 +78,14 @@ impl AuditService {
         let mut expected_seq = 1i64;
         let mut prev_hash = String::new();
         loop {
-            let rows =
-                audit::chain_page(&self.core.db, &org, expected_seq - 1, CHAIN_BATCH).await?;
+            let rows = audit::chain_page(&self.core.db, &org, expected_seq - 1, CHAIN_BATCH).await?;
             if rows.is_empty() {
-                return Ok(ChainReport {
-                    events_checked: checked,
-                    first_broken: None,
-                });
+                return Ok(ChainReport { events_checked: checked, first_broken: None });
             }
             for row in rows {
                 checked += 1;
                 let problem = if row.seq != expected_seq {
-                    Some(format!(
-                        "expected seq {expected_seq}, found {}: rows are missing",
-                        row.seq
-                    ))
+                    Some(format!("expected seq {expected_seq}, found {}: rows are missing", row.seq))
                 } else if row.prev_hash != prev_hash {
                     Some("prev_hash does not match the previous event".to_owned())
                 } else if audit::chain_hash(&row) != row.hash {
@@ -108,10 +94,7 @@ impl AuditService {
                     None
                 };
                 if let Some(problem) = problem {
-                    return Ok(ChainReport {
-                        events_checked: checked,
-                        first_broken: Some((row.seq, row.id, problem)),
-                    });
+                    return Ok(ChainReport { events_checked: checked, first_broken: Some((row.seq, row.id, problem)) });
                 }
                 expected_seq += 1;
                 prev_hash = row.hash;

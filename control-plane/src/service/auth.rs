@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use super::verify::{Verification, Verifier};
+use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
 use crate::store::OrgScope;
 use crate::store::audit::NewAuditEvent;
@@ -129,9 +129,7 @@ impl RequestContext {
     fn holds(&self, scope: &str) -> bool {
         match &self.actor {
             Actor::Root => true,
-            Actor::ApiKey { scopes, .. } => scopes
-                .iter()
-                .any(|s| s == scope || s == Scope::Admin.as_str()),
+            Actor::ApiKey { scopes, .. } => scopes.iter().any(|s| s == scope || s == Scope::Admin.as_str()),
         }
     }
 
@@ -147,29 +145,19 @@ impl RequestContext {
     /// callers must name the org; other keys act in their own org only.
     pub fn authorize(&self, scope: Scope, requested_org: &str) -> Result<String> {
         if !self.has_scope(scope) {
-            return Err(Error::PermissionDenied(format!(
-                "missing scope {}",
-                scope.as_str()
-            )));
+            return Err(Error::PermissionDenied(format!("missing scope {}", scope.as_str())));
         }
         match &self.actor {
             _ if self.is_platform() => {
                 if requested_org.is_empty() {
-                    Err(Error::invalid(
-                        "org_id",
-                        "required for the root token and platform keys",
-                    ))
+                    Err(Error::invalid("org_id", "required for the root token and platform keys"))
                 } else {
                     check_org_id(requested_org)?;
                     Ok(requested_org.to_owned())
                 }
             }
-            Actor::ApiKey { org_id, .. } if requested_org.is_empty() || requested_org == org_id => {
-                Ok(org_id.clone())
-            }
-            _ => Err(Error::PermissionDenied(
-                "this key acts only in its own org".into(),
-            )),
+            Actor::ApiKey { org_id, .. } if requested_org.is_empty() || requested_org == org_id => Ok(org_id.clone()),
+            _ => Err(Error::PermissionDenied("this key acts only in its own org".into())),
         }
     }
 
@@ -178,12 +166,8 @@ impl RequestContext {
     pub fn verification_scope(&self) -> Result<OrgScope<'_>> {
         match &self.actor {
             Actor::Root => Ok(OrgScope::AllOrgs),
-            Actor::ApiKey { .. } if self.is_platform() && self.has_scope(Scope::Sidecar) => {
-                Ok(OrgScope::AllOrgs)
-            }
-            Actor::ApiKey { org_id, .. } if self.has_scope(Scope::KeysRead) => {
-                Ok(OrgScope::Org(org_id))
-            }
+            Actor::ApiKey { .. } if self.is_platform() && self.has_scope(Scope::Sidecar) => Ok(OrgScope::AllOrgs),
+            Actor::ApiKey { org_id, .. } if self.has_scope(Scope::KeysRead) => Ok(OrgScope::Org(org_id)),
             Actor::ApiKey { .. } => Err(Error::PermissionDenied(format!(
                 "missing scope {} or {}",
                 Scope::KeysRead.as_str(),
@@ -194,13 +178,10 @@ impl RequestContext {
 
     /// Refuses to grant `keyplane:` scopes the caller does not hold itself.
     pub fn check_grantable(&self, field: &str, scopes: &[String]) -> Result<()> {
-        match scopes
-            .iter()
-            .find(|s| s.starts_with("keyplane:") && !self.holds(s))
-        {
-            Some(scope) => Err(Error::PermissionDenied(format!(
-                "{field}: cannot grant {scope}, which the caller does not hold"
-            ))),
+        match scopes.iter().find(|s| s.starts_with("keyplane:") && !self.holds(s)) {
+            Some(scope) => {
+                Err(Error::PermissionDenied(format!("{field}: cannot grant {scope}, which the caller does not hold")))
+            }
             None => Ok(()),
         }
     }
@@ -238,18 +219,8 @@ impl RequestContext {
 
 /// Org ids are opaque to Keyplane but must be sane: 1 to 128 of `[A-Za-z0-9_.-]`.
 pub fn check_org_id(org: &str) -> Result<()> {
-    let ok = (1..=128).contains(&org.len())
-        && org
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "org_id",
-            "must be 1 to 128 letters, digits, '_', '.' or '-'",
-        ))
-    }
+    let ok = (1..=128).contains(&org.len()) && org.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok { Ok(()) } else { Err(Error::invalid("org_id", "must be 1 to 128 letters, digits, '_', '.' or '-'")) }
 }
 
 /// Turns a bearer token into an [`Actor`].
@@ -262,31 +233,23 @@ pub struct Authenticator {
 impl Authenticator {
     /// An authenticator for this root token.
     pub fn new(root_token: &str, verifier: Arc<Verifier>) -> Self {
-        Self {
-            root_digest: crate::crypto::sha256(root_token.as_bytes()),
-            verifier,
-        }
+        Self { root_digest: crate::crypto::sha256(root_token.as_bytes()), verifier }
     }
 
     /// Authenticates `bearer` (the token after `Bearer `).
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Actor> {
-        let token = bearer.ok_or(Error::Unauthenticated(
-            "missing credentials: send metadata `authorization: Bearer <token>`",
-        ))?;
+        let token = bearer
+            .ok_or(Error::Unauthenticated("missing credentials: send metadata `authorization: Bearer <token>`"))?;
         // Compare digests in constant time; the digest also equalises lengths.
         let digest = crate::crypto::sha256(token.as_bytes());
         if bool::from(digest.ct_eq(&self.root_digest)) {
             return Ok(Actor::Root);
         }
-        match self.verifier.verify(OrgScope::AllOrgs, token).await? {
-            Verification::Valid(key) => Ok(Actor::ApiKey {
-                scopes: key.scope_list(),
-                key_id: key.id,
-                org_id: key.org_id,
-            }),
-            Verification::Invalid(..) => Err(Error::Unauthenticated(
-                "invalid, expired or revoked credentials",
-            )),
+        match self.verifier.verify(OrgScope::AllOrgs, token, Purpose::Authentication).await? {
+            Verification::Valid(key) => {
+                Ok(Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id })
+            }
+            Verification::Invalid(..) => Err(Error::Unauthenticated("invalid, expired or revoked credentials")),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 use super::Core;
 use super::auth::{RequestContext, Scope};
-use super::verify::{Verification, Verifier};
+use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
 use crate::store::{OrgScope, api_keys, key_events};
 
@@ -47,6 +47,8 @@ pub struct KeyEventFeed {
     live: broadcast::Sender<key_events::Model>,
     /// Highest seq broadcast so far.
     tailed: AtomicI64,
+    /// Flipped at shutdown so open streams end and the server can drain.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl KeyEventFeed {
@@ -54,12 +56,13 @@ impl KeyEventFeed {
     pub async fn new(core: Arc<Core>, settings: FeedSettings) -> Result<Arc<Self>> {
         let head = key_events::head_seq(&core.db).await?;
         let (live, _) = broadcast::channel(4096);
-        Ok(Arc::new(Self {
-            core,
-            settings,
-            live,
-            tailed: AtomicI64::new(head),
-        }))
+        let (closing, _) = tokio::sync::watch::channel(false);
+        Ok(Arc::new(Self { core, settings, live, tailed: AtomicI64::new(head), closing }))
+    }
+
+    /// Ends every open Watch stream (at shutdown; sidecars reconnect elsewhere).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Tails the log until the process stops: woken by local commits, polling otherwise.
@@ -90,11 +93,13 @@ impl KeyEventFeed {
         }
     }
 
-    /// Starts a Watch stream after `after_seq` for an authorized sidecar.
+    /// Starts a Watch stream after `after_seq` (or at the head, for a sidecar
+    /// with nothing cached) for an authorized sidecar.
     pub async fn watch(
         self: &Arc<Self>,
         ctx: &RequestContext,
         after_seq: i64,
+        from_head: bool,
     ) -> Result<mpsc::Receiver<Result<FeedMessage>>> {
         require_sidecar(ctx)?;
         // Subscribe before reading the log so nothing committed in between is missed.
@@ -102,7 +107,7 @@ impl KeyEventFeed {
         let (sender, receiver) = mpsc::channel(256);
         let feed = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = feed.stream(after_seq, live, &sender).await {
+            if let Err(error) = feed.stream(after_seq, from_head, live, &sender).await {
                 let _ = sender.send(Err(error)).await;
             }
         });
@@ -112,25 +117,20 @@ impl KeyEventFeed {
     async fn stream(
         &self,
         after_seq: i64,
+        from_head: bool,
         mut live: broadcast::Receiver<key_events::Model>,
         sender: &mpsc::Sender<Result<FeedMessage>>,
     ) -> Result<()> {
-        let send = |message| async {
-            sender
-                .send(Ok(message))
-                .await
-                .map_err(|_| Error::Unauthenticated("closed"))
-        };
+        let send = |message| async { sender.send(Ok(message)).await.map_err(|_| Error::Unauthenticated("closed")) };
         let head = key_events::head_seq(&self.core.db).await?;
         let oldest = key_events::oldest_seq(&self.core.db).await?;
         let mut position = after_seq;
         let gap = oldest.is_some_and(|oldest| after_seq + 1 < oldest);
-        if after_seq > head || (after_seq > 0 && gap) {
+        if from_head {
+            position = head;
+        } else if after_seq > head || gap {
             position = head;
             send(FeedMessage::Reset(head)).await?;
-        } else if after_seq == 0 {
-            // A fresh sidecar has nothing cached to invalidate: start at the head.
-            position = head;
         }
         position = self.replay(position, sender).await?;
         // A heartbeat carries only what this stream delivered: resuming after
@@ -138,9 +138,12 @@ impl KeyEventFeed {
         send(FeedMessage::Heartbeat(position)).await?;
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         heartbeat.tick().await;
+        let mut closing = self.closing.subscribe();
         loop {
             tokio::select! {
                 () = sender.closed() => return Ok(()),
+                // The only change ever made is to `true`.
+                _ = closing.changed() => return Ok(()),
                 _ = heartbeat.tick() => {
                     send(FeedMessage::Heartbeat(position)).await?;
                 }
@@ -159,11 +162,7 @@ impl KeyEventFeed {
     }
 
     /// Sends every logged event after `position`; returns the new position.
-    async fn replay(
-        &self,
-        mut position: i64,
-        sender: &mpsc::Sender<Result<FeedMessage>>,
-    ) -> Result<i64> {
+    async fn replay(&self, mut position: i64, sender: &mpsc::Sender<Result<FeedMessage>>) -> Result<i64> {
         loop {
             let events = key_events::after(&self.core.db, position, BATCH).await?;
             if events.is_empty() {
@@ -171,10 +170,7 @@ impl KeyEventFeed {
             }
             for event in events {
                 position = event.seq;
-                sender
-                    .send(Ok(FeedMessage::Event(event)))
-                    .await
-                    .map_err(|_| Error::Unauthenticated("closed"))?;
+                sender.send(Ok(FeedMessage::Event(event))).await.map_err(|_| Error::Unauthenticated("closed"))?;
             }
         }
     }
@@ -201,21 +197,14 @@ pub async fn verify_for_sidecar(
     require_sidecar(ctx)?;
     // Read the head first: the key row read afterwards reflects at least it.
     let as_of = key_events::head_seq(&core.db).await?;
-    Ok((verifier.verify(OrgScope::AllOrgs, token).await?, as_of))
+    Ok((verifier.verify(OrgScope::AllOrgs, token, Purpose::Check).await?, as_of))
 }
 
 /// Applies a sidecar's usage batch in one statement.
-pub async fn report_usage(
-    core: &Core,
-    ctx: &RequestContext,
-    batch: Vec<api_keys::Usage>,
-) -> Result<u64> {
+pub async fn report_usage(core: &Core, ctx: &RequestContext, batch: Vec<api_keys::Usage>) -> Result<u64> {
     require_sidecar(ctx)?;
     if let Some(bad) = batch.iter().position(|u| u.count < 0) {
-        return Err(Error::invalid(
-            format!("entries[{bad}].count"),
-            "must not be negative",
-        ));
+        return Err(Error::invalid(format!("entries[{bad}].count"), "must not be negative"));
     }
     api_keys::record_usage(&core.db, OrgScope::AllOrgs, &batch).await
 }

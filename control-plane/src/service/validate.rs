@@ -42,11 +42,7 @@ impl Violations {
 
     /// Ok when nothing was recorded.
     pub fn finish(self) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
     }
 
     /// Checks a required text of 1 to `max` characters.
@@ -55,10 +51,7 @@ impl Violations {
         if required && value.trim().is_empty() {
             self.add(field, "must not be empty");
         } else if chars > max {
-            self.add(
-                field,
-                format!("must be at most {max} characters (got {chars})"),
-            );
+            self.add(field, format!("must be at most {max} characters (got {chars})"));
         } else if value.chars().any(char::is_control) {
             self.add(field, "must not contain control characters");
         }
@@ -81,10 +74,7 @@ impl Violations {
         if !metadata.is_object() {
             self.add(field, "must be a JSON object");
         } else if metadata.to_string().len() > MAX_METADATA_BYTES {
-            self.add(
-                field,
-                format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"),
-            );
+            self.add(field, format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"));
         }
     }
 }
@@ -95,15 +85,9 @@ pub fn check_scope(scope: &str) -> std::result::Result<(), String> {
     if scope.is_empty() || scope.len() > MAX_SCOPE_LEN {
         return Err(format!("must be 1 to {MAX_SCOPE_LEN} characters"));
     }
-    let segment_ok = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-*".contains(&b))
-    };
+    let segment_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-*".contains(&b));
     if !scope.split(':').all(segment_ok) {
-        return Err(format!(
-            "{scope:?} is not a scope: use letters, digits, '_', '.', '-', '*' separated by ':'"
-        ));
+        return Err(format!("{scope:?} is not a scope: use letters, digits, '_', '.', '-', '*' separated by ':'"));
     }
     if scope.starts_with("keyplane:") && super::Scope::parse(scope).is_none() {
         return Err(format!("{scope:?} is not a Keyplane scope"));
@@ -116,10 +100,7 @@ pub fn page_size(field: &str, requested: u32) -> Result<u64> {
     match requested {
         0 => Ok(u64::from(DEFAULT_PAGE_SIZE)),
         1..=MAX_PAGE_SIZE => Ok(u64::from(requested)),
-        _ => Err(Error::invalid(
-            field,
-            format!("must be between 1 and {MAX_PAGE_SIZE}"),
-        )),
+        _ => Err(Error::invalid(field, format!("must be between 1 and {MAX_PAGE_SIZE}"))),
     }
 }
 
@@ -136,10 +117,7 @@ pub fn decode_page_token(field: &str, kind: &str, token: &str) -> Result<Option<
     let invalid = || Error::invalid(field, "is not a page token returned by this listing");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let position = text
-        .strip_prefix(kind)
-        .and_then(|rest| rest.strip_prefix(':'))
-        .ok_or_else(invalid)?;
+    let position = text.strip_prefix(kind).and_then(|rest| rest.strip_prefix(':')).ok_or_else(invalid)?;
     Ok(Some(position.to_owned()))
 }
 
@@ -161,12 +139,7 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
         let token = encode_page_token("keys", "key_abc");
-        assert_eq!(
-            decode_page_token("page_token", "keys", &token)
-                .unwrap()
-                .as_deref(),
-            Some("key_abc")
-        );
+        assert_eq!(decode_page_token("page_token", "keys", &token).unwrap().as_deref(), Some("key_abc"));
         assert!(decode_page_token("page_token", "audit", &token).is_err());
         assert!(decode_page_token("page_token", "keys", "!!!").is_err());
         assert_eq!(decode_page_token("page_token", "keys", "").unwrap(), None);

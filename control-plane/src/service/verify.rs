@@ -49,6 +49,15 @@ impl Failure {
     }
 }
 
+/// Why a token is being verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A token check asked for by a caller (VerifyApiKey, KeySync.Verify).
+    Check,
+    /// Authenticating the caller of an admin or sync RPC.
+    Authentication,
+}
+
 /// Outcome of a verification.
 #[derive(Debug)]
 pub enum Verification {
@@ -68,28 +77,23 @@ pub struct Verifier {
 impl Verifier {
     /// A verifier remembering up to `capacity` verified secrets.
     pub fn new(core: Arc<Core>, capacity: u64) -> Self {
-        let verified_secrets = Cache::builder()
-            .max_capacity(capacity)
-            .time_to_idle(Duration::from_secs(600))
-            .build();
-        Self {
-            core,
-            verified_secrets,
-        }
+        let verified_secrets = Cache::builder().max_capacity(capacity).time_to_idle(Duration::from_secs(600)).build();
+        Self { core, verified_secrets }
     }
 
-    /// Checks `token` against keys in `scope`: format, key, secret, status, expiry.
-    pub async fn verify(&self, scope: OrgScope<'_>, token: &str) -> Result<Verification> {
+    /// Checks `token` against keys in `scope`: format, key, secret, status,
+    /// expiry. `purpose` labels the metric (token checks vs. caller authentication).
+    pub async fn verify(&self, scope: OrgScope<'_>, token: &str, purpose: Purpose) -> Result<Verification> {
         let outcome = self.check(scope, token).await?;
         let label = match &outcome {
             Verification::Valid(_) => "valid",
             Verification::Invalid(failure, _) => failure.as_str(),
         };
-        self.core
-            .metrics
-            .verifications
-            .get_or_create(&vec![("outcome", label)])
-            .inc();
+        let purpose = match purpose {
+            Purpose::Check => "check",
+            Purpose::Authentication => "authentication",
+        };
+        self.core.metrics.verifications.get_or_create(&vec![("purpose", purpose), ("outcome", label)]).inc();
         Ok(outcome)
     }
 
@@ -104,10 +108,7 @@ impl Verifier {
             // A token whose prefix disagrees with its key is not one we issued.
             return Ok(Verification::Invalid(Failure::Unknown, None));
         }
-        if !self
-            .secret_matches(token, parsed.secret, &key.secret_hash)
-            .await?
-        {
+        if !self.secret_matches(token, parsed.secret, &key.secret_hash).await? {
             return Ok(Verification::Invalid(Failure::BadSecret, None));
         }
         let failure = if key.status != api_keys::ACTIVE {
@@ -129,19 +130,10 @@ impl Verifier {
             return Ok(true);
         }
         let started = Instant::now();
-        let matches = self
-            .core
-            .hasher
-            .verify(secret.to_owned(), secret_hash.to_owned())
-            .await?;
-        self.core
-            .metrics
-            .argon2_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let matches = self.core.hasher.verify(secret.to_owned(), secret_hash.to_owned()).await?;
+        self.core.metrics.argon2_seconds.observe(started.elapsed().as_secs_f64());
         if matches {
-            self.verified_secrets
-                .insert(digest, Arc::from(secret_hash))
-                .await;
+            self.verified_secrets.insert(digest, Arc::from(secret_hash)).await;
         }
         Ok(matches)
     }
@@ -160,10 +152,7 @@ pub fn check_requirements(
         return Verification::Invalid(Failure::WrongEnvironment, Some(key));
     }
     let granted = key.scope_list();
-    if required_scopes
-        .iter()
-        .any(|needed| !granted.contains(needed))
-    {
+    if required_scopes.iter().any(|needed| !granted.contains(needed)) {
         return Verification::Invalid(Failure::MissingScope, Some(key));
     }
     Verification::Valid(key)

@@ -114,11 +114,7 @@ pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Opti
 }
 
 /// The key `id` in `scope` (one org, or every org for platform verification).
-pub async fn find_in(
-    db: &impl ConnectionTrait,
-    scope: OrgScope<'_>,
-    id: &str,
-) -> Result<Option<Model>> {
+pub async fn find_in(db: &impl ConnectionTrait, scope: OrgScope<'_>, id: &str) -> Result<Option<Model>> {
     let mut query = Entity::find_by_id(id.to_owned());
     if let OrgScope::Org(org) = scope {
         query = query.filter(Column::OrgId.eq(org));
@@ -145,19 +141,10 @@ pub async fn list(
         condition = condition.add(Column::Environment.eq(environment.as_str()));
     }
     if let Some(prefix) = &filter.name_prefix {
-        let escaped = prefix
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        condition = condition
-            .add(Expr::col(Column::Name).like(LikeExpr::new(format!("{escaped}%")).escape('\\')));
+        let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        condition = condition.add(Expr::col(Column::Name).like(LikeExpr::new(format!("{escaped}%")).escape('\\')));
     }
-    Ok(Entity::find()
-        .filter(condition)
-        .order_by_asc(Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?)
+    Ok(Entity::find().filter(condition).order_by_asc(Column::Id).limit(limit).all(db).await?)
 }
 
 /// Saves changed columns of a key previously loaded with [`find`].
@@ -167,11 +154,8 @@ pub async fn update(tx: &OrgTx, key: ActiveModel) -> Result<Model> {
 
 /// Deletes key `id` of the transaction's org; false if there was none.
 pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
-    let result = Entity::delete_many()
-        .filter(Column::Id.eq(id))
-        .filter(Column::OrgId.eq(tx.org()))
-        .exec(tx.conn())
-        .await?;
+    let result =
+        Entity::delete_many().filter(Column::Id.eq(id)).filter(Column::OrgId.eq(tx.org())).exec(tx.conn()).await?;
     Ok(result.rows_affected > 0)
 }
 
@@ -188,11 +172,7 @@ pub struct Usage {
 
 /// Adds a batch of usage counts in one statement. Sidecars are platform
 /// credentials, so this spans orgs: callers pass [`OrgScope::AllOrgs`] to say so.
-pub async fn record_usage(
-    db: &impl ConnectionTrait,
-    scope: OrgScope<'_>,
-    batch: &[Usage],
-) -> Result<u64> {
+pub async fn record_usage(db: &impl ConnectionTrait, scope: OrgScope<'_>, batch: &[Usage]) -> Result<u64> {
     use sea_orm::sea_query::{CaseStatement, Query};
     if batch.is_empty() {
         return Ok(0);
@@ -200,17 +180,20 @@ pub async fn record_usage(
     let mut count = CaseStatement::new();
     let mut last_used = CaseStatement::new();
     for usage in batch {
-        count = count.case(
-            Expr::col(Column::Id).eq(usage.key_id.as_str()),
-            Expr::val(usage.count),
-        );
+        count = count.case(Expr::col(Column::Id).eq(usage.key_id.as_str()), Expr::val(usage.count));
         last_used = last_used.case(
             Expr::col(Column::Id).eq(usage.key_id.as_str()),
             // Never move last_used_at backwards.
-            Expr::cust_with_exprs(
-                "CASE WHEN $1 IS NULL OR $1 < $2 THEN $2 ELSE $1 END",
-                [Expr::col(Column::LastUsedAt), Expr::val(usage.last_used_at)],
-            ),
+            Expr::Case(Box::new(
+                CaseStatement::new()
+                    .case(
+                        Expr::col(Column::LastUsedAt)
+                            .is_null()
+                            .or(Expr::col(Column::LastUsedAt).lt(usage.last_used_at)),
+                        Expr::val(usage.last_used_at),
+                    )
+                    .finally(Expr::col(Column::LastUsedAt)),
+            )),
         );
     }
     let mut update = Query::update();
@@ -220,10 +203,7 @@ pub async fn record_usage(
             Column::UsageCount,
             Expr::col(Column::UsageCount).add(Expr::Case(Box::new(count.finally(Expr::val(0i64))))),
         )
-        .value(
-            Column::LastUsedAt,
-            Expr::Case(Box::new(last_used.finally(Expr::col(Column::LastUsedAt)))),
-        )
+        .value(Column::LastUsedAt, Expr::Case(Box::new(last_used.finally(Expr::col(Column::LastUsedAt)))))
         .and_where(Expr::col(Column::Id).is_in(batch.iter().map(|u| u.key_id.as_str())));
     if let OrgScope::Org(org) = scope {
         update.and_where(Expr::col(Column::OrgId).eq(org));

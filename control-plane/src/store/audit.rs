@@ -93,12 +93,8 @@ pub struct ListFilter {
 
 /// Appends a row to the transaction's org chain.
 pub async fn append(tx: &OrgTx, event: NewAuditEvent) -> Result<Model> {
-    let previous = Entity::find()
-        .filter(Column::OrgId.eq(tx.org()))
-        .order_by_desc(Column::Seq)
-        .limit(1)
-        .one(tx.conn())
-        .await?;
+    let previous =
+        Entity::find().filter(Column::OrgId.eq(tx.org())).order_by_desc(Column::Seq).limit(1).one(tx.conn()).await?;
     let (seq, prev_hash) = previous.map_or((1, String::new()), |p| (p.seq + 1, p.hash));
     let mut row = Model {
         id: crate::crypto::new_id("aud_"),
@@ -150,12 +146,7 @@ fn canonical(value: &Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), canonical(v)))
-                    .collect(),
-            )
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), canonical(v))).collect())
         }
         Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
         other => other.clone(),
@@ -189,21 +180,11 @@ pub async fn list(
     if let Some(end) = filter.end_time {
         condition = condition.add(Column::CreatedAt.lt(end));
     }
-    Ok(Entity::find()
-        .filter(condition)
-        .order_by_desc(Column::Seq)
-        .limit(limit)
-        .all(db)
-        .await?)
+    Ok(Entity::find().filter(condition).order_by_desc(Column::Seq).limit(limit).all(db).await?)
 }
 
 /// Up to `limit` rows of `org` with seq greater than `after_seq`, oldest first.
-pub async fn chain_page(
-    db: &impl ConnectionTrait,
-    org: &str,
-    after_seq: i64,
-    limit: u64,
-) -> Result<Vec<Model>> {
+pub async fn chain_page(db: &impl ConnectionTrait, org: &str, after_seq: i64, limit: u64) -> Result<Vec<Model>> {
     Ok(Entity::find()
         .filter(Column::OrgId.eq(org))
         .filter(Column::Seq.gt(after_seq))

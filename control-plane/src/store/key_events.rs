@@ -71,31 +71,18 @@ pub async fn append(tx: &OrgTx, key_id: &str, kind: KeyEventKind) -> Result<i64>
 
 /// Newest seq in the log (0 when empty).
 pub async fn head_seq(db: &impl ConnectionTrait) -> Result<i64> {
-    let newest = Entity::find()
-        .order_by_desc(Column::Seq)
-        .limit(1)
-        .one(db)
-        .await?;
+    let newest = Entity::find().order_by_desc(Column::Seq).limit(1).one(db).await?;
     Ok(newest.map_or(0, |event| event.seq))
 }
 
 /// Up to `limit` events after `after_seq`, oldest first.
 pub async fn after(db: &impl ConnectionTrait, after_seq: i64, limit: u64) -> Result<Vec<Model>> {
-    Ok(Entity::find()
-        .filter(Column::Seq.gt(after_seq))
-        .order_by_asc(Column::Seq)
-        .limit(limit)
-        .all(db)
-        .await?)
+    Ok(Entity::find().filter(Column::Seq.gt(after_seq)).order_by_asc(Column::Seq).limit(limit).all(db).await?)
 }
 
 /// Oldest retained seq (None when the log is empty).
 pub async fn oldest_seq(db: &impl ConnectionTrait) -> Result<Option<i64>> {
-    let oldest = Entity::find()
-        .order_by_asc(Column::Seq)
-        .limit(1)
-        .one(db)
-        .await?;
+    let oldest = Entity::find().order_by_asc(Column::Seq).limit(1).one(db).await?;
     Ok(oldest.map(|event| event.seq))
 }
 
@@ -103,10 +90,7 @@ pub async fn oldest_seq(db: &impl ConnectionTrait) -> Result<Option<i64>> {
 /// (it carries the head position). Returns how many were deleted.
 pub async fn delete_before(db: &impl ConnectionTrait, cutoff: DateTime<Utc>) -> Result<u64> {
     let head = head_seq(db).await?;
-    let result = Entity::delete_many()
-        .filter(Column::CreatedAt.lt(cutoff))
-        .filter(Column::Seq.lt(head))
-        .exec(db)
-        .await?;
+    let result =
+        Entity::delete_many().filter(Column::CreatedAt.lt(cutoff)).filter(Column::Seq.lt(head)).exec(db).await?;
     Ok(result.rows_affected)
 }

@@ -14,8 +14,8 @@ use keyplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    Statement, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+    TransactionTrait,
 };
 
 use crate::error::Result;
@@ -34,9 +34,7 @@ pub enum OrgScope<'a> {
 /// SQLITE_BUSY), WAL, a busy timeout and case-sensitive LIKE like Postgres.
 pub async fn connect(url: &str) -> Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10));
+    options.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
     if url.starts_with("sqlite:") {
         options
             .max_connections(1)
@@ -56,9 +54,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
         options
             .max_connections(32)
             .min_connections(1)
-            .map_sqlx_postgres_opts(|opts: PgConnectOptions| {
-                opts.options([("plan_cache_mode", "force_custom_plan")])
-            });
+            .map_sqlx_postgres_opts(|opts: PgConnectOptions| opts.options([("plan_cache_mode", "force_custom_plan")]));
     }
     Ok(Database::connect(options).await?)
 }
@@ -70,20 +66,12 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
 
 /// Names of migrations not yet applied.
 pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>> {
-    Ok(Migrator::get_pending_migrations(db)
-        .await?
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect())
+    Ok(Migrator::get_pending_migrations(db).await?.iter().map(|m| m.name().to_owned()).collect())
 }
 
 /// Names of applied migrations.
 pub async fn applied_migrations(db: &DatabaseConnection) -> Result<Vec<String>> {
-    Ok(Migrator::get_applied_migrations(db)
-        .await?
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect())
+    Ok(Migrator::get_applied_migrations(db).await?.iter().map(|m| m.name().to_owned()).collect())
 }
 
 /// Now, truncated to microseconds (what Postgres keeps), so values hash the
@@ -104,10 +92,7 @@ impl OrgTx {
     pub async fn begin(db: &DatabaseConnection, org: &str) -> Result<Self> {
         let tx = db.begin().await?;
         advisory_lock(&tx, &format!("org:{org}")).await?;
-        Ok(Self {
-            tx,
-            org: org.to_owned(),
-        })
+        Ok(Self { tx, org: org.to_owned() })
     }
 
     /// The org every write in this transaction belongs to.

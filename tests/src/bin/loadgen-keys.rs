@@ -78,11 +78,7 @@ async fn main() {
     })
     .await
     .expect("backend available");
-    println!(
-        "backend={} cpus={}",
-        args.backend,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    println!("backend={} cpus={}", args.backend, std::thread::available_parallelism().map_or(0, |n| n.get()));
     let org = keyplane_tests::random_org();
     let client = plane.keys(&plane.root_token).await;
 
@@ -109,19 +105,13 @@ async fn main() {
     println!("CreateApiKey: {create}");
 
     let tokens = Arc::new(tokens.lock().unwrap().clone());
-    for phase in [
-        "VerifyApiKey cold (argon2)",
-        "VerifyApiKey warm (verified-secret cache)",
-    ] {
+    for phase in ["VerifyApiKey cold (argon2)", "VerifyApiKey warm (verified-secret cache)"] {
         let summary = measure(tokens.len(), args.concurrency, |i| {
             let mut client = client.clone();
             let token = tokens[i].clone();
             async move {
                 let response = client
-                    .verify_api_key(pb::VerifyApiKeyRequest {
-                        token,
-                        ..Default::default()
-                    })
+                    .verify_api_key(pb::VerifyApiKeyRequest { token, ..Default::default() })
                     .await
                     .expect("verify")
                     .into_inner();
@@ -164,22 +154,13 @@ async fn main() {
             last_used_at: Set(None),
             usage_count: Set(0),
         });
-        api_keys::Entity::insert_many(rows)
-            .exec(&db)
-            .await
-            .expect("seed");
+        api_keys::Entity::insert_many(rows).exec(&db).await.expect("seed");
     }
     if backend == Backend::Postgres {
         // Give the planner statistics, as autovacuum would after a bulk load.
-        sea_orm::ConnectionTrait::execute_unprepared(&db, "ANALYZE api_keys")
-            .await
-            .expect("analyze");
+        sea_orm::ConnectionTrait::execute_unprepared(&db, "ANALYZE api_keys").await.expect("analyze");
     }
-    println!(
-        "seeded {} keys in {:.1}s",
-        args.list_keys,
-        seeded.elapsed().as_secs_f64()
-    );
+    println!("seeded {} keys in {:.1}s", args.list_keys, seeded.elapsed().as_secs_f64());
 
     // Three kinds of page, one request at a time: walking every page from
     // the start, filtered by status and environment, and by a name prefix.
@@ -209,11 +190,7 @@ async fn main() {
                 request.page_token = page_token.clone();
             }
             let begun = Instant::now();
-            let page = client
-                .list_api_keys(request)
-                .await
-                .expect("list")
-                .into_inner();
+            let page = client.list_api_keys(request).await.expect("list").into_inner();
             latencies.push(begun.elapsed());
             if kind == "walk" {
                 page_token = page.next_page_token;
