@@ -5,5 +5,6 @@ mod audit;
 mod bad_input;
 mod grpcurl;
 mod isolation;
+mod proxies;
 mod secrets;
 mod sidecar;

@@ -2,6 +2,7 @@
 //! the control plane in-process on `127.0.0.1:0` over SQLite or a throwaway
 //! Postgres, and builds authenticated gRPC clients.
 
+pub mod echo;
 pub mod logs;
 pub mod postgres;
 pub mod process;
