@@ -137,7 +137,7 @@ impl KeyCache {
         // inserted at most one Verify later, so twice that is ample. Only an
         // eviction for size loses a record early, and then the floor rises past it.
         let changes = Cache::builder()
-            .max_capacity(capacity.saturating_mul(4).max(1024))
+            .max_capacity(capacity.max(1024))
             .time_to_live(positive_ttl.max(negative_ttl) * 2 + Duration::from_secs(60))
             .eviction_listener(move |_key, change: Change, cause| {
                 if cause == RemovalCause::Size {

@@ -159,7 +159,7 @@ impl Checker {
             }
             Decision::Deny(denial) => ("deny", denial.reason),
         };
-        self.metrics.checks.get_or_create(&vec![("decision", label), ("reason", reason)]).inc();
+        self.metrics.checks.get_or_create(&[("decision", label), ("reason", reason)]).inc();
         decision
     }
 
@@ -197,7 +197,7 @@ impl Checker {
         let cached = self.cache.get(&digest).await;
         self.metrics
             .cache_lookups
-            .get_or_create(&vec![("result", if cached.is_some() { "hit" } else { "miss" })])
+            .get_or_create(&[("result", if cached.is_some() { "hit" } else { "miss" })])
             .inc();
         if let Some(verdict) = cached {
             match self.cache.freshness(&verdict).await {

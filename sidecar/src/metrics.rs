@@ -8,16 +8,18 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-/// Label set: `(name, value)` pairs.
-pub type Labels = Vec<(&'static str, &'static str)>;
+/// Decision and reason labels (fixed-size: no allocation per check).
+pub type CheckLabels = [(&'static str, &'static str); 2];
+/// One label.
+pub type Label = [(&'static str, &'static str); 1];
 
 /// Every metric the sidecar exports.
 pub struct Metrics {
     registry: Registry,
     /// Checks by decision (allow/deny) and reason.
-    pub checks: Family<Labels, Counter>,
+    pub checks: Family<CheckLabels, Counter>,
     /// Cache lookups by result (hit/miss); the hit ratio is hit / (hit + miss).
-    pub cache_lookups: Family<Labels, Counter>,
+    pub cache_lookups: Family<Label, Counter>,
     /// Verify calls to the control plane.
     pub verify_calls: Counter,
     /// Latency of Verify calls.
@@ -37,9 +39,9 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("keyplane_sidecar");
-        let checks = Family::<Labels, Counter>::default();
+        let checks = Family::<CheckLabels, Counter>::default();
         registry.register("checks", "Checks by decision and reason", checks.clone());
-        let cache_lookups = Family::<Labels, Counter>::default();
+        let cache_lookups = Family::<Label, Counter>::default();
         registry.register("cache_lookups", "Cache lookups by result", cache_lookups.clone());
         let verify_calls = Counter::default();
         registry.register("verify_calls", "Verify calls to the control plane", verify_calls.clone());

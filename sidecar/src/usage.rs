@@ -9,6 +9,9 @@ use keyplane_proto::sync::v1 as pb;
 
 use crate::sync::ControlPlaneClient;
 
+/// Most entries in one report (the control plane's limit).
+pub const MAX_ENTRIES: usize = 1000;
+
 /// Counts since the last report.
 #[derive(Clone, Default)]
 pub struct UsageCounter {
@@ -44,23 +47,23 @@ impl UsageCounter {
         }
     }
 
-    /// Sends one batch; on failure the counts are kept for the next one.
+    /// Sends the counts in reports of at most [`MAX_ENTRIES`]; counts of a
+    /// failed report are kept for the next flush.
     pub async fn flush(&self, client: &mut ControlPlaneClient) {
-        let batch = self.take();
-        if batch.is_empty() {
-            return;
-        }
-        let entries = batch
-            .iter()
-            .map(|(key_id, (count, last))| pb::UsageEntry {
-                key_id: key_id.clone(),
-                count: *count,
-                last_used_at: Some(prost_types::Timestamp::from(*last)),
-            })
-            .collect();
-        if let Err(status) = client.report_usage(pb::ReportUsageRequest { entries }).await {
-            tracing::warn!(code = ?status.code(), message = status.message(), "usage report failed; will retry");
-            self.restore(batch);
+        let pending: Vec<_> = self.take().into_iter().collect();
+        for chunk in pending.chunks(MAX_ENTRIES) {
+            let entries = chunk
+                .iter()
+                .map(|(key_id, (count, last))| pb::UsageEntry {
+                    key_id: key_id.clone(),
+                    count: *count,
+                    last_used_at: Some(prost_types::Timestamp::from(*last)),
+                })
+                .collect();
+            if let Err(status) = client.report_usage(pb::ReportUsageRequest { entries }).await {
+                tracing::warn!(code = ?status.code(), message = status.message(), "usage report failed; will retry");
+                self.restore(chunk.iter().cloned().collect());
+            }
         }
     }
 

@@ -10,8 +10,9 @@ use tokio::process::{Child, Command};
 /// Path of a workspace binary built next to the test executable.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let path = dir.join(name);
+    // Test executables live in target/<profile>/deps, binaries one level up.
+    let dir = exe.parent().expect("exe dir");
+    let path = if dir.ends_with("deps") { dir.parent().expect("target dir").join(name) } else { dir.join(name) };
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace` (cargo test --workspace builds it)",

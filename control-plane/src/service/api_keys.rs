@@ -346,7 +346,7 @@ impl KeyService {
         let key = api_keys::update(&tx, row).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
         audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, json!({ "fields": changed }))).await?;
-        tx.commit().await?;
+        self.commit_with_key_events(tx).await?;
         Ok(key)
     }
 
@@ -363,7 +363,7 @@ impl KeyService {
         }
         let key = revoke_in(&tx, ctx, key, reason).await?;
         audit::append(&tx, ctx.audit("api_key.revoked", "api_key", &key.id, json!({ "reason": reason }))).await?;
-        tx.commit().await?;
+        self.commit_with_key_events(tx).await?;
         Ok(key)
     }
 

@@ -17,6 +17,9 @@ use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
 use crate::store::{OrgScope, api_keys, key_events};
 
+/// Most entries in one usage report (keeps the UPDATE's parameter count well
+/// under SQLite's and Postgres' limits).
+pub const MAX_USAGE_ENTRIES: usize = 1000;
 /// Events read from the log per query.
 const BATCH: u64 = 1000;
 
@@ -203,6 +206,9 @@ pub async fn verify_for_sidecar(
 /// Applies a sidecar's usage batch in one statement.
 pub async fn report_usage(core: &Core, ctx: &RequestContext, batch: Vec<api_keys::Usage>) -> Result<u64> {
     require_sidecar(ctx)?;
+    if batch.len() > MAX_USAGE_ENTRIES {
+        return Err(Error::invalid("entries", format!("at most {MAX_USAGE_ENTRIES} per report")));
+    }
     if let Some(bad) = batch.iter().position(|u| u.count < 0) {
         return Err(Error::invalid(format!("entries[{bad}].count"), "must not be negative"));
     }

@@ -1,0 +1,322 @@
+//! Load generator for the sidecar (BENCHMARKS.md): cached ext_authz check
+//! latency at fixed rates (open loop, measured from the intended send time),
+//! maximum throughput, revocation propagation with 100 Watch streams, and the
+//! sidecar's RSS idle and with many cached keys.
+//!
+//! `cargo build --release --workspace && target/release/loadgen-sidecar`
+//!
+//! The control plane runs in-process on SQLite; the sidecar is the real
+//! release binary as a child process. Every loop is bounded in count and time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use envoy_types::pb::envoy::service::auth::v3 as envoy;
+use keyplane_control_plane::crypto::token::{CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, encode_fixed, new_id_body};
+use keyplane_control_plane::store::api_keys;
+use keyplane_proto::admin::v1 as pb;
+use keyplane_proto::sync::v1 as sync_pb;
+use keyplane_tests::stats::Summary;
+use keyplane_tests::{Backend, TestControlPlane};
+use sea_orm::{ActiveValue::Set, EntityTrait};
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+struct Args {
+    /// Distinct keys checked in the latency runs.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Open-loop rates (checks/s) measured for `--seconds` each.
+    #[arg(long, value_delimiter = ',', default_value = "5000,10000,20000")]
+    rates: Vec<u64>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Watch streams connected during the propagation run (including the sidecar's).
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Revocations measured.
+    #[arg(long, default_value_t = 50)]
+    revocations: usize,
+    /// Keys cached for the RSS measurement.
+    #[arg(long, default_value_t = 100_000)]
+    rss_keys: usize,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+/// A token for a seeded key: every seeded key shares one secret (and hash).
+fn seeded_token(id_body: &str, secret: &str) -> String {
+    let signed = format!("kp_live_{id_body}{secret}");
+    let checksum = encode_fixed(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
+    format!("{signed}{checksum}")
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let plane = TestControlPlane::start(Backend::Sqlite).await.expect("sqlite");
+    let (_, credential) = plane.create_key("keyplane", &["keyplane:sidecar"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("credential"), &credential).unwrap();
+
+    // Seed keys directly: one shared secret hashed once (cheap test argon2
+    // parameters), so 100k keys take seconds, not an hour of argon2.
+    let secret = "S".repeat(SECRET_LEN);
+    let hasher = keyplane_control_plane::crypto::SecretHasher::new(
+        keyplane_control_plane::crypto::HashingParams { memory_kib: 256, iterations: 1, parallelism: 1 },
+        1,
+    )
+    .unwrap();
+    let hash = hasher.hash(secret.clone()).await.unwrap();
+    let org = keyplane_tests::random_org();
+    let db = plane.database().await;
+    let total = args.keys.max(args.rss_keys);
+    let mut tokens = Vec::with_capacity(total);
+    let now = chrono::Utc::now();
+    for _ in 0..total.div_ceil(1000) {
+        let rows: Vec<_> = (0..1000)
+            .map(|_| {
+                let body = new_id_body();
+                assert_eq!(body.len(), KEY_ID_LEN);
+                tokens.push(seeded_token(&body, &secret));
+                api_keys::ActiveModel {
+                    id: Set(format!("key_{body}")),
+                    org_id: Set(org.clone()),
+                    name: Set("bench".into()),
+                    description: Set(String::new()),
+                    environment: Set("live".into()),
+                    scopes: Set(serde_json::json!(["orders:read"])),
+                    status: Set("active".into()),
+                    secret_hash: Set(hash.clone()),
+                    start: Set(String::new()),
+                    expires_at: Set(None),
+                    rate_limit_requests: Set(None),
+                    rate_limit_window_ms: Set(None),
+                    metadata: Set(None),
+                    sealed_token: Set(None),
+                    created_by: Set("root".into()),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    revoked_at: Set(None),
+                    revoked_by: Set(None),
+                    revocation_reason: Set(None),
+                    rotated_from: Set(None),
+                    last_used_at: Set(None),
+                    usage_count: Set(0),
+                }
+            })
+            .collect();
+        api_keys::Entity::insert_many(rows).exec(&db).await.unwrap();
+    }
+
+    // The real sidecar binary.
+    let grpc_port = free_port();
+    let http_port = free_port();
+    let mut sidecar = Command::new(keyplane_tests::process::workspace_binary("keyplane-sidecar"))
+        .args(["--control-plane", &format!("http://{}", plane.addr)])
+        .arg("--credential-file")
+        .arg(dir.path().join("credential"))
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}"), "--http-listen", &format!("127.0.0.1:{http_port}")])
+        .args(["--cache-capacity", &(total * 2).to_string()])
+        .env("RUST_LOG", "warn")
+        .envs(std::env::var("SIDECAR_MALLOC_ARENA_MAX").ok().map(|v| ("MALLOC_ARENA_MAX", v)))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sidecar");
+    let pid = sidecar.id().unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("http://127.0.0.1:{http_port}/readyz")).send().await.map_or(true, |r| r.status() != 200) {
+        assert!(started.elapsed() < Duration::from_secs(20), "sidecar ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("sidecar RSS idle: {} KiB", rss_kib(pid));
+    println!("sidecar binary: {} bytes", std::fs::metadata(keyplane_tests::process::workspace_binary("keyplane-sidecar")).unwrap().len());
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let client = envoy::authorization_client::AuthorizationClient::new(channel);
+    let request = |token: &str| envoy::CheckRequest {
+        attributes: Some(envoy::AttributeContext {
+            request: Some(envoy::attribute_context::Request {
+                http: Some(envoy::attribute_context::HttpRequest {
+                    headers: [("authorization".to_owned(), format!("Bearer {token}"))].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [("required_scopes".to_owned(), "orders:read".to_owned())].into(),
+            ..Default::default()
+        }),
+    };
+
+    // Warm the cache with `keys` tokens (misses: one Verify each), then also
+    // with the rest for the RSS measurement.
+    let warm = |slice: Vec<String>| {
+        let client = client.clone();
+        let request = request;
+        async move {
+            let slice = Arc::new(Mutex::new(slice));
+            let workers: Vec<_> = (0..32)
+                .map(|_| {
+                    let (mut client, slice) = (client.clone(), slice.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let Some(token) = slice.lock().await.pop() else { return };
+                            let response = client.check(request(&token)).await.unwrap().into_inner();
+                            assert_eq!(response.status.unwrap().code, 0, "warm check allowed");
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.await.unwrap();
+            }
+        }
+    };
+    let started = Instant::now();
+    warm(tokens[..args.keys].to_vec()).await;
+    println!("warmed {} keys (cache misses) in {:.2}s", args.keys, started.elapsed().as_secs_f64());
+
+    for &rate in &args.rates {
+        let count = (rate * args.seconds) as usize;
+        let begin = Instant::now() + Duration::from_millis(50);
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let at = begin + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(at.into()).await;
+            let mut client = client.clone();
+            let request = request(&tokens[i % args.keys]);
+            tasks.push(tokio::spawn(async move {
+                // Measured from the actual send: tokio's timer has 1 ms
+                // granularity, so the schedule itself jitters by up to 1 ms.
+                let sent = Instant::now();
+                let response = client.check(request).await.unwrap().into_inner();
+                assert_eq!(response.status.unwrap().code, 0);
+                sent.elapsed()
+            }));
+        }
+        let mut latencies = Vec::with_capacity(count);
+        for task in tasks {
+            latencies.push(task.await.unwrap());
+        }
+        println!("ext_authz cached check at {rate}/s: {}", Summary::of(latencies, begin.elapsed()));
+    }
+
+    // Closed loop: maximum throughput with 64 requests in flight.
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..64)
+        .map(|w| {
+            let mut client = client.clone();
+            let tokens = tokens[..args.keys].to_vec();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = w;
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    client.check(request(&tokens[i % tokens.len()])).await.unwrap();
+                    latencies.push(begun.elapsed());
+                    i += 64;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.unwrap());
+    }
+    println!("ext_authz max throughput (64 in flight): {}", Summary::of(latencies, started.elapsed()));
+
+    // Revocation propagation with `streams` Watch streams connected.
+    let mut watchers = Vec::new();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    for _ in 0..args.streams.saturating_sub(1) {
+        let mut client = sync_pb::key_sync_service_client::KeySyncServiceClient::new(plane.authed(&credential).await);
+        let seen = seen_tx.clone();
+        let mut stream = client
+            .watch(sync_pb::WatchRequest { after_seq: 0, from_head: true })
+            .await
+            .unwrap()
+            .into_inner();
+        watchers.push(tokio::spawn(async move {
+            while let Ok(Some(message)) = stream.message().await {
+                if let Some(sync_pb::watch_response::Message::Event(event)) = message.message {
+                    let _ = seen.send((event.key_id, Instant::now()));
+                }
+            }
+        }));
+    }
+    let mut keys_client = plane.keys(&plane.root_token).await;
+    let mut sidecar_latencies = Vec::new();
+    let mut stream_latencies = Vec::new();
+    for trial in 0..args.revocations {
+        let token = &tokens[trial];
+        let key_id = format!("key_{}", &token[8..8 + KEY_ID_LEN]);
+        keys_client
+            .revoke_api_key(pb::RevokeApiKeyRequest { org_id: org.clone(), id: key_id.clone(), reason: String::new() })
+            .await
+            .unwrap();
+        let returned = Instant::now();
+        let mut probe = client.clone();
+        loop {
+            let response = probe.check(request(token)).await.unwrap().into_inner();
+            if response.status.unwrap().code != 0 {
+                break;
+            }
+            assert!(returned.elapsed() < Duration::from_secs(5), "revocation applied");
+        }
+        sidecar_latencies.push(returned.elapsed());
+        let mut received = 0;
+        let mut slowest = Duration::ZERO;
+        while received < args.streams.saturating_sub(1) {
+            let (id, at) = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv()).await.unwrap().unwrap();
+            if id == key_id {
+                received += 1;
+                slowest = slowest.max(at.saturating_duration_since(returned));
+            }
+        }
+        stream_latencies.push(slowest);
+    }
+    println!(
+        "revocation → denial at the sidecar ({} streams): {}",
+        args.streams,
+        Summary::of(sidecar_latencies, Duration::from_secs(1))
+    );
+    println!("revocation → event on the slowest of {} raw streams: {}", args.streams - 1, Summary::of(stream_latencies, Duration::from_secs(1)));
+    for watcher in watchers {
+        watcher.abort();
+    }
+
+    let started = Instant::now();
+    warm(tokens[args.keys..].to_vec()).await;
+    println!(
+        "cached {} more keys in {:.1}s; sidecar RSS with {} cached keys: {} KiB",
+        total - args.keys,
+        started.elapsed().as_secs_f64(),
+        total,
+        rss_kib(pid)
+    );
+    let _ = sidecar.kill().await;
+    plane.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
