@@ -195,10 +195,7 @@ impl Checker {
     /// cache, or from Verify (once more if the answer raced an update).
     async fn trusted_verdict(&self, digest: [u8; 32], token: &str) -> Result<Arc<Verdict>, Denial> {
         let cached = self.cache.get(&digest).await;
-        self.metrics
-            .cache_lookups
-            .get_or_create(&[("result", if cached.is_some() { "hit" } else { "miss" })])
-            .inc();
+        self.metrics.cache_lookups.get_or_create(&[("result", if cached.is_some() { "hit" } else { "miss" })]).inc();
         if let Some(verdict) = cached {
             match self.cache.freshness(&verdict).await {
                 Freshness::Fresh => return Ok(verdict),

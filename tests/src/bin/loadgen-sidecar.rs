@@ -142,7 +142,10 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("sidecar RSS idle: {} KiB", rss_kib(pid));
-    println!("sidecar binary: {} bytes", std::fs::metadata(keyplane_tests::process::workspace_binary("keyplane-sidecar")).unwrap().len());
+    println!(
+        "sidecar binary: {} bytes",
+        std::fs::metadata(keyplane_tests::process::workspace_binary("keyplane-sidecar")).unwrap().len()
+    );
 
     let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))
         .unwrap()
@@ -250,11 +253,8 @@ async fn main() {
     for _ in 0..args.streams.saturating_sub(1) {
         let mut client = sync_pb::key_sync_service_client::KeySyncServiceClient::new(plane.authed(&credential).await);
         let seen = seen_tx.clone();
-        let mut stream = client
-            .watch(sync_pb::WatchRequest { after_seq: 0, from_head: true })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream =
+            client.watch(sync_pb::WatchRequest { after_seq: 0, from_head: true }).await.unwrap().into_inner();
         watchers.push(tokio::spawn(async move {
             while let Ok(Some(message)) = stream.message().await {
                 if let Some(sync_pb::watch_response::Message::Event(event)) = message.message {
@@ -299,7 +299,11 @@ async fn main() {
         args.streams,
         Summary::of(sidecar_latencies, Duration::from_secs(1))
     );
-    println!("revocation → event on the slowest of {} raw streams: {}", args.streams - 1, Summary::of(stream_latencies, Duration::from_secs(1)));
+    println!(
+        "revocation → event on the slowest of {} raw streams: {}",
+        args.streams - 1,
+        Summary::of(stream_latencies, Duration::from_secs(1))
+    );
     for watcher in watchers {
         watcher.abort();
     }
