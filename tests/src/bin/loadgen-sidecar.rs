@@ -172,7 +172,6 @@ async fn main() {
     // with the rest for the RSS measurement.
     let warm = |slice: Vec<String>| {
         let client = client.clone();
-        let request = request;
         async move {
             let slice = Arc::new(Mutex::new(slice));
             let workers: Vec<_> = (0..32)
@@ -266,8 +265,7 @@ async fn main() {
     let mut keys_client = plane.keys(&plane.root_token).await;
     let mut sidecar_latencies = Vec::new();
     let mut stream_latencies = Vec::new();
-    for trial in 0..args.revocations {
-        let token = &tokens[trial];
+    for token in &tokens[..args.revocations] {
         let key_id = format!("key_{}", &token[8..8 + KEY_ID_LEN]);
         keys_client
             .revoke_api_key(pb::RevokeApiKeyRequest { org_id: org.clone(), id: key_id.clone(), reason: String::new() })
