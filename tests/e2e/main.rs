@@ -3,6 +3,7 @@
 mod api_keys;
 mod audit;
 mod bad_input;
+mod commands;
 mod grpcurl;
 mod isolation;
 mod proxies;

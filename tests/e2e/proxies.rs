@@ -5,19 +5,8 @@ use keyplane_tests::{Backend, TestSidecar, both_backends, random_org, start_or_s
 
 both_backends!(nginx_auth_request_example);
 
-fn nginx_available() -> bool {
-    let found = std::process::Command::new("nginx").arg("-v").output().is_ok_and(|o| o.status.success());
-    if !found && keyplane_tests::postgres::required() {
-        panic!("nginx is required in CI: apt-get install nginx");
-    }
-    if !found {
-        eprintln!("NOTE: nginx not installed; the nginx example test is SKIPPED");
-    }
-    found
-}
-
 async fn nginx_auth_request_example(backend: Backend) {
-    if !nginx_available() {
+    if !keyplane_tests::tool_available("nginx", &["-v"], "apt-get install nginx") {
         return;
     }
     let plane = start_or_skip!(backend);

@@ -475,3 +475,55 @@ impl Drop for TestSidecar {
         }
     }
 }
+
+/// A key row for seeding benchmarks straight into the table (bypassing the
+/// API's argon2 cost): active unless `status` says otherwise, no expiry.
+pub fn seeded_key_row(
+    org: &str,
+    id: String,
+    name: String,
+    environment: &str,
+    status: &str,
+    secret_hash: &str,
+) -> keyplane_control_plane::store::api_keys::ActiveModel {
+    use sea_orm::ActiveValue::Set;
+    let now = chrono::Utc::now();
+    keyplane_control_plane::store::api_keys::ActiveModel {
+        id: Set(id),
+        org_id: Set(org.to_owned()),
+        name: Set(name),
+        description: Set(String::new()),
+        environment: Set(environment.to_owned()),
+        scopes: Set(serde_json::json!(["orders:read"])),
+        status: Set(status.to_owned()),
+        secret_hash: Set(secret_hash.to_owned()),
+        start: Set(String::new()),
+        expires_at: Set(None),
+        rate_limit_requests: Set(None),
+        rate_limit_window_ms: Set(None),
+        metadata: Set(None),
+        sealed_token: Set(None),
+        created_by: Set("root".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        revoked_at: Set(None),
+        revoked_by: Set(None),
+        revocation_reason: Set(None),
+        rotated_from: Set(None),
+        last_used_at: Set(None),
+        usage_count: Set(0),
+    }
+}
+
+/// Whether an external tool (`program args` exits 0) is installed; in CI
+/// a missing tool fails the run, elsewhere the test is skipped with a note.
+pub fn tool_available(program: &str, args: &[&str], install: &str) -> bool {
+    let found = std::process::Command::new(program).args(args).output().is_ok_and(|o| o.status.success());
+    if !found && postgres::required() {
+        panic!("{program} is required in CI: {install}");
+    }
+    if !found {
+        eprintln!("NOTE: {program} not installed; a test that needs it is SKIPPED ({install})");
+    }
+    found
+}

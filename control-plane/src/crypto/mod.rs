@@ -2,6 +2,7 @@
 
 pub mod hasher;
 pub mod sealing;
+pub mod signing;
 
 pub use hasher::{HashingParams, SecretHasher};
 pub use keyplane_proto::token::{self, Environment, ParsedToken, TokenFormat, random_bytes};

@@ -15,7 +15,7 @@ use keyplane_control_plane::store::api_keys;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::stats::Summary;
 use keyplane_tests::{Backend, TestControlPlane};
-use sea_orm::{ActiveValue::Set, EntityTrait};
+use sea_orm::EntityTrait;
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
@@ -127,32 +127,16 @@ async fn main() {
     let list_org = keyplane_tests::random_org();
     let db = plane.database().await;
     let seeded = Instant::now();
-    let now = chrono::Utc::now();
     for chunk in (0..args.list_keys).collect::<Vec<_>>().chunks(1000) {
-        let rows = chunk.iter().map(|i| api_keys::ActiveModel {
-            id: Set(keyplane_control_plane::crypto::new_id("key_")),
-            org_id: Set(list_org.clone()),
-            name: Set(format!("seeded {i:06}")),
-            description: Set(String::new()),
-            environment: Set(if i % 10 == 0 { "test" } else { "live" }.into()),
-            scopes: Set(serde_json::json!(["orders:read"])),
-            status: Set(if i % 7 == 0 { "revoked" } else { "active" }.into()),
-            secret_hash: Set("$argon2id$v=19$m=19456,t=2,p=1$c2VlZA$c2VlZA".into()),
-            start: Set("kp_live_seeded".into()),
-            expires_at: Set(None),
-            rate_limit_requests: Set(None),
-            rate_limit_window_ms: Set(None),
-            metadata: Set(None),
-            sealed_token: Set(None),
-            created_by: Set("root".into()),
-            created_at: Set(now),
-            updated_at: Set(now),
-            revoked_at: Set(None),
-            revoked_by: Set(None),
-            revocation_reason: Set(None),
-            rotated_from: Set(None),
-            last_used_at: Set(None),
-            usage_count: Set(0),
+        let rows = chunk.iter().map(|i| {
+            keyplane_tests::seeded_key_row(
+                &list_org,
+                keyplane_control_plane::crypto::new_id("key_"),
+                format!("seeded {i:06}"),
+                if i % 10 == 0 { "test" } else { "live" },
+                if i % 7 == 0 { "revoked" } else { "active" },
+                "$argon2id$v=19$m=19456,t=2,p=1$c2VlZA$c2VlZA",
+            )
         });
         api_keys::Entity::insert_many(rows).exec(&db).await.expect("seed");
     }

@@ -19,7 +19,7 @@ use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1 as sync_pb;
 use keyplane_tests::stats::Summary;
 use keyplane_tests::{Backend, TestControlPlane};
-use sea_orm::{ActiveValue::Set, EntityTrait};
+use sea_orm::EntityTrait;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
@@ -82,38 +82,13 @@ async fn main() {
     let db = plane.database().await;
     let total = args.keys.max(args.rss_keys);
     let mut tokens = Vec::with_capacity(total);
-    let now = chrono::Utc::now();
     for _ in 0..total.div_ceil(1000) {
         let rows: Vec<_> = (0..1000)
             .map(|_| {
                 let body = new_id_body();
                 assert_eq!(body.len(), KEY_ID_LEN);
                 tokens.push(seeded_token(&body, &secret));
-                api_keys::ActiveModel {
-                    id: Set(format!("key_{body}")),
-                    org_id: Set(org.clone()),
-                    name: Set("bench".into()),
-                    description: Set(String::new()),
-                    environment: Set("live".into()),
-                    scopes: Set(serde_json::json!(["orders:read"])),
-                    status: Set("active".into()),
-                    secret_hash: Set(hash.clone()),
-                    start: Set(String::new()),
-                    expires_at: Set(None),
-                    rate_limit_requests: Set(None),
-                    rate_limit_window_ms: Set(None),
-                    metadata: Set(None),
-                    sealed_token: Set(None),
-                    created_by: Set("root".into()),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    revoked_at: Set(None),
-                    revoked_by: Set(None),
-                    revocation_reason: Set(None),
-                    rotated_from: Set(None),
-                    last_used_at: Set(None),
-                    usage_count: Set(0),
-                }
+                keyplane_tests::seeded_key_row(&org, format!("key_{body}"), "bench".into(), "live", "active", &hash)
             })
             .collect();
         api_keys::Entity::insert_many(rows).exec(&db).await.unwrap();

@@ -1,0 +1,72 @@
+//! The `keyplane` binary's commands, run as real processes: `migrate`,
+//! `generate-master-key`, and start-up refusals that must explain themselves.
+
+use keyplane_tests::process::workspace_binary;
+use keyplane_tests::{Backend, both_backends};
+
+both_backends!(migrate_applies_then_reports);
+
+fn keyplane(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(workspace_binary("keyplane")).args(args).output().expect("run keyplane")
+}
+
+async fn migrate_applies_then_reports(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let Some(url) = backend.fresh_database(data.path()).await else { return };
+    let dir = data.path().display().to_string();
+    let base = ["--data-dir", dir.as_str(), "--database-url", url.as_str()];
+    let before = keyplane(&[&["migrate", "--status"][..], &base].concat());
+    assert!(before.status.success(), "{}", String::from_utf8_lossy(&before.stderr));
+    let listed = String::from_utf8_lossy(&before.stdout);
+    assert!(listed.contains("pending  m20261122_000001_api_keys"), "{listed}");
+
+    let applied = keyplane(&[&["migrate"][..], &base].concat());
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let after = keyplane(&[&["migrate", "--status"][..], &base].concat());
+    let listed = String::from_utf8_lossy(&after.stdout);
+    assert!(listed.contains("applied  m20261122_000001_api_keys") && !listed.contains("pending"), "{listed}");
+}
+
+#[tokio::test]
+async fn postgres_without_a_master_key_refuses_to_start_and_says_how() {
+    let data = tempfile::tempdir().unwrap();
+    let Some(url) = Backend::Postgres.fresh_database(data.path()).await else { return };
+    let dir = data.path().display().to_string();
+    let output = keyplane(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &dir, "--database-url", &url]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--master-key-file") && stderr.contains("generate-master-key"), "{stderr}");
+    assert!(!data.path().join("master-key").exists(), "no key is generated for Postgres");
+}
+
+#[test]
+fn generated_master_keys_are_usable_lines() {
+    let output = keyplane(&["generate-master-key", "--id", "k7"]);
+    assert!(output.status.success());
+    let line = String::from_utf8(output.stdout).unwrap();
+    let keys = keyplane_control_plane::crypto::MasterKeys::parse(&line).expect("parses");
+    assert_eq!(keys.current_id(), "k7");
+    let other = String::from_utf8(keyplane(&["generate-master-key"]).stdout).unwrap();
+    assert_ne!(line.split('=').nth(1), other.split('=').nth(1), "random each time");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let help = String::from_utf8(keyplane(&["serve", "--help"]).stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--database-url",
+        "--root-token-file",
+        "--master-key-file",
+        "--metrics-listen",
+        "--token-prefix",
+        "--argon2-memory-kib",
+        "--hash-workers",
+        "--heartbeat-interval",
+        "--key-event-retention",
+        "KEYPLANE_DATABASE_URL",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from keyplane serve --help");
+    }
+}
