@@ -15,7 +15,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     let path = if dir.ends_with("deps") { dir.parent().expect("target dir").join(name) } else { dir.join(name) };
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace` (cargo test --workspace builds it)",
+        "{} is missing: run `cargo build --workspace --bins` first (the README test command does)",
         path.display()
     );
     path
