@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use keyplane_migrations::{Migrator, MigratorTrait};
-use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
@@ -49,12 +48,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
                     .pragma("case_sensitive_like", "ON")
             });
     } else {
-        // Plan each statement with its real parameters: a generic plan cannot
-        // see that a name prefix is selective and scans the whole org instead.
-        options
-            .max_connections(32)
-            .min_connections(1)
-            .map_sqlx_postgres_opts(|opts: PgConnectOptions| opts.options([("plan_cache_mode", "force_custom_plan")]));
+        options.max_connections(32).min_connections(1);
     }
     Ok(Database::connect(options).await?)
 }
