@@ -50,8 +50,8 @@ pub enum Refusal {
 pub enum Verdict {
     /// The token is good.
     Valid {
-        /// Its principal.
-        principal: Principal,
+        /// Its principal (shared: an allowed check hands it out without copying).
+        principal: Arc<Principal>,
         /// Log position the answer reflects.
         as_of: u64,
     },
@@ -213,14 +213,14 @@ mod tests {
 
     fn valid(key: &str, as_of: u64) -> Verdict {
         Verdict::Valid {
-            principal: Principal {
+            principal: Arc::new(Principal {
                 key_id: key.into(),
                 org_id: "o".into(),
                 environment: "live",
                 scopes: vec![],
                 expires_at: None,
                 rate_limit: None,
-            },
+            }),
             as_of,
         }
     }

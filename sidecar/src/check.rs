@@ -61,7 +61,7 @@ impl Denial {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Let the request through as this principal.
-    Allow(Principal),
+    Allow(Arc<Principal>),
     /// Refuse it.
     Deny(Denial),
 }
@@ -251,14 +251,14 @@ mod tests {
 
     fn principal(environment: &'static str, scopes: &[&str], expires_at: Option<SystemTime>) -> Verdict {
         Verdict::Valid {
-            principal: Principal {
+            principal: Arc::new(Principal {
                 key_id: "key_1".into(),
                 org_id: "acme".into(),
                 environment,
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 expires_at,
                 rate_limit: None,
-            },
+            }),
             as_of: 1,
         }
     }

@@ -175,7 +175,7 @@ pub async fn verify(client: &mut ControlPlaneClient, token: &str, metrics: &Metr
     let principal = response.principal.map(principal_from_proto);
     if response.valid {
         let principal = principal.ok_or_else(|| tonic::Status::internal("valid answer without principal"))?;
-        return Ok(Verdict::Valid { principal, as_of: response.as_of_seq });
+        return Ok(Verdict::Valid { principal: Arc::new(principal), as_of: response.as_of_seq });
     }
     let refusal = match admin::VerifyFailure::try_from(response.failure) {
         Ok(admin::VerifyFailure::BadSecret) => Refusal::BadSecret,
