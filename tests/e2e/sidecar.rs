@@ -259,17 +259,32 @@ async fn revocation_and_updates_reach_three_sidecars(backend: Backend) {
     plane.stop().await;
 }
 
-async fn changes_while_disconnected_are_applied_on_reconnect(backend: Backend) {
-    let mut plane = start_or_skip!(backend);
+/// A sidecar that has cached a valid key, then loses its control plane;
+/// changes are made meanwhile through a replica on the same database.
+struct CutOff {
+    plane: TestControlPlane,
+    replica: TestControlPlane,
+    sidecar: TestSidecar,
+    org: String,
+    key: pb::ApiKey,
+    token: String,
+}
+
+async fn cached_then_cut_off(backend: Backend) -> Option<CutOff> {
+    let mut plane = TestControlPlane::start(backend).await?;
     let sidecar = TestSidecar::start(&plane, |config| config.max_staleness = Duration::from_secs(30)).await;
     let org = random_org();
     let (key, token) = plane.create_key(&org, &[]).await;
     assert_eq!(sidecar.check_status(&token).await, 200);
-
-    // The control plane goes away; the change is made through a replica on
-    // the same database while the sidecar's stream is down.
     plane.stop_for_now().await;
     let replica = plane.replica().await;
+    Some(CutOff { plane, replica, sidecar, org, key, token })
+}
+
+async fn changes_while_disconnected_are_applied_on_reconnect(backend: Backend) {
+    let Some(CutOff { mut plane, replica, sidecar, org, key, token }) = cached_then_cut_off(backend).await else {
+        return;
+    };
     revoke(&replica, &org, &key.id).await;
     replica.stop().await;
     assert_eq!(sidecar.check_status(&token).await, 200, "still cached: the sidecar has not heard yet");
@@ -287,15 +302,11 @@ async fn changes_while_disconnected_are_applied_on_reconnect(backend: Backend) {
 }
 
 async fn reset_after_compaction_flushes_the_cache(backend: Backend) {
-    let mut plane = start_or_skip!(backend);
-    let sidecar = TestSidecar::start(&plane, |config| config.max_staleness = Duration::from_secs(30)).await;
-    let org = random_org();
-    let (key, token) = plane.create_key(&org, &[]).await;
-    assert_eq!(sidecar.check_status(&token).await, 200);
-    plane.stop_for_now().await;
+    let Some(CutOff { mut plane, replica, sidecar, org, key, token }) = cached_then_cut_off(backend).await else {
+        return;
+    };
     // While the sidecar is cut off: changes happen and the log is compacted
     // past its position, as retention would do.
-    let replica = plane.replica().await;
     let (filler, _) = replica.create_key(&org, &[]).await;
     revoke(&replica, &org, &filler.id).await;
     revoke(&replica, &org, &key.id).await;
