@@ -4,8 +4,14 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos =
-        ["keyplane/admin/v1/api_keys.proto", "keyplane/admin/v1/audit.proto", "keyplane/sync/v1/key_sync.proto"];
+    let protos = [
+        "keyplane/admin/v1/api_keys.proto",
+        "keyplane/admin/v1/audit.proto",
+        "keyplane/admin/v1/webhooks.proto",
+        "keyplane/admin/v1/events.proto",
+        "keyplane/admin/v1/deliveries.proto",
+        "keyplane/sync/v1/key_sync.proto",
+    ];
     let wellknown = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 

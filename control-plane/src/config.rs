@@ -121,6 +121,108 @@ pub struct Config {
     /// Concurrent argon2 computations (default: CPU count).
     #[arg(long, env = "KEYPLANE_HASH_WORKERS")]
     pub hash_workers: Option<usize>,
+    /// Outbound HTTP policy (webhooks, OAuth providers).
+    #[command(flatten)]
+    pub egress: EgressArgs,
+    /// Webhook delivery.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// Where outbound requests (webhooks, OAuth providers) may go.
+#[derive(Clone, Debug, Default, Args)]
+pub struct EgressArgs {
+    /// Allow destinations in this internal network (CIDR, repeatable), e.g.
+    /// `10.1.0.0/16`. Loopback, private, link-local, CGNAT, multicast and
+    /// metadata addresses are refused otherwise.
+    #[arg(
+        long = "egress-allow-cidr",
+        alias = "webhook-allow-cidr",
+        env = "KEYPLANE_EGRESS_ALLOW_CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_cidr: Vec<ipnet::IpNet>,
+    /// Allow plain `http://` destinations (https only otherwise).
+    #[arg(long = "egress-allow-http", alias = "webhook-allow-http", env = "KEYPLANE_EGRESS_ALLOW_HTTP")]
+    pub allow_http: bool,
+}
+
+/// Webhook delivery settings.
+#[derive(Clone, Debug, Args)]
+pub struct WebhookArgs {
+    /// Timeout of one delivery request.
+    #[arg(long = "webhook-timeout", env = "KEYPLANE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Delay before each attempt, comma-separated; the first is normally 0s.
+    /// Each delay gets ±20% jitter.
+    #[arg(long = "webhook-retry-schedule", env = "KEYPLANE_WEBHOOK_RETRY_SCHEDULE", default_value = DEFAULT_RETRY_SCHEDULE, value_parser = parse_schedule)]
+    pub retry_schedule: RetrySchedule,
+    /// How long a claimed delivery stays reserved for its worker; must exceed the timeout.
+    #[arg(long = "webhook-lease", env = "KEYPLANE_WEBHOOK_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// A subscription failing without a single success for this long is disabled.
+    #[arg(long = "webhook-disable-after", env = "KEYPLANE_WEBHOOK_DISABLE_AFTER", default_value = "5days", value_parser = humantime::parse_duration)]
+    pub disable_after: Duration,
+    /// Hosts (suffixes, repeatable) subscriptions may target without approval;
+    /// when set, other hosts wait for ApproveSubscription.
+    #[arg(long = "webhook-allowed-host", env = "KEYPLANE_WEBHOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Subscriptions per org at most.
+    #[arg(long = "webhook-max-subscriptions", env = "KEYPLANE_WEBHOOK_MAX_SUBSCRIPTIONS", default_value_t = 50)]
+    pub max_subscriptions: u64,
+    /// Largest event payload in bytes.
+    #[arg(long = "webhook-max-payload-bytes", env = "KEYPLANE_WEBHOOK_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Succeeded deliveries (and their attempts) older than this are purged.
+    #[arg(long = "webhook-delivery-retention", env = "KEYPLANE_WEBHOOK_DELIVERY_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub delivery_retention: Duration,
+    /// Delivery requests in flight at most, over all endpoints.
+    #[arg(long = "webhook-concurrency", env = "KEYPLANE_WEBHOOK_CONCURRENCY", default_value_t = 128)]
+    pub concurrency: usize,
+    /// Delivery requests in flight at most to one subscription, so a slow
+    /// endpoint cannot take every worker.
+    #[arg(long = "webhook-endpoint-concurrency", env = "KEYPLANE_WEBHOOK_ENDPOINT_CONCURRENCY", default_value_t = 16)]
+    pub endpoint_concurrency: usize,
+    /// How often the dispatcher looks for due deliveries written by other
+    /// processes (local publications wake it at once).
+    #[arg(long = "webhook-poll-interval", env = "KEYPLANE_WEBHOOK_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+}
+
+/// Immediately, then 5s, 5m, 30m, 2h, 5h, 10h and 10h later.
+const DEFAULT_RETRY_SCHEDULE: &str = "0s,5s,5m,30m,2h,5h,10h,10h";
+
+/// Delays before each delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+fn parse_schedule(value: &str) -> Result<RetrySchedule, String> {
+    let delays = value
+        .split(',')
+        .map(|part| humantime::parse_duration(part.trim()).map_err(|e| format!("{part:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.is_empty() || delays.len() > 50 {
+        return Err("give 1 to 50 delays".into());
+    }
+    Ok(RetrySchedule(delays))
+}
+
+impl Default for WebhookArgs {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            retry_schedule: parse_schedule(DEFAULT_RETRY_SCHEDULE).unwrap_or(RetrySchedule(vec![Duration::ZERO])),
+            lease: Duration::from_secs(60),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            allowed_hosts: Vec::new(),
+            max_subscriptions: 50,
+            max_payload_bytes: 256 * 1024,
+            delivery_retention: Duration::from_secs(30 * 24 * 3600),
+            concurrency: 128,
+            endpoint_concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 fn parse_prefix(value: &str) -> Result<String, String> {
@@ -145,6 +247,8 @@ impl Config {
             heartbeat_interval: Duration::from_millis(200),
             event_poll_interval: Duration::from_millis(20),
             key_event_retention: Duration::from_secs(7 * 24 * 3600),
+            egress: EgressArgs::default(),
+            webhooks: WebhookArgs { poll_interval: Duration::from_millis(100), ..WebhookArgs::default() },
         }
     }
 

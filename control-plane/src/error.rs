@@ -22,6 +22,9 @@ pub enum Error {
     /// The resource does not exist in the caller's org.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A per-org quota is used up.
+    #[error("{0}")]
+    LimitReached(String),
     /// The resource's state does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -67,6 +70,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::LimitReached(message) => Status::resource_exhausted(message),
             Error::Database(db) if is_unique_violation(&db) => {
                 Status::already_exists("a resource with this identity already exists")
             }

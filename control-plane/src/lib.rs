@@ -1,11 +1,13 @@
-//! Keyplane control plane: issues, verifies and revokes API keys, records
-//! every change in a tamper-evident audit log, and serves the admin gRPC API.
+//! Keyplane control plane: issues, verifies and revokes API keys, delivers
+//! webhooks, records every change in a tamper-evident audit log, and serves
+//! the admin gRPC API.
 //!
 //! [`run`] wires everything; `main.rs` only parses, binds and waits for a signal.
 
 pub mod bootstrap;
 pub mod config;
 pub mod crypto;
+pub mod egress;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
@@ -18,6 +20,9 @@ use std::time::Duration;
 
 use keyplane_proto::admin::v1::api_key_service_server::ApiKeyServiceServer;
 use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
+use keyplane_proto::admin::v1::delivery_service_server::DeliveryServiceServer;
+use keyplane_proto::admin::v1::event_service_server::EventServiceServer;
+use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -29,8 +34,12 @@ use tower_http::trace::TraceLayer;
 pub use config::Config;
 use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
+use service::dispatch::DispatchSettings;
 use service::sync::{FeedSettings, KeyEventFeed};
-use service::{AuditService, Authenticator, Core, KeyService, Verifier};
+use service::webhooks::WebhookPolicy;
+use service::{
+    AuditService, Authenticator, Core, DeliveryService, Dispatcher, EventService, KeyService, Verifier, WebhookService,
+};
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
 pub struct Listeners {
@@ -70,6 +79,7 @@ pub async fn run(
         master_keys,
         metrics: metrics.clone(),
         key_events_committed: Arc::new(tokio::sync::Notify::new()),
+        deliveries_due: Arc::new(tokio::sync::Notify::new()),
     });
     let verifier = Arc::new(Verifier::new(core.clone(), VERIFIED_SECRETS_CAPACITY));
     let auth = Authenticator::new(&root_token, verifier.clone());
@@ -81,15 +91,30 @@ pub async fn run(
     )
     .await?;
     let closing_feed = feed.clone();
+    let egress = Arc::new(egress::EgressPolicy {
+        allowed_networks: config.egress.allow_cidr.clone(),
+        allow_http: config.egress.allow_http,
+    });
+    let policy = Arc::new(WebhookPolicy::new(egress.clone(), &config.webhooks));
+    let webhooks = Arc::new(WebhookService::new(core.clone(), policy.clone()));
+    let events = Arc::new(EventService::new(core.clone(), policy));
+    let deliveries = Arc::new(DeliveryService::new(core.clone()));
+    let dispatcher = Dispatcher::new(core.clone(), DispatchSettings::new(&config.webhooks)?, egress)?;
+    let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
+    let dispatcher_task = tokio::spawn(dispatcher.run(dispatcher_stop));
     let background = [
         tokio::spawn(feed.clone().tail(core.key_events_committed.clone())),
         tokio::spawn(service::sync::enforce_retention(core.clone(), config.key_event_retention, RETENTION_INTERVAL)),
+        tokio::spawn(service::dispatch::enforce_retention(core.clone(), config.webhooks.delivery_retention)),
     ];
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ApiKeyServiceServer<grpc::api_keys::ApiKeyGrpc>>().await;
     health_reporter.set_serving::<AuditServiceServer<grpc::audit::AuditGrpc>>().await;
     health_reporter.set_serving::<KeySyncServiceServer<grpc::key_sync::KeySyncGrpc>>().await;
+    health_reporter.set_serving::<WebhookServiceServer<grpc::webhooks::WebhookGrpc>>().await;
+    health_reporter.set_serving::<EventServiceServer<grpc::events::EventGrpc>>().await;
+    health_reporter.set_serving::<DeliveryServiceServer<grpc::deliveries::DeliveryGrpc>>().await;
     let health_task = tokio::spawn(watch_database(db.clone(), health_reporter));
 
     let reflection = || {
@@ -125,6 +150,9 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(ApiKeyServiceServer::new(grpc::api_keys::ApiKeyGrpc::new(keys, auth.clone())))
         .add_service(AuditServiceServer::new(grpc::audit::AuditGrpc::new(audit, auth.clone())))
+        .add_service(WebhookServiceServer::new(grpc::webhooks::WebhookGrpc::new(webhooks, auth.clone())))
+        .add_service(EventServiceServer::new(grpc::events::EventGrpc::new(events, auth.clone())))
+        .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
         .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(core, verifier, feed, auth)))
         .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
             shutdown.await;
@@ -134,6 +162,8 @@ pub async fn run(
         .await;
 
     health_task.abort();
+    let _ = stop_dispatcher.send(true);
+    let _ = dispatcher_task.await;
     for task in background {
         task.abort();
     }

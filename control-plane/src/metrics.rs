@@ -25,6 +25,10 @@ pub struct Metrics {
     pub verifications: Family<Labels, Counter>,
     /// Argon2id verification time.
     pub argon2_seconds: Histogram,
+    /// Webhook delivery attempts by outcome.
+    pub webhook_attempts: Family<Labels, Counter>,
+    /// Webhook request time.
+    pub webhook_attempt_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -34,7 +38,11 @@ impl Default for Metrics {
         registry.register("verifications", "Token verifications by outcome", verifications.clone());
         let argon2_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 12));
         registry.register("argon2_verify_seconds", "Argon2id verification time", argon2_seconds.clone());
-        Self { registry, verifications, argon2_seconds }
+        let webhook_attempts = Family::<Labels, Counter>::default();
+        registry.register("webhook_attempts", "Webhook delivery attempts by outcome", webhook_attempts.clone());
+        let webhook_attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register("webhook_attempt_seconds", "Webhook request time", webhook_attempt_seconds.clone());
+        Self { registry, verifications, argon2_seconds, webhook_attempts, webhook_attempt_seconds }
     }
 }
 

@@ -5,6 +5,7 @@ pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_api_keys;
+mod m20261122_000002_webhooks;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -12,6 +13,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_api_keys::Migration)]
+        vec![Box::new(m20261122_000001_api_keys::Migration), Box::new(m20261122_000002_webhooks::Migration)]
     }
 }

@@ -12,7 +12,7 @@ use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::service::api_keys::{RateLimit, rate_limit_of};
 use crate::service::verify::{Failure, Verification};
-use crate::store::{api_keys, audit};
+use crate::store::{api_keys, audit, deliveries, events, webhooks};
 
 /// Protobuf timestamp → UTC time.
 pub fn time_from_proto(field: &str, ts: prost_types::Timestamp) -> Result<DateTime<Utc>> {
@@ -204,6 +204,89 @@ pub fn audit_event_to_proto(event: audit::Model) -> pb::AuditEvent {
         user_agent: event.user_agent,
         prev_hash: event.prev_hash,
         hash: event.hash,
+    }
+}
+
+/// Stored subscription → protobuf resource (never its secrets).
+pub fn subscription_to_proto(subscription: &webhooks::Model) -> pb::Subscription {
+    let status = match subscription.status.as_str() {
+        webhooks::ACTIVE => pb::SubscriptionStatus::Active,
+        webhooks::DISABLED => pb::SubscriptionStatus::Disabled,
+        webhooks::PENDING_APPROVAL => pb::SubscriptionStatus::PendingApproval,
+        _ => pb::SubscriptionStatus::Unspecified,
+    };
+    pb::Subscription {
+        id: subscription.id.clone(),
+        org_id: subscription.org_id.clone(),
+        url: subscription.url.clone(),
+        event_types: subscription.event_type_list(),
+        description: subscription.description.clone(),
+        status: status.into(),
+        disabled_reason: subscription.disabled_reason.clone().unwrap_or_default(),
+        rate_limit_per_second: u32::try_from(subscription.rate_limit_per_second).unwrap_or(0),
+        failing_since: subscription.failing_since.map(time_to_proto),
+        created_at: Some(time_to_proto(subscription.created_at)),
+        updated_at: Some(time_to_proto(subscription.updated_at)),
+    }
+}
+
+/// Stored event → protobuf.
+pub fn event_to_proto(event: &events::Model) -> pb::Event {
+    pb::Event {
+        id: event.id.clone(),
+        org_id: event.org_id.clone(),
+        event_type: event.event_type.clone(),
+        payload_json: event.payload.clone(),
+        idempotency_key: event.idempotency_key.clone().unwrap_or_default(),
+        created_at: Some(time_to_proto(event.created_at)),
+    }
+}
+
+/// Protobuf delivery status filter → stored status (`None` for any).
+pub fn delivery_status_from_proto(field: &str, value: i32) -> Result<Option<&'static str>> {
+    match pb::DeliveryStatus::try_from(value) {
+        Ok(pb::DeliveryStatus::Unspecified) => Ok(None),
+        Ok(pb::DeliveryStatus::Pending) => Ok(Some(deliveries::PENDING)),
+        Ok(pb::DeliveryStatus::Succeeded) => Ok(Some(deliveries::SUCCEEDED)),
+        Ok(pb::DeliveryStatus::Failed) => Ok(Some(deliveries::FAILED)),
+        Err(_) => Err(Error::invalid(field, format!("unknown status {value}"))),
+    }
+}
+
+/// Stored delivery → protobuf.
+pub fn delivery_to_proto(delivery: &deliveries::Model) -> pb::Delivery {
+    let status = match delivery.status.as_str() {
+        deliveries::PENDING => pb::DeliveryStatus::Pending,
+        deliveries::SUCCEEDED => pb::DeliveryStatus::Succeeded,
+        deliveries::FAILED => pb::DeliveryStatus::Failed,
+        _ => pb::DeliveryStatus::Unspecified,
+    };
+    pb::Delivery {
+        id: delivery.id.clone(),
+        org_id: delivery.org_id.clone(),
+        subscription_id: delivery.subscription_id.clone(),
+        event_id: delivery.event_id.clone(),
+        event_type: delivery.event_type.clone(),
+        status: status.into(),
+        attempt_count: u32::try_from(delivery.attempt_count).unwrap_or(0),
+        next_attempt_at: (delivery.status == deliveries::PENDING).then(|| time_to_proto(delivery.next_attempt_at)),
+        last_status_code: delivery.last_status_code.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
+        last_error: delivery.last_error.clone().unwrap_or_default(),
+        created_at: Some(time_to_proto(delivery.created_at)),
+        finished_at: delivery.finished_at.map(time_to_proto),
+    }
+}
+
+/// Stored attempt → protobuf.
+pub fn attempt_to_proto(attempt: &deliveries::attempt::Model) -> pb::DeliveryAttempt {
+    let latency = Duration::from_micros(u64::try_from(attempt.latency_micros).unwrap_or(0));
+    pb::DeliveryAttempt {
+        number: u32::try_from(attempt.number).unwrap_or(0),
+        started_at: Some(time_to_proto(attempt.started_at)),
+        status_code: attempt.status_code.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
+        latency: prost_types::Duration::try_from(latency).ok(),
+        error: attempt.error.clone().unwrap_or_default(),
+        response_excerpt: attempt.response_excerpt.clone().unwrap_or_default(),
     }
 }
 

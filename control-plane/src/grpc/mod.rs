@@ -4,7 +4,10 @@
 pub mod api_keys;
 pub mod audit;
 pub mod convert;
+pub mod deliveries;
+pub mod events;
 pub mod key_sync;
+pub mod webhooks;
 
 use tonic::Request;
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::Core;
 use super::auth::{RequestContext, Scope};
+use super::events::{commit_with_deliveries, publish_own};
 use super::validate::{self, Violations};
 use super::verify::{self, Purpose, Verification, Verifier};
 use crate::crypto::Environment;
@@ -126,6 +127,20 @@ pub struct Page<T> {
     pub next_page_token: String,
 }
 
+impl<T> Page<T> {
+    /// A page of at most `limit` of `items`, fetched with one extra row to
+    /// learn whether more follow; `token` makes the next page's token from the last item.
+    pub fn cut(mut items: Vec<T>, limit: u64, token: impl Fn(&T) -> String) -> Self {
+        let next_page_token = if items.len() as u64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Self { items, next_page_token }
+    }
+}
+
 /// Attributes a key is issued with (at creation, or copied by rotation).
 struct Attributes {
     name: String,
@@ -190,13 +205,15 @@ impl KeyService {
         let tx = OrgTx::begin(&self.core.db, &org).await?;
         let key = api_keys::insert(&tx, row).await?;
         audit::append(&tx, ctx.audit("api_key.created", "api_key", &key.id, describe(&key))).await?;
-        tx.commit().await?;
+        publish_own(&tx, "api_key.created", event_data(&key)).await?;
+        self.commit(tx).await?;
         Ok(IssuedKey { key, token })
     }
 
-    /// Commits a transaction that appended key events and wakes the feed.
-    async fn commit_with_key_events(&self, tx: OrgTx) -> Result<()> {
-        tx.commit().await?;
+    /// Commits a transaction that appended key events or published events,
+    /// and wakes the key-event feed and the webhook dispatcher.
+    async fn commit(&self, tx: OrgTx) -> Result<()> {
+        commit_with_deliveries(&self.core, tx).await?;
         self.core.key_events_committed.notify_one();
         Ok(())
     }
@@ -256,14 +273,8 @@ impl KeyService {
         let org = ctx.authorize(Scope::KeysRead, &query.org_id)?;
         let limit = validate::page_size("page_size", query.page_size)?;
         let after = validate::decode_page_token("page_token", PAGE_KIND, &query.page_token)?;
-        let mut items = api_keys::list(&self.core.db, &org, &query.filter, after.as_deref(), limit + 1).await?;
-        let next_page_token = if items.len() as u64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|k| validate::encode_page_token(PAGE_KIND, &k.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Page { items, next_page_token })
+        let items = api_keys::list(&self.core.db, &org, &query.filter, after.as_deref(), limit + 1).await?;
+        Ok(Page::cut(items, limit, |k| validate::encode_page_token(PAGE_KIND, &k.id)))
     }
 
     /// Changes the named fields of a key.
@@ -346,7 +357,7 @@ impl KeyService {
         let key = api_keys::update(&tx, row).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
         audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, json!({ "fields": changed }))).await?;
-        self.commit_with_key_events(tx).await?;
+        self.commit(tx).await?;
         Ok(key)
     }
 
@@ -363,7 +374,8 @@ impl KeyService {
         }
         let key = revoke_in(&tx, ctx, key, reason).await?;
         audit::append(&tx, ctx.audit("api_key.revoked", "api_key", &key.id, json!({ "reason": reason }))).await?;
-        self.commit_with_key_events(tx).await?;
+        publish_own(&tx, "api_key.revoked", event_data(&key)).await?;
+        self.commit(tx).await?;
         Ok(key)
     }
 
@@ -376,7 +388,8 @@ impl KeyService {
         }
         key_events::append(&tx, id, KeyEventKind::Deleted).await?;
         audit::append(&tx, ctx.audit("api_key.deleted", "api_key", id, json!({}))).await?;
-        self.commit_with_key_events(tx).await
+        publish_own(&tx, "api_key.deleted", json!({ "key_id": id })).await?;
+        self.commit(tx).await
     }
 
     /// Issues a replacement key; the old one works for `grace` more (24h by
@@ -435,7 +448,11 @@ impl KeyService {
             ),
         )
         .await?;
-        self.commit_with_key_events(tx).await?;
+        let mut data = event_data(&previous);
+        data["new_key_id"] = json!(new_key.id);
+        data["grace_seconds"] = json!(grace.as_secs());
+        publish_own(&tx, "api_key.rotated", data).await?;
+        self.commit(tx).await?;
         Ok(Rotation { issued: IssuedKey { key: new_key, token }, previous })
     }
 
@@ -521,6 +538,18 @@ pub fn rate_limit_of(key: &api_keys::Model) -> Option<RateLimit> {
         }),
         _ => None,
     }
+}
+
+/// Data of Keyplane's own `api_key.*` events: the key's public attributes.
+fn event_data(key: &api_keys::Model) -> Value {
+    json!({
+        "key_id": key.id,
+        "name": key.name,
+        "environment": key.environment,
+        "status": key.status,
+        "start": key.start,
+        "expires_at": key.expires_at,
+    })
 }
 
 /// Audit metadata of a new key: its attributes, never its secret.

@@ -60,14 +60,8 @@ impl AuditService {
         {
             return Err(Error::invalid("end_time", "must be after start_time"));
         }
-        let mut items = audit::list(&self.core.db, &org, &query.filter, before, limit + 1).await?;
-        let next_page_token = if items.len() as u64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|e| validate::encode_page_token(PAGE_KIND, &e.seq.to_string())).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Page { items, next_page_token })
+        let items = audit::list(&self.core.db, &org, &query.filter, before, limit + 1).await?;
+        Ok(Page::cut(items, limit, |e| validate::encode_page_token(PAGE_KIND, &e.seq.to_string())))
     }
 
     /// Recomputes the org's chain from the first row and reports the first

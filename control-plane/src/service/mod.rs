@@ -4,9 +4,13 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod deliveries;
+pub mod dispatch;
+pub mod events;
 pub mod sync;
 pub mod validate;
 pub mod verify;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -18,7 +22,11 @@ use crate::metrics::Metrics;
 pub use api_keys::KeyService;
 pub use audit::AuditService;
 pub use auth::{Actor, Authenticator, RequestContext, Scope};
+pub use deliveries::DeliveryService;
+pub use dispatch::Dispatcher;
+pub use events::EventService;
 pub use verify::{Failure, Verification, Verifier};
+pub use webhooks::WebhookService;
 
 /// State shared by every service.
 pub struct Core {
@@ -35,4 +43,7 @@ pub struct Core {
     /// Signalled after a transaction that appended key events commits, so
     /// the feed tails the log at once instead of at the next poll.
     pub key_events_committed: Arc<tokio::sync::Notify>,
+    /// Signalled after a transaction that created deliveries commits, so
+    /// the dispatcher sends them at once instead of at the next poll.
+    pub deliveries_due: Arc<tokio::sync::Notify>,
 }

@@ -5,7 +5,10 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod deliveries;
+pub mod events;
 pub mod key_events;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -1,0 +1,134 @@
+//! `keyplane.admin.v1.WebhookService` over [`WebhookService`].
+
+use std::sync::Arc;
+
+use keyplane_proto::admin::v1 as pb;
+use pb::webhook_service_server;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, subscription_to_proto};
+use super::request_context;
+use crate::error::{Error, Result};
+use crate::service::webhooks::{NewSubscription, SubscriptionChanges};
+use crate::service::{Authenticator, WebhookService};
+
+/// The gRPC adapter of the subscription service.
+pub struct WebhookGrpc {
+    webhooks: Arc<WebhookService>,
+    auth: Authenticator,
+}
+
+impl WebhookGrpc {
+    /// An adapter over `webhooks`.
+    pub fn new(webhooks: Arc<WebhookService>, auth: Authenticator) -> Self {
+        Self { webhooks, auth }
+    }
+}
+
+fn changes(request: &pb::UpdateSubscriptionRequest) -> Result<SubscriptionChanges> {
+    let paths = &request.update_mask.as_ref().ok_or_else(|| Error::invalid("update_mask", "is required"))?.paths;
+    let update = request.update.clone().unwrap_or_default();
+    let mut changes = SubscriptionChanges::default();
+    for path in paths {
+        match path.as_str() {
+            "url" => changes.url = Some(update.url.clone()),
+            "event_types" => changes.event_types = Some(update.event_types.clone()),
+            "description" => changes.description = Some(update.description.clone()),
+            "enabled" => changes.enabled = Some(update.enabled),
+            "rate_limit_per_second" => changes.rate_limit_per_second = Some(update.rate_limit_per_second),
+            other => return Err(Error::invalid("update_mask", format!("unknown or unchangeable field {other:?}"))),
+        }
+    }
+    Ok(changes)
+}
+
+#[tonic::async_trait]
+impl webhook_service_server::WebhookService for WebhookGrpc {
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let new = NewSubscription {
+            org_id: request.org_id,
+            url: request.url,
+            event_types: request.event_types,
+            description: request.description,
+            rate_limit_per_second: request.rate_limit_per_second,
+        };
+        let created = self.webhooks.create(&ctx, new).await?;
+        Ok(Response::new(pb::CreateSubscriptionResponse {
+            subscription: Some(subscription_to_proto(&created.subscription)),
+            secret: created.secret,
+        }))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::GetSubscriptionRequest { org_id, id } = request.into_inner();
+        let subscription = self.webhooks.get(&ctx, &org_id, &id).await?;
+        Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(subscription_to_proto(&subscription)) }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::ListSubscriptionsRequest { org_id, page_size, page_token } = request.into_inner();
+        let page = self.webhooks.list(&ctx, &org_id, page_size, &page_token).await?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: page.items.iter().map(subscription_to_proto).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn update_subscription(
+        &self,
+        request: Request<pb::UpdateSubscriptionRequest>,
+    ) -> Result<Response<pb::UpdateSubscriptionResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let changes = changes(&request)?;
+        let subscription = self.webhooks.update(&ctx, &request.org_id, &request.id, changes).await?;
+        Ok(Response::new(pb::UpdateSubscriptionResponse { subscription: Some(subscription_to_proto(&subscription)) }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::DeleteSubscriptionRequest { org_id, id } = request.into_inner();
+        self.webhooks.delete(&ctx, &org_id, &id).await?;
+        Ok(Response::new(pb::DeleteSubscriptionResponse {}))
+    }
+
+    async fn rotate_subscription_secret(
+        &self,
+        request: Request<pb::RotateSubscriptionSecretRequest>,
+    ) -> Result<Response<pb::RotateSubscriptionSecretResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::RotateSubscriptionSecretRequest { org_id, id, grace_period } = request.into_inner();
+        let grace = grace_period.map(|g| convert::duration_from_proto("grace_period", g)).transpose()?;
+        let rotated = self.webhooks.rotate_secret(&ctx, &org_id, &id, grace).await?;
+        Ok(Response::new(pb::RotateSubscriptionSecretResponse {
+            subscription: Some(subscription_to_proto(&rotated.subscription)),
+            secret: rotated.secret,
+        }))
+    }
+
+    async fn approve_subscription(
+        &self,
+        request: Request<pb::ApproveSubscriptionRequest>,
+    ) -> Result<Response<pb::ApproveSubscriptionResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::ApproveSubscriptionRequest { org_id, id } = request.into_inner();
+        let subscription = self.webhooks.approve(&ctx, &org_id, &id).await?;
+        Ok(Response::new(pb::ApproveSubscriptionResponse { subscription: Some(subscription_to_proto(&subscription)) }))
+    }
+}

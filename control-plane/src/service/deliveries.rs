@@ -1,0 +1,141 @@
+//! What happened to deliveries, and resending them by hand.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::Core;
+use super::api_keys::Page;
+use super::auth::{RequestContext, Scope};
+use super::events::{commit_with_deliveries, store_event};
+use super::validate;
+use crate::error::{Error, Result};
+use crate::store::{OrgTx, audit, deliveries, webhooks};
+
+const PAGE_KIND: &str = "deliveries";
+/// Event type of [`DeliveryService::send_test`].
+pub const TEST_EVENT_TYPE: &str = "webhook.test";
+
+/// Query of [`DeliveryService::list`].
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    /// Requested org.
+    pub org_id: String,
+    /// Page size (0 = default).
+    pub page_size: u32,
+    /// Page token of the previous page.
+    pub page_token: String,
+    /// Filters.
+    pub filter: deliveries::ListFilter,
+}
+
+/// The delivery service.
+pub struct DeliveryService {
+    core: Arc<Core>,
+}
+
+impl DeliveryService {
+    /// A delivery service over `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// A page of deliveries, newest first.
+    pub async fn list(&self, ctx: &RequestContext, query: ListQuery) -> Result<Page<deliveries::Model>> {
+        let org = ctx.authorize(Scope::DeliveriesRead, &query.org_id)?;
+        let limit = validate::page_size("page_size", query.page_size)?;
+        let before = validate::decode_page_token("page_token", PAGE_KIND, &query.page_token)?;
+        if let (Some(after), Some(before)) = (query.filter.created_after, query.filter.created_before)
+            && after >= before
+        {
+            return Err(Error::invalid("created_before", "must be after created_after"));
+        }
+        let items = deliveries::list(&self.core.db, &org, &query.filter, before.as_deref(), limit + 1).await?;
+        Ok(Page::cut(items, limit, |d| validate::encode_page_token(PAGE_KIND, &d.id)))
+    }
+
+    /// One delivery with every attempt.
+    pub async fn get(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        id: &str,
+    ) -> Result<(deliveries::Model, Vec<deliveries::attempt::Model>)> {
+        let org = ctx.authorize(Scope::DeliveriesRead, org_id)?;
+        let delivery = deliveries::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("delivery"))?;
+        let attempts = deliveries::attempts(&self.core.db, &org, id).await?;
+        Ok((delivery, attempts))
+    }
+
+    /// Schedules one more attempt of a finished delivery, now.
+    pub async fn retry(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<deliveries::Model> {
+        let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
+        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let current = deliveries::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("delivery"))?;
+        if current.status == deliveries::PENDING {
+            return Err(Error::FailedPrecondition("the delivery is already pending".into()));
+        }
+        let delivery = deliveries::retry(&tx, id).await?.ok_or(Error::NotFound("delivery"))?;
+        audit::append(&tx, ctx.audit("delivery.retried", "delivery", id, json!({ "previous_status": current.status })))
+            .await?;
+        commit_with_deliveries(&self.core, tx).await?;
+        Ok(delivery)
+    }
+
+    /// Schedules every failed delivery of a subscription created since `since`, now.
+    pub async fn recover_failed(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        subscription_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<u64> {
+        let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
+        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        webhooks::find(tx.conn(), tx.org(), subscription_id).await?.ok_or(Error::NotFound("subscription"))?;
+        let recovered = deliveries::recover_failed(&tx, subscription_id, since).await?;
+        audit::append(
+            &tx,
+            ctx.audit(
+                "deliveries.recovered",
+                "webhook_subscription",
+                subscription_id,
+                json!({ "since": since, "recovered": recovered }),
+            ),
+        )
+        .await?;
+        commit_with_deliveries(&self.core, tx).await?;
+        Ok(recovered)
+    }
+
+    /// Sends a `webhook.test` event to one active subscription.
+    pub async fn send_test(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        subscription_id: &str,
+    ) -> Result<deliveries::Model> {
+        let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
+        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let subscription =
+            webhooks::find(tx.conn(), tx.org(), subscription_id).await?.ok_or(Error::NotFound("subscription"))?;
+        if subscription.status != webhooks::ACTIVE {
+            return Err(Error::FailedPrecondition(format!(
+                "the subscription is {}; only an active one can be sent a test event",
+                subscription.status
+            )));
+        }
+        let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });
+        let (event, mut deliveries) =
+            store_event(&tx, TEST_EVENT_TYPE, payload.to_string(), None, std::slice::from_ref(&subscription.id))
+                .await?;
+        audit::append(
+            &tx,
+            ctx.audit("delivery.test_sent", "webhook_subscription", subscription_id, json!({ "event_id": event.id })),
+        )
+        .await?;
+        commit_with_deliveries(&self.core, tx).await?;
+        deliveries.pop().ok_or(Error::NotFound("delivery"))
+    }
+}

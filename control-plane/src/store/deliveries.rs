@@ -1,0 +1,341 @@
+//! The `webhook_deliveries` table (one event on its way to one subscription)
+//! and `webhook_attempts` (every HTTP attempt of a delivery).
+//!
+//! API reads and changes take the org. The dispatcher's claim spans orgs by
+//! nature; what it then writes names the org of the delivery it claimed.
+
+use chrono::{DateTime, Utc};
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::{LockBehavior, LockType, Query};
+use sea_orm::{ActiveValue::Set, Condition, ExprTrait, QueryOrder, QuerySelect};
+
+use super::OrgTx;
+use crate::error::Result;
+
+/// A delivery row.
+#[sea_orm::model]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "webhook_deliveries")]
+pub struct Model {
+    /// Delivery id, `dlv_…`.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    /// Owning org.
+    pub org_id: String,
+    /// Destination subscription.
+    pub subscription_id: String,
+    /// Event delivered.
+    pub event_id: String,
+    /// Event type (copied for filtering).
+    pub event_type: String,
+    /// [`PENDING`], [`SUCCEEDED`] or [`FAILED`].
+    pub status: String,
+    /// Attempts made.
+    pub attempt_count: i32,
+    /// When the next attempt is due; while an attempt runs, the end of its lease.
+    pub next_attempt_at: DateTime<Utc>,
+    /// HTTP status of the last attempt.
+    pub last_status_code: Option<i32>,
+    /// Error of the last attempt.
+    pub last_error: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// When it succeeded or failed for good.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// `status` of a delivery waiting for an attempt.
+pub const PENDING: &str = "pending";
+/// `status` of a delivered one.
+pub const SUCCEEDED: &str = "succeeded";
+/// `status` of a dead-lettered one.
+pub const FAILED: &str = "failed";
+
+/// The `webhook_attempts` table.
+pub mod attempt {
+    use chrono::{DateTime, Utc};
+    use sea_orm::entity::prelude::*;
+
+    /// One HTTP attempt.
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_attempts")]
+    pub struct Model {
+        /// Attempt id, `att_…`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Delivery it belongs to.
+        pub delivery_id: String,
+        /// Owning org.
+        pub org_id: String,
+        /// 1 for the first attempt.
+        pub number: i32,
+        /// When the request started.
+        pub started_at: DateTime<Utc>,
+        /// HTTP status, if an answer came.
+        pub status_code: Option<i32>,
+        /// Time to the answer or the error.
+        pub latency_micros: i64,
+        /// Why it failed.
+        pub error: Option<String>,
+        /// First 4 KiB of the response body.
+        pub response_excerpt: Option<String>,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Filters of [`list`].
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    /// Only this subscription.
+    pub subscription_id: Option<String>,
+    /// Only this status.
+    pub status: Option<&'static str>,
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// Inserts deliveries in the transaction's org.
+pub async fn insert_many(tx: &OrgTx, deliveries: Vec<ActiveModel>) -> Result<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let rows = deliveries.into_iter().map(|mut row| {
+        row.org_id = Set(tx.org().to_owned());
+        row
+    });
+    Entity::insert_many(rows).exec_without_returning(tx.conn()).await?;
+    Ok(())
+}
+
+/// Delivery `id` of `org`.
+pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id.to_owned()).filter(Column::OrgId.eq(org)).one(db).await?)
+}
+
+/// Up to `limit` deliveries of `org` before `before_id`, newest first.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    org: &str,
+    filter: &ListFilter,
+    before_id: Option<&str>,
+    limit: u64,
+) -> Result<Vec<Model>> {
+    let mut condition = Condition::all().add(Column::OrgId.eq(org));
+    if let Some(before) = before_id {
+        condition = condition.add(Column::Id.lt(before));
+    }
+    if let Some(subscription) = &filter.subscription_id {
+        condition = condition.add(Column::SubscriptionId.eq(subscription.as_str()));
+    }
+    if let Some(status) = filter.status {
+        condition = condition.add(Column::Status.eq(status));
+    }
+    if let Some(event_type) = &filter.event_type {
+        condition = condition.add(Column::EventType.eq(event_type.as_str()));
+    }
+    if let Some(after) = filter.created_after {
+        condition = condition.add(Column::CreatedAt.gte(after));
+    }
+    if let Some(before) = filter.created_before {
+        condition = condition.add(Column::CreatedAt.lt(before));
+    }
+    Ok(Entity::find().filter(condition).order_by_desc(Column::Id).limit(limit).all(db).await?)
+}
+
+/// Every attempt of delivery `id` of `org`, oldest first.
+pub async fn attempts(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Vec<attempt::Model>> {
+    Ok(attempt::Entity::find()
+        .filter(attempt::Column::DeliveryId.eq(id))
+        .filter(attempt::Column::OrgId.eq(org))
+        .order_by_asc(attempt::Column::Number)
+        .all(db)
+        .await?)
+}
+
+/// Claims up to `limit` pending deliveries of any org that are due at `now`
+/// by moving their due time to `lease_until`: no other worker sees them
+/// until then, and if this process dies they become due again by
+/// themselves. `FOR UPDATE SKIP LOCKED` lets workers on one Postgres claim
+/// concurrently without waiting on each other; SQLite has one writer.
+pub async fn claim_due(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<Model>> {
+    let due = Query::select()
+        .column(Column::Id)
+        .from(Entity)
+        .and_where(Expr::col(Column::Status).eq(PENDING))
+        .and_where(Expr::col(Column::NextAttemptAt).lte(now))
+        .order_by(Column::NextAttemptAt, sea_orm::Order::Asc)
+        .limit(limit)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .to_owned();
+    Ok(Entity::update_many()
+        .col_expr(Column::NextAttemptAt, Expr::val(lease_until))
+        .filter(Column::Id.in_subquery(due))
+        .exec_with_returning(db)
+        .await?)
+}
+
+/// When the earliest pending delivery of any org is due.
+pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>> {
+    Ok(Entity::find()
+        .select_only()
+        .column(Column::NextAttemptAt)
+        .filter(Column::Status.eq(PENDING))
+        .order_by_asc(Column::NextAttemptAt)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await?)
+}
+
+/// Puts a claimed delivery of `org` back without an attempt, due at `until`
+/// (rate limit or per-endpoint concurrency reached).
+pub async fn defer(db: &impl ConnectionTrait, org: &str, id: &str, until: DateTime<Utc>) -> Result<()> {
+    Entity::update_many()
+        .col_expr(Column::NextAttemptAt, Expr::val(until))
+        .filter(Column::Id.eq(id))
+        .filter(Column::OrgId.eq(org))
+        .filter(Column::Status.eq(PENDING))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextStep {
+    /// Done: it was delivered.
+    Succeeded,
+    /// Try again at this time.
+    RetryAt(DateTime<Utc>),
+    /// Dead-lettered.
+    Failed,
+}
+
+/// The result of one attempt of a claimed delivery.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: String,
+    /// Its org.
+    pub org_id: String,
+    /// Its subscription.
+    pub subscription_id: String,
+    /// Attempt number (1 for the first); `None` when the delivery ended
+    /// without a request (its subscription is gone or disabled).
+    pub number: Option<i32>,
+    /// When the request started.
+    pub started_at: DateTime<Utc>,
+    /// HTTP status, if an answer came.
+    pub status_code: Option<i32>,
+    /// Time to the answer or the error, in microseconds.
+    pub latency_micros: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// First 4 KiB of the response body.
+    pub response_excerpt: Option<String>,
+    /// What happens next.
+    pub next: NextStep,
+}
+
+/// Stores one attempt and moves its delivery on.
+pub async fn record_attempt(db: &impl ConnectionTrait, record: &AttemptRecord) -> Result<()> {
+    let now = super::now();
+    let mut update = Entity::update_many()
+        .col_expr(Column::LastStatusCode, Expr::val(record.status_code))
+        .col_expr(Column::LastError, Expr::val(record.error.clone()))
+        .filter(Column::Id.eq(record.delivery_id.as_str()))
+        .filter(Column::OrgId.eq(record.org_id.as_str()))
+        .filter(Column::Status.eq(PENDING));
+    if let Some(number) = record.number {
+        attempt::ActiveModel {
+            id: Set(crate::crypto::new_id("att_")),
+            delivery_id: Set(record.delivery_id.clone()),
+            org_id: Set(record.org_id.clone()),
+            number: Set(number),
+            started_at: Set(record.started_at),
+            status_code: Set(record.status_code),
+            latency_micros: Set(record.latency_micros),
+            error: Set(record.error.clone()),
+            response_excerpt: Set(record.response_excerpt.clone()),
+        }
+        .insert(db)
+        .await?;
+        update = update.col_expr(Column::AttemptCount, Expr::val(number));
+    }
+    update = match record.next {
+        NextStep::Succeeded => {
+            update.col_expr(Column::Status, Expr::val(SUCCEEDED)).col_expr(Column::FinishedAt, Expr::val(now))
+        }
+        NextStep::Failed => {
+            update.col_expr(Column::Status, Expr::val(FAILED)).col_expr(Column::FinishedAt, Expr::val(now))
+        }
+        NextStep::RetryAt(at) => update.col_expr(Column::NextAttemptAt, Expr::val(at)),
+    };
+    update.exec(db).await?;
+    Ok(())
+}
+
+/// Makes finished delivery `id` of the transaction's org pending again, due
+/// now; `None` if there is no such delivery. Pending ones are left alone.
+pub async fn retry(tx: &OrgTx, id: &str) -> Result<Option<Model>> {
+    let Some(delivery) = find(tx.conn(), tx.org(), id).await? else { return Ok(None) };
+    if delivery.status == PENDING {
+        return Ok(Some(delivery));
+    }
+    let mut row: ActiveModel = delivery.into();
+    row.status = Set(PENDING.to_owned());
+    row.next_attempt_at = Set(super::now());
+    row.finished_at = Set(None);
+    Ok(Some(row.update(tx.conn()).await?))
+}
+
+/// Makes every failed delivery of a subscription of the transaction's org
+/// created at or after `since` pending again, due now; returns how many.
+pub async fn recover_failed(tx: &OrgTx, subscription_id: &str, since: DateTime<Utc>) -> Result<u64> {
+    let result = Entity::update_many()
+        .col_expr(Column::Status, Expr::val(PENDING))
+        .col_expr(Column::NextAttemptAt, Expr::val(super::now()))
+        .col_expr(Column::FinishedAt, Expr::val(None::<DateTime<Utc>>))
+        .filter(Column::OrgId.eq(tx.org()))
+        .filter(Column::SubscriptionId.eq(subscription_id))
+        .filter(Column::Status.eq(FAILED))
+        .filter(Column::CreatedAt.gte(since))
+        .exec(tx.conn())
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Deletes up to `limit` deliveries (of any org) that succeeded before
+/// `cutoff`, with their attempts; returns how many deliveries.
+pub async fn purge_succeeded(db: &impl ConnectionTrait, cutoff: DateTime<Utc>, limit: u64) -> Result<u64> {
+    let victims: Vec<String> = Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .filter(Column::Status.eq(SUCCEEDED))
+        .filter(Column::FinishedAt.lt(cutoff))
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    if victims.is_empty() {
+        return Ok(0);
+    }
+    attempt::Entity::delete_many()
+        .filter(attempt::Column::DeliveryId.is_in(victims.iter().map(String::as_str)))
+        .exec(db)
+        .await?;
+    Ok(Entity::delete_many().filter(Column::Id.is_in(victims)).exec(db).await?.rows_affected)
+}
