@@ -155,7 +155,7 @@ pub struct WebhookArgs {
     pub timeout: Duration,
     /// Delay before each attempt, comma-separated; the first is normally 0s.
     /// Each delay gets ±20% jitter.
-    #[arg(long = "webhook-retry-schedule", env = "KEYPLANE_WEBHOOK_RETRY_SCHEDULE", default_value = DEFAULT_RETRY_SCHEDULE, value_parser = parse_schedule)]
+    #[arg(long = "webhook-retry-schedule", env = "KEYPLANE_WEBHOOK_RETRY_SCHEDULE", default_value = DEFAULT_RETRY_SCHEDULE, value_parser = clap::value_parser!(RetrySchedule))]
     pub retry_schedule: RetrySchedule,
     /// How long a claimed delivery stays reserved for its worker; must exceed the timeout.
     #[arg(long = "webhook-lease", env = "KEYPLANE_WEBHOOK_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -196,22 +196,27 @@ const DEFAULT_RETRY_SCHEDULE: &str = "0s,5s,5m,30m,2h,5h,10h,10h";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySchedule(pub Vec<Duration>);
 
-fn parse_schedule(value: &str) -> Result<RetrySchedule, String> {
-    let delays = value
-        .split(',')
-        .map(|part| humantime::parse_duration(part.trim()).map_err(|e| format!("{part:?}: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if delays.is_empty() || delays.len() > 50 {
-        return Err("give 1 to 50 delays".into());
+impl std::str::FromStr for RetrySchedule {
+    type Err = String;
+
+    /// Comma-separated durations, e.g. `0s,5s,5m`.
+    fn from_str(value: &str) -> Result<Self, String> {
+        let delays = value
+            .split(',')
+            .map(|part| humantime::parse_duration(part.trim()).map_err(|e| format!("{part:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.is_empty() || delays.len() > 50 {
+            return Err("give 1 to 50 delays".into());
+        }
+        Ok(Self(delays))
     }
-    Ok(RetrySchedule(delays))
 }
 
 impl Default for WebhookArgs {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
-            retry_schedule: parse_schedule(DEFAULT_RETRY_SCHEDULE).unwrap_or(RetrySchedule(vec![Duration::ZERO])),
+            retry_schedule: DEFAULT_RETRY_SCHEDULE.parse().unwrap_or(RetrySchedule(vec![Duration::ZERO])),
             lease: Duration::from_secs(60),
             disable_after: Duration::from_secs(5 * 24 * 3600),
             allowed_hosts: Vec::new(),

@@ -9,3 +9,4 @@ mod isolation;
 mod proxies;
 mod secrets;
 mod sidecar;
+mod webhooks;

@@ -6,6 +6,7 @@ pub mod echo;
 pub mod logs;
 pub mod postgres;
 pub mod process;
+pub mod receiver;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -15,6 +16,9 @@ use keyplane_control_plane::{Config, Listeners};
 use keyplane_proto::admin::v1 as pb;
 use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::audit_service_client::AuditServiceClient;
+use pb::delivery_service_client::DeliveryServiceClient;
+use pb::event_service_client::EventServiceClient;
+use pb::webhook_service_client::WebhookServiceClient;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -180,6 +184,21 @@ impl TestControlPlane {
     /// API-key client authenticated with `token`.
     pub async fn keys(&self, token: &str) -> ApiKeyServiceClient<Authed> {
         ApiKeyServiceClient::new(self.authed(token).await)
+    }
+
+    /// Webhook-subscription client authenticated with `token`.
+    pub async fn webhooks(&self, token: &str) -> WebhookServiceClient<Authed> {
+        WebhookServiceClient::new(self.authed(token).await)
+    }
+
+    /// Event client authenticated with `token`.
+    pub async fn events(&self, token: &str) -> EventServiceClient<Authed> {
+        EventServiceClient::new(self.authed(token).await)
+    }
+
+    /// Delivery client authenticated with `token`.
+    pub async fn deliveries(&self, token: &str) -> DeliveryServiceClient<Authed> {
+        DeliveryServiceClient::new(self.authed(token).await)
     }
 
     /// Audit client authenticated with `token`.

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -27,9 +28,9 @@ pub struct ControlPlaneProcess {
     pub child: Child,
     /// Address it serves on.
     pub addr: String,
-    /// Log lines read so far.
-    pub log: Vec<String>,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    /// Log lines read so far (read continuously, so the child never blocks on a full pipe).
+    pub log: Arc<Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl ControlPlaneProcess {
@@ -59,7 +60,21 @@ impl ControlPlaneProcess {
         })
         .await
         .expect("keyplane started in time");
-        Self { child, addr, log, lines }
+        let log = Arc::new(Mutex::new(log));
+        let sink = log.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        Self { child, addr, log, reader }
+    }
+
+    /// Kills the process with SIGKILL (no shutdown at all) and waits for it.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("wait");
+        let _ = self.reader.await;
     }
 
     /// Sends SIGTERM, waits for a clean exit and returns the whole log.
@@ -70,10 +85,9 @@ impl ControlPlaneProcess {
             .await
             .expect("exit in time")
             .expect("wait");
-        while let Ok(Some(line)) = self.lines.next_line().await {
-            self.log.push(line);
-        }
-        assert!(status.success(), "keyplane exited with {status}:\n{}", self.log.join("\n"));
-        self.log.join("\n")
+        let _ = self.reader.await;
+        let log = self.log.lock().expect("log lock").join("\n");
+        assert!(status.success(), "keyplane exited with {status}:\n{log}");
+        log
     }
 }

@@ -1,0 +1,172 @@
+//! A real webhook receiver on loopback whose answer is scripted per path:
+//! succeed, fail N times, hang past the timeout, 429 with Retry-After, 410,
+//! or redirect. It records every request it gets.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// How the receiver answers requests to one path.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// 200 with a short body.
+    Succeed,
+    /// 500 for the first `times` requests, then 200.
+    Fail {
+        /// Failures before success.
+        times: usize,
+    },
+    /// Never answers within `for_`.
+    Hang(Duration),
+    /// 429 with this `Retry-After` for the first `times` requests, then 200.
+    TooManyRequests {
+        /// The header value.
+        retry_after: String,
+        /// Refusals before success.
+        times: usize,
+    },
+    /// 410 Gone.
+    Gone,
+    /// 307 to this location.
+    Redirect(String),
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Request path.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// A header as text (empty when missing).
+    pub fn header(&self, name: &str) -> String {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    requests: Mutex<Vec<Received>>,
+    behaviors: Mutex<HashMap<String, Behavior>>,
+    arrived: Notify,
+}
+
+/// The running receiver; it stops with the test process.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Its address.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Receiver {
+    /// Starts a receiver on 127.0.0.1:0 (every path succeeds until told otherwise).
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(state.clone(), request));
+                    let _ =
+                        auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Scripts the answers to `path`.
+    pub fn set(&self, path: &str, behavior: Behavior) {
+        self.state.behaviors.lock().expect("lock").insert(path.to_owned(), behavior);
+    }
+
+    /// Requests received on `path` so far.
+    pub fn received(&self, path: &str) -> Vec<Received> {
+        self.state.requests.lock().expect("lock").iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Waits until `path` got at least `count` requests; panics after `timeout`.
+    pub async fn wait_for(&self, path: &str, count: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.state.arrived.notified();
+            let received = self.received(path);
+            if received.len() >= count {
+                return received;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("{path} got {} requests, expected {count} within {timeout:?}", self.received(path).len());
+            }
+        }
+    }
+}
+
+async fn answer(
+    state: Arc<State>,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let at = Instant::now();
+    let path = request.uri().path().to_owned();
+    let headers = request.headers().clone();
+    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let seen = {
+        let mut requests = state.requests.lock().expect("lock");
+        requests.push(Received { path: path.clone(), headers, body, at });
+        requests.iter().filter(|r| r.path == path).count()
+    };
+    state.arrived.notify_waiters();
+    let behavior = state.behaviors.lock().expect("lock").get(&path).cloned().unwrap_or(Behavior::Succeed);
+    let respond = |status: StatusCode, body: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response
+    };
+    Ok(match behavior {
+        Behavior::Succeed => respond(StatusCode::OK, "ok"),
+        Behavior::Fail { times } if seen <= times => respond(StatusCode::INTERNAL_SERVER_ERROR, "receiver failure"),
+        Behavior::Fail { .. } => respond(StatusCode::OK, "ok"),
+        Behavior::Hang(duration) => {
+            tokio::time::sleep(duration).await;
+            respond(StatusCode::OK, "late")
+        }
+        Behavior::TooManyRequests { retry_after, times } if seen <= times => {
+            let mut response = respond(StatusCode::TOO_MANY_REQUESTS, "slow down");
+            response.headers_mut().insert("retry-after", retry_after.parse().expect("header value"));
+            response
+        }
+        Behavior::TooManyRequests { .. } => respond(StatusCode::OK, "ok"),
+        Behavior::Gone => respond(StatusCode::GONE, "gone"),
+        Behavior::Redirect(location) => {
+            let mut response = respond(StatusCode::TEMPORARY_REDIRECT, "");
+            response.headers_mut().insert("location", location.parse().expect("location"));
+            response
+        }
+    })
+}
