@@ -1057,3 +1057,31 @@ fn case(secret: &str, request: &Received, valid: bool) -> serde_json::Value {
         "valid": valid,
     })
 }
+
+// Two control planes on one SQLite file are not supported (one writer); on
+// Postgres several processes share the deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_share_the_work_postgres() {
+    let plane = start_or_skip_with!(Backend::Postgres);
+    let replica = plane.replica().await;
+    let receiver = Receiver::start().await;
+    let org = random_org();
+    subscribe(&plane, &org, &receiver.url("/hook"), &["*"]).await;
+    let mut published = Vec::new();
+    for i in 0..300 {
+        let via = if i % 2 == 0 { &plane } else { &replica };
+        published.push(publish(via, &org, "work.item", "{}").await.event.unwrap().id);
+    }
+    receiver.wait_for("/hook", 300, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = receiver.received("/hook").iter().map(|r| r.header("webhook-id")).collect();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct, published.iter().collect(), "every event arrived");
+    assert_eq!(ids.len(), 300, "no event was sent twice (SKIP LOCKED claims)");
+    let (mine, theirs) = (
+        plane.metric("keyplane_webhook_attempts_total", "succeeded").await,
+        replica.metric("keyplane_webhook_attempts_total", "succeeded").await,
+    );
+    assert_eq!(mine + theirs, 300.0);
+    assert!(mine > 0.0 && theirs > 0.0, "both processes sent: {mine} and {theirs}");
+}

@@ -177,8 +177,7 @@ impl TestControlPlane {
 
     /// A channel that authenticates with `token`.
     pub async fn authed(&self, token: &str) -> Authed {
-        let value = format!("Bearer {token}").parse().expect("ascii token");
-        InterceptedService::new(self.channel().await, Bearer(value))
+        authed_channel(&self.addr.to_string(), token).await
     }
 
     /// API-key client authenticated with `token`.
@@ -278,6 +277,12 @@ impl Drop for TestControlPlane {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// A channel to the control plane at `addr` that authenticates with `token`.
+pub async fn authed_channel(addr: &str, token: &str) -> Authed {
+    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    InterceptedService::new(channel, Bearer(format!("Bearer {token}").parse().expect("ascii token")))
 }
 
 /// A fresh random org id, so tests never see each other's data.

@@ -80,7 +80,12 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on 127.0.0.1:0 (every path succeeds until told otherwise).
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts a receiver on `addr` (a loopback address, port 0).
+    pub async fn start_on(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State::default());
         let shared = state.clone();
@@ -97,7 +102,7 @@ impl Receiver {
         Self { addr, state }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://<addr><path>` (`[::1]` for IPv6).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -1,0 +1,149 @@
+//! SSRF: webhook destinations are checked on the addresses actually
+//! connected to. Without an allow-list every internal destination is
+//! refused (recorded as an attempt error, nothing is sent); with one,
+//! loopback destinations are reached. Only loopback is ever contacted: the
+//! allowed-private-range decisions are covered by `egress` unit tests.
+
+use std::time::Duration;
+
+use keyplane_proto::admin::v1 as pb;
+use keyplane_tests::receiver::{Behavior, Receiver};
+use keyplane_tests::{Backend, TestControlPlane, assert_invalid_field, both_backends, random_org};
+
+use crate::webhooks::{publish, subscribe};
+
+both_backends!(internal_destinations_are_refused_unless_allow_listed);
+
+/// Polls until every delivery of `org` is finished; returns them with their attempts.
+async fn finished_deliveries(plane: &TestControlPlane, org: &str, count: usize) -> Vec<pb::GetDeliveryResponse> {
+    let mut client = plane.deliveries(&plane.root_token).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = client
+            .list_deliveries(pb::ListDeliveriesRequest { org_id: org.to_owned(), page_size: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        if listed.len() == count && listed.iter().all(|d| d.status != pb::DeliveryStatus::Pending as i32) {
+            let mut full = Vec::new();
+            for delivery in listed {
+                let request = pb::GetDeliveryRequest { org_id: org.to_owned(), id: delivery.id };
+                full.push(client.get_delivery(request).await.unwrap().into_inner());
+            }
+            return full;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "deliveries never finished: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn internal_destinations_are_refused_unless_allow_listed(backend: Backend) {
+    let v4 = Receiver::start().await;
+    let v6 = Receiver::start_on("[::1]:0").await;
+    v4.set("/redirect", Behavior::Redirect(v4.url("/target")));
+    let port = v4.addr.port();
+    let loopback = [
+        ("loopback", v4.url("/v4")),
+        ("loopback", v6.url("/v6")),
+        ("loopback", format!("http://localhost:{port}/by-name")),
+        ("loopback", v4.url("/redirect")),
+    ];
+    let internal = [
+        ("private", "http://10.0.0.1/hook".to_owned()),
+        ("link-local (cloud metadata)", "http://169.254.169.254/latest/meta-data/".to_owned()),
+        ("CGNAT", "http://100.64.0.1/hook".to_owned()),
+        ("private", "http://[::ffff:10.0.0.1]/hook".to_owned()),
+    ];
+
+    // Closed: http allowed (to test addresses alone), no allow-list.
+    let Some(closed) = TestControlPlane::start_with(backend, |config| {
+        config.egress.allow_http = true;
+        config.webhooks.retry_schedule = crate::webhooks::schedule("0s");
+    })
+    .await
+    else {
+        return;
+    };
+    let org = random_org();
+    for (_, url) in loopback.iter().chain(&internal) {
+        subscribe(&closed, &org, url, &["probe.sent"]).await;
+    }
+    assert_eq!(publish(&closed, &org, "probe.sent", "{}").await.deliveries_created, 8);
+    for delivery in finished_deliveries(&closed, &org, 8).await {
+        let attempt = &delivery.attempts[0];
+        assert_eq!(delivery.delivery.as_ref().unwrap().status, pb::DeliveryStatus::Failed as i32);
+        assert_eq!(attempt.status_code, 0);
+        assert!(attempt.error.contains("--egress-allow-cidr"), "refused by policy: {attempt:?}");
+    }
+    let refusals: Vec<String> =
+        finished_deliveries(&closed, &org, 8).await.into_iter().map(|d| d.attempts[0].error.clone()).collect();
+    for (kind, _) in loopback.iter().chain(&internal) {
+        let kind = kind.split(' ').next().unwrap();
+        assert!(refusals.iter().any(|e| e.contains(kind)), "no refusal names {kind}: {refusals:?}");
+    }
+    assert!(refusals.iter().any(|e| e.contains("localhost refused")), "the name is refused after resolution");
+    for path in ["/v4", "/by-name", "/redirect", "/target"] {
+        assert!(v4.received(path).is_empty(), "{path} was contacted");
+    }
+    assert!(v6.received("/v6").is_empty());
+
+    // https is required unless the operator allows http.
+    let err = closed
+        .webhooks(&closed.root_token)
+        .await
+        .create_subscription(pb::CreateSubscriptionRequest {
+            org_id: org.clone(),
+            url: "ftp://example.com/".into(),
+            event_types: vec!["*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&err, "url");
+    closed.stop().await;
+
+    // Open: loopback allow-listed.
+    let Some(open) = crate::webhooks::start(backend, |config| {
+        config.webhooks.retry_schedule = crate::webhooks::schedule("0s");
+    })
+    .await
+    else {
+        return;
+    };
+    let org = random_org();
+    for (_, url) in &loopback {
+        subscribe(&open, &org, url, &["probe.sent"]).await;
+    }
+    publish(&open, &org, "probe.sent", "{}").await;
+    for delivery in finished_deliveries(&open, &org, 4).await {
+        let attempt = &delivery.attempts[0];
+        assert!(!attempt.error.contains("--egress-allow-cidr"), "allowed: {attempt:?}");
+        if attempt.status_code == 307 {
+            assert!(attempt.error.contains("redirects are not followed"), "{attempt:?}");
+        } else {
+            assert_eq!(attempt.status_code, 200, "{attempt:?}");
+        }
+    }
+    for path in ["/v4", "/by-name", "/redirect"] {
+        assert_eq!(v4.received(path).len(), 1, "{path}");
+    }
+    assert_eq!(v6.received("/v6").len(), 1);
+    assert!(v4.received("/target").is_empty(), "the redirect was not followed");
+
+    // Without --egress-allow-http, an http:// endpoint is refused at creation.
+    let Some(https_only) = TestControlPlane::start(backend).await else { return };
+    let err = https_only
+        .webhooks(&https_only.root_token)
+        .await
+        .create_subscription(pb::CreateSubscriptionRequest {
+            org_id: org,
+            url: v4.url("/v4"),
+            event_types: vec!["*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&err, "url");
+    assert!(err.message().contains("https://"), "{}", err.message());
+}
