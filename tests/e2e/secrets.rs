@@ -1,6 +1,7 @@
 //! Secrets never reach storage in plaintext, list responses, audit metadata
-//! or logs: after a full lifecycle, dump every table and the captured logs
-//! and look for every token, secret and the root token.
+//! or logs: after a full lifecycle of keys and webhook subscriptions, dump
+//! every table and the captured logs and look for every token, webhook
+//! secret and the root token.
 
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::{Backend, both_backends, random_org, start_or_skip};
@@ -72,6 +73,43 @@ async fn no_secret_in_tables_or_logs(backend: Backend) {
     let forged = keyplane_tests::forge_secret(&created.token);
     keys.verify_api_key(pb::VerifyApiKeyRequest { token: forged.clone(), ..Default::default() }).await.unwrap();
     let _ = plane.keys(&forged).await.list_api_keys(pb::ListApiKeysRequest::default()).await.unwrap_err();
+    // Webhook secrets: created, rotated, used to sign a delivery.
+    let mut webhooks = plane.webhooks(&admin).await;
+    let subscription = webhooks
+        .create_subscription(pb::CreateSubscriptionRequest {
+            org_id: org.clone(),
+            url: format!("https://hooks.example.com/{}", org),
+            event_types: vec!["*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let subscription_id = subscription.subscription.as_ref().unwrap().id.clone();
+    let rotated_secret = webhooks
+        .rotate_subscription_secret(pb::RotateSubscriptionSecretRequest {
+            org_id: org.clone(),
+            id: subscription_id.clone(),
+            grace_period: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let subscriptions = webhooks
+        .list_subscriptions(pb::ListSubscriptionsRequest { org_id: org.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let fetched = webhooks
+        .get_subscription(pb::GetSubscriptionRequest { org_id: org.clone(), id: subscription_id })
+        .await
+        .unwrap()
+        .into_inner();
+    let webhook_secrets = [subscription.secret.clone(), rotated_secret.clone()];
+    // The key bytes without the `whsec_` prefix, as base64.
+    let webhook_key_parts: Vec<String> = webhook_secrets.iter().map(|s| s["whsec_".len()..].to_owned()).collect();
+
     let listed = keys
         .list_api_keys(pb::ListApiKeysRequest { org_id: org.clone(), ..Default::default() })
         .await
@@ -93,9 +131,11 @@ async fn no_secret_in_tables_or_logs(backend: Backend) {
         ("logs", keyplane_tests::logs::captured()),
         ("list response", format!("{listed:?}")),
         ("audit events", format!("{events:?}")),
+        ("subscription list", format!("{subscriptions:?}")),
+        ("subscription", format!("{fetched:?}")),
     ];
     for (place, text) in &haystacks {
-        for secret in secrets.iter().chain(&secret_parts) {
+        for secret in secrets.iter().chain(&secret_parts).chain(&webhook_secrets).chain(&webhook_key_parts) {
             assert!(!text.contains(secret.as_str()), "a secret appears in the {place}");
         }
     }
