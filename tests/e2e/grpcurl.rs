@@ -44,6 +44,9 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         "API_KEY_STATUS_REVOKED",
         "api_key.deleted",
         "chain intact: True",
+        "secret shown once",
+        "deliveries created: 1",
+        "destination 127.0.0.1 is loopback",
         "SERVING",
         "walkthrough ok",
     ] {

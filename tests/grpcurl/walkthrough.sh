@@ -69,6 +69,27 @@ INTACT=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d '{"org_id
 echo "chain intact: $INTACT"
 [ "$INTACT" = "True" ]
 
-echo "== 9. health"
+echo "== 9. webhooks: subscribe, publish, see the delivery"
+# 127.0.0.1 is refused (no --egress-allow-cidr): the attempt records why, nothing is sent.
+SUBSCRIBED=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d '{"org_id": "acme", "url": "https://127.0.0.1:9/hooks", "event_types": ["order.*"]}' \
+  "$ADDR" keyplane.admin.v1.WebhookService/CreateSubscription)
+SUBSCRIPTION_ID=$(echo "$SUBSCRIBED" | field '["subscription"]["id"]')
+echo "$SUBSCRIBED" | field '["secret"]' | grep -q '^whsec_' && echo "secret shown once"
+CREATED=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d '{"org_id": "acme", "event_type": "order.created", "payload_json": "{\"order_id\": 42}"}' \
+  "$ADDR" keyplane.admin.v1.EventService/PublishEvent | field '["deliveriesCreated"]')
+echo "deliveries created: $CREATED"
+[ "$CREATED" = "1" ]
+for _ in $(seq 50); do
+  DELIVERY=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+    -d "{\"org_id\": \"acme\", \"subscription_id\": \"$SUBSCRIPTION_ID\"}" \
+    "$ADDR" keyplane.admin.v1.DeliveryService/ListDeliveries | field '["deliveries"][0]')
+  echo "$DELIVERY" | grep -q lastError && break
+  sleep 0.1
+done
+echo "$DELIVERY" | grep -o "destination 127.0.0.1 is loopback"
+
+echo "== 10. health"
 grpcurl -plaintext "$ADDR" grpc.health.v1.Health/Check
 echo "walkthrough ok"

@@ -117,17 +117,21 @@ impl Receiver {
         self.state.requests.lock().expect("lock").iter().filter(|r| r.path == path).cloned().collect()
     }
 
+    /// How many requests `path` got so far.
+    pub fn count(&self, path: &str) -> usize {
+        self.state.requests.lock().expect("lock").iter().filter(|r| r.path == path).count()
+    }
+
     /// Waits until `path` got at least `count` requests; panics after `timeout`.
     pub async fn wait_for(&self, path: &str, count: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let arrived = self.state.arrived.notified();
-            let received = self.received(path);
-            if received.len() >= count {
-                return received;
+            if self.count(path) >= count {
+                return self.received(path);
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("{path} got {} requests, expected {count} within {timeout:?}", self.received(path).len());
+                panic!("{path} got {} requests, expected {count} within {timeout:?}", self.count(path));
             }
         }
     }

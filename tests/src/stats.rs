@@ -1,6 +1,9 @@
 //! Latency summaries for the load generators.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 /// Percentiles and throughput of a run.
 pub struct Summary {
@@ -51,4 +54,30 @@ impl std::fmt::Display for Summary {
             self.throughput
         )
     }
+}
+
+/// Runs `count` calls of `call` with `concurrency` in flight; returns a summary.
+pub async fn measure<F, Fut>(count: usize, concurrency: usize, call: F) -> Summary
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let call = call(i);
+        tasks.push(tokio::spawn(async move {
+            let begun = Instant::now();
+            call.await;
+            drop(permit);
+            begun.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for task in tasks {
+        latencies.push(task.await.expect("task"));
+    }
+    Summary::of(latencies, started.elapsed())
 }

@@ -13,10 +13,9 @@ use std::time::Instant;
 use clap::Parser;
 use keyplane_control_plane::store::api_keys;
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::stats::Summary;
+use keyplane_tests::stats::{Summary, measure};
 use keyplane_tests::{Backend, TestControlPlane};
 use sea_orm::EntityTrait;
-use tokio::sync::Semaphore;
 
 #[derive(Parser)]
 struct Args {
@@ -35,32 +34,6 @@ struct Args {
     /// ListApiKeys requests measured.
     #[arg(long, default_value_t = 1000)]
     list_requests: usize,
-}
-
-/// Runs `count` calls of `call` with `concurrency` in flight; returns a summary.
-async fn measure<F, Fut>(count: usize, concurrency: usize, call: F) -> Summary
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(count);
-    for i in 0..count {
-        let permit = permits.clone().acquire_owned().await.expect("semaphore");
-        let call = call(i);
-        tasks.push(tokio::spawn(async move {
-            let begun = Instant::now();
-            call.await;
-            drop(permit);
-            begun.elapsed()
-        }));
-    }
-    let mut latencies = Vec::with_capacity(count);
-    for task in tasks {
-        latencies.push(task.await.expect("task"));
-    }
-    Summary::of(latencies, started.elapsed())
 }
 
 #[tokio::main]
