@@ -217,10 +217,7 @@ async fn list_deliveries(plane: &TestControlPlane, backend: Backend, args: &Args
     type MakeRequest = fn(usize) -> pb::ListDeliveriesRequest;
     let kinds: [(&str, MakeRequest); 3] = [
         ("walk", |_| pb::ListDeliveriesRequest::default()),
-        ("one subscription", |_| pb::ListDeliveriesRequest {
-            subscription_id: "sub_3".into(),
-            ..Default::default()
-        }),
+        ("one subscription", |_| pb::ListDeliveriesRequest { subscription_id: "sub_3".into(), ..Default::default() }),
         ("failed only", |_| pb::ListDeliveriesRequest {
             status: pb::DeliveryStatus::Failed as i32,
             ..Default::default()
