@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "keyplane/admin/v1/webhooks.proto",
         "keyplane/admin/v1/events.proto",
         "keyplane/admin/v1/deliveries.proto",
+        "keyplane/admin/v1/connections.proto",
         "keyplane/sync/v1/key_sync.proto",
     ];
     let wellknown = protoc_bin_vendored::include_path()?;

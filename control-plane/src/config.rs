@@ -43,6 +43,16 @@ pub enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Re-encrypt every sealed value under the newest master key (safe
+    /// while `serve` runs, once every server has the new key file).
+    Reseal {
+        /// Where the data lives.
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Master-key file. Default: `<data-dir>/master-key`.
+        #[arg(long, env = "KEYPLANE_MASTER_KEY_FILE")]
+        master_key_file: Option<PathBuf>,
+    },
     /// Print a new master-key file line (`<id>=<base64 key>`) to stdout.
     GenerateMasterKey {
         /// Id of the new key; ids must be unique within the file.
@@ -121,6 +131,12 @@ pub struct Config {
     /// Concurrent argon2 computations (default: CPU count).
     #[arg(long, env = "KEYPLANE_HASH_WORKERS")]
     pub hash_workers: Option<usize>,
+    /// OAuth providers file (TOML, `[providers.<name>]` tables); none when unset.
+    #[arg(long, env = "KEYPLANE_OAUTH_PROVIDERS")]
+    pub oauth_providers: Option<PathBuf>,
+    /// Timeout of one call to an OAuth provider.
+    #[arg(long, env = "KEYPLANE_OAUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub oauth_timeout: Duration,
     /// Outbound HTTP policy (webhooks, OAuth providers).
     #[command(flatten)]
     pub egress: EgressArgs,
@@ -252,6 +268,8 @@ impl Config {
             heartbeat_interval: Duration::from_millis(200),
             event_poll_interval: Duration::from_millis(20),
             key_event_retention: Duration::from_secs(7 * 24 * 3600),
+            oauth_providers: None,
+            oauth_timeout: Duration::from_secs(10),
             egress: EgressArgs::default(),
             webhooks: WebhookArgs { poll_interval: Duration::from_millis(100), ..WebhookArgs::default() },
         }

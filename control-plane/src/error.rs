@@ -25,6 +25,12 @@ pub enum Error {
     /// A per-org quota is used up.
     #[error("{0}")]
     LimitReached(String),
+    /// An OAuth provider refused the request (e.g. `invalid_grant`).
+    #[error("{0}")]
+    ProviderRejected(String),
+    /// An OAuth provider is down, timed out or answered nonsense.
+    #[error("{0}")]
+    ProviderUnavailable(String),
     /// The resource's state does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -71,6 +77,14 @@ impl From<Error> for Status {
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::LimitReached(message) => Status::resource_exhausted(message),
+            Error::ProviderRejected(message) => Status::failed_precondition(message),
+            Error::ProviderUnavailable(message) => Status::unavailable(message),
+            Error::Sealing(message) => {
+                tracing::error!(error = %message, "a sealed value could not be opened");
+                Status::data_loss(format!(
+                    "a stored secret could not be opened ({message}); check the master-key file or restore the row"
+                ))
+            }
             Error::Database(db) if is_unique_violation(&db) => {
                 Status::already_exists("a resource with this identity already exists")
             }

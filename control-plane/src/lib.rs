@@ -11,6 +11,7 @@ pub mod egress;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod oauth;
 pub mod service;
 pub mod store;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use keyplane_proto::admin::v1::api_key_service_server::ApiKeyServiceServer;
 use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
+use keyplane_proto::admin::v1::connection_service_server::ConnectionServiceServer;
 use keyplane_proto::admin::v1::delivery_service_server::DeliveryServiceServer;
 use keyplane_proto::admin::v1::event_service_server::EventServiceServer;
 use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
@@ -38,7 +40,8 @@ use service::dispatch::DispatchSettings;
 use service::sync::{FeedSettings, KeyEventFeed};
 use service::webhooks::WebhookPolicy;
 use service::{
-    AuditService, Authenticator, Core, DeliveryService, Dispatcher, EventService, KeyService, Verifier, WebhookService,
+    AuditService, Authenticator, ConnectionService, Core, DeliveryService, Dispatcher, EventService, KeyService, Verifier,
+    WebhookService,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -67,6 +70,10 @@ pub async fn run(
     bootstrap::data_dir(&config.storage.data_dir)?;
     let root_token = bootstrap::root_token(&config)?;
     let master_keys = bootstrap::master_keys(&config)?;
+    let providers = match &config.oauth_providers {
+        Some(path) => oauth::Providers::load(path)?,
+        None => oauth::Providers::default(),
+    };
 
     let db = store::connect(&config.storage.database_url()).await?;
     store::migrate(&db).await?;
@@ -99,6 +106,8 @@ pub async fn run(
     let webhooks = Arc::new(WebhookService::new(core.clone(), policy.clone()));
     let events = Arc::new(EventService::new(core.clone(), policy));
     let deliveries = Arc::new(DeliveryService::new(core.clone()));
+    let oauth_client = oauth::OAuthClient::new(&egress, config.oauth_timeout)?;
+    let connections = Arc::new(ConnectionService::new(core.clone(), providers, oauth_client));
     let dispatcher = Dispatcher::new(core.clone(), DispatchSettings::new(&config.webhooks)?, egress)?;
     let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
     let dispatcher_task = tokio::spawn(dispatcher.run(dispatcher_stop));
@@ -115,6 +124,7 @@ pub async fn run(
     health_reporter.set_serving::<WebhookServiceServer<grpc::webhooks::WebhookGrpc>>().await;
     health_reporter.set_serving::<EventServiceServer<grpc::events::EventGrpc>>().await;
     health_reporter.set_serving::<DeliveryServiceServer<grpc::deliveries::DeliveryGrpc>>().await;
+    health_reporter.set_serving::<ConnectionServiceServer<grpc::connections::ConnectionGrpc>>().await;
     let health_task = tokio::spawn(watch_database(db.clone(), health_reporter));
 
     let reflection = || {
@@ -153,6 +163,7 @@ pub async fn run(
         .add_service(WebhookServiceServer::new(grpc::webhooks::WebhookGrpc::new(webhooks, auth.clone())))
         .add_service(EventServiceServer::new(grpc::events::EventGrpc::new(events, auth.clone())))
         .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
+        .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
         .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(core, verifier, feed, auth)))
         .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
             shutdown.await;
@@ -212,4 +223,18 @@ pub async fn migrate(storage: &config::StorageArgs, status_only: bool) -> Result
     let report = (store::applied_migrations(&db).await?, store::pending_migrations(&db).await?);
     db.close().await?;
     Ok(report)
+}
+
+/// `keyplane reseal`: re-encrypts every sealed value under the newest key in
+/// `master_key_file` (default `<data-dir>/master-key`).
+pub async fn reseal(
+    storage: &config::StorageArgs,
+    master_key_file: Option<&std::path::Path>,
+) -> Result<service::reseal::ResealReport> {
+    let path = master_key_file.map_or_else(|| storage.data_dir.join("master-key"), std::path::Path::to_path_buf);
+    let keys = crypto::MasterKeys::load(&path)?;
+    let db = store::connect(&storage.database_url()).await?;
+    let report = service::reseal::reseal_all(&db, &keys).await;
+    db.close().await?;
+    report
 }

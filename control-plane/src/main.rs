@@ -44,6 +44,23 @@ async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
             }
             Ok(())
         }
+        Command::Reseal { storage, master_key_file } => {
+            let report = keyplane_control_plane::reseal(&storage, master_key_file.as_deref()).await?;
+            println!("api_keys re-sealed              {}", report.api_keys);
+            println!("webhook_subscriptions re-sealed {}", report.webhook_subscriptions);
+            println!("oauth tokens re-sealed          {}", report.oauth_tokens);
+            println!("already under the newest key    {}", report.already_current);
+            if report.unreadable.is_empty() {
+                return Ok(());
+            }
+            for row in &report.unreadable {
+                println!("unreadable                      {row}");
+            }
+            Err(keyplane_control_plane::Error::Sealing(format!(
+                "{} values could not be opened (tampered, or sealed under a key missing from the file)",
+                report.unreadable.len()
+            )))
+        }
         Command::GenerateMasterKey { id } => {
             print!("{}", MasterKeys::generate_line(&id));
             Ok(())

@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_api_keys;
 mod m20261122_000002_webhooks;
+mod m20261122_000003_oauth_connections;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -13,6 +14,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_api_keys::Migration), Box::new(m20261122_000002_webhooks::Migration)]
+        vec![Box::new(m20261122_000001_api_keys::Migration), Box::new(m20261122_000002_webhooks::Migration),
+            Box::new(m20261122_000003_oauth_connections::Migration),]
     }
 }

@@ -984,6 +984,8 @@ async fn standard_webhooks_library_verifies_deliveries(backend: Backend) {
     let org = random_org();
     let (subscription, old_secret) = subscribe(&plane, &org, &receiver.url("/hook"), &["order.*"]).await;
     publish(&plane, &org, "order.created", r#"{"id": 1, "total": 12.50, "note": "ünïcode ✓"}"#).await;
+    // Signed before the rotation: only the old secret verifies it.
+    receiver.wait_for("/hook", 1, WAIT).await;
     let new_secret = plane
         .webhooks(&plane.root_token)
         .await

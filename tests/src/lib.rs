@@ -4,6 +4,7 @@
 
 pub mod echo;
 pub mod logs;
+pub mod oauth_provider;
 pub mod postgres;
 pub mod process;
 pub mod receiver;
@@ -16,6 +17,7 @@ use keyplane_control_plane::{Config, Listeners};
 use keyplane_proto::admin::v1 as pb;
 use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::audit_service_client::AuditServiceClient;
+use pb::connection_service_client::ConnectionServiceClient;
 use pb::delivery_service_client::DeliveryServiceClient;
 use pb::event_service_client::EventServiceClient;
 use pb::webhook_service_client::WebhookServiceClient;
@@ -193,6 +195,11 @@ impl TestControlPlane {
     /// Event client authenticated with `token`.
     pub async fn events(&self, token: &str) -> EventServiceClient<Authed> {
         EventServiceClient::new(self.authed(token).await)
+    }
+
+    /// OAuth-connection client authenticated with `token`.
+    pub async fn connections(&self, token: &str) -> ConnectionServiceClient<Authed> {
+        ConnectionServiceClient::new(self.authed(token).await)
     }
 
     /// Delivery client authenticated with `token`.

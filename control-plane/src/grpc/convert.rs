@@ -12,7 +12,7 @@ use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::service::api_keys::{RateLimit, rate_limit_of};
 use crate::service::verify::{Failure, Verification};
-use crate::store::{api_keys, audit, deliveries, events, webhooks};
+use crate::store::{api_keys, audit, connections, deliveries, events, webhooks};
 
 /// Protobuf timestamp → UTC time.
 pub fn time_from_proto(field: &str, ts: prost_types::Timestamp) -> Result<DateTime<Utc>> {
@@ -287,6 +287,22 @@ pub fn attempt_to_proto(attempt: &deliveries::attempt::Model) -> pb::DeliveryAtt
         latency: prost_types::Duration::try_from(latency).ok(),
         error: attempt.error.clone().unwrap_or_default(),
         response_excerpt: attempt.response_excerpt.clone().unwrap_or_default(),
+    }
+}
+
+/// Stored connection → protobuf resource (never its tokens).
+pub fn connection_to_proto(connection: &connections::Model) -> pb::Connection {
+    pb::Connection {
+        id: connection.id.clone(),
+        org_id: connection.org_id.clone(),
+        provider: connection.provider.clone(),
+        account_label: connection.account_label.clone(),
+        scopes: connection.scope_list(),
+        access_token_expires_at: connection.expires_at.map(time_to_proto),
+        has_refresh_token: connection.sealed_refresh_token.is_some(),
+        created_at: Some(time_to_proto(connection.created_at)),
+        updated_at: Some(time_to_proto(connection.updated_at)),
+        last_refreshed_at: connection.refreshed_at.map(time_to_proto),
     }
 }
 

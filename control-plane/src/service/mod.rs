@@ -4,9 +4,11 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod connections;
 pub mod deliveries;
 pub mod dispatch;
 pub mod events;
+pub mod reseal;
 pub mod sync;
 pub mod validate;
 pub mod verify;
@@ -21,6 +23,7 @@ use crate::metrics::Metrics;
 
 pub use api_keys::KeyService;
 pub use audit::AuditService;
+pub use connections::ConnectionService;
 pub use auth::{Actor, Authenticator, RequestContext, Scope};
 pub use deliveries::DeliveryService;
 pub use dispatch::Dispatcher;

@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod connections;
 pub mod deliveries;
 pub mod events;
 pub mod key_events;

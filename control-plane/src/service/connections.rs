@@ -1,0 +1,275 @@
+//! OAuth connections: exchange a code, keep the tokens sealed, hand out a
+//! fresh access token (refreshing at most once at a time per connection),
+//! delete with revocation at the provider.
+
+use std::sync::Arc;
+
+use sea_orm::ActiveValue::Set;
+use serde_json::json;
+
+use super::Core;
+use super::api_keys::Page;
+use super::auth::{RequestContext, Scope};
+use super::validate::{self, Violations};
+use crate::error::{Error, Result};
+use crate::oauth::{OAuthClient, Providers, TokenSet};
+use crate::store::connections::{self, RefreshedTokens};
+use crate::store::{self, OrgTx, audit};
+
+/// An access token expiring within this is refreshed before it is handed out.
+pub const REFRESH_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
+/// Refresh locks; connections share them by hash (bounded memory, rare collisions).
+const REFRESH_LOCKS: usize = 64;
+const PAGE_KIND: &str = "connections";
+
+/// Input of [`ConnectionService::exchange_code`].
+#[derive(Debug, Default)]
+pub struct CodeExchange {
+    /// Requested org.
+    pub org_id: String,
+    /// Provider name.
+    pub provider: String,
+    /// Authorization code.
+    pub code: String,
+    /// Redirect URI of the authorization request.
+    pub redirect_uri: String,
+    /// PKCE verifier, if any.
+    pub code_verifier: String,
+    /// Label of the connected account.
+    pub account_label: String,
+}
+
+/// An access token handed out.
+#[derive(Debug)]
+pub struct AccessToken {
+    /// The token.
+    pub token: String,
+    /// The connection after any refresh.
+    pub connection: connections::Model,
+}
+
+/// Outcome of revocation at the provider when a connection is deleted.
+#[derive(Debug)]
+pub struct Revocation {
+    /// Whether the provider confirmed it.
+    pub revoked: bool,
+    /// Why not, if it failed.
+    pub error: String,
+}
+
+/// The connection service.
+pub struct ConnectionService {
+    core: Arc<Core>,
+    providers: Providers,
+    client: OAuthClient,
+    refresh_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl ConnectionService {
+    /// A connection service for `providers`, calling them through `client`.
+    pub fn new(core: Arc<Core>, providers: Providers, client: OAuthClient) -> Self {
+        let refresh_locks = (0..REFRESH_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { core, providers, client, refresh_locks }
+    }
+
+    /// Exchanges an authorization code and stores the connection; nothing is
+    /// stored if the provider refuses or fails.
+    pub async fn exchange_code(&self, ctx: &RequestContext, request: CodeExchange) -> Result<connections::Model> {
+        let org = ctx.authorize(Scope::ConnectionsWrite, &request.org_id)?;
+        let mut violations = Violations::default();
+        let provider = self.providers.get(&request.provider);
+        if provider.is_none() {
+            let known = self.providers.names().join(", ");
+            violations.add("provider", format!("unknown provider {:?}; configured: [{known}]", request.provider));
+        }
+        if request.code.is_empty() || request.code.len() > 2048 {
+            violations.add("code", "must be 1 to 2048 characters");
+        }
+        if reqwest::Url::parse(&request.redirect_uri).is_err() {
+            violations.add("redirect_uri", "must be the absolute redirect URI of the authorization request");
+        }
+        let verifier_ok = (43..=128).contains(&request.code_verifier.len())
+            && request.code_verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        if !request.code_verifier.is_empty() && !verifier_ok {
+            violations.add("code_verifier", "must be 43 to 128 characters of [A-Za-z0-9-._~] (RFC 7636)");
+        }
+        violations.text("account_label", &request.account_label, 200, false);
+        violations.finish()?;
+        let provider = provider.ok_or(Error::NotFound("provider"))?;
+
+        let verifier = (!request.code_verifier.is_empty()).then_some(request.code_verifier.as_str());
+        let tokens = self.client.exchange_code(provider, &request.code, &request.redirect_uri, verifier).await?;
+        let id = crate::crypto::new_id("con_");
+        let now = store::now();
+        let sealed = self.seal_tokens(&id, &tokens, None)?;
+        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let connection = connections::insert(
+            &tx,
+            connections::ActiveModel {
+                id: Set(id.clone()),
+                org_id: Set(String::new()),
+                provider: Set(provider.name.clone()),
+                account_label: Set(request.account_label),
+                scopes: Set(json!(scopes_of(&tokens))),
+                sealed_access_token: Set(sealed.sealed_access_token),
+                sealed_refresh_token: Set(sealed.sealed_refresh_token),
+                expires_at: Set(sealed.expires_at),
+                token_version: Set(1),
+                created_at: Set(now),
+                updated_at: Set(now),
+                refreshed_at: Set(None),
+            },
+        )
+        .await?;
+        let metadata = json!({
+            "provider": connection.provider,
+            "account_label": connection.account_label,
+            "scopes": connection.scopes,
+            "has_refresh_token": connection.sealed_refresh_token.is_some(),
+        });
+        audit::append(&tx, ctx.audit("connection.created", "connection", &id, metadata)).await?;
+        tx.commit().await?;
+        Ok(connection)
+    }
+
+    /// One connection of the caller's org.
+    pub async fn get(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<connections::Model> {
+        let org = ctx.authorize(Scope::ConnectionsRead, org_id)?;
+        connections::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("connection"))
+    }
+
+    /// A page of connections in creation order.
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        provider: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<connections::Model>> {
+        let org = ctx.authorize(Scope::ConnectionsRead, org_id)?;
+        let limit = validate::page_size("page_size", page_size)?;
+        let after = validate::decode_page_token("page_token", PAGE_KIND, page_token)?;
+        let provider = (!provider.is_empty()).then_some(provider);
+        let items = connections::list(&self.core.db, &org, provider, after.as_deref(), limit + 1).await?;
+        Ok(Page::cut(items, limit, |c| validate::encode_page_token(PAGE_KIND, &c.id)))
+    }
+
+    /// A valid access token, refreshed first when it expires within
+    /// [`REFRESH_MARGIN`]; concurrent callers wait for one refresh. Audited.
+    pub async fn access_token(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<AccessToken> {
+        let org = ctx.authorize(Scope::ConnectionsReveal, org_id)?;
+        let _refreshing = self.refresh_locks[lock_index(id)].lock().await;
+        let current = connections::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("connection"))?;
+        let due = current.expires_at.is_some_and(|at| at - store::now() <= REFRESH_MARGIN);
+        let (connection, refreshed) = if due { self.refresh(&org, current).await? } else { (current, false) };
+        let token = self.open(&connection.sealed_access_token, &connection.id, "access")?;
+        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        audit::append(
+            &tx,
+            ctx.audit(
+                "connection.access_token_issued",
+                "connection",
+                id,
+                json!({ "provider": connection.provider, "refreshed": refreshed }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AccessToken { token, connection })
+    }
+
+    /// Refreshes `current`'s tokens; a rotated refresh token replaces the
+    /// old one in the same update. If another process refreshed first, its
+    /// tokens are used. Returns the connection and whether this call refreshed.
+    async fn refresh(&self, org: &str, current: connections::Model) -> Result<(connections::Model, bool)> {
+        let provider = self.providers.get(&current.provider).ok_or_else(|| {
+            Error::FailedPrecondition(format!("provider {} is no longer configured", current.provider))
+        })?;
+        let Some(sealed_refresh) = &current.sealed_refresh_token else {
+            return Err(Error::FailedPrecondition(
+                "the access token has expired and the provider issued no refresh token; connect again".into(),
+            ));
+        };
+        let refresh_token = self.open(sealed_refresh, &current.id, "refresh")?;
+        let tokens = self.client.refresh(provider, &refresh_token).await?;
+        let sealed = self.seal_tokens(&current.id, &tokens, current.sealed_refresh_token.clone())?;
+        let tx = OrgTx::begin(&self.core.db, org).await?;
+        let swapped = connections::swap_tokens(&tx, &current.id, current.token_version, sealed).await?;
+        tx.commit().await?;
+        match swapped {
+            Some(connection) => Ok((connection, true)),
+            None => {
+                let theirs = connections::find(&self.core.db, org, &current.id).await?;
+                Ok((theirs.ok_or(Error::NotFound("connection"))?, false))
+            }
+        }
+    }
+
+    /// Deletes a connection, then revokes its grant at the provider (the
+    /// refresh token if there is one, else the access token).
+    pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<Revocation> {
+        let org = ctx.authorize(Scope::ConnectionsWrite, org_id)?;
+        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let connection = connections::delete(&tx, id).await?.ok_or(Error::NotFound("connection"))?;
+        audit::append(&tx, ctx.audit("connection.deleted", "connection", id, json!({ "provider": connection.provider })))
+            .await?;
+        tx.commit().await?;
+
+        let Some(provider) = self.providers.get(&connection.provider).filter(|p| p.can_revoke()) else {
+            return Ok(Revocation { revoked: false, error: "the provider has no revocation endpoint".into() });
+        };
+        let (sealed, kind, hint) = match &connection.sealed_refresh_token {
+            Some(refresh) => (refresh, "refresh", "refresh_token"),
+            None => (&connection.sealed_access_token, "access", "access_token"),
+        };
+        let token = self.open(sealed, &connection.id, kind)?;
+        match self.client.revoke(provider, &token, hint).await {
+            Ok(()) => Ok(Revocation { revoked: true, error: String::new() }),
+            Err(error) => {
+                tracing::warn!(connection = %id, %error, "revocation at the provider failed; the connection is deleted");
+                Ok(Revocation { revoked: false, error: error.to_string() })
+            }
+        }
+    }
+
+    /// Seals a token response for connection `id`; `previous_refresh` is kept
+    /// when the provider did not issue a new refresh token.
+    fn seal_tokens(&self, id: &str, tokens: &TokenSet, previous_refresh: Option<String>) -> Result<RefreshedTokens> {
+        let keys = &self.core.master_keys;
+        let sealed_refresh_token = match &tokens.refresh_token {
+            Some(refresh) => Some(keys.seal(refresh.as_bytes(), &associated(id, "refresh"))?),
+            None => previous_refresh,
+        };
+        let expires_at = tokens
+            .expires_in
+            .and_then(|seconds| i64::try_from(seconds).ok())
+            .map(|seconds| store::now() + chrono::Duration::seconds(seconds));
+        Ok(RefreshedTokens {
+            sealed_access_token: keys.seal(tokens.access_token.as_bytes(), &associated(id, "access"))?,
+            sealed_refresh_token,
+            expires_at,
+        })
+    }
+
+    fn open(&self, sealed: &str, id: &str, kind: &str) -> Result<String> {
+        let plain = self.core.master_keys.open(sealed, &associated(id, kind))?;
+        String::from_utf8(plain).map_err(|_| Error::Sealing("sealed token is not text".into()))
+    }
+}
+
+/// Associated data of a sealed token: the row id and which token it is, so
+/// access and refresh tokens cannot be swapped.
+pub fn associated(id: &str, kind: &str) -> String {
+    format!("{id}:{kind}")
+}
+
+fn scopes_of(tokens: &TokenSet) -> Vec<String> {
+    tokens.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+}
+
+fn lock_index(id: &str) -> usize {
+    let digest = crate::crypto::sha256(id.as_bytes());
+    usize::from(digest[0]) % REFRESH_LOCKS
+}
+

@@ -1,0 +1,120 @@
+//! The `oauth_connections` table and its org-scoped queries.
+
+use chrono::{DateTime, Utc};
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, QueryOrder, QuerySelect};
+
+use super::OrgTx;
+use crate::error::Result;
+
+/// An OAuth connection. The tokens are sealed with the master key (row id
+/// plus `:access` / `:refresh` as associated data) and never leave the service layer.
+#[sea_orm::model]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "oauth_connections")]
+pub struct Model {
+    /// Connection id, `con_…`.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    /// Owning org.
+    pub org_id: String,
+    /// Provider name.
+    pub provider: String,
+    /// Label of the connected account.
+    pub account_label: String,
+    /// JSON array of granted scopes.
+    #[sea_orm(column_type = "JsonBinary")]
+    pub scopes: Json,
+    /// Sealed access token.
+    pub sealed_access_token: String,
+    /// Sealed refresh token, if the provider issued one.
+    pub sealed_refresh_token: Option<String>,
+    /// Expiry of the access token, if known.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Bumped by every token change; refreshes compare and swap on it.
+    pub token_version: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Last refresh.
+    pub refreshed_at: Option<DateTime<Utc>>,
+}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+impl Model {
+    /// The granted scopes.
+    pub fn scope_list(&self) -> Vec<String> {
+        serde_json::from_value(self.scopes.clone()).unwrap_or_default()
+    }
+}
+
+/// Inserts a connection in the transaction's org.
+pub async fn insert(tx: &OrgTx, mut connection: ActiveModel) -> Result<Model> {
+    connection.org_id = Set(tx.org().to_owned());
+    Ok(connection.insert(tx.conn()).await?)
+}
+
+/// Connection `id` of `org`.
+pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id.to_owned()).filter(Column::OrgId.eq(org)).one(db).await?)
+}
+
+/// Up to `limit` connections of `org` after `after_id`, in creation order.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    org: &str,
+    provider: Option<&str>,
+    after_id: Option<&str>,
+    limit: u64,
+) -> Result<Vec<Model>> {
+    let mut query = Entity::find().filter(Column::OrgId.eq(org));
+    if let Some(provider) = provider {
+        query = query.filter(Column::Provider.eq(provider));
+    }
+    if let Some(after) = after_id {
+        query = query.filter(Column::Id.gt(after));
+    }
+    Ok(query.order_by_asc(Column::Id).limit(limit).all(db).await?)
+}
+
+/// New tokens after a refresh.
+#[derive(Debug)]
+pub struct RefreshedTokens {
+    /// Sealed access token.
+    pub sealed_access_token: String,
+    /// Sealed refresh token (the old one when the provider did not rotate it).
+    pub sealed_refresh_token: Option<String>,
+    /// New expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Stores refreshed tokens if the connection still has `version`; returns
+/// the updated row, or `None` when someone else changed it first.
+pub async fn swap_tokens(tx: &OrgTx, id: &str, version: i64, tokens: RefreshedTokens) -> Result<Option<Model>> {
+    let now = super::now();
+    let result = Entity::update_many()
+        .col_expr(Column::SealedAccessToken, Expr::val(tokens.sealed_access_token))
+        .col_expr(Column::SealedRefreshToken, Expr::val(tokens.sealed_refresh_token))
+        .col_expr(Column::ExpiresAt, Expr::val(tokens.expires_at))
+        .col_expr(Column::TokenVersion, Expr::val(version + 1))
+        .col_expr(Column::UpdatedAt, Expr::val(now))
+        .col_expr(Column::RefreshedAt, Expr::val(Some(now)))
+        .filter(Column::Id.eq(id))
+        .filter(Column::OrgId.eq(tx.org()))
+        .filter(Column::TokenVersion.eq(version))
+        .exec(tx.conn())
+        .await?;
+    if result.rows_affected == 0 {
+        return Ok(None);
+    }
+    find(tx.conn(), tx.org(), id).await
+}
+
+/// Deletes connection `id` of the transaction's org; returns it, if it existed.
+pub async fn delete(tx: &OrgTx, id: &str) -> Result<Option<Model>> {
+    let Some(existing) = find(tx.conn(), tx.org(), id).await? else { return Ok(None) };
+    Entity::delete_many().filter(Column::Id.eq(id)).filter(Column::OrgId.eq(tx.org())).exec(tx.conn()).await?;
+    Ok(Some(existing))
+}
