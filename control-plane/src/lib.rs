@@ -40,8 +40,8 @@ use service::dispatch::DispatchSettings;
 use service::sync::{FeedSettings, KeyEventFeed};
 use service::webhooks::WebhookPolicy;
 use service::{
-    AuditService, Authenticator, ConnectionService, Core, DeliveryService, Dispatcher, EventService, KeyService, Verifier,
-    WebhookService,
+    AuditService, Authenticator, ConnectionService, Core, DeliveryService, Dispatcher, EventService, KeyService,
+    Verifier, WebhookService,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).

@@ -236,7 +236,10 @@ impl OAuthClient {
             ))
         })?;
         if tokens.access_token.is_empty() {
-            return Err(Error::ProviderUnavailable(format!("provider {} returned an empty access_token", provider.name)));
+            return Err(Error::ProviderUnavailable(format!(
+                "provider {} returned an empty access_token",
+                provider.name
+            )));
         }
         Ok(tokens)
     }

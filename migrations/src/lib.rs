@@ -14,7 +14,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_api_keys::Migration), Box::new(m20261122_000002_webhooks::Migration),
-            Box::new(m20261122_000003_oauth_connections::Migration),]
+        vec![
+            Box::new(m20261122_000001_api_keys::Migration),
+            Box::new(m20261122_000002_webhooks::Migration),
+            Box::new(m20261122_000003_oauth_connections::Migration),
+        ]
     }
 }

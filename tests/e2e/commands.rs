@@ -70,3 +70,20 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "{flag} missing from keyplane serve --help");
     }
 }
+
+#[tokio::test]
+async fn a_bad_oauth_providers_file_stops_start_up_naming_the_line() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let file = data.path().join("providers.toml");
+    std::fs::write(
+        &file,
+        "[providers.acme]\ntoken_url = \"https://auth.example/token\"\nclient_id = \"k\"\nclient_secret_env = \"X\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let providers = file.display().to_string();
+    let output = keyplane(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &dir, "--oauth-providers", &providers]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 5") && stderr.contains("colour"), "{stderr}");
+}

@@ -4,6 +4,7 @@ mod api_keys;
 mod audit;
 mod bad_input;
 mod commands;
+mod connections;
 mod crash;
 mod grpcurl;
 mod isolation;

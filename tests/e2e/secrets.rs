@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 both_backends!(no_secret_in_tables_or_logs);
 
 /// Every row of every table, as text.
-async fn dump_database(plane: &keyplane_tests::TestControlPlane) -> String {
+pub async fn dump_database(plane: &keyplane_tests::TestControlPlane) -> String {
     let db = plane.database().await;
     let backend = db.get_database_backend();
     if backend == DbBackend::Sqlite {

@@ -163,7 +163,10 @@ fn oauth_error(status: StatusCode, error: &str) -> Response<Full<Bytes>> {
     json(status, serde_json::json!({ "error": error, "error_description": format!("fake provider: {error}") }))
 }
 
-async fn answer(state: Arc<State>, request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    state: Arc<State>,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
     let basic = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -210,7 +213,7 @@ async fn answer(state: Arc<State>, request: Request<hyper::body::Incoming>) -> R
                 (Some(challenge), Some(verifier)) => FakeProvider::challenge(verifier) == challenge,
                 _ => false,
             };
-            if !verified || form.get("redirect_uri").is_none() {
+            if !verified || !form.contains_key("redirect_uri") {
                 return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"));
             }
             true

@@ -192,7 +192,18 @@ impl ConnectionService {
             ));
         };
         let refresh_token = self.open(sealed_refresh, &current.id, "refresh")?;
-        let tokens = self.client.refresh(provider, &refresh_token).await?;
+        let tokens = match self.client.refresh(provider, &refresh_token).await {
+            Ok(tokens) => tokens,
+            Err(error) => {
+                // Another replica may have refreshed first (and the provider
+                // rotated the refresh token we sent): then use its tokens.
+                let latest = connections::find(&self.core.db, org, &current.id).await?;
+                match latest {
+                    Some(latest) if latest.token_version != current.token_version => return Ok((latest, false)),
+                    _ => return Err(error),
+                }
+            }
+        };
         let sealed = self.seal_tokens(&current.id, &tokens, current.sealed_refresh_token.clone())?;
         let tx = OrgTx::begin(&self.core.db, org).await?;
         let swapped = connections::swap_tokens(&tx, &current.id, current.token_version, sealed).await?;
@@ -212,8 +223,11 @@ impl ConnectionService {
         let org = ctx.authorize(Scope::ConnectionsWrite, org_id)?;
         let tx = OrgTx::begin(&self.core.db, &org).await?;
         let connection = connections::delete(&tx, id).await?.ok_or(Error::NotFound("connection"))?;
-        audit::append(&tx, ctx.audit("connection.deleted", "connection", id, json!({ "provider": connection.provider })))
-            .await?;
+        audit::append(
+            &tx,
+            ctx.audit("connection.deleted", "connection", id, json!({ "provider": connection.provider })),
+        )
+        .await?;
         tx.commit().await?;
 
         let Some(provider) = self.providers.get(&connection.provider).filter(|p| p.can_revoke()) else {
@@ -272,4 +286,3 @@ fn lock_index(id: &str) -> usize {
     let digest = crate::crypto::sha256(id.as_bytes());
     usize::from(digest[0]) % REFRESH_LOCKS
 }
-

@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 
 pub use api_keys::KeyService;
 pub use audit::AuditService;
-pub use connections::ConnectionService;
 pub use auth::{Actor, Authenticator, RequestContext, Scope};
+pub use connections::ConnectionService;
 pub use deliveries::DeliveryService;
 pub use dispatch::Dispatcher;
 pub use events::EventService;

@@ -31,9 +31,15 @@ pub struct ResealReport {
 /// Re-seals every sealed value not yet under the newest key.
 pub async fn reseal_all(db: &impl ConnectionTrait, keys: &MasterKeys) -> Result<ResealReport> {
     let mut report = ResealReport::default();
-    report.api_keys =
-        reseal_column::<api_keys::Entity>(db, keys, api_keys::Column::Id, api_keys::Column::SealedToken, "", &mut report)
-            .await?;
+    report.api_keys = reseal_column::<api_keys::Entity>(
+        db,
+        keys,
+        api_keys::Column::Id,
+        api_keys::Column::SealedToken,
+        "",
+        &mut report,
+    )
+    .await?;
     report.webhook_subscriptions = reseal_column::<webhooks::Entity>(
         db,
         keys,
@@ -43,10 +49,9 @@ pub async fn reseal_all(db: &impl ConnectionTrait, keys: &MasterKeys) -> Result<
         &mut report,
     )
     .await?;
-    for (column, kind) in [
-        (connections::Column::SealedAccessToken, ":access"),
-        (connections::Column::SealedRefreshToken, ":refresh"),
-    ] {
+    for (column, kind) in
+        [(connections::Column::SealedAccessToken, ":access"), (connections::Column::SealedRefreshToken, ":refresh")]
+    {
         report.oauth_tokens +=
             reseal_column::<connections::Entity>(db, keys, connections::Column::Id, column, kind, &mut report).await?;
     }

@@ -1,0 +1,508 @@
+//! OAuth connections against a fake provider on loopback: exchange (both
+//! client authentication methods, PKCE), refresh on expiry with concurrent
+//! callers, rotated refresh tokens, deletion with revocation, provider
+//! failures, secrecy at rest, tamper detection, and master-key rotation with
+//! `keyplane reseal`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use keyplane_proto::admin::v1 as pb;
+use keyplane_tests::oauth_provider::{ClientAuth, Failure, FakeProvider};
+use keyplane_tests::process::workspace_binary;
+use keyplane_tests::{Backend, TestControlPlane, assert_invalid_field, both_backends, random_org};
+use sea_orm::{ConnectionTrait, Statement};
+use tonic::Code;
+
+both_backends!(
+    exchange_refresh_rotate_and_revoke,
+    client_secret_post_and_provider_failures,
+    tokens_are_sealed_and_tampering_is_detected,
+    connections_respect_orgs_and_scopes,
+    reseal_moves_every_secret_to_the_new_master_key,
+);
+
+const CLIENT_SECRET: &str = "fake-client-secret-9f2c";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-0123456789";
+
+/// A control plane that knows `providers` (name, provider, auth method) and may call loopback.
+async fn start(backend: Backend, providers: &[(&str, &FakeProvider, &str)]) -> Option<TestControlPlane> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let secret = dir.join("client-secret");
+    std::fs::write(&secret, CLIENT_SECRET).unwrap();
+    let file = dir.join("providers.toml");
+    let text: String = providers.iter().map(|(name, p, method)| p.provider_toml(name, &secret, method)).collect();
+    std::fs::write(&file, text).unwrap();
+    TestControlPlane::start_with(backend, |config| {
+        config.oauth_providers = Some(file);
+        config.oauth_timeout = Duration::from_secs(1);
+        config.egress.allow_cidr = vec!["127.0.0.0/8".parse().unwrap()];
+        config.egress.allow_http = true;
+    })
+    .await
+}
+
+macro_rules! start_or_skip_with {
+    ($backend:expr, $providers:expr) => {
+        match start($backend, $providers).await {
+            Some(plane) => plane,
+            None => return,
+        }
+    };
+}
+
+fn exchange(org: &str, provider: &str, code: String, verifier: &str) -> pb::ExchangeCodeRequest {
+    pb::ExchangeCodeRequest {
+        org_id: org.to_owned(),
+        provider: provider.to_owned(),
+        code,
+        redirect_uri: "https://app.example/oauth/callback".into(),
+        code_verifier: verifier.to_owned(),
+        account_label: "dns@acme".into(),
+    }
+}
+
+async fn connect(plane: &TestControlPlane, org: &str, provider: &FakeProvider) -> pb::Connection {
+    let code = provider.issue_code(Some(&FakeProvider::challenge(VERIFIER)));
+    plane
+        .connections(&plane.root_token)
+        .await
+        .exchange_code(exchange(org, "acme", code, VERIFIER))
+        .await
+        .expect("exchange")
+        .into_inner()
+        .connection
+        .expect("connection")
+}
+
+async fn access_token(plane: &TestControlPlane, org: &str, id: &str) -> Result<String, tonic::Status> {
+    let mut client = plane.connections(&plane.root_token).await;
+    let request = pb::GetAccessTokenRequest { org_id: org.to_owned(), id: id.to_owned() };
+    client.get_access_token(request).await.map(|r| r.into_inner().access_token)
+}
+
+async fn exchange_refresh_rotate_and_revoke(backend: Backend) {
+    let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
+    let plane = start_or_skip_with!(backend, &[("acme", &provider, "client_secret_basic")]);
+    let org = random_org();
+
+    // Exchange with PKCE: the access token expires within the refresh margin.
+    provider.set_access_lifetime(30);
+    let connection = connect(&plane, &org, &provider).await;
+    assert_eq!(connection.provider, "acme");
+    assert_eq!(connection.scopes, ["zones:read", "zones:write"]);
+    assert!(connection.has_refresh_token);
+    assert!(connection.access_token_expires_at.is_some());
+    let first_tokens = provider.issued_tokens();
+    assert_eq!(first_tokens.len(), 2);
+
+    // 50 concurrent callers: one refresh, one new token for all of them.
+    provider.set_access_lifetime(3600);
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let (client, org, id) = (plane.connections(&plane.root_token).await, org.clone(), connection.id.clone());
+        calls.push(tokio::spawn(async move {
+            let mut client = client;
+            client.get_access_token(pb::GetAccessTokenRequest { org_id: org, id }).await.unwrap().into_inner()
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for call in calls {
+        tokens.insert(call.await.unwrap().access_token);
+    }
+    assert_eq!(provider.refreshes(), 1, "concurrent callers share one refresh");
+    assert_eq!(tokens.len(), 1);
+    let refreshed = tokens.into_iter().next().unwrap();
+    assert_ne!(refreshed, first_tokens[0]);
+    assert_eq!(provider.issued_tokens()[2], refreshed);
+
+    // The provider rotated the refresh token; the new one replaced the old,
+    // so the next refresh (forced by a short lifetime) works.
+    let rotated_refresh = provider.issued_tokens()[3].clone();
+    assert_eq!(provider.valid_refresh_tokens(), [rotated_refresh.clone()].into());
+    let got = plane
+        .connections(&plane.root_token)
+        .await
+        .get_connection(pb::GetConnectionRequest { org_id: org.clone(), id: connection.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert!(got.last_refreshed_at.is_some());
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &plane.database().await,
+        &format!("UPDATE oauth_connections SET expires_at = created_at WHERE id = '{}'", connection.id),
+    )
+    .await
+    .unwrap();
+    let again = access_token(&plane, &org, &connection.id).await.unwrap();
+    assert_ne!(again, refreshed);
+    assert_eq!(provider.refreshes(), 2);
+    // A valid token is handed out without a refresh.
+    assert_eq!(access_token(&plane, &org, &connection.id).await.unwrap(), again);
+    assert_eq!(provider.refreshes(), 2);
+
+    // Delete: gone here, and the grant is revoked at the provider.
+    let current_refresh = provider.valid_refresh_tokens().into_iter().next().unwrap();
+    let deleted = plane
+        .connections(&plane.root_token)
+        .await
+        .delete_connection(pb::DeleteConnectionRequest { org_id: org.clone(), id: connection.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.revoked, "{deleted:?}");
+    assert_eq!(provider.revoked(), [(current_refresh, "refresh_token".to_owned())]);
+    let err = access_token(&plane, &org, &connection.id).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Every access was audited in its transaction, without tokens.
+    let events = plane
+        .audit(&plane.root_token)
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest { org_id: org.clone(), page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .audit_events;
+    let count = |action: &str| events.iter().filter(|e| e.action == action).count();
+    assert_eq!(count("connection.created"), 1);
+    assert_eq!(count("connection.access_token_issued"), 52);
+    assert_eq!(count("connection.deleted"), 1);
+    let text = format!("{events:?}");
+    for token in provider.issued_tokens() {
+        assert!(!text.contains(&token), "a token appears in the audit log");
+    }
+}
+
+async fn client_secret_post_and_provider_failures(backend: Backend) {
+    let post = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Post).await;
+    let basic_only = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
+    let plane = start_or_skip_with!(
+        backend,
+        &[("post-co", &post, "client_secret_post"), ("misconfigured", &basic_only, "client_secret_post")]
+    );
+    let org = random_org();
+    let mut client = plane.connections(&plane.root_token).await;
+
+    // client_secret_post without PKCE.
+    let connection = client
+        .exchange_code(exchange(&org, "post-co", post.issue_code(None), ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert!(connection.has_refresh_token);
+
+    // The provider wanted Basic: invalid_client, named.
+    let err = client.exchange_code(exchange(&org, "misconfigured", basic_only.issue_code(None), "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("invalid_client") && err.message().contains("misconfigured"), "{err:?}");
+
+    // Wrong PKCE verifier, a reused code, and the failure modes.
+    let challenge = FakeProvider::challenge(VERIFIER);
+    let wrong_verifier = "x".repeat(43);
+    let err = client.exchange_code(exchange(&org, "post-co", post.issue_code(Some(&challenge)), &wrong_verifier)).await;
+    assert!(err.unwrap_err().message().contains("invalid_grant"));
+    let cases: [(Failure, Code, &str); 5] = [
+        (Failure::InvalidGrant, Code::FailedPrecondition, "invalid_grant"),
+        (Failure::ServerError, Code::Unavailable, "500"),
+        (Failure::Hang(Duration::from_secs(5)), Code::Unavailable, "timed out"),
+        (Failure::NotJson, Code::Unavailable, "JSON"),
+        (Failure::NoAccessToken, Code::Unavailable, "access_token"),
+    ];
+    for (failure, code, text) in cases {
+        post.fail_next(failure.clone());
+        let err = client.exchange_code(exchange(&org, "post-co", post.issue_code(None), "")).await.unwrap_err();
+        assert_eq!(err.code(), code, "{failure:?}: {err:?}");
+        assert!(err.message().contains(text), "{failure:?}: {}", err.message());
+    }
+    // Refresh failures surface the same way, and nothing changes.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &plane.database().await,
+        &format!("UPDATE oauth_connections SET expires_at = created_at WHERE id = '{}'", connection.id),
+    )
+    .await
+    .unwrap();
+    post.fail_next(Failure::InvalidGrant);
+    let err = access_token(&plane, &org, &connection.id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(access_token(&plane, &org, &connection.id).await.is_ok(), "the stored refresh token still works");
+
+    // Only the one good exchange was stored.
+    let listed = client
+        .list_connections(pb::ListConnectionsRequest { org_id: org.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.connections.len(), 1);
+
+    // Bad input names its field.
+    for (request, field) in [
+        (exchange(&org, "nope", "c".into(), ""), "provider"),
+        (exchange(&org, "post-co", String::new(), ""), "code"),
+        (exchange(&org, "post-co", "c".into(), "short"), "code_verifier"),
+        (
+            pb::ExchangeCodeRequest { redirect_uri: "not a uri".into(), ..exchange(&org, "post-co", "c".into(), "") },
+            "redirect_uri",
+        ),
+    ] {
+        assert_invalid_field(&client.exchange_code(request).await.unwrap_err(), field);
+    }
+}
+
+async fn tokens_are_sealed_and_tampering_is_detected(backend: Backend) {
+    let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
+    let plane = start_or_skip_with!(backend, &[("acme", &provider, "client_secret_basic")]);
+    let org = random_org();
+    plane.create_key(&org, &["orders:read"]).await;
+    let connection = connect(&plane, &org, &provider).await;
+    let token = access_token(&plane, &org, &connection.id).await.unwrap();
+    let listed = plane
+        .connections(&plane.root_token)
+        .await
+        .list_connections(pb::ListConnectionsRequest { org_id: org.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let dump = crate::secrets::dump_database(&plane).await;
+    let logs = keyplane_tests::logs::captured();
+    for secret in provider.issued_tokens().iter().chain([&CLIENT_SECRET.to_owned()]) {
+        for (place, text) in [("database", &dump), ("logs", &logs), ("list", &format!("{listed:?}"))] {
+            assert!(!text.contains(secret.as_str()), "a token appears in the {place}");
+        }
+    }
+    assert!(provider.issued_tokens().contains(&token));
+
+    // Tampering: a flipped byte, an unknown key id, access and refresh swapped.
+    let db = plane.database().await;
+    let sealed = |column: &'static str| {
+        let db = &db;
+        let id = connection.id.clone();
+        async move {
+            let row = db
+                .query_one_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    format!("SELECT {column} AS v FROM oauth_connections WHERE id = '{id}'"),
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get::<String>("", "v").unwrap()
+        }
+    };
+    let (access, refresh) = (sealed("sealed_access_token").await, sealed("sealed_refresh_token").await);
+    let set = |value: String| {
+        let db = &db;
+        let id = connection.id.clone();
+        async move {
+            db.execute_unprepared(&format!(
+                "UPDATE oauth_connections SET sealed_access_token = '{value}' WHERE id = '{id}'"
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    let mut flipped = access.clone().into_bytes();
+    let at = flipped.len() - 3;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    for (value, expected) in [
+        (String::from_utf8(flipped).unwrap(), "authentication failed"),
+        (format!("k9:{}", access.split_once(':').unwrap().1), "unknown master key"),
+        (refresh.clone(), "authentication failed"),
+    ] {
+        set(value).await;
+        let err = access_token(&plane, &org, &connection.id).await.unwrap_err();
+        assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+        assert!(err.message().contains(expected), "{}", err.message());
+    }
+    set(access).await;
+    assert_eq!(access_token(&plane, &org, &connection.id).await.unwrap(), token);
+}
+
+async fn connections_respect_orgs_and_scopes(backend: Backend) {
+    let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
+    let plane = start_or_skip_with!(backend, &[("acme", &provider, "client_secret_basic")]);
+    let (org_a, org_b) = (random_org(), random_org());
+    let connection = connect(&plane, &org_b, &provider).await;
+    let (_, a_admin) = plane.create_key(&org_a, &["keyplane:admin"]).await;
+    let mut a = plane.connections(&a_admin).await;
+    for code in [
+        a.get_connection(pb::GetConnectionRequest { org_id: String::new(), id: connection.id.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        a.get_access_token(pb::GetAccessTokenRequest { org_id: String::new(), id: connection.id.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        a.delete_connection(pb::DeleteConnectionRequest { org_id: String::new(), id: connection.id.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+    ] {
+        assert_eq!(code, Code::NotFound);
+    }
+    let (_, reader) = plane.create_key(&org_b, &["keyplane:connections:read"]).await;
+    let mut reader = plane.connections(&reader).await;
+    let listed = reader.list_connections(pb::ListConnectionsRequest::default()).await.unwrap().into_inner().connections;
+    assert_eq!(listed.len(), 1);
+    let err = reader
+        .get_access_token(pb::GetAccessTokenRequest { org_id: String::new(), id: connection.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("keyplane:connections:reveal"));
+    let err = reader.exchange_code(exchange("", "acme", provider.issue_code(None), "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let (_, revealer) = plane.create_key(&org_b, &["keyplane:connections:reveal"]).await;
+    let token = plane
+        .connections(&revealer)
+        .await
+        .get_access_token(pb::GetAccessTokenRequest { org_id: String::new(), id: connection.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    assert!(provider.issued_tokens().contains(&token));
+}
+
+/// One sealed value of each kind and what opening it must give.
+struct Sealed {
+    org: String,
+    key_id: String,
+    recoverable_token: String,
+    subscription_id: String,
+    connection_id: String,
+    access_token: String,
+}
+
+impl Sealed {
+    /// Opens every value through the API: reveal, access token and, with
+    /// `rotate`, a secret rotation (which re-seals the subscription's secrets).
+    async fn readable(&self, plane: &TestControlPlane, rotate: bool) {
+        let revealed = plane
+            .keys(&plane.root_token)
+            .await
+            .reveal_api_key(pb::RevealApiKeyRequest { org_id: self.org.clone(), id: self.key_id.clone() })
+            .await
+            .expect("reveal")
+            .into_inner()
+            .token;
+        assert_eq!(revealed, self.recoverable_token);
+        assert_eq!(access_token(plane, &self.org, &self.connection_id).await.expect("access token"), self.access_token);
+        if !rotate {
+            return;
+        }
+        plane
+            .webhooks(&plane.root_token)
+            .await
+            .rotate_subscription_secret(pb::RotateSubscriptionSecretRequest {
+                org_id: self.org.clone(),
+                id: self.subscription_id.clone(),
+                grace_period: None,
+            })
+            .await
+            .expect("rotation opens the sealed secrets");
+    }
+}
+
+fn write_keys(path: &Path, lines: &[&str]) {
+    std::fs::write(path, lines.concat()).unwrap();
+}
+
+/// Runs `keyplane reseal` against `plane`'s database with `key_file`.
+fn reseal(plane: &TestControlPlane, key_file: &Path) -> String {
+    let output = std::process::Command::new(workspace_binary("keyplane"))
+        .args(["reseal", "--data-dir", &plane.data_dir.display().to_string()])
+        .args(["--database-url", &plane.database_url, "--master-key-file", &key_file.display().to_string()])
+        .output()
+        .expect("run keyplane reseal");
+    assert!(output.status.success(), "reseal failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn reseal_moves_every_secret_to_the_new_master_key(backend: Backend) {
+    let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
+    let Some(mut plane) = start(backend, &[("acme", &provider, "client_secret_basic")]).await else { return };
+    let key_file = plane.data_dir.join("master-keys.conf");
+    let k1 = keyplane_control_plane::crypto::MasterKeys::generate_line("k1");
+    let k2 = keyplane_control_plane::crypto::MasterKeys::generate_line("k2");
+    write_keys(&key_file, &[&k1]);
+    plane.stop_for_now().await;
+    plane.config.master_key_file = Some(key_file.clone());
+    plane.start_again().await;
+
+    // One value of each kind, sealed under k1.
+    let org = random_org();
+    let recoverable = plane
+        .keys(&plane.root_token)
+        .await
+        .create_api_key(pb::CreateApiKeyRequest {
+            org_id: org.clone(),
+            name: "recoverable".into(),
+            recoverable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key_id = recoverable.api_key.unwrap().id;
+    let (subscription, _) =
+        crate::webhooks::subscribe(&plane, &org, "https://hooks.example.com/x", &["never.sent"]).await;
+    let connection = connect(&plane, &org, &provider).await;
+    let token = access_token(&plane, &org, &connection.id).await.unwrap();
+    let sealed = Sealed {
+        org: org.clone(),
+        key_id,
+        recoverable_token: recoverable.token.clone(),
+        subscription_id: subscription.id.clone(),
+        connection_id: connection.id.clone(),
+        access_token: token,
+    };
+    sealed.readable(&plane, true).await;
+
+    // Add k2 (newest): old values still readable.
+    write_keys(&key_file, &[&k1, &k2]);
+    plane.stop_for_now().await;
+    plane.start_again().await;
+    sealed.readable(&plane, false).await;
+
+    // Reseal while serving.
+    let report = reseal(&plane, &key_file);
+    assert!(report.contains("api_keys re-sealed              1"), "{report}");
+    assert!(report.contains("webhook_subscriptions re-sealed 1"), "{report}");
+    assert!(report.contains("oauth tokens re-sealed          2"), "{report}");
+    let db = plane.database().await;
+    for (table, column) in [
+        ("api_keys", "sealed_token"),
+        ("webhook_subscriptions", "sealed_secrets"),
+        ("oauth_connections", "sealed_access_token"),
+        ("oauth_connections", "sealed_refresh_token"),
+    ] {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT {column} AS v FROM {table} WHERE {column} IS NOT NULL"),
+            ))
+            .await
+            .unwrap();
+        for row in rows {
+            let value: String = row.try_get("", "v").unwrap();
+            assert!(value.starts_with("k2:"), "{table}.{column} still under an old key");
+        }
+    }
+    sealed.readable(&plane, false).await;
+    let again = reseal(&plane, &key_file);
+    assert!(again.contains("api_keys re-sealed              0") && again.contains("oauth tokens re-sealed          0"));
+
+    // Remove k1: everything still opens.
+    write_keys(&key_file, &[&k2]);
+    plane.stop_for_now().await;
+    plane.start_again().await;
+    sealed.readable(&plane, true).await;
+    plane.stop().await;
+}
