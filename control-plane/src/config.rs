@@ -153,13 +153,13 @@ pub struct EgressArgs {
     /// metadata addresses are refused otherwise.
     #[arg(
         long = "egress-allow-cidr",
-        alias = "webhook-allow-cidr",
+        visible_alias = "webhook-allow-cidr",
         env = "KEYPLANE_EGRESS_ALLOW_CIDR",
         value_delimiter = ','
     )]
     pub allow_cidr: Vec<ipnet::IpNet>,
     /// Allow plain `http://` destinations (https only otherwise).
-    #[arg(long = "egress-allow-http", alias = "webhook-allow-http", env = "KEYPLANE_EGRESS_ALLOW_HTTP")]
+    #[arg(long = "egress-allow-http", visible_alias = "webhook-allow-http", env = "KEYPLANE_EGRESS_ALLOW_HTTP")]
     pub allow_http: bool,
 }
 

@@ -25,9 +25,10 @@ async fn acknowledged_events_survive_sigkill(backend: Backend) {
     let mut args: Vec<String> = [
         "--data-dir",
         &data.path().display().to_string(),
-        "--egress-allow-cidr",
+        // The names (aliases of --egress-allow-cidr / --egress-allow-http).
+        "--webhook-allow-cidr",
         "127.0.0.0/8",
-        "--egress-allow-http",
+        "--webhook-allow-http",
         "--webhook-timeout",
         "1s",
         "--webhook-lease",
