@@ -323,7 +323,7 @@ mod tests {
 
         let unknown = good.replace("auth_method", "color = \"red\"\nauth_method");
         let error = Providers::parse(&unknown, "test").unwrap_err().to_string();
-        assert!(error.contains("line 7") && error.contains("color"), "{error}");
+        assert!(error.contains("line 6") && error.contains("color"), "{error}");
         let malformed = "[providers.x\ntoken_url = 1";
         assert!(Providers::parse(malformed, "test").unwrap_err().to_string().contains("line 1"));
         let no_secret = good.replace(&format!("client_secret_file = \"{}\"\n", secret.display()), "");
