@@ -114,6 +114,22 @@ async fn deliveries_of(plane: &TestControlPlane, org: &str, subscription: &str) 
         .deliveries
 }
 
+/// Calls `fetch` every 50 ms until `done` holds for its result (at most [`WAIT`]).
+async fn poll_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    mut fetch: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = fetch().await;
+        if done(&value) {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached the expected state: {value:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls a delivery until `done` holds; returns it with its attempts.
 async fn wait_delivery(
     plane: &TestControlPlane,
@@ -121,20 +137,16 @@ async fn wait_delivery(
     id: &str,
     done: impl Fn(&pb::Delivery) -> bool,
 ) -> pb::GetDeliveryResponse {
-    let mut client = plane.deliveries(&plane.root_token).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let response = client
-            .get_delivery(pb::GetDeliveryRequest { org_id: org.to_owned(), id: id.to_owned() })
-            .await
-            .expect("get delivery")
-            .into_inner();
-        if done(response.delivery.as_ref().expect("delivery")) {
-            return response;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "delivery never reached the state: {response:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let client = plane.deliveries(&plane.root_token).await;
+    let request = pb::GetDeliveryRequest { org_id: org.to_owned(), id: id.to_owned() };
+    poll_until(
+        || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.get_delivery(request).await.expect("get delivery").into_inner() }
+        },
+        |response| done(response.delivery.as_ref().expect("delivery")),
+    )
+    .await
 }
 
 fn status_is(status: pb::DeliveryStatus) -> impl Fn(&pb::Delivery) -> bool {
@@ -148,22 +160,24 @@ async fn wait_subscription(
     id: &str,
     done: impl Fn(&pb::Subscription) -> bool,
 ) -> pb::Subscription {
-    let mut client = plane.webhooks(&plane.root_token).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let subscription = client
-            .get_subscription(pb::GetSubscriptionRequest { org_id: org.to_owned(), id: id.to_owned() })
-            .await
-            .expect("get subscription")
-            .into_inner()
-            .subscription
-            .expect("subscription");
-        if done(&subscription) {
-            return subscription;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "subscription never reached the state: {subscription:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let client = plane.webhooks(&plane.root_token).await;
+    let request = pb::GetSubscriptionRequest { org_id: org.to_owned(), id: id.to_owned() };
+    poll_until(
+        || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move {
+                client
+                    .get_subscription(request)
+                    .await
+                    .expect("get subscription")
+                    .into_inner()
+                    .subscription
+                    .expect("subscription")
+            }
+        },
+        done,
+    )
+    .await
 }
 
 /// The `v1,` signatures of a received request that `secret` produced.

@@ -292,6 +292,30 @@ pub async fn authed_channel(addr: &str, token: &str) -> Authed {
     InterceptedService::new(channel, Bearer(format!("Bearer {token}").parse().expect("ascii token")))
 }
 
+/// Serves HTTP/1 and HTTP/2 on `listener` with `handler` until the test
+/// process ends (the fake servers: echo app, webhook receiver, OAuth provider).
+pub fn serve_http<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<
+            Output = Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, std::convert::Infallible>,
+        > + Send
+        + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(handler);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
 /// A fresh random org id, so tests never see each other's data.
 pub fn random_org() -> String {
     format!("org_{}", postgres::random_suffix())

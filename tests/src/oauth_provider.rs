@@ -13,10 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
@@ -85,16 +82,7 @@ impl FakeProvider {
             issued_tokens: Mutex::default(),
         });
         let shared = state.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(state.clone(), request));
-                    let _ =
-                        auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-        });
+        crate::serve_http(listener, move |request| answer(shared.clone(), request));
         Self { addr, state }
     }
 
