@@ -54,15 +54,33 @@ impl EgressPolicy {
     }
 
     /// An HTTP client that enforces this policy, with a whole-request `timeout`.
-    pub fn client(self: &Arc<Self>, timeout: Duration) -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
+    pub fn client(self: &Arc<Self>, timeout: Duration) -> reqwest::Result<EgressClient> {
+        let http = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver { policy: self.clone() }))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("Keyplane/", env!("CARGO_PKG_VERSION")))
-            .build()
+            .build()?;
+        Ok(EgressClient { policy: self.clone(), http })
+    }
+}
+
+/// The only way Keyplane makes outbound requests: every URL is checked
+/// before the request (scheme, IP literals) and every resolved address when
+/// connecting.
+#[derive(Clone)]
+pub struct EgressClient {
+    policy: Arc<EgressPolicy>,
+    http: reqwest::Client,
+}
+
+impl EgressClient {
+    /// A POST to `url`, or why the policy refuses it.
+    pub fn post(&self, url: Url) -> Result<reqwest::RequestBuilder, String> {
+        self.policy.check_url(&url)?;
+        Ok(self.http.post(url))
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::egress::EgressPolicy;
+use crate::egress::{EgressClient, EgressPolicy};
 use crate::error::{Error, Result};
 
 /// Longest provider error description repeated to callers.
@@ -177,7 +177,7 @@ struct ErrorAnswer {
 
 /// Calls providers' token and revocation endpoints.
 pub struct OAuthClient {
-    http: reqwest::Client,
+    http: EgressClient,
     timeout: Duration,
 }
 
@@ -246,7 +246,13 @@ impl OAuthClient {
 
     /// POSTs `form` to `url` with the provider's client authentication.
     async fn send(&self, provider: &Provider, url: &Url, mut form: Vec<(&str, &str)>) -> Result<reqwest::Response> {
-        let mut request = self.http.post(url.clone()).header(http::header::ACCEPT, "application/json");
+        let mut request = self
+            .http
+            .post(url.clone())
+            .map_err(|why| {
+                Error::ProviderUnavailable(format!("provider {} is not reachable by policy: {why}", provider.name))
+            })?
+            .header(http::header::ACCEPT, "application/json");
         match provider.auth_method {
             AuthMethod::ClientSecretBasic => {
                 // RFC 6749 §2.3.1: form-urlencode id and secret before Basic encoding.

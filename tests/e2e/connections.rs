@@ -19,6 +19,7 @@ both_backends!(
     client_secret_post_and_provider_failures,
     tokens_are_sealed_and_tampering_is_detected,
     connections_respect_orgs_and_scopes,
+    provider_calls_obey_the_egress_policy,
     reseal_moves_every_secret_to_the_new_master_key,
 );
 
@@ -27,6 +28,15 @@ const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-0123456789";
 
 /// A control plane that knows `providers` (name, provider, auth method) and may call loopback.
 async fn start(backend: Backend, providers: &[(&str, &FakeProvider, &str)]) -> Option<TestControlPlane> {
+    start_with_egress(backend, providers, true).await
+}
+
+/// Like [`start`]; loopback is reachable only if `allow_loopback`.
+async fn start_with_egress(
+    backend: Backend,
+    providers: &[(&str, &FakeProvider, &str)],
+    allow_loopback: bool,
+) -> Option<TestControlPlane> {
     let dir = tempfile::tempdir().unwrap().keep();
     let secret = dir.join("client-secret");
     std::fs::write(&secret, CLIENT_SECRET).unwrap();
@@ -36,7 +46,9 @@ async fn start(backend: Backend, providers: &[(&str, &FakeProvider, &str)]) -> O
     TestControlPlane::start_with(backend, |config| {
         config.oauth_providers = Some(file);
         config.oauth_timeout = Duration::from_secs(1);
-        config.egress.allow_cidr = vec!["127.0.0.0/8".parse().unwrap()];
+        if allow_loopback {
+            config.egress.allow_cidr = vec!["127.0.0.0/8".parse().unwrap()];
+        }
         config.egress.allow_http = true;
     })
     .await
@@ -505,4 +517,21 @@ async fn reseal_moves_every_secret_to_the_new_master_key(backend: Backend) {
     plane.start_again().await;
     sealed.readable(&plane, true).await;
     plane.stop().await;
+}
+
+async fn provider_calls_obey_the_egress_policy(backend: Backend) {
+    let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
+    let Some(plane) = start_with_egress(backend, &[("acme", &provider, "client_secret_basic")], false).await else {
+        return;
+    };
+    let org = random_org();
+    let err = plane
+        .connections(&plane.root_token)
+        .await
+        .exchange_code(exchange(&org, "acme", provider.issue_code(None), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("loopback") && err.message().contains("--egress-allow-cidr"), "{}", err.message());
+    assert!(provider.issued_tokens().is_empty(), "the provider was never contacted");
 }

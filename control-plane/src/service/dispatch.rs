@@ -26,7 +26,7 @@ use super::events::{commit_with_deliveries, delivery_body, publish_own};
 use super::webhooks::signing_secrets;
 use crate::config::WebhookArgs;
 use crate::crypto::signing::{WebhookSecret, signature_header};
-use crate::egress::EgressPolicy;
+use crate::egress::{EgressClient, EgressPolicy};
 use crate::error::{Error, Result};
 use crate::store::deliveries::{self, AttemptRecord, NextStep};
 use crate::store::{self, OrgTx, audit, events, webhooks};
@@ -114,8 +114,7 @@ struct Answer {
 pub struct Dispatcher {
     core: Arc<Core>,
     settings: DispatchSettings,
-    egress: Arc<EgressPolicy>,
-    client: reqwest::Client,
+    client: EgressClient,
     permits: Arc<Semaphore>,
     in_flight: Mutex<HashMap<String, usize>>,
     limiters: Mutex<HashMap<String, (i32, Arc<DefaultDirectRateLimiter>)>>,
@@ -129,7 +128,6 @@ impl Dispatcher {
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             core,
             settings,
-            egress,
             client,
             in_flight: Mutex::default(),
             limiters: Mutex::default(),
@@ -343,13 +341,12 @@ impl Dispatcher {
     /// POSTs `event` to `url`, signed with every secret.
     async fn post(&self, url: &str, event: &events::Model, secrets: &[WebhookSecret]) -> Result<Answer, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-        self.egress.check_url(&url)?;
         let body = delivery_body(event);
         let timestamp = Utc::now().timestamp();
         let signature = signature_header(secrets, &event.id, timestamp, body.as_bytes());
         let mut response = self
             .client
-            .post(url)
+            .post(url)?
             .header("webhook-id", &event.id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
