@@ -429,6 +429,13 @@ async fn gone_disables_the_endpoint_and_announces_it(backend: Backend) {
     let delivery = deliveries_of(&plane, &org, &gone.id).await.remove(0);
     let failed = wait_delivery(&plane, &org, &delivery.id, status_is(pb::DeliveryStatus::Failed)).await;
     assert_eq!(failed.attempts.len(), 1, "410 is not retried");
+    let err = plane
+        .deliveries(&plane.root_token)
+        .await
+        .retry_delivery(pb::RetryDeliveryRequest { org_id: org.clone(), id: delivery.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "retrying to a disabled endpoint: {err:?}");
 
     let announcement = receiver.wait_for("/watcher", 1, WAIT).await.remove(0);
     assert!(verifies_with(&secret, &announcement));

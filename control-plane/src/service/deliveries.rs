@@ -76,6 +76,7 @@ impl DeliveryService {
         if current.status == deliveries::PENDING {
             return Err(Error::FailedPrecondition("the delivery is already pending".into()));
         }
+        require_active(&tx, &current.subscription_id).await?;
         let delivery = deliveries::retry(&tx, id).await?.ok_or(Error::NotFound("delivery"))?;
         audit::append(&tx, ctx.audit("delivery.retried", "delivery", id, json!({ "previous_status": current.status })))
             .await?;
@@ -93,7 +94,7 @@ impl DeliveryService {
     ) -> Result<u64> {
         let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
         let tx = OrgTx::begin(&self.core.db, &org).await?;
-        webhooks::find(tx.conn(), tx.org(), subscription_id).await?.ok_or(Error::NotFound("subscription"))?;
+        require_active(&tx, subscription_id).await?;
         let recovered = deliveries::recover_failed(&tx, subscription_id, since).await?;
         audit::append(
             &tx,
@@ -118,14 +119,7 @@ impl DeliveryService {
     ) -> Result<deliveries::Model> {
         let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
         let tx = OrgTx::begin(&self.core.db, &org).await?;
-        let subscription =
-            webhooks::find(tx.conn(), tx.org(), subscription_id).await?.ok_or(Error::NotFound("subscription"))?;
-        if subscription.status != webhooks::ACTIVE {
-            return Err(Error::FailedPrecondition(format!(
-                "the subscription is {}; only an active one can be sent a test event",
-                subscription.status
-            )));
-        }
+        let subscription = require_active(&tx, subscription_id).await?;
         let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });
         let (event, mut deliveries) =
             store_event(&tx, TEST_EVENT_TYPE, payload.to_string(), None, std::slice::from_ref(&subscription.id))
@@ -138,4 +132,17 @@ impl DeliveryService {
         commit_with_deliveries(&self.core, tx).await?;
         deliveries.pop().ok_or(Error::NotFound("delivery"))
     }
+}
+
+/// The subscription `id` of the transaction's org, if it is active: sending
+/// to a disabled or unapproved one would only fail again.
+async fn require_active(tx: &OrgTx, id: &str) -> Result<webhooks::Model> {
+    let subscription = webhooks::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("subscription"))?;
+    if subscription.status != webhooks::ACTIVE {
+        return Err(Error::FailedPrecondition(format!(
+            "the subscription is {}; enable (or approve) it before sending to it",
+            subscription.status
+        )));
+    }
+    Ok(subscription)
 }

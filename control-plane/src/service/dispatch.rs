@@ -43,6 +43,8 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const EXCERPT_BYTES: usize = 4096;
 /// Retry delays vary by ±this fraction so failed endpoints are not hit in lockstep.
 const JITTER: f64 = 0.2;
+/// A subscription's rate limiter is forgotten after this long unused.
+const LIMITER_IDLE: Duration = Duration::from_secs(600);
 /// Rows purged per retention statement.
 const PURGE_BATCH: u64 = 1000;
 
@@ -117,7 +119,8 @@ pub struct Dispatcher {
     client: EgressClient,
     permits: Arc<Semaphore>,
     in_flight: Mutex<HashMap<String, usize>>,
-    limiters: Mutex<HashMap<String, (i32, Arc<DefaultDirectRateLimiter>)>>,
+    /// Rate limiters of subscriptions with a limit, dropped when idle.
+    limiters: moka::sync::Cache<String, Arc<(NonZeroU32, DefaultDirectRateLimiter)>>,
 }
 
 impl Dispatcher {
@@ -130,7 +133,7 @@ impl Dispatcher {
             settings,
             client,
             in_flight: Mutex::default(),
-            limiters: Mutex::default(),
+            limiters: moka::sync::Cache::builder().time_to_idle(LIMITER_IDLE).build(),
         }))
     }
 
@@ -276,18 +279,15 @@ impl Dispatcher {
             return Some(ENDPOINT_BUSY_DELAY);
         }
         let per_second = NonZeroU32::new(u32::try_from(subscription.rate_limit_per_second).ok()?)?;
-        let limiter = {
-            let mut limiters = self.limiters.lock().ok()?;
-            let entry = limiters.entry(subscription.id.clone()).or_insert_with(|| {
-                (subscription.rate_limit_per_second, Arc::new(RateLimiter::direct(Quota::per_second(per_second))))
-            });
-            if entry.0 != subscription.rate_limit_per_second {
-                *entry =
-                    (subscription.rate_limit_per_second, Arc::new(RateLimiter::direct(Quota::per_second(per_second))));
+        let limiter = match self.limiters.get(&subscription.id) {
+            Some(limiter) if limiter.0 == per_second => limiter,
+            _ => {
+                let limiter = Arc::new((per_second, RateLimiter::direct(Quota::per_second(per_second))));
+                self.limiters.insert(subscription.id.clone(), limiter.clone());
+                limiter
             }
-            entry.1.clone()
         };
-        limiter.check().err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        limiter.1.check().err().map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     /// Sends one attempt and says what happened.
