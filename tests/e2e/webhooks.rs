@@ -318,6 +318,15 @@ async fn failures_retry_then_dead_letter_then_retry_and_recover_by_hand(backend:
         assert!(gap >= Duration::from_millis(150), "retry came after {gap:?}, before the scheduled 200 ms - 20%");
     }
 
+    // Response excerpts keep at most 4 KiB.
+    receiver.set("/verbose", Behavior::LargeError(10_000));
+    let (verbose, _) = subscribe(&plane, &org, &receiver.url("/verbose"), &["job.verbose"]).await;
+    publish(&plane, &org, "job.verbose", "{}").await;
+    let delivery = deliveries_of(&plane, &org, &verbose.id).await.remove(0);
+    let attempted = wait_delivery(&plane, &org, &delivery.id, |d| d.attempt_count >= 1).await;
+    assert_eq!(attempted.attempts[0].status_code, 503);
+    assert_eq!(attempted.attempts[0].response_excerpt, "x".repeat(4096));
+
     // Three failed attempts: dead-lettered.
     publish(&plane, &org, "job.failed", "{}").await;
     let first = deliveries_of(&plane, &org, &down.id).await.remove(0);

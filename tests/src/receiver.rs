@@ -37,6 +37,8 @@ pub enum Behavior {
     Gone,
     /// 307 to this location.
     Redirect(String),
+    /// 503 with a body of this many bytes.
+    LargeError(usize),
 }
 
 /// One request the receiver got.
@@ -160,6 +162,11 @@ async fn answer(
         }
         Behavior::TooManyRequests { .. } => respond(StatusCode::OK, "ok"),
         Behavior::Gone => respond(StatusCode::GONE, "gone"),
+        Behavior::LargeError(size) => {
+            let mut response = Response::new(Full::new(Bytes::from(vec![b'x'; size])));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+        }
         Behavior::Redirect(location) => {
             let mut response = respond(StatusCode::TEMPORARY_REDIRECT, "");
             response.headers_mut().insert("location", location.parse().expect("location"));
