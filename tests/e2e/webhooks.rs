@@ -475,8 +475,8 @@ async fn gone_disables_the_endpoint_and_announces_it(backend: Backend) {
 
 async fn an_endpoint_failing_too_long_is_disabled(backend: Backend) {
     let plane = start_or_skip_with!(backend, |config| {
-        config.webhooks.retry_schedule = schedule("0s,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms");
-        config.webhooks.disable_after = Duration::from_secs(1);
+        config.webhooks.retry_schedule = schedule("0s,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms");
+        config.webhooks.disable_after = Duration::from_secs(2);
     });
     let receiver = Receiver::start().await;
     let org = random_org();
@@ -485,7 +485,7 @@ async fn an_endpoint_failing_too_long_is_disabled(backend: Backend) {
     subscribe(&plane, &org, &receiver.url("/watcher"), &["webhook.endpoint_disabled"]).await;
     publish(&plane, &org, "thing.happened", "{}").await;
     let failing = wait_subscription(&plane, &org, &broken.id, |s| s.failing_since.is_some()).await;
-    assert_eq!(failing.status, pb::SubscriptionStatus::Active as i32, "not yet: failing for less than 1 s");
+    assert_eq!(failing.status, pb::SubscriptionStatus::Active as i32, "not yet: failing for less than 2 s");
     let disabled =
         wait_subscription(&plane, &org, &broken.id, |s| s.status == pb::SubscriptionStatus::Disabled as i32).await;
     assert!(disabled.disabled_reason.contains("failed since"), "{disabled:?}");
