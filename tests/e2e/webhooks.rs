@@ -475,7 +475,8 @@ async fn gone_disables_the_endpoint_and_announces_it(backend: Backend) {
 
 async fn an_endpoint_failing_too_long_is_disabled(backend: Backend) {
     let plane = start_or_skip_with!(backend, |config| {
-        config.webhooks.retry_schedule = schedule("0s,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms");
+        config.webhooks.retry_schedule =
+            schedule("0s,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms");
         config.webhooks.disable_after = Duration::from_secs(2);
     });
     let receiver = Receiver::start().await;

@@ -18,8 +18,8 @@ use crate::store::{self, OrgTx, audit};
 
 /// An access token expiring within this is refreshed before it is handed out.
 pub const REFRESH_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
-/// Refresh locks; connections share them by hash (bounded memory, rare collisions).
-const REFRESH_LOCKS: usize = 64;
+/// A connection's refresh lock is forgotten after this long unused.
+const REFRESH_LOCK_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 const PAGE_KIND: &str = "connections";
 
 /// Input of [`ConnectionService::exchange_code`].
@@ -62,13 +62,14 @@ pub struct ConnectionService {
     core: Arc<Core>,
     providers: Providers,
     client: OAuthClient,
-    refresh_locks: Vec<tokio::sync::Mutex<()>>,
+    /// One lock per connection in use, so concurrent callers share one refresh.
+    refresh_locks: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl ConnectionService {
     /// A connection service for `providers`, calling them through `client`.
     pub fn new(core: Arc<Core>, providers: Providers, client: OAuthClient) -> Self {
-        let refresh_locks = (0..REFRESH_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
+        let refresh_locks = moka::sync::Cache::builder().time_to_idle(REFRESH_LOCK_IDLE).build();
         Self { core, providers, client, refresh_locks }
     }
 
@@ -159,7 +160,8 @@ impl ConnectionService {
     /// [`REFRESH_MARGIN`]; concurrent callers wait for one refresh. Audited.
     pub async fn access_token(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<AccessToken> {
         let org = ctx.authorize(Scope::ConnectionsReveal, org_id)?;
-        let _refreshing = self.refresh_locks[lock_index(id)].lock().await;
+        let lock = self.refresh_locks.get_with(format!("{org}/{id}"), Arc::default);
+        let _refreshing = lock.lock().await;
         let current = connections::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("connection"))?;
         let due = current.expires_at.is_some_and(|at| at - store::now() <= REFRESH_MARGIN);
         let (connection, refreshed) = if due { self.refresh(&org, current).await? } else { (current, false) };
@@ -280,9 +282,4 @@ pub fn associated(id: &str, kind: &str) -> String {
 
 fn scopes_of(tokens: &TokenSet) -> Vec<String> {
     tokens.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect()
-}
-
-fn lock_index(id: &str) -> usize {
-    let digest = crate::crypto::sha256(id.as_bytes());
-    usize::from(digest[0]) % REFRESH_LOCKS
 }

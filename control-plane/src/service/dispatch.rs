@@ -157,7 +157,12 @@ impl Dispatcher {
                 _ = finished.recv_many(&mut batch, RECORD_BATCH) => self.record(&mut batch).await,
                 () = self.core.deliveries_due.notified() => {}
                 () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    // A dropped sender means the server is gone: stop too.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
         drop(results);
