@@ -7,6 +7,7 @@ use sea_orm_migration::prelude::*;
 mod m20261122_000001_api_keys;
 mod m20261122_000002_webhooks;
 mod m20261122_000003_oauth_connections;
+mod m20261122_000004_api_key_name_statistics;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_api_keys::Migration),
             Box::new(m20261122_000002_webhooks::Migration),
             Box::new(m20261122_000003_oauth_connections::Migration),
+            Box::new(m20261122_000004_api_key_name_statistics::Migration),
         ]
     }
 }
