@@ -83,3 +83,25 @@ async fn a_bad_oauth_providers_file_stops_start_up_naming_the_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 5") && stderr.contains("colour"), "{stderr}");
 }
+
+#[tokio::test]
+async fn ids_order_bytewise_on_postgres_whatever_the_database_collation() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let Some(plane) = keyplane_tests::TestControlPlane::start(Backend::Postgres).await else { return };
+    let db = plane.database().await;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT table_name::text AS t, collation_name::text AS c FROM information_schema.columns \
+             WHERE column_name = 'id' AND table_name IN \
+             ('api_keys', 'webhook_subscriptions', 'webhook_deliveries', 'oauth_connections')",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        let (table, collation): (String, Option<String>) =
+            (row.try_get("", "t").unwrap(), row.try_get("", "c").unwrap());
+        assert_eq!(collation.as_deref(), Some("C"), "{table}.id must compare bytewise");
+    }
+}
