@@ -409,16 +409,8 @@ impl Sealed {
         if !rotate {
             return;
         }
-        plane
-            .webhooks(&plane.root_token)
-            .await
-            .rotate_subscription_secret(pb::RotateSubscriptionSecretRequest {
-                org_id: self.org.clone(),
-                id: self.subscription_id.clone(),
-                grace_period: None,
-            })
-            .await
-            .expect("rotation opens the sealed secrets");
+        // Rotation opens the stored secrets (and fails if it cannot).
+        crate::webhooks::rotate_secret(plane, &self.org, &self.subscription_id, None).await;
     }
 }
 

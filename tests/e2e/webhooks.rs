@@ -97,6 +97,36 @@ pub async fn publish(plane: &TestControlPlane, org: &str, event_type: &str, payl
         .into_inner()
 }
 
+/// Enables or disables a subscription with the root token; returns it.
+async fn set_enabled(plane: &TestControlPlane, org: &str, id: &str, enabled: bool) -> pb::Subscription {
+    let request = pb::UpdateSubscriptionRequest {
+        org_id: org.to_owned(),
+        id: id.to_owned(),
+        update: Some(pb::SubscriptionUpdate { enabled, ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+    };
+    let updated = plane.webhooks(&plane.root_token).await.update_subscription(request).await.expect("update");
+    updated.into_inner().subscription.expect("subscription")
+}
+
+/// Rotates a subscription's secret with the root token (grace in seconds;
+/// `None` for the default); returns the new secret.
+pub async fn rotate_secret(plane: &TestControlPlane, org: &str, id: &str, grace_seconds: Option<i64>) -> String {
+    let request = pb::RotateSubscriptionSecretRequest {
+        org_id: org.to_owned(),
+        id: id.to_owned(),
+        grace_period: grace_seconds.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+    };
+    plane
+        .webhooks(&plane.root_token)
+        .await
+        .rotate_subscription_secret(request)
+        .await
+        .expect("rotate")
+        .into_inner()
+        .secret
+}
+
 /// The deliveries of a subscription, newest first.
 async fn deliveries_of(plane: &TestControlPlane, org: &str, subscription: &str) -> Vec<pb::Delivery> {
     plane
@@ -251,17 +281,7 @@ async fn wildcards_pick_subscriptions_and_idempotency_keys_dedupe(backend: Backe
     subscribe(&plane, &org, &receiver.url("/all"), &["*"]).await;
     subscribe(&plane, &org, &receiver.url("/invoices"), &["invoice.paid"]).await;
     let (disabled, _) = subscribe(&plane, &org, &receiver.url("/disabled"), &["*"]).await;
-    plane
-        .webhooks(&plane.root_token)
-        .await
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            org_id: org.clone(),
-            id: disabled.id.clone(),
-            update: Some(pb::SubscriptionUpdate { enabled: false, ..Default::default() }),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
-        })
-        .await
-        .unwrap();
+    set_enabled(&plane, &org, &disabled.id, false).await;
     // Another org's catch-all sees nothing of this org.
     subscribe(&plane, &random_org(), &receiver.url("/other-org"), &["*"]).await;
 
@@ -493,20 +513,7 @@ async fn an_endpoint_failing_too_long_is_disabled(backend: Backend) {
     receiver.wait_for("/watcher", 1, WAIT).await;
 
     // Enabling it again clears the failure run.
-    let enabled = plane
-        .webhooks(&plane.root_token)
-        .await
-        .update_subscription(pb::UpdateSubscriptionRequest {
-            org_id: org.clone(),
-            id: broken.id.clone(),
-            update: Some(pb::SubscriptionUpdate { enabled: true, ..Default::default() }),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .subscription
-        .unwrap();
+    let enabled = set_enabled(&plane, &org, &broken.id, true).await;
     assert_eq!(enabled.status, pb::SubscriptionStatus::Active as i32);
     assert!(enabled.failing_since.is_none() && enabled.disabled_reason.is_empty());
 }
@@ -545,18 +552,7 @@ async fn rotated_secrets_sign_during_the_grace_period_only(backend: Backend) {
     let receiver = Receiver::start().await;
     let org = random_org();
     let (subscription, old_secret) = subscribe(&plane, &org, &receiver.url("/hook"), &["a.b"]).await;
-    let rotated = plane
-        .webhooks(&plane.root_token)
-        .await
-        .rotate_subscription_secret(pb::RotateSubscriptionSecretRequest {
-            org_id: org.clone(),
-            id: subscription.id.clone(),
-            grace_period: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let new_secret = rotated.secret;
+    let new_secret = rotate_secret(&plane, &org, &subscription.id, Some(2)).await;
     assert_ne!(new_secret, old_secret);
 
     publish(&plane, &org, "a.b", "{}").await;
@@ -571,18 +567,7 @@ async fn rotated_secrets_sign_during_the_grace_period_only(backend: Backend) {
     assert!(verifies_with(&new_secret, &after) && !verifies_with(&old_secret, &after));
 
     // A zero grace drops the old secret at once.
-    let newest = plane
-        .webhooks(&plane.root_token)
-        .await
-        .rotate_subscription_secret(pb::RotateSubscriptionSecretRequest {
-            org_id: org.clone(),
-            id: subscription.id.clone(),
-            grace_period: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let newest = rotate_secret(&plane, &org, &subscription.id, Some(0)).await;
     publish(&plane, &org, "a.b", "{}").await;
     let last = receiver.wait_for("/hook", 3, WAIT).await.remove(2);
     assert!(verifies_with(&newest, &last) && !verifies_with(&new_secret, &last));
@@ -1017,18 +1002,7 @@ async fn standard_webhooks_library_verifies_deliveries(backend: Backend) {
     publish(&plane, &org, "order.created", r#"{"id": 1, "total": 12.50, "note": "ünïcode ✓"}"#).await;
     // Signed before the rotation: only the old secret verifies it.
     receiver.wait_for("/hook", 1, WAIT).await;
-    let new_secret = plane
-        .webhooks(&plane.root_token)
-        .await
-        .rotate_subscription_secret(pb::RotateSubscriptionSecretRequest {
-            org_id: org.clone(),
-            id: subscription.id.clone(),
-            grace_period: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
+    let new_secret = rotate_secret(&plane, &org, &subscription.id, None).await;
     publish(&plane, &org, "order.paid", r#"{"id": 1}"#).await;
     let received = receiver.wait_for("/hook", 2, WAIT).await;
 
