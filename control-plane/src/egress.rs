@@ -36,15 +36,20 @@ impl EgressPolicy {
             .map(|range| format!("destination {ip} is {range}; allow it with --egress-allow-cidr if intended"))
     }
 
+    /// Checks the scheme: https, or http when the operator allows it.
+    pub fn check_scheme(&self, url: &Url) -> Result<(), String> {
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.allow_http => Ok(()),
+            "http" => Err("http:// is not allowed; use https:// (or start with --egress-allow-http)".into()),
+            other => Err(format!("scheme {other:?} is not allowed; use https://")),
+        }
+    }
+
     /// Checks what can be checked before connecting: the scheme, and the
     /// address when the host is an IP literal.
     pub fn check_url(&self, url: &Url) -> Result<(), String> {
-        match url.scheme() {
-            "https" => {}
-            "http" if self.allow_http => {}
-            "http" => return Err("http:// is not allowed; use https:// (or start with --egress-allow-http)".into()),
-            other => return Err(format!("scheme {other:?} is not allowed; use https://")),
-        }
+        self.check_scheme(url)?;
         match url.host() {
             None => Err("the URL has no host".into()),
             Some(url::Host::Ipv4(ip)) => self.refusal(IpAddr::V4(ip)).map_or(Ok(()), Err),
@@ -63,7 +68,7 @@ impl EgressPolicy {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("Keyplane/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(EgressClient { policy: self.clone(), http })
+        Ok(EgressClient { policy: self.clone(), http, timeout })
     }
 }
 
@@ -74,6 +79,7 @@ impl EgressPolicy {
 pub struct EgressClient {
     policy: Arc<EgressPolicy>,
     http: reqwest::Client,
+    timeout: Duration,
 }
 
 impl EgressClient {
@@ -81,6 +87,24 @@ impl EgressClient {
     pub fn post(&self, url: Url) -> Result<reqwest::RequestBuilder, String> {
         self.policy.check_url(&url)?;
         Ok(self.http.post(url))
+    }
+
+    /// A failed request as text: the timeout, or the whole cause chain (a
+    /// refusal by the policy included), never the URL — its query may hold
+    /// credentials.
+    pub fn describe(&self, error: reqwest::Error) -> String {
+        if error.is_timeout() {
+            return format!("timed out after {:?}", self.timeout);
+        }
+        let error = error.without_url();
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 }
 

@@ -70,6 +70,7 @@ pub async fn run(
     bootstrap::data_dir(&config.storage.data_dir)?;
     let root_token = bootstrap::root_token(&config)?;
     let master_keys = bootstrap::master_keys(&config)?;
+    let dispatch_settings = DispatchSettings::new(&config.webhooks)?;
     let providers = match &config.oauth_providers {
         Some(path) => oauth::Providers::load(path)?,
         None => oauth::Providers::default(),
@@ -108,7 +109,7 @@ pub async fn run(
     let deliveries = Arc::new(DeliveryService::new(core.clone()));
     let oauth_client = oauth::OAuthClient::new(&egress, config.oauth_timeout)?;
     let connections = Arc::new(ConnectionService::new(core.clone(), providers, oauth_client));
-    let dispatcher = Dispatcher::new(core.clone(), DispatchSettings::new(&config.webhooks)?, egress)?;
+    let dispatcher = Dispatcher::new(core.clone(), dispatch_settings, egress)?;
     let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
     let dispatcher_task = tokio::spawn(dispatcher.run(dispatcher_stop));
     let background = [

@@ -178,14 +178,13 @@ struct ErrorAnswer {
 /// Calls providers' token and revocation endpoints.
 pub struct OAuthClient {
     http: EgressClient,
-    timeout: Duration,
 }
 
 impl OAuthClient {
     /// A client whose requests obey `egress` and time out after `timeout`.
     pub fn new(egress: &Arc<EgressPolicy>, timeout: Duration) -> Result<Self> {
         let http = egress.client(timeout).map_err(|e| Error::Config(format!("OAuth HTTP client: {e}")))?;
-        Ok(Self { http, timeout })
+        Ok(Self { http })
     }
 
     /// Exchanges an authorization code (with its PKCE verifier, if any).
@@ -225,7 +224,7 @@ impl OAuthClient {
     async fn token_request(&self, provider: &Provider, form: Vec<(&str, &str)>) -> Result<TokenSet> {
         let response = self.send(provider, &provider.token_url, form).await?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.unavailable(provider, &e))?;
+        let body = response.bytes().await.map_err(|e| self.unavailable(provider, e))?;
         if !status.is_success() {
             return Err(self.failure(provider, status, &body));
         }
@@ -270,24 +269,11 @@ impl OAuthClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| self.unavailable(provider, &e))
+            .map_err(|e| self.unavailable(provider, e))
     }
 
-    fn unavailable(&self, provider: &Provider, error: &reqwest::Error) -> Error {
-        let why = if error.is_timeout() {
-            format!("timed out after {:?}", self.timeout)
-        } else {
-            // Without the URL: a token endpoint URL may carry credentials.
-            let mut text = error.to_string().replace(provider.token_url.as_str(), "<token_url>");
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            text
-        };
-        Error::ProviderUnavailable(format!("provider {} is unreachable: {why}", provider.name))
+    fn unavailable(&self, provider: &Provider, error: reqwest::Error) -> Error {
+        Error::ProviderUnavailable(format!("provider {} is unreachable: {}", provider.name, self.http.describe(error)))
     }
 
     /// A non-2xx answer: an OAuth error is the provider refusing (e.g.

@@ -442,18 +442,7 @@ async fn reseal_moves_every_secret_to_the_new_master_key(backend: Backend) {
 
     // One value of each kind, sealed under k1.
     let org = random_org();
-    let recoverable = plane
-        .keys(&plane.root_token)
-        .await
-        .create_api_key(pb::CreateApiKeyRequest {
-            org_id: org.clone(),
-            name: "recoverable".into(),
-            recoverable: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let recoverable = plane.create_recoverable_key(&plane.root_token, &org).await;
     let key_id = recoverable.api_key.unwrap().id;
     let (subscription, _) =
         crate::webhooks::subscribe(&plane, &org, "https://hooks.example.com/x", &["never.sent"]).await;

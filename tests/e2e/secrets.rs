@@ -46,16 +46,7 @@ async fn no_secret_in_tables_or_logs(backend: Backend) {
     let org = random_org();
     let (_, admin) = plane.create_key("keyplane", &["keyplane:admin"]).await;
     let mut keys = plane.keys(&admin).await;
-    let created = keys
-        .create_api_key(pb::CreateApiKeyRequest {
-            org_id: org.clone(),
-            name: "recoverable".into(),
-            recoverable: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let created = plane.create_recoverable_key(&admin, &org).await;
     let id = created.api_key.unwrap().id;
     let revealed = keys
         .reveal_api_key(pb::RevealApiKeyRequest { org_id: org.clone(), id: id.clone() })

@@ -235,6 +235,18 @@ impl TestControlPlane {
         (response.api_key.expect("key"), response.token)
     }
 
+    /// Creates a recoverable key named `recoverable` in `org`, authenticated
+    /// with `token`; returns the response (key and token).
+    pub async fn create_recoverable_key(&self, token: &str, org: &str) -> pb::CreateApiKeyResponse {
+        let request = pb::CreateApiKeyRequest {
+            org_id: org.to_owned(),
+            name: "recoverable".into(),
+            recoverable: true,
+            ..Default::default()
+        };
+        self.keys(token).await.create_api_key(request).await.expect("create recoverable key").into_inner()
+    }
+
     /// Another control plane on the same database (a replica), on a new port.
     pub async fn replica(&self) -> Self {
         let mut config = self.config.clone();

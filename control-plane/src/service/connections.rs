@@ -239,8 +239,11 @@ impl ConnectionService {
             Some(refresh) => (refresh, "refresh", "refresh_token"),
             None => (&connection.sealed_access_token, "access", "access_token"),
         };
-        let token = self.open(sealed, &connection.id, kind)?;
-        match self.client.revoke(provider, &token, hint).await {
+        let revoked = match self.open(sealed, &connection.id, kind) {
+            Ok(token) => self.client.revoke(provider, &token, hint).await,
+            Err(error) => Err(error),
+        };
+        match revoked {
             Ok(()) => Ok(Revocation { revoked: true, error: String::new() }),
             Err(error) => {
                 tracing::warn!(connection = %id, %error, "revocation at the provider failed; the connection is deleted");

@@ -39,6 +39,8 @@ const RECORD_BATCH: usize = 512;
 const ENDPOINT_BUSY_DELAY: Duration = Duration::from_millis(200);
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Why an endpoint answering 410 is disabled at once.
+const GONE: &str = "the endpoint answered 410 Gone";
 /// Response bytes kept per attempt.
 const EXCERPT_BYTES: usize = 4096;
 /// Retry delays vary by ±this fraction so failed endpoints are not hit in lockstep.
@@ -315,9 +317,7 @@ impl Dispatcher {
         let now = store::now();
         let (status_code, error, excerpt, next) = match answer {
             Ok(answer) if succeeded => (Some(answer.status), None, answer.excerpt, NextStep::Succeeded),
-            Ok(answer) if answer.status == 410 => {
-                (Some(410), Some("the endpoint answered 410 Gone".to_owned()), answer.excerpt, NextStep::Failed)
-            }
+            Ok(answer) if answer.status == 410 => (Some(410), Some(GONE.to_owned()), answer.excerpt, NextStep::Failed),
             Ok(answer) => {
                 let why = if (300..400).contains(&answer.status) {
                     format!("HTTP {} (redirects are not followed)", answer.status)
@@ -359,7 +359,7 @@ impl Dispatcher {
             .body(body)
             .send()
             .await
-            .map_err(|e| self.describe(e))?;
+            .map_err(|e| self.client.describe(e))?;
         let status = response.status().as_u16();
         let retry_after =
             response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
@@ -371,23 +371,6 @@ impl Dispatcher {
             }
         }
         Ok(Answer { status, retry_after, excerpt: String::from_utf8_lossy(&excerpt).into_owned() })
-    }
-
-    /// A request error as text: the whole cause chain, never the URL (its
-    /// query may hold credentials).
-    fn describe(&self, error: reqwest::Error) -> String {
-        if error.is_timeout() {
-            return format!("timed out after {:?}", self.settings.timeout);
-        }
-        let error = error.without_url();
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
     }
 
     /// Records finished attempts in one transaction, then disables endpoints
@@ -423,7 +406,7 @@ impl Dispatcher {
             let succeeded = last.next == NextStep::Succeeded;
             let failing_since = webhooks::record_health(&tx, org, subscription, succeeded, now).await?;
             let reason = if last.status_code == Some(410) {
-                Some("the endpoint answered 410 Gone".to_owned())
+                Some(GONE.to_owned())
             } else {
                 failing_since
                     .filter(|since| (now - *since).to_std().is_ok_and(|d| d >= self.settings.disable_after))

@@ -31,12 +31,14 @@ pub struct ResealReport {
 /// Re-seals every sealed value not yet under the newest key.
 pub async fn reseal_all(db: &impl ConnectionTrait, keys: &MasterKeys) -> Result<ResealReport> {
     let mut report = ResealReport::default();
+    // Each column with the associated data its values were sealed with.
+    let row_id = |id: &str| id.to_owned();
     report.api_keys = reseal_column::<api_keys::Entity>(
         db,
         keys,
         api_keys::Column::Id,
         api_keys::Column::SealedToken,
-        "",
+        &row_id,
         &mut report,
     )
     .await?;
@@ -45,27 +47,29 @@ pub async fn reseal_all(db: &impl ConnectionTrait, keys: &MasterKeys) -> Result<
         keys,
         webhooks::Column::Id,
         webhooks::Column::SealedSecrets,
-        "",
+        &row_id,
         &mut report,
     )
     .await?;
     for (column, kind) in
-        [(connections::Column::SealedAccessToken, ":access"), (connections::Column::SealedRefreshToken, ":refresh")]
+        [(connections::Column::SealedAccessToken, "access"), (connections::Column::SealedRefreshToken, "refresh")]
     {
+        let associated = |id: &str| super::connections::associated(id, kind);
         report.oauth_tokens +=
-            reseal_column::<connections::Entity>(db, keys, connections::Column::Id, column, kind, &mut report).await?;
+            reseal_column::<connections::Entity>(db, keys, connections::Column::Id, column, &associated, &mut report)
+                .await?;
     }
     Ok(report)
 }
 
-/// Re-seals one column of one table (associated data: row id + `suffix`);
-/// returns how many values it rewrote.
+/// Re-seals one column of one table (`associated` gives a row's associated
+/// data from its id); returns how many values it rewrote.
 async fn reseal_column<E: EntityTrait>(
     db: &impl ConnectionTrait,
     keys: &MasterKeys,
     id_column: E::Column,
     sealed_column: E::Column,
-    suffix: &str,
+    associated: &dyn Fn(&str) -> String,
     report: &mut ResealReport,
 ) -> Result<u64> {
     let current = format!("{}:", keys.current_id());
@@ -92,7 +96,7 @@ async fn reseal_column<E: EntityTrait>(
                 report.already_current += 1;
                 continue;
             }
-            let associated = format!("{id}{suffix}");
+            let associated = associated(&id);
             let Ok(plain) = keys.open(&sealed, &associated) else {
                 report.unreadable.push(format!("{table}:{id}"));
                 continue;

@@ -79,14 +79,7 @@ impl WebhookPolicy {
         if parsed.fragment().is_some() {
             return Err(Error::invalid(field, "must not contain a fragment"));
         }
-        match parsed.scheme() {
-            "https" => {}
-            "http" if self.egress.allow_http => {}
-            _ => {
-                let hint = if self.egress.allow_http { "http:// or https://" } else { "https://" };
-                return Err(Error::invalid(field, format!("must start with {hint}")));
-            }
-        }
+        self.egress.check_scheme(&parsed).map_err(|why| Error::invalid(field, why))?;
         parsed.host_str().map(str::to_owned).ok_or_else(|| Error::invalid(field, "must have a host"))
     }
 }
@@ -104,19 +97,18 @@ fn seal_secrets(core: &Core, id: &str, secrets: &[StoredSecret]) -> Result<Strin
     core.master_keys.seal(&plain, id)
 }
 
-fn open_stored(core: &Core, subscription: &webhooks::Model) -> Result<Vec<StoredSecret>> {
+/// The secrets of `subscription` still valid at `now`: the newest and any
+/// still in their rotation grace period.
+fn live_secrets(core: &Core, subscription: &webhooks::Model, now: DateTime<Utc>) -> Result<Vec<StoredSecret>> {
     let plain = core.master_keys.open(&subscription.sealed_secrets, &subscription.id)?;
-    serde_json::from_slice(&plain).map_err(|_| Error::Sealing("sealed secrets are not a secret list".into()))
+    let secrets: Vec<StoredSecret> =
+        serde_json::from_slice(&plain).map_err(|_| Error::Sealing("sealed secrets are not a secret list".into()))?;
+    Ok(secrets.into_iter().filter(|s| s.expires_at.is_none_or(|at| at > now)).collect())
 }
 
-/// The secrets that sign for `subscription` at `now`: the newest and any
-/// still in their rotation grace period.
+/// The secrets that sign for `subscription` at `now`.
 pub fn signing_secrets(core: &Core, subscription: &webhooks::Model, now: DateTime<Utc>) -> Result<Vec<WebhookSecret>> {
-    open_stored(core, subscription)?
-        .into_iter()
-        .filter(|s| s.expires_at.is_none_or(|at| at > now))
-        .map(|s| WebhookSecret::parse(&s.secret))
-        .collect()
+    live_secrets(core, subscription, now)?.iter().map(|s| WebhookSecret::parse(&s.secret)).collect()
 }
 
 /// Event-type syntax: segments of `[a-z0-9_]` joined by dots, at least two;
@@ -399,12 +391,16 @@ impl WebhookService {
         let current = webhooks::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("subscription"))?;
         let now = store::now();
         let grace_end = now + grace;
-        let mut secrets: Vec<StoredSecret> = open_stored(&self.core, &current)?
-            .into_iter()
-            .filter(|s| s.expires_at.is_none_or(|at| at > now))
-            .map(|s| StoredSecret { expires_at: Some(s.expires_at.map_or(grace_end, |at| at.min(grace_end))), ..s })
-            .filter(|s| !grace.is_zero() && s.expires_at.is_none_or(|at| at > now))
-            .collect();
+        // The previous secrets sign until the grace ends (or their own earlier end).
+        let previous = live_secrets(&self.core, &current, now)?;
+        let mut secrets: Vec<StoredSecret> = if grace.is_zero() {
+            Vec::new()
+        } else {
+            previous
+                .into_iter()
+                .map(|s| StoredSecret { expires_at: Some(s.expires_at.map_or(grace_end, |at| at.min(grace_end))), ..s })
+                .collect()
+        };
         let secret = WebhookSecret::generate().expose();
         secrets.push(StoredSecret { secret: secret.clone(), expires_at: None });
         let mut row = current.into_active_model();
