@@ -77,9 +77,13 @@ impl DeliveryService {
             return Err(Error::FailedPrecondition("the delivery is already pending".into()));
         }
         require_active(&tx, &current.subscription_id).await?;
-        let delivery = deliveries::retry(&tx, id).await?.ok_or(Error::NotFound("delivery"))?;
-        audit::append(&tx, ctx.audit("delivery.retried", "delivery", id, json!({ "previous_status": current.status })))
-            .await?;
+        let previous_status = current.status.clone();
+        let delivery = deliveries::retry(&tx, current).await?;
+        audit::append(
+            &tx,
+            ctx.audit("delivery.retried", "delivery", id, json!({ "previous_status": previous_status })),
+        )
+        .await?;
         commit_with_deliveries(&self.core, tx).await?;
         Ok(delivery)
     }

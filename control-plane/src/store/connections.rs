@@ -94,7 +94,7 @@ pub struct RefreshedTokens {
 /// the updated row, or `None` when someone else changed it first.
 pub async fn swap_tokens(tx: &OrgTx, id: &str, version: i64, tokens: RefreshedTokens) -> Result<Option<Model>> {
     let now = super::now();
-    let result = Entity::update_many()
+    let updated = Entity::update_many()
         .col_expr(Column::SealedAccessToken, Expr::val(tokens.sealed_access_token))
         .col_expr(Column::SealedRefreshToken, Expr::val(tokens.sealed_refresh_token))
         .col_expr(Column::ExpiresAt, Expr::val(tokens.expires_at))
@@ -104,17 +104,17 @@ pub async fn swap_tokens(tx: &OrgTx, id: &str, version: i64, tokens: RefreshedTo
         .filter(Column::Id.eq(id))
         .filter(Column::OrgId.eq(tx.org()))
         .filter(Column::TokenVersion.eq(version))
-        .exec(tx.conn())
+        .exec_with_returning(tx.conn())
         .await?;
-    if result.rows_affected == 0 {
-        return Ok(None);
-    }
-    find(tx.conn(), tx.org(), id).await
+    Ok(updated.into_iter().next())
 }
 
 /// Deletes connection `id` of the transaction's org; returns it, if it existed.
 pub async fn delete(tx: &OrgTx, id: &str) -> Result<Option<Model>> {
-    let Some(existing) = find(tx.conn(), tx.org(), id).await? else { return Ok(None) };
-    Entity::delete_many().filter(Column::Id.eq(id)).filter(Column::OrgId.eq(tx.org())).exec(tx.conn()).await?;
-    Ok(Some(existing))
+    let deleted = Entity::delete_many()
+        .filter(Column::Id.eq(id))
+        .filter(Column::OrgId.eq(tx.org()))
+        .exec_with_returning(tx.conn())
+        .await?;
+    Ok(deleted.into_iter().next())
 }

@@ -288,18 +288,14 @@ pub async fn record_attempt(db: &impl ConnectionTrait, record: &AttemptRecord) -
     Ok(())
 }
 
-/// Makes finished delivery `id` of the transaction's org pending again, due
-/// now; `None` if there is no such delivery. Pending ones are left alone.
-pub async fn retry(tx: &OrgTx, id: &str) -> Result<Option<Model>> {
-    let Some(delivery) = find(tx.conn(), tx.org(), id).await? else { return Ok(None) };
-    if delivery.status == PENDING {
-        return Ok(Some(delivery));
-    }
+/// Makes a finished delivery of the transaction's org, loaded with
+/// [`find`], pending again and due now.
+pub async fn retry(tx: &OrgTx, delivery: Model) -> Result<Model> {
     let mut row: ActiveModel = delivery.into();
     row.status = Set(PENDING.to_owned());
     row.next_attempt_at = Set(super::now());
     row.finished_at = Set(None);
-    Ok(Some(row.update(tx.conn()).await?))
+    Ok(row.update(tx.conn()).await?)
 }
 
 /// Makes every failed delivery of a subscription of the transaction's org
