@@ -229,20 +229,14 @@ impl std::str::FromStr for RetrySchedule {
 }
 
 impl Default for WebhookArgs {
+    /// The command-line defaults (one source of truth: the `#[arg]` attributes).
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(10),
-            retry_schedule: DEFAULT_RETRY_SCHEDULE.parse().unwrap_or(RetrySchedule(vec![Duration::ZERO])),
-            lease: Duration::from_secs(60),
-            disable_after: Duration::from_secs(5 * 24 * 3600),
-            allowed_hosts: Vec::new(),
-            max_subscriptions: 50,
-            max_payload_bytes: 256 * 1024,
-            delivery_retention: Duration::from_secs(30 * 24 * 3600),
-            concurrency: 128,
-            endpoint_concurrency: 16,
-            poll_interval: Duration::from_secs(1),
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            webhooks: WebhookArgs,
         }
+        Defaults::parse_from(["keyplane"]).webhooks
     }
 }
 
@@ -298,5 +292,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn webhook_defaults_come_from_the_command_line_attributes() {
+        let defaults = WebhookArgs::default();
+        assert_eq!(defaults.timeout, Duration::from_secs(10));
+        assert_eq!(defaults.retry_schedule, DEFAULT_RETRY_SCHEDULE.parse().unwrap());
+        assert_eq!(defaults.retry_schedule.0.len(), 8);
+        assert_eq!(defaults.max_subscriptions, 50);
     }
 }
