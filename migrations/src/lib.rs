@@ -9,6 +9,7 @@ mod m20261122_000002_webhooks;
 mod m20261122_000003_oauth_connections;
 mod m20261122_000004_api_key_name_statistics;
 mod m20261122_000005_binary_id_order;
+mod m20261122_000006_delivery_event_index;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_oauth_connections::Migration),
             Box::new(m20261122_000004_api_key_name_statistics::Migration),
             Box::new(m20261122_000005_binary_id_order::Migration),
+            Box::new(m20261122_000006_delivery_event_index::Migration),
         ]
     }
 }
