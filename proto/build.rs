@@ -18,8 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // `prost::Name` on every message: the codec looks requests up by name.
+    config.enable_type_names();
 
     tonic_prost_build::configure()
+        .codec_path("crate::codec::KeyplaneCodec")
         .file_descriptor_set_path(out_dir.join("keyplane_descriptor.bin"))
         .compile_with_config(config, &protos.map(PathBuf::from), &[PathBuf::from("."), wellknown.clone()])?;
     for proto in protos {

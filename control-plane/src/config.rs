@@ -53,6 +53,23 @@ pub enum Command {
         #[arg(long, env = "KEYPLANE_MASTER_KEY_FILE")]
         master_key_file: Option<PathBuf>,
     },
+    /// Create a platform admin key (org `keyplane`, scope `keyplane:admin`)
+    /// directly in the database and print its token once: the production
+    /// bootstrap when no root token is configured. Audited (actor `operator`).
+    CreateAdminKey {
+        /// Where the data lives.
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Master-key file (needed to open the database's sealed values on Postgres).
+        #[arg(long, env = "KEYPLANE_MASTER_KEY_FILE")]
+        master_key_file: Option<PathBuf>,
+        /// Name of the new key.
+        #[arg(long, default_value = "bootstrap admin")]
+        name: String,
+        /// Prefix of issued tokens, as the server is configured.
+        #[arg(long, env = "KEYPLANE_TOKEN_PREFIX", default_value = "kp", value_parser = parse_prefix)]
+        token_prefix: String,
+    },
     /// Print a new master-key file line (`<id>=<base64 key>`) to stdout.
     GenerateMasterKey {
         /// Id of the new key; ids must be unique within the file.
@@ -71,6 +88,10 @@ pub struct StorageArgs {
     /// Default: SQLite at `<data-dir>/keyplane.db`.
     #[arg(long, env = "KEYPLANE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Postgres: longest wait for a pooled connection (or a new one) before
+    /// a call fails with UNAVAILABLE. SQLite waits for its one connection.
+    #[arg(long, env = "KEYPLANE_DATABASE_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub database_timeout: Duration,
 }
 
 impl StorageArgs {
@@ -79,6 +100,11 @@ impl StorageArgs {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("keyplane.db").display()))
+    }
+
+    /// Opens the database these arguments name.
+    pub async fn connect(&self) -> crate::Result<sea_orm::DatabaseConnection> {
+        crate::store::connect(&self.database_url(), self.database_timeout).await
     }
 
     /// Whether the database is Postgres.
@@ -100,7 +126,10 @@ pub struct Config {
     /// Prometheus `/metrics` listen address (off when unset).
     #[arg(long, env = "KEYPLANE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Root token file; generated (0600) when missing. Default: `<data-dir>/root-token`.
+    /// Root token file (break-glass). SQLite: default `<data-dir>/root-token`,
+    /// generated (0600) when missing. Postgres: only when given, and the
+    /// file must exist, so every replica accepts the same token; without it
+    /// there is no root token (bootstrap with `keyplane create-admin-key`).
     #[arg(long, env = "KEYPLANE_ROOT_TOKEN_FILE")]
     pub root_token_file: Option<PathBuf>,
     /// Master-key file (`<id>=<base64 32 bytes>` lines, newest last). Required
@@ -137,12 +166,53 @@ pub struct Config {
     /// Timeout of one call to an OAuth provider.
     #[arg(long, env = "KEYPLANE_OAUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub oauth_timeout: Duration,
+    /// Bounds on argon2 work for wrong secrets.
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
+    /// TLS on the gRPC listener.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Outbound HTTP policy (webhooks, OAuth providers).
     #[command(flatten)]
     pub egress: EgressArgs,
     /// Webhook delivery.
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+}
+
+/// Bounds on the argon2 work an attacker guessing secrets can cause.
+#[derive(Clone, Debug, Args)]
+pub struct AbuseArgs {
+    /// Wrong secrets for one key id within --verify-failure-window after
+    /// which further unverified secrets for it are refused without hashing
+    /// (secrets already verified keep working).
+    #[arg(long = "verify-max-failures-per-key", env = "KEYPLANE_VERIFY_MAX_FAILURES_PER_KEY", default_value_t = 10)]
+    pub failures_per_key: u32,
+    /// How long wrong secrets count against a key id.
+    #[arg(long = "verify-failure-window", env = "KEYPLANE_VERIFY_FAILURE_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub failure_window: Duration,
+    /// Argon2 verifications per second, over all key ids with a recent wrong
+    /// secret (keys without failures are never limited).
+    #[arg(long = "verify-max-suspect-hashes-per-second", env = "KEYPLANE_VERIFY_MAX_SUSPECT_HASHES_PER_SECOND", default_value_t = 20)]
+    pub suspect_hashes_per_second: u32,
+}
+
+/// TLS for the gRPC listener (and the console's, when it exists).
+#[derive(Clone, Debug, Default, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain; enables TLS. Reloaded when the file changes.
+    #[arg(long = "tls-cert-file", env = "KEYPLANE_TLS_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long = "tls-key-file", env = "KEYPLANE_TLS_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA(s): require every client (sidecars, admin tools) to present a
+    /// certificate signed by one of them (mTLS).
+    #[arg(long = "tls-client-ca-file", env = "KEYPLANE_TLS_CLIENT_CA_FILE", requires = "cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes (certificate rotation).
+    #[arg(long = "tls-reload-interval", env = "KEYPLANE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
 }
 
 /// Where outbound requests (webhooks, OAuth providers) may go.
@@ -249,7 +319,11 @@ impl Config {
     /// A configuration for tests: SQLite in `data_dir`, cheap argon2.
     pub fn for_test(data_dir: impl Into<PathBuf>) -> Self {
         Self {
-            storage: StorageArgs { data_dir: data_dir.into(), database_url: None },
+            storage: StorageArgs {
+                data_dir: data_dir.into(),
+                database_url: None,
+                database_timeout: Duration::from_millis(500),
+            },
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: None,
             root_token_file: None,
@@ -264,6 +338,12 @@ impl Config {
             key_event_retention: Duration::from_secs(7 * 24 * 3600),
             oauth_providers: None,
             oauth_timeout: Duration::from_secs(10),
+            abuse: AbuseArgs {
+                failures_per_key: 10,
+                failure_window: Duration::from_secs(60),
+                suspect_hashes_per_second: 20,
+            },
+            tls: TlsArgs { reload_interval: Duration::from_millis(100), ..TlsArgs::default() },
             egress: EgressArgs::default(),
             webhooks: WebhookArgs { poll_interval: Duration::from_millis(100), ..WebhookArgs::default() },
         }
@@ -278,9 +358,30 @@ impl Config {
         }
     }
 
-    /// Root token file path.
-    pub fn root_token_path(&self) -> PathBuf {
-        self.root_token_file.clone().unwrap_or_else(|| self.storage.data_dir.join("root-token"))
+    /// Root token file path: the one given, or on SQLite the generated default.
+    pub fn root_token_path(&self) -> Option<PathBuf> {
+        match &self.root_token_file {
+            Some(path) => Some(path.clone()),
+            None if self.storage.is_postgres() => None,
+            None => Some(self.storage.data_dir.join("root-token")),
+        }
+    }
+
+    /// Checks settings that depend on each other; a message names the flags.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.event_poll_interval >= self.heartbeat_interval {
+            return Err(crate::Error::Config(format!(
+                "--event-poll-interval ({}) must be shorter than --heartbeat-interval ({})",
+                humantime::format_duration(self.event_poll_interval),
+                humantime::format_duration(self.heartbeat_interval)
+            )));
+        }
+        if self.abuse.failures_per_key == 0 || self.abuse.suspect_hashes_per_second == 0 {
+            return Err(crate::Error::Config(
+                "--verify-max-failures-per-key and --verify-max-suspect-hashes-per-second must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -54,6 +54,9 @@ impl EgressPolicy {
             None => Err("the URL has no host".into()),
             Some(url::Host::Ipv4(ip)) => self.refusal(IpAddr::V4(ip)).map_or(Ok(()), Err),
             Some(url::Host::Ipv6(ip)) => self.refusal(IpAddr::V6(ip)).map_or(Ok(()), Err),
+            Some(url::Host::Domain(name)) if is_localhost(name) => {
+                self.refusal(IpAddr::V4(Ipv4Addr::LOCALHOST)).map_or(Ok(()), |why| Err(format!("{name}: {why}")))
+            }
             Some(url::Host::Domain(_)) => Ok(()),
         }
     }
@@ -106,6 +109,12 @@ impl EgressClient {
         }
         text
     }
+}
+
+/// `localhost` and its subdomains always resolve to loopback (RFC 6761).
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// IPv4-mapped and NAT64-embedded IPv4 addresses are judged as IPv4.
@@ -250,5 +259,23 @@ mod tests {
         assert!(closed.check_url(&url("ftp://example.com/")).is_err());
         assert!(closed.check_url(&url("https://10.0.0.1/")).unwrap_err().contains("private"));
         assert!(closed.check_url(&url("https://[::1]/")).unwrap_err().contains("loopback"));
+        // Every spelling of an internal address, as the URL parser normalises it.
+        for refused in [
+            "https://169.254.169.254/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://127.1/",
+            "https://0x7f.1/",
+            "https://2130706433/",
+            "https://0.0.0.0/",
+            "https://localhost/",
+            "https://LOCALHOST./",
+            "https://api.localhost/",
+        ] {
+            assert!(closed.check_url(&url(refused)).is_err(), "{refused} must be refused");
+        }
+        let loopback_allowed =
+            EgressPolicy { allowed_networks: vec!["127.0.0.0/8".parse().unwrap()], allow_http: false };
+        assert!(loopback_allowed.check_url(&url("https://localhost:8443/")).is_ok());
+        assert!(loopback_allowed.check_url(&url("https://127.1/")).is_ok());
     }
 }

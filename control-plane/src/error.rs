@@ -1,6 +1,8 @@
 //! The control plane's one error type and its one mapping to `tonic::Status`.
 
-use sea_orm::{DbErr, SqlErr};
+use std::time::Duration;
+
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -34,6 +36,13 @@ pub enum Error {
     /// The resource's state does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A dependency cannot be reached now (e.g. the key-event log could not
+    /// be read in time); the caller should retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The receiving side of a stream went away (nothing to report to it).
+    #[error("the stream was closed by its receiver")]
+    StreamClosed,
     /// A database call failed.
     #[error("database: {0}")]
     Database(#[from] DbErr),
@@ -79,6 +88,12 @@ impl From<Error> for Status {
             Error::LimitReached(message) => Status::resource_exhausted(message),
             Error::ProviderRejected(message) => Status::failed_precondition(message),
             Error::ProviderUnavailable(message) => Status::unavailable(message),
+            Error::Unavailable(message) => Status::with_error_details(
+                Code::Unavailable,
+                message,
+                ErrorDetails::with_retry_info(Some(RETRY_AFTER_UNAVAILABLE)),
+            ),
+            Error::StreamClosed => Status::cancelled("the stream was closed"),
             Error::Sealing(message) => {
                 tracing::error!(error = %message, "a sealed value could not be opened");
                 Status::data_loss(format!(
@@ -87,6 +102,14 @@ impl From<Error> for Status {
             }
             Error::Database(db) if is_unique_violation(&db) => {
                 Status::already_exists("a resource with this identity already exists")
+            }
+            Error::Database(db) if is_unavailable(&db) => {
+                tracing::warn!(error = %db, "database unavailable");
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the database is unavailable; retry shortly",
+                    ErrorDetails::with_retry_info(Some(RETRY_AFTER_UNAVAILABLE)),
+                )
             }
             internal => {
                 // Logged inside the request span, which carries the request id.
@@ -97,6 +120,35 @@ impl From<Error> for Status {
     }
 }
 
+/// What `RetryInfo` suggests to callers while the database is unreachable.
+const RETRY_AFTER_UNAVAILABLE: Duration = Duration::from_secs(1);
+
 fn is_unique_violation(error: &DbErr) -> bool {
     matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Whether `error` means the database cannot be reached (pool timeout, a
+/// refused or dropped connection, a server shutting down), as opposed to a
+/// query the database rejected.
+pub fn is_unavailable(error: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    let runtime = match error {
+        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Conn(runtime) | DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::Protocol(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => {
+            true
+        }
+        // Postgres: connection exceptions (08…), shutdown or start-up in
+        // progress (57P01–57P03), too many connections (53300).
+        Sqlx::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::TcpConnectInfo;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -38,6 +39,7 @@ use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
 use service::dispatch::DispatchSettings;
 use service::sync::{FeedSettings, KeyEventFeed};
+use service::verify::AbuseLimits;
 use service::webhooks::WebhookPolicy;
 use service::{
     AuditService, Authenticator, ConnectionService, Core, DeliveryService, Dispatcher, EventService, KeyService,
@@ -67,8 +69,18 @@ pub async fn run(
 ) -> Result<()> {
     // reqwest brings aws-lc and sqlx brings ring: pick one explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    config.validate()?;
     bootstrap::data_dir(&config.storage.data_dir)?;
     let root_token = bootstrap::root_token(&config)?;
+    let tls = tls::ReloadingTls::load(&config.tls)?;
+    let grpc_addr = listeners.grpc.local_addr()?;
+    if tls.is_none() && !grpc_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %grpc_addr,
+            "serving plaintext gRPC on a non-loopback address: credentials cross the network in clear; \
+             set --tls-cert-file and --tls-key-file"
+        );
+    }
     let master_keys = bootstrap::master_keys(&config)?;
     let dispatch_settings = DispatchSettings::new(&config.webhooks)?;
     let providers = match &config.oauth_providers {
@@ -76,21 +88,19 @@ pub async fn run(
         None => oauth::Providers::default(),
     };
 
-    let db = store::connect(&config.storage.database_url()).await?;
+    let db = config.storage.connect().await?;
     store::migrate(&db).await?;
     let metrics = Arc::new(metrics::Metrics::default());
     let workers = config.hash_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let core = Arc::new(Core {
-        db: db.clone(),
-        tokens: TokenFormat::new(config.token_prefix.clone()),
-        hasher: SecretHasher::new(config.hashing_params(), workers)?,
+    let core = Arc::new(Core::new(
+        db.clone(),
+        TokenFormat::new(config.token_prefix.clone()),
+        SecretHasher::new(config.hashing_params(), workers)?,
         master_keys,
-        metrics: metrics.clone(),
-        key_events_committed: Arc::new(tokio::sync::Notify::new()),
-        deliveries_due: Arc::new(tokio::sync::Notify::new()),
-    });
-    let verifier = Arc::new(Verifier::new(core.clone(), VERIFIED_SECRETS_CAPACITY));
-    let auth = Authenticator::new(&root_token, verifier.clone());
+        metrics.clone(),
+    ));
+    let verifier = Arc::new(Verifier::new(core.clone(), VERIFIED_SECRETS_CAPACITY, abuse_limits(&config)));
+    let auth = Authenticator::new(root_token.as_deref(), verifier.clone());
     let keys = Arc::new(KeyService::new(core.clone(), verifier.clone()));
     let audit = Arc::new(AuditService::new(core.clone()));
     let feed = KeyEventFeed::new(
@@ -112,11 +122,14 @@ pub async fn run(
     let dispatcher = Dispatcher::new(core.clone(), dispatch_settings, egress)?;
     let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
     let dispatcher_task = tokio::spawn(dispatcher.run(dispatcher_stop));
-    let background = [
+    let mut background = vec![
         tokio::spawn(feed.clone().tail(core.key_events_committed.clone())),
         tokio::spawn(service::sync::enforce_retention(core.clone(), config.key_event_retention, RETENTION_INTERVAL)),
         tokio::spawn(service::dispatch::enforce_retention(core.clone(), config.webhooks.delivery_retention)),
     ];
+    if let Some(tls) = &tls {
+        background.push(tokio::spawn(tls.clone().reload_on_change(config.tls.reload_interval)));
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ApiKeyServiceServer<grpc::api_keys::ApiKeyGrpc>>().await;
@@ -144,13 +157,20 @@ pub async fn run(
     });
 
     tracing::info!(
-        addr = %listeners.grpc.local_addr()?,
+        addr = %grpc_addr,
         database = if config.storage.is_postgres() { "postgres" } else { "sqlite" },
+        tls = match &tls {
+            None => "off",
+            Some(tls) if tls.requires_client_certificates() => "mtls",
+            Some(_) => "on",
+        },
         "keyplane control plane serving"
     );
     let request_span = |request: &http::Request<_>| {
         let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        tracing::info_span!("rpc", method = %request.uri().path(), request_id = %request_id)
+        let peer = request.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
+        let peer = peer.map(|addr| addr.to_string()).unwrap_or_default();
+        tracing::info_span!("rpc", method = %request.uri().path(), request_id = %request_id, peer = %peer)
     };
     let result = Server::builder()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -166,7 +186,7 @@ pub async fn run(
         .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
         .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
         .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(core, verifier, feed, auth)))
-        .serve_with_incoming_shutdown(incoming(listeners.grpc), async move {
+        .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls), async move {
             shutdown.await;
             // Watch streams never end by themselves: end them so the server drains.
             closing_feed.close();
@@ -188,9 +208,12 @@ pub async fn run(
     Ok(result?)
 }
 
-/// Accepted connections with Nagle off (small gRPC frames must not wait for ACKs).
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+fn abuse_limits(config: &Config) -> AbuseLimits {
+    AbuseLimits {
+        failures_per_key: config.abuse.failures_per_key,
+        failure_window: config.abuse.failure_window,
+        suspect_hashes_per_second: config.abuse.suspect_hashes_per_second,
+    }
 }
 
 /// Reports NOT_SERVING while the database is unreachable.
@@ -217,13 +240,52 @@ pub async fn migrate(storage: &config::StorageArgs, status_only: bool) -> Result
     if !storage.is_postgres() {
         bootstrap::data_dir(&storage.data_dir)?;
     }
-    let db = store::connect(&storage.database_url()).await?;
+    let db = storage.connect().await?;
     if !status_only {
         store::migrate(&db).await?;
     }
     let report = (store::applied_migrations(&db).await?, store::pending_migrations(&db).await?);
     db.close().await?;
     Ok(report)
+}
+
+/// `keyplane create-admin-key`: creates a platform admin key (org
+/// `keyplane`, scope `keyplane:admin`) straight in the database, audited with
+/// actor `operator`, and returns its token (shown once by the caller).
+pub async fn create_admin_key(
+    storage: &config::StorageArgs,
+    master_key_file: Option<&std::path::Path>,
+    name: &str,
+    token_prefix: &str,
+) -> Result<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let keys = match master_key_file {
+        Some(path) => crypto::MasterKeys::load(path)?,
+        None if storage.is_postgres() => {
+            return Err(Error::Config("Postgres needs --master-key-file (or KEYPLANE_MASTER_KEY_FILE)".into()));
+        }
+        None => {
+            bootstrap::data_dir(&storage.data_dir)?;
+            crypto::MasterKeys::load(&storage.data_dir.join("master-key"))?
+        }
+    };
+    let db = storage.connect().await?;
+    store::migrate(&db).await?;
+    let core = Arc::new(Core::new(
+        db.clone(),
+        TokenFormat::new(token_prefix.to_owned()),
+        SecretHasher::new(crypto::HashingParams::default(), 1)?,
+        keys,
+        Arc::new(metrics::Metrics::default()),
+    ));
+    let verifier = Arc::new(Verifier::new(
+        core.clone(),
+        1,
+        AbuseLimits { failures_per_key: 1, failure_window: Duration::from_secs(1), suspect_hashes_per_second: 1 },
+    ));
+    let issued = KeyService::new(core, verifier).create_admin_key(name).await;
+    db.close().await?;
+    Ok(issued?.token)
 }
 
 /// `keyplane reseal`: re-encrypts every sealed value under the newest key in
@@ -234,7 +296,7 @@ pub async fn reseal(
 ) -> Result<service::reseal::ResealReport> {
     let path = master_key_file.map_or_else(|| storage.data_dir.join("master-key"), std::path::Path::to_path_buf);
     let keys = crypto::MasterKeys::load(&path)?;
-    let db = store::connect(&storage.database_url()).await?;
+    let db = storage.connect().await?;
     let report = service::reseal::reseal_all(&db, &keys).await;
     db.close().await?;
     report

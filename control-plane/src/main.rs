@@ -61,6 +61,14 @@ async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
                 report.unreadable.len()
             )))
         }
+        Command::CreateAdminKey { storage, master_key_file, name, token_prefix } => {
+            let token =
+                keyplane_control_plane::create_admin_key(&storage, master_key_file.as_deref(), &name, &token_prefix)
+                    .await?;
+            eprintln!("Created a platform admin key (org keyplane, scope keyplane:admin). It is shown only now:");
+            println!("{token}");
+            Ok(())
+        }
         Command::GenerateMasterKey { id } => {
             print!("{}", MasterKeys::generate_line(&id));
             Ok(())

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub verifications: Family<Labels, Counter>,
     /// Argon2id verification time.
     pub argon2_seconds: Histogram,
+    /// Secrets refused without hashing, by the limit that refused them.
+    pub verify_throttled: Family<Labels, Counter>,
     /// Webhook delivery attempts by outcome.
     pub webhook_attempts: Family<Labels, Counter>,
     /// Webhook request time.
@@ -38,11 +40,18 @@ impl Default for Metrics {
         registry.register("verifications", "Token verifications by outcome", verifications.clone());
         let argon2_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 12));
         registry.register("argon2_verify_seconds", "Argon2id verification time", argon2_seconds.clone());
+        let verify_throttled = Family::<Labels, Counter>::default();
+        registry.register(
+            "verify_throttled",
+            "Secrets refused without hashing (limit=key: too many failures for the key id; limit=global: too many \
+             failures overall)",
+            verify_throttled.clone(),
+        );
         let webhook_attempts = Family::<Labels, Counter>::default();
         registry.register("webhook_attempts", "Webhook delivery attempts by outcome", webhook_attempts.clone());
         let webhook_attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register("webhook_attempt_seconds", "Webhook request time", webhook_attempt_seconds.clone());
-        Self { registry, verifications, argon2_seconds, webhook_attempts, webhook_attempt_seconds }
+        Self { registry, verifications, argon2_seconds, verify_throttled, webhook_attempts, webhook_attempt_seconds }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod sync {
     }
 }
 
+pub mod codec;
 pub mod token;
 
 /// Encoded `FileDescriptorSet` of every Keyplane proto, for server reflection.

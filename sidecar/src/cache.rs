@@ -43,6 +43,8 @@ pub enum Refusal {
     Revoked,
     /// Expired.
     Expired,
+    /// Refused unchecked: too many wrong secrets for the key recently.
+    Throttled,
 }
 
 /// A control-plane answer about one token.

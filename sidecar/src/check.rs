@@ -40,22 +40,45 @@ impl DenyStatus {
     }
 }
 
+/// What a client is told about any refused token (RFC 6750's error code),
+/// unless the sidecar runs with `--expose-denial-reasons`.
+pub const GENERIC_REASON: &str = "invalid_token";
+
 /// Why a request is denied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
     /// The status to answer.
     pub status: DenyStatus,
-    /// Machine-readable reason (also the metrics label).
+    /// The precise reason, for metrics and logs (`revoked`, `bad_secret`, …).
     pub reason: &'static str,
+    /// What the client is told: for a refused token [`GENERIC_REASON`], so
+    /// nobody learns which key ids exist; otherwise the reason itself.
+    pub shown: &'static str,
     /// For 429: when to retry.
     pub retry_after: Option<Duration>,
 }
 
 impl Denial {
     fn new(status: DenyStatus, reason: &'static str) -> Self {
-        Self { status, reason, retry_after: None }
+        Self { status, reason, shown: reason, retry_after: None }
     }
 }
+
+/// One request to decide about, as a front end saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckInput<'a> {
+    /// The token, if the request carried one.
+    pub credential: Option<&'a str>,
+    /// Scopes the route requires.
+    pub required_scopes: &'a [String],
+    /// The client's address (socket peer, or Envoy's source address).
+    pub peer: &'a str,
+    /// `x-request-id`, when the proxy sent one.
+    pub request_id: &'a str,
+}
+
+/// A request without a token: telling the client so reveals nothing.
+const MISSING_CREDENTIAL: &str = "missing_credential";
 
 /// Outcome of a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +100,7 @@ pub fn decide(verdict: &Verdict, environment: &str, required_scopes: &[String], 
                 Refusal::BadSecret => "bad_secret",
                 Refusal::Revoked => "revoked",
                 Refusal::Expired => "expired",
+                Refusal::Throttled => "throttled",
             };
             return Decision::Deny(Denial::new(Unauthenticated, reason));
         }
@@ -100,6 +124,8 @@ pub struct Checker {
     environment: &'static str,
     max_staleness: Duration,
     fail_open: bool,
+    expose_denial_reasons: bool,
+    control_plane_timeout: Duration,
     cache: KeyCache,
     limits: RateLimits,
     usage: UsageCounter,
@@ -118,6 +144,10 @@ pub struct CheckerParts {
     pub max_staleness: Duration,
     /// Allow from cache when stale.
     pub fail_open: bool,
+    /// Tell clients the precise reason of a refused token.
+    pub expose_denial_reasons: bool,
+    /// Longest wait for a Verify answer.
+    pub control_plane_timeout: Duration,
     /// Verdict cache.
     pub cache: KeyCache,
     /// Rate limiters.
@@ -140,6 +170,8 @@ impl Checker {
             environment: parts.environment.as_str(),
             max_staleness: parts.max_staleness,
             fail_open: parts.fail_open,
+            expose_denial_reasons: parts.expose_denial_reasons,
+            control_plane_timeout: parts.control_plane_timeout,
             cache: parts.cache,
             limits: parts.limits,
             usage: parts.usage,
@@ -149,15 +181,29 @@ impl Checker {
         }
     }
 
-    /// Decides about a request carrying `credential` (the token, if any).
-    pub async fn check(&self, credential: Option<&str>, required_scopes: &[String]) -> Decision {
-        let decision = self.decide(credential, required_scopes).await;
-        let (label, reason) = match &decision {
+    /// Decides about one request. Refused tokens are logged at WARN with
+    /// the precise reason, the client's address and the request id.
+    pub async fn check(&self, request: &CheckInput<'_>) -> Decision {
+        let mut decision = self.decide(request.credential, request.required_scopes).await;
+        let (label, reason) = match &mut decision {
             Decision::Allow(principal) => {
                 self.usage.record(&principal.key_id);
                 ("allow", "ok")
             }
-            Decision::Deny(denial) => ("deny", denial.reason),
+            Decision::Deny(denial) => {
+                if denial.status == DenyStatus::Unauthenticated {
+                    tracing::warn!(
+                        reason = denial.reason,
+                        peer = request.peer,
+                        request_id = request.request_id,
+                        "authentication failed"
+                    );
+                    if !self.expose_denial_reasons && denial.reason != MISSING_CREDENTIAL {
+                        denial.shown = GENERIC_REASON;
+                    }
+                }
+                ("deny", denial.reason)
+            }
         };
         self.metrics.checks.get_or_create(&[("decision", label), ("reason", reason)]).inc();
         decision
@@ -171,7 +217,7 @@ impl Checker {
             return Decision::Deny(Denial::new(Unavailable, reason));
         }
         let Some(token) = credential.filter(|t| !t.is_empty()) else {
-            return Decision::Deny(Denial::new(Unauthenticated, "missing_credential"));
+            return Decision::Deny(Denial::new(Unauthenticated, MISSING_CREDENTIAL));
         };
         if self.tokens.parse(token).is_none() {
             return Decision::Deny(Denial::new(Unauthenticated, "malformed"));
@@ -186,7 +232,7 @@ impl Checker {
             && let Some(limit) = principal.rate_limit
             && let Err(wait) = self.limits.check(&principal.key_id, limit)
         {
-            return Decision::Deny(Denial { status: RateLimited, reason: "rate_limited", retry_after: Some(wait) });
+            return Decision::Deny(Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") });
         }
         decision
     }
@@ -208,9 +254,10 @@ impl Checker {
         for _ in 0..2 {
             let mut client = self.client.clone();
             let metrics = self.metrics.clone();
+            let timeout = self.control_plane_timeout;
             let verdict = self
                 .cache
-                .get_or_verify(digest, async move { sync::verify(&mut client, token, &metrics).await })
+                .get_or_verify(digest, async move { sync::verify(&mut client, token, &metrics, timeout).await })
                 .await
                 .map_err(|error| {
                     tracing::warn!(%error, "verify failed");

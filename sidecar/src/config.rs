@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -12,9 +13,26 @@ use clap::{Parser, ValueEnum};
 #[derive(Clone, Debug, Parser)]
 #[command(name = "keyplane-sidecar", version, about, long_about = None)]
 pub struct Config {
-    /// Control-plane gRPC URL.
+    /// Control-plane gRPC URL. `https://` always means TLS (verified with the
+    /// system roots or --control-plane-ca-file); `http://` is plaintext.
     #[arg(long, env = "KEYPLANE_SIDECAR_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
     pub control_plane: String,
+    /// PEM file of the CA(s) that sign the control plane's certificate
+    /// (default: the system roots). Needs an `https://` control plane.
+    #[arg(long, env = "KEYPLANE_SIDECAR_CONTROL_PLANE_CA_FILE")]
+    pub control_plane_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to the control plane (mTLS); needs
+    /// --tls-client-key-file and an `https://` control plane.
+    #[arg(long, env = "KEYPLANE_SIDECAR_TLS_CLIENT_CERT_FILE", requires = "tls_client_key_file")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert-file.
+    #[arg(long, env = "KEYPLANE_SIDECAR_TLS_CLIENT_KEY_FILE", requires = "tls_client_cert_file")]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Longest wait for the control plane on a cache miss (and for a usage
+    /// report); past it the check answers 503. Keep it below the proxy's own
+    /// auth timeout (Envoy ext_authz: 200ms by default).
+    #[arg(long, env = "KEYPLANE_SIDECAR_CONTROL_PLANE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub control_plane_timeout: Duration,
     /// File holding this sidecar's credential: a platform key (org `keyplane`)
     /// with scope `keyplane:sidecar`.
     #[arg(long, env = "KEYPLANE_SIDECAR_CREDENTIAL_FILE")]
@@ -22,12 +40,14 @@ pub struct Config {
     /// Environment this sidecar serves; keys of the other one are refused (403).
     #[arg(long, env = "KEYPLANE_SIDECAR_ENVIRONMENT", value_enum, default_value_t = Environment::Live)]
     pub environment: Environment,
-    /// gRPC address: Envoy ext_authz v3, health, reflection.
+    /// gRPC address: Envoy ext_authz v3, health, reflection. `host:port` or
+    /// `unix:/path/to/socket`.
     #[arg(long, env = "KEYPLANE_SIDECAR_GRPC_LISTEN", default_value = "127.0.0.1:50061")]
-    pub grpc_listen: SocketAddr,
-    /// HTTP address: forward-auth under `/check`, `/healthz`, `/readyz`, `/metrics`.
+    pub grpc_listen: ListenAddr,
+    /// HTTP address: forward-auth under `/check`, `/healthz`, `/readyz`,
+    /// `/metrics`. `host:port` or `unix:/path/to/socket`.
     #[arg(long, env = "KEYPLANE_SIDECAR_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
-    pub http_listen: SocketAddr,
+    pub http_listen: ListenAddr,
     /// Most cached verification results.
     #[arg(long, env = "KEYPLANE_SIDECAR_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
@@ -43,6 +63,11 @@ pub struct Config {
     /// Keep allowing from cache when stale (fail open) instead of answering 503.
     #[arg(long, env = "KEYPLANE_SIDECAR_FAIL_OPEN")]
     pub fail_open: bool,
+    /// Tell clients why a token was refused (`revoked`, `bad_secret`, …)
+    /// instead of a generic `invalid_token`. For debugging only: it tells an
+    /// attacker which key ids exist.
+    #[arg(long, env = "KEYPLANE_SIDECAR_EXPOSE_DENIAL_REASONS")]
+    pub expose_denial_reasons: bool,
     /// Scopes required when the proxy names none (comma-separated).
     #[arg(long, env = "KEYPLANE_SIDECAR_DEFAULT_SCOPES", value_delimiter = ',')]
     pub default_scopes: Vec<String>,
@@ -61,6 +86,39 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "KEYPLANE_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Where a listener binds: a TCP address or a Unix domain socket path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `host:port`.
+    Tcp(SocketAddr),
+    /// `unix:/path`: the socket file is replaced if it exists.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a socket path, e.g. unix:/run/keyplane/authz.sock".into()),
+            Some(path) => Ok(Self::Unix(PathBuf::from(path))),
+            None => value
+                .parse()
+                .map(Self::Tcp)
+                .map_err(|_| format!("{value:?} is neither host:port (an IP address) nor unix:/path")),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// Environment served.
@@ -86,15 +144,20 @@ impl Config {
     pub fn for_test(control_plane: String, credential_file: PathBuf) -> Self {
         Self {
             control_plane,
+            control_plane_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            control_plane_timeout: Duration::from_secs(1),
             credential_file,
             environment: Environment::Live,
-            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
+            http_listen: ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(5),
             max_staleness: Duration::from_secs(5),
             fail_open: false,
+            expose_denial_reasons: false,
             default_scopes: Vec::new(),
             credential_header: "authorization".into(),
             keep_credential: false,
@@ -113,5 +176,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!("127.0.0.1:80".parse(), Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 80)))));
+        assert_eq!("unix:/run/a.sock".parse(), Ok(ListenAddr::Unix("/run/a.sock".into())));
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("localhost:80".parse::<ListenAddr>().is_err());
+        assert_eq!(ListenAddr::Unix("/x".into()).to_string(), "unix:/x");
     }
 }

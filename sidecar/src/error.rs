@@ -15,6 +15,9 @@ pub enum Error {
     /// A gRPC server or channel failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The control plane did not answer in time.
+    #[error("the control plane did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// The control plane answered a call with an error.
     #[error("control plane: {0}")]
     ControlPlane(#[from] Status),
@@ -27,6 +30,7 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::ControlPlane(status) => Status::unavailable(format!("control plane: {}", status.message())),
+            Error::Timeout(_) => Status::unavailable(error.to_string()),
             other => {
                 tracing::error!(error = %other, "internal error");
                 Status::internal("internal error")

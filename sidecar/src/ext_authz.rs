@@ -9,7 +9,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use tonic::{Request, Response, Status};
 
-use crate::check::{Checker, Decision, DenyStatus, parse_scopes};
+use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_scopes};
 use crate::http::{credential_from, identity_headers, www_authenticate};
 
 /// The ext_authz service.
@@ -44,6 +44,18 @@ fn denied(code: tonic::Code, reason: &str, response: DeniedHttpResponse) -> Chec
     check
 }
 
+/// The downstream client's address as Envoy reports it (`ip:port`).
+fn source_address(address: &envoy_types::pb::envoy::config::core::v3::Address) -> String {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    match &address.address {
+        Some(address::Address::SocketAddress(socket)) => match socket.port_specifier {
+            Some(socket_address::PortSpecifier::PortValue(port)) => format!("{}:{port}", socket.address),
+            _ => socket.address.clone(),
+        },
+        _ => String::new(),
+    }
+}
+
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
@@ -58,7 +70,16 @@ impl Authorization for ExtAuthz {
             .unwrap_or_else(|| self.default_scopes.clone());
         let credential =
             credential_from(headers.get(&self.credential_header).map(String::as_str), &self.credential_header);
-        let response = match self.checker.check(credential, &required).await {
+        let peer = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .and_then(|source| source.address.as_ref())
+            .map(source_address)
+            .unwrap_or_default();
+        let request_id = headers.get("x-request-id").map(String::as_str).unwrap_or_default();
+        let check = CheckInput { credential, required_scopes: &required, peer: &peer, request_id };
+        let response = match self.checker.check(&check).await {
             Decision::Allow(principal) => {
                 let mut ok = OkHttpResponseBuilder::new();
                 for (name, value) in identity_headers(&principal) {
@@ -80,13 +101,13 @@ impl Authorization for ExtAuthz {
                 builder.set_http_status(http);
                 builder.add_header("content-type", "application/json", None, false);
                 if denial.status == DenyStatus::Unauthenticated {
-                    builder.add_header("www-authenticate", www_authenticate(denial.reason), None, false);
+                    builder.add_header("www-authenticate", www_authenticate(denial.shown), None, false);
                 }
                 if let Some(wait) = denial.retry_after {
                     builder.add_header("retry-after", wait.as_secs().max(1).to_string(), None, false);
                 }
-                builder.set_body(format!("{{\"error\":\"{}\"}}", denial.reason));
-                denied(code, denial.reason, builder.build())
+                builder.set_body(format!("{{\"error\":\"{}\"}}", denial.shown));
+                denied(code, denial.shown, builder.build())
             }
         };
         Ok(Response::new(response))

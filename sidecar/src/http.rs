@@ -13,10 +13,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 
 use crate::cache::Principal;
-use crate::check::{Checker, Decision, DenyStatus, parse_scopes};
+use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_scopes};
+use crate::listen::Listener;
 use crate::metrics::Metrics;
 use crate::sync::Readiness;
 
@@ -33,9 +33,14 @@ pub fn identity_headers(principal: &Principal) -> [(&'static str, String); 4] {
     ]
 }
 
-/// `WWW-Authenticate` for a 401 (RFC 6750).
+/// `WWW-Authenticate` for a 401 (RFC 6750); `reason` is what the client
+/// may be told (`invalid_token` unless denial reasons are exposed).
 pub fn www_authenticate(reason: &str) -> String {
-    format!("Bearer realm=\"keyplane\", error=\"invalid_token\", error_description=\"{reason}\"")
+    if reason == crate::check::GENERIC_REASON {
+        "Bearer realm=\"keyplane\", error=\"invalid_token\"".to_owned()
+    } else {
+        format!("Bearer realm=\"keyplane\", error=\"invalid_token\", error_description=\"{reason}\"")
+    }
 }
 
 /// The token in a credential header: `Bearer <token>` for `authorization`,
@@ -73,7 +78,7 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
 }
 
 impl HttpFrontEnd {
-    async fn handle(&self, request: Request<Incoming>) -> Reply {
+    async fn handle(&self, request: Request<Incoming>, peer: &str) -> Reply {
         let path = request.uri().path();
         match path {
             "/healthz" => reply(StatusCode::OK, "ok\n"),
@@ -90,12 +95,12 @@ impl HttpFrontEnd {
                 );
                 response
             }
-            _ if path == CHECK_PREFIX || path.starts_with("/check/") => self.forward_auth(&request).await,
+            _ if path == CHECK_PREFIX || path.starts_with("/check/") => self.forward_auth(&request, peer).await,
             _ => reply(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 
-    async fn forward_auth(&self, request: &Request<Incoming>) -> Reply {
+    async fn forward_auth(&self, request: &Request<Incoming>, peer: &str) -> Reply {
         let headers = request.headers();
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let required = text("x-required-scopes").map(parse_scopes).unwrap_or_else(|| self.default_scopes.clone());
@@ -103,7 +108,15 @@ impl HttpFrontEnd {
             text("x-forwarded-method").or_else(|| text("x-original-method")).unwrap_or(request.method().as_str());
         let uri = text("x-forwarded-uri").or_else(|| text("x-original-uri")).unwrap_or_default();
         let credential = credential_from(text(&self.credential_header), &self.credential_header);
-        let decision = self.checker.check(credential, &required).await;
+        let decision = self
+            .checker
+            .check(&CheckInput {
+                credential,
+                required_scopes: &required,
+                peer,
+                request_id: text("x-request-id").unwrap_or_default(),
+            })
+            .await;
         tracing::debug!(method, uri, allowed = matches!(decision, Decision::Allow(_)), "forward-auth check");
         match decision {
             Decision::Allow(principal) => {
@@ -124,11 +137,11 @@ impl HttpFrontEnd {
             }
             Decision::Deny(denial) => {
                 let status = StatusCode::from_u16(denial.status.http_code()).unwrap_or(StatusCode::UNAUTHORIZED);
-                let mut response = reply(status, format!("{{\"error\":\"{}\"}}\n", denial.reason));
+                let mut response = reply(status, format!("{{\"error\":\"{}\"}}\n", denial.shown));
                 let out = response.headers_mut();
                 out.insert("content-type", HeaderValue::from_static("application/json"));
                 if denial.status == DenyStatus::Unauthenticated
-                    && let Ok(value) = HeaderValue::from_str(&www_authenticate(denial.reason))
+                    && let Ok(value) = HeaderValue::from_str(&www_authenticate(denial.shown))
                 {
                     out.insert("www-authenticate", value);
                 }
@@ -141,25 +154,25 @@ impl HttpFrontEnd {
     }
 
     /// Serves connections from `listener` until `shutdown` resolves.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(self: Arc<Self>, listener: Listener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = &mut shutdown => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "http accept failed");
                         continue;
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
             let front = self.clone();
+            let peer: Arc<str> = peer.into();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    let front = front.clone();
-                    async move { Ok::<_, Infallible>(front.handle(request).await) }
+                    let (front, peer) = (front.clone(), peer.clone());
+                    async move { Ok::<_, Infallible>(front.handle(request, &peer).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
             });

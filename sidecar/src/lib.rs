@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod ext_authz;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod ratelimit;
 pub mod sync;
@@ -22,20 +23,20 @@ use std::time::Duration;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use keyplane_proto::sync::v1::key_sync_service_client::KeySyncServiceClient;
 use keyplane_proto::token::{Environment, TokenFormat};
-use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use listen::Listener;
 
 /// Sockets the sidecar serves on, bound by the caller (port 0 in tests).
 pub struct Listeners {
     /// ext_authz gRPC, health, reflection.
-    pub grpc: TcpListener,
+    pub grpc: Listener,
     /// Forward-auth, health, readiness, metrics.
-    pub http: TcpListener,
+    pub http: Listener,
 }
 
 /// How often health and staleness gauges are refreshed.
@@ -52,12 +53,9 @@ pub async fn run(
     let credential = std::fs::read_to_string(&config.credential_file)
         .map_err(|e| Error::Config(format!("cannot read credential file {}: {e}", config.credential_file.display())))?;
     let credential = sync::Credential::bearer(credential.trim())?;
-    let channel = Channel::from_shared(config.control_plane.clone())
-        .map_err(|e| Error::Config(format!("--control-plane {}: {e}", config.control_plane)))?
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy();
+    // tonic's TLS uses rustls; make ring the process-wide provider explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let channel = sync::control_plane_channel(&config)?;
     let client = KeySyncServiceClient::new(InterceptedService::new(channel, credential));
 
     let metrics = Arc::new(metrics::Metrics::default());
@@ -72,6 +70,8 @@ pub async fn run(
         },
         max_staleness: config.max_staleness,
         fail_open: config.fail_open,
+        expose_denial_reasons: config.expose_denial_reasons,
+        control_plane_timeout: config.control_plane_timeout,
         cache: cache.clone(),
         limits: ratelimit::RateLimits::new(config.cache_capacity, LIMITER_IDLE),
         usage: usage.clone(),
@@ -81,8 +81,8 @@ pub async fn run(
     }));
 
     let background = [
-        tokio::spawn(sync::follow(client.clone(), cache, state.clone(), metrics.clone())),
-        tokio::spawn(usage.clone().report_every(client.clone(), config.usage_interval)),
+        tokio::spawn(sync::follow(client.clone(), cache, state.clone(), metrics.clone(), config.max_staleness)),
+        tokio::spawn(usage.clone().report_every(client.clone(), config.usage_interval, config.control_plane_timeout)),
     ];
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -111,24 +111,32 @@ pub async fn run(
         strip_credential: strip,
         default_scopes: config.default_scopes.clone(),
     });
+    let http_address = listeners.http.describe();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(front.serve(listeners.http, async {
         let _ = http_stopped.await;
     }));
     tracing::info!(
-        grpc = %listeners.grpc.local_addr()?,
+        grpc = %listeners.grpc.describe(),
+        http = %http_address,
         control_plane = %config.control_plane,
         environment = ?config.environment,
         "keyplane sidecar serving"
     );
     let authz = ext_authz::ExtAuthz::new(checker, header, strip, config.default_scopes.clone());
-    let result = Server::builder()
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthorizationServer::new(authz))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)), shutdown)
-        .await;
+        .add_service(AuthorizationServer::new(authz));
+    let result = match listeners.grpc {
+        Listener::Tcp(listener) => {
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+        }
+        Listener::Unix(listener) => {
+            router.serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown).await
+        }
+    };
 
     let _ = stop_http.send(());
     let _ = http_task.await;
@@ -137,7 +145,7 @@ pub async fn run(
     for task in background {
         task.abort();
     }
-    usage.flush(&mut client.clone()).await;
+    usage.flush(&mut client.clone(), config.control_plane_timeout).await;
     tracing::info!("keyplane sidecar stopped");
     Ok(result?)
 }

@@ -2,9 +2,8 @@
 //! logging and hands over to [`keyplane_sidecar::run`].
 
 use clap::Parser;
-use keyplane_sidecar::Listeners;
 use keyplane_sidecar::config::{Config, LogFormat};
-use tokio::net::TcpListener;
+use keyplane_sidecar::{Listener, Listeners};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -18,8 +17,8 @@ async fn main() -> std::process::ExitCode {
     }
     let result = async {
         let listeners = Listeners {
-            grpc: TcpListener::bind(config.grpc_listen).await?,
-            http: TcpListener::bind(config.http_listen).await?,
+            grpc: Listener::bind(&config.grpc_listen).await?,
+            http: Listener::bind(&config.http_listen).await?,
         };
         keyplane_sidecar::run(config, listeners, shutdown_signal()).await
     };

@@ -13,9 +13,10 @@ use rand::Rng;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cache::{KeyCache, Principal, Refusal, Verdict};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -40,6 +41,69 @@ impl Interceptor for Credential {
     }
 }
 
+/// The channel to the control plane. `https://` is TLS with the system
+/// roots or `--control-plane-ca-file`, and the client certificate when one
+/// is configured; TLS settings with an `http://` URL, or files that do not
+/// parse, are start-up errors, never a silent downgrade to plaintext.
+pub fn control_plane_channel(config: &Config) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(config.control_plane.clone())
+        .map_err(|e| Error::Config(format!("--control-plane {}: {e}", config.control_plane)))?;
+    let tls_requested = config.control_plane_ca_file.is_some() || config.tls_client_cert_file.is_some();
+    let endpoint = match endpoint.uri().scheme_str() {
+        Some("https") => endpoint.tls_config(client_tls(config)?)?,
+        Some("http") if tls_requested => {
+            return Err(Error::Config(format!(
+                "--control-plane-ca-file and --tls-client-cert-file need an https:// control plane, not {}",
+                config.control_plane
+            )));
+        }
+        Some("http") => endpoint,
+        _ => {
+            return Err(Error::Config(format!(
+                "--control-plane {}: use an http:// or https:// URL",
+                config.control_plane
+            )));
+        }
+    };
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .connect_timeout(config.control_plane_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+fn client_tls(config: &Config) -> Result<ClientTlsConfig> {
+    let tls = ClientTlsConfig::new();
+    let mut tls = match &config.control_plane_ca_file {
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read_pem(path, "--control-plane-ca-file", false)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&config.tls_client_cert_file, &config.tls_client_key_file) {
+        let cert = read_pem(cert, "--tls-client-cert-file", false)?;
+        let key = read_pem(key, "--tls-client-key-file", true)?;
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(tls)
+}
+
+/// Reads a PEM file and checks that it holds certificates (or a private key).
+fn read_pem(path: &std::path::Path, flag: &str, private_key: bool) -> Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem = std::fs::read(path).map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))?;
+    let parses = if private_key {
+        PrivateKeyDer::from_pem_slice(&pem).is_ok()
+    } else {
+        CertificateDer::pem_slice_iter(&pem).next().is_some_and(|cert| cert.is_ok())
+    };
+    if !parses {
+        let what = if private_key { "a PEM private key" } else { "PEM certificates" };
+        return Err(Error::Config(format!("{flag} {}: does not hold {what}", path.display())));
+    }
+    Ok(pem)
+}
+
 /// Authenticated client of `KeySyncService`.
 pub type ControlPlaneClient = KeySyncServiceClient<InterceptedService<Channel, Credential>>;
 
@@ -49,6 +113,8 @@ pub struct SyncState {
     position: AtomicU64,
     last_heard_ms: AtomicU64,
     caught_up: AtomicBool,
+    /// Set once the staleness bound was compared with the heartbeat period.
+    interval_checked: AtomicBool,
 }
 
 /// Whether the sidecar can decide from its cache.
@@ -69,6 +135,7 @@ impl Default for SyncState {
             position: AtomicU64::new(0),
             last_heard_ms: AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
+            interval_checked: AtomicBool::new(false),
         }
     }
 }
@@ -103,12 +170,18 @@ impl SyncState {
 }
 
 /// Follows the Watch stream forever, resuming after the last applied seq.
-pub async fn follow(client: ControlPlaneClient, cache: KeyCache, state: Arc<SyncState>, metrics: Arc<Metrics>) {
+pub async fn follow(
+    client: ControlPlaneClient,
+    cache: KeyCache,
+    state: Arc<SyncState>,
+    metrics: Arc<Metrics>,
+    max_staleness: Duration,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match watch_once(client.clone(), &cache, &state, &metrics).await {
+        match watch_once(client.clone(), &cache, &state, &metrics, max_staleness).await {
             Ok(()) => tracing::warn!("key-event stream ended; reconnecting"),
-            Err(error) => tracing::warn!(%error, "key-event stream failed; reconnecting"),
+            Err(error) => tracing::warn!(error = %error_chain(&error), "key-event stream failed; reconnecting"),
         }
         metrics.stream_connected.set(0);
         metrics.stream_reconnects.inc();
@@ -122,11 +195,48 @@ pub async fn follow(client: ControlPlaneClient, cache: KeyCache, state: Arc<Sync
     }
 }
 
+/// An error with its whole cause chain (a TLS failure sits several causes
+/// below tonic's "transport error").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Warns once when `max_staleness` leaves no room for a late heartbeat: a
+/// healthy sidecar would then flap to 503 `stale` under load.
+fn check_staleness_bound(state: &SyncState, interval: Option<prost_types::Duration>, max_staleness: Duration) {
+    let Some(interval) = interval.and_then(|i| Duration::try_from(i).ok()) else {
+        return;
+    };
+    if state.interval_checked.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if max_staleness < interval * 2 {
+        tracing::warn!(
+            max_staleness = %humantime::format_duration(max_staleness),
+            heartbeat_interval = %humantime::format_duration(interval),
+            "--max-staleness is less than twice the control plane's heartbeat interval; a late heartbeat \
+             will make this sidecar answer 503 stale. Use at least {}",
+            humantime::format_duration(interval * 3)
+        );
+    }
+}
+
 async fn watch_once(
     mut client: ControlPlaneClient,
     cache: &KeyCache,
     state: &SyncState,
     metrics: &Metrics,
+    max_staleness: Duration,
 ) -> Result<()> {
     let after_seq = state.position();
     // Until the first catch-up nothing is cached (checks answer 503), so
@@ -147,6 +257,7 @@ async fn watch_once(
                 metrics.applied_seq.set(state.position());
             }
             Some(pb::watch_response::Message::Heartbeat(heartbeat)) => {
+                check_staleness_bound(state, heartbeat.interval, max_staleness);
                 state.position.fetch_max(heartbeat.head_seq, Ordering::AcqRel);
                 if !state.caught_up.swap(true, Ordering::AcqRel) {
                     tracing::info!(position = heartbeat.head_seq, "caught up with the key-event log");
@@ -165,13 +276,18 @@ async fn watch_once(
     Ok(())
 }
 
-/// Asks the control plane about a token.
-pub async fn verify(client: &mut ControlPlaneClient, token: &str, metrics: &Metrics) -> Result<Verdict> {
+/// Asks the control plane about a token, waiting at most `timeout`.
+pub async fn verify(
+    client: &mut ControlPlaneClient,
+    token: &str,
+    metrics: &Metrics,
+    timeout: Duration,
+) -> Result<Verdict> {
     let started = Instant::now();
     metrics.verify_calls.inc();
-    let response = client.verify(pb::VerifyRequest { token: token.to_owned() }).await;
+    let response = tokio::time::timeout(timeout, client.verify(pb::VerifyRequest { token: token.to_owned() })).await;
     metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
-    let response = response?.into_inner();
+    let response = response.map_err(|_| Error::Timeout(timeout))??.into_inner();
     let principal = response.principal.map(principal_from_proto);
     if response.valid {
         let principal = principal.ok_or_else(|| tonic::Status::internal("valid answer without principal"))?;
@@ -181,6 +297,7 @@ pub async fn verify(client: &mut ControlPlaneClient, token: &str, metrics: &Metr
         Ok(admin::VerifyFailure::BadSecret) => Refusal::BadSecret,
         Ok(admin::VerifyFailure::Revoked) => Refusal::Revoked,
         Ok(admin::VerifyFailure::Expired) => Refusal::Expired,
+        Ok(admin::VerifyFailure::Throttled) => Refusal::Throttled,
         _ => Refusal::Unknown,
     };
     Ok(Verdict::Invalid { refusal, key_id: principal.map(|p| p.key_id), as_of: response.as_of_seq })

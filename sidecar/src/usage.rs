@@ -49,7 +49,7 @@ impl UsageCounter {
 
     /// Sends the counts in reports of at most [`MAX_ENTRIES`]; counts of a
     /// failed report are kept for the next flush.
-    pub async fn flush(&self, client: &mut ControlPlaneClient) {
+    pub async fn flush(&self, client: &mut ControlPlaneClient, timeout: Duration) {
         let pending: Vec<_> = self.take().into_iter().collect();
         for chunk in pending.chunks(MAX_ENTRIES) {
             let entries = chunk
@@ -60,20 +60,24 @@ impl UsageCounter {
                     last_used_at: Some(prost_types::Timestamp::from(*last)),
                 })
                 .collect();
-            if let Err(status) = client.report_usage(pb::ReportUsageRequest { entries }).await {
-                tracing::warn!(code = ?status.code(), message = status.message(), "usage report failed; will retry");
-                self.restore(chunk.iter().cloned().collect());
-            }
+            let report = tokio::time::timeout(timeout, client.report_usage(pb::ReportUsageRequest { entries })).await;
+            let failure = match report {
+                Ok(Ok(_)) => continue,
+                Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+            tracing::warn!(%failure, "usage report failed; will retry");
+            self.restore(chunk.iter().cloned().collect());
         }
     }
 
     /// Reports every `interval` until the task is dropped.
-    pub async fn report_every(self, mut client: ControlPlaneClient, interval: Duration) {
+    pub async fn report_every(self, mut client: ControlPlaneClient, interval: Duration, timeout: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            self.flush(&mut client).await;
+            self.flush(&mut client, timeout).await;
         }
     }
 }

@@ -113,11 +113,12 @@ impl TestControlPlane {
     }
 
     /// Starts a control plane with exactly this configuration (its data dir
-    /// must outlive it). A random root token is written first.
-    pub async fn launch(config: Config) -> Self {
+    /// must outlive it). A random root token is written first (to
+    /// `<data-dir>/root-token` unless the configuration names a file).
+    pub async fn launch(mut config: Config) -> Self {
         logs::init();
         std::fs::create_dir_all(&config.storage.data_dir).expect("data dir");
-        let root_path = config.root_token_path();
+        let root_path = config.root_token_file.get_or_insert_with(|| config.storage.data_dir.join("root-token")).clone();
         if !root_path.exists() {
             std::fs::write(
                 &root_path,
@@ -464,7 +465,8 @@ impl TestSidecar {
         let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (grpc_addr, http_addr) = (grpc.local_addr().expect("addr"), http.local_addr().expect("addr"));
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keyplane_sidecar::run(config, keyplane_sidecar::Listeners { grpc, http }, async {
+        let listeners = keyplane_sidecar::Listeners { grpc: grpc.into(), http: http.into() };
+        let task = tokio::spawn(keyplane_sidecar::run(config, listeners, async {
             let _ = stopped.await;
         }));
         Self {

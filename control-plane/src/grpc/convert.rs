@@ -173,6 +173,7 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
         Failure::Expired => pb::VerifyFailure::Expired,
         Failure::WrongEnvironment => pb::VerifyFailure::WrongEnvironment,
         Failure::MissingScope => pb::VerifyFailure::MissingScope,
+        Failure::Throttled => pb::VerifyFailure::Throttled,
     }
 }
 

@@ -38,7 +38,7 @@ fn event_kind(kind: &str) -> pb::KeyEventKind {
     }
 }
 
-fn to_proto(message: FeedMessage) -> pb::WatchResponse {
+fn to_proto(message: FeedMessage, interval: Option<prost_types::Duration>) -> pb::WatchResponse {
     let seq = |s: i64| u64::try_from(s).unwrap_or(0);
     let message = match message {
         FeedMessage::Event(event) => pb::watch_response::Message::Event(pb::KeyEvent {
@@ -46,7 +46,9 @@ fn to_proto(message: FeedMessage) -> pb::WatchResponse {
             kind: event_kind(&event.kind).into(),
             key_id: event.key_id,
         }),
-        FeedMessage::Heartbeat(head) => pb::watch_response::Message::Heartbeat(pb::Heartbeat { head_seq: seq(head) }),
+        FeedMessage::Heartbeat(head) => {
+            pb::watch_response::Message::Heartbeat(pb::Heartbeat { head_seq: seq(head), interval })
+        }
         FeedMessage::Reset(head) => pb::watch_response::Message::Reset(pb::Reset { head_seq: seq(head) }),
     };
     pb::WatchResponse { message: Some(message) }
@@ -77,7 +79,8 @@ impl KeySyncService for KeySyncGrpc {
         let after =
             i64::try_from(request.get_ref().after_seq).map_err(|_| Error::invalid("after_seq", "is out of range"))?;
         let receiver = self.feed.watch(&ctx, after, request.get_ref().from_head).await?;
-        let stream = ReceiverStream::new(receiver).map(|item| item.map(to_proto).map_err(Status::from));
+        let interval = prost_types::Duration::try_from(self.feed.heartbeat_interval()).ok();
+        let stream = ReceiverStream::new(receiver).map(move |item| item.map(|m| to_proto(m, interval)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 

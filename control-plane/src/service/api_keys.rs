@@ -165,6 +165,28 @@ impl KeyService {
         Self { core, verifier }
     }
 
+    /// Creates a platform admin key for the operator's bootstrap command.
+    pub async fn create_admin_key(&self, name: &str) -> Result<IssuedKey> {
+        let ctx = RequestContext {
+            actor: super::Actor::Operator,
+            request_id: String::new(),
+            peer_address: String::new(),
+            user_agent: String::new(),
+        };
+        let new = NewKey {
+            org_id: super::auth::PLATFORM_ORG.to_owned(),
+            name: name.to_owned(),
+            description: "created by `keyplane create-admin-key`".into(),
+            environment: Environment::Live,
+            scopes: vec![Scope::Admin.as_str().to_owned()],
+            expiry: None,
+            rate_limit: None,
+            metadata: None,
+            recoverable: false,
+        };
+        self.create(&ctx, new).await
+    }
+
     /// Creates a key and returns its token once.
     pub async fn create(&self, ctx: &RequestContext, new: NewKey) -> Result<IssuedKey> {
         let org = ctx.authorize(Scope::KeysWrite, &new.org_id)?;
@@ -514,8 +536,10 @@ fn check_expiry(field: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<Da
 }
 
 fn check_rate_limit(violations: &mut Violations, field: &str, limit: &RateLimit) {
-    if limit.requests == 0 || limit.requests > i32::MAX as u32 {
+    if limit.requests == 0 {
         violations.add(format!("{field}.requests"), "must be at least 1");
+    } else if i32::try_from(limit.requests).is_err() {
+        violations.add(format!("{field}.requests"), format!("must be at most {}", i32::MAX));
     }
     if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&limit.window) {
         violations.add(format!("{field}.window"), "must be between 1 second and 1 day");

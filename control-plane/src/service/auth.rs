@@ -95,6 +95,9 @@ impl Scope {
 pub enum Actor {
     /// The root token: every scope, in any org named by the request.
     Root,
+    /// An operator's command run against the database (`keyplane
+    /// create-admin-key`): every scope, like root, audited as `operator`.
+    Operator,
     /// A Keyplane API key.
     ApiKey {
         /// Key id.
@@ -128,7 +131,7 @@ impl RequestContext {
     /// Whether the caller holds the scope string `scope`.
     fn holds(&self, scope: &str) -> bool {
         match &self.actor {
-            Actor::Root => true,
+            Actor::Root | Actor::Operator => true,
             Actor::ApiKey { scopes, .. } => scopes.iter().any(|s| s == scope || s == Scope::Admin.as_str()),
         }
     }
@@ -136,7 +139,7 @@ impl RequestContext {
     /// Whether the caller acts across orgs (root token or a platform key).
     pub fn is_platform(&self) -> bool {
         match &self.actor {
-            Actor::Root => true,
+            Actor::Root | Actor::Operator => true,
             Actor::ApiKey { org_id, .. } => org_id == PLATFORM_ORG,
         }
     }
@@ -165,7 +168,7 @@ impl RequestContext {
     /// keys with `keyplane:sidecar`, else its own org with `keyplane:keys:read`.
     pub fn verification_scope(&self) -> Result<OrgScope<'_>> {
         match &self.actor {
-            Actor::Root => Ok(OrgScope::AllOrgs),
+            Actor::Root | Actor::Operator => Ok(OrgScope::AllOrgs),
             Actor::ApiKey { .. } if self.is_platform() && self.has_scope(Scope::Sidecar) => Ok(OrgScope::AllOrgs),
             Actor::ApiKey { org_id, .. } if self.has_scope(Scope::KeysRead) => Ok(OrgScope::Org(org_id)),
             Actor::ApiKey { .. } => Err(Error::PermissionDenied(format!(
@@ -190,6 +193,7 @@ impl RequestContext {
     pub fn actor_label(&self) -> (&'static str, String) {
         match &self.actor {
             Actor::Root => ("root", "root".to_owned()),
+            Actor::Operator => ("operator", "keyplane create-admin-key".to_owned()),
             Actor::ApiKey { key_id, .. } => ("api_key", key_id.clone()),
         }
     }
@@ -226,14 +230,15 @@ pub fn check_org_id(org: &str) -> Result<()> {
 /// Turns a bearer token into an [`Actor`].
 #[derive(Clone)]
 pub struct Authenticator {
-    root_digest: [u8; 32],
+    /// SHA-256 of the root token; `None` when there is no root token.
+    root_digest: Option<[u8; 32]>,
     verifier: Arc<Verifier>,
 }
 
 impl Authenticator {
-    /// An authenticator for this root token.
-    pub fn new(root_token: &str, verifier: Arc<Verifier>) -> Self {
-        Self { root_digest: crate::crypto::sha256(root_token.as_bytes()), verifier }
+    /// An authenticator for this root token, if there is one.
+    pub fn new(root_token: Option<&str>, verifier: Arc<Verifier>) -> Self {
+        Self { root_digest: root_token.map(|token| crate::crypto::sha256(token.as_bytes())), verifier }
     }
 
     /// Authenticates `bearer` (the token after `Bearer `).
@@ -242,14 +247,18 @@ impl Authenticator {
             .ok_or(Error::Unauthenticated("missing credentials: send metadata `authorization: Bearer <token>`"))?;
         // Compare digests in constant time; the digest also equalises lengths.
         let digest = crate::crypto::sha256(token.as_bytes());
-        if bool::from(digest.ct_eq(&self.root_digest)) {
+        if self.root_digest.is_some_and(|root| bool::from(digest.ct_eq(&root))) {
             return Ok(Actor::Root);
         }
         match self.verifier.verify(OrgScope::AllOrgs, token, Purpose::Authentication).await? {
             Verification::Valid(key) => {
                 Ok(Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id })
             }
-            Verification::Invalid(..) => Err(Error::Unauthenticated("invalid, expired or revoked credentials")),
+            Verification::Invalid(failure, _) => {
+                // The rpc span carries the peer address and request id.
+                tracing::warn!(reason = failure.as_str(), "authentication failed");
+                Err(Error::Unauthenticated("invalid, expired or revoked credentials"))
+            }
         }
     }
 }

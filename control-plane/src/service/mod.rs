@@ -50,3 +50,24 @@ pub struct Core {
     /// the dispatcher sends them at once instead of at the next poll.
     pub deliveries_due: Arc<tokio::sync::Notify>,
 }
+
+impl Core {
+    /// Shared state over these parts, with fresh wake-up signals.
+    pub fn new(
+        db: DatabaseConnection,
+        tokens: TokenFormat,
+        hasher: SecretHasher,
+        master_keys: MasterKeys,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            db,
+            tokens,
+            hasher,
+            master_keys,
+            metrics,
+            key_events_committed: Arc::new(tokio::sync::Notify::new()),
+            deliveries_due: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+}

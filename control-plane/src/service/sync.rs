@@ -28,7 +28,8 @@ const BATCH: u64 = 1000;
 pub enum FeedMessage {
     /// A key changed.
     Event(key_events::Model),
-    /// Alive; the log's head.
+    /// Every event up to this seq has been delivered on the stream, and the
+    /// log was read successfully within the last heartbeat period.
     Heartbeat(i64),
     /// The requested position is gone: flush and continue from this head.
     Reset(i64),
@@ -37,7 +38,8 @@ pub enum FeedMessage {
 /// Timing of the feed.
 #[derive(Clone, Copy, Debug)]
 pub struct FeedSettings {
-    /// Heartbeat period of each stream.
+    /// Heartbeat period of each stream; also how long a read of the log may
+    /// take before it counts as failed.
     pub heartbeat: Duration,
     /// How often the log is polled for other replicas' commits.
     pub poll: Duration,
@@ -50,6 +52,8 @@ pub struct KeyEventFeed {
     live: broadcast::Sender<key_events::Model>,
     /// Highest seq broadcast so far.
     tailed: AtomicI64,
+    /// When the log was last read successfully (by the tailer or a replay).
+    last_read: std::sync::Mutex<tokio::time::Instant>,
     /// Flipped at shutdown so open streams end and the server can drain.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -60,7 +64,19 @@ impl KeyEventFeed {
         let head = key_events::head_seq(&core.db).await?;
         let (live, _) = broadcast::channel(4096);
         let (closing, _) = tokio::sync::watch::channel(false);
-        Ok(Arc::new(Self { core, settings, live, tailed: AtomicI64::new(head), closing }))
+        Ok(Arc::new(Self {
+            core,
+            settings,
+            live,
+            tailed: AtomicI64::new(head),
+            last_read: std::sync::Mutex::new(tokio::time::Instant::now()),
+            closing,
+        }))
+    }
+
+    /// The heartbeat period of every stream.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.settings.heartbeat
     }
 
     /// Ends every open Watch stream (at shutdown; sidecars reconnect elsewhere).
@@ -84,7 +100,7 @@ impl KeyEventFeed {
     async fn tail_once(&self) -> Result<()> {
         loop {
             let after = self.tailed.load(Ordering::Acquire);
-            let events = key_events::after(&self.core.db, after, BATCH).await?;
+            let events = self.read_log(after).await?;
             let Some(last) = events.last().map(|e| e.seq) else {
                 return Ok(());
             };
@@ -94,6 +110,29 @@ impl KeyEventFeed {
             }
             self.tailed.store(last, Ordering::Release);
         }
+    }
+
+    /// Reads up to a batch of events after `after`, recording a successful
+    /// read. A read that does not answer within a heartbeat period counts as
+    /// failed, so a database that hangs stops heartbeats as surely as one
+    /// that refuses connections.
+    async fn read_log(&self, after: i64) -> Result<Vec<key_events::Model>> {
+        let started = tokio::time::Instant::now();
+        let events = tokio::time::timeout(self.settings.heartbeat, key_events::after(&self.core.db, after, BATCH))
+            .await
+            .map_err(|_| Error::Unavailable("reading the key-event log timed out".into()))??;
+        let mut last_read = self.last_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last_read = (*last_read).max(started);
+        Ok(events)
+    }
+
+    /// Whether this replica may vouch for its streams: it has read the log
+    /// successfully within the last heartbeat period (plus one poll). A
+    /// heartbeat promises "nothing committed is missing", which a replica
+    /// cut off from its database cannot promise.
+    fn vouches(&self) -> bool {
+        let last_read = *self.last_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last_read.elapsed() <= self.settings.heartbeat + self.settings.poll
     }
 
     /// Starts a Watch stream after `after_seq` (or at the head, for a sidecar
@@ -124,7 +163,7 @@ impl KeyEventFeed {
         mut live: broadcast::Receiver<key_events::Model>,
         sender: &mpsc::Sender<Result<FeedMessage>>,
     ) -> Result<()> {
-        let send = |message| async { sender.send(Ok(message)).await.map_err(|_| Error::Unauthenticated("closed")) };
+        let send = |message| async { sender.send(Ok(message)).await.map_err(|_| Error::StreamClosed) };
         let head = key_events::head_seq(&self.core.db).await?;
         let oldest = key_events::oldest_seq(&self.core.db).await?;
         let mut position = after_seq;
@@ -148,7 +187,11 @@ impl KeyEventFeed {
                 // The only change ever made is to `true`.
                 _ = closing.changed() => return Ok(()),
                 _ = heartbeat.tick() => {
-                    send(FeedMessage::Heartbeat(position)).await?;
+                    if self.vouches() {
+                        send(FeedMessage::Heartbeat(position)).await?;
+                    } else {
+                        tracing::warn!("the key-event log has not been read recently; withholding heartbeats");
+                    }
                 }
                 received = live.recv() => match received {
                     Ok(event) if event.seq > position => {
@@ -167,13 +210,13 @@ impl KeyEventFeed {
     /// Sends every logged event after `position`; returns the new position.
     async fn replay(&self, mut position: i64, sender: &mpsc::Sender<Result<FeedMessage>>) -> Result<i64> {
         loop {
-            let events = key_events::after(&self.core.db, position, BATCH).await?;
+            let events = self.read_log(position).await?;
             if events.is_empty() {
                 return Ok(position);
             }
             for event in events {
                 position = event.seq;
-                sender.send(Ok(FeedMessage::Event(event))).await.map_err(|_| Error::Unauthenticated("closed"))?;
+                sender.send(Ok(FeedMessage::Event(event))).await.map_err(|_| Error::StreamClosed)?;
             }
         }
     }

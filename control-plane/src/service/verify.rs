@@ -4,10 +4,22 @@
 //! Malformed tokens are refused before any lookup. A correct secret is
 //! remembered (by SHA-256 of the token) so repeated checks skip argon2; the
 //! key row is still read every time, so revocation takes effect at once.
+//!
+//! Argon2 work is bounded for abusers: after [`AbuseLimits::failures_per_key`]
+//! wrong secrets for one key id within the window, further unverified
+//! secrets for it are refused without hashing (remembered correct secrets
+//! keep working, so the owner is not locked out), and all key ids with a
+//! recent failure share a global budget of hashes per second, so guessing
+//! cannot starve verification of other keys. A refusal that did no hashing
+//! (unknown key id, throttled) waits as long as a typical hash, so timing
+//! does not tell a real key id from an unknown one.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 
 use super::Core;
@@ -32,6 +44,9 @@ pub enum Failure {
     WrongEnvironment,
     /// The key lacks a required scope.
     MissingScope,
+    /// Refused without hashing: too many wrong secrets for this key id
+    /// recently, or for all keys together.
+    Throttled,
 }
 
 impl Failure {
@@ -45,6 +60,7 @@ impl Failure {
             Failure::Expired => "expired",
             Failure::WrongEnvironment => "wrong_environment",
             Failure::MissingScope => "missing_scope",
+            Failure::Throttled => "throttled",
         }
     }
 }
@@ -67,18 +83,51 @@ pub enum Verification {
     Invalid(Failure, Option<Box<api_keys::Model>>),
 }
 
+/// Bounds on argon2 work spent on wrong secrets.
+#[derive(Clone, Copy, Debug)]
+pub struct AbuseLimits {
+    /// Wrong secrets for one key id within `failure_window` after which
+    /// unverified secrets for it are refused without hashing.
+    pub failures_per_key: u32,
+    /// How long failures count against a key id (from its first failure).
+    pub failure_window: Duration,
+    /// Hashes per second, over all key ids with a failure in their window.
+    pub suspect_hashes_per_second: u32,
+}
+
+/// Key ids tracked for failures at most (the oldest are forgotten first).
+const TRACKED_KEY_IDS: u64 = 100_000;
+/// Starting estimate of one argon2 verification, until one is measured.
+const INITIAL_HASH_ESTIMATE: Duration = Duration::from_millis(20);
+
 /// Verifies tokens.
 pub struct Verifier {
     core: Arc<Core>,
     /// SHA-256 of a token → the secret hash it was found to match.
     verified_secrets: Cache<[u8; 32], Arc<str>>,
+    limits: AbuseLimits,
+    /// Key id → wrong secrets within its window.
+    failures: Cache<String, Arc<AtomicU32>>,
+    /// Hashes allowed for key ids under suspicion.
+    suspect_hashes: DefaultDirectRateLimiter,
+    /// Moving average of one argon2 verification, in nanoseconds.
+    typical_hash_nanos: AtomicU64,
 }
 
 impl Verifier {
     /// A verifier remembering up to `capacity` verified secrets.
-    pub fn new(core: Arc<Core>, capacity: u64) -> Self {
+    pub fn new(core: Arc<Core>, capacity: u64, limits: AbuseLimits) -> Self {
         let verified_secrets = Cache::builder().max_capacity(capacity).time_to_idle(Duration::from_secs(600)).build();
-        Self { core, verified_secrets }
+        let failures = Cache::builder().max_capacity(TRACKED_KEY_IDS).time_to_live(limits.failure_window).build();
+        let rate = NonZeroU32::new(limits.suspect_hashes_per_second).unwrap_or(NonZeroU32::MIN);
+        Self {
+            core,
+            verified_secrets,
+            limits,
+            failures,
+            suspect_hashes: RateLimiter::direct(Quota::per_second(rate)),
+            typical_hash_nanos: AtomicU64::new(INITIAL_HASH_ESTIMATE.as_nanos() as u64),
+        }
     }
 
     /// Checks `token` against keys in `scope`: format, key, secret, status,
@@ -98,18 +147,23 @@ impl Verifier {
     }
 
     async fn check(&self, scope: OrgScope<'_>, token: &str) -> Result<Verification> {
+        let started = Instant::now();
         let Some(parsed) = self.core.tokens.parse(token) else {
             return Ok(Verification::Invalid(Failure::Malformed, None));
         };
-        let Some(key) = api_keys::find_in(&self.core.db, scope, &parsed.key_id()).await? else {
+        let found = api_keys::find_in(&self.core.db, scope, &parsed.key_id()).await?;
+        // A token whose prefix disagrees with its key is not one we issued.
+        let Some(key) = found.filter(|key| key.environment() == parsed.environment) else {
+            self.pad_to_typical_hash(started).await;
             return Ok(Verification::Invalid(Failure::Unknown, None));
         };
-        if key.environment() != parsed.environment {
-            // A token whose prefix disagrees with its key is not one we issued.
-            return Ok(Verification::Invalid(Failure::Unknown, None));
-        }
-        if !self.secret_matches(token, parsed.secret, &key.secret_hash).await? {
-            return Ok(Verification::Invalid(Failure::BadSecret, None));
+        match self.secret_matches(token, parsed.secret, &key).await? {
+            SecretCheck::Matches => {}
+            SecretCheck::Wrong => return Ok(Verification::Invalid(Failure::BadSecret, None)),
+            SecretCheck::Throttled => {
+                self.pad_to_typical_hash(started).await;
+                return Ok(Verification::Invalid(Failure::Throttled, None));
+            }
         }
         let failure = if key.status != api_keys::ACTIVE {
             Some(Failure::Revoked)
@@ -124,19 +178,66 @@ impl Verifier {
         })
     }
 
-    async fn secret_matches(&self, token: &str, secret: &str, secret_hash: &str) -> Result<bool> {
+    /// Checks the secret: a remembered match costs nothing; otherwise
+    /// argon2 runs unless the key id is over its failure limits.
+    async fn secret_matches(&self, token: &str, secret: &str, key: &api_keys::Model) -> Result<SecretCheck> {
         let digest = crate::crypto::sha256(token.as_bytes());
-        if self.verified_secrets.get(&digest).await.as_deref() == Some(secret_hash) {
-            return Ok(true);
+        if self.verified_secrets.get(&digest).await.as_deref() == Some(key.secret_hash.as_str()) {
+            return Ok(SecretCheck::Matches);
+        }
+        let failures = self.failures.get(&key.id).await.map_or(0, |count| count.load(Ordering::Relaxed));
+        let throttled_by = if failures >= self.limits.failures_per_key {
+            Some("key")
+        } else if failures > 0 && self.suspect_hashes.check().is_err() {
+            Some("global")
+        } else {
+            None
+        };
+        if let Some(limit) = throttled_by {
+            self.core.metrics.verify_throttled.get_or_create(&vec![("limit", limit)]).inc();
+            tracing::warn!(key_id = %key.id, failures, limit, "secret refused without hashing: too many wrong secrets");
+            return Ok(SecretCheck::Throttled);
         }
         let started = Instant::now();
-        let matches = self.core.hasher.verify(secret.to_owned(), secret_hash.to_owned()).await?;
-        self.core.metrics.argon2_seconds.observe(started.elapsed().as_secs_f64());
+        let matches = self.core.hasher.verify(secret.to_owned(), key.secret_hash.clone()).await?;
+        self.record_hash_time(started.elapsed());
         if matches {
-            self.verified_secrets.insert(digest, Arc::from(secret_hash)).await;
+            self.verified_secrets.insert(digest, Arc::from(key.secret_hash.as_str())).await;
+            Ok(SecretCheck::Matches)
+        } else {
+            let count = self.failures.get_with(key.id.clone(), async { Arc::new(AtomicU32::new(0)) }).await;
+            count.fetch_add(1, Ordering::Relaxed);
+            Ok(SecretCheck::Wrong)
         }
-        Ok(matches)
     }
+
+    fn record_hash_time(&self, took: Duration) {
+        self.core.metrics.argon2_seconds.observe(took.as_secs_f64());
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // Exponential moving average with weight 1/8; races only blur it.
+        let average = self.typical_hash_nanos.load(Ordering::Relaxed);
+        let updated = average - average / 8 + took / 8;
+        self.typical_hash_nanos.store(updated, Ordering::Relaxed);
+    }
+
+    /// Waits until a refusal that did no hashing has taken as long as a
+    /// typical hash (no CPU is spent: it is a timer).
+    async fn pad_to_typical_hash(&self, started: Instant) {
+        let typical = Duration::from_nanos(self.typical_hash_nanos.load(Ordering::Relaxed));
+        if let Some(remaining) = typical.checked_sub(started.elapsed()) {
+            tokio::time::sleep(remaining).await;
+        }
+    }
+}
+
+/// What checking a secret found.
+enum SecretCheck {
+    /// Correct.
+    Matches,
+    /// Wrong (argon2 ran).
+    Wrong,
+    /// Not checked: the key id is over its failure limits.
+    Throttled,
 }
 
 /// Applies a caller's requirements to a valid key: environment, then scopes.

@@ -79,7 +79,9 @@ impl WebhookPolicy {
         if parsed.fragment().is_some() {
             return Err(Error::invalid(field, "must not contain a fragment"));
         }
-        self.egress.check_scheme(&parsed).map_err(|why| Error::invalid(field, why))?;
+        // Scheme, and IP literals or `localhost` in refused ranges: refused
+        // when saved, and checked again on every resolved address.
+        self.egress.check_url(&parsed).map_err(|why| Error::invalid(field, why))?;
         parsed.host_str().map(str::to_owned).ok_or_else(|| Error::invalid(field, "must have a host"))
     }
 }

@@ -32,14 +32,21 @@ pub enum OrgScope<'a> {
     AllOrgs,
 }
 
+/// How long SQLite callers queue for its one connection (its busy timeout too).
+const SQLITE_WAIT: Duration = Duration::from_secs(30);
+
 /// Opens the database. SQLite gets one connection (SQLite has one writer;
 /// one connection serialises transactions instead of failing them with
 /// SQLITE_BUSY), WAL, a busy timeout and case-sensitive LIKE like Postgres.
-pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+/// Postgres calls wait at most `timeout` for a connection, so losing the
+/// database turns into UNAVAILABLE quickly instead of a hang.
+pub async fn connect(url: &str, timeout: Duration) -> Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(url.to_owned());
-    options.sqlx_logging(false).connect_timeout(Duration::from_secs(10));
+    options.sqlx_logging(false);
     if url.starts_with("sqlite:") {
         options
+            .connect_timeout(SQLITE_WAIT)
+            .acquire_timeout(SQLITE_WAIT)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None::<Duration>)
@@ -47,12 +54,12 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
             .map_sqlx_sqlite_opts(|opts: SqliteConnectOptions| {
                 opts.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .busy_timeout(Duration::from_secs(30))
+                    .busy_timeout(SQLITE_WAIT)
                     .foreign_keys(true)
                     .pragma("case_sensitive_like", "ON")
             });
     } else {
-        options.max_connections(32).min_connections(1);
+        options.connect_timeout(timeout).acquire_timeout(timeout).max_connections(32).min_connections(1);
     }
     Ok(Database::connect(options).await?)
 }
