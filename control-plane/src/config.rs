@@ -88,10 +88,11 @@ pub struct StorageArgs {
     /// Default: SQLite at `<data-dir>/keyplane.db`.
     #[arg(long, env = "KEYPLANE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Postgres: longest wait for a pooled connection (or a new one) before
-    /// a call fails with UNAVAILABLE. SQLite waits for its one connection.
-    #[arg(long, env = "KEYPLANE_DATABASE_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub database_timeout: Duration,
+    /// Postgres: longest wait for a pooled connection when every one is busy
+    /// (a burst), before the call fails with UNAVAILABLE. A database that is
+    /// gone is detected sooner, by the probe (--database-probe-timeout).
+    #[arg(long, env = "KEYPLANE_DATABASE_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_acquire_timeout: Duration,
 }
 
 impl StorageArgs {
@@ -104,7 +105,7 @@ impl StorageArgs {
 
     /// Opens the database these arguments name.
     pub async fn connect(&self) -> crate::Result<sea_orm::DatabaseConnection> {
-        crate::store::connect(&self.database_url(), self.database_timeout).await
+        crate::store::connect(&self.database_url(), self.database_acquire_timeout).await
     }
 
     /// Whether the database is Postgres.
@@ -123,6 +124,11 @@ pub struct Config {
     /// gRPC listen address.
     #[arg(long, env = "KEYPLANE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Postgres: a probe on its own connection pings the database every
+    /// 250ms; no answer within this long and every API call answers
+    /// UNAVAILABLE at once (health NOT_SERVING) until it answers again.
+    #[arg(long, env = "KEYPLANE_DATABASE_PROBE_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub database_probe_timeout: Duration,
     /// Prometheus `/metrics` listen address (off when unset).
     #[arg(long, env = "KEYPLANE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -193,7 +199,11 @@ pub struct AbuseArgs {
     pub failure_window: Duration,
     /// Argon2 verifications per second, over all key ids with a recent wrong
     /// secret (keys without failures are never limited).
-    #[arg(long = "verify-max-suspect-hashes-per-second", env = "KEYPLANE_VERIFY_MAX_SUSPECT_HASHES_PER_SECOND", default_value_t = 20)]
+    #[arg(
+        long = "verify-max-suspect-hashes-per-second",
+        env = "KEYPLANE_VERIFY_MAX_SUSPECT_HASHES_PER_SECOND",
+        default_value_t = 20
+    )]
     pub suspect_hashes_per_second: u32,
 }
 
@@ -322,9 +332,10 @@ impl Config {
             storage: StorageArgs {
                 data_dir: data_dir.into(),
                 database_url: None,
-                database_timeout: Duration::from_millis(500),
+                database_acquire_timeout: Duration::from_secs(5),
             },
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_probe_timeout: Duration::from_millis(500),
             metrics_listen: None,
             root_token_file: None,
             master_key_file: None,

@@ -250,6 +250,24 @@ mod tests {
         assert!(refused(&open, "10.0.0.1"));
     }
 
+    /// The check on resolved addresses, for names that pass the URL check
+    /// (here `localhost`, which the system resolves from /etc/hosts).
+    #[tokio::test]
+    async fn resolved_addresses_are_checked() {
+        use std::str::FromStr;
+        let closed = GuardedResolver { policy: Arc::new(EgressPolicy::default()) };
+        let error = closed.resolve(Name::from_str("localhost").unwrap()).await.err().expect("refused");
+        assert!(error.to_string().contains("localhost refused"), "{error}");
+        let open = GuardedResolver {
+            policy: Arc::new(EgressPolicy {
+                allowed_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                allow_http: false,
+            }),
+        };
+        let addrs: Vec<SocketAddr> = open.resolve(Name::from_str("localhost").unwrap()).await.unwrap().collect();
+        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+    }
+
     #[test]
     fn urls_need_https_and_a_public_literal() {
         let closed = EgressPolicy::default();

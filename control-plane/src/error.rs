@@ -141,9 +141,12 @@ pub fn is_unavailable(error: &DbErr) -> bool {
         return false;
     };
     match sqlx.as_ref() {
-        Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::Protocol(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => {
-            true
-        }
+        Sqlx::Io(_)
+        | Sqlx::Tls(_)
+        | Sqlx::Protocol(_)
+        | Sqlx::PoolTimedOut
+        | Sqlx::PoolClosed
+        | Sqlx::WorkerCrashed => true,
         // Postgres: connection exceptions (08…), shutdown or start-up in
         // progress (57P01–57P03), too many connections (53300).
         Sqlx::Database(db) => db.code().is_some_and(|code| {

@@ -4,6 +4,7 @@
 //!
 //! [`run`] wires everything; `main.rs` only parses, binds and waits for a signal.
 
+pub mod availability;
 pub mod bootstrap;
 pub mod config;
 pub mod crypto;
@@ -27,7 +28,6 @@ use keyplane_proto::admin::v1::delivery_service_server::DeliveryServiceServer;
 use keyplane_proto::admin::v1::event_service_server::EventServiceServer;
 use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
-use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpConnectInfo;
@@ -58,8 +58,6 @@ pub struct Listeners {
 const VERIFIED_SECRETS_CAPACITY: u64 = 100_000;
 /// How often old key events are compacted.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-/// How often the health check pings the database.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the control plane until `shutdown` resolves, then drains in-flight calls.
 pub async fn run(
@@ -139,7 +137,10 @@ pub async fn run(
     health_reporter.set_serving::<EventServiceServer<grpc::events::EventGrpc>>().await;
     health_reporter.set_serving::<DeliveryServiceServer<grpc::deliveries::DeliveryGrpc>>().await;
     health_reporter.set_serving::<ConnectionServiceServer<grpc::connections::ConnectionGrpc>>().await;
-    let health_task = tokio::spawn(watch_database(db.clone(), health_reporter));
+    let reachability = availability::Reachability::default();
+    let probe = store::connect_probe(&config.storage.database_url(), config.database_probe_timeout).await?;
+    let health_task = probe
+        .map(|probe| tokio::spawn(reachability.clone().probe(probe, config.database_probe_timeout, health_reporter)));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -176,6 +177,7 @@ pub async fn run(
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_grpc().make_span_with(request_span))
+        .layer(availability::DatabaseGate(reachability))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -193,7 +195,9 @@ pub async fn run(
         })
         .await;
 
-    health_task.abort();
+    if let Some(task) = health_task {
+        task.abort();
+    }
     let _ = stop_dispatcher.send(true);
     let _ = dispatcher_task.await;
     for task in background {
@@ -213,25 +217,6 @@ fn abuse_limits(config: &Config) -> AbuseLimits {
         failures_per_key: config.abuse.failures_per_key,
         failure_window: config.abuse.failure_window,
         suspect_hashes_per_second: config.abuse.suspect_hashes_per_second,
-    }
-}
-
-/// Reports NOT_SERVING while the database is unreachable.
-async fn watch_database(db: DatabaseConnection, reporter: tonic_health::server::HealthReporter) {
-    let mut serving = true;
-    loop {
-        tokio::time::sleep(HEALTH_INTERVAL).await;
-        let reachable = db.ping().await.is_ok();
-        if reachable != serving {
-            serving = reachable;
-            let status = if serving {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tracing::warn!("database unreachable; reporting NOT_SERVING");
-                tonic_health::ServingStatus::NotServing
-            };
-            reporter.set_service_status("", status).await;
-        }
     }
 }
 

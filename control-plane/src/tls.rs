@@ -50,8 +50,11 @@ impl ReloadingTls {
         let (Some(cert_file), Some(key_file)) = (&args.cert_file, &args.key_file) else {
             return Ok(None);
         };
-        let files =
-            TlsFiles { cert_file: cert_file.clone(), key_file: key_file.clone(), client_ca_file: args.client_ca_file.clone() };
+        let files = TlsFiles {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: args.client_ca_file.clone(),
+        };
         let current = RwLock::new(Arc::new(files.build()?));
         Ok(Some(Arc::new(Self { files, current })))
     }

@@ -115,7 +115,9 @@ fn nul_in_value(value: &Value, path: &str) -> Option<String> {
     match value {
         Value::String(text) => text.contains('\0').then(|| path.to_owned()),
         Value::Message(message) => nul_in_message(message, path),
-        Value::List(items) => items.iter().enumerate().find_map(|(i, item)| nul_in_value(item, &format!("{path}[{i}]"))),
+        Value::List(items) => {
+            items.iter().enumerate().find_map(|(i, item)| nul_in_value(item, &format!("{path}[{i}]")))
+        }
         Value::Map(entries) => entries.iter().find_map(|(key, item)| match key {
             MapKey::String(key) if key.contains('\0') => Some(path.to_owned()),
             MapKey::String(key) => nul_in_value(item, &format!("{path}.{key}")),

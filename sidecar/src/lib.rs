@@ -134,7 +134,9 @@ pub async fn run(
             router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
         }
         Listener::Unix(listener) => {
-            router.serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown).await
+            router
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+                .await
         }
     };
 

@@ -47,7 +47,11 @@ async fn acknowledged_events_survive_sigkill(backend: Backend) {
         let Some(url) = backend.fresh_database(data.path()).await else { return };
         let key_file = data.path().join("master.key");
         std::fs::write(&key_file, keyplane_control_plane::crypto::MasterKeys::generate_line("k1")).unwrap();
+        // Postgres generates no root token (replicas must share one): give it.
+        let root_file = data.path().join("root-token");
+        std::fs::write(&root_file, format!("kproot_test_{}{}", random_org(), random_org())).unwrap();
         args.extend(["--database-url".into(), url, "--master-key-file".into(), key_file.display().to_string()]);
+        args.extend(["--root-token-file".into(), root_file.display().to_string()]);
     }
     let receiver = Receiver::start().await;
     let server = ControlPlaneProcess::start(&args).await;

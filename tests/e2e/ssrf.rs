@@ -1,8 +1,11 @@
-//! SSRF: webhook destinations are checked on the addresses actually
-//! connected to. Without an allow-list every internal destination is
-//! refused (recorded as an attempt error, nothing is sent); with one,
-//! loopback destinations are reached. Only loopback is ever contacted: the
-//! allowed-private-range decisions are covered by `egress` unit tests.
+//! SSRF: webhook destinations are checked when a subscription is saved (IP
+//! literals in every spelling, `localhost`) and again on the addresses
+//! actually connected to. Without an allow-list every internal destination
+//! is refused at creation, and one saved while the policy allowed it is
+//! refused at delivery (recorded as an attempt error, nothing is sent);
+//! with an allow-list, loopback destinations are reached. Only loopback is
+//! ever contacted: the allowed-private-range decisions are covered by
+//! `egress` unit tests.
 
 use std::time::Duration;
 
@@ -56,8 +59,9 @@ async fn internal_destinations_are_refused_unless_allow_listed(backend: Backend)
         ("private", "http://[::ffff:10.0.0.1]/hook".to_owned()),
     ];
 
-    // Closed: http allowed (to test addresses alone), no allow-list.
-    let Some(closed) = TestControlPlane::start_with(backend, |config| {
+    // Closed: http allowed (to test addresses alone), no allow-list. Every
+    // internal destination is refused when saved, in every spelling.
+    let Some(mut closed) = TestControlPlane::start_with(backend, |config| {
         config.egress.allow_http = true;
         config.webhooks.retry_schedule = crate::webhooks::schedule("0s");
     })
@@ -66,9 +70,44 @@ async fn internal_destinations_are_refused_unless_allow_listed(backend: Backend)
         return;
     };
     let org = random_org();
+    let spellings = [
+        "http://169.254.169.254/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://127.1/",
+        "http://0x7f.1/",
+        "http://2130706433/",
+        "http://0.0.0.0/",
+        "http://10.0.0.1/",
+        "http://localhost/",
+    ];
+    let mut webhooks = closed.webhooks(&closed.root_token).await;
+    for url in loopback.iter().chain(&internal).map(|(_, url)| url.as_str()).chain(spellings) {
+        let request = pb::CreateSubscriptionRequest {
+            org_id: org.clone(),
+            url: url.to_owned(),
+            event_types: vec!["probe.sent".into()],
+            ..Default::default()
+        };
+        let err = webhooks.create_subscription(request).await.expect_err(url);
+        assert_invalid_field(&err, "url");
+        assert!(err.message().contains("--egress-allow-cidr"), "{url}: {}", err.message());
+    }
+
+    // Saved while the policy allowed them, they are still refused when sent.
+    closed.stop_for_now().await;
+    let closed_policy = closed.config.egress.clone();
+    closed.config.egress.allow_cidr = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "169.254.0.0/16", "100.64.0.0/10"]
+        .iter()
+        .map(|net| net.parse().unwrap())
+        .collect();
+    closed.start_again().await;
     for (_, url) in loopback.iter().chain(&internal) {
         subscribe(&closed, &org, url, &["probe.sent"]).await;
     }
+    closed.stop_for_now().await;
+    closed.config.egress = closed_policy;
+    closed.start_again().await;
     assert_eq!(publish(&closed, &org, "probe.sent", "{}").await.deliveries_created, 8);
     for delivery in finished_deliveries(&closed, &org, 8).await {
         let attempt = &delivery.attempts[0];
@@ -82,7 +121,7 @@ async fn internal_destinations_are_refused_unless_allow_listed(backend: Backend)
         let kind = kind.split(' ').next().unwrap();
         assert!(refusals.iter().any(|e| e.contains(kind)), "no refusal names {kind}: {refusals:?}");
     }
-    assert!(refusals.iter().any(|e| e.contains("localhost refused")), "the name is refused after resolution");
+    assert!(refusals.iter().any(|e| e.contains("localhost: destination")), "the name is refused: {refusals:?}");
     for path in ["/v4", "/by-name", "/redirect", "/target"] {
         assert!(v4.received(path).is_empty(), "{path} was contacted");
     }

@@ -118,7 +118,8 @@ impl TestControlPlane {
     pub async fn launch(mut config: Config) -> Self {
         logs::init();
         std::fs::create_dir_all(&config.storage.data_dir).expect("data dir");
-        let root_path = config.root_token_file.get_or_insert_with(|| config.storage.data_dir.join("root-token")).clone();
+        let root_path =
+            config.root_token_file.get_or_insert_with(|| config.storage.data_dir.join("root-token")).clone();
         if !root_path.exists() {
             std::fs::write(
                 &root_path,

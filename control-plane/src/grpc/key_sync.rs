@@ -80,7 +80,8 @@ impl KeySyncService for KeySyncGrpc {
             i64::try_from(request.get_ref().after_seq).map_err(|_| Error::invalid("after_seq", "is out of range"))?;
         let receiver = self.feed.watch(&ctx, after, request.get_ref().from_head).await?;
         let interval = prost_types::Duration::try_from(self.feed.heartbeat_interval()).ok();
-        let stream = ReceiverStream::new(receiver).map(move |item| item.map(|m| to_proto(m, interval)).map_err(Status::from));
+        let stream =
+            ReceiverStream::new(receiver).map(move |item| item.map(|m| to_proto(m, interval)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 

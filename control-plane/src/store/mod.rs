@@ -38,8 +38,8 @@ const SQLITE_WAIT: Duration = Duration::from_secs(30);
 /// Opens the database. SQLite gets one connection (SQLite has one writer;
 /// one connection serialises transactions instead of failing them with
 /// SQLITE_BUSY), WAL, a busy timeout and case-sensitive LIKE like Postgres.
-/// Postgres calls wait at most `timeout` for a connection, so losing the
-/// database turns into UNAVAILABLE quickly instead of a hang.
+/// Postgres calls wait at most `timeout` for a connection (see
+/// [`crate::availability`] for how a lost database fails faster).
 pub async fn connect(url: &str, timeout: Duration) -> Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(url.to_owned());
     options.sqlx_logging(false);
@@ -62,6 +62,17 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<DatabaseConnection>
         options.connect_timeout(timeout).acquire_timeout(timeout).max_connections(32).min_connections(1);
     }
     Ok(Database::connect(options).await?)
+}
+
+/// A Postgres connection of its own for the availability probe, or `None`
+/// on SQLite (a local file: nothing to lose on the network).
+pub async fn connect_probe(url: &str, timeout: Duration) -> Result<Option<DatabaseConnection>> {
+    if url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options.sqlx_logging(false).acquire_timeout(timeout).max_connections(1).min_connections(1);
+    Ok(Some(Database::connect(options).await?))
 }
 
 /// Applies every pending migration.
