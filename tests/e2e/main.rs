@@ -12,4 +12,5 @@ mod proxies;
 mod secrets;
 mod sidecar;
 mod ssrf;
+mod tls;
 mod webhooks;

@@ -2,11 +2,13 @@
 //! the control plane in-process on `127.0.0.1:0` over SQLite or a throwaway
 //! Postgres, and builds authenticated gRPC clients.
 
+pub mod certs;
 pub mod echo;
 pub mod logs;
 pub mod oauth_provider;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod receiver;
 pub mod stats;
 
@@ -28,7 +30,7 @@ use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Which database a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct TestControlPlane {
     pub metrics_addr: SocketAddr,
     /// The configuration it runs with (for restarts and replicas).
     pub config: Config,
+    /// How the harness's own clients speak TLS to it (when it serves TLS).
+    pub client_tls: Option<ClientTlsConfig>,
     _temp: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<keyplane_control_plane::Result<()>>>,
@@ -94,6 +98,16 @@ impl TestControlPlane {
 
     /// Like [`start`](Self::start), letting the test adjust the configuration.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Self> {
+        Self::start_with_tls(backend, None, adjust).await
+    }
+
+    /// Like [`start_with`](Self::start_with) for a server configured (by
+    /// `adjust`) to serve TLS; the harness's clients use `client_tls`.
+    pub async fn start_with_tls(
+        backend: Backend,
+        client_tls: Option<ClientTlsConfig>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Option<Self> {
         logs::init();
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().to_path_buf();
@@ -107,7 +121,7 @@ impl TestControlPlane {
             config.master_key_file = Some(key_file);
         }
         adjust(&mut config);
-        let mut plane = Self::launch(config).await;
+        let mut plane = Self::launch_with_tls(config, client_tls).await;
         plane._temp = Some(temp);
         Some(plane)
     }
@@ -115,7 +129,12 @@ impl TestControlPlane {
     /// Starts a control plane with exactly this configuration (its data dir
     /// must outlive it). A random root token is written first (to
     /// `<data-dir>/root-token` unless the configuration names a file).
-    pub async fn launch(mut config: Config) -> Self {
+    pub async fn launch(config: Config) -> Self {
+        Self::launch_with_tls(config, None).await
+    }
+
+    /// Like [`launch`](Self::launch); the harness's clients use `client_tls`.
+    pub async fn launch_with_tls(mut config: Config, client_tls: Option<ClientTlsConfig>) -> Self {
         logs::init();
         std::fs::create_dir_all(&config.storage.data_dir).expect("data dir");
         let root_path =
@@ -149,6 +168,7 @@ impl TestControlPlane {
             data_dir,
             metrics_addr,
             config,
+            client_tls,
             _temp: None,
             shutdown: Some(shutdown),
             task: Some(task),
@@ -161,7 +181,7 @@ impl TestControlPlane {
         use tonic_health::pb::health_client::HealthClient;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await {
+            if let Ok(channel) = self.endpoint().connect().await {
                 let response = HealthClient::new(channel)
                     .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
                     .await;
@@ -174,14 +194,26 @@ impl TestControlPlane {
         }
     }
 
+    /// Where the harness's clients connect: `http://`, or `https://` with
+    /// the test's TLS settings.
+    pub fn endpoint(&self) -> Endpoint {
+        match &self.client_tls {
+            None => Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri"),
+            Some(tls) => Endpoint::from_shared(format!("https://{}", self.addr))
+                .expect("uri")
+                .tls_config(tls.clone())
+                .expect("tls config"),
+        }
+    }
+
     /// A channel to the control plane.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await.expect("connect")
+        self.endpoint().connect().await.expect("connect")
     }
 
     /// A channel that authenticates with `token`.
     pub async fn authed(&self, token: &str) -> Authed {
-        authed_channel(&self.addr.to_string(), token).await
+        InterceptedService::new(self.channel().await, bearer(token))
     }
 
     /// API-key client authenticated with `token`.
@@ -253,7 +285,7 @@ impl TestControlPlane {
     pub async fn replica(&self) -> Self {
         let mut config = self.config.clone();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self::launch(config).await
+        Self::launch_with_tls(config, self.client_tls.clone()).await
     }
 
     /// Stops the server (drained), keeping the handle for [`start_again`](Self::start_again).
@@ -265,7 +297,7 @@ impl TestControlPlane {
     pub async fn start_again(&mut self) {
         let mut config = self.config.clone();
         config.listen = self.addr;
-        let mut restarted = Self::launch(config).await;
+        let mut restarted = Self::launch_with_tls(config, self.client_tls.clone()).await;
         self.shutdown = restarted.shutdown.take();
         self.task = restarted.task.take();
         self.metrics_addr = restarted.metrics_addr;
@@ -303,7 +335,12 @@ impl Drop for TestControlPlane {
 /// A channel to the control plane at `addr` that authenticates with `token`.
 pub async fn authed_channel(addr: &str, token: &str) -> Authed {
     let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-    InterceptedService::new(channel, Bearer(format!("Bearer {token}").parse().expect("ascii token")))
+    InterceptedService::new(channel, bearer(token))
+}
+
+/// The interceptor sending `authorization: Bearer <token>`.
+pub fn bearer(token: &str) -> Bearer {
+    Bearer(format!("Bearer {token}").parse().expect("ascii token"))
 }
 
 /// Serves HTTP/1 and HTTP/2 on `listener` with `handler` until the test

@@ -14,6 +14,9 @@ use std::sync::{Mutex, OnceLock};
 /// The running server.
 pub struct PgServer {
     socket_dir: PathBuf,
+    bindir: PathBuf,
+    options: String,
+    as_postgres: bool,
     _watchdog: Mutex<Child>,
 }
 
@@ -41,6 +44,19 @@ pub fn server() -> Option<&'static PgServer> {
             }
         })
         .as_ref()
+}
+
+/// A server of its own, for a test that stops and restarts it; `None` when
+/// Postgres is not installed and not required.
+pub fn dedicated() -> Option<PgServer> {
+    match find_bindir() {
+        Some(bindir) => Some(PgServer::start(&bindir)),
+        None if required() => panic!("Postgres is required but no initdb was found"),
+        None => {
+            eprintln!("NOTE: Postgres binaries not found; a Postgres test is SKIPPED");
+            None
+        }
+    }
 }
 
 fn find_bindir() -> Option<PathBuf> {
@@ -114,9 +130,13 @@ impl PgServer {
              -c full_page_writes=off -c max_connections=400",
             dir.display()
         );
-        let mut start = pg_command(bindir, "pg_ctl", as_postgres);
-        start.arg("-D").arg(&data).arg("-l").arg(dir.join("log")).args(["-w", "-o", &options, "start"]);
-        run(start, "pg_ctl start");
+        let server = |watchdog| Self {
+            socket_dir: dir.clone(),
+            bindir: bindir.to_path_buf(),
+            options: options.clone(),
+            as_postgres,
+            _watchdog: Mutex::new(watchdog),
+        };
 
         // The watchdog holds our end of a pipe; when this process exits the
         // pipe closes, `cat` returns, and Postgres is stopped and removed.
@@ -135,7 +155,29 @@ impl PgServer {
             .expect("start the Postgres watchdog");
         // Keep stdin open (never written) for the life of the process.
         let _ = watchdog.stdin.as_mut().map(|stdin| stdin.flush());
-        Self { socket_dir: dir, _watchdog: Mutex::new(watchdog) }
+        let server = server(watchdog);
+        server.start_again();
+        server
+    }
+
+    /// Stops the server (fast shutdown: open connections are terminated).
+    pub fn stop(&self) {
+        let mut stop = pg_command(&self.bindir, "pg_ctl", self.as_postgres);
+        stop.arg("-D").arg(self.socket_dir.join("data")).args(["-w", "-m", "fast", "stop"]);
+        run(stop, "pg_ctl stop");
+    }
+
+    /// Starts a stopped server again (same data, same socket).
+    pub fn start_again(&self) {
+        let mut start = pg_command(&self.bindir, "pg_ctl", self.as_postgres);
+        start.arg("-D").arg(self.socket_dir.join("data")).arg("-l").arg(self.socket_dir.join("log"));
+        start.args(["-w", "-o", &self.options, "start"]);
+        run(start, "pg_ctl start");
+    }
+
+    /// The server's Unix socket (what a TCP proxy forwards to).
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_dir.join(".s.PGSQL.5432")
     }
 
     /// URL of database `name` on this server.
@@ -143,15 +185,25 @@ impl PgServer {
         format!("postgres://postgres@localhost/{name}?host={}", self.socket_dir.display())
     }
 
+    /// URL of database `name` reached over TCP at `addr` (e.g. through a proxy).
+    pub fn tcp_url(name: &str, addr: std::net::SocketAddr) -> String {
+        format!("postgres://postgres@{addr}/{name}")
+    }
+
     /// Creates a fresh database and returns its URL.
     pub async fn create_database(&self) -> String {
+        self.url(&self.new_database().await)
+    }
+
+    /// Creates a fresh database and returns its name.
+    pub async fn new_database(&self) -> String {
         let name = format!("kp_{}", random_suffix());
         let admin = sea_orm::Database::connect(self.url("postgres")).await.expect("connect to Postgres");
         sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
         admin.close().await.ok();
-        self.url(&name)
+        name
     }
 }
 
