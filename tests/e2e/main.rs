@@ -8,6 +8,7 @@ mod connections;
 mod crash;
 mod grpcurl;
 mod isolation;
+mod partition;
 mod proxies;
 mod secrets;
 mod sidecar;

@@ -1,0 +1,136 @@
+//! Losing the database: a replica cut off from Postgres (through a TCP proxy
+//! the test can cut) stops vouching for its sidecars, so a key revoked
+//! through another replica stops working within the staleness bound; and a
+//! stopped Postgres turns every call into a fast UNAVAILABLE, recovering
+//! without a restart of Keyplane.
+
+use std::time::{Duration, Instant};
+
+use keyplane_proto::admin::v1 as pb;
+use keyplane_tests::postgres::{self, PgServer};
+use keyplane_tests::proxy::{TcpProxy, Upstream};
+use keyplane_tests::{Backend, TestControlPlane, TestSidecar, logs, random_org};
+use tonic_types::StatusExt;
+
+const MAX_STALENESS: Duration = Duration::from_secs(2);
+
+/// The database name in a test Postgres URL (`…/<name>?host=…`).
+fn database_name(url: &str) -> &str {
+    let without_query = url.split('?').next().unwrap_or(url);
+    without_query.rsplit_once('/').map_or(without_query, |(_, name)| name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_its_database_stops_vouching() {
+    let Some(server) = postgres::server() else { return };
+    let Some(direct) = TestControlPlane::start(Backend::Postgres).await else { return };
+    let proxy = TcpProxy::start(Upstream::Unix(server.socket_path())).await;
+    let mut config = direct.config.clone();
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.storage.database_url = Some(PgServer::tcp_url(database_name(&direct.database_url), proxy.addr));
+    let behind_proxy = TestControlPlane::launch(config).await;
+    let heartbeat = behind_proxy.config.heartbeat_interval;
+
+    let (key, token) = direct.create_key(&random_org(), &[]).await;
+    let sidecar = TestSidecar::start(&behind_proxy, |config| config.max_staleness = MAX_STALENESS).await;
+    assert_eq!(sidecar.check_status(&token).await, 200, "cached while everything is up");
+
+    proxy.cut();
+    let revoked_at = Instant::now();
+    direct
+        .keys(&direct.root_token)
+        .await
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            org_id: key.org_id.clone(),
+            id: key.id.clone(),
+            reason: "cut".into(),
+        })
+        .await
+        .unwrap();
+    // The replica behind the cut proxy cannot read the revocation; it must
+    // stop sending heartbeats, so the sidecar goes stale and fails closed.
+    sidecar.wait_for_status(&token, 503).await;
+    let denied_after = revoked_at.elapsed();
+    let bound = MAX_STALENESS + heartbeat + Duration::from_secs(1);
+    assert!(denied_after <= bound, "denied only after {denied_after:?} (bound {bound:?})");
+    assert_eq!(sidecar.get("/readyz").await.0, 503);
+    assert!(logs::captured().contains("withholding heartbeats"));
+
+    // Reconnected: the replica reads the log again and the sidecar applies the revocation.
+    proxy.restore();
+    sidecar.wait_for_status(&token, 401).await;
+    sidecar.wait_ready().await;
+    sidecar.stop().await;
+    behind_proxy.stop().await;
+    direct.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_database_answers_unavailable_fast_and_recovers() {
+    let Some(server) = postgres::dedicated() else { return };
+    let url = server.create_database().await;
+    let Some(plane) = TestControlPlane::start_with(Backend::Postgres, |config| {
+        config.storage.database_url = Some(url);
+    })
+    .await
+    else {
+        return;
+    };
+    let org = random_org();
+    let (cached, cached_token) = plane.create_key(&org, &[]).await;
+    let (_, uncached_token) = plane.create_key(&org, &[]).await;
+    let sidecar = TestSidecar::start(&plane, |config| config.max_staleness = Duration::from_secs(30)).await;
+    assert_eq!(sidecar.check_status(&cached_token).await, 200);
+    let mut keys = plane.keys(&plane.root_token).await;
+    let get = pb::GetApiKeyRequest { org_id: org.clone(), id: cached.id.clone() };
+
+    server.stop();
+    // Admin calls: UNAVAILABLE with RetryInfo, each within a second.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let status = keys.get_api_key(get.clone()).await.expect_err("database is down");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.get_error_details().retry_info().is_some(), "RetryInfo: {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    }
+    // A sidecar cache miss: 503 promptly, never waiting out a pool timeout.
+    let started = Instant::now();
+    assert_eq!(sidecar.check_status(&uncached_token).await, 503);
+    assert!(started.elapsed() < Duration::from_secs(1), "miss took {:?}", started.elapsed());
+    // Health reports NOT_SERVING.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(plane.channel().await);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health.check(tonic_health::pb::HealthCheckRequest::default()).await.unwrap().into_inner().status != 2 {
+        assert!(Instant::now() < deadline, "health never reported NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Back: everything recovers without restarting Keyplane.
+    server.start_again();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while keys.get_api_key(get.clone()).await.is_err() {
+        assert!(Instant::now() < deadline, "admin calls never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sidecar.wait_for_status(&uncached_token, 200).await;
+    keys.revoke_api_key(pb::RevokeApiKeyRequest { org_id: org, id: cached.id, reason: "after recovery".into() })
+        .await
+        .unwrap();
+    sidecar.wait_for_status(&cached_token, 401).await;
+    sidecar.stop().await;
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staleness_bound_without_room_for_a_late_heartbeat_is_warned_about() {
+    let Some(plane) = TestControlPlane::start(Backend::Sqlite).await else { return };
+    let heartbeat = plane.config.heartbeat_interval;
+    let sidecar = TestSidecar::start(&plane, |config| config.max_staleness = heartbeat + heartbeat / 2).await;
+    assert!(
+        logs::captured().contains("--max-staleness is less than twice the control plane's heartbeat interval"),
+        "no warning for max_staleness {:?} with heartbeats every {heartbeat:?}",
+        heartbeat + heartbeat / 2
+    );
+    sidecar.stop().await;
+    plane.stop().await;
+}
