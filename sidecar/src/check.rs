@@ -194,8 +194,8 @@ impl Checker {
                 if denial.status == DenyStatus::Unauthenticated {
                     tracing::warn!(
                         reason = denial.reason,
-                        peer = request.peer,
-                        request_id = request.request_id,
+                        peer = %request.peer,
+                        request_id = %request.request_id,
                         "authentication failed"
                     );
                     if !self.expose_denial_reasons && denial.reason != MISSING_CREDENTIAL {

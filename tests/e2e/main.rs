@@ -1,5 +1,6 @@
 //! End-to-end tests over real sockets, on SQLite and on Postgres.
 
+mod abuse;
 mod api_keys;
 mod audit;
 mod bad_input;

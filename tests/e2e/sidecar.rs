@@ -8,7 +8,10 @@ use std::time::Duration;
 use envoy::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::{Backend, TestControlPlane, TestSidecar, both_backends, random_org, start_or_skip};
+use keyplane_tests::{
+    Backend, TestControlPlane, TestSidecar, both_backends, ext_authz_request as check_request, random_org,
+    start_or_skip,
+};
 use sea_orm::{ConnectionTrait, Statement};
 use tonic::Code;
 
@@ -29,27 +32,6 @@ both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_revocations_through_two_replicas_postgres() {
     concurrent_revocations_through_two_replicas(Backend::Postgres).await
-}
-
-fn check_request(headers: &[(&str, &str)], context: &[(&str, &str)]) -> envoy::CheckRequest {
-    let owned = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    };
-    envoy::CheckRequest {
-        attributes: Some(envoy::AttributeContext {
-            request: Some(envoy::attribute_context::Request {
-                http: Some(envoy::attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/orders".into(),
-                    headers: owned(headers),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: owned(context),
-            ..Default::default()
-        }),
-    }
 }
 
 async fn ext_authz_allow_and_deny(backend: Backend) {

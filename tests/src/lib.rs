@@ -367,6 +367,33 @@ where
     });
 }
 
+/// An Envoy ext_authz `CheckRequest` for `GET /orders` with these request
+/// headers and context extensions.
+pub fn ext_authz_request(
+    headers: &[(&str, &str)],
+    context: &[(&str, &str)],
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3 as envoy;
+    let owned = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    envoy::CheckRequest {
+        attributes: Some(envoy::AttributeContext {
+            request: Some(envoy::attribute_context::Request {
+                http: Some(envoy::attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/orders".into(),
+                    headers: owned(headers),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: owned(context),
+            ..Default::default()
+        }),
+    }
+}
+
 /// A fresh random org id, so tests never see each other's data.
 pub fn random_org() -> String {
     format!("org_{}", postgres::random_suffix())
