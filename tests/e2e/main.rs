@@ -4,6 +4,7 @@ mod abuse;
 mod api_keys;
 mod audit;
 mod bad_input;
+mod bootstrap;
 mod commands;
 mod connections;
 mod crash;
