@@ -16,4 +16,5 @@ mod secrets;
 mod sidecar;
 mod ssrf;
 mod tls;
+mod unix_socket;
 mod webhooks;
