@@ -401,6 +401,35 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    proptest::proptest! {
+        #[test]
+        fn durations_round_trip(millis in 0u64..10_000_000_000) {
+            let duration = Duration::from_millis(millis);
+            let text = humantime::format_duration(duration).to_string();
+            proptest::prop_assert_eq!(humantime::parse_duration(&text).ok(), Some(duration));
+        }
+
+        #[test]
+        fn retry_schedules_never_panic(text in ".*") {
+            let _ = text.parse::<RetrySchedule>();
+        }
+
+        #[test]
+        fn cidrs_round_trip(address in proptest::num::u128::ANY, length in 0u8..=128, v4 in proptest::bool::ANY) {
+            let network = if v4 {
+                ipnet::IpNet::V4(ipnet::Ipv4Net::new((address as u32).into(), length % 33).unwrap())
+            } else {
+                ipnet::IpNet::V6(ipnet::Ipv6Net::new(address.into(), length).unwrap())
+            };
+            proptest::prop_assert_eq!(network.to_string().parse::<ipnet::IpNet>().ok(), Some(network));
+        }
+
+        #[test]
+        fn cidr_parsing_never_panics(text in ".*") {
+            let _ = text.parse::<ipnet::IpNet>();
+        }
+    }
+
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();

@@ -216,6 +216,39 @@ mod tests {
         assert!(format.parse(&format!("{token}x")).is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in ".*", prefix in "[a-z0-9]{1,16}") {
+            let _ = TokenFormat::new(prefix).parse(&text);
+        }
+
+        #[test]
+        fn generated_tokens_round_trip(prefix in "[a-z0-9]{1,16}", live in proptest::bool::ANY) {
+            let format = TokenFormat::new(prefix);
+            let environment = if live { Environment::Live } else { Environment::Test };
+            let new = format.generate(environment);
+            let parsed = format.parse(&new.token).expect("a generated token parses");
+            proptest::prop_assert_eq!(parsed.key_id(), new.key_id);
+            proptest::prop_assert_eq!(parsed.environment, environment);
+        }
+
+        #[test]
+        fn any_other_character_anywhere_is_refused(position in 0usize..79, replacement in "[0-9A-Za-z_]") {
+            let format = TokenFormat::new("kp");
+            let token = format.generate(Environment::Live).token;
+            let position = position % token.len();
+            proptest::prop_assume!(token[position..=position] != replacement);
+            let changed = format!("{}{replacement}{}", &token[..position], &token[position + 1..]);
+            proptest::prop_assert!(format.parse(&changed).is_none());
+        }
+
+        #[test]
+        fn base62_keeps_numeric_order(a in proptest::num::u64::ANY, b in proptest::num::u64::ANY) {
+            let (ea, eb) = (encode_fixed(&a.to_be_bytes(), 11), encode_fixed(&b.to_be_bytes(), 11));
+            proptest::prop_assert_eq!(a.cmp(&b), ea.cmp(&eb));
+        }
+    }
+
     #[test]
     fn base62_is_fixed_width_and_ordered() {
         assert_eq!(encode_fixed(&[0], 3), "000");

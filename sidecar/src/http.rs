@@ -184,6 +184,24 @@ impl HttpFrontEnd {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn header_parsing_never_panics(value in ".*", header in "[a-z-]{1,20}") {
+            let _ = credential_from(Some(&value), &header);
+            let _ = credential_from(Some(&value), "authorization");
+            let _ = parse_scopes(&value);
+        }
+
+        #[test]
+        fn listen_addresses_round_trip(path in "/[a-z0-9/._-]{1,40}", port in proptest::num::u16::ANY) {
+            use crate::config::ListenAddr;
+            let unix = ListenAddr::Unix(path.into());
+            proptest::prop_assert_eq!(unix.to_string().parse::<ListenAddr>(), Ok(unix));
+            let tcp = ListenAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+            proptest::prop_assert_eq!(tcp.to_string().parse::<ListenAddr>(), Ok(tcp));
+        }
+    }
+
     #[test]
     fn credentials() {
         assert_eq!(credential_from(Some("Bearer abc"), "authorization"), Some("abc"));

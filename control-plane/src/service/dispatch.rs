@@ -538,6 +538,25 @@ pub async fn enforce_retention(core: Arc<Core>, retention: Duration) {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn retry_after_never_panics(text in ".*") {
+            let _ = parse_retry_after(&text);
+        }
+
+        #[test]
+        fn retry_after_seconds_round_trip(seconds in proptest::num::u64::ANY) {
+            proptest::prop_assert_eq!(parse_retry_after(&seconds.to_string()), Some(Duration::from_secs(seconds)));
+        }
+
+        #[test]
+        fn retry_after_dates_are_delays(ahead in 2i64..1_000_000) {
+            let at = (Utc::now() + chrono::Duration::seconds(ahead)).to_rfc2822();
+            let delay = parse_retry_after(&at).expect("an HTTP date parses").as_secs() as i64;
+            proptest::prop_assert!((ahead - 2..=ahead).contains(&delay), "{} for {}", delay, ahead);
+        }
+    }
+
     fn settings(schedule: &[u64]) -> DispatchSettings {
         DispatchSettings {
             timeout: Duration::from_secs(1),

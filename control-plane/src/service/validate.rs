@@ -136,6 +136,25 @@ mod tests {
         assert!(check_scope("").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn page_tokens_round_trip(kind in "[a-z_]{1,12}", position in ".*") {
+            let token = encode_page_token(&kind, &position);
+            let decoded = decode_page_token("page_token", &kind, &token).expect("own tokens decode");
+            proptest::prop_assert_eq!(decoded, Some(position));
+        }
+
+        #[test]
+        fn decoding_any_text_never_panics(text in ".*") {
+            let _ = decode_page_token("page_token", "keys", &text);
+        }
+
+        #[test]
+        fn scope_checks_never_panic(text in ".*") {
+            let _ = check_scope(&text);
+        }
+    }
+
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
         let token = encode_page_token("keys", "key_abc");

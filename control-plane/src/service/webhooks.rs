@@ -478,6 +478,30 @@ fn describe(subscription: &webhooks::Model) -> Value {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn event_type_checks_never_panic(text in ".*", pattern in proptest::bool::ANY) {
+            let _ = check_event_type(&text, pattern);
+            let _ = matches(&text, "order.created");
+            let _ = matches("order.*", &text);
+        }
+
+        #[test]
+        fn valid_event_types_match_themselves_and_their_wildcards(
+            segments in proptest::collection::vec("[a-z0-9_]{1,8}", 2..6)
+        ) {
+            let event_type = segments.join(".");
+            proptest::prop_assert!(check_event_type(&event_type, false).is_ok());
+            proptest::prop_assert!(matches(&event_type, &event_type));
+            proptest::prop_assert!(matches("*", &event_type));
+            let trailing = format!("{}.*", segments[0]);
+            proptest::prop_assert!(check_event_type(&trailing, true).is_ok());
+            proptest::prop_assert!(matches(&trailing, &event_type));
+            let other = format!("{}x.*", segments[0]);
+            proptest::prop_assert!(!matches(&other, &event_type));
+        }
+    }
+
     #[test]
     fn event_type_syntax() {
         assert!(check_event_type("order.created", false).is_ok());
