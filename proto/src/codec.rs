@@ -107,7 +107,7 @@ fn nul_in_message(message: &DynamicMessage, path: &str) -> Option<String> {
         } else {
             format!("{path}.{}", field.name())
         };
-        nul_in_value(&value, &path)
+        nul_in_value(value, &path)
     })
 }
 

@@ -185,7 +185,8 @@ async fn tls_settings_that_cannot_be_honoured_stop_the_sidecar() {
     let credential = certs::write(dir.path(), "credential", "kp_live_x");
     let ca_file = certs::write(dir.path(), "ca.pem", &TestCa::new("ca").pem());
     let garbage = certs::write(dir.path(), "garbage.pem", "-----BEGIN NOTHING-----");
-    let cases: [(&str, Box<dyn Fn(&mut keyplane_sidecar::Config)>); 3] = [
+    type Adjust<'a> = Box<dyn Fn(&mut keyplane_sidecar::Config) + 'a>;
+    let cases: [(&str, Adjust); 3] = [
         ("need an https:// control plane", Box::new(|config| config.control_plane_ca_file = Some(ca_file.clone()))),
         (
             "does not hold PEM certificates",
