@@ -30,19 +30,37 @@ fn wrong_secret(token: &str, attempt: usize) -> String {
     format!("{signed}{checksum}")
 }
 
+/// A control plane adjusted by `adjust`, a fresh org, and a client that
+/// verifies tokens of that org.
+async fn start(
+    backend: Backend,
+    adjust: impl FnOnce(&mut keyplane_control_plane::Config),
+) -> Option<(TestControlPlane, String, Keys)> {
+    let plane = TestControlPlane::start_with(backend, adjust).await?;
+    let org = random_org();
+    let (_, reader) = plane.create_key(&org, &["keyplane:keys:read"]).await;
+    let keys = plane.keys(&reader).await;
+    Some((plane, org, keys))
+}
+
+/// A well-formed token whose key was deleted: an unknown key id.
+async fn unknown_token(plane: &TestControlPlane, org: &str) -> String {
+    let (deleted, token) = plane.create_key(org, &[]).await;
+    let request = pb::DeleteApiKeyRequest { org_id: org.to_owned(), id: deleted.id };
+    plane.keys(&plane.root_token).await.delete_api_key(request).await.unwrap();
+    token
+}
+
 async fn hashes(plane: &TestControlPlane) -> f64 {
     plane.metric("keyplane_argon2_verify_seconds_count", "").await
 }
 
 async fn wrong_secrets_for_one_key_stop_costing_argon2(backend: Backend) {
-    let Some(plane) = TestControlPlane::start_with(backend, |config| config.abuse.failures_per_key = 3).await else {
+    let Some((plane, org, mut keys)) = start(backend, |config| config.abuse.failures_per_key = 3).await else {
         return;
     };
-    let org = random_org();
     let (_, token) = plane.create_key(&org, &[]).await;
     let (_, other_token) = plane.create_key(&org, &[]).await;
-    let (_, reader) = plane.create_key(&org, &["keyplane:keys:read"]).await;
-    let mut keys = plane.keys(&reader).await;
     // The owner's token, verified once, is remembered.
     assert_eq!(verify(&mut keys, &token).await, pb::VerifyFailure::Unspecified);
 
@@ -69,7 +87,7 @@ async fn wrong_secrets_for_one_key_stop_costing_argon2(backend: Backend) {
 }
 
 async fn suspect_keys_share_a_global_hash_budget(backend: Backend) {
-    let Some(plane) = TestControlPlane::start_with(backend, |config| {
+    let Some((plane, org, mut keys)) = start(backend, |config| {
         config.abuse.failures_per_key = 1000;
         config.abuse.suspect_hashes_per_second = 1;
     })
@@ -77,9 +95,6 @@ async fn suspect_keys_share_a_global_hash_budget(backend: Backend) {
     else {
         return;
     };
-    let org = random_org();
-    let (_, reader) = plane.create_key(&org, &["keyplane:keys:read"]).await;
-    let mut keys = plane.keys(&reader).await;
     let (_, suspect) = plane.create_key(&org, &[]).await;
     // The first failure makes the key a suspect; afterwards its guesses
     // draw on one budget of 1 hash per second for all suspects.
@@ -102,7 +117,7 @@ async fn suspect_keys_share_a_global_hash_budget(backend: Backend) {
 /// a typical hash).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_key_ids_cost_as_long_as_wrong_secrets() {
-    let Some(plane) = TestControlPlane::start_with(Backend::Sqlite, |config| {
+    let Some((plane, org, mut keys)) = start(Backend::Sqlite, |config| {
         let defaults = keyplane_control_plane::crypto::HashingParams::default();
         config.argon2_memory_kib = defaults.memory_kib;
         config.argon2_iterations = defaults.iterations;
@@ -113,17 +128,8 @@ async fn unknown_key_ids_cost_as_long_as_wrong_secrets() {
     else {
         return;
     };
-    let org = random_org();
-    let (_, reader) = plane.create_key(&org, &["keyplane:keys:read"]).await;
-    let mut keys = plane.keys(&reader).await;
     let (_, token) = plane.create_key(&org, &[]).await;
-    let (deleted, unknown) = plane.create_key(&org, &[]).await;
-    plane
-        .keys(&plane.root_token)
-        .await
-        .delete_api_key(pb::DeleteApiKeyRequest { org_id: org.clone(), id: deleted.id })
-        .await
-        .unwrap();
+    let unknown = unknown_token(&plane, &org).await;
     let median = |mut samples: Vec<Duration>| {
         samples.sort();
         samples[samples.len() / 2]
@@ -155,13 +161,7 @@ async fn clients_learn_only_invalid_token_and_failures_are_logged() {
         .revoke_api_key(pb::RevokeApiKeyRequest { org_id: org.clone(), id: revoked.id, reason: String::new() })
         .await
         .unwrap();
-    let (deleted, unknown_token) = plane.create_key(&org, &[]).await;
-    plane
-        .keys(&plane.root_token)
-        .await
-        .delete_api_key(pb::DeleteApiKeyRequest { org_id: org.clone(), id: deleted.id })
-        .await
-        .unwrap();
+    let unknown_token = unknown_token(&plane, &org).await;
 
     let quiet = TestSidecar::start(&plane, |_| {}).await;
     let chatty = TestSidecar::start(&plane, |config| config.expose_denial_reasons = true).await;
