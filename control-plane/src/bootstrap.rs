@@ -47,6 +47,7 @@ pub fn root_token(config: &Config) -> Result<Option<String>> {
             path.display()
         )));
     }
+    tracing::info!(path = %path.display(), "break-glass root token read from this file");
     Ok(Some(token))
 }
 

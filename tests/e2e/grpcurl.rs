@@ -12,6 +12,8 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
     }
     let data = tempfile::tempdir().unwrap();
     let mut args = vec!["--data-dir".to_owned(), data.path().display().to_string()];
+    args.extend(["--egress-allow-cidr".to_owned(), "127.0.0.0/8".to_owned()]);
+    let root_token_file = data.path().join("root-token");
     if backend == Backend::Postgres {
         let Some(url) = backend.fresh_database(data.path()).await else {
             return;
@@ -19,9 +21,13 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         let key_file = data.path().join("master.key");
         std::fs::write(&key_file, keyplane_control_plane::crypto::MasterKeys::generate_line("k1")).unwrap();
         args.extend(["--database-url".into(), url, "--master-key-file".into(), key_file.display().to_string()]);
+        // Postgres replicas share one root token file; none is generated.
+        let token = format!("kproot_test_{}{}", keyplane_tests::random_org(), keyplane_tests::random_org());
+        std::fs::write(&root_token_file, token).unwrap();
+        std::fs::set_permissions(&root_token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        args.extend(["--root-token-file".into(), root_token_file.display().to_string()]);
     }
     let server = ControlPlaneProcess::start(&args).await;
-    let root_token_file = data.path().join("root-token");
     let root_token = std::fs::read_to_string(&root_token_file).unwrap().trim().to_owned();
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&root_token_file).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "root token file is private");
@@ -46,7 +52,8 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         "chain intact: True",
         "secret shown once",
         "deliveries created: 1",
-        "destination 127.0.0.1 is loopback",
+        "destination 169.254.169.254 is link-local",
+        "attempt recorded its error",
         "SERVING",
         "walkthrough ok",
     ] {

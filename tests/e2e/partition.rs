@@ -134,3 +134,27 @@ async fn a_staleness_bound_without_room_for_a_late_heartbeat_is_warned_about() {
     sidecar.stop().await;
     plane.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_control_plane_costs_a_cache_miss_at_most_the_sidecar_timeout() {
+    let Some(plane) = TestControlPlane::start(Backend::Sqlite).await else { return };
+    let proxy = TcpProxy::start(Upstream::Tcp(plane.addr)).await;
+    let timeout = Duration::from_millis(300);
+    let (_, token) = plane.create_key(&random_org(), &[]).await;
+    let sidecar = TestSidecar::start(&plane, |config| {
+        config.control_plane = format!("http://{}", proxy.addr);
+        config.control_plane_timeout = timeout;
+        config.max_staleness = Duration::from_secs(30);
+    })
+    .await;
+    // Packets dropped, connections open: Verify gets no answer at all.
+    proxy.blackhole();
+    let started = Instant::now();
+    assert_eq!(sidecar.check_status(&token).await, 503, "a miss the control plane does not answer");
+    let took = started.elapsed();
+    assert!(took >= timeout && took < timeout * 4, "the miss took {took:?} (timeout {timeout:?})");
+    proxy.restore();
+    sidecar.wait_for_status(&token, 200).await;
+    sidecar.stop().await;
+    plane.stop().await;
+}

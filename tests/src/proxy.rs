@@ -1,9 +1,10 @@
-//! A TCP proxy on `127.0.0.1:0` that a test can cut: the network partition
-//! between one process and its database (or its control plane).
+//! A TCP proxy on `127.0.0.1:0` that a test can cut (connections closed) or
+//! black-hole (connections kept open, nothing forwarded): the network
+//! partitions between one process and its database or its control plane.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
@@ -17,12 +18,25 @@ pub enum Upstream {
     Unix(PathBuf),
 }
 
+/// What happens to open connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// Closed at once.
+    Cut,
+    /// Kept open, silent.
+    Blackhole,
+}
+
+/// Connections held open but no longer forwarded.
+type Parked = Arc<Mutex<Vec<Box<dyn std::any::Any + Send>>>>;
+
 /// A running proxy.
 pub struct TcpProxy {
     /// Address clients connect to.
     pub addr: std::net::SocketAddr,
     open: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
+    faults: watch::Sender<Option<Fault>>,
+    parked: Parked,
 }
 
 impl TcpProxy {
@@ -31,8 +45,9 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let open = Arc::new(AtomicBool::new(true));
-        let (cut, _) = watch::channel(0u64);
-        let (accepting, cuts) = (open.clone(), cut.clone());
+        let (faults, _) = watch::channel(None);
+        let parked = Parked::default();
+        let (accepting, fault_sender, parking) = (open.clone(), faults.clone(), parked.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !accepting.load(Ordering::Acquire) {
@@ -40,40 +55,59 @@ impl TcpProxy {
                     drop(client);
                     continue;
                 }
-                let (upstream, mut cut) = (upstream.clone(), cuts.subscribe());
+                let (upstream, fault, parked) = (upstream.clone(), fault_sender.subscribe(), parking.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::select! {
-                        result = forward(client, &upstream) => result,
-                        _ = cut.changed() => Ok(()),
+                    let _ = match upstream {
+                        Upstream::Tcp(addr) => match TcpStream::connect(addr).await {
+                            Ok(server) => forward(client, server, fault, parked).await,
+                            Err(_) => Ok(()),
+                        },
+                        Upstream::Unix(path) => match UnixStream::connect(path).await {
+                            Ok(server) => forward(client, server, fault, parked).await,
+                            Err(_) => Ok(()),
+                        },
                     };
                 });
             }
         });
-        Self { addr, open, cut }
+        Self { addr, open, faults, parked }
     }
 
     /// Closes every open connection and refuses new ones until [`restore`](Self::restore).
     pub fn cut(&self) {
         self.open.store(false, Ordering::Release);
-        self.cut.send_modify(|generation| *generation += 1);
+        self.faults.send_replace(Some(Fault::Cut));
     }
 
-    /// Forwards new connections again.
+    /// Stops forwarding on every open connection but keeps it open (a
+    /// partition that drops packets): the peers wait for answers that never come.
+    pub fn blackhole(&self) {
+        self.faults.send_replace(Some(Fault::Blackhole));
+    }
+
+    /// Forwards new connections again (black-holed ones are closed).
     pub fn restore(&self) {
+        self.parked.lock().expect("parked").clear();
+        self.faults.send_replace(None);
         self.open.store(true, Ordering::Release);
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: &Upstream) -> std::io::Result<()> {
-    match upstream {
-        Upstream::Tcp(addr) => {
-            let mut server = TcpStream::connect(addr).await?;
-            tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-        }
-        Upstream::Unix(path) => {
-            let mut server = UnixStream::connect(path).await?;
-            tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-        }
+async fn forward<S>(
+    mut client: TcpStream,
+    mut server: S,
+    mut fault: watch::Receiver<Option<Fault>>,
+    parked: Parked,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let fault = tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut server) => return result.map(drop),
+        fault = fault.wait_for(Option::is_some) => fault.ok().and_then(|f| *f),
+    };
+    if fault == Some(Fault::Blackhole) {
+        parked.lock().expect("parked").push(Box::new((client, server)));
     }
     Ok(())
 }
