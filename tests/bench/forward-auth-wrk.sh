@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sidecar HTTP forward-auth (`/check`, cached key + scope check) against the
+# trivial hyper server, measured in one sitting with wrk (BENCHMARKS.md).
+# Needs release binaries (cargo build --release --workspace), wrk, grpcurl
+# and python3. Everything listens on loopback and stops at exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# SIDECAR=/path/to/keyplane-sidecar compares another build (e.g. an older commit).
+SIDECAR=${SIDECAR:-target/release/keyplane-sidecar}
+DATA=$(mktemp -d)
+target/release/keyplane serve --data-dir "$DATA" --listen 127.0.0.1:50551 >"$DATA/control-plane.log" 2>&1 &
+CP=$!
+SC=; HELLO=
+trap 'kill $CP $SC $HELLO 2>/dev/null || true; rm -rf "$DATA"' EXIT
+for _ in $(seq 100); do [ -f "$DATA"/root-token ] && grpcurl -plaintext 127.0.0.1:50551 grpc.health.v1.Health/Check >/dev/null 2>&1 && break; sleep 0.1; done
+ROOT=$(cat "$DATA"/root-token)
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+grpcurl -plaintext -H "authorization: Bearer $ROOT" -d '{"org_id": "keyplane", "name": "sidecar", "scopes": ["keyplane:sidecar"]}' \
+  127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]' > "$DATA"/sidecar-credential
+TOKEN=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" -d '{"org_id": "acme", "name": "bench", "scopes": ["orders:read"]}' \
+  127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
+"$SIDECAR" --control-plane http://127.0.0.1:50551 --credential-file "$DATA"/sidecar-credential \
+  --grpc-listen 127.0.0.1:50561 --http-listen 127.0.0.1:18081 >"$DATA/sidecar.log" 2>&1 &
+SC=$!
+target/release/hello-server 127.0.0.1:18080 >/dev/null 2>&1 &
+HELLO=$!
+for _ in $(seq 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.1; done
+curl -s -o /dev/null -w "warm-up check: %{http_code}\n" -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check
+echo "== hello"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
+echo "== sidecar /check"; wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "Requests/sec|  50%|  99%|Non-2xx"
+echo "== hello again"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
