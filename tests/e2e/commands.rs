@@ -105,3 +105,13 @@ async fn ids_order_bytewise_on_postgres_whatever_the_database_collation() {
         assert_eq!(collation.as_deref(), Some("C"), "{table}.id must compare bytewise");
     }
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let output = keyplane(&["--log-format", "text", "migrate", "--data-dir", &data.path().display().to_string()]);
+    assert!(output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("INFO"), "text log lines were written: {log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a piped log: {log:?}");
+}
