@@ -1,4 +1,4 @@
-//! The token format (DESIGN §3), shared by the control plane (which issues
+//! The token format (ARCHITECTURE.md, "Tokens"), shared by the control plane (which issues
 //! and verifies tokens) and the sidecar (which rejects garbage without a lookup):
 //! `<prefix>_<live|test>_` + 22 base62 key id + 43 base62 secret (256 bits)
 //! + 6 base62 CRC32 of everything before it. Fixed length, parsed by position.

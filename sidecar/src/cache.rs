@@ -1,11 +1,11 @@
-//! The verification cache (DESIGN §4): moka keyed by SHA-256 of the token
+//! The verification cache (ARCHITECTURE.md, "A check"): moka keyed by SHA-256 of the token
 //! (the plaintext is never stored), plus the key changes applied from the
 //! stream, which decide whether a cached answer is still trustworthy.
 //!
 //! Every answer carries `as_of`, the log position the control plane had
 //! read when it answered. An answer is used only if no change to its key was
 //! applied after that position — so an answer that raced a revocation is
-//! never used, whether it is already cached or still in flight (DESIGN §5).
+//! never used, whether it is already cached or still in flight (ARCHITECTURE.md, "A revocation", the race rule).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

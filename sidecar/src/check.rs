@@ -280,11 +280,6 @@ impl Checker {
     pub fn readiness(&self) -> Readiness {
         self.sync.readiness(self.max_staleness)
     }
-
-    /// Number of cached verdicts.
-    pub fn cached(&self) -> u64 {
-        self.cache.len()
-    }
 }
 
 /// Splits a scope list given as text (comma- or space-separated).

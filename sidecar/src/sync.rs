@@ -1,4 +1,4 @@
-//! Following the control plane's key-event stream (DESIGN §5): resume from
+//! Following the control plane's key-event stream (ARCHITECTURE.md, "A revocation"): resume from
 //! the last applied seq, reconnect with exponential backoff and jitter, flush
 //! on Reset, and track staleness so the sidecar fails closed when cut off.
 

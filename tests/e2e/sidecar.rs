@@ -27,7 +27,7 @@ both_backends!(
     rate_limits_usage_and_environments,
 );
 
-// Replicas share one Postgres (DESIGN §5); SQLite is the single-process
+// Replicas share one Postgres (ARCHITECTURE.md, "A revocation"); SQLite is the single-process
 // embedded default, so this runs on Postgres only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_revocations_through_two_replicas_postgres() {

@@ -1,4 +1,4 @@
-//! AES-256-GCM sealing of secrets at rest (DESIGN §7): random 96-bit nonce per
+//! AES-256-GCM sealing of secrets at rest (ARCHITECTURE.md, "Secrets at rest"): random 96-bit nonce per
 //! value, the row id as associated data, and the master key id as a prefix so
 //! master keys can rotate. Sealed form: `<key id>:<base64(nonce ‖ ciphertext)>`.
 

@@ -1,4 +1,4 @@
-//! Standard Webhooks signatures (DESIGN §6): `v1,<base64 HMAC-SHA256 of
+//! Standard Webhooks signatures (ARCHITECTURE.md, "A webhook delivery"): `v1,<base64 HMAC-SHA256 of
 //! "id.timestamp.body">` with secrets written `whsec_<base64>`; during a
 //! rotation every unexpired secret signs and the signatures are space-separated.
 

@@ -1,4 +1,4 @@
-//! Who is calling and what they may do (DESIGN §3).
+//! Who is calling and what they may do.
 
 use std::sync::Arc;
 

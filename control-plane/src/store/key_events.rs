@@ -1,4 +1,4 @@
-//! The key-event log (DESIGN §5): one row per change a sidecar must learn
+//! The key-event log (ARCHITECTURE.md, "A revocation"): one row per change a sidecar must learn
 //! about, numbered gap-free in commit order.
 
 use chrono::{DateTime, Utc};

@@ -141,8 +141,3 @@ async fn advisory_lock(tx: &DatabaseTransaction, name: &str) -> Result<()> {
     }
     Ok(())
 }
-
-/// Whether `db` is Postgres.
-pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
-    db.get_database_backend() == DbBackend::Postgres
-}
