@@ -436,6 +436,28 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_depend_on_each_other_are_checked() {
+        let mut config = Config::for_test("/tmp/unused");
+        assert!(config.validate().is_ok());
+        config.event_poll_interval = config.heartbeat_interval;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("--event-poll-interval") && error.contains("--heartbeat-interval"), "{error}");
+        let mut config = Config::for_test("/tmp/unused");
+        config.abuse.failures_per_key = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("--verify-max-failures-per-key"));
+    }
+
+    #[test]
+    fn postgres_has_no_default_root_token_file() {
+        let mut config = Config::for_test("/data");
+        assert_eq!(config.root_token_path(), Some(PathBuf::from("/data/root-token")));
+        config.storage.database_url = Some("postgres://db/keyplane".into());
+        assert_eq!(config.root_token_path(), None);
+        config.root_token_file = Some("/etc/keyplane/root-token".into());
+        assert_eq!(config.root_token_path(), Some(PathBuf::from("/etc/keyplane/root-token")));
+    }
+
+    #[test]
     fn webhook_defaults_come_from_the_command_line_attributes() {
         let defaults = WebhookArgs::default();
         assert_eq!(defaults.timeout, Duration::from_secs(10));
