@@ -10,7 +10,8 @@ use super::convert::{self, api_key_to_proto};
 use super::request_context;
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
-use crate::service::api_keys::{Expiry, KeyChanges, ListQuery, NewKey};
+use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
+use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::{Authenticator, KeyService};
 use crate::store::api_keys::ListFilter;
 
@@ -116,8 +117,7 @@ impl ApiKeyService for ApiKeyGrpc {
                 name_prefix: Some(request.name_prefix).filter(|p| !p.is_empty()),
             },
             org_id: request.org_id,
-            page_size: request.page_size,
-            page_token: request.page_token,
+            page: PageRequest { size: request.page_size, token: request.page_token },
         };
         let page = self.keys.list(&ctx, query).await?;
         Ok(Response::new(pb::ListApiKeysResponse {

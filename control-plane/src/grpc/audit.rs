@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::request_context;
-use crate::service::audit::ListQuery;
+use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::{AuditService, Authenticator};
 use crate::store::audit::ListFilter;
 
@@ -43,8 +43,7 @@ impl AuditServiceApi for AuditGrpc {
                 end_time: request.end_time.map(|t| convert::time_from_proto("end_time", t)).transpose()?,
             },
             org_id: request.org_id,
-            page_size: request.page_size,
-            page_token: request.page_token,
+            page: PageRequest { size: request.page_size, token: request.page_token },
         };
         let page = self.audit.list(&ctx, query).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {

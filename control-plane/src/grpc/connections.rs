@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{connection_to_proto, time_to_proto};
 use super::request_context;
 use crate::service::connections::CodeExchange;
+use crate::service::paging::PageRequest;
 use crate::service::{Authenticator, ConnectionService};
 
 /// The gRPC adapter of the connection service.
@@ -54,7 +55,8 @@ impl connection_service_server::ConnectionService for ConnectionGrpc {
     ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::ListConnectionsRequest { org_id, page_size, page_token, provider } = request.into_inner();
-        let page = self.connections.list(&ctx, &org_id, &provider, page_size, &page_token).await?;
+        let page = PageRequest { size: page_size, token: page_token };
+        let page = self.connections.list(&ctx, &org_id, &provider, &page).await?;
         Ok(Response::new(pb::ListConnectionsResponse {
             connections: page.items.iter().map(connection_to_proto).collect(),
             next_page_token: page.next_page_token,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, attempt_to_proto, delivery_to_proto};
 use super::request_context;
 use crate::error::Error;
-use crate::service::deliveries::ListQuery;
+use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::{Authenticator, DeliveryService};
 use crate::store::deliveries::ListFilter;
 
@@ -49,8 +49,7 @@ impl delivery_service_server::DeliveryService for DeliveryGrpc {
                     .transpose()?,
             },
             org_id: request.org_id,
-            page_size: request.page_size,
-            page_token: request.page_token,
+            page: PageRequest { size: request.page_size, token: request.page_token },
         };
         let page = self.deliveries.list(&ctx, query).await?;
         Ok(Response::new(pb::ListDeliveriesResponse {

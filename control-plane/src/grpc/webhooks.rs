@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, subscription_to_proto};
 use super::request_context;
 use crate::error::{Error, Result};
+use crate::service::paging::PageRequest;
 use crate::service::webhooks::{NewSubscription, SubscriptionChanges};
 use crate::service::{Authenticator, WebhookService};
 
@@ -80,7 +81,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::ListSubscriptionsRequest { org_id, page_size, page_token } = request.into_inner();
-        let page = self.webhooks.list(&ctx, &org_id, page_size, &page_token).await?;
+        let page = self.webhooks.list(&ctx, &org_id, &PageRequest { size: page_size, token: page_token }).await?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: page.items.iter().map(subscription_to_proto).collect(),
             next_page_token: page.next_page_token,

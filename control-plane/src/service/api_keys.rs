@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use super::Core;
 use super::auth::{RequestContext, Scope};
 use super::events::{commit_with_deliveries, publish_own};
-use super::validate::{self, Violations};
+use super::paging::{ListQuery, Listing, Page};
+use super::validate::Violations;
 use super::verify::{self, Purpose, Verification, Verifier};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
@@ -27,7 +28,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// Longest rotation grace.
 pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
-const PAGE_KIND: &str = "keys";
+const LISTING: Listing = Listing::named("keys");
 
 /// At most `requests` uses per `window`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,42 +104,6 @@ pub struct Rotation {
     pub issued: IssuedKey,
     /// The old key after the change.
     pub previous: api_keys::Model,
-}
-
-/// Query of [`KeyService::list`].
-#[derive(Debug, Default)]
-pub struct ListQuery {
-    /// Requested org.
-    pub org_id: String,
-    /// Page size (0 = default).
-    pub page_size: u32,
-    /// Page token of the previous page.
-    pub page_token: String,
-    /// Filters.
-    pub filter: api_keys::ListFilter,
-}
-
-/// One page of a listing.
-#[derive(Debug)]
-pub struct Page<T> {
-    /// The items.
-    pub items: Vec<T>,
-    /// Token of the next page; empty at the end.
-    pub next_page_token: String,
-}
-
-impl<T> Page<T> {
-    /// A page of at most `limit` of `items`, fetched with one extra row to
-    /// learn whether more follow; `token` makes the next page's token from the last item.
-    pub fn cut(mut items: Vec<T>, limit: u64, token: impl Fn(&T) -> String) -> Self {
-        let next_page_token = if items.len() as u64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(token).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Self { items, next_page_token }
-    }
 }
 
 /// Attributes a key is issued with (at creation, or copied by rotation).
@@ -291,12 +256,16 @@ impl KeyService {
     }
 
     /// A page of keys in id order.
-    pub async fn list(&self, ctx: &RequestContext, query: ListQuery) -> Result<Page<api_keys::Model>> {
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        query: ListQuery<api_keys::ListFilter>,
+    ) -> Result<Page<api_keys::Model>> {
         let org = ctx.authorize(Scope::KeysRead, &query.org_id)?;
-        let limit = validate::page_size("page_size", query.page_size)?;
-        let after = validate::decode_page_token("page_token", PAGE_KIND, &query.page_token)?;
-        let items = api_keys::list(&self.core.db, &org, &query.filter, after.as_deref(), limit + 1).await?;
-        Ok(Page::cut(items, limit, |k| validate::encode_page_token(PAGE_KIND, &k.id)))
+        let cursor = LISTING.start(&query.page)?;
+        let rows =
+            api_keys::list(&self.core.db, &org, &query.filter, cursor.position.as_deref(), cursor.fetch()).await?;
+        Ok(cursor.page(rows, |k| k.id.clone()))
     }
 
     /// Changes the named fields of a key.

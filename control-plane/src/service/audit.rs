@@ -3,27 +3,13 @@
 use std::sync::Arc;
 
 use super::Core;
-use super::api_keys::Page;
 use super::auth::{RequestContext, Scope};
-use super::validate;
+use super::paging::{self, ListQuery, Listing, Page};
 use crate::error::{Error, Result};
 use crate::store::audit;
 
-const PAGE_KIND: &str = "audit";
+const LISTING: Listing = Listing::named("audit");
 const CHAIN_BATCH: u64 = 1000;
-
-/// Query of [`AuditService::list`].
-#[derive(Debug, Default)]
-pub struct ListQuery {
-    /// Requested org.
-    pub org_id: String,
-    /// Page size (0 = default).
-    pub page_size: u32,
-    /// Page token of the previous page.
-    pub page_token: String,
-    /// Filters.
-    pub filter: audit::ListFilter,
-}
 
 /// Outcome of a chain check.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,22 +32,21 @@ impl AuditService {
     }
 
     /// A page of audit events, newest first.
-    pub async fn list(&self, ctx: &RequestContext, query: ListQuery) -> Result<Page<audit::Model>> {
+    pub async fn list(&self, ctx: &RequestContext, query: ListQuery<audit::ListFilter>) -> Result<Page<audit::Model>> {
         let org = ctx.authorize(Scope::AuditRead, &query.org_id)?;
-        let limit = validate::page_size("page_size", query.page_size)?;
-        let before = validate::decode_page_token("page_token", PAGE_KIND, &query.page_token)?
-            .map(|seq| {
-                seq.parse::<i64>()
-                    .map_err(|_| Error::invalid("page_token", "is not a page token returned by this listing"))
-            })
+        let cursor = LISTING.start(&query.page)?;
+        let before = cursor
+            .position
+            .as_deref()
+            .map(|seq| seq.parse::<i64>().map_err(|_| paging::invalid_token()))
             .transpose()?;
         if let (Some(start), Some(end)) = (query.filter.start_time, query.filter.end_time)
             && start >= end
         {
             return Err(Error::invalid("end_time", "must be after start_time"));
         }
-        let items = audit::list(&self.core.db, &org, &query.filter, before, limit + 1).await?;
-        Ok(Page::cut(items, limit, |e| validate::encode_page_token(PAGE_KIND, &e.seq.to_string())))
+        let rows = audit::list(&self.core.db, &org, &query.filter, before, cursor.fetch()).await?;
+        Ok(cursor.page(rows, |e| e.seq.to_string()))
     }
 
     /// Recomputes the org's chain from the first row and reports the first

@@ -8,9 +8,9 @@ use sea_orm::ActiveValue::Set;
 use serde_json::json;
 
 use super::Core;
-use super::api_keys::Page;
 use super::auth::{RequestContext, Scope};
-use super::validate::{self, Violations};
+use super::paging::{Listing, Page, PageRequest};
+use super::validate::Violations;
 use crate::error::{Error, Result};
 use crate::oauth::{OAuthClient, Providers, TokenSet};
 use crate::store::connections::{self, RefreshedTokens};
@@ -20,7 +20,7 @@ use crate::store::{self, OrgTx, audit};
 pub const REFRESH_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
 /// A connection's refresh lock is forgotten after this long unused.
 const REFRESH_LOCK_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
-const PAGE_KIND: &str = "connections";
+const LISTING: Listing = Listing::named("connections");
 
 /// Input of [`ConnectionService::exchange_code`].
 #[derive(Debug, Default)]
@@ -145,15 +145,13 @@ impl ConnectionService {
         ctx: &RequestContext,
         org_id: &str,
         provider: &str,
-        page_size: u32,
-        page_token: &str,
+        page: &PageRequest,
     ) -> Result<Page<connections::Model>> {
         let org = ctx.authorize(Scope::ConnectionsRead, org_id)?;
-        let limit = validate::page_size("page_size", page_size)?;
-        let after = validate::decode_page_token("page_token", PAGE_KIND, page_token)?;
+        let cursor = LISTING.start(page)?;
         let provider = (!provider.is_empty()).then_some(provider);
-        let items = connections::list(&self.core.db, &org, provider, after.as_deref(), limit + 1).await?;
-        Ok(Page::cut(items, limit, |c| validate::encode_page_token(PAGE_KIND, &c.id)))
+        let rows = connections::list(&self.core.db, &org, provider, cursor.position.as_deref(), cursor.fetch()).await?;
+        Ok(cursor.page(rows, |c| c.id.clone()))
     }
 
     /// A valid access token, refreshed first when it expires within

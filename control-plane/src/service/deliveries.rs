@@ -6,29 +6,15 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::Core;
-use super::api_keys::Page;
 use super::auth::{RequestContext, Scope};
 use super::events::{commit_with_deliveries, store_event};
-use super::validate;
+use super::paging::{ListQuery, Listing, Page};
 use crate::error::{Error, Result};
 use crate::store::{OrgTx, audit, deliveries, webhooks};
 
-const PAGE_KIND: &str = "deliveries";
+const LISTING: Listing = Listing::named("deliveries");
 /// Event type of [`DeliveryService::send_test`].
 pub const TEST_EVENT_TYPE: &str = "webhook.test";
-
-/// Query of [`DeliveryService::list`].
-#[derive(Debug, Default)]
-pub struct ListQuery {
-    /// Requested org.
-    pub org_id: String,
-    /// Page size (0 = default).
-    pub page_size: u32,
-    /// Page token of the previous page.
-    pub page_token: String,
-    /// Filters.
-    pub filter: deliveries::ListFilter,
-}
 
 /// The delivery service.
 pub struct DeliveryService {
@@ -42,17 +28,21 @@ impl DeliveryService {
     }
 
     /// A page of deliveries, newest first.
-    pub async fn list(&self, ctx: &RequestContext, query: ListQuery) -> Result<Page<deliveries::Model>> {
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        query: ListQuery<deliveries::ListFilter>,
+    ) -> Result<Page<deliveries::Model>> {
         let org = ctx.authorize(Scope::DeliveriesRead, &query.org_id)?;
-        let limit = validate::page_size("page_size", query.page_size)?;
-        let before = validate::decode_page_token("page_token", PAGE_KIND, &query.page_token)?;
+        let cursor = LISTING.start(&query.page)?;
         if let (Some(after), Some(before)) = (query.filter.created_after, query.filter.created_before)
             && after >= before
         {
             return Err(Error::invalid("created_before", "must be after created_after"));
         }
-        let items = deliveries::list(&self.core.db, &org, &query.filter, before.as_deref(), limit + 1).await?;
-        Ok(Page::cut(items, limit, |d| validate::encode_page_token(PAGE_KIND, &d.id)))
+        let rows =
+            deliveries::list(&self.core.db, &org, &query.filter, cursor.position.as_deref(), cursor.fetch()).await?;
+        Ok(cursor.page(rows, |d| d.id.clone()))
     }
 
     /// One delivery with every attempt.

@@ -8,6 +8,7 @@ pub mod connections;
 pub mod deliveries;
 pub mod dispatch;
 pub mod events;
+pub mod paging;
 pub mod reseal;
 pub mod sync;
 pub mod validate;

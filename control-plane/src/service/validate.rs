@@ -1,16 +1,10 @@
 //! Input rules shared by the services, reported as field violations.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use tonic_types::FieldViolation;
 
 use crate::error::{Error, Result};
 
-/// Default page size.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest page size.
-pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Largest serialized metadata object.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Largest number of scopes on a key.
@@ -95,32 +89,6 @@ pub fn check_scope(scope: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Resolves a requested page size (0 means the default).
-pub fn page_size(field: &str, requested: u32) -> Result<u64> {
-    match requested {
-        0 => Ok(u64::from(DEFAULT_PAGE_SIZE)),
-        1..=MAX_PAGE_SIZE => Ok(u64::from(requested)),
-        _ => Err(Error::invalid(field, format!("must be between 1 and {MAX_PAGE_SIZE}"))),
-    }
-}
-
-/// Encodes a keyset position as an opaque page token for `kind` of listing.
-pub fn encode_page_token(kind: &str, position: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{kind}:{position}"))
-}
-
-/// Decodes a page token produced by [`encode_page_token`] for the same `kind`.
-pub fn decode_page_token(field: &str, kind: &str, token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || Error::invalid(field, "is not a page token returned by this listing");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let position = text.strip_prefix(kind).and_then(|rest| rest.strip_prefix(':')).ok_or_else(invalid)?;
-    Ok(Some(position.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,29 +106,8 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn page_tokens_round_trip(kind in "[a-z_]{1,12}", position in ".*") {
-            let token = encode_page_token(&kind, &position);
-            let decoded = decode_page_token("page_token", &kind, &token).expect("own tokens decode");
-            proptest::prop_assert_eq!(decoded, Some(position));
-        }
-
-        #[test]
-        fn decoding_any_text_never_panics(text in ".*") {
-            let _ = decode_page_token("page_token", "keys", &text);
-        }
-
-        #[test]
         fn scope_checks_never_panic(text in ".*") {
             let _ = check_scope(&text);
         }
-    }
-
-    #[test]
-    fn page_tokens_round_trip_and_reject_garbage() {
-        let token = encode_page_token("keys", "key_abc");
-        assert_eq!(decode_page_token("page_token", "keys", &token).unwrap().as_deref(), Some("key_abc"));
-        assert!(decode_page_token("page_token", "audit", &token).is_err());
-        assert!(decode_page_token("page_token", "keys", "!!!").is_err());
-        assert_eq!(decode_page_token("page_token", "keys", "").unwrap(), None);
     }
 }

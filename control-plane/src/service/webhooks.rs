@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Core;
-use super::api_keys::Page;
 use super::auth::{RequestContext, Scope};
-use super::validate::{self, Violations};
+use super::paging::{Listing, Page, PageRequest};
+use super::validate::Violations;
 use crate::config::WebhookArgs;
 use crate::crypto::signing::WebhookSecret;
 use crate::egress::EgressPolicy;
@@ -30,7 +30,7 @@ const MAX_URL_LEN: usize = 2048;
 const MAX_EVENT_TYPES: usize = 100;
 /// Longest event type.
 const MAX_EVENT_TYPE_LEN: usize = 128;
-const PAGE_KIND: &str = "subscriptions";
+const LISTING: Listing = Listing::named("subscriptions");
 
 /// Operator rules for subscriptions and events.
 #[derive(Clone, Debug)]
@@ -265,18 +265,11 @@ impl WebhookService {
     }
 
     /// A page of subscriptions in creation order.
-    pub async fn list(
-        &self,
-        ctx: &RequestContext,
-        org_id: &str,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<Page<webhooks::Model>> {
+    pub async fn list(&self, ctx: &RequestContext, org_id: &str, page: &PageRequest) -> Result<Page<webhooks::Model>> {
         let org = ctx.authorize(Scope::WebhooksRead, org_id)?;
-        let limit = validate::page_size("page_size", page_size)?;
-        let after = validate::decode_page_token("page_token", PAGE_KIND, page_token)?;
-        let items = webhooks::list(&self.core.db, &org, after.as_deref(), limit + 1).await?;
-        Ok(Page::cut(items, limit, |s| validate::encode_page_token(PAGE_KIND, &s.id)))
+        let cursor = LISTING.start(page)?;
+        let rows = webhooks::list(&self.core.db, &org, cursor.position.as_deref(), cursor.fetch()).await?;
+        Ok(cursor.page(rows, |s| s.id.clone()))
     }
 
     /// Changes the named fields.
