@@ -16,7 +16,8 @@ use std::time::Duration;
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
 use tonic::Status;
-use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::{DATABASE_UNAVAILABLE, Error};
 
 /// How often the probe pings the database.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -96,13 +97,10 @@ fn bypasses_gate(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
+/// The answer while the database is lost: the same Status as any call that
+/// found the database unreachable (one mapping, in `error.rs`).
 fn unavailable() -> http::Response<tonic::body::Body> {
-    Status::with_error_details(
-        tonic::Code::Unavailable,
-        "the database is unavailable; retry shortly",
-        ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
-    )
-    .into_http()
+    Status::from(Error::Unavailable(DATABASE_UNAVAILABLE.into())).into_http()
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Gated<S>

@@ -88,11 +88,7 @@ impl From<Error> for Status {
             Error::LimitReached(message) => Status::resource_exhausted(message),
             Error::ProviderRejected(message) => Status::failed_precondition(message),
             Error::ProviderUnavailable(message) => Status::unavailable(message),
-            Error::Unavailable(message) => Status::with_error_details(
-                Code::Unavailable,
-                message,
-                ErrorDetails::with_retry_info(Some(RETRY_AFTER_UNAVAILABLE)),
-            ),
+            Error::Unavailable(message) => unavailable(message),
             Error::StreamClosed => Status::cancelled("the stream was closed"),
             Error::Sealing(message) => {
                 tracing::error!(error = %message, "a sealed value could not be opened");
@@ -105,11 +101,7 @@ impl From<Error> for Status {
             }
             Error::Database(db) if is_unavailable(&db) => {
                 tracing::warn!(error = %db, "database unavailable");
-                Status::with_error_details(
-                    Code::Unavailable,
-                    "the database is unavailable; retry shortly",
-                    ErrorDetails::with_retry_info(Some(RETRY_AFTER_UNAVAILABLE)),
-                )
+                unavailable(DATABASE_UNAVAILABLE.into())
             }
             internal => {
                 // Logged inside the request span, which carries the request id.
@@ -120,8 +112,15 @@ impl From<Error> for Status {
     }
 }
 
-/// What `RetryInfo` suggests to callers while the database is unreachable.
+/// What `RetryInfo` suggests to callers while a dependency is unreachable.
 const RETRY_AFTER_UNAVAILABLE: Duration = Duration::from_secs(1);
+/// The message of every call refused because the database cannot be reached.
+pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable; retry shortly";
+
+/// UNAVAILABLE with `RetryInfo`: the caller should retry shortly.
+fn unavailable(message: String) -> Status {
+    Status::with_error_details(Code::Unavailable, message, ErrorDetails::with_retry_info(Some(RETRY_AFTER_UNAVAILABLE)))
+}
 
 fn is_unique_violation(error: &DbErr) -> bool {
     matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
@@ -130,7 +129,7 @@ fn is_unique_violation(error: &DbErr) -> bool {
 /// Whether `error` means the database cannot be reached (pool timeout, a
 /// refused or dropped connection, a server shutting down), as opposed to a
 /// query the database rejected.
-pub fn is_unavailable(error: &DbErr) -> bool {
+fn is_unavailable(error: &DbErr) -> bool {
     use sea_orm::sqlx::Error as Sqlx;
     let runtime = match error {
         DbErr::ConnectionAcquire(_) => return true,

@@ -2,10 +2,7 @@
 //! application (Envoy can reach ext_authz over one).
 
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::config::ListenAddr;
@@ -58,9 +55,9 @@ impl Listener {
             Self::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
-                Ok((Connection::Tcp(stream), peer.to_string()))
+                Ok((Connection::Left(stream), peer.to_string()))
             }
-            Self::Unix(listener) => Ok((Connection::Unix(listener.accept().await?.0), "unix".into())),
+            Self::Unix(listener) => Ok((Connection::Right(listener.accept().await?.0), "unix".into())),
         }
     }
 }
@@ -74,42 +71,6 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
-/// An accepted connection of either kind.
-pub enum Connection {
-    /// TCP.
-    Tcp(TcpStream),
-    /// Unix domain socket.
-    Unix(UnixStream),
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Unix(stream) => Pin::new(stream).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
-        }
-    }
-}
+/// An accepted connection of either kind (`Either` reads and writes
+/// through to whichever it holds).
+pub type Connection = tokio_util::either::Either<TcpStream, UnixStream>;

@@ -197,7 +197,7 @@ pub async fn follow(
 
 /// An error with its whole cause chain (a TLS failure sits several causes
 /// below tonic's "transport error").
-pub fn error_chain(error: &dyn std::error::Error) -> String {
+fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
