@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
@@ -46,16 +47,20 @@ impl Reachability {
     }
 
     /// Pings `probe` (a connection of its own, so a busy pool cannot make the
-    /// database look lost) until the task is dropped, keeping the health
+    /// database look lost) until `stop` is cancelled, keeping the health
     /// service in line.
     pub async fn probe(
         self,
         probe: DatabaseConnection,
         timeout: Duration,
         health: tonic_health::server::HealthReporter,
+        stop: CancellationToken,
     ) {
         loop {
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(PROBE_INTERVAL) => {}
+            }
             let reachable = tokio::time::timeout(timeout, probe.ping()).await.is_ok_and(|ping| ping.is_ok());
             if reachable == self.is_reachable() {
                 continue;

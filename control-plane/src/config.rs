@@ -7,6 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::crypto::HashingParams;
+use crate::egress::EgressPolicy;
+use crate::service::verify::AbuseLimits;
+use crate::service::webhooks::{DispatchSettings, WebhookPolicy};
+
+pub use crate::service::webhooks::dispatch::RetrySchedule;
 
 /// Keyplane control plane: API keys, audit log and admin gRPC API.
 #[derive(Debug, Parser)]
@@ -288,26 +293,6 @@ pub struct WebhookArgs {
 /// Immediately, then 5s, 5m, 30m, 2h, 5h, 10h and 10h later.
 const DEFAULT_RETRY_SCHEDULE: &str = "0s,5s,5m,30m,2h,5h,10h,10h";
 
-/// Delays before each delivery attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetrySchedule(pub Vec<Duration>);
-
-impl std::str::FromStr for RetrySchedule {
-    type Err = String;
-
-    /// Comma-separated durations, e.g. `0s,5s,5m`.
-    fn from_str(value: &str) -> Result<Self, String> {
-        let delays = value
-            .split(',')
-            .map(|part| humantime::parse_duration(part.trim()).map_err(|e| format!("{part:?}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        if delays.is_empty() || delays.len() > 50 {
-            return Err("give 1 to 50 delays".into());
-        }
-        Ok(Self(delays))
-    }
-}
-
 impl Default for WebhookArgs {
     /// The command-line defaults (one source of truth: the `#[arg]` attributes).
     fn default() -> Self {
@@ -380,6 +365,19 @@ impl Config {
 
     /// Checks settings that depend on each other; a message names the flags.
     pub fn validate(&self) -> crate::Result<()> {
+        let webhooks = &self.webhooks;
+        if webhooks.lease <= webhooks.timeout {
+            return Err(crate::Error::Config(format!(
+                "--webhook-lease ({}) must be longer than --webhook-timeout ({}), or a slow request could be sent twice at once",
+                humantime::format_duration(webhooks.lease),
+                humantime::format_duration(webhooks.timeout)
+            )));
+        }
+        if webhooks.concurrency == 0 || webhooks.endpoint_concurrency == 0 {
+            return Err(crate::Error::Config(
+                "--webhook-concurrency and --webhook-endpoint-concurrency must be at least 1".into(),
+            ));
+        }
         if self.event_poll_interval >= self.heartbeat_interval {
             return Err(crate::Error::Config(format!(
                 "--event-poll-interval ({}) must be shorter than --heartbeat-interval ({})",
@@ -393,6 +391,42 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Where outbound requests may go.
+    pub fn egress_policy(&self) -> EgressPolicy {
+        EgressPolicy { allowed_networks: self.egress.allow_cidr.clone(), allow_http: self.egress.allow_http }
+    }
+
+    /// Bounds on argon2 work for wrong secrets.
+    pub fn abuse_limits(&self) -> AbuseLimits {
+        AbuseLimits {
+            failures_per_key: self.abuse.failures_per_key,
+            failure_window: self.abuse.failure_window,
+            suspect_hashes_per_second: self.abuse.suspect_hashes_per_second,
+        }
+    }
+}
+
+impl WebhookArgs {
+    /// How the dispatcher sends and retries.
+    pub fn dispatch_settings(&self) -> DispatchSettings {
+        DispatchSettings {
+            timeout: self.timeout,
+            schedule: self.retry_schedule.clone(),
+            lease: self.lease,
+            disable_after: self.disable_after,
+            concurrency: self.concurrency,
+            endpoint_concurrency: self.endpoint_concurrency,
+            poll: self.poll_interval,
+        }
+    }
+
+    /// The rules subscriptions and events follow.
+    pub fn policy(&self, egress: std::sync::Arc<EgressPolicy>) -> WebhookPolicy {
+        WebhookPolicy::new(egress, &self.allowed_hosts, self.max_subscriptions, self.max_payload_bytes)
     }
 }
 
@@ -445,6 +479,10 @@ mod tests {
         let mut config = Config::for_test("/tmp/unused");
         config.abuse.failures_per_key = 0;
         assert!(config.validate().unwrap_err().to_string().contains("--verify-max-failures-per-key"));
+        let mut config = Config::for_test("/tmp/unused");
+        config.webhooks.lease = config.webhooks.timeout;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("--webhook-lease") && error.contains("--webhook-timeout"), "{error}");
     }
 
     #[test]

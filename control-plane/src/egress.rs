@@ -95,7 +95,7 @@ impl EgressClient {
     /// A failed request as text: the timeout, or the whole cause chain (a
     /// refusal by the policy included), never the URL — its query may hold
     /// credentials.
-    pub fn describe(&self, error: reqwest::Error) -> String {
+    pub fn failure_text(&self, error: reqwest::Error) -> String {
         if error.is_timeout() {
             return format!("timed out after {:?}", self.timeout);
         }

@@ -28,22 +28,24 @@ use keyplane_proto::admin::v1::delivery_service_server::DeliveryServiceServer;
 use keyplane_proto::admin::v1::event_service_server::EventServiceServer;
 use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
+use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 use tonic::transport::server::TcpConnectInfo;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 pub use config::Config;
 use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
-use service::dispatch::DispatchSettings;
 use service::sync::{FeedSettings, KeyEventFeed};
 use service::verify::AbuseLimits;
-use service::webhooks::WebhookPolicy;
 use service::{
-    AuditService, Authenticator, ConnectionService, Core, DeliveryService, Dispatcher, EventService, KeyService,
-    Verifier, WebhookService,
+    AuditService, Authenticator, ConnectionService, Crypto, DeliveryService, Dispatcher, EventService, KeyService,
+    SidecarSync, Verifier, Wakeups, WebhookService, retention,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -57,9 +59,36 @@ pub struct Listeners {
 /// Verified secrets remembered by the verifier.
 const VERIFIED_SECRETS_CAPACITY: u64 = 100_000;
 /// How often old key events are compacted.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+const KEY_EVENT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Runs the control plane until `shutdown` resolves, then drains in-flight calls.
+/// The background work of a running control plane: one cancellation signal
+/// and one task set, so shutdown stops and drains everything the same way.
+struct Background {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Background {
+    fn new() -> Self {
+        Self { stop: CancellationToken::new(), tasks: TaskTracker::new() }
+    }
+
+    /// Runs `task` in a tracing span named `task` with field `name`; the
+    /// task must end once [`Self::stop`] is cancelled.
+    fn spawn(&self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task.instrument(tracing::info_span!("task", name)));
+    }
+
+    /// Cancels every task and waits for each to finish its work in hand.
+    async fn drain(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Runs the control plane until `shutdown` resolves, then drains in-flight
+/// calls and background work (deliveries in flight are recorded).
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -79,8 +108,7 @@ pub async fn run(
              set --tls-cert-file and --tls-key-file"
         );
     }
-    let master_keys = bootstrap::master_keys(&config)?;
-    let dispatch_settings = DispatchSettings::new(&config.webhooks)?;
+    let master_keys = Arc::new(bootstrap::master_keys(&config)?);
     let providers = match &config.oauth_providers {
         Some(path) => oauth::Providers::load(path)?,
         None => oauth::Providers::default(),
@@ -90,43 +118,59 @@ pub async fn run(
     store::migrate(&db).await?;
     let metrics = Arc::new(metrics::Metrics::default());
     let workers = config.hash_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let core = Arc::new(Core::new(
+    let crypto = Arc::new(Crypto {
+        tokens: TokenFormat::new(config.token_prefix.clone()),
+        hasher: SecretHasher::new(config.hashing_params(), workers)?,
+        master_keys: master_keys.clone(),
+    });
+    let wakeups = Wakeups::default();
+    let background = Background::new();
+
+    let verifier = Arc::new(Verifier::new(
         db.clone(),
-        TokenFormat::new(config.token_prefix.clone()),
-        SecretHasher::new(config.hashing_params(), workers)?,
+        crypto.clone(),
+        metrics.clone(),
+        VERIFIED_SECRETS_CAPACITY,
+        config.abuse_limits(),
+    ));
+    let auth = Authenticator::new(root_token.as_deref(), verifier.clone());
+    let keys = Arc::new(KeyService::new(db.clone(), crypto.clone(), wakeups.clone(), verifier.clone()));
+    let audit = Arc::new(AuditService::new(db.clone()));
+    let feed_settings = FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval };
+    let feed = KeyEventFeed::new(db.clone(), feed_settings, background.stop.clone()).await?;
+    let sync = Arc::new(SidecarSync::new(db.clone(), verifier, feed.clone()));
+    let egress = Arc::new(config.egress_policy());
+    let policy = Arc::new(config.webhooks.policy(egress.clone()));
+    let webhooks = Arc::new(WebhookService::new(db.clone(), master_keys.clone(), policy.clone()));
+    let events = Arc::new(EventService::new(db.clone(), wakeups.clone(), policy));
+    let deliveries = Arc::new(DeliveryService::new(db.clone(), wakeups.clone()));
+    let oauth_client = oauth::OAuthClient::new(&egress, config.oauth_timeout)?;
+    let connections = Arc::new(ConnectionService::new(db.clone(), master_keys.clone(), providers, oauth_client));
+    let dispatcher = Dispatcher::new(
+        db.clone(),
         master_keys,
         metrics.clone(),
-    ));
-    let verifier = Arc::new(Verifier::new(core.clone(), VERIFIED_SECRETS_CAPACITY, abuse_limits(&config)));
-    let auth = Authenticator::new(root_token.as_deref(), verifier.clone());
-    let keys = Arc::new(KeyService::new(core.clone(), verifier.clone()));
-    let audit = Arc::new(AuditService::new(core.clone()));
-    let feed = KeyEventFeed::new(
-        core.clone(),
-        FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval },
-    )
-    .await?;
-    let closing_feed = feed.clone();
-    let egress = Arc::new(egress::EgressPolicy {
-        allowed_networks: config.egress.allow_cidr.clone(),
-        allow_http: config.egress.allow_http,
-    });
-    let policy = Arc::new(WebhookPolicy::new(egress.clone(), &config.webhooks));
-    let webhooks = Arc::new(WebhookService::new(core.clone(), policy.clone()));
-    let events = Arc::new(EventService::new(core.clone(), policy));
-    let deliveries = Arc::new(DeliveryService::new(core.clone()));
-    let oauth_client = oauth::OAuthClient::new(&egress, config.oauth_timeout)?;
-    let connections = Arc::new(ConnectionService::new(core.clone(), providers, oauth_client));
-    let dispatcher = Dispatcher::new(core.clone(), dispatch_settings, egress)?;
-    let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
-    let dispatcher_task = tokio::spawn(dispatcher.run(dispatcher_stop));
-    let mut background = vec![
-        tokio::spawn(feed.clone().tail(core.key_events_committed.clone())),
-        tokio::spawn(service::sync::enforce_retention(core.clone(), config.key_event_retention, RETENTION_INTERVAL)),
-        tokio::spawn(service::dispatch::enforce_retention(core.clone(), config.webhooks.delivery_retention)),
-    ];
+        wakeups.clone(),
+        config.webhooks.dispatch_settings(),
+        &egress,
+    )?;
+
+    let stop = &background.stop;
+    background.spawn("webhook-dispatcher", dispatcher.run(stop.clone()));
+    background.spawn("key-event-tailer", feed.tail(wakeups.key_events_committed.clone()));
+    background.spawn(
+        "purge-key-events",
+        retention::purge_key_events(db.clone(), config.key_event_retention, KEY_EVENT_PURGE_INTERVAL, stop.clone()),
+    );
+    background.spawn(
+        "purge-delivered-webhooks",
+        retention::purge_delivered_webhooks(db.clone(), config.webhooks.delivery_retention, stop.clone()),
+    );
     if let Some(tls) = &tls {
-        background.push(tokio::spawn(tls.clone().reload_on_change(config.tls.reload_interval)));
+        background.spawn("tls-reload", tls.clone().reload_on_change(config.tls.reload_interval, stop.clone()));
+    }
+    if let Some(listener) = listeners.metrics {
+        background.spawn("metrics-server", metrics::serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -138,9 +182,11 @@ pub async fn run(
     health_reporter.set_serving::<DeliveryServiceServer<grpc::deliveries::DeliveryGrpc>>().await;
     health_reporter.set_serving::<ConnectionServiceServer<grpc::connections::ConnectionGrpc>>().await;
     let reachability = availability::Reachability::default();
-    let probe = store::connect_probe(&config.storage.database_url(), config.database_probe_timeout).await?;
-    let health_task = probe
-        .map(|probe| tokio::spawn(reachability.clone().probe(probe, config.database_probe_timeout, health_reporter)));
+    let timeout = config.database_probe_timeout;
+    if let Some(probe) = store::connect_probe(&config.storage.database_url(), timeout).await? {
+        let probing = reachability.clone().probe(probe, timeout, health_reporter, stop.clone());
+        background.spawn("database-probe", probing);
+    }
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -149,13 +195,6 @@ pub async fn run(
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| Error::Config(format!("reflection: {e}")))?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| Error::Config(format!("reflection: {e}")))?;
-
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_task = listeners.metrics.map(|listener| {
-        tokio::spawn(metrics::serve(listener, metrics.clone(), async {
-            let _ = metrics_stopped.await;
-        }))
-    });
 
     tracing::info!(
         addr = %grpc_addr,
@@ -173,6 +212,7 @@ pub async fn run(
         let peer = peer.map(|addr| addr.to_string()).unwrap_or_default();
         tracing::info_span!("rpc", method = %request.uri().path(), request_id = %request_id, peer = %peer)
     };
+    let stopping = stop.clone();
     let result = Server::builder()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -187,37 +227,41 @@ pub async fn run(
         .add_service(EventServiceServer::new(grpc::events::EventGrpc::new(events, auth.clone())))
         .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
         .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
-        .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(core, verifier, feed, auth)))
+        .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(sync, auth)))
         .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls), async move {
             shutdown.await;
-            // Watch streams never end by themselves: end them so the server drains.
-            closing_feed.close();
+            // Watch streams never end by themselves: the feed ends them when
+            // stopped, so the server can drain.
+            stopping.cancel();
         })
         .await;
 
-    if let Some(task) = health_task {
-        task.abort();
-    }
-    let _ = stop_dispatcher.send(true);
-    let _ = dispatcher_task.await;
-    for task in background {
-        task.abort();
-    }
-    let _ = stop_metrics.send(());
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
+    background.drain().await;
     db.close().await?;
     tracing::info!("keyplane control plane stopped");
     Ok(result?)
 }
 
-fn abuse_limits(config: &Config) -> AbuseLimits {
-    AbuseLimits {
-        failures_per_key: config.abuse.failures_per_key,
-        failure_window: config.abuse.failure_window,
-        suspect_hashes_per_second: config.abuse.suspect_hashes_per_second,
-    }
+/// Opens the database named by `storage` with its migrations applied and a
+/// key service over it, for the operator's commands.
+async fn operator_services(
+    storage: &config::StorageArgs,
+    master_keys: crypto::MasterKeys,
+    token_prefix: &str,
+) -> Result<(DatabaseConnection, KeyService)> {
+    let db = storage.connect().await?;
+    store::migrate(&db).await?;
+    let crypto = Arc::new(Crypto {
+        tokens: TokenFormat::new(token_prefix.to_owned()),
+        hasher: SecretHasher::new(crypto::HashingParams::default(), 1)?,
+        master_keys: Arc::new(master_keys),
+    });
+    let metrics = Arc::new(metrics::Metrics::default());
+    let limits =
+        AbuseLimits { failures_per_key: 1, failure_window: Duration::from_secs(1), suspect_hashes_per_second: 1 };
+    let verifier = Arc::new(Verifier::new(db.clone(), crypto.clone(), metrics, 1, limits));
+    let keys = KeyService::new(db.clone(), crypto, Wakeups::default(), verifier);
+    Ok((db, keys))
 }
 
 /// `keyplane migrate`: applies pending migrations (or only reports them).
@@ -254,21 +298,8 @@ pub async fn create_admin_key(
             crypto::MasterKeys::load(&storage.data_dir.join("master-key"))?
         }
     };
-    let db = storage.connect().await?;
-    store::migrate(&db).await?;
-    let core = Arc::new(Core::new(
-        db.clone(),
-        TokenFormat::new(token_prefix.to_owned()),
-        SecretHasher::new(crypto::HashingParams::default(), 1)?,
-        keys,
-        Arc::new(metrics::Metrics::default()),
-    ));
-    let verifier = Arc::new(Verifier::new(
-        core.clone(),
-        1,
-        AbuseLimits { failures_per_key: 1, failure_window: Duration::from_secs(1), suspect_hashes_per_second: 1 },
-    ));
-    let issued = KeyService::new(core, verifier).create_admin_key(name).await;
+    let (db, keys) = operator_services(storage, keys, token_prefix).await?;
+    let issued = keys.create_admin_key(name).await;
     db.close().await?;
     Ok(issued?.token)
 }

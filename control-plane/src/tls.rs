@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -69,11 +70,14 @@ impl ReloadingTls {
         TlsAcceptor::from(self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
     }
 
-    /// Reloads the files whenever they change, until the task is dropped.
-    pub async fn reload_on_change(self: Arc<Self>, every: Duration) {
+    /// Reloads the files whenever they change, until `stop` is cancelled.
+    pub async fn reload_on_change(self: Arc<Self>, every: Duration, stop: CancellationToken) {
         let mut seen = self.files.stamp();
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
             let stamp = self.files.stamp();
             if stamp == seen {
                 continue;

@@ -15,8 +15,10 @@ pub const CHECKSUM_LEN: usize = 6;
 /// Prefix of the public key id (`key_…`); not part of the token.
 pub const KEY_ID_PREFIX: &str = "key_";
 
-/// Which traffic a key is for.
+/// Which traffic a key is for. With the `sea-orm` feature it is also a
+/// column type, stored as its name (`live`, `test`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "sea-orm", derive(sea_orm::DeriveValueType), sea_orm(value_type = "String"))]
 pub enum Environment {
     /// Production traffic.
     Live,
@@ -48,6 +50,26 @@ impl fmt::Display for Environment {
         f.write_str(self.as_str())
     }
 }
+
+impl std::str::FromStr for Environment {
+    type Err = UnknownEnvironment;
+
+    fn from_str(name: &str) -> Result<Self, UnknownEnvironment> {
+        Self::parse(name).ok_or_else(|| UnknownEnvironment(name.to_owned()))
+    }
+}
+
+/// A name that is not an [`Environment`].
+#[derive(Debug)]
+pub struct UnknownEnvironment(String);
+
+impl fmt::Display for UnknownEnvironment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} is not an environment: use `live` or `test`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownEnvironment {}
 
 /// Builds and parses tokens for one configured prefix (default `kp`).
 #[derive(Clone, Debug)]

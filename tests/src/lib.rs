@@ -15,6 +15,8 @@ pub mod stats;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use keyplane_control_plane::service::records::{Environment, KeyStatus};
+use keyplane_control_plane::store::api_keys::NewKeyRow;
 use keyplane_control_plane::{Config, Listeners};
 use keyplane_proto::admin::v1 as pb;
 use pb::api_key_service_client::ApiKeyServiceClient;
@@ -611,42 +613,33 @@ impl Drop for TestSidecar {
 }
 
 /// A key row for seeding benchmarks straight into the table (bypassing the
-/// API's argon2 cost): active unless `status` says otherwise, no expiry.
+/// API's argon2 cost): scope `orders:read`, no expiry.
 pub fn seeded_key_row(
     org: &str,
     id: String,
     name: String,
-    environment: &str,
-    status: &str,
+    environment: Environment,
+    status: KeyStatus,
     secret_hash: &str,
 ) -> keyplane_control_plane::store::api_keys::ActiveModel {
-    use sea_orm::ActiveValue::Set;
-    let now = chrono::Utc::now();
-    keyplane_control_plane::store::api_keys::ActiveModel {
-        id: Set(id),
-        org_id: Set(org.to_owned()),
-        name: Set(name),
-        description: Set(String::new()),
-        environment: Set(environment.to_owned()),
-        scopes: Set(serde_json::json!(["orders:read"])),
-        status: Set(status.to_owned()),
-        secret_hash: Set(secret_hash.to_owned()),
-        start: Set(String::new()),
-        expires_at: Set(None),
-        rate_limit_requests: Set(None),
-        rate_limit_window_ms: Set(None),
-        metadata: Set(None),
-        sealed_token: Set(None),
-        created_by: Set("root".into()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        revoked_at: Set(None),
-        revoked_by: Set(None),
-        revocation_reason: Set(None),
-        rotated_from: Set(None),
-        last_used_at: Set(None),
-        usage_count: Set(0),
+    let mut row = NewKeyRow {
+        id,
+        name,
+        description: String::new(),
+        environment,
+        scopes: vec!["orders:read".into()],
+        secret_hash: secret_hash.to_owned(),
+        start: String::new(),
+        expires_at: None,
+        rate_limit: None,
+        metadata: None,
+        sealed_token: None,
+        created_by: "root".into(),
+        rotated_from: None,
     }
+    .into_row(org);
+    row.status = sea_orm::ActiveValue::Set(status);
+    row
 }
 
 /// Whether an external tool (`program args` exits 0) is installed; in CI

@@ -8,12 +8,11 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, api_key_to_proto};
 use super::request_context;
-use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
 use crate::service::paging::{ListQuery, PageRequest};
+use crate::service::records::{Environment, KeyFilter};
 use crate::service::{Authenticator, KeyService};
-use crate::store::api_keys::ListFilter;
 
 /// The gRPC adapter of the API-key service.
 pub struct ApiKeyGrpc {
@@ -111,7 +110,7 @@ impl ApiKeyService for ApiKeyGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let request = request.into_inner();
         let query = ListQuery {
-            filter: ListFilter {
+            filter: KeyFilter {
                 status: convert::status_from_proto("status", request.status)?,
                 environment: convert::environment_from_proto("environment", request.environment)?,
                 name_prefix: Some(request.name_prefix).filter(|p| !p.is_empty()),

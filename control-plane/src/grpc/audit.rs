@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::request_context;
 use crate::service::paging::{ListQuery, PageRequest};
+use crate::service::records::AuditFilter;
 use crate::service::{AuditService, Authenticator};
-use crate::store::audit::ListFilter;
 
 /// The gRPC adapter of the audit service.
 pub struct AuditGrpc {
@@ -35,7 +35,7 @@ impl AuditServiceApi for AuditGrpc {
         let request = request.into_inner();
         let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
         let query = ListQuery {
-            filter: ListFilter {
+            filter: AuditFilter {
                 action: non_empty(request.action),
                 actor_id: non_empty(request.actor_id),
                 target_id: non_empty(request.target_id),

@@ -8,11 +8,12 @@ use keyplane_proto::admin::v1 as pb;
 use prost_types::value::Kind;
 use serde_json::{Number, Value};
 
-use crate::crypto::Environment;
 use crate::error::{Error, Result};
-use crate::service::api_keys::{RateLimit, rate_limit_of};
+use crate::service::records::{
+    ApiKey, AuditEvent, Connection, Delivery, DeliveryAttempt, DeliveryStatus, Environment, Event, KeyStatus,
+    RateLimit, Subscription, SubscriptionStatus,
+};
 use crate::service::verify::{Failure, Verification};
-use crate::store::{api_keys, audit, connections, deliveries, events, webhooks};
 
 /// Protobuf timestamp → UTC time.
 pub fn time_from_proto(field: &str, ts: prost_types::Timestamp) -> Result<DateTime<Utc>> {
@@ -55,13 +56,20 @@ pub fn environment_to_proto(environment: Environment) -> pb::Environment {
     }
 }
 
-/// Protobuf status filter → stored status (`None` for any).
-pub fn status_from_proto(field: &str, value: i32) -> Result<Option<&'static str>> {
+/// Protobuf status filter → key status (`None` for any).
+pub fn status_from_proto(field: &str, value: i32) -> Result<Option<KeyStatus>> {
     match pb::ApiKeyStatus::try_from(value) {
         Ok(pb::ApiKeyStatus::Unspecified) => Ok(None),
-        Ok(pb::ApiKeyStatus::Active) => Ok(Some(api_keys::ACTIVE)),
-        Ok(pb::ApiKeyStatus::Revoked) => Ok(Some(api_keys::REVOKED)),
+        Ok(pb::ApiKeyStatus::Active) => Ok(Some(KeyStatus::Active)),
+        Ok(pb::ApiKeyStatus::Revoked) => Ok(Some(KeyStatus::Revoked)),
         Err(_) => Err(Error::invalid(field, format!("unknown status {value}"))),
+    }
+}
+
+fn key_status_to_proto(status: KeyStatus) -> pb::ApiKeyStatus {
+    match status {
+        KeyStatus::Active => pb::ApiKeyStatus::Active,
+        KeyStatus::Revoked => pb::ApiKeyStatus::Revoked,
     }
 }
 
@@ -123,20 +131,19 @@ pub fn json_to_struct(value: &Value) -> Option<prost_types::Struct> {
     }
 }
 
-/// Stored key → protobuf resource (no secret material).
-pub fn api_key_to_proto(key: &api_keys::Model) -> pb::ApiKey {
+/// Key → protobuf resource (no secret material).
+pub fn api_key_to_proto(key: &ApiKey) -> pb::ApiKey {
     pb::ApiKey {
         id: key.id.clone(),
         org_id: key.org_id.clone(),
         name: key.name.clone(),
         description: key.description.clone(),
-        environment: environment_to_proto(key.environment()).into(),
+        environment: environment_to_proto(key.environment).into(),
         scopes: key.scope_list(),
-        status: if key.status == api_keys::ACTIVE { pb::ApiKeyStatus::Active } else { pb::ApiKeyStatus::Revoked }
-            .into(),
+        status: key_status_to_proto(key.status).into(),
         start: key.start.clone(),
         expires_at: key.expires_at.map(time_to_proto),
-        rate_limit: rate_limit_of(key).map(rate_limit_to_proto),
+        rate_limit: key.rate_limit().map(rate_limit_to_proto),
         metadata: key.metadata.as_ref().and_then(json_to_struct),
         recoverable: key.sealed_token.is_some(),
         created_by: key.created_by.clone(),
@@ -152,14 +159,14 @@ pub fn api_key_to_proto(key: &api_keys::Model) -> pb::ApiKey {
 }
 
 /// The principal a key speaks for.
-pub fn principal_to_proto(key: &api_keys::Model) -> pb::Principal {
+pub fn principal_to_proto(key: &ApiKey) -> pb::Principal {
     pb::Principal {
         key_id: key.id.clone(),
         org_id: key.org_id.clone(),
-        environment: environment_to_proto(key.environment()).into(),
+        environment: environment_to_proto(key.environment).into(),
         scopes: key.scope_list(),
         expires_at: key.expires_at.map(time_to_proto),
-        rate_limit: rate_limit_of(key).map(rate_limit_to_proto),
+        rate_limit: key.rate_limit().map(rate_limit_to_proto),
     }
 }
 
@@ -187,8 +194,8 @@ pub fn verification_to_proto(verification: &Verification) -> (bool, pb::VerifyFa
     }
 }
 
-/// Stored audit row → protobuf.
-pub fn audit_event_to_proto(event: audit::Model) -> pb::AuditEvent {
+/// Audit row → protobuf.
+pub fn audit_event_to_proto(event: AuditEvent) -> pb::AuditEvent {
     pb::AuditEvent {
         metadata: json_to_struct(&event.metadata),
         created_at: Some(time_to_proto(event.created_at)),
@@ -208,13 +215,12 @@ pub fn audit_event_to_proto(event: audit::Model) -> pb::AuditEvent {
     }
 }
 
-/// Stored subscription → protobuf resource (never its secrets).
-pub fn subscription_to_proto(subscription: &webhooks::Model) -> pb::Subscription {
-    let status = match subscription.status.as_str() {
-        webhooks::ACTIVE => pb::SubscriptionStatus::Active,
-        webhooks::DISABLED => pb::SubscriptionStatus::Disabled,
-        webhooks::PENDING_APPROVAL => pb::SubscriptionStatus::PendingApproval,
-        _ => pb::SubscriptionStatus::Unspecified,
+/// Subscription → protobuf resource (never its secrets).
+pub fn subscription_to_proto(subscription: &Subscription) -> pb::Subscription {
+    let status = match subscription.status {
+        SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
+        SubscriptionStatus::Disabled => pb::SubscriptionStatus::Disabled,
+        SubscriptionStatus::PendingApproval => pb::SubscriptionStatus::PendingApproval,
     };
     pb::Subscription {
         id: subscription.id.clone(),
@@ -231,8 +237,8 @@ pub fn subscription_to_proto(subscription: &webhooks::Model) -> pb::Subscription
     }
 }
 
-/// Stored event → protobuf.
-pub fn event_to_proto(event: &events::Model) -> pb::Event {
+/// Event → protobuf.
+pub fn event_to_proto(event: &Event) -> pb::Event {
     pb::Event {
         id: event.id.clone(),
         org_id: event.org_id.clone(),
@@ -243,24 +249,23 @@ pub fn event_to_proto(event: &events::Model) -> pb::Event {
     }
 }
 
-/// Protobuf delivery status filter → stored status (`None` for any).
-pub fn delivery_status_from_proto(field: &str, value: i32) -> Result<Option<&'static str>> {
+/// Protobuf delivery status filter → delivery status (`None` for any).
+pub fn delivery_status_from_proto(field: &str, value: i32) -> Result<Option<DeliveryStatus>> {
     match pb::DeliveryStatus::try_from(value) {
         Ok(pb::DeliveryStatus::Unspecified) => Ok(None),
-        Ok(pb::DeliveryStatus::Pending) => Ok(Some(deliveries::PENDING)),
-        Ok(pb::DeliveryStatus::Succeeded) => Ok(Some(deliveries::SUCCEEDED)),
-        Ok(pb::DeliveryStatus::Failed) => Ok(Some(deliveries::FAILED)),
+        Ok(pb::DeliveryStatus::Pending) => Ok(Some(DeliveryStatus::Pending)),
+        Ok(pb::DeliveryStatus::Succeeded) => Ok(Some(DeliveryStatus::Succeeded)),
+        Ok(pb::DeliveryStatus::Failed) => Ok(Some(DeliveryStatus::Failed)),
         Err(_) => Err(Error::invalid(field, format!("unknown status {value}"))),
     }
 }
 
-/// Stored delivery → protobuf.
-pub fn delivery_to_proto(delivery: &deliveries::Model) -> pb::Delivery {
-    let status = match delivery.status.as_str() {
-        deliveries::PENDING => pb::DeliveryStatus::Pending,
-        deliveries::SUCCEEDED => pb::DeliveryStatus::Succeeded,
-        deliveries::FAILED => pb::DeliveryStatus::Failed,
-        _ => pb::DeliveryStatus::Unspecified,
+/// Delivery → protobuf.
+pub fn delivery_to_proto(delivery: &Delivery) -> pb::Delivery {
+    let status = match delivery.status {
+        DeliveryStatus::Pending => pb::DeliveryStatus::Pending,
+        DeliveryStatus::Succeeded => pb::DeliveryStatus::Succeeded,
+        DeliveryStatus::Failed => pb::DeliveryStatus::Failed,
     };
     pb::Delivery {
         id: delivery.id.clone(),
@@ -270,7 +275,7 @@ pub fn delivery_to_proto(delivery: &deliveries::Model) -> pb::Delivery {
         event_type: delivery.event_type.clone(),
         status: status.into(),
         attempt_count: u32::try_from(delivery.attempt_count).unwrap_or(0),
-        next_attempt_at: (delivery.status == deliveries::PENDING).then(|| time_to_proto(delivery.next_attempt_at)),
+        next_attempt_at: (delivery.status == DeliveryStatus::Pending).then(|| time_to_proto(delivery.next_attempt_at)),
         last_status_code: delivery.last_status_code.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
         last_error: delivery.last_error.clone().unwrap_or_default(),
         created_at: Some(time_to_proto(delivery.created_at)),
@@ -278,8 +283,8 @@ pub fn delivery_to_proto(delivery: &deliveries::Model) -> pb::Delivery {
     }
 }
 
-/// Stored attempt → protobuf.
-pub fn attempt_to_proto(attempt: &deliveries::attempt::Model) -> pb::DeliveryAttempt {
+/// Attempt → protobuf.
+pub fn attempt_to_proto(attempt: &DeliveryAttempt) -> pb::DeliveryAttempt {
     let latency = Duration::from_micros(u64::try_from(attempt.latency_micros).unwrap_or(0));
     pb::DeliveryAttempt {
         number: u32::try_from(attempt.number).unwrap_or(0),
@@ -291,8 +296,8 @@ pub fn attempt_to_proto(attempt: &deliveries::attempt::Model) -> pb::DeliveryAtt
     }
 }
 
-/// Stored connection → protobuf resource (never its tokens).
-pub fn connection_to_proto(connection: &connections::Model) -> pb::Connection {
+/// Connection → protobuf resource (never its tokens).
+pub fn connection_to_proto(connection: &Connection) -> pb::Connection {
     pb::Connection {
         id: connection.id.clone(),
         org_id: connection.org_id.clone(),

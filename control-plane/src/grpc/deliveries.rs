@@ -10,8 +10,8 @@ use super::convert::{self, attempt_to_proto, delivery_to_proto};
 use super::request_context;
 use crate::error::Error;
 use crate::service::paging::{ListQuery, PageRequest};
+use crate::service::records::DeliveryFilter;
 use crate::service::{Authenticator, DeliveryService};
-use crate::store::deliveries::ListFilter;
 
 /// The gRPC adapter of the delivery service.
 pub struct DeliveryGrpc {
@@ -35,7 +35,7 @@ impl delivery_service_server::DeliveryService for DeliveryGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let request = request.into_inner();
         let query = ListQuery {
-            filter: ListFilter {
+            filter: DeliveryFilter {
                 subscription_id: Some(request.subscription_id).filter(|s| !s.is_empty()),
                 status: convert::delivery_status_from_proto("status", request.status)?,
                 event_type: Some(request.event_type).filter(|s| !s.is_empty()),

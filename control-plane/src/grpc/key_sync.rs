@@ -1,4 +1,4 @@
-//! `keyplane.sync.v1.KeySyncService` over the sync service.
+//! `keyplane.sync.v1.KeySyncService` over [`SidecarSync`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,31 +10,27 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, request_context};
 use crate::error::Error;
-use crate::service::sync::{self, FeedMessage, KeyEventFeed};
-use crate::service::{Authenticator, Core, Verifier};
-use crate::store::api_keys::Usage;
+use crate::service::records::KeyEventKind;
+use crate::service::sync::{FeedMessage, KeyUse};
+use crate::service::{Authenticator, SidecarSync};
 
 /// The gRPC adapter of the sidecar protocol.
 pub struct KeySyncGrpc {
-    core: Arc<Core>,
-    verifier: Arc<Verifier>,
-    feed: Arc<KeyEventFeed>,
+    sync: Arc<SidecarSync>,
     auth: Authenticator,
 }
 
 impl KeySyncGrpc {
-    /// An adapter over the feed and verifier.
-    pub fn new(core: Arc<Core>, verifier: Arc<Verifier>, feed: Arc<KeyEventFeed>, auth: Authenticator) -> Self {
-        Self { core, verifier, feed, auth }
+    pub fn new(sync: Arc<SidecarSync>, auth: Authenticator) -> Self {
+        Self { sync, auth }
     }
 }
 
-fn event_kind(kind: &str) -> pb::KeyEventKind {
+fn event_kind(kind: KeyEventKind) -> pb::KeyEventKind {
     match kind {
-        "revoked" => pb::KeyEventKind::Revoked,
-        "deleted" => pb::KeyEventKind::Deleted,
-        "expired" => pb::KeyEventKind::Expired,
-        _ => pb::KeyEventKind::Updated,
+        KeyEventKind::Revoked => pb::KeyEventKind::Revoked,
+        KeyEventKind::Deleted => pb::KeyEventKind::Deleted,
+        KeyEventKind::Updated => pb::KeyEventKind::Updated,
     }
 }
 
@@ -43,7 +39,7 @@ fn to_proto(message: FeedMessage, interval: Option<prost_types::Duration>) -> pb
     let message = match message {
         FeedMessage::Event(event) => pb::watch_response::Message::Event(pb::KeyEvent {
             seq: seq(event.seq),
-            kind: event_kind(&event.kind).into(),
+            kind: event_kind(event.kind).into(),
             key_id: event.key_id,
         }),
         FeedMessage::Heartbeat(head) => {
@@ -61,8 +57,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Statu
 impl KeySyncService for KeySyncGrpc {
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let (verification, as_of) =
-            sync::verify_for_sidecar(&self.core, &self.verifier, &ctx, &request.get_ref().token).await?;
+        let (verification, as_of) = self.sync.verify(&ctx, &request.get_ref().token).await?;
         let (valid, failure, principal) = convert::verification_to_proto(&verification);
         Ok(Response::new(pb::VerifyResponse {
             valid,
@@ -78,8 +73,8 @@ impl KeySyncService for KeySyncGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let after =
             i64::try_from(request.get_ref().after_seq).map_err(|_| Error::invalid("after_seq", "is out of range"))?;
-        let receiver = self.feed.watch(&ctx, after, request.get_ref().from_head).await?;
-        let interval = prost_types::Duration::try_from(self.feed.heartbeat_interval()).ok();
+        let receiver = self.sync.watch(&ctx, after, request.get_ref().from_head)?;
+        let interval = prost_types::Duration::try_from(self.sync.heartbeat_interval()).ok();
         let stream =
             ReceiverStream::new(receiver).map(move |item| item.map(|m| to_proto(m, interval)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
@@ -95,14 +90,14 @@ impl KeySyncService for KeySyncGrpc {
             let last_used_at = entry
                 .last_used_at
                 .ok_or_else(|| Error::invalid(format!("entries[{i}].last_used_at"), "is required"))?;
-            batch.push(Usage {
+            batch.push(KeyUse {
                 count: i64::try_from(entry.count)
                     .map_err(|_| Error::invalid(format!("entries[{i}].count"), "is out of range"))?,
                 last_used_at: convert::time_from_proto(&format!("entries[{i}].last_used_at"), last_used_at)?,
                 key_id: entry.key_id,
             });
         }
-        let applied = sync::report_usage(&self.core, &ctx, batch).await?;
+        let applied = self.sync.report_usage(&ctx, batch).await?;
         Ok(Response::new(pb::ReportUsageResponse { applied }))
     }
 }

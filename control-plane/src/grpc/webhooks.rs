@@ -10,7 +10,7 @@ use super::convert::{self, subscription_to_proto};
 use super::request_context;
 use crate::error::{Error, Result};
 use crate::service::paging::PageRequest;
-use crate::service::webhooks::{NewSubscription, SubscriptionChanges};
+use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
 use crate::service::{Authenticator, WebhookService};
 
 /// The gRPC adapter of the subscription service.

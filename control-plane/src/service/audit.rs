@@ -1,12 +1,11 @@
 //! Reading the audit log and checking its hash chain.
 
-use std::sync::Arc;
+use sea_orm::DatabaseConnection;
 
-use super::Core;
 use super::auth::{RequestContext, Scope};
 use super::paging::{self, ListQuery, Listing, Page};
 use crate::error::{Error, Result};
-use crate::store::audit;
+use crate::store::audit::{self, AuditFilter};
 
 const LISTING: Listing = Listing::named("audit");
 const CHAIN_BATCH: u64 = 1000;
@@ -22,17 +21,16 @@ pub struct ChainReport {
 
 /// The audit service.
 pub struct AuditService {
-    core: Arc<Core>,
+    db: DatabaseConnection,
 }
 
 impl AuditService {
-    /// An audit service over `core`.
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
     }
 
     /// A page of audit events, newest first.
-    pub async fn list(&self, ctx: &RequestContext, query: ListQuery<audit::ListFilter>) -> Result<Page<audit::Model>> {
+    pub async fn list(&self, ctx: &RequestContext, query: ListQuery<AuditFilter>) -> Result<Page<audit::Model>> {
         let org = ctx.authorize(Scope::AuditRead, &query.org_id)?;
         let cursor = LISTING.start(&query.page)?;
         let before = cursor
@@ -45,7 +43,7 @@ impl AuditService {
         {
             return Err(Error::invalid("end_time", "must be after start_time"));
         }
-        let rows = audit::list(&self.core.db, &org, &query.filter, before, cursor.fetch()).await?;
+        let rows = audit::list(&self.db, &org, &query.filter, before, cursor.fetch()).await?;
         Ok(cursor.page(rows, |e| e.seq.to_string()))
     }
 
@@ -57,7 +55,7 @@ impl AuditService {
         let mut expected_seq = 1i64;
         let mut prev_hash = String::new();
         loop {
-            let rows = audit::chain_page(&self.core.db, &org, expected_seq - 1, CHAIN_BATCH).await?;
+            let rows = audit::chain_page(&self.db, &org, expected_seq - 1, CHAIN_BATCH).await?;
             if rows.is_empty() {
                 return Ok(ChainReport { events_checked: checked, first_broken: None });
             }

@@ -100,11 +100,9 @@ pub enum Actor {
     Operator,
     /// A Keyplane API key.
     ApiKey {
-        /// Key id.
         key_id: String,
-        /// Org of the key (`keyplane` for platform keys).
+        /// `keyplane` for platform keys.
         org_id: String,
-        /// Scopes of the key.
         scopes: Vec<String>,
     },
 }
@@ -112,7 +110,6 @@ pub enum Actor {
 /// One request: the caller and where it came from, for authorization and audit.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
-    /// Who is calling.
     pub actor: Actor,
     /// `x-request-id`.
     pub request_id: String,
@@ -123,6 +120,16 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// An operator's command run against the database, with no request behind it.
+    pub fn operator() -> Self {
+        Self {
+            actor: Actor::Operator,
+            request_id: String::new(),
+            peer_address: String::new(),
+            user_agent: String::new(),
+        }
+    }
+
     /// Whether the caller holds `scope` (root and `keyplane:admin` hold all).
     pub fn has_scope(&self, scope: Scope) -> bool {
         self.holds(scope.as_str())

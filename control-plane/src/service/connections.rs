@@ -4,16 +4,16 @@
 
 use std::sync::Arc;
 
-use sea_orm::ActiveValue::Set;
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::Core;
 use super::auth::{RequestContext, Scope};
 use super::paging::{Listing, Page, PageRequest};
 use super::validate::Violations;
+use crate::crypto::MasterKeys;
 use crate::error::{Error, Result};
 use crate::oauth::{OAuthClient, Providers, TokenSet};
-use crate::store::connections::{self, RefreshedTokens};
+use crate::store::connections::{self, NewConnectionRow, SealedTokens};
 use crate::store::{self, OrgTx, audit};
 
 /// An access token expiring within this is refreshed before it is handed out.
@@ -59,7 +59,8 @@ pub struct Revocation {
 
 /// The connection service.
 pub struct ConnectionService {
-    core: Arc<Core>,
+    db: DatabaseConnection,
+    master_keys: Arc<MasterKeys>,
     providers: Providers,
     client: OAuthClient,
     /// One lock per connection in use, so concurrent callers share one refresh.
@@ -68,9 +69,14 @@ pub struct ConnectionService {
 
 impl ConnectionService {
     /// A connection service for `providers`, calling them through `client`.
-    pub fn new(core: Arc<Core>, providers: Providers, client: OAuthClient) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        master_keys: Arc<MasterKeys>,
+        providers: Providers,
+        client: OAuthClient,
+    ) -> Self {
         let refresh_locks = moka::sync::Cache::builder().time_to_idle(REFRESH_LOCK_IDLE).build();
-        Self { core, providers, client, refresh_locks }
+        Self { db, master_keys, providers, client, refresh_locks }
     }
 
     /// Exchanges an authorization code and stores the connection; nothing is
@@ -78,11 +84,6 @@ impl ConnectionService {
     pub async fn exchange_code(&self, ctx: &RequestContext, request: CodeExchange) -> Result<connections::Model> {
         let org = ctx.authorize(Scope::ConnectionsWrite, &request.org_id)?;
         let mut violations = Violations::default();
-        let provider = self.providers.get(&request.provider);
-        if provider.is_none() {
-            let known = self.providers.names().join(", ");
-            violations.add("provider", format!("unknown provider {:?}; configured: [{known}]", request.provider));
-        }
         if request.code.is_empty() || request.code.len() > 2048 {
             violations.add("code", "must be 1 to 2048 characters");
         }
@@ -94,34 +95,26 @@ impl ConnectionService {
         if !request.code_verifier.is_empty() && !verifier_ok {
             violations.add("code_verifier", "must be 43 to 128 characters of [A-Za-z0-9-._~] (RFC 7636)");
         }
-        violations.text("account_label", &request.account_label, 200, false);
+        violations.optional_text("account_label", &request.account_label, 200);
+        let Some(provider) = self.providers.get(&request.provider) else {
+            let known = self.providers.names().join(", ");
+            violations.add("provider", format!("unknown provider {:?}; configured: [{known}]", request.provider));
+            return Err(violations.into_error());
+        };
         violations.finish()?;
-        let provider = provider.ok_or(Error::NotFound("provider"))?;
 
         let verifier = (!request.code_verifier.is_empty()).then_some(request.code_verifier.as_str());
         let tokens = self.client.exchange_code(provider, &request.code, &request.redirect_uri, verifier).await?;
         let id = crate::crypto::new_id("con_");
-        let now = store::now();
-        let sealed = self.seal_tokens(&id, &tokens, None)?;
-        let tx = OrgTx::begin(&self.core.db, &org).await?;
-        let connection = connections::insert(
-            &tx,
-            connections::ActiveModel {
-                id: Set(id.clone()),
-                org_id: Set(String::new()),
-                provider: Set(provider.name.clone()),
-                account_label: Set(request.account_label),
-                scopes: Set(json!(scopes_of(&tokens))),
-                sealed_access_token: Set(sealed.sealed_access_token),
-                sealed_refresh_token: Set(sealed.sealed_refresh_token),
-                expires_at: Set(sealed.expires_at),
-                token_version: Set(1),
-                created_at: Set(now),
-                updated_at: Set(now),
-                refreshed_at: Set(None),
-            },
-        )
-        .await?;
+        let row = NewConnectionRow {
+            tokens: self.seal_tokens(&id, &tokens, None)?,
+            id: id.clone(),
+            provider: provider.name.clone(),
+            account_label: request.account_label,
+            scopes: scopes_of(&tokens),
+        };
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        let connection = connections::insert(&tx, row).await?;
         let metadata = json!({
             "provider": connection.provider,
             "account_label": connection.account_label,
@@ -136,7 +129,7 @@ impl ConnectionService {
     /// One connection of the caller's org.
     pub async fn get(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<connections::Model> {
         let org = ctx.authorize(Scope::ConnectionsRead, org_id)?;
-        connections::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("connection"))
+        connections::find(&self.db, &org, id).await?.ok_or(Error::NotFound("connection"))
     }
 
     /// A page of connections in creation order.
@@ -150,7 +143,7 @@ impl ConnectionService {
         let org = ctx.authorize(Scope::ConnectionsRead, org_id)?;
         let cursor = LISTING.start(page)?;
         let provider = (!provider.is_empty()).then_some(provider);
-        let rows = connections::list(&self.core.db, &org, provider, cursor.position.as_deref(), cursor.fetch()).await?;
+        let rows = connections::list(&self.db, &org, provider, cursor.position.as_deref(), cursor.fetch()).await?;
         Ok(cursor.page(rows, |c| c.id.clone()))
     }
 
@@ -160,11 +153,11 @@ impl ConnectionService {
         let org = ctx.authorize(Scope::ConnectionsReveal, org_id)?;
         let lock = self.refresh_locks.get_with(format!("{org}/{id}"), Arc::default);
         let _refreshing = lock.lock().await;
-        let current = connections::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("connection"))?;
+        let current = connections::find(&self.db, &org, id).await?.ok_or(Error::NotFound("connection"))?;
         let due = current.expires_at.is_some_and(|at| at - store::now() <= REFRESH_MARGIN);
         let (connection, refreshed) = if due { self.refresh(&org, current).await? } else { (current, false) };
         let token = self.open(&connection.sealed_access_token, &connection.id, "access")?;
-        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
         audit::append(
             &tx,
             ctx.audit(
@@ -197,7 +190,7 @@ impl ConnectionService {
             Err(error) => {
                 // Another replica may have refreshed first (and the provider
                 // rotated the refresh token we sent): then use its tokens.
-                let latest = connections::find(&self.core.db, org, &current.id).await?;
+                let latest = connections::find(&self.db, org, &current.id).await?;
                 match latest {
                     Some(latest) if latest.token_version != current.token_version => return Ok((latest, false)),
                     _ => return Err(error),
@@ -205,13 +198,13 @@ impl ConnectionService {
             }
         };
         let sealed = self.seal_tokens(&current.id, &tokens, current.sealed_refresh_token.clone())?;
-        let tx = OrgTx::begin(&self.core.db, org).await?;
+        let tx = OrgTx::begin(&self.db, org).await?;
         let swapped = connections::swap_tokens(&tx, &current.id, current.token_version, sealed).await?;
         tx.commit().await?;
         match swapped {
             Some(connection) => Ok((connection, true)),
             None => {
-                let theirs = connections::find(&self.core.db, org, &current.id).await?;
+                let theirs = connections::find(&self.db, org, &current.id).await?;
                 Ok((theirs.ok_or(Error::NotFound("connection"))?, false))
             }
         }
@@ -221,7 +214,7 @@ impl ConnectionService {
     /// refresh token if there is one, else the access token).
     pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<Revocation> {
         let org = ctx.authorize(Scope::ConnectionsWrite, org_id)?;
-        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
         let connection = connections::delete(&tx, id).await?.ok_or(Error::NotFound("connection"))?;
         audit::append(
             &tx,
@@ -252,8 +245,8 @@ impl ConnectionService {
 
     /// Seals a token response for connection `id`; `previous_refresh` is kept
     /// when the provider did not issue a new refresh token.
-    fn seal_tokens(&self, id: &str, tokens: &TokenSet, previous_refresh: Option<String>) -> Result<RefreshedTokens> {
-        let keys = &self.core.master_keys;
+    fn seal_tokens(&self, id: &str, tokens: &TokenSet, previous_refresh: Option<String>) -> Result<SealedTokens> {
+        let keys = &self.master_keys;
         let sealed_refresh_token = match &tokens.refresh_token {
             Some(refresh) => Some(keys.seal(refresh.as_bytes(), &associated(id, "refresh"))?),
             None => previous_refresh,
@@ -262,7 +255,7 @@ impl ConnectionService {
             .expires_in
             .and_then(|seconds| i64::try_from(seconds).ok())
             .map(|seconds| store::now() + chrono::Duration::seconds(seconds));
-        Ok(RefreshedTokens {
+        Ok(SealedTokens {
             sealed_access_token: keys.seal(tokens.access_token.as_bytes(), &associated(id, "access"))?,
             sealed_refresh_token,
             expires_at,
@@ -270,7 +263,7 @@ impl ConnectionService {
     }
 
     fn open(&self, sealed: &str, id: &str, kind: &str) -> Result<String> {
-        let plain = self.core.master_keys.open(sealed, &associated(id, kind))?;
+        let plain = self.master_keys.open(sealed, &associated(id, kind))?;
         String::from_utf8(plain).map_err(|_| Error::Sealing("sealed token is not text".into()))
     }
 }

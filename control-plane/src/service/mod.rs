@@ -1,15 +1,16 @@
-//! Domain logic, free of transport types: who may do what, keys, verification
-//! and the audit log. gRPC adapters in `grpc/` call into this layer.
+//! The domain, free of transport types: who may do what, keys and their
+//! verification, webhooks, OAuth connections, the audit log and what
+//! sidecars consume. Every front end (`grpc/`, the console) calls this layer
+//! and nothing below it; the records it returns are the store's rows,
+//! re-exported here under the names front ends use.
 
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod connections;
-pub mod deliveries;
-pub mod dispatch;
-pub mod events;
 pub mod paging;
 pub mod reseal;
+pub mod retention;
 pub mod sync;
 pub mod validate;
 pub mod verify;
@@ -17,58 +18,66 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
-use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
 
 use crate::crypto::{MasterKeys, SecretHasher, TokenFormat};
-use crate::metrics::Metrics;
+use crate::error::Result;
+use crate::store::OrgTx;
 
 pub use api_keys::KeyService;
 pub use audit::AuditService;
 pub use auth::{Actor, Authenticator, RequestContext, Scope};
 pub use connections::ConnectionService;
-pub use deliveries::DeliveryService;
-pub use dispatch::Dispatcher;
-pub use events::EventService;
+pub use sync::SidecarSync;
 pub use verify::{Failure, Verification, Verifier};
-pub use webhooks::WebhookService;
+pub use webhooks::{DeliveryService, Dispatcher, EventService, WebhookService};
 
-/// State shared by every service.
-pub struct Core {
-    /// The database.
-    pub db: DatabaseConnection,
-    /// Token prefix and format.
-    pub tokens: TokenFormat,
-    /// Argon2id on a bounded pool.
-    pub hasher: SecretHasher,
-    /// Master keys for sealed values.
-    pub master_keys: MasterKeys,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// Signalled after a transaction that appended key events commits, so
-    /// the feed tails the log at once instead of at the next poll.
-    pub key_events_committed: Arc<tokio::sync::Notify>,
-    /// Signalled after a transaction that created deliveries commits, so
-    /// the dispatcher sends them at once instead of at the next poll.
-    pub deliveries_due: Arc<tokio::sync::Notify>,
+/// The records services return, by the names front ends use.
+pub mod records {
+    pub use crate::crypto::Environment;
+    pub use crate::store::api_keys::{KeyFilter, KeyStatus, Model as ApiKey, RateLimit};
+    pub use crate::store::audit::{AuditFilter, Model as AuditEvent};
+    pub use crate::store::connections::Model as Connection;
+    pub use crate::store::deliveries::attempt::Model as DeliveryAttempt;
+    pub use crate::store::deliveries::{DeliveryFilter, DeliveryStatus, Model as Delivery};
+    pub use crate::store::events::Model as Event;
+    pub use crate::store::key_events::{KeyEventKind, Model as KeyEvent};
+    pub use crate::store::webhooks::{Model as Subscription, SubscriptionStatus};
 }
 
-impl Core {
-    /// Shared state over these parts, with fresh wake-up signals.
-    pub fn new(
-        db: DatabaseConnection,
-        tokens: TokenFormat,
-        hasher: SecretHasher,
-        master_keys: MasterKeys,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            db,
-            tokens,
-            hasher,
-            master_keys,
-            metrics,
-            key_events_committed: Arc::new(tokio::sync::Notify::new()),
-            deliveries_due: Arc::new(tokio::sync::Notify::new()),
-        }
+/// Key material: the token format, the argon2id pool and the master keys
+/// that seal stored secrets.
+pub struct Crypto {
+    pub tokens: TokenFormat,
+    pub hasher: SecretHasher,
+    pub master_keys: Arc<MasterKeys>,
+}
+
+/// Signals from a committed transaction to the background work that should
+/// act on it at once rather than at its next poll.
+#[derive(Clone, Default)]
+pub struct Wakeups {
+    /// A transaction that appended key events committed: tail the log.
+    pub key_events_committed: Arc<Notify>,
+    /// A transaction that created or rescheduled deliveries committed.
+    pub deliveries_due: Arc<Notify>,
+}
+
+impl Wakeups {
+    /// Commits a transaction that may have created or rescheduled
+    /// deliveries, then wakes the dispatcher.
+    pub async fn commit_deliveries(&self, tx: OrgTx) -> Result<()> {
+        tx.commit().await?;
+        self.deliveries_due.notify_one();
+        Ok(())
+    }
+
+    /// Commits a transaction that appended key events (and published
+    /// Keyplane's own events about them), then wakes the key-event feed and
+    /// the dispatcher.
+    pub async fn commit_key_change(&self, tx: OrgTx) -> Result<()> {
+        self.commit_deliveries(tx).await?;
+        self.key_events_committed.notify_one();
+        Ok(())
     }
 }

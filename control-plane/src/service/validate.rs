@@ -34,17 +34,30 @@ impl Violations {
         }
     }
 
+    /// The INVALID_ARGUMENT of what was recorded (for a caller that has
+    /// just recorded a violation it cannot go on without).
+    pub fn into_error(self) -> Error {
+        Error::InvalidArgument(self.0)
+    }
+
     /// Ok when nothing was recorded.
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
     }
 
-    /// Checks a required text of 1 to `max` characters.
-    pub fn text(&mut self, field: &str, value: &str, max: usize, required: bool) {
-        let chars = value.chars().count();
-        if required && value.trim().is_empty() {
+    /// Checks a text that must say something, of at most `max` characters.
+    pub fn required_text(&mut self, field: &str, value: &str, max: usize) {
+        if value.trim().is_empty() {
             self.add(field, "must not be empty");
-        } else if chars > max {
+        } else {
+            self.optional_text(field, value, max);
+        }
+    }
+
+    /// Checks a text of at most `max` characters (empty is fine).
+    pub fn optional_text(&mut self, field: &str, value: &str, max: usize) {
+        let chars = value.chars().count();
+        if chars > max {
             self.add(field, format!("must be at most {max} characters (got {chars})"));
         } else if value.chars().any(char::is_control) {
             self.add(field, "must not contain control characters");

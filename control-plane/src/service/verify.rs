@@ -21,11 +21,14 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
+use sea_orm::DatabaseConnection;
 
-use super::Core;
+use super::Crypto;
 use crate::crypto::Environment;
 use crate::error::Result;
-use crate::store::{self, OrgScope, api_keys};
+use crate::metrics::Metrics;
+use crate::store::api_keys::{self, KeyStatus};
+use crate::store::{self, OrgScope};
 
 /// Why a token is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +105,9 @@ const INITIAL_HASH_ESTIMATE: Duration = Duration::from_millis(20);
 
 /// Verifies tokens.
 pub struct Verifier {
-    core: Arc<Core>,
+    db: DatabaseConnection,
+    crypto: Arc<Crypto>,
+    metrics: Arc<Metrics>,
     /// SHA-256 of a token → the secret hash it was found to match.
     verified_secrets: Cache<[u8; 32], Arc<str>>,
     limits: AbuseLimits,
@@ -116,12 +121,20 @@ pub struct Verifier {
 
 impl Verifier {
     /// A verifier remembering up to `capacity` verified secrets.
-    pub fn new(core: Arc<Core>, capacity: u64, limits: AbuseLimits) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        crypto: Arc<Crypto>,
+        metrics: Arc<Metrics>,
+        capacity: u64,
+        limits: AbuseLimits,
+    ) -> Self {
         let verified_secrets = Cache::builder().max_capacity(capacity).time_to_idle(Duration::from_secs(600)).build();
         let failures = Cache::builder().max_capacity(TRACKED_KEY_IDS).time_to_live(limits.failure_window).build();
         let rate = NonZeroU32::new(limits.suspect_hashes_per_second).unwrap_or(NonZeroU32::MIN);
         Self {
-            core,
+            db,
+            crypto,
+            metrics,
             verified_secrets,
             limits,
             failures,
@@ -142,18 +155,18 @@ impl Verifier {
             Purpose::Check => "check",
             Purpose::Authentication => "authentication",
         };
-        self.core.metrics.verifications.get_or_create(&vec![("purpose", purpose), ("outcome", label)]).inc();
+        self.metrics.verifications.get_or_create(&vec![("purpose", purpose), ("outcome", label)]).inc();
         Ok(outcome)
     }
 
     async fn check(&self, scope: OrgScope<'_>, token: &str) -> Result<Verification> {
         let started = Instant::now();
-        let Some(parsed) = self.core.tokens.parse(token) else {
+        let Some(parsed) = self.crypto.tokens.parse(token) else {
             return Ok(Verification::Invalid(Failure::Malformed, None));
         };
-        let found = api_keys::find_in(&self.core.db, scope, &parsed.key_id()).await?;
+        let found = api_keys::find_in(&self.db, scope, &parsed.key_id()).await?;
         // A token whose prefix disagrees with its key is not one we issued.
-        let Some(key) = found.filter(|key| key.environment() == parsed.environment) else {
+        let Some(key) = found.filter(|key| key.environment == parsed.environment) else {
             self.pad_to_typical_hash(started).await;
             return Ok(Verification::Invalid(Failure::Unknown, None));
         };
@@ -165,7 +178,7 @@ impl Verifier {
                 return Ok(Verification::Invalid(Failure::Throttled, None));
             }
         }
-        let failure = if key.status != api_keys::ACTIVE {
+        let failure = if key.status != KeyStatus::Active {
             Some(Failure::Revoked)
         } else if key.is_expired(store::now()) {
             Some(Failure::Expired)
@@ -194,12 +207,12 @@ impl Verifier {
             None
         };
         if let Some(limit) = throttled_by {
-            self.core.metrics.verify_throttled.get_or_create(&vec![("limit", limit)]).inc();
+            self.metrics.verify_throttled.get_or_create(&vec![("limit", limit)]).inc();
             tracing::warn!(key_id = %key.id, failures, limit, "secret refused without hashing: too many wrong secrets");
             return Ok(SecretCheck::Throttled);
         }
         let started = Instant::now();
-        let matches = self.core.hasher.verify(secret.to_owned(), key.secret_hash.clone()).await?;
+        let matches = self.crypto.hasher.verify(secret.to_owned(), key.secret_hash.clone()).await?;
         self.record_hash_time(started.elapsed());
         if matches {
             self.verified_secrets.insert(digest, Arc::from(key.secret_hash.as_str())).await;
@@ -212,7 +225,7 @@ impl Verifier {
     }
 
     fn record_hash_time(&self, took: Duration) {
-        self.core.metrics.argon2_seconds.observe(took.as_secs_f64());
+        self.metrics.argon2_seconds.observe(took.as_secs_f64());
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         // Exponential moving average with weight 1/8; races only blur it.
         let average = self.typical_hash_nanos.load(Ordering::Relaxed);
@@ -249,7 +262,7 @@ pub fn check_requirements(
     let Verification::Valid(key) = verification else {
         return verification;
     };
-    if environment.is_some_and(|env| env != key.environment()) {
+    if environment.is_some_and(|env| env != key.environment) {
         return Verification::Invalid(Failure::WrongEnvironment, Some(key));
     }
     let granted = key.scope_list();

@@ -1,9 +1,13 @@
 //! The `api_keys` table and its org-scoped queries.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::LikeExpr;
-use sea_orm::{Condition, ExprTrait, QueryOrder, QuerySelect};
+use sea_orm::{Condition, ExprTrait, IntoActiveModel, QueryOrder, QuerySelect};
+use serde::Serialize;
 
 use super::{OrgScope, OrgTx};
 use crate::crypto::Environment;
@@ -19,60 +23,72 @@ pub struct Model {
     /// Public key id, `key_…`.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    /// Owning org.
     pub org_id: String,
-    /// Human name.
     pub name: String,
-    /// Free text.
     pub description: String,
-    /// `live` or `test`.
-    pub environment: String,
+    pub environment: Environment,
     /// JSON array of scope strings.
     #[sea_orm(column_type = "JsonBinary")]
     pub scopes: Json,
-    /// `active` or `revoked`.
-    pub status: String,
+    pub status: KeyStatus,
     /// Argon2id PHC string of the secret.
     pub secret_hash: String,
     /// Display prefix of the token.
     pub start: String,
-    /// Expiry, if any.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Rate limit: requests per window.
     pub rate_limit_requests: Option<i32>,
-    /// Rate limit: window in milliseconds.
     pub rate_limit_window_ms: Option<i64>,
     /// Caller-defined JSON object.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub metadata: Option<Json>,
-    /// Token sealed with the master key, for recoverable keys.
+    /// The token sealed with the master key, for recoverable keys.
     pub sealed_token: Option<String>,
-    /// Actor that created the key.
+    /// Audit label of the actor that created the key.
     pub created_by: String,
-    /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Last change.
     pub updated_at: DateTime<Utc>,
-    /// Revocation time.
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Actor that revoked the key.
     pub revoked_by: Option<String>,
-    /// Reason given at revocation.
     pub revocation_reason: Option<String>,
-    /// Key this one replaced.
+    /// The key this one replaced, for a rotation.
     pub rotated_from: Option<String>,
-    /// Last reported use.
+    /// Latest use reported by a sidecar (or VerifyApiKey).
     pub last_used_at: Option<DateTime<Utc>>,
-    /// Reported uses.
+    /// Uses reported so far.
     pub usage_count: i64,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// `status` of a usable key.
-pub const ACTIVE: &str = "active";
-/// `status` of a revoked key.
-pub const REVOKED: &str = "revoked";
+/// Whether a key may be used at all (expiry is checked separately).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Usable until it expires.
+    #[sea_orm(string_value = "active")]
+    Active,
+    /// Revoked for good.
+    #[sea_orm(string_value = "revoked")]
+    Revoked,
+}
+
+/// At most `requests` uses per `window` (stored as two columns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    /// The column values; callers check the ranges before storing.
+    fn columns(limit: Option<Self>) -> (Option<i32>, Option<i64>) {
+        match limit {
+            Some(limit) => (i32::try_from(limit.requests).ok(), i64::try_from(limit.window.as_millis()).ok()),
+            None => (None, None),
+        }
+    }
+}
 
 impl Model {
     /// The key's scopes.
@@ -80,32 +96,103 @@ impl Model {
         serde_json::from_value(self.scopes.clone()).unwrap_or_default()
     }
 
-    /// The key's environment.
-    pub fn environment(&self) -> Environment {
-        Environment::parse(&self.environment).unwrap_or(Environment::Live)
-    }
-
     /// Whether the key has expired at `now`.
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
+
+    /// The key's rate limit, if it has one.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        match (self.rate_limit_requests, self.rate_limit_window_ms) {
+            (Some(requests), Some(window_ms)) => Some(RateLimit {
+                requests: u32::try_from(requests).ok()?,
+                window: Duration::from_millis(u64::try_from(window_ms).ok()?),
+            }),
+            _ => None,
+        }
+    }
 }
 
-/// Filters of [`list`].
+/// What [`list`] keeps; `None` keeps every key.
 #[derive(Debug, Default)]
-pub struct ListFilter {
-    /// Only this status.
-    pub status: Option<&'static str>,
-    /// Only this environment.
+pub struct KeyFilter {
+    pub status: Option<KeyStatus>,
     pub environment: Option<Environment>,
-    /// Only names starting with this.
     pub name_prefix: Option<String>,
 }
 
-/// Inserts a new key in the transaction's org.
-pub async fn insert(tx: &OrgTx, mut key: ActiveModel) -> Result<Model> {
-    key.org_id = sea_orm::Set(tx.org().to_owned());
-    Ok(key.insert(tx.conn()).await?)
+/// A key about to be stored: what its issuer decides. The row's org,
+/// status, timestamps and usage counters are the store's to fill in.
+#[derive(Clone, Debug)]
+pub struct NewKeyRow {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub environment: Environment,
+    pub scopes: Vec<String>,
+    pub secret_hash: String,
+    /// Display prefix of the token.
+    pub start: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub rate_limit: Option<RateLimit>,
+    pub metadata: Option<Json>,
+    /// The token sealed with the master key, for recoverable keys.
+    pub sealed_token: Option<String>,
+    /// Audit label of the actor creating the key.
+    pub created_by: String,
+    /// The key this one replaces, for a rotation.
+    pub rotated_from: Option<String>,
+}
+
+impl NewKeyRow {
+    /// The complete row of an active, unused key of `org` created now (also
+    /// what load generators seed straight into the table).
+    pub fn into_row(self, org: &str) -> ActiveModel {
+        let now = super::now();
+        let (rate_limit_requests, rate_limit_window_ms) = RateLimit::columns(self.rate_limit);
+        ActiveModel {
+            id: Set(self.id),
+            org_id: Set(org.to_owned()),
+            name: Set(self.name),
+            description: Set(self.description),
+            environment: Set(self.environment),
+            scopes: Set(serde_json::json!(self.scopes)),
+            status: Set(KeyStatus::Active),
+            secret_hash: Set(self.secret_hash),
+            start: Set(self.start),
+            expires_at: Set(self.expires_at),
+            rate_limit_requests: Set(rate_limit_requests),
+            rate_limit_window_ms: Set(rate_limit_window_ms),
+            metadata: Set(self.metadata),
+            sealed_token: Set(self.sealed_token),
+            created_by: Set(self.created_by),
+            created_at: Set(now),
+            updated_at: Set(now),
+            revoked_at: Set(None),
+            revoked_by: Set(None),
+            revocation_reason: Set(None),
+            rotated_from: Set(self.rotated_from),
+            last_used_at: Set(None),
+            usage_count: Set(0),
+        }
+    }
+}
+
+/// Column changes of [`update`]; `None` leaves a column alone, and for the
+/// nullable ones `Some(None)` clears it.
+#[derive(Clone, Debug, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub rate_limit: Option<Option<RateLimit>>,
+    pub metadata: Option<Option<Json>>,
+}
+
+/// Stores a new key in the transaction's org.
+pub async fn insert(tx: &OrgTx, key: NewKeyRow) -> Result<Model> {
+    Ok(key.into_row(tx.org()).insert(tx.conn()).await?)
 }
 
 /// The key `id` of `org`.
@@ -126,7 +213,7 @@ pub async fn find_in(db: &impl ConnectionTrait, scope: OrgScope<'_>, id: &str) -
 pub async fn list(
     db: &impl ConnectionTrait,
     org: &str,
-    filter: &ListFilter,
+    filter: &KeyFilter,
     after_id: Option<&str>,
     limit: u64,
 ) -> Result<Vec<Model>> {
@@ -138,7 +225,7 @@ pub async fn list(
         condition = condition.add(Column::Status.eq(status));
     }
     if let Some(environment) = filter.environment {
-        condition = condition.add(Column::Environment.eq(environment.as_str()));
+        condition = condition.add(Column::Environment.eq(environment));
     }
     if let Some(prefix) = &filter.name_prefix {
         let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
@@ -147,9 +234,43 @@ pub async fn list(
     Ok(Entity::find().filter(condition).order_by_asc(Column::Id).limit(limit).all(db).await?)
 }
 
-/// Saves changed columns of a key previously loaded with [`find`].
-pub async fn update(tx: &OrgTx, key: ActiveModel) -> Result<Model> {
-    Ok(key.update(tx.conn()).await?)
+/// Applies `changes` to `key`, loaded in the transaction's org.
+pub async fn update(tx: &OrgTx, key: Model, changes: KeyUpdate) -> Result<Model> {
+    let mut row = key.into_active_model();
+    if let Some(name) = changes.name {
+        row.name = Set(name);
+    }
+    if let Some(description) = changes.description {
+        row.description = Set(description);
+    }
+    if let Some(scopes) = changes.scopes {
+        row.scopes = Set(serde_json::json!(scopes));
+    }
+    if let Some(expires_at) = changes.expires_at {
+        row.expires_at = Set(expires_at);
+    }
+    if let Some(limit) = changes.rate_limit {
+        let (requests, window_ms) = RateLimit::columns(limit);
+        row.rate_limit_requests = Set(requests);
+        row.rate_limit_window_ms = Set(window_ms);
+    }
+    if let Some(metadata) = changes.metadata {
+        row.metadata = Set(metadata);
+    }
+    row.updated_at = Set(super::now());
+    Ok(row.update(tx.conn()).await?)
+}
+
+/// Marks `key`, loaded in the transaction's org, revoked now.
+pub async fn revoke(tx: &OrgTx, key: Model, revoked_by: String, reason: &str) -> Result<Model> {
+    let now = super::now();
+    let mut row = key.into_active_model();
+    row.status = Set(KeyStatus::Revoked);
+    row.revoked_at = Set(Some(now));
+    row.revoked_by = Set(Some(revoked_by));
+    row.revocation_reason = Set(Some(reason.to_owned()));
+    row.updated_at = Set(now);
+    Ok(row.update(tx.conn()).await?)
 }
 
 /// Deletes key `id` of the transaction's org; false if there was none.
@@ -159,20 +280,17 @@ pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
     Ok(result.rows_affected > 0)
 }
 
-/// Uses of one key reported by a sidecar.
+/// Uses of one key since the last report.
 #[derive(Clone, Debug)]
-pub struct Usage {
-    /// Key id.
+pub struct KeyUse {
     pub key_id: String,
-    /// Uses since the last report.
     pub count: i64,
-    /// Latest use.
     pub last_used_at: DateTime<Utc>,
 }
 
-/// Adds a batch of usage counts in one statement. Sidecars are platform
+/// Adds a batch of use counts in one statement. Sidecars are platform
 /// credentials, so this spans orgs: callers pass [`OrgScope::AllOrgs`] to say so.
-pub async fn record_usage(db: &impl ConnectionTrait, scope: OrgScope<'_>, batch: &[Usage]) -> Result<u64> {
+pub async fn record_uses(db: &impl ConnectionTrait, scope: OrgScope<'_>, batch: &[KeyUse]) -> Result<u64> {
     use sea_orm::sea_query::{CaseStatement, Query};
     if batch.is_empty() {
         return Ok(0);

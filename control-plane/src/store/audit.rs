@@ -20,34 +20,28 @@ pub struct Model {
     /// Event id, `aud_…`.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    /// Org.
     pub org_id: String,
     /// Position in the org's chain, from 1.
     pub seq: i64,
-    /// `root` or `api_key`.
+    /// `root`, `operator`, `system` or `api_key`.
     pub actor_type: String,
-    /// `root` or a key id.
+    /// `root`, a key id, or the system component.
     pub actor_id: String,
     /// E.g. `api_key.created`.
     pub action: String,
     /// E.g. `api_key`.
     pub target_type: String,
-    /// Target id.
     pub target_id: String,
-    /// Request id.
     pub request_id: String,
     /// Caller's socket address.
     pub peer_address: String,
-    /// Caller's user agent.
     pub user_agent: String,
     /// Details (never secrets).
     #[sea_orm(column_type = "JsonBinary")]
     pub metadata: Json,
-    /// When.
     pub created_at: DateTime<Utc>,
     /// Previous row's hash ("" for seq 1).
     pub prev_hash: String,
-    /// This row's hash.
     pub hash: String,
 }
 
@@ -56,34 +50,47 @@ impl ActiveModelBehavior for ActiveModel {}
 /// What an audit row records; the store adds id, seq, time and hashes.
 #[derive(Clone, Debug)]
 pub struct NewAuditEvent {
-    /// `root` or `api_key`.
     pub actor_type: String,
-    /// `root` or a key id.
     pub actor_id: String,
-    /// What was done.
     pub action: &'static str,
-    /// Kind of target.
     pub target_type: &'static str,
-    /// Target id.
     pub target_id: String,
-    /// Request id.
     pub request_id: String,
-    /// Caller's socket address.
     pub peer_address: String,
-    /// Caller's user agent.
     pub user_agent: String,
     /// Details (never secrets).
     pub metadata: Value,
 }
 
-/// Filters of [`list`].
+impl NewAuditEvent {
+    /// A row for something Keyplane did by itself (actor type `system`,
+    /// actor id the component), with no request behind it.
+    pub fn by_system(
+        component: &str,
+        action: &'static str,
+        target_type: &'static str,
+        target_id: &str,
+        metadata: Value,
+    ) -> Self {
+        Self {
+            actor_type: "system".into(),
+            actor_id: component.to_owned(),
+            action,
+            target_type,
+            target_id: target_id.to_owned(),
+            request_id: String::new(),
+            peer_address: String::new(),
+            user_agent: String::new(),
+            metadata,
+        }
+    }
+}
+
+/// What [`list`] keeps; `None` keeps every row.
 #[derive(Debug, Default)]
-pub struct ListFilter {
-    /// Only this action.
+pub struct AuditFilter {
     pub action: Option<String>,
-    /// Only this actor id.
     pub actor_id: Option<String>,
-    /// Only this target id.
     pub target_id: Option<String>,
     /// At or after.
     pub start_time: Option<DateTime<Utc>>,
@@ -157,7 +164,7 @@ fn canonical(value: &Value) -> Value {
 pub async fn list(
     db: &impl ConnectionTrait,
     org: &str,
-    filter: &ListFilter,
+    filter: &AuditFilter,
     before_seq: Option<i64>,
     limit: u64,
 ) -> Result<Vec<Model>> {

@@ -16,28 +16,23 @@ pub struct Model {
     /// Connection id, `con_…`.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    /// Owning org.
     pub org_id: String,
-    /// Provider name.
+    /// Name of a configured provider.
     pub provider: String,
-    /// Label of the connected account.
+    /// Label of the connected account, chosen by the caller.
     pub account_label: String,
     /// JSON array of granted scopes.
     #[sea_orm(column_type = "JsonBinary")]
     pub scopes: Json,
-    /// Sealed access token.
     pub sealed_access_token: String,
-    /// Sealed refresh token, if the provider issued one.
+    /// Present when the provider issued a refresh token.
     pub sealed_refresh_token: Option<String>,
-    /// Expiry of the access token, if known.
+    /// Expiry of the access token, if the provider said.
     pub expires_at: Option<DateTime<Utc>>,
     /// Bumped by every token change; refreshes compare and swap on it.
     pub token_version: i64,
-    /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Last change.
     pub updated_at: DateTime<Utc>,
-    /// Last refresh.
     pub refreshed_at: Option<DateTime<Utc>>,
 }
 
@@ -50,10 +45,34 @@ impl Model {
     }
 }
 
-/// Inserts a connection in the transaction's org.
-pub async fn insert(tx: &OrgTx, mut connection: ActiveModel) -> Result<Model> {
-    connection.org_id = Set(tx.org().to_owned());
-    Ok(connection.insert(tx.conn()).await?)
+/// A connection about to be stored; org, version and timestamps are the store's.
+#[derive(Debug)]
+pub struct NewConnectionRow {
+    pub id: String,
+    pub provider: String,
+    pub account_label: String,
+    pub scopes: Vec<String>,
+    pub tokens: SealedTokens,
+}
+
+/// Stores a new connection in the transaction's org.
+pub async fn insert(tx: &OrgTx, new: NewConnectionRow) -> Result<Model> {
+    let now = super::now();
+    let row = ActiveModel {
+        id: Set(new.id),
+        org_id: Set(tx.org().to_owned()),
+        provider: Set(new.provider),
+        account_label: Set(new.account_label),
+        scopes: Set(serde_json::json!(new.scopes)),
+        sealed_access_token: Set(new.tokens.sealed_access_token),
+        sealed_refresh_token: Set(new.tokens.sealed_refresh_token),
+        expires_at: Set(new.tokens.expires_at),
+        token_version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+        refreshed_at: Set(None),
+    };
+    Ok(row.insert(tx.conn()).await?)
 }
 
 /// Connection `id` of `org`.
@@ -79,20 +98,18 @@ pub async fn list(
     Ok(query.order_by_asc(Column::Id).limit(limit).all(db).await?)
 }
 
-/// New tokens after a refresh.
+/// A connection's tokens as stored.
 #[derive(Debug)]
-pub struct RefreshedTokens {
-    /// Sealed access token.
+pub struct SealedTokens {
     pub sealed_access_token: String,
-    /// Sealed refresh token (the old one when the provider did not rotate it).
+    /// After a refresh, the old one when the provider did not rotate it.
     pub sealed_refresh_token: Option<String>,
-    /// New expiry.
     pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Stores refreshed tokens if the connection still has `version`; returns
 /// the updated row, or `None` when someone else changed it first.
-pub async fn swap_tokens(tx: &OrgTx, id: &str, version: i64, tokens: RefreshedTokens) -> Result<Option<Model>> {
+pub async fn swap_tokens(tx: &OrgTx, id: &str, version: i64, tokens: SealedTokens) -> Result<Option<Model>> {
     let now = super::now();
     let updated = Entity::update_many()
         .col_expr(Column::SealedAccessToken, Expr::val(tokens.sealed_access_token))

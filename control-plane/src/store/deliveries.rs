@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{LockBehavior, LockType, Query};
 use sea_orm::{ActiveValue::Set, Condition, ExprTrait, QueryOrder, QuerySelect};
+use serde::Serialize;
 
 use super::OrgTx;
 use crate::error::Result;
@@ -20,25 +21,17 @@ pub struct Model {
     /// Delivery id, `dlv_…`.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    /// Owning org.
     pub org_id: String,
-    /// Destination subscription.
     pub subscription_id: String,
-    /// Event delivered.
     pub event_id: String,
-    /// Event type (copied for filtering).
+    /// Copied from the event, for filtering.
     pub event_type: String,
-    /// [`PENDING`], [`SUCCEEDED`] or [`FAILED`].
-    pub status: String,
-    /// Attempts made.
+    pub status: DeliveryStatus,
     pub attempt_count: i32,
     /// When the next attempt is due; while an attempt runs, the end of its lease.
     pub next_attempt_at: DateTime<Utc>,
-    /// HTTP status of the last attempt.
     pub last_status_code: Option<i32>,
-    /// Error of the last attempt.
     pub last_error: Option<String>,
-    /// Creation time.
     pub created_at: DateTime<Utc>,
     /// When it succeeded or failed for good.
     pub finished_at: Option<DateTime<Utc>>,
@@ -46,12 +39,32 @@ pub struct Model {
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// `status` of a delivery waiting for an attempt.
-pub const PENDING: &str = "pending";
-/// `status` of a delivered one.
-pub const SUCCEEDED: &str = "succeeded";
-/// `status` of a dead-lettered one.
-pub const FAILED: &str = "failed";
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (or in one, under a lease).
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Delivered.
+    #[sea_orm(string_value = "succeeded")]
+    Succeeded,
+    /// Dead-lettered: the last attempt failed, or the endpoint is gone.
+    #[sea_orm(string_value = "failed")]
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The stored name, for messages and audit metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 /// The `webhook_attempts` table.
 pub mod attempt {
@@ -87,14 +100,11 @@ pub mod attempt {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// Filters of [`list`].
+/// What [`list`] keeps; `None` keeps every delivery.
 #[derive(Debug, Default)]
-pub struct ListFilter {
-    /// Only this subscription.
+pub struct DeliveryFilter {
     pub subscription_id: Option<String>,
-    /// Only this status.
-    pub status: Option<&'static str>,
-    /// Only this event type.
+    pub status: Option<DeliveryStatus>,
     pub event_type: Option<String>,
     /// Created at or after.
     pub created_after: Option<DateTime<Utc>>,
@@ -102,17 +112,35 @@ pub struct ListFilter {
     pub created_before: Option<DateTime<Utc>>,
 }
 
-/// Inserts deliveries in the transaction's org.
-pub async fn insert_many(tx: &OrgTx, deliveries: Vec<ActiveModel>) -> Result<()> {
-    if deliveries.is_empty() {
-        return Ok(());
+/// Stores a pending delivery of `event` (of the transaction's org) to each
+/// of `subscription_ids`, due now; returns them.
+pub async fn insert_for_event(
+    tx: &OrgTx,
+    event: &super::events::Model,
+    subscription_ids: &[String],
+) -> Result<Vec<Model>> {
+    let rows: Vec<Model> = subscription_ids
+        .iter()
+        .map(|subscription_id| Model {
+            id: crate::crypto::new_id("dlv_"),
+            org_id: tx.org().to_owned(),
+            subscription_id: subscription_id.clone(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            status: DeliveryStatus::Pending,
+            attempt_count: 0,
+            next_attempt_at: event.created_at,
+            last_status_code: None,
+            last_error: None,
+            created_at: event.created_at,
+            finished_at: None,
+        })
+        .collect();
+    if !rows.is_empty() {
+        let active = rows.iter().cloned().map(sea_orm::IntoActiveModel::into_active_model);
+        Entity::insert_many(active).exec_without_returning(tx.conn()).await?;
     }
-    let rows = deliveries.into_iter().map(|mut row| {
-        row.org_id = Set(tx.org().to_owned());
-        row
-    });
-    Entity::insert_many(rows).exec_without_returning(tx.conn()).await?;
-    Ok(())
+    Ok(rows)
 }
 
 /// Delivery `id` of `org`.
@@ -124,7 +152,7 @@ pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Opti
 pub async fn list(
     db: &impl ConnectionTrait,
     org: &str,
-    filter: &ListFilter,
+    filter: &DeliveryFilter,
     before_id: Option<&str>,
     limit: u64,
 ) -> Result<Vec<Model>> {
@@ -174,7 +202,7 @@ pub async fn claim_due(
     let due = Query::select()
         .column(Column::Id)
         .from(Entity)
-        .and_where(Expr::col(Column::Status).eq(PENDING))
+        .and_where(Expr::col(Column::Status).eq(DeliveryStatus::Pending))
         .and_where(Expr::col(Column::NextAttemptAt).lte(now))
         .order_by(Column::NextAttemptAt, sea_orm::Order::Asc)
         .limit(limit)
@@ -192,7 +220,7 @@ pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>
     Ok(Entity::find()
         .select_only()
         .column(Column::NextAttemptAt)
-        .filter(Column::Status.eq(PENDING))
+        .filter(Column::Status.eq(DeliveryStatus::Pending))
         .order_by_asc(Column::NextAttemptAt)
         .limit(1)
         .into_tuple()
@@ -207,7 +235,7 @@ pub async fn defer(db: &impl ConnectionTrait, org: &str, id: &str, until: DateTi
         .col_expr(Column::NextAttemptAt, Expr::val(until))
         .filter(Column::Id.eq(id))
         .filter(Column::OrgId.eq(org))
-        .filter(Column::Status.eq(PENDING))
+        .filter(Column::Status.eq(DeliveryStatus::Pending))
         .exec(db)
         .await?;
     Ok(())
@@ -258,7 +286,7 @@ pub async fn record_attempt(db: &impl ConnectionTrait, record: &AttemptRecord) -
         .col_expr(Column::LastError, Expr::val(record.error.clone()))
         .filter(Column::Id.eq(record.delivery_id.as_str()))
         .filter(Column::OrgId.eq(record.org_id.as_str()))
-        .filter(Column::Status.eq(PENDING));
+        .filter(Column::Status.eq(DeliveryStatus::Pending));
     if let Some(number) = record.number {
         attempt::ActiveModel {
             id: Set(crate::crypto::new_id("att_")),
@@ -276,12 +304,12 @@ pub async fn record_attempt(db: &impl ConnectionTrait, record: &AttemptRecord) -
         update = update.col_expr(Column::AttemptCount, Expr::val(number));
     }
     update = match record.next {
-        NextStep::Succeeded => {
-            update.col_expr(Column::Status, Expr::val(SUCCEEDED)).col_expr(Column::FinishedAt, Expr::val(now))
-        }
-        NextStep::Failed => {
-            update.col_expr(Column::Status, Expr::val(FAILED)).col_expr(Column::FinishedAt, Expr::val(now))
-        }
+        NextStep::Succeeded => update
+            .col_expr(Column::Status, Expr::val(DeliveryStatus::Succeeded))
+            .col_expr(Column::FinishedAt, Expr::val(now)),
+        NextStep::Failed => update
+            .col_expr(Column::Status, Expr::val(DeliveryStatus::Failed))
+            .col_expr(Column::FinishedAt, Expr::val(now)),
         NextStep::RetryAt(at) => update.col_expr(Column::NextAttemptAt, Expr::val(at)),
     };
     update.exec(db).await?;
@@ -292,7 +320,7 @@ pub async fn record_attempt(db: &impl ConnectionTrait, record: &AttemptRecord) -
 /// [`find`], pending again and due now.
 pub async fn retry(tx: &OrgTx, delivery: Model) -> Result<Model> {
     let mut row: ActiveModel = delivery.into();
-    row.status = Set(PENDING.to_owned());
+    row.status = Set(DeliveryStatus::Pending);
     row.next_attempt_at = Set(super::now());
     row.finished_at = Set(None);
     Ok(row.update(tx.conn()).await?)
@@ -302,12 +330,12 @@ pub async fn retry(tx: &OrgTx, delivery: Model) -> Result<Model> {
 /// created at or after `since` pending again, due now; returns how many.
 pub async fn recover_failed(tx: &OrgTx, subscription_id: &str, since: DateTime<Utc>) -> Result<u64> {
     let result = Entity::update_many()
-        .col_expr(Column::Status, Expr::val(PENDING))
+        .col_expr(Column::Status, Expr::val(DeliveryStatus::Pending))
         .col_expr(Column::NextAttemptAt, Expr::val(super::now()))
         .col_expr(Column::FinishedAt, Expr::val(None::<DateTime<Utc>>))
         .filter(Column::OrgId.eq(tx.org()))
         .filter(Column::SubscriptionId.eq(subscription_id))
-        .filter(Column::Status.eq(FAILED))
+        .filter(Column::Status.eq(DeliveryStatus::Failed))
         .filter(Column::CreatedAt.gte(since))
         .exec(tx.conn())
         .await?;
@@ -320,7 +348,7 @@ pub async fn purge_succeeded(db: &impl ConnectionTrait, cutoff: DateTime<Utc>, l
     let victims: Vec<String> = Entity::find()
         .select_only()
         .column(Column::Id)
-        .filter(Column::Status.eq(SUCCEEDED))
+        .filter(Column::Status.eq(DeliveryStatus::Succeeded))
         .filter(Column::FinishedAt.lt(cutoff))
         .limit(limit)
         .into_tuple()

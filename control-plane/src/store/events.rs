@@ -15,13 +15,10 @@ pub struct Model {
     /// Event id, `msg_…`; the `webhook-id` of its deliveries.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    /// Owning org.
     pub org_id: String,
-    /// Event type.
     pub event_type: String,
     /// JSON object as text.
     pub payload: String,
-    /// Idempotency key given at publication.
     pub idempotency_key: Option<String>,
     /// Publication time.
     pub created_at: DateTime<Utc>,
@@ -29,10 +26,17 @@ pub struct Model {
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// Inserts an event in the transaction's org.
-pub async fn insert(tx: &OrgTx, mut event: ActiveModel) -> Result<Model> {
-    event.org_id = Set(tx.org().to_owned());
-    Ok(event.insert(tx.conn()).await?)
+/// Stores a new event of the transaction's org, published now.
+pub async fn insert(tx: &OrgTx, event_type: &str, payload: String, idempotency_key: Option<String>) -> Result<Model> {
+    let row = ActiveModel {
+        id: Set(crate::crypto::new_id("msg_")),
+        org_id: Set(tx.org().to_owned()),
+        event_type: Set(event_type.to_owned()),
+        payload: Set(payload),
+        idempotency_key: Set(idempotency_key),
+        created_at: Set(super::now()),
+    };
+    Ok(row.insert(tx.conn()).await?)
 }
 
 /// The event of `org` published with `key`.

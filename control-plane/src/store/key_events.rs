@@ -16,12 +16,9 @@ pub struct Model {
     /// Position in the log.
     #[sea_orm(primary_key, auto_increment = false)]
     pub seq: i64,
-    /// Key concerned.
     pub key_id: String,
-    /// Org of the key.
     pub org_id: String,
-    /// `revoked`, `updated`, `deleted` or `expired`.
-    pub kind: String,
+    pub kind: KeyEventKind,
     /// When the change committed.
     pub created_at: DateTime<Utc>,
 }
@@ -29,25 +26,18 @@ pub struct Model {
 impl ActiveModelBehavior for ActiveModel {}
 
 /// What happened to a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum KeyEventKind {
     /// Revoked: deny from now on.
+    #[sea_orm(string_value = "revoked")]
     Revoked,
     /// Attributes changed: re-verify.
+    #[sea_orm(string_value = "updated")]
     Updated,
     /// Deleted: deny from now on.
+    #[sea_orm(string_value = "deleted")]
     Deleted,
-}
-
-impl KeyEventKind {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Revoked => "revoked",
-            Self::Updated => "updated",
-            Self::Deleted => "deleted",
-        }
-    }
 }
 
 /// Appends an event in the caller's transaction. On Postgres a global
@@ -61,7 +51,7 @@ pub async fn append(tx: &OrgTx, key_id: &str, kind: KeyEventKind) -> Result<i64>
         seq: Set(seq),
         key_id: Set(key_id.to_owned()),
         org_id: Set(tx.org().to_owned()),
-        kind: Set(kind.as_str().to_owned()),
+        kind: Set(kind),
         created_at: Set(super::now()),
     }
     .insert(tx.conn())

@@ -9,6 +9,7 @@ pub mod connections;
 pub mod deliveries;
 pub mod events;
 pub mod key_events;
+pub mod sealed;
 pub mod webhooks;
 
 use std::time::Duration;

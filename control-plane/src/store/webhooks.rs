@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, QueryOrder, QuerySelect};
+use sea_orm::{ActiveValue::Set, IntoActiveModel, QueryOrder, QuerySelect};
+use serde::Serialize;
 
 use super::OrgTx;
 use crate::error::Result;
@@ -16,39 +17,78 @@ pub struct Model {
     /// Subscription id, `sub_…`.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    /// Owning org.
     pub org_id: String,
-    /// Endpoint URL.
     pub url: String,
     /// JSON array of event types and patterns.
     #[sea_orm(column_type = "JsonBinary")]
     pub event_types: Json,
-    /// Free text.
     pub description: String,
-    /// [`ACTIVE`], [`DISABLED`] or [`PENDING_APPROVAL`].
-    pub status: String,
-    /// Why it was disabled.
+    pub status: SubscriptionStatus,
     pub disabled_reason: Option<String>,
     /// Deliveries per second at most; 0 means no limit.
     pub rate_limit_per_second: i32,
     /// Sealed JSON list of signing secrets with their expiry.
     pub sealed_secrets: String,
-    /// Start of the current run of failures.
+    /// Start of the current run of failed attempts.
     pub failing_since: Option<DateTime<Utc>>,
-    /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Last change.
     pub updated_at: DateTime<Utc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// `status` of a subscription that receives deliveries.
-pub const ACTIVE: &str = "active";
-/// `status` of a disabled subscription.
-pub const DISABLED: &str = "disabled";
-/// `status` of a subscription waiting for operator approval.
-pub const PENDING_APPROVAL: &str = "pending_approval";
+/// Whether a subscription receives deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    /// Receives deliveries.
+    #[sea_orm(string_value = "active")]
+    Active,
+    /// Turned off by its owner or by the dispatcher (see `disabled_reason`).
+    #[sea_orm(string_value = "disabled")]
+    Disabled,
+    /// Its host is outside the operator's allow-list: waits for an admin.
+    #[sea_orm(string_value = "pending_approval")]
+    PendingApproval,
+}
+
+impl SubscriptionStatus {
+    /// The stored name, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+            Self::PendingApproval => "pending_approval",
+        }
+    }
+}
+
+/// A subscription about to be stored; org and timestamps are the store's.
+#[derive(Debug)]
+pub struct NewSubscriptionRow {
+    pub id: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub description: String,
+    pub status: SubscriptionStatus,
+    pub rate_limit_per_second: i32,
+    pub sealed_secrets: String,
+}
+
+/// Column changes of [`update`]; `None` leaves a column alone, and for the
+/// nullable ones `Some(None)` clears it.
+#[derive(Debug, Default)]
+pub struct SubscriptionUpdate {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<String>,
+    pub status: Option<SubscriptionStatus>,
+    pub disabled_reason: Option<Option<String>>,
+    pub failing_since: Option<Option<DateTime<Utc>>>,
+    pub rate_limit_per_second: Option<i32>,
+    pub sealed_secrets: Option<String>,
+}
 
 impl Model {
     /// The subscription's event types and patterns.
@@ -57,10 +97,24 @@ impl Model {
     }
 }
 
-/// Inserts a subscription in the transaction's org.
-pub async fn insert(tx: &OrgTx, mut subscription: ActiveModel) -> Result<Model> {
-    subscription.org_id = Set(tx.org().to_owned());
-    Ok(subscription.insert(tx.conn()).await?)
+/// Stores a new subscription in the transaction's org.
+pub async fn insert(tx: &OrgTx, new: NewSubscriptionRow) -> Result<Model> {
+    let now = super::now();
+    let row = ActiveModel {
+        id: Set(new.id),
+        org_id: Set(tx.org().to_owned()),
+        url: Set(new.url),
+        event_types: Set(serde_json::json!(new.event_types)),
+        description: Set(new.description),
+        status: Set(new.status),
+        disabled_reason: Set(None),
+        rate_limit_per_second: Set(new.rate_limit_per_second),
+        sealed_secrets: Set(new.sealed_secrets),
+        failing_since: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    Ok(row.insert(tx.conn()).await?)
 }
 
 /// Subscription `id` of `org`.
@@ -84,12 +138,42 @@ pub async fn count(db: &impl ConnectionTrait, org: &str) -> Result<u64> {
 
 /// Active subscriptions of `org` (at most the per-org limit).
 pub async fn active(db: &impl ConnectionTrait, org: &str) -> Result<Vec<Model>> {
-    Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(Column::Status.eq(ACTIVE)).all(db).await?)
+    Ok(Entity::find()
+        .filter(Column::OrgId.eq(org))
+        .filter(Column::Status.eq(SubscriptionStatus::Active))
+        .all(db)
+        .await?)
 }
 
-/// Saves changed columns of a subscription loaded in the transaction's org.
-pub async fn update(tx: &OrgTx, subscription: ActiveModel) -> Result<Model> {
-    Ok(subscription.update(tx.conn()).await?)
+/// Applies `changes` to `subscription`, loaded in the transaction's org.
+pub async fn update(tx: &OrgTx, subscription: Model, changes: SubscriptionUpdate) -> Result<Model> {
+    let mut row = subscription.into_active_model();
+    if let Some(url) = changes.url {
+        row.url = Set(url);
+    }
+    if let Some(event_types) = changes.event_types {
+        row.event_types = Set(serde_json::json!(event_types));
+    }
+    if let Some(description) = changes.description {
+        row.description = Set(description);
+    }
+    if let Some(status) = changes.status {
+        row.status = Set(status);
+    }
+    if let Some(reason) = changes.disabled_reason {
+        row.disabled_reason = Set(reason);
+    }
+    if let Some(since) = changes.failing_since {
+        row.failing_since = Set(since);
+    }
+    if let Some(limit) = changes.rate_limit_per_second {
+        row.rate_limit_per_second = Set(limit);
+    }
+    if let Some(sealed) = changes.sealed_secrets {
+        row.sealed_secrets = Set(sealed);
+    }
+    row.updated_at = Set(super::now());
+    Ok(row.update(tx.conn()).await?)
 }
 
 /// Deletes subscription `id` of the transaction's org; false if there was none.
@@ -103,12 +187,12 @@ pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
 /// not active (already disabled, deleted, or never approved).
 pub async fn disable(tx: &OrgTx, id: &str, reason: &str) -> Result<bool> {
     let result = Entity::update_many()
-        .col_expr(Column::Status, Expr::val(DISABLED))
+        .col_expr(Column::Status, Expr::val(SubscriptionStatus::Disabled))
         .col_expr(Column::DisabledReason, Expr::val(reason))
         .col_expr(Column::UpdatedAt, Expr::val(super::now()))
         .filter(Column::Id.eq(id))
         .filter(Column::OrgId.eq(tx.org()))
-        .filter(Column::Status.eq(ACTIVE))
+        .filter(Column::Status.eq(SubscriptionStatus::Active))
         .exec(tx.conn())
         .await?;
     Ok(result.rows_affected > 0)

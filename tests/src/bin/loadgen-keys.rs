@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_control_plane::store::api_keys;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::stats::{Summary, measure};
@@ -106,8 +107,8 @@ async fn main() {
                 &list_org,
                 keyplane_control_plane::crypto::new_id("key_"),
                 format!("seeded {i:06}"),
-                if i % 10 == 0 { "test" } else { "live" },
-                if i % 7 == 0 { "revoked" } else { "active" },
+                if i % 10 == 0 { Environment::Test } else { Environment::Live },
+                if i % 7 == 0 { KeyStatus::Revoked } else { KeyStatus::Active },
                 "$argon2id$v=19$m=19456,t=2,p=1$c2VlZA$c2VlZA",
             )
         });

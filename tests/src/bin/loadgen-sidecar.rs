@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use keyplane_control_plane::crypto::token::{CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, encode_fixed, new_id_body};
+use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_control_plane::store::api_keys;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1 as sync_pb;
@@ -88,7 +89,14 @@ async fn main() {
                 let body = new_id_body();
                 assert_eq!(body.len(), KEY_ID_LEN);
                 tokens.push(seeded_token(&body, &secret));
-                keyplane_tests::seeded_key_row(&org, format!("key_{body}"), "bench".into(), "live", "active", &hash)
+                keyplane_tests::seeded_key_row(
+                    &org,
+                    format!("key_{body}"),
+                    "bench".into(),
+                    Environment::Live,
+                    KeyStatus::Active,
+                    &hash,
+                )
             })
             .collect();
         api_keys::Entity::insert_many(rows).exec(&db).await.unwrap();

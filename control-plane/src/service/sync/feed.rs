@@ -1,25 +1,19 @@
-//! What sidecars consume: the key-event feed (replay from the log, then
-//! live), verification with the log position it reflects, and usage reports.
-//!
-//! Each control-plane process tails `key_events` itself (woken at once by its
-//! own commits, polling for other replicas' commits) and fans events out to
-//! its Watch streams, so a change made through any replica reaches every sidecar.
+//! The key-event feed (ARCHITECTURE.md, "A revocation"): each control-plane
+//! process tails `key_events` itself (woken at once by its own commits,
+//! polling for other replicas' commits) and fans events out to its Watch
+//! streams, so a change made through any replica reaches every sidecar.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
-use super::Core;
-use super::auth::{RequestContext, Scope};
-use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
-use crate::store::{OrgScope, api_keys, key_events};
+use crate::store::key_events;
 
-/// Most entries in one usage report (keeps the UPDATE's parameter count well
-/// under SQLite's and Postgres' limits).
-pub const MAX_USAGE_ENTRIES: usize = 1000;
 /// Events read from the log per query.
 const BATCH: u64 = 1000;
 
@@ -47,30 +41,30 @@ pub struct FeedSettings {
 
 /// The key-event feed of this process.
 pub struct KeyEventFeed {
-    core: Arc<Core>,
+    db: DatabaseConnection,
     settings: FeedSettings,
     live: broadcast::Sender<key_events::Model>,
     /// Highest seq broadcast so far.
     tailed: AtomicI64,
     /// When the log was last read successfully (by the tailer or a replay).
     last_read: std::sync::Mutex<tokio::time::Instant>,
-    /// Flipped at shutdown so open streams end and the server can drain.
-    closing: tokio::sync::watch::Sender<bool>,
+    /// Cancelled at shutdown: open streams end (sidecars reconnect
+    /// elsewhere) so the server can drain.
+    stop: CancellationToken,
 }
 
 impl KeyEventFeed {
-    /// A feed starting at the current head of the log.
-    pub async fn new(core: Arc<Core>, settings: FeedSettings) -> Result<Arc<Self>> {
-        let head = key_events::head_seq(&core.db).await?;
+    /// A feed starting at the current head of the log, whose streams end when `stop` is cancelled.
+    pub async fn new(db: DatabaseConnection, settings: FeedSettings, stop: CancellationToken) -> Result<Arc<Self>> {
+        let head = key_events::head_seq(&db).await?;
         let (live, _) = broadcast::channel(4096);
-        let (closing, _) = tokio::sync::watch::channel(false);
         Ok(Arc::new(Self {
-            core,
+            db,
             settings,
             live,
             tailed: AtomicI64::new(head),
             last_read: std::sync::Mutex::new(tokio::time::Instant::now()),
-            closing,
+            stop,
         }))
     }
 
@@ -79,15 +73,11 @@ impl KeyEventFeed {
         self.settings.heartbeat
     }
 
-    /// Ends every open Watch stream (at shutdown; sidecars reconnect elsewhere).
-    pub fn close(&self) {
-        self.closing.send_replace(true);
-    }
-
-    /// Tails the log until the process stops: woken by local commits, polling otherwise.
+    /// Tails the log until the feed stops: woken by local commits, polling otherwise.
     pub async fn tail(self: Arc<Self>, committed: Arc<Notify>) {
         loop {
             tokio::select! {
+                () = self.stop.cancelled() => return,
                 () = committed.notified() => {},
                 () = tokio::time::sleep(self.settings.poll) => {},
             }
@@ -118,7 +108,7 @@ impl KeyEventFeed {
     /// that refuses connections.
     async fn read_log(&self, after: i64) -> Result<Vec<key_events::Model>> {
         let started = tokio::time::Instant::now();
-        let events = tokio::time::timeout(self.settings.heartbeat, key_events::after(&self.core.db, after, BATCH))
+        let events = tokio::time::timeout(self.settings.heartbeat, key_events::after(&self.db, after, BATCH))
             .await
             .map_err(|_| Error::Unavailable("reading the key-event log timed out".into()))??;
         let mut last_read = self.last_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -136,14 +126,8 @@ impl KeyEventFeed {
     }
 
     /// Starts a Watch stream after `after_seq` (or at the head, for a sidecar
-    /// with nothing cached) for an authorized sidecar.
-    pub async fn watch(
-        self: &Arc<Self>,
-        ctx: &RequestContext,
-        after_seq: i64,
-        from_head: bool,
-    ) -> Result<mpsc::Receiver<Result<FeedMessage>>> {
-        require_sidecar(ctx)?;
+    /// with nothing cached).
+    pub fn watch(self: &Arc<Self>, after_seq: i64, from_head: bool) -> mpsc::Receiver<Result<FeedMessage>> {
         // Subscribe before reading the log so nothing committed in between is missed.
         let live = self.live.subscribe();
         let (sender, receiver) = mpsc::channel(256);
@@ -153,7 +137,7 @@ impl KeyEventFeed {
                 let _ = sender.send(Err(error)).await;
             }
         });
-        Ok(receiver)
+        receiver
     }
 
     async fn stream(
@@ -164,8 +148,8 @@ impl KeyEventFeed {
         sender: &mpsc::Sender<Result<FeedMessage>>,
     ) -> Result<()> {
         let send = |message| async { sender.send(Ok(message)).await.map_err(|_| Error::StreamClosed) };
-        let head = key_events::head_seq(&self.core.db).await?;
-        let oldest = key_events::oldest_seq(&self.core.db).await?;
+        let head = key_events::head_seq(&self.db).await?;
+        let oldest = key_events::oldest_seq(&self.db).await?;
         let mut position = after_seq;
         let gap = oldest.is_some_and(|oldest| after_seq + 1 < oldest);
         if from_head {
@@ -180,12 +164,10 @@ impl KeyEventFeed {
         send(FeedMessage::Heartbeat(position)).await?;
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         heartbeat.tick().await;
-        let mut closing = self.closing.subscribe();
         loop {
             tokio::select! {
                 () = sender.closed() => return Ok(()),
-                // The only change ever made is to `true`.
-                _ = closing.changed() => return Ok(()),
+                () = self.stop.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
                     if self.vouches() {
                         send(FeedMessage::Heartbeat(position)).await?;
@@ -218,55 +200,6 @@ impl KeyEventFeed {
                 position = event.seq;
                 sender.send(Ok(FeedMessage::Event(event))).await.map_err(|_| Error::StreamClosed)?;
             }
-        }
-    }
-}
-
-fn require_sidecar(ctx: &RequestContext) -> Result<()> {
-    if ctx.is_platform() && ctx.has_scope(Scope::Sidecar) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "needs a platform key (org keyplane) with scope {}",
-            Scope::Sidecar.as_str()
-        )))
-    }
-}
-
-/// Verification for sidecars: the outcome and the log head it reflects.
-pub async fn verify_for_sidecar(
-    core: &Core,
-    verifier: &Verifier,
-    ctx: &RequestContext,
-    token: &str,
-) -> Result<(Verification, i64)> {
-    require_sidecar(ctx)?;
-    // Read the head first: the key row read afterwards reflects at least it.
-    let as_of = key_events::head_seq(&core.db).await?;
-    Ok((verifier.verify(OrgScope::AllOrgs, token, Purpose::Check).await?, as_of))
-}
-
-/// Applies a sidecar's usage batch in one statement.
-pub async fn report_usage(core: &Core, ctx: &RequestContext, batch: Vec<api_keys::Usage>) -> Result<u64> {
-    require_sidecar(ctx)?;
-    if batch.len() > MAX_USAGE_ENTRIES {
-        return Err(Error::invalid("entries", format!("at most {MAX_USAGE_ENTRIES} per report")));
-    }
-    if let Some(bad) = batch.iter().position(|u| u.count < 0) {
-        return Err(Error::invalid(format!("entries[{bad}].count"), "must not be negative"));
-    }
-    api_keys::record_usage(&core.db, OrgScope::AllOrgs, &batch).await
-}
-
-/// Deletes key events older than `retention` every `every`, keeping the head.
-pub async fn enforce_retention(core: Arc<Core>, retention: Duration, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let cutoff = crate::store::now() - retention;
-        match key_events::delete_before(&core.db, cutoff).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "compacted the key-event log"),
-            Err(error) => tracing::warn!(%error, "key-event retention failed"),
         }
     }
 }

@@ -1,15 +1,16 @@
 //! What happened to deliveries, and resending them by hand.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::Core;
-use super::auth::{RequestContext, Scope};
-use super::events::{commit_with_deliveries, store_event};
-use super::paging::{ListQuery, Listing, Page};
+use super::outbox;
 use crate::error::{Error, Result};
+use crate::service::Wakeups;
+use crate::service::auth::{RequestContext, Scope};
+use crate::service::paging::{ListQuery, Listing, Page};
+use crate::store::deliveries::{DeliveryFilter, DeliveryStatus};
+use crate::store::webhooks::SubscriptionStatus;
 use crate::store::{OrgTx, audit, deliveries, webhooks};
 
 const LISTING: Listing = Listing::named("deliveries");
@@ -18,20 +19,20 @@ pub const TEST_EVENT_TYPE: &str = "webhook.test";
 
 /// The delivery service.
 pub struct DeliveryService {
-    core: Arc<Core>,
+    db: DatabaseConnection,
+    wakeups: Wakeups,
 }
 
 impl DeliveryService {
-    /// A delivery service over `core`.
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(db: DatabaseConnection, wakeups: Wakeups) -> Self {
+        Self { db, wakeups }
     }
 
     /// A page of deliveries, newest first.
     pub async fn list(
         &self,
         ctx: &RequestContext,
-        query: ListQuery<deliveries::ListFilter>,
+        query: ListQuery<DeliveryFilter>,
     ) -> Result<Page<deliveries::Model>> {
         let org = ctx.authorize(Scope::DeliveriesRead, &query.org_id)?;
         let cursor = LISTING.start(&query.page)?;
@@ -40,8 +41,7 @@ impl DeliveryService {
         {
             return Err(Error::invalid("created_before", "must be after created_after"));
         }
-        let rows =
-            deliveries::list(&self.core.db, &org, &query.filter, cursor.position.as_deref(), cursor.fetch()).await?;
+        let rows = deliveries::list(&self.db, &org, &query.filter, cursor.position.as_deref(), cursor.fetch()).await?;
         Ok(cursor.page(rows, |d| d.id.clone()))
     }
 
@@ -53,28 +53,28 @@ impl DeliveryService {
         id: &str,
     ) -> Result<(deliveries::Model, Vec<deliveries::attempt::Model>)> {
         let org = ctx.authorize(Scope::DeliveriesRead, org_id)?;
-        let delivery = deliveries::find(&self.core.db, &org, id).await?.ok_or(Error::NotFound("delivery"))?;
-        let attempts = deliveries::attempts(&self.core.db, &org, id).await?;
+        let delivery = deliveries::find(&self.db, &org, id).await?.ok_or(Error::NotFound("delivery"))?;
+        let attempts = deliveries::attempts(&self.db, &org, id).await?;
         Ok((delivery, attempts))
     }
 
     /// Schedules one more attempt of a finished delivery, now.
     pub async fn retry(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<deliveries::Model> {
         let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
-        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
         let current = deliveries::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("delivery"))?;
-        if current.status == deliveries::PENDING {
+        if current.status == DeliveryStatus::Pending {
             return Err(Error::FailedPrecondition("the delivery is already pending".into()));
         }
         require_active(&tx, &current.subscription_id).await?;
-        let previous_status = current.status.clone();
+        let previous_status = current.status;
         let delivery = deliveries::retry(&tx, current).await?;
         audit::append(
             &tx,
             ctx.audit("delivery.retried", "delivery", id, json!({ "previous_status": previous_status })),
         )
         .await?;
-        commit_with_deliveries(&self.core, tx).await?;
+        self.wakeups.commit_deliveries(tx).await?;
         Ok(delivery)
     }
 
@@ -87,7 +87,7 @@ impl DeliveryService {
         since: DateTime<Utc>,
     ) -> Result<u64> {
         let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
-        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
         require_active(&tx, subscription_id).await?;
         let recovered = deliveries::recover_failed(&tx, subscription_id, since).await?;
         audit::append(
@@ -100,7 +100,7 @@ impl DeliveryService {
             ),
         )
         .await?;
-        commit_with_deliveries(&self.core, tx).await?;
+        self.wakeups.commit_deliveries(tx).await?;
         Ok(recovered)
     }
 
@@ -112,18 +112,18 @@ impl DeliveryService {
         subscription_id: &str,
     ) -> Result<deliveries::Model> {
         let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
-        let tx = OrgTx::begin(&self.core.db, &org).await?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
         let subscription = require_active(&tx, subscription_id).await?;
         let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });
         let (event, mut deliveries) =
-            store_event(&tx, TEST_EVENT_TYPE, payload.to_string(), None, std::slice::from_ref(&subscription.id))
+            outbox::publish_to(&tx, TEST_EVENT_TYPE, payload.to_string(), None, std::slice::from_ref(&subscription.id))
                 .await?;
         audit::append(
             &tx,
             ctx.audit("delivery.test_sent", "webhook_subscription", subscription_id, json!({ "event_id": event.id })),
         )
         .await?;
-        commit_with_deliveries(&self.core, tx).await?;
+        self.wakeups.commit_deliveries(tx).await?;
         deliveries.pop().ok_or(Error::NotFound("delivery"))
     }
 }
@@ -132,10 +132,10 @@ impl DeliveryService {
 /// to a disabled or unapproved one would only fail again.
 async fn require_active(tx: &OrgTx, id: &str) -> Result<webhooks::Model> {
     let subscription = webhooks::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("subscription"))?;
-    if subscription.status != webhooks::ACTIVE {
+    if subscription.status != SubscriptionStatus::Active {
         return Err(Error::FailedPrecondition(format!(
             "the subscription is {}; enable (or approve) it before sending to it",
-            subscription.status
+            subscription.status.as_str()
         )));
     }
     Ok(subscription)

@@ -1,0 +1,121 @@
+//! Changing an issued key: its attributes, revocation and deletion. Each
+//! appends a key event so sidecars drop what they cached.
+
+use serde_json::json;
+
+use super::rules;
+use super::{KeyChanges, KeyService};
+use crate::error::{Error, Result};
+use crate::service::auth::{RequestContext, Scope};
+use crate::service::validate::Violations;
+use crate::service::webhooks::outbox;
+use crate::store::api_keys::{self, KeyStatus, KeyUpdate};
+use crate::store::key_events::{self, KeyEventKind};
+use crate::store::{self, OrgTx, audit};
+
+/// Longest revocation reason.
+const MAX_REASON_CHARS: usize = 500;
+
+impl KeyService {
+    /// Changes the named fields of a key.
+    pub async fn update(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        id: &str,
+        changes: KeyChanges,
+    ) -> Result<api_keys::Model> {
+        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let now = store::now();
+        let mut violations = Violations::default();
+        let mut changed = Vec::new();
+        if let Some(name) = &changes.name {
+            violations.required_text("update.name", name, rules::MAX_NAME_CHARS);
+            changed.push("name");
+        }
+        if let Some(description) = &changes.description {
+            violations.optional_text("update.description", description, rules::MAX_DESCRIPTION_CHARS);
+            changed.push("description");
+        }
+        if let Some(scopes) = &changes.scopes {
+            violations.scopes("update.scopes", scopes);
+            changed.push("scopes");
+        }
+        if let Some(Some(at)) = changes.expires_at {
+            violations.absorb(rules::check_expiry("update.expires_at", at, now))?;
+        }
+        if changes.expires_at.is_some() {
+            changed.push("expires_at");
+        }
+        if let Some(Some(limit)) = &changes.rate_limit {
+            rules::check_rate_limit(&mut violations, "update.rate_limit", limit);
+        }
+        if changes.rate_limit.is_some() {
+            changed.push("rate_limit");
+        }
+        if let Some(Some(metadata)) = &changes.metadata {
+            violations.metadata("update.metadata", metadata);
+        }
+        if changes.metadata.is_some() {
+            changed.push("metadata");
+        }
+        if changed.is_empty() {
+            violations.add(
+                "update_mask",
+                "name at least one field: name, description, scopes, expires_at, rate_limit, metadata",
+            );
+        }
+        violations.finish()?;
+        if let Some(scopes) = &changes.scopes {
+            ctx.check_grantable("update.scopes", scopes)?;
+        }
+
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        let update = KeyUpdate {
+            name: changes.name,
+            description: changes.description,
+            scopes: changes.scopes,
+            expires_at: changes.expires_at,
+            rate_limit: changes.rate_limit,
+            metadata: changes.metadata,
+        };
+        let key = api_keys::update(&tx, key, update).await?;
+        key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
+        audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, json!({ "fields": changed }))).await?;
+        self.wakeups.commit_key_change(tx).await?;
+        Ok(key)
+    }
+
+    /// Revokes a key for good.
+    pub async fn revoke(&self, ctx: &RequestContext, org_id: &str, id: &str, reason: &str) -> Result<api_keys::Model> {
+        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let mut violations = Violations::default();
+        violations.optional_text("reason", reason, MAX_REASON_CHARS);
+        violations.finish()?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        if key.status == KeyStatus::Revoked {
+            return Err(Error::FailedPrecondition("the key is already revoked".into()));
+        }
+        let key = api_keys::revoke(&tx, key, ctx.actor_label().1, reason).await?;
+        key_events::append(&tx, &key.id, KeyEventKind::Revoked).await?;
+        audit::append(&tx, ctx.audit("api_key.revoked", "api_key", &key.id, json!({ "reason": reason }))).await?;
+        outbox::publish_system_event(&tx, "api_key.revoked", rules::event_data(&key)).await?;
+        self.wakeups.commit_key_change(tx).await?;
+        Ok(key)
+    }
+
+    /// Deletes a key.
+    pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<()> {
+        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        if !api_keys::delete(&tx, id).await? {
+            return Err(Error::NotFound("api key"));
+        }
+        key_events::append(&tx, id, KeyEventKind::Deleted).await?;
+        audit::append(&tx, ctx.audit("api_key.deleted", "api_key", id, json!({}))).await?;
+        outbox::publish_system_event(&tx, "api_key.deleted", json!({ "key_id": id })).await?;
+        self.wakeups.commit_key_change(tx).await
+    }
+}

@@ -1,0 +1,192 @@
+//! Issuing keys: creation (including the operator's bootstrap key) and
+//! rotation, the two places a token is generated and shown once.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::rules::{self, DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MAX_TTL, MIN_TTL};
+use super::{Expiry, IssuedKey, KeyService, NewKey, Rotation};
+use crate::crypto::Environment;
+use crate::error::{Error, Result};
+use crate::service::auth::{PLATFORM_ORG, RequestContext, Scope};
+use crate::service::validate::Violations;
+use crate::service::webhooks::outbox;
+use crate::store::api_keys::{self, KeyStatus, KeyUpdate, NewKeyRow, RateLimit};
+use crate::store::key_events::{self, KeyEventKind};
+use crate::store::{self, OrgTx, audit};
+
+/// What a key is issued with, at creation or copied by a rotation.
+struct Attributes {
+    name: String,
+    description: String,
+    environment: Environment,
+    scopes: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit: Option<RateLimit>,
+    metadata: Option<Value>,
+    recoverable: bool,
+}
+
+impl KeyService {
+    /// Creates a platform admin key for the operator's bootstrap command.
+    pub async fn create_admin_key(&self, name: &str) -> Result<IssuedKey> {
+        let new = NewKey {
+            org_id: PLATFORM_ORG.to_owned(),
+            name: name.to_owned(),
+            description: "created by `keyplane create-admin-key`".into(),
+            environment: Environment::Live,
+            scopes: vec![Scope::Admin.as_str().to_owned()],
+            expiry: None,
+            rate_limit: None,
+            metadata: None,
+            recoverable: false,
+        };
+        self.create(&RequestContext::operator(), new).await
+    }
+
+    /// Creates a key and returns its token once.
+    pub async fn create(&self, ctx: &RequestContext, new: NewKey) -> Result<IssuedKey> {
+        let org = ctx.authorize(Scope::KeysWrite, &new.org_id)?;
+        let now = store::now();
+        let mut violations = Violations::default();
+        violations.required_text("name", &new.name, rules::MAX_NAME_CHARS);
+        violations.optional_text("description", &new.description, rules::MAX_DESCRIPTION_CHARS);
+        violations.scopes("scopes", &new.scopes);
+        let expires_at = match new.expiry {
+            None => None,
+            Some(Expiry::Ttl(ttl)) if !(MIN_TTL..=MAX_TTL).contains(&ttl) => {
+                violations.add("ttl", "must be between 1 minute and 10 years");
+                None
+            }
+            Some(Expiry::Ttl(ttl)) => Some(now + ttl),
+            Some(Expiry::At(at)) => violations.absorb(rules::check_expiry("expires_at", at, now))?,
+        };
+        if let Some(limit) = &new.rate_limit {
+            rules::check_rate_limit(&mut violations, "rate_limit", limit);
+        }
+        if let Some(metadata) = &new.metadata {
+            violations.metadata("metadata", metadata);
+        }
+        violations.finish()?;
+        ctx.check_grantable("scopes", &new.scopes)?;
+
+        let attributes = Attributes {
+            name: new.name,
+            description: new.description,
+            environment: new.environment,
+            scopes: new.scopes,
+            expires_at,
+            rate_limit: new.rate_limit,
+            metadata: new.metadata,
+            recoverable: new.recoverable,
+        };
+        let (row, token) = self.generate(ctx, attributes, None).await?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        let key = api_keys::insert(&tx, row).await?;
+        audit::append(&tx, ctx.audit("api_key.created", "api_key", &key.id, rules::audit_details(&key))).await?;
+        outbox::publish_system_event(&tx, "api_key.created", rules::event_data(&key)).await?;
+        self.wakeups.commit_key_change(tx).await?;
+        Ok(IssuedKey { key, token })
+    }
+
+    /// Issues a replacement key; the old one works for `grace` more (24h by
+    /// default; zero revokes it now).
+    pub async fn rotate(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<Rotation> {
+        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let grace = grace.unwrap_or(DEFAULT_ROTATION_GRACE);
+        if grace > MAX_ROTATION_GRACE {
+            return Err(Error::invalid("grace_period", "must be at most 30 days"));
+        }
+        let old = api_keys::find(&self.db, &org, id).await?.ok_or(Error::NotFound("api key"))?;
+        let attributes = Attributes {
+            name: old.name.clone(),
+            description: old.description.clone(),
+            environment: old.environment,
+            scopes: old.scope_list(),
+            expires_at: old.expires_at,
+            rate_limit: old.rate_limit(),
+            metadata: old.metadata.clone(),
+            recoverable: old.sealed_token.is_some(),
+        };
+        let (row, token) = self.generate(ctx, attributes, Some(old.id.clone())).await?;
+
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        // Re-read inside the transaction: the key may have changed meanwhile.
+        let old = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        let now = store::now();
+        if old.status != KeyStatus::Active || old.is_expired(now) {
+            return Err(Error::FailedPrecondition("only an active, unexpired key can be rotated".into()));
+        }
+        let new_key = api_keys::insert(&tx, row).await?;
+        let previous = if grace.is_zero() {
+            let revoked = api_keys::revoke(&tx, old, ctx.actor_label().1, "rotated").await?;
+            key_events::append(&tx, &revoked.id, KeyEventKind::Revoked).await?;
+            revoked
+        } else {
+            let grace_end = now + grace;
+            let expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
+            let shortened =
+                api_keys::update(&tx, old, KeyUpdate { expires_at: Some(expires_at), ..Default::default() });
+            let shortened = shortened.await?;
+            key_events::append(&tx, &shortened.id, KeyEventKind::Updated).await?;
+            shortened
+        };
+        audit::append(
+            &tx,
+            ctx.audit(
+                "api_key.rotated",
+                "api_key",
+                &previous.id,
+                json!({ "new_key_id": new_key.id, "grace_seconds": grace.as_secs() }),
+            ),
+        )
+        .await?;
+        let mut data = rules::event_data(&previous);
+        data["new_key_id"] = json!(new_key.id);
+        data["grace_seconds"] = json!(grace.as_secs());
+        outbox::publish_system_event(&tx, "api_key.rotated", data).await?;
+        self.wakeups.commit_key_change(tx).await?;
+        Ok(Rotation { issued: IssuedKey { key: new_key, token }, previous })
+    }
+
+    /// Generates a token, hashes its secret and seals it if recoverable:
+    /// the row to store and the token to show once.
+    async fn generate(
+        &self,
+        ctx: &RequestContext,
+        attributes: Attributes,
+        rotated_from: Option<String>,
+    ) -> Result<(NewKeyRow, String)> {
+        let generated = self.crypto.tokens.generate(attributes.environment);
+        let secret_hash = self.crypto.hasher.hash(generated.secret().to_owned()).await?;
+        let sealed_token = if attributes.recoverable {
+            Some(self.crypto.master_keys.seal(generated.token.as_bytes(), &generated.key_id)?)
+        } else {
+            None
+        };
+        let row = NewKeyRow {
+            id: generated.key_id.clone(),
+            name: attributes.name,
+            description: attributes.description,
+            environment: attributes.environment,
+            scopes: attributes.scopes,
+            secret_hash,
+            start: generated.start.clone(),
+            expires_at: attributes.expires_at,
+            rate_limit: attributes.rate_limit,
+            metadata: attributes.metadata,
+            sealed_token,
+            created_by: ctx.actor_label().1,
+            rotated_from,
+        };
+        Ok((row, generated.token))
+    }
+}

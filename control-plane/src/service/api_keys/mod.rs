@@ -1,0 +1,142 @@
+//! The API-key lifecycle: issue ([`issue`]: create, rotate), change
+//! ([`changes`]: update, revoke, delete), read, reveal and verify. Every
+//! mutation writes its audit row, and its key event when sidecars must learn
+//! of it, in the same transaction. Input rules live in [`rules`].
+
+mod changes;
+mod issue;
+mod rules;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
+use serde_json::Value;
+
+use super::auth::{RequestContext, Scope};
+use super::paging::{ListQuery, Listing, Page};
+use super::validate::Violations;
+use super::verify::{self, Purpose, Verification, Verifier};
+use super::{Crypto, Wakeups};
+use crate::crypto::Environment;
+use crate::error::{Error, Result};
+use crate::store::api_keys::{self, KeyFilter, RateLimit};
+use crate::store::{OrgTx, audit};
+
+pub use rules::{DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MAX_TTL, MIN_TTL};
+
+const LISTING: Listing = Listing::named("keys");
+
+/// When a new key expires.
+#[derive(Clone, Copy, Debug)]
+pub enum Expiry {
+    At(DateTime<Utc>),
+    /// This long after creation.
+    Ttl(Duration),
+}
+
+/// Input of [`KeyService::create`].
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    /// May be empty for callers that act in their own org.
+    pub org_id: String,
+    pub name: String,
+    pub description: String,
+    pub environment: Environment,
+    pub scopes: Vec<String>,
+    pub expiry: Option<Expiry>,
+    pub rate_limit: Option<RateLimit>,
+    /// A JSON object.
+    pub metadata: Option<Value>,
+    /// Keep the token sealed so RevealApiKey can show it again.
+    pub recoverable: bool,
+}
+
+/// Fields to change in [`KeyService::update`]; `None` leaves a field alone,
+/// and for the optional ones `Some(None)` clears it.
+#[derive(Clone, Debug, Default)]
+pub struct KeyChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub rate_limit: Option<Option<RateLimit>>,
+    pub metadata: Option<Option<Value>>,
+}
+
+/// A key with its plaintext token, returned once.
+#[derive(Debug)]
+pub struct IssuedKey {
+    pub key: api_keys::Model,
+    pub token: String,
+}
+
+/// Result of a rotation.
+#[derive(Debug)]
+pub struct Rotation {
+    /// The replacement and its token.
+    pub issued: IssuedKey,
+    /// The old key after the change (expiring at the end of the grace, or revoked).
+    pub previous: api_keys::Model,
+}
+
+/// The API-key service.
+pub struct KeyService {
+    db: DatabaseConnection,
+    crypto: Arc<Crypto>,
+    wakeups: Wakeups,
+    verifier: Arc<Verifier>,
+}
+
+impl KeyService {
+    pub fn new(db: DatabaseConnection, crypto: Arc<Crypto>, wakeups: Wakeups, verifier: Arc<Verifier>) -> Self {
+        Self { db, crypto, wakeups, verifier }
+    }
+
+    /// One key of the caller's org.
+    pub async fn get(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<api_keys::Model> {
+        let org = ctx.authorize(Scope::KeysRead, org_id)?;
+        api_keys::find(&self.db, &org, id).await?.ok_or(Error::NotFound("api key"))
+    }
+
+    /// A page of keys in id order.
+    pub async fn list(&self, ctx: &RequestContext, query: ListQuery<KeyFilter>) -> Result<Page<api_keys::Model>> {
+        let org = ctx.authorize(Scope::KeysRead, &query.org_id)?;
+        let cursor = LISTING.start(&query.page)?;
+        let rows = api_keys::list(&self.db, &org, &query.filter, cursor.position.as_deref(), cursor.fetch()).await?;
+        Ok(cursor.page(rows, |k| k.id.clone()))
+    }
+
+    /// Returns the token of a recoverable key (audited).
+    pub async fn reveal(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<String> {
+        let org = ctx.authorize(Scope::KeysReveal, org_id)?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        let sealed = key
+            .sealed_token
+            .as_deref()
+            .ok_or_else(|| Error::FailedPrecondition("the key was not created recoverable".into()))?;
+        let token = String::from_utf8(self.crypto.master_keys.open(sealed, &key.id)?)
+            .map_err(|_| Error::Sealing("sealed token is not text".into()))?;
+        audit::append(&tx, ctx.audit("api_key.revealed", "api_key", &key.id, serde_json::json!({}))).await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// Verifies a token for a caller, with optional environment and scopes.
+    pub async fn verify(
+        &self,
+        ctx: &RequestContext,
+        token: &str,
+        environment: Option<Environment>,
+        required_scopes: &[String],
+    ) -> Result<Verification> {
+        let scope = ctx.verification_scope()?;
+        let mut violations = Violations::default();
+        violations.scopes("required_scopes", required_scopes);
+        violations.finish()?;
+        let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
+        Ok(verify::check_requirements(verification, environment, required_scopes))
+    }
+}

@@ -1,0 +1,67 @@
+//! What a key's attributes may be, and what the audit log and Keyplane's own
+//! events say about a key (its public attributes, never its secret).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::service::validate::Violations;
+use crate::store::api_keys::{self, RateLimit};
+
+/// Shortest TTL accepted at creation.
+pub const MIN_TTL: Duration = Duration::from_secs(60);
+/// Longest TTL (and furthest expiry) accepted.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Rotation grace when none is given.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Longest rotation grace.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+
+pub fn check_expiry(field: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    if at <= now {
+        Err(Error::invalid(field, "must be in the future"))
+    } else if at > now + MAX_TTL {
+        Err(Error::invalid(field, "must be within 10 years"))
+    } else {
+        Ok(at)
+    }
+}
+
+pub fn check_rate_limit(violations: &mut Violations, field: &str, limit: &RateLimit) {
+    if limit.requests == 0 {
+        violations.add(format!("{field}.requests"), "must be at least 1");
+    } else if i32::try_from(limit.requests).is_err() {
+        violations.add(format!("{field}.requests"), format!("must be at most {}", i32::MAX));
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&limit.window) {
+        violations.add(format!("{field}.window"), "must be between 1 second and 1 day");
+    }
+}
+
+/// Data of Keyplane's own `api_key.*` events.
+pub fn event_data(key: &api_keys::Model) -> Value {
+    json!({
+        "key_id": key.id,
+        "name": key.name,
+        "environment": key.environment.as_str(),
+        "status": key.status,
+        "start": key.start,
+        "expires_at": key.expires_at,
+    })
+}
+
+/// Audit metadata of a new key.
+pub fn audit_details(key: &api_keys::Model) -> Value {
+    json!({
+        "name": key.name,
+        "environment": key.environment.as_str(),
+        "scopes": key.scopes,
+        "expires_at": key.expires_at,
+        "recoverable": key.sealed_token.is_some(),
+        "rotated_from": key.rotated_from,
+    })
+}

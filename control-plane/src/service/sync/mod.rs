@@ -1,0 +1,85 @@
+//! What sidecars consume, for platform credentials holding
+//! `keyplane:sidecar`: verification with the log position it reflects, the
+//! key-event feed ([`feed`]), and usage reports.
+
+pub mod feed;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::mpsc;
+
+pub use feed::{FeedMessage, FeedSettings, KeyEventFeed};
+
+use super::auth::{RequestContext, Scope};
+use super::verify::{Purpose, Verification, Verifier};
+use crate::error::{Error, Result};
+use crate::store::api_keys;
+pub use crate::store::api_keys::KeyUse;
+use crate::store::{OrgScope, key_events};
+
+/// Most entries in one usage report (keeps the UPDATE's parameter count well
+/// under SQLite's and Postgres' limits).
+pub const MAX_USAGE_ENTRIES: usize = 1000;
+
+/// The sidecar protocol's service.
+pub struct SidecarSync {
+    db: DatabaseConnection,
+    verifier: Arc<Verifier>,
+    feed: Arc<KeyEventFeed>,
+}
+
+impl SidecarSync {
+    pub fn new(db: DatabaseConnection, verifier: Arc<Verifier>, feed: Arc<KeyEventFeed>) -> Self {
+        Self { db, verifier, feed }
+    }
+
+    /// Verifies a token of any org: the outcome, and the log head it
+    /// reflects (read first, so the key row read afterwards reflects at least it).
+    pub async fn verify(&self, ctx: &RequestContext, token: &str) -> Result<(Verification, i64)> {
+        require_sidecar(ctx)?;
+        let as_of = key_events::head_seq(&self.db).await?;
+        Ok((self.verifier.verify(OrgScope::AllOrgs, token, Purpose::Check).await?, as_of))
+    }
+
+    /// Starts a Watch stream after `after_seq`, or at the head for a
+    /// sidecar with nothing cached.
+    pub fn watch(
+        &self,
+        ctx: &RequestContext,
+        after_seq: i64,
+        from_head: bool,
+    ) -> Result<mpsc::Receiver<Result<FeedMessage>>> {
+        require_sidecar(ctx)?;
+        Ok(self.feed.watch(after_seq, from_head))
+    }
+
+    /// The heartbeat period of every Watch stream.
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        self.feed.heartbeat_interval()
+    }
+
+    /// Adds a sidecar's use counts in one statement; returns how many keys
+    /// they applied to (keys deleted meanwhile are skipped).
+    pub async fn report_usage(&self, ctx: &RequestContext, batch: Vec<KeyUse>) -> Result<u64> {
+        require_sidecar(ctx)?;
+        if batch.len() > MAX_USAGE_ENTRIES {
+            return Err(Error::invalid("entries", format!("at most {MAX_USAGE_ENTRIES} per report")));
+        }
+        if let Some(bad) = batch.iter().position(|u| u.count < 0) {
+            return Err(Error::invalid(format!("entries[{bad}].count"), "must not be negative"));
+        }
+        api_keys::record_uses(&self.db, OrgScope::AllOrgs, &batch).await
+    }
+}
+
+fn require_sidecar(ctx: &RequestContext) -> Result<()> {
+    if ctx.is_platform() && ctx.has_scope(Scope::Sidecar) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "needs a platform key (org keyplane) with scope {}",
+            Scope::Sidecar.as_str()
+        )))
+    }
+}

@@ -1,0 +1,104 @@
+//! Endpoint health: a run of failed attempts starts a subscription's
+//! `failing_since`, a success ends it; an endpoint that answers 410 Gone, or
+//! has failed without a single success for `--webhook-disable-after`, is
+//! disabled (audited as the system, announced as `webhook.endpoint_disabled`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use serde_json::json;
+
+use crate::error::Result;
+use crate::service::Wakeups;
+use crate::service::webhooks::outbox;
+use crate::store::deliveries::{AttemptRecord, NextStep};
+use crate::store::{self, OrgTx, audit, webhooks};
+
+/// Why an endpoint answering 410 fails its delivery and is disabled at once.
+pub const GONE: &str = "the endpoint answered 410 Gone";
+
+/// An endpoint to disable, and why.
+#[derive(Debug)]
+pub struct Disabling {
+    org: String,
+    subscription_id: String,
+    reason: String,
+}
+
+/// Tracks failure runs and disables endpoints.
+pub struct EndpointHealth {
+    db: DatabaseConnection,
+    wakeups: Wakeups,
+    disable_after: Duration,
+}
+
+impl EndpointHealth {
+    pub fn new(db: DatabaseConnection, wakeups: Wakeups, disable_after: Duration) -> Self {
+        Self { db, wakeups, disable_after }
+    }
+
+    /// Records, in `tx`, how each subscription's latest attempt among
+    /// `records` went; returns the endpoints that must now be disabled.
+    pub async fn record(&self, tx: &DatabaseTransaction, records: &[AttemptRecord]) -> Result<Vec<Disabling>> {
+        let mut latest: HashMap<(&str, &str), &AttemptRecord> = HashMap::new();
+        for record in records.iter().filter(|r| r.number.is_some()) {
+            latest.insert((&record.org_id, &record.subscription_id), record);
+        }
+        let now = store::now();
+        let mut to_disable = Vec::new();
+        for ((org, subscription), last) in latest {
+            let succeeded = last.next == NextStep::Succeeded;
+            let failing_since = webhooks::record_health(tx, org, subscription, succeeded, now).await?;
+            let reason = if last.status_code == Some(410) {
+                Some(GONE.to_owned())
+            } else {
+                failing_since.filter(|since| (now - *since).to_std().is_ok_and(|d| d >= self.disable_after)).map(
+                    |since| {
+                        format!(
+                            "every attempt failed since {}",
+                            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                    },
+                )
+            };
+            if let Some(reason) = reason {
+                to_disable.push(Disabling { org: org.to_owned(), subscription_id: subscription.to_owned(), reason });
+            }
+        }
+        Ok(to_disable)
+    }
+
+    /// Disables each endpoint; a failure is logged, and the endpoint's next
+    /// failed attempt tries again.
+    pub async fn disable_all(&self, endpoints: Vec<Disabling>) {
+        for disabling in endpoints {
+            if let Err(error) = self.disable(&disabling).await {
+                let subscription = &disabling.subscription_id;
+                tracing::error!(%subscription, %error, "disabling a webhook endpoint failed");
+            }
+        }
+    }
+
+    /// Disables an endpoint (if still active), audits it and publishes
+    /// `webhook.endpoint_disabled`.
+    async fn disable(&self, disabling: &Disabling) -> Result<()> {
+        let Disabling { org, subscription_id, reason } = disabling;
+        let tx = OrgTx::begin(&self.db, org).await?;
+        if !webhooks::disable(&tx, subscription_id, reason).await? {
+            return Ok(());
+        }
+        tracing::warn!(subscription = %subscription_id, %reason, "webhook endpoint disabled");
+        let details = json!({ "subscription_id": subscription_id, "reason": reason });
+        let event = audit::NewAuditEvent::by_system(
+            "webhook-dispatcher",
+            "webhook.endpoint_disabled",
+            "webhook_subscription",
+            subscription_id,
+            details.clone(),
+        );
+        audit::append(&tx, event).await?;
+        outbox::publish_system_event(&tx, "webhook.endpoint_disabled", details).await?;
+        self.wakeups.commit_deliveries(tx).await
+    }
+}

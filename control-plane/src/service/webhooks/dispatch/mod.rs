@@ -1,0 +1,271 @@
+//! The webhook dispatcher's loop: claims due deliveries, starts their
+//! requests and records what happened. Each job has its file: [`retry`]
+//! (when to try again), [`throttle`] (per-endpoint limits), [`send`] (the
+//! signed request and its answer), [`health`] (failure runs, disabling).
+//!
+//! One task claims and records (in batches, one transaction each); requests
+//! run concurrently, at most `concurrency` in all. A claim is a lease: the
+//! delivery's due time moves past the request timeout, so a crash
+//! mid-request makes it due again by itself (at-least-once).
+
+mod health;
+mod retry;
+mod send;
+mod throttle;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use retry::{MAX_RETRY_AFTER, RetrySchedule};
+
+use super::secrets::SecretSet;
+use crate::crypto::MasterKeys;
+use crate::crypto::signing::WebhookSecret;
+use crate::egress::EgressPolicy;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::service::Wakeups;
+use crate::store::deliveries::{self, AttemptRecord, NextStep};
+use crate::store::webhooks::SubscriptionStatus;
+use crate::store::{self, events, webhooks};
+use health::EndpointHealth;
+use send::Sender;
+use throttle::EndpointThrottle;
+
+/// Deliveries claimed at once.
+const CLAIM_BATCH: usize = 256;
+/// Attempts recorded in one transaction at most.
+const RECORD_BATCH: usize = 512;
+
+/// How deliveries are sent and retried (checked by `Config::validate`).
+#[derive(Clone, Debug)]
+pub struct DispatchSettings {
+    /// Timeout of one request.
+    pub timeout: Duration,
+    pub schedule: RetrySchedule,
+    /// How long a claim reserves a delivery; longer than `timeout`.
+    pub lease: Duration,
+    /// Continuous failure after which an endpoint is disabled.
+    pub disable_after: Duration,
+    /// Requests in flight at most.
+    pub concurrency: usize,
+    /// Requests in flight at most per subscription.
+    pub endpoint_concurrency: usize,
+    /// Fallback poll for deliveries written by other processes.
+    pub poll: Duration,
+}
+
+/// Sends deliveries. Create with [`Dispatcher::new`], then drive with [`Dispatcher::run`].
+pub struct Dispatcher {
+    db: DatabaseConnection,
+    master_keys: Arc<MasterKeys>,
+    wakeups: Wakeups,
+    settings: DispatchSettings,
+    sender: Sender,
+    throttle: EndpointThrottle,
+    health: EndpointHealth,
+    permits: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    /// A dispatcher sending through an HTTP client that enforces `egress`.
+    pub fn new(
+        db: DatabaseConnection,
+        master_keys: Arc<MasterKeys>,
+        metrics: Arc<Metrics>,
+        wakeups: Wakeups,
+        settings: DispatchSettings,
+        egress: &Arc<EgressPolicy>,
+    ) -> Result<Arc<Self>> {
+        let client = egress.client(settings.timeout).map_err(|e| Error::Config(format!("webhook HTTP client: {e}")))?;
+        Ok(Arc::new(Self {
+            sender: Sender::new(client, settings.schedule.clone(), metrics),
+            throttle: EndpointThrottle::new(settings.endpoint_concurrency),
+            health: EndpointHealth::new(db.clone(), wakeups.clone(), settings.disable_after),
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            db,
+            master_keys,
+            wakeups,
+            settings,
+        }))
+    }
+
+    /// Claims, sends and records until `stop` is cancelled; then waits (up
+    /// to the request timeout) for requests in flight and records them, so
+    /// a delivery is either recorded or retried after its lease.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let (results, mut finished) = mpsc::unbounded_channel::<AttemptRecord>();
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while !stop.is_cancelled() {
+            let wait = match self.claim_and_start(&results).await {
+                Ok(wait) => wait,
+                Err(error) => {
+                    tracing::warn!(%error, "claiming webhook deliveries failed; retrying");
+                    self.settings.poll
+                }
+            };
+            tokio::select! {
+                _ = finished.recv_many(&mut batch, RECORD_BATCH) => self.record(&mut batch).await,
+                () = self.wakeups.deliveries_due.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        drop(results);
+        let drained = tokio::time::timeout(self.settings.timeout + Duration::from_secs(1), async {
+            while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+                self.record(&mut batch).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("webhook requests still running at shutdown; their deliveries are retried after the lease");
+        }
+    }
+
+    /// Claims what is due and starts it; returns how long to sleep before
+    /// looking again (zero when the claim was full).
+    async fn claim_and_start(self: &Arc<Self>, results: &mpsc::UnboundedSender<AttemptRecord>) -> Result<Duration> {
+        let free = self.permits.available_permits().min(CLAIM_BATCH);
+        let mut claimed_full = false;
+        if free > 0 {
+            let now = store::now();
+            let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
+            let claimed = deliveries::claim_due(&self.db, now, lease_until, free as u64).await?;
+            claimed_full = claimed.len() == free;
+            if !claimed.is_empty() {
+                self.start(claimed, results).await?;
+            }
+        }
+        if claimed_full {
+            return Ok(Duration::ZERO);
+        }
+        let until_due = match deliveries::next_due(&self.db).await? {
+            Some(due) => (due - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            None => self.settings.poll,
+        };
+        // With every permit taken, a finished request (a result) wakes the loop.
+        Ok(if free == 0 { self.settings.poll } else { until_due.min(self.settings.poll) })
+    }
+
+    /// Starts requests for claimed deliveries, or defers or abandons them.
+    async fn start(
+        self: &Arc<Self>,
+        claimed: Vec<deliveries::Model>,
+        results: &mpsc::UnboundedSender<AttemptRecord>,
+    ) -> Result<()> {
+        let subscription_ids: Vec<String> =
+            claimed.iter().map(|d| d.subscription_id.clone()).collect::<HashSet<_>>().into_iter().collect();
+        let event_ids: Vec<String> =
+            claimed.iter().map(|d| d.event_id.clone()).collect::<HashSet<_>>().into_iter().collect();
+        let subscriptions: HashMap<String, Arc<webhooks::Model>> =
+            webhooks::find_for_dispatch(&self.db, &subscription_ids)
+                .await?
+                .into_iter()
+                .map(|s| (s.id.clone(), Arc::new(s)))
+                .collect();
+        let events: HashMap<String, Arc<events::Model>> = events::find_for_dispatch(&self.db, &event_ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), Arc::new(e)))
+            .collect();
+        let mut secrets: HashMap<String, Arc<Vec<WebhookSecret>>> = HashMap::new();
+        let now = store::now();
+        for delivery in claimed {
+            let subscription = match subscriptions.get(&delivery.subscription_id) {
+                None => {
+                    let _ = results.send(abandon(&delivery, "the subscription was deleted"));
+                    continue;
+                }
+                Some(s) if s.status != SubscriptionStatus::Active => {
+                    let why = format!("the subscription is {}", s.status.as_str());
+                    let _ = results.send(abandon(&delivery, &why));
+                    continue;
+                }
+                Some(s) => s.clone(),
+            };
+            let Some(event) = events.get(&delivery.event_id).cloned() else {
+                let _ = results.send(abandon(&delivery, "the event no longer exists"));
+                continue;
+            };
+            if let Some(wait) = self.throttle.must_wait(&subscription) {
+                let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                deliveries::defer(&self.db, &delivery.org_id, &delivery.id, until).await?;
+                continue;
+            }
+            let signing = match secrets.get(&subscription.id) {
+                Some(found) => found.clone(),
+                None => {
+                    match SecretSet::open_live(&self.master_keys, &subscription, now).and_then(|s| s.signing_keys()) {
+                        Ok(opened) => {
+                            let opened = Arc::new(opened);
+                            secrets.insert(subscription.id.clone(), opened.clone());
+                            opened
+                        }
+                        Err(error) => {
+                            tracing::error!(subscription = %subscription.id, %error, "cannot open the signing secrets");
+                            let _ = results.send(abandon(&delivery, "the signing secret cannot be opened"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                deliveries::defer(&self.db, &delivery.org_id, &delivery.id, now).await?;
+                continue;
+            };
+            let slot = self.throttle.occupy(&subscription.id);
+            let (dispatcher, results) = (self.clone(), results.clone());
+            tokio::spawn(async move {
+                let record = dispatcher.sender.attempt(&delivery, &subscription, &event, &signing).await;
+                drop((slot, permit));
+                let _ = results.send(record);
+            });
+        }
+        Ok(())
+    }
+
+    /// Records finished attempts and endpoint health in one transaction,
+    /// then disables endpoints that answered 410 or have failed for too long.
+    async fn record(&self, batch: &mut Vec<AttemptRecord>) {
+        let records = std::mem::take(batch);
+        let stored = async {
+            let tx = self.db.begin().await?;
+            for record in &records {
+                deliveries::record_attempt(&tx, record).await?;
+            }
+            let to_disable = self.health.record(&tx, &records).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(to_disable)
+        };
+        match stored.await {
+            Ok(to_disable) => self.health.disable_all(to_disable).await,
+            Err(error) => {
+                tracing::error!(%error, attempts = records.len(), "recording webhook attempts failed; those deliveries are retried after their lease");
+            }
+        }
+    }
+}
+
+/// A claimed delivery that fails without a request: its subscription or
+/// event is gone, or its secrets cannot be opened.
+fn abandon(delivery: &deliveries::Model, why: &str) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id: delivery.id.clone(),
+        org_id: delivery.org_id.clone(),
+        subscription_id: delivery.subscription_id.clone(),
+        number: None,
+        started_at: store::now(),
+        status_code: None,
+        latency_micros: 0,
+        error: Some(why.to_owned()),
+        response_excerpt: None,
+        next: NextStep::Failed,
+    }
+}

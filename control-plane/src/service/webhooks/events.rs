@@ -1,0 +1,93 @@
+//! PublishEvent: the caller's event, validated, written to the outbox with
+//! a delivery per matching subscription.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use serde_json::{Value, json};
+
+use super::event_types::check_event_type;
+use super::outbox;
+use super::policy::WebhookPolicy;
+use crate::error::Result;
+use crate::service::Wakeups;
+use crate::service::auth::{RequestContext, Scope};
+use crate::service::validate::Violations;
+use crate::store::{OrgTx, audit, events};
+
+/// Longest idempotency key.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// Result of [`EventService::publish`].
+#[derive(Debug)]
+pub struct Published {
+    /// The event (the earlier one for a repeated idempotency key).
+    pub event: events::Model,
+    pub deliveries_created: usize,
+    /// Whether the idempotency key had been used before.
+    pub duplicate: bool,
+}
+
+/// The event service.
+pub struct EventService {
+    db: DatabaseConnection,
+    wakeups: Wakeups,
+    policy: Arc<WebhookPolicy>,
+}
+
+impl EventService {
+    pub fn new(db: DatabaseConnection, wakeups: Wakeups, policy: Arc<WebhookPolicy>) -> Self {
+        Self { db, wakeups, policy }
+    }
+
+    /// Publishes an event to the org's matching subscriptions.
+    pub async fn publish(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        event_type: &str,
+        payload_json: String,
+        idempotency_key: &str,
+    ) -> Result<Published> {
+        let org = ctx.authorize(Scope::EventsPublish, org_id)?;
+        let mut violations = Violations::default();
+        if let Err(why) = check_event_type(event_type) {
+            violations.add("event_type", why);
+        }
+        if payload_json.len() > self.policy.max_payload_bytes {
+            violations.add(
+                "payload_json",
+                format!("is {} bytes; at most {} are allowed", payload_json.len(), self.policy.max_payload_bytes),
+            );
+        } else {
+            match serde_json::from_str::<Value>(&payload_json) {
+                Ok(value) if value.is_object() => {}
+                Ok(_) => violations.add("payload_json", "must be a JSON object"),
+                Err(e) => violations.add("payload_json", format!("is not JSON: {e}")),
+            }
+        }
+        violations.optional_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_LEN);
+        violations.finish()?;
+
+        let idempotency_key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned());
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        if let Some(key) = &idempotency_key
+            && let Some(event) = events::find_by_idempotency_key(tx.conn(), tx.org(), key).await?
+        {
+            return Ok(Published { event, deliveries_created: 0, duplicate: true });
+        }
+        let (event, deliveries) = outbox::publish_to_matching(&tx, event_type, payload_json, idempotency_key).await?;
+        audit::append(
+            &tx,
+            ctx.audit(
+                "event.published",
+                "event",
+                &event.id,
+                json!({ "event_type": event.event_type, "deliveries": deliveries }),
+            ),
+        )
+        .await?;
+        self.wakeups.commit_deliveries(tx).await?;
+        Ok(Published { event, deliveries_created: deliveries, duplicate: false })
+    }
+}

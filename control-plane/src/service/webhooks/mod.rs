@@ -1,0 +1,27 @@
+//! Webhooks, one concept a file:
+//!
+//! | where | what |
+//! |---|---|
+//! | [`subscriptions`] | the subscription service: create, change, rotate, approve |
+//! | [`secrets`] | a subscription's sealed signing-secret set |
+//! | [`policy`] | the operator's URL, host and size rules |
+//! | [`event_types`] | the event-type and pattern grammar |
+//! | [`outbox`] | writing an event and its deliveries in one transaction |
+//! | [`events`] | PublishEvent |
+//! | [`deliveries`] | reading, retrying and test-sending deliveries |
+//! | [`dispatch`] | sending: the loop, retries, throttling, the request, endpoint health |
+
+pub mod deliveries;
+pub mod dispatch;
+pub mod event_types;
+pub mod events;
+pub mod outbox;
+pub mod policy;
+pub mod secrets;
+pub mod subscriptions;
+
+pub use deliveries::DeliveryService;
+pub use dispatch::{DispatchSettings, Dispatcher};
+pub use events::EventService;
+pub use policy::WebhookPolicy;
+pub use subscriptions::WebhookService;

@@ -1,0 +1,48 @@
+//! The outbox: an event and its deliveries are written in the caller's
+//! transaction, so a committed event is delivered even if the process dies
+//! right after. Commit with [`crate::service::Wakeups::commit_deliveries`]
+//! (or `commit_key_change`) so the dispatcher sends at once.
+
+use serde_json::Value;
+
+use super::event_types::matches;
+use crate::error::Result;
+use crate::store::{OrgTx, deliveries, events, webhooks};
+
+/// Stores an event of the transaction's org with a delivery to every active
+/// subscription whose patterns match it; returns it and the delivery count.
+pub async fn publish_to_matching(
+    tx: &OrgTx,
+    event_type: &str,
+    payload: String,
+    idempotency_key: Option<String>,
+) -> Result<(events::Model, usize)> {
+    let targets: Vec<String> = webhooks::active(tx.conn(), tx.org())
+        .await?
+        .into_iter()
+        .filter(|s| s.event_type_list().iter().any(|pattern| matches(pattern, event_type)))
+        .map(|s| s.id)
+        .collect();
+    let (event, deliveries) = publish_to(tx, event_type, payload, idempotency_key, &targets).await?;
+    Ok((event, deliveries.len()))
+}
+
+/// Publishes one of Keyplane's own events (`api_key.created`,
+/// `webhook.endpoint_disabled`, …) to the org's matching subscriptions.
+pub async fn publish_system_event(tx: &OrgTx, event_type: &str, data: Value) -> Result<()> {
+    publish_to_matching(tx, event_type, data.to_string(), None).await.map(drop)
+}
+
+/// Stores an event of the transaction's org with a delivery to each of
+/// `subscription_ids`, whatever their patterns (a test event, say).
+pub async fn publish_to(
+    tx: &OrgTx,
+    event_type: &str,
+    payload: String,
+    idempotency_key: Option<String>,
+    subscription_ids: &[String],
+) -> Result<(events::Model, Vec<deliveries::Model>)> {
+    let event = events::insert(tx, event_type, payload, idempotency_key).await?;
+    let deliveries = deliveries::insert_for_event(tx, &event, subscription_ids).await?;
+    Ok((event, deliveries))
+}
