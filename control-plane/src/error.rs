@@ -13,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The caller sent bad input; each violation names a request field.
-    #[error("invalid argument: {}", describe(.0))]
+    #[error("invalid argument: {}", summary(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// No credentials, or credentials that are not valid.
     #[error("{0}")]
@@ -70,7 +70,7 @@ impl Error {
     }
 }
 
-fn describe(violations: &[FieldViolation]) -> String {
+fn summary(violations: &[FieldViolation]) -> String {
     violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
@@ -78,7 +78,7 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::InvalidArgument(violations) => {
-                let message = format!("invalid argument: {}", describe(&violations));
+                let message = format!("invalid argument: {}", summary(&violations));
                 Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(violations))
             }
             Error::Unauthenticated(message) => Status::unauthenticated(message),

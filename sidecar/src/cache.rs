@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use keyplane_proto::token::Environment;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
@@ -23,7 +24,7 @@ pub struct Principal {
     /// Org of the key.
     pub org_id: String,
     /// `live` or `test`.
-    pub environment: &'static str,
+    pub environment: Environment,
     /// Scopes of the key.
     pub scopes: Vec<String>,
     /// Expiry, re-checked at request time.
@@ -218,7 +219,7 @@ mod tests {
             principal: Arc::new(Principal {
                 key_id: key.into(),
                 org_id: "o".into(),
-                environment: "live",
+                environment: Environment::Live,
                 scopes: vec![],
                 expires_at: None,
                 rate_limit: None,

@@ -91,7 +91,7 @@ pub enum Decision {
 
 /// The rules applied to a trustworthy verdict: refusal reasons, expiry at
 /// request time, environment, then scopes.
-pub fn decide(verdict: &Verdict, environment: &str, required_scopes: &[String], now: SystemTime) -> Decision {
+pub fn decide(verdict: &Verdict, environment: Environment, required_scopes: &[String], now: SystemTime) -> Decision {
     use DenyStatus::*;
     let principal = match verdict {
         Verdict::Invalid { refusal, .. } => {
@@ -121,7 +121,7 @@ pub fn decide(verdict: &Verdict, environment: &str, required_scopes: &[String], 
 /// Makes check decisions.
 pub struct Checker {
     tokens: TokenFormat,
-    environment: &'static str,
+    environment: Environment,
     max_staleness: Duration,
     fail_open: bool,
     expose_denial_reasons: bool,
@@ -167,7 +167,7 @@ impl Checker {
     pub fn new(parts: CheckerParts) -> Self {
         Self {
             tokens: parts.tokens,
-            environment: parts.environment.as_str(),
+            environment: parts.environment,
             max_staleness: parts.max_staleness,
             fail_open: parts.fail_open,
             expose_denial_reasons: parts.expose_denial_reasons,
@@ -291,7 +291,7 @@ pub fn parse_scopes(text: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn principal(environment: &'static str, scopes: &[&str], expires_at: Option<SystemTime>) -> Verdict {
+    fn principal(environment: Environment, scopes: &[&str], expires_at: Option<SystemTime>) -> Verdict {
         Verdict::Valid {
             principal: Arc::new(Principal {
                 key_id: "key_1".into(),
@@ -316,16 +316,25 @@ mod tests {
     fn rules() {
         let now = SystemTime::now();
         let scopes = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-        assert_eq!(status(decide(&principal("live", &["a"], None), "live", &scopes(&["a"]), now)), None);
         assert_eq!(
-            status(decide(&principal("live", &["a"], None), "live", &scopes(&["b"]), now)),
+            status(decide(&principal(Environment::Live, &["a"], None), Environment::Live, &scopes(&["a"]), now)),
+            None
+        );
+        assert_eq!(
+            status(decide(&principal(Environment::Live, &["a"], None), Environment::Live, &scopes(&["b"]), now)),
             Some((403, "missing_scope"))
         );
-        assert_eq!(status(decide(&principal("test", &[], None), "live", &[], now)), Some((403, "wrong_environment")));
+        assert_eq!(
+            status(decide(&principal(Environment::Test, &[], None), Environment::Live, &[], now)),
+            Some((403, "wrong_environment"))
+        );
         let past = now - Duration::from_secs(1);
-        assert_eq!(status(decide(&principal("live", &[], Some(past)), "live", &[], now)), Some((401, "expired")));
+        assert_eq!(
+            status(decide(&principal(Environment::Live, &[], Some(past)), Environment::Live, &[], now)),
+            Some((401, "expired"))
+        );
         let revoked = Verdict::Invalid { refusal: Refusal::Revoked, key_id: None, as_of: 1 };
-        assert_eq!(status(decide(&revoked, "live", &[], now)), Some((401, "revoked")));
+        assert_eq!(status(decide(&revoked, Environment::Live, &[], now)), Some((401, "revoked")));
         assert_eq!(parse_scopes("a, b c"), vec!["a", "b", "c"]);
     }
 }

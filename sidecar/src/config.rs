@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use keyplane_proto::token::Environment;
 
 /// Keyplane sidecar: answers API-key checks for Envoy ext_authz and HTTP
 /// forward-auth (Traefik, nginx, Caddy) from a cache kept correct by the
@@ -37,8 +38,9 @@ pub struct Config {
     /// with scope `keyplane:sidecar`.
     #[arg(long, env = "KEYPLANE_SIDECAR_CREDENTIAL_FILE")]
     pub credential_file: PathBuf,
-    /// Environment this sidecar serves; keys of the other one are refused (403).
-    #[arg(long, env = "KEYPLANE_SIDECAR_ENVIRONMENT", value_enum, default_value_t = Environment::Live)]
+    /// Environment this sidecar serves, `live` or `test`; keys of the other
+    /// one are refused (403).
+    #[arg(long, env = "KEYPLANE_SIDECAR_ENVIRONMENT", default_value = "live")]
     pub environment: Environment,
     /// gRPC address: Envoy ext_authz v3, health, reflection. `host:port` or
     /// `unix:/path/to/socket`.
@@ -119,15 +121,6 @@ impl std::fmt::Display for ListenAddr {
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
-}
-
-/// Environment served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Environment {
-    /// Production keys (`kp_live_…`).
-    Live,
-    /// Test keys (`kp_test_…`).
-    Test,
 }
 
 /// Log output format.

@@ -29,7 +29,7 @@ pub fn identity_headers(principal: &Principal) -> [(&'static str, String); 4] {
         ("x-keyplane-key-id", principal.key_id.clone()),
         ("x-keyplane-org-id", principal.org_id.clone()),
         ("x-keyplane-scopes", principal.scopes.join(" ")),
-        ("x-keyplane-environment", principal.environment.to_owned()),
+        ("x-keyplane-environment", principal.environment.as_str().to_owned()),
     ]
 }
 

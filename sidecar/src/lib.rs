@@ -22,10 +22,13 @@ use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use keyplane_proto::sync::v1::key_sync_service_client::KeySyncServiceClient;
-use keyplane_proto::token::{Environment, TokenFormat};
+use keyplane_proto::token::TokenFormat;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tracing::Instrument;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -44,7 +47,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 /// Idle rate limiters are dropped after this long.
 const LIMITER_IDLE: Duration = Duration::from_secs(600);
 
-/// Runs the sidecar until `shutdown` resolves.
+/// Runs the sidecar until `shutdown` resolves; then stops its background
+/// work and sends the last usage counts.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -64,10 +68,7 @@ pub async fn run(
     let usage = usage::UsageCounter::default();
     let checker = Arc::new(check::Checker::new(check::CheckerParts {
         tokens: TokenFormat::new(config.token_prefix.clone()),
-        environment: match config.environment {
-            config::Environment::Live => Environment::Live,
-            config::Environment::Test => Environment::Test,
-        },
+        environment: config.environment,
         max_staleness: config.max_staleness,
         fail_open: config.fail_open,
         expose_denial_reasons: config.expose_denial_reasons,
@@ -80,15 +81,19 @@ pub async fn run(
         metrics: metrics.clone(),
     }));
 
-    let background = [
-        tokio::spawn(sync::follow(client.clone(), cache, state.clone(), metrics.clone(), config.max_staleness)),
-        tokio::spawn(usage.clone().report_every(client.clone(), config.usage_interval, config.control_plane_timeout)),
-    ];
+    // One cancellation signal and one task set for all background work.
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let follow = sync::follow(client.clone(), cache, state.clone(), metrics.clone(), config.max_staleness);
+    spawn(&tasks, "key-event-stream", until(stop.clone(), follow));
+    let reporting = usage.clone().report_every(client.clone(), config.usage_interval, config.control_plane_timeout);
+    spawn(&tasks, "usage-reports", until(stop.clone(), reporting));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_not_serving::<AuthorizationServer<ext_authz::ExtAuthz>>().await;
     health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    let health_task = tokio::spawn(report_health(checker.clone(), state, metrics.clone(), health_reporter));
+    let health = report_health(checker.clone(), state, metrics.clone(), health_reporter);
+    spawn(&tasks, "health", until(stop.clone(), health));
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -111,16 +116,13 @@ pub async fn run(
         strip_credential: strip,
         default_scopes: config.default_scopes.clone(),
     });
-    let http_address = listeners.http.describe();
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(front.serve(listeners.http, async {
-        let _ = http_stopped.await;
-    }));
+    let http_address = listeners.http.address_text();
+    spawn(&tasks, "http", front.serve(listeners.http, stop.clone().cancelled_owned()));
     tracing::info!(
-        grpc = %listeners.grpc.describe(),
+        grpc = %listeners.grpc.address_text(),
         http = %http_address,
         control_plane = %config.control_plane,
-        environment = ?config.environment,
+        environment = %config.environment,
         "keyplane sidecar serving"
     );
     let authz = ext_authz::ExtAuthz::new(checker, header, strip, config.default_scopes.clone());
@@ -129,6 +131,11 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AuthorizationServer::new(authz));
+    let stopping = stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     let result = match listeners.grpc {
         Listener::Tcp(listener) => {
             router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
@@ -140,16 +147,26 @@ pub async fn run(
         }
     };
 
-    let _ = stop_http.send(());
-    let _ = http_task.await;
-    health_task.abort();
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
     // Send the last usage counts before exiting.
-    for task in background {
-        task.abort();
-    }
     usage.flush(&mut client.clone(), config.control_plane_timeout).await;
     tracing::info!("keyplane sidecar stopped");
     Ok(result?)
+}
+
+/// Runs `task` in a tracing span named `task` with field `name`.
+fn spawn(tasks: &TaskTracker, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+    tasks.spawn(task.instrument(tracing::info_span!("task", name)));
+}
+
+/// Runs `task` (a loop that never ends by itself) until `stop` is cancelled.
+async fn until(stop: CancellationToken, task: impl Future<Output = ()>) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = task => {}
+    }
 }
 
 /// Keeps grpc.health.v1 and the staleness gauge in line with the stream.

@@ -38,7 +38,7 @@ impl Listener {
     }
 
     /// Where it listens, for logs.
-    pub fn describe(&self) -> String {
+    pub fn address_text(&self) -> String {
         match self {
             Self::Tcp(listener) => listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             Self::Unix(listener) => listener

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use keyplane_proto::admin::v1 as admin;
 use keyplane_proto::sync::v1 as pb;
+use keyplane_proto::token::Environment;
 use pb::key_sync_service_client::KeySyncServiceClient;
 use rand::Rng;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -305,7 +306,11 @@ pub async fn verify(
 
 fn principal_from_proto(principal: admin::Principal) -> Principal {
     Principal {
-        environment: if principal.environment == admin::Environment::Test as i32 { "test" } else { "live" },
+        environment: if principal.environment == admin::Environment::Test as i32 {
+            Environment::Test
+        } else {
+            Environment::Live
+        },
         expires_at: principal.expires_at.and_then(|t| std::time::SystemTime::try_from(t).ok()),
         rate_limit: principal.rate_limit.and_then(|limit| {
             let window = Duration::try_from(limit.window?).ok()?;

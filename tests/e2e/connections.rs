@@ -1,58 +1,16 @@
 //! OAuth connections against a fake provider on loopback: exchange (both
 //! client authentication methods, PKCE), refresh on expiry with concurrent
 //! callers, rotated refresh tokens, deletion with revocation, provider
-//! failures, secrecy at rest, tamper detection, and master-key rotation with
-//! `keyplane reseal`.
+//! failures, secrecy at rest and tamper detection.
 
-use std::path::Path;
 use std::time::Duration;
 
 use keyplane_proto::admin::v1 as pb;
+use keyplane_tests::connections::{CLIENT_SECRET, VERIFIER, access_token, connect, exchange, start, start_with_egress};
 use keyplane_tests::oauth_provider::{ClientAuth, Failure, FakeProvider};
-use keyplane_tests::process::workspace_binary;
-use keyplane_tests::{Backend, TestControlPlane, assert_invalid_field, both_backends, random_org};
+use keyplane_tests::{Backend, assert_invalid_field, both_backends, random_org};
 use sea_orm::{ConnectionTrait, Statement};
 use tonic::Code;
-
-both_backends!(
-    exchange_refresh_rotate_and_revoke,
-    client_secret_post_and_provider_failures,
-    tokens_are_sealed_and_tampering_is_detected,
-    connections_respect_orgs_and_scopes,
-    provider_calls_obey_the_egress_policy,
-    reseal_moves_every_secret_to_the_new_master_key,
-);
-
-const CLIENT_SECRET: &str = "fake-client-secret-9f2c";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-0123456789";
-
-/// A control plane that knows `providers` (name, provider, auth method) and may call loopback.
-async fn start(backend: Backend, providers: &[(&str, &FakeProvider, &str)]) -> Option<TestControlPlane> {
-    start_with_egress(backend, providers, true).await
-}
-
-/// Like [`start`]; loopback is reachable only if `allow_loopback`.
-async fn start_with_egress(
-    backend: Backend,
-    providers: &[(&str, &FakeProvider, &str)],
-    allow_loopback: bool,
-) -> Option<TestControlPlane> {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let secret = dir.join("client-secret");
-    std::fs::write(&secret, CLIENT_SECRET).unwrap();
-    let file = dir.join("providers.toml");
-    let text: String = providers.iter().map(|(name, p, method)| p.provider_toml(name, &secret, method)).collect();
-    std::fs::write(&file, text).unwrap();
-    TestControlPlane::start_with(backend, |config| {
-        config.oauth_providers = Some(file);
-        config.oauth_timeout = Duration::from_secs(1);
-        if allow_loopback {
-            config.egress.allow_cidr = vec!["127.0.0.0/8".parse().unwrap()];
-        }
-        config.egress.allow_http = true;
-    })
-    .await
-}
 
 macro_rules! start_or_skip_with {
     ($backend:expr, $providers:expr) => {
@@ -63,35 +21,13 @@ macro_rules! start_or_skip_with {
     };
 }
 
-fn exchange(org: &str, provider: &str, code: String, verifier: &str) -> pb::ExchangeCodeRequest {
-    pb::ExchangeCodeRequest {
-        org_id: org.to_owned(),
-        provider: provider.to_owned(),
-        code,
-        redirect_uri: "https://app.example/oauth/callback".into(),
-        code_verifier: verifier.to_owned(),
-        account_label: "dns@acme".into(),
-    }
-}
-
-async fn connect(plane: &TestControlPlane, org: &str, provider: &FakeProvider) -> pb::Connection {
-    let code = provider.issue_code(Some(&FakeProvider::challenge(VERIFIER)));
-    plane
-        .connections(&plane.root_token)
-        .await
-        .exchange_code(exchange(org, "acme", code, VERIFIER))
-        .await
-        .expect("exchange")
-        .into_inner()
-        .connection
-        .expect("connection")
-}
-
-async fn access_token(plane: &TestControlPlane, org: &str, id: &str) -> Result<String, tonic::Status> {
-    let mut client = plane.connections(&plane.root_token).await;
-    let request = pb::GetAccessTokenRequest { org_id: org.to_owned(), id: id.to_owned() };
-    client.get_access_token(request).await.map(|r| r.into_inner().access_token)
-}
+both_backends!(
+    exchange_refresh_rotate_and_revoke,
+    client_secret_post_and_provider_failures,
+    tokens_are_sealed_and_tampering_is_detected,
+    connections_respect_orgs_and_scopes,
+    provider_calls_obey_the_egress_policy,
+);
 
 async fn exchange_refresh_rotate_and_revoke(backend: Backend) {
     let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
@@ -280,7 +216,7 @@ async fn tokens_are_sealed_and_tampering_is_detected(backend: Backend) {
         .unwrap()
         .into_inner();
 
-    let dump = crate::secrets::dump_database(&plane).await;
+    let dump = plane.dump_database().await;
     let logs = keyplane_tests::logs::captured();
     for secret in provider.issued_tokens().iter().chain([&CLIENT_SECRET.to_owned()]) {
         for (place, text) in [("database", &dump), ("logs", &logs), ("list", &format!("{listed:?}"))] {
@@ -380,124 +316,6 @@ async fn connections_respect_orgs_and_scopes(backend: Backend) {
         .into_inner()
         .access_token;
     assert!(provider.issued_tokens().contains(&token));
-}
-
-/// One sealed value of each kind and what opening it must give.
-struct Sealed {
-    org: String,
-    key_id: String,
-    recoverable_token: String,
-    subscription_id: String,
-    connection_id: String,
-    access_token: String,
-}
-
-impl Sealed {
-    /// Opens every value through the API: reveal, access token and, with
-    /// `rotate`, a secret rotation (which re-seals the subscription's secrets).
-    async fn readable(&self, plane: &TestControlPlane, rotate: bool) {
-        let revealed = plane
-            .keys(&plane.root_token)
-            .await
-            .reveal_api_key(pb::RevealApiKeyRequest { org_id: self.org.clone(), id: self.key_id.clone() })
-            .await
-            .expect("reveal")
-            .into_inner()
-            .token;
-        assert_eq!(revealed, self.recoverable_token);
-        assert_eq!(access_token(plane, &self.org, &self.connection_id).await.expect("access token"), self.access_token);
-        if !rotate {
-            return;
-        }
-        // Rotation opens the stored secrets (and fails if it cannot).
-        crate::webhooks::rotate_secret(plane, &self.org, &self.subscription_id, None).await;
-    }
-}
-
-fn write_keys(path: &Path, lines: &[&str]) {
-    std::fs::write(path, lines.concat()).unwrap();
-}
-
-/// Runs `keyplane reseal` against `plane`'s database with `key_file`.
-fn reseal(plane: &TestControlPlane, key_file: &Path) -> String {
-    let output = std::process::Command::new(workspace_binary("keyplane"))
-        .args(["reseal", "--data-dir", &plane.data_dir.display().to_string()])
-        .args(["--database-url", &plane.database_url, "--master-key-file", &key_file.display().to_string()])
-        .output()
-        .expect("run keyplane reseal");
-    assert!(output.status.success(), "reseal failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-async fn reseal_moves_every_secret_to_the_new_master_key(backend: Backend) {
-    let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
-    let Some(mut plane) = start(backend, &[("acme", &provider, "client_secret_basic")]).await else { return };
-    let key_file = plane.data_dir.join("master-keys.conf");
-    let k1 = keyplane_control_plane::crypto::MasterKeys::generate_line("k1");
-    let k2 = keyplane_control_plane::crypto::MasterKeys::generate_line("k2");
-    write_keys(&key_file, &[&k1]);
-    plane.stop_for_now().await;
-    plane.config.master_key_file = Some(key_file.clone());
-    plane.start_again().await;
-
-    // One value of each kind, sealed under k1.
-    let org = random_org();
-    let recoverable = plane.create_recoverable_key(&plane.root_token, &org).await;
-    let key_id = recoverable.api_key.unwrap().id;
-    let (subscription, _) =
-        crate::webhooks::subscribe(&plane, &org, "https://hooks.example.com/x", &["never.sent"]).await;
-    let connection = connect(&plane, &org, &provider).await;
-    let token = access_token(&plane, &org, &connection.id).await.unwrap();
-    let sealed = Sealed {
-        org: org.clone(),
-        key_id,
-        recoverable_token: recoverable.token.clone(),
-        subscription_id: subscription.id.clone(),
-        connection_id: connection.id.clone(),
-        access_token: token,
-    };
-    sealed.readable(&plane, true).await;
-
-    // Add k2 (newest): old values still readable.
-    write_keys(&key_file, &[&k1, &k2]);
-    plane.stop_for_now().await;
-    plane.start_again().await;
-    sealed.readable(&plane, false).await;
-
-    // Reseal while serving.
-    let report = reseal(&plane, &key_file);
-    assert!(report.contains("api_keys re-sealed              1"), "{report}");
-    assert!(report.contains("webhook_subscriptions re-sealed 1"), "{report}");
-    assert!(report.contains("oauth tokens re-sealed          2"), "{report}");
-    let db = plane.database().await;
-    for (table, column) in [
-        ("api_keys", "sealed_token"),
-        ("webhook_subscriptions", "sealed_secrets"),
-        ("oauth_connections", "sealed_access_token"),
-        ("oauth_connections", "sealed_refresh_token"),
-    ] {
-        let rows = db
-            .query_all_raw(Statement::from_string(
-                db.get_database_backend(),
-                format!("SELECT {column} AS v FROM {table} WHERE {column} IS NOT NULL"),
-            ))
-            .await
-            .unwrap();
-        for row in rows {
-            let value: String = row.try_get("", "v").unwrap();
-            assert!(value.starts_with("k2:"), "{table}.{column} still under an old key");
-        }
-    }
-    sealed.readable(&plane, false).await;
-    let again = reseal(&plane, &key_file);
-    assert!(again.contains("api_keys re-sealed              0") && again.contains("oauth tokens re-sealed          0"));
-
-    // Remove k1: everything still opens.
-    write_keys(&key_file, &[&k2]);
-    plane.stop_for_now().await;
-    plane.start_again().await;
-    sealed.readable(&plane, true).await;
-    plane.stop().await;
 }
 
 async fn provider_calls_obey_the_egress_policy(backend: Backend) {

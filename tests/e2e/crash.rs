@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::process::ControlPlaneProcess;
+use keyplane_tests::process::{ControlPlaneProcess, WebhookServer};
 use keyplane_tests::receiver::Receiver;
 use keyplane_tests::{Backend, authed_channel, both_backends, random_org};
 use pb::delivery_service_client::DeliveryServiceClient;
@@ -22,40 +22,14 @@ const PUBLISHERS: usize = 8;
 
 async fn acknowledged_events_survive_sigkill(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
-    let mut args: Vec<String> = [
-        "--data-dir",
-        &data.path().display().to_string(),
-        // The names (aliases of --egress-allow-cidr / --egress-allow-http).
-        "--webhook-allow-cidr",
-        "127.0.0.0/8",
-        "--webhook-allow-http",
-        "--webhook-timeout",
-        "1s",
-        "--webhook-lease",
-        "3s",
-        "--webhook-retry-schedule",
-        "0s,200ms,500ms,1s,1s,1s,1s,1s",
-        "--argon2-memory-kib",
-        "256",
-        "--argon2-iterations",
-        "1",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    if backend == Backend::Postgres {
-        let Some(url) = backend.fresh_database(data.path()).await else { return };
-        let key_file = data.path().join("master.key");
-        std::fs::write(&key_file, keyplane_control_plane::crypto::MasterKeys::generate_line("k1")).unwrap();
-        // Postgres generates no root token (replicas must share one): give it.
-        let root_file = data.path().join("root-token");
-        std::fs::write(&root_file, format!("kproot_test_{}{}", random_org(), random_org())).unwrap();
-        args.extend(["--database-url".into(), url, "--master-key-file".into(), key_file.display().to_string()]);
-        args.extend(["--root-token-file".into(), root_file.display().to_string()]);
-    }
+    let schedule = ["--webhook-timeout", "1s", "--webhook-lease", "3s"];
+    let retries = ["--webhook-retry-schedule", "0s,200ms,500ms,1s,1s,1s,1s,1s"];
+    let flags: Vec<&str> = schedule.into_iter().chain(retries).collect();
+    let Some(setup) = WebhookServer::prepare(backend, data.path(), &flags).await else { return };
+    let args = setup.args.clone();
     let receiver = Receiver::start().await;
     let server = ControlPlaneProcess::start(&args).await;
-    let root = std::fs::read_to_string(data.path().join("root-token")).unwrap().trim().to_owned();
+    let root = setup.root_token();
     let org = random_org();
     WebhookServiceClient::new(authed_channel(&server.addr, &root).await)
         .create_subscription(pb::CreateSubscriptionRequest {

@@ -436,8 +436,7 @@ async fn staleness_fails_closed_and_recovers(backend: Backend) {
 async fn rate_limits_usage_and_environments(backend: Backend) {
     let plane = start_or_skip!(backend);
     let live = TestSidecar::start(&plane, |_| {}).await;
-    let test =
-        TestSidecar::start(&plane, |config| config.environment = keyplane_sidecar::config::Environment::Test).await;
+    let test = TestSidecar::start(&plane, |config| config.environment = keyplane_proto::token::Environment::Test).await;
     let org = random_org();
     let mut keys = plane.keys(&plane.root_token).await;
     let created = keys

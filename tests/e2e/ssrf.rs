@@ -13,7 +13,7 @@ use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::receiver::{Behavior, Receiver};
 use keyplane_tests::{Backend, TestControlPlane, assert_invalid_field, both_backends, random_org};
 
-use crate::webhooks::{publish, subscribe};
+use keyplane_tests::webhooks::{publish, subscribe};
 
 both_backends!(internal_destinations_are_refused_unless_allow_listed);
 
@@ -63,7 +63,7 @@ async fn internal_destinations_are_refused_unless_allow_listed(backend: Backend)
     // internal destination is refused when saved, in every spelling.
     let Some(mut closed) = TestControlPlane::start_with(backend, |config| {
         config.egress.allow_http = true;
-        config.webhooks.retry_schedule = crate::webhooks::schedule("0s");
+        config.webhooks.retry_schedule = keyplane_tests::webhooks::schedule("0s");
     })
     .await
     else {
@@ -143,8 +143,8 @@ async fn internal_destinations_are_refused_unless_allow_listed(backend: Backend)
     closed.stop().await;
 
     // Open: loopback allow-listed.
-    let Some(open) = crate::webhooks::start(backend, |config| {
-        config.webhooks.retry_schedule = crate::webhooks::schedule("0s");
+    let Some(open) = keyplane_tests::webhooks::start(backend, |config| {
+        config.webhooks.retry_schedule = keyplane_tests::webhooks::schedule("0s");
     })
     .await
     else {

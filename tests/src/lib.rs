@@ -3,6 +3,7 @@
 //! Postgres, and builds authenticated gRPC clients.
 
 pub mod certs;
+pub mod connections;
 pub mod echo;
 pub mod logs;
 pub mod oauth_provider;
@@ -11,6 +12,7 @@ pub mod process;
 pub mod proxy;
 pub mod receiver;
 pub mod stats;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -311,6 +313,42 @@ impl TestControlPlane {
         metric_value(&http_get(&format!("http://{}/metrics", self.metrics_addr)).await, name, labels)
     }
 
+    /// Every row of every table, as text.
+    pub async fn dump_database(&self) -> String {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        let db = self.database().await;
+        let backend = db.get_database_backend();
+        if backend == DbBackend::Sqlite {
+            // The raw database and WAL bytes: nothing can hide from this.
+            let mut dump = Vec::new();
+            for file in ["keyplane.db", "keyplane.db-wal"] {
+                dump.extend(std::fs::read(self.data_dir.join(file)).unwrap_or_default());
+            }
+            return String::from_utf8_lossy(&dump).into_owned();
+        }
+        let tables = db
+            .query_all_raw(Statement::from_string(
+                backend,
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+            ))
+            .await
+            .expect("tables");
+        let mut dump = String::new();
+        for table in tables {
+            let name: String = table.try_get("", "tablename").expect("name");
+            let rows = db
+                .query_all_raw(Statement::from_string(backend, format!("SELECT t::text AS row FROM \"{name}\" t")))
+                .await
+                .expect("rows");
+            for row in rows {
+                dump.push_str(&row.try_get::<String>("", "row").expect("row text"));
+                dump.push('\n');
+            }
+        }
+        assert!(dump.contains("api_key.created"), "the dump reads real rows");
+        dump
+    }
+
     /// Stops the server and waits for it to drain.
     pub async fn stop(mut self) {
         self.shutdown_now().await;
@@ -430,6 +468,23 @@ macro_rules! start_or_skip {
             None => return,
         }
     };
+}
+
+/// Calls `fetch` every 50 ms until `done` holds for what it returns, and
+/// returns that; fails the test after [`webhooks::WAIT`].
+pub async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    mut fetch: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + webhooks::WAIT;
+    loop {
+        let value = fetch().await;
+        if done(&value) {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached the expected state: {value:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Asserts an INVALID_ARGUMENT whose `BadRequest` details name `field`.

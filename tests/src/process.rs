@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::Backend;
+
 /// Path of a workspace binary built next to the test executable.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -89,5 +91,55 @@ impl ControlPlaneProcess {
         let log = self.log.lock().expect("log lock").join("\n");
         assert!(status.success(), "keyplane exited with {status}:\n{log}");
         log
+    }
+}
+
+/// What a real `keyplane serve` delivering webhooks to loopback needs: its
+/// arguments (cheap argon2, http to 127.0.0.0/8 allowed, the given webhook
+/// flags), its database URL and its root token file.
+pub struct WebhookServer {
+    pub args: Vec<String>,
+    pub database_url: String,
+    pub root_token_file: PathBuf,
+}
+
+impl WebhookServer {
+    /// The setup for `backend` with data in `dir`; `None` when the backend
+    /// is not available (the test is skipped).
+    pub async fn prepare(backend: Backend, dir: &std::path::Path, webhook_flags: &[&str]) -> Option<Self> {
+        let mut args: Vec<String> = [
+            "--data-dir",
+            &dir.display().to_string(),
+            // The names (aliases of --egress-allow-cidr / --egress-allow-http).
+            "--webhook-allow-cidr",
+            "127.0.0.0/8",
+            "--webhook-allow-http",
+            "--argon2-memory-kib",
+            "256",
+            "--argon2-iterations",
+            "1",
+        ]
+        .iter()
+        .chain(webhook_flags)
+        .map(|s| (*s).to_owned())
+        .collect();
+        let database_url = backend.fresh_database(dir).await?;
+        let root_token_file = dir.join("root-token");
+        if backend == Backend::Postgres {
+            let key_file = dir.join("master.key");
+            std::fs::write(&key_file, keyplane_control_plane::crypto::MasterKeys::generate_line("k1")).unwrap();
+            // Postgres generates no root token (replicas must share one): give it.
+            std::fs::write(&root_token_file, format!("kproot_test_{}{}", crate::random_org(), crate::random_org()))
+                .unwrap();
+            args.extend(["--database-url".into(), database_url.clone()]);
+            args.extend(["--master-key-file".into(), key_file.display().to_string()]);
+            args.extend(["--root-token-file".into(), root_token_file.display().to_string()]);
+        }
+        Some(Self { args, database_url, root_token_file })
+    }
+
+    /// The root token (the SQLite default generates it at first start).
+    pub fn root_token(&self) -> String {
+        std::fs::read_to_string(&self.root_token_file).expect("root token file").trim().to_owned()
     }
 }

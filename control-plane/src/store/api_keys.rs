@@ -178,10 +178,10 @@ impl NewKeyRow {
     }
 }
 
-/// Column changes of [`update`]; `None` leaves a column alone, and for the
-/// nullable ones `Some(None)` clears it.
+/// Changes to a key's attributes; `None` leaves a field alone, and for the
+/// optional ones `Some(None)` clears it.
 #[derive(Clone, Debug, Default)]
-pub struct KeyUpdate {
+pub struct KeyChanges {
     pub name: Option<String>,
     pub description: Option<String>,
     pub scopes: Option<Vec<String>>,
@@ -235,7 +235,7 @@ pub async fn list(
 }
 
 /// Applies `changes` to `key`, loaded in the transaction's org.
-pub async fn update(tx: &OrgTx, key: Model, changes: KeyUpdate) -> Result<Model> {
+pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model> {
     let mut row = key.into_active_model();
     if let Some(name) = changes.name {
         row.name = Set(name);

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::service::auth::{RequestContext, Scope};
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
-use crate::store::api_keys::{self, KeyStatus, KeyUpdate};
+use crate::store::api_keys::{self, KeyStatus};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgTx, audit};
 
@@ -72,15 +72,7 @@ impl KeyService {
 
         let tx = OrgTx::begin(&self.db, &org).await?;
         let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
-        let update = KeyUpdate {
-            name: changes.name,
-            description: changes.description,
-            scopes: changes.scopes,
-            expires_at: changes.expires_at,
-            rate_limit: changes.rate_limit,
-            metadata: changes.metadata,
-        };
-        let key = api_keys::update(&tx, key, update).await?;
+        let key = api_keys::update(&tx, key, changes).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
         audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, json!({ "fields": changed }))).await?;
         self.wakeups.commit_key_change(tx).await?;

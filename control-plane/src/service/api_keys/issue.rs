@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::service::auth::{PLATFORM_ORG, RequestContext, Scope};
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
-use crate::store::api_keys::{self, KeyStatus, KeyUpdate, NewKeyRow, RateLimit};
+use crate::store::api_keys::{self, KeyChanges, KeyStatus, NewKeyRow, RateLimit};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgTx, audit};
 
@@ -134,7 +134,7 @@ impl KeyService {
             let grace_end = now + grace;
             let expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
             let shortened =
-                api_keys::update(&tx, old, KeyUpdate { expires_at: Some(expires_at), ..Default::default() });
+                api_keys::update(&tx, old, KeyChanges { expires_at: Some(expires_at), ..Default::default() });
             let shortened = shortened.await?;
             key_events::append(&tx, &shortened.id, KeyEventKind::Updated).await?;
             shortened

@@ -21,6 +21,7 @@ use super::verify::{self, Purpose, Verification, Verifier};
 use super::{Crypto, Wakeups};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
+pub use crate::store::api_keys::KeyChanges;
 use crate::store::api_keys::{self, KeyFilter, RateLimit};
 use crate::store::{OrgTx, audit};
 
@@ -51,18 +52,6 @@ pub struct NewKey {
     pub metadata: Option<Value>,
     /// Keep the token sealed so RevealApiKey can show it again.
     pub recoverable: bool,
-}
-
-/// Fields to change in [`KeyService::update`]; `None` leaves a field alone,
-/// and for the optional ones `Some(None)` clears it.
-#[derive(Clone, Debug, Default)]
-pub struct KeyChanges {
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub expires_at: Option<Option<DateTime<Utc>>>,
-    pub rate_limit: Option<Option<RateLimit>>,
-    pub metadata: Option<Option<Value>>,
 }
 
 /// A key with its plaintext token, returned once.

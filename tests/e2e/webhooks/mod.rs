@@ -1,0 +1,9 @@
+//! Webhooks end to end: a real receiver on loopback, real gRPC, both
+//! databases; one topic a file.
+
+mod delivery;
+mod disabling;
+mod listing;
+mod retries;
+mod rules;
+mod signing;
