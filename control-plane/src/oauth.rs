@@ -148,7 +148,6 @@ impl Providers {
 /// What a token endpoint issued.
 #[derive(Clone, Deserialize)]
 pub struct TokenSet {
-    /// The access token.
     pub access_token: String,
     /// A refresh token, if issued (or rotated).
     #[serde(default)]

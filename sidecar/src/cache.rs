@@ -19,7 +19,6 @@ use moka::notification::RemovalCause;
 /// Who a valid token speaks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// Key id.
     pub key_id: String,
     /// Org of the key.
     pub org_id: String,

@@ -158,7 +158,6 @@ pub struct CheckerParts {
     pub sync: Arc<SyncState>,
     /// Control-plane client.
     pub client: ControlPlaneClient,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
 }
 

@@ -59,7 +59,6 @@ pub fn credential_from<'a>(value: Option<&'a str>, header: &str) -> Option<&'a s
 pub struct HttpFrontEnd {
     /// The decision maker.
     pub checker: Arc<Checker>,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Credential header name (lowercase).
     pub credential_header: String,

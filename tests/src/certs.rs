@@ -15,7 +15,6 @@ pub struct TestCa {
 
 /// A certificate and its private key, PEM.
 pub struct Pair {
-    /// Certificate.
     pub cert: String,
     /// Private key.
     pub key: String,

@@ -77,9 +77,7 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 pub struct TestControlPlane {
     /// gRPC address.
     pub addr: SocketAddr,
-    /// Root token.
     pub root_token: String,
-    /// Database URL.
     pub database_url: String,
     /// Data directory (root token, master key, SQLite file).
     pub data_dir: PathBuf,

@@ -58,7 +58,6 @@ struct State {
 /// The running provider.
 #[derive(Clone)]
 pub struct FakeProvider {
-    /// Its address.
     pub addr: SocketAddr,
     state: Arc<State>,
 }

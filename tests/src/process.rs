@@ -26,7 +26,6 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 
 /// A `keyplane serve` child process logging JSON to a pipe.
 pub struct ControlPlaneProcess {
-    /// The child.
     pub child: Child,
     /// Address it serves on.
     pub addr: String,

@@ -71,7 +71,6 @@ struct State {
 /// The running receiver; it stops with the test process.
 #[derive(Clone)]
 pub struct Receiver {
-    /// Its address.
     pub addr: SocketAddr,
     state: Arc<State>,
 }

@@ -25,9 +25,7 @@ const LISTING: Listing = Listing::named("connections");
 /// Input of [`ConnectionService::exchange_code`].
 #[derive(Debug, Default)]
 pub struct CodeExchange {
-    /// Requested org.
     pub org_id: String,
-    /// Provider name.
     pub provider: String,
     /// Authorization code.
     pub code: String,
@@ -42,7 +40,6 @@ pub struct CodeExchange {
 /// An access token handed out.
 #[derive(Debug)]
 pub struct AccessToken {
-    /// The token.
     pub token: String,
     /// The connection after any refresh.
     pub connection: connections::Model,

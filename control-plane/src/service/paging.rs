@@ -28,7 +28,6 @@ pub struct PageRequest {
 pub struct ListQuery<F> {
     /// Requested org (may be empty for org-scoped callers).
     pub org_id: String,
-    /// Which page.
     pub page: PageRequest,
     /// Filters of this listing.
     pub filter: F,
@@ -37,7 +36,6 @@ pub struct ListQuery<F> {
 /// One page of a listing.
 #[derive(Debug)]
 pub struct Page<T> {
-    /// The items.
     pub items: Vec<T>,
     /// Token of the next page; empty at the end.
     pub next_page_token: String,

@@ -81,7 +81,6 @@ pub mod attempt {
         pub id: String,
         /// Delivery it belongs to.
         pub delivery_id: String,
-        /// Owning org.
         pub org_id: String,
         /// 1 for the first attempt.
         pub number: i32,
@@ -108,31 +107,34 @@ pub struct DeliveryFilter {
     pub event_type: Option<String>,
     /// Created at or after.
     pub created_after: Option<DateTime<Utc>>,
-    /// Created before.
     pub created_before: Option<DateTime<Utc>>,
 }
 
+/// The event a delivery carries.
+#[derive(Clone, Copy, Debug)]
+pub struct EventRef<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub published_at: DateTime<Utc>,
+}
+
 /// Stores a pending delivery of `event` (of the transaction's org) to each
-/// of `subscription_ids`, due now; returns them.
-pub async fn insert_for_event(
-    tx: &OrgTx,
-    event: &super::events::Model,
-    subscription_ids: &[String],
-) -> Result<Vec<Model>> {
+/// of `subscription_ids`, due at once; returns them.
+pub async fn insert_for_event(tx: &OrgTx, event: EventRef<'_>, subscription_ids: &[String]) -> Result<Vec<Model>> {
     let rows: Vec<Model> = subscription_ids
         .iter()
         .map(|subscription_id| Model {
             id: crate::crypto::new_id("dlv_"),
             org_id: tx.org().to_owned(),
             subscription_id: subscription_id.clone(),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
+            event_id: event.id.to_owned(),
+            event_type: event.event_type.to_owned(),
             status: DeliveryStatus::Pending,
             attempt_count: 0,
-            next_attempt_at: event.created_at,
+            next_attempt_at: event.published_at,
             last_status_code: None,
             last_error: None,
-            created_at: event.created_at,
+            created_at: event.published_at,
             finished_at: None,
         })
         .collect();
@@ -255,11 +257,8 @@ pub enum NextStep {
 /// The result of one attempt of a claimed delivery.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
-    /// The delivery.
     pub delivery_id: String,
-    /// Its org.
     pub org_id: String,
-    /// Its subscription.
     pub subscription_id: String,
     /// Attempt number (1 for the first); `None` when the delivery ended
     /// without a request (its subscription is gone or disabled).

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::event_types::matches;
 use crate::error::Result;
+use crate::store::deliveries::EventRef;
 use crate::store::{OrgTx, deliveries, events, webhooks};
 
 /// Stores an event of the transaction's org with a delivery to every active
@@ -43,6 +44,7 @@ pub async fn publish_to(
     subscription_ids: &[String],
 ) -> Result<(events::Model, Vec<deliveries::Model>)> {
     let event = events::insert(tx, event_type, payload, idempotency_key).await?;
-    let deliveries = deliveries::insert_for_event(tx, &event, subscription_ids).await?;
+    let carried = EventRef { id: &event.id, event_type: &event.event_type, published_at: event.created_at };
+    let deliveries = deliveries::insert_for_event(tx, carried, subscription_ids).await?;
     Ok((event, deliveries))
 }
