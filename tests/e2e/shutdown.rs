@@ -5,16 +5,12 @@
 //! recorded success), and after a restart the rest is delivered, none twice.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::process::{ControlPlaneProcess, WebhookServer};
 use keyplane_tests::receiver::{Behavior, Receiver};
-use keyplane_tests::{Backend, authed_channel, both_backends, random_org};
-use pb::delivery_service_client::DeliveryServiceClient;
-use pb::event_service_client::EventServiceClient;
-use pb::webhook_service_client::WebhookServiceClient;
+use keyplane_tests::webhooks::{LoadPublishers, subscribe_to_load, wait_until_none_pending};
+use keyplane_tests::{Backend, both_backends, random_org};
 use sea_orm::{ConnectionTrait, Database, Statement};
 
 both_backends!(sigterm_during_webhook_load_leaves_nothing_half_written);
@@ -33,49 +29,17 @@ async fn sigterm_during_webhook_load_leaves_nothing_half_written(backend: Backen
     let server = ControlPlaneProcess::start(&setup.args).await;
     let root = setup.root_token();
     let org = random_org();
-    WebhookServiceClient::new(authed_channel(&server.addr, &root).await)
-        .create_subscription(pb::CreateSubscriptionRequest {
-            org_id: org.clone(),
-            url: receiver.url("/hook"),
-            event_types: vec!["load.*".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-
-    let acknowledged = Arc::new(Mutex::new(HashSet::new()));
-    let mut publishers = Vec::new();
-    for worker in 0..PUBLISHERS {
-        let mut events = EventServiceClient::new(authed_channel(&server.addr, &root).await);
-        let (org, acknowledged) = (org.clone(), acknowledged.clone());
-        publishers.push(tokio::spawn(async move {
-            for i in (worker..EVENTS).step_by(PUBLISHERS) {
-                let request = pb::PublishEventRequest {
-                    org_id: org.clone(),
-                    event_type: "load.tested".into(),
-                    payload_json: format!(r#"{{"i":{i}}}"#),
-                    idempotency_key: String::new(),
-                };
-                match events.publish_event(request).await {
-                    Ok(response) => {
-                        acknowledged.lock().unwrap().insert(response.into_inner().event.unwrap().id);
-                    }
-                    Err(_) => return, // shutting down
-                }
-            }
-        }));
-    }
+    subscribe_to_load(&server.addr, &root, &org, &receiver.url("/hook")).await;
+    let publishers = LoadPublishers::start(&server.addr, &root, &org, EVENTS, PUBLISHERS).await;
     // SIGTERM once requests are arriving (each is held for ENDPOINT_LATENCY).
     receiver.wait_for("/hook", 20, Duration::from_secs(60)).await;
     let log = server.stop().await;
-    for publisher in publishers {
-        publisher.await.unwrap();
-    }
+    let acknowledged = publishers.finish().await;
     assert!(
         !log.contains("still running at shutdown"),
         "requests in flight were abandoned instead of recorded:\n{log}"
     );
-    let sent_before_stop = distinct_ids(&receiver);
+    let sent_before_stop = receiver.webhook_ids("/hook");
 
     // Nothing half-written, and everything sent was recorded.
     let db = Database::connect(&setup.database_url).await.expect("open the database");
@@ -104,41 +68,18 @@ async fn sigterm_during_webhook_load_leaves_nothing_half_written(backend: Backen
     }
     db.close().await.unwrap();
     assert_eq!(recorded_success, sent_before_stop, "every request sent before the exit is a recorded success");
-    let acknowledged = acknowledged.lock().unwrap().clone();
     assert_eq!(rows.len(), acknowledged.len(), "one delivery per acknowledged event");
     assert!(statuses.get("pending").is_some_and(|n| *n > 0), "the stop came mid-load: {statuses:?}");
 
     // After a restart, the rest is delivered, and nothing twice.
     let restarted = ControlPlaneProcess::start(&setup.args).await;
-    let mut deliveries = DeliveryServiceClient::new(authed_channel(&restarted.addr, &root).await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let pending = deliveries
-            .list_deliveries(pb::ListDeliveriesRequest {
-                org_id: org.clone(),
-                status: pb::DeliveryStatus::Pending as i32,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .deliveries;
-        if pending.is_empty() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{} deliveries stuck pending", pending.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_none_pending(&restarted.addr, &root, &org).await;
     restarted.stop().await;
-    assert_eq!(distinct_ids(&receiver), acknowledged, "every acknowledged event arrived");
+    assert_eq!(receiver.webhook_ids("/hook"), acknowledged, "every acknowledged event arrived");
     assert_eq!(receiver.count("/hook"), acknowledged.len(), "no event was sent twice");
     eprintln!(
         "shutdown test ({backend:?}): {} acknowledged, {} sent and recorded before SIGTERM, {statuses:?}",
         acknowledged.len(),
         sent_before_stop.len()
     );
-}
-
-fn distinct_ids(receiver: &Receiver) -> HashSet<String> {
-    receiver.received("/hook").iter().map(|r| r.header("webhook-id")).collect()
 }

@@ -471,10 +471,19 @@ macro_rules! start_or_skip {
 /// Calls `fetch` every 50 ms until `done` holds for what it returns, and
 /// returns that; fails the test after [`webhooks::WAIT`].
 pub async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    fetch: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    eventually_within(webhooks::WAIT, fetch, done).await
+}
+
+/// [`eventually`] with a bound of `within`.
+pub async fn eventually_within<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    within: std::time::Duration,
     mut fetch: impl FnMut() -> F,
     done: impl Fn(&T) -> bool,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + webhooks::WAIT;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let value = fetch().await;
         if done(&value) {

@@ -106,6 +106,11 @@ impl Receiver {
         self.state.requests.lock().expect("lock").iter().filter(|r| r.path == path).cloned().collect()
     }
 
+    /// The distinct `webhook-id`s `path` got so far.
+    pub fn webhook_ids(&self, path: &str) -> std::collections::HashSet<String> {
+        self.received(path).iter().map(|r| r.header("webhook-id")).collect()
+    }
+
     /// How many requests `path` got so far.
     pub fn count(&self, path: &str) -> usize {
         self.state.requests.lock().expect("lock").iter().filter(|r| r.path == path).count()

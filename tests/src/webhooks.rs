@@ -2,13 +2,18 @@
 //! loopback, subscribing and publishing with the root token, fetching a
 //! delivery or a subscription, and checking a Standard Webhooks signature.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyplane_control_plane::crypto::signing::WebhookSecret;
 use keyplane_proto::admin::v1 as pb;
+use pb::delivery_service_client::DeliveryServiceClient;
+use pb::event_service_client::EventServiceClient;
+use pb::webhook_service_client::WebhookServiceClient;
 
 use crate::receiver::Received;
-use crate::{Backend, TestControlPlane};
+use crate::{Backend, TestControlPlane, authed_channel};
 
 /// Test retry schedule: immediately, then 200 ms twice (3 attempts).
 const SHORT_SCHEDULE: &str = "0s,200ms,200ms";
@@ -156,4 +161,82 @@ pub fn verifies_with(secret: &str, request: &Received) -> bool {
     let timestamp: i64 = request.header("webhook-timestamp").parse().expect("timestamp");
     let expected = secret.sign(&request.header("webhook-id"), timestamp, &request.body);
     request.header("webhook-signature").split(' ').any(|s| s == expected)
+}
+
+/// Subscribes `org` to `load.*` events at `url` through the server at `addr`.
+pub async fn subscribe_to_load(addr: &str, token: &str, org: &str, url: &str) {
+    WebhookServiceClient::new(authed_channel(addr, token).await)
+        .create_subscription(pb::CreateSubscriptionRequest {
+            org_id: org.to_owned(),
+            url: url.to_owned(),
+            event_types: vec!["load.*".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create subscription");
+}
+
+/// Concurrent publishers of `load.tested` events through a real server,
+/// each stopping when the server goes away; they record every event id
+/// whose publication was acknowledged.
+pub struct LoadPublishers {
+    acknowledged: Arc<Mutex<HashSet<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LoadPublishers {
+    /// Starts `workers` publishers sharing `events` publications to `org` through `addr`.
+    pub async fn start(addr: &str, token: &str, org: &str, events: usize, workers: usize) -> Self {
+        let acknowledged = Arc::new(Mutex::new(HashSet::new()));
+        let mut tasks = Vec::new();
+        for worker in 0..workers {
+            let mut client = EventServiceClient::new(authed_channel(addr, token).await);
+            let (org, acknowledged) = (org.to_owned(), acknowledged.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in (worker..events).step_by(workers) {
+                    let request = pb::PublishEventRequest {
+                        org_id: org.clone(),
+                        event_type: "load.tested".into(),
+                        payload_json: format!(r#"{{"i":{i}}}"#),
+                        idempotency_key: String::new(),
+                    };
+                    match client.publish_event(request).await {
+                        Ok(response) => {
+                            acknowledged.lock().unwrap().insert(response.into_inner().event.unwrap().id);
+                        }
+                        Err(_) => return, // the server is gone
+                    }
+                }
+            }));
+        }
+        Self { acknowledged, tasks }
+    }
+
+    /// How many publications were acknowledged so far.
+    pub fn acknowledged_count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Waits for every publisher to stop; returns the acknowledged event ids.
+    pub async fn finish(self) -> HashSet<String> {
+        for task in self.tasks {
+            task.await.expect("publisher");
+        }
+        self.acknowledged.lock().unwrap().clone()
+    }
+}
+
+/// Waits (a minute at most) until `org` has no pending delivery on the server at `addr`.
+pub async fn wait_until_none_pending(addr: &str, token: &str, org: &str) {
+    let client = DeliveryServiceClient::new(authed_channel(addr, token).await);
+    let request = pb::ListDeliveriesRequest {
+        org_id: org.to_owned(),
+        status: pb::DeliveryStatus::Pending as i32,
+        ..Default::default()
+    };
+    let pending = || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.list_deliveries(request).await.expect("list").into_inner().deliveries.len() }
+    };
+    crate::eventually_within(Duration::from_secs(60), pending, |count| *count == 0).await;
 }
