@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::crypto::HashingParams;
 use crate::egress::EgressPolicy;
+use crate::service::usage::Retention;
 use crate::service::verify::AbuseLimits;
 use crate::service::webhooks::{DispatchSettings, WebhookPolicy};
 
@@ -189,6 +190,51 @@ pub struct Config {
     /// Webhook delivery.
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    /// Usage analytics.
+    #[command(flatten)]
+    pub usage: UsageArgs,
+}
+
+/// Usage analytics: how long rollups are kept, and how often the control
+/// plane applies its own VerifyApiKey counts.
+#[derive(Clone, Debug, Args)]
+pub struct UsageArgs {
+    /// How long per-minute usage rollups are kept.
+    #[arg(long = "usage-minute-retention", env = "KEYPLANE_USAGE_MINUTE_RETENTION", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub minute_retention: Duration,
+    /// How long hourly usage rollups are kept.
+    #[arg(long = "usage-hour-retention", env = "KEYPLANE_USAGE_HOUR_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub hour_retention: Duration,
+    /// How long daily usage rollups are kept.
+    #[arg(long = "usage-day-retention", env = "KEYPLANE_USAGE_DAY_RETENTION", default_value = "730days", value_parser = humantime::parse_duration)]
+    pub day_retention: Duration,
+    /// How long applied usage-report ids are remembered: a sidecar retrying
+    /// a report within this window is not counted twice.
+    #[arg(long = "usage-report-dedup-window", env = "KEYPLANE_USAGE_REPORT_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub report_dedup_window: Duration,
+    /// How often the control plane applies the usage of its own
+    /// VerifyApiKey calls (sidecars have --usage-interval).
+    #[arg(long = "usage-flush-interval", env = "KEYPLANE_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
+}
+
+impl Default for UsageArgs {
+    /// The command-line defaults (one source of truth: the `#[arg]` attributes).
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            usage: UsageArgs,
+        }
+        Defaults::parse_from(["keyplane"]).usage
+    }
+}
+
+impl UsageArgs {
+    /// How long each rollup is kept.
+    pub fn retention(&self) -> Retention {
+        Retention { minutes: self.minute_retention, hours: self.hour_retention, days: self.day_retention }
+    }
 }
 
 /// Bounds on the argon2 work an attacker guessing secrets can cause.
@@ -342,6 +388,7 @@ impl Config {
             tls: TlsArgs { reload_interval: Duration::from_millis(100), ..TlsArgs::default() },
             egress: EgressArgs::default(),
             webhooks: WebhookArgs { poll_interval: Duration::from_millis(100), ..WebhookArgs::default() },
+            usage: UsageArgs { flush_interval: Duration::from_millis(100), ..UsageArgs::default() },
         }
     }
 
@@ -378,6 +425,22 @@ impl Config {
                 "--webhook-concurrency and --webhook-endpoint-concurrency must be at least 1".into(),
             ));
         }
+        let usage = &self.usage;
+        let at_least = |value: Duration, minimum: Duration, flag: &str| {
+            if value < minimum {
+                Err(crate::Error::Config(format!(
+                    "{flag} ({}) must be at least {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(minimum)
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        at_least(usage.minute_retention, Duration::from_secs(3600), "--usage-minute-retention")?;
+        at_least(usage.hour_retention, Duration::from_secs(2 * 86_400), "--usage-hour-retention")?;
+        at_least(usage.day_retention, Duration::from_secs(14 * 86_400), "--usage-day-retention")?;
+        at_least(usage.report_dedup_window, Duration::from_secs(600), "--usage-report-dedup-window")?;
         if self.event_poll_interval >= self.heartbeat_interval {
             return Err(crate::Error::Config(format!(
                 "--event-poll-interval ({}) must be shorter than --heartbeat-interval ({})",
@@ -483,6 +546,9 @@ mod tests {
         config.webhooks.lease = config.webhooks.timeout;
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("--webhook-lease") && error.contains("--webhook-timeout"), "{error}");
+        let mut config = Config::for_test("/tmp/unused");
+        config.usage.minute_retention = Duration::from_secs(60);
+        assert!(config.validate().unwrap_err().to_string().contains("--usage-minute-retention"));
     }
 
     #[test]

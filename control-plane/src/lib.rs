@@ -26,6 +26,7 @@ use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
 use keyplane_proto::admin::v1::connection_service_server::ConnectionServiceServer;
 use keyplane_proto::admin::v1::delivery_service_server::DeliveryServiceServer;
 use keyplane_proto::admin::v1::event_service_server::EventServiceServer;
+use keyplane_proto::admin::v1::usage_service_server::UsageServiceServer;
 use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
 use sea_orm::DatabaseConnection;
@@ -42,10 +43,11 @@ pub use config::Config;
 use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
 use service::sync::{FeedSettings, KeyEventFeed};
+use service::usage::ingest::{LocalUsage, UsageRecorder};
 use service::verify::AbuseLimits;
 use service::{
     AuditService, Authenticator, ConnectionService, Crypto, DeliveryService, Dispatcher, EventService, KeyService,
-    SidecarSync, Verifier, Wakeups, WebhookService, retention,
+    SidecarSync, UsageService, Verifier, Wakeups, WebhookService, retention,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -134,11 +136,15 @@ pub async fn run(
         config.abuse_limits(),
     ));
     let auth = Authenticator::new(root_token.as_deref(), verifier.clone());
-    let keys = Arc::new(KeyService::new(db.clone(), crypto.clone(), wakeups.clone(), verifier.clone()));
+    let recorder = Arc::new(UsageRecorder::new(db.clone(), metrics.clone()));
+    let local_usage = Arc::new(LocalUsage::new(recorder.clone()));
+    let keys =
+        Arc::new(KeyService::new(db.clone(), crypto.clone(), wakeups.clone(), verifier.clone(), local_usage.clone()));
+    let usage = Arc::new(UsageService::new(db.clone(), config.usage.retention()));
     let audit = Arc::new(AuditService::new(db.clone()));
     let feed_settings = FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval };
     let feed = KeyEventFeed::new(db.clone(), feed_settings, background.stop.clone()).await?;
-    let sync = Arc::new(SidecarSync::new(db.clone(), verifier, feed.clone()));
+    let sync = Arc::new(SidecarSync::new(db.clone(), verifier, feed.clone(), recorder));
     let egress = Arc::new(config.egress_policy());
     let policy = Arc::new(config.webhooks.policy(egress.clone()));
     let webhooks = Arc::new(WebhookService::new(db.clone(), master_keys.clone(), policy.clone()));
@@ -166,6 +172,16 @@ pub async fn run(
         "purge-delivered-webhooks",
         retention::purge_delivered_webhooks(db.clone(), config.webhooks.delivery_retention, stop.clone()),
     );
+    background.spawn(
+        "purge-usage-rollups",
+        retention::purge_usage_rollups(
+            db.clone(),
+            config.usage.retention(),
+            config.usage.report_dedup_window,
+            stop.clone(),
+        ),
+    );
+    background.spawn("usage-flush", local_usage.flush_every(config.usage.flush_interval, stop.clone()));
     if let Some(tls) = &tls {
         background.spawn("tls-reload", tls.clone().reload_on_change(config.tls.reload_interval, stop.clone()));
     }
@@ -181,6 +197,7 @@ pub async fn run(
     health_reporter.set_serving::<EventServiceServer<grpc::events::EventGrpc>>().await;
     health_reporter.set_serving::<DeliveryServiceServer<grpc::deliveries::DeliveryGrpc>>().await;
     health_reporter.set_serving::<ConnectionServiceServer<grpc::connections::ConnectionGrpc>>().await;
+    health_reporter.set_serving::<UsageServiceServer<grpc::usage::UsageGrpc>>().await;
     let reachability = availability::Reachability::default();
     let timeout = config.database_probe_timeout;
     if let Some(probe) = store::connect_probe(&config.storage.database_url(), timeout).await? {
@@ -227,6 +244,7 @@ pub async fn run(
         .add_service(EventServiceServer::new(grpc::events::EventGrpc::new(events, auth.clone())))
         .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
         .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
+        .add_service(UsageServiceServer::new(grpc::usage::UsageGrpc::new(usage, auth.clone())))
         .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(sync, auth)))
         .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls), async move {
             shutdown.await;
@@ -259,8 +277,9 @@ async fn operator_services(
     let metrics = Arc::new(metrics::Metrics::default());
     let limits =
         AbuseLimits { failures_per_key: 1, failure_window: Duration::from_secs(1), suspect_hashes_per_second: 1 };
-    let verifier = Arc::new(Verifier::new(db.clone(), crypto.clone(), metrics, 1, limits));
-    let keys = KeyService::new(db.clone(), crypto, Wakeups::default(), verifier);
+    let verifier = Arc::new(Verifier::new(db.clone(), crypto.clone(), metrics.clone(), 1, limits));
+    let usage = Arc::new(LocalUsage::new(Arc::new(UsageRecorder::new(db.clone(), metrics))));
+    let keys = KeyService::new(db.clone(), crypto, Wakeups::default(), verifier, usage);
     Ok((db, keys))
 }
 

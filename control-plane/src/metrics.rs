@@ -31,6 +31,8 @@ pub struct Metrics {
     pub webhook_attempts: Family<Labels, Counter>,
     /// Webhook request time.
     pub webhook_attempt_seconds: Histogram,
+    /// Usage counts applied, and those naming no key.
+    pub usage_counts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,7 +53,21 @@ impl Default for Metrics {
         registry.register("webhook_attempts", "Webhook delivery attempts by outcome", webhook_attempts.clone());
         let webhook_attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register("webhook_attempt_seconds", "Webhook request time", webhook_attempt_seconds.clone());
-        Self { registry, verifications, argon2_seconds, verify_throttled, webhook_attempts, webhook_attempt_seconds }
+        let usage_counts = Family::<Labels, Counter>::default();
+        registry.register(
+            "usage_counts",
+            "Per-key minute counts of usage reports, by result (applied; unknown_key: the key does not exist)",
+            usage_counts.clone(),
+        );
+        Self {
+            registry,
+            verifications,
+            argon2_seconds,
+            verify_throttled,
+            webhook_attempts,
+            webhook_attempt_seconds,
+            usage_counts,
+        }
     }
 }
 

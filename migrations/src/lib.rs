@@ -1,6 +1,7 @@
 //! Keyplane's database schema as sea-orm migrations; the same migrations run on
 //! Postgres and SQLite.
 
+pub use m20261202_000007_usage_rollups::LATENCY_BUCKETS;
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
 
@@ -10,6 +11,7 @@ mod m20261122_000003_oauth_connections;
 mod m20261122_000004_api_key_name_statistics;
 mod m20261122_000005_binary_id_order;
 mod m20261122_000006_delivery_event_index;
+mod m20261202_000007_usage_rollups;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -24,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_api_key_name_statistics::Migration),
             Box::new(m20261122_000005_binary_id_order::Migration),
             Box::new(m20261122_000006_delivery_event_index::Migration),
+            Box::new(m20261202_000007_usage_rollups::Migration),
         ]
     }
 }

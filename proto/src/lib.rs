@@ -22,6 +22,7 @@ pub mod sync {
 
 pub mod codec;
 pub mod token;
+pub mod usage;
 
 /// Encoded `FileDescriptorSet` of every Keyplane proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyplane_descriptor");

@@ -6,14 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use keyplane_proto::token::{Environment, TokenFormat};
+use keyplane_proto::token::{Environment, ParsedToken, TokenFormat};
+use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Freshness, KeyCache, Principal, Refusal, Verdict};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::sync::{self, ControlPlaneClient, Readiness, SyncState};
-use crate::usage::UsageCounter;
+use crate::usage::UsageReporter;
 
 /// How a denial is expressed: the HTTP status a proxy should answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +129,7 @@ pub struct Checker {
     control_plane_timeout: Duration,
     cache: KeyCache,
     limits: RateLimits,
-    usage: UsageCounter,
+    usage: UsageReporter,
     sync: Arc<SyncState>,
     client: ControlPlaneClient,
     metrics: Arc<Metrics>,
@@ -153,7 +154,7 @@ pub struct CheckerParts {
     /// Rate limiters.
     pub limits: RateLimits,
     /// Usage counts.
-    pub usage: UsageCounter,
+    pub usage: UsageReporter,
     /// Stream position and staleness.
     pub sync: Arc<SyncState>,
     /// Control-plane client.
@@ -180,16 +181,27 @@ impl Checker {
         }
     }
 
-    /// Decides about one request. Refused tokens are logged at WARN with
-    /// the precise reason, the client's address and the request id.
+    /// Decides about one request and counts it in the key's usage (a
+    /// token naming no key, or a check the sidecar could not answer, is
+    /// not a key's). Refused tokens are logged at WARN with the precise
+    /// reason, the client's address and the request id.
     pub async fn check(&self, request: &CheckInput<'_>) -> Decision {
-        let mut decision = self.decide(request.credential, request.required_scopes).await;
+        let (mut decision, parsed) = self.decide(request.credential, request.required_scopes).await;
         let (label, reason) = match &mut decision {
             Decision::Allow(principal) => {
-                self.usage.record(&principal.key_id);
+                self.usage.record(&principal.key_id, Outcome::Allowed);
                 ("allow", "ok")
             }
             Decision::Deny(denial) => {
+                let outcome = match denial.status {
+                    DenyStatus::Unauthenticated => Some(Outcome::Unauthorized),
+                    DenyStatus::Forbidden => Some(Outcome::Forbidden),
+                    DenyStatus::RateLimited => Some(Outcome::RateLimited),
+                    DenyStatus::Unavailable => None,
+                };
+                if let (Some(outcome), Some(parsed)) = (outcome, &parsed) {
+                    self.usage.record(&parsed.key_id(), outcome);
+                }
                 if denial.status == DenyStatus::Unauthenticated {
                     tracing::warn!(
                         reason = denial.reason,
@@ -208,32 +220,38 @@ impl Checker {
         decision
     }
 
-    async fn decide(&self, credential: Option<&str>, required_scopes: &[String]) -> Decision {
+    /// The decision, and the token when it parsed (it names the key).
+    async fn decide<'a>(
+        &self,
+        credential: Option<&'a str>,
+        required_scopes: &[String],
+    ) -> (Decision, Option<ParsedToken<'a>>) {
         use DenyStatus::*;
         let readiness = self.sync.readiness(self.max_staleness);
         if readiness == Readiness::NotSynced || (readiness == Readiness::Stale && !self.fail_open) {
             let reason = if readiness == Readiness::NotSynced { "not_synced" } else { "stale" };
-            return Decision::Deny(Denial::new(Unavailable, reason));
+            return (Decision::Deny(Denial::new(Unavailable, reason)), None);
         }
         let Some(token) = credential.filter(|t| !t.is_empty()) else {
-            return Decision::Deny(Denial::new(Unauthenticated, MISSING_CREDENTIAL));
+            return (Decision::Deny(Denial::new(Unauthenticated, MISSING_CREDENTIAL)), None);
         };
-        if self.tokens.parse(token).is_none() {
-            return Decision::Deny(Denial::new(Unauthenticated, "malformed"));
-        }
+        let Some(parsed) = self.tokens.parse(token) else {
+            return (Decision::Deny(Denial::new(Unauthenticated, "malformed")), None);
+        };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let verdict = match self.trusted_verdict(digest, token).await {
             Ok(verdict) => verdict,
-            Err(denial) => return Decision::Deny(denial),
+            Err(denial) => return (Decision::Deny(denial), Some(parsed)),
         };
         let decision = decide(&verdict, self.environment, required_scopes, SystemTime::now());
         if let Decision::Allow(principal) = &decision
             && let Some(limit) = principal.rate_limit
             && let Err(wait) = self.limits.check(&principal.key_id, limit)
         {
-            return Decision::Deny(Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") });
+            let denial = Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") };
+            return (Decision::Deny(denial), Some(parsed));
         }
-        decision
+        (decision, Some(parsed))
     }
 
     /// A verdict that reflects every change applied for its key: from the

@@ -65,7 +65,7 @@ pub async fn run(
     let metrics = Arc::new(metrics::Metrics::default());
     let cache = cache::KeyCache::new(config.cache_capacity, config.cache_ttl, config.negative_cache_ttl);
     let state = Arc::new(sync::SyncState::default());
-    let usage = usage::UsageCounter::default();
+    let usage = usage::UsageReporter::new(metrics.clone());
     let checker = Arc::new(check::Checker::new(check::CheckerParts {
         tokens: TokenFormat::new(config.token_prefix.clone()),
         environment: config.environment,

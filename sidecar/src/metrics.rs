@@ -34,6 +34,8 @@ pub struct Metrics {
     pub stream_reconnects: Counter,
     /// Resets received (cache flushed).
     pub stream_resets: Counter,
+    /// Usage reports dropped unsent (the control plane was unreachable too long).
+    pub usage_reports_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -57,6 +59,12 @@ impl Default for Metrics {
         registry.register("stream_reconnects", "Watch reconnect attempts", stream_reconnects.clone());
         let stream_resets = Counter::default();
         registry.register("stream_resets", "Resets received", stream_resets.clone());
+        let usage_reports_dropped = Counter::default();
+        registry.register(
+            "usage_reports_dropped",
+            "Usage reports dropped unsent because the control plane did not acknowledge them for too long",
+            usage_reports_dropped.clone(),
+        );
         Self {
             registry,
             checks,
@@ -68,6 +76,7 @@ impl Default for Metrics {
             stream_connected,
             stream_reconnects,
             stream_resets,
+            usage_reports_dropped,
         }
     }
 }

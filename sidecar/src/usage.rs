@@ -1,73 +1,78 @@
-//! Batched usage reports: allowed checks are counted in memory per key and
-//! sent to the control plane every few seconds (no write per check).
+//! Batched usage reports (no write per check): checks are counted in memory
+//! per key, minute and outcome, and every `--usage-interval` the counts
+//! become reports, each with its own id. A report is resent, with the same
+//! id and counts, until the control plane acknowledges it, so one applied
+//! whose answer was lost is not counted twice; newer reports wait behind it.
+//! A sidecar that dies loses at most what it had not sent: analytics, not
+//! billing.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use keyplane_proto::sync::v1 as pb;
+use keyplane_proto::usage::{MinuteCounts, Outcome, UsageTally};
+use rand::Rng;
 
+use crate::metrics::Metrics;
 use crate::sync::ControlPlaneClient;
 
-/// Most entries in one report (the control plane's limit).
-pub const MAX_ENTRIES: usize = 1000;
+/// Most counts in one report (the control plane's limit).
+pub const MAX_COUNTS: usize = 1000;
+/// Reports kept while the control plane does not acknowledge them; the
+/// oldest are dropped beyond this (and counted in a metric).
+const MAX_QUEUED_REPORTS: usize = 1000;
 
-/// Counts since the last report.
-#[derive(Clone, Default)]
-pub struct UsageCounter {
-    pending: Arc<Mutex<HashMap<String, (u64, SystemTime)>>>,
+/// Counts checks and sends them.
+#[derive(Clone)]
+pub struct UsageReporter {
+    tally: Arc<UsageTally>,
+    /// Reports not yet acknowledged, oldest first.
+    queue: Arc<tokio::sync::Mutex<VecDeque<pb::ReportUsageRequest>>>,
+    metrics: Arc<Metrics>,
 }
 
-impl UsageCounter {
-    /// Counts one allowed check of `key_id`.
-    pub fn record(&self, key_id: &str) {
-        let now = SystemTime::now();
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        match pending.get_mut(key_id) {
-            Some((count, last)) => {
-                *count += 1;
-                *last = now;
-            }
-            None => {
-                pending.insert(key_id.to_owned(), (1, now));
-            }
-        }
+impl UsageReporter {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { tally: Arc::default(), queue: Arc::default(), metrics }
     }
 
-    fn take(&self) -> HashMap<String, (u64, SystemTime)> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Counts one check of `key_id`.
+    pub fn record(&self, key_id: &str, outcome: Outcome) {
+        self.tally.record(key_id, outcome);
     }
 
-    fn restore(&self, batch: HashMap<String, (u64, SystemTime)>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, (count, last)) in batch {
-            let entry = pending.entry(key).or_insert((0, last));
-            entry.0 += count;
-            entry.1 = entry.1.max(last);
-        }
-    }
-
-    /// Sends the counts in reports of at most [`MAX_ENTRIES`]; counts of a
-    /// failed report are kept for the next flush.
+    /// Turns what was counted into reports and sends every queued report in
+    /// order, stopping at the first that is not acknowledged (it is retried
+    /// at the next flush, with the same id).
     pub async fn flush(&self, client: &mut ControlPlaneClient, timeout: Duration) {
-        let pending: Vec<_> = self.take().into_iter().collect();
-        for chunk in pending.chunks(MAX_ENTRIES) {
-            let entries = chunk
-                .iter()
-                .map(|(key_id, (count, last))| pb::UsageEntry {
-                    key_id: key_id.clone(),
-                    count: *count,
-                    last_used_at: Some(prost_types::Timestamp::from(*last)),
-                })
-                .collect();
-            let report = tokio::time::timeout(timeout, client.report_usage(pb::ReportUsageRequest { entries })).await;
-            let failure = match report {
-                Ok(Ok(_)) => continue,
+        let mut queue = self.queue.lock().await;
+        let counts: Vec<pb::UsageCount> = self.tally.drain().into_iter().map(to_proto).collect();
+        for chunk in counts.chunks(MAX_COUNTS) {
+            queue.push_back(pb::ReportUsageRequest {
+                entries: Vec::new(),
+                report_id: new_report_id(),
+                counts: chunk.to_vec(),
+            });
+        }
+        if queue.len() > MAX_QUEUED_REPORTS {
+            let dropped = queue.len() - MAX_QUEUED_REPORTS;
+            queue.drain(..dropped);
+            self.metrics.usage_reports_dropped.inc_by(dropped as u64);
+            tracing::warn!(dropped, "usage reports dropped: the control plane has not acknowledged them for too long");
+        }
+        while let Some(report) = queue.front() {
+            let sent = tokio::time::timeout(timeout, client.report_usage(report.clone())).await;
+            let failure = match sent {
+                Ok(Ok(_)) => {
+                    queue.pop_front();
+                    continue;
+                }
                 Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
                 Err(_) => format!("no answer within {timeout:?}"),
             };
-            tracing::warn!(%failure, "usage report failed; will retry");
-            self.restore(chunk.iter().cloned().collect());
+            tracing::warn!(%failure, queued = queue.len(), "usage report failed; will retry it");
+            return;
         }
     }
 
@@ -80,4 +85,23 @@ impl UsageCounter {
             self.flush(&mut client, timeout).await;
         }
     }
+}
+
+fn to_proto((key_id, minute): (String, MinuteCounts)) -> pb::UsageCount {
+    let [allowed, unauthorized, forbidden, rate_limited] = minute.counts;
+    pb::UsageCount {
+        key_id,
+        minute: Some(prost_types::Timestamp { seconds: minute.minute, nanos: 0 }),
+        allowed,
+        unauthorized,
+        forbidden,
+        rate_limited,
+        last_used_at: minute.last_allowed.map(prost_types::Timestamp::from),
+    }
+}
+
+/// A fresh report id: the time (for reading logs) and 64 random bits.
+fn new_report_id() -> String {
+    let millis = UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis());
+    format!("sc-{millis:x}-{:016x}", rand::rng().random::<u64>())
 }

@@ -19,4 +19,5 @@ mod sidecar;
 mod ssrf;
 mod tls;
 mod unix_socket;
+mod usage;
 mod webhooks;

@@ -21,11 +21,13 @@ use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_control_plane::store::api_keys::NewKeyRow;
 use keyplane_control_plane::{Config, Listeners};
 use keyplane_proto::admin::v1 as pb;
+use keyplane_proto::sync::v1::key_sync_service_client::KeySyncServiceClient;
 use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::audit_service_client::AuditServiceClient;
 use pb::connection_service_client::ConnectionServiceClient;
 use pb::delivery_service_client::DeliveryServiceClient;
 use pb::event_service_client::EventServiceClient;
+use pb::usage_service_client::UsageServiceClient;
 use pb::webhook_service_client::WebhookServiceClient;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -246,6 +248,17 @@ impl TestControlPlane {
     /// Audit client authenticated with `token`.
     pub async fn audit(&self, token: &str) -> AuditServiceClient<Authed> {
         AuditServiceClient::new(self.authed(token).await)
+    }
+
+    /// Usage-analytics client authenticated with `token`.
+    pub async fn usage(&self, token: &str) -> UsageServiceClient<Authed> {
+        UsageServiceClient::new(self.authed(token).await)
+    }
+
+    /// Sidecar-protocol client authenticated with `token` (a platform key
+    /// with `keyplane:sidecar`), for speaking as a sidecar would.
+    pub async fn key_sync(&self, token: &str) -> KeySyncServiceClient<Authed> {
+        KeySyncServiceClient::new(self.authed(token).await)
     }
 
     /// A separate connection to the same database, for inspecting or

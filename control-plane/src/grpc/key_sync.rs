@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{convert, request_context};
 use crate::error::Error;
 use crate::service::records::KeyEventKind;
-use crate::service::sync::{FeedMessage, KeyUse};
+use crate::service::sync::FeedMessage;
 use crate::service::{Authenticator, SidecarSync};
 
 /// The gRPC adapter of the sidecar protocol.
@@ -85,19 +85,8 @@ impl KeySyncService for KeySyncGrpc {
         request: Request<pb::ReportUsageRequest>,
     ) -> Result<Response<pb::ReportUsageResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let mut batch = Vec::new();
-        for (i, entry) in request.into_inner().entries.into_iter().enumerate() {
-            let last_used_at = entry
-                .last_used_at
-                .ok_or_else(|| Error::invalid(format!("entries[{i}].last_used_at"), "is required"))?;
-            batch.push(KeyUse {
-                count: i64::try_from(entry.count)
-                    .map_err(|_| Error::invalid(format!("entries[{i}].count"), "is out of range"))?,
-                last_used_at: convert::time_from_proto(&format!("entries[{i}].last_used_at"), last_used_at)?,
-                key_id: entry.key_id,
-            });
-        }
-        let applied = self.sync.report_usage(&ctx, batch).await?;
-        Ok(Response::new(pb::ReportUsageResponse { applied }))
+        let report = convert::usage_report_from_proto(request.into_inner())?;
+        let applied = self.sync.report_usage(&ctx, report).await?;
+        Ok(Response::new(pb::ReportUsageResponse { applied: applied.applied, duplicate: applied.duplicate }))
     }
 }

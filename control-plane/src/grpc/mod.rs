@@ -8,6 +8,7 @@ pub mod convert;
 pub mod deliveries;
 pub mod events;
 pub mod key_sync;
+pub mod usage;
 pub mod webhooks;
 
 use tonic::Request;

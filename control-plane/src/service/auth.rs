@@ -40,6 +40,8 @@ pub enum Scope {
     ConnectionsWrite,
     /// Obtain OAuth access tokens.
     ConnectionsReveal,
+    /// Read usage analytics.
+    UsageRead,
     /// Run a sidecar (verify any org's tokens, follow the key-event log).
     Sidecar,
     /// Everything.
@@ -47,7 +49,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    const ALL: [Scope; 14] = [
+    const ALL: [Scope; 15] = [
         Scope::KeysRead,
         Scope::KeysWrite,
         Scope::KeysReveal,
@@ -60,6 +62,7 @@ impl Scope {
         Scope::ConnectionsRead,
         Scope::ConnectionsWrite,
         Scope::ConnectionsReveal,
+        Scope::UsageRead,
         Scope::Sidecar,
         Scope::Admin,
     ];
@@ -79,6 +82,7 @@ impl Scope {
             Scope::ConnectionsRead => "keyplane:connections:read",
             Scope::ConnectionsWrite => "keyplane:connections:write",
             Scope::ConnectionsReveal => "keyplane:connections:reveal",
+            Scope::UsageRead => "keyplane:usage:read",
             Scope::Sidecar => "keyplane:sidecar",
             Scope::Admin => "keyplane:admin",
         }

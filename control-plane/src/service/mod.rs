@@ -12,6 +12,7 @@ pub mod paging;
 pub mod reseal;
 pub mod retention;
 pub mod sync;
+pub mod usage;
 pub mod validate;
 pub mod verify;
 pub mod webhooks;
@@ -29,6 +30,7 @@ pub use audit::AuditService;
 pub use auth::{Actor, Authenticator, RequestContext, Scope};
 pub use connections::ConnectionService;
 pub use sync::SidecarSync;
+pub use usage::UsageService;
 pub use verify::{Failure, Verification, Verifier};
 pub use webhooks::{DeliveryService, Dispatcher, EventService, WebhookService};
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
+use super::usage::Retention;
 use crate::error::Result;
+use crate::store::usage::{self, Granularity};
 use crate::store::{self, deliveries, events, key_events};
 
 /// Rows deleted per statement.
@@ -39,6 +41,36 @@ pub async fn purge_delivered_webhooks(db: DatabaseConnection, retention: Duratio
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "purged succeeded webhook deliveries past retention"),
             Err(error) => tracing::warn!(%error, "purging webhook deliveries failed"),
+        }
+    })
+    .await;
+}
+
+/// Deletes usage and delivery-stats rollups older than their retention,
+/// and usage-report ids older than the deduplication window, every minute.
+pub async fn purge_usage_rollups(
+    db: DatabaseConnection,
+    retention: Retention,
+    dedup_window: Duration,
+    stop: CancellationToken,
+) {
+    repeat(Duration::from_secs(60), stop, || async {
+        let now = store::now().timestamp();
+        let older_than = |kept: Duration| now - i64::try_from(kept.as_secs()).unwrap_or(i64::MAX);
+        let purged = async {
+            let mut total = 0;
+            for granularity in Granularity::ALL {
+                let before = older_than(retention.of(granularity));
+                while usage::purge_before(&db, granularity, before, PURGE_BATCH).await.inspect(|n| total += n)? > 0 {}
+            }
+            let before = older_than(dedup_window);
+            while usage::purge_reports_before(&db, before, PURGE_BATCH).await? == PURGE_BATCH {}
+            Ok::<_, crate::Error>(total)
+        };
+        match purged.await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "purged usage rollups past retention"),
+            Err(error) => tracing::warn!(%error, "purging usage rollups failed"),
         }
     })
     .await;

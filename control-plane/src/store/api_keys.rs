@@ -280,6 +280,25 @@ pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
     Ok(result.rows_affected > 0)
 }
 
+/// The org and environment of each key in `ids` that exists, across orgs:
+/// for usage reports, which name keys of every org.
+pub async fn owners(db: &impl ConnectionTrait, ids: &[&str]) -> Result<Vec<(String, String, Environment)>> {
+    Ok(Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .column(Column::OrgId)
+        .column(Column::Environment)
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// The keys `ids` of `org` that exist.
+pub async fn find_many(db: &impl ConnectionTrait, org: &str, ids: &[&str]) -> Result<Vec<Model>> {
+    Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(Column::Id.is_in(ids.iter().copied())).all(db).await?)
+}
+
 /// Uses of one key since the last report.
 #[derive(Clone, Debug)]
 pub struct KeyUse {

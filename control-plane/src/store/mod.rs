@@ -7,9 +7,11 @@ pub mod api_keys;
 pub mod audit;
 pub mod connections;
 pub mod deliveries;
+pub mod delivery_stats;
 pub mod events;
 pub mod key_events;
 pub mod sealed;
+pub mod usage;
 pub mod webhooks;
 
 use std::time::Duration;

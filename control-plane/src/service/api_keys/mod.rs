@@ -16,14 +16,16 @@ use serde_json::Value;
 
 use super::auth::{RequestContext, Scope};
 use super::paging::{ListQuery, Listing, Page};
+use super::usage::ingest::LocalUsage;
 use super::validate::Violations;
-use super::verify::{self, Purpose, Verification, Verifier};
+use super::verify::{self, Failure, Purpose, Verification, Verifier};
 use super::{Crypto, Wakeups};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
 pub use crate::store::api_keys::KeyChanges;
 use crate::store::api_keys::{self, KeyFilter, RateLimit};
 use crate::store::{OrgTx, audit};
+use keyplane_proto::usage::Outcome;
 
 pub use rules::{DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MAX_TTL, MIN_TTL};
 
@@ -76,11 +78,19 @@ pub struct KeyService {
     crypto: Arc<Crypto>,
     wakeups: Wakeups,
     verifier: Arc<Verifier>,
+    /// Where VerifyApiKey outcomes are counted.
+    usage: Arc<LocalUsage>,
 }
 
 impl KeyService {
-    pub fn new(db: DatabaseConnection, crypto: Arc<Crypto>, wakeups: Wakeups, verifier: Arc<Verifier>) -> Self {
-        Self { db, crypto, wakeups, verifier }
+    pub fn new(
+        db: DatabaseConnection,
+        crypto: Arc<Crypto>,
+        wakeups: Wakeups,
+        verifier: Arc<Verifier>,
+        usage: Arc<LocalUsage>,
+    ) -> Self {
+        Self { db, crypto, wakeups, verifier, usage }
     }
 
     /// One key of the caller's org.
@@ -113,7 +123,8 @@ impl KeyService {
         Ok(token)
     }
 
-    /// Verifies a token for a caller, with optional environment and scopes.
+    /// Verifies a token for a caller, with optional environment and scopes;
+    /// the outcome counts in the key's usage.
     pub async fn verify(
         &self,
         ctx: &RequestContext,
@@ -126,6 +137,19 @@ impl KeyService {
         violations.scopes("required_scopes", required_scopes);
         violations.finish()?;
         let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
-        Ok(verify::check_requirements(verification, environment, required_scopes))
+        let verification = verify::check_requirements(verification, environment, required_scopes);
+        if let Some(parsed) = self.crypto.tokens.parse(token) {
+            self.usage.record(&parsed.key_id(), usage_outcome(&verification));
+        }
+        Ok(verification)
+    }
+}
+
+/// How a verification counts in usage analytics.
+fn usage_outcome(verification: &Verification) -> Outcome {
+    match verification {
+        Verification::Valid(_) => Outcome::Allowed,
+        Verification::Invalid(Failure::WrongEnvironment | Failure::MissingScope, _) => Outcome::Forbidden,
+        Verification::Invalid(_, _) => Outcome::Unauthorized,
     }
 }

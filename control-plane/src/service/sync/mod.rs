@@ -12,26 +12,27 @@ use tokio::sync::mpsc;
 pub use feed::{FeedMessage, FeedSettings, KeyEventFeed};
 
 use super::auth::{RequestContext, Scope};
+use super::usage::ingest::{self, Applied, UsageRecorder, UsageReport};
 use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
-use crate::store::api_keys;
-pub use crate::store::api_keys::KeyUse;
 use crate::store::{OrgScope, key_events};
-
-/// Most entries in one usage report (keeps the UPDATE's parameter count well
-/// under SQLite's and Postgres' limits).
-pub const MAX_USAGE_ENTRIES: usize = 1000;
 
 /// The sidecar protocol's service.
 pub struct SidecarSync {
     db: DatabaseConnection,
     verifier: Arc<Verifier>,
     feed: Arc<KeyEventFeed>,
+    usage: Arc<UsageRecorder>,
 }
 
 impl SidecarSync {
-    pub fn new(db: DatabaseConnection, verifier: Arc<Verifier>, feed: Arc<KeyEventFeed>) -> Self {
-        Self { db, verifier, feed }
+    pub fn new(
+        db: DatabaseConnection,
+        verifier: Arc<Verifier>,
+        feed: Arc<KeyEventFeed>,
+        usage: Arc<UsageRecorder>,
+    ) -> Self {
+        Self { db, verifier, feed, usage }
     }
 
     /// Verifies a token of any org: the outcome, and the log head it
@@ -59,17 +60,11 @@ impl SidecarSync {
         self.feed.heartbeat_interval()
     }
 
-    /// Adds a sidecar's use counts in one statement; returns how many keys
-    /// they applied to (keys deleted meanwhile are skipped).
-    pub async fn report_usage(&self, ctx: &RequestContext, batch: Vec<KeyUse>) -> Result<u64> {
+    /// Applies a sidecar's usage report (once per report id).
+    pub async fn report_usage(&self, ctx: &RequestContext, report: UsageReport) -> Result<Applied> {
         require_sidecar(ctx)?;
-        if batch.len() > MAX_USAGE_ENTRIES {
-            return Err(Error::invalid("entries", format!("at most {MAX_USAGE_ENTRIES} per report")));
-        }
-        if let Some(bad) = batch.iter().position(|u| u.count < 0) {
-            return Err(Error::invalid(format!("entries[{bad}].count"), "must not be negative"));
-        }
-        api_keys::record_uses(&self.db, OrgScope::AllOrgs, &batch).await
+        ingest::check_report(&report, chrono::Utc::now())?;
+        self.usage.apply(&report).await
     }
 }
 

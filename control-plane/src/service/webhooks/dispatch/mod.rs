@@ -1,7 +1,8 @@
 //! The webhook dispatcher's loop: claims due deliveries, starts their
 //! requests and records what happened. Each job has its file: [`retry`]
 //! (when to try again), [`throttle`] (per-endpoint limits), [`send`] (the
-//! signed request and its answer), [`health`] (failure runs, disabling).
+//! signed request and its answer), [`health`] (failure runs, disabling),
+//! [`stats`] (attempt counts and latencies for usage analytics).
 //!
 //! One task claims and records (in batches, one transaction each); requests
 //! run concurrently, at most `concurrency` in all. A claim is a lease: the
@@ -11,6 +12,7 @@
 mod health;
 mod retry;
 mod send;
+mod stats;
 mod throttle;
 
 use std::collections::{HashMap, HashSet};
@@ -231,7 +233,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Records finished attempts and endpoint health in one transaction,
+    /// Records finished attempts, their statistics and endpoint health in one transaction,
     /// then disables endpoints that answered 410 or have failed for too long.
     async fn record(&self, batch: &mut Vec<AttemptRecord>) {
         let records = std::mem::take(batch);
@@ -240,6 +242,7 @@ impl Dispatcher {
             for record in &records {
                 deliveries::record_attempt(&tx, record).await?;
             }
+            stats::record(&tx, &records).await?;
             let to_disable = self.health.record(&tx, &records).await?;
             tx.commit().await?;
             Ok::<_, Error>(to_disable)
