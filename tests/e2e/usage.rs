@@ -57,7 +57,7 @@ async fn usage(
 
 /// (allowed, unauthorized, forbidden, rate_limited) of a response's totals.
 fn totals(response: &pb::QueryKeyUsageResponse) -> (u64, u64, u64, u64) {
-    let t = response.totals.clone().unwrap_or_default();
+    let t = response.totals.unwrap_or_default();
     (t.allowed, t.unauthorized, t.forbidden, t.rate_limited)
 }
 
