@@ -54,6 +54,8 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         "deliveries created: 1",
         "destination 169.254.169.254 is link-local",
         "attempt recorded its error",
+        "org usage: {'unauthorized': '1'",
+        "failed attempts this hour: 1",
         "SERVING",
         "walkthrough ok",
     ] {

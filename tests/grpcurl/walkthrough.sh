@@ -95,6 +95,26 @@ for _ in $(seq 50); do
 done
 echo "$DELIVERY" | grep -q lastError && echo "attempt recorded its error"
 
-echo "== 10. health"
+echo "== 10. usage: the checks of step 4 and 6 and the delivery attempt of step 9"
+NOW=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+HOUR_AGO=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
+# VerifyApiKey counts are applied every --usage-flush-interval (5s by default).
+for _ in $(seq 100); do
+  TOTALS=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+    -d "{\"org_id\": \"acme\", \"start_time\": \"$HOUR_AGO\", \"end_time\": \"$NOW\", \"granularity\": \"GRANULARITY_MINUTE\"}" \
+    "$ADDR" keyplane.admin.v1.UsageService/QueryKeyUsage | field '["totals"]')
+  echo "$TOTALS" | grep -q unauthorized && break
+  sleep 0.1
+done
+echo "org usage: $TOTALS"
+grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"org_id\": \"acme\", \"start_time\": \"$HOUR_AGO\", \"end_time\": \"$NOW\", \"limit\": 5}" \
+  "$ADDR" keyplane.admin.v1.UsageService/TopKeys | field '["keys"][0]["counts"]'
+ATTEMPTS=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"org_id\": \"acme\", \"subscription_id\": \"$SUBSCRIPTION_ID\", \"start_time\": \"$HOUR_AGO\", \"end_time\": \"$NOW\", \"granularity\": \"GRANULARITY_HOUR\"}" \
+  "$ADDR" keyplane.admin.v1.UsageService/QueryDeliveryStats | field '["buckets"][-1].get("failed", "0")')
+echo "failed attempts this hour: $ATTEMPTS"
+
+echo "== 11. health"
 grpcurl -plaintext "$ADDR" grpc.health.v1.Health/Check
 echo "walkthrough ok"
