@@ -47,8 +47,17 @@ impl UsageReporter {
     /// at the next flush, with the same id).
     pub async fn flush(&self, client: &mut ControlPlaneClient, timeout: Duration) {
         let mut queue = self.queue.lock().await;
-        let counts: Vec<pb::UsageCount> = self.tally.drain().into_iter().map(to_proto).collect();
-        for chunk in counts.chunks(MAX_COUNTS) {
+        let mut counts: Vec<pb::UsageCount> = self.tally.drain().into_iter().map(to_proto).collect();
+        // Reports cover ranges of key ids, sent from a random starting range:
+        // sidecars seeing the same keys then rarely report on the same rows
+        // at the same moment (each report locks its keys' rollup rows).
+        counts.sort_unstable_by(|a, b| a.key_id.cmp(&b.key_id));
+        let mut chunks: Vec<&[pb::UsageCount]> = counts.chunks(MAX_COUNTS).collect();
+        if !chunks.is_empty() {
+            let start = rand::rng().random_range(0..chunks.len());
+            chunks.rotate_left(start);
+        }
+        for chunk in chunks {
             queue.push_back(pb::ReportUsageRequest {
                 entries: Vec::new(),
                 report_id: new_report_id(),

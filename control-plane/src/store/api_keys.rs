@@ -307,43 +307,41 @@ pub struct KeyUse {
     pub last_used_at: DateTime<Utc>,
 }
 
-/// Adds a batch of use counts in one statement. Sidecars are platform
-/// credentials, so this spans orgs: callers pass [`OrgScope::AllOrgs`] to say so.
+/// Adds a batch of use counts (one row per key) in one statement, never
+/// moving `last_used_at` backwards. Sidecars are platform credentials, so
+/// this spans orgs: callers pass [`OrgScope::AllOrgs`] to say so.
 pub async fn record_uses(db: &impl ConnectionTrait, scope: OrgScope<'_>, batch: &[KeyUse]) -> Result<u64> {
-    use sea_orm::sea_query::{CaseStatement, Query};
     if batch.is_empty() {
         return Ok(0);
     }
-    let mut count = CaseStatement::new();
-    let mut last_used = CaseStatement::new();
+    let backend = db.get_database_backend();
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(batch.len() * 3 + 1);
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut placeholder = |value: sea_orm::Value, cast: &str| {
+        values.push(value);
+        match backend {
+            sea_orm::DbBackend::Postgres => format!("${}{cast}", values.len()),
+            _ => "?".to_owned(),
+        }
+    };
     for usage in batch {
-        count = count.case(Expr::col(Column::Id).eq(usage.key_id.as_str()), Expr::val(usage.count));
-        last_used = last_used.case(
-            Expr::col(Column::Id).eq(usage.key_id.as_str()),
-            // Never move last_used_at backwards.
-            Expr::Case(Box::new(
-                CaseStatement::new()
-                    .case(
-                        Expr::col(Column::LastUsedAt)
-                            .is_null()
-                            .or(Expr::col(Column::LastUsedAt).lt(usage.last_used_at)),
-                        Expr::val(usage.last_used_at),
-                    )
-                    .finally(Expr::col(Column::LastUsedAt)),
-            )),
-        );
+        let id = placeholder(usage.key_id.clone().into(), "::text");
+        let count = placeholder(usage.count.into(), "::bigint");
+        let last = placeholder(usage.last_used_at.into(), "::timestamptz");
+        rows.push(format!("({id}, {count}, {last})"));
     }
-    let mut update = Query::update();
-    update
-        .table(Entity)
-        .value(
-            Column::UsageCount,
-            Expr::col(Column::UsageCount).add(Expr::Case(Box::new(count.finally(Expr::val(0i64))))),
-        )
-        .value(Column::LastUsedAt, Expr::Case(Box::new(last_used.finally(Expr::col(Column::LastUsedAt)))))
-        .and_where(Expr::col(Column::Id).is_in(batch.iter().map(|u| u.key_id.as_str())));
-    if let OrgScope::Org(org) = scope {
-        update.and_where(Expr::col(Column::OrgId).eq(org));
-    }
-    Ok(db.execute(&update).await?.rows_affected())
+    let org_filter = match scope {
+        OrgScope::Org(org) => format!(" AND api_keys.org_id = {}", placeholder(org.into(), "")),
+        OrgScope::AllOrgs => String::new(),
+    };
+    let sql = format!(
+        "WITH used (id, n, last_used) AS (VALUES {}) \
+         UPDATE api_keys SET usage_count = api_keys.usage_count + used.n, \
+         last_used_at = CASE WHEN api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.last_used \
+         THEN used.last_used ELSE api_keys.last_used_at END \
+         FROM used WHERE api_keys.id = used.id{org_filter}",
+        rows.join(", ")
+    );
+    let statement = sea_orm::Statement::from_sql_and_values(backend, sql, values);
+    Ok(db.execute_raw(statement).await?.rows_affected())
 }

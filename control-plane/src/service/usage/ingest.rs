@@ -123,12 +123,18 @@ impl UsageRecorder {
         let known: Vec<&MinuteCount> = report.counts.iter().filter(|c| owners.contains_key(&c.key_id)).collect();
         let unknown = (report.counts.len() - known.len()) as u64;
         self.metrics.usage_counts.get_or_create(&vec![("result", "unknown_key")]).inc_by(unknown);
+        let mut org_rows = Vec::new();
         for granularity in Granularity::ALL {
-            let (mut keys, mut orgs) = rollup(granularity, &known, &owners);
+            let (mut keys, orgs) = rollup(granularity, &known, &owners);
             usage::add_key_buckets(&tx, granularity, &mut keys).await?;
-            usage::add_org_buckets(&tx, granularity, &mut orgs).await?;
+            org_rows.push((granularity, orgs));
         }
         api_keys::record_uses(&tx, OrgScope::AllOrgs, &uses(&known)).await?;
+        // Every report of an org updates the same org rows: take their locks
+        // last, so concurrent reports queue for them only briefly.
+        for (granularity, mut orgs) in org_rows {
+            usage::add_org_buckets(&tx, granularity, &mut orgs).await?;
+        }
         tx.commit().await?;
         self.metrics.usage_counts.get_or_create(&vec![("result", "applied")]).inc_by(known.len() as u64);
         Ok(Applied { applied: known.len() as u64, duplicate: false })
