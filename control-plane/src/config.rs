@@ -193,6 +193,62 @@ pub struct Config {
     /// Usage analytics.
     #[command(flatten)]
     pub usage: UsageArgs,
+    /// The web console.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
+}
+
+/// The web console and its sessions.
+#[derive(Clone, Debug, Args)]
+pub struct ConsoleArgs {
+    /// Web console address (`host:port`), or `off`. On loopback by default:
+    /// open it and sign in with the root token or a Keyplane API key.
+    #[arg(long = "console-listen", env = "KEYPLANE_CONSOLE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub address: ConsoleListen,
+    /// The console's address as browsers reach it (portal links point
+    /// there), e.g. `https://keys.example.com`; default: from --console-listen.
+    #[arg(long = "console-url", env = "KEYPLANE_CONSOLE_URL")]
+    pub url: Option<String>,
+    /// A console session ends after this long without a request.
+    #[arg(long = "console-session-idle", env = "KEYPLANE_CONSOLE_SESSION_IDLE", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub session_idle: Duration,
+    /// A console session ends this long after sign-in, whatever the activity.
+    #[arg(long = "console-session-lifetime", env = "KEYPLANE_CONSOLE_SESSION_LIFETIME", default_value = "12h", value_parser = humantime::parse_duration)]
+    pub session_lifetime: Duration,
+    /// Mark session cookies `Secure` (automatic when the console serves
+    /// TLS): set it when a TLS proxy sits in front of the console.
+    #[arg(long = "console-secure-cookies", env = "KEYPLANE_CONSOLE_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+}
+
+/// Where the console listens, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for ConsoleListen {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        value.parse().map(Self::On).map_err(|_| format!("{value:?} is neither host:port (an IP address) nor off"))
+    }
+}
+
+impl Default for ConsoleArgs {
+    /// The command-line defaults (one source of truth: the `#[arg]` attributes).
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            console: ConsoleArgs,
+        }
+        Defaults::parse_from(["keyplane"]).console
+    }
 }
 
 /// Usage analytics: how long rollups are kept, and how often the control
@@ -389,6 +445,7 @@ impl Config {
             egress: EgressArgs::default(),
             webhooks: WebhookArgs { poll_interval: Duration::from_millis(100), ..WebhookArgs::default() },
             usage: UsageArgs { flush_interval: Duration::from_millis(100), ..UsageArgs::default() },
+            console: ConsoleArgs::default(),
         }
     }
 
@@ -441,6 +498,8 @@ impl Config {
         at_least(usage.hour_retention, Duration::from_secs(2 * 86_400), "--usage-hour-retention")?;
         at_least(usage.day_retention, Duration::from_secs(14 * 86_400), "--usage-day-retention")?;
         at_least(usage.report_dedup_window, Duration::from_secs(600), "--usage-report-dedup-window")?;
+        at_least(self.console.session_idle, Duration::from_secs(60), "--console-session-idle")?;
+        at_least(self.console.session_lifetime, self.console.session_idle, "--console-session-lifetime")?;
         if self.event_poll_interval >= self.heartbeat_interval {
             return Err(crate::Error::Config(format!(
                 "--event-poll-interval ({}) must be shorter than --heartbeat-interval ({})",

@@ -61,6 +61,9 @@ pub enum Error {
     /// A gRPC server failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A console page could not be rendered.
+    #[error("template: {0}")]
+    Template(#[from] askama::Error),
 }
 
 impl Error {
@@ -122,14 +125,14 @@ fn unavailable(message: String) -> Status {
     Status::with_error_details(Code::Unavailable, message, ErrorDetails::with_retry_info(Some(RETRY_AFTER_UNAVAILABLE)))
 }
 
-fn is_unique_violation(error: &DbErr) -> bool {
+pub(crate) fn is_unique_violation(error: &DbErr) -> bool {
     matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
 /// Whether `error` means the database cannot be reached (pool timeout, a
 /// refused or dropped connection, a server shutting down), as opposed to a
 /// query the database rejected.
-fn is_unavailable(error: &DbErr) -> bool {
+pub(crate) fn is_unavailable(error: &DbErr) -> bool {
     use sea_orm::sqlx::Error as Sqlx;
     let runtime = match error {
         DbErr::ConnectionAcquire(_) => return true,

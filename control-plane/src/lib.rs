@@ -7,6 +7,7 @@
 pub mod availability;
 pub mod bootstrap;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod egress;
 pub mod error;
@@ -42,12 +43,14 @@ use tracing::Instrument;
 pub use config::Config;
 use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
+use service::sessions::SessionSettings;
 use service::sync::{FeedSettings, KeyEventFeed};
 use service::usage::ingest::{LocalUsage, UsageRecorder};
 use service::verify::AbuseLimits;
+use service::webhooks::PortalLinks;
 use service::{
     AuditService, Authenticator, ConnectionService, Crypto, DeliveryService, Dispatcher, EventService, KeyService,
-    SidecarSync, UsageService, Verifier, Wakeups, WebhookService, retention,
+    SessionService, SidecarSync, UsageService, Verifier, Wakeups, WebhookService, retention,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -56,6 +59,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Prometheus `/metrics`, if enabled.
     pub metrics: Option<TcpListener>,
+    /// The web console, if enabled.
+    pub console: Option<TcpListener>,
 }
 
 /// Verified secrets remembered by the verifier.
@@ -148,6 +153,14 @@ pub async fn run(
     let egress = Arc::new(config.egress_policy());
     let policy = Arc::new(config.webhooks.policy(egress.clone()));
     let webhooks = Arc::new(WebhookService::new(db.clone(), master_keys.clone(), policy.clone()));
+    let console_url = match (&config.console.url, &listeners.console) {
+        (Some(url), _) => Some(url.trim_end_matches('/').to_owned()),
+        (None, Some(listener)) => {
+            Some(format!("{}://{}", if tls.is_some() { "https" } else { "http" }, listener.local_addr()?))
+        }
+        (None, None) => None,
+    };
+    let portal = Arc::new(PortalLinks::new(db.clone(), console_url.clone()));
     let events = Arc::new(EventService::new(db.clone(), wakeups.clone(), policy));
     let deliveries = Arc::new(DeliveryService::new(db.clone(), wakeups.clone()));
     let oauth_client = oauth::OAuthClient::new(&egress, config.oauth_timeout)?;
@@ -162,6 +175,28 @@ pub async fn run(
     )?;
 
     let stop = &background.stop;
+    if let Some(listener) = listeners.console {
+        let settings = SessionSettings { idle: config.console.session_idle, lifetime: config.console.session_lifetime };
+        let sessions = Arc::new(SessionService::new(db.clone(), auth.clone(), settings));
+        let console = Arc::new(console::Console {
+            keys: keys.clone(),
+            webhooks: webhooks.clone(),
+            deliveries: deliveries.clone(),
+            audit: audit.clone(),
+            connections: connections.clone(),
+            usage: usage.clone(),
+            portal: portal.clone(),
+            sessions: sessions.clone(),
+            secure_cookies: config.console.secure_cookies || tls.is_some(),
+        });
+        let sign_in = match bootstrap_root_hint(&config) {
+            Some(path) => format!("the root token in {path}, or a Keyplane API key with keyplane: scopes"),
+            None => "a Keyplane API key with keyplane: scopes (see keyplane create-admin-key)".to_owned(),
+        };
+        tracing::info!(url = console_url.as_deref().unwrap_or_default(), sign_in = %sign_in, "web console serving");
+        background.spawn("console", console::serve(listener, tls.clone(), console::router(console), stop.clone()));
+        background.spawn("purge-console-sessions", retention::purge_console_sessions(sessions, stop.clone()));
+    }
     background.spawn("webhook-dispatcher", dispatcher.run(stop.clone()));
     background.spawn("key-event-tailer", feed.tail(wakeups.key_events_committed.clone()));
     background.spawn(
@@ -240,7 +275,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(ApiKeyServiceServer::new(grpc::api_keys::ApiKeyGrpc::new(keys, auth.clone())))
         .add_service(AuditServiceServer::new(grpc::audit::AuditGrpc::new(audit, auth.clone())))
-        .add_service(WebhookServiceServer::new(grpc::webhooks::WebhookGrpc::new(webhooks, auth.clone())))
+        .add_service(WebhookServiceServer::new(grpc::webhooks::WebhookGrpc::new(webhooks, portal, auth.clone())))
         .add_service(EventServiceServer::new(grpc::events::EventGrpc::new(events, auth.clone())))
         .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
         .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
@@ -258,6 +293,11 @@ pub async fn run(
     db.close().await?;
     tracing::info!("keyplane control plane stopped");
     Ok(result?)
+}
+
+/// Where the root token file is, for the console's start-up line (the path, never the token).
+fn bootstrap_root_hint(config: &Config) -> Option<String> {
+    config.root_token_path().filter(|path| path.exists()).map(|path| path.display().to_string())
 }
 
 /// Opens the database named by `storage` with its migrations applied and a

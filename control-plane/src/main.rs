@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use keyplane_control_plane::Listeners;
-use keyplane_control_plane::config::{Cli, Command, LogFormat};
+use keyplane_control_plane::config::{Cli, Command, ConsoleListen, LogFormat};
 use keyplane_control_plane::crypto::MasterKeys;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -30,6 +30,10 @@ async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
                 metrics: match config.metrics_listen {
                     Some(addr) => Some(TcpListener::bind(addr).await?),
                     None => None,
+                },
+                console: match config.console.address {
+                    ConsoleListen::On(addr) => Some(TcpListener::bind(addr).await?),
+                    ConsoleListen::Off => None,
                 },
             };
             keyplane_control_plane::run(*config, listeners, shutdown_signal()).await

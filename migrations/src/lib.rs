@@ -12,6 +12,7 @@ mod m20261122_000004_api_key_name_statistics;
 mod m20261122_000005_binary_id_order;
 mod m20261122_000006_delivery_event_index;
 mod m20261202_000007_usage_rollups;
+mod m20261202_000008_console_sessions;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_binary_id_order::Migration),
             Box::new(m20261122_000006_delivery_event_index::Migration),
             Box::new(m20261202_000007_usage_rollups::Migration),
+            Box::new(m20261202_000008_console_sessions::Migration),
         ]
     }
 }

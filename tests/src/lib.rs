@@ -85,6 +85,8 @@ pub struct TestControlPlane {
     pub data_dir: PathBuf,
     /// Prometheus `/metrics` address.
     pub metrics_addr: SocketAddr,
+    /// The web console's address.
+    pub console_addr: SocketAddr,
     /// The configuration it runs with (for restarts and replicas).
     pub config: Config,
     /// How the harness's own clients speak TLS to it (when it serves TLS).
@@ -155,12 +157,14 @@ impl TestControlPlane {
         let addr = listener.local_addr().expect("addr");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
         let metrics_addr = metrics.local_addr().expect("metrics addr");
+        let console = TcpListener::bind("127.0.0.1:0").await.expect("bind console");
+        let console_addr = console.local_addr().expect("console addr");
         let (shutdown, stopped) = oneshot::channel::<()>();
         let database_url = config.storage.database_url();
         let data_dir = config.storage.data_dir.clone();
         let task = tokio::spawn(keyplane_control_plane::run(
             config.clone(),
-            Listeners { grpc: listener, metrics: Some(metrics) },
+            Listeners { grpc: listener, metrics: Some(metrics), console: Some(console) },
             async {
                 let _ = stopped.await;
             },
@@ -171,6 +175,7 @@ impl TestControlPlane {
             database_url,
             data_dir,
             metrics_addr,
+            console_addr,
             config,
             client_tls,
             _temp: None,
@@ -316,6 +321,7 @@ impl TestControlPlane {
         self.shutdown = restarted.shutdown.take();
         self.task = restarted.task.take();
         self.metrics_addr = restarted.metrics_addr;
+        self.console_addr = restarted.console_addr;
     }
 
     /// The value of a counter or gauge in the control plane's `/metrics`

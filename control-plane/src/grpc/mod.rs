@@ -14,6 +14,7 @@ pub mod webhooks;
 use tonic::Request;
 
 use crate::error::Result;
+use crate::service::auth::Channel;
 use crate::service::{Authenticator, RequestContext};
 
 /// Builds the request context: authenticates the bearer token and records
@@ -28,6 +29,7 @@ pub async fn request_context<T>(auth: &Authenticator, request: &Request<T>) -> R
     let actor = auth.authenticate(bearer).await?;
     Ok(RequestContext {
         actor,
+        channel: Channel::Api,
         request_id: text("x-request-id").chars().take(128).collect(),
         peer_address: request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
         user_agent: text("user-agent").chars().take(512).collect(),

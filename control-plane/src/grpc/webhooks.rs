@@ -10,19 +10,20 @@ use super::convert::{self, subscription_to_proto};
 use super::request_context;
 use crate::error::{Error, Result};
 use crate::service::paging::PageRequest;
+use crate::service::webhooks::PortalLinks;
 use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
 use crate::service::{Authenticator, WebhookService};
 
 /// The gRPC adapter of the subscription service.
 pub struct WebhookGrpc {
     webhooks: Arc<WebhookService>,
+    portal: Arc<PortalLinks>,
     auth: Authenticator,
 }
 
 impl WebhookGrpc {
-    /// An adapter over `webhooks`.
-    pub fn new(webhooks: Arc<WebhookService>, auth: Authenticator) -> Self {
-        Self { webhooks, auth }
+    pub fn new(webhooks: Arc<WebhookService>, portal: Arc<PortalLinks>, auth: Authenticator) -> Self {
+        Self { webhooks, portal, auth }
     }
 }
 
@@ -131,5 +132,20 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         let pb::ApproveSubscriptionRequest { org_id, id } = request.into_inner();
         let subscription = self.webhooks.approve(&ctx, &org_id, &id).await?;
         Ok(Response::new(pb::ApproveSubscriptionResponse { subscription: Some(subscription_to_proto(&subscription)) }))
+    }
+
+    async fn create_portal_link(
+        &self,
+        request: Request<pb::CreatePortalLinkRequest>,
+    ) -> Result<Response<pb::CreatePortalLinkResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let ttl = request.ttl.map(|ttl| convert::duration_from_proto("ttl", ttl)).transpose()?;
+        let link = self.portal.create(&ctx, &request.org_id, ttl, request.frame_ancestors).await?;
+        Ok(Response::new(pb::CreatePortalLinkResponse {
+            url: link.url,
+            id: link.id,
+            expires_at: Some(convert::time_to_proto(link.expires_at)),
+        }))
     }
 }

@@ -12,6 +12,9 @@ use crate::store::audit::NewAuditEvent;
 
 /// The reserved org whose keys are platform credentials acting across orgs.
 pub const PLATFORM_ORG: &str = "keyplane";
+/// What a webhook-portal session may do: its org's subscriptions and deliveries.
+const PORTAL_SCOPES: [Scope; 4] =
+    [Scope::WebhooksRead, Scope::WebhooksWrite, Scope::DeliveriesRead, Scope::DeliveriesWrite];
 
 /// A permission a Keyplane API key can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +105,13 @@ pub enum Actor {
     /// An operator's command run against the database (`keyplane
     /// create-admin-key`): every scope, like root, audited as `operator`.
     Operator,
+    /// A webhook-portal session opened from a portal link: the platform's
+    /// customer, managing its org's webhooks and nothing else.
+    Portal {
+        org_id: String,
+        /// The portal link that opened the session (`ptl_…`).
+        link_id: String,
+    },
     /// A Keyplane API key.
     ApiKey {
         key_id: String,
@@ -111,10 +121,20 @@ pub enum Actor {
     },
 }
 
+/// Which front end a request came through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Channel {
+    #[default]
+    Api,
+    /// The web console (or the webhook portal); audit rows say so.
+    Console,
+}
+
 /// One request: the caller and where it came from, for authorization and audit.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     pub actor: Actor,
+    pub channel: Channel,
     /// `x-request-id`.
     pub request_id: String,
     /// Peer socket address.
@@ -128,6 +148,7 @@ impl RequestContext {
     pub fn operator() -> Self {
         Self {
             actor: Actor::Operator,
+            channel: Channel::Api,
             request_id: String::new(),
             peer_address: String::new(),
             user_agent: String::new(),
@@ -143,6 +164,7 @@ impl RequestContext {
     fn holds(&self, scope: &str) -> bool {
         match &self.actor {
             Actor::Root | Actor::Operator => true,
+            Actor::Portal { .. } => PORTAL_SCOPES.iter().any(|s| s.as_str() == scope),
             Actor::ApiKey { scopes, .. } => scopes.iter().any(|s| s == scope || s == Scope::Admin.as_str()),
         }
     }
@@ -151,6 +173,7 @@ impl RequestContext {
     pub fn is_platform(&self) -> bool {
         match &self.actor {
             Actor::Root | Actor::Operator => true,
+            Actor::Portal { .. } => false,
             Actor::ApiKey { org_id, .. } => org_id == PLATFORM_ORG,
         }
     }
@@ -170,7 +193,11 @@ impl RequestContext {
                     Ok(requested_org.to_owned())
                 }
             }
-            Actor::ApiKey { org_id, .. } if requested_org.is_empty() || requested_org == org_id => Ok(org_id.clone()),
+            Actor::ApiKey { org_id, .. } | Actor::Portal { org_id, .. }
+                if requested_org.is_empty() || requested_org == org_id =>
+            {
+                Ok(org_id.clone())
+            }
             _ => Err(Error::PermissionDenied("this key acts only in its own org".into())),
         }
     }
@@ -182,7 +209,7 @@ impl RequestContext {
             Actor::Root | Actor::Operator => Ok(OrgScope::AllOrgs),
             Actor::ApiKey { .. } if self.is_platform() && self.has_scope(Scope::Sidecar) => Ok(OrgScope::AllOrgs),
             Actor::ApiKey { org_id, .. } if self.has_scope(Scope::KeysRead) => Ok(OrgScope::Org(org_id)),
-            Actor::ApiKey { .. } => Err(Error::PermissionDenied(format!(
+            Actor::ApiKey { .. } | Actor::Portal { .. } => Err(Error::PermissionDenied(format!(
                 "missing scope {} or {}",
                 Scope::KeysRead.as_str(),
                 Scope::Sidecar.as_str()
@@ -206,6 +233,7 @@ impl RequestContext {
             Actor::Root => ("root", "root".to_owned()),
             Actor::Operator => ("operator", "keyplane create-admin-key".to_owned()),
             Actor::ApiKey { key_id, .. } => ("api_key", key_id.clone()),
+            Actor::Portal { link_id, .. } => ("portal", link_id.clone()),
         }
     }
 
@@ -218,6 +246,13 @@ impl RequestContext {
         metadata: Value,
     ) -> NewAuditEvent {
         let (actor_type, actor_id) = self.actor_label();
+        let metadata = match (self.channel, metadata) {
+            (Channel::Console, Value::Object(mut fields)) => {
+                fields.insert("via".into(), Value::from("console"));
+                Value::Object(fields)
+            }
+            (_, metadata) => metadata,
+        };
         NewAuditEvent {
             actor_type: actor_type.to_owned(),
             actor_id,

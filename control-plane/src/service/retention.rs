@@ -76,6 +76,18 @@ pub async fn purge_usage_rollups(
     .await;
 }
 
+/// Deletes console sessions past their end (idle or absolute), every minute.
+pub async fn purge_console_sessions(sessions: std::sync::Arc<super::SessionService>, stop: CancellationToken) {
+    repeat(Duration::from_secs(60), stop, || async {
+        match sessions.purge_expired().await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "purged ended console sessions"),
+            Err(error) => tracing::warn!(%error, "purging console sessions failed"),
+        }
+    })
+    .await;
+}
+
 async fn purge_delivered_before(db: &DatabaseConnection, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
     let mut total = 0;
     loop {

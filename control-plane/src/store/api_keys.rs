@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::LikeExpr;
-use sea_orm::{Condition, ExprTrait, IntoActiveModel, QueryOrder, QuerySelect};
+use sea_orm::{Condition, ExprTrait, IntoActiveModel, PaginatorTrait, QueryOrder, QuerySelect};
 use serde::Serialize;
 
 use super::{OrgScope, OrgTx};
@@ -232,6 +232,11 @@ pub async fn list(
         condition = condition.add(Expr::col(Column::Name).like(LikeExpr::new(format!("{escaped}%")).escape('\\')));
     }
     Ok(Entity::find().filter(condition).order_by_asc(Column::Id).limit(limit).all(db).await?)
+}
+
+/// How many keys of `org` have `status`.
+pub async fn count(db: &impl ConnectionTrait, org: &str, status: KeyStatus) -> Result<u64> {
+    Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(Column::Status.eq(status)).count(db).await?)
 }
 
 /// Applies `changes` to `key`, loaded in the transaction's org.

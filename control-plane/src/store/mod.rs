@@ -10,7 +10,9 @@ pub mod deliveries;
 pub mod delivery_stats;
 pub mod events;
 pub mod key_events;
+pub mod portal_links;
 pub mod sealed;
+pub mod sessions;
 pub mod usage;
 pub mod webhooks;
 

@@ -107,6 +107,12 @@ impl KeyService {
         Ok(cursor.page(rows, |k| k.id.clone()))
     }
 
+    /// How many keys of the caller's org are active (revoked ones are not).
+    pub async fn count_active(&self, ctx: &RequestContext, org_id: &str) -> Result<u64> {
+        let org = ctx.authorize(Scope::KeysRead, org_id)?;
+        api_keys::count(&self.db, &org, api_keys::KeyStatus::Active).await
+    }
+
     /// Returns the token of a recoverable key (audited).
     pub async fn reveal(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<String> {
         let org = ctx.authorize(Scope::KeysReveal, org_id)?;

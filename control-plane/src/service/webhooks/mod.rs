@@ -9,6 +9,7 @@
 //! | [`outbox`] | writing an event and its deliveries in one transaction |
 //! | [`events`] | PublishEvent |
 //! | [`deliveries`] | reading, retrying and test-sending deliveries |
+//! | [`portal`] | one-time links to the webhook portal for an org |
 //! | [`dispatch`] | sending: the loop, retries, throttling, the request, endpoint health |
 
 pub mod deliveries;
@@ -17,6 +18,7 @@ pub mod event_types;
 pub mod events;
 pub mod outbox;
 pub mod policy;
+pub mod portal;
 pub mod secrets;
 pub mod subscriptions;
 
@@ -24,4 +26,5 @@ pub use deliveries::DeliveryService;
 pub use dispatch::{DispatchSettings, Dispatcher};
 pub use events::EventService;
 pub use policy::WebhookPolicy;
+pub use portal::PortalLinks;
 pub use subscriptions::WebhookService;

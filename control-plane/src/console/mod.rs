@@ -1,0 +1,129 @@
+//! The web console (ARCHITECTURE.md, "The console"): server-rendered HTML
+//! over the same `service/` layer and the same authorization as the gRPC
+//! API, on its own listener. Askama templates (`control-plane/templates/`)
+//! are compiled into the binary, as are the stylesheet and the one small
+//! script (copy buttons only: every page works without JavaScript).
+//!
+//! A browser signs in with the root token or a Keyplane API key and gets a
+//! server-side session (`service/sessions.rs`); every form carries the
+//! session's CSRF token; every response carries the security headers
+//! (`headers.rs`). Portal sessions reach only their org's webhooks.
+
+mod chart;
+mod error;
+mod headers;
+mod pages;
+mod session;
+mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+
+use crate::service::webhooks::PortalLinks;
+use crate::service::{
+    AuditService, ConnectionService, DeliveryService, KeyService, SessionService, UsageService, WebhookService,
+};
+use crate::tls::ReloadingTls;
+
+/// What the console's pages call.
+pub struct Console {
+    pub keys: Arc<KeyService>,
+    pub webhooks: Arc<WebhookService>,
+    pub deliveries: Arc<DeliveryService>,
+    pub audit: Arc<AuditService>,
+    pub connections: Arc<ConnectionService>,
+    pub usage: Arc<UsageService>,
+    pub portal: Arc<PortalLinks>,
+    pub sessions: Arc<SessionService>,
+    /// Mark cookies `Secure` (always when served over TLS).
+    pub secure_cookies: bool,
+}
+
+/// The peer of a console connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub Option<std::net::SocketAddr>);
+
+/// Every route of the console.
+pub fn router(console: Arc<Console>) -> Router {
+    use pages::{audit, connections, deliveries, keys, overview, signin, webhooks};
+    Router::new()
+        .route("/", get(overview::show))
+        .route("/login", get(signin::form).post(signin::sign_in))
+        .route("/logout", post(signin::sign_out))
+        .route("/org", get(signin::org_form).post(signin::choose_org))
+        .route("/portal/{token}", get(signin::open_portal))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/new", get(keys::new_form))
+        .route("/keys/{id}", get(keys::show))
+        .route("/keys/{id}/update", post(keys::update))
+        .route("/keys/{id}/rotate", get(keys::confirm_rotate).post(keys::rotate))
+        .route("/keys/{id}/revoke", get(keys::confirm_revoke).post(keys::revoke))
+        .route("/keys/{id}/delete", get(keys::confirm_delete).post(keys::delete))
+        .route("/keys/{id}/reveal", post(keys::reveal))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/webhooks/new", get(webhooks::new_form))
+        .route("/webhooks/portal-link", post(webhooks::portal_link))
+        .route("/webhooks/{id}", get(webhooks::show))
+        .route("/webhooks/{id}/update", post(webhooks::update))
+        .route("/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/webhooks/{id}/disable", post(webhooks::disable))
+        .route("/webhooks/{id}/approve", post(webhooks::approve))
+        .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/webhooks/{id}/test", post(webhooks::send_test))
+        .route("/webhooks/{id}/recover", post(webhooks::recover))
+        .route("/webhooks/{id}/delete", get(webhooks::confirm_delete).post(webhooks::delete))
+        .route("/deliveries/{id}", get(deliveries::show))
+        .route("/deliveries/{id}/retry", post(deliveries::retry))
+        .route("/audit", get(audit::list))
+        .route("/audit/verify", get(audit::verify))
+        .route("/connections", get(connections::list))
+        .route("/connections/{id}", get(connections::show))
+        .route("/connections/{id}/delete", get(connections::confirm_delete).post(connections::delete))
+        .route("/static/console.css", get(headers::stylesheet))
+        .route("/static/console.js", get(headers::script))
+        .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn(headers::security_headers))
+        .with_state(console)
+}
+
+/// Serves `router` on `listener` (with TLS when `tls` is set) until `stop`.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, router: Router, stop: CancellationToken) {
+    let mut incoming = crate::tls::incoming(listener, tls);
+    loop {
+        let connection = tokio::select! {
+            () = stop.cancelled() => return,
+            next = incoming.next() => match next {
+                Some(Ok(connection)) => connection,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "console accept failed");
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let peer = Peer(connection.connect_info().remote_addr());
+        let service = router.clone().layer(axum::Extension(peer));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let serving = builder.serve_connection(TokioIo::new(connection), TowerToHyperService::new(service));
+            tokio::pin!(serving);
+            tokio::select! {
+                _ = serving.as_mut() => {}
+                () = stop.cancelled() => {
+                    serving.as_mut().graceful_shutdown();
+                    let _ = serving.await;
+                }
+            }
+        });
+    }
+}

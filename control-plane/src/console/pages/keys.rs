@@ -1,0 +1,409 @@
+//! API keys: the list (filters, pages), creation (the token shown once),
+//! a key's page with its usage graph, changes, rotation, revocation,
+//! deletion and reveal.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{
+    bad_request, duration, granularity, next_page, page_request, render, respond, see_other, usage_chart, window, words,
+};
+use crate::console::Console;
+use crate::console::pages::signin::Empty;
+use crate::console::session::{Signed, SignedForm};
+use crate::console::views::{
+    ConfirmPage, KeyDetail, KeyFilterForm, KeyPage, KeyRow, KeysPage, NewKeyForm, NewKeyPage, ShownOncePage, when,
+    when_or_dash,
+};
+use crate::error::{Error, Result};
+use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
+use crate::service::paging::ListQuery;
+use crate::service::records::{ApiKey, Environment, KeyFilter, KeyStatus, RateLimit};
+use crate::store::usage::Granularity;
+
+pub async fn list(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    Query(filter): Query<KeyFilterForm>,
+) -> Response {
+    let nav = signed.nav("keys");
+    let result = async {
+        let query = ListQuery {
+            org_id: signed.org(),
+            page: page_request(&filter.page),
+            filter: KeyFilter {
+                status: match filter.status.as_str() {
+                    "active" => Some(KeyStatus::Active),
+                    "revoked" => Some(KeyStatus::Revoked),
+                    _ => None,
+                },
+                environment: filter.environment.parse().ok(),
+                name_prefix: Some(filter.prefix.clone()).filter(|p| !p.is_empty()),
+            },
+        };
+        let page = console.keys.list(&signed.ctx, query).await?;
+        let filters =
+            [("status", filter.status.as_str()), ("environment", &filter.environment), ("prefix", &filter.prefix)];
+        let next = next_page(&filters, &page.next_page_token);
+        let keys = page.items.iter().map(row).collect();
+        render(&KeysPage { nav: Some(nav.clone()), keys, filter, next })
+    };
+    respond(&nav, result.await)
+}
+
+fn row(key: &ApiKey) -> KeyRow {
+    KeyRow {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        environment: key.environment.as_str().to_owned(),
+        status: status(key).to_owned(),
+        start: key.start.clone(),
+        created: when(key.created_at),
+        last_used: when_or_dash(key.last_used_at),
+        uses: key.usage_count.to_string(),
+    }
+}
+
+/// `active`, `revoked`, or `expired` for an active key past its expiry.
+fn status(key: &ApiKey) -> &'static str {
+    match key.status {
+        KeyStatus::Revoked => "revoked",
+        KeyStatus::Active if key.is_expired(crate::store::now()) => "expired",
+        KeyStatus::Active => "active",
+    }
+}
+
+pub async fn new_form(signed: Signed) -> Response {
+    let nav = signed.nav("keys");
+    respond(&nav, render(&NewKeyPage { nav: Some(nav.clone()), form: NewKeyForm::default(), errors: Vec::new() }))
+}
+
+/// The form as a service request; bad fields are field violations.
+fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
+    let mut violations = crate::service::validate::Violations::default();
+    let environment = match form.environment.as_str() {
+        "" | "live" => Environment::Live,
+        "test" => Environment::Test,
+        _ => {
+            violations.add("environment", "must be live or test");
+            Environment::Live
+        }
+    };
+    let ttl = violations.absorb(duration("ttl", &form.ttl))?.flatten();
+    let rate_limit = violations.absorb(rate_limit_of(&form.rate_limit_requests, &form.rate_limit_window))?.flatten();
+    let metadata = violations.absorb(metadata("metadata", &form.metadata))?.flatten();
+    violations.finish()?;
+    Ok(NewKey {
+        org_id: org,
+        name: form.name.trim().to_owned(),
+        description: form.description.trim().to_owned(),
+        environment,
+        scopes: words(&form.scopes),
+        expiry: ttl.map(Expiry::Ttl),
+        rate_limit,
+        metadata,
+        recoverable: form.recoverable.is_some(),
+    })
+}
+
+fn rate_limit_of(requests: &str, window: &str) -> Result<Option<RateLimit>> {
+    if requests.trim().is_empty() && window.trim().is_empty() {
+        return Ok(None);
+    }
+    let requests =
+        requests.trim().parse::<u32>().map_err(|_| Error::invalid("rate_limit.requests", "must be a whole number"))?;
+    let window =
+        duration("rate_limit.window", window)?.ok_or_else(|| Error::invalid("rate_limit.window", "is required"))?;
+    Ok(Some(RateLimit { requests, window }))
+}
+
+fn metadata(field: &str, text: &str) -> Result<Option<serde_json::Value>> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text).map(Some).map_err(|e| Error::invalid(field, format!("is not JSON: {e}")))
+}
+
+pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<NewKeyForm>) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    let nav = signed.nav("keys");
+    let created = match new_key(signed.org(), &form) {
+        Ok(new) => console.keys.create(&signed.ctx, new).await,
+        Err(error) => Err(error),
+    };
+    let result = match created {
+        Ok(issued) => render(&ShownOncePage {
+            nav: Some(nav.clone()),
+            title: format!("Key “{}” created", issued.key.name),
+            what: "API key token".into(),
+            value: issued.token,
+            warning:
+                "This is the only time the token is shown. Store it in your secret manager; Keyplane keeps only a hash."
+                    .into(),
+            next_href: format!("/keys/{}", issued.key.id),
+            next_label: "Go to the key".into(),
+        }),
+        Err(Error::InvalidArgument(violations)) => {
+            let errors = violations.into_iter().map(|v| (v.field, v.description)).collect();
+            render(&NewKeyPage { nav: Some(nav.clone()), form, errors }).map(bad_request)
+        }
+        Err(other) => Err(other),
+    };
+    respond(&nav, result)
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct KeyQuery {
+    granularity: String,
+}
+
+pub async fn show(
+    State(console): State<Arc<Console>>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Query(query): Query<KeyQuery>,
+) -> Response {
+    let nav = signed.nav("keys");
+    let result = async {
+        let key = console.keys.get(&signed.ctx, &signed.org(), &id).await?;
+        let granularity = granularity(if query.granularity.is_empty() { "hour" } else { &query.granularity });
+        let usage = if nav.can.usage_read {
+            let series =
+                console.usage.key_usage(&signed.ctx, &signed.org(), Some(&id), window(granularity), None).await?;
+            let title = match granularity {
+                Granularity::Minute => "Checks, last hour",
+                Granularity::Hour => "Checks, last 24 hours",
+                Granularity::Day => "Checks, last 30 days",
+            };
+            Some(usage_chart(title, &series, granularity))
+        } else {
+            None
+        };
+        let name = match granularity {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        };
+        render(&KeyPage { nav: Some(nav.clone()), key: detail(&key), usage, granularity: name.into() })
+    };
+    respond(&nav, result.await)
+}
+
+fn detail(key: &ApiKey) -> KeyDetail {
+    let rate_limit = key.rate_limit().map(|l| format!("{}/{}", l.requests, humantime::format_duration(l.window)));
+    KeyDetail {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        description: key.description.clone(),
+        environment: key.environment.as_str().to_owned(),
+        status: status(key).to_owned(),
+        active: key.status == KeyStatus::Active,
+        start: key.start.clone(),
+        scopes: key.scope_list().join(" "),
+        expires: key.expires_at.map_or_else(|| "never".to_owned(), when),
+        rate_limit: rate_limit.clone().map_or_else(|| "none".to_owned(), |l| format!("{l} (per sidecar)")),
+        metadata: key.metadata.as_ref().map_or_else(|| "—".to_owned(), ToString::to_string),
+        recoverable: key.sealed_token.is_some(),
+        created_by: key.created_by.clone(),
+        created: when(key.created_at),
+        updated: when(key.updated_at),
+        revoked: when_or_dash(key.revoked_at),
+        revocation_reason: key.revocation_reason.clone().unwrap_or_default(),
+        rotated_from: key.rotated_from.clone().unwrap_or_default(),
+        last_used: when_or_dash(key.last_used_at),
+        uses: key.usage_count.to_string(),
+        expires_input: key
+            .expires_at
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default(),
+        rate_limit_input: rate_limit.unwrap_or_default(),
+        metadata_input: key.metadata.as_ref().map(ToString::to_string).unwrap_or_default(),
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct UpdateForm {
+    description: String,
+    scopes: String,
+    expires_at: String,
+    rate_limit: String,
+    metadata: String,
+}
+
+pub async fn update(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    post: SignedForm<UpdateForm>,
+) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    let nav = signed.nav("keys");
+    let result = async {
+        let mut violations = crate::service::validate::Violations::default();
+        let expires_at = if form.expires_at.trim().is_empty() {
+            None
+        } else {
+            let parsed = chrono::DateTime::parse_from_rfc3339(form.expires_at.trim())
+                .map(|at| at.with_timezone(&chrono::Utc))
+                .map_err(|_| {
+                    Error::invalid("update.expires_at", "must be an RFC 3339 time, e.g. 2027-01-31T00:00:00Z")
+                });
+            violations.absorb(parsed)?
+        };
+        let rate_limit = match form.rate_limit.trim().split_once('/') {
+            None if form.rate_limit.trim().is_empty() => None,
+            Some((requests, window)) => violations.absorb(rate_limit_of(requests, window))?.flatten(),
+            None => {
+                violations.add("update.rate_limit", "must be requests/window, e.g. 100/1m");
+                None
+            }
+        };
+        let metadata = violations.absorb(metadata("update.metadata", &form.metadata))?.flatten();
+        violations.finish()?;
+        let changes = KeyChanges {
+            description: Some(form.description.trim().to_owned()),
+            scopes: Some(words(&form.scopes)),
+            expires_at: Some(expires_at),
+            rate_limit: Some(rate_limit),
+            metadata: Some(metadata),
+            ..KeyChanges::default()
+        };
+        console.keys.update(&signed.ctx, &signed.org(), &id, changes).await?;
+        see_other(&format!("/keys/{id}"))
+    };
+    respond(&nav, result.await)
+}
+
+fn confirm(
+    signed: &Signed,
+    id: &str,
+    action: &str,
+    title: &str,
+    message: String,
+    input: Option<(&str, &str, &str)>,
+) -> Response {
+    let nav = signed.nav("keys");
+    respond(
+        &nav,
+        render(&ConfirmPage {
+            nav: Some(nav.clone()),
+            title: title.into(),
+            message,
+            action: format!("/keys/{id}/{action}"),
+            button: title.trim_end_matches('?').split(' ').next().unwrap_or("Confirm").to_owned(),
+            danger: action != "rotate",
+            input: input.map(|(label, name, placeholder)| (label.into(), name.into(), placeholder.into())),
+            back: format!("/keys/{id}"),
+        }),
+    )
+}
+
+pub async fn confirm_rotate(signed: Signed, Path(id): Path<String>) -> Response {
+    let message = "A new key replaces this one; the old token keeps working during the grace period.".to_owned();
+    confirm(
+        &signed,
+        &id,
+        "rotate",
+        "Rotate this key?",
+        message,
+        Some(("Grace period (default 24h; 0s revokes now)", "grace", "24h")),
+    )
+}
+
+pub async fn confirm_revoke(signed: Signed, Path(id): Path<String>) -> Response {
+    let message = format!("Key {id} stops working everywhere within milliseconds. This cannot be undone.");
+    confirm(
+        &signed,
+        &id,
+        "revoke",
+        "Revoke this key?",
+        message,
+        Some(("Reason (recorded in the audit log)", "reason", "")),
+    )
+}
+
+pub async fn confirm_delete(signed: Signed, Path(id): Path<String>) -> Response {
+    let message = format!("Key {id} is deleted: it stops working and disappears from listings.");
+    confirm(&signed, &id, "delete", "Delete this key?", message, None)
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct RotateForm {
+    grace: String,
+}
+
+pub async fn rotate(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    post: SignedForm<RotateForm>,
+) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    let nav = signed.nav("keys");
+    let result = async {
+        let grace = duration("grace_period", &form.grace)?;
+        let rotation = console.keys.rotate(&signed.ctx, &signed.org(), &id, grace).await?;
+        render(&ShownOncePage {
+            nav: Some(nav.clone()),
+            title: "Key rotated".into(),
+            what: "Token of the new key".into(),
+            value: rotation.issued.token,
+            warning: "This is the only time the new token is shown.".into(),
+            next_href: format!("/keys/{}", rotation.issued.key.id),
+            next_label: "Go to the new key".into(),
+        })
+    };
+    respond(&nav, result.await)
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct RevokeForm {
+    reason: String,
+}
+
+pub async fn revoke(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    post: SignedForm<RevokeForm>,
+) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    let nav = signed.nav("keys");
+    let result = async {
+        console.keys.revoke(&signed.ctx, &signed.org(), &id, form.reason.trim()).await?;
+        see_other(&format!("/keys/{id}"))
+    };
+    respond(&nav, result.await)
+}
+
+pub async fn delete(State(console): State<Arc<Console>>, Path(id): Path<String>, post: SignedForm<Empty>) -> Response {
+    let signed = post.signed;
+    let nav = signed.nav("keys");
+    let result = async {
+        console.keys.delete(&signed.ctx, &signed.org(), &id).await?;
+        see_other("/keys")
+    };
+    respond(&nav, result.await)
+}
+
+pub async fn reveal(State(console): State<Arc<Console>>, Path(id): Path<String>, post: SignedForm<Empty>) -> Response {
+    let signed = post.signed;
+    let nav = signed.nav("keys");
+    let result = async {
+        let token = console.keys.reveal(&signed.ctx, &signed.org(), &id).await?;
+        render(&ShownOncePage {
+            nav: Some(nav.clone()),
+            title: "Token revealed".into(),
+            what: "API key token".into(),
+            value: token,
+            warning: "Revealing is audited. Do not leave this page open.".into(),
+            next_href: format!("/keys/{id}"),
+            next_label: "Back to the key".into(),
+        })
+    };
+    respond(&nav, result.await)
+}

@@ -1,0 +1,104 @@
+//! Signing in and out, choosing the org, and opening a portal link.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::{render, respond, see_other};
+use crate::console::Console;
+use crate::console::error::error_page;
+use crate::console::session::{self, SESSION_COOKIE, Signed, SignedForm};
+use crate::console::views::{LoginPage, OrgPage};
+use crate::crypto::token::{encode_fixed, random_bytes};
+use crate::error::Error;
+
+/// The double-submit cookie of the sign-in form (there is no session yet).
+const NONCE_COOKIE: &str = "kp_login";
+
+pub async fn form(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if let Some(id) = session::cookie(&headers, SESSION_COOKIE)
+        && let Ok(Some(_)) = console.sessions.resume(&id).await
+    {
+        return Redirect::to("/").into_response();
+    }
+    login_page(&console, None, StatusCode::OK)
+}
+
+fn login_page(console: &Console, error: Option<String>, status: StatusCode) -> Response {
+    let nonce = encode_fixed(&random_bytes::<16>(), 22);
+    let cookie = session::set_cookie(NONCE_COOKIE, &nonce, "/login", console.secure_cookies, None);
+    match render(&LoginPage { nav: None, nonce, error }) {
+        Ok(page) => (status, [(header::SET_COOKIE, cookie)], page).into_response(),
+        Err(error) => error_page(error, None),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SignInForm {
+    credential: String,
+    nonce: String,
+}
+
+pub async fn sign_in(
+    State(console): State<Arc<Console>>,
+    parts: Parts,
+    axum::Form(form): axum::Form<SignInForm>,
+) -> Response {
+    let expected = session::cookie(&parts.headers, NONCE_COOKIE);
+    if expected.as_deref() != Some(form.nonce.as_str()) {
+        return login_page(&console, Some("The form expired; sign in again.".into()), StatusCode::FORBIDDEN);
+    }
+    match console.sessions.sign_in(&form.credential, &session::client(&parts)).await {
+        Ok((id, signed_in)) => {
+            let cookie = session::set_cookie(SESSION_COOKIE, &id, "/", console.secure_cookies, None);
+            let to = if signed_in.is_platform() && signed_in.org.is_none() { "/org" } else { "/" };
+            ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
+        }
+        Err(Error::Unauthenticated(message)) => login_page(&console, Some(message.into()), StatusCode::UNAUTHORIZED),
+        Err(Error::LimitReached(message)) => login_page(&console, Some(message), StatusCode::TOO_MANY_REQUESTS),
+        Err(other) => error_page(other, None),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Empty {}
+
+pub async fn sign_out(State(console): State<Arc<Console>>, parts: Parts, post: SignedForm<Empty>) -> Response {
+    let signed = post.signed;
+    if let Err(error) = console.sessions.sign_out(&signed.session, &session::client(&parts)).await {
+        return error_page(error, Some(&signed.nav));
+    }
+    let cookie = session::set_cookie(SESSION_COOKIE, "", "/", console.secure_cookies, Some(0));
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+pub async fn org_form(signed: Signed) -> Response {
+    let nav = signed.nav("");
+    respond(&nav, render(&OrgPage { current: signed.org(), nav: Some(nav.clone()) }))
+}
+
+#[derive(Deserialize)]
+pub struct OrgForm {
+    org: String,
+}
+
+pub async fn choose_org(State(console): State<Arc<Console>>, post: SignedForm<OrgForm>) -> Response {
+    let nav = post.signed.nav("");
+    let chosen = console.sessions.choose_org(&post.signed.session, post.form.org.trim()).await;
+    respond(&nav, chosen.and_then(|()| see_other("/")))
+}
+
+pub async fn open_portal(State(console): State<Arc<Console>>, parts: Parts, Path(token): Path<String>) -> Response {
+    match console.sessions.open_portal(&token, &session::client(&parts)).await {
+        Ok(Some((id, _))) => {
+            let cookie = session::set_cookie(SESSION_COOKIE, &id, "/", console.secure_cookies, None);
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/webhooks")).into_response()
+        }
+        Ok(None) => error_page(Error::NotFound("portal link (it may have expired or been used already)"), None),
+        Err(error) => error_page(error, None),
+    }
+}

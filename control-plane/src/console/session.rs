@@ -1,0 +1,233 @@
+//! From a request to a signed-in caller: the session cookie, the portal's
+//! boundary, the org a platform credential acts in, and the CSRF token every
+//! state-changing form must carry.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use super::error::error_page;
+use super::headers::FrameAncestors;
+use super::{Console, Peer};
+use crate::error::Error;
+use crate::service::auth::{Actor, RequestContext, Scope};
+use crate::service::sessions::{Client, Session};
+
+pub const SESSION_COOKIE: &str = "kp_session";
+/// Largest form body accepted.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// What the signed-in caller may do, for showing only the actions it may take.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Can {
+    pub keys_read: bool,
+    pub keys_write: bool,
+    pub keys_reveal: bool,
+    pub webhooks_read: bool,
+    pub webhooks_write: bool,
+    pub deliveries_read: bool,
+    pub deliveries_write: bool,
+    pub audit_read: bool,
+    pub connections_read: bool,
+    pub connections_write: bool,
+    pub usage_read: bool,
+    pub admin: bool,
+}
+
+impl Can {
+    fn of(ctx: &RequestContext) -> Self {
+        Self {
+            keys_read: ctx.has_scope(Scope::KeysRead),
+            keys_write: ctx.has_scope(Scope::KeysWrite),
+            keys_reveal: ctx.has_scope(Scope::KeysReveal),
+            webhooks_read: ctx.has_scope(Scope::WebhooksRead),
+            webhooks_write: ctx.has_scope(Scope::WebhooksWrite),
+            deliveries_read: ctx.has_scope(Scope::DeliveriesRead),
+            deliveries_write: ctx.has_scope(Scope::DeliveriesWrite),
+            audit_read: ctx.has_scope(Scope::AuditRead),
+            connections_read: ctx.has_scope(Scope::ConnectionsRead),
+            connections_write: ctx.has_scope(Scope::ConnectionsWrite),
+            usage_read: ctx.has_scope(Scope::UsageRead),
+            admin: ctx.has_scope(Scope::Admin),
+        }
+    }
+}
+
+/// What the page frame shows about the caller.
+#[derive(Clone, Debug)]
+pub struct Nav {
+    pub who: String,
+    pub org: String,
+    pub can: Can,
+    pub root: bool,
+    pub portal: bool,
+    pub platform: bool,
+    pub csrf: String,
+    /// The section the page belongs to (for the navigation).
+    pub section: &'static str,
+}
+
+/// A signed-in request.
+pub struct Signed {
+    pub session: Session,
+    pub ctx: RequestContext,
+    pub nav: Nav,
+}
+
+impl Signed {
+    /// The org the session acts in ("" lets an org key's own org apply).
+    pub fn org(&self) -> String {
+        self.session.org.clone().unwrap_or_default()
+    }
+
+    /// The frame for a page of `section`.
+    pub fn nav(&self, section: &'static str) -> Nav {
+        Nav { section, ..self.nav.clone() }
+    }
+}
+
+/// Where a request comes from.
+pub fn client(parts: &Parts) -> Client {
+    let peer = parts.extensions.get::<Peer>().and_then(|peer| peer.0);
+    let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    Client {
+        ip: peer.map(|addr| addr.ip()),
+        address: peer.map(|addr| addr.to_string()).unwrap_or_default(),
+        user_agent: user_agent.chars().take(512).collect(),
+        request_id: crate::crypto::new_id("req_"),
+    }
+}
+
+/// The value of cookie `name`.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, `path`; Secure when asked.
+pub fn set_cookie(name: &str, value: &str, path: &str, secure: bool, max_age: Option<u64>) -> HeaderValue {
+    let mut text = format!("{name}={value}; HttpOnly; SameSite=Strict; Path={path}");
+    if let Some(seconds) = max_age {
+        text.push_str(&format!("; Max-Age={seconds}"));
+    }
+    if secure {
+        text.push_str("; Secure");
+    }
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Whether a portal session may open `path`: its org's webhooks and
+/// deliveries, signing out, and the assets.
+fn portal_may_open(path: &str) -> bool {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    (under("/webhooks") && path != "/webhooks/portal-link")
+        || under("/deliveries")
+        || path == "/logout"
+        || under("/static")
+}
+
+fn who(actor: &Actor) -> String {
+    match actor {
+        Actor::Root => "root token".into(),
+        Actor::Operator => "operator".into(),
+        Actor::Portal { org_id, .. } => format!("webhook portal of {org_id}"),
+        Actor::ApiKey { key_id, .. } => key_id.clone(),
+    }
+}
+
+impl FromRequestParts<Arc<Console>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Self, Response> {
+        let to_login = || Redirect::to("/login").into_response();
+        let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_login()) };
+        let session = match console.sessions.resume(&id).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Err(to_login()),
+            Err(error) => return Err(error_page(error, None)),
+        };
+        let path = parts.uri.path();
+        if session.portal && !portal_may_open(path) {
+            return Err(error_page(
+                Error::PermissionDenied("the webhook portal shows this org's webhooks only".into()),
+                None,
+            ));
+        }
+        if session.is_platform() && session.org.is_none() && path != "/org" && path != "/logout" {
+            return Err(Redirect::to("/org").into_response());
+        }
+        if session.portal
+            && let Some(slot) = parts.extensions.get::<FrameAncestors>()
+            && let Ok(mut ancestors) = slot.0.lock()
+        {
+            ancestors.clone_from(&session.frame_ancestors);
+        }
+        let ctx = session.context(&client(parts));
+        let nav = Nav {
+            who: who(&session.actor),
+            org: session.org.clone().unwrap_or_default(),
+            can: Can::of(&ctx),
+            root: session.is_root(),
+            portal: session.portal,
+            platform: session.is_platform(),
+            csrf: session.csrf.clone(),
+            section: "",
+        };
+        Ok(Signed { session, ctx, nav })
+    }
+}
+
+/// A signed-in form post whose CSRF token matches the session.
+pub struct SignedForm<T> {
+    pub signed: Signed,
+    pub form: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<Console>> for SignedForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request<Body>, console: &Arc<Console>) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let signed = Signed::from_request_parts(&mut parts, console).await?;
+        let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
+            .await
+            .map_err(|_| error_page(Error::invalid("form", "is too large"), Some(&signed.nav)))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+        let token = pairs.into_iter().find(|(key, _)| key == "csrf").map(|(_, value)| value);
+        let matches = token.is_some_and(|token| bool::from(token.as_bytes().ct_eq(signed.session.csrf.as_bytes())));
+        if !matches {
+            let stale = Error::PermissionDenied("the form is stale or came from another site: reload the page".into());
+            return Err(error_page(stale, Some(&signed.nav)));
+        }
+        let form = serde_urlencoded::from_bytes::<T>(&bytes)
+            .map_err(|e| error_page(Error::invalid("form", e.to_string()), Some(&signed.nav)))?;
+        Ok(SignedForm { signed, form })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_portal_reaches_webhooks_only() {
+        for open in ["/webhooks", "/webhooks/sub_1", "/webhooks/sub_1/rotate", "/deliveries/dlv_1", "/logout"] {
+            assert!(portal_may_open(open), "{open}");
+        }
+        for closed in ["/", "/keys", "/audit", "/connections", "/org", "/webhooksx", "/webhooks/portal-link"] {
+            assert!(!portal_may_open(closed), "{closed}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! What each page shows: one askama template a struct, with text already
+//! formatted (askama escapes every value; only chart SVG, built by
+//! `chart.rs` from escaped text, is marked safe).
+
+use askama::Template;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::session::Nav;
+
+/// A time as the console shows it.
+pub fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// An optional time, or a dash.
+pub fn when_or_dash(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(|| "—".to_owned(), when)
+}
+
+/// A chart and the numbers behind it (a table for screen readers).
+pub struct ChartView {
+    pub svg: String,
+    pub caption: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub nav: Option<Nav>,
+    pub status: u16,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub nav: Option<Nav>,
+    pub nonce: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "org.html")]
+pub struct OrgPage {
+    pub nav: Option<Nav>,
+    pub current: String,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+pub struct OverviewPage {
+    pub nav: Option<Nav>,
+    pub usage: Option<ChartView>,
+    pub delivery_rate: Option<String>,
+    /// (label, value, link).
+    pub counts: Vec<(String, String, String)>,
+    pub audit: Vec<AuditRow>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct KeyFilterForm {
+    pub status: String,
+    pub environment: String,
+    pub prefix: String,
+    pub page: String,
+}
+
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub environment: String,
+    pub status: String,
+    pub start: String,
+    pub created: String,
+    pub last_used: String,
+    pub uses: String,
+}
+
+#[derive(Template)]
+#[template(path = "keys.html")]
+pub struct KeysPage {
+    pub nav: Option<Nav>,
+    pub keys: Vec<KeyRow>,
+    pub filter: KeyFilterForm,
+    /// Query string of the next page.
+    pub next: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NewKeyForm {
+    pub name: String,
+    pub description: String,
+    pub environment: String,
+    /// Comma- or space-separated.
+    pub scopes: String,
+    /// `30d`, `12h`…; empty for no expiry.
+    pub ttl: String,
+    pub rate_limit_requests: String,
+    pub rate_limit_window: String,
+    /// A JSON object, or empty.
+    pub metadata: String,
+    pub recoverable: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "key_new.html")]
+pub struct NewKeyPage {
+    pub nav: Option<Nav>,
+    pub form: NewKeyForm,
+    pub errors: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "shown_once.html")]
+pub struct ShownOncePage {
+    pub nav: Option<Nav>,
+    pub title: String,
+    pub what: String,
+    pub value: String,
+    pub warning: String,
+    pub next_href: String,
+    pub next_label: String,
+}
+
+pub struct KeyDetail {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub environment: String,
+    pub status: String,
+    pub active: bool,
+    pub start: String,
+    pub scopes: String,
+    pub expires: String,
+    pub rate_limit: String,
+    pub metadata: String,
+    pub recoverable: bool,
+    pub created_by: String,
+    pub created: String,
+    pub updated: String,
+    pub revoked: String,
+    pub revocation_reason: String,
+    pub rotated_from: String,
+    pub last_used: String,
+    pub uses: String,
+    /// The form's current values: RFC 3339, `100/1m`, JSON (empty for none).
+    pub expires_input: String,
+    pub rate_limit_input: String,
+    pub metadata_input: String,
+}
+
+#[derive(Template)]
+#[template(path = "key.html")]
+pub struct KeyPage {
+    pub nav: Option<Nav>,
+    pub key: KeyDetail,
+    pub usage: Option<ChartView>,
+    pub granularity: String,
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+pub struct ConfirmPage {
+    pub nav: Option<Nav>,
+    pub title: String,
+    pub message: String,
+    pub action: String,
+    pub button: String,
+    pub danger: bool,
+    /// An input to fill in before confirming: (label, name, placeholder).
+    pub input: Option<(String, String, String)>,
+    pub back: String,
+}
+
+pub struct SubscriptionRow {
+    pub id: String,
+    pub url: String,
+    pub event_types: String,
+    pub status: String,
+    pub failing_since: String,
+}
+
+#[derive(Template)]
+#[template(path = "webhooks.html")]
+pub struct WebhooksPage {
+    pub nav: Option<Nav>,
+    pub subscriptions: Vec<SubscriptionRow>,
+    pub next: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct WebhookForm {
+    pub url: String,
+    /// Comma- or space-separated event types and patterns.
+    pub event_types: String,
+    pub description: String,
+    pub rate_limit: String,
+}
+
+#[derive(Template)]
+#[template(path = "webhook_new.html")]
+pub struct NewWebhookPage {
+    pub nav: Option<Nav>,
+    pub form: WebhookForm,
+    pub errors: Vec<(String, String)>,
+}
+
+pub struct SubscriptionDetail {
+    pub id: String,
+    pub url: String,
+    pub event_types: String,
+    pub description: String,
+    pub status: String,
+    pub active: bool,
+    pub pending_approval: bool,
+    pub disabled_reason: String,
+    pub rate_limit: String,
+    pub failing_since: String,
+    pub created: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DeliveryFilterForm {
+    pub status: String,
+    pub event_type: String,
+    /// `YYYY-MM-DDTHH:MM` (UTC), as a datetime-local input sends it.
+    pub since: String,
+    pub until: String,
+    pub page: String,
+}
+
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: String,
+    pub last_status: String,
+    pub created: String,
+}
+
+#[derive(Template)]
+#[template(path = "webhook.html")]
+pub struct WebhookPage {
+    pub nav: Option<Nav>,
+    pub subscription: SubscriptionDetail,
+    pub stats: Option<ChartView>,
+    pub deliveries: Vec<DeliveryRow>,
+    pub filter: DeliveryFilterForm,
+    pub next: Option<String>,
+    pub notice: Option<String>,
+}
+
+pub struct AttemptRow {
+    pub number: String,
+    pub started: String,
+    pub status: String,
+    pub latency: String,
+    pub error: String,
+    pub excerpt: String,
+}
+
+#[derive(Template)]
+#[template(path = "delivery.html")]
+pub struct DeliveryPage {
+    pub nav: Option<Nav>,
+    pub id: String,
+    pub subscription_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub finished: bool,
+    pub next_attempt: String,
+    pub created: String,
+    pub attempts: Vec<AttemptRow>,
+}
+
+pub struct AuditRow {
+    pub seq: String,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuditFilterForm {
+    pub action: String,
+    pub actor: String,
+    pub target: String,
+    pub since: String,
+    pub until: String,
+    pub page: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+pub struct AuditPage {
+    pub nav: Option<Nav>,
+    pub events: Vec<AuditRow>,
+    pub filter: AuditFilterForm,
+    pub next: Option<String>,
+    /// The result of "verify chain", when asked.
+    pub chain: Option<(bool, String)>,
+}
+
+pub struct ConnectionRow {
+    pub id: String,
+    pub provider: String,
+    pub account: String,
+    pub scopes: String,
+    pub expires: String,
+}
+
+#[derive(Template)]
+#[template(path = "connections.html")]
+pub struct ConnectionsPage {
+    pub nav: Option<Nav>,
+    pub connections: Vec<ConnectionRow>,
+    pub next: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "connection.html")]
+pub struct ConnectionPage {
+    pub nav: Option<Nav>,
+    pub connection: ConnectionRow,
+    pub refresh_token: bool,
+    pub created: String,
+    pub refreshed: String,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage {
+    pub nav: Option<Nav>,
+    pub title: String,
+    pub message: String,
+    pub href: String,
+    pub label: String,
+}

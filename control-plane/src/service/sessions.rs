@@ -1,0 +1,265 @@
+//! Console sessions: signing in with the root token or a Keyplane API key,
+//! resuming a session from its cookie (ended when idle or too old, or when
+//! its key is revoked, deleted, expired or loses its `keyplane:` scopes),
+//! choosing the org a platform credential acts in, portal sessions opened
+//! from a one-time link, and signing out. Session ids live only in the
+//! browser's cookie; the database keeps their SHA-256.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+
+use super::auth::{Actor, Authenticator, Channel, PLATFORM_ORG, RequestContext, check_org_id};
+use crate::crypto::token::{encode_fixed, random_bytes};
+use crate::error::{Error, Result};
+use crate::store::api_keys::{self, KeyStatus};
+use crate::store::{self, OrgScope, OrgTx, audit, portal_links, sessions};
+
+/// Sign-in attempts per client address per minute.
+const SIGN_INS_PER_MINUTE: u32 = 10;
+/// Activity is written at most this often per session.
+const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
+
+/// How long sessions last.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionSettings {
+    /// Ended after this long without a request.
+    pub idle: Duration,
+    /// Ended this long after sign-in, whatever the activity.
+    pub lifetime: Duration,
+}
+
+/// A signed-in browser.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id_hash: String,
+    pub actor: Actor,
+    /// The org it acts in; `None` until a platform credential picks one.
+    pub org: Option<String>,
+    /// A portal session (webhooks of one org only).
+    pub portal: bool,
+    /// Origins that may frame a portal session's pages.
+    pub frame_ancestors: Vec<String>,
+    /// The token every state-changing form carries (derived from the id).
+    pub csrf: String,
+}
+
+impl Session {
+    /// Whether the root token signed in (break-glass).
+    pub fn is_root(&self) -> bool {
+        matches!(self.actor, Actor::Root)
+    }
+
+    /// The request context of a console request by this session.
+    pub fn context(&self, client: &Client) -> RequestContext {
+        RequestContext {
+            actor: self.actor.clone(),
+            channel: Channel::Console,
+            request_id: client.request_id.clone(),
+            peer_address: client.address.clone(),
+            user_agent: client.user_agent.clone(),
+        }
+    }
+
+    /// Whether the caller acts across orgs (and so must pick one).
+    pub fn is_platform(&self) -> bool {
+        self.context(&Client::default()).is_platform()
+    }
+}
+
+/// Where a console request comes from.
+#[derive(Clone, Debug, Default)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+    /// Socket address, for the audit log.
+    pub address: String,
+    pub user_agent: String,
+    pub request_id: String,
+}
+
+/// The session service.
+pub struct SessionService {
+    db: DatabaseConnection,
+    authenticator: Authenticator,
+    settings: SessionSettings,
+    sign_ins: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl SessionService {
+    pub fn new(db: DatabaseConnection, authenticator: Authenticator, settings: SessionSettings) -> Self {
+        let quota = Quota::per_minute(NonZeroU32::new(SIGN_INS_PER_MINUTE).unwrap_or(NonZeroU32::MIN));
+        Self { db, authenticator, settings, sign_ins: Arc::new(RateLimiter::keyed(quota)) }
+    }
+
+    /// Signs in with `credential` (the root token, or an API key holding a
+    /// `keyplane:` scope). Returns the new session id (for the cookie only)
+    /// and the session. Throttled per client address; any refusal says
+    /// "invalid credential", nothing more.
+    pub async fn sign_in(&self, credential: &str, client: &Client) -> Result<(String, Session)> {
+        if let Some(ip) = client.ip
+            && self.sign_ins.check_key(&ip).is_err()
+        {
+            return Err(Error::LimitReached("too many sign-in attempts from this address; wait a minute".into()));
+        }
+        let invalid = Error::Unauthenticated("invalid credential");
+        let actor = match self.authenticator.authenticate(Some(credential.trim())).await {
+            Ok(actor) => actor,
+            Err(Error::Unauthenticated(_)) => return Err(invalid),
+            Err(other) => return Err(other),
+        };
+        let (actor_type, key_id, org) = match &actor {
+            Actor::Root => ("root", None, String::new()),
+            Actor::ApiKey { key_id, org_id, scopes } if scopes.iter().any(|s| s.starts_with("keyplane:")) => {
+                let org = if org_id == PLATFORM_ORG { String::new() } else { org_id.clone() };
+                ("api_key", Some(key_id.clone()), org)
+            }
+            _ => return Err(invalid),
+        };
+        let (id, row) = self.new_session("console", actor_type, key_id, org, String::new());
+        sessions::insert(&self.db, row.clone()).await?;
+        let home = match &actor {
+            Actor::ApiKey { org_id, .. } => org_id.clone(),
+            _ => PLATFORM_ORG.to_owned(),
+        };
+        let session = self.session(&id, &row, actor);
+        self.audit(&session, client, &home, "console.signed_in").await?;
+        Ok((id, session))
+    }
+
+    /// Opens a portal session from a one-time link token; `None` when the
+    /// link is unknown, expired or used.
+    pub async fn open_portal(&self, token: &str, client: &Client) -> Result<Option<(String, Session)>> {
+        let token_hash = crate::crypto::hex(&crate::crypto::sha256(token.as_bytes()));
+        let Some(link) = portal_links::redeem(&self.db, &token_hash, store::now()).await? else {
+            return Ok(None);
+        };
+        let (id, mut row) =
+            self.new_session("portal", "portal", Some(link.id.clone()), link.org_id.clone(), link.frame_ancestors);
+        // A portal session lasts no longer than its link would have.
+        row.expires_at = row.expires_at.min(link.expires_at);
+        sessions::insert(&self.db, row.clone()).await?;
+        let actor = Actor::Portal { org_id: link.org_id.clone(), link_id: link.id };
+        let session = self.session(&id, &row, actor);
+        self.audit(&session, client, &link.org_id, "webhook.portal_opened").await?;
+        Ok(Some((id, session)))
+    }
+
+    /// The live session of `session_id`, with its key's current scopes;
+    /// `None` (and the session ended) when it is over.
+    pub async fn resume(&self, session_id: &str) -> Result<Option<Session>> {
+        let id_hash = hash(session_id);
+        let Some(row) = sessions::find(&self.db, &id_hash).await? else {
+            return Ok(None);
+        };
+        let now = store::now();
+        let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or(chrono::Duration::MAX);
+        let actor = match row.actor_type.as_str() {
+            _ if row.expires_at <= now || now - row.last_seen_at > idle => None,
+            "root" => Some(Actor::Root),
+            "portal" => {
+                Some(Actor::Portal { org_id: row.org_id.clone(), link_id: row.key_id.clone().unwrap_or_default() })
+            }
+            _ => self.live_key(row.key_id.as_deref()).await?,
+        };
+        let Some(actor) = actor else {
+            sessions::delete(&self.db, &id_hash).await?;
+            return Ok(None);
+        };
+        if now - row.last_seen_at > TOUCH_EVERY {
+            sessions::touch(&self.db, &id_hash, now).await?;
+        }
+        Ok(Some(self.session(session_id, &row, actor)))
+    }
+
+    /// The actor of a key session while its key may still sign in.
+    async fn live_key(&self, key_id: Option<&str>) -> Result<Option<Actor>> {
+        let Some(key_id) = key_id else { return Ok(None) };
+        let Some(key) = api_keys::find_in(&self.db, OrgScope::AllOrgs, key_id).await? else {
+            return Ok(None);
+        };
+        let scopes = key.scope_list();
+        let usable = key.status == KeyStatus::Active
+            && !key.is_expired(store::now())
+            && scopes.iter().any(|s| s.starts_with("keyplane:"));
+        Ok(usable.then_some(Actor::ApiKey { key_id: key.id, org_id: key.org_id, scopes }))
+    }
+
+    /// Makes a platform session act in `org`.
+    pub async fn choose_org(&self, session: &Session, org: &str) -> Result<()> {
+        if !session.is_platform() {
+            return Err(Error::PermissionDenied("only platform credentials choose an org".into()));
+        }
+        check_org_id(org)?;
+        sessions::set_org(&self.db, &session.id_hash, org).await
+    }
+
+    /// Ends the session.
+    pub async fn sign_out(&self, session: &Session, client: &Client) -> Result<()> {
+        sessions::delete(&self.db, &session.id_hash).await?;
+        let home = match &session.actor {
+            Actor::ApiKey { org_id, .. } | Actor::Portal { org_id, .. } => org_id.clone(),
+            _ => PLATFORM_ORG.to_owned(),
+        };
+        self.audit(session, client, &home, "console.signed_out").await
+    }
+
+    /// Deletes sessions past their end.
+    pub async fn purge_expired(&self) -> Result<u64> {
+        let now = store::now();
+        let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or(chrono::Duration::MAX);
+        sessions::purge_expired(&self.db, now, now - idle, 1000).await
+    }
+
+    fn new_session(
+        &self,
+        kind: &str,
+        actor_type: &str,
+        key_id: Option<String>,
+        org_id: String,
+        frame_ancestors: String,
+    ) -> (String, sessions::Model) {
+        let id = encode_fixed(&random_bytes::<32>(), 43);
+        let now = store::now();
+        let lifetime = chrono::Duration::from_std(self.settings.lifetime).unwrap_or(chrono::Duration::MAX);
+        let row = sessions::Model {
+            id_hash: hash(&id),
+            kind: kind.to_owned(),
+            actor_type: actor_type.to_owned(),
+            key_id,
+            org_id,
+            frame_ancestors,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + lifetime,
+        };
+        (id, row)
+    }
+
+    fn session(&self, id: &str, row: &sessions::Model, actor: Actor) -> Session {
+        Session {
+            id_hash: row.id_hash.clone(),
+            actor,
+            org: Some(row.org_id.clone()).filter(|org| !org.is_empty()),
+            portal: row.kind == "portal",
+            frame_ancestors: row.frame_ancestors.split_whitespace().map(str::to_owned).collect(),
+            csrf: crate::crypto::hex(&crate::crypto::sha256(format!("csrf:{id}").as_bytes()))[..32].to_owned(),
+        }
+    }
+
+    async fn audit(&self, session: &Session, client: &Client, org: &str, action: &'static str) -> Result<()> {
+        let ctx = session.context(client);
+        let tx = OrgTx::begin(&self.db, org).await?;
+        let (_, actor_id) = ctx.actor_label();
+        audit::append(&tx, ctx.audit(action, "console_session", &actor_id, json!({}))).await?;
+        tx.commit().await
+    }
+}
+
+fn hash(session_id: &str) -> String {
+    crate::crypto::hex(&crate::crypto::sha256(session_id.as_bytes()))
+}

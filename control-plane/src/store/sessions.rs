@@ -1,0 +1,88 @@
+//! The `console_sessions` table: one row per signed-in browser, found by
+//! the SHA-256 of the session id (the id itself is only in the cookie).
+
+use chrono::{DateTime, Utc};
+use sea_orm::ExprTrait;
+use sea_orm::entity::prelude::*;
+
+use crate::error::Result;
+
+#[sea_orm::model]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "console_sessions")]
+pub struct Model {
+    /// Lowercase hex SHA-256 of the session id.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id_hash: String,
+    /// `console` or `portal`.
+    pub kind: String,
+    /// `root`, `api_key` or `portal`.
+    pub actor_type: String,
+    /// The signed-in key, for `api_key` sessions.
+    pub key_id: Option<String>,
+    /// The org the session acts in (empty until a platform credential picks one).
+    pub org_id: String,
+    /// Portal sessions: origins allowed to frame the pages, space-separated.
+    pub frame_ancestors: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// The absolute end, whatever the activity.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// Stores a new session.
+pub async fn insert(db: &impl ConnectionTrait, session: Model) -> Result<()> {
+    ActiveModel::from(session).insert(db).await?;
+    Ok(())
+}
+
+/// The session whose id hashes to `id_hash`.
+pub async fn find(db: &impl ConnectionTrait, id_hash: &str) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id_hash.to_owned()).one(db).await?)
+}
+
+/// Records activity at `now`.
+pub async fn touch(db: &impl ConnectionTrait, id_hash: &str, now: DateTime<Utc>) -> Result<()> {
+    Entity::update_many()
+        .col_expr(Column::LastSeenAt, Expr::val(now))
+        .filter(Column::IdHash.eq(id_hash))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Sets the org a session acts in.
+pub async fn set_org(db: &impl ConnectionTrait, id_hash: &str, org: &str) -> Result<()> {
+    Entity::update_many().col_expr(Column::OrgId, Expr::val(org)).filter(Column::IdHash.eq(id_hash)).exec(db).await?;
+    Ok(())
+}
+
+/// Ends a session.
+pub async fn delete(db: &impl ConnectionTrait, id_hash: &str) -> Result<()> {
+    Entity::delete_many().filter(Column::IdHash.eq(id_hash)).exec(db).await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` sessions past their end (absolute, or idle since `idle_before`).
+pub async fn purge_expired(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+    idle_before: DateTime<Utc>,
+    limit: u64,
+) -> Result<u64> {
+    use sea_orm::QuerySelect;
+    let victims: Vec<String> = Entity::find()
+        .select_only()
+        .column(Column::IdHash)
+        .filter(Expr::col(Column::ExpiresAt).lte(now).or(Expr::col(Column::LastSeenAt).lt(idle_before)))
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    if victims.is_empty() {
+        return Ok(0);
+    }
+    Ok(Entity::delete_many().filter(Column::IdHash.is_in(victims)).exec(db).await?.rows_affected)
+}
