@@ -498,7 +498,7 @@ impl Config {
         at_least(usage.hour_retention, Duration::from_secs(2 * 86_400), "--usage-hour-retention")?;
         at_least(usage.day_retention, Duration::from_secs(14 * 86_400), "--usage-day-retention")?;
         at_least(usage.report_dedup_window, Duration::from_secs(600), "--usage-report-dedup-window")?;
-        at_least(self.console.session_idle, Duration::from_secs(60), "--console-session-idle")?;
+        at_least(self.console.session_idle, Duration::from_secs(1), "--console-session-idle")?;
         at_least(self.console.session_lifetime, self.console.session_idle, "--console-session-lifetime")?;
         if self.event_poll_interval >= self.heartbeat_interval {
             return Err(crate::Error::Config(format!(

@@ -7,6 +7,7 @@ mod bad_input;
 mod bootstrap;
 mod commands;
 mod connections;
+mod console;
 mod crash;
 mod grpcurl;
 mod isolation;

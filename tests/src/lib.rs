@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod connections;
+pub mod console;
 pub mod echo;
 pub mod logs;
 pub mod oauth_provider;
@@ -481,6 +482,12 @@ macro_rules! both_backends {
 macro_rules! start_or_skip {
     ($backend:expr) => {
         match $crate::TestControlPlane::start($backend).await {
+            Some(plane) => plane,
+            None => return,
+        }
+    };
+    ($backend:expr, $adjust:expr) => {
+        match $crate::TestControlPlane::start_with($backend, $adjust).await {
             Some(plane) => plane,
             None => return,
         }

@@ -1,0 +1,190 @@
+//! Every page and action of the console, as an org admin: keys (create
+//! with the token shown once, list filters, update, rotate, revoke, reveal,
+//! delete), webhooks (create with the secret shown once, disable, enable,
+//! rotate, test event, delivery page, retry, recover, delete), the audit
+//! log (filters, chain check; console actions say so), connections.
+
+use keyplane_proto::admin::v1 as pb;
+use keyplane_tests::console::ConsoleClient;
+use keyplane_tests::receiver::{Behavior, Receiver};
+use keyplane_tests::webhooks::{get_delivery, status_is};
+use keyplane_tests::{Backend, TestControlPlane, both_backends, eventually, random_org, start_webhooks_or_skip};
+
+both_backends!(keys_from_creation_to_deletion, webhooks_deliveries_audit_and_connections);
+
+async fn signed_in_admin(plane: &TestControlPlane, org: &str) -> ConsoleClient {
+    let (_, admin) = plane.create_key(org, &["keyplane:admin"]).await;
+    let browser = ConsoleClient::new(plane.console_addr);
+    browser.sign_in_to(&admin, org).await;
+    browser
+}
+
+async fn keys_from_creation_to_deletion(backend: Backend) {
+    let plane = start_webhooks_or_skip!(backend);
+    let org = random_org();
+    let browser = signed_in_admin(&plane, &org).await;
+    assert_eq!(browser.get("/keys/new").await.status, 200);
+
+    // Bad input comes back on the form, naming the fields.
+    let bad = browser.post("/keys", &[("name", ""), ("scopes", "keyplane:nonsense")]).await;
+    assert_eq!(bad.status, 400);
+    for field in ["name", "scopes[0]"] {
+        assert!(bad.body.contains(&format!("<code>{field}</code>")), "{field} is named: {}", bad.body);
+    }
+    let bad = browser.post("/keys", &[("name", "x"), ("ttl", "soon"), ("metadata", "[1")]).await;
+    for field in ["ttl", "metadata"] {
+        assert!(bad.body.contains(&format!("<code>{field}</code>")), "{field} is named: {}", bad.body);
+    }
+
+    let created = browser
+        .post(
+            "/keys",
+            &[
+                ("name", "orders service"),
+                ("environment", "live"),
+                ("scopes", "orders:read, orders:write"),
+                ("ttl", "30d"),
+                ("rate_limit_requests", "100"),
+                ("rate_limit_window", "1m"),
+                ("metadata", r#"{"team":"orders"}"#),
+                ("recoverable", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    assert_eq!(created.header("cache-control"), "no-store");
+    let token = created.element_text("shown-once").expect("the token is shown once");
+    assert!(token.starts_with("kp_live_"));
+    assert!(created.body.contains("data-copy=\"shown-once\""), "a copy button");
+    let key_id = plane
+        .keys(&plane.root_token)
+        .await
+        .verify_api_key(pb::VerifyApiKeyRequest { token: token.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .principal
+        .unwrap()
+        .key_id;
+
+    // The list, with filters; the key's page; neither shows the token.
+    let list = browser.get("/keys?status=active&environment=live&prefix=orders").await;
+    assert!(list.body.contains("orders service") && list.body.contains(&key_id));
+    assert!(!browser.get("/keys?environment=test").await.body.contains(&key_id));
+    let page = browser.get(&format!("/keys/{key_id}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("orders:read orders:write") && page.body.contains("100/1m"));
+    assert!(page.body.contains("<svg class=\"chart\""), "a usage graph");
+    for granularity in ["minute", "hour", "day"] {
+        assert_eq!(browser.get(&format!("/keys/{key_id}?granularity={granularity}")).await.status, 200);
+    }
+    assert!(!list.body.contains(&token) && !page.body.contains(&token));
+
+    // Update.
+    let updated = browser
+        .post(
+            &format!("/keys/{key_id}/update"),
+            &[
+                ("description", "edited"),
+                ("scopes", "orders:read"),
+                ("expires_at", ""),
+                ("rate_limit", ""),
+                ("metadata", ""),
+            ],
+        )
+        .await;
+    assert_eq!(updated.status, 303, "{}", updated.body);
+    let page = browser.get(&format!("/keys/{key_id}")).await;
+    assert!(page.body.contains("edited") && page.body.contains(">none<"));
+
+    // Reveal (recoverable) shows the same token.
+    let revealed = browser.post(&format!("/keys/{key_id}/reveal"), &[]).await;
+    assert_eq!(revealed.element_text("shown-once").as_deref(), Some(token.as_str()));
+
+    // Rotate with a grace period: a new token shown once.
+    assert_eq!(browser.get(&format!("/keys/{key_id}/rotate")).await.status, 200, "a confirmation page");
+    let rotated = browser.post(&format!("/keys/{key_id}/rotate"), &[("grace", "1h")]).await;
+    let new_token = rotated.element_text("shown-once").expect("new token");
+    assert_ne!(new_token, token);
+
+    // Revoke (after a confirmation page), then delete.
+    assert!(browser.get(&format!("/keys/{key_id}/revoke")).await.body.contains("Revoke this key?"));
+    let revoked = browser.post(&format!("/keys/{key_id}/revoke"), &[("reason", "leaked")]).await;
+    assert_eq!(revoked.status, 303);
+    let page = browser.get(&format!("/keys/{key_id}")).await;
+    assert!(page.body.contains("revoked") && page.body.contains("leaked"));
+    assert_eq!(browser.post(&format!("/keys/{key_id}/delete"), &[]).await.location(), "/keys");
+    assert_eq!(browser.get(&format!("/keys/{key_id}")).await.status, 404);
+    plane.stop().await;
+}
+
+async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
+    let plane = start_webhooks_or_skip!(backend);
+    let receiver = Receiver::start().await;
+    let org = random_org();
+    let browser = signed_in_admin(&plane, &org).await;
+    browser.get("/webhooks/new").await;
+    let bad = browser.post("/webhooks", &[("url", "not a url"), ("event_types", "Order")]).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("<code>url</code>") && bad.body.contains("<code>event_types[0]</code>"));
+    let created = browser
+        .post(
+            "/webhooks",
+            &[("url", &receiver.url("/hook")), ("event_types", "order.* webhook.test"), ("rate_limit", "")],
+        )
+        .await;
+    let secret = created.element_text("shown-once").expect("the secret is shown once");
+    assert!(secret.starts_with("whsec_"));
+    let list = browser.get("/webhooks").await;
+    let id =
+        list.body.split("/webhooks/sub_").nth(1).and_then(|rest| rest.split('"').next()).map(|id| format!("sub_{id}"));
+    let id = id.expect("the endpoint is listed");
+    assert!(!list.body.contains(&secret));
+
+    // Disable and enable; rotate the secret.
+    assert_eq!(browser.post(&format!("/webhooks/{id}/disable"), &[]).await.status, 303);
+    assert!(browser.get(&format!("/webhooks/{id}")).await.body.contains("disabled by"));
+    assert_eq!(browser.post(&format!("/webhooks/{id}/enable"), &[]).await.status, 303);
+    let rotated = browser.post(&format!("/webhooks/{id}/rotate"), &[]).await;
+    assert_ne!(rotated.element_text("shown-once"), Some(secret));
+
+    // A test event: the delivery page shows its attempt.
+    let sent = browser.post(&format!("/webhooks/{id}/test"), &[]).await;
+    let delivery_path = sent.location();
+    let delivery_id = delivery_path.trim_start_matches("/deliveries/").to_owned();
+    receiver.wait_for("/hook", 1, std::time::Duration::from_secs(20)).await;
+    eventually(|| get_delivery(&plane, &org, &delivery_id), status_is(pb::DeliveryStatus::Succeeded)).await;
+    let delivery = browser.get(&delivery_path).await;
+    assert!(delivery.body.contains("HTTP 200") && delivery.body.contains("succeeded"));
+    assert_eq!(browser.post(&format!("{delivery_path}/retry"), &[]).await.status, 303, "a retry by hand");
+    receiver.wait_for("/hook", 2, std::time::Duration::from_secs(20)).await;
+    eventually(|| get_delivery(&plane, &org, &delivery_id), status_is(pb::DeliveryStatus::Succeeded)).await;
+    let page = browser.get(&format!("/webhooks/{id}?status=succeeded")).await;
+    assert!(page.body.contains(&delivery_id), "the delivery log, filtered");
+    assert!(!browser.get(&format!("/webhooks/{id}?status=failed")).await.body.contains(&delivery_id));
+
+    // Recovering failed deliveries says how many.
+    receiver.set("/hook", Behavior::Fail { times: usize::MAX });
+    let recovered = browser.post(&format!("/webhooks/{id}/recover"), &[("since", "2026-01-01T00:00")]).await;
+    assert!(recovered.location().contains("notice="));
+    let bad_since = browser.post(&format!("/webhooks/{id}/recover"), &[("since", "yesterday")]).await;
+    assert_eq!(bad_since.status, 400, "{}", bad_since.body);
+
+    // The audit log: console actions are recorded as such; filters; the chain.
+    let audit = browser.get("/audit?action=webhook.subscription_created").await;
+    assert!(
+        audit.body.contains("webhook.subscription_created") && audit.body.contains("&#34;via&#34;:&#34;console&#34;")
+    );
+    assert!(!audit.body.contains("delivery.test_sent"));
+    assert!(browser.get("/audit/verify").await.body.contains("The hash chain is intact"));
+
+    // Connections: an empty list; an unknown one is not found.
+    assert!(browser.get("/connections").await.body.contains("No connections"));
+    assert_eq!(browser.get("/connections/con_missing").await.status, 404);
+
+    // Delete the endpoint.
+    assert!(browser.get(&format!("/webhooks/{id}/delete")).await.body.contains("Delete this endpoint?"));
+    assert_eq!(browser.post(&format!("/webhooks/{id}/delete"), &[]).await.location(), "/webhooks");
+    assert_eq!(browser.get(&format!("/webhooks/{id}")).await.status, 404);
+    plane.stop().await;
+}

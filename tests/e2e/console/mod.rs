@@ -1,0 +1,8 @@
+//! The web console over real HTTP (a cookie-keeping client; both
+//! databases), and one walk through it in a real Chromium.
+
+mod actions;
+
+mod portal;
+mod security;
+mod signin;
