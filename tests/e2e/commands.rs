@@ -65,6 +65,16 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "{flag} is in the README but not in keyplane serve --help");
     }
     assert!(help.contains("KEYPLANE_DATABASE_URL"));
+    // And every flag of `serve --help` has its row.
+    let undocumented: Vec<String> = help
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|line| line.split([' ', '=']).next())
+        .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(|name| format!("--{name}"))
+        .filter(|flag| *flag != "--help" && !readme.contains(&format!("`{flag}`")))
+        .collect();
+    assert!(undocumented.is_empty(), "flags missing from the README table: {undocumented:?}");
 }
 
 #[tokio::test]

@@ -1,13 +1,15 @@
 //! TLS on the control plane's gRPC listener with certificates made in the
 //! test: sidecars over `https://`, mTLS refusing sidecars without a client
 //! certificate, a wrong CA failing clearly, rotation without a restart, and
-//! start-up errors instead of silent downgrades.
+//! start-up errors instead of silent downgrades; the console on the same
+//! certificate.
 
 use std::path::Path;
 use std::time::Duration;
 
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::certs::{self, TestCa};
+use keyplane_tests::console::ConsoleClient;
 use keyplane_tests::{Backend, TestControlPlane, TestSidecar, logs, random_org};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -213,5 +215,22 @@ async fn plaintext_on_a_non_loopback_address_is_warned_about() {
     assert!(log.contains("serving plaintext gRPC on a non-loopback address"), "no warning logged");
     let mut keys = plane.keys(&plane.root_token).await;
     assert!(keys.list_api_keys(pb::ListApiKeysRequest { org_id: random_org(), ..Default::default() }).await.is_ok());
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_over_the_same_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let plane = start_tls(dir.path(), &ca, None, None).await;
+    let console = ConsoleClient::over_tls(plane.console_addr, &ca.pem());
+    let signed_in = console.sign_in(&plane.root_token).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let cookie = signed_in.header("set-cookie");
+    assert!(cookie.contains("; Secure"), "session cookies over TLS are Secure: {cookie}");
+    assert_eq!(signed_in.header("strict-transport-security"), "max-age=31536000");
+    // Plain HTTP to the console's port gets no page.
+    let plain = reqwest::Client::new().get(format!("http://{}/login", plane.console_addr)).send().await;
+    assert!(plain.is_err(), "plaintext must not be served: {plain:?}");
     plane.stop().await;
 }

@@ -74,6 +74,18 @@ impl ConsoleClient {
         Self { base: format!("http://{addr}"), http, cookies: Mutex::default(), csrf: Mutex::default() }
     }
 
+    /// A client of a console served over TLS, trusting only `ca_pem`.
+    pub fn over_tls(addr: SocketAddr, ca_pem: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA certificate");
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_only([ca])
+            .build()
+            .expect("client");
+        Self { base: format!("https://{addr}"), http, cookies: Mutex::default(), csrf: Mutex::default() }
+    }
+
     fn cookie_header(&self) -> String {
         let cookies = self.cookies.lock().expect("cookies");
         cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")

@@ -3,9 +3,12 @@
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderValue, Request, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
+
+use super::Console;
 
 const STYLESHEET: &str = include_str!("../../assets/console.css");
 const SCRIPT: &str = include_str!("../../assets/console.js");
@@ -31,8 +34,12 @@ pub struct FrameAncestors(pub Arc<Mutex<Vec<String>>>);
 /// Adds the security headers: a CSP with no inline script, nosniff, no
 /// referrer, frame protection unless a portal session's link lists frame
 /// ancestors, and `no-store` on every page (they show an org's data, and
-/// some a secret once).
-pub async fn security_headers(mut request: Request<Body>, next: Next) -> Response<Body> {
+/// some a secret once); HSTS when the console is reached over TLS.
+pub async fn security_headers(
+    State(console): State<Arc<Console>>,
+    mut request: Request<Body>,
+    next: Next,
+) -> Response<Body> {
     let is_asset = request.uri().path().starts_with("/static/");
     let ancestors = FrameAncestors::default();
     request.extensions_mut().insert(ancestors.clone());
@@ -47,6 +54,9 @@ pub async fn security_headers(mut request: Request<Body>, next: Next) -> Respons
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if console.secure_cookies {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
     let cache = if is_asset { "public, max-age=3600" } else { "no-store" };
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response

@@ -44,7 +44,8 @@ pub struct Console {
     pub usage: Arc<UsageService>,
     pub portal: Arc<PortalLinks>,
     pub sessions: Arc<SessionService>,
-    /// Mark cookies `Secure` (always when served over TLS).
+    /// Mark cookies `Secure` and send `Strict-Transport-Security` (always
+    /// when served over TLS; behind a TLS proxy when configured).
     pub secure_cookies: bool,
 }
 
@@ -91,7 +92,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/static/console.css", get(headers::stylesheet))
         .route("/static/console.js", get(headers::script))
         .fallback(pages::not_found)
-        .layer(axum::middleware::from_fn(headers::security_headers))
+        .layer(axum::middleware::from_fn_with_state(console.clone(), headers::security_headers))
         .with_state(console)
 }
 

@@ -55,7 +55,8 @@ pub struct OrgPage {
 pub struct OverviewPage {
     pub nav: Option<Nav>,
     pub usage: Option<ChartView>,
-    pub delivery_rate: Option<String>,
+    /// The success rate and what it is a rate of.
+    pub delivery_rate: Option<(String, String)>,
     /// (label, value, link).
     pub counts: Vec<(String, String, String)>,
     pub audit: Vec<AuditRow>,

@@ -2,7 +2,7 @@
 //! databases), and one walk through it in a real Chromium.
 
 mod actions;
-
+mod browser;
 mod portal;
 mod security;
 mod signin;

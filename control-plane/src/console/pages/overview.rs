@@ -48,9 +48,9 @@ async fn overview(console: &Console, signed: &Signed) -> Result<Response> {
         let (attempts, succeeded) =
             stats.iter().fold((0, 0), |(a, s), bucket| (a + bucket.attempts, s + bucket.succeeded));
         delivery_rate = Some(if attempts == 0 {
-            "no attempts".to_owned()
+            ("—".to_owned(), "no attempts".to_owned())
         } else {
-            format!("{:.1}% of {attempts}", 100.0 * succeeded as f64 / attempts as f64)
+            (format!("{:.1}%", 100.0 * succeeded as f64 / attempts as f64), format!("of {attempts} attempts"))
         });
     }
     let mut audit = Vec::new();
