@@ -13,6 +13,7 @@ mod m20261122_000005_binary_id_order;
 mod m20261122_000006_delivery_event_index;
 mod m20261202_000007_usage_rollups;
 mod m20261202_000008_console_sessions;
+mod m20261202_000009_api_key_status_index;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000006_delivery_event_index::Migration),
             Box::new(m20261202_000007_usage_rollups::Migration),
             Box::new(m20261202_000008_console_sessions::Migration),
+            Box::new(m20261202_000009_api_key_status_index::Migration),
         ]
     }
 }

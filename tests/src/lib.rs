@@ -12,14 +12,13 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod seed;
 pub mod stats;
 pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use keyplane_control_plane::service::records::{Environment, KeyStatus};
-use keyplane_control_plane::store::api_keys::NewKeyRow;
 use keyplane_control_plane::{Config, Listeners};
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1::key_sync_service_client::KeySyncServiceClient;
@@ -698,36 +697,6 @@ impl Drop for TestSidecar {
             let _ = shutdown.send(());
         }
     }
-}
-
-/// A key row for seeding benchmarks straight into the table (bypassing the
-/// API's argon2 cost): scope `orders:read`, no expiry.
-pub fn seeded_key_row(
-    org: &str,
-    id: String,
-    name: String,
-    environment: Environment,
-    status: KeyStatus,
-    secret_hash: &str,
-) -> keyplane_control_plane::store::api_keys::ActiveModel {
-    let mut row = NewKeyRow {
-        id,
-        name,
-        description: String::new(),
-        environment,
-        scopes: vec!["orders:read".into()],
-        secret_hash: secret_hash.to_owned(),
-        start: String::new(),
-        expires_at: None,
-        rate_limit: None,
-        metadata: None,
-        sealed_token: None,
-        created_by: "root".into(),
-        rotated_from: None,
-    }
-    .into_row(org);
-    row.status = sea_orm::ActiveValue::Set(status);
-    row
 }
 
 /// Whether an external tool (`program args` exits 0) is installed; in CI

@@ -234,9 +234,11 @@ pub async fn list(
     Ok(Entity::find().filter(condition).order_by_asc(Column::Id).limit(limit).all(db).await?)
 }
 
-/// How many keys of `org` have `status`.
-pub async fn count(db: &impl ConnectionTrait, org: &str, status: KeyStatus) -> Result<u64> {
-    Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(Column::Status.eq(status)).count(db).await?)
+/// How many keys of `org` have `status`, counting no further than `up_to`
+/// (an exact count reads an index entry per key).
+pub async fn count_up_to(db: &impl ConnectionTrait, org: &str, status: KeyStatus, up_to: u64) -> Result<u64> {
+    let keys = Entity::find().filter(Column::OrgId.eq(org)).filter(Column::Status.eq(status)).limit(up_to);
+    Ok(keys.count(db).await?)
 }
 
 /// Applies `changes` to `key`, loaded in the transaction's org.

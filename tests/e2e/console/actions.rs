@@ -2,15 +2,21 @@
 //! with the token shown once, list filters, update, rotate, revoke, reveal,
 //! delete), webhooks (create with the secret shown once, disable, enable,
 //! rotate, test event, delivery page, retry, recover, delete), the audit
-//! log (filters, chain check; console actions say so), connections.
+//! log (filters, chain check; console actions say so), connections; the
+//! overview's numbers.
 
+use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::console::ConsoleClient;
 use keyplane_tests::receiver::{Behavior, Receiver};
-use keyplane_tests::webhooks::{get_delivery, status_is};
+use keyplane_tests::webhooks::{deliveries_of, get_delivery, publish, set_enabled, status_is, subscribe};
 use keyplane_tests::{Backend, TestControlPlane, both_backends, eventually, random_org, start_webhooks_or_skip};
 
-both_backends!(keys_from_creation_to_deletion, webhooks_deliveries_audit_and_connections);
+both_backends!(
+    keys_from_creation_to_deletion,
+    webhooks_deliveries_audit_and_connections,
+    the_overview_counts_what_the_org_has
+);
 
 async fn signed_in_admin(plane: &TestControlPlane, org: &str) -> ConsoleClient {
     let (_, admin) = plane.create_key(org, &["keyplane:admin"]).await;
@@ -186,5 +192,60 @@ async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
     assert!(browser.get(&format!("/webhooks/{id}/delete")).await.body.contains("Delete this endpoint?"));
     assert_eq!(browser.post(&format!("/webhooks/{id}/delete"), &[]).await.location(), "/webhooks");
     assert_eq!(browser.get(&format!("/webhooks/{id}")).await.status, 404);
+    plane.stop().await;
+}
+
+/// The number an overview tile shows under `label`.
+fn tile(page: &str, label: &str) -> String {
+    let after = page.split(&format!(">{label}</div><div class=\"value\">")).nth(1).expect(label);
+    let value = after.split("</div>").next().unwrap_or_default();
+    value.split(['<', '>']).enumerate().filter(|(i, _)| i % 2 == 0).map(|(_, text)| text).collect()
+}
+
+async fn the_overview_counts_what_the_org_has(backend: Backend) {
+    let plane = start_webhooks_or_skip!(backend);
+    let receiver = Receiver::start().await;
+    let org = random_org();
+    let browser = signed_in_admin(&plane, &org).await;
+    let (kept, _) = plane.create_key(&org, &["orders:read"]).await;
+    let (revoked, _) = plane.create_key(&org, &["orders:read"]).await;
+    let revoke = pb::RevokeApiKeyRequest { org_id: org.clone(), id: revoked.id, ..Default::default() };
+    plane.keys(&plane.root_token).await.revoke_api_key(revoke).await.unwrap();
+    let overview = browser.get("/").await.body;
+    assert_eq!(tile(&overview, "Active keys"), "2", "the admin key and one more; not the revoked one");
+    assert_eq!(tile(&overview, "Endpoints"), "0");
+    assert_eq!(tile(&overview, "Deliveries succeeded, 24 h"), "—");
+    assert!(overview.contains("no attempts"));
+
+    // Two endpoints, one disabled; one successful delivery.
+    let (live, _) = subscribe(&plane, &org, &receiver.url("/hook"), &["order.*"]).await;
+    let (off, _) = subscribe(&plane, &org, &receiver.url("/off"), &["order.*"]).await;
+    set_enabled(&plane, &org, &off.id, false).await;
+    assert_eq!(publish(&plane, &org, "order.created", "{}").await.deliveries_created, 1);
+    let delivery = deliveries_of(&plane, &org, &live.id).await.remove(0).id;
+    eventually(|| get_delivery(&plane, &org, &delivery), status_is(pb::DeliveryStatus::Succeeded)).await;
+    let overview = browser.get("/").await.body;
+    assert_eq!(tile(&overview, "Endpoints"), "2");
+    assert_eq!(tile(&overview, "Disabled endpoints"), "1");
+    assert_eq!(tile(&overview, "Failing endpoints"), "0");
+    assert_eq!(tile(&overview, "Deliveries succeeded, 24 h"), "100.0%");
+    assert!(overview.contains("of 1 attempts"));
+    assert!(overview.contains("Verifications, last 24 hours"), "the usage chart");
+    assert!(overview.contains("api_key.revoked") && overview.contains(&kept.id), "the latest audit events");
+
+    // A big org: the count stops at 10,000 (the page stays fast).
+    let db = plane.database().await;
+    keyplane_tests::seed::keys(&db, 10_000, |i| {
+        keyplane_tests::seed::key_row(
+            &org,
+            keyplane_control_plane::crypto::new_id("key_"),
+            format!("seeded {i}"),
+            Environment::Live,
+            KeyStatus::Active,
+            keyplane_tests::seed::UNMATCHABLE_HASH,
+        )
+    })
+    .await;
+    assert_eq!(tile(&browser.get("/").await.body, "Active keys"), "10000+");
     plane.stop().await;
 }

@@ -12,11 +12,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
-use keyplane_control_plane::store::api_keys;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::stats::{Summary, measure};
 use keyplane_tests::{Backend, TestControlPlane};
-use sea_orm::EntityTrait;
 
 #[derive(Parser)]
 struct Args {
@@ -101,23 +99,17 @@ async fn main() {
     let list_org = keyplane_tests::random_org();
     let db = plane.database().await;
     let seeded = Instant::now();
-    for chunk in (0..args.list_keys).collect::<Vec<_>>().chunks(1000) {
-        let rows = chunk.iter().map(|i| {
-            keyplane_tests::seeded_key_row(
-                &list_org,
-                keyplane_control_plane::crypto::new_id("key_"),
-                format!("seeded {i:06}"),
-                if i % 10 == 0 { Environment::Test } else { Environment::Live },
-                if i % 7 == 0 { KeyStatus::Revoked } else { KeyStatus::Active },
-                "$argon2id$v=19$m=19456,t=2,p=1$c2VlZA$c2VlZA",
-            )
-        });
-        api_keys::Entity::insert_many(rows).exec(&db).await.expect("seed");
-    }
-    if backend == Backend::Postgres {
-        // Statistics and a vacuumed table, as autovacuum would leave them after a bulk load.
-        sea_orm::ConnectionTrait::execute_unprepared(&db, "VACUUM ANALYZE api_keys").await.expect("analyze");
-    }
+    keyplane_tests::seed::keys(&db, args.list_keys, |i| {
+        keyplane_tests::seed::key_row(
+            &list_org,
+            keyplane_control_plane::crypto::new_id("key_"),
+            format!("seeded {i:06}"),
+            if i % 10 == 0 { Environment::Test } else { Environment::Live },
+            if i % 7 == 0 { KeyStatus::Revoked } else { KeyStatus::Active },
+            keyplane_tests::seed::UNMATCHABLE_HASH,
+        )
+    })
+    .await;
     println!("seeded {} keys in {:.1}s", args.list_keys, seeded.elapsed().as_secs_f64());
 
     // Three kinds of page, one request at a time: walking every page from

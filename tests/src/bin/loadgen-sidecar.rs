@@ -15,12 +15,10 @@ use clap::Parser;
 use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use keyplane_control_plane::crypto::token::{CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, encode_fixed, new_id_body};
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
-use keyplane_control_plane::store::api_keys;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1 as sync_pb;
 use keyplane_tests::stats::Summary;
 use keyplane_tests::{Backend, TestControlPlane};
-use sea_orm::EntityTrait;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
@@ -83,24 +81,20 @@ async fn main() {
     let db = plane.database().await;
     let total = args.keys.max(args.rss_keys);
     let mut tokens = Vec::with_capacity(total);
-    for _ in 0..total.div_ceil(1000) {
-        let rows: Vec<_> = (0..1000)
-            .map(|_| {
-                let body = new_id_body();
-                assert_eq!(body.len(), KEY_ID_LEN);
-                tokens.push(seeded_token(&body, &secret));
-                keyplane_tests::seeded_key_row(
-                    &org,
-                    format!("key_{body}"),
-                    "bench".into(),
-                    Environment::Live,
-                    KeyStatus::Active,
-                    &hash,
-                )
-            })
-            .collect();
-        api_keys::Entity::insert_many(rows).exec(&db).await.unwrap();
-    }
+    keyplane_tests::seed::keys(&db, total, |_| {
+        let body = new_id_body();
+        assert_eq!(body.len(), KEY_ID_LEN);
+        tokens.push(seeded_token(&body, &secret));
+        keyplane_tests::seed::key_row(
+            &org,
+            format!("key_{body}"),
+            "bench".into(),
+            Environment::Live,
+            KeyStatus::Active,
+            &hash,
+        )
+    })
+    .await;
 
     // The real sidecar binary.
     let grpc_port = free_port();

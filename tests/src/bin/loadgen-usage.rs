@@ -22,14 +22,13 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 use keyplane_control_plane::crypto::new_id;
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
-use keyplane_control_plane::store::api_keys;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1 as sync_pb;
 use keyplane_tests::process::{ControlPlaneProcess, WebhookServer};
 use keyplane_tests::stats::{Summary, measure};
-use keyplane_tests::{Backend, TestControlPlane, authed_channel, random_org};
+use keyplane_tests::{Backend, TestControlPlane, authed_channel, random_org, seed};
 use rand::Rng;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, Statement};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 
 #[derive(Parser)]
 struct Args {
@@ -82,24 +81,12 @@ async fn main() {
 /// Seeds `count` active keys of `org`; returns their ids.
 async fn seed_keys(db: &DatabaseConnection, org: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);
-    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
-        let rows: Vec<_> = chunk
-            .iter()
-            .map(|i| {
-                let id = new_id("key_");
-                ids.push(id.clone());
-                keyplane_tests::seeded_key_row(
-                    org,
-                    id,
-                    format!("bench {i:05}"),
-                    Environment::Live,
-                    KeyStatus::Active,
-                    "$argon2id$v=19$m=19456,t=2,p=1$c2VlZA$c2VlZA",
-                )
-            })
-            .collect();
-        api_keys::Entity::insert_many(rows).exec(db).await.expect("seed keys");
-    }
+    seed::keys(db, count, |i| {
+        let id = new_id("key_");
+        ids.push(id.clone());
+        seed::key_row(org, id, format!("bench {i:05}"), Environment::Live, KeyStatus::Active, seed::UNMATCHABLE_HASH)
+    })
+    .await;
     ids
 }
 
@@ -344,8 +331,6 @@ async fn seed_rollups(
         .await
         .expect("org rollups");
     }
-    if !sqlite {
-        run("VACUUM ANALYZE usage_key_hours".into()).await.expect("analyze");
-        run("VACUUM ANALYZE usage_key_days".into()).await.expect("analyze");
-    }
+    seed::analyze(db, "usage_key_hours").await;
+    seed::analyze(db, "usage_key_days").await;
 }

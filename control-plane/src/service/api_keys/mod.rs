@@ -107,10 +107,10 @@ impl KeyService {
         Ok(cursor.page(rows, |k| k.id.clone()))
     }
 
-    /// How many keys of the caller's org are active (revoked ones are not).
-    pub async fn count_active(&self, ctx: &RequestContext, org_id: &str) -> Result<u64> {
+    /// How many keys of the org are active, counting no further than `up_to`.
+    pub async fn count_active(&self, ctx: &RequestContext, org_id: &str, up_to: u64) -> Result<u64> {
         let org = ctx.authorize(Scope::KeysRead, org_id)?;
-        api_keys::count(&self.db, &org, api_keys::KeyStatus::Active).await
+        api_keys::count_up_to(&self.db, &org, api_keys::KeyStatus::Active, up_to).await
     }
 
     /// Returns the token of a recoverable key (audited).
