@@ -194,7 +194,8 @@ pub async fn run(
             None => "a Keyplane API key with keyplane: scopes (see keyplane create-admin-key)".to_owned(),
         };
         tracing::info!(url = console_url.as_deref().unwrap_or_default(), sign_in = %sign_in, "web console serving");
-        background.spawn("console", console::serve(listener, tls.clone(), console::router(console), stop.clone()));
+        let incoming = tls::incoming(listener, tls.clone(), &background.tasks);
+        background.spawn("console", console::serve(incoming, console::router(console), stop.clone()));
         background.spawn("purge-console-sessions", retention::purge_console_sessions(sessions, stop.clone()));
     }
     background.spawn("webhook-dispatcher", dispatcher.run(stop.clone()));
@@ -281,7 +282,7 @@ pub async fn run(
         .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
         .add_service(UsageServiceServer::new(grpc::usage::UsageGrpc::new(usage, auth.clone())))
         .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(sync, auth)))
-        .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls), async move {
+        .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls, &background.tasks), async move {
             shutdown.await;
             // Watch streams never end by themselves: the feed ends them when
             // stopped, so the server can drain.

@@ -22,17 +22,24 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Binds `addr`; a failure names the flag that asked for it.
+async fn bind(flag: &str, addr: std::net::SocketAddr) -> keyplane_control_plane::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| keyplane_control_plane::Error::Config(format!("{flag} {addr}: {error}")))
+}
+
 async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
     match command {
         Command::Serve(config) => {
             let listeners = Listeners {
-                grpc: TcpListener::bind(config.listen).await?,
+                grpc: bind("--listen", config.listen).await?,
                 metrics: match config.metrics_listen {
-                    Some(addr) => Some(TcpListener::bind(addr).await?),
+                    Some(addr) => Some(bind("--metrics-listen", addr).await?),
                     None => None,
                 },
                 console: match config.console.address {
-                    ConsoleListen::On(addr) => Some(TcpListener::bind(addr).await?),
+                    ConsoleListen::On(addr) => Some(bind("--console-listen", addr).await?),
                     ConsoleListen::Off => None,
                 },
             };

@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -146,10 +147,12 @@ fn read_certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'stat
 }
 
 /// Accepted connections, with TLS when `tls` is set. Handshakes run in
-/// their own tasks, so a slow or silent client cannot hold up others.
-pub fn incoming(listener: TcpListener, tls: Option<Arc<ReloadingTls>>) -> ReceiverStream<io::Result<Connection>> {
+/// their own tasks, so a slow or silent client cannot hold up others. The
+/// accept loop is one of `tasks`: it closes the listener once the stream
+/// is dropped, and waiting for `tasks` means the address is free again.
+pub fn incoming(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, tasks: &TaskTracker) -> Incoming {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 () = sender.closed() => return,
@@ -186,6 +189,9 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<ReloadingTls>>) -> Receiv
     });
     ReceiverStream::new(receiver)
 }
+
+/// The connections [`incoming`] accepts.
+pub type Incoming = ReceiverStream<io::Result<Connection>>;
 
 /// An accepted connection, plaintext or TLS.
 pub enum Connection {

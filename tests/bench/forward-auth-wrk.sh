@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 # SIDECAR=/path/to/keyplane-sidecar compares another build (e.g. an older commit).
 SIDECAR=${SIDECAR:-target/release/keyplane-sidecar}
 DATA=$(mktemp -d)
-target/release/keyplane serve --data-dir "$DATA" --listen 127.0.0.1:50551 >"$DATA/control-plane.log" 2>&1 &
+target/release/keyplane serve --data-dir "$DATA" --listen 127.0.0.1:50551 --console-listen off >"$DATA/control-plane.log" 2>&1 &
 CP=$!
 SC=; HELLO=
 trap 'kill $CP $SC $HELLO 2>/dev/null || true; rm -rf "$DATA"' EXIT

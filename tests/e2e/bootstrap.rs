@@ -62,6 +62,8 @@ async fn postgres_refuses_a_root_token_file_that_does_not_exist() {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--console-listen",
+        "127.0.0.1:0",
         "--database-url",
         &url,
         "--master-key-file",

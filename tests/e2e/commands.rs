@@ -32,7 +32,17 @@ async fn postgres_without_a_master_key_refuses_to_start_and_says_how() {
     let data = tempfile::tempdir().unwrap();
     let Some(url) = Backend::Postgres.fresh_database(data.path()).await else { return };
     let dir = data.path().display().to_string();
-    let output = keyplane(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &dir, "--database-url", &url]);
+    let output = keyplane(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--console-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir,
+        "--database-url",
+        &url,
+    ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--master-key-file") && stderr.contains("generate-master-key"), "{stderr}");
@@ -88,7 +98,17 @@ async fn a_bad_oauth_providers_file_stops_start_up_naming_the_line() {
     )
     .unwrap();
     let providers = file.display().to_string();
-    let output = keyplane(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &dir, "--oauth-providers", &providers]);
+    let output = keyplane(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--console-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir,
+        "--oauth-providers",
+        &providers,
+    ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 5") && stderr.contains("colour"), "{stderr}");
@@ -124,4 +144,16 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("INFO"), "text log lines were written: {log}");
     assert!(!log.contains('\u{1b}'), "ANSI escape codes in a piped log: {log:?}");
+}
+
+#[test]
+fn a_taken_address_is_named_with_its_flag() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = keyplane(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &dir, "--console-listen", &addr]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("--console-listen {addr}: ")) && stderr.contains("in use"), "{stderr}");
 }

@@ -38,7 +38,7 @@ impl ControlPlaneProcess {
     /// Starts `keyplane serve --listen 127.0.0.1:0 <args>` and waits until it serves.
     pub async fn start(args: &[String]) -> Self {
         let mut child = Command::new(workspace_binary("keyplane"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info,keyplane_control_plane=debug")
             .stdin(Stdio::null())

@@ -23,7 +23,6 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
@@ -32,7 +31,7 @@ use crate::service::webhooks::PortalLinks;
 use crate::service::{
     AuditService, ConnectionService, DeliveryService, KeyService, SessionService, UsageService, WebhookService,
 };
-use crate::tls::ReloadingTls;
+use crate::tls::Incoming;
 
 /// What the console's pages call.
 pub struct Console {
@@ -96,9 +95,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
-/// Serves `router` on `listener` (with TLS when `tls` is set) until `stop`.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, router: Router, stop: CancellationToken) {
-    let mut incoming = crate::tls::incoming(listener, tls);
+/// Serves `router` on the `incoming` connections until `stop`.
+pub async fn serve(mut incoming: Incoming, router: Router, stop: CancellationToken) {
     loop {
         let connection = tokio::select! {
             () = stop.cancelled() => return,

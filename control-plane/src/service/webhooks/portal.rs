@@ -103,6 +103,11 @@ fn check_origin(origin: &str) -> std::result::Result<(), String> {
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err("must be an origin: scheme, host and port only".into());
     }
+    if let Some(url::Host::Domain(domain)) = url.host()
+        && !domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err("must name one host: letters, digits, '-' and '.' (no wildcards)".into());
+    }
     if origin.trim_end_matches('/') != url.origin().ascii_serialization() {
         return Err("must be written as scheme://host[:port]".into());
     }
