@@ -4,12 +4,8 @@
 //! replica accepts, and a named root-token file must exist.
 
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::process::{ControlPlaneProcess, workspace_binary};
+use keyplane_tests::process::{ControlPlaneProcess, keyplane, refused_start};
 use keyplane_tests::{Backend, assert_no_token_in, authed_channel};
-
-fn keyplane(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(workspace_binary("keyplane")).args(args).output().expect("run keyplane")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_accept_the_admin_key_made_by_create_admin_key() {
@@ -58,12 +54,7 @@ async fn postgres_refuses_a_root_token_file_that_does_not_exist() {
     let key_file = data.path().join("master-key.conf");
     std::fs::write(&key_file, keyplane_control_plane::crypto::MasterKeys::generate_line("k1")).unwrap();
     let missing = data.path().join("root-token");
-    let output = keyplane(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--console-listen",
-        "127.0.0.1:0",
+    let stderr = refused_start(&[
         "--database-url",
         &url,
         "--master-key-file",
@@ -71,8 +62,6 @@ async fn postgres_refuses_a_root_token_file_that_does_not_exist() {
         "--root-token-file",
         &missing.display().to_string(),
     ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("does not exist") && stderr.contains("create-admin-key"), "{stderr}");
     assert!(!missing.exists(), "Postgres never generates the root token");
 }

@@ -1,14 +1,10 @@
 //! The `keyplane` binary's commands, run as real processes: `migrate`,
 //! `generate-master-key`, and start-up refusals that must explain themselves.
 
-use keyplane_tests::process::workspace_binary;
+use keyplane_tests::process::{keyplane, refused_start};
 use keyplane_tests::{Backend, both_backends};
 
 both_backends!(migrate_applies_then_reports);
-
-fn keyplane(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(workspace_binary("keyplane")).args(args).output().expect("run keyplane")
-}
 
 async fn migrate_applies_then_reports(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
@@ -32,19 +28,7 @@ async fn postgres_without_a_master_key_refuses_to_start_and_says_how() {
     let data = tempfile::tempdir().unwrap();
     let Some(url) = Backend::Postgres.fresh_database(data.path()).await else { return };
     let dir = data.path().display().to_string();
-    let output = keyplane(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--console-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir,
-        "--database-url",
-        &url,
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--data-dir", &dir, "--database-url", &url]);
     assert!(stderr.contains("--master-key-file") && stderr.contains("generate-master-key"), "{stderr}");
     assert!(!data.path().join("master-key").exists(), "no key is generated for Postgres");
 }
@@ -98,19 +82,7 @@ async fn a_bad_oauth_providers_file_stops_start_up_naming_the_line() {
     )
     .unwrap();
     let providers = file.display().to_string();
-    let output = keyplane(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--console-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &dir,
-        "--oauth-providers",
-        &providers,
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--data-dir", &dir, "--oauth-providers", &providers]);
     assert!(stderr.contains("line 5") && stderr.contains("colour"), "{stderr}");
 }
 
@@ -152,8 +124,6 @@ fn a_taken_address_is_named_with_its_flag() {
     let dir = data.path().display().to_string();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = keyplane(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &dir, "--console-listen", &addr]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--data-dir", &dir, "--console-listen", &addr]);
     assert!(stderr.contains(&format!("--console-listen {addr}: ")) && stderr.contains("in use"), "{stderr}");
 }

@@ -106,14 +106,7 @@ async fn exchange_refresh_rotate_and_revoke(backend: Backend) {
     assert_eq!(err.code(), Code::NotFound);
 
     // Every access was audited in its transaction, without tokens.
-    let events = plane
-        .audit(&plane.root_token)
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest { org_id: org.clone(), page_size: 100, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .audit_events;
+    let events = plane.audit_events(&org, "").await;
     let count = |action: &str| events.iter().filter(|e| e.action == action).count();
     assert_eq!(count("connection.created"), 1);
     assert_eq!(count("connection.access_token_issued"), 52);

@@ -31,6 +31,13 @@ fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 /// The last `back` of usage of `key_id` (or the org, when empty) at `granularity`.
+/// `usage_count` of a key, as GetApiKey reports it.
+async fn usage_count(plane: &TestControlPlane, org: &str, id: &str) -> u64 {
+    let request = pb::GetApiKeyRequest { org_id: org.to_owned(), id: id.to_owned() };
+    let key = plane.keys(&plane.root_token).await.get_api_key(request).await.unwrap().into_inner().api_key;
+    key.unwrap().usage_count
+}
+
 async fn usage(
     plane: &TestControlPlane,
     org: &str,
@@ -264,16 +271,7 @@ async fn buckets_follow_the_reported_minute_and_report_ids_count_once(backend: B
 
     // An old sidecar's report (no id, allowed counts only) still counts,
     // in the minute of its last use, and feeds usage_count.
-    let before = plane
-        .keys(&plane.root_token)
-        .await
-        .get_api_key(pb::GetApiKeyRequest { org_id: org.clone(), id: key.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key
-        .unwrap()
-        .usage_count;
+    let before = usage_count(&plane, &org, &key.id).await;
     assert_eq!(before, 21);
     let old = sync_pb::ReportUsageRequest {
         entries: vec![sync_pb::UsageEntry {
@@ -360,16 +358,7 @@ async fn a_report_whose_answer_is_lost_is_counted_once(backend: Backend) {
     wait_for_totals(&plane, &org, &key.id, (11, 0, 0, 0)).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     wait_for_totals(&plane, &org, &key.id, (11, 0, 0, 0)).await;
-    let usage_count = plane
-        .keys(&plane.root_token)
-        .await
-        .get_api_key(pb::GetApiKeyRequest { org_id: org.clone(), id: key.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key
-        .unwrap()
-        .usage_count;
+    let usage_count = usage_count(&plane, &org, &key.id).await;
     assert_eq!(usage_count, 11, "the resent report was not counted twice");
     sidecar.stop().await;
     plane.stop().await;

@@ -308,6 +308,24 @@ impl TestControlPlane {
         Self::launch_with_tls(config, self.client_tls.clone()).await
     }
 
+    /// The audit events of `org` (newest first, up to 1000), read with the
+    /// root token; only those with `action` unless it is empty.
+    pub async fn audit_events(&self, org: &str, action: &str) -> Vec<pb::AuditEvent> {
+        let request = pb::ListAuditEventsRequest {
+            org_id: org.to_owned(),
+            action: action.to_owned(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        self.audit(&self.root_token)
+            .await
+            .list_audit_events(request)
+            .await
+            .expect("audit events")
+            .into_inner()
+            .audit_events
+    }
+
     /// Stops the server (drained), keeping the handle for [`start_again`](Self::start_again).
     pub async fn stop_for_now(&mut self) {
         self.shutdown_now().await;

@@ -24,6 +24,24 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the `keyplane` binary with `args` to completion.
+pub fn keyplane(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(workspace_binary("keyplane")).args(args).output().expect("run keyplane")
+}
+
+/// Runs `keyplane serve` (on free ports unless `args` name the console's)
+/// with `args`, which must make it refuse to start; returns what it said
+/// on stderr.
+pub fn refused_start(args: &[&str]) -> String {
+    let mut command = vec!["serve", "--listen", "127.0.0.1:0"];
+    if !args.contains(&"--console-listen") {
+        command.extend(["--console-listen", "127.0.0.1:0"]);
+    }
+    let output = keyplane(&[&command[..], args].concat());
+    assert!(!output.status.success(), "keyplane serve {args:?} started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A `keyplane serve` child process logging JSON to a pipe.
 pub struct ControlPlaneProcess {
     pub child: Child,

@@ -78,18 +78,17 @@ impl Counts {
     }
 }
 
-/// Which outcome a ranking orders by; `None` orders by the total.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Allowed,
-    Unauthorized,
-    Forbidden,
-    RateLimited,
-}
+/// Which outcome a ranking orders by (the one check outcomes are counted
+/// by); `None` orders by the total.
+pub use keyplane_proto::usage::Outcome;
 
-impl Outcome {
-    fn column(self) -> &'static str {
-        OUTCOMES[self as usize]
+/// The rollup column counting `outcome`.
+fn column_of(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Allowed => OUTCOMES[0],
+        Outcome::Unauthorized => OUTCOMES[1],
+        Outcome::Forbidden => OUTCOMES[2],
+        Outcome::RateLimited => OUTCOMES[3],
     }
 }
 
@@ -355,7 +354,7 @@ pub async fn top_keys(
         }
     };
     let ranked_by = match order_by {
-        Some(outcome) => col(outcome.column()),
+        Some(outcome) => col(column_of(outcome)),
         None => col(OUTCOMES[0]).add(col(OUTCOMES[1])).add(col(OUTCOMES[2])).add(col(OUTCOMES[3])),
     };
     let mut ranking = Query::select();

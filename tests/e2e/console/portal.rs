@@ -91,14 +91,7 @@ async fn a_portal_link_opens_one_orgs_webhooks_once(backend: Backend) {
     assert_eq!(page.header("x-frame-options"), "DENY");
 
     // Creation and use are audited, as is the portal's own change.
-    let audit = plane
-        .audit(&plane.root_token)
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest { org_id: org.clone(), page_size: 100, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .audit_events;
+    let audit = plane.audit_events(&org, "").await;
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     for action in [
         "webhook.portal_link_created",

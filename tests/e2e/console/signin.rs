@@ -64,18 +64,7 @@ async fn root_and_api_keys_sign_in_and_out(backend: Backend) {
     assert_eq!(other.status, 403);
 
     // Sign-ins and sign-outs are audited.
-    let audit = plane
-        .audit(&plane.root_token)
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            org_id: org.clone(),
-            action: "console.signed_in".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .audit_events;
+    let audit = plane.audit_events(&org, "console.signed_in").await;
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].actor_type, "api_key");
     plane.stop().await;

@@ -50,18 +50,7 @@ async fn gone_disables_the_endpoint_and_announces_it(backend: Backend) {
     publish(&plane, &org, "thing.happened", "{}").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received("/gone").len(), 1);
-    let audit = plane
-        .audit(&plane.root_token)
-        .await
-        .list_audit_events(pb::ListAuditEventsRequest {
-            org_id: org.clone(),
-            action: "webhook.endpoint_disabled".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .audit_events;
+    let audit = plane.audit_events(&org, "webhook.endpoint_disabled").await;
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].actor_type, "system");
 }
