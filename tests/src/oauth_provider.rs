@@ -26,7 +26,8 @@ pub enum ClientAuth {
     Post,
 }
 
-/// A failure the next token request gets.
+/// A failure the next token request gets (a revocation request fails
+/// with a 500 whatever the kind).
 #[derive(Clone, Debug)]
 pub enum Failure {
     /// 400 `{"error":"invalid_grant"}`.
@@ -173,6 +174,9 @@ async fn answer(
         return Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
     }
     if path == "/revoke" {
+        if state.next_failure.lock().expect("lock").take().is_some() {
+            return Ok(oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error"));
+        }
         let token = form.get("token").cloned().unwrap_or_default();
         state.refresh_tokens.lock().expect("lock").remove(&token);
         let hint = form.get("token_type_hint").cloned().unwrap_or_default();

@@ -3,6 +3,7 @@
 
 mod actions;
 mod browser;
+mod connections;
 mod portal;
 mod security;
 mod signin;
