@@ -34,6 +34,26 @@ impl Page {
         Some(html_unescape(&self.body[start..end]))
     }
 
+    /// Where the link whose text is `text` points.
+    pub fn link(&self, text: &str) -> Option<String> {
+        let end = self.body.find(&format!("\">{text}</a>"))?;
+        let start = self.body[..end].rfind("href=\"")? + "href=\"".len();
+        Some(html_unescape(&self.body[start..end]))
+    }
+
+    /// Every distinct id with `prefix` (e.g. `key_`) the page links to, in order.
+    pub fn linked_ids(&self, prefix: &str) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for part in self.body.split(&format!("/{prefix}")).skip(1) {
+            let id: String = part.chars().take_while(char::is_ascii_alphanumeric).collect();
+            let id = format!("{prefix}{id}");
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
     /// The text of the element with this id (e.g. `shown-once`).
     pub fn element_text(&self, id: &str) -> Option<String> {
         let marker = format!("id=\"{id}\">");

@@ -3,11 +3,12 @@
 //! delete), webhooks (create with the secret shown once, disable, enable,
 //! rotate, test event, delivery page, retry, recover, delete), the audit
 //! log (filters, chain check; console actions say so), connections; the
-//! overview's numbers.
+//! overview's numbers; paging through keys and a delivery log with their
+//! filters.
 
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::console::ConsoleClient;
+use keyplane_tests::console::{ConsoleClient, Page};
 use keyplane_tests::receiver::{Behavior, Receiver};
 use keyplane_tests::webhooks::{deliveries_of, get_delivery, publish, set_enabled, status_is, subscribe};
 use keyplane_tests::{Backend, TestControlPlane, both_backends, eventually, random_org, start_webhooks_or_skip};
@@ -15,7 +16,8 @@ use keyplane_tests::{Backend, TestControlPlane, both_backends, eventually, rando
 both_backends!(
     keys_from_creation_to_deletion,
     webhooks_deliveries_audit_and_connections,
-    the_overview_counts_what_the_org_has
+    the_overview_counts_what_the_org_has,
+    lists_page_and_keep_their_filters
 );
 
 async fn signed_in_admin(plane: &TestControlPlane, org: &str) -> ConsoleClient {
@@ -247,5 +249,65 @@ async fn the_overview_counts_what_the_org_has(backend: Backend) {
     })
     .await;
     assert_eq!(tile(&browser.get("/").await.body, "Active keys"), "10000+");
+    plane.stop().await;
+}
+
+/// Follows the `next` link from `first` to the end; returns every page.
+async fn walk(browser: &ConsoleClient, first: &str, next: &str) -> Vec<Page> {
+    let mut pages = vec![browser.get(first).await];
+    while let Some(link) = pages.last().and_then(|page| page.link(next)) {
+        assert!(pages.len() < 10, "paging never ends");
+        pages.push(browser.get(&link).await);
+    }
+    pages
+}
+
+async fn lists_page_and_keep_their_filters(backend: Backend) {
+    let plane = start_webhooks_or_skip!(backend);
+    let receiver = Receiver::start().await;
+    let org = random_org();
+    let browser = signed_in_admin(&plane, &org).await;
+    let db = plane.database().await;
+    keyplane_tests::seed::keys(&db, 120, |i| {
+        keyplane_tests::seed::key_row(
+            &org,
+            keyplane_control_plane::crypto::new_id("key_"),
+            format!("{} {i:03}", if i % 2 == 0 { "alpha" } else { "beta" }),
+            Environment::Live,
+            KeyStatus::Active,
+            keyplane_tests::seed::UNMATCHABLE_HASH,
+        )
+    })
+    .await;
+
+    // 60 "alpha" keys: a page of 50, then 10, the filter kept on the way.
+    let pages = walk(&browser, "/keys?prefix=alpha", "Next page").await;
+    assert_eq!(pages.iter().map(|page| page.linked_ids("key_").len()).collect::<Vec<_>>(), [50, 10]);
+    assert!(pages[0].link("Next page").unwrap().contains("prefix=alpha"));
+    let mut seen: Vec<String> = pages.iter().flat_map(|page| page.linked_ids("key_")).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 60, "no key twice, none missed");
+    assert!(pages.iter().all(|page| !page.body.contains("beta ")));
+
+    // A delivery log of 60: paged, filtered by event type and by time.
+    let (subscription, _) = subscribe(&plane, &org, &receiver.url("/hook"), &["*"]).await;
+    for i in 0..60 {
+        let event_type = if i % 4 == 0 { "invoice.paid" } else { "order.created" };
+        publish(&plane, &org, event_type, "{}").await;
+    }
+    let log = format!("/webhooks/{}", subscription.id);
+    let pages = walk(&browser, &log, "Older deliveries").await;
+    assert_eq!(pages.iter().map(|page| page.linked_ids("dlv_").len()).collect::<Vec<_>>(), [50, 10]);
+    let invoices = walk(&browser, &format!("{log}?event_type=invoice.paid"), "Older deliveries").await;
+    assert_eq!(invoices.iter().map(|page| page.linked_ids("dlv_").len()).collect::<Vec<_>>(), [15]);
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M").to_string();
+    let since = browser.get(&format!("{log}?since={in_an_hour}")).await;
+    assert!(since.linked_ids("dlv_").is_empty());
+    let until = browser.get(&format!("{log}?until={in_an_hour}&event_type=invoice.paid")).await;
+    assert_eq!(until.linked_ids("dlv_").len(), 15);
+    let bad = browser.get(&format!("{log}?since=tomorrow")).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("<code>since</code>"), "a bad time names its field: {}", bad.body);
     plane.stop().await;
 }
