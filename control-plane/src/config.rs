@@ -169,6 +169,14 @@ pub struct Config {
     /// How long key events are kept; sidecars further behind get a Reset.
     #[arg(long, env = "KEYPLANE_KEY_EVENT_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     pub key_event_retention: Duration,
+    /// How often keys past their expiry are marked `expired` (a key event
+    /// tells sidecars at once; checks refuse them before that too).
+    #[arg(long, env = "KEYPLANE_EXPIRY_SWEEP_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub expiry_sweep_interval: Duration,
+    /// Delete keys that expired or were revoked longer ago than this
+    /// (audited, actor `system`); kept for ever when unset.
+    #[arg(long, env = "KEYPLANE_DELETE_EXPIRED_KEYS_AFTER", value_parser = humantime::parse_duration)]
+    pub delete_expired_keys_after: Option<Duration>,
     /// Concurrent argon2 computations (default: CPU count).
     #[arg(long, env = "KEYPLANE_HASH_WORKERS")]
     pub hash_workers: Option<usize>,
@@ -434,6 +442,8 @@ impl Config {
             heartbeat_interval: Duration::from_millis(200),
             event_poll_interval: Duration::from_millis(20),
             key_event_retention: Duration::from_secs(7 * 24 * 3600),
+            expiry_sweep_interval: Duration::from_millis(100),
+            delete_expired_keys_after: None,
             oauth_providers: None,
             oauth_timeout: Duration::from_secs(10),
             abuse: AbuseArgs {

@@ -200,6 +200,10 @@ pub async fn run(
     }
     background.spawn("webhook-dispatcher", dispatcher.run(stop.clone()));
     background.spawn("key-event-tailer", feed.tail(wakeups.key_events_committed.clone()));
+    background.spawn("expire-keys", retention::expire_keys(keys.clone(), config.expiry_sweep_interval, stop.clone()));
+    if let Some(after) = config.delete_expired_keys_after {
+        background.spawn("purge-ended-keys", retention::purge_ended_keys(keys.clone(), after, stop.clone()));
+    }
     background.spawn(
         "purge-key-events",
         retention::purge_key_events(db.clone(), config.key_event_retention, KEY_EVENT_PURGE_INTERVAL, stop.clone()),

@@ -47,6 +47,19 @@ pub enum Refusal {
     Throttled,
 }
 
+impl Refusal {
+    /// The denial reason for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Unknown => "unknown",
+            Refusal::BadSecret => "bad_secret",
+            Refusal::Revoked => "revoked",
+            Refusal::Expired => "expired",
+            Refusal::Throttled => "throttled",
+        }
+    }
+}
+
 /// A control-plane answer about one token.
 #[derive(Clone, Debug)]
 pub enum Verdict {
@@ -90,15 +103,16 @@ pub enum Freshness {
     Fresh,
     /// The key changed since: verify again.
     Stale,
-    /// The key was revoked or deleted since: deny without asking.
-    Revoked,
+    /// The key ended since (revoked, deleted or expired): deny without asking.
+    Ended(Refusal),
 }
 
 /// Latest change applied for a key.
 #[derive(Clone, Copy, Debug)]
 struct Change {
     seq: u64,
-    terminal: bool,
+    /// Set once the key ended, and never cleared.
+    ended: Option<Refusal>,
 }
 
 struct VerdictExpiry {
@@ -157,8 +171,7 @@ impl KeyCache {
             None => None,
         };
         match change {
-            Some(change) if change.seq > verdict.as_of() && change.terminal => Freshness::Revoked,
-            Some(change) if change.seq > verdict.as_of() => Freshness::Stale,
+            Some(change) if change.seq > verdict.as_of() => change.ended.map_or(Freshness::Stale, Freshness::Ended),
             _ if verdict.as_of() < self.floor.load(Ordering::Acquire) => Freshness::Stale,
             _ => Freshness::Fresh,
         }
@@ -184,12 +197,13 @@ impl KeyCache {
         self.verdicts.invalidate(digest).await;
     }
 
-    /// Records a key change from the stream. Revocations and deletions are terminal.
-    pub async fn apply_change(&self, key_id: &str, seq: u64, terminal: bool) {
+    /// Records a key change from the stream; `ended` says why the key
+    /// ended, when it did (revoked, deleted, expired): that is for good.
+    pub async fn apply_change(&self, key_id: &str, seq: u64, ended: Option<Refusal>) {
         let previous = self.changes.get(key_id).await;
-        let terminal = terminal || previous.is_some_and(|p| p.terminal);
+        let ended = previous.and_then(|p| p.ended).or(ended);
         let seq = previous.map_or(seq, |p| p.seq.max(seq));
-        self.changes.insert(key_id.to_owned(), Change { seq, terminal }).await;
+        self.changes.insert(key_id.to_owned(), Change { seq, ended }).await;
     }
 
     /// Flushes everything: verdicts from before `head` are no longer trusted.
@@ -231,14 +245,15 @@ mod tests {
     async fn answers_older_than_a_change_are_not_trusted() {
         let cache = KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(5));
         assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Fresh);
-        cache.apply_change("k", 7, false).await;
+        cache.apply_change("k", 7, None).await;
         assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Stale);
         assert_eq!(cache.freshness(&valid("k", 7)).await, Freshness::Fresh);
-        cache.apply_change("k", 9, true).await;
-        assert_eq!(cache.freshness(&valid("k", 8)).await, Freshness::Revoked);
-        // A later non-terminal change never un-revokes.
-        cache.apply_change("k", 10, false).await;
-        assert_eq!(cache.freshness(&valid("k", 8)).await, Freshness::Revoked);
+        cache.apply_change("k", 9, Some(Refusal::Expired)).await;
+        assert_eq!(cache.freshness(&valid("k", 8)).await, Freshness::Ended(Refusal::Expired));
+        // A later change never revives the key, nor changes why it ended.
+        cache.apply_change("k", 10, None).await;
+        cache.apply_change("k", 11, Some(Refusal::Revoked)).await;
+        assert_eq!(cache.freshness(&valid("k", 8)).await, Freshness::Ended(Refusal::Expired));
         assert_eq!(cache.freshness(&valid("other", 1)).await, Freshness::Fresh);
         cache.reset(20);
         assert_eq!(cache.freshness(&valid("other", 19)).await, Freshness::Stale);

@@ -10,7 +10,7 @@ use keyplane_proto::token::{Environment, ParsedToken, TokenFormat};
 use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Freshness, KeyCache, Principal, Refusal, Verdict};
+use crate::cache::{Freshness, KeyCache, Principal, Verdict};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::sync::{self, ControlPlaneClient, Readiness, SyncState};
@@ -95,16 +95,7 @@ pub enum Decision {
 pub fn decide(verdict: &Verdict, environment: Environment, required_scopes: &[String], now: SystemTime) -> Decision {
     use DenyStatus::*;
     let principal = match verdict {
-        Verdict::Invalid { refusal, .. } => {
-            let reason = match refusal {
-                Refusal::Unknown => "unknown",
-                Refusal::BadSecret => "bad_secret",
-                Refusal::Revoked => "revoked",
-                Refusal::Expired => "expired",
-                Refusal::Throttled => "throttled",
-            };
-            return Decision::Deny(Denial::new(Unauthenticated, reason));
-        }
+        Verdict::Invalid { refusal, .. } => return Decision::Deny(Denial::new(Unauthenticated, refusal.reason())),
         Verdict::Valid { principal, .. } => principal,
     };
     if principal.expires_at.is_some_and(|at| at <= now) {
@@ -262,9 +253,7 @@ impl Checker {
         if let Some(verdict) = cached {
             match self.cache.freshness(&verdict).await {
                 Freshness::Fresh => return Ok(verdict),
-                Freshness::Revoked => {
-                    return Err(Denial::new(DenyStatus::Unauthenticated, "revoked"));
-                }
+                Freshness::Ended(refusal) => return Err(Denial::new(DenyStatus::Unauthenticated, refusal.reason())),
                 Freshness::Stale => self.cache.forget(&digest).await,
             }
         }
@@ -282,10 +271,10 @@ impl Checker {
                 })?;
             match self.cache.freshness(&verdict).await {
                 Freshness::Fresh => return Ok(verdict),
-                // The answer was computed before a revocation this sidecar already applied.
-                Freshness::Revoked => {
+                // The answer was computed before the key ended, which this sidecar already applied.
+                Freshness::Ended(refusal) => {
                     self.cache.forget(&digest).await;
-                    return Err(Denial::new(DenyStatus::Unauthenticated, "revoked"));
+                    return Err(Denial::new(DenyStatus::Unauthenticated, refusal.reason()));
                 }
                 Freshness::Stale => self.cache.forget(&digest).await,
             }
@@ -307,6 +296,7 @@ pub fn parse_scopes(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Refusal;
 
     fn principal(environment: Environment, scopes: &[&str], expires_at: Option<SystemTime>) -> Verdict {
         Verdict::Valid {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub verify_calls: Counter,
     /// Latency of Verify calls.
     pub verify_seconds: Histogram,
+    /// Key events applied, by kind (revoked, updated, deleted, expired).
+    pub key_events: Family<Label, Counter>,
     /// Last key-event seq applied.
     pub applied_seq: Gauge<u64, AtomicU64>,
     /// Seconds since the last event or heartbeat (stream lag / staleness).
@@ -49,6 +51,8 @@ impl Default for Metrics {
         registry.register("verify_calls", "Verify calls to the control plane", verify_calls.clone());
         let verify_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register("verify_seconds", "Latency of Verify calls", verify_seconds.clone());
+        let key_events = Family::<Label, Counter>::default();
+        registry.register("key_events", "Key events applied, by kind", key_events.clone());
         let applied_seq = Gauge::<u64, AtomicU64>::default();
         registry.register("applied_seq", "Last key-event seq applied", applied_seq.clone());
         let staleness_seconds = Gauge::<f64, AtomicU64>::default();
@@ -71,6 +75,7 @@ impl Default for Metrics {
             cache_lookups,
             verify_calls,
             verify_seconds,
+            key_events,
             applied_seq,
             staleness_seconds,
             stream_connected,

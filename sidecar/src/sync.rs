@@ -249,11 +249,15 @@ async fn watch_once(
     while let Some(message) = stream.message().await? {
         match message.message {
             Some(pb::watch_response::Message::Event(event)) => {
-                let terminal = matches!(
-                    pb::KeyEventKind::try_from(event.kind),
-                    Ok(pb::KeyEventKind::Revoked | pb::KeyEventKind::Deleted)
-                );
-                cache.apply_change(&event.key_id, event.seq, terminal).await;
+                let (kind, ended) = match pb::KeyEventKind::try_from(event.kind) {
+                    Ok(pb::KeyEventKind::Revoked) => ("revoked", Some(Refusal::Revoked)),
+                    Ok(pb::KeyEventKind::Deleted) => ("deleted", Some(Refusal::Revoked)),
+                    Ok(pb::KeyEventKind::Expired) => ("expired", Some(Refusal::Expired)),
+                    // Updated, or a kind this sidecar does not know yet: verify again.
+                    _ => ("updated", None),
+                };
+                cache.apply_change(&event.key_id, event.seq, ended).await;
+                metrics.key_events.get_or_create(&[("kind", kind)]).inc();
                 state.position.fetch_max(event.seq, Ordering::AcqRel);
                 metrics.applied_seq.set(state.position());
             }

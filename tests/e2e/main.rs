@@ -9,6 +9,7 @@ mod commands;
 mod connections;
 mod console;
 mod crash;
+mod expiry;
 mod grpcurl;
 mod isolation;
 mod partition;

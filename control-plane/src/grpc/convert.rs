@@ -66,6 +66,7 @@ pub fn status_from_proto(field: &str, value: i32) -> Result<Option<KeyStatus>> {
         Ok(pb::ApiKeyStatus::Unspecified) => Ok(None),
         Ok(pb::ApiKeyStatus::Active) => Ok(Some(KeyStatus::Active)),
         Ok(pb::ApiKeyStatus::Revoked) => Ok(Some(KeyStatus::Revoked)),
+        Ok(pb::ApiKeyStatus::Expired) => Ok(Some(KeyStatus::Expired)),
         Err(_) => Err(Error::invalid(field, format!("unknown status {value}"))),
     }
 }
@@ -74,6 +75,7 @@ fn key_status_to_proto(status: KeyStatus) -> pb::ApiKeyStatus {
     match status {
         KeyStatus::Active => pb::ApiKeyStatus::Active,
         KeyStatus::Revoked => pb::ApiKeyStatus::Revoked,
+        KeyStatus::Expired => pb::ApiKeyStatus::Expired,
     }
 }
 

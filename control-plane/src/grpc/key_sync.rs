@@ -31,6 +31,7 @@ fn event_kind(kind: KeyEventKind) -> pb::KeyEventKind {
         KeyEventKind::Revoked => pb::KeyEventKind::Revoked,
         KeyEventKind::Deleted => pb::KeyEventKind::Deleted,
         KeyEventKind::Updated => pb::KeyEventKind::Updated,
+        KeyEventKind::Expired => pb::KeyEventKind::Expired,
     }
 }
 

@@ -2,11 +2,13 @@
 //! named for what it removes. Every purge runs in bounded batches.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
+use super::KeyService;
 use super::usage::Retention;
 use crate::error::Result;
 use crate::store::usage::{self, Granularity};
@@ -71,6 +73,43 @@ pub async fn purge_usage_rollups(
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "purged usage rollups past retention"),
             Err(error) => tracing::warn!(%error, "purging usage rollups failed"),
+        }
+    })
+    .await;
+}
+
+/// Marks keys past their expiry `expired` every `every`, in batches.
+pub async fn expire_keys(keys: Arc<KeyService>, every: Duration, stop: CancellationToken) {
+    repeat(every, stop, || async {
+        let mut total = 0;
+        let swept = async {
+            while keys.expire_due(PURGE_BATCH).await.inspect(|n| total += n)? == PURGE_BATCH {}
+            Ok::<_, crate::Error>(())
+        };
+        match swept.await {
+            Ok(()) if total == 0 => {}
+            Ok(()) => tracing::info!(count = total, "marked keys past their expiry expired"),
+            Err(error) => tracing::warn!(%error, "the expiry sweep failed"),
+        }
+    })
+    .await;
+}
+
+/// Deletes keys that ended (expired or revoked) more than `retention` ago,
+/// every `retention / 2` (at most a minute).
+pub async fn purge_ended_keys(keys: Arc<KeyService>, retention: Duration, stop: CancellationToken) {
+    let every = (retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    repeat(every, stop, || async {
+        let cutoff = store::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let mut total = 0;
+        let purged = async {
+            while keys.delete_ended_before(cutoff, PURGE_BATCH).await.inspect(|n| total += n)? == PURGE_BATCH {}
+            Ok::<_, crate::Error>(())
+        };
+        match purged.await {
+            Ok(()) if total == 0 => {}
+            Ok(()) => tracing::info!(count = total, "deleted keys ended longer ago than retention"),
+            Err(error) => tracing::warn!(%error, "key retention failed"),
         }
     })
     .await;

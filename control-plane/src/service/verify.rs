@@ -178,12 +178,11 @@ impl Verifier {
                 return Ok(Verification::Invalid(Failure::Throttled, None));
             }
         }
-        let failure = if key.status != KeyStatus::Active {
-            Some(Failure::Revoked)
-        } else if key.is_expired(store::now()) {
-            Some(Failure::Expired)
-        } else {
-            None
+        let failure = match key.status {
+            KeyStatus::Revoked => Some(Failure::Revoked),
+            KeyStatus::Expired => Some(Failure::Expired),
+            KeyStatus::Active if key.is_expired(store::now()) => Some(Failure::Expired),
+            KeyStatus::Active => None,
         };
         Ok(match failure {
             Some(failure) => Verification::Invalid(failure, Some(Box::new(key))),

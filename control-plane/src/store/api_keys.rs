@@ -71,6 +71,9 @@ pub enum KeyStatus {
     /// Revoked for good.
     #[sea_orm(string_value = "revoked")]
     Revoked,
+    /// Past its expiry, marked so by the expiry sweep; for good too.
+    #[sea_orm(string_value = "expired")]
+    Expired,
 }
 
 /// At most `requests` uses per `window` (stored as two columns).
@@ -278,6 +281,50 @@ pub async fn revoke(tx: &OrgTx, key: Model, revoked_by: String, reason: &str) ->
     row.revocation_reason = Set(Some(reason.to_owned()));
     row.updated_at = Set(now);
     Ok(row.update(tx.conn()).await?)
+}
+
+/// Marks `key`, loaded in the transaction's org, expired.
+pub async fn mark_expired(tx: &OrgTx, key: Model) -> Result<Model> {
+    let mut row = key.into_active_model();
+    row.status = Set(KeyStatus::Expired);
+    row.updated_at = Set(super::now());
+    Ok(row.update(tx.conn()).await?)
+}
+
+/// Up to `limit` active keys, of every org, whose expiry is at or before
+/// `now`, soonest first: `(org, id)` for the expiry sweep, which spans orgs.
+pub async fn due_to_expire(db: &impl ConnectionTrait, now: DateTime<Utc>, limit: u64) -> Result<Vec<(String, String)>> {
+    Ok(Entity::find()
+        .select_only()
+        .column(Column::OrgId)
+        .column(Column::Id)
+        .filter(Column::Status.eq(KeyStatus::Active))
+        .filter(Column::ExpiresAt.lte(now))
+        .order_by_asc(Column::ExpiresAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Up to `limit` keys, of every org, that expired or were revoked before
+/// `cutoff`: `(org, id)` for key retention, which spans orgs.
+pub async fn ended_before(
+    db: &impl ConnectionTrait,
+    cutoff: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<(String, String)>> {
+    let expired = Condition::all().add(Column::Status.eq(KeyStatus::Expired)).add(Column::ExpiresAt.lt(cutoff));
+    let revoked = Condition::all().add(Column::Status.eq(KeyStatus::Revoked)).add(Column::RevokedAt.lt(cutoff));
+    Ok(Entity::find()
+        .select_only()
+        .column(Column::OrgId)
+        .column(Column::Id)
+        .filter(Condition::any().add(expired).add(revoked))
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?)
 }
 
 /// Deletes key `id` of the transaction's org; false if there was none.

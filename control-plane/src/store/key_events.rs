@@ -38,6 +38,9 @@ pub enum KeyEventKind {
     /// Deleted: deny from now on.
     #[sea_orm(string_value = "deleted")]
     Deleted,
+    /// Marked expired by the expiry sweep: deny from now on.
+    #[sea_orm(string_value = "expired")]
+    Expired,
 }
 
 /// Appends an event in the caller's transaction. On Postgres a global

@@ -38,6 +38,7 @@ pub async fn list(
                 status: match filter.status.as_str() {
                     "active" => Some(KeyStatus::Active),
                     "revoked" => Some(KeyStatus::Revoked),
+                    "expired" => Some(KeyStatus::Expired),
                     _ => None,
                 },
                 environment: filter.environment.parse().ok(),
@@ -67,10 +68,12 @@ fn row(key: &ApiKey) -> KeyRow {
     }
 }
 
-/// `active`, `revoked`, or `expired` for an active key past its expiry.
+/// `active`, `revoked`, or `expired` (also for an active key past its
+/// expiry that the sweep has not marked yet).
 fn status(key: &ApiKey) -> &'static str {
     match key.status {
         KeyStatus::Revoked => "revoked",
+        KeyStatus::Expired => "expired",
         KeyStatus::Active if key.is_expired(crate::store::now()) => "expired",
         KeyStatus::Active => "active",
     }

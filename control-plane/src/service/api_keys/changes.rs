@@ -72,6 +72,9 @@ impl KeyService {
 
         let tx = OrgTx::begin(&self.db, &org).await?;
         let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        if changes.expires_at.is_some() && (key.status == KeyStatus::Expired || key.is_expired(now)) {
+            return Err(Error::FailedPrecondition("the key has expired for good; create a new one".into()));
+        }
         let key = api_keys::update(&tx, key, changes).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
         audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, json!({ "fields": changed }))).await?;

@@ -4,6 +4,7 @@
 //! of it, in the same transaction. Input rules live in [`rules`].
 
 mod changes;
+mod ending;
 mod issue;
 mod rules;
 

@@ -1,0 +1,68 @@
+//! Keys that end by themselves: the expiry sweep marks keys past their
+//! expiry `expired`, and key retention deletes keys that ended long ago.
+//! Both act as the system (audit actor type `system`) and append a key
+//! event, so sidecars drop the key without waiting for a check of it.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{KeyService, rules};
+use crate::error::Result;
+use crate::service::webhooks::outbox;
+use crate::store::api_keys::{self, KeyStatus};
+use crate::store::audit::{self, NewAuditEvent};
+use crate::store::key_events::{self, KeyEventKind};
+use crate::store::{self, OrgTx};
+
+/// The audit actor id of the expiry sweep.
+const SWEEP: &str = "expiry-sweep";
+/// The audit actor id of key retention.
+const RETENTION: &str = "key-retention";
+
+impl KeyService {
+    /// Marks up to `batch` active keys past their expiry `expired`, each in
+    /// its own transaction (audited, `api_key.expired` published, a key
+    /// event appended). Returns how many it marked.
+    pub async fn expire_due(&self, batch: u64) -> Result<u64> {
+        let now = store::now();
+        let mut expired = 0;
+        for (org, id) in api_keys::due_to_expire(&self.db, now, batch).await? {
+            let tx = OrgTx::begin(&self.db, &org).await?;
+            // Read again under the org's lock: it may have been revoked,
+            // deleted or given a later expiry since.
+            let Some(key) = api_keys::find(tx.conn(), tx.org(), &id).await? else { continue };
+            if key.status != KeyStatus::Active || !key.is_expired(now) {
+                continue;
+            }
+            let key = api_keys::mark_expired(&tx, key).await?;
+            key_events::append(&tx, &key.id, KeyEventKind::Expired).await?;
+            let details = json!({ "expires_at": key.expires_at });
+            audit::append(&tx, NewAuditEvent::by_system(SWEEP, "api_key.expired", "api_key", &key.id, details)).await?;
+            outbox::publish_system_event(&tx, "api_key.expired", rules::event_data(&key)).await?;
+            self.wakeups.commit_key_change(tx).await?;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// Deletes up to `batch` keys that expired, or were revoked, before
+    /// `cutoff`, each in its own transaction (audited as `api_key.deleted`
+    /// with reason `retention`, a key event appended). Returns how many.
+    pub async fn delete_ended_before(&self, cutoff: DateTime<Utc>, batch: u64) -> Result<u64> {
+        let mut deleted = 0;
+        for (org, id) in api_keys::ended_before(&self.db, cutoff, batch).await? {
+            let tx = OrgTx::begin(&self.db, &org).await?;
+            if !api_keys::delete(&tx, &id).await? {
+                continue;
+            }
+            key_events::append(&tx, &id, KeyEventKind::Deleted).await?;
+            let details = json!({ "reason": "retention" });
+            audit::append(&tx, NewAuditEvent::by_system(RETENTION, "api_key.deleted", "api_key", &id, details)).await?;
+            outbox::publish_system_event(&tx, "api_key.deleted", json!({ "key_id": id, "reason": "retention" }))
+                .await?;
+            self.wakeups.commit_key_change(tx).await?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}
