@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::crypto::HashingParams;
 use crate::egress::EgressPolicy;
+use crate::service::admission::AdmissionLimits;
 use crate::service::usage::Retention;
 use crate::service::verify::AbuseLimits;
 use crate::service::webhooks::{DispatchSettings, WebhookPolicy};
@@ -320,6 +321,19 @@ pub struct AbuseArgs {
         default_value_t = 20
     )]
     pub suspect_hashes_per_second: u32,
+    /// Admin API requests per second per credential (with a burst of as
+    /// many); beyond, RESOURCE_EXHAUSTED with RetryInfo. 0 = no limit. The
+    /// sidecar protocol is not limited.
+    #[arg(long = "admin-requests-per-second", env = "KEYPLANE_ADMIN_REQUESTS_PER_SECOND", default_value_t = 1000)]
+    pub admin_requests_per_second: u32,
+    /// Failed authentications per minute from one address (gRPC or console
+    /// sign-in) after which the address is refused for --auth-failure-backoff.
+    /// 0 = never.
+    #[arg(long = "auth-failures-per-minute", env = "KEYPLANE_AUTH_FAILURES_PER_MINUTE", default_value_t = 20)]
+    pub auth_failures_per_minute: u32,
+    /// How long an address that failed to authenticate too often is refused.
+    #[arg(long = "auth-failure-backoff", env = "KEYPLANE_AUTH_FAILURE_BACKOFF", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub auth_failure_backoff: Duration,
 }
 
 /// TLS for the gRPC listener (and the console's, when it exists).
@@ -450,6 +464,9 @@ impl Config {
                 failures_per_key: 10,
                 failure_window: Duration::from_secs(60),
                 suspect_hashes_per_second: 20,
+                admin_requests_per_second: 1000,
+                auth_failures_per_minute: 20,
+                auth_failure_backoff: Duration::from_secs(60),
             },
             tls: TlsArgs { reload_interval: Duration::from_millis(100), ..TlsArgs::default() },
             egress: EgressArgs::default(),
@@ -538,6 +555,15 @@ impl Config {
             failures_per_key: self.abuse.failures_per_key,
             failure_window: self.abuse.failure_window,
             suspect_hashes_per_second: self.abuse.suspect_hashes_per_second,
+        }
+    }
+
+    /// Request budgets and failed-authentication back-offs.
+    pub fn admission_limits(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            requests_per_second: self.abuse.admin_requests_per_second,
+            failures_per_minute: self.abuse.auth_failures_per_minute,
+            failure_backoff: self.abuse.auth_failure_backoff,
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum Error {
     /// A per-org quota is used up.
     #[error("{0}")]
     LimitReached(String),
+    /// Too many requests from this caller; it may retry after `retry_after`.
+    #[error("{message}; retry in {}", humantime::format_duration(*.retry_after))]
+    Throttled { message: &'static str, retry_after: Duration },
     /// An OAuth provider refused the request (e.g. `invalid_grant`).
     #[error("{0}")]
     ProviderRejected(String),
@@ -89,6 +92,16 @@ impl From<Error> for Status {
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::LimitReached(message) => Status::resource_exhausted(message),
+            Error::Throttled { message, retry_after } => {
+                // Whole milliseconds, at least one: a zero delay would invite a busy loop.
+                let retry_after = Duration::from_millis((retry_after.as_millis() as u64).max(1));
+                let message = format!("{message}; retry in {}", humantime::format_duration(retry_after));
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                )
+            }
             Error::ProviderRejected(message) => Status::failed_precondition(message),
             Error::ProviderUnavailable(message) => Status::unavailable(message),
             Error::Unavailable(message) => unavailable(message),

@@ -43,6 +43,7 @@ use tracing::Instrument;
 pub use config::Config;
 use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
+use service::admission::Admission;
 use service::sessions::SessionSettings;
 use service::sync::{FeedSettings, KeyEventFeed};
 use service::usage::ingest::{LocalUsage, UsageRecorder};
@@ -140,7 +141,8 @@ pub async fn run(
         VERIFIED_SECRETS_CAPACITY,
         config.abuse_limits(),
     ));
-    let auth = Authenticator::new(root_token.as_deref(), verifier.clone());
+    let admission = Arc::new(Admission::new(config.admission_limits(), metrics.clone()));
+    let auth = Authenticator::new(root_token.as_deref(), verifier.clone(), admission);
     let recorder = Arc::new(UsageRecorder::new(db.clone(), metrics.clone()));
     let local_usage = Arc::new(LocalUsage::new(recorder.clone()));
     let keys =

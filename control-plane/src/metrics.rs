@@ -33,6 +33,8 @@ pub struct Metrics {
     pub webhook_attempt_seconds: Histogram,
     /// Usage counts applied, and those naming no key.
     pub usage_counts: Family<Labels, Counter>,
+    /// Requests refused before any work, by the limit that refused them.
+    pub admission_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,8 +61,16 @@ impl Default for Metrics {
             "Per-key minute counts of usage reports, by result (applied; unknown_key: the key does not exist)",
             usage_counts.clone(),
         );
+        let admission_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "admission_refused",
+            "Requests refused with RESOURCE_EXHAUSTED before any work (limit=credential: over the credential's \
+             request rate; limit=failed_authentications: the address failed to authenticate too often)",
+            admission_refused.clone(),
+        );
         Self {
             registry,
+            admission_refused,
             verifications,
             argon2_seconds,
             verify_throttled,

@@ -1,6 +1,7 @@
 //! End-to-end tests over real sockets, on SQLite and on Postgres.
 
 mod abuse;
+mod admin_limits;
 mod api_keys;
 mod audit;
 mod bad_input;

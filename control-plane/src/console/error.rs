@@ -17,7 +17,7 @@ pub fn error_page(error: Error, nav: Option<&Nav>) -> Response {
         Error::Unauthenticated(_) => return Redirect::to("/login").into_response(),
         Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::LimitReached(_) | Error::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::FailedPrecondition(_) | Error::ProviderRejected(_) => StatusCode::CONFLICT,
         Error::Unavailable(_) | Error::ProviderUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Database(db) if crate::error::is_unique_violation(db) => StatusCode::CONFLICT,

@@ -8,7 +8,7 @@ use pb::key_sync_service_server::KeySyncService;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{convert, request_context};
+use super::{convert, sidecar_context};
 use crate::error::Error;
 use crate::service::records::KeyEventKind;
 use crate::service::sync::FeedMessage;
@@ -57,7 +57,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Statu
 #[tonic::async_trait]
 impl KeySyncService for KeySyncGrpc {
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
+        let ctx = sidecar_context(&self.auth, &request).await?;
         let (verification, as_of) = self.sync.verify(&ctx, &request.get_ref().token).await?;
         let (valid, failure, principal) = convert::verification_to_proto(&verification);
         Ok(Response::new(pb::VerifyResponse {
@@ -71,7 +71,7 @@ impl KeySyncService for KeySyncGrpc {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
+        let ctx = sidecar_context(&self.auth, &request).await?;
         let after =
             i64::try_from(request.get_ref().after_seq).map_err(|_| Error::invalid("after_seq", "is out of range"))?;
         let receiver = self.sync.watch(&ctx, after, request.get_ref().from_head)?;
@@ -85,7 +85,7 @@ impl KeySyncService for KeySyncGrpc {
         &self,
         request: Request<pb::ReportUsageRequest>,
     ) -> Result<Response<pb::ReportUsageResponse>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
+        let ctx = sidecar_context(&self.auth, &request).await?;
         let report = convert::usage_report_from_proto(request.into_inner())?;
         let applied = self.sync.report_usage(&ctx, report).await?;
         Ok(Response::new(pb::ReportUsageResponse { applied: applied.applied, duplicate: applied.duplicate }))

@@ -17,16 +17,30 @@ use crate::error::Result;
 use crate::service::auth::Channel;
 use crate::service::{Authenticator, RequestContext};
 
-/// Builds the request context: authenticates the bearer token and records
+/// Builds the request context of an admin service call: authenticates the
+/// bearer token, spends one request of the credential's budget, and records
 /// request id, peer address and user agent for the audit log.
 pub async fn request_context<T>(auth: &Authenticator, request: &Request<T>) -> Result<RequestContext> {
+    let ctx = authenticated_context(auth, request).await?;
+    auth.admit(&ctx.actor)?;
+    Ok(ctx)
+}
+
+/// [`request_context`] for the sidecar protocol, whose callers are not
+/// budgeted: a sidecar's Verify calls follow its traffic, and its credential
+/// is a platform key under the operator's control.
+pub async fn sidecar_context<T>(auth: &Authenticator, request: &Request<T>) -> Result<RequestContext> {
+    authenticated_context(auth, request).await
+}
+
+async fn authenticated_context<T>(auth: &Authenticator, request: &Request<T>) -> Result<RequestContext> {
     let metadata = request.metadata();
     let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let bearer = text("authorization")
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    let actor = auth.authenticate(bearer).await?;
+    let actor = auth.authenticate(bearer, request.remote_addr().map(|addr| addr.ip())).await?;
     Ok(RequestContext {
         actor,
         channel: Channel::Api,

@@ -1,10 +1,12 @@
 //! Who is calling and what they may do.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
+use super::admission::Admission;
 use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
 use crate::store::OrgScope;
@@ -279,16 +281,38 @@ pub struct Authenticator {
     /// SHA-256 of the root token; `None` when there is no root token.
     root_digest: Option<[u8; 32]>,
     verifier: Arc<Verifier>,
+    admission: Arc<Admission>,
 }
 
 impl Authenticator {
     /// An authenticator for this root token, if there is one.
-    pub fn new(root_token: Option<&str>, verifier: Arc<Verifier>) -> Self {
-        Self { root_digest: root_token.map(|token| crate::crypto::sha256(token.as_bytes())), verifier }
+    pub fn new(root_token: Option<&str>, verifier: Arc<Verifier>, admission: Arc<Admission>) -> Self {
+        Self { root_digest: root_token.map(|token| crate::crypto::sha256(token.as_bytes())), verifier, admission }
     }
 
-    /// Authenticates `bearer` (the token after `Bearer `).
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Actor> {
+    /// Authenticates `bearer` (the token after `Bearer `) sent from `peer`.
+    /// An address that failed too often is refused without looking at the
+    /// token, until its back-off ends.
+    pub async fn authenticate(&self, bearer: Option<&str>, peer: Option<IpAddr>) -> Result<Actor> {
+        self.admission.check_peer(peer)?;
+        let authenticated = self.authenticate_token(bearer).await;
+        if let Err(Error::Unauthenticated(_)) = authenticated {
+            self.admission.record_failure(peer);
+        }
+        authenticated
+    }
+
+    /// Spends one request of the caller's budget on the admin services.
+    pub fn admit(&self, actor: &Actor) -> Result<()> {
+        match actor {
+            Actor::Root => self.admission.spend("root"),
+            Actor::ApiKey { key_id, .. } => self.admission.spend(key_id),
+            Actor::Portal { link_id, .. } => self.admission.spend(link_id),
+            Actor::Operator => Ok(()),
+        }
+    }
+
+    async fn authenticate_token(&self, bearer: Option<&str>) -> Result<Actor> {
         let token = bearer
             .ok_or(Error::Unauthenticated("missing credentials: send metadata `authorization: Bearer <token>`"))?;
         // Compare digests in constant time; the digest also equalises lengths.

@@ -4,6 +4,7 @@
 //! and nothing below it; the records it returns are the store's rows,
 //! re-exported here under the names front ends use.
 
+pub mod admission;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;

@@ -107,7 +107,7 @@ impl SessionService {
             return Err(Error::LimitReached("too many sign-in attempts from this address; wait a minute".into()));
         }
         let invalid = Error::Unauthenticated("invalid credential");
-        let actor = match self.authenticator.authenticate(Some(credential.trim())).await {
+        let actor = match self.authenticator.authenticate(Some(credential.trim()), client.ip).await {
             Ok(actor) => actor,
             Err(Error::Unauthenticated(_)) => return Err(invalid),
             Err(other) => return Err(other),

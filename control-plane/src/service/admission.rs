@@ -1,0 +1,112 @@
+//! Admission to the API, before any work is done for a request: a request
+//! budget per credential (admin services), and a back-off for addresses
+//! that keep failing authentication. A valid credential from another
+//! address is never slowed by either.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use moka::sync::Cache;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Credentials and addresses tracked at most (the least recent are
+/// forgotten first: a forgotten credential starts with a full budget).
+const TRACKED: u64 = 100_000;
+
+/// How much the API admits.
+#[derive(Clone, Copy, Debug)]
+pub struct AdmissionLimits {
+    /// Requests per second per credential on the admin services, with a
+    /// burst of as many; 0 turns the budget off.
+    pub requests_per_second: u32,
+    /// Failed authentications per minute from one address after which the
+    /// address is refused for `failure_backoff`; 0 turns it off.
+    pub failures_per_minute: u32,
+    /// How long an address that failed too often is refused.
+    pub failure_backoff: Duration,
+}
+
+/// One address's recent failed authentications.
+struct PeerFailures {
+    /// Failures allowed before the back-off.
+    allowance: DefaultDirectRateLimiter,
+    /// Refused until then.
+    refused_until: Mutex<Option<Instant>>,
+}
+
+/// Request budgets and failed-authentication back-offs.
+pub struct Admission {
+    limits: AdmissionLimits,
+    metrics: Arc<Metrics>,
+    /// Credential (`root`, a key id) → its request budget.
+    budgets: Cache<String, Arc<DefaultDirectRateLimiter>>,
+    /// Client address → its failed authentications.
+    failures: Cache<IpAddr, Arc<PeerFailures>>,
+}
+
+impl Admission {
+    /// Admission under `limits`.
+    pub fn new(limits: AdmissionLimits, metrics: Arc<Metrics>) -> Self {
+        let idle = Duration::from_secs(60).max(limits.failure_backoff);
+        Self {
+            limits,
+            metrics,
+            budgets: Cache::builder().max_capacity(TRACKED).time_to_idle(Duration::from_secs(60)).build(),
+            failures: Cache::builder().max_capacity(TRACKED).time_to_idle(idle).build(),
+        }
+    }
+
+    /// Refuses a request from `peer` while the address is backing off.
+    pub fn check_peer(&self, peer: Option<IpAddr>) -> Result<()> {
+        let Some(state) = peer.and_then(|ip| self.failures.get(&ip)) else { return Ok(()) };
+        let refused_until = *state.refused_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match refused_until.and_then(|until| until.checked_duration_since(Instant::now())) {
+            Some(wait) => {
+                self.metrics.admission_refused.get_or_create(&vec![("limit", "failed_authentications")]).inc();
+                Err(Error::Throttled {
+                    message: "too many failed authentications from this address",
+                    retry_after: wait,
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `peer`; one too many starts its back-off.
+    pub fn record_failure(&self, peer: Option<IpAddr>) {
+        let (Some(ip), Some(per_minute)) = (peer, NonZeroU32::new(self.limits.failures_per_minute)) else {
+            return;
+        };
+        let state = self.failures.get_with(ip, || {
+            Arc::new(PeerFailures {
+                allowance: RateLimiter::direct(Quota::per_minute(per_minute)),
+                refused_until: Mutex::new(None),
+            })
+        });
+        if state.allowance.check().is_err() {
+            let mut refused_until = state.refused_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *refused_until = Some(Instant::now() + self.limits.failure_backoff);
+            tracing::warn!(peer = %ip, backoff = ?self.limits.failure_backoff, "too many failed authentications; refusing the address");
+        }
+    }
+
+    /// Spends one request of `credential`'s budget.
+    pub fn spend(&self, credential: &str) -> Result<()> {
+        let Some(per_second) = NonZeroU32::new(self.limits.requests_per_second) else { return Ok(()) };
+        let budget =
+            self.budgets.get_with_by_ref(credential, || Arc::new(RateLimiter::direct(Quota::per_second(per_second))));
+        budget.check().map_err(|not_until| {
+            self.metrics.admission_refused.get_or_create(&vec![("limit", "credential")]).inc();
+            Error::Throttled {
+                message: "this credential is over its request rate",
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }
+        })
+    }
+}
