@@ -30,6 +30,19 @@ pub struct Principal {
     pub expires_at: Option<SystemTime>,
     /// Rate limit: (requests, window).
     pub rate_limit: Option<(u32, Duration)>,
+    /// Client networks the key may be used from; `None` = anywhere.
+    pub allowed_networks: Option<Vec<ipnet::IpNet>>,
+}
+
+impl Principal {
+    /// Whether a client at `client` may use the key (an unknown address
+    /// may not, when the key has an allow-list).
+    pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
+        match &self.allowed_networks {
+            None => true,
+            Some(networks) => client.is_some_and(|ip| networks.iter().any(|net| net.contains(&ip))),
+        }
+    }
 }
 
 /// Why the control plane refused a token.
@@ -236,6 +249,7 @@ mod tests {
                 scopes: vec![],
                 expires_at: None,
                 rate_limit: None,
+                allowed_networks: None,
             }),
             as_of,
         }

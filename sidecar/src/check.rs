@@ -3,6 +3,7 @@
 //! freshness against applied revocations → expiry, environment, scopes →
 //! rate limit. The rules themselves are the pure [`decide`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -72,8 +73,12 @@ pub struct CheckInput<'a> {
     pub credential: Option<&'a str>,
     /// Scopes the route requires.
     pub required_scopes: &'a [String],
-    /// The client's address (socket peer, or Envoy's source address).
+    /// The client's address as received (socket peer, or Envoy's source
+    /// address), for logs.
     pub peer: &'a str,
+    /// The client's IP for allow-lists (behind a trusted proxy, the one it
+    /// forwarded); `None` when unknown.
+    pub client: Option<IpAddr>,
     /// `x-request-id`, when the proxy sent one.
     pub request_id: &'a str,
 }
@@ -90,9 +95,20 @@ pub enum Decision {
     Deny(Denial),
 }
 
+/// What a request asks of a key, besides a valid token.
+#[derive(Clone, Copy, Debug)]
+pub struct Requirements<'a> {
+    /// The environment this sidecar serves.
+    pub environment: Environment,
+    /// Scopes the route requires.
+    pub scopes: &'a [String],
+    /// The client's address, for keys with an allow-list.
+    pub client: Option<IpAddr>,
+}
+
 /// The rules applied to a trustworthy verdict: refusal reasons, expiry at
-/// request time, environment, then scopes.
-pub fn decide(verdict: &Verdict, environment: Environment, required_scopes: &[String], now: SystemTime) -> Decision {
+/// request time, environment, client address, then scopes.
+pub fn decide(verdict: &Verdict, required: Requirements<'_>, now: SystemTime) -> Decision {
     use DenyStatus::*;
     let principal = match verdict {
         Verdict::Invalid { refusal, .. } => return Decision::Deny(Denial::new(Unauthenticated, refusal.reason())),
@@ -101,10 +117,13 @@ pub fn decide(verdict: &Verdict, environment: Environment, required_scopes: &[St
     if principal.expires_at.is_some_and(|at| at <= now) {
         return Decision::Deny(Denial::new(Unauthenticated, "expired"));
     }
-    if principal.environment != environment {
+    if principal.environment != required.environment {
         return Decision::Deny(Denial::new(Forbidden, "wrong_environment"));
     }
-    if required_scopes.iter().any(|needed| !principal.scopes.contains(needed)) {
+    if !principal.allows_client(required.client) {
+        return Decision::Deny(Denial::new(Forbidden, "ip_not_allowed"));
+    }
+    if required.scopes.iter().any(|needed| !principal.scopes.contains(needed)) {
         return Decision::Deny(Denial::new(Forbidden, "missing_scope"));
     }
     Decision::Allow(principal.clone())
@@ -177,7 +196,7 @@ impl Checker {
     /// not a key's). Refused tokens are logged at WARN with the precise
     /// reason, the client's address and the request id.
     pub async fn check(&self, request: &CheckInput<'_>) -> Decision {
-        let (mut decision, parsed) = self.decide(request.credential, request.required_scopes).await;
+        let (mut decision, parsed) = self.decide(request).await;
         let (label, reason) = match &mut decision {
             Decision::Allow(principal) => {
                 self.usage.record(&principal.key_id, Outcome::Allowed);
@@ -212,18 +231,14 @@ impl Checker {
     }
 
     /// The decision, and the token when it parsed (it names the key).
-    async fn decide<'a>(
-        &self,
-        credential: Option<&'a str>,
-        required_scopes: &[String],
-    ) -> (Decision, Option<ParsedToken<'a>>) {
+    async fn decide<'a>(&self, request: &CheckInput<'a>) -> (Decision, Option<ParsedToken<'a>>) {
         use DenyStatus::*;
         let readiness = self.sync.readiness(self.max_staleness);
         if readiness == Readiness::NotSynced || (readiness == Readiness::Stale && !self.fail_open) {
             let reason = if readiness == Readiness::NotSynced { "not_synced" } else { "stale" };
             return (Decision::Deny(Denial::new(Unavailable, reason)), None);
         }
-        let Some(token) = credential.filter(|t| !t.is_empty()) else {
+        let Some(token) = request.credential.filter(|t| !t.is_empty()) else {
             return (Decision::Deny(Denial::new(Unauthenticated, MISSING_CREDENTIAL)), None);
         };
         let Some(parsed) = self.tokens.parse(token) else {
@@ -234,7 +249,9 @@ impl Checker {
             Ok(verdict) => verdict,
             Err(denial) => return (Decision::Deny(denial), Some(parsed)),
         };
-        let decision = decide(&verdict, self.environment, required_scopes, SystemTime::now());
+        let required =
+            Requirements { environment: self.environment, scopes: request.required_scopes, client: request.client };
+        let decision = decide(&verdict, required, SystemTime::now());
         if let Decision::Allow(principal) = &decision
             && let Some(limit) = principal.rate_limit
             && let Err(wait) = self.limits.check(&principal.key_id, limit)
@@ -299,6 +316,15 @@ mod tests {
     use crate::cache::Refusal;
 
     fn principal(environment: Environment, scopes: &[&str], expires_at: Option<SystemTime>) -> Verdict {
+        principal_from(environment, scopes, expires_at, None)
+    }
+
+    fn principal_from(
+        environment: Environment,
+        scopes: &[&str],
+        expires_at: Option<SystemTime>,
+        allowed: Option<&[&str]>,
+    ) -> Verdict {
         Verdict::Valid {
             principal: Arc::new(Principal {
                 key_id: "key_1".into(),
@@ -307,6 +333,7 @@ mod tests {
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 expires_at,
                 rate_limit: None,
+                allowed_networks: allowed.map(|list| list.iter().map(|n| n.parse().unwrap()).collect()),
             }),
             as_of: 1,
         }
@@ -323,25 +350,33 @@ mod tests {
     fn rules() {
         let now = SystemTime::now();
         let scopes = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let live = |scopes| Requirements { environment: Environment::Live, scopes, client: None };
+        let (a, b) = (scopes(&["a"]), scopes(&["b"]));
+        assert_eq!(status(decide(&principal(Environment::Live, &["a"], None), live(&a), now)), None);
         assert_eq!(
-            status(decide(&principal(Environment::Live, &["a"], None), Environment::Live, &scopes(&["a"]), now)),
-            None
-        );
-        assert_eq!(
-            status(decide(&principal(Environment::Live, &["a"], None), Environment::Live, &scopes(&["b"]), now)),
+            status(decide(&principal(Environment::Live, &["a"], None), live(&b), now)),
             Some((403, "missing_scope"))
         );
         assert_eq!(
-            status(decide(&principal(Environment::Test, &[], None), Environment::Live, &[], now)),
+            status(decide(&principal(Environment::Test, &[], None), live(&[]), now)),
             Some((403, "wrong_environment"))
         );
         let past = now - Duration::from_secs(1);
         assert_eq!(
-            status(decide(&principal(Environment::Live, &[], Some(past)), Environment::Live, &[], now)),
+            status(decide(&principal(Environment::Live, &[], Some(past)), live(&[]), now)),
             Some((401, "expired"))
         );
         let revoked = Verdict::Invalid { refusal: Refusal::Revoked, key_id: None, as_of: 1 };
-        assert_eq!(status(decide(&revoked, Environment::Live, &[], now)), Some((401, "revoked")));
+        assert_eq!(status(decide(&revoked, live(&[]), now)), Some((401, "revoked")));
+
+        let listed = principal_from(Environment::Live, &[], None, Some(&["10.0.0.0/8", "2001:db8::/32"]));
+        let from = |ip: &str| Requirements { client: ip.parse().ok(), ..live(&[]) };
+        assert_eq!(status(decide(&listed, from("10.2.3.4"), now)), None);
+        assert_eq!(status(decide(&listed, from("2001:db8::7"), now)), None);
+        assert_eq!(status(decide(&listed, from("192.0.2.1"), now)), Some((403, "ip_not_allowed")));
+        assert_eq!(status(decide(&listed, from("unknown"), now)), Some((403, "ip_not_allowed")));
+        let nothing_parsed = principal_from(Environment::Live, &[], None, Some(&[]));
+        assert_eq!(status(decide(&nothing_parsed, from("10.2.3.4"), now)), Some((403, "ip_not_allowed")));
         assert_eq!(parse_scopes("a, b c"), vec!["a", "b", "c"]);
     }
 }

@@ -76,6 +76,12 @@ pub struct Config {
     /// Request header carrying the key (`authorization` expects `Bearer <token>`).
     #[arg(long, env = "KEYPLANE_SIDECAR_CREDENTIAL_HEADER", default_value = "authorization")]
     pub credential_header: String,
+    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` the HTTP front end
+    /// believes for key allow-lists (CIDRs, repeatable or comma-separated).
+    /// From any other peer those headers are ignored and the socket peer is
+    /// the client. Envoy ext_authz names the client itself.
+    #[arg(long = "trusted-proxy", env = "KEYPLANE_SIDECAR_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Pass the credential header on to the application (default: removed).
     #[arg(long, env = "KEYPLANE_SIDECAR_KEEP_CREDENTIAL")]
     pub keep_credential: bool,
@@ -153,6 +159,7 @@ impl Config {
             expose_denial_reasons: false,
             default_scopes: Vec::new(),
             credential_header: "authorization".into(),
+            trusted_proxies: Vec::new(),
             keep_credential: false,
             usage_interval: Duration::from_millis(200),
             token_prefix: "kp".into(),

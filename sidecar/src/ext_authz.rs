@@ -1,6 +1,7 @@
 //! Envoy `ext_authz` v3 over gRPC (`envoy.service.auth.v3.Authorization/Check`).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
@@ -10,6 +11,7 @@ use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpRe
 use tonic::{Request, Response, Status};
 
 use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_scopes};
+use crate::client_address::parse_ip;
 use crate::http::{credential_from, identity_headers, www_authenticate};
 
 /// The ext_authz service.
@@ -44,16 +46,19 @@ fn denied(code: tonic::Code, reason: &str, response: DeniedHttpResponse) -> Chec
     check
 }
 
-/// The downstream client's address as Envoy reports it (`ip:port`).
-fn source_address(address: &envoy_types::pb::envoy::config::core::v3::Address) -> String {
+/// The downstream client's address as Envoy reports it: `ip:port` for logs,
+/// and the IP for allow-lists.
+fn source_address(address: &envoy_types::pb::envoy::config::core::v3::Address) -> (String, Option<IpAddr>) {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
-    match &address.address {
-        Some(address::Address::SocketAddress(socket)) => match socket.port_specifier {
-            Some(socket_address::PortSpecifier::PortValue(port)) => format!("{}:{port}", socket.address),
-            _ => socket.address.clone(),
-        },
-        _ => String::new(),
-    }
+    let Some(address::Address::SocketAddress(socket)) = &address.address else { return (String::new(), None) };
+    let ip = parse_ip(&socket.address);
+    let text = match (socket.port_specifier.as_ref(), ip) {
+        (Some(socket_address::PortSpecifier::PortValue(port)), Some(ip)) => {
+            SocketAddr::new(ip, *port as u16).to_string()
+        }
+        _ => socket.address.clone(),
+    };
+    (text, ip)
 }
 
 #[tonic::async_trait]
@@ -70,7 +75,7 @@ impl Authorization for ExtAuthz {
             .unwrap_or_else(|| self.default_scopes.clone());
         let credential =
             credential_from(headers.get(&self.credential_header).map(String::as_str), &self.credential_header);
-        let peer = request
+        let (peer, client) = request
             .attributes
             .as_ref()
             .and_then(|a| a.source.as_ref())
@@ -78,7 +83,7 @@ impl Authorization for ExtAuthz {
             .map(source_address)
             .unwrap_or_default();
         let request_id = headers.get("x-request-id").map(String::as_str).unwrap_or_default();
-        let check = CheckInput { credential, required_scopes: &required, peer: &peer, request_id };
+        let check = CheckInput { credential, required_scopes: &required, peer: &peer, client, request_id };
         let response = match self.checker.check(&check).await {
             Decision::Allow(principal) => {
                 let mut ok = OkHttpResponseBuilder::new();

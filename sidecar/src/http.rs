@@ -16,6 +16,7 @@ use hyper_util::server::conn::auto;
 
 use crate::cache::Principal;
 use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_scopes};
+use crate::client_address::TrustedProxies;
 use crate::listen::Listener;
 use crate::metrics::Metrics;
 use crate::sync::Readiness;
@@ -66,6 +67,8 @@ pub struct HttpFrontEnd {
     pub strip_credential: bool,
     /// Scopes required when the proxy names none.
     pub default_scopes: Vec<String>,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -113,6 +116,7 @@ impl HttpFrontEnd {
                 credential,
                 required_scopes: &required,
                 peer,
+                client: self.trusted_proxies.client(peer, text),
                 request_id: text("x-request-id").unwrap_or_default(),
             })
             .await;

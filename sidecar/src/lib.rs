@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod check;
+pub mod client_address;
 pub mod config;
 pub mod error;
 pub mod ext_authz;
@@ -115,6 +116,7 @@ pub async fn run(
         credential_header: header.clone(),
         strip_credential: strip,
         default_scopes: config.default_scopes.clone(),
+        trusted_proxies: client_address::TrustedProxies::new(config.trusted_proxies.clone()),
     });
     let http_address = listeners.http.address_text();
     spawn(&tasks, "http", front.serve(listeners.http, stop.clone().cancelled_owned()));

@@ -320,6 +320,9 @@ fn principal_from_proto(principal: admin::Principal) -> Principal {
             let window = Duration::try_from(limit.window?).ok()?;
             Some((limit.requests, window))
         }),
+        // A list whose entries all fail to parse still allows nobody.
+        allowed_networks: (!principal.allowed_cidrs.is_empty())
+            .then(|| principal.allowed_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()),
         key_id: principal.key_id,
         org_id: principal.org_id,
         scopes: principal.scopes,

@@ -44,6 +44,7 @@ async fn full_lifecycle(backend: Backend) {
                 &serde_json::json!({"team": "core", "tier": 2}),
             ),
             recoverable: true,
+            allowed_cidrs: Vec::new(),
         })
         .await
         .expect("create")

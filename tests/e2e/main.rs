@@ -2,6 +2,7 @@
 
 mod abuse;
 mod admin_limits;
+mod allow_lists;
 mod api_keys;
 mod audit;
 mod bad_input;

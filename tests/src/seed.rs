@@ -30,6 +30,7 @@ pub fn key_row(
         rate_limit: None,
         metadata: None,
         sealed_token: None,
+        allowed_cidrs: Vec::new(),
         created_by: "root".into(),
         rotated_from: None,
     }

@@ -107,6 +107,8 @@ pub struct NewKeyForm {
     /// A JSON object, or empty.
     pub metadata: String,
     pub recoverable: Option<String>,
+    /// Networks, comma- or space-separated; empty for anywhere.
+    pub allowed_cidrs: String,
 }
 
 #[derive(Template)]
@@ -154,6 +156,9 @@ pub struct KeyDetail {
     pub expires_input: String,
     pub rate_limit_input: String,
     pub metadata_input: String,
+    /// Allowed client networks, space-separated (`anywhere` when none).
+    pub allowed_cidrs: String,
+    pub allowed_cidrs_input: String,
 }
 
 #[derive(Template)]

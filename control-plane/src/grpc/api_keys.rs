@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
 use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::records::{Environment, KeyFilter};
+use crate::service::verify::Requirements;
 use crate::service::{Authenticator, KeyService};
 
 /// The gRPC adapter of the API-key service.
@@ -46,6 +47,7 @@ fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
         description: request.description,
         scopes: request.scopes,
         recoverable: request.recoverable,
+        allowed_cidrs: request.allowed_cidrs,
     })
 }
 
@@ -67,6 +69,7 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
                     update.rate_limit.map(|l| convert::rate_limit_from_proto("update.rate_limit", l)).transpose()?,
                 );
             }
+            "allowed_cidrs" => changes.allowed_cidrs = Some(update.allowed_cidrs.clone()),
             "metadata" => {
                 changes.metadata =
                     Some(update.metadata.clone().map(|m| convert::struct_to_json("update.metadata", m)).transpose()?);
@@ -188,7 +191,14 @@ impl ApiKeyService for ApiKeyGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let request = request.into_inner();
         let environment = convert::environment_from_proto("environment", request.environment)?;
-        let verification = self.keys.verify(&ctx, &request.token, environment, &request.required_scopes).await?;
+        let client = match request.client_address.trim() {
+            "" => None,
+            text => {
+                Some(text.parse().map_err(|_| Error::invalid("client_address", "must be an IPv4 or IPv6 address"))?)
+            }
+        };
+        let requirements = Requirements { environment, scopes: &request.required_scopes, client };
+        let verification = self.keys.verify(&ctx, &request.token, requirements).await?;
         let (valid, failure, principal) = convert::verification_to_proto(&verification);
         Ok(Response::new(pb::VerifyApiKeyResponse { valid, failure: failure.into(), principal }))
     }

@@ -161,6 +161,7 @@ pub fn api_key_to_proto(key: &ApiKey) -> pb::ApiKey {
         rotated_from: key.rotated_from.clone().unwrap_or_default(),
         last_used_at: key.last_used_at.map(time_to_proto),
         usage_count: u64::try_from(key.usage_count).unwrap_or(0),
+        allowed_cidrs: key.allowed_cidr_list(),
     }
 }
 
@@ -173,6 +174,7 @@ pub fn principal_to_proto(key: &ApiKey) -> pb::Principal {
         scopes: key.scope_list(),
         expires_at: key.expires_at.map(time_to_proto),
         rate_limit: key.rate_limit().map(rate_limit_to_proto),
+        allowed_cidrs: key.allowed_cidr_list(),
     }
 }
 
@@ -187,6 +189,7 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
         Failure::WrongEnvironment => pb::VerifyFailure::WrongEnvironment,
         Failure::MissingScope => pb::VerifyFailure::MissingScope,
         Failure::Throttled => pb::VerifyFailure::Throttled,
+        Failure::IpNotAllowed => pb::VerifyFailure::IpNotAllowed,
     }
 }
 

@@ -295,7 +295,7 @@ impl Authenticator {
     /// token, until its back-off ends.
     pub async fn authenticate(&self, bearer: Option<&str>, peer: Option<IpAddr>) -> Result<Actor> {
         self.admission.check_peer(peer)?;
-        let authenticated = self.authenticate_token(bearer).await;
+        let authenticated = self.authenticate_token(bearer, peer).await;
         if let Err(Error::Unauthenticated(_)) = authenticated {
             self.admission.record_failure(peer);
         }
@@ -312,7 +312,7 @@ impl Authenticator {
         }
     }
 
-    async fn authenticate_token(&self, bearer: Option<&str>) -> Result<Actor> {
+    async fn authenticate_token(&self, bearer: Option<&str>, peer: Option<IpAddr>) -> Result<Actor> {
         let token = bearer
             .ok_or(Error::Unauthenticated("missing credentials: send metadata `authorization: Bearer <token>`"))?;
         // Compare digests in constant time; the digest also equalises lengths.
@@ -321,6 +321,10 @@ impl Authenticator {
             return Ok(Actor::Root);
         }
         match self.verifier.verify(OrgScope::AllOrgs, token, Purpose::Authentication).await? {
+            Verification::Valid(key) if !key.allows_client(peer) => {
+                tracing::warn!(key_id = %key.id, "a key used from outside its allowed networks");
+                Err(Error::PermissionDenied("this key may not be used from this address".into()))
+            }
             Verification::Valid(key) => {
                 Ok(Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id })
             }

@@ -14,6 +14,7 @@
 //! (unknown key id, throttled) waits as long as a typical hash, so timing
 //! does not tell a real key id from an unknown one.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -50,6 +51,8 @@ pub enum Failure {
     /// Refused without hashing: too many wrong secrets for this key id
     /// recently, or for all keys together.
     Throttled,
+    /// The client address is outside the key's allow-list (or unknown).
+    IpNotAllowed,
 }
 
 impl Failure {
@@ -64,6 +67,7 @@ impl Failure {
             Failure::WrongEnvironment => "wrong_environment",
             Failure::MissingScope => "missing_scope",
             Failure::Throttled => "throttled",
+            Failure::IpNotAllowed => "ip_not_allowed",
         }
     }
 }
@@ -252,20 +256,31 @@ enum SecretCheck {
     Throttled,
 }
 
-/// Applies a caller's requirements to a valid key: environment, then scopes.
-pub fn check_requirements(
-    verification: Verification,
-    environment: Option<Environment>,
-    required_scopes: &[String],
-) -> Verification {
+/// What a caller of VerifyApiKey requires of a key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Requirements<'a> {
+    /// The environment the key must belong to, if any.
+    pub environment: Option<Environment>,
+    /// Scopes the key must hold.
+    pub scopes: &'a [String],
+    /// The client that presented the token, for keys with an allow-list.
+    pub client: Option<IpAddr>,
+}
+
+/// Applies a caller's requirements to a valid key: environment, client
+/// address, then scopes.
+pub fn check_requirements(verification: Verification, required: Requirements<'_>) -> Verification {
     let Verification::Valid(key) = verification else {
         return verification;
     };
-    if environment.is_some_and(|env| env != key.environment) {
+    if required.environment.is_some_and(|env| env != key.environment) {
         return Verification::Invalid(Failure::WrongEnvironment, Some(key));
     }
+    if !key.allows_client(required.client) {
+        return Verification::Invalid(Failure::IpNotAllowed, Some(key));
+    }
     let granted = key.scope_list();
-    if required_scopes.iter().any(|needed| !granted.contains(needed)) {
+    if required.scopes.iter().any(|needed| !granted.contains(needed)) {
         return Verification::Invalid(Failure::MissingScope, Some(key));
     }
     Verification::Valid(key)

@@ -56,6 +56,9 @@ pub struct Model {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Uses reported so far.
     pub usage_count: i64,
+    /// JSON array of the CIDRs the key may be used from; NULL = anywhere.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub allowed_cidrs: Option<Json>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -104,6 +107,22 @@ impl Model {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
+    /// The networks the key may be used from (canonical CIDR strings);
+    /// empty = anywhere.
+    pub fn allowed_cidr_list(&self) -> Vec<String> {
+        self.allowed_cidrs.clone().and_then(|list| serde_json::from_value(list).ok()).unwrap_or_default()
+    }
+
+    /// Whether a client at `client` may use the key: any client when the
+    /// key has no allow-list, otherwise only one inside it.
+    pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
+        let allowed = self.allowed_cidr_list();
+        allowed.is_empty()
+            || client.map(|ip| ip.to_canonical()).is_some_and(|ip| {
+                allowed.iter().filter_map(|cidr| cidr.parse::<ipnet::IpNet>().ok()).any(|net| net.contains(&ip))
+            })
+    }
+
     /// The key's rate limit, if it has one.
     pub fn rate_limit(&self) -> Option<RateLimit> {
         match (self.rate_limit_requests, self.rate_limit_window_ms) {
@@ -141,6 +160,8 @@ pub struct NewKeyRow {
     pub metadata: Option<Json>,
     /// The token sealed with the master key, for recoverable keys.
     pub sealed_token: Option<String>,
+    /// Canonical CIDRs the key may be used from; empty = anywhere.
+    pub allowed_cidrs: Vec<String>,
     /// Audit label of the actor creating the key.
     pub created_by: String,
     /// The key this one replaces, for a rotation.
@@ -177,6 +198,7 @@ impl NewKeyRow {
             rotated_from: Set(self.rotated_from),
             last_used_at: Set(None),
             usage_count: Set(0),
+            allowed_cidrs: Set(cidr_column(self.allowed_cidrs)),
         }
     }
 }
@@ -191,6 +213,13 @@ pub struct KeyChanges {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub rate_limit: Option<Option<RateLimit>>,
     pub metadata: Option<Option<Json>>,
+    /// Canonical CIDRs; empty allows any address.
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+/// The stored form of an allow-list: NULL when it is empty.
+fn cidr_column(cidrs: Vec<String>) -> Option<Json> {
+    (!cidrs.is_empty()).then(|| serde_json::json!(cidrs))
 }
 
 /// Stores a new key in the transaction's org.
@@ -266,6 +295,9 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
     }
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);
+    }
+    if let Some(cidrs) = changes.allowed_cidrs {
+        row.allowed_cidrs = Set(cidr_column(cidrs));
     }
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)

@@ -109,6 +109,7 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         rate_limit,
         metadata,
         recoverable: form.recoverable.is_some(),
+        allowed_cidrs: words(&form.allowed_cidrs),
     })
 }
 
@@ -225,6 +226,11 @@ fn detail(key: &ApiKey) -> KeyDetail {
             .unwrap_or_default(),
         rate_limit_input: rate_limit.unwrap_or_default(),
         metadata_input: key.metadata.as_ref().map(ToString::to_string).unwrap_or_default(),
+        allowed_cidrs: match key.allowed_cidr_list() {
+            list if list.is_empty() => "anywhere".to_owned(),
+            list => list.join(" "),
+        },
+        allowed_cidrs_input: key.allowed_cidr_list().join(" "),
     }
 }
 
@@ -236,6 +242,7 @@ pub struct UpdateForm {
     expires_at: String,
     rate_limit: String,
     metadata: String,
+    allowed_cidrs: String,
 }
 
 pub async fn update(
@@ -273,6 +280,7 @@ pub async fn update(
             expires_at: Some(expires_at),
             rate_limit: Some(rate_limit),
             metadata: Some(metadata),
+            allowed_cidrs: Some(words(&form.allowed_cidrs)),
             ..KeyChanges::default()
         };
         console.keys.update(&signed.ctx, &signed.org(), &id, changes).await?;

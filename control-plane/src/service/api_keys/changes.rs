@@ -23,7 +23,7 @@ impl KeyService {
         ctx: &RequestContext,
         org_id: &str,
         id: &str,
-        changes: KeyChanges,
+        mut changes: KeyChanges,
     ) -> Result<api_keys::Model> {
         let org = ctx.authorize(Scope::KeysWrite, org_id)?;
         let now = store::now();
@@ -59,10 +59,14 @@ impl KeyService {
         if changes.metadata.is_some() {
             changed.push("metadata");
         }
+        if let Some(cidrs) = &changes.allowed_cidrs {
+            changes.allowed_cidrs = Some(rules::canonical_cidrs(&mut violations, "update.allowed_cidrs", cidrs));
+            changed.push("allowed_cidrs");
+        }
         if changed.is_empty() {
             violations.add(
                 "update_mask",
-                "name at least one field: name, description, scopes, expires_at, rate_limit, metadata",
+                "name at least one field: name, description, scopes, expires_at, rate_limit, metadata, allowed_cidrs",
             );
         }
         violations.finish()?;
@@ -72,7 +76,8 @@ impl KeyService {
 
         let tx = OrgTx::begin(&self.db, &org).await?;
         let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
-        if changes.expires_at.is_some() && (key.status == KeyStatus::Expired || key.is_expired(now)) {
+        let moves_expiry = changes.expires_at.is_some_and(|at| at != key.expires_at);
+        if moves_expiry && (key.status == KeyStatus::Expired || key.is_expired(now)) {
             return Err(Error::FailedPrecondition("the key has expired for good; create a new one".into()));
         }
         let key = api_keys::update(&tx, key, changes).await?;

@@ -27,6 +27,7 @@ struct Attributes {
     rate_limit: Option<RateLimit>,
     metadata: Option<Value>,
     recoverable: bool,
+    allowed_cidrs: Vec<String>,
 }
 
 impl KeyService {
@@ -42,6 +43,7 @@ impl KeyService {
             rate_limit: None,
             metadata: None,
             recoverable: false,
+            allowed_cidrs: Vec::new(),
         };
         self.create(&RequestContext::operator(), new).await
     }
@@ -69,6 +71,7 @@ impl KeyService {
         if let Some(metadata) = &new.metadata {
             violations.metadata("metadata", metadata);
         }
+        let allowed_cidrs = rules::canonical_cidrs(&mut violations, "allowed_cidrs", &new.allowed_cidrs);
         violations.finish()?;
         ctx.check_grantable("scopes", &new.scopes)?;
 
@@ -81,6 +84,7 @@ impl KeyService {
             rate_limit: new.rate_limit,
             metadata: new.metadata,
             recoverable: new.recoverable,
+            allowed_cidrs,
         };
         let (row, token) = self.generate(ctx, attributes, None).await?;
         let tx = OrgTx::begin(&self.db, &org).await?;
@@ -115,6 +119,7 @@ impl KeyService {
             rate_limit: old.rate_limit(),
             metadata: old.metadata.clone(),
             recoverable: old.sealed_token.is_some(),
+            allowed_cidrs: old.allowed_cidr_list(),
         };
         let (row, token) = self.generate(ctx, attributes, Some(old.id.clone())).await?;
 
@@ -184,6 +189,7 @@ impl KeyService {
             rate_limit: attributes.rate_limit,
             metadata: attributes.metadata,
             sealed_token,
+            allowed_cidrs: attributes.allowed_cidrs,
             created_by: ctx.actor_label().1,
             rotated_from,
         };

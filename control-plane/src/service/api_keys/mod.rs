@@ -19,7 +19,7 @@ use super::auth::{RequestContext, Scope};
 use super::paging::{ListQuery, Listing, Page};
 use super::usage::ingest::LocalUsage;
 use super::validate::Violations;
-use super::verify::{self, Failure, Purpose, Verification, Verifier};
+use super::verify::{self, Failure, Purpose, Requirements, Verification, Verifier};
 use super::{Crypto, Wakeups};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
@@ -55,6 +55,8 @@ pub struct NewKey {
     pub metadata: Option<Value>,
     /// Keep the token sealed so RevealApiKey can show it again.
     pub recoverable: bool,
+    /// Networks the key may be used from; empty = anywhere.
+    pub allowed_cidrs: Vec<String>,
 }
 
 /// A key with its plaintext token, returned once.
@@ -132,19 +134,13 @@ impl KeyService {
 
     /// Verifies a token for a caller, with optional environment and scopes;
     /// the outcome counts in the key's usage.
-    pub async fn verify(
-        &self,
-        ctx: &RequestContext,
-        token: &str,
-        environment: Option<Environment>,
-        required_scopes: &[String],
-    ) -> Result<Verification> {
+    pub async fn verify(&self, ctx: &RequestContext, token: &str, required: Requirements<'_>) -> Result<Verification> {
         let scope = ctx.verification_scope()?;
         let mut violations = Violations::default();
-        violations.scopes("required_scopes", required_scopes);
+        violations.scopes("required_scopes", required.scopes);
         violations.finish()?;
         let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
-        let verification = verify::check_requirements(verification, environment, required_scopes);
+        let verification = verify::check_requirements(verification, required);
         if let Some(parsed) = self.crypto.tokens.parse(token) {
             self.usage.record(&parsed.key_id(), usage_outcome(&verification));
         }
@@ -156,7 +152,9 @@ impl KeyService {
 fn usage_outcome(verification: &Verification) -> Outcome {
     match verification {
         Verification::Valid(_) => Outcome::Allowed,
-        Verification::Invalid(Failure::WrongEnvironment | Failure::MissingScope, _) => Outcome::Forbidden,
+        Verification::Invalid(Failure::WrongEnvironment | Failure::MissingScope | Failure::IpNotAllowed, _) => {
+            Outcome::Forbidden
+        }
         Verification::Invalid(_, _) => Outcome::Unauthorized,
     }
 }

@@ -20,6 +20,32 @@ pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+/// Most networks in a key's allow-list.
+pub const MAX_ALLOWED_CIDRS: usize = 100;
+
+/// An allow-list in canonical form (`10.0.0.0/8`; a bare address becomes a
+/// /32 or /128; host bits dropped; duplicates removed), each bad entry a
+/// violation naming `field[i]`.
+pub fn canonical_cidrs(violations: &mut Violations, field: &str, cidrs: &[String]) -> Vec<String> {
+    if cidrs.len() > MAX_ALLOWED_CIDRS {
+        violations.add(field, format!("at most {MAX_ALLOWED_CIDRS} networks"));
+        return Vec::new();
+    }
+    let mut canonical = Vec::with_capacity(cidrs.len());
+    for (i, text) in cidrs.iter().enumerate() {
+        let text = text.trim();
+        let parsed = text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) if !canonical.contains(&net.trunc().to_string()) => canonical.push(net.trunc().to_string()),
+            Ok(_) => {}
+            Err(_) => violations.add(
+                format!("{field}[{i}]"),
+                "must be a network such as 10.0.0.0/8 or 2001:db8::/32, or a single address",
+            ),
+        }
+    }
+    canonical
+}
 
 pub fn check_expiry(field: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     if at <= now {
@@ -63,5 +89,6 @@ pub fn audit_details(key: &api_keys::Model) -> Value {
         "expires_at": key.expires_at,
         "recoverable": key.sealed_token.is_some(),
         "rotated_from": key.rotated_from,
+        "allowed_cidrs": key.allowed_cidr_list(),
     })
 }

@@ -1,0 +1,94 @@
+//! Which address a request comes from, for key allow-lists. Envoy's
+//! ext_authz names the downstream address itself; for HTTP forward-auth the
+//! socket peer is the proxy, so `X-Forwarded-For` / `X-Real-IP` are
+//! believed only when that peer is one of the `--trusted-proxy` networks
+//! (a client could send them to anyone).
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+/// The proxies whose forwarding headers are believed.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Proxies in `networks`.
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        Self(networks)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client of a forward-auth request from socket peer `peer` (text of
+    /// a socket address; a Unix socket peer has none) with headers looked up
+    /// by `header`. Behind trusted proxies it is the right-most
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries to
+    /// its left were written by the client and prove nothing), else
+    /// `X-Real-IP`; otherwise the peer.
+    pub fn client<'a>(&self, peer: &str, header: impl Fn(&str) -> Option<&'a str>) -> Option<IpAddr> {
+        let peer = peer.parse::<SocketAddr>().ok().map(|addr| addr.ip().to_canonical());
+        let Some(proxy) = peer.filter(|ip| self.trusts(*ip)) else { return peer };
+        let forwarded = header("x-forwarded-for").map(|list| {
+            list.rsplit(',').map(|entry| parse_ip(entry.trim())).find(|ip| !ip.is_some_and(|ip| self.trusts(ip)))
+        });
+        match forwarded {
+            // A right-most untrusted entry that is not an address: nobody to believe.
+            Some(Some(found)) => found,
+            // Every entry is a trusted proxy (or the header is empty): the left-most one is the client.
+            Some(None) => header("x-forwarded-for").and_then(|list| parse_ip(list.split(',').next()?.trim())),
+            None => header("x-real-ip").map_or(Some(proxy), |value| parse_ip(value.trim())),
+        }
+    }
+}
+
+/// An address as found in forwarding headers or Envoy's attributes: an IP,
+/// optionally with a port (`1.2.3.4:5`, `[::1]:5`).
+pub fn parse_ip(text: &str) -> Option<IpAddr> {
+    let ip = text.parse::<IpAddr>().ok().or_else(|| text.parse::<SocketAddr>().ok().map(|addr| addr.ip()))?;
+    Some(ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(proxies: &[&str], peer: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let proxies = TrustedProxies::new(proxies.iter().map(|p| p.parse().unwrap()).collect());
+        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        proxies.client(peer, header).map(|ip| ip.to_string())
+    }
+
+    #[test]
+    fn headers_from_an_untrusted_peer_are_ignored() {
+        let spoofed = [("x-forwarded-for", "10.1.1.1"), ("x-real-ip", "10.1.1.1")];
+        assert_eq!(client(&[], "192.0.2.7:4000", &spoofed).as_deref(), Some("192.0.2.7"));
+        assert_eq!(client(&["10.0.0.0/8"], "192.0.2.7:4000", &spoofed).as_deref(), Some("192.0.2.7"));
+        assert_eq!(client(&[], "unix", &spoofed), None);
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_right_most_untrusted_entry_is_the_client() {
+        let proxies = ["10.0.0.0/8"];
+        let peer = "10.0.0.2:4000";
+        let chain = [("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.5")];
+        assert_eq!(client(&proxies, peer, &chain).as_deref(), Some("203.0.113.9"));
+        let only_proxies = [("x-forwarded-for", "10.0.0.9, 10.0.0.5")];
+        assert_eq!(client(&proxies, peer, &only_proxies).as_deref(), Some("10.0.0.9"));
+        let garbage = [("x-forwarded-for", "6.6.6.6, not-an-ip")];
+        assert_eq!(client(&proxies, peer, &garbage), None);
+        assert_eq!(client(&proxies, peer, &[("x-real-ip", "2001:db8::1")]).as_deref(), Some("2001:db8::1"));
+        assert_eq!(client(&proxies, peer, &[]).as_deref(), Some("10.0.0.2"));
+        assert_eq!(
+            client(&["::1/128"], "[::1]:80", &[("x-forwarded-for", "[2001:db8::2]:443")]).as_deref(),
+            Some("2001:db8::2")
+        );
+    }
+
+    #[test]
+    fn mapped_addresses_compare_as_ipv4() {
+        assert_eq!(parse_ip("::ffff:192.0.2.1").map(|ip| ip.to_string()).as_deref(), Some("192.0.2.1"));
+    }
+}
