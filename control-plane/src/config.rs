@@ -15,6 +15,9 @@ use crate::service::webhooks::{DispatchSettings, WebhookPolicy};
 
 pub use crate::service::webhooks::dispatch::RetrySchedule;
 
+/// The default of `--credit-lease-ttl`.
+pub const DEFAULT_CREDIT_LEASE_TTL: Duration = Duration::from_secs(30);
+
 /// Keyplane control plane: API keys, audit log and admin gRPC API.
 #[derive(Debug, Parser)]
 #[command(name = "keyplane", version, about, long_about = None)]
@@ -174,6 +177,10 @@ pub struct Config {
     /// tells sidecars at once; checks refuse them before that too).
     #[arg(long, env = "KEYPLANE_EXPIRY_SWEEP_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub expiry_sweep_interval: Duration,
+    /// How long a block of credits leased by a sidecar lasts; unspent
+    /// credits not given back by then count as spent.
+    #[arg(long, env = "KEYPLANE_CREDIT_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub credit_lease_ttl: Duration,
     /// Delete keys that expired or were revoked longer ago than this
     /// (audited, actor `system`); kept for ever when unset.
     #[arg(long, env = "KEYPLANE_DELETE_EXPIRED_KEYS_AFTER", value_parser = humantime::parse_duration)]
@@ -457,6 +464,7 @@ impl Config {
             event_poll_interval: Duration::from_millis(20),
             key_event_retention: Duration::from_secs(7 * 24 * 3600),
             expiry_sweep_interval: Duration::from_millis(100),
+            credit_lease_ttl: DEFAULT_CREDIT_LEASE_TTL,
             delete_expired_keys_after: None,
             oauth_providers: None,
             oauth_timeout: Duration::from_secs(10),

@@ -50,8 +50,8 @@ use service::usage::ingest::{LocalUsage, UsageRecorder};
 use service::verify::AbuseLimits;
 use service::webhooks::PortalLinks;
 use service::{
-    AuditService, Authenticator, ConnectionService, Crypto, DeliveryService, Dispatcher, EventService, KeyService,
-    SessionService, SidecarSync, UsageService, Verifier, Wakeups, WebhookService, retention,
+    AuditService, Authenticator, ConnectionService, CreditService, Crypto, DeliveryService, Dispatcher, EventService,
+    KeyService, SessionService, SidecarSync, UsageService, Verifier, Wakeups, WebhookService, retention,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -145,8 +145,15 @@ pub async fn run(
     let auth = Authenticator::new(root_token.as_deref(), verifier.clone(), admission);
     let recorder = Arc::new(UsageRecorder::new(db.clone(), metrics.clone()));
     let local_usage = Arc::new(LocalUsage::new(recorder.clone()));
-    let keys =
-        Arc::new(KeyService::new(db.clone(), crypto.clone(), wakeups.clone(), verifier.clone(), local_usage.clone()));
+    let credits = Arc::new(CreditService::new(db.clone(), wakeups.clone(), config.credit_lease_ttl));
+    let keys = Arc::new(KeyService::new(
+        db.clone(),
+        crypto.clone(),
+        wakeups.clone(),
+        verifier.clone(),
+        local_usage.clone(),
+        credits.clone(),
+    ));
     let usage = Arc::new(UsageService::new(db.clone(), config.usage.retention()));
     let audit = Arc::new(AuditService::new(db.clone()));
     let feed_settings = FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval };
@@ -203,6 +210,10 @@ pub async fn run(
     background.spawn("webhook-dispatcher", dispatcher.run(stop.clone()));
     background.spawn("key-event-tailer", feed.tail(wakeups.key_events_committed.clone()));
     background.spawn("expire-keys", retention::expire_keys(keys.clone(), config.expiry_sweep_interval, stop.clone()));
+    background.spawn(
+        "refill-credits",
+        retention::refill_credits(credits.clone(), config.expiry_sweep_interval, stop.clone()),
+    );
     if let Some(after) = config.delete_expired_keys_after {
         background.spawn("purge-ended-keys", retention::purge_ended_keys(keys.clone(), after, stop.clone()));
     }
@@ -287,7 +298,7 @@ pub async fn run(
         .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
         .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
         .add_service(UsageServiceServer::new(grpc::usage::UsageGrpc::new(usage, auth.clone())))
-        .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(sync, auth)))
+        .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(sync, credits, auth)))
         .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls, &background.tasks), async move {
             shutdown.await;
             // Watch streams never end by themselves: the feed ends them when
@@ -326,7 +337,8 @@ async fn operator_services(
         AbuseLimits { failures_per_key: 1, failure_window: Duration::from_secs(1), suspect_hashes_per_second: 1 };
     let verifier = Arc::new(Verifier::new(db.clone(), crypto.clone(), metrics.clone(), 1, limits));
     let usage = Arc::new(LocalUsage::new(Arc::new(UsageRecorder::new(db.clone(), metrics))));
-    let keys = KeyService::new(db.clone(), crypto, Wakeups::default(), verifier, usage);
+    let credits = Arc::new(CreditService::new(db.clone(), Wakeups::default(), config::DEFAULT_CREDIT_LEASE_TTL));
+    let keys = KeyService::new(db.clone(), crypto, Wakeups::default(), verifier, usage, credits);
     Ok((db, keys))
 }
 

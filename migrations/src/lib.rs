@@ -16,6 +16,7 @@ mod m20261202_000008_console_sessions;
 mod m20261202_000009_api_key_status_index;
 mod m20261202_000010_api_key_end_indexes;
 mod m20261202_000011_api_key_allowed_cidrs;
+mod m20261202_000012_credits;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_api_key_status_index::Migration),
             Box::new(m20261202_000010_api_key_end_indexes::Migration),
             Box::new(m20261202_000011_api_key_allowed_cidrs::Migration),
+            Box::new(m20261202_000012_credits::Migration),
         ]
     }
 }

@@ -32,6 +32,8 @@ pub struct Principal {
     pub rate_limit: Option<(u32, Duration)>,
     /// Client networks the key may be used from; `None` = anywhere.
     pub allowed_networks: Option<Vec<ipnet::IpNet>>,
+    /// Checks spend the key's credits (leased, see `credits.rs`).
+    pub has_credits: bool,
 }
 
 impl Principal {
@@ -250,6 +252,7 @@ mod tests {
                 expires_at: None,
                 rate_limit: None,
                 allowed_networks: None,
+                has_credits: false,
             }),
             as_of,
         }

@@ -12,6 +12,7 @@ use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Freshness, KeyCache, Principal, Verdict};
+use crate::credits::{CreditLeases, Spend};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::sync::{self, ControlPlaneClient, Readiness, SyncState};
@@ -24,7 +25,9 @@ pub enum DenyStatus {
     Unauthenticated,
     /// 403: wrong environment or missing scope.
     Forbidden,
-    /// 429: over the key's rate limit.
+    /// 400: the proxy sent a cost that is not a whole number from 1 to 1000.
+    BadRequest,
+    /// 429: over the key's rate limit, or out of credits.
     RateLimited,
     /// 503: the sidecar cannot decide (not synced, stale, control plane down).
     Unavailable,
@@ -35,6 +38,7 @@ impl DenyStatus {
     pub fn http_code(self) -> u16 {
         match self {
             DenyStatus::Unauthenticated => 401,
+            DenyStatus::BadRequest => 400,
             DenyStatus::Forbidden => 403,
             DenyStatus::RateLimited => 429,
             DenyStatus::Unavailable => 503,
@@ -79,6 +83,9 @@ pub struct CheckInput<'a> {
     /// The client's IP for allow-lists (behind a trusted proxy, the one it
     /// forwarded); `None` when unknown.
     pub client: Option<IpAddr>,
+    /// Credits the check costs, for keys with credits; `None` when the
+    /// proxy sent something that is not a cost (see [`parse_cost`]).
+    pub cost: Option<u64>,
     /// `x-request-id`, when the proxy sent one.
     pub request_id: &'a str,
 }
@@ -139,6 +146,7 @@ pub struct Checker {
     control_plane_timeout: Duration,
     cache: KeyCache,
     limits: RateLimits,
+    credits: Arc<CreditLeases>,
     usage: UsageReporter,
     sync: Arc<SyncState>,
     client: ControlPlaneClient,
@@ -163,6 +171,8 @@ pub struct CheckerParts {
     pub cache: KeyCache,
     /// Rate limiters.
     pub limits: RateLimits,
+    /// Credits leased from the control plane.
+    pub credits: Arc<CreditLeases>,
     /// Usage counts.
     pub usage: UsageReporter,
     /// Stream position and staleness.
@@ -184,6 +194,7 @@ impl Checker {
             control_plane_timeout: parts.control_plane_timeout,
             cache: parts.cache,
             limits: parts.limits,
+            credits: parts.credits,
             usage: parts.usage,
             sync: parts.sync,
             client: parts.client,
@@ -207,7 +218,7 @@ impl Checker {
                     DenyStatus::Unauthenticated => Some(Outcome::Unauthorized),
                     DenyStatus::Forbidden => Some(Outcome::Forbidden),
                     DenyStatus::RateLimited => Some(Outcome::RateLimited),
-                    DenyStatus::Unavailable => None,
+                    DenyStatus::BadRequest | DenyStatus::Unavailable => None,
                 };
                 if let (Some(outcome), Some(parsed)) = (outcome, &parsed) {
                     self.usage.record(&parsed.key_id(), outcome);
@@ -238,6 +249,9 @@ impl Checker {
             let reason = if readiness == Readiness::NotSynced { "not_synced" } else { "stale" };
             return (Decision::Deny(Denial::new(Unavailable, reason)), None);
         }
+        let Some(cost) = request.cost else {
+            return (Decision::Deny(Denial::new(BadRequest, "invalid_cost")), None);
+        };
         let Some(token) = request.credential.filter(|t| !t.is_empty()) else {
             return (Decision::Deny(Denial::new(Unauthenticated, MISSING_CREDENTIAL)), None);
         };
@@ -257,6 +271,18 @@ impl Checker {
             && let Err(wait) = self.limits.check(&principal.key_id, limit)
         {
             let denial = Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") };
+            return (Decision::Deny(denial), Some(parsed));
+        }
+        if let Decision::Allow(principal) = &decision
+            && principal.has_credits
+        {
+            let denial = match self.credits.spend(&principal.key_id, cost).await {
+                Spend::Spent => return (decision, Some(parsed)),
+                Spend::Exhausted(retry_after) => {
+                    Denial { retry_after, ..Denial::new(RateLimited, "credits_exhausted") }
+                }
+                Spend::Unavailable => Denial::new(Unavailable, "control_plane_unavailable"),
+            };
             return (Decision::Deny(denial), Some(parsed));
         }
         (decision, Some(parsed))
@@ -305,6 +331,19 @@ impl Checker {
     }
 }
 
+/// Most credits one check may cost.
+pub const MAX_COST: u64 = 1000;
+
+/// The cost a proxy sent (Envoy context extension `cost`, header
+/// `X-Keyplane-Cost`): 1 when absent, `None` unless a whole number from 1
+/// to [`MAX_COST`].
+pub fn parse_cost(text: Option<&str>) -> Option<u64> {
+    match text {
+        None => Some(1),
+        Some(text) => text.trim().parse().ok().filter(|cost| (1..=MAX_COST).contains(cost)),
+    }
+}
+
 /// Splits a scope list given as text (comma- or space-separated).
 pub fn parse_scopes(text: &str) -> Vec<String> {
     text.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_owned).collect()
@@ -334,6 +373,7 @@ mod tests {
                 expires_at,
                 rate_limit: None,
                 allowed_networks: allowed.map(|list| list.iter().map(|n| n.parse().unwrap()).collect()),
+                has_credits: false,
             }),
             as_of: 1,
         }

@@ -10,7 +10,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use tonic::{Request, Response, Status};
 
-use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_scopes};
+use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, parse_scopes};
 use crate::client_address::parse_ip;
 use crate::http::{credential_from, identity_headers, www_authenticate};
 
@@ -83,7 +83,10 @@ impl Authorization for ExtAuthz {
             .map(source_address)
             .unwrap_or_default();
         let request_id = headers.get("x-request-id").map(String::as_str).unwrap_or_default();
-        let check = CheckInput { credential, required_scopes: &required, peer: &peer, client, request_id };
+        let cost = parse_cost(
+            context.and_then(|c| c.get("cost")).or_else(|| headers.get("x-keyplane-cost")).map(String::as_str),
+        );
+        let check = CheckInput { credential, required_scopes: &required, peer: &peer, client, cost, request_id };
         let response = match self.checker.check(&check).await {
             Decision::Allow(principal) => {
                 let mut ok = OkHttpResponseBuilder::new();
@@ -101,6 +104,7 @@ impl Authorization for ExtAuthz {
                     DenyStatus::Forbidden => (tonic::Code::PermissionDenied, HttpStatusCode::Forbidden),
                     DenyStatus::RateLimited => (tonic::Code::ResourceExhausted, HttpStatusCode::TooManyRequests),
                     DenyStatus::Unavailable => (tonic::Code::Unavailable, HttpStatusCode::ServiceUnavailable),
+                    DenyStatus::BadRequest => (tonic::Code::InvalidArgument, HttpStatusCode::BadRequest),
                 };
                 let mut builder = DeniedHttpResponseBuilder::new();
                 builder.set_http_status(http);

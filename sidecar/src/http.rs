@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 use crate::cache::Principal;
-use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_scopes};
+use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, parse_scopes};
 use crate::client_address::TrustedProxies;
 use crate::listen::Listener;
 use crate::metrics::Metrics;
@@ -117,6 +117,7 @@ impl HttpFrontEnd {
                 required_scopes: &required,
                 peer,
                 client: self.trusted_proxies.client(peer, text),
+                cost: parse_cost(text("x-keyplane-cost")),
                 request_id: text("x-request-id").unwrap_or_default(),
             })
             .await;

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod check;
 pub mod client_address;
 pub mod config;
+pub mod credits;
 pub mod error;
 pub mod ext_authz;
 pub mod http;
@@ -67,6 +68,7 @@ pub async fn run(
     let cache = cache::KeyCache::new(config.cache_capacity, config.cache_ttl, config.negative_cache_ttl);
     let state = Arc::new(sync::SyncState::default());
     let usage = usage::UsageReporter::new(metrics.clone());
+    let credits = Arc::new(credits::CreditLeases::new(client.clone(), config.control_plane_timeout, metrics.clone()));
     let checker = Arc::new(check::Checker::new(check::CheckerParts {
         tokens: TokenFormat::new(config.token_prefix.clone()),
         environment: config.environment,
@@ -76,6 +78,7 @@ pub async fn run(
         control_plane_timeout: config.control_plane_timeout,
         cache: cache.clone(),
         limits: ratelimit::RateLimits::new(config.cache_capacity, LIMITER_IDLE),
+        credits: credits.clone(),
         usage: usage.clone(),
         sync: state.clone(),
         client: client.clone(),
@@ -85,7 +88,8 @@ pub async fn run(
     // One cancellation signal and one task set for all background work.
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let follow = sync::follow(client.clone(), cache, state.clone(), metrics.clone(), config.max_staleness);
+    let follow =
+        sync::follow(client.clone(), cache, credits.clone(), state.clone(), metrics.clone(), config.max_staleness);
     spawn(&tasks, "key-event-stream", until(stop.clone(), follow));
     let reporting = usage.clone().report_every(client.clone(), config.usage_interval, config.control_plane_timeout);
     spawn(&tasks, "usage-reports", until(stop.clone(), reporting));
@@ -152,7 +156,8 @@ pub async fn run(
     stop.cancel();
     tasks.close();
     tasks.wait().await;
-    // Send the last usage counts before exiting.
+    // Give unspent credits back and send the last usage counts before exiting.
+    credits.return_all().await;
     usage.flush(&mut client.clone(), config.control_plane_timeout).await;
     tracing::info!("keyplane sidecar stopped");
     Ok(result?)

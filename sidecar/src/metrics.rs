@@ -26,6 +26,10 @@ pub struct Metrics {
     pub verify_seconds: Histogram,
     /// Key events applied, by kind (revoked, updated, deleted, expired).
     pub key_events: Family<Label, Counter>,
+    /// LeaseCredits calls by result (granted, exhausted, error).
+    pub credit_leases: Family<Label, Counter>,
+    /// ReturnCredits calls by result (returned, error).
+    pub credit_returns: Family<Label, Counter>,
     /// Last key-event seq applied.
     pub applied_seq: Gauge<u64, AtomicU64>,
     /// Seconds since the last event or heartbeat (stream lag / staleness).
@@ -53,6 +57,10 @@ impl Default for Metrics {
         registry.register("verify_seconds", "Latency of Verify calls", verify_seconds.clone());
         let key_events = Family::<Label, Counter>::default();
         registry.register("key_events", "Key events applied, by kind", key_events.clone());
+        let credit_leases = Family::<Label, Counter>::default();
+        registry.register("credit_leases", "LeaseCredits calls by result", credit_leases.clone());
+        let credit_returns = Family::<Label, Counter>::default();
+        registry.register("credit_returns", "ReturnCredits calls by result", credit_returns.clone());
         let applied_seq = Gauge::<u64, AtomicU64>::default();
         registry.register("applied_seq", "Last key-event seq applied", applied_seq.clone());
         let staleness_seconds = Gauge::<f64, AtomicU64>::default();
@@ -76,6 +84,8 @@ impl Default for Metrics {
             verify_calls,
             verify_seconds,
             key_events,
+            credit_leases,
+            credit_returns,
             applied_seq,
             staleness_seconds,
             stream_connected,

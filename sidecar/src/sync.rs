@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::cache::{KeyCache, Principal, Refusal, Verdict};
 use crate::config::Config;
+use crate::credits::CreditLeases;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -174,13 +175,14 @@ impl SyncState {
 pub async fn follow(
     client: ControlPlaneClient,
     cache: KeyCache,
+    credits: Arc<CreditLeases>,
     state: Arc<SyncState>,
     metrics: Arc<Metrics>,
     max_staleness: Duration,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match watch_once(client.clone(), &cache, &state, &metrics, max_staleness).await {
+        match watch_once(client.clone(), &cache, &credits, &state, &metrics, max_staleness).await {
             Ok(()) => tracing::warn!("key-event stream ended; reconnecting"),
             Err(error) => tracing::warn!(error = %error_chain(&error), "key-event stream failed; reconnecting"),
         }
@@ -235,6 +237,7 @@ fn check_staleness_bound(state: &SyncState, interval: Option<prost_types::Durati
 async fn watch_once(
     mut client: ControlPlaneClient,
     cache: &KeyCache,
+    credits: &Arc<CreditLeases>,
     state: &SyncState,
     metrics: &Metrics,
     max_staleness: Duration,
@@ -257,6 +260,14 @@ async fn watch_once(
                     _ => ("updated", None),
                 };
                 cache.apply_change(&event.key_id, event.seq, ended).await;
+                // Off the stream's path: giving credits back is a call.
+                let (credits, key_id) = (credits.clone(), event.key_id.clone());
+                tokio::spawn(async move {
+                    match ended {
+                        Some(_) => credits.key_ended(&key_id).await,
+                        None => credits.key_changed(&key_id).await,
+                    }
+                });
                 metrics.key_events.get_or_create(&[("kind", kind)]).inc();
                 state.position.fetch_max(event.seq, Ordering::AcqRel);
                 metrics.applied_seq.set(state.position());
@@ -323,6 +334,7 @@ fn principal_from_proto(principal: admin::Principal) -> Principal {
         // A list whose entries all fail to parse still allows nobody.
         allowed_networks: (!principal.allowed_cidrs.is_empty())
             .then(|| principal.allowed_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()),
+        has_credits: principal.has_credits,
         key_id: principal.key_id,
         org_id: principal.org_id,
         scopes: principal.scopes,

@@ -45,6 +45,7 @@ async fn full_lifecycle(backend: Backend) {
             ),
             recoverable: true,
             allowed_cidrs: Vec::new(),
+            credits: None,
         })
         .await
         .expect("create")

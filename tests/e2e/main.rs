@@ -11,6 +11,7 @@ mod commands;
 mod connections;
 mod console;
 mod crash;
+mod credits;
 mod expiry;
 mod grpcurl;
 mod isolation;

@@ -111,6 +111,68 @@ impl ControlPlaneProcess {
     }
 }
 
+/// A `keyplane-sidecar` child process following a control plane, for
+/// tests that kill one.
+pub struct SidecarProcess {
+    child: Child,
+    /// Its HTTP address (forward-auth, health, metrics).
+    pub http_addr: String,
+    _credential: tempfile::NamedTempFile,
+}
+
+impl SidecarProcess {
+    /// Starts the sidecar binary with `credential` on free loopback ports
+    /// and waits until it is ready.
+    pub async fn start(plane: &crate::TestControlPlane, credential: &str) -> Self {
+        let mut file = tempfile::NamedTempFile::new().expect("credential file");
+        std::io::Write::write_all(&mut file, credential.as_bytes()).expect("write credential");
+        let mut child = Command::new(workspace_binary("keyplane-sidecar"))
+            .args(["--control-plane", &format!("http://{}", plane.addr), "--log-format", "json"])
+            .arg("--credential-file")
+            .arg(file.path())
+            .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn keyplane-sidecar");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let http_addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read log") {
+                let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(addr) = parsed["fields"]["http"].as_str() {
+                    return addr.to_owned();
+                }
+            }
+            panic!("keyplane-sidecar exited before serving");
+        })
+        .await
+        .expect("sidecar started in time");
+        // Keep draining the log so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let ready = format!("http://{http_addr}/readyz");
+        crate::eventually(
+            || async { reqwest::get(&ready).await.map(|r| r.status().as_u16()).unwrap_or(0) },
+            |s| *s == 200,
+        )
+        .await;
+        Self { child, http_addr, _credential: file }
+    }
+
+    /// The forward-auth URL.
+    pub fn check_url(&self) -> String {
+        format!("http://{}/check", self.http_addr)
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, no credits given back.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("wait");
+    }
+}
+
 /// What a real `keyplane serve` delivering webhooks to loopback needs: its
 /// arguments (cheap argon2, http to 127.0.0.0/8 allowed, the given webhook
 /// flags), its database URL and its root token file.

@@ -31,6 +31,7 @@ pub fn key_row(
         metadata: None,
         sealed_token: None,
         allowed_cidrs: Vec::new(),
+        credits: None,
         created_by: "root".into(),
         rotated_from: None,
     }

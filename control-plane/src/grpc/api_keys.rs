@@ -48,6 +48,7 @@ fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
         scopes: request.scopes,
         recoverable: request.recoverable,
         allowed_cidrs: request.allowed_cidrs,
+        credits: request.credits.map(|c| convert::credits_from_proto("credits", c)).transpose()?,
     })
 }
 
@@ -70,6 +71,12 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
                 );
             }
             "allowed_cidrs" => changes.allowed_cidrs = Some(update.allowed_cidrs.clone()),
+            "credits" => changes.credits = Some(convert::credits_change_from_proto("update.credits", update.credits)?),
+            "credit_refill" => {
+                changes.credit_refill = Some(
+                    update.credit_refill.map(|r| convert::refill_from_proto("update.credit_refill", r)).transpose()?,
+                );
+            }
             "metadata" => {
                 changes.metadata =
                     Some(update.metadata.clone().map(|m| convert::struct_to_json("update.metadata", m)).transpose()?);
@@ -197,7 +204,8 @@ impl ApiKeyService for ApiKeyGrpc {
                 Some(text.parse().map_err(|_| Error::invalid("client_address", "must be an IPv4 or IPv6 address"))?)
             }
         };
-        let requirements = Requirements { environment, scopes: &request.required_scopes, client };
+        let requirements =
+            Requirements { environment, scopes: &request.required_scopes, client, cost: u64::from(request.cost) };
         let verification = self.keys.verify(&ctx, &request.token, requirements).await?;
         let (valid, failure, principal) = convert::verification_to_proto(&verification);
         Ok(Response::new(pb::VerifyApiKeyResponse { valid, failure: failure.into(), principal }))

@@ -11,8 +11,8 @@ use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 use crate::service::records::{
-    ApiKey, AuditEvent, Connection, Delivery, DeliveryAttempt, DeliveryStatus, Environment, Event, KeyStatus,
-    RateLimit, Subscription, SubscriptionStatus,
+    ApiKey, AuditEvent, Connection, Credits, CreditsChange, Delivery, DeliveryAttempt, DeliveryStatus, Environment,
+    Event, KeyStatus, RateLimit, Refill, RefillPeriod, Subscription, SubscriptionStatus,
 };
 use crate::service::usage::ingest::{MinuteCount, UsageReport};
 use crate::service::usage::{DeliveryStatsBucket, KeyRanking, RangeRequest};
@@ -162,6 +162,55 @@ pub fn api_key_to_proto(key: &ApiKey) -> pb::ApiKey {
         last_used_at: key.last_used_at.map(time_to_proto),
         usage_count: u64::try_from(key.usage_count).unwrap_or(0),
         allowed_cidrs: key.allowed_cidr_list(),
+        credits: key.credits().map(credits_to_proto),
+    }
+}
+
+fn credits_to_proto(credits: Credits) -> pb::Credits {
+    pb::Credits {
+        remaining: credits.remaining,
+        refill: credits.refill.map(|refill| pb::CreditRefill {
+            amount: refill.amount,
+            period: Some(match refill.period {
+                RefillPeriod::Every(every) => {
+                    pb::credit_refill::Period::Every(prost_types::Duration::try_from(every).unwrap_or_default())
+                }
+                RefillPeriod::Daily => pb::credit_refill::Period::Daily(true),
+                RefillPeriod::Monthly(day) => pb::credit_refill::Period::MonthlyOnDay(day),
+            }),
+            next_refill_at: credits.next_refill_at.map(time_to_proto),
+        }),
+    }
+}
+
+/// Protobuf credits → (remaining, refill).
+pub fn credits_from_proto(field: &str, credits: pb::Credits) -> Result<(u64, Option<Refill>)> {
+    let refill = credits.refill.map(|r| refill_from_proto(&format!("{field}.refill"), r)).transpose()?;
+    Ok((credits.remaining, refill))
+}
+
+/// Protobuf refill → domain.
+pub fn refill_from_proto(field: &str, refill: pb::CreditRefill) -> Result<Refill> {
+    let period = match refill.period {
+        Some(pb::credit_refill::Period::Every(every)) => {
+            RefillPeriod::Every(duration_from_proto(&format!("{field}.every"), every)?)
+        }
+        Some(pb::credit_refill::Period::Daily(true)) => RefillPeriod::Daily,
+        Some(pb::credit_refill::Period::MonthlyOnDay(day)) => RefillPeriod::Monthly(day),
+        Some(pb::credit_refill::Period::Daily(false)) | None => {
+            return Err(Error::invalid(format!("{field}.period"), "set one of every, daily or monthly_on_day"));
+        }
+    };
+    Ok(Refill { amount: refill.amount, period })
+}
+
+/// Protobuf credits change → domain.
+pub fn credits_change_from_proto(field: &str, change: Option<pb::CreditsChange>) -> Result<CreditsChange> {
+    match change.and_then(|c| c.change) {
+        Some(pb::credits_change::Change::Set(n)) => Ok(CreditsChange::Set(n)),
+        Some(pb::credits_change::Change::Add(n)) => Ok(CreditsChange::Add(n)),
+        Some(pb::credits_change::Change::Subtract(n)) => Ok(CreditsChange::Subtract(n)),
+        None => Err(Error::invalid(field, "set one of set, add or subtract")),
     }
 }
 
@@ -175,6 +224,7 @@ pub fn principal_to_proto(key: &ApiKey) -> pb::Principal {
         expires_at: key.expires_at.map(time_to_proto),
         rate_limit: key.rate_limit().map(rate_limit_to_proto),
         allowed_cidrs: key.allowed_cidr_list(),
+        has_credits: key.credits_remaining.is_some(),
     }
 }
 
@@ -190,6 +240,7 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
         Failure::MissingScope => pb::VerifyFailure::MissingScope,
         Failure::Throttled => pb::VerifyFailure::Throttled,
         Failure::IpNotAllowed => pb::VerifyFailure::IpNotAllowed,
+        Failure::CreditsExhausted => pb::VerifyFailure::CreditsExhausted,
     }
 }
 

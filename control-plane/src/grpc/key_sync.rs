@@ -12,17 +12,18 @@ use super::{convert, sidecar_context};
 use crate::error::Error;
 use crate::service::records::KeyEventKind;
 use crate::service::sync::FeedMessage;
-use crate::service::{Authenticator, SidecarSync};
+use crate::service::{Authenticator, CreditService, SidecarSync};
 
 /// The gRPC adapter of the sidecar protocol.
 pub struct KeySyncGrpc {
     sync: Arc<SidecarSync>,
+    credits: Arc<CreditService>,
     auth: Authenticator,
 }
 
 impl KeySyncGrpc {
-    pub fn new(sync: Arc<SidecarSync>, auth: Authenticator) -> Self {
-        Self { sync, auth }
+    pub fn new(sync: Arc<SidecarSync>, credits: Arc<CreditService>, auth: Authenticator) -> Self {
+        Self { sync, credits, auth }
     }
 }
 
@@ -89,5 +90,30 @@ impl KeySyncService for KeySyncGrpc {
         let report = convert::usage_report_from_proto(request.into_inner())?;
         let applied = self.sync.report_usage(&ctx, report).await?;
         Ok(Response::new(pb::ReportUsageResponse { applied: applied.applied, duplicate: applied.duplicate }))
+    }
+
+    async fn lease_credits(
+        &self,
+        request: Request<pb::LeaseCreditsRequest>,
+    ) -> Result<Response<pb::LeaseCreditsResponse>, Status> {
+        let ctx = sidecar_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let lease = self.credits.lease(&ctx, &request.key_id, request.requested, request.at_least).await?;
+        Ok(Response::new(pb::LeaseCreditsResponse {
+            lease_id: lease.id,
+            granted: lease.granted,
+            ttl: prost_types::Duration::try_from(lease.ttl).ok(),
+            next_refill_at: lease.next_refill_at.map(convert::time_to_proto),
+        }))
+    }
+
+    async fn return_credits(
+        &self,
+        request: Request<pb::ReturnCreditsRequest>,
+    ) -> Result<Response<pb::ReturnCreditsResponse>, Status> {
+        let ctx = sidecar_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let returned = self.credits.give_back(&ctx, &request.lease_id, request.unused).await?;
+        Ok(Response::new(pb::ReturnCreditsResponse { returned }))
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::KeyService;
 use super::usage::Retention;
+use super::{CreditService, KeyService};
 use crate::error::Result;
 use crate::store::usage::{self, Granularity};
 use crate::store::{self, deliveries, events, key_events};
@@ -90,6 +90,24 @@ pub async fn expire_keys(keys: Arc<KeyService>, every: Duration, stop: Cancellat
             Ok(()) if total == 0 => {}
             Ok(()) => tracing::info!(count = total, "marked keys past their expiry expired"),
             Err(error) => tracing::warn!(%error, "the expiry sweep failed"),
+        }
+    })
+    .await;
+}
+
+/// Refills credits that are due and forgets leases that ended, every `every`.
+pub async fn refill_credits(credits: Arc<CreditService>, every: Duration, stop: CancellationToken) {
+    repeat(every, stop, || async {
+        let mut total = 0;
+        let refilled = async {
+            while credits.refill_due(PURGE_BATCH).await.inspect(|n| total += n)? == PURGE_BATCH {}
+            while credits.purge_ended_leases(PURGE_BATCH).await? == PURGE_BATCH {}
+            Ok::<_, crate::Error>(())
+        };
+        match refilled.await {
+            Ok(()) if total == 0 => {}
+            Ok(()) => tracing::info!(count = total, "refilled credits"),
+            Err(error) => tracing::warn!(%error, "refilling credits failed"),
         }
     })
     .await;

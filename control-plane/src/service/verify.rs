@@ -53,6 +53,8 @@ pub enum Failure {
     Throttled,
     /// The client address is outside the key's allow-list (or unknown).
     IpNotAllowed,
+    /// Fewer credits are left than the use costs.
+    CreditsExhausted,
 }
 
 impl Failure {
@@ -68,6 +70,7 @@ impl Failure {
             Failure::MissingScope => "missing_scope",
             Failure::Throttled => "throttled",
             Failure::IpNotAllowed => "ip_not_allowed",
+            Failure::CreditsExhausted => "credits_exhausted",
         }
     }
 }
@@ -265,6 +268,8 @@ pub struct Requirements<'a> {
     pub scopes: &'a [String],
     /// The client that presented the token, for keys with an allow-list.
     pub client: Option<IpAddr>,
+    /// Credits the use costs, for keys with credits (0 counts as 1).
+    pub cost: u64,
 }
 
 /// Applies a caller's requirements to a valid key: environment, client

@@ -9,6 +9,7 @@ use sea_orm::sea_query::LikeExpr;
 use sea_orm::{Condition, ExprTrait, IntoActiveModel, PaginatorTrait, QueryOrder, QuerySelect};
 use serde::Serialize;
 
+use super::credits::{self, CreditsChange, Refill};
 use super::{OrgScope, OrgTx};
 use crate::crypto::Environment;
 use crate::error::Result;
@@ -59,6 +60,12 @@ pub struct Model {
     /// JSON array of the CIDRs the key may be used from; NULL = anywhere.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub allowed_cidrs: Option<Json>,
+    /// Uses left; NULL = unlimited (see `store::credits`).
+    pub credits_remaining: Option<i64>,
+    pub credit_refill_amount: Option<i64>,
+    /// `every:<ms>`, `daily` or `monthly:<day>`.
+    pub credit_refill_period: Option<String>,
+    pub credit_refill_next_at: Option<DateTime<Utc>>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -162,6 +169,8 @@ pub struct NewKeyRow {
     pub sealed_token: Option<String>,
     /// Canonical CIDRs the key may be used from; empty = anywhere.
     pub allowed_cidrs: Vec<String>,
+    /// Uses allowed, with an optional refill; `None` = unlimited.
+    pub credits: Option<(u64, Option<Refill>)>,
     /// Audit label of the actor creating the key.
     pub created_by: String,
     /// The key this one replaces, for a rotation.
@@ -174,6 +183,9 @@ impl NewKeyRow {
     pub fn into_row(self, org: &str) -> ActiveModel {
         let now = super::now();
         let (rate_limit_requests, rate_limit_window_ms) = RateLimit::columns(self.rate_limit);
+        let remaining = self.credits.map(|(remaining, _)| i64::try_from(remaining).unwrap_or(i64::MAX));
+        let (refill_amount, refill_period, refill_next_at) =
+            credits::refill_columns(self.credits.and_then(|(_, refill)| refill), now);
         ActiveModel {
             id: Set(self.id),
             org_id: Set(org.to_owned()),
@@ -199,6 +211,10 @@ impl NewKeyRow {
             last_used_at: Set(None),
             usage_count: Set(0),
             allowed_cidrs: Set(cidr_column(self.allowed_cidrs)),
+            credits_remaining: Set(remaining),
+            credit_refill_amount: Set(refill_amount),
+            credit_refill_period: Set(refill_period),
+            credit_refill_next_at: Set(refill_next_at),
         }
     }
 }
@@ -215,6 +231,10 @@ pub struct KeyChanges {
     pub metadata: Option<Option<Json>>,
     /// Canonical CIDRs; empty allows any address.
     pub allowed_cidrs: Option<Vec<String>>,
+    /// A change to the remaining credits.
+    pub credits: Option<CreditsChange>,
+    /// A new refill (`Some(None)` removes it).
+    pub credit_refill: Option<Option<Refill>>,
 }
 
 /// The stored form of an allow-list: NULL when it is empty.
@@ -298,6 +318,15 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
     }
     if let Some(cidrs) = changes.allowed_cidrs {
         row.allowed_cidrs = Set(cidr_column(cidrs));
+    }
+    if let Some(change) = changes.credits {
+        row.credits_remaining = Set(Some(change.apply(row.credits_remaining.take().flatten())));
+    }
+    if let Some(refill) = changes.credit_refill {
+        let (amount, period, next_at) = credits::refill_columns(refill, super::now());
+        row.credit_refill_amount = Set(amount);
+        row.credit_refill_period = Set(period);
+        row.credit_refill_next_at = Set(next_at);
     }
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)

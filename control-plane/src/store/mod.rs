@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod connections;
+pub mod credits;
 pub mod deliveries;
 pub mod delivery_stats;
 pub mod events;
@@ -109,9 +110,20 @@ pub struct OrgTx {
 }
 
 impl OrgTx {
-    /// Begins a transaction for `org` and takes its lock.
+    /// Begins a transaction for `org` and takes its lock. On SQLite it is
+    /// IMMEDIATE: it takes the write lock at once (waiting the busy
+    /// timeout), where a deferred one that reads before writing fails with
+    /// SQLITE_BUSY when another process (a replica on the same file) writes.
     pub async fn begin(db: &DatabaseConnection, org: &str) -> Result<Self> {
-        let tx = db.begin().await?;
+        let tx = if db.get_database_backend() == DbBackend::Sqlite {
+            let immediate = sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            };
+            db.begin_with_options(immediate).await?
+        } else {
+            db.begin().await?
+        };
         advisory_lock(&tx, &format!("org:{org}")).await?;
         Ok(Self { tx, org: org.to_owned() })
     }

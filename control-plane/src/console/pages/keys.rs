@@ -110,6 +110,7 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         metadata,
         recoverable: form.recoverable.is_some(),
         allowed_cidrs: words(&form.allowed_cidrs),
+        credits: None,
     })
 }
 

@@ -59,6 +59,15 @@ impl KeyService {
         if changes.metadata.is_some() {
             changed.push("metadata");
         }
+        if changes.credits.is_some() {
+            changed.push("credits");
+        }
+        if let Some(refill) = &changes.credit_refill {
+            if let Some(refill) = refill {
+                rules::check_refill(&mut violations, "update.credit_refill", refill);
+            }
+            changed.push("credit_refill");
+        }
         if let Some(cidrs) = &changes.allowed_cidrs {
             changes.allowed_cidrs = Some(rules::canonical_cidrs(&mut violations, "update.allowed_cidrs", cidrs));
             changed.push("allowed_cidrs");
@@ -66,7 +75,8 @@ impl KeyService {
         if changed.is_empty() {
             violations.add(
                 "update_mask",
-                "name at least one field: name, description, scopes, expires_at, rate_limit, metadata, allowed_cidrs",
+                "name at least one field: name, description, scopes, expires_at, rate_limit, metadata, allowed_cidrs, \
+                 credits, credit_refill",
             );
         }
         violations.finish()?;
@@ -80,9 +90,11 @@ impl KeyService {
         if moves_expiry && (key.status == KeyStatus::Expired || key.is_expired(now)) {
             return Err(Error::FailedPrecondition("the key has expired for good; create a new one".into()));
         }
+        let changes_summary = changes.credits.map(|change| format!("{change:?}").to_lowercase());
         let key = api_keys::update(&tx, key, changes).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
-        audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, json!({ "fields": changed }))).await?;
+        let details = json!({ "fields": changed, "credits_change": changes_summary, "credits": key.credits_remaining });
+        audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, details)).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(key)
     }

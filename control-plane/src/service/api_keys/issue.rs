@@ -14,6 +14,7 @@ use crate::service::auth::{PLATFORM_ORG, RequestContext, Scope};
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
 use crate::store::api_keys::{self, KeyChanges, KeyStatus, NewKeyRow, RateLimit};
+use crate::store::credits::{CreditsChange, Refill};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgTx, audit};
 
@@ -28,6 +29,7 @@ struct Attributes {
     metadata: Option<Value>,
     recoverable: bool,
     allowed_cidrs: Vec<String>,
+    credits: Option<(u64, Option<Refill>)>,
 }
 
 impl KeyService {
@@ -44,6 +46,7 @@ impl KeyService {
             metadata: None,
             recoverable: false,
             allowed_cidrs: Vec::new(),
+            credits: None,
         };
         self.create(&RequestContext::operator(), new).await
     }
@@ -72,6 +75,9 @@ impl KeyService {
             violations.metadata("metadata", metadata);
         }
         let allowed_cidrs = rules::canonical_cidrs(&mut violations, "allowed_cidrs", &new.allowed_cidrs);
+        if let Some(credits) = &new.credits {
+            rules::check_credits(&mut violations, "credits", credits);
+        }
         violations.finish()?;
         ctx.check_grantable("scopes", &new.scopes)?;
 
@@ -85,6 +91,7 @@ impl KeyService {
             metadata: new.metadata,
             recoverable: new.recoverable,
             allowed_cidrs,
+            credits: new.credits,
         };
         let (row, token) = self.generate(ctx, attributes, None).await?;
         let tx = OrgTx::begin(&self.db, &org).await?;
@@ -120,6 +127,8 @@ impl KeyService {
             metadata: old.metadata.clone(),
             recoverable: old.sealed_token.is_some(),
             allowed_cidrs: old.allowed_cidr_list(),
+            // Set inside the transaction below, from the key as it is then.
+            credits: None,
         };
         let (row, token) = self.generate(ctx, attributes, Some(old.id.clone())).await?;
 
@@ -130,6 +139,16 @@ impl KeyService {
         if old.status != KeyStatus::Active || old.is_expired(now) {
             return Err(Error::FailedPrecondition("only an active, unexpired key can be rotated".into()));
         }
+        // Credits move to the new key: two keys must not spend one budget twice.
+        let mut row = row;
+        row.credits = old.credits().map(|credits| (credits.remaining, credits.refill));
+        let old = match old.credits_remaining {
+            Some(_) => {
+                let drained = KeyChanges { credits: Some(CreditsChange::Set(0)), ..Default::default() };
+                api_keys::update(&tx, old, drained).await?
+            }
+            None => old,
+        };
         let new_key = api_keys::insert(&tx, row).await?;
         let previous = if grace.is_zero() {
             let revoked = api_keys::revoke(&tx, old, ctx.actor_label().1, "rotated").await?;
@@ -190,6 +209,7 @@ impl KeyService {
             metadata: attributes.metadata,
             sealed_token,
             allowed_cidrs: attributes.allowed_cidrs,
+            credits: attributes.credits,
             created_by: ctx.actor_label().1,
             rotated_from,
         };

@@ -16,6 +16,7 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
 use super::auth::{RequestContext, Scope};
+use super::credits::{CreditService, MAX_COST};
 use super::paging::{ListQuery, Listing, Page};
 use super::usage::ingest::LocalUsage;
 use super::validate::Violations;
@@ -25,6 +26,7 @@ use crate::crypto::Environment;
 use crate::error::{Error, Result};
 pub use crate::store::api_keys::KeyChanges;
 use crate::store::api_keys::{self, KeyFilter, RateLimit};
+use crate::store::credits::Refill;
 use crate::store::{OrgTx, audit};
 use keyplane_proto::usage::Outcome;
 
@@ -57,6 +59,8 @@ pub struct NewKey {
     pub recoverable: bool,
     /// Networks the key may be used from; empty = anywhere.
     pub allowed_cidrs: Vec<String>,
+    /// Uses allowed, with an optional refill; `None` = unlimited.
+    pub credits: Option<(u64, Option<Refill>)>,
 }
 
 /// A key with its plaintext token, returned once.
@@ -83,6 +87,8 @@ pub struct KeyService {
     verifier: Arc<Verifier>,
     /// Where VerifyApiKey outcomes are counted.
     usage: Arc<LocalUsage>,
+    /// Where VerifyApiKey spends credits.
+    credits: Arc<CreditService>,
 }
 
 impl KeyService {
@@ -92,8 +98,9 @@ impl KeyService {
         wakeups: Wakeups,
         verifier: Arc<Verifier>,
         usage: Arc<LocalUsage>,
+        credits: Arc<CreditService>,
     ) -> Self {
-        Self { db, crypto, wakeups, verifier, usage }
+        Self { db, crypto, wakeups, verifier, usage, credits }
     }
 
     /// One key of the caller's org.
@@ -138,9 +145,21 @@ impl KeyService {
         let scope = ctx.verification_scope()?;
         let mut violations = Violations::default();
         violations.scopes("required_scopes", required.scopes);
+        if required.cost > MAX_COST {
+            violations.add("cost", format!("must be at most {MAX_COST}"));
+        }
         violations.finish()?;
         let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
-        let verification = verify::check_requirements(verification, required);
+        let verification = match verify::check_requirements(verification, required) {
+            Verification::Valid(key) if key.credits_remaining.is_some() => {
+                if self.credits.spend(&key, required.cost.max(1)).await? {
+                    Verification::Valid(key)
+                } else {
+                    Verification::Invalid(Failure::CreditsExhausted, Some(key))
+                }
+            }
+            other => other,
+        };
         if let Some(parsed) = self.crypto.tokens.parse(token) {
             self.usage.record(&parsed.key_id(), usage_outcome(&verification));
         }
@@ -155,6 +174,7 @@ fn usage_outcome(verification: &Verification) -> Outcome {
         Verification::Invalid(Failure::WrongEnvironment | Failure::MissingScope | Failure::IpNotAllowed, _) => {
             Outcome::Forbidden
         }
+        Verification::Invalid(Failure::CreditsExhausted, _) => Outcome::RateLimited,
         Verification::Invalid(_, _) => Outcome::Unauthorized,
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::service::validate::Violations;
 use crate::store::api_keys::{self, RateLimit};
+use crate::store::credits::{Refill, RefillPeriod};
 
 /// Shortest TTL accepted at creation.
 pub const MIN_TTL: Duration = Duration::from_secs(60);
@@ -68,6 +69,33 @@ pub fn check_rate_limit(violations: &mut Violations, field: &str, limit: &RateLi
     }
 }
 
+/// Checks a refill: at least one credit, a period of at least a second or
+/// a day of the month from 1 to 31.
+pub fn check_refill(violations: &mut Violations, field: &str, refill: &Refill) {
+    if refill.amount == 0 {
+        violations.add(format!("{field}.amount"), "must be at least 1");
+    }
+    match refill.period {
+        RefillPeriod::Every(every) if every < Duration::from_secs(1) => {
+            violations.add(format!("{field}.every"), "must be at least 1 second");
+        }
+        RefillPeriod::Monthly(day) if !(1..=31).contains(&day) => {
+            violations.add(format!("{field}.monthly_on_day"), "must be between 1 and 31");
+        }
+        _ => {}
+    }
+}
+
+/// Checks a key's credits as given at creation.
+pub fn check_credits(violations: &mut Violations, field: &str, (remaining, refill): &(u64, Option<Refill>)) {
+    if i64::try_from(*remaining).is_err() {
+        violations.add(format!("{field}.remaining"), format!("must be at most {}", i64::MAX));
+    }
+    if let Some(refill) = refill {
+        check_refill(violations, &format!("{field}.refill"), refill);
+    }
+}
+
 /// Data of Keyplane's own `api_key.*` events.
 pub fn event_data(key: &api_keys::Model) -> Value {
     json!({
@@ -90,5 +118,6 @@ pub fn audit_details(key: &api_keys::Model) -> Value {
         "recoverable": key.sealed_token.is_some(),
         "rotated_from": key.rotated_from,
         "allowed_cidrs": key.allowed_cidr_list(),
+        "credits": key.credits_remaining,
     })
 }

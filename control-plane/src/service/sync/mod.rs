@@ -68,7 +68,8 @@ impl SidecarSync {
     }
 }
 
-fn require_sidecar(ctx: &RequestContext) -> Result<()> {
+/// Refuses callers other than sidecars' platform credentials.
+pub fn require_sidecar(ctx: &RequestContext) -> Result<()> {
     if ctx.is_platform() && ctx.has_scope(Scope::Sidecar) {
         Ok(())
     } else {

@@ -1,0 +1,288 @@
+//! Credits: the columns `api_keys.credits_*` as domain values, and the
+//! `credit_leases` table of blocks handed to sidecars. Every function that
+//! moves credits runs in the key's [`OrgTx`], which serialises them per org
+//! (Postgres advisory lock; SQLite has one writer), so a read-then-write is
+//! an atomic decrement.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use sea_orm::ActiveValue::Set;
+use sea_orm::entity::prelude::*;
+use sea_orm::{IntoActiveModel, QueryOrder, QuerySelect};
+
+use super::OrgTx;
+use super::api_keys;
+use crate::error::Result;
+
+/// When credits are refilled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefillPeriod {
+    /// This long after the previous refill.
+    Every(Duration),
+    /// Every day at 00:00 UTC.
+    Daily,
+    /// Every month on this day (1–31, the last day of shorter months) at 00:00 UTC.
+    Monthly(u32),
+}
+
+impl RefillPeriod {
+    /// The stored form: `every:<ms>`, `daily`, `monthly:<day>`.
+    pub fn to_column(self) -> String {
+        match self {
+            RefillPeriod::Every(every) => format!("every:{}", every.as_millis()),
+            RefillPeriod::Daily => "daily".into(),
+            RefillPeriod::Monthly(day) => format!("monthly:{day}"),
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn from_column(text: &str) -> Option<Self> {
+        match text.split_once(':') {
+            None if text == "daily" => Some(RefillPeriod::Daily),
+            Some(("every", ms)) => ms.parse().ok().map(|ms| RefillPeriod::Every(Duration::from_millis(ms))),
+            Some(("monthly", day)) => day.parse().ok().map(RefillPeriod::Monthly),
+            _ => None,
+        }
+    }
+
+    /// The first refill strictly after `after`.
+    pub fn next_after(self, after: DateTime<Utc>) -> DateTime<Utc> {
+        let midnight = |date: NaiveDate| Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default());
+        match self {
+            RefillPeriod::Every(every) => after + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX),
+            RefillPeriod::Daily => midnight(after.date_naive() + chrono::Days::new(1)),
+            RefillPeriod::Monthly(day) => {
+                let on_day = |year: i32, month: u32| {
+                    // The day, or the month's last day when it is shorter.
+                    (1..=day.clamp(1, 31)).rev().find_map(|d| NaiveDate::from_ymd_opt(year, month, d)).map(midnight)
+                };
+                let (year, month) = (after.year(), after.month());
+                let this_month = on_day(year, month).filter(|at| *at > after);
+                let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                this_month.or_else(|| on_day(next_year, next_month)).unwrap_or(after)
+            }
+        }
+    }
+}
+
+/// A refill: `amount` each `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refill {
+    pub amount: u64,
+    pub period: RefillPeriod,
+}
+
+/// A key's credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credits {
+    pub remaining: u64,
+    pub refill: Option<Refill>,
+    /// When the next refill happens (output only).
+    pub next_refill_at: Option<DateTime<Utc>>,
+}
+
+/// A change to the remaining credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreditsChange {
+    Set(u64),
+    Add(u64),
+    Subtract(u64),
+}
+
+impl CreditsChange {
+    /// The remaining credits after the change (a key without credits starts from 0).
+    pub fn apply(self, remaining: Option<i64>) -> i64 {
+        let remaining = remaining.unwrap_or(0);
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        match self {
+            CreditsChange::Set(n) => clamp(n),
+            CreditsChange::Add(n) => remaining.saturating_add(clamp(n)),
+            CreditsChange::Subtract(n) => remaining.saturating_sub(clamp(n)).max(0),
+        }
+    }
+}
+
+/// The refill columns for `refill` from `now`: (amount, period, next refill).
+pub fn refill_columns(
+    refill: Option<Refill>,
+    now: DateTime<Utc>,
+) -> (Option<i64>, Option<String>, Option<DateTime<Utc>>) {
+    match refill {
+        Some(refill) => {
+            (i64::try_from(refill.amount).ok(), Some(refill.period.to_column()), Some(refill.period.next_after(now)))
+        }
+        None => (None, None, None),
+    }
+}
+
+impl api_keys::Model {
+    /// The key's credits, if it is limited to a number of uses.
+    pub fn credits(&self) -> Option<Credits> {
+        let remaining = u64::try_from(self.credits_remaining?).unwrap_or(0);
+        let refill = match (self.credit_refill_amount, self.credit_refill_period.as_deref()) {
+            (Some(amount), Some(period)) => {
+                Some(Refill { amount: u64::try_from(amount).unwrap_or(0), period: RefillPeriod::from_column(period)? })
+            }
+            _ => None,
+        };
+        Some(Credits { remaining, refill, next_refill_at: self.credit_refill_next_at })
+    }
+}
+
+/// A `credit_leases` row: credits taken from a key for a sidecar to spend.
+#[sea_orm::model]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "credit_leases")]
+pub struct Model {
+    /// `lse_…`.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub org_id: String,
+    pub key_id: String,
+    pub granted: i64,
+    /// The key's next refill when granted: a refill since voids the return.
+    pub period: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// Sets `key`'s remaining credits to `remaining`.
+async fn set_remaining(tx: &OrgTx, key: api_keys::Model, remaining: i64) -> Result<api_keys::Model> {
+    let mut row = key.into_active_model();
+    row.credits_remaining = Set(Some(remaining));
+    Ok(row.update(tx.conn()).await?)
+}
+
+/// Takes up to `wanted` credits from `key` (loaded in the transaction's
+/// org) into a new lease lasting `ttl`; `None` when none are left.
+pub async fn lease(tx: &OrgTx, key: api_keys::Model, wanted: u64, ttl: Duration) -> Result<Option<Model>> {
+    let Some(remaining) = key.credits_remaining.filter(|r| *r > 0) else { return Ok(None) };
+    let granted = i64::try_from(wanted).unwrap_or(i64::MAX).min(remaining);
+    let period = key.credit_refill_next_at;
+    let key = set_remaining(tx, key, remaining - granted).await?;
+    let now = super::now();
+    let lease = ActiveModel {
+        id: Set(crate::crypto::new_id("lse")),
+        org_id: Set(tx.org().to_owned()),
+        key_id: Set(key.id),
+        granted: Set(granted),
+        period: Set(period),
+        created_at: Set(now),
+        expires_at: Set(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)),
+    };
+    Ok(Some(lease.insert(tx.conn()).await?))
+}
+
+/// Spends `cost` credits of `key` at once (VerifyApiKey); false, spending
+/// nothing, when fewer are left.
+pub async fn spend(tx: &OrgTx, key: api_keys::Model, cost: u64) -> Result<bool> {
+    let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+    match key.credits_remaining {
+        Some(remaining) if remaining >= cost => set_remaining(tx, key, remaining - cost).await.map(|_| true),
+        _ => Ok(false),
+    }
+}
+
+/// The lease `id` of any org, if it still exists (`(org, lease)`): returns
+/// come from sidecars, which are platform credentials.
+pub async fn find_lease(db: &impl ConnectionTrait, id: &str) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id.to_owned()).one(db).await?)
+}
+
+/// Ends `lease` (loaded in the transaction's org), giving back up to
+/// `unused` credits if it has not expired and the key was not refilled
+/// since. Returns the credits given back.
+pub async fn give_back(tx: &OrgTx, lease: Model, unused: u64) -> Result<u64> {
+    // Deleting first makes a return count once, whoever returns it.
+    let deleted = Entity::delete_by_id(lease.id.clone()).exec(tx.conn()).await?.rows_affected;
+    if deleted == 0 || lease.expires_at <= super::now() {
+        return Ok(0);
+    }
+    let Some(key) = api_keys::find(tx.conn(), tx.org(), &lease.key_id).await? else { return Ok(0) };
+    let returned = i64::try_from(unused).unwrap_or(i64::MAX).min(lease.granted);
+    match key.credits_remaining {
+        Some(remaining) if key.credit_refill_next_at == lease.period => {
+            set_remaining(tx, key, remaining.saturating_add(returned)).await?;
+            Ok(u64::try_from(returned).unwrap_or(0))
+        }
+        _ => Ok(0),
+    }
+}
+
+/// Up to `limit` keys of every org whose refill is due at `now`: `(org, id)`.
+pub async fn due_refills(db: &impl ConnectionTrait, now: DateTime<Utc>, limit: u64) -> Result<Vec<(String, String)>> {
+    Ok(api_keys::Entity::find()
+        .select_only()
+        .column(api_keys::Column::OrgId)
+        .column(api_keys::Column::Id)
+        .filter(api_keys::Column::CreditRefillNextAt.lte(now))
+        .order_by_asc(api_keys::Column::CreditRefillNextAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Refills `key` (loaded in the transaction's org) if due at `now`: sets
+/// its credits to the refill amount and schedules the next refill.
+pub async fn refill(tx: &OrgTx, key: api_keys::Model, now: DateTime<Utc>) -> Result<Option<api_keys::Model>> {
+    let Some(Credits { refill: Some(refill), next_refill_at: Some(due), .. }) = key.credits() else { return Ok(None) };
+    if due > now {
+        return Ok(None);
+    }
+    let mut row = key.into_active_model();
+    row.credits_remaining = Set(Some(i64::try_from(refill.amount).unwrap_or(i64::MAX)));
+    row.credit_refill_next_at = Set(Some(refill.period.next_after(now)));
+    Ok(Some(row.update(tx.conn()).await?))
+}
+
+/// Deletes up to `limit` leases that ended before `before` (their unspent
+/// credits count as spent).
+pub async fn purge_leases(db: &impl ConnectionTrait, before: DateTime<Utc>, limit: u64) -> Result<u64> {
+    let ids: Vec<String> = Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .filter(Column::ExpiresAt.lt(before))
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(Entity::delete_many().filter(Column::Id.is_in(ids)).exec(db).await?.rows_affected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn refill_periods() {
+        let now = at("2026-01-31T10:00:00Z");
+        assert_eq!(RefillPeriod::Daily.next_after(now), at("2026-02-01T00:00:00Z"));
+        assert_eq!(RefillPeriod::Monthly(31).next_after(now), at("2026-02-28T00:00:00Z"));
+        assert_eq!(RefillPeriod::Monthly(1).next_after(now), at("2026-02-01T00:00:00Z"));
+        assert_eq!(RefillPeriod::Monthly(31).next_after(at("2026-01-15T00:00:00Z")), at("2026-01-31T00:00:00Z"));
+        assert_eq!(RefillPeriod::Monthly(5).next_after(at("2026-12-20T00:00:00Z")), at("2027-01-05T00:00:00Z"));
+        let hourly = RefillPeriod::Every(Duration::from_secs(3600));
+        assert_eq!(hourly.next_after(now), at("2026-01-31T11:00:00Z"));
+        for period in [hourly, RefillPeriod::Daily, RefillPeriod::Monthly(7)] {
+            assert_eq!(RefillPeriod::from_column(&period.to_column()), Some(period));
+        }
+    }
+
+    #[test]
+    fn changes_never_go_below_zero() {
+        assert_eq!(CreditsChange::Subtract(5).apply(Some(3)), 0);
+        assert_eq!(CreditsChange::Add(5).apply(None), 5);
+        assert_eq!(CreditsChange::Set(7).apply(Some(100)), 7);
+    }
+}
