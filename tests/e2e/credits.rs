@@ -6,13 +6,18 @@
 use std::time::Duration;
 
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::{Authed, Backend, TestControlPlane, TestSidecar, both_backends, eventually, random_org};
+use keyplane_proto::sync::v1 as sync;
+use keyplane_tests::{
+    Authed, Backend, TestControlPlane, TestSidecar, assert_invalid_field, both_backends, eventually, random_org,
+};
 use sea_orm::{ConnectionTrait, Statement};
+use tonic::Code;
 
 both_backends!(
     credits_are_exact_across_sidecars_and_replicas,
     a_killed_sidecar_strands_at_most_its_lease,
-    refills_costs_and_verify_api_key
+    refills_costs_and_verify_api_key,
+    credit_calls_are_checked
 );
 
 type Keys = pb::api_key_service_client::ApiKeyServiceClient<Authed>;
@@ -185,5 +190,66 @@ async fn refills_costs_and_verify_api_key(backend: Backend) {
     assert_eq!(refused.failure(), pb::VerifyFailure::CreditsExhausted);
     let audited = plane.audit_events(&org, "api_key.updated").await;
     assert!(audited.iter().any(|event| format!("{:?}", event.metadata).contains("set(5)")), "{audited:?}");
+    plane.stop().await;
+}
+
+async fn credit_calls_are_checked(backend: Backend) {
+    let Some(plane) = TestControlPlane::start(backend).await else { return };
+    let org = random_org();
+    let mut keys = plane.keys(&plane.root_token).await;
+    let (id, _) = key_with_credits(&mut keys, &org, pb::Credits { remaining: 10, refill: None }).await;
+    let (unlimited, _) = plane.create_key(&org, &[]).await;
+    let lease =
+        |key_id: &str, requested| sync::LeaseCreditsRequest { key_id: key_id.to_owned(), requested, at_least: 1 };
+
+    // Only platform credentials lease (org keyplane): not an org's key, whatever its scopes.
+    let (_, org_sidecar) = plane.create_key(&org, &["keyplane:sidecar"]).await;
+    let (_, org_admin) = plane.create_key(&org, &["keyplane:admin"]).await;
+    for token in [&org_sidecar, &org_admin] {
+        let refused = plane.key_sync(token).await.lease_credits(lease(&id, 5)).await.expect_err("not a sidecar");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        let returned = plane.key_sync(token).await.return_credits(sync::ReturnCreditsRequest::default()).await;
+        assert_eq!(returned.expect_err("not a sidecar").code(), Code::PermissionDenied);
+    }
+    let (_, sidecar) = plane.create_key("keyplane", &["keyplane:sidecar"]).await;
+    let mut sync = plane.key_sync(&sidecar).await;
+    assert_invalid_field(&sync.lease_credits(lease(&id, 0)).await.expect_err("zero"), "requested");
+    assert_eq!(sync.lease_credits(lease("key_absent", 1)).await.expect_err("absent").code(), Code::NotFound);
+    let unlimited = sync.lease_credits(lease(&unlimited.id, 1)).await.expect_err("no credits");
+    assert_eq!(unlimited.code(), Code::FailedPrecondition);
+
+    // A lease is given back once, however often it is returned.
+    let granted = sync.lease_credits(lease(&id, 5)).await.expect("lease").into_inner();
+    assert_eq!(granted.granted, 3, "at most a quarter of 10, rounded up");
+    assert_eq!(remaining(&mut keys, &org, &id).await, 7);
+    let give_back = sync::ReturnCreditsRequest { lease_id: granted.lease_id, unused: 99 };
+    assert_eq!(sync.return_credits(give_back.clone()).await.expect("return").into_inner().returned, 3);
+    assert_eq!(sync.return_credits(give_back).await.expect("return again").into_inner().returned, 0);
+    assert_eq!(remaining(&mut keys, &org, &id).await, 10);
+
+    // Bad credits name their field.
+    let refill = |amount, period| pb::CreditRefill { amount, period: Some(period), next_refill_at: None };
+    let half_second = pb::credit_refill::Period::Every(prost_types::Duration { seconds: 0, nanos: 500_000_000 });
+    let create = |refill| pb::CreateApiKeyRequest {
+        org_id: org.clone(),
+        name: "bad".into(),
+        credits: Some(pb::Credits { remaining: 1, refill: Some(refill) }),
+        ..Default::default()
+    };
+    let refused = keys.create_api_key(create(refill(0, half_second))).await.expect_err("bad refill");
+    assert_invalid_field(&refused, "credits.refill.amount");
+    assert_invalid_field(&refused, "credits.refill.every");
+    let day_32 = refill(1, pb::credit_refill::Period::MonthlyOnDay(32));
+    assert_invalid_field(
+        &keys.create_api_key(create(day_32)).await.expect_err("day 32"),
+        "credits.refill.monthly_on_day",
+    );
+    let no_change = pb::UpdateApiKeyRequest {
+        org_id: org.clone(),
+        id: id.clone(),
+        update: Some(pb::ApiKeyUpdate::default()),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["credits".into()] }),
+    };
+    assert_invalid_field(&keys.update_api_key(no_change).await.expect_err("no change"), "update.credits");
     plane.stop().await;
 }

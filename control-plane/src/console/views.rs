@@ -158,6 +158,8 @@ pub struct KeyDetail {
     pub metadata_input: String,
     /// Allowed client networks, space-separated (`anywhere` when none).
     pub allowed_cidrs: String,
+    /// Remaining credits and the next refill, or `unlimited`.
+    pub credits: String,
     pub allowed_cidrs_input: String,
 }
 

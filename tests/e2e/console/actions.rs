@@ -43,6 +43,8 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     for field in ["ttl", "metadata"] {
         assert!(bad.body.contains(&format!("<code>{field}</code>")), "{field} is named: {}", bad.body);
     }
+    let bad = browser.post("/keys", &[("name", "x"), ("allowed_cidrs", "10.0.0.0/8 10/33")]).await;
+    assert!(bad.body.contains("<code>allowed_cidrs[1]</code>"), "{}", bad.body);
 
     let created = browser
         .post(
@@ -56,6 +58,7 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
                 ("rate_limit_window", "1m"),
                 ("metadata", r#"{"team":"orders"}"#),
                 ("recoverable", "on"),
+                ("allowed_cidrs", "10.1.2.3/8 192.0.2.7"),
             ],
         )
         .await;
@@ -82,6 +85,7 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     let page = browser.get(&format!("/keys/{key_id}")).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("orders:read orders:write") && page.body.contains("100/1m"));
+    assert!(page.body.contains("10.0.0.0/8 192.0.2.7/32") && page.body.contains("unlimited"), "networks, credits");
     assert!(page.body.contains("<svg class=\"chart\""), "a usage graph");
     for granularity in ["minute", "hour", "day"] {
         assert_eq!(browser.get(&format!("/keys/{key_id}?granularity={granularity}")).await.status, 200);
@@ -98,12 +102,13 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
                 ("expires_at", ""),
                 ("rate_limit", ""),
                 ("metadata", ""),
+                ("allowed_cidrs", ""),
             ],
         )
         .await;
     assert_eq!(updated.status, 303, "{}", updated.body);
     let page = browser.get(&format!("/keys/{key_id}")).await;
-    assert!(page.body.contains("edited") && page.body.contains(">none<"));
+    assert!(page.body.contains("edited") && page.body.contains(">none<") && page.body.contains(">anywhere<"));
 
     // Reveal (recoverable) shows the same token.
     let revealed = browser.post(&format!("/keys/{key_id}/reveal"), &[]).await;

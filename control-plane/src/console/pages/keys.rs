@@ -232,6 +232,18 @@ fn detail(key: &ApiKey) -> KeyDetail {
             list => list.join(" "),
         },
         allowed_cidrs_input: key.allowed_cidr_list().join(" "),
+        credits: match key.credits() {
+            None => "unlimited".to_owned(),
+            Some(credits) => match credits.next_refill_at {
+                Some(at) => format!(
+                    "{} left, refilled to {} at {}",
+                    credits.remaining,
+                    credits.refill.map_or(0, |r| r.amount),
+                    when(at)
+                ),
+                None => format!("{} left", credits.remaining),
+            },
+        },
     }
 }
 
