@@ -8,7 +8,8 @@
 //! its current lease, which counts as spent when it ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use keyplane_proto::sync::v1 as pb;
@@ -17,8 +18,9 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::metrics::Metrics;
 use crate::sync::ControlPlaneClient;
 
-/// Most credits one lease asks for.
-const MAX_REQUEST: u64 = 1000;
+/// Most credits one lease asks for: at that size a busy key costs one lease
+/// call (during which its checks wait) per 10,000 checks.
+const MAX_REQUEST: u64 = 10_000;
 /// First lease size for a key.
 const FIRST_REQUEST: u64 = 10;
 /// How long "none left" is believed before asking again (a refill or a
@@ -39,11 +41,37 @@ pub enum Spend {
     Unavailable,
 }
 
-/// One key's current lease.
+/// When deadlines are counted from (they are kept as nanoseconds in an atomic).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One key's credits: what the current lease has left, spent without a
+/// lock while its deadline is ahead, and the lease itself, locked while it
+/// is renewed or given back.
+#[derive(Default)]
+struct KeyCredits {
+    /// Credits left in the current lease.
+    available: AtomicU64,
+    /// The lease's spending deadline ([`nanos_since_epoch`]; 0 = no lease).
+    deadline: AtomicU64,
+    lease: AsyncMutex<KeyLease>,
+}
+
+impl KeyCredits {
+    /// Spends `cost` from the current lease, if it has that many and time left.
+    fn try_spend(&self, cost: u64) -> bool {
+        self.deadline.load(Ordering::Acquire) > nanos_since_epoch(Instant::now())
+            && self.available.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(cost)).is_ok()
+    }
+}
+
+/// The current lease of a key, apart from its credits.
 #[derive(Debug)]
 struct KeyLease {
     lease_id: String,
-    available: u64,
     granted_at: Instant,
     /// Spend nothing from the lease after this.
     deadline: Instant,
@@ -57,7 +85,6 @@ impl Default for KeyLease {
         let now = Instant::now();
         Self {
             lease_id: String::new(),
-            available: 0,
             granted_at: now,
             deadline: now,
             next_request: FIRST_REQUEST,
@@ -78,50 +105,58 @@ pub struct CreditLeases {
     client: ControlPlaneClient,
     timeout: Duration,
     metrics: Arc<Metrics>,
-    /// A key's lease is locked while it is renewed: concurrent checks of
-    /// one key wait for one LeaseCredits call instead of each making one.
-    keys: Mutex<HashMap<String, Arc<AsyncMutex<KeyLease>>>>,
+    keys: RwLock<HashMap<String, Arc<KeyCredits>>>,
 }
 
 impl CreditLeases {
     /// Leases through `client`, each call waiting at most `timeout`.
     pub fn new(client: ControlPlaneClient, timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { client, timeout, metrics, keys: Mutex::new(HashMap::new()) }
+        Self { client, timeout, metrics, keys: RwLock::new(HashMap::new()) }
     }
 
-    fn entry(&self, key_id: &str) -> Arc<AsyncMutex<KeyLease>> {
-        let mut keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn entry(&self, key_id: &str) -> Arc<KeyCredits> {
+        if let Some(entry) = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key_id) {
+            return entry.clone();
+        }
+        let mut keys = self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         keys.entry(key_id.to_owned()).or_default().clone()
     }
 
-    /// Spends `cost` credits of `key_id`.
+    /// Spends `cost` credits of `key_id`: from the current lease without a
+    /// lock; otherwise concurrent checks of the key wait for one renewal.
     pub async fn spend(&self, key_id: &str, cost: u64) -> Spend {
-        let entry = self.entry(key_id);
-        let mut lease = entry.lock().await;
-        let now = Instant::now();
-        if lease.deadline <= now && lease.available > 0 {
-            // Time is up: give the rest back, and ask for less next time.
-            lease.next_request = (lease.next_request / 2).max(1);
-            self.give_back(&mut lease).await;
-        }
-        if lease.available >= cost {
-            lease.available -= cost;
+        // The common case touches only the map's read lock and the counter.
+        let spent =
+            self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key_id).map(|e| e.try_spend(cost));
+        if spent == Some(true) {
             return Spend::Spent;
         }
-        if lease.exhausted_until.is_some_and(|until| until > now) {
-            return Spend::Exhausted(lease.retry_after());
+        let entry = self.entry(key_id);
+        let mut lease = entry.lease.lock().await;
+        if entry.try_spend(cost) {
+            // Renewed while this check waited.
+            return Spend::Spent;
         }
-        if lease.available > 0 {
+        let now = Instant::now();
+        let left = entry.available.load(Ordering::Acquire);
+        if lease.deadline <= now && left > 0 {
+            // Time is up: give the rest back, and ask for less next time.
+            lease.next_request = (lease.next_request / 2).max(1);
+            self.give_back(&entry, &mut lease).await;
+        } else if left > 0 {
             // Too few for this check: give them back rather than strand them.
-            self.give_back(&mut lease).await;
+            self.give_back(&entry, &mut lease).await;
         } else if now.duration_since(lease.granted_at) < (lease.deadline - lease.granted_at) / 4 {
             // Spent within a quarter of its time: the key is busy, lease more.
             lease.next_request = (lease.next_request * 2).min(MAX_REQUEST);
         }
-        self.renew(key_id, &mut lease, cost).await
+        if lease.exhausted_until.is_some_and(|until| until > now) {
+            return Spend::Exhausted(lease.retry_after());
+        }
+        self.renew(key_id, &entry, &mut lease, cost).await
     }
 
-    async fn renew(&self, key_id: &str, lease: &mut KeyLease, cost: u64) -> Spend {
+    async fn renew(&self, key_id: &str, entry: &KeyCredits, lease: &mut KeyLease, cost: u64) -> Spend {
         let request = pb::LeaseCreditsRequest {
             key_id: key_id.to_owned(),
             requested: lease.next_request.max(cost),
@@ -150,17 +185,18 @@ impl CreditLeases {
         }
         self.metrics.credit_leases.get_or_create(&[("result", "granted")]).inc();
         lease.lease_id = answer.lease_id;
-        lease.available = answer.granted - cost;
         lease.granted_at = asked;
         lease.deadline = asked + ttl.mul_f64(LEASE_USE);
         lease.exhausted_until = None;
+        entry.available.store(answer.granted - cost, Ordering::Release);
+        entry.deadline.store(nanos_since_epoch(lease.deadline), Ordering::Release);
         Spend::Spent
     }
 
-    /// Gives the unspent rest of `lease` back (best effort: if it fails,
+    /// Gives the unspent rest of the lease back (best effort: if it fails,
     /// the credits count as spent when the lease ends).
-    async fn give_back(&self, lease: &mut KeyLease) {
-        let unused = std::mem::take(&mut lease.available);
+    async fn give_back(&self, entry: &KeyCredits, lease: &mut KeyLease) {
+        let unused = entry.available.swap(0, Ordering::AcqRel);
         let lease_id = std::mem::take(&mut lease.lease_id);
         if unused == 0 || lease_id.is_empty() {
             return;
@@ -176,26 +212,26 @@ impl CreditLeases {
 
     /// A key changed (a refill, an update): believe "none left" no longer.
     pub async fn key_changed(&self, key_id: &str) {
-        let entry = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key_id).cloned();
+        let entry = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key_id).cloned();
         if let Some(entry) = entry {
-            entry.lock().await.exhausted_until = None;
+            entry.lease.lock().await.exhausted_until = None;
         }
     }
 
     /// A key ended (revoked, deleted, expired): give its credits back.
     pub async fn key_ended(&self, key_id: &str) {
-        let entry = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key_id);
+        let entry = self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(key_id);
         if let Some(entry) = entry {
-            self.give_back(&mut *entry.lock().await).await;
+            self.give_back(&entry, &mut *entry.lease.lock().await).await;
         }
     }
 
     /// Gives every lease back: graceful shutdown.
     pub async fn return_all(&self) {
         let entries: Vec<_> =
-            self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain().map(|(_, e)| e).collect();
+            self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()).drain().map(|(_, e)| e).collect();
         for entry in entries {
-            self.give_back(&mut *entry.lock().await).await;
+            self.give_back(&entry, &mut *entry.lease.lock().await).await;
         }
     }
 }

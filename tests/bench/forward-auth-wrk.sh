@@ -5,7 +5,8 @@
 # and python3. Everything listens on loopback and stops at exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# SIDECAR=/path/to/keyplane-sidecar compares another build (e.g. an older commit).
+# SIDECAR=/path/to/keyplane-sidecar compares another build (e.g. an older commit);
+# CREDITS=0 skips the run with a key that has credits (builds without them).
 SIDECAR=${SIDECAR:-target/release/keyplane-sidecar}
 DATA=$(mktemp -d)
 target/release/keyplane serve --data-dir "$DATA" --listen 127.0.0.1:50551 --console-listen off >"$DATA/control-plane.log" 2>&1 &
@@ -19,6 +20,10 @@ grpcurl -plaintext -H "authorization: Bearer $ROOT" -d '{"org_id": "keyplane", "
   127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]' > "$DATA"/sidecar-credential
 TOKEN=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" -d '{"org_id": "acme", "name": "bench", "scopes": ["orders:read"]}' \
   127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
+# A busy key with plenty of credits (spent from leases), for the credits-on run.
+METERED=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" \
+  -d '{"org_id": "acme", "name": "metered", "scopes": ["orders:read"], "credits": {"remaining": "1000000000"}}' \
+  127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
 "$SIDECAR" --control-plane http://127.0.0.1:50551 --credential-file "$DATA"/sidecar-credential \
   --grpc-listen 127.0.0.1:50561 --http-listen 127.0.0.1:18081 >"$DATA/sidecar.log" 2>&1 &
 SC=$!
@@ -28,4 +33,9 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && bre
 curl -s -o /dev/null -w "warm-up check: %{http_code}\n" -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check
 echo "== hello"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
 echo "== sidecar /check"; wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "Requests/sec|  50%|  99%|Non-2xx"
+if [ "${CREDITS:-1}" = 1 ]; then
+  echo "== sidecar /check, a key with credits"
+  wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $METERED" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"
+  echo "lease round trips:"; curl -s http://127.0.0.1:18081/metrics | grep -E "^keyplane_sidecar_credit_leases_total" || true
+fi
 echo "== hello again"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"

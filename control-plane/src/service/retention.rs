@@ -22,11 +22,11 @@ const PURGE_BATCH: u64 = 1000;
 pub async fn purge_key_events(db: DatabaseConnection, retention: Duration, every: Duration, stop: CancellationToken) {
     repeat(every, stop, || async {
         let cutoff = store::now() - retention;
-        match key_events::delete_before(&db, cutoff).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "compacted the key-event log"),
-            Err(error) => tracing::warn!(%error, "key-event retention failed"),
-        }
+        log_outcome(
+            key_events::delete_before(&db, cutoff).await,
+            "compacted the key-event log",
+            "key-event retention failed",
+        );
     })
     .await;
 }
@@ -39,11 +39,8 @@ pub async fn purge_delivered_webhooks(db: DatabaseConnection, retention: Duratio
     let every = (retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
     repeat(every, stop, || async {
         let cutoff = store::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        match purge_delivered_before(&db, cutoff).await {
-            Ok(0) => {}
-            Ok(count) => tracing::info!(count, "purged succeeded webhook deliveries past retention"),
-            Err(error) => tracing::warn!(%error, "purging webhook deliveries failed"),
-        }
+        let purged = purge_delivered_before(&db, cutoff).await;
+        log_outcome(purged, "purged succeeded webhook deliveries past retention", "purging webhook deliveries failed");
     })
     .await;
 }
@@ -65,15 +62,10 @@ pub async fn purge_usage_rollups(
                 let before = older_than(retention.of(granularity));
                 while usage::purge_before(&db, granularity, before, PURGE_BATCH).await.inspect(|n| total += n)? > 0 {}
             }
-            let before = older_than(dedup_window);
-            while usage::purge_reports_before(&db, before, PURGE_BATCH).await? == PURGE_BATCH {}
+            drain(|| usage::purge_reports_before(&db, older_than(dedup_window), PURGE_BATCH)).await?;
             Ok::<_, crate::Error>(total)
         };
-        match purged.await {
-            Ok(0) => {}
-            Ok(count) => tracing::info!(count, "purged usage rollups past retention"),
-            Err(error) => tracing::warn!(%error, "purging usage rollups failed"),
-        }
+        log_outcome(purged.await, "purged usage rollups past retention", "purging usage rollups failed");
     })
     .await;
 }
@@ -81,16 +73,8 @@ pub async fn purge_usage_rollups(
 /// Marks keys past their expiry `expired` every `every`, in batches.
 pub async fn expire_keys(keys: Arc<KeyService>, every: Duration, stop: CancellationToken) {
     repeat(every, stop, || async {
-        let mut total = 0;
-        let swept = async {
-            while keys.expire_due(PURGE_BATCH).await.inspect(|n| total += n)? == PURGE_BATCH {}
-            Ok::<_, crate::Error>(())
-        };
-        match swept.await {
-            Ok(()) if total == 0 => {}
-            Ok(()) => tracing::info!(count = total, "marked keys past their expiry expired"),
-            Err(error) => tracing::warn!(%error, "the expiry sweep failed"),
-        }
+        let swept = drain(|| keys.expire_due(PURGE_BATCH)).await;
+        log_outcome(swept, "marked keys past their expiry expired", "the expiry sweep failed");
     })
     .await;
 }
@@ -98,16 +82,10 @@ pub async fn expire_keys(keys: Arc<KeyService>, every: Duration, stop: Cancellat
 /// Refills credits that are due and forgets leases that ended, every `every`.
 pub async fn refill_credits(credits: Arc<CreditService>, every: Duration, stop: CancellationToken) {
     repeat(every, stop, || async {
-        let mut total = 0;
-        let refilled = async {
-            while credits.refill_due(PURGE_BATCH).await.inspect(|n| total += n)? == PURGE_BATCH {}
-            while credits.purge_ended_leases(PURGE_BATCH).await? == PURGE_BATCH {}
-            Ok::<_, crate::Error>(())
-        };
-        match refilled.await {
-            Ok(()) if total == 0 => {}
-            Ok(()) => tracing::info!(count = total, "refilled credits"),
-            Err(error) => tracing::warn!(%error, "refilling credits failed"),
+        let refilled = drain(|| credits.refill_due(PURGE_BATCH)).await;
+        log_outcome(refilled, "refilled credits", "refilling credits failed");
+        if let Err(error) = drain(|| credits.purge_ended_leases(PURGE_BATCH)).await {
+            tracing::warn!(%error, "forgetting ended credit leases failed");
         }
     })
     .await;
@@ -119,18 +97,31 @@ pub async fn purge_ended_keys(keys: Arc<KeyService>, retention: Duration, stop: 
     let every = (retention / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
     repeat(every, stop, || async {
         let cutoff = store::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let mut total = 0;
-        let purged = async {
-            while keys.delete_ended_before(cutoff, PURGE_BATCH).await.inspect(|n| total += n)? == PURGE_BATCH {}
-            Ok::<_, crate::Error>(())
-        };
-        match purged.await {
-            Ok(()) if total == 0 => {}
-            Ok(()) => tracing::info!(count = total, "deleted keys ended longer ago than retention"),
-            Err(error) => tracing::warn!(%error, "key retention failed"),
-        }
+        let purged = drain(|| keys.delete_ended_before(cutoff, PURGE_BATCH)).await;
+        log_outcome(purged, "deleted keys ended longer ago than retention", "key retention failed");
     })
     .await;
+}
+
+/// Runs `batch` until it handles less than a full batch; how many in all.
+async fn drain<F: Future<Output = Result<u64>>>(mut batch: impl FnMut() -> F) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let handled = batch().await?;
+        total += handled;
+        if handled < PURGE_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Logs what a periodic job did (nothing when it had nothing to do).
+fn log_outcome(outcome: Result<u64>, done: &str, failed: &str) {
+    match outcome {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "{done}"),
+        Err(error) => tracing::warn!(%error, "{failed}"),
+    }
 }
 
 /// Deletes console sessions past their end (idle or absolute), every minute.
@@ -146,15 +137,8 @@ pub async fn purge_console_sessions(sessions: std::sync::Arc<super::SessionServi
 }
 
 async fn purge_delivered_before(db: &DatabaseConnection, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
-    let mut total = 0;
-    loop {
-        let purged = deliveries::purge_succeeded(db, cutoff, PURGE_BATCH).await?;
-        total += purged;
-        if purged < PURGE_BATCH {
-            break;
-        }
-    }
-    while events::purge_unreferenced(db, cutoff, PURGE_BATCH).await? == PURGE_BATCH {}
+    let total = drain(|| deliveries::purge_succeeded(db, cutoff, PURGE_BATCH)).await?;
+    drain(|| events::purge_unreferenced(db, cutoff, PURGE_BATCH)).await?;
     Ok(total)
 }
 
