@@ -227,6 +227,23 @@ async fn credit_calls_are_checked(backend: Backend) {
     assert_eq!(sync.return_credits(give_back).await.expect("return again").into_inner().returned, 0);
     assert_eq!(remaining(&mut keys, &org, &id).await, 10);
 
+    // Setting a new count voids what leases hold: their return gives nothing back.
+    let granted = sync.lease_credits(lease(&id, 5)).await.expect("lease").into_inner();
+    assert_eq!(granted.granted, 3);
+    let set_to = |n| pb::UpdateApiKeyRequest {
+        org_id: org.clone(),
+        id: id.clone(),
+        update: Some(pb::ApiKeyUpdate {
+            credits: Some(pb::CreditsChange { change: Some(pb::credits_change::Change::Set(n)) }),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["credits".into()] }),
+    };
+    keys.update_api_key(set_to(20)).await.expect("set");
+    let give_back = sync::ReturnCreditsRequest { lease_id: granted.lease_id, unused: 3 };
+    assert_eq!(sync.return_credits(give_back).await.expect("return").into_inner().returned, 0);
+    assert_eq!(remaining(&mut keys, &org, &id).await, 20);
+
     // Bad credits name their field.
     let refill = |amount, period| pb::CreditRefill { amount, period: Some(period), next_refill_at: None };
     let half_second = pb::credit_refill::Period::Every(prost_types::Duration { seconds: 0, nanos: 500_000_000 });

@@ -320,6 +320,10 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
         row.allowed_cidrs = Set(cidr_column(cidrs));
     }
     if let Some(change) = changes.credits {
+        if let CreditsChange::Set(_) = change {
+            // A new count starts afresh: what leases hold is not given back into it.
+            credits::forget_leases(tx, row.id.as_ref()).await?;
+        }
         row.credits_remaining = Set(Some(change.apply(row.credits_remaining.take().flatten())));
     }
     if let Some(refill) = changes.credit_refill {

@@ -212,6 +212,14 @@ pub async fn give_back(tx: &OrgTx, lease: Model, unused: u64) -> Result<u64> {
     }
 }
 
+/// Ends every lease of key `key_id` of the transaction's org without giving
+/// anything back (their credits count as spent).
+pub async fn forget_leases(tx: &OrgTx, key_id: &str) -> Result<()> {
+    let leases = Entity::delete_many().filter(Column::KeyId.eq(key_id)).filter(Column::OrgId.eq(tx.org()));
+    leases.exec(tx.conn()).await?;
+    Ok(())
+}
+
 /// Up to `limit` keys of every org whose refill is due at `now`: `(org, id)`.
 pub async fn due_refills(db: &impl ConnectionTrait, now: DateTime<Utc>, limit: u64) -> Result<Vec<(String, String)>> {
     Ok(api_keys::Entity::find()
