@@ -109,6 +109,12 @@ pub struct NewKeyForm {
     pub recoverable: Option<String>,
     /// Networks, comma- or space-separated; empty for anywhere.
     pub allowed_cidrs: String,
+    /// Uses allowed; empty for unlimited.
+    pub credits: String,
+    /// Credits each refill sets; empty for no refill.
+    pub refill_amount: String,
+    /// `daily`, `monthly:<day>` or a duration such as `1h`.
+    pub refill_period: String,
 }
 
 #[derive(Template)]

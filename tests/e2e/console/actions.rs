@@ -45,6 +45,12 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     }
     let bad = browser.post("/keys", &[("name", "x"), ("allowed_cidrs", "10.0.0.0/8 10/33")]).await;
     assert!(bad.body.contains("<code>allowed_cidrs[1]</code>"), "{}", bad.body);
+    let bad = browser.post("/keys", &[("name", "x"), ("credits", "lots")]).await;
+    assert!(bad.body.contains("<code>credits.remaining</code>"), "{}", bad.body);
+    let bad = browser
+        .post("/keys", &[("name", "x"), ("credits", "5"), ("refill_amount", "5"), ("refill_period", "weekly")])
+        .await;
+    assert!(bad.body.contains("<code>credits.refill.period</code>"), "{}", bad.body);
 
     let created = browser
         .post(
@@ -59,6 +65,9 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
                 ("metadata", r#"{"team":"orders"}"#),
                 ("recoverable", "on"),
                 ("allowed_cidrs", "10.1.2.3/8 192.0.2.7"),
+                ("credits", "50"),
+                ("refill_amount", "50"),
+                ("refill_period", "daily"),
             ],
         )
         .await;
@@ -85,7 +94,8 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     let page = browser.get(&format!("/keys/{key_id}")).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("orders:read orders:write") && page.body.contains("100/1m"));
-    assert!(page.body.contains("10.0.0.0/8 192.0.2.7/32") && page.body.contains("unlimited"), "networks, credits");
+    assert!(page.body.contains("10.0.0.0/8 192.0.2.7/32"), "networks");
+    assert!(page.body.contains("50 left, refilled to 50 at"), "credits");
     assert!(page.body.contains("<svg class=\"chart\""), "a usage graph");
     for granularity in ["minute", "hour", "day"] {
         assert_eq!(browser.get(&format!("/keys/{key_id}?granularity={granularity}")).await.status, 200);
@@ -103,12 +113,15 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
                 ("rate_limit", ""),
                 ("metadata", ""),
                 ("allowed_cidrs", ""),
+                ("credits_change", "add"),
+                ("credits_amount", "5"),
             ],
         )
         .await;
     assert_eq!(updated.status, 303, "{}", updated.body);
     let page = browser.get(&format!("/keys/{key_id}")).await;
     assert!(page.body.contains("edited") && page.body.contains(">none<") && page.body.contains(">anywhere<"));
+    assert!(page.body.contains("55 left"), "credits added");
 
     // Reveal (recoverable) shows the same token.
     let revealed = browser.post(&format!("/keys/{key_id}/reveal"), &[]).await;

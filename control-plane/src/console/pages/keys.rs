@@ -21,7 +21,9 @@ use crate::console::views::{
 use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
 use crate::service::paging::ListQuery;
-use crate::service::records::{ApiKey, Environment, KeyFilter, KeyStatus, RateLimit};
+use crate::service::records::{
+    ApiKey, CreditsChange, Environment, KeyFilter, KeyStatus, RateLimit, Refill, RefillPeriod,
+};
 use crate::store::usage::Granularity;
 
 pub async fn list(
@@ -98,6 +100,7 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
     let ttl = violations.absorb(duration("ttl", &form.ttl))?.flatten();
     let rate_limit = violations.absorb(rate_limit_of(&form.rate_limit_requests, &form.rate_limit_window))?.flatten();
     let metadata = violations.absorb(metadata("metadata", &form.metadata))?.flatten();
+    let credits = violations.absorb(credits_of(form))?.flatten();
     violations.finish()?;
     Ok(NewKey {
         org_id: org,
@@ -110,8 +113,44 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         metadata,
         recoverable: form.recoverable.is_some(),
         allowed_cidrs: words(&form.allowed_cidrs),
-        credits: None,
+        credits,
     })
+}
+
+/// The form's credits: a count (empty: unlimited) and an optional refill.
+fn credits_of(form: &NewKeyForm) -> Result<Option<(u64, Option<Refill>)>> {
+    if form.credits.trim().is_empty() {
+        return Ok(None);
+    }
+    let remaining = whole_number("credits.remaining", &form.credits)?;
+    if form.refill_amount.trim().is_empty() && form.refill_period.trim().is_empty() {
+        return Ok(Some((remaining, None)));
+    }
+    let amount = whole_number("credits.refill.amount", &form.refill_amount)?;
+    let period = match form.refill_period.trim() {
+        "daily" => RefillPeriod::Daily,
+        text => match text.strip_prefix("monthly:") {
+            Some(day) => RefillPeriod::Monthly(whole_number("credits.refill.period", day)? as u32),
+            None => RefillPeriod::Every(duration("credits.refill.period", text)?.ok_or_else(|| {
+                Error::invalid("credits.refill.period", "daily, monthly:<day> or a duration such as 1h")
+            })?),
+        },
+    };
+    Ok(Some((remaining, Some(Refill { amount, period }))))
+}
+
+fn credits_change(change: &str, amount: &str) -> Result<CreditsChange> {
+    let amount = whole_number("update.credits", amount)?;
+    match change {
+        "set" => Ok(CreditsChange::Set(amount)),
+        "add" => Ok(CreditsChange::Add(amount)),
+        "subtract" => Ok(CreditsChange::Subtract(amount)),
+        _ => Err(Error::invalid("update.credits", "set, add or subtract")),
+    }
+}
+
+fn whole_number(field: &str, text: &str) -> Result<u64> {
+    text.trim().parse().map_err(|_| Error::invalid(field, "must be a whole number"))
 }
 
 fn rate_limit_of(requests: &str, window: &str) -> Result<Option<RateLimit>> {
@@ -256,6 +295,9 @@ pub struct UpdateForm {
     rate_limit: String,
     metadata: String,
     allowed_cidrs: String,
+    /// `set`, `add`, `subtract`, or empty to leave the credits alone.
+    credits_change: String,
+    credits_amount: String,
 }
 
 pub async fn update(
@@ -286,6 +328,10 @@ pub async fn update(
             }
         };
         let metadata = violations.absorb(metadata("update.metadata", &form.metadata))?.flatten();
+        let credits = match form.credits_change.as_str() {
+            "" => None,
+            change => violations.absorb(credits_change(change, &form.credits_amount))?,
+        };
         violations.finish()?;
         let changes = KeyChanges {
             description: Some(form.description.trim().to_owned()),
@@ -294,6 +340,7 @@ pub async fn update(
             rate_limit: Some(rate_limit),
             metadata: Some(metadata),
             allowed_cidrs: Some(words(&form.allowed_cidrs)),
+            credits,
             ..KeyChanges::default()
         };
         console.keys.update(&signed.ctx, &signed.org(), &id, changes).await?;
