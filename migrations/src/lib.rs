@@ -17,6 +17,7 @@ mod m20261202_000009_api_key_status_index;
 mod m20261202_000010_api_key_end_indexes;
 mod m20261202_000011_api_key_allowed_cidrs;
 mod m20261202_000012_credits;
+mod m20261202_000013_global_rate_limits;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000010_api_key_end_indexes::Migration),
             Box::new(m20261202_000011_api_key_allowed_cidrs::Migration),
             Box::new(m20261202_000012_credits::Migration),
+            Box::new(m20261202_000013_global_rate_limits::Migration),
         ]
     }
 }

@@ -30,6 +30,8 @@ pub struct Principal {
     pub expires_at: Option<SystemTime>,
     /// Rate limit: (requests, window).
     pub rate_limit: Option<(u32, Duration)>,
+    /// The rate limit is one budget shared by all sidecars (leased per window).
+    pub global_rate_limit: bool,
     /// Client networks the key may be used from; `None` = anywhere.
     pub allowed_networks: Option<Vec<ipnet::IpNet>>,
     /// Checks spend the key's credits (leased, see `credits.rs`).
@@ -251,6 +253,7 @@ mod tests {
                 scopes: vec![],
                 expires_at: None,
                 rate_limit: None,
+                global_rate_limit: false,
                 allowed_networks: None,
                 has_credits: false,
             }),

@@ -147,6 +147,7 @@ pub struct Checker {
     cache: KeyCache,
     limits: RateLimits,
     credits: Arc<CreditLeases>,
+    global_limits: Arc<CreditLeases>,
     usage: UsageReporter,
     sync: Arc<SyncState>,
     client: ControlPlaneClient,
@@ -173,6 +174,8 @@ pub struct CheckerParts {
     pub limits: RateLimits,
     /// Credits leased from the control plane.
     pub credits: Arc<CreditLeases>,
+    /// Requests of global rate limits leased from the control plane.
+    pub global_limits: Arc<CreditLeases>,
     /// Usage counts.
     pub usage: UsageReporter,
     /// Stream position and staleness.
@@ -195,6 +198,7 @@ impl Checker {
             cache: parts.cache,
             limits: parts.limits,
             credits: parts.credits,
+            global_limits: parts.global_limits,
             usage: parts.usage,
             sync: parts.sync,
             client: parts.client,
@@ -268,10 +272,22 @@ impl Checker {
         let decision = decide(&verdict, required, SystemTime::now());
         if let Decision::Allow(principal) = &decision
             && let Some(limit) = principal.rate_limit
-            && let Err(wait) = self.limits.check(&principal.key_id, limit)
         {
-            let denial = Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") };
-            return (Decision::Deny(denial), Some(parsed));
+            let refusal = if principal.global_rate_limit {
+                match self.global_limits.spend(&principal.key_id, 1).await {
+                    Spend::Spent => None,
+                    Spend::Exhausted(wait) => {
+                        Some(Denial { retry_after: wait, ..Denial::new(RateLimited, "rate_limited") })
+                    }
+                    Spend::Unavailable => Some(Denial::new(Unavailable, "control_plane_unavailable")),
+                }
+            } else {
+                let wait = self.limits.check(&principal.key_id, limit).err();
+                wait.map(|wait| Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") })
+            };
+            if let Some(denial) = refusal {
+                return (Decision::Deny(denial), Some(parsed));
+            }
         }
         if let Decision::Allow(principal) = &decision
             && principal.has_credits
@@ -372,6 +388,7 @@ mod tests {
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 expires_at,
                 rate_limit: None,
+                global_rate_limit: false,
                 allowed_networks: allowed.map(|list| list.iter().map(|n| n.parse().unwrap()).collect()),
                 has_credits: false,
             }),

@@ -48,6 +48,18 @@ fn nanos_since_epoch(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// What a lease call granted.
+struct Grant {
+    /// Empty when nothing is to be given back.
+    lease_id: String,
+    granted: u64,
+    /// How long to spend from it, from the call.
+    spend_for: Duration,
+    next_refill_at: Option<SystemTime>,
+    /// When none are left, until when that holds (default: a second).
+    exhausted_until: Option<Instant>,
+}
+
 /// One key's credits: what the current lease has left, spent without a
 /// lock while its deadline is ahead, and the lease itself, locked while it
 /// is renewed or given back.
@@ -100,8 +112,20 @@ impl KeyLease {
     }
 }
 
-/// The leases of every key this sidecar spends credits of.
+/// What a [`CreditLeases`] leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// A key's credits (`LeaseCredits`; unspent ones go back).
+    Credits,
+    /// Requests of a key's global rate limit in the current window
+    /// (`LeaseRequests`; unspent ones lapse with the window).
+    Requests,
+}
+
+/// The leases of every key this sidecar spends credits (or global
+/// rate-limit requests) of.
 pub struct CreditLeases {
+    budget: Budget,
     client: ControlPlaneClient,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -109,9 +133,9 @@ pub struct CreditLeases {
 }
 
 impl CreditLeases {
-    /// Leases through `client`, each call waiting at most `timeout`.
-    pub fn new(client: ControlPlaneClient, timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { client, timeout, metrics, keys: RwLock::new(HashMap::new()) }
+    /// Leases of `budget` through `client`, each call waiting at most `timeout`.
+    pub fn new(budget: Budget, client: ControlPlaneClient, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { budget, client, timeout, metrics, keys: RwLock::new(HashMap::new()) }
     }
 
     fn entry(&self, key_id: &str) -> Arc<KeyCredits> {
@@ -157,40 +181,87 @@ impl CreditLeases {
     }
 
     async fn renew(&self, key_id: &str, entry: &KeyCredits, lease: &mut KeyLease, cost: u64) -> Spend {
-        let request = pb::LeaseCreditsRequest {
-            key_id: key_id.to_owned(),
-            requested: lease.next_request.max(cost),
-            at_least: cost,
-        };
         let asked = Instant::now();
-        let mut client = self.client.clone();
-        let answer = match tokio::time::timeout(self.timeout, client.lease_credits(request)).await {
-            Ok(Ok(answer)) => answer.into_inner(),
-            Ok(Err(status)) => {
-                tracing::warn!(key_id, %status, "leasing credits failed");
-                self.metrics.credit_leases.get_or_create(&[("result", "error")]).inc();
-                return Spend::Unavailable;
-            }
-            Err(_) => {
-                self.metrics.credit_leases.get_or_create(&[("result", "error")]).inc();
-                return Spend::Unavailable;
-            }
+        let requested = lease.next_request.max(cost);
+        let grant = match self.budget {
+            Budget::Credits => self.lease_credits(key_id, requested, cost).await,
+            Budget::Requests => self.lease_requests(key_id, requested).await,
         };
-        let ttl = answer.ttl.and_then(|ttl| Duration::try_from(ttl).ok()).unwrap_or_default();
-        lease.next_refill_at = answer.next_refill_at.and_then(|at| SystemTime::try_from(at).ok());
-        if answer.granted < cost {
-            self.metrics.credit_leases.get_or_create(&[("result", "exhausted")]).inc();
-            lease.exhausted_until = Some(Instant::now() + EXHAUSTED_FOR);
+        let metric = match self.budget {
+            Budget::Credits => &self.metrics.credit_leases,
+            Budget::Requests => &self.metrics.request_leases,
+        };
+        let Some(grant) = grant else {
+            metric.get_or_create(&[("result", "error")]).inc();
+            return Spend::Unavailable;
+        };
+        lease.next_refill_at = grant.next_refill_at;
+        if grant.granted < cost {
+            metric.get_or_create(&[("result", "exhausted")]).inc();
+            lease.exhausted_until = Some(grant.exhausted_until.unwrap_or(Instant::now() + EXHAUSTED_FOR));
             return Spend::Exhausted(lease.retry_after());
         }
-        self.metrics.credit_leases.get_or_create(&[("result", "granted")]).inc();
-        lease.lease_id = answer.lease_id;
+        metric.get_or_create(&[("result", "granted")]).inc();
+        lease.lease_id = grant.lease_id;
         lease.granted_at = asked;
-        lease.deadline = asked + ttl.mul_f64(LEASE_USE);
+        lease.deadline = asked + grant.spend_for;
         lease.exhausted_until = None;
-        entry.available.store(answer.granted - cost, Ordering::Release);
+        entry.available.store(grant.granted - cost, Ordering::Release);
         entry.deadline.store(nanos_since_epoch(lease.deadline), Ordering::Release);
         Spend::Spent
+    }
+
+    /// A block of credits: spent for 80 % of the lease's time.
+    async fn lease_credits(&self, key_id: &str, requested: u64, cost: u64) -> Option<Grant> {
+        let request = pb::LeaseCreditsRequest { key_id: key_id.to_owned(), requested, at_least: cost };
+        let mut client = self.client.clone();
+        let answer = self.call(key_id, client.lease_credits(request)).await?;
+        let ttl = answer.ttl.and_then(|ttl| Duration::try_from(ttl).ok()).unwrap_or_default();
+        Some(Grant {
+            lease_id: answer.lease_id,
+            granted: answer.granted,
+            spend_for: ttl.mul_f64(LEASE_USE),
+            next_refill_at: answer.next_refill_at.and_then(|at| SystemTime::try_from(at).ok()),
+            exhausted_until: None,
+        })
+    }
+
+    /// Requests of the current window: spent until it ends (measured from
+    /// before the call, so never past the control plane's end of it); when
+    /// none are left, none are asked for again before then.
+    async fn lease_requests(&self, key_id: &str, requested: u64) -> Option<Grant> {
+        let asked = Instant::now();
+        let request = pb::LeaseRequestsRequest { key_id: key_id.to_owned(), requested };
+        let mut client = self.client.clone();
+        let answer = self.call(key_id, client.lease_requests(request)).await?;
+        let window_left = answer.window_left.and_then(|left| Duration::try_from(left).ok()).unwrap_or_default();
+        Some(Grant {
+            lease_id: String::new(),
+            granted: answer.granted,
+            spend_for: window_left,
+            next_refill_at: Some(SystemTime::now() + window_left),
+            exhausted_until: Some(asked + window_left),
+        })
+    }
+
+    /// The answer of a lease call, or `None` (logged) when it failed or
+    /// took longer than the timeout.
+    async fn call<T>(
+        &self,
+        key_id: &str,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(answer)) => Some(answer.into_inner()),
+            Ok(Err(status)) => {
+                tracing::warn!(key_id, %status, "leasing failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(key_id, timeout = ?self.timeout, "leasing timed out");
+                None
+            }
+        }
     }
 
     /// Gives the unspent rest of the lease back (best effort: if it fails,

@@ -68,7 +68,11 @@ pub async fn run(
     let cache = cache::KeyCache::new(config.cache_capacity, config.cache_ttl, config.negative_cache_ttl);
     let state = Arc::new(sync::SyncState::default());
     let usage = usage::UsageReporter::new(metrics.clone());
-    let credits = Arc::new(credits::CreditLeases::new(client.clone(), config.control_plane_timeout, metrics.clone()));
+    let lease = |budget| {
+        Arc::new(credits::CreditLeases::new(budget, client.clone(), config.control_plane_timeout, metrics.clone()))
+    };
+    let credits = lease(credits::Budget::Credits);
+    let global_limits = lease(credits::Budget::Requests);
     let checker = Arc::new(check::Checker::new(check::CheckerParts {
         tokens: TokenFormat::new(config.token_prefix.clone()),
         environment: config.environment,
@@ -79,6 +83,7 @@ pub async fn run(
         cache: cache.clone(),
         limits: ratelimit::RateLimits::new(config.cache_capacity, LIMITER_IDLE),
         credits: credits.clone(),
+        global_limits: global_limits.clone(),
         usage: usage.clone(),
         sync: state.clone(),
         client: client.clone(),
@@ -88,8 +93,14 @@ pub async fn run(
     // One cancellation signal and one task set for all background work.
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let follow =
-        sync::follow(client.clone(), cache, credits.clone(), state.clone(), metrics.clone(), config.max_staleness);
+    let follow = sync::follow(
+        client.clone(),
+        cache,
+        (credits.clone(), global_limits),
+        state.clone(),
+        metrics.clone(),
+        config.max_staleness,
+    );
     spawn(&tasks, "key-event-stream", until(stop.clone(), follow));
     let reporting = usage.clone().report_every(client.clone(), config.usage_interval, config.control_plane_timeout);
     spawn(&tasks, "usage-reports", until(stop.clone(), reporting));

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub key_events: Family<Label, Counter>,
     /// LeaseCredits calls by result (granted, exhausted, error).
     pub credit_leases: Family<Label, Counter>,
+    /// LeaseRequests calls (global rate limits) by result (granted, exhausted, error).
+    pub request_leases: Family<Label, Counter>,
     /// ReturnCredits calls by result (returned, error).
     pub credit_returns: Family<Label, Counter>,
     /// Last key-event seq applied.
@@ -59,6 +61,12 @@ impl Default for Metrics {
         registry.register("key_events", "Key events applied, by kind", key_events.clone());
         let credit_leases = Family::<Label, Counter>::default();
         registry.register("credit_leases", "LeaseCredits calls by result", credit_leases.clone());
+        let request_leases = Family::<Label, Counter>::default();
+        registry.register(
+            "request_leases",
+            "LeaseRequests calls (global rate limits) by result",
+            request_leases.clone(),
+        );
         let credit_returns = Family::<Label, Counter>::default();
         registry.register("credit_returns", "ReturnCredits calls by result", credit_returns.clone());
         let applied_seq = Gauge::<u64, AtomicU64>::default();
@@ -85,6 +93,7 @@ impl Default for Metrics {
             verify_seconds,
             key_events,
             credit_leases,
+            request_leases,
             credit_returns,
             applied_seq,
             staleness_seconds,

@@ -175,14 +175,14 @@ impl SyncState {
 pub async fn follow(
     client: ControlPlaneClient,
     cache: KeyCache,
-    credits: Arc<CreditLeases>,
+    (credits, global_limits): (Arc<CreditLeases>, Arc<CreditLeases>),
     state: Arc<SyncState>,
     metrics: Arc<Metrics>,
     max_staleness: Duration,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match watch_once(client.clone(), &cache, &credits, &state, &metrics, max_staleness).await {
+        match watch_once(client.clone(), &cache, (&credits, &global_limits), &state, &metrics, max_staleness).await {
             Ok(()) => tracing::warn!("key-event stream ended; reconnecting"),
             Err(error) => tracing::warn!(error = %error_chain(&error), "key-event stream failed; reconnecting"),
         }
@@ -237,7 +237,7 @@ fn check_staleness_bound(state: &SyncState, interval: Option<prost_types::Durati
 async fn watch_once(
     mut client: ControlPlaneClient,
     cache: &KeyCache,
-    credits: &Arc<CreditLeases>,
+    (credits, global_limits): (&Arc<CreditLeases>, &Arc<CreditLeases>),
     state: &SyncState,
     metrics: &Metrics,
     max_staleness: Duration,
@@ -262,10 +262,14 @@ async fn watch_once(
                 cache.apply_change(&event.key_id, event.seq, ended).await;
                 // Off the stream's path: giving credits back is a call.
                 let (credits, key_id) = (credits.clone(), event.key_id.clone());
+                let global_limits = global_limits.clone();
                 tokio::spawn(async move {
                     match ended {
                         Some(_) => credits.key_ended(&key_id).await,
-                        None => credits.key_changed(&key_id).await,
+                        None => {
+                            credits.key_changed(&key_id).await;
+                            global_limits.key_changed(&key_id).await;
+                        }
                     }
                 });
                 metrics.key_events.get_or_create(&[("kind", kind)]).inc();
@@ -335,6 +339,10 @@ fn principal_from_proto(principal: admin::Principal) -> Principal {
         allowed_networks: (!principal.allowed_cidrs.is_empty())
             .then(|| principal.allowed_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()),
         has_credits: principal.has_credits,
+        global_rate_limit: principal
+            .rate_limit
+            .as_ref()
+            .is_some_and(|l| l.scope == admin::RateLimitScope::Global as i32),
         key_id: principal.key_id,
         org_id: principal.org_id,
         scopes: principal.scopes,

@@ -39,6 +39,7 @@ async fn full_lifecycle(backend: Backend) {
             rate_limit: Some(pb::RateLimit {
                 requests: 100,
                 window: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                ..Default::default()
             }),
             metadata: keyplane_control_plane::grpc::convert::json_to_struct(
                 &serde_json::json!({"team": "core", "tier": 2}),

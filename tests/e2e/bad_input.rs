@@ -40,11 +40,15 @@ async fn each_bad_field_is_named(backend: Backend) {
         ("environment", create(|r| r.environment = 7)),
         (
             "rate_limit.requests",
-            create(|r| r.rate_limit = Some(pb::RateLimit { requests: 0, window: Some(duration(1)) })),
+            create(|r| {
+                r.rate_limit = Some(pb::RateLimit { requests: 0, window: Some(duration(1)), ..Default::default() })
+            }),
         ),
         (
             "rate_limit.window",
-            create(|r| r.rate_limit = Some(pb::RateLimit { requests: 5, window: Some(duration(0)) })),
+            create(|r| {
+                r.rate_limit = Some(pb::RateLimit { requests: 5, window: Some(duration(0)), ..Default::default() })
+            }),
         ),
         ("org_id", create(|r| r.org_id = String::new())),
         ("org_id", create(|r| r.org_id = "has space".into())),
@@ -167,11 +171,17 @@ async fn edge_cases_are_refused_alike_on_both_databases(backend: Backend) {
         ("scopes[0]", create(&|r| r.scopes = vec!["orders:\0read".into()])),
         (
             "rate_limit.requests",
-            create(&|r| r.rate_limit = Some(pb::RateLimit { requests: 2_147_483_648, window: Some(duration(1)) })),
+            create(&|r| {
+                r.rate_limit =
+                    Some(pb::RateLimit { requests: 2_147_483_648, window: Some(duration(1)), ..Default::default() })
+            }),
         ),
         (
             "rate_limit.requests",
-            create(&|r| r.rate_limit = Some(pb::RateLimit { requests: u32::MAX, window: Some(duration(1)) })),
+            create(&|r| {
+                r.rate_limit =
+                    Some(pb::RateLimit { requests: u32::MAX, window: Some(duration(1)), ..Default::default() })
+            }),
         ),
     ];
     for (field, request) in cases {
@@ -180,13 +190,15 @@ async fn edge_cases_are_refused_alike_on_both_databases(backend: Backend) {
     }
     let overflow = keys
         .create_api_key(create(&|r| {
-            r.rate_limit = Some(pb::RateLimit { requests: u32::MAX, window: Some(duration(1)) })
+            r.rate_limit = Some(pb::RateLimit { requests: u32::MAX, window: Some(duration(1)), ..Default::default() })
         }))
         .await
         .unwrap_err();
     assert!(overflow.message().contains("at most 2147483647"), "{}", overflow.message());
-    let largest =
-        create(&|r| r.rate_limit = Some(pb::RateLimit { requests: i32::MAX as u32, window: Some(duration(1)) }));
+    let largest = create(&|r| {
+        r.rate_limit =
+            Some(pb::RateLimit { requests: i32::MAX as u32, window: Some(duration(1)), ..Default::default() })
+    });
     let largest = keys.create_api_key(largest).await.unwrap().into_inner().api_key.unwrap();
     assert_eq!(largest.rate_limit.unwrap().requests, i32::MAX as u32);
 

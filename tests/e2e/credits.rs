@@ -210,6 +210,9 @@ async fn credit_calls_are_checked(backend: Backend) {
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
         let returned = plane.key_sync(token).await.return_credits(sync::ReturnCreditsRequest::default()).await;
         assert_eq!(returned.expect_err("not a sidecar").code(), Code::PermissionDenied);
+        let requests = sync::LeaseRequestsRequest { key_id: id.clone(), requested: 1 };
+        let refused = plane.key_sync(token).await.lease_requests(requests).await.expect_err("not a sidecar");
+        assert_eq!(refused.code(), Code::PermissionDenied);
     }
     let (_, sidecar) = plane.create_key("keyplane", &["keyplane:sidecar"]).await;
     let mut sync = plane.key_sync(&sidecar).await;
@@ -217,6 +220,10 @@ async fn credit_calls_are_checked(backend: Backend) {
     assert_eq!(sync.lease_credits(lease("key_absent", 1)).await.expect_err("absent").code(), Code::NotFound);
     let unlimited = sync.lease_credits(lease(&unlimited.id, 1)).await.expect_err("no credits");
     assert_eq!(unlimited.code(), Code::FailedPrecondition);
+    let requests = |requested| sync::LeaseRequestsRequest { key_id: id.clone(), requested };
+    assert_invalid_field(&sync.lease_requests(requests(0)).await.expect_err("zero"), "requested");
+    let local = sync.lease_requests(requests(1)).await.expect_err("no global rate limit");
+    assert_eq!(local.code(), Code::FailedPrecondition);
 
     // A lease is given back once, however often it is returned.
     let granted = sync.lease_credits(lease(&id, 5)).await.expect("lease").into_inner();

@@ -13,6 +13,7 @@ mod console;
 mod crash;
 mod credits;
 mod expiry;
+mod global_limits;
 mod grpcurl;
 mod isolation;
 mod partition;

@@ -446,6 +446,7 @@ async fn rate_limits_usage_and_environments(backend: Backend) {
             rate_limit: Some(pb::RateLimit {
                 requests: 3,
                 window: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                ..Default::default()
             }),
             ..Default::default()
         })

@@ -87,7 +87,11 @@ async fn sidecar_checks_are_counted_by_key_minute_and_outcome(backend: Backend) 
     let org = random_org();
     let scoped = pb::CreateApiKeyRequest { scopes: vec!["orders:read".into()], ..Default::default() };
     let (busy, busy_token) = create_key(&plane, &org, scoped).await;
-    let limit = pb::RateLimit { requests: 3, window: Some(prost_types::Duration { seconds: 60, nanos: 0 }) };
+    let limit = pb::RateLimit {
+        requests: 3,
+        window: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        ..Default::default()
+    };
     let (limited, limited_token) =
         create_key(&plane, &org, pb::CreateApiKeyRequest { rate_limit: Some(limit), ..Default::default() }).await;
     let test_env = pb::CreateApiKeyRequest { environment: pb::Environment::Test as i32, ..Default::default() };

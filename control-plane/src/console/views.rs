@@ -104,6 +104,8 @@ pub struct NewKeyForm {
     pub ttl: String,
     pub rate_limit_requests: String,
     pub rate_limit_window: String,
+    /// Checked: one budget shared by all sidecars.
+    pub rate_limit_global: Option<String>,
     /// A JSON object, or empty.
     pub metadata: String,
     pub recoverable: Option<String>,
@@ -161,6 +163,7 @@ pub struct KeyDetail {
     /// The form's current values: RFC 3339, `100/1m`, JSON (empty for none).
     pub expires_input: String,
     pub rate_limit_input: String,
+    pub rate_limit_global: bool,
     pub metadata_input: String,
     /// Allowed client networks, space-separated (`anywhere` when none).
     pub allowed_cidrs: String,

@@ -82,11 +82,21 @@ fn key_status_to_proto(status: KeyStatus) -> pb::ApiKeyStatus {
 /// Protobuf rate limit → domain.
 pub fn rate_limit_from_proto(field: &str, limit: pb::RateLimit) -> Result<RateLimit> {
     let window = limit.window.ok_or_else(|| Error::invalid(format!("{field}.window"), "is required"))?;
-    Ok(RateLimit { requests: limit.requests, window: duration_from_proto(&format!("{field}.window"), window)? })
+    let global = match pb::RateLimitScope::try_from(limit.scope) {
+        Ok(pb::RateLimitScope::Unspecified | pb::RateLimitScope::Local) => false,
+        Ok(pb::RateLimitScope::Global) => true,
+        Err(_) => return Err(Error::invalid(format!("{field}.scope"), format!("unknown scope {}", limit.scope))),
+    };
+    Ok(RateLimit { requests: limit.requests, window: duration_from_proto(&format!("{field}.window"), window)?, global })
 }
 
 fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
-    pb::RateLimit { requests: limit.requests, window: prost_types::Duration::try_from(limit.window).ok() }
+    let scope = if limit.global { pb::RateLimitScope::Global } else { pb::RateLimitScope::Local };
+    pb::RateLimit {
+        requests: limit.requests,
+        window: prost_types::Duration::try_from(limit.window).ok(),
+        scope: scope.into(),
+    }
 }
 
 /// Protobuf `Struct` → JSON object.

@@ -107,6 +107,19 @@ impl KeySyncService for KeySyncGrpc {
         }))
     }
 
+    async fn lease_requests(
+        &self,
+        request: Request<pb::LeaseRequestsRequest>,
+    ) -> Result<Response<pb::LeaseRequestsResponse>, Status> {
+        let ctx = sidecar_context(&self.auth, &request).await?;
+        let request = request.into_inner();
+        let (granted, window_left) = self.credits.lease_requests(&ctx, &request.key_id, request.requested).await?;
+        Ok(Response::new(pb::LeaseRequestsResponse {
+            granted,
+            window_left: prost_types::Duration::try_from(window_left).ok(),
+        }))
+    }
+
     async fn return_credits(
         &self,
         request: Request<pb::ReturnCreditsRequest>,

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::store::audit::{self, NewAuditEvent};
 use crate::store::credits::{self, Credits};
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{self, OrgScope, OrgTx, api_keys};
+use crate::store::{self, OrgScope, OrgTx, api_keys, rate_windows};
 
 /// Most credits one lease request may ask for.
 pub const MAX_LEASE_REQUEST: u64 = 100_000;
@@ -84,6 +84,34 @@ impl CreditService {
             },
             None => Lease { id: String::new(), granted: 0, ttl: self.lease_ttl, next_refill_at },
         })
+    }
+
+    /// Grants up to `requested` requests of key `key_id`'s global rate limit
+    /// in the current window (at most a quarter of what is left in it, at
+    /// least one): how many, and the time left in the window.
+    pub async fn lease_requests(&self, ctx: &RequestContext, key_id: &str, requested: u64) -> Result<(u64, Duration)> {
+        require_sidecar(ctx)?;
+        if !(1..=MAX_LEASE_REQUEST).contains(&requested) {
+            return Err(Error::invalid("requested", format!("must be between 1 and {MAX_LEASE_REQUEST}")));
+        }
+        let key = api_keys::find_in(&self.db, OrgScope::AllOrgs, key_id).await?.ok_or(Error::NotFound("api key"))?;
+        let Some(limit) = key.rate_limit().filter(|limit| limit.global) else {
+            return Err(Error::FailedPrecondition("the key has no global rate limit".into()));
+        };
+        let window_ms = i64::try_from(limit.window.as_millis()).unwrap_or(i64::MAX).max(1);
+        let now_ms = store::now().timestamp_millis();
+        let window_start = now_ms - now_ms.rem_euclid(window_ms);
+        let window_left = Duration::from_millis(u64::try_from(window_start + window_ms - now_ms).unwrap_or(0));
+        let tx = OrgTx::begin(&self.db, &key.org_id).await?;
+        let wanted = i64::try_from(requested).unwrap_or(i64::MAX);
+        let granted = rate_windows::grant(&tx, &key.id, window_start, i64::from(limit.requests), wanted).await?;
+        tx.commit().await?;
+        Ok((u64::try_from(granted).unwrap_or(0), window_left))
+    }
+
+    /// Forgets global rate-limit windows that started more than a day ago.
+    pub async fn purge_old_windows(&self) -> Result<u64> {
+        rate_windows::purge_before(&self.db, store::now().timestamp_millis() - 86_400_000).await
     }
 
     /// Ends lease `id`, giving back up to `unused` credits (none if it

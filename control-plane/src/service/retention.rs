@@ -87,6 +87,9 @@ pub async fn refill_credits(credits: Arc<CreditService>, every: Duration, stop: 
         if let Err(error) = drain(|| credits.purge_ended_leases(PURGE_BATCH)).await {
             tracing::warn!(%error, "forgetting ended credit leases failed");
         }
+        if let Err(error) = credits.purge_old_windows().await {
+            tracing::warn!(%error, "forgetting old rate-limit windows failed");
+        }
     })
     .await;
 }

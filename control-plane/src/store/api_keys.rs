@@ -66,6 +66,8 @@ pub struct Model {
     /// `every:<ms>`, `daily` or `monthly:<day>`.
     pub credit_refill_period: Option<String>,
     pub credit_refill_next_at: Option<DateTime<Utc>>,
+    /// `global`, or NULL for a per-sidecar rate limit.
+    pub rate_limit_scope: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -91,17 +93,28 @@ pub enum KeyStatus {
 pub struct RateLimit {
     pub requests: u32,
     pub window: Duration,
+    /// One budget per window shared by every sidecar (leased), instead of
+    /// one per sidecar.
+    pub global: bool,
 }
 
 impl RateLimit {
-    /// The column values; callers check the ranges before storing.
-    fn columns(limit: Option<Self>) -> (Option<i32>, Option<i64>) {
+    /// The column values (requests, window ms, scope); callers check the
+    /// ranges before storing.
+    fn columns(limit: Option<Self>) -> (Option<i32>, Option<i64>, Option<String>) {
         match limit {
-            Some(limit) => (i32::try_from(limit.requests).ok(), i64::try_from(limit.window.as_millis()).ok()),
-            None => (None, None),
+            Some(limit) => (
+                i32::try_from(limit.requests).ok(),
+                i64::try_from(limit.window.as_millis()).ok(),
+                limit.global.then(|| GLOBAL_SCOPE.to_owned()),
+            ),
+            None => (None, None, None),
         }
     }
 }
+
+/// `rate_limit_scope` of a global rate limit (NULL is local).
+const GLOBAL_SCOPE: &str = "global";
 
 impl Model {
     /// The key's scopes.
@@ -136,6 +149,7 @@ impl Model {
             (Some(requests), Some(window_ms)) => Some(RateLimit {
                 requests: u32::try_from(requests).ok()?,
                 window: Duration::from_millis(u64::try_from(window_ms).ok()?),
+                global: self.rate_limit_scope.as_deref() == Some(GLOBAL_SCOPE),
             }),
             _ => None,
         }
@@ -182,7 +196,7 @@ impl NewKeyRow {
     /// what load generators seed straight into the table).
     pub fn into_row(self, org: &str) -> ActiveModel {
         let now = super::now();
-        let (rate_limit_requests, rate_limit_window_ms) = RateLimit::columns(self.rate_limit);
+        let (rate_limit_requests, rate_limit_window_ms, rate_limit_scope) = RateLimit::columns(self.rate_limit);
         let remaining = self.credits.map(|(remaining, _)| i64::try_from(remaining).unwrap_or(i64::MAX));
         let (refill_amount, refill_period, refill_next_at) =
             credits::refill_columns(self.credits.and_then(|(_, refill)| refill), now);
@@ -199,6 +213,7 @@ impl NewKeyRow {
             expires_at: Set(self.expires_at),
             rate_limit_requests: Set(rate_limit_requests),
             rate_limit_window_ms: Set(rate_limit_window_ms),
+            rate_limit_scope: Set(rate_limit_scope),
             metadata: Set(self.metadata),
             sealed_token: Set(self.sealed_token),
             created_by: Set(self.created_by),
@@ -309,9 +324,10 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
         row.expires_at = Set(expires_at);
     }
     if let Some(limit) = changes.rate_limit {
-        let (requests, window_ms) = RateLimit::columns(limit);
+        let (requests, window_ms, scope) = RateLimit::columns(limit);
         row.rate_limit_requests = Set(requests);
         row.rate_limit_window_ms = Set(window_ms);
+        row.rate_limit_scope = Set(scope);
     }
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);

@@ -12,6 +12,7 @@ pub mod delivery_stats;
 pub mod events;
 pub mod key_events;
 pub mod portal_links;
+pub mod rate_windows;
 pub mod sealed;
 pub mod sessions;
 pub mod usage;

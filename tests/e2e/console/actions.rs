@@ -62,6 +62,7 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
                 ("ttl", "30d"),
                 ("rate_limit_requests", "100"),
                 ("rate_limit_window", "1m"),
+                ("rate_limit_global", "on"),
                 ("metadata", r#"{"team":"orders"}"#),
                 ("recoverable", "on"),
                 ("allowed_cidrs", "10.1.2.3/8 192.0.2.7"),
@@ -93,7 +94,7 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     assert!(!browser.get("/keys?environment=test").await.body.contains(&key_id));
     let page = browser.get(&format!("/keys/{key_id}")).await;
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("orders:read orders:write") && page.body.contains("100/1m"));
+    assert!(page.body.contains("orders:read orders:write") && page.body.contains("100/1m (global"));
     assert!(page.body.contains("10.0.0.0/8 192.0.2.7/32"), "networks");
     assert!(page.body.contains("50 left, refilled to 50 at"), "credits");
     assert!(page.body.contains("<svg class=\"chart\""), "a usage graph");

@@ -98,7 +98,9 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         }
     };
     let ttl = violations.absorb(duration("ttl", &form.ttl))?.flatten();
-    let rate_limit = violations.absorb(rate_limit_of(&form.rate_limit_requests, &form.rate_limit_window))?.flatten();
+    let rate_limit = violations
+        .absorb(rate_limit_of(&form.rate_limit_requests, &form.rate_limit_window, form.rate_limit_global.is_some()))?
+        .flatten();
     let metadata = violations.absorb(metadata("metadata", &form.metadata))?.flatten();
     let credits = violations.absorb(credits_of(form))?.flatten();
     violations.finish()?;
@@ -153,7 +155,7 @@ fn whole_number(field: &str, text: &str) -> Result<u64> {
     text.trim().parse().map_err(|_| Error::invalid(field, "must be a whole number"))
 }
 
-fn rate_limit_of(requests: &str, window: &str) -> Result<Option<RateLimit>> {
+fn rate_limit_of(requests: &str, window: &str, global: bool) -> Result<Option<RateLimit>> {
     if requests.trim().is_empty() && window.trim().is_empty() {
         return Ok(None);
     }
@@ -161,7 +163,7 @@ fn rate_limit_of(requests: &str, window: &str) -> Result<Option<RateLimit>> {
         requests.trim().parse::<u32>().map_err(|_| Error::invalid("rate_limit.requests", "must be a whole number"))?;
     let window =
         duration("rate_limit.window", window)?.ok_or_else(|| Error::invalid("rate_limit.window", "is required"))?;
-    Ok(Some(RateLimit { requests, window }))
+    Ok(Some(RateLimit { requests, window, global }))
 }
 
 fn metadata(field: &str, text: &str) -> Result<Option<serde_json::Value>> {
@@ -249,7 +251,12 @@ fn detail(key: &ApiKey) -> KeyDetail {
         start: key.start.clone(),
         scopes: key.scope_list().join(" "),
         expires: key.expires_at.map_or_else(|| "never".to_owned(), when),
-        rate_limit: rate_limit.clone().map_or_else(|| "none".to_owned(), |l| format!("{l} (per sidecar)")),
+        rate_limit: match (rate_limit.clone(), key.rate_limit().is_some_and(|l| l.global)) {
+            (None, _) => "none".to_owned(),
+            (Some(limit), true) => format!("{limit} (global: shared by all sidecars)"),
+            (Some(limit), false) => format!("{limit} (per sidecar)"),
+        },
+        rate_limit_global: key.rate_limit().is_some_and(|l| l.global),
         metadata: key.metadata.as_ref().map_or_else(|| "—".to_owned(), ToString::to_string),
         recoverable: key.sealed_token.is_some(),
         created_by: key.created_by.clone(),
@@ -293,6 +300,8 @@ pub struct UpdateForm {
     scopes: String,
     expires_at: String,
     rate_limit: String,
+    /// Checked: the rate limit is global.
+    rate_limit_global: Option<String>,
     metadata: String,
     allowed_cidrs: String,
     /// `set`, `add`, `subtract`, or empty to leave the credits alone.
@@ -321,7 +330,9 @@ pub async fn update(
         };
         let rate_limit = match form.rate_limit.trim().split_once('/') {
             None if form.rate_limit.trim().is_empty() => None,
-            Some((requests, window)) => violations.absorb(rate_limit_of(requests, window))?.flatten(),
+            Some((requests, window)) => {
+                violations.absorb(rate_limit_of(requests, window, form.rate_limit_global.is_some()))?.flatten()
+            }
             None => {
                 violations.add("update.rate_limit", "must be requests/window, e.g. 100/1m");
                 None
