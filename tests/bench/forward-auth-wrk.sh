@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # SIDECAR=/path/to/keyplane-sidecar compares another build (e.g. an older commit);
-# CREDITS=0 skips the run with a key that has credits (builds without them).
+# CREDITS=0 skips the runs with a key that has credits and one with a global
+# rate limit (builds without them).
 SIDECAR=${SIDECAR:-target/release/keyplane-sidecar}
 DATA=$(mktemp -d)
 target/release/keyplane serve --data-dir "$DATA" --listen 127.0.0.1:50551 --console-listen off >"$DATA/control-plane.log" 2>&1 &
@@ -24,6 +25,10 @@ TOKEN=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" -d '{"org_id": "acme
 METERED=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" \
   -d '{"org_id": "acme", "name": "metered", "scopes": ["orders:read"], "credits": {"remaining": "1000000000"}}' \
   127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
+# A busy key with a global rate limit far above the load, for the global-limit run.
+GLOBAL=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" \
+  -d '{"org_id": "acme", "name": "global", "scopes": ["orders:read"], "rate_limit": {"requests": 2000000000, "window": "3600s", "scope": "RATE_LIMIT_SCOPE_GLOBAL"}}' \
+  127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
 "$SIDECAR" --control-plane http://127.0.0.1:50551 --credential-file "$DATA"/sidecar-credential \
   --grpc-listen 127.0.0.1:50561 --http-listen 127.0.0.1:18081 >"$DATA/sidecar.log" 2>&1 &
 SC=$!
@@ -37,5 +42,8 @@ if [ "${CREDITS:-1}" = 1 ]; then
   echo "== sidecar /check, a key with credits"
   wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $METERED" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"
   echo "lease round trips:"; curl -s http://127.0.0.1:18081/metrics | grep -E "^keyplane_sidecar_credit_leases_total" || true
+  echo "== sidecar /check, a key with a global rate limit"
+  wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $GLOBAL" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"
+  echo "lease round trips:"; curl -s http://127.0.0.1:18081/metrics | grep -E "^keyplane_sidecar_request_leases_total" || true
 fi
 echo "== hello again"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
