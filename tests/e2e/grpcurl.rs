@@ -54,7 +54,9 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         "deliveries created: 1",
         "destination 169.254.169.254 is link-local",
         "attempt recorded its error",
-        "org usage: {'unauthorized': '1'",
+        // Step 4's allowed check counts only if it was flushed before step 7
+        // deleted its key (usage of deleted keys is skipped): timing decides.
+        "'unauthorized': '1'",
         "failed attempts this hour: 1",
         "SERVING",
         "walkthrough ok",
