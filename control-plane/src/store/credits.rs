@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
-use sea_orm::{IntoActiveModel, QueryOrder, QuerySelect};
+use sea_orm::{Condition, IntoActiveModel, QueryOrder, QuerySelect};
 
 use super::OrgTx;
 use super::api_keys;
@@ -250,18 +250,7 @@ pub async fn refill(tx: &OrgTx, key: api_keys::Model, now: DateTime<Utc>) -> Res
 /// Deletes up to `limit` leases that ended before `before` (their unspent
 /// credits count as spent).
 pub async fn purge_leases(db: &impl ConnectionTrait, before: DateTime<Utc>, limit: u64) -> Result<u64> {
-    let ids: Vec<String> = Entity::find()
-        .select_only()
-        .column(Column::Id)
-        .filter(Column::ExpiresAt.lt(before))
-        .limit(limit)
-        .into_tuple()
-        .all(db)
-        .await?;
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    Ok(Entity::delete_many().filter(Column::Id.is_in(ids)).exec(db).await?.rows_affected)
+    super::delete_batch::<Entity>(db, Column::Id, Condition::all().add(Column::ExpiresAt.lt(before)), limit).await
 }
 
 #[cfg(test)]

@@ -344,15 +344,9 @@ pub async fn recover_failed(tx: &OrgTx, subscription_id: &str, since: DateTime<U
 /// Deletes up to `limit` deliveries (of any org) that succeeded before
 /// `cutoff`, with their attempts; returns how many deliveries.
 pub async fn purge_succeeded(db: &impl ConnectionTrait, cutoff: DateTime<Utc>, limit: u64) -> Result<u64> {
-    let victims: Vec<String> = Entity::find()
-        .select_only()
-        .column(Column::Id)
-        .filter(Column::Status.eq(DeliveryStatus::Succeeded))
-        .filter(Column::FinishedAt.lt(cutoff))
-        .limit(limit)
-        .into_tuple()
-        .all(db)
-        .await?;
+    let finished =
+        Condition::all().add(Column::Status.eq(DeliveryStatus::Succeeded)).add(Column::FinishedAt.lt(cutoff));
+    let victims = super::batch_keys::<Entity>(db, Column::Id, finished, limit).await?;
     if victims.is_empty() {
         return Ok(0);
     }
@@ -360,5 +354,5 @@ pub async fn purge_succeeded(db: &impl ConnectionTrait, cutoff: DateTime<Utc>, l
         .filter(attempt::Column::DeliveryId.is_in(victims.iter().map(String::as_str)))
         .exec(db)
         .await?;
-    Ok(Entity::delete_many().filter(Column::Id.is_in(victims)).exec(db).await?.rows_affected)
+    super::delete_keys::<Entity>(db, Column::Id, victims).await
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, ExprTrait, QuerySelect};
+use sea_orm::{ActiveValue::Set, Condition, ExprTrait};
 
 use super::OrgTx;
 use crate::error::Result;
@@ -61,17 +61,6 @@ pub async fn purge_unreferenced(db: &impl ConnectionTrait, cutoff: DateTime<Utc>
             Expr::col((super::deliveries::Entity, super::deliveries::Column::EventId)).equals((Entity, Column::Id)),
         )
         .to_owned();
-    let victims: Vec<String> = Entity::find()
-        .select_only()
-        .column(Column::Id)
-        .filter(Column::CreatedAt.lt(cutoff))
-        .filter(Expr::exists(referenced).not())
-        .limit(limit)
-        .into_tuple()
-        .all(db)
-        .await?;
-    if victims.is_empty() {
-        return Ok(0);
-    }
-    Ok(Entity::delete_many().filter(Column::Id.is_in(victims)).exec(db).await?.rows_affected)
+    let unreferenced = Condition::all().add(Column::CreatedAt.lt(cutoff)).add(Expr::exists(referenced).not());
+    super::delete_batch::<Entity>(db, Column::Id, unreferenced, limit).await
 }

@@ -24,8 +24,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use keyplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    Statement, TransactionTrait,
 };
 
 use crate::error::Result;
@@ -101,6 +101,39 @@ pub async fn applied_migrations(db: &DatabaseConnection) -> Result<Vec<String>> 
 /// same before and after a round trip.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// The string keys (`key`) of up to `limit` rows of `E` matching `filter`:
+/// the first half of a batched purge (the caller may delete children first).
+async fn batch_keys<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    key: E::Column,
+    filter: sea_orm::Condition,
+    limit: u64,
+) -> Result<Vec<String>> {
+    use sea_orm::{QueryFilter, QuerySelect};
+    Ok(E::find().select_only().column(key).filter(filter).limit(limit).into_tuple().all(db).await?)
+}
+
+/// Deletes the rows of `E` whose `key` is one of `keys`; how many.
+async fn delete_keys<E: EntityTrait>(db: &impl ConnectionTrait, key: E::Column, keys: Vec<String>) -> Result<u64> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    Ok(E::delete_many().filter(key.is_in(keys)).exec(db).await?.rows_affected)
+}
+
+/// Deletes up to `limit` rows of `E` matching `filter`, in two statements
+/// (SQLite and Postgres alike have no `DELETE … LIMIT`); how many.
+async fn delete_batch<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    key: E::Column,
+    filter: sea_orm::Condition,
+    limit: u64,
+) -> Result<u64> {
+    let keys = batch_keys::<E>(db, key, filter, limit).await?;
+    delete_keys::<E>(db, key, keys).await
 }
 
 /// A transaction bound to one org. On Postgres it holds the org's advisory

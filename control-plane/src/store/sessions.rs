@@ -72,17 +72,6 @@ pub async fn purge_expired(
     idle_before: DateTime<Utc>,
     limit: u64,
 ) -> Result<u64> {
-    use sea_orm::QuerySelect;
-    let victims: Vec<String> = Entity::find()
-        .select_only()
-        .column(Column::IdHash)
-        .filter(Expr::col(Column::ExpiresAt).lte(now).or(Expr::col(Column::LastSeenAt).lt(idle_before)))
-        .limit(limit)
-        .into_tuple()
-        .all(db)
-        .await?;
-    if victims.is_empty() {
-        return Ok(0);
-    }
-    Ok(Entity::delete_many().filter(Column::IdHash.is_in(victims)).exec(db).await?.rows_affected)
+    let ended = Expr::col(Column::ExpiresAt).lte(now).or(Expr::col(Column::LastSeenAt).lt(idle_before));
+    super::delete_batch::<Entity>(db, Column::IdHash, sea_orm::Condition::all().add(ended), limit).await
 }
