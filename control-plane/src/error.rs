@@ -24,6 +24,9 @@ pub enum Error {
     /// The resource does not exist in the caller's org.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The resource (or one with the same unique name) already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A per-org quota is used up.
     #[error("{0}")]
     LimitReached(String),
@@ -91,6 +94,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::AlreadyExists(message) => Status::already_exists(message),
             Error::LimitReached(message) => Status::resource_exhausted(message),
             Error::Throttled { message, retry_after } => {
                 // Whole milliseconds, at least one: a zero delay would invite a busy loop.

@@ -27,6 +27,7 @@ use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
 use keyplane_proto::admin::v1::connection_service_server::ConnectionServiceServer;
 use keyplane_proto::admin::v1::delivery_service_server::DeliveryServiceServer;
 use keyplane_proto::admin::v1::event_service_server::EventServiceServer;
+use keyplane_proto::admin::v1::identity_service_server::IdentityServiceServer;
 use keyplane_proto::admin::v1::usage_service_server::UsageServiceServer;
 use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
@@ -51,7 +52,8 @@ use service::verify::AbuseLimits;
 use service::webhooks::PortalLinks;
 use service::{
     AuditService, Authenticator, ConnectionService, CreditService, Crypto, DeliveryService, Dispatcher, EventService,
-    KeyService, SessionService, SidecarSync, UsageService, Verifier, Wakeups, WebhookService, retention,
+    IdentityService, KeyService, SessionService, SidecarSync, UsageService, Verifier, Wakeups, WebhookService,
+    retention,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -154,6 +156,7 @@ pub async fn run(
         local_usage.clone(),
         credits.clone(),
     ));
+    let identities = Arc::new(IdentityService::new(db.clone(), wakeups.clone()));
     let usage = Arc::new(UsageService::new(db.clone(), config.usage.retention()));
     let audit = Arc::new(AuditService::new(db.clone()));
     let feed_settings = FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval };
@@ -251,6 +254,7 @@ pub async fn run(
     health_reporter.set_serving::<DeliveryServiceServer<grpc::deliveries::DeliveryGrpc>>().await;
     health_reporter.set_serving::<ConnectionServiceServer<grpc::connections::ConnectionGrpc>>().await;
     health_reporter.set_serving::<UsageServiceServer<grpc::usage::UsageGrpc>>().await;
+    health_reporter.set_serving::<IdentityServiceServer<grpc::identities::IdentityGrpc>>().await;
     let reachability = availability::Reachability::default();
     let timeout = config.database_probe_timeout;
     if let Some(probe) = store::connect_probe(&config.storage.database_url(), timeout).await? {
@@ -298,6 +302,7 @@ pub async fn run(
         .add_service(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(deliveries, auth.clone())))
         .add_service(ConnectionServiceServer::new(grpc::connections::ConnectionGrpc::new(connections, auth.clone())))
         .add_service(UsageServiceServer::new(grpc::usage::UsageGrpc::new(usage, auth.clone())))
+        .add_service(IdentityServiceServer::new(grpc::identities::IdentityGrpc::new(identities, auth.clone())))
         .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(sync, credits, auth)))
         .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls, &background.tasks), async move {
             shutdown.await;

@@ -18,6 +18,7 @@ mod m20261202_000010_api_key_end_indexes;
 mod m20261202_000011_api_key_allowed_cidrs;
 mod m20261202_000012_credits;
 mod m20261202_000013_global_rate_limits;
+mod m20261202_000014_identities;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000011_api_key_allowed_cidrs::Migration),
             Box::new(m20261202_000012_credits::Migration),
             Box::new(m20261202_000013_global_rate_limits::Migration),
+            Box::new(m20261202_000014_identities::Migration),
         ]
     }
 }

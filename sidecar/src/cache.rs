@@ -28,24 +28,58 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// Expiry, re-checked at request time.
     pub expires_at: Option<SystemTime>,
+    /// The key's own limits.
+    pub limits: Limits,
+    /// The identity the key belongs to, whose limits every check must pass too.
+    pub identity: Option<IdentityPrincipal>,
+}
+
+/// The identity of a key, with the limits all its keys share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityPrincipal {
+    /// `idn_…`: also the id its budgets are leased under.
+    pub id: String,
+    /// The platform's own id for it (passed upstream).
+    pub external_id: String,
+    pub limits: Limits,
+}
+
+/// What a key, or an identity for all its keys, is limited to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
     /// Rate limit: (requests, window).
     pub rate_limit: Option<(u32, Duration)>,
     /// The rate limit is one budget shared by all sidecars (leased per window).
     pub global_rate_limit: bool,
-    /// Client networks the key may be used from; `None` = anywhere.
+    /// Client networks it may be used from; `None` = anywhere.
     pub allowed_networks: Option<Vec<ipnet::IpNet>>,
-    /// Checks spend the key's credits (leased, see `credits.rs`).
+    /// Checks spend its credits (leased, see `credits.rs`).
     pub has_credits: bool,
 }
 
-impl Principal {
-    /// Whether a client at `client` may use the key (an unknown address
-    /// may not, when the key has an allow-list).
+impl Limits {
+    /// Whether a client at `client` may use it (an unknown address may
+    /// not, when there is an allow-list).
     pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
         match &self.allowed_networks {
             None => true,
             Some(networks) => client.is_some_and(|ip| networks.iter().any(|net| net.contains(&ip))),
         }
+    }
+}
+
+impl Principal {
+    /// The key's limits and its identity's, each with the id its budgets
+    /// are counted under: every one must allow a check.
+    pub fn all_limits(&self) -> impl Iterator<Item = (&str, &Limits)> {
+        std::iter::once((self.key_id.as_str(), &self.limits))
+            .chain(self.identity.as_ref().map(|identity| (identity.id.as_str(), &identity.limits)))
+    }
+
+    /// Whether a client at `client` may use the key: inside the key's
+    /// allow-list and its identity's.
+    pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
+        self.all_limits().all(|(_, limits)| limits.allows_client(client))
     }
 }
 
@@ -181,17 +215,23 @@ impl KeyCache {
         Self { verdicts, changes, floor }
     }
 
-    /// How far `verdict` can be trusted.
+    /// How far `verdict` can be trusted: not past a later change of its
+    /// key, nor of its key's identity.
     pub async fn freshness(&self, verdict: &Verdict) -> Freshness {
         let change = match verdict.key_id() {
             Some(key_id) => self.changes.get(key_id).await,
             None => None,
         };
-        match change {
-            Some(change) if change.seq > verdict.as_of() => change.ended.map_or(Freshness::Stale, Freshness::Ended),
-            _ if verdict.as_of() < self.floor.load(Ordering::Acquire) => Freshness::Stale,
-            _ => Freshness::Fresh,
+        if let Some(change) = change.filter(|change| change.seq > verdict.as_of()) {
+            return change.ended.map_or(Freshness::Stale, Freshness::Ended);
         }
+        if let Verdict::Valid { principal, as_of } = verdict
+            && let Some(identity) = &principal.identity
+            && self.changes.get(&identity.id).await.is_some_and(|change| change.seq > *as_of)
+        {
+            return Freshness::Stale;
+        }
+        if verdict.as_of() < self.floor.load(Ordering::Acquire) { Freshness::Stale } else { Freshness::Fresh }
     }
 
     /// The cached verdict for a token digest, if any.
@@ -252,10 +292,8 @@ mod tests {
                 environment: Environment::Live,
                 scopes: vec![],
                 expires_at: None,
-                rate_limit: None,
-                global_rate_limit: false,
-                allowed_networks: None,
-                has_credits: false,
+                limits: Limits::default(),
+                identity: None,
             }),
             as_of,
         }
@@ -277,6 +315,24 @@ mod tests {
         assert_eq!(cache.freshness(&valid("other", 1)).await, Freshness::Fresh);
         cache.reset(20);
         assert_eq!(cache.freshness(&valid("other", 19)).await, Freshness::Stale);
+    }
+
+    #[tokio::test]
+    async fn a_change_of_the_identity_makes_its_keys_answers_stale() {
+        let cache = KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(5));
+        let of_identity = |as_of| {
+            let Verdict::Valid { principal, .. } = valid("k", as_of) else { unreachable!() };
+            let identity =
+                IdentityPrincipal { id: "idn_1".into(), external_id: "acme".into(), limits: Limits::default() };
+            Verdict::Valid {
+                principal: Arc::new(Principal { identity: Some(identity), ..(*principal).clone() }),
+                as_of,
+            }
+        };
+        cache.apply_change("idn_1", 7, None).await;
+        assert_eq!(cache.freshness(&of_identity(5)).await, Freshness::Stale);
+        assert_eq!(cache.freshness(&of_identity(7)).await, Freshness::Fresh);
+        assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Fresh);
     }
 
     #[tokio::test]

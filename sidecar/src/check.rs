@@ -271,37 +271,56 @@ impl Checker {
             Requirements { environment: self.environment, scopes: request.required_scopes, client: request.client };
         let decision = decide(&verdict, required, SystemTime::now());
         if let Decision::Allow(principal) = &decision
-            && let Some(limit) = principal.rate_limit
+            && let Some(denial) = self.enforce_limits(principal, cost).await
         {
-            let refusal = if principal.global_rate_limit {
-                match self.global_limits.spend(&principal.key_id, 1).await {
-                    Spend::Spent => None,
+            return (Decision::Deny(denial), Some(parsed));
+        }
+        (decision, Some(parsed))
+    }
+
+    /// The rate limits, then the credits, of the key and of its identity:
+    /// each must allow the check. Credits spent from the key before its
+    /// identity's refused are put back (when the lease they came from still
+    /// lasts; otherwise they count as spent). A check refused by the
+    /// identity's rate limit still counts against the key's.
+    async fn enforce_limits(&self, principal: &Principal, cost: u64) -> Option<Denial> {
+        use DenyStatus::*;
+        for (id, limits) in principal.all_limits() {
+            let Some(limit) = limits.rate_limit else { continue };
+            let refusal = if limits.global_rate_limit {
+                match self.global_limits.spend(id, 1).await {
+                    Spend::Spent(_) => None,
                     Spend::Exhausted(wait) => {
                         Some(Denial { retry_after: wait, ..Denial::new(RateLimited, "rate_limited") })
                     }
                     Spend::Unavailable => Some(Denial::new(Unavailable, "control_plane_unavailable")),
                 }
             } else {
-                let wait = self.limits.check(&principal.key_id, limit).err();
+                let wait = self.limits.check(id, limit).err();
                 wait.map(|wait| Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") })
             };
-            if let Some(denial) = refusal {
-                return (Decision::Deny(denial), Some(parsed));
+            if refusal.is_some() {
+                return refusal;
             }
         }
-        if let Decision::Allow(principal) = &decision
-            && principal.has_credits
-        {
-            let denial = match self.credits.spend(&principal.key_id, cost).await {
-                Spend::Spent => return (decision, Some(parsed)),
+        let mut spent = Vec::new();
+        for (id, _) in principal.all_limits().filter(|(_, limits)| limits.has_credits) {
+            let denial = match self.credits.spend(id, cost).await {
+                Spend::Spent(receipt) => {
+                    spent.push((id, receipt));
+                    continue;
+                }
                 Spend::Exhausted(retry_after) => {
                     Denial { retry_after, ..Denial::new(RateLimited, "credits_exhausted") }
                 }
                 Spend::Unavailable => Denial::new(Unavailable, "control_plane_unavailable"),
             };
-            return (Decision::Deny(denial), Some(parsed));
+            for (id, receipt) in spent {
+                self.credits.refund(id, receipt);
+            }
+            return Some(denial);
         }
-        (decision, Some(parsed))
+        None
     }
 
     /// A verdict that reflects every change applied for its key: from the
@@ -368,7 +387,7 @@ pub fn parse_scopes(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Refusal;
+    use crate::cache::{IdentityPrincipal, Limits, Refusal};
 
     fn principal(environment: Environment, scopes: &[&str], expires_at: Option<SystemTime>) -> Verdict {
         principal_from(environment, scopes, expires_at, None)
@@ -387,10 +406,11 @@ mod tests {
                 environment,
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 expires_at,
-                rate_limit: None,
-                global_rate_limit: false,
-                allowed_networks: allowed.map(|list| list.iter().map(|n| n.parse().unwrap()).collect()),
-                has_credits: false,
+                limits: Limits {
+                    allowed_networks: allowed.map(|list| list.iter().map(|n| n.parse().unwrap()).collect()),
+                    ..Limits::default()
+                },
+                identity: None,
             }),
             as_of: 1,
         }
@@ -434,6 +454,20 @@ mod tests {
         assert_eq!(status(decide(&listed, from("unknown"), now)), Some((403, "ip_not_allowed")));
         let nothing_parsed = principal_from(Environment::Live, &[], None, Some(&[]));
         assert_eq!(status(decide(&nothing_parsed, from("10.2.3.4"), now)), Some((403, "ip_not_allowed")));
+        // The identity's allow-list applies on top of the key's.
+        let Verdict::Valid { principal, as_of } = listed else { unreachable!() };
+        let identity = IdentityPrincipal {
+            id: "idn_1".into(),
+            external_id: "acme".into(),
+            limits: Limits { allowed_networks: Some(vec!["10.2.0.0/16".parse().unwrap()]), ..Limits::default() },
+        };
+        let both = Verdict::Valid {
+            principal: Arc::new(Principal { identity: Some(identity), ..(*principal).clone() }),
+            as_of,
+        };
+        assert_eq!(status(decide(&both, from("10.2.3.4"), now)), None);
+        assert_eq!(status(decide(&both, from("10.3.0.1"), now)), Some((403, "ip_not_allowed")));
+        assert_eq!(status(decide(&both, from("2001:db8::7"), now)), Some((403, "ip_not_allowed")));
         assert_eq!(parse_scopes("a, b c"), vec!["a", "b", "c"]);
     }
 }

@@ -33,8 +33,8 @@ const LEASE_USE: f64 = 0.8;
 /// What a check's credits came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spend {
-    /// Spent.
-    Spent,
+    /// Spent; the receipt can put them back ([`CreditLeases::refund`]).
+    Spent(Receipt),
     /// Fewer left than the cost; retry after the next refill, if any.
     Exhausted(Option<Duration>),
     /// The control plane could not be asked.
@@ -60,12 +60,30 @@ struct Grant {
     exhausted_until: Option<Instant>,
 }
 
+/// Credits spent from one lease, which can be put back into it while it lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    generation: u64,
+    cost: u64,
+}
+
+/// The low bits of [`KeyCredits::available`] count credits (grants are at
+/// most 100,000); the high bits number the lease they belong to.
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+/// `available` starting a new lease (the next generation) with `count` credits.
+fn next_lease(available: u64, count: u64) -> u64 {
+    ((available >> COUNT_BITS).wrapping_add(1) << COUNT_BITS) | (count & COUNT_MASK)
+}
+
 /// One key's credits: what the current lease has left, spent without a
 /// lock while its deadline is ahead, and the lease itself, locked while it
 /// is renewed or given back.
 #[derive(Default)]
 struct KeyCredits {
-    /// Credits left in the current lease.
+    /// The lease's generation and the credits it has left, in one atomic
+    /// so a refund can never land in a later lease.
     available: AtomicU64,
     /// The lease's spending deadline ([`nanos_since_epoch`]; 0 = no lease).
     deadline: AtomicU64,
@@ -74,9 +92,26 @@ struct KeyCredits {
 
 impl KeyCredits {
     /// Spends `cost` from the current lease, if it has that many and time left.
-    fn try_spend(&self, cost: u64) -> bool {
-        self.deadline.load(Ordering::Acquire) > nanos_since_epoch(Instant::now())
-            && self.available.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(cost)).is_ok()
+    fn try_spend(&self, cost: u64) -> Option<Receipt> {
+        if self.deadline.load(Ordering::Acquire) <= nanos_since_epoch(Instant::now()) {
+            return None;
+        }
+        let spend = |available: u64| Some((available & !COUNT_MASK) | (available & COUNT_MASK).checked_sub(cost)?);
+        let before = self.available.fetch_update(Ordering::AcqRel, Ordering::Acquire, spend).ok()?;
+        Some(Receipt { generation: before >> COUNT_BITS, cost })
+    }
+
+    /// Credits left in the current lease.
+    fn left(&self) -> u64 {
+        self.available.load(Ordering::Acquire) & COUNT_MASK
+    }
+
+    /// Starts a new lease holding `count`: what the old one had left, and
+    /// the new one's generation.
+    fn replace(&self, count: u64) -> (u64, u64) {
+        let old = self.available.fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| Some(next_lease(a, count)));
+        let old = old.unwrap_or_default();
+        (old & COUNT_MASK, next_lease(old, count) >> COUNT_BITS)
     }
 }
 
@@ -122,8 +157,8 @@ pub enum Budget {
     Requests,
 }
 
-/// The leases of every key this sidecar spends credits (or global
-/// rate-limit requests) of.
+/// The leases of every key (and identity) this sidecar spends credits (or
+/// global rate-limit requests) of, by id.
 pub struct CreditLeases {
     budget: Budget,
     client: ControlPlaneClient,
@@ -150,19 +185,23 @@ impl CreditLeases {
     /// lock; otherwise concurrent checks of the key wait for one renewal.
     pub async fn spend(&self, key_id: &str, cost: u64) -> Spend {
         // The common case touches only the map's read lock and the counter.
-        let spent =
-            self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key_id).map(|e| e.try_spend(cost));
-        if spent == Some(true) {
-            return Spend::Spent;
+        let spent = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(key_id)
+            .and_then(|e| e.try_spend(cost));
+        if let Some(receipt) = spent {
+            return Spend::Spent(receipt);
         }
         let entry = self.entry(key_id);
         let mut lease = entry.lease.lock().await;
-        if entry.try_spend(cost) {
+        if let Some(receipt) = entry.try_spend(cost) {
             // Renewed while this check waited.
-            return Spend::Spent;
+            return Spend::Spent(receipt);
         }
         let now = Instant::now();
-        let left = entry.available.load(Ordering::Acquire);
+        let left = entry.left();
         if lease.deadline <= now && left > 0 {
             // Time is up: give the rest back, and ask for less next time.
             lease.next_request = (lease.next_request / 2).max(1);
@@ -206,9 +245,21 @@ impl CreditLeases {
         lease.granted_at = asked;
         lease.deadline = asked + grant.spend_for;
         lease.exhausted_until = None;
-        entry.available.store(grant.granted - cost, Ordering::Release);
+        let (_, generation) = entry.replace(grant.granted - cost);
         entry.deadline.store(nanos_since_epoch(lease.deadline), Ordering::Release);
-        Spend::Spent
+        Spend::Spent(Receipt { generation, cost })
+    }
+
+    /// Puts back what `receipt` spent of `key_id`'s credits (a check that
+    /// another budget refused), if the lease it came from is still the
+    /// current one; otherwise they stay spent.
+    pub fn refund(&self, key_id: &str, receipt: Receipt) {
+        let entry = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key_id).cloned();
+        if let Some(entry) = entry {
+            let same_lease =
+                |available: u64| (available >> COUNT_BITS == receipt.generation).then(|| available + receipt.cost);
+            let _ = entry.available.fetch_update(Ordering::AcqRel, Ordering::Acquire, same_lease);
+        }
     }
 
     /// A block of credits: spent for 80 % of the lease's time.
@@ -267,7 +318,7 @@ impl CreditLeases {
     /// Gives the unspent rest of the lease back (best effort: if it fails,
     /// the credits count as spent when the lease ends).
     async fn give_back(&self, entry: &KeyCredits, lease: &mut KeyLease) {
-        let unused = entry.available.swap(0, Ordering::AcqRel);
+        let (unused, _) = entry.replace(0);
         let lease_id = std::mem::take(&mut lease.lease_id);
         if unused == 0 || lease_id.is_empty() {
             return;

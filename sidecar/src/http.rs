@@ -24,13 +24,17 @@ use crate::sync::Readiness;
 /// Path prefix of forward-auth checks.
 pub const CHECK_PREFIX: &str = "/check";
 
-/// The identity headers set on allowed requests (overwriting any sent by the client).
-pub fn identity_headers(principal: &Principal) -> [(&'static str, String); 4] {
+/// The identity headers set on allowed requests (overwriting any sent by
+/// the client: the identity ones are empty for a key without an identity).
+pub fn identity_headers(principal: &Principal) -> [(&'static str, String); 6] {
+    let identity = principal.identity.as_ref();
     [
         ("x-keyplane-key-id", principal.key_id.clone()),
         ("x-keyplane-org-id", principal.org_id.clone()),
         ("x-keyplane-scopes", principal.scopes.join(" ")),
         ("x-keyplane-environment", principal.environment.as_str().to_owned()),
+        ("x-keyplane-identity", identity.map(|i| i.external_id.clone()).unwrap_or_default()),
+        ("x-keyplane-identity-id", identity.map(|i| i.id.clone()).unwrap_or_default()),
     ]
 }
 

@@ -16,7 +16,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::cache::{KeyCache, Principal, Refusal, Verdict};
+use crate::cache::{IdentityPrincipal, KeyCache, Limits, Principal, Refusal, Verdict};
 use crate::config::Config;
 use crate::credits::CreditLeases;
 use crate::error::{Error, Result};
@@ -331,20 +331,25 @@ fn principal_from_proto(principal: admin::Principal) -> Principal {
             Environment::Live
         },
         expires_at: principal.expires_at.and_then(|t| std::time::SystemTime::try_from(t).ok()),
-        rate_limit: principal.rate_limit.and_then(|limit| {
-            let window = Duration::try_from(limit.window?).ok()?;
-            Some((limit.requests, window))
+        limits: limits_from_proto(principal.rate_limit, &principal.allowed_cidrs, principal.has_credits),
+        identity: principal.identity.map(|identity| IdentityPrincipal {
+            limits: limits_from_proto(identity.rate_limit, &identity.allowed_cidrs, identity.has_credits),
+            id: identity.id,
+            external_id: identity.external_id,
         }),
-        // A list whose entries all fail to parse still allows nobody.
-        allowed_networks: (!principal.allowed_cidrs.is_empty())
-            .then(|| principal.allowed_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()),
-        has_credits: principal.has_credits,
-        global_rate_limit: principal
-            .rate_limit
-            .as_ref()
-            .is_some_and(|l| l.scope == admin::RateLimitScope::Global as i32),
         key_id: principal.key_id,
         org_id: principal.org_id,
         scopes: principal.scopes,
+    }
+}
+
+fn limits_from_proto(rate_limit: Option<admin::RateLimit>, allowed_cidrs: &[String], has_credits: bool) -> Limits {
+    Limits {
+        global_rate_limit: rate_limit.as_ref().is_some_and(|l| l.scope == admin::RateLimitScope::Global as i32),
+        rate_limit: rate_limit.and_then(|limit| Some((limit.requests, Duration::try_from(limit.window?).ok()?))),
+        // A list whose entries all fail to parse still allows nobody.
+        allowed_networks: (!allowed_cidrs.is_empty())
+            .then(|| allowed_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()),
+        has_credits,
     }
 }

@@ -47,6 +47,7 @@ async fn full_lifecycle(backend: Backend) {
             recoverable: true,
             allowed_cidrs: Vec::new(),
             credits: None,
+            identity_id: String::new(),
         })
         .await
         .expect("create")

@@ -15,6 +15,7 @@ mod credits;
 mod expiry;
 mod global_limits;
 mod grpcurl;
+mod identities;
 mod isolation;
 mod partition;
 mod proxies;

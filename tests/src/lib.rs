@@ -27,6 +27,7 @@ use pb::audit_service_client::AuditServiceClient;
 use pb::connection_service_client::ConnectionServiceClient;
 use pb::delivery_service_client::DeliveryServiceClient;
 use pb::event_service_client::EventServiceClient;
+use pb::identity_service_client::IdentityServiceClient;
 use pb::usage_service_client::UsageServiceClient;
 use pb::webhook_service_client::WebhookServiceClient;
 use sea_orm::DatabaseConnection;
@@ -253,6 +254,11 @@ impl TestControlPlane {
     /// Audit client authenticated with `token`.
     pub async fn audit(&self, token: &str) -> AuditServiceClient<Authed> {
         AuditServiceClient::new(self.authed(token).await)
+    }
+
+    /// Identity client authenticated with `token`.
+    pub async fn identities(&self, token: &str) -> IdentityServiceClient<Authed> {
+        IdentityServiceClient::new(self.authed(token).await)
     }
 
     /// Usage-analytics client authenticated with `token`.

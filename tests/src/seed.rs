@@ -34,6 +34,7 @@ pub fn key_row(
         credits: None,
         created_by: "root".into(),
         rotated_from: None,
+        identity_id: None,
     }
     .into_row(org);
     row.status = sea_orm::ActiveValue::Set(status);

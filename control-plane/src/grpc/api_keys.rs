@@ -49,6 +49,7 @@ fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
         recoverable: request.recoverable,
         allowed_cidrs: request.allowed_cidrs,
         credits: request.credits.map(|c| convert::credits_from_proto("credits", c)).transpose()?,
+        identity_id: Some(request.identity_id),
     })
 }
 
@@ -71,6 +72,7 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
                 );
             }
             "allowed_cidrs" => changes.allowed_cidrs = Some(update.allowed_cidrs.clone()),
+            "identity_id" => changes.identity_id = Some(Some(update.identity_id.clone())),
             "credits" => changes.credits = Some(convert::credits_change_from_proto("update.credits", update.credits)?),
             "credit_refill" => {
                 changes.credit_refill = Some(
@@ -124,6 +126,7 @@ impl ApiKeyService for ApiKeyGrpc {
                 status: convert::status_from_proto("status", request.status)?,
                 environment: convert::environment_from_proto("environment", request.environment)?,
                 name_prefix: Some(request.name_prefix).filter(|p| !p.is_empty()),
+                identity_id: Some(request.identity_id).filter(|id| !id.is_empty()),
             },
             org_id: request.org_id,
             page: PageRequest { size: request.page_size, token: request.page_token },

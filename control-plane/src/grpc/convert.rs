@@ -12,11 +12,11 @@ use serde_json::{Number, Value};
 use crate::error::{Error, Result};
 use crate::service::records::{
     ApiKey, AuditEvent, Connection, Credits, CreditsChange, Delivery, DeliveryAttempt, DeliveryStatus, Environment,
-    Event, KeyStatus, RateLimit, Refill, RefillPeriod, Subscription, SubscriptionStatus,
+    Event, Identity, KeyStatus, RateLimit, Refill, RefillPeriod, Subscription, SubscriptionStatus,
 };
 use crate::service::usage::ingest::{MinuteCount, UsageReport};
 use crate::service::usage::{DeliveryStatsBucket, KeyRanking, RangeRequest};
-use crate::service::verify::{Failure, Verification};
+use crate::service::verify::{Failure, Verification, VerifiedKey};
 use crate::store::usage::{Counts, Granularity, Outcome};
 
 /// Protobuf timestamp → UTC time.
@@ -173,6 +173,22 @@ pub fn api_key_to_proto(key: &ApiKey) -> pb::ApiKey {
         usage_count: u64::try_from(key.usage_count).unwrap_or(0),
         allowed_cidrs: key.allowed_cidr_list(),
         credits: key.credits().map(credits_to_proto),
+        identity_id: key.identity_id.clone().unwrap_or_default(),
+    }
+}
+
+/// Identity → protobuf resource.
+pub fn identity_to_proto(identity: &Identity) -> pb::Identity {
+    pb::Identity {
+        id: identity.id.clone(),
+        org_id: identity.org_id.clone(),
+        external_id: identity.external_id.clone(),
+        metadata: identity.metadata.as_ref().and_then(json_to_struct),
+        rate_limit: identity.rate_limit().map(rate_limit_to_proto),
+        allowed_cidrs: identity.allowed_cidr_list(),
+        credits: identity.credits().map(credits_to_proto),
+        created_at: Some(time_to_proto(identity.created_at)),
+        updated_at: Some(time_to_proto(identity.updated_at)),
     }
 }
 
@@ -224,8 +240,9 @@ pub fn credits_change_from_proto(field: &str, change: Option<pb::CreditsChange>)
     }
 }
 
-/// The principal a key speaks for.
-pub fn principal_to_proto(key: &ApiKey) -> pb::Principal {
+/// The principal a verified key speaks for.
+pub fn principal_to_proto(verified: &VerifiedKey) -> pb::Principal {
+    let key = &verified.key;
     pb::Principal {
         key_id: key.id.clone(),
         org_id: key.org_id.clone(),
@@ -235,6 +252,13 @@ pub fn principal_to_proto(key: &ApiKey) -> pb::Principal {
         rate_limit: key.rate_limit().map(rate_limit_to_proto),
         allowed_cidrs: key.allowed_cidr_list(),
         has_credits: key.credits_remaining.is_some(),
+        identity: verified.identity.as_ref().map(|identity| pb::PrincipalIdentity {
+            id: identity.id.clone(),
+            external_id: identity.external_id.clone(),
+            rate_limit: identity.rate_limit().map(rate_limit_to_proto),
+            allowed_cidrs: identity.allowed_cidr_list(),
+            has_credits: identity.credits_remaining.is_some(),
+        }),
     }
 }
 
@@ -257,9 +281,9 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
 /// Verification → (valid, failure, principal).
 pub fn verification_to_proto(verification: &Verification) -> (bool, pb::VerifyFailure, Option<pb::Principal>) {
     match verification {
-        Verification::Valid(key) => (true, pb::VerifyFailure::Unspecified, Some(principal_to_proto(key))),
-        Verification::Invalid(failure, key) => {
-            (false, failure_to_proto(*failure), key.as_deref().map(principal_to_proto))
+        Verification::Valid(verified) => (true, pb::VerifyFailure::Unspecified, Some(principal_to_proto(verified))),
+        Verification::Invalid(failure, verified) => {
+            (false, failure_to_proto(*failure), verified.as_deref().map(principal_to_proto))
         }
     }
 }

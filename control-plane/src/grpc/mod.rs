@@ -7,6 +7,7 @@ pub mod connections;
 pub mod convert;
 pub mod deliveries;
 pub mod events;
+pub mod identities;
 pub mod key_sync;
 pub mod usage;
 pub mod webhooks;

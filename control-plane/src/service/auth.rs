@@ -321,11 +321,12 @@ impl Authenticator {
             return Ok(Actor::Root);
         }
         match self.verifier.verify(OrgScope::AllOrgs, token, Purpose::Authentication).await? {
-            Verification::Valid(key) if !key.allows_client(peer) => {
-                tracing::warn!(key_id = %key.id, "a key used from outside its allowed networks");
+            Verification::Valid(verified) if !verified.allows_client(peer) => {
+                tracing::warn!(key_id = %verified.key.id, "a key used from outside its allowed networks");
                 Err(Error::PermissionDenied("this key may not be used from this address".into()))
             }
-            Verification::Valid(key) => {
+            Verification::Valid(verified) => {
+                let key = verified.key;
                 Ok(Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id })
             }
             Verification::Invalid(failure, _) => {

@@ -16,11 +16,12 @@ use serde_json::json;
 use super::Wakeups;
 use super::auth::RequestContext;
 use super::sync::require_sidecar;
+use super::verify::VerifiedKey;
 use crate::error::{Error, Result};
 use crate::store::audit::{self, NewAuditEvent};
-use crate::store::credits::{self, Credits};
+use crate::store::credits::{self, Credits, Holder};
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{self, OrgScope, OrgTx, api_keys, rate_windows};
+use crate::store::{self, OrgScope, OrgTx, rate_windows};
 
 /// Most credits one lease request may ask for.
 pub const MAX_LEASE_REQUEST: u64 = 100_000;
@@ -52,27 +53,25 @@ impl CreditService {
         Self { db, wakeups, lease_ttl }
     }
 
-    /// Grants up to `requested` credits of key `key_id` (any org): at most a
-    /// quarter of what is left, so sidecars sharing a key near its end take
-    /// it a few credits at a time rather than strand it; but at least
-    /// `at_least` (the cost of the waiting check), or nothing if fewer are left.
-    pub async fn lease(&self, ctx: &RequestContext, key_id: &str, requested: u64, at_least: u64) -> Result<Lease> {
-        require_sidecar(ctx)?;
-        if !(1..=MAX_LEASE_REQUEST).contains(&requested) {
-            return Err(Error::invalid("requested", format!("must be between 1 and {MAX_LEASE_REQUEST}")));
-        }
-        let key = api_keys::find_in(&self.db, OrgScope::AllOrgs, key_id).await?.ok_or(Error::NotFound("api key"))?;
-        let tx = OrgTx::begin(&self.db, &key.org_id).await?;
-        let key = api_keys::find(tx.conn(), tx.org(), key_id).await?.ok_or(Error::NotFound("api key"))?;
-        let Some(Credits { remaining, next_refill_at, .. }) = key.credits() else {
-            return Err(Error::FailedPrecondition("the key has no credits".into()));
+    /// Grants up to `requested` credits of key (or identity) `holder_id`,
+    /// of any org: at most a quarter of what is left, so sidecars sharing a
+    /// budget near its end take it a few credits at a time rather than
+    /// strand it; but at least `at_least` (the cost of the waiting check),
+    /// or nothing if fewer are left.
+    pub async fn lease(&self, ctx: &RequestContext, holder_id: &str, requested: u64, at_least: u64) -> Result<Lease> {
+        let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
+        let tx = OrgTx::begin(&self.db, holder.org_id()).await?;
+        let holder =
+            Holder::find(tx.conn(), OrgScope::Org(tx.org()), holder_id).await?.ok_or(Error::NotFound("api key"))?;
+        let Some(Credits { remaining, next_refill_at, .. }) = holder.credits() else {
+            return Err(Error::FailedPrecondition(format!("the {} has no credits", holder.kind())));
         };
         let at_least = at_least.max(1);
         let lease = if remaining < at_least {
             None
         } else {
             let wanted = requested.max(at_least).min(remaining.div_ceil(4).max(at_least));
-            credits::lease(&tx, key, wanted, self.lease_ttl).await?
+            credits::lease(&tx, holder, wanted, self.lease_ttl).await?
         };
         tx.commit().await?;
         Ok(match lease {
@@ -86,27 +85,39 @@ impl CreditService {
         })
     }
 
-    /// Grants up to `requested` requests of key `key_id`'s global rate limit
-    /// in the current window (at most a quarter of what is left in it, at
-    /// least one): how many, and the time left in the window.
-    pub async fn lease_requests(&self, ctx: &RequestContext, key_id: &str, requested: u64) -> Result<(u64, Duration)> {
-        require_sidecar(ctx)?;
-        if !(1..=MAX_LEASE_REQUEST).contains(&requested) {
-            return Err(Error::invalid("requested", format!("must be between 1 and {MAX_LEASE_REQUEST}")));
-        }
-        let key = api_keys::find_in(&self.db, OrgScope::AllOrgs, key_id).await?.ok_or(Error::NotFound("api key"))?;
-        let Some(limit) = key.rate_limit().filter(|limit| limit.global) else {
-            return Err(Error::FailedPrecondition("the key has no global rate limit".into()));
+    /// Grants up to `requested` requests of the global rate limit of key
+    /// (or identity) `holder_id` in the current window (at most a quarter
+    /// of what is left in it, at least one): how many, and the time left in
+    /// the window.
+    pub async fn lease_requests(
+        &self,
+        ctx: &RequestContext,
+        holder_id: &str,
+        requested: u64,
+    ) -> Result<(u64, Duration)> {
+        let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
+        let Some(limit) = holder.rate_limit().filter(|limit| limit.global) else {
+            return Err(Error::FailedPrecondition(format!("the {} has no global rate limit", holder.kind())));
         };
         let window_ms = i64::try_from(limit.window.as_millis()).unwrap_or(i64::MAX).max(1);
         let now_ms = store::now().timestamp_millis();
         let window_start = now_ms - now_ms.rem_euclid(window_ms);
         let window_left = Duration::from_millis(u64::try_from(window_start + window_ms - now_ms).unwrap_or(0));
-        let tx = OrgTx::begin(&self.db, &key.org_id).await?;
+        let tx = OrgTx::begin(&self.db, holder.org_id()).await?;
         let wanted = i64::try_from(requested).unwrap_or(i64::MAX);
-        let granted = rate_windows::grant(&tx, &key.id, window_start, i64::from(limit.requests), wanted).await?;
+        let granted = rate_windows::grant(&tx, holder.id(), window_start, i64::from(limit.requests), wanted).await?;
         tx.commit().await?;
         Ok((u64::try_from(granted).unwrap_or(0), window_left))
+    }
+
+    /// The key or identity a sidecar leases from (any org), after the
+    /// checks both kinds of lease share.
+    async fn holder_for_lease(&self, ctx: &RequestContext, holder_id: &str, requested: u64) -> Result<Holder> {
+        require_sidecar(ctx)?;
+        if !(1..=MAX_LEASE_REQUEST).contains(&requested) {
+            return Err(Error::invalid("requested", format!("must be between 1 and {MAX_LEASE_REQUEST}")));
+        }
+        Holder::find(&self.db, OrgScope::AllOrgs, holder_id).await?.ok_or(Error::NotFound("api key"))
     }
 
     /// Forgets global rate-limit windows that started more than a day ago.
@@ -125,28 +136,43 @@ impl CreditService {
         Ok(returned)
     }
 
-    /// Spends `cost` credits of `key` for VerifyApiKey; false when fewer are left.
-    pub async fn spend(&self, key: &api_keys::Model, cost: u64) -> Result<bool> {
-        let tx = OrgTx::begin(&self.db, &key.org_id).await?;
-        let Some(key) = api_keys::find(tx.conn(), tx.org(), &key.id).await? else { return Ok(false) };
-        let spent = credits::spend(&tx, key, cost).await?;
+    /// Spends `cost` credits for VerifyApiKey from the verified key and its
+    /// identity, whichever are limited: from both or, when either has fewer
+    /// left, from neither (false).
+    pub async fn spend(&self, verified: &VerifiedKey, cost: u64) -> Result<bool> {
+        let tx = OrgTx::begin(&self.db, &verified.key.org_id).await?;
+        let ids = std::iter::once(&verified.key.id).chain(verified.identity.as_ref().map(|identity| &identity.id));
+        let mut holders = Vec::with_capacity(2);
+        for id in ids {
+            let Some(holder) = Holder::find(tx.conn(), OrgScope::Org(tx.org()), id).await? else { return Ok(false) };
+            holders.push(holder);
+        }
+        let spent = credits::spend(&tx, holders, cost).await?;
         tx.commit().await?;
         Ok(spent)
     }
 
-    /// Refills up to `batch` keys whose refill is due, each in its own
-    /// transaction (audited as the system, a key event appended so sidecars
-    /// that ran out try again). Returns how many.
+    /// Refills up to `batch` keys and identities whose refill is due, each
+    /// in its own transaction (audited as the system, a key event appended
+    /// so sidecars that ran out try again). Returns how many.
     pub async fn refill_due(&self, batch: u64) -> Result<u64> {
         let now = store::now();
         let mut refilled = 0;
         for (org, id) in credits::due_refills(&self.db, now, batch).await? {
             let tx = OrgTx::begin(&self.db, &org).await?;
-            let Some(key) = api_keys::find(tx.conn(), tx.org(), &id).await? else { continue };
-            let Some(key) = credits::refill(&tx, key, now).await? else { continue };
-            key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
-            let details = json!({ "credits": key.credits_remaining, "next_refill_at": key.credit_refill_next_at });
-            let event = NewAuditEvent::by_system(REFILL, "api_key.credits_refilled", "api_key", &key.id, details);
+            let Some(holder) = Holder::find(tx.conn(), OrgScope::Org(tx.org()), &id).await? else { continue };
+            let Some(holder) = credits::refill(&tx, holder, now).await? else { continue };
+            key_events::append(&tx, holder.id(), KeyEventKind::Updated).await?;
+            let credits = holder.credits();
+            let details = json!({
+                "credits": credits.map(|c| c.remaining),
+                "next_refill_at": credits.and_then(|c| c.next_refill_at),
+            });
+            let action = match holder {
+                Holder::Key(_) => "api_key.credits_refilled",
+                Holder::Identity(_) => "identity.credits_refilled",
+            };
+            let event = NewAuditEvent::by_system(REFILL, action, holder.kind(), holder.id(), details);
             audit::append(&tx, event).await?;
             self.wakeups.commit_key_change(tx).await?;
             refilled += 1;

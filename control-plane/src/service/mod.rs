@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod connections;
 pub mod credits;
+pub mod identities;
 pub mod paging;
 pub mod reseal;
 pub mod retention;
@@ -33,6 +34,7 @@ pub use audit::AuditService;
 pub use auth::{Actor, Authenticator, RequestContext, Scope};
 pub use connections::ConnectionService;
 pub use credits::CreditService;
+pub use identities::IdentityService;
 pub use sessions::SessionService;
 pub use sync::SidecarSync;
 pub use usage::UsageService;
@@ -49,6 +51,7 @@ pub mod records {
     pub use crate::store::deliveries::attempt::Model as DeliveryAttempt;
     pub use crate::store::deliveries::{DeliveryFilter, DeliveryStatus, Model as Delivery};
     pub use crate::store::events::Model as Event;
+    pub use crate::store::identities::{IdentityChanges, IdentityFilter, Model as Identity, NewIdentity};
     pub use crate::store::key_events::{KeyEventKind, Model as KeyEvent};
     pub use crate::store::webhooks::{Model as Subscription, SubscriptionStatus};
 }

@@ -29,6 +29,7 @@ use crate::crypto::Environment;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::store::api_keys::{self, KeyStatus};
+use crate::store::identities;
 use crate::store::{self, OrgScope};
 
 /// Why a token is refused.
@@ -84,13 +85,33 @@ pub enum Purpose {
     Authentication,
 }
 
+/// A key whose secret matched, with the identity it belongs to.
+#[derive(Debug)]
+pub struct VerifiedKey {
+    pub key: api_keys::Model,
+    pub identity: Option<identities::Model>,
+}
+
+impl VerifiedKey {
+    /// Whether a client at `client` may use the key: inside the key's
+    /// allow-list and its identity's, where they have one.
+    pub fn allows_client(&self, client: Option<IpAddr>) -> bool {
+        self.key.allows_client(client) && self.identity.as_ref().is_none_or(|identity| identity.allows_client(client))
+    }
+
+    /// Whether a use spends credits (of the key, its identity, or both).
+    pub fn has_credits(&self) -> bool {
+        self.key.credits_remaining.is_some() || self.identity.as_ref().is_some_and(|i| i.credits_remaining.is_some())
+    }
+}
+
 /// Outcome of a verification.
 #[derive(Debug)]
 pub enum Verification {
     /// The token is good; here is its key.
-    Valid(Box<api_keys::Model>),
+    Valid(Box<VerifiedKey>),
     /// The token is refused; the key is known when the secret was right.
-    Invalid(Failure, Option<Box<api_keys::Model>>),
+    Invalid(Failure, Option<Box<VerifiedKey>>),
 }
 
 /// Bounds on argon2 work spent on wrong secrets.
@@ -191,9 +212,14 @@ impl Verifier {
             KeyStatus::Active if key.is_expired(store::now()) => Some(Failure::Expired),
             KeyStatus::Active => None,
         };
+        let identity = match &key.identity_id {
+            Some(id) => identities::find(&self.db, &key.org_id, id).await?,
+            None => None,
+        };
+        let verified = Box::new(VerifiedKey { key, identity });
         Ok(match failure {
-            Some(failure) => Verification::Invalid(failure, Some(Box::new(key))),
-            None => Verification::Valid(Box::new(key)),
+            Some(failure) => Verification::Invalid(failure, Some(verified)),
+            None => Verification::Valid(verified),
         })
     }
 
@@ -273,20 +299,20 @@ pub struct Requirements<'a> {
 }
 
 /// Applies a caller's requirements to a valid key: environment, client
-/// address, then scopes.
+/// address (the key's allow-list and its identity's), then scopes.
 pub fn check_requirements(verification: Verification, required: Requirements<'_>) -> Verification {
-    let Verification::Valid(key) = verification else {
+    let Verification::Valid(verified) = verification else {
         return verification;
     };
-    if required.environment.is_some_and(|env| env != key.environment) {
-        return Verification::Invalid(Failure::WrongEnvironment, Some(key));
+    if required.environment.is_some_and(|env| env != verified.key.environment) {
+        return Verification::Invalid(Failure::WrongEnvironment, Some(verified));
     }
-    if !key.allows_client(required.client) {
-        return Verification::Invalid(Failure::IpNotAllowed, Some(key));
+    if !verified.allows_client(required.client) {
+        return Verification::Invalid(Failure::IpNotAllowed, Some(verified));
     }
-    let granted = key.scope_list();
+    let granted = verified.key.scope_list();
     if required.scopes.iter().any(|needed| !granted.contains(needed)) {
-        return Verification::Invalid(Failure::MissingScope, Some(key));
+        return Verification::Invalid(Failure::MissingScope, Some(verified));
     }
-    Verification::Valid(key)
+    Verification::Valid(verified)
 }

@@ -1,7 +1,5 @@
 //! The `api_keys` table and its org-scoped queries.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
@@ -10,7 +8,8 @@ use sea_orm::{Condition, ExprTrait, IntoActiveModel, PaginatorTrait, QueryOrder,
 use serde::Serialize;
 
 use super::credits::{self, CreditsChange, Refill};
-use super::{OrgScope, OrgTx};
+pub use super::policy::RateLimit;
+use super::{OrgScope, OrgTx, policy};
 use crate::crypto::Environment;
 use crate::error::Result;
 
@@ -68,6 +67,8 @@ pub struct Model {
     pub credit_refill_next_at: Option<DateTime<Utc>>,
     /// `global`, or NULL for a per-sidecar rate limit.
     pub rate_limit_scope: Option<String>,
+    /// The identity (of the same org) the key belongs to.
+    pub identity_id: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -88,34 +89,6 @@ pub enum KeyStatus {
     Expired,
 }
 
-/// At most `requests` uses per `window` (stored as two columns).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateLimit {
-    pub requests: u32,
-    pub window: Duration,
-    /// One budget per window shared by every sidecar (leased), instead of
-    /// one per sidecar.
-    pub global: bool,
-}
-
-impl RateLimit {
-    /// The column values (requests, window ms, scope); callers check the
-    /// ranges before storing.
-    fn columns(limit: Option<Self>) -> (Option<i32>, Option<i64>, Option<String>) {
-        match limit {
-            Some(limit) => (
-                i32::try_from(limit.requests).ok(),
-                i64::try_from(limit.window.as_millis()).ok(),
-                limit.global.then(|| GLOBAL_SCOPE.to_owned()),
-            ),
-            None => (None, None, None),
-        }
-    }
-}
-
-/// `rate_limit_scope` of a global rate limit (NULL is local).
-const GLOBAL_SCOPE: &str = "global";
-
 impl Model {
     /// The key's scopes.
     pub fn scope_list(&self) -> Vec<String> {
@@ -130,29 +103,18 @@ impl Model {
     /// The networks the key may be used from (canonical CIDR strings);
     /// empty = anywhere.
     pub fn allowed_cidr_list(&self) -> Vec<String> {
-        self.allowed_cidrs.clone().and_then(|list| serde_json::from_value(list).ok()).unwrap_or_default()
+        policy::cidr_list(&self.allowed_cidrs)
     }
 
     /// Whether a client at `client` may use the key: any client when the
     /// key has no allow-list, otherwise only one inside it.
     pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        let allowed = self.allowed_cidr_list();
-        allowed.is_empty()
-            || client.map(|ip| ip.to_canonical()).is_some_and(|ip| {
-                allowed.iter().filter_map(|cidr| cidr.parse::<ipnet::IpNet>().ok()).any(|net| net.contains(&ip))
-            })
+        policy::allows(&self.allowed_cidrs, client)
     }
 
     /// The key's rate limit, if it has one.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        match (self.rate_limit_requests, self.rate_limit_window_ms) {
-            (Some(requests), Some(window_ms)) => Some(RateLimit {
-                requests: u32::try_from(requests).ok()?,
-                window: Duration::from_millis(u64::try_from(window_ms).ok()?),
-                global: self.rate_limit_scope.as_deref() == Some(GLOBAL_SCOPE),
-            }),
-            _ => None,
-        }
+        RateLimit::from_columns(self.rate_limit_requests, self.rate_limit_window_ms, self.rate_limit_scope.as_deref())
     }
 }
 
@@ -162,6 +124,7 @@ pub struct KeyFilter {
     pub status: Option<KeyStatus>,
     pub environment: Option<Environment>,
     pub name_prefix: Option<String>,
+    pub identity_id: Option<String>,
 }
 
 /// A key about to be stored: what its issuer decides. The row's org,
@@ -189,6 +152,8 @@ pub struct NewKeyRow {
     pub created_by: String,
     /// The key this one replaces, for a rotation.
     pub rotated_from: Option<String>,
+    /// The identity the key belongs to (checked to exist in the org).
+    pub identity_id: Option<String>,
 }
 
 impl NewKeyRow {
@@ -225,11 +190,12 @@ impl NewKeyRow {
             rotated_from: Set(self.rotated_from),
             last_used_at: Set(None),
             usage_count: Set(0),
-            allowed_cidrs: Set(cidr_column(self.allowed_cidrs)),
+            allowed_cidrs: Set(policy::cidr_column(self.allowed_cidrs)),
             credits_remaining: Set(remaining),
             credit_refill_amount: Set(refill_amount),
             credit_refill_period: Set(refill_period),
             credit_refill_next_at: Set(refill_next_at),
+            identity_id: Set(self.identity_id),
         }
     }
 }
@@ -250,11 +216,8 @@ pub struct KeyChanges {
     pub credits: Option<CreditsChange>,
     /// A new refill (`Some(None)` removes it).
     pub credit_refill: Option<Option<Refill>>,
-}
-
-/// The stored form of an allow-list: NULL when it is empty.
-fn cidr_column(cidrs: Vec<String>) -> Option<Json> {
-    (!cidrs.is_empty()).then(|| serde_json::json!(cidrs))
+    /// A new identity (`Some(None)` detaches the key).
+    pub identity_id: Option<Option<String>>,
 }
 
 /// Stores a new key in the transaction's org.
@@ -293,6 +256,9 @@ pub async fn list(
     }
     if let Some(environment) = filter.environment {
         condition = condition.add(Column::Environment.eq(environment));
+    }
+    if let Some(identity) = &filter.identity_id {
+        condition = condition.add(Column::IdentityId.eq(identity.as_str()));
     }
     if let Some(prefix) = &filter.name_prefix {
         let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
@@ -333,7 +299,7 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
         row.metadata = Set(metadata);
     }
     if let Some(cidrs) = changes.allowed_cidrs {
-        row.allowed_cidrs = Set(cidr_column(cidrs));
+        row.allowed_cidrs = Set(policy::cidr_column(cidrs));
     }
     if let Some(change) = changes.credits {
         if let CreditsChange::Set(_) = change {
@@ -347,6 +313,9 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
         row.credit_refill_amount = Set(amount);
         row.credit_refill_period = Set(period);
         row.credit_refill_next_at = Set(next_at);
+    }
+    if let Some(identity) = changes.identity_id {
+        row.identity_id = Set(identity);
     }
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)
@@ -413,6 +382,25 @@ pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
     let result =
         Entity::delete_many().filter(Column::Id.eq(id)).filter(Column::OrgId.eq(tx.org())).exec(tx.conn()).await?;
     Ok(result.rows_affected > 0)
+}
+
+/// The active keys of identity `identity_id` of the transaction's org.
+pub async fn active_of_identity(tx: &OrgTx, identity_id: &str) -> Result<Vec<Model>> {
+    Ok(Entity::find()
+        .filter(Column::OrgId.eq(tx.org()))
+        .filter(Column::IdentityId.eq(identity_id))
+        .filter(Column::Status.eq(KeyStatus::Active))
+        .all(tx.conn())
+        .await?)
+}
+
+/// Detaches every key of identity `identity_id` of the transaction's org from it.
+pub async fn detach_identity(tx: &OrgTx, identity_id: &str) -> Result<u64> {
+    let update = Entity::update_many()
+        .col_expr(Column::IdentityId, Expr::value(None::<String>))
+        .filter(Column::OrgId.eq(tx.org()))
+        .filter(Column::IdentityId.eq(identity_id));
+    Ok(update.exec(tx.conn()).await?.rows_affected)
 }
 
 /// The org and environment of each key in `ids` that exists, across orgs:

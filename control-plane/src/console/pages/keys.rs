@@ -45,6 +45,7 @@ pub async fn list(
                 },
                 environment: filter.environment.parse().ok(),
                 name_prefix: Some(filter.prefix.clone()).filter(|p| !p.is_empty()),
+                identity_id: None,
             },
         };
         let page = console.keys.list(&signed.ctx, query).await?;
@@ -116,6 +117,7 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         recoverable: form.recoverable.is_some(),
         allowed_cidrs: words(&form.allowed_cidrs),
         credits,
+        identity_id: None,
     })
 }
 

@@ -7,6 +7,7 @@ use super::rules;
 use super::{KeyChanges, KeyService};
 use crate::error::{Error, Result};
 use crate::service::auth::{RequestContext, Scope};
+use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
 use crate::store::api_keys::{self, KeyStatus};
@@ -72,11 +73,15 @@ impl KeyService {
             changes.allowed_cidrs = Some(rules::canonical_cidrs(&mut violations, "update.allowed_cidrs", cidrs));
             changed.push("allowed_cidrs");
         }
+        if let Some(identity) = &mut changes.identity_id {
+            identity.take_if(|id| id.is_empty());
+            changed.push("identity_id");
+        }
         if changed.is_empty() {
             violations.add(
                 "update_mask",
                 "name at least one field: name, description, scopes, expires_at, rate_limit, metadata, allowed_cidrs, \
-                 credits, credit_refill",
+                 credits, credit_refill, identity_id",
             );
         }
         violations.finish()?;
@@ -90,10 +95,18 @@ impl KeyService {
         if moves_expiry && (key.status == KeyStatus::Expired || key.is_expired(now)) {
             return Err(Error::FailedPrecondition("the key has expired for good; create a new one".into()));
         }
+        if let Some(Some(identity)) = &changes.identity_id {
+            identities::require_in(&tx, "update.identity_id", identity).await?;
+        }
         let changes_summary = changes.credits.map(|change| format!("{change:?}").to_lowercase());
         let key = api_keys::update(&tx, key, changes).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
-        let details = json!({ "fields": changed, "credits_change": changes_summary, "credits": key.credits_remaining });
+        let details = json!({
+            "fields": changed,
+            "credits_change": changes_summary,
+            "credits": key.credits_remaining,
+            "identity_id": key.identity_id,
+        });
         audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, details)).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(key)
@@ -110,10 +123,7 @@ impl KeyService {
         if key.status == KeyStatus::Revoked {
             return Err(Error::FailedPrecondition("the key is already revoked".into()));
         }
-        let key = api_keys::revoke(&tx, key, ctx.actor_label().1, reason).await?;
-        key_events::append(&tx, &key.id, KeyEventKind::Revoked).await?;
-        audit::append(&tx, ctx.audit("api_key.revoked", "api_key", &key.id, json!({ "reason": reason }))).await?;
-        outbox::publish_system_event(&tx, "api_key.revoked", rules::event_data(&key)).await?;
+        let key = revoke_in(&tx, ctx, key, reason).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(key)
     }
@@ -130,4 +140,20 @@ impl KeyService {
         outbox::publish_system_event(&tx, "api_key.deleted", json!({ "key_id": id })).await?;
         self.wakeups.commit_key_change(tx).await
     }
+}
+
+/// Revokes `key`, loaded in the transaction's org: with its key event,
+/// audit row and `api_key.revoked` event. The caller commits with
+/// [`crate::service::Wakeups::commit_key_change`].
+pub(crate) async fn revoke_in(
+    tx: &OrgTx,
+    ctx: &RequestContext,
+    key: api_keys::Model,
+    reason: &str,
+) -> Result<api_keys::Model> {
+    let key = api_keys::revoke(tx, key, ctx.actor_label().1, reason).await?;
+    key_events::append(tx, &key.id, KeyEventKind::Revoked).await?;
+    audit::append(tx, ctx.audit("api_key.revoked", "api_key", &key.id, json!({ "reason": reason }))).await?;
+    outbox::publish_system_event(tx, "api_key.revoked", rules::event_data(&key)).await?;
+    Ok(key)
 }

@@ -11,6 +11,7 @@ use super::{Expiry, IssuedKey, KeyService, NewKey, Rotation};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::service::auth::{PLATFORM_ORG, RequestContext, Scope};
+use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
 use crate::store::api_keys::{self, KeyChanges, KeyStatus, NewKeyRow, RateLimit};
@@ -30,6 +31,7 @@ struct Attributes {
     recoverable: bool,
     allowed_cidrs: Vec<String>,
     credits: Option<(u64, Option<Refill>)>,
+    identity_id: Option<String>,
 }
 
 impl KeyService {
@@ -47,6 +49,7 @@ impl KeyService {
             recoverable: false,
             allowed_cidrs: Vec::new(),
             credits: None,
+            identity_id: None,
         };
         self.create(&RequestContext::operator(), new).await
     }
@@ -92,9 +95,13 @@ impl KeyService {
             recoverable: new.recoverable,
             allowed_cidrs,
             credits: new.credits,
+            identity_id: new.identity_id.filter(|id| !id.is_empty()),
         };
         let (row, token) = self.generate(ctx, attributes, None).await?;
         let tx = OrgTx::begin(&self.db, &org).await?;
+        if let Some(identity) = &row.identity_id {
+            identities::require_in(&tx, "identity_id", identity).await?;
+        }
         let key = api_keys::insert(&tx, row).await?;
         audit::append(&tx, ctx.audit("api_key.created", "api_key", &key.id, rules::audit_details(&key))).await?;
         outbox::publish_system_event(&tx, "api_key.created", rules::event_data(&key)).await?;
@@ -129,6 +136,7 @@ impl KeyService {
             allowed_cidrs: old.allowed_cidr_list(),
             // Set inside the transaction below, from the key as it is then.
             credits: None,
+            identity_id: old.identity_id.clone(),
         };
         let (row, token) = self.generate(ctx, attributes, Some(old.id.clone())).await?;
 
@@ -212,6 +220,7 @@ impl KeyService {
             credits: attributes.credits,
             created_by: ctx.actor_label().1,
             rotated_from,
+            identity_id: attributes.identity_id,
         };
         Ok((row, generated.token))
     }

@@ -6,7 +6,9 @@
 mod changes;
 mod ending;
 mod issue;
-mod rules;
+pub(super) mod rules;
+
+pub(crate) use changes::revoke_in;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +63,8 @@ pub struct NewKey {
     pub allowed_cidrs: Vec<String>,
     /// Uses allowed, with an optional refill; `None` = unlimited.
     pub credits: Option<(u64, Option<Refill>)>,
+    /// The identity (of the same org) the key belongs to; `None` or empty = none.
+    pub identity_id: Option<String>,
 }
 
 /// A key with its plaintext token, returned once.
@@ -151,11 +155,11 @@ impl KeyService {
         violations.finish()?;
         let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
         let verification = match verify::check_requirements(verification, required) {
-            Verification::Valid(key) if key.credits_remaining.is_some() => {
-                if self.credits.spend(&key, required.cost.max(1)).await? {
-                    Verification::Valid(key)
+            Verification::Valid(verified) if verified.has_credits() => {
+                if self.credits.spend(&verified, required.cost.max(1)).await? {
+                    Verification::Valid(verified)
                 } else {
-                    Verification::Invalid(Failure::CreditsExhausted, Some(key))
+                    Verification::Invalid(Failure::CreditsExhausted, Some(verified))
                 }
             }
             other => other,

@@ -105,6 +105,7 @@ pub fn event_data(key: &api_keys::Model) -> Value {
         "status": key.status,
         "start": key.start,
         "expires_at": key.expires_at,
+        "identity_id": key.identity_id,
     })
 }
 
@@ -119,5 +120,6 @@ pub fn audit_details(key: &api_keys::Model) -> Value {
         "rotated_from": key.rotated_from,
         "allowed_cidrs": key.allowed_cidr_list(),
         "credits": key.credits_remaining,
+        "identity_id": key.identity_id,
     })
 }
