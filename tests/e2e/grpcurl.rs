@@ -58,6 +58,10 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         // deleted its key (usage of deleted keys is skipped): timing decides.
         "'unauthorized': '1'",
         "failed attempts this hour: 1",
+        "keyplane.admin.v1.IdentityService",
+        "verified as cust_1234",
+        "identity credits left: 9999",
+        "revokedKeyIds",
         "SERVING",
         "walkthrough ok",
     ] {

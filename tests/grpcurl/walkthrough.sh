@@ -115,6 +115,27 @@ ATTEMPTS=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
   "$ADDR" keyplane.admin.v1.UsageService/QueryDeliveryStats | field '["buckets"][-1].get("failed", "0")')
 echo "failed attempts this hour: $ATTEMPTS"
 
-echo "== 11. health"
+echo "== 11. identities: a customer whose keys share one budget"
+IDENTITY_ID=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d '{"org_id": "acme", "external_id": "cust_1234", "metadata": {"plan": "pro"},
+       "credits": {"remaining": 10000, "refill": {"amount": 10000, "monthly_on_day": 1}},
+       "rate_limit": {"requests": 50, "window": "1s", "scope": "RATE_LIMIT_SCOPE_GLOBAL"}}' \
+  "$ADDR" keyplane.admin.v1.IdentityService/CreateIdentity | field '["identity"]["id"]')
+CUSTOMER_TOKEN=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"org_id\": \"acme\", \"name\": \"cust_1234 ci\", \"identity_id\": \"$IDENTITY_ID\"}" \
+  "$ADDR" keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
+grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d "{\"org_id\": \"acme\", \"identity_id\": \"$IDENTITY_ID\"}" \
+  "$ADDR" keyplane.admin.v1.ApiKeyService/ListApiKeys | field '["apiKeys"][0]["name"]'
+VERIFIED_AS=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d "{\"token\": \"$CUSTOMER_TOKEN\"}" \
+  "$ADDR" keyplane.admin.v1.ApiKeyService/VerifyApiKey | field '["principal"]["identity"]["externalId"]')
+echo "verified as $VERIFIED_AS"
+LEFT=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d '{"org_id": "acme", "external_id": "cust_1234"}' \
+  "$ADDR" keyplane.admin.v1.IdentityService/GetIdentity | field '["identity"]["credits"]["remaining"]')
+echo "identity credits left: $LEFT"
+grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"org_id\": \"acme\", \"id\": \"$IDENTITY_ID\", \"revoke_keys\": true}" \
+  "$ADDR" keyplane.admin.v1.IdentityService/DeleteIdentity
+
+echo "== 12. health"
 grpcurl -plaintext "$ADDR" grpc.health.v1.Health/Check
 echo "walkthrough ok"
