@@ -385,10 +385,40 @@ async fn verify_api_key_and_leases_use_both_budgets(backend: Backend) {
     assert_eq!(exhausted.failure(), pb::VerifyFailure::CreditsExhausted);
     assert_eq!(key_credits(&mut keys, &org, &id).await, 8, "nothing spent from the key when the identity refused");
 
+    // An identity's refill restores service to its keys (audited as the system).
+    let refill = pb::UpdateIdentityRequest {
+        org_id: org.clone(),
+        id: identity.id.clone(),
+        update: Some(pb::IdentityUpdate {
+            credit_refill: Some(pb::CreditRefill {
+                amount: 1,
+                period: Some(pb::credit_refill::Period::Every(prost_types::Duration { seconds: 1, nanos: 0 })),
+                next_refill_at: None,
+            }),
+            ..Default::default()
+        }),
+        update_mask: mask(&["credit_refill"]),
+    };
+    identities.update_identity(refill).await.expect("refill");
+    let verified = || async { keys.clone().verify_api_key(verify("192.0.2.7")).await.expect("verify").into_inner() };
+    eventually(verified, |answer| answer.valid).await;
+    let refilled = plane.audit_events(&org, "identity.credits_refilled").await;
+    assert!(refilled.iter().any(|e| e.target_id == identity.id && e.actor_type == "system"), "{refilled:?}");
+    let no_refill = pb::UpdateIdentityRequest {
+        org_id: org.clone(),
+        id: identity.id.clone(),
+        update: Some(pb::IdentityUpdate {
+            credits: Some(pb::CreditsChange { change: Some(pb::credits_change::Change::Set(0)) }),
+            ..Default::default()
+        }),
+        update_mask: mask(&["credit_refill", "credits"]),
+    };
+    identities.update_identity(no_refill).await.expect("no refill");
+
     // Sidecars lease an identity's budgets under its id.
     let (_, sidecar) = plane.create_key("keyplane", &["keyplane:sidecar"]).await;
     let mut sync = plane.key_sync(&sidecar).await;
-    let refill = pb::UpdateIdentityRequest {
+    let add = pb::UpdateIdentityRequest {
         org_id: org.clone(),
         id: identity.id.clone(),
         update: Some(pb::IdentityUpdate {
@@ -397,7 +427,7 @@ async fn verify_api_key_and_leases_use_both_budgets(backend: Backend) {
         }),
         update_mask: mask(&["credits"]),
     };
-    identities.update_identity(refill).await.expect("add");
+    identities.update_identity(add).await.expect("add");
     let lease = sync::LeaseCreditsRequest { key_id: identity.id.clone(), requested: 100, at_least: 1 };
     let granted = sync.lease_credits(lease).await.expect("lease").into_inner();
     assert_eq!(granted.granted, 10, "a quarter of 40");

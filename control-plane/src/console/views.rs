@@ -170,6 +170,8 @@ pub struct KeyDetail {
     /// Remaining credits and the next refill, or `unlimited`.
     pub credits: String,
     pub allowed_cidrs_input: String,
+    /// The identity's id, or `none`.
+    pub identity: String,
 }
 
 #[derive(Template)]

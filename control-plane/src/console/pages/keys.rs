@@ -280,6 +280,7 @@ fn detail(key: &ApiKey) -> KeyDetail {
             list => list.join(" "),
         },
         allowed_cidrs_input: key.allowed_cidr_list().join(" "),
+        identity: key.identity_id.clone().unwrap_or_else(|| "none".to_owned()),
         credits: match key.credits() {
             None => "unlimited".to_owned(),
             Some(credits) => match credits.next_refill_at {
