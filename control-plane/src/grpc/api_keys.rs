@@ -58,6 +58,15 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
     let update = request.update.unwrap_or_default();
     let mut changes = KeyChanges::default();
     for path in paths {
+        let limits = convert::LimitUpdate {
+            rate_limit: update.rate_limit,
+            allowed_cidrs: &update.allowed_cidrs,
+            credits: update.credits,
+            credit_refill: update.credit_refill,
+        };
+        if convert::limit_path(&mut changes.limits, &path, limits)? {
+            continue;
+        }
         match path.as_str() {
             "name" => changes.name = Some(update.name.clone()),
             "description" => changes.description = Some(update.description.clone()),
@@ -66,19 +75,7 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
                 changes.expires_at =
                     Some(update.expires_at.map(|at| convert::time_from_proto("update.expires_at", at)).transpose()?);
             }
-            "rate_limit" => {
-                changes.rate_limit = Some(
-                    update.rate_limit.map(|l| convert::rate_limit_from_proto("update.rate_limit", l)).transpose()?,
-                );
-            }
-            "allowed_cidrs" => changes.allowed_cidrs = Some(update.allowed_cidrs.clone()),
             "identity_id" => changes.identity_id = Some(Some(update.identity_id.clone())),
-            "credits" => changes.credits = Some(convert::credits_change_from_proto("update.credits", update.credits)?),
-            "credit_refill" => {
-                changes.credit_refill = Some(
-                    update.credit_refill.map(|r| convert::refill_from_proto("update.credit_refill", r)).transpose()?,
-                );
-            }
             "metadata" => {
                 changes.metadata =
                     Some(update.metadata.clone().map(|m| convert::struct_to_json("update.metadata", m)).transpose()?);

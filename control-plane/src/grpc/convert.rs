@@ -12,7 +12,7 @@ use serde_json::{Number, Value};
 use crate::error::{Error, Result};
 use crate::service::records::{
     ApiKey, AuditEvent, Connection, Credits, CreditsChange, Delivery, DeliveryAttempt, DeliveryStatus, Environment,
-    Event, Identity, KeyStatus, RateLimit, Refill, RefillPeriod, Subscription, SubscriptionStatus,
+    Event, Identity, KeyStatus, LimitChanges, RateLimit, Refill, RefillPeriod, Subscription, SubscriptionStatus,
 };
 use crate::service::usage::ingest::{MinuteCount, UsageReport};
 use crate::service::usage::{DeliveryStatsBucket, KeyRanking, RangeRequest};
@@ -238,6 +238,33 @@ pub fn credits_change_from_proto(field: &str, change: Option<pb::CreditsChange>)
         Some(pb::credits_change::Change::Subtract(n)) => Ok(CreditsChange::Subtract(n)),
         None => Err(Error::invalid(field, "set one of set, add or subtract")),
     }
+}
+
+/// The limit fields of an update (of a key or an identity), as sent.
+pub struct LimitUpdate<'a> {
+    pub rate_limit: Option<pb::RateLimit>,
+    pub allowed_cidrs: &'a [String],
+    pub credits: Option<pb::CreditsChange>,
+    pub credit_refill: Option<pb::CreditRefill>,
+}
+
+/// Reads mask path `path` into `limits` when it names a limit (the same
+/// paths on keys and identities): whether it did.
+pub fn limit_path(limits: &mut LimitChanges, path: &str, update: LimitUpdate<'_>) -> Result<bool> {
+    match path {
+        "rate_limit" => {
+            limits.rate_limit =
+                Some(update.rate_limit.map(|l| rate_limit_from_proto("update.rate_limit", l)).transpose()?);
+        }
+        "allowed_cidrs" => limits.allowed_cidrs = Some(update.allowed_cidrs.to_vec()),
+        "credits" => limits.credits = Some(credits_change_from_proto("update.credits", update.credits)?),
+        "credit_refill" => {
+            limits.credit_refill =
+                Some(update.credit_refill.map(|r| refill_from_proto("update.credit_refill", r)).transpose()?);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// The principal a verified key speaks for.

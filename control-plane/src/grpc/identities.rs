@@ -41,23 +41,20 @@ fn identity_changes(request: pb::UpdateIdentityRequest) -> Result<IdentityChange
     let update = request.update.unwrap_or_default();
     let mut changes = IdentityChanges::default();
     for path in paths {
+        let limits = convert::LimitUpdate {
+            rate_limit: update.rate_limit,
+            allowed_cidrs: &update.allowed_cidrs,
+            credits: update.credits,
+            credit_refill: update.credit_refill,
+        };
+        if convert::limit_path(&mut changes.limits, &path, limits)? {
+            continue;
+        }
         match path.as_str() {
             "external_id" => changes.external_id = Some(update.external_id.clone()),
             "metadata" => {
                 changes.metadata =
                     Some(update.metadata.clone().map(|m| convert::struct_to_json("update.metadata", m)).transpose()?);
-            }
-            "rate_limit" => {
-                changes.rate_limit = Some(
-                    update.rate_limit.map(|l| convert::rate_limit_from_proto("update.rate_limit", l)).transpose()?,
-                );
-            }
-            "allowed_cidrs" => changes.allowed_cidrs = Some(update.allowed_cidrs.clone()),
-            "credits" => changes.credits = Some(convert::credits_change_from_proto("update.credits", update.credits)?),
-            "credit_refill" => {
-                changes.credit_refill = Some(
-                    update.credit_refill.map(|r| convert::refill_from_proto("update.credit_refill", r)).transpose()?,
-                );
             }
             other => {
                 return Err(Error::invalid("update_mask", format!("unknown or unchangeable field {other:?}")));

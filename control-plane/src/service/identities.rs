@@ -122,25 +122,7 @@ impl IdentityService {
             }
             changed.push("metadata");
         }
-        if let Some(limit) = &changes.rate_limit {
-            if let Some(limit) = limit {
-                rules::check_rate_limit(&mut violations, "update.rate_limit", limit);
-            }
-            changed.push("rate_limit");
-        }
-        if let Some(cidrs) = &changes.allowed_cidrs {
-            changes.allowed_cidrs = Some(rules::canonical_cidrs(&mut violations, "update.allowed_cidrs", cidrs));
-            changed.push("allowed_cidrs");
-        }
-        if changes.credits.is_some() {
-            changed.push("credits");
-        }
-        if let Some(refill) = &changes.credit_refill {
-            if let Some(refill) = refill {
-                rules::check_refill(&mut violations, "update.credit_refill", refill);
-            }
-            changed.push("credit_refill");
-        }
+        rules::check_limit_changes(&mut violations, &mut changes.limits, &mut changed);
         if changed.is_empty() {
             violations.add(
                 "update_mask",
@@ -154,7 +136,7 @@ impl IdentityService {
         if let Some(external_id) = changes.external_id.as_deref().filter(|new| *new != identity.external_id) {
             refuse_taken_external_id(&tx, "update.external_id", external_id).await?;
         }
-        let credits_change = changes.credits.map(|change| format!("{change:?}").to_lowercase());
+        let credits_change = changes.limits.credits.map(|change| format!("{change:?}").to_lowercase());
         let identity = identities::update(&tx, identity, changes).await?;
         key_events::append(&tx, &identity.id, KeyEventKind::Updated).await?;
         let details = json!({

@@ -7,8 +7,8 @@ use sea_orm::sea_query::LikeExpr;
 use sea_orm::{Condition, ExprTrait, IntoActiveModel, PaginatorTrait, QueryOrder, QuerySelect};
 use serde::Serialize;
 
-use super::credits::{self, CreditsChange, Refill};
-pub use super::policy::RateLimit;
+use super::credits::{self, Refill};
+pub use super::policy::{LimitChanges, RateLimit};
 use super::{OrgScope, OrgTx, policy};
 use crate::crypto::Environment;
 use crate::error::Result;
@@ -210,12 +210,8 @@ pub struct KeyChanges {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub rate_limit: Option<Option<RateLimit>>,
     pub metadata: Option<Option<Json>>,
-    /// Canonical CIDRs; empty allows any address.
-    pub allowed_cidrs: Option<Vec<String>>,
-    /// A change to the remaining credits.
-    pub credits: Option<CreditsChange>,
-    /// A new refill (`Some(None)` removes it).
-    pub credit_refill: Option<Option<Refill>>,
+    /// Rate limit, allow-list and credits.
+    pub limits: LimitChanges,
     /// A new identity (`Some(None)` detaches the key).
     pub identity_id: Option<Option<String>>,
 }
@@ -289,31 +285,10 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
     if let Some(expires_at) = changes.expires_at {
         row.expires_at = Set(expires_at);
     }
-    if let Some(limit) = changes.rate_limit {
-        let (requests, window_ms, scope) = RateLimit::columns(limit);
-        row.rate_limit_requests = Set(requests);
-        row.rate_limit_window_ms = Set(window_ms);
-        row.rate_limit_scope = Set(scope);
-    }
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);
     }
-    if let Some(cidrs) = changes.allowed_cidrs {
-        row.allowed_cidrs = Set(policy::cidr_column(cidrs));
-    }
-    if let Some(change) = changes.credits {
-        if let CreditsChange::Set(_) = change {
-            // A new count starts afresh: what leases hold is not given back into it.
-            credits::forget_leases(tx, row.id.as_ref()).await?;
-        }
-        row.credits_remaining = Set(Some(change.apply(row.credits_remaining.take().flatten())));
-    }
-    if let Some(refill) = changes.credit_refill {
-        let (amount, period, next_at) = credits::refill_columns(refill, super::now());
-        row.credit_refill_amount = Set(amount);
-        row.credit_refill_period = Set(period);
-        row.credit_refill_next_at = Set(next_at);
-    }
+    policy::apply_limit_changes!(tx, row, changes.limits);
     if let Some(identity) = changes.identity_id {
         row.identity_id = Set(identity);
     }

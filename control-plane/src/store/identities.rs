@@ -7,8 +7,8 @@ use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::LikeExpr;
 use sea_orm::{Condition, ExprTrait, IntoActiveModel, QueryOrder, QuerySelect};
 
-use super::credits::{self, CreditsChange, Refill};
-use super::policy::{self, RateLimit};
+use super::credits::{self, Refill};
+use super::policy::{self, LimitChanges, RateLimit};
 use super::{OrgScope, OrgTx};
 use crate::error::Result;
 
@@ -98,11 +98,8 @@ pub struct NewIdentity {
 pub struct IdentityChanges {
     pub external_id: Option<String>,
     pub metadata: Option<Option<Json>>,
-    pub rate_limit: Option<Option<RateLimit>>,
-    /// Canonical CIDRs; empty allows any address.
-    pub allowed_cidrs: Option<Vec<String>>,
-    pub credits: Option<CreditsChange>,
-    pub credit_refill: Option<Option<Refill>>,
+    /// Rate limit, allow-list and credits.
+    pub limits: LimitChanges,
 }
 
 /// What [`list`] keeps.
@@ -185,27 +182,7 @@ pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Re
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);
     }
-    if let Some(limit) = changes.rate_limit {
-        let (requests, window_ms, scope) = RateLimit::columns(limit);
-        row.rate_limit_requests = Set(requests);
-        row.rate_limit_window_ms = Set(window_ms);
-        row.rate_limit_scope = Set(scope);
-    }
-    if let Some(cidrs) = changes.allowed_cidrs {
-        row.allowed_cidrs = Set(policy::cidr_column(cidrs));
-    }
-    if let Some(change) = changes.credits {
-        if let CreditsChange::Set(_) = change {
-            credits::forget_leases(tx, row.id.as_ref()).await?;
-        }
-        row.credits_remaining = Set(Some(change.apply(row.credits_remaining.take().flatten())));
-    }
-    if let Some(refill) = changes.credit_refill {
-        let (amount, period, next_at) = credits::refill_columns(refill, super::now());
-        row.credit_refill_amount = Set(amount);
-        row.credit_refill_period = Set(period);
-        row.credit_refill_next_at = Set(next_at);
-    }
+    policy::apply_limit_changes!(tx, row, changes.limits);
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)
 }

@@ -1,10 +1,56 @@
 //! The limits both a key and an identity carry, stored as the same columns
-//! in `api_keys` and `identities`: a rate limit and an allow-list (credits
-//! are in [`super::credits`]).
+//! in `api_keys` and `identities`: a rate limit, an allow-list and credits
+//! (whose rules are in [`super::credits`]).
 
 use std::time::Duration;
 
 use sea_orm::entity::prelude::Json;
+
+use super::credits::{CreditsChange, Refill};
+
+/// Changes to the limits of a key or an identity; `None` leaves one alone,
+/// and for the optional ones `Some(None)` clears it.
+#[derive(Clone, Debug, Default)]
+pub struct LimitChanges {
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// Canonical CIDRs; empty allows any address.
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// A change to the remaining credits.
+    pub credits: Option<CreditsChange>,
+    /// A new refill (`Some(None)` removes it).
+    pub credit_refill: Option<Option<Refill>>,
+}
+
+/// Applies a [`LimitChanges`] to an active model of `api_keys` or
+/// `identities` (their limit columns have the same names) in an [`OrgTx`](super::OrgTx).
+macro_rules! apply_limit_changes {
+    ($tx:expr, $row:expr, $changes:expr) => {{
+        let changes: $crate::store::policy::LimitChanges = $changes;
+        if let Some(limit) = changes.rate_limit {
+            let (requests, window_ms, scope) = $crate::store::policy::RateLimit::columns(limit);
+            $row.rate_limit_requests = Set(requests);
+            $row.rate_limit_window_ms = Set(window_ms);
+            $row.rate_limit_scope = Set(scope);
+        }
+        if let Some(cidrs) = changes.allowed_cidrs {
+            $row.allowed_cidrs = Set($crate::store::policy::cidr_column(cidrs));
+        }
+        if let Some(change) = changes.credits {
+            if let $crate::store::credits::CreditsChange::Set(_) = change {
+                // A new count starts afresh: what leases hold is not given back into it.
+                $crate::store::credits::forget_leases($tx, $row.id.as_ref()).await?;
+            }
+            $row.credits_remaining = Set(Some(change.apply($row.credits_remaining.take().flatten())));
+        }
+        if let Some(refill) = changes.credit_refill {
+            let (amount, period, next_at) = $crate::store::credits::refill_columns(refill, $crate::store::now());
+            $row.credit_refill_amount = Set(amount);
+            $row.credit_refill_period = Set(period);
+            $row.credit_refill_next_at = Set(next_at);
+        }
+    }};
+}
+pub(super) use apply_limit_changes;
 
 /// At most `requests` uses per `window` (stored as three columns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
 use crate::service::paging::ListQuery;
 use crate::service::records::{
-    ApiKey, CreditsChange, Environment, KeyFilter, KeyStatus, RateLimit, Refill, RefillPeriod,
+    ApiKey, CreditsChange, Environment, KeyFilter, KeyStatus, LimitChanges, RateLimit, Refill, RefillPeriod,
 };
 use crate::store::usage::Granularity;
 
@@ -351,10 +351,13 @@ pub async fn update(
             description: Some(form.description.trim().to_owned()),
             scopes: Some(words(&form.scopes)),
             expires_at: Some(expires_at),
-            rate_limit: Some(rate_limit),
             metadata: Some(metadata),
-            allowed_cidrs: Some(words(&form.allowed_cidrs)),
-            credits,
+            limits: LimitChanges {
+                rate_limit: Some(rate_limit),
+                allowed_cidrs: Some(words(&form.allowed_cidrs)),
+                credits,
+                ..LimitChanges::default()
+            },
             ..KeyChanges::default()
         };
         console.keys.update(&signed.ctx, &signed.org(), &id, changes).await?;

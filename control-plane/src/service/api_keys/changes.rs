@@ -48,31 +48,13 @@ impl KeyService {
         if changes.expires_at.is_some() {
             changed.push("expires_at");
         }
-        if let Some(Some(limit)) = &changes.rate_limit {
-            rules::check_rate_limit(&mut violations, "update.rate_limit", limit);
-        }
-        if changes.rate_limit.is_some() {
-            changed.push("rate_limit");
-        }
         if let Some(Some(metadata)) = &changes.metadata {
             violations.metadata("update.metadata", metadata);
         }
         if changes.metadata.is_some() {
             changed.push("metadata");
         }
-        if changes.credits.is_some() {
-            changed.push("credits");
-        }
-        if let Some(refill) = &changes.credit_refill {
-            if let Some(refill) = refill {
-                rules::check_refill(&mut violations, "update.credit_refill", refill);
-            }
-            changed.push("credit_refill");
-        }
-        if let Some(cidrs) = &changes.allowed_cidrs {
-            changes.allowed_cidrs = Some(rules::canonical_cidrs(&mut violations, "update.allowed_cidrs", cidrs));
-            changed.push("allowed_cidrs");
-        }
+        rules::check_limit_changes(&mut violations, &mut changes.limits, &mut changed);
         if let Some(identity) = &mut changes.identity_id {
             identity.take_if(|id| id.is_empty());
             changed.push("identity_id");
@@ -98,7 +80,7 @@ impl KeyService {
         if let Some(Some(identity)) = &changes.identity_id {
             identities::require_in(&tx, "update.identity_id", identity).await?;
         }
-        let changes_summary = changes.credits.map(|change| format!("{change:?}").to_lowercase());
+        let changes_summary = changes.limits.credits.map(|change| format!("{change:?}").to_lowercase());
         let key = api_keys::update(&tx, key, changes).await?;
         key_events::append(&tx, &key.id, KeyEventKind::Updated).await?;
         let details = json!({

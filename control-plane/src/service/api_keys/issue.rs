@@ -14,7 +14,7 @@ use crate::service::auth::{PLATFORM_ORG, RequestContext, Scope};
 use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
-use crate::store::api_keys::{self, KeyChanges, KeyStatus, NewKeyRow, RateLimit};
+use crate::store::api_keys::{self, KeyChanges, KeyStatus, LimitChanges, NewKeyRow, RateLimit};
 use crate::store::credits::{CreditsChange, Refill};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgTx, audit};
@@ -152,7 +152,8 @@ impl KeyService {
         row.credits = old.credits().map(|credits| (credits.remaining, credits.refill));
         let old = match old.credits_remaining {
             Some(_) => {
-                let drained = KeyChanges { credits: Some(CreditsChange::Set(0)), ..Default::default() };
+                let limits = LimitChanges { credits: Some(CreditsChange::Set(0)), ..Default::default() };
+                let drained = KeyChanges { limits, ..Default::default() };
                 api_keys::update(&tx, old, drained).await?
             }
             None => old,

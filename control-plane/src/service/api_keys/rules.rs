@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::service::validate::Violations;
-use crate::store::api_keys::{self, RateLimit};
+use crate::store::api_keys::{self, LimitChanges, RateLimit};
 use crate::store::credits::{Refill, RefillPeriod};
 
 /// Shortest TTL accepted at creation.
@@ -83,6 +83,30 @@ pub fn check_refill(violations: &mut Violations, field: &str, refill: &Refill) {
             violations.add(format!("{field}.monthly_on_day"), "must be between 1 and 31");
         }
         _ => {}
+    }
+}
+
+/// Checks the limit changes of an update (of a key or an identity),
+/// canonicalising the allow-list, and names each changed field in `changed`.
+pub fn check_limit_changes(violations: &mut Violations, limits: &mut LimitChanges, changed: &mut Vec<&'static str>) {
+    if let Some(limit) = &limits.rate_limit {
+        if let Some(limit) = limit {
+            check_rate_limit(violations, "update.rate_limit", limit);
+        }
+        changed.push("rate_limit");
+    }
+    if let Some(cidrs) = &limits.allowed_cidrs {
+        limits.allowed_cidrs = Some(canonical_cidrs(violations, "update.allowed_cidrs", cidrs));
+        changed.push("allowed_cidrs");
+    }
+    if limits.credits.is_some() {
+        changed.push("credits");
+    }
+    if let Some(refill) = &limits.credit_refill {
+        if let Some(refill) = refill {
+            check_refill(violations, "update.credit_refill", refill);
+        }
+        changed.push("credit_refill");
     }
 }
 
