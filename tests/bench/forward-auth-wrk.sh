@@ -29,6 +29,16 @@ METERED=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" \
 GLOBAL=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" \
   -d '{"org_id": "acme", "name": "global", "scopes": ["orders:read"], "rate_limit": {"requests": 2000000000, "window": "3600s", "scope": "RATE_LIMIT_SCOPE_GLOBAL"}}' \
   127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
+# A busy key with credits under an identity with credits and a global rate
+# limit: every check passes both budgets (IDENTITY=0 skips it, for builds without identities).
+if [ "${IDENTITY:-1}" = 1 ]; then
+  IDENTITY_ID=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" \
+    -d '{"org_id": "acme", "external_id": "bench", "credits": {"remaining": "1000000000"}, "rate_limit": {"requests": 2000000000, "window": "3600s", "scope": "RATE_LIMIT_SCOPE_GLOBAL"}}' \
+    127.0.0.1:50551 keyplane.admin.v1.IdentityService/CreateIdentity | field '["identity"]["id"]')
+  OF_IDENTITY=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" \
+    -d "{\"org_id\": \"acme\", \"name\": \"of identity\", \"scopes\": [\"orders:read\"], \"credits\": {\"remaining\": \"1000000000\"}, \"identity_id\": \"$IDENTITY_ID\"}" \
+    127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
+fi
 "$SIDECAR" --control-plane http://127.0.0.1:50551 --credential-file "$DATA"/sidecar-credential \
   --grpc-listen 127.0.0.1:50561 --http-listen 127.0.0.1:18081 >"$DATA/sidecar.log" 2>&1 &
 SC=$!
@@ -45,5 +55,9 @@ if [ "${CREDITS:-1}" = 1 ]; then
   echo "== sidecar /check, a key with a global rate limit"
   wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $GLOBAL" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"
   echo "lease round trips:"; curl -s http://127.0.0.1:18081/metrics | grep -E "^keyplane_sidecar_request_leases_total" || true
+fi
+if [ "${IDENTITY:-1}" = 1 ]; then
+  echo "== sidecar /check, a key with credits of an identity with credits and a global rate limit"
+  wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $OF_IDENTITY" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"
 fi
 echo "== hello again"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
