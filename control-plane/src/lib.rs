@@ -211,7 +211,8 @@ pub async fn run(
         background.spawn("purge-console-sessions", retention::purge_console_sessions(sessions, stop.clone()));
     }
     background.spawn("webhook-dispatcher", dispatcher.run(stop.clone()));
-    background.spawn("key-event-tailer", feed.tail(wakeups.key_events_committed.clone()));
+    background.spawn("key-event-tailer", feed.clone().tail(wakeups.key_events_committed.clone()));
+    background.spawn("key-event-listener", feed.clone().wake_on_notifications(wakeups.key_events_committed.clone()));
     background.spawn("expire-keys", retention::expire_keys(keys.clone(), config.expiry_sweep_interval, stop.clone()));
     background.spawn(
         "refill-credits",

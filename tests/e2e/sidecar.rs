@@ -9,8 +9,8 @@ use envoy::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::{
-    Backend, TestControlPlane, TestSidecar, both_backends, ext_authz_request as check_request, random_org,
-    start_or_skip,
+    Backend, TestControlPlane, TestSidecar, both_backends, eventually_within, ext_authz_request as check_request,
+    random_org, start_or_skip,
 };
 use sea_orm::{ConnectionTrait, Statement};
 use tonic::Code;
@@ -32,6 +32,29 @@ both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_revocations_through_two_replicas_postgres() {
     concurrent_revocations_through_two_replicas(Backend::Postgres).await
+}
+
+/// Other replicas' commits wake a replica's tailer through Postgres
+/// LISTEN/NOTIFY: with polling every 30 s, a revocation through one replica
+/// still reaches a sidecar of another at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_replicas_commits_arrive_without_polling_postgres() {
+    let slow_polls = |config: &mut keyplane_control_plane::Config| {
+        config.event_poll_interval = Duration::from_secs(30);
+        config.heartbeat_interval = Duration::from_secs(60);
+    };
+    let Some(plane) = TestControlPlane::start_with(Backend::Postgres, slow_polls).await else { return };
+    let replica = plane.replica().await;
+    let sidecar = TestSidecar::start(&replica, |config| config.max_staleness = Duration::from_secs(120)).await;
+    let org = random_org();
+    let (key, token) = plane.create_key(&org, &[]).await;
+    assert_eq!(sidecar.check_status(&token).await, 200);
+    let revoke = pb::RevokeApiKeyRequest { org_id: org.clone(), id: key.id.clone(), reason: String::new() };
+    plane.keys(&plane.root_token).await.revoke_api_key(revoke).await.expect("revoke through the first replica");
+    eventually_within(Duration::from_secs(5), || sidecar.check_status(&token), |status| *status == 401).await;
+    sidecar.stop().await;
+    replica.stop().await;
+    plane.stop().await;
 }
 
 async fn ext_authz_allow_and_deny(backend: Backend) {
@@ -67,6 +90,7 @@ async fn ext_authz_allow_and_deny(backend: Backend) {
     assert_eq!(headers["x-keyplane-org-id"], (org.clone(), overwrite), "overwrites the spoofed value");
     assert_eq!(headers["x-keyplane-scopes"].0, "orders:read");
     assert_eq!(headers["x-keyplane-environment"].0, "live");
+    assert_eq!(headers["x-keyplane-identity"], (String::new(), overwrite), "no identity: a client's is overwritten");
     assert_eq!(ok.headers_to_remove, vec!["authorization".to_owned()]);
 
     let denied = |response: envoy::CheckResponse| -> (i32, i32, HashMap<String, String>) {

@@ -124,10 +124,17 @@ impl SidecarProcess {
     /// Starts the sidecar binary with `credential` on free loopback ports
     /// and waits until it is ready.
     pub async fn start(plane: &crate::TestControlPlane, credential: &str) -> Self {
+        Self::start_following(&[plane.addr.to_string()], credential).await
+    }
+
+    /// Starts the sidecar binary following the control-plane replicas at
+    /// `addresses` (`host:port`) and waits until it is ready.
+    pub async fn start_following(addresses: &[String], credential: &str) -> Self {
         let mut file = tempfile::NamedTempFile::new().expect("credential file");
         std::io::Write::write_all(&mut file, credential.as_bytes()).expect("write credential");
+        let control_planes: Vec<String> = addresses.iter().map(|addr| format!("http://{addr}")).collect();
         let mut child = Command::new(workspace_binary("keyplane-sidecar"))
-            .args(["--control-plane", &format!("http://{}", plane.addr), "--log-format", "json"])
+            .args(["--control-plane", &control_planes.join(","), "--log-format", "json"])
             .arg("--credential-file")
             .arg(file.path())
             .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
-use sea_orm::{QueryOrder, QuerySelect, Set};
+use sea_orm::{DbBackend, QueryOrder, QuerySelect, Set, Statement};
 
 use super::OrgTx;
 use crate::error::Result;
@@ -43,11 +43,21 @@ pub enum KeyEventKind {
     Expired,
 }
 
+/// The Postgres channel notified (at commit) by every transaction that
+/// appends key events, so every replica's tailer wakes at once.
+pub const CHANNEL: &str = "keyplane_key_events";
+
 /// Appends an event in the caller's transaction. On Postgres a global
 /// transaction-scoped advisory lock serialises appends, so seq order is
-/// commit order and a tailer reading `seq > last` never skips a late commit.
+/// commit order and a tailer reading `seq > last` never skips a late commit;
+/// the commit notifies [`CHANNEL`] (Postgres sends one notification per
+/// transaction however many events it appended).
 pub async fn append(tx: &OrgTx, key_id: &str, kind: KeyEventKind) -> Result<i64> {
     super::advisory_lock(tx.conn(), "key_events").await?;
+    if tx.conn().get_database_backend() == DbBackend::Postgres {
+        let notify = Statement::from_sql_and_values(DbBackend::Postgres, "SELECT pg_notify($1, '')", [CHANNEL.into()]);
+        tx.conn().execute_raw(notify).await?;
+    }
     let head = head_seq(tx.conn()).await?;
     let seq = head + 1;
     ActiveModel {

@@ -1,13 +1,16 @@
 //! The key-event feed (ARCHITECTURE.md, "A revocation"): each control-plane
-//! process tails `key_events` itself (woken at once by its own commits,
-//! polling for other replicas' commits) and fans events out to its Watch
-//! streams, so a change made through any replica reaches every sidecar.
+//! process tails `key_events` itself (woken at once by its own commits and,
+//! on Postgres, by other replicas' through LISTEN/NOTIFY; polling as the
+//! fallback) and fans events out to its Watch streams, so a change made
+//! through any replica reaches every sidecar.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
+use sea_orm::sqlx::postgres::{PgListener, PgPool};
+use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +19,19 @@ use crate::store::key_events;
 
 /// Events read from the log per query.
 const BATCH: u64 = 1000;
+
+/// Wakes the tailer on every notification of [`key_events::CHANNEL`] (and
+/// once listening starts, for what was missed before) until the listener fails.
+async fn listen(pool: &PgPool, committed: &Notify) -> std::result::Result<Infallible, sea_orm::sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(key_events::CHANNEL).await?;
+    committed.notify_one();
+    loop {
+        // `None`: the connection was lost; the next call reconnects.
+        listener.try_recv().await?;
+        committed.notify_one();
+    }
+}
 
 /// One message of a Watch stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +99,29 @@ impl KeyEventFeed {
             }
             if let Err(error) = self.tail_once().await {
                 tracing::warn!(%error, "reading the key-event log failed; retrying");
+            }
+        }
+    }
+
+    /// Wakes the tailer whenever any replica commits key events (Postgres
+    /// LISTEN/NOTIFY on [`key_events::CHANNEL`]), until the feed stops.
+    /// Notifications sent while the listening connection is down are lost,
+    /// so every reconnection wakes the tailer too, and polling stays as the
+    /// fallback. SQLite serves one process: nothing to listen for.
+    pub async fn wake_on_notifications(self: Arc<Self>, committed: Arc<Notify>) {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return;
+        }
+        let pool = self.db.get_postgres_connection_pool();
+        loop {
+            let error = tokio::select! {
+                () = self.stop.cancelled() => return,
+                Err(error) = listen(pool, &committed) => error,
+            };
+            tracing::warn!(%error, "listening for other replicas' key events failed; polling until it recovers");
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(self.settings.heartbeat) => {},
             }
         }
     }

@@ -1,0 +1,204 @@
+//! Load generator for the control plane at scale on Postgres (BENCHMARKS.md):
+//! three `keyplane serve` replicas (release binaries, child processes) on
+//! one Postgres.
+//!
+//! 1. Revocation through replica A → denial at a real `keyplane-sidecar`
+//!    attached to replica C (other replicas learn of commits through
+//!    LISTEN/NOTIFY).
+//! 2. Fan-out: `--streams` Watch streams on each replica (one HTTP/2
+//!    connection each, as sidecars have), then `--revocations` revocations
+//!    through random replicas: every stream must get every event; latency
+//!    from the revocation call's start to each stream's receipt.
+//! 3. The replicas' RSS and CPU with the streams open and idle (heartbeats only).
+//!
+//! `cargo build --release --workspace && target/release/loadgen-replicas`
+//!
+//! Every loop is bounded in count and time; everything is on loopback.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use keyplane_proto::admin::v1 as pb;
+use keyplane_proto::sync::v1 as sync_pb;
+use keyplane_tests::Backend;
+use keyplane_tests::process::{ControlPlaneProcess, SidecarProcess, WebhookServer};
+use keyplane_tests::stats::Summary;
+use rand::Rng;
+
+#[derive(Parser)]
+struct Args {
+    /// Revocations timed end to end through a sidecar on another replica.
+    #[arg(long, default_value_t = 100)]
+    sidecar_revocations: usize,
+    /// Watch streams opened on each of the three replicas.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Revocations fanned out to every stream.
+    #[arg(long, default_value_t = 200)]
+    revocations: usize,
+    /// Revocations per second during the fan-out (0: back to back).
+    #[arg(long, default_value_t = 50)]
+    revocation_rate: u64,
+    /// Seconds the streams stay idle while the replicas' CPU is measured.
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
+}
+
+/// (RSS in KiB, CPU time in clock ticks) of a process.
+fn usage(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = fields.get(11).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+    (rss, ticks)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = WebhookServer::prepare(Backend::Postgres, dir.path(), &[]).await.expect("Postgres is required");
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(ControlPlaneProcess::start(&server.args).await);
+    }
+    let root = server.root_token();
+    let mut keys = Vec::new();
+    for replica in &replicas {
+        let channel = keyplane_tests::authed_channel(&replica.addr, &root).await;
+        keys.push(pb::api_key_service_client::ApiKeyServiceClient::new(channel));
+    }
+    let create = |org: &str, name: &str, scopes: &[&str]| pb::CreateApiKeyRequest {
+        org_id: org.to_owned(),
+        name: name.to_owned(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    let credential =
+        keys[0].create_api_key(create("keyplane", "sidecar", &["keyplane:sidecar"])).await.unwrap().into_inner().token;
+    let org = keyplane_tests::random_org();
+    let total = args.sidecar_revocations + args.revocations;
+    let mut tokens = Vec::with_capacity(total);
+    for i in 0..total {
+        let created = keys[i % 3].create_api_key(create(&org, "bench", &[])).await.unwrap().into_inner();
+        tokens.push((created.api_key.unwrap().id, created.token));
+    }
+
+    // 1. Through replica A, denied at a sidecar of replica C.
+    let sidecar = SidecarProcess::start_following(&[replicas[2].addr.clone()], &credential).await;
+    let http = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for (id, token) in &tokens[..args.sidecar_revocations] {
+        let status = http.get(sidecar.check_url()).bearer_auth(token).send().await.unwrap().status();
+        assert_eq!(status, 200, "cached before the revocation");
+        let started = Instant::now();
+        let revoke = pb::RevokeApiKeyRequest { org_id: org.clone(), id: id.clone(), reason: String::new() };
+        keys[0].revoke_api_key(revoke).await.unwrap();
+        loop {
+            let status = http.get(sidecar.check_url()).bearer_auth(token).send().await.unwrap().status();
+            if status == 401 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "revocation applied within 5 s");
+        }
+        latencies.push(started.elapsed());
+    }
+    println!(
+        "revocation through replica A → denial at a sidecar of replica C: {}",
+        Summary::of(latencies, Duration::from_secs(1))
+    );
+    sidecar.kill().await;
+
+    // 2. Fan-out to `streams` Watch streams per replica.
+    let before: Vec<_> = replicas.iter().map(|r| usage(r.child.id().unwrap())).collect();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
+    let mut watchers = Vec::new();
+    let opened = Instant::now();
+    for stream in 0..args.streams * 3 {
+        let replica = &replicas[stream % 3];
+        let channel = keyplane_tests::authed_channel(&replica.addr, &credential).await;
+        let mut client = sync_pb::key_sync_service_client::KeySyncServiceClient::new(channel);
+        let mut messages =
+            client.watch(sync_pb::WatchRequest { after_seq: 0, from_head: true }).await.unwrap().into_inner();
+        let seen = seen_tx.clone();
+        watchers.push(tokio::spawn(async move {
+            while let Ok(Some(message)) = messages.message().await {
+                if let Some(sync_pb::watch_response::Message::Event(event)) = message.message {
+                    let _ = seen.send((stream, event.key_id, Instant::now()));
+                }
+            }
+        }));
+    }
+    println!("opened {} Watch streams in {:.1}s", args.streams * 3, opened.elapsed().as_secs_f64());
+    let opened_usage: Vec<_> = replicas.iter().map(|r| usage(r.child.id().unwrap())).collect();
+
+    // 3. Idle: heartbeats only.
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    for (i, replica) in replicas.iter().enumerate() {
+        let (rss, ticks) = usage(replica.child.id().unwrap());
+        let cpu = (ticks - opened_usage[i].1) as f64 / TICKS_PER_SECOND / args.idle_seconds as f64;
+        println!(
+            "replica {i}: RSS {} KiB before streams, {rss} KiB with {} streams; idle CPU {:.2} % of a core",
+            before[i].0,
+            args.streams,
+            cpu * 100.0
+        );
+    }
+
+    let mut started = HashMap::new();
+    let fanout_started = Instant::now();
+    let mut pace = (args.revocation_rate > 0)
+        .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / args.revocation_rate as f64)));
+    for (id, _) in &tokens[args.sidecar_revocations..] {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
+        let through = rand::rng().random_range(0..3);
+        started.insert(id.clone(), Instant::now());
+        let revoke = pb::RevokeApiKeyRequest { org_id: org.clone(), id: id.clone(), reason: String::new() };
+        keys[through].revoke_api_key(revoke).await.unwrap();
+    }
+    let expected = args.revocations * args.streams * 3;
+    let mut received = 0;
+    let mut latencies = Vec::with_capacity(expected);
+    let mut per_stream = vec![0usize; args.streams * 3];
+    while received < expected {
+        let (stream, key_id, at) = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
+            .await
+            .expect("every stream gets every event within 30 s")
+            .unwrap();
+        if let Some(begun) = started.get(&key_id) {
+            latencies.push(at.saturating_duration_since(*begun));
+            per_stream[stream] += 1;
+            received += 1;
+        }
+    }
+    assert!(per_stream.iter().all(|n| *n == args.revocations), "every stream got every event");
+    let elapsed = fanout_started.elapsed();
+    println!(
+        "fan-out of {} revocations ({}/s) to {} streams ({} deliveries, all received): {}",
+        args.revocations,
+        args.revocation_rate,
+        args.streams * 3,
+        expected,
+        Summary::of(latencies, elapsed)
+    );
+    for watcher in watchers {
+        watcher.abort();
+    }
+    for replica in replicas {
+        replica.kill().await;
+    }
+}
