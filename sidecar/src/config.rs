@@ -14,10 +14,17 @@ use keyplane_proto::token::Environment;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "keyplane-sidecar", version, about, long_about = None)]
 pub struct Config {
-    /// Control-plane gRPC URL. `https://` always means TLS (verified with the
-    /// system roots or --control-plane-ca-file); `http://` is plaintext.
-    #[arg(long, env = "KEYPLANE_SIDECAR_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
-    pub control_plane: String,
+    /// Control-plane gRPC URL, or the URLs of several replicas (comma-separated
+    /// or repeated): the sidecar follows one and moves to the next when it
+    /// fails. `https://` always means TLS (verified with the system roots or
+    /// --control-plane-ca-file); `http://` is plaintext.
+    #[arg(
+        long,
+        env = "KEYPLANE_SIDECAR_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    pub control_plane: Vec<String>,
     /// PEM file of the CA(s) that sign the control plane's certificate
     /// (default: the system roots). Needs an `https://` control plane.
     #[arg(long, env = "KEYPLANE_SIDECAR_CONTROL_PLANE_CA_FILE")]
@@ -142,7 +149,7 @@ impl Config {
     /// A configuration for tests: short intervals, loopback addresses.
     pub fn for_test(control_plane: String, credential_file: PathBuf) -> Self {
         Self {
-            control_plane,
+            control_plane: vec![control_plane],
             control_plane_ca_file: None,
             tls_client_cert_file: None,
             tls_client_key_file: None,

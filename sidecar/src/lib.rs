@@ -11,6 +11,7 @@ pub mod config;
 pub mod credits;
 pub mod error;
 pub mod ext_authz;
+pub mod failover;
 pub mod http;
 pub mod listen;
 pub mod metrics;
@@ -61,8 +62,8 @@ pub async fn run(
     let credential = sync::Credential::bearer(credential.trim())?;
     // tonic's TLS uses rustls; make ring the process-wide provider explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let channel = sync::control_plane_channel(&config)?;
-    let client = KeySyncServiceClient::new(InterceptedService::new(channel, credential));
+    let failover = sync::control_plane_channel(&config)?;
+    let client = KeySyncServiceClient::new(InterceptedService::new(failover.clone(), credential));
 
     let metrics = Arc::new(metrics::Metrics::default());
     let cache = cache::KeyCache::new(config.cache_capacity, config.cache_ttl, config.negative_cache_ttl);
@@ -94,7 +95,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let follow = sync::follow(
-        client.clone(),
+        (client.clone(), failover),
         cache,
         (credits.clone(), global_limits),
         state.clone(),
@@ -138,7 +139,7 @@ pub async fn run(
     tracing::info!(
         grpc = %listeners.grpc.address_text(),
         http = %http_address,
-        control_plane = %config.control_plane,
+        control_plane = %config.control_plane.join(","),
         environment = %config.environment,
         "keyplane sidecar serving"
     );

@@ -20,6 +20,7 @@ use crate::cache::{IdentityPrincipal, KeyCache, Limits, Principal, Refusal, Verd
 use crate::config::Config;
 use crate::credits::CreditLeases;
 use crate::error::{Error, Result};
+use crate::failover::Failover;
 use crate::metrics::Metrics;
 
 /// Adds the sidecar's credential to every control-plane call.
@@ -43,29 +44,36 @@ impl Interceptor for Credential {
     }
 }
 
-/// The channel to the control plane. `https://` is TLS with the system
-/// roots or `--control-plane-ca-file`, and the client certificate when one
-/// is configured; TLS settings with an `http://` URL, or files that do not
+/// The channels to the control-plane replicas, followed one at a time
+/// ([`Failover`]). `https://` is TLS with the system roots or
+/// `--control-plane-ca-file`, and the client certificate when one is
+/// configured; TLS settings with an `http://` URL, or files that do not
 /// parse, are start-up errors, never a silent downgrade to plaintext.
-pub fn control_plane_channel(config: &Config) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(config.control_plane.clone())
-        .map_err(|e| Error::Config(format!("--control-plane {}: {e}", config.control_plane)))?;
+pub fn control_plane_channel(config: &Config) -> Result<Failover> {
+    let replicas = config
+        .control_plane
+        .iter()
+        .map(|url| Ok((url.clone(), replica_channel(config, url)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if replicas.is_empty() {
+        return Err(Error::Config("--control-plane: give at least one URL".into()));
+    }
+    Ok(Failover::new(replicas))
+}
+
+fn replica_channel(config: &Config, url: &str) -> Result<Channel> {
+    let endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| Error::Config(format!("--control-plane {url}: {e}")))?;
     let tls_requested = config.control_plane_ca_file.is_some() || config.tls_client_cert_file.is_some();
     let endpoint = match endpoint.uri().scheme_str() {
         Some("https") => endpoint.tls_config(client_tls(config)?)?,
         Some("http") if tls_requested => {
             return Err(Error::Config(format!(
-                "--control-plane-ca-file and --tls-client-cert-file need an https:// control plane, not {}",
-                config.control_plane
+                "--control-plane-ca-file and --tls-client-cert-file need an https:// control plane, not {url}"
             )));
         }
         Some("http") => endpoint,
-        _ => {
-            return Err(Error::Config(format!(
-                "--control-plane {}: use an http:// or https:// URL",
-                config.control_plane
-            )));
-        }
+        _ => return Err(Error::Config(format!("--control-plane {url}: use an http:// or https:// URL"))),
     };
     Ok(endpoint
         .tcp_nodelay(true)
@@ -107,7 +115,7 @@ fn read_pem(path: &std::path::Path, flag: &str, private_key: bool) -> Result<Vec
 }
 
 /// Authenticated client of `KeySyncService`.
-pub type ControlPlaneClient = KeySyncServiceClient<InterceptedService<Channel, Credential>>;
+pub type ControlPlaneClient = KeySyncServiceClient<InterceptedService<Failover, Credential>>;
 
 /// Where the sidecar stands in the event log.
 pub struct SyncState {
@@ -172,8 +180,11 @@ impl SyncState {
 }
 
 /// Follows the Watch stream forever, resuming after the last applied seq.
+/// A stream that fails, ends or goes silent (no heartbeat for two
+/// periods: its replica cannot vouch for the log) moves the sidecar to the
+/// next replica.
 pub async fn follow(
-    client: ControlPlaneClient,
+    (client, failover): (ControlPlaneClient, Failover),
     cache: KeyCache,
     (credits, global_limits): (Arc<CreditLeases>, Arc<CreditLeases>),
     state: Arc<SyncState>,
@@ -182,10 +193,15 @@ pub async fn follow(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        let replica = failover.current();
+        let url = failover.url(replica).to_owned();
         match watch_once(client.clone(), &cache, (&credits, &global_limits), &state, &metrics, max_staleness).await {
-            Ok(()) => tracing::warn!("key-event stream ended; reconnecting"),
-            Err(error) => tracing::warn!(error = %error_chain(&error), "key-event stream failed; reconnecting"),
+            Ok(()) => tracing::warn!(replica = url, "key-event stream ended; reconnecting"),
+            Err(error) => {
+                tracing::warn!(replica = url, error = %error_chain(&error), "key-event stream failed; reconnecting");
+            }
         }
+        failover.move_on_from(replica);
         metrics.stream_connected.set(0);
         metrics.stream_reconnects.inc();
         // Anything heard resets the backoff; silence doubles it, up to 5s.
@@ -249,7 +265,13 @@ async fn watch_once(
     let mut stream = client.watch(pb::WatchRequest { after_seq, from_head }).await?.into_inner();
     metrics.stream_connected.set(1);
     tracing::info!(after_seq, "following the key-event stream");
-    while let Some(message) = stream.message().await? {
+    // Until the first heartbeat says how often they come, allow the staleness bound.
+    let mut silence_limit = max_staleness;
+    loop {
+        let Ok(message) = tokio::time::timeout(silence_limit, stream.message()).await else {
+            return Err(Error::Timeout(silence_limit));
+        };
+        let Some(message) = message? else { return Ok(()) };
         match message.message {
             Some(pb::watch_response::Message::Event(event)) => {
                 let (kind, ended) = match pb::KeyEventKind::try_from(event.kind) {
@@ -278,6 +300,9 @@ async fn watch_once(
             }
             Some(pb::watch_response::Message::Heartbeat(heartbeat)) => {
                 check_staleness_bound(state, heartbeat.interval, max_staleness);
+                if let Some(interval) = heartbeat.interval.and_then(|i| Duration::try_from(i).ok()) {
+                    silence_limit = (interval * 2).max(Duration::from_millis(100));
+                }
                 state.position.fetch_max(heartbeat.head_seq, Ordering::AcqRel);
                 if !state.caught_up.swap(true, Ordering::AcqRel) {
                     tracing::info!(position = heartbeat.head_seq, "caught up with the key-event log");
@@ -293,7 +318,6 @@ async fn watch_once(
         }
         state.heard();
     }
-    Ok(())
 }
 
 /// Asks the control plane about a token, waiting at most `timeout`.

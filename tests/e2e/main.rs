@@ -13,6 +13,7 @@ mod console;
 mod crash;
 mod credits;
 mod expiry;
+mod failover;
 mod global_limits;
 mod grpcurl;
 mod identities;

@@ -65,6 +65,40 @@ async fn a_replica_cut_off_from_its_database_stops_vouching() {
     direct.stop().await;
 }
 
+/// Given another replica, a sidecar whose replica stops vouching (no
+/// heartbeat for two periods) moves to it instead of going stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_leaves_a_replica_that_stops_vouching() {
+    let Some(server) = postgres::server() else { return };
+    let Some(direct) = TestControlPlane::start(Backend::Postgres).await else { return };
+    let proxy = TcpProxy::start(Upstream::Unix(server.socket_path())).await;
+    let mut config = direct.config.clone();
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.storage.database_url = Some(PgServer::tcp_url(database_name(&direct.database_url), proxy.addr));
+    let behind_proxy = TestControlPlane::launch(config).await;
+
+    let (key, token) = direct.create_key(&random_org(), &[]).await;
+    let replicas = vec![format!("http://{}", behind_proxy.addr), format!("http://{}", direct.addr)];
+    let sidecar = TestSidecar::start(&behind_proxy, |config| {
+        config.max_staleness = MAX_STALENESS;
+        config.control_plane = replicas;
+    })
+    .await;
+    assert_eq!(sidecar.check_status(&token).await, 200, "cached while everything is up");
+
+    proxy.cut();
+    let revoke = pb::RevokeApiKeyRequest { org_id: key.org_id.clone(), id: key.id.clone(), reason: "cut".into() };
+    direct.keys(&direct.root_token).await.revoke_api_key(revoke).await.unwrap();
+    // Never stale: it follows the replica that still vouches, and applies the revocation.
+    sidecar.wait_for_status(&token, 401).await;
+    assert_eq!(sidecar.get("/readyz").await.0, 200);
+    assert!(logs::captured().contains("moving to another control-plane replica"));
+    proxy.restore();
+    sidecar.stop().await;
+    behind_proxy.stop().await;
+    direct.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_answers_unavailable_fast_and_recovers() {
     let Some(server) = postgres::dedicated() else { return };
@@ -142,7 +176,7 @@ async fn a_silent_control_plane_costs_a_cache_miss_at_most_the_sidecar_timeout()
     let timeout = Duration::from_millis(300);
     let (_, token) = plane.create_key(&random_org(), &[]).await;
     let sidecar = TestSidecar::start(&plane, |config| {
-        config.control_plane = format!("http://{}", proxy.addr);
+        config.control_plane = vec![format!("http://{}", proxy.addr)];
         config.control_plane_timeout = timeout;
         config.max_staleness = Duration::from_secs(30);
     })

@@ -57,7 +57,7 @@ async fn start_tls(
 fn over_tls(plane: &TestControlPlane, ca_file: &Path) -> impl FnOnce(&mut keyplane_sidecar::Config) + use<> {
     let (url, ca_file) = (format!("https://{}", plane.addr), ca_file.to_path_buf());
     move |config| {
-        config.control_plane = url;
+        config.control_plane = vec![url];
         config.control_plane_ca_file = Some(ca_file);
     }
 }
@@ -186,11 +186,11 @@ async fn tls_settings_that_cannot_be_honoured_stop_the_sidecar() {
         (
             "does not hold PEM certificates",
             Box::new(|config| {
-                config.control_plane = "https://127.0.0.1:1".into();
+                config.control_plane = vec!["https://127.0.0.1:1".into()];
                 config.control_plane_ca_file = Some(garbage.clone());
             }),
         ),
-        ("use an http:// or https:// URL", Box::new(|config| config.control_plane = "ftp://127.0.0.1:1".into())),
+        ("use an http:// or https:// URL", Box::new(|config| config.control_plane = vec!["ftp://127.0.0.1:1".into()])),
     ];
     for (expected, adjust) in cases {
         let mut config = keyplane_sidecar::Config::for_test("http://127.0.0.1:1".into(), credential.clone());

@@ -333,7 +333,7 @@ async fn a_report_whose_answer_is_lost_is_counted_once(backend: Backend) {
     let plane = start_or_skip!(backend);
     let proxy = TcpProxy::start(Upstream::Tcp(plane.addr)).await;
     let sidecar = TestSidecar::start(&plane, |config| {
-        config.control_plane = format!("http://{}", proxy.addr);
+        config.control_plane = vec![format!("http://{}", proxy.addr)];
         config.usage_interval = Duration::from_millis(300);
         config.max_staleness = Duration::from_secs(30);
     })
