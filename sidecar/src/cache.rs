@@ -30,8 +30,9 @@ pub struct Principal {
     pub expires_at: Option<SystemTime>,
     /// The key's own limits.
     pub limits: Limits,
-    /// The identity the key belongs to, whose limits every check must pass too.
-    pub identity: Option<IdentityPrincipal>,
+    /// The identity the key belongs to, whose limits every check must pass
+    /// too (boxed: most keys have none, and every cached key pays for the field).
+    pub identity: Option<Box<IdentityPrincipal>>,
 }
 
 /// The identity of a key, with the limits all its keys share.
@@ -325,7 +326,7 @@ mod tests {
             let identity =
                 IdentityPrincipal { id: "idn_1".into(), external_id: "acme".into(), limits: Limits::default() };
             Verdict::Valid {
-                principal: Arc::new(Principal { identity: Some(identity), ..(*principal).clone() }),
+                principal: Arc::new(Principal { identity: Some(Box::new(identity)), ..(*principal).clone() }),
                 as_of,
             }
         };

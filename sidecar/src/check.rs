@@ -462,7 +462,7 @@ mod tests {
             limits: Limits { allowed_networks: Some(vec!["10.2.0.0/16".parse().unwrap()]), ..Limits::default() },
         };
         let both = Verdict::Valid {
-            principal: Arc::new(Principal { identity: Some(identity), ..(*principal).clone() }),
+            principal: Arc::new(Principal { identity: Some(Box::new(identity)), ..(*principal).clone() }),
             as_of,
         };
         assert_eq!(status(decide(&both, from("10.2.3.4"), now)), None);

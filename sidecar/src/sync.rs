@@ -356,10 +356,12 @@ fn principal_from_proto(principal: admin::Principal) -> Principal {
         },
         expires_at: principal.expires_at.and_then(|t| std::time::SystemTime::try_from(t).ok()),
         limits: limits_from_proto(principal.rate_limit, &principal.allowed_cidrs, principal.has_credits),
-        identity: principal.identity.map(|identity| IdentityPrincipal {
-            limits: limits_from_proto(identity.rate_limit, &identity.allowed_cidrs, identity.has_credits),
-            id: identity.id,
-            external_id: identity.external_id,
+        identity: principal.identity.map(|identity| {
+            Box::new(IdentityPrincipal {
+                limits: limits_from_proto(identity.rate_limit, &identity.allowed_cidrs, identity.has_credits),
+                id: identity.id,
+                external_id: identity.external_id,
+            })
         }),
         key_id: principal.key_id,
         org_id: principal.org_id,

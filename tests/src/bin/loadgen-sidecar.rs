@@ -42,6 +42,102 @@ struct Args {
     /// Keys cached for the RSS measurement.
     #[arg(long, default_value_t = 100_000)]
     rss_keys: usize,
+    /// HTTP/2 connections the checks are spread over (Envoy opens several).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Checks in flight in the closed-loop throughput run.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+}
+
+type AuthzClient = envoy::authorization_client::AuthorizationClient<tonic::transport::Channel>;
+
+/// `count` clients, each on its own HTTP/2 connection to `port`.
+async fn clients(port: u16, count: usize) -> Vec<AuthzClient> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap();
+        clients.push(AuthzClient::new(channel));
+    }
+    clients
+}
+
+/// A check request for `token`, requiring `orders:read`.
+fn check_request(token: &str) -> envoy::CheckRequest {
+    envoy::CheckRequest {
+        attributes: Some(envoy::AttributeContext {
+            request: Some(envoy::attribute_context::Request {
+                http: Some(envoy::attribute_context::HttpRequest {
+                    headers: [("authorization".to_owned(), format!("Bearer {token}"))].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [("required_scopes".to_owned(), "orders:read".to_owned())].into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Open loop: `rate` checks/s for `seconds` (a request every 1/rate s,
+/// round-robin over `clients`), each latency measured from its actual send.
+async fn open_loop(clients: &[AuthzClient], tokens: &[String], rate: u64, seconds: u64) -> Summary {
+    let count = (rate * seconds) as usize;
+    let begin = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = begin + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let mut client = clients[i % clients.len()].clone();
+        let request = check_request(&tokens[i % tokens.len()]);
+        tasks.push(tokio::spawn(async move {
+            // Measured from the actual send: tokio's timer has 1 ms
+            // granularity, so the schedule itself jitters by up to 1 ms.
+            let sent = Instant::now();
+            let response = client.check(request).await.unwrap().into_inner();
+            assert_eq!(response.status.unwrap().code, 0);
+            sent.elapsed()
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for task in tasks {
+        latencies.push(task.await.unwrap());
+    }
+    Summary::of(latencies, begin.elapsed())
+}
+
+/// Closed loop: `in_flight` workers spread over `clients`, each sending its
+/// next check when the last is answered, for `seconds`.
+async fn closed_loop(clients: &[AuthzClient], tokens: &[String], in_flight: usize, seconds: u64) -> Summary {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let mut client = clients[w % clients.len()].clone();
+            let tokens = tokens.to_vec();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = w;
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    client.check(check_request(&tokens[i % tokens.len()])).await.unwrap();
+                    latencies.push(begun.elapsed());
+                    i += in_flight;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.unwrap());
+    }
+    Summary::of(latencies, started.elapsed())
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -124,26 +220,8 @@ async fn main() {
         std::fs::metadata(keyplane_tests::process::workspace_binary("keyplane-sidecar")).unwrap().len()
     );
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))
-        .unwrap()
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .unwrap();
-    let client = envoy::authorization_client::AuthorizationClient::new(channel);
-    let request = |token: &str| envoy::CheckRequest {
-        attributes: Some(envoy::AttributeContext {
-            request: Some(envoy::attribute_context::Request {
-                http: Some(envoy::attribute_context::HttpRequest {
-                    headers: [("authorization".to_owned(), format!("Bearer {token}"))].into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: [("required_scopes".to_owned(), "orders:read".to_owned())].into(),
-            ..Default::default()
-        }),
-    };
+    let pool = clients(grpc_port, args.connections).await;
+    let client = pool[0].clone();
 
     // Warm the cache with `keys` tokens (misses: one Verify each), then also
     // with the rest for the RSS measurement.
@@ -157,7 +235,7 @@ async fn main() {
                     tokio::spawn(async move {
                         loop {
                             let Some(token) = slice.lock().await.pop() else { return };
-                            let response = client.check(request(&token)).await.unwrap().into_inner();
+                            let response = client.check(check_request(&token)).await.unwrap().into_inner();
                             assert_eq!(response.status.unwrap().code, 0, "warm check allowed");
                         }
                     })
@@ -172,56 +250,40 @@ async fn main() {
     warm(tokens[..args.keys].to_vec()).await;
     println!("warmed {} keys (cache misses) in {:.2}s", args.keys, started.elapsed().as_secs_f64());
 
-    for &rate in &args.rates {
-        let count = (rate * args.seconds) as usize;
-        let begin = Instant::now() + Duration::from_millis(50);
-        let mut tasks = Vec::with_capacity(count);
-        for i in 0..count {
-            let at = begin + Duration::from_secs_f64(i as f64 / rate as f64);
-            tokio::time::sleep_until(at.into()).await;
-            let mut client = client.clone();
-            let request = request(&tokens[i % args.keys]);
-            tasks.push(tokio::spawn(async move {
-                // Measured from the actual send: tokio's timer has 1 ms
-                // granularity, so the schedule itself jitters by up to 1 ms.
-                let sent = Instant::now();
-                let response = client.check(request).await.unwrap().into_inner();
-                assert_eq!(response.status.unwrap().code, 0);
-                sent.elapsed()
-            }));
-        }
-        let mut latencies = Vec::with_capacity(count);
-        for task in tasks {
-            latencies.push(task.await.unwrap());
-        }
-        println!("ext_authz cached check at {rate}/s: {}", Summary::of(latencies, begin.elapsed()));
-    }
-
-    // Closed loop: maximum throughput with 64 requests in flight.
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    // The same load against a trivial ext_authz server (`hello-authz`), in the same run.
+    let baseline_port = free_port();
+    let mut baseline = Command::new(keyplane_tests::process::workspace_binary("hello-authz"))
+        .arg(format!("127.0.0.1:{baseline_port}"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start hello-authz");
     let started = Instant::now();
-    let workers: Vec<_> = (0..64)
-        .map(|w| {
-            let mut client = client.clone();
-            let tokens = tokens[..args.keys].to_vec();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut i = w;
-                while Instant::now() < deadline {
-                    let begun = Instant::now();
-                    client.check(request(&tokens[i % tokens.len()])).await.unwrap();
-                    latencies.push(begun.elapsed());
-                    i += 64;
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for worker in workers {
-        latencies.extend(worker.await.unwrap());
+    while tokio::net::TcpStream::connect(("127.0.0.1", baseline_port)).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "hello-authz listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("ext_authz max throughput (64 in flight): {}", Summary::of(latencies, started.elapsed()));
+    let baseline_pool = clients(baseline_port, args.connections).await;
+    let keys = &tokens[..args.keys];
+    let shape = format!("{} connections", args.connections);
+    for &rate in &args.rates {
+        println!(
+            "trivial ext_authz at {rate}/s ({shape}): {}",
+            open_loop(&baseline_pool, keys, rate, args.seconds).await
+        );
+        println!("ext_authz cached check at {rate}/s ({shape}): {}", open_loop(&pool, keys, rate, args.seconds).await);
+    }
+    let floor = closed_loop(&baseline_pool, keys, args.in_flight, args.seconds).await;
+    let sidecar_max = closed_loop(&pool, keys, args.in_flight, args.seconds).await;
+    let floor_again = closed_loop(&baseline_pool, keys, args.in_flight, args.seconds).await;
+    println!("trivial ext_authz max throughput ({} in flight, {shape}): {floor}", args.in_flight);
+    println!("ext_authz max throughput ({} in flight, {shape}): {sidecar_max}", args.in_flight);
+    println!("trivial ext_authz again: {floor_again}");
+    println!(
+        "ratio sidecar / trivial: {:.2}",
+        sidecar_max.throughput / ((floor.throughput + floor_again.throughput) / 2.0)
+    );
+    let _ = baseline.kill().await;
 
     // Revocation propagation with `streams` Watch streams connected.
     let mut watchers = Vec::new();
@@ -251,7 +313,7 @@ async fn main() {
         let returned = Instant::now();
         let mut probe = client.clone();
         loop {
-            let response = probe.check(request(token)).await.unwrap().into_inner();
+            let response = probe.check(check_request(token)).await.unwrap().into_inner();
             if response.status.unwrap().code != 0 {
                 break;
             }
