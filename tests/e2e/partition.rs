@@ -192,3 +192,71 @@ async fn a_silent_control_plane_costs_a_cache_miss_at_most_the_sidecar_timeout()
     sidecar.stop().await;
     plane.stop().await;
 }
+
+/// Postgres restarted while events are published and keys checked: every
+/// publication acknowledged (before, during or after the outage) is
+/// delivered exactly once — the receiver answers 200, so no retry is ever
+/// due — and health comes back without restarting Keyplane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_under_load_loses_no_event_and_sends_none_twice() {
+    let Some(server) = postgres::dedicated() else { return };
+    let url = server.create_database().await;
+    let Some(plane) = keyplane_tests::webhooks::start(Backend::Postgres, |config| {
+        config.storage.database_url = Some(url);
+    })
+    .await
+    else {
+        return;
+    };
+    let org = random_org();
+    let receiver = keyplane_tests::receiver::Receiver::start().await;
+    keyplane_tests::webhooks::subscribe(&plane, &org, &receiver.url("/hook"), &["load.tested"]).await;
+    let (key, token) = plane.create_key(&org, &[]).await;
+    let sidecar = TestSidecar::start(&plane, |config| config.max_staleness = Duration::from_secs(30)).await;
+
+    // Publishers run through the whole outage; only acknowledged events count.
+    let publishers =
+        keyplane_tests::webhooks::LoadPublishers::start(&plane.addr.to_string(), &plane.root_token, &org, 300, 4).await;
+    let checking = async {
+        let mut statuses = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            statuses.insert(sidecar.check_status(&token).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        statuses
+    };
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.stop();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.start_again();
+    };
+    let (statuses, ()) = tokio::join!(checking, restart);
+    assert_eq!(statuses, [200].into(), "a cached key keeps working through the restart");
+    let acknowledged = publishers.finish().await;
+    assert!(!acknowledged.is_empty());
+
+    // After recovery: more publications, all deliveries, each exactly once.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(plane.channel().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health.check(tonic_health::pb::HealthCheckRequest::default()).await.map(|r| r.into_inner().status).ok()
+        != Some(1)
+    {
+        assert!(Instant::now() < deadline, "health never came back to SERVING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = keyplane_tests::webhooks::publish(&plane, &org, "load.tested", "{}").await;
+    let mut expected = acknowledged;
+    expected.insert(after.event.unwrap().id);
+    keyplane_tests::eventually(|| async { receiver.webhook_ids("/hook") }, |ids| ids.is_superset(&expected)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = receiver.received("/hook");
+    assert_eq!(received.len(), receiver.webhook_ids("/hook").len(), "no delivery was sent twice");
+
+    // A revocation made after recovery reaches the sidecar.
+    let revoke = pb::RevokeApiKeyRequest { org_id: org, id: key.id, reason: "after restart".into() };
+    plane.keys(&plane.root_token).await.revoke_api_key(revoke).await.unwrap();
+    sidecar.wait_for_status(&token, 401).await;
+    sidecar.stop().await;
+    plane.stop().await;
+}

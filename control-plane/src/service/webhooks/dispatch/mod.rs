@@ -104,7 +104,18 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let (results, mut finished) = mpsc::unbounded_channel::<AttemptRecord>();
         let mut batch = Vec::with_capacity(RECORD_BATCH);
+        // Attempts made but not yet stored (the database was unreachable):
+        // stored before anything is claimed again, so a delivery that was
+        // sent is not sent again because its outcome was lost.
+        let mut unrecorded = Vec::new();
         while !stop.is_cancelled() {
+            if !unrecorded.is_empty() && !self.record(&mut unrecorded).await {
+                tokio::select! {
+                    () = tokio::time::sleep(self.settings.poll) => {}
+                    () = stop.cancelled() => {}
+                }
+                continue;
+            }
             let wait = match self.claim_and_start(&results).await {
                 Ok(wait) => wait,
                 Err(error) => {
@@ -113,7 +124,11 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
-                _ = finished.recv_many(&mut batch, RECORD_BATCH) => self.record(&mut batch).await,
+                _ = finished.recv_many(&mut batch, RECORD_BATCH) => {
+                    if !self.record(&mut batch).await {
+                        unrecorded.append(&mut batch);
+                    }
+                }
                 () = self.wakeups.deliveries_due.notified() => {}
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => {}
@@ -121,13 +136,18 @@ impl Dispatcher {
         }
         drop(results);
         let drained = tokio::time::timeout(self.settings.timeout + Duration::from_secs(1), async {
-            while finished.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-                self.record(&mut batch).await;
+            unrecorded.extend(batch);
+            while finished.recv_many(&mut unrecorded, RECORD_BATCH).await > 0 || !unrecorded.is_empty() {
+                if !self.record(&mut unrecorded).await {
+                    tokio::time::sleep(self.settings.poll).await;
+                }
             }
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("webhook requests still running at shutdown; their deliveries are retried after the lease");
+            tracing::warn!(
+                "webhook attempts still running or unrecorded at shutdown; their deliveries are retried after the lease"
+            );
         }
     }
 
@@ -235,22 +255,35 @@ impl Dispatcher {
 
     /// Records finished attempts, their statistics and endpoint health in one transaction,
     /// then disables endpoints that answered 410 or have failed for too long.
-    async fn record(&self, batch: &mut Vec<AttemptRecord>) {
-        let records = std::mem::take(batch);
+    /// Empties `batch` when stored; when the database cannot be reached,
+    /// leaves it for the caller to try again and returns false. A batch the
+    /// database rejects is dropped (logged): its deliveries are retried
+    /// after their lease, rather than blocking every later delivery.
+    async fn record(&self, batch: &mut Vec<AttemptRecord>) -> bool {
         let stored = async {
             let tx = self.db.begin().await?;
-            for record in &records {
+            for record in batch.iter() {
                 deliveries::record_attempt(&tx, record).await?;
             }
-            stats::record(&tx, &records).await?;
-            let to_disable = self.health.record(&tx, &records).await?;
+            stats::record(&tx, batch).await?;
+            let to_disable = self.health.record(&tx, batch).await?;
             tx.commit().await?;
             Ok::<_, Error>(to_disable)
         };
         match stored.await {
-            Ok(to_disable) => self.health.disable_all(to_disable).await,
+            Ok(to_disable) => {
+                batch.clear();
+                self.health.disable_all(to_disable).await;
+                true
+            }
+            Err(Error::Database(error)) if crate::error::is_unavailable(&error) => {
+                tracing::warn!(%error, attempts = batch.len(), "the database is unreachable; recording webhook attempts again before claiming more");
+                false
+            }
             Err(error) => {
-                tracing::error!(%error, attempts = records.len(), "recording webhook attempts failed; those deliveries are retried after their lease");
+                tracing::error!(%error, attempts = batch.len(), "recording webhook attempts failed; those deliveries are retried after their lease");
+                batch.clear();
+                true
             }
         }
     }
