@@ -20,15 +20,22 @@ fn database_name(url: &str) -> &str {
     without_query.rsplit_once('/').map_or(without_query, |(_, name)| name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_cut_off_from_its_database_stops_vouching() {
-    let Some(server) = postgres::server() else { return };
-    let Some(direct) = TestControlPlane::start(Backend::Postgres).await else { return };
+/// A replica on Postgres, and a second replica of it reaching Postgres
+/// through a TCP proxy the test can cut; `None` without Postgres.
+async fn replica_behind_a_proxy() -> Option<(TestControlPlane, TcpProxy, TestControlPlane)> {
+    let server = postgres::server()?;
+    let direct = TestControlPlane::start(Backend::Postgres).await?;
     let proxy = TcpProxy::start(Upstream::Unix(server.socket_path())).await;
     let mut config = direct.config.clone();
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config.storage.database_url = Some(PgServer::tcp_url(database_name(&direct.database_url), proxy.addr));
     let behind_proxy = TestControlPlane::launch(config).await;
+    Some((direct, proxy, behind_proxy))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_its_database_stops_vouching() {
+    let Some((direct, proxy, behind_proxy)) = replica_behind_a_proxy().await else { return };
     let heartbeat = behind_proxy.config.heartbeat_interval;
 
     let (key, token) = direct.create_key(&random_org(), &[]).await;
@@ -69,13 +76,7 @@ async fn a_replica_cut_off_from_its_database_stops_vouching() {
 /// heartbeat for two periods) moves to it instead of going stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_leaves_a_replica_that_stops_vouching() {
-    let Some(server) = postgres::server() else { return };
-    let Some(direct) = TestControlPlane::start(Backend::Postgres).await else { return };
-    let proxy = TcpProxy::start(Upstream::Unix(server.socket_path())).await;
-    let mut config = direct.config.clone();
-    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config.storage.database_url = Some(PgServer::tcp_url(database_name(&direct.database_url), proxy.addr));
-    let behind_proxy = TestControlPlane::launch(config).await;
+    let Some((direct, proxy, behind_proxy)) = replica_behind_a_proxy().await else { return };
 
     let (key, token) = direct.create_key(&random_org(), &[]).await;
     let replicas = vec![format!("http://{}", behind_proxy.addr), format!("http://{}", direct.addr)];
