@@ -62,7 +62,7 @@ pub async fn run(
     let credential = sync::Credential::bearer(credential.trim())?;
     // tonic's TLS uses rustls; make ring the process-wide provider explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let failover = sync::control_plane_channel(&config)?;
+    let failover = sync::control_plane_channel(&config).await?;
     let client = KeySyncServiceClient::new(InterceptedService::new(failover.clone(), credential));
 
     let metrics = Arc::new(metrics::Metrics::default());
