@@ -20,6 +20,10 @@ pub mod sync {
     }
 }
 
+/// Most credits one check may cost (the proxy's `cost`, `VerifyApiKey.cost`):
+/// the sidecar and the control plane refuse more alike.
+pub const MAX_CHECK_COST: u64 = 1000;
+
 pub mod codec;
 pub mod token;
 pub mod usage;

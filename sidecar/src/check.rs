@@ -7,12 +7,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use keyplane_proto::MAX_CHECK_COST;
 use keyplane_proto::token::{Environment, ParsedToken, TokenFormat};
 use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Freshness, KeyCache, Principal, Verdict};
-use crate::credits::{CreditLeases, Spend};
+use crate::credits::{CreditLeases, Receipt, Spend};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::sync::{self, ControlPlaneClient, Readiness, SyncState};
@@ -284,41 +285,32 @@ impl Checker {
     /// lasts; otherwise they count as spent). A check refused by the
     /// identity's rate limit still counts against the key's.
     async fn enforce_limits(&self, principal: &Principal, cost: u64) -> Option<Denial> {
-        use DenyStatus::*;
         for (id, limits) in principal.all_limits() {
             let Some(limit) = limits.rate_limit else { continue };
-            let refusal = if limits.global_rate_limit {
-                match self.global_limits.spend(id, 1).await {
-                    Spend::Spent(_) => None,
-                    Spend::Exhausted(wait) => {
-                        Some(Denial { retry_after: wait, ..Denial::new(RateLimited, "rate_limited") })
-                    }
-                    Spend::Unavailable => Some(Denial::new(Unavailable, "control_plane_unavailable")),
-                }
+            let refused = if limits.global_rate_limit {
+                refusal(self.global_limits.spend(id, 1).await, "rate_limited").err()
             } else {
                 let wait = self.limits.check(id, limit).err();
-                wait.map(|wait| Denial { retry_after: Some(wait), ..Denial::new(RateLimited, "rate_limited") })
+                wait.map(|wait| Denial {
+                    retry_after: Some(wait),
+                    ..Denial::new(DenyStatus::RateLimited, "rate_limited")
+                })
             };
-            if refusal.is_some() {
-                return refusal;
+            if refused.is_some() {
+                return refused;
             }
         }
         let mut spent = Vec::new();
         for (id, _) in principal.all_limits().filter(|(_, limits)| limits.has_credits) {
-            let denial = match self.credits.spend(id, cost).await {
-                Spend::Spent(receipt) => {
-                    spent.push((id, receipt));
-                    continue;
+            match refusal(self.credits.spend(id, cost).await, "credits_exhausted") {
+                Ok(receipt) => spent.push((id, receipt)),
+                Err(denial) => {
+                    for (id, receipt) in spent {
+                        self.credits.refund(id, receipt);
+                    }
+                    return Some(denial);
                 }
-                Spend::Exhausted(retry_after) => {
-                    Denial { retry_after, ..Denial::new(RateLimited, "credits_exhausted") }
-                }
-                Spend::Unavailable => Denial::new(Unavailable, "control_plane_unavailable"),
-            };
-            for (id, receipt) in spent {
-                self.credits.refund(id, receipt);
             }
-            return Some(denial);
         }
         None
     }
@@ -366,16 +358,23 @@ impl Checker {
     }
 }
 
-/// Most credits one check may cost.
-pub const MAX_COST: u64 = 1000;
-
 /// The cost a proxy sent (Envoy context extension `cost`, header
 /// `X-Keyplane-Cost`): 1 when absent, `None` unless a whole number from 1
-/// to [`MAX_COST`].
+/// to [`MAX_CHECK_COST`].
 pub fn parse_cost(text: Option<&str>) -> Option<u64> {
     match text {
         None => Some(1),
-        Some(text) => text.trim().parse().ok().filter(|cost| (1..=MAX_COST).contains(cost)),
+        Some(text) => text.trim().parse().ok().filter(|cost| (1..=MAX_CHECK_COST).contains(cost)),
+    }
+}
+
+/// What spending from a lease came to: its receipt, or the denial (429 with
+/// `reason` when the budget is spent, 503 when it could not be leased).
+fn refusal(spend: Spend, reason: &'static str) -> Result<Receipt, Denial> {
+    match spend {
+        Spend::Spent(receipt) => Ok(receipt),
+        Spend::Exhausted(retry_after) => Err(Denial { retry_after, ..Denial::new(DenyStatus::RateLimited, reason) }),
+        Spend::Unavailable => Err(Denial::new(DenyStatus::Unavailable, "control_plane_unavailable")),
     }
 }
 

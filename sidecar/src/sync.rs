@@ -86,7 +86,7 @@ where
     let mut replicas = Vec::with_capacity(urls.len());
     for url in urls {
         let uri: http::Uri = url.parse().map_err(|e| Error::Config(format!("--control-plane {url}: {e}")))?;
-        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let host = host_of(&uri);
         let given = Replica { label: url.clone(), url: url.clone(), address: None };
         if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
             replicas.push(given);
@@ -109,12 +109,17 @@ where
     Ok(replicas)
 }
 
+/// The URL's host without the brackets of an IPv6 literal.
+fn host_of(uri: &http::Uri) -> &str {
+    uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']')
+}
+
 fn replica_channel(config: &Config, replica: &Replica) -> Result<Channel> {
     let url = &replica.url;
     let endpoint =
         Endpoint::from_shared(url.clone()).map_err(|e| Error::Config(format!("--control-plane {url}: {e}")))?;
     let tls_requested = config.control_plane_ca_file.is_some() || config.tls_client_cert_file.is_some();
-    let host = endpoint.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host_of(endpoint.uri()).to_owned();
     let endpoint = match endpoint.uri().scheme_str() {
         Some("https") => endpoint.tls_config(client_tls(config)?.domain_name(host))?,
         Some("http") if tls_requested => {
@@ -344,17 +349,15 @@ async fn watch_once(
                 };
                 cache.apply_change(&event.key_id, event.seq, ended).await;
                 // Off the stream's path: giving credits back is a call.
-                let (credits, key_id) = (credits.clone(), event.key_id.clone());
-                let global_limits = global_limits.clone();
-                tokio::spawn(async move {
-                    match ended {
-                        Some(_) => credits.key_ended(&key_id).await,
-                        None => {
-                            credits.key_changed(&key_id).await;
-                            global_limits.key_changed(&key_id).await;
+                for leases in [credits.clone(), global_limits.clone()] {
+                    let key_id = event.key_id.clone();
+                    tokio::spawn(async move {
+                        match ended {
+                            Some(_) => leases.key_ended(&key_id).await,
+                            None => leases.key_changed(&key_id).await,
                         }
-                    }
-                });
+                    });
+                }
                 metrics.key_events.get_or_create(&[("kind", kind)]).inc();
                 state.position.fetch_max(event.seq, Ordering::AcqRel);
                 metrics.applied_seq.set(state.position());

@@ -21,12 +21,10 @@ use crate::error::{Error, Result};
 use crate::store::audit::{self, NewAuditEvent};
 use crate::store::credits::{self, Credits, Holder};
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{self, OrgScope, OrgTx, rate_windows};
+use crate::store::{self, OrgScope, OrgTx, identities, rate_windows};
 
 /// Most credits one lease request may ask for.
 pub const MAX_LEASE_REQUEST: u64 = 100_000;
-/// Most credits one check may cost.
-pub const MAX_COST: u64 = 1000;
 /// The audit actor id of refills.
 const REFILL: &str = "credit-refill";
 
@@ -61,8 +59,9 @@ impl CreditService {
     pub async fn lease(&self, ctx: &RequestContext, holder_id: &str, requested: u64, at_least: u64) -> Result<Lease> {
         let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
         let tx = OrgTx::begin(&self.db, holder.org_id()).await?;
-        let holder =
-            Holder::find(tx.conn(), OrgScope::Org(tx.org()), holder_id).await?.ok_or(Error::NotFound("api key"))?;
+        let holder = Holder::find(tx.conn(), OrgScope::Org(tx.org()), holder_id)
+            .await?
+            .ok_or(Error::NotFound(holder_kind(holder_id)))?;
         let Some(Credits { remaining, next_refill_at, .. }) = holder.credits() else {
             return Err(Error::FailedPrecondition(format!("the {} has no credits", holder.kind())));
         };
@@ -117,7 +116,7 @@ impl CreditService {
         if !(1..=MAX_LEASE_REQUEST).contains(&requested) {
             return Err(Error::invalid("requested", format!("must be between 1 and {MAX_LEASE_REQUEST}")));
         }
-        Holder::find(&self.db, OrgScope::AllOrgs, holder_id).await?.ok_or(Error::NotFound("api key"))
+        Holder::find(&self.db, OrgScope::AllOrgs, holder_id).await?.ok_or(Error::NotFound(holder_kind(holder_id)))
     }
 
     /// Forgets global rate-limit windows that started more than a day ago.
@@ -184,4 +183,9 @@ impl CreditService {
     pub async fn purge_ended_leases(&self, batch: u64) -> Result<u64> {
         credits::purge_leases(&self.db, store::now(), batch).await
     }
+}
+
+/// What a lease names by `id`, for "not found": a key or an identity.
+fn holder_kind(id: &str) -> &'static str {
+    if identities::is_identity_id(id) { "identity" } else { "api key" }
 }

@@ -18,7 +18,7 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
 use super::auth::{RequestContext, Scope};
-use super::credits::{CreditService, MAX_COST};
+use super::credits::CreditService;
 use super::paging::{ListQuery, Listing, Page};
 use super::usage::ingest::LocalUsage;
 use super::validate::Violations;
@@ -30,6 +30,7 @@ pub use crate::store::api_keys::KeyChanges;
 use crate::store::api_keys::{self, KeyFilter, RateLimit};
 use crate::store::credits::Refill;
 use crate::store::{OrgTx, audit};
+use keyplane_proto::MAX_CHECK_COST;
 use keyplane_proto::usage::Outcome;
 
 pub use rules::{DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MAX_TTL, MIN_TTL};
@@ -149,8 +150,8 @@ impl KeyService {
         let scope = ctx.verification_scope()?;
         let mut violations = Violations::default();
         violations.scopes("required_scopes", required.scopes);
-        if required.cost > MAX_COST {
-            violations.add("cost", format!("must be at most {MAX_COST}"));
+        if required.cost > MAX_CHECK_COST {
+            violations.add("cost", format!("must be at most {MAX_CHECK_COST}"));
         }
         violations.finish()?;
         let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
