@@ -33,7 +33,7 @@ pub fn required() -> bool {
 pub fn server() -> Option<&'static PgServer> {
     SERVER
         .get_or_init(|| match find_bindir() {
-            Some(bindir) => Some(PgServer::start(&bindir)),
+            Some(bindir) => Some(PgServer::start(&bindir, "")),
             None if required() => panic!(
                 "Postgres is required (CI=true or KEYPLANE_TEST_REQUIRE_POSTGRES=1) but no initdb was found; \
                  install postgresql or set KEYPLANE_TEST_PG_BIN"
@@ -49,8 +49,15 @@ pub fn server() -> Option<&'static PgServer> {
 /// A server of its own, for a test that stops and restarts it; `None` when
 /// Postgres is not installed and not required.
 pub fn dedicated() -> Option<PgServer> {
+    dedicated_with("")
+}
+
+/// A server of its own started with `settings` (`-c name=value …`) after
+/// the test defaults, which they override (a benchmark turns durability
+/// back on).
+pub fn dedicated_with(settings: &str) -> Option<PgServer> {
     match find_bindir() {
-        Some(bindir) => Some(PgServer::start(&bindir)),
+        Some(bindir) => Some(PgServer::start(&bindir, settings)),
         None if required() => panic!("Postgres is required but no initdb was found"),
         None => {
             eprintln!("NOTE: Postgres binaries not found; a Postgres test is SKIPPED");
@@ -111,7 +118,7 @@ fn run(mut command: Command, what: &str) {
 }
 
 impl PgServer {
-    fn start(bindir: &Path) -> Self {
+    fn start(bindir: &Path, settings: &str) -> Self {
         let as_postgres = is_root();
         let dir = tempfile::Builder::new().prefix("keyplane-pg-").tempdir().expect("temp dir for Postgres").keep();
         if as_postgres {
@@ -127,7 +134,7 @@ impl PgServer {
         run(initdb, "initdb");
         let options = format!(
             "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=400",
+             -c full_page_writes=off -c max_connections=400 {settings}",
             dir.display()
         );
         let server = |watchdog| Self {
@@ -173,6 +180,27 @@ impl PgServer {
         start.arg("-D").arg(self.socket_dir.join("data")).arg("-l").arg(self.socket_dir.join("log"));
         start.args(["-w", "-o", &self.options, "start"]);
         run(start, "pg_ctl start");
+    }
+
+    /// CPU time (clock ticks) used so far by the postmaster and its
+    /// live processes (backends, WAL writer, checkpointer…).
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid_file = self.socket_dir.join("data").join("postmaster.pid");
+        let Some(postmaster) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|text| text.lines().next().and_then(|line| line.trim().parse::<u32>().ok()))
+        else {
+            return 0;
+        };
+        let children: u64 = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
+            .filter(|pid| crate::process::parent_pid(*pid) == Some(postmaster))
+            .map(crate::process::cpu_ticks)
+            .sum();
+        children + crate::process::cpu_ticks(postmaster)
     }
 
     /// The server's Unix socket (what a TCP proxy forwards to).

@@ -42,6 +42,34 @@ pub fn refused_start(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Fields of `/proc/<pid>/stat` after the command name (which may contain
+/// spaces); empty when the process is gone.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
+}
+
+/// CPU time (user + system, in clock ticks) a process has used; 0 when it is gone.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let fields = stat_fields(pid);
+    let field = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// The parent of a process, if it is still there.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    stat_fields(pid).get(1).and_then(|p| p.parse().ok())
+}
+
+/// Resident set size of a process in KiB; 0 when it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
 /// A `keyplane serve` child process logging JSON to a pipe.
 pub struct ControlPlaneProcess {
     pub child: Child,
@@ -193,6 +221,17 @@ impl WebhookServer {
     /// The setup for `backend` with data in `dir`; `None` when the backend
     /// is not available (the test is skipped).
     pub async fn prepare(backend: Backend, dir: &std::path::Path, webhook_flags: &[&str]) -> Option<Self> {
+        let database_url = backend.fresh_database(dir).await?;
+        Some(Self::with_database(backend, database_url, dir, webhook_flags))
+    }
+
+    /// The setup for a fresh database at `database_url`.
+    pub fn with_database(
+        backend: Backend,
+        database_url: String,
+        dir: &std::path::Path,
+        webhook_flags: &[&str],
+    ) -> Self {
         let mut args: Vec<String> = [
             "--data-dir",
             &dir.display().to_string(),
@@ -209,7 +248,6 @@ impl WebhookServer {
         .chain(webhook_flags)
         .map(|s| (*s).to_owned())
         .collect();
-        let database_url = backend.fresh_database(dir).await?;
         let root_token_file = dir.join("root-token");
         if backend == Backend::Postgres {
             let key_file = dir.join("master.key");
@@ -221,7 +259,7 @@ impl WebhookServer {
             args.extend(["--master-key-file".into(), key_file.display().to_string()]);
             args.extend(["--root-token-file".into(), root_token_file.display().to_string()]);
         }
-        Some(Self { args, database_url, root_token_file })
+        Self { args, database_url, root_token_file }
     }
 
     /// The root token (the SQLite default generates it at first start).

@@ -98,8 +98,11 @@ pub struct AuditFilter {
     pub end_time: Option<DateTime<Utc>>,
 }
 
-/// Appends a row to the transaction's org chain.
+/// Appends a row to the transaction's org chain. The transaction must be
+/// audited ([`OrgTx::begin`]): its lock is what keeps two appends from
+/// reading the same predecessor.
 pub async fn append(tx: &OrgTx, event: NewAuditEvent) -> Result<Model> {
+    debug_assert!(tx.audited(), "audit::append in a transaction begun without the org's chain lock");
     let previous =
         Entity::find().filter(Column::OrgId.eq(tx.org())).order_by_desc(Column::Seq).limit(1).one(tx.conn()).await?;
     let (seq, prev_hash) = previous.map_or((1, String::new()), |p| (p.seq + 1, p.hash));

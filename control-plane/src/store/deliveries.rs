@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{LockBehavior, LockType, Query};
-use sea_orm::{ActiveValue::Set, Condition, ExprTrait, QueryOrder, QuerySelect};
+use sea_orm::{ActiveValue::Set, Condition, DbBackend, ExprTrait, QueryOrder, QuerySelect, Statement, Value};
 use serde::Serialize;
 
 use super::OrgTx;
@@ -260,6 +260,9 @@ pub struct AttemptRecord {
     pub delivery_id: String,
     pub org_id: String,
     pub subscription_id: String,
+    /// When the subscription's run of failures began, as read when the
+    /// delivery was claimed (`None`: it was not failing).
+    pub failing_since: Option<DateTime<Utc>>,
     /// Attempt number (1 for the first); `None` when the delivery ended
     /// without a request (its subscription is gone or disabled).
     pub number: Option<i32>,
@@ -277,42 +280,89 @@ pub struct AttemptRecord {
     pub next: NextStep,
 }
 
-/// Stores one attempt and moves its delivery on.
-pub async fn record_attempt(db: &impl ConnectionTrait, record: &AttemptRecord) -> Result<()> {
-    let now = super::now();
-    let mut update = Entity::update_many()
-        .col_expr(Column::LastStatusCode, Expr::val(record.status_code))
-        .col_expr(Column::LastError, Expr::val(record.error.clone()))
-        .filter(Column::Id.eq(record.delivery_id.as_str()))
-        .filter(Column::OrgId.eq(record.org_id.as_str()))
-        .filter(Column::Status.eq(DeliveryStatus::Pending));
-    if let Some(number) = record.number {
-        attempt::ActiveModel {
-            id: Set(crate::crypto::new_id("att_")),
-            delivery_id: Set(record.delivery_id.clone()),
-            org_id: Set(record.org_id.clone()),
-            number: Set(number),
-            started_at: Set(record.started_at),
-            status_code: Set(record.status_code),
-            latency_micros: Set(record.latency_micros),
-            error: Set(record.error.clone()),
-            response_excerpt: Set(record.response_excerpt.clone()),
-        }
-        .insert(db)
-        .await?;
-        update = update.col_expr(Column::AttemptCount, Expr::val(number));
+/// Records per statement at most (8 bound values a record; SQLite allows 32,766).
+const RECORDS_PER_STATEMENT: usize = 512;
+
+/// Stores a batch of attempts and moves their deliveries on, in two
+/// statements per [`RECORDS_PER_STATEMENT`] records: one multi-row insert
+/// of the attempts and one `UPDATE … FROM` a `VALUES` list of outcomes.
+/// A delivery no longer pending (retried or dead-lettered meanwhile by an
+/// operator) keeps its state; its attempt is still stored.
+pub async fn record_attempts(db: &impl ConnectionTrait, records: &[AttemptRecord]) -> Result<()> {
+    let attempts: Vec<attempt::ActiveModel> = records
+        .iter()
+        .filter_map(|record| {
+            Some(attempt::ActiveModel {
+                id: Set(crate::crypto::new_id("att_")),
+                delivery_id: Set(record.delivery_id.clone()),
+                org_id: Set(record.org_id.clone()),
+                number: Set(record.number?),
+                started_at: Set(record.started_at),
+                status_code: Set(record.status_code),
+                latency_micros: Set(record.latency_micros),
+                error: Set(record.error.clone()),
+                response_excerpt: Set(record.response_excerpt.clone()),
+            })
+        })
+        .collect();
+    let mut attempts = attempts.into_iter().peekable();
+    while attempts.peek().is_some() {
+        let chunk: Vec<_> = attempts.by_ref().take(RECORDS_PER_STATEMENT).collect();
+        attempt::Entity::insert_many(chunk).exec_without_returning(db).await?;
     }
-    update = match record.next {
-        NextStep::Succeeded => update
-            .col_expr(Column::Status, Expr::val(DeliveryStatus::Succeeded))
-            .col_expr(Column::FinishedAt, Expr::val(now)),
-        NextStep::Failed => update
-            .col_expr(Column::Status, Expr::val(DeliveryStatus::Failed))
-            .col_expr(Column::FinishedAt, Expr::val(now)),
-        NextStep::RetryAt(at) => update.col_expr(Column::NextAttemptAt, Expr::val(at)),
-    };
-    update.exec(db).await?;
+    let now = super::now();
+    for chunk in records.chunks(RECORDS_PER_STATEMENT) {
+        db.execute_raw(move_on(db.get_database_backend(), chunk, now)).await?;
+    }
     Ok(())
+}
+
+/// The `UPDATE` that moves each delivery of `records` on. Postgres needs
+/// the types of the `VALUES` columns spelled out; SQLite has none to spell.
+fn move_on(backend: DbBackend, records: &[AttemptRecord], now: DateTime<Utc>) -> Statement {
+    let mut values: Vec<Value> = Vec::with_capacity(records.len() * 8);
+    let mut rows = Vec::with_capacity(records.len());
+    for record in records {
+        let (status, next_attempt_at, finished_at) = match record.next {
+            NextStep::Succeeded => (DeliveryStatus::Succeeded, None, Some(now)),
+            NextStep::Failed => (DeliveryStatus::Failed, None, Some(now)),
+            NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at), None),
+        };
+        let row: [(Value, &str); 8] = [
+            (record.delivery_id.clone().into(), "text"),
+            (record.org_id.clone().into(), "text"),
+            (status.as_str().into(), "text"),
+            (record.number.into(), "integer"),
+            (next_attempt_at.into(), "timestamptz"),
+            (record.status_code.into(), "integer"),
+            (record.error.clone().into(), "text"),
+            (finished_at.into(), "timestamptz"),
+        ];
+        let placeholders: Vec<String> = row
+            .into_iter()
+            .map(|(value, pg_type)| {
+                values.push(value);
+                match backend {
+                    DbBackend::Postgres => format!("${}::{pg_type}", values.len()),
+                    _ => "?".to_owned(),
+                }
+            })
+            .collect();
+        rows.push(format!("({})", placeholders.join(", ")));
+    }
+    let sql = format!(
+        "WITH outcome (id, org_id, status, attempt_count, next_attempt_at, last_status_code, last_error, finished_at) \
+         AS (VALUES {}) \
+         UPDATE webhook_deliveries SET status = outcome.status, \
+         attempt_count = COALESCE(outcome.attempt_count, webhook_deliveries.attempt_count), \
+         next_attempt_at = COALESCE(outcome.next_attempt_at, webhook_deliveries.next_attempt_at), \
+         last_status_code = outcome.last_status_code, last_error = outcome.last_error, \
+         finished_at = outcome.finished_at \
+         FROM outcome WHERE webhook_deliveries.id = outcome.id AND webhook_deliveries.org_id = outcome.org_id \
+         AND webhook_deliveries.status = 'pending'",
+        rows.join(", ")
+    );
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// Makes a finished delivery of the transaction's org, loaded with

@@ -138,19 +138,33 @@ async fn delete_batch<E: EntityTrait>(
     delete_keys::<E>(db, key, keys).await
 }
 
-/// A transaction bound to one org. On Postgres it holds the org's advisory
-/// lock, which serialises the org's audit chain; SQLite already has one writer.
+/// A transaction bound to one org. An audited one (from [`OrgTx::begin`])
+/// holds, on Postgres, the org's advisory lock, which serialises the org's
+/// audit chain; SQLite already has one writer.
 pub struct OrgTx {
     tx: DatabaseTransaction,
     org: String,
+    /// Whether it holds the org's chain lock and may append to the audit log.
+    audited: bool,
 }
 
 impl OrgTx {
-    /// Begins a transaction for `org` and takes its lock. On SQLite it is
-    /// IMMEDIATE: it takes the write lock at once (waiting the busy
+    /// Begins a transaction for `org` that may append to its audit chain,
+    /// and takes the chain lock first (so every transaction that also
+    /// appends key events takes the two locks in the same order). On SQLite
+    /// it is IMMEDIATE: it takes the write lock at once (waiting the busy
     /// timeout), where a deferred one that reads before writing fails with
     /// SQLITE_BUSY when another process (a replica on the same file) writes.
     pub async fn begin(db: &DatabaseConnection, org: &str) -> Result<Self> {
+        let tx = Self::begin_unaudited(db, org).await?;
+        advisory_lock(&tx.tx, &format!("org:{org}")).await?;
+        Ok(Self { audited: true, ..tx })
+    }
+
+    /// Begins a transaction for `org` that appends nothing to its audit
+    /// chain, and so takes no org-wide lock: the data plane's writes (a
+    /// publication), which the org's other writers must not queue behind.
+    pub async fn begin_unaudited(db: &DatabaseConnection, org: &str) -> Result<Self> {
         let tx = if db.get_database_backend() == DbBackend::Sqlite {
             let immediate = sea_orm::TransactionOptions {
                 sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
@@ -160,8 +174,12 @@ impl OrgTx {
         } else {
             db.begin().await?
         };
-        advisory_lock(&tx, &format!("org:{org}")).await?;
-        Ok(Self { tx, org: org.to_owned() })
+        Ok(Self { tx, org: org.to_owned(), audited: false })
+    }
+
+    /// Whether it may append to the org's audit chain.
+    pub fn audited(&self) -> bool {
+        self.audited
     }
 
     /// The org every write in this transaction belongs to.

@@ -198,27 +198,31 @@ pub async fn disable(tx: &OrgTx, id: &str, reason: &str) -> Result<bool> {
     Ok(result.rows_affected > 0)
 }
 
-/// Records the outcome of an attempt on subscription `id` of `org`: a
-/// failure starts a failure run (if none is running), a success ends it.
-/// Returns the start of the run still going, if any.
-pub async fn record_health(
-    db: &impl ConnectionTrait,
-    org: &str,
-    id: &str,
-    succeeded: bool,
-    at: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>> {
-    let update = Entity::update_many().filter(Column::Id.eq(id)).filter(Column::OrgId.eq(org));
-    if succeeded {
-        update
+/// Starts a failure run at `at` for each of `ids` (of any org) not already
+/// in one: for the dispatcher, which records every org's attempts.
+pub async fn mark_failing(db: &impl ConnectionTrait, ids: &[&str], at: DateTime<Utc>) -> Result<()> {
+    if !ids.is_empty() {
+        Entity::update_many()
+            .col_expr(Column::FailingSince, Expr::val(at))
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(Column::FailingSince.is_null())
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends the failure run of each of `ids` (of any org): for the dispatcher.
+pub async fn mark_recovered(db: &impl ConnectionTrait, ids: &[&str]) -> Result<()> {
+    if !ids.is_empty() {
+        Entity::update_many()
             .col_expr(Column::FailingSince, Expr::val(None::<DateTime<Utc>>))
+            .filter(Column::Id.is_in(ids.iter().copied()))
             .filter(Column::FailingSince.is_not_null())
             .exec(db)
             .await?;
-        return Ok(None);
     }
-    update.col_expr(Column::FailingSince, Expr::val(at)).filter(Column::FailingSince.is_null()).exec(db).await?;
-    Ok(find(db, org, id).await?.and_then(|s| s.failing_since))
+    Ok(())
 }
 
 /// Subscriptions by id, across orgs: for the dispatcher, which sends every

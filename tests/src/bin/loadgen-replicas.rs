@@ -22,7 +22,7 @@ use clap::Parser;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1 as sync_pb;
 use keyplane_tests::Backend;
-use keyplane_tests::process::{ControlPlaneProcess, SidecarProcess, WebhookServer};
+use keyplane_tests::process::{self, ControlPlaneProcess, SidecarProcess, WebhookServer};
 use keyplane_tests::stats::Summary;
 use rand::Rng;
 
@@ -47,18 +47,7 @@ struct Args {
 
 /// (RSS in KiB, CPU time in clock ticks) of a process.
 fn usage(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): utime and stime are the 12th and 13th.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = fields.get(11).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
-    (rss, ticks)
+    (process::rss_kib(pid), process::cpu_ticks(pid))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).

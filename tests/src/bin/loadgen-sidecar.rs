@@ -140,14 +140,6 @@ async fn closed_loop(clients: &[AuthzClient], tokens: &[String], in_flight: usiz
     Summary::of(latencies, started.elapsed())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
-        .unwrap_or(0)
-}
-
 /// A token for a seeded key: every seeded key shares one secret (and hash).
 fn seeded_token(id_body: &str, secret: &str) -> String {
     let signed = format!("kp_live_{id_body}{secret}");
@@ -214,7 +206,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    println!("sidecar RSS idle: {} KiB", rss_kib(pid));
+    println!("sidecar RSS idle: {} KiB", keyplane_tests::process::rss_kib(pid));
     println!(
         "sidecar binary: {} bytes",
         std::fs::metadata(keyplane_tests::process::workspace_binary("keyplane-sidecar")).unwrap().len()
@@ -352,7 +344,7 @@ async fn main() {
         total - args.keys,
         started.elapsed().as_secs_f64(),
         total,
-        rss_kib(pid)
+        keyplane_tests::process::rss_kib(pid)
     );
     let _ = sidecar.kill().await;
     plane.stop().await;

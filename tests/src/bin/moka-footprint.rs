@@ -9,11 +9,7 @@ use std::time::Duration;
 type Value = Arc<(String, String, Vec<String>, u64)>;
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
-        .unwrap_or(0)
+    keyplane_tests::process::rss_kib(std::process::id())
 }
 
 #[tokio::main]

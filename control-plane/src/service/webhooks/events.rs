@@ -4,16 +4,16 @@
 use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::event_types::check_event_type;
 use super::outbox;
 use super::policy::WebhookPolicy;
-use crate::error::Result;
+use crate::error::{Error, Result, is_unique_violation};
 use crate::service::Wakeups;
 use crate::service::auth::{RequestContext, Scope};
 use crate::service::validate::Violations;
-use crate::store::{OrgTx, audit, events};
+use crate::store::{OrgTx, events};
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
@@ -70,24 +70,30 @@ impl EventService {
         violations.finish()?;
 
         let idempotency_key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned());
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        // A publication is data-plane traffic: it is not audited, so it
+        // takes no org-wide lock and the org's publishers do not queue
+        // behind one another (ARCHITECTURE.md, "Publishing").
+        let tx = OrgTx::begin_unaudited(&self.db, &org).await?;
         if let Some(key) = &idempotency_key
             && let Some(event) = events::find_by_idempotency_key(tx.conn(), tx.org(), key).await?
         {
             return Ok(Published { event, deliveries_created: 0, duplicate: true });
         }
-        let (event, deliveries) = outbox::publish_to_matching(&tx, event_type, payload_json, idempotency_key).await?;
-        audit::append(
-            &tx,
-            ctx.audit(
-                "event.published",
-                "event",
-                &event.id,
-                json!({ "event_type": event.event_type, "deliveries": deliveries }),
-            ),
-        )
-        .await?;
-        self.wakeups.commit_deliveries(tx).await?;
-        Ok(Published { event, deliveries_created: deliveries, duplicate: false })
+        match outbox::publish_to_matching(&tx, event_type, payload_json, idempotency_key.clone()).await {
+            Ok((event, deliveries)) => {
+                self.wakeups.commit_deliveries(tx).await?;
+                Ok(Published { event, deliveries_created: deliveries, duplicate: false })
+            }
+            // A concurrent publication with the same key committed first
+            // (its insert held ours until then): that one is the event.
+            Err(Error::Database(error)) if idempotency_key.is_some() && is_unique_violation(&error) => {
+                drop(tx);
+                let key = idempotency_key.as_deref().unwrap_or_default();
+                let event =
+                    events::find_by_idempotency_key(&self.db, &org, key).await?.ok_or(Error::Database(error))?;
+                Ok(Published { event, deliveries_created: 0, duplicate: true })
+            }
+            Err(error) => Err(error),
+        }
     }
 }

@@ -40,32 +40,46 @@ impl EndpointHealth {
 
     /// Records, in `tx`, how each subscription's latest attempt among
     /// `records` went; returns the endpoints that must now be disabled.
+    ///
+    /// It writes only what changes: a failure run starts for an endpoint
+    /// that was not failing when its delivery was claimed and ends for one
+    /// that was, in one statement each per batch. A run another replica
+    /// started after the claim is ended by this endpoint's next success,
+    /// which sees it; the disabling decision uses the run's start as read at
+    /// the claim (or now, for a run this batch starts).
     pub async fn record(&self, tx: &DatabaseTransaction, records: &[AttemptRecord]) -> Result<Vec<Disabling>> {
-        let mut latest: HashMap<(&str, &str), &AttemptRecord> = HashMap::new();
+        let mut latest: HashMap<&str, &AttemptRecord> = HashMap::new();
         for record in records.iter().filter(|r| r.number.is_some()) {
-            latest.insert((&record.org_id, &record.subscription_id), record);
+            latest.insert(&record.subscription_id, record);
         }
         let now = store::now();
+        let (mut recovered, mut failing) = (Vec::new(), Vec::new());
         let mut to_disable = Vec::new();
-        for ((org, subscription), last) in latest {
-            let succeeded = last.next == NextStep::Succeeded;
-            let failing_since = webhooks::record_health(tx, org, subscription, succeeded, now).await?;
+        for (subscription, last) in latest {
+            if last.next == NextStep::Succeeded {
+                if last.failing_since.is_some() {
+                    recovered.push(subscription);
+                }
+                continue;
+            }
+            if last.failing_since.is_none() {
+                failing.push(subscription);
+            }
+            let since = last.failing_since.unwrap_or(now);
             let reason = if last.status_code == Some(410) {
                 Some(GONE.to_owned())
             } else {
-                failing_since.filter(|since| (now - *since).to_std().is_ok_and(|d| d >= self.disable_after)).map(
-                    |since| {
-                        format!(
-                            "every attempt failed since {}",
-                            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        )
-                    },
-                )
+                (now - since).to_std().is_ok_and(|d| d >= self.disable_after).then(|| {
+                    format!("every attempt failed since {}", since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                })
             };
             if let Some(reason) = reason {
-                to_disable.push(Disabling { org: org.to_owned(), subscription_id: subscription.to_owned(), reason });
+                let (org, subscription_id) = (last.org_id.clone(), subscription.to_owned());
+                to_disable.push(Disabling { org, subscription_id, reason });
             }
         }
+        webhooks::mark_recovered(tx, &recovered).await?;
+        webhooks::mark_failing(tx, &failing, now).await?;
         Ok(to_disable)
     }
 

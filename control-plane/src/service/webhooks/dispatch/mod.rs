@@ -262,9 +262,7 @@ impl Dispatcher {
     async fn record(&self, batch: &mut Vec<AttemptRecord>) -> bool {
         let stored = async {
             let tx = self.db.begin().await?;
-            for record in batch.iter() {
-                deliveries::record_attempt(&tx, record).await?;
-            }
+            deliveries::record_attempts(&tx, batch).await?;
             stats::record(&tx, batch).await?;
             let to_disable = self.health.record(&tx, batch).await?;
             tx.commit().await?;
@@ -296,6 +294,7 @@ fn abandon(delivery: &deliveries::Model, why: &str) -> AttemptRecord {
         delivery_id: delivery.id.clone(),
         org_id: delivery.org_id.clone(),
         subscription_id: delivery.subscription_id.clone(),
+        failing_since: None,
         number: None,
         started_at: store::now(),
         status_code: None,

@@ -74,6 +74,7 @@ impl Sender {
             delivery_id: delivery.id.clone(),
             org_id: delivery.org_id.clone(),
             subscription_id: delivery.subscription_id.clone(),
+            failing_since: subscription.failing_since,
             number: Some(number),
             started_at,
             status_code: status_code.map(i32::from),
