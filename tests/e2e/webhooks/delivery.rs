@@ -146,21 +146,42 @@ async fn two_control_planes_share_the_work_postgres() {
     let receiver = Receiver::start().await;
     let org = random_org();
     subscribe(&plane, &org, &receiver.url("/hook"), &["*"]).await;
+    // Eight concurrent publishers on each process, 20 events each.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let via = if i % 2 == 0 { &plane } else { &replica };
+            let (addr, token, org) = (via.addr.to_string(), via.root_token.clone(), org.clone());
+            tokio::spawn(async move {
+                let channel = keyplane_tests::authed_channel(&addr, &token).await;
+                let mut events = pb::event_service_client::EventServiceClient::new(channel);
+                let mut ids = Vec::new();
+                for _ in 0..20 {
+                    let request = pb::PublishEventRequest {
+                        org_id: org.clone(),
+                        event_type: "work.item".into(),
+                        payload_json: "{}".into(),
+                        idempotency_key: String::new(),
+                    };
+                    ids.push(events.publish_event(request).await.unwrap().into_inner().event.unwrap().id);
+                }
+                ids
+            })
+        })
+        .collect();
     let mut published = Vec::new();
-    for i in 0..300 {
-        let via = if i % 2 == 0 { &plane } else { &replica };
-        published.push(publish(via, &org, "work.item", "{}").await.event.unwrap().id);
+    for task in tasks {
+        published.extend(task.await.unwrap());
     }
-    receiver.wait_for("/hook", 300, WAIT).await;
+    receiver.wait_for("/hook", 320, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ids: Vec<String> = receiver.received("/hook").iter().map(|r| r.header("webhook-id")).collect();
     let distinct: std::collections::HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct, published.iter().collect(), "every event arrived");
-    assert_eq!(ids.len(), 300, "no event was sent twice (SKIP LOCKED claims)");
+    assert_eq!(ids.len(), 320, "no event was sent twice (SKIP LOCKED claims)");
     let (mine, theirs) = (
         plane.metric("keyplane_webhook_attempts_total", "succeeded").await,
         replica.metric("keyplane_webhook_attempts_total", "succeeded").await,
     );
-    assert_eq!(mine + theirs, 300.0);
+    assert_eq!(mine + theirs, 320.0);
     assert!(mine > 0.0 && theirs > 0.0, "both processes sent: {mine} and {theirs}");
 }
