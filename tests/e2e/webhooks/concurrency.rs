@@ -86,12 +86,12 @@ async fn concurrent_publishers_and_key_changes_keep_every_guarantee(backend: Bac
             })
         })
         .collect();
+    let keys = plane.keys(&plane.root_token).await;
     let changers: Vec<_> = doomed
         .iter()
         .map(|id| {
-            let (keys, org, id) = (plane.keys(&plane.root_token), busy.clone(), id.clone());
+            let (mut keys, org, id) = (keys.clone(), busy.clone(), id.clone());
             tokio::spawn(async move {
-                let mut keys = keys.await;
                 keys.create_api_key(pb::CreateApiKeyRequest {
                     org_id: org.clone(),
                     name: "concurrent".into(),
