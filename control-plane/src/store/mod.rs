@@ -198,6 +198,21 @@ impl OrgTx {
     }
 }
 
+/// Begins a transaction whose commit does not wait for the WAL to reach
+/// disk (Postgres `synchronous_commit = off`; SQLite is unchanged): still
+/// atomic and at once visible to every other transaction, but a Postgres
+/// crash (not a clean restart) can forget the last few hundred milliseconds
+/// of such commits. For the dispatcher's own bookkeeping, whose loss only
+/// means a delivery is sent again (at-least-once); never for what a caller
+/// is told is stored.
+pub async fn begin_relaxed(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    let tx = db.begin().await?;
+    if tx.get_database_backend() == DbBackend::Postgres {
+        tx.execute_unprepared("SET LOCAL synchronous_commit = off").await?;
+    }
+    Ok(tx)
+}
+
 /// Takes a transaction-scoped Postgres advisory lock named `name` (no-op on SQLite).
 async fn advisory_lock(tx: &DatabaseTransaction, name: &str) -> Result<()> {
     if tx.get_database_backend() == DbBackend::Postgres {

@@ -146,10 +146,8 @@ async fn concurrent_publishers_and_key_changes_keep_every_guarantee(backend: Bac
         format!("SELECT event_id, COUNT(*) AS n FROM webhook_deliveries WHERE org_id = '{busy}' GROUP BY event_id"),
     )
     .await;
-    let counts: HashMap<String, i64> = per_event
-        .iter()
-        .map(|row| (row.try_get("", "event_id").unwrap(), row.try_get("", "n").unwrap()))
-        .collect();
+    let counts: HashMap<String, i64> =
+        per_event.iter().map(|row| (row.try_get("", "event_id").unwrap(), row.try_get("", "n").unwrap())).collect();
     assert_eq!(counts.len(), busy_ids.len());
     assert!(counts.values().all(|n| *n == 2), "two deliveries per event");
 

@@ -4,8 +4,8 @@
 //! signed request and its answer), [`health`] (failure runs, disabling),
 //! [`stats`] (attempt counts and latencies for usage analytics).
 //!
-//! One task claims and records (in batches, one transaction each); requests
-//! run concurrently, at most `concurrency` in all. A claim is a lease: the
+//! One task claims, another records (in batches, one transaction each);
+//! requests run concurrently, at most `concurrency` in all. A claim is a lease: the
 //! delivery's due time moves past the request timeout, so a crash
 //! mid-request makes it due again by itself (at-least-once).
 
@@ -17,11 +17,12 @@ mod throttle;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::{DatabaseConnection, TransactionTrait};
-use tokio::sync::{Semaphore, mpsc};
+use sea_orm::DatabaseConnection;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use retry::{MAX_RETRY_AFTER, RetrySchedule};
@@ -73,6 +74,8 @@ pub struct Dispatcher {
     throttle: EndpointThrottle,
     health: EndpointHealth,
     permits: Arc<Semaphore>,
+    /// Notified when a request ends and gives its permit back.
+    permit_freed: Notify,
 }
 
 impl Dispatcher {
@@ -91,6 +94,7 @@ impl Dispatcher {
             throttle: EndpointThrottle::new(settings.endpoint_concurrency),
             health: EndpointHealth::new(db.clone(), wakeups.clone(), settings.disable_after),
             permits: Arc::new(Semaphore::new(settings.concurrency)),
+            permit_freed: Notify::new(),
             db,
             master_keys,
             wakeups,
@@ -101,69 +105,78 @@ impl Dispatcher {
     /// Claims, sends and records until `stop` is cancelled; then waits (up
     /// to the request timeout) for requests in flight and records them, so
     /// a delivery is either recorded or retried after its lease.
+    ///
+    /// Recording runs in a task of its own, so claiming never waits for a
+    /// batch's commit; while attempts cannot be stored (the database is
+    /// unreachable) nothing more is claimed, so a delivery that was sent is
+    /// not sent again because its outcome was lost.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let (results, mut finished) = mpsc::unbounded_channel::<AttemptRecord>();
-        let mut batch = Vec::with_capacity(RECORD_BATCH);
-        // Attempts made but not yet stored (the database was unreachable):
-        // stored before anything is claimed again, so a delivery that was
-        // sent is not sent again because its outcome was lost.
-        let mut unrecorded = Vec::new();
+        let (results, finished) = mpsc::unbounded_channel::<AttemptRecord>();
+        let backlogged = Arc::new(AtomicBool::new(false));
+        let recorder = tokio::spawn(self.clone().record_until_closed(finished, backlogged.clone()));
         while !stop.is_cancelled() {
-            if !unrecorded.is_empty() && !self.record(&mut unrecorded).await {
-                tokio::select! {
-                    () = tokio::time::sleep(self.settings.poll) => {}
-                    () = stop.cancelled() => {}
-                }
-                continue;
-            }
-            let wait = match self.claim_and_start(&results).await {
-                Ok(wait) => wait,
-                Err(error) => {
+            let wait = if backlogged.load(Ordering::Acquire) {
+                self.settings.poll
+            } else {
+                self.claim_and_start(&results).await.unwrap_or_else(|error| {
                     tracing::warn!(%error, "claiming webhook deliveries failed; retrying");
                     self.settings.poll
-                }
+                })
             };
+            // With every permit taken, a finished request wakes the loop.
+            let exhausted = self.permits.available_permits() == 0;
             tokio::select! {
-                _ = finished.recv_many(&mut batch, RECORD_BATCH) => {
-                    if !self.record(&mut batch).await {
-                        unrecorded.append(&mut batch);
-                    }
-                }
+                () = self.permit_freed.notified(), if exhausted => {}
                 () = self.wakeups.deliveries_due.notified() => {}
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => {}
             }
         }
         drop(results);
-        let drained = tokio::time::timeout(self.settings.timeout + Duration::from_secs(1), async {
-            unrecorded.extend(batch);
-            while finished.recv_many(&mut unrecorded, RECORD_BATCH).await > 0 || !unrecorded.is_empty() {
-                if !self.record(&mut unrecorded).await {
-                    tokio::time::sleep(self.settings.poll).await;
-                }
-            }
-        })
-        .await;
-        if drained.is_err() {
+        if tokio::time::timeout(self.settings.timeout + Duration::from_secs(1), recorder).await.is_err() {
             tracing::warn!(
                 "webhook attempts still running or unrecorded at shutdown; their deliveries are retried after the lease"
             );
         }
     }
 
+    /// Records finished attempts in batches (whatever arrived while the
+    /// previous batch was stored) until every sender is gone; sets
+    /// `backlogged` while a batch waits for the database to come back.
+    async fn record_until_closed(
+        self: Arc<Self>,
+        mut finished: mpsc::UnboundedReceiver<AttemptRecord>,
+        backlogged: Arc<AtomicBool>,
+    ) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        loop {
+            if batch.is_empty() && finished.recv_many(&mut batch, RECORD_BATCH).await == 0 {
+                return;
+            }
+            let stored = self.record(&mut batch).await;
+            backlogged.store(!stored, Ordering::Release);
+            if !stored {
+                tokio::time::sleep(self.settings.poll).await;
+            }
+        }
+    }
+
     /// Claims what is due and starts it; returns how long to sleep before
-    /// looking again (zero when the claim was full).
+    /// looking again (zero when the claim was full; the poll interval when
+    /// every permit is taken, as a freed one wakes the loop).
     async fn claim_and_start(self: &Arc<Self>, results: &mpsc::UnboundedSender<AttemptRecord>) -> Result<Duration> {
         let free = self.permits.available_permits().min(CLAIM_BATCH);
-        let mut claimed_full = false;
-        if free > 0 {
-            let now = store::now();
-            let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
-            let claimed = deliveries::claim_due(&self.db, now, lease_until, free as u64).await?;
-            claimed_full = claimed.len() == free;
-            if !claimed.is_empty() {
-                self.start(claimed, results).await?;
-            }
+        if free == 0 {
+            return Ok(self.settings.poll);
+        }
+        let now = store::now();
+        let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
+        let tx = store::begin_relaxed(&self.db).await?;
+        let claimed = deliveries::claim_due(&tx, now, lease_until, free as u64).await?;
+        tx.commit().await?;
+        let claimed_full = claimed.len() == free;
+        if !claimed.is_empty() {
+            self.start(claimed, results).await?;
         }
         if claimed_full {
             return Ok(Duration::ZERO);
@@ -172,8 +185,7 @@ impl Dispatcher {
             Some(due) => (due - Utc::now()).to_std().unwrap_or(Duration::ZERO),
             None => self.settings.poll,
         };
-        // With every permit taken, a finished request (a result) wakes the loop.
-        Ok(if free == 0 { self.settings.poll } else { until_due.min(self.settings.poll) })
+        Ok(until_due.min(self.settings.poll))
     }
 
     /// Starts requests for claimed deliveries, or defers or abandons them.
@@ -247,6 +259,7 @@ impl Dispatcher {
             tokio::spawn(async move {
                 let record = dispatcher.sender.attempt(&delivery, &subscription, &event, &signing).await;
                 drop((slot, permit));
+                dispatcher.permit_freed.notify_one();
                 let _ = results.send(record);
             });
         }
@@ -261,7 +274,7 @@ impl Dispatcher {
     /// after their lease, rather than blocking every later delivery.
     async fn record(&self, batch: &mut Vec<AttemptRecord>) -> bool {
         let stored = async {
-            let tx = self.db.begin().await?;
+            let tx = store::begin_relaxed(&self.db).await?;
             deliveries::record_attempts(&tx, batch).await?;
             stats::record(&tx, batch).await?;
             let to_disable = self.health.record(&tx, batch).await?;
