@@ -13,7 +13,9 @@
 //!
 //! On Postgres the server is a dedicated cluster with production durability
 //! (fsync, synchronous commit) and `pg_stat_statements`: each throughput run
-//! also reports statements and Postgres CPU per 1,000 deliveries.
+//! also reports statements and Postgres CPU per 1,000 deliveries. Each run
+//! starts after `VACUUM ANALYZE` and `CHECKPOINT`, so the previous run's
+//! leftovers do not land in it.
 //!
 //! `cargo build --release --workspace && target/release/loadgen-webhooks --backend postgres`
 //!
@@ -129,29 +131,37 @@ impl Bench {
         (org, created.token)
     }
 
-    /// Resets the statement counters (Postgres).
-    async fn reset_statements(&self) {
+    /// Starts a run from a quiet database: on Postgres the previous runs'
+    /// dead rows are vacuumed, a checkpoint flushes their pages (so neither
+    /// lands in the middle of this run), and the statement counters reset.
+    async fn quiesce(&self) {
         if self.postgres.is_some() {
-            self.db.execute_unprepared("SELECT pg_stat_statements_reset()").await.expect("reset statements");
+            for statement in ["VACUUM ANALYZE", "CHECKPOINT", "SELECT pg_stat_statements_reset()"] {
+                self.db.execute_unprepared(statement).await.expect("quiesce Postgres");
+            }
         }
     }
 
-    /// Statements executed since the reset and the most frequent ones (Postgres).
-    async fn statements(&self) -> Option<(i64, Vec<(i64, String)>)> {
+    /// Statements executed since the reset, and each statement's calls and
+    /// total execution time in ms, longest first (Postgres).
+    async fn statements(&self) -> Option<(i64, Vec<(i64, f64, String)>)> {
         self.postgres.as_ref()?;
-        let query = "SELECT calls, query FROM pg_stat_statements \
+        let query = "SELECT calls, total_exec_time::float8 AS ms, query FROM pg_stat_statements \
                      WHERE query NOT LIKE '%pg_stat_statements%' AND dbid = \
-                     (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY calls DESC";
+                     (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY total_exec_time DESC";
         let rows = self
             .db
             .query_all_raw(Statement::from_string(DbBackend::Postgres, query))
             .await
             .expect("read pg_stat_statements");
-        let counted: Vec<(i64, String)> = rows
+        let counted: Vec<(i64, f64, String)> = rows
             .iter()
-            .map(|row| (row.try_get::<i64>("", "calls").unwrap_or(0), row.try_get("", "query").unwrap_or_default()))
+            .map(|row| {
+                let calls = row.try_get::<i64>("", "calls").unwrap_or(0);
+                (calls, row.try_get("", "ms").unwrap_or(0.0), row.try_get("", "query").unwrap_or_default())
+            })
             .collect();
-        Some((counted.iter().map(|(calls, _)| calls).sum(), counted))
+        Some((counted.iter().map(|(calls, _, _)| calls).sum(), counted))
     }
 
     /// Publishes `messages` messages to the org (its `endpoints` endpoints
@@ -174,7 +184,7 @@ impl Bench {
             ));
         }
         let before_count = self.receiver.count(path);
-        self.reset_statements().await;
+        self.quiesce().await;
         let before = self.costs().await;
         let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
@@ -218,13 +228,11 @@ impl Bench {
             per_thousand(after.postgres_ticks - before.postgres_ticks),
         );
         if let Some((total, top)) = self.statements().await {
-            println!(
-                "  statements: {:.0} per 1,000 deliveries; most frequent:",
-                total as f64 * 1000.0 / deliveries as f64
-            );
-            for (calls, query) in top.iter().take(8) {
+            let per_thousand = total as f64 * 1000.0 / deliveries as f64;
+            println!("  statements: {per_thousand:.0} per 1,000 deliveries; longest in total (calls, ms):");
+            for (calls, ms, query) in top.iter().take(8) {
                 let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
-                println!("    {calls:>7}  {}", query.chars().take(110).collect::<String>());
+                println!("    {calls:>7} {ms:>8.0}  {}", query.chars().take(100).collect::<String>());
             }
         }
     }
@@ -306,6 +314,7 @@ async fn main() {
 async fn paced(bench: &Bench, args: &Args) {
     let (org, token) = bench.org("/paced", 1).await;
     let client = pb::event_service_client::EventServiceClient::new(authed_channel(&bench.plane.addr, &token).await);
+    bench.quiesce().await;
     let total = usize::try_from(args.rate * args.seconds).expect("count");
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.rate.max(1)));
