@@ -21,7 +21,7 @@ pub mod validate;
 pub mod verify;
 pub mod webhooks;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -72,15 +72,60 @@ pub struct Wakeups {
     pub key_events_committed: Arc<Notify>,
     /// A transaction that created or rescheduled deliveries committed.
     pub deliveries_due: Arc<Notify>,
+    /// What the dispatcher should claim when `deliveries_due` wakes it.
+    due: Arc<Mutex<DueDeliveries>>,
 }
+
+/// Deliveries committed in this process since the dispatcher last looked.
+#[derive(Default)]
+struct DueDeliveries {
+    /// New deliveries of publications, claimed by id (no scan of the due
+    /// index, whose front fills with the dead versions of claimed rows).
+    fresh: Vec<String>,
+    /// Something else became due (a retry by hand, Keyplane's own events)
+    /// or `fresh` overflowed: scan the due index.
+    scan: bool,
+}
+
+/// Fresh delivery ids kept at most; beyond, the dispatcher scans for them.
+const MAX_FRESH: usize = 10_000;
 
 impl Wakeups {
     /// Commits a transaction that may have created or rescheduled
-    /// deliveries, then wakes the dispatcher.
+    /// deliveries, then wakes the dispatcher to scan for what is due.
     pub async fn commit_deliveries(&self, tx: OrgTx) -> Result<()> {
         tx.commit().await?;
+        self.lock_due().scan = true;
         self.deliveries_due.notify_one();
         Ok(())
+    }
+
+    /// Commits a publication that created the deliveries `ids` (due at
+    /// once), then wakes the dispatcher to claim them by id.
+    pub async fn commit_published(&self, tx: OrgTx, ids: impl IntoIterator<Item = String>) -> Result<()> {
+        tx.commit().await?;
+        {
+            let mut due = self.lock_due();
+            due.fresh.extend(ids);
+            if due.fresh.len() > MAX_FRESH {
+                due.fresh.clear();
+                due.scan = true;
+            }
+        }
+        self.deliveries_due.notify_one();
+        Ok(())
+    }
+
+    /// Takes up to `at_most` fresh delivery ids, and whether a scan was asked for.
+    pub fn take_due(&self, at_most: usize) -> (Vec<String>, bool) {
+        let mut due = self.lock_due();
+        let oldest = at_most.min(due.fresh.len());
+        let fresh = due.fresh.drain(..oldest).collect();
+        (fresh, std::mem::take(&mut due.scan))
+    }
+
+    fn lock_due(&self) -> std::sync::MutexGuard<'_, DueDeliveries> {
+        self.due.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Commits a transaction that appended key events (and published

@@ -217,6 +217,25 @@ pub async fn claim_due(
         .await?)
 }
 
+/// Claims, like [`claim_due`], those of the deliveries `ids` (of any org)
+/// that are still pending and due at `now`: by primary key, for deliveries
+/// this process has just written. One that another worker claimed first
+/// is no longer due (its row lock is waited for, then the row re-checked).
+pub async fn claim_by_ids(
+    db: &impl ConnectionTrait,
+    ids: &[String],
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Model>> {
+    Ok(Entity::update_many()
+        .col_expr(Column::NextAttemptAt, Expr::val(lease_until))
+        .filter(Column::Id.is_in(ids.iter().map(String::as_str)))
+        .filter(Column::Status.eq(DeliveryStatus::Pending))
+        .filter(Column::NextAttemptAt.lte(now))
+        .exec_with_returning(db)
+        .await?)
+}
+
 /// When the earliest pending delivery of any org is due.
 pub async fn next_due(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>> {
     Ok(Entity::find()

@@ -81,8 +81,9 @@ impl EventService {
         }
         match outbox::publish_to_matching(&tx, event_type, payload_json, idempotency_key.clone()).await {
             Ok((event, deliveries)) => {
-                self.wakeups.commit_deliveries(tx).await?;
-                Ok(Published { event, deliveries_created: deliveries, duplicate: false })
+                let deliveries_created = deliveries.len();
+                self.wakeups.commit_published(tx, deliveries.into_iter().map(|d| d.id)).await?;
+                Ok(Published { event, deliveries_created, duplicate: false })
             }
             // A concurrent publication with the same key committed first
             // (its insert held ours until then): that one is the event.

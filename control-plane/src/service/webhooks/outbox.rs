@@ -11,21 +11,20 @@ use crate::store::deliveries::EventRef;
 use crate::store::{OrgTx, deliveries, events, webhooks};
 
 /// Stores an event of the transaction's org with a delivery to every active
-/// subscription whose patterns match it; returns it and the delivery count.
+/// subscription whose patterns match it; returns it and its deliveries.
 pub async fn publish_to_matching(
     tx: &OrgTx,
     event_type: &str,
     payload: String,
     idempotency_key: Option<String>,
-) -> Result<(events::Model, usize)> {
+) -> Result<(events::Model, Vec<deliveries::Model>)> {
     let targets: Vec<String> = webhooks::active(tx.conn(), tx.org())
         .await?
         .into_iter()
         .filter(|s| s.event_type_list().iter().any(|pattern| matches(pattern, event_type)))
         .map(|s| s.id)
         .collect();
-    let (event, deliveries) = publish_to(tx, event_type, payload, idempotency_key, &targets).await?;
-    Ok((event, deliveries.len()))
+    publish_to(tx, event_type, payload, idempotency_key, &targets).await
 }
 
 /// Publishes one of Keyplane's own events (`api_key.created`,

@@ -5,7 +5,9 @@
 //! [`stats`] (attempt counts and latencies for usage analytics).
 //!
 //! One task claims, another records (in batches, one transaction each);
-//! requests run concurrently, at most `concurrency` in all. A claim is a lease: the
+//! requests run concurrently, at most `concurrency` in all. Deliveries this
+//! process publishes are claimed by id as soon as they commit; the due
+//! index is scanned when something else may be due. A claim is a lease: the
 //! delivery's due time moves past the request timeout, so a crash
 //! mid-request makes it due again by itself (at-least-once).
 
@@ -18,9 +20,9 @@ mod throttle;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -114,14 +116,21 @@ impl Dispatcher {
         let (results, finished) = mpsc::unbounded_channel::<AttemptRecord>();
         let backlogged = Arc::new(AtomicBool::new(false));
         let recorder = tokio::spawn(self.clone().record_until_closed(finished, backlogged.clone()));
+        // Scan the due index at once: deliveries left by a previous run.
+        let mut next_scan = Instant::now();
         while !stop.is_cancelled() {
             let wait = if backlogged.load(Ordering::Acquire) {
                 self.settings.poll
             } else {
-                self.claim_and_start(&results).await.unwrap_or_else(|error| {
-                    tracing::warn!(%error, "claiming webhook deliveries failed; retrying");
-                    self.settings.poll
-                })
+                match self.claim_and_start(&results, &mut next_scan).await {
+                    Ok(wait) => wait,
+                    Err(error) => {
+                        // Fresh ids taken may not have been claimed: the scan finds them.
+                        tracing::warn!(%error, "claiming webhook deliveries failed; retrying");
+                        next_scan = Instant::now();
+                        self.settings.poll
+                    }
+                }
             };
             // With every permit taken, a finished request wakes the loop.
             let exhausted = self.permits.available_permits() == 0;
@@ -161,39 +170,75 @@ impl Dispatcher {
         }
     }
 
-    /// Claims what is due and starts it; returns how long to sleep before
-    /// looking again (zero when the claim was full; the poll interval when
-    /// every permit is taken, as a freed one wakes the loop).
-    async fn claim_and_start(self: &Arc<Self>, results: &mpsc::UnboundedSender<AttemptRecord>) -> Result<Duration> {
-        let free = self.permits.available_permits().min(CLAIM_BATCH);
+    /// Claims what is due and starts it: first the deliveries this process
+    /// has just published, by id; then, when a scan was asked for or
+    /// `next_scan` has come, whatever else the due index holds (retries,
+    /// deferred deliveries, other processes' publications, leases that ran
+    /// out). Returns how long to sleep before looking again (zero when there
+    /// is more to claim at once; the poll interval when every permit is
+    /// taken, as a freed one wakes the loop).
+    async fn claim_and_start(
+        self: &Arc<Self>,
+        results: &mpsc::UnboundedSender<AttemptRecord>,
+        next_scan: &mut Instant,
+    ) -> Result<Duration> {
+        let mut free = self.permits.available_permits().min(CLAIM_BATCH);
         if free == 0 {
             return Ok(self.settings.poll);
         }
+        let (fresh, scan_asked) = self.wakeups.take_due(free);
+        let more_fresh = fresh.len() == free;
         let now = store::now();
         let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
-        let tx = store::begin_relaxed(&self.db).await?;
-        let claimed = deliveries::claim_due(&tx, now, lease_until, free as u64).await?;
-        tx.commit().await?;
-        let claimed_full = claimed.len() == free;
-        if !claimed.is_empty() {
-            self.start(claimed, results).await?;
+        let mut deferred_until = None;
+        if !fresh.is_empty() {
+            let tx = store::begin_relaxed(&self.db).await?;
+            let claimed = deliveries::claim_by_ids(&tx, &fresh, now, lease_until).await?;
+            tx.commit().await?;
+            free -= claimed.len().min(free);
+            deferred_until = self.start(claimed, results).await?;
         }
-        if claimed_full {
+        if scan_asked || Instant::now() >= *next_scan {
+            if free == 0 {
+                *next_scan = Instant::now();
+                return Ok(Duration::ZERO);
+            }
+            let tx = store::begin_relaxed(&self.db).await?;
+            let claimed = deliveries::claim_due(&tx, now, lease_until, free as u64).await?;
+            tx.commit().await?;
+            let claimed_full = claimed.len() == free;
+            let deferred = self.start(claimed, results).await?;
+            deferred_until = deferred_until.into_iter().chain(deferred).min();
+            if claimed_full {
+                *next_scan = Instant::now();
+                return Ok(Duration::ZERO);
+            }
+            let until_due = match deliveries::next_due(&self.db).await? {
+                Some(due) => (due - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                None => self.settings.poll,
+            };
+            *next_scan = Instant::now() + until_due.min(self.settings.poll);
+        }
+        if let Some(until) = deferred_until {
+            let wait = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            *next_scan = (*next_scan).min(Instant::now() + wait);
+        }
+        if more_fresh {
             return Ok(Duration::ZERO);
         }
-        let until_due = match deliveries::next_due(&self.db).await? {
-            Some(due) => (due - Utc::now()).to_std().unwrap_or(Duration::ZERO),
-            None => self.settings.poll,
-        };
-        Ok(until_due.min(self.settings.poll))
+        Ok(next_scan.saturating_duration_since(Instant::now()).min(self.settings.poll))
     }
 
-    /// Starts requests for claimed deliveries, or defers or abandons them.
+    /// Starts requests for claimed deliveries, or defers or abandons them;
+    /// returns when the earliest deferred one is due again.
     async fn start(
         self: &Arc<Self>,
         claimed: Vec<deliveries::Model>,
         results: &mpsc::UnboundedSender<AttemptRecord>,
-    ) -> Result<()> {
+    ) -> Result<Option<DateTime<Utc>>> {
+        if claimed.is_empty() {
+            return Ok(None);
+        }
         let subscription_ids: Vec<String> =
             claimed.iter().map(|d| d.subscription_id.clone()).collect::<HashSet<_>>().into_iter().collect();
         let event_ids: Vec<String> =
@@ -211,6 +256,7 @@ impl Dispatcher {
             .collect();
         let mut secrets: HashMap<String, Arc<Vec<WebhookSecret>>> = HashMap::new();
         let now = store::now();
+        let mut deferred_until: Option<DateTime<Utc>> = None;
         for delivery in claimed {
             let subscription = match subscriptions.get(&delivery.subscription_id) {
                 None => {
@@ -231,6 +277,7 @@ impl Dispatcher {
             if let Some(wait) = self.throttle.must_wait(&subscription) {
                 let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
                 deliveries::defer(&self.db, &delivery.org_id, &delivery.id, until).await?;
+                deferred_until = Some(deferred_until.map_or(until, |earliest| earliest.min(until)));
                 continue;
             }
             let signing = match secrets.get(&subscription.id) {
@@ -252,6 +299,7 @@ impl Dispatcher {
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 deliveries::defer(&self.db, &delivery.org_id, &delivery.id, now).await?;
+                deferred_until = Some(now);
                 continue;
             };
             let slot = self.throttle.occupy(&subscription.id);
@@ -263,7 +311,7 @@ impl Dispatcher {
                 let _ = results.send(record);
             });
         }
-        Ok(())
+        Ok(deferred_until)
     }
 
     /// Records finished attempts, their statistics and endpoint health in one transaction,
