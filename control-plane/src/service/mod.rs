@@ -90,6 +90,23 @@ struct DueDeliveries {
 /// Fresh delivery ids kept at most; beyond, the dispatcher scans for them.
 const MAX_FRESH: usize = 10_000;
 
+impl DueDeliveries {
+    /// Adds new deliveries; past [`MAX_FRESH`] drops every id and asks for
+    /// a scan instead (the rows are stored: the scan finds them).
+    fn add_fresh(&mut self, ids: impl IntoIterator<Item = String>) {
+        self.fresh.extend(ids);
+        if self.fresh.len() > MAX_FRESH {
+            self.fresh = Vec::new();
+            self.scan = true;
+        }
+    }
+
+    fn take(&mut self, at_most: usize) -> (Vec<String>, bool) {
+        let oldest = at_most.min(self.fresh.len());
+        (self.fresh.drain(..oldest).collect(), std::mem::take(&mut self.scan))
+    }
+}
+
 impl Wakeups {
     /// Commits a transaction that may have created or rescheduled
     /// deliveries, then wakes the dispatcher to scan for what is due.
@@ -104,24 +121,14 @@ impl Wakeups {
     /// once), then wakes the dispatcher to claim them by id.
     pub async fn commit_published(&self, tx: OrgTx, ids: impl IntoIterator<Item = String>) -> Result<()> {
         tx.commit().await?;
-        {
-            let mut due = self.lock_due();
-            due.fresh.extend(ids);
-            if due.fresh.len() > MAX_FRESH {
-                due.fresh.clear();
-                due.scan = true;
-            }
-        }
+        self.lock_due().add_fresh(ids);
         self.deliveries_due.notify_one();
         Ok(())
     }
 
-    /// Takes up to `at_most` fresh delivery ids, and whether a scan was asked for.
+    /// Takes up to `at_most` fresh delivery ids, oldest first, and whether a scan was asked for.
     pub fn take_due(&self, at_most: usize) -> (Vec<String>, bool) {
-        let mut due = self.lock_due();
-        let oldest = at_most.min(due.fresh.len());
-        let fresh = due.fresh.drain(..oldest).collect();
-        (fresh, std::mem::take(&mut due.scan))
+        self.lock_due().take(at_most)
     }
 
     fn lock_due(&self) -> std::sync::MutexGuard<'_, DueDeliveries> {
@@ -135,5 +142,34 @@ impl Wakeups {
         self.commit_deliveries(tx).await?;
         self.key_events_committed.notify_one();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DueDeliveries, MAX_FRESH};
+
+    fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("dlv_{i}")).collect()
+    }
+
+    #[test]
+    fn fresh_deliveries_are_taken_oldest_first_in_bounded_portions() {
+        let mut due = DueDeliveries::default();
+        due.add_fresh(ids(0..5));
+        assert_eq!(due.take(2), (ids(0..2), false));
+        due.add_fresh(ids(5..6));
+        assert_eq!(due.take(10), (ids(2..6), false));
+        assert_eq!(due.take(10), (Vec::new(), false));
+    }
+
+    #[test]
+    fn too_many_fresh_deliveries_turn_into_a_scan() {
+        let mut due = DueDeliveries::default();
+        due.add_fresh(ids(0..MAX_FRESH));
+        assert!(!due.scan, "at the bound, ids are kept");
+        due.add_fresh(ids(MAX_FRESH..MAX_FRESH + 1));
+        assert_eq!(due.take(10), (Vec::new(), true), "past it, a scan instead");
+        assert_eq!(due.take(10), (Vec::new(), false), "asked for once");
     }
 }
