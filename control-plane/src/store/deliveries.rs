@@ -308,29 +308,27 @@ const RECORDS_PER_STATEMENT: usize = 512;
 /// A delivery no longer pending (retried or dead-lettered meanwhile by an
 /// operator) keeps its state; its attempt is still stored.
 pub async fn record_attempts(db: &impl ConnectionTrait, records: &[AttemptRecord]) -> Result<()> {
-    let attempts: Vec<attempt::ActiveModel> = records
-        .iter()
-        .filter_map(|record| {
-            Some(attempt::ActiveModel {
-                id: Set(crate::crypto::new_id("att_")),
-                delivery_id: Set(record.delivery_id.clone()),
-                org_id: Set(record.org_id.clone()),
-                number: Set(record.number?),
-                started_at: Set(record.started_at),
-                status_code: Set(record.status_code),
-                latency_micros: Set(record.latency_micros),
-                error: Set(record.error.clone()),
-                response_excerpt: Set(record.response_excerpt.clone()),
-            })
-        })
-        .collect();
-    let mut attempts = attempts.into_iter().peekable();
-    while attempts.peek().is_some() {
-        let chunk: Vec<_> = attempts.by_ref().take(RECORDS_PER_STATEMENT).collect();
-        attempt::Entity::insert_many(chunk).exec_without_returning(db).await?;
-    }
     let now = super::now();
     for chunk in records.chunks(RECORDS_PER_STATEMENT) {
+        let attempts: Vec<attempt::ActiveModel> = chunk
+            .iter()
+            .filter_map(|record| {
+                Some(attempt::ActiveModel {
+                    id: Set(crate::crypto::new_id("att_")),
+                    delivery_id: Set(record.delivery_id.clone()),
+                    org_id: Set(record.org_id.clone()),
+                    number: Set(record.number?),
+                    started_at: Set(record.started_at),
+                    status_code: Set(record.status_code),
+                    latency_micros: Set(record.latency_micros),
+                    error: Set(record.error.clone()),
+                    response_excerpt: Set(record.response_excerpt.clone()),
+                })
+            })
+            .collect();
+        if !attempts.is_empty() {
+            attempt::Entity::insert_many(attempts).exec_without_returning(db).await?;
+        }
         db.execute_raw(move_on(db.get_database_backend(), chunk, now)).await?;
     }
     Ok(())

@@ -198,30 +198,20 @@ pub async fn disable(tx: &OrgTx, id: &str, reason: &str) -> Result<bool> {
     Ok(result.rows_affected > 0)
 }
 
-/// Starts a failure run at `at` for each of `ids` (of any org) not already
-/// in one: for the dispatcher, which records every org's attempts.
-pub async fn mark_failing(db: &impl ConnectionTrait, ids: &[&str], at: DateTime<Utc>) -> Result<()> {
-    if !ids.is_empty() {
-        Entity::update_many()
-            .col_expr(Column::FailingSince, Expr::val(at))
-            .filter(Column::Id.is_in(ids.iter().copied()))
-            .filter(Column::FailingSince.is_null())
-            .exec(db)
-            .await?;
+/// Starts (`Some(at)`) or ends (`None`) the failure run of each of `ids`
+/// (of any org) whose run is not already so: for the dispatcher, which
+/// records every org's attempts. Rows already in that state are not written.
+pub async fn set_failure_run(db: &impl ConnectionTrait, ids: &[&str], started: Option<DateTime<Utc>>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Ends the failure run of each of `ids` (of any org): for the dispatcher.
-pub async fn mark_recovered(db: &impl ConnectionTrait, ids: &[&str]) -> Result<()> {
-    if !ids.is_empty() {
-        Entity::update_many()
-            .col_expr(Column::FailingSince, Expr::val(None::<DateTime<Utc>>))
-            .filter(Column::Id.is_in(ids.iter().copied()))
-            .filter(Column::FailingSince.is_not_null())
-            .exec(db)
-            .await?;
-    }
+    let unchanged = if started.is_some() { Column::FailingSince.is_null() } else { Column::FailingSince.is_not_null() };
+    Entity::update_many()
+        .col_expr(Column::FailingSince, Expr::val(started))
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .filter(unchanged)
+        .exec(db)
+        .await?;
     Ok(())
 }
 

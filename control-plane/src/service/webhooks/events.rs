@@ -72,7 +72,7 @@ impl EventService {
         let idempotency_key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned());
         // A publication is data-plane traffic: it is not audited, so it
         // takes no org-wide lock and the org's publishers do not queue
-        // behind one another (ARCHITECTURE.md, "Publishing").
+        // behind one another (ARCHITECTURE.md, "A webhook delivery").
         let tx = OrgTx::begin_unaudited(&self.db, &org).await?;
         if let Some(key) = &idempotency_key
             && let Some(event) = events::find_by_idempotency_key(tx.conn(), tx.org(), key).await?

@@ -78,8 +78,8 @@ impl EndpointHealth {
                 to_disable.push(Disabling { org, subscription_id, reason });
             }
         }
-        webhooks::mark_recovered(tx, &recovered).await?;
-        webhooks::mark_failing(tx, &failing, now).await?;
+        webhooks::set_failure_run(tx, &recovered, None).await?;
+        webhooks::set_failure_run(tx, &failing, Some(now)).await?;
         Ok(to_disable)
     }
 

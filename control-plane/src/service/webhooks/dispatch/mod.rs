@@ -195,7 +195,7 @@ impl Dispatcher {
             let tx = store::begin_relaxed(&self.db).await?;
             let claimed = deliveries::claim_by_ids(&tx, &fresh, now, lease_until).await?;
             tx.commit().await?;
-            free -= claimed.len().min(free);
+            free -= claimed.len();
             deferred_until = self.start(claimed, results).await?;
         }
         if scan_asked || Instant::now() >= *next_scan {
@@ -277,7 +277,7 @@ impl Dispatcher {
             if let Some(wait) = self.throttle.must_wait(&subscription) {
                 let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
                 deliveries::defer(&self.db, &delivery.org_id, &delivery.id, until).await?;
-                deferred_until = Some(deferred_until.map_or(until, |earliest| earliest.min(until)));
+                deferred_until = deferred_until.into_iter().chain([until]).min();
                 continue;
             }
             let signing = match secrets.get(&subscription.id) {
