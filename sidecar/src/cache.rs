@@ -11,32 +11,70 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use keyplane_proto::token::Environment;
-use moka::Expiry;
+use keyplane_proto::token::{Environment, KEY_ID_LEN, KEY_ID_PREFIX};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
-/// Who a valid token speaks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A key id (`key_` and 22 base62 characters) held inline, so a cached
+/// verdict names its key without an allocation of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; KEY_ID_PREFIX.len() + KEY_ID_LEN]);
+
+impl KeyId {
+    /// The id if `text` is one.
+    pub fn parse(text: &str) -> Option<KeyId> {
+        let body = text.strip_prefix(KEY_ID_PREFIX)?;
+        if body.len() != KEY_ID_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        text.as_bytes().try_into().ok().map(KeyId)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Always ASCII: `parse` is the only way in.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for KeyId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// What a valid token grants, apart from which key it is. Kept small and
+/// shared, as the cache holds one per cached key (BENCHMARKS.md, "Sidecar
+/// memory"): keys that differ only in their id share one principal, org
+/// ids and scope sets are shared between principals ([`SharedPrincipals`]),
+/// and the limits most keys do not have cost them 8 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Principal {
-    pub key_id: String,
     /// Org of the key.
-    pub org_id: String,
+    pub org_id: Arc<str>,
+    /// Scopes of the key, separated by single spaces (a scope has none):
+    /// the `x-keyplane-scopes` header as it is sent.
+    pub scopes: Arc<str>,
     /// `live` or `test`.
     pub environment: Environment,
-    /// Scopes of the key.
-    pub scopes: Vec<String>,
     /// Expiry, re-checked at request time.
     pub expires_at: Option<SystemTime>,
-    /// The key's own limits.
-    pub limits: Limits,
+    /// The key's own limits; `None` when it has none (see [`Principal::limits`]).
+    pub limits: Option<Box<Limits>>,
     /// The identity the key belongs to, whose limits every check must pass
-    /// too (boxed: most keys have none, and every cached key pays for the field).
+    /// too (boxed: most keys have none).
     pub identity: Option<Box<IdentityPrincipal>>,
 }
 
 /// The identity of a key, with the limits all its keys share.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdentityPrincipal {
     /// `idn_…`: also the id its budgets are leased under.
     pub id: String,
@@ -46,7 +84,7 @@ pub struct IdentityPrincipal {
 }
 
 /// What a key, or an identity for all its keys, is limited to.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Limits {
     /// Rate limit: (requests, window).
     pub rate_limit: Option<(u32, Duration)>,
@@ -59,6 +97,15 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// No limit at all.
+    pub const NONE: Limits =
+        Limits { rate_limit: None, global_rate_limit: false, allowed_networks: None, has_credits: false };
+
+    /// Boxed for a [`Principal`], or `None` when there is no limit.
+    pub fn boxed(self) -> Option<Box<Limits>> {
+        (self != Self::NONE).then(|| Box::new(self))
+    }
+
     /// Whether a client at `client` may use it (an unknown address may
     /// not, when there is an allow-list).
     pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
@@ -70,17 +117,117 @@ impl Limits {
 }
 
 impl Principal {
-    /// The key's limits and its identity's, each with the id its budgets
-    /// are counted under: every one must allow a check.
-    pub fn all_limits(&self) -> impl Iterator<Item = (&str, &Limits)> {
-        std::iter::once((self.key_id.as_str(), &self.limits))
+    /// The key's own limits.
+    pub fn limits(&self) -> &Limits {
+        self.limits.as_deref().unwrap_or(&Limits::NONE)
+    }
+
+    /// Whether the key holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        !scope.is_empty() && self.scopes.split(' ').any(|held| held == scope)
+    }
+
+    /// The limits of key `key_id` (this principal's) and of its identity,
+    /// each with the id its budgets are counted under: every one must allow
+    /// a check.
+    pub fn all_limits<'a>(&'a self, key_id: &'a str) -> impl Iterator<Item = (&'a str, &'a Limits)> {
+        std::iter::once((key_id, self.limits()))
             .chain(self.identity.as_ref().map(|identity| (identity.id.as_str(), &identity.limits)))
     }
 
     /// Whether a client at `client` may use the key: inside the key's
     /// allow-list and its identity's.
     pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        self.all_limits().all(|(_, limits)| limits.allows_client(client))
+        self.limits().allows_client(client)
+            && self.identity.as_ref().is_none_or(|identity| identity.limits.allows_client(client))
+    }
+}
+
+/// One shared copy of each distinct value handed to it. Values no one else
+/// holds any more are dropped whenever the set has doubled since the last
+/// sweep, so it stays proportional to what the cache holds.
+pub struct Interner<T: ?Sized> {
+    set: Arc<std::sync::Mutex<InternedSet<T>>>,
+}
+
+struct InternedSet<T: ?Sized> {
+    values: std::collections::HashSet<Arc<T>>,
+    /// Size after the last sweep.
+    swept: usize,
+}
+
+impl<T: ?Sized> Clone for Interner<T> {
+    fn clone(&self) -> Self {
+        Self { set: self.set.clone() }
+    }
+}
+
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Self { set: Arc::new(std::sync::Mutex::new(InternedSet { values: Default::default(), swept: 0 })) }
+    }
+}
+
+impl<T: ?Sized + std::hash::Hash + Eq> Interner<T> {
+    /// Fewest values before a sweep is worth it.
+    const SWEEP_FROM: usize = 1024;
+
+    /// The shared copy of `value`, made with `share` when there is none yet.
+    pub fn intern(&self, value: &T, share: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
+        let mut set = self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(shared) = set.values.get(value) {
+            return shared.clone();
+        }
+        if set.values.len() >= set.swept.max(Self::SWEEP_FROM) * 2 {
+            set.values.retain(|shared| Arc::strong_count(shared) > 1);
+            set.swept = set.values.len();
+        }
+        let shared = share(value);
+        set.values.insert(shared.clone());
+        shared
+    }
+
+    /// Values held (for tests and measurements).
+    pub fn len(&self) -> usize {
+        self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where the principals of one cache are shared: whole principals, and the
+/// org ids and scope sets of those that still differ (by expiry, limits).
+#[derive(Clone, Default)]
+pub struct SharedPrincipals {
+    strings: Interner<str>,
+    principals: Interner<Principal>,
+}
+
+impl SharedPrincipals {
+    /// The shared copy of an org id (or any string).
+    pub fn string(&self, text: &str) -> Arc<str> {
+        self.strings.intern(text, |text| Arc::from(text))
+    }
+
+    /// The shared copy of a scope set in [`Principal::scopes`] form (a
+    /// malformed scope, empty or with a space, could never be matched and
+    /// is left out).
+    pub fn scopes(&self, scopes: &[String]) -> Arc<str> {
+        let usable = scopes.iter().filter(|scope| !scope.is_empty() && !scope.contains(char::is_whitespace));
+        self.string(&usable.map(String::as_str).collect::<Vec<_>>().join(" "))
+    }
+
+    /// The shared copy of `principal`.
+    pub fn principal(&self, principal: Principal) -> Arc<Principal> {
+        self.principals.intern(&principal, |p| Arc::new(p.clone()))
+    }
+
+    /// Distinct principals held.
+    pub fn principals(&self) -> usize {
+        self.principals.len()
     }
 }
 
@@ -112,11 +259,13 @@ impl Refusal {
     }
 }
 
-/// A control-plane answer about one token.
+/// A control-plane answer about one token (cheap to clone: the cache hands
+/// out a clone on every hit).
 #[derive(Clone, Debug)]
 pub enum Verdict {
     /// The token is good.
     Valid {
+        key_id: KeyId,
         /// Its principal (shared: an allowed check hands it out without copying).
         principal: Arc<Principal>,
         /// Log position the answer reflects.
@@ -127,7 +276,7 @@ pub enum Verdict {
         /// Why.
         refusal: Refusal,
         /// The key, when the control plane named it.
-        key_id: Option<String>,
+        key_id: Option<KeyId>,
         /// Log position the answer reflects.
         as_of: u64,
     },
@@ -136,7 +285,7 @@ pub enum Verdict {
 impl Verdict {
     fn key_id(&self) -> Option<&str> {
         match self {
-            Verdict::Valid { principal, .. } => Some(&principal.key_id),
+            Verdict::Valid { key_id, .. } => Some(key_id),
             Verdict::Invalid { key_id, .. } => key_id.as_deref(),
         }
     }
@@ -167,25 +316,28 @@ struct Change {
     ended: Option<Refusal>,
 }
 
-struct VerdictExpiry {
-    positive: Duration,
-    negative: Duration,
-}
-
-impl Expiry<[u8; 32], Arc<Verdict>> for VerdictExpiry {
-    fn expire_after_create(&self, _key: &[u8; 32], value: &Arc<Verdict>, _now: Instant) -> Option<Duration> {
-        Some(match **value {
-            Verdict::Valid { .. } => self.positive,
-            Verdict::Invalid { .. } => self.negative,
-        })
-    }
+/// A verdict in the cache, with when it stops being used. Expiry is
+/// checked on lookup rather than by moka: moka's per-entry expiry costs
+/// ~50 bytes an entry in timer-wheel nodes (BENCHMARKS.md, "Sidecar memory"),
+/// and capacity bounds what expired entries can hold until they are evicted.
+#[derive(Clone)]
+struct Cached {
+    verdict: Verdict,
+    /// Milliseconds after the cache's epoch.
+    until_ms: u64,
 }
 
 /// Cached verdicts and applied key changes.
 #[derive(Clone)]
 pub struct KeyCache {
-    verdicts: Cache<[u8; 32], Arc<Verdict>>,
+    verdicts: Cache<[u8; 32], Cached>,
+    /// How long a valid answer is used, and a refusal.
+    ttl: (Duration, Duration),
+    /// What `Cached::until_ms` counts from.
+    epoch: Instant,
     changes: Cache<String, Change>,
+    /// Where the cached principals are shared.
+    shared: SharedPrincipals,
     /// Verdicts older than this position are stale (raised by Reset and by
     /// evictions of change records, so forgetting a change is always safe).
     floor: Arc<AtomicU64>,
@@ -194,10 +346,7 @@ pub struct KeyCache {
 impl KeyCache {
     /// A cache of at most `capacity` verdicts.
     pub fn new(capacity: u64, positive_ttl: Duration, negative_ttl: Duration) -> Self {
-        let verdicts = Cache::builder()
-            .max_capacity(capacity)
-            .expire_after(VerdictExpiry { positive: positive_ttl, negative: negative_ttl })
-            .build();
+        let verdicts = Cache::new(capacity);
         let floor = Arc::new(AtomicU64::new(0));
         let evicted_floor = floor.clone();
         // A change record outlives every verdict it can invalidate: verdicts
@@ -213,7 +362,14 @@ impl KeyCache {
                 }
             })
             .build();
-        Self { verdicts, changes, floor }
+        Self {
+            verdicts,
+            ttl: (positive_ttl, negative_ttl),
+            epoch: Instant::now(),
+            changes,
+            shared: SharedPrincipals::default(),
+            floor,
+        }
     }
 
     /// How far `verdict` can be trusted: not past a later change of its
@@ -226,7 +382,7 @@ impl KeyCache {
         if let Some(change) = change.filter(|change| change.seq > verdict.as_of()) {
             return change.ended.map_or(Freshness::Stale, Freshness::Ended);
         }
-        if let Verdict::Valid { principal, as_of } = verdict
+        if let Verdict::Valid { principal, as_of, .. } = verdict
             && let Some(identity) = &principal.identity
             && self.changes.get(&identity.id).await.is_some_and(|change| change.seq > *as_of)
         {
@@ -235,9 +391,19 @@ impl KeyCache {
         if verdict.as_of() < self.floor.load(Ordering::Acquire) { Freshness::Stale } else { Freshness::Fresh }
     }
 
-    /// The cached verdict for a token digest, if any.
-    pub async fn get(&self, digest: &[u8; 32]) -> Option<Arc<Verdict>> {
-        self.verdicts.get(digest).await
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The cached verdict for a token digest, if any and not expired (an
+    /// expired one is dropped, so the next lookup verifies again).
+    pub async fn get(&self, digest: &[u8; 32]) -> Option<Verdict> {
+        let cached = self.verdicts.get(digest).await?;
+        if cached.until_ms > self.now_ms() {
+            return Some(cached.verdict);
+        }
+        self.verdicts.invalidate(digest).await;
+        None
     }
 
     /// The verdict for `digest`, computing it with `verify` on a miss. Concurrent
@@ -246,8 +412,18 @@ impl KeyCache {
         &self,
         digest: [u8; 32],
         verify: impl Future<Output = Result<Verdict, E>>,
-    ) -> Result<Arc<Verdict>, Arc<E>> {
-        self.verdicts.try_get_with(digest, async { verify.await.map(Arc::new) }).await
+    ) -> Result<Verdict, Arc<E>> {
+        let cached = async {
+            let verdict = verify.await?;
+            let ttl = if matches!(verdict, Verdict::Valid { .. }) { self.ttl.0 } else { self.ttl.1 };
+            Ok(Cached { verdict, until_ms: self.now_ms().saturating_add(ttl.as_millis() as u64) })
+        };
+        Ok(self.verdicts.try_get_with(digest, cached).await?.verdict)
+    }
+
+    /// Where the principals put in this cache are shared.
+    pub fn shared(&self) -> &SharedPrincipals {
+        &self.shared
     }
 
     /// Drops the cached verdict of one token.
@@ -270,7 +446,12 @@ impl KeyCache {
         self.verdicts.invalidate_all();
     }
 
-    /// Number of cached verdicts (approximate).
+    /// Applies moka's pending maintenance (counts and evictions) now.
+    pub async fn run_pending_tasks(&self) {
+        self.verdicts.run_pending_tasks().await;
+    }
+
+    /// Number of cached verdicts, expired ones not yet evicted included (approximate).
     pub fn len(&self) -> u64 {
         self.verdicts.entry_count()
     }
@@ -285,15 +466,20 @@ impl KeyCache {
 mod tests {
     use super::*;
 
-    fn valid(key: &str, as_of: u64) -> Verdict {
+    /// A key id made from a short name.
+    fn key(name: &str) -> KeyId {
+        KeyId::parse(&format!("key_{name:0>22}")).expect("key id")
+    }
+
+    fn valid(name: &str, as_of: u64) -> Verdict {
         Verdict::Valid {
+            key_id: key(name),
             principal: Arc::new(Principal {
-                key_id: key.into(),
                 org_id: "o".into(),
                 environment: Environment::Live,
-                scopes: vec![],
+                scopes: "".into(),
                 expires_at: None,
-                limits: Limits::default(),
+                limits: None,
                 identity: None,
             }),
             as_of,
@@ -304,14 +490,14 @@ mod tests {
     async fn answers_older_than_a_change_are_not_trusted() {
         let cache = KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(5));
         assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Fresh);
-        cache.apply_change("k", 7, None).await;
+        cache.apply_change(&key("k"), 7, None).await;
         assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Stale);
         assert_eq!(cache.freshness(&valid("k", 7)).await, Freshness::Fresh);
-        cache.apply_change("k", 9, Some(Refusal::Expired)).await;
+        cache.apply_change(&key("k"), 9, Some(Refusal::Expired)).await;
         assert_eq!(cache.freshness(&valid("k", 8)).await, Freshness::Ended(Refusal::Expired));
         // A later change never revives the key, nor changes why it ended.
-        cache.apply_change("k", 10, None).await;
-        cache.apply_change("k", 11, Some(Refusal::Revoked)).await;
+        cache.apply_change(&key("k"), 10, None).await;
+        cache.apply_change(&key("k"), 11, Some(Refusal::Revoked)).await;
         assert_eq!(cache.freshness(&valid("k", 8)).await, Freshness::Ended(Refusal::Expired));
         assert_eq!(cache.freshness(&valid("other", 1)).await, Freshness::Fresh);
         cache.reset(20);
@@ -322,10 +508,11 @@ mod tests {
     async fn a_change_of_the_identity_makes_its_keys_answers_stale() {
         let cache = KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(5));
         let of_identity = |as_of| {
-            let Verdict::Valid { principal, .. } = valid("k", as_of) else { unreachable!() };
+            let Verdict::Valid { key_id, principal, .. } = valid("k", as_of) else { unreachable!() };
             let identity =
                 IdentityPrincipal { id: "idn_1".into(), external_id: "acme".into(), limits: Limits::default() };
             Verdict::Valid {
+                key_id,
                 principal: Arc::new(Principal { identity: Some(Box::new(identity)), ..(*principal).clone() }),
                 as_of,
             }
@@ -334,6 +521,63 @@ mod tests {
         assert_eq!(cache.freshness(&of_identity(5)).await, Freshness::Stale);
         assert_eq!(cache.freshness(&of_identity(7)).await, Freshness::Fresh);
         assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Fresh);
+    }
+
+    #[test]
+    fn key_ids_are_held_inline_when_well_formed() {
+        let id = KeyId::parse("key_0351p852NEghidiXb8k001").expect("well formed");
+        assert_eq!(&*id, "key_0351p852NEghidiXb8k001");
+        for bad in
+            ["key_short", "kex_0351p852NEghidiXb8k001", "key_0351p852NEghidiXb8k00-", "key_0351p852NEghidiXb8k0011"]
+        {
+            assert_eq!(KeyId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn equal_values_are_shared_until_no_one_else_holds_them() {
+        let shared = SharedPrincipals::default();
+        let org = shared.string("org_1");
+        assert!(Arc::ptr_eq(&org, &shared.string("org_1")));
+        let scopes = shared.scopes(&["a:read".into(), "".into(), "b c".into(), "b:write".into()]);
+        assert_eq!(&*scopes, "a:read b:write");
+        assert!(Arc::ptr_eq(&scopes, &shared.string("a:read b:write")));
+        let Verdict::Valid { principal, .. } = valid("k", 1) else { unreachable!() };
+        let one = shared.principal((*principal).clone());
+        assert!(Arc::ptr_eq(&one, &shared.principal((*principal).clone())));
+        let later = Principal { expires_at: Some(SystemTime::UNIX_EPOCH), ..(*principal).clone() };
+        assert!(!Arc::ptr_eq(&one, &shared.principal(later)));
+        // Past the sweep size, values nobody holds are dropped; held ones stay shared.
+        for i in 0..Interner::<str>::SWEEP_FROM * 2 {
+            shared.string(&format!("org_x{i}"));
+        }
+        assert!(shared.strings.len() <= Interner::<str>::SWEEP_FROM * 2, "swept: {}", shared.strings.len());
+        assert!(Arc::ptr_eq(&org, &shared.string("org_1")));
+    }
+
+    #[test]
+    fn scopes_match_whole_names_only() {
+        let Verdict::Valid { principal, .. } = valid("k", 1) else { unreachable!() };
+        let principal = Principal { scopes: "orders:read orders:write".into(), ..(*principal).clone() };
+        assert!(principal.has_scope("orders:read") && principal.has_scope("orders:write"));
+        assert!(!principal.has_scope("orders") && !principal.has_scope("") && !principal.has_scope("read orders"));
+    }
+
+    #[tokio::test]
+    async fn answers_expire_valid_ones_later_than_refusals() {
+        let cache = KeyCache::new(100, Duration::from_millis(300), Duration::from_millis(50));
+        let refused = Verdict::Invalid { refusal: Refusal::Unknown, key_id: None, as_of: 1 };
+        assert!(cache.get_or_verify([1; 32], async { Ok::<_, ()>(valid("k", 1)) }).await.is_ok());
+        assert!(cache.get_or_verify([2; 32], async { Ok::<_, ()>(refused) }).await.is_ok());
+        assert!(cache.get(&[1; 32]).await.is_some() && cache.get(&[2; 32]).await.is_some());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(cache.get(&[1; 32]).await.is_some());
+        assert!(cache.get(&[2; 32]).await.is_none(), "the refusal expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(cache.get(&[1; 32]).await.is_none(), "the answer expired");
+        // Verified again, not served from the expired entry.
+        let again = cache.get_or_verify([1; 32], async { Ok::<_, ()>(valid("k", 9)) }).await.unwrap();
+        assert!(matches!(again, Verdict::Valid { as_of: 9, .. }));
     }
 
     #[tokio::test]

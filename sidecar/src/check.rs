@@ -12,7 +12,7 @@ use keyplane_proto::token::{Environment, ParsedToken, TokenFormat};
 use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Freshness, KeyCache, Principal, Verdict};
+use crate::cache::{Freshness, KeyCache, KeyId, Principal, Verdict};
 use crate::credits::{CreditLeases, Receipt, Spend};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
@@ -97,8 +97,8 @@ const MISSING_CREDENTIAL: &str = "missing_credential";
 /// Outcome of a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Let the request through as this principal.
-    Allow(Arc<Principal>),
+    /// Let the request through as key `key_id`, granted `principal`.
+    Allow { key_id: KeyId, principal: Arc<Principal> },
     /// Refuse it.
     Deny(Denial),
 }
@@ -118,9 +118,9 @@ pub struct Requirements<'a> {
 /// request time, environment, client address, then scopes.
 pub fn decide(verdict: &Verdict, required: Requirements<'_>, now: SystemTime) -> Decision {
     use DenyStatus::*;
-    let principal = match verdict {
+    let (key_id, principal) = match verdict {
         Verdict::Invalid { refusal, .. } => return Decision::Deny(Denial::new(Unauthenticated, refusal.reason())),
-        Verdict::Valid { principal, .. } => principal,
+        Verdict::Valid { key_id, principal, .. } => (*key_id, principal),
     };
     if principal.expires_at.is_some_and(|at| at <= now) {
         return Decision::Deny(Denial::new(Unauthenticated, "expired"));
@@ -131,10 +131,10 @@ pub fn decide(verdict: &Verdict, required: Requirements<'_>, now: SystemTime) ->
     if !principal.allows_client(required.client) {
         return Decision::Deny(Denial::new(Forbidden, "ip_not_allowed"));
     }
-    if required.scopes.iter().any(|needed| !principal.scopes.contains(needed)) {
+    if required.scopes.iter().any(|needed| !principal.has_scope(needed)) {
         return Decision::Deny(Denial::new(Forbidden, "missing_scope"));
     }
-    Decision::Allow(principal.clone())
+    Decision::Allow { key_id, principal: principal.clone() }
 }
 
 /// Makes check decisions.
@@ -214,8 +214,8 @@ impl Checker {
     pub async fn check(&self, request: &CheckInput<'_>) -> Decision {
         let (mut decision, parsed) = self.decide(request).await;
         let (label, reason) = match &mut decision {
-            Decision::Allow(principal) => {
-                self.usage.record(&principal.key_id, Outcome::Allowed);
+            Decision::Allow { key_id, .. } => {
+                self.usage.record(key_id, Outcome::Allowed);
                 ("allow", "ok")
             }
             Decision::Deny(denial) => {
@@ -271,8 +271,8 @@ impl Checker {
         let required =
             Requirements { environment: self.environment, scopes: request.required_scopes, client: request.client };
         let decision = decide(&verdict, required, SystemTime::now());
-        if let Decision::Allow(principal) = &decision
-            && let Some(denial) = self.enforce_limits(principal, cost).await
+        if let Decision::Allow { key_id, principal } = &decision
+            && let Some(denial) = self.enforce_limits(key_id, principal, cost).await
         {
             return (Decision::Deny(denial), Some(parsed));
         }
@@ -284,8 +284,8 @@ impl Checker {
     /// identity's refused are put back (when the lease they came from still
     /// lasts; otherwise they count as spent). A check refused by the
     /// identity's rate limit still counts against the key's.
-    async fn enforce_limits(&self, principal: &Principal, cost: u64) -> Option<Denial> {
-        for (id, limits) in principal.all_limits() {
+    async fn enforce_limits(&self, key_id: &str, principal: &Principal, cost: u64) -> Option<Denial> {
+        for (id, limits) in principal.all_limits(key_id) {
             let Some(limit) = limits.rate_limit else { continue };
             let refused = if limits.global_rate_limit {
                 refusal(self.global_limits.spend(id, 1).await, "rate_limited").err()
@@ -301,7 +301,7 @@ impl Checker {
             }
         }
         let mut spent = Vec::new();
-        for (id, _) in principal.all_limits().filter(|(_, limits)| limits.has_credits) {
+        for (id, _) in principal.all_limits(key_id).filter(|(_, limits)| limits.has_credits) {
             match refusal(self.credits.spend(id, cost).await, "credits_exhausted") {
                 Ok(receipt) => spent.push((id, receipt)),
                 Err(denial) => {
@@ -317,7 +317,7 @@ impl Checker {
 
     /// A verdict that reflects every change applied for its key: from the
     /// cache, or from Verify (once more if the answer raced an update).
-    async fn trusted_verdict(&self, digest: [u8; 32], token: &str) -> Result<Arc<Verdict>, Denial> {
+    async fn trusted_verdict(&self, digest: [u8; 32], token: &str) -> Result<Verdict, Denial> {
         let cached = self.cache.get(&digest).await;
         self.metrics.cache_lookups.get_or_create(&[("result", if cached.is_some() { "hit" } else { "miss" })]).inc();
         if let Some(verdict) = cached {
@@ -329,11 +329,11 @@ impl Checker {
         }
         for _ in 0..2 {
             let mut client = self.client.clone();
-            let metrics = self.metrics.clone();
+            let (metrics, shared) = (&self.metrics, self.cache.shared());
             let timeout = self.control_plane_timeout;
             let verdict = self
                 .cache
-                .get_or_verify(digest, async move { sync::verify(&mut client, token, &metrics, timeout).await })
+                .get_or_verify(digest, async move { sync::verify(&mut client, token, shared, metrics, timeout).await })
                 .await
                 .map_err(|error| {
                     tracing::warn!(%error, "verify failed");
@@ -399,16 +399,17 @@ mod tests {
         allowed: Option<&[&str]>,
     ) -> Verdict {
         Verdict::Valid {
+            key_id: KeyId::parse("key_0000000000000000000001").unwrap(),
             principal: Arc::new(Principal {
-                key_id: "key_1".into(),
                 org_id: "acme".into(),
                 environment,
-                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                scopes: scopes.join(" ").into(),
                 expires_at,
                 limits: Limits {
                     allowed_networks: allowed.map(|list| list.iter().map(|n| n.parse().unwrap()).collect()),
                     ..Limits::default()
-                },
+                }
+                .boxed(),
                 identity: None,
             }),
             as_of: 1,
@@ -417,7 +418,7 @@ mod tests {
 
     fn status(decision: Decision) -> Option<(u16, &'static str)> {
         match decision {
-            Decision::Allow(_) => None,
+            Decision::Allow { .. } => None,
             Decision::Deny(denial) => Some((denial.status.http_code(), denial.reason)),
         }
     }
@@ -454,13 +455,14 @@ mod tests {
         let nothing_parsed = principal_from(Environment::Live, &[], None, Some(&[]));
         assert_eq!(status(decide(&nothing_parsed, from("10.2.3.4"), now)), Some((403, "ip_not_allowed")));
         // The identity's allow-list applies on top of the key's.
-        let Verdict::Valid { principal, as_of } = listed else { unreachable!() };
+        let Verdict::Valid { key_id, principal, as_of } = listed else { unreachable!() };
         let identity = IdentityPrincipal {
             id: "idn_1".into(),
             external_id: "acme".into(),
             limits: Limits { allowed_networks: Some(vec!["10.2.0.0/16".parse().unwrap()]), ..Limits::default() },
         };
         let both = Verdict::Valid {
+            key_id,
             principal: Arc::new(Principal { identity: Some(Box::new(identity)), ..(*principal).clone() }),
             as_of,
         };

@@ -88,9 +88,9 @@ impl Authorization for ExtAuthz {
         );
         let check = CheckInput { credential, required_scopes: &required, peer: &peer, client, cost, request_id };
         let response = match self.checker.check(&check).await {
-            Decision::Allow(principal) => {
+            Decision::Allow { key_id, principal } => {
                 let mut ok = OkHttpResponseBuilder::new();
-                for (name, value) in identity_headers(&principal) {
+                for (name, value) in identity_headers(&key_id, &principal) {
                     ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
                 }
                 if self.strip_credential {

@@ -14,7 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-use crate::cache::Principal;
+use crate::cache::{KeyId, Principal};
 use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, parse_scopes};
 use crate::client_address::TrustedProxies;
 use crate::listen::Listener;
@@ -26,15 +26,15 @@ pub const CHECK_PREFIX: &str = "/check";
 
 /// The identity headers set on allowed requests (overwriting any sent by
 /// the client: the identity ones are empty for a key without an identity).
-pub fn identity_headers(principal: &Principal) -> [(&'static str, String); 6] {
+pub fn identity_headers<'a>(key_id: &'a KeyId, principal: &'a Principal) -> [(&'static str, &'a str); 6] {
     let identity = principal.identity.as_ref();
     [
-        ("x-keyplane-key-id", principal.key_id.clone()),
-        ("x-keyplane-org-id", principal.org_id.clone()),
-        ("x-keyplane-scopes", principal.scopes.join(" ")),
-        ("x-keyplane-environment", principal.environment.as_str().to_owned()),
-        ("x-keyplane-identity", identity.map(|i| i.external_id.clone()).unwrap_or_default()),
-        ("x-keyplane-identity-id", identity.map(|i| i.id.clone()).unwrap_or_default()),
+        ("x-keyplane-key-id", key_id),
+        ("x-keyplane-org-id", &principal.org_id),
+        ("x-keyplane-scopes", &principal.scopes),
+        ("x-keyplane-environment", principal.environment.as_str()),
+        ("x-keyplane-identity", identity.map_or("", |i| &i.external_id)),
+        ("x-keyplane-identity-id", identity.map_or("", |i| &i.id)),
     ]
 }
 
@@ -125,13 +125,13 @@ impl HttpFrontEnd {
                 request_id: text("x-request-id").unwrap_or_default(),
             })
             .await;
-        tracing::debug!(method, uri, allowed = matches!(decision, Decision::Allow(_)), "forward-auth check");
+        tracing::debug!(method, uri, allowed = matches!(decision, Decision::Allow { .. }), "forward-auth check");
         match decision {
-            Decision::Allow(principal) => {
+            Decision::Allow { key_id, principal } => {
                 let mut response = reply(StatusCode::OK, Bytes::new());
                 let out = response.headers_mut();
-                for (name, value) in identity_headers(&principal) {
-                    if let Ok(value) = HeaderValue::from_str(&value) {
+                for (name, value) in identity_headers(&key_id, &principal) {
+                    if let Ok(value) = HeaderValue::from_str(value) {
                         out.insert(name, value);
                     }
                 }

@@ -17,7 +17,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::cache::{IdentityPrincipal, KeyCache, Limits, Principal, Refusal, Verdict};
+use crate::cache::{IdentityPrincipal, KeyCache, KeyId, Limits, Principal, Refusal, SharedPrincipals, Verdict};
 use crate::config::Config;
 use crate::credits::CreditLeases;
 use crate::error::{Error, Result};
@@ -385,9 +385,11 @@ async fn watch_once(
 }
 
 /// Asks the control plane about a token, waiting at most `timeout`.
+/// The principal in the answer is shared through `shared`.
 pub async fn verify(
     client: &mut ControlPlaneClient,
     token: &str,
+    shared: &SharedPrincipals,
     metrics: &Metrics,
     timeout: Duration,
 ) -> Result<Verdict> {
@@ -396,10 +398,12 @@ pub async fn verify(
     let response = tokio::time::timeout(timeout, client.verify(pb::VerifyRequest { token: token.to_owned() })).await;
     metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
     let response = response.map_err(|_| Error::Timeout(timeout))??.into_inner();
-    let principal = response.principal.map(principal_from_proto);
+    let principal = response.principal.unwrap_or_default();
+    let key_id = KeyId::parse(&principal.key_id);
     if response.valid {
-        let principal = principal.ok_or_else(|| tonic::Status::internal("valid answer without principal"))?;
-        return Ok(Verdict::Valid { principal: Arc::new(principal), as_of: response.as_of_seq });
+        let key_id = key_id.ok_or_else(|| tonic::Status::internal("valid answer without a well-formed key id"))?;
+        let principal = shared.principal(principal_from_proto(principal, shared));
+        return Ok(Verdict::Valid { key_id, principal, as_of: response.as_of_seq });
     }
     let refusal = match admin::VerifyFailure::try_from(response.failure) {
         Ok(admin::VerifyFailure::BadSecret) => Refusal::BadSecret,
@@ -408,10 +412,10 @@ pub async fn verify(
         Ok(admin::VerifyFailure::Throttled) => Refusal::Throttled,
         _ => Refusal::Unknown,
     };
-    Ok(Verdict::Invalid { refusal, key_id: principal.map(|p| p.key_id), as_of: response.as_of_seq })
+    Ok(Verdict::Invalid { refusal, key_id, as_of: response.as_of_seq })
 }
 
-fn principal_from_proto(principal: admin::Principal) -> Principal {
+fn principal_from_proto(principal: admin::Principal, shared: &SharedPrincipals) -> Principal {
     Principal {
         environment: if principal.environment == admin::Environment::Test as i32 {
             Environment::Test
@@ -419,7 +423,7 @@ fn principal_from_proto(principal: admin::Principal) -> Principal {
             Environment::Live
         },
         expires_at: principal.expires_at.and_then(|t| std::time::SystemTime::try_from(t).ok()),
-        limits: limits_from_proto(principal.rate_limit, &principal.allowed_cidrs, principal.has_credits),
+        limits: limits_from_proto(principal.rate_limit, &principal.allowed_cidrs, principal.has_credits).boxed(),
         identity: principal.identity.map(|identity| {
             Box::new(IdentityPrincipal {
                 limits: limits_from_proto(identity.rate_limit, &identity.allowed_cidrs, identity.has_credits),
@@ -427,9 +431,8 @@ fn principal_from_proto(principal: admin::Principal) -> Principal {
                 external_id: identity.external_id,
             })
         }),
-        key_id: principal.key_id,
-        org_id: principal.org_id,
-        scopes: principal.scopes,
+        org_id: shared.string(&principal.org_id),
+        scopes: shared.scopes(&principal.scopes),
     }
 }
 

@@ -274,7 +274,8 @@ async fn query(backend: Backend, keys: usize, days: i64, requests: usize) {
 }
 
 /// Hourly rows for every key over `days`, daily rows over `days`, and a
-/// day of org minutes, written by the database itself.
+/// day of org minutes, written by the database itself in time order, as
+/// reports write them (a bucket's rows sit together on disk, not one key's).
 #[allow(clippy::too_many_arguments)]
 async fn seed_rollups(
     db: &DatabaseConnection,
@@ -313,7 +314,7 @@ async fn seed_rollups(
     ] {
         run(format!(
             "INSERT INTO {table} (bucket, key_id, org_id, environment, allowed, unauthorized, forbidden, rate_limited) \
-             SELECT t.b, k.key_id, '{org}', 'live', {counts} FROM {} t CROSS JOIN {keys_table} k",
+             SELECT t.b, k.key_id, '{org}', 'live', {counts} FROM {} t CROSS JOIN {keys_table} k ORDER BY t.b, k.key_id",
             series(from, to, step)
         ))
         .await
