@@ -271,8 +271,11 @@ impl Checker {
         let required =
             Requirements { environment: self.environment, scopes: request.required_scopes, client: request.client };
         let decision = decide(&verdict, required, SystemTime::now());
+        // Boxed, and only for keys with limits: leasing budgets awaits calls
+        // to the control plane, a large future most checks need not carry.
         if let Decision::Allow { key_id, principal } = &decision
-            && let Some(denial) = self.enforce_limits(key_id, principal, cost).await
+            && principal.all_limits(key_id).any(|(_, limits)| limits.rate_limit.is_some() || limits.has_credits)
+            && let Some(denial) = Box::pin(self.enforce_limits(key_id, principal, cost)).await
         {
             return (Decision::Deny(denial), Some(parsed));
         }
@@ -327,6 +330,13 @@ impl Checker {
                 Freshness::Stale => self.cache.forget(&digest).await,
             }
         }
+        // Boxed: the Verify call's future is kilobytes, and every check
+        // would otherwise carry (and copy) it, hit or miss.
+        Box::pin(self.verified(digest, token)).await
+    }
+
+    /// The verdict from Verify, through the cache's single flight.
+    async fn verified(&self, digest: [u8; 32], token: &str) -> Result<Verdict, Denial> {
         for _ in 0..2 {
             let mut client = self.client.clone();
             let (metrics, shared) = (&self.metrics, self.cache.shared());

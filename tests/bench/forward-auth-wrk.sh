@@ -2,13 +2,16 @@
 # Sidecar HTTP forward-auth (`/check`, cached key + scope check) against the
 # trivial hyper server, measured in one sitting with wrk (BENCHMARKS.md).
 # Needs release binaries (cargo build --release --workspace), wrk, grpcurl
-# and python3. Everything listens on loopback and stops at exit.
+# and python3; PROFILE=dist takes the sidecar and the trivial server from
+# target/dist (cargo build --profile dist -p keyplane-sidecar -p keyplane-tests
+# --bin keyplane-sidecar --bin hello-server), the control plane stays release. Everything listens on loopback and stops at exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # SIDECAR=/path/to/keyplane-sidecar compares another build (e.g. an older commit);
 # CREDITS=0 skips the runs with a key that has credits and one with a global
 # rate limit (builds without them).
-SIDECAR=${SIDECAR:-target/release/keyplane-sidecar}
+PROFILE=${PROFILE:-release}
+SIDECAR=${SIDECAR:-target/$PROFILE/keyplane-sidecar}
 DATA=$(mktemp -d)
 target/release/keyplane serve --data-dir "$DATA" --listen 127.0.0.1:50551 --console-listen off >"$DATA/control-plane.log" 2>&1 &
 CP=$!
@@ -42,7 +45,7 @@ fi
 "$SIDECAR" --control-plane http://127.0.0.1:50551 --credential-file "$DATA"/sidecar-credential \
   --grpc-listen 127.0.0.1:50561 --http-listen 127.0.0.1:18081 >"$DATA/sidecar.log" 2>&1 &
 SC=$!
-target/release/hello-server 127.0.0.1:18080 >/dev/null 2>&1 &
+target/$PROFILE/hello-server 127.0.0.1:18080 >/dev/null 2>&1 &
 HELLO=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.1; done
 curl -s -o /dev/null -w "warm-up check: %{http_code}\n" -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check

@@ -213,7 +213,7 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "keycache",
-            what: "the sidecar's KeyCache with valid verdicts (per-entry expiry, shared principals)",
+            what: "the sidecar's KeyCache with valid verdicts (TTLs checked on lookup, shared principals)",
             fill: || {
                 Box::pin(async {
                     let cache = KeyCache::new(ENTRIES, ttl(), Duration::from_secs(5));
