@@ -59,16 +59,17 @@ struct Variant {
     fill: fn() -> Filled,
 }
 
-/// Fills `cache` from `TASKS` tasks with `value(i)` under `key(i)`.
-macro_rules! fill_future {
-    ($cache:expr, $key:expr, $value:expr) => {{
-        let cache = $cache;
+/// Fills `$cache` from `TASKS` tasks, running `$insert` for every entry
+/// `$i` with its clone `$c`, then `$settle` with the cache as `$s`.
+macro_rules! fill {
+    ($cache:expr, |$c:ident, $i:ident| $insert:expr, |$s:ident| $settle:expr) => {{
+        let $s = $cache;
         let tasks: Vec<_> = (0..TASKS)
             .map(|task| {
-                let cache = cache.clone();
+                let $c = $s.clone();
                 tokio::spawn(async move {
-                    for i in (task..ENTRIES).step_by(TASKS as usize) {
-                        cache.insert($key(i), $value(i)).await;
+                    for $i in (task..ENTRIES).step_by(TASKS as usize) {
+                        $insert;
                     }
                 })
             })
@@ -76,36 +77,38 @@ macro_rules! fill_future {
         for task in tasks {
             task.await.expect("fill");
         }
-        cache.run_pending_tasks().await;
-        assert_eq!(cache.entry_count(), ENTRIES);
-        Box::new(cache) as Box<dyn std::any::Any>
+        $settle;
+        Box::new($s) as Box<dyn std::any::Any>
     }};
 }
 
+/// Fills a `future::Cache` with `value(i)` under `key(i)`.
+macro_rules! fill_future {
+    ($cache:expr, $key:expr, $value:expr) => {
+        fill!($cache, |c, i| c.insert($key(i), $value(i)).await, |c| {
+            c.run_pending_tasks().await;
+            assert_eq!(c.entry_count(), ENTRIES)
+        })
+    };
+}
+
+/// Fills a `sync::Cache` with `value(i)` under `key(i)`.
 macro_rules! fill_sync {
-    ($cache:expr, $key:expr, $value:expr) => {{
-        let cache = $cache;
-        let tasks: Vec<_> = (0..TASKS)
-            .map(|task| {
-                let cache = cache.clone();
-                tokio::spawn(async move {
-                    for i in (task..ENTRIES).step_by(TASKS as usize) {
-                        cache.insert($key(i), $value(i));
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("fill");
-        }
-        cache.run_pending_tasks();
-        assert_eq!(cache.entry_count(), ENTRIES);
-        Box::new(cache) as Box<dyn std::any::Any>
-    }};
+    ($cache:expr, $key:expr, $value:expr) => {
+        fill!($cache, |c, i| c.insert($key(i), $value(i)), |c| {
+            c.run_pending_tasks();
+            assert_eq!(c.entry_count(), ENTRIES)
+        })
+    };
 }
 
 fn ttl() -> Duration {
     Duration::from_secs(300)
+}
+
+/// A builder of the digest-keyed future cache the variants vary.
+fn digests() -> moka::future::CacheBuilder<[u8; 32], u64, moka::future::Cache<[u8; 32], u64>> {
+    moka::future::Cache::builder().max_capacity(ENTRIES)
 }
 
 fn variants() -> Vec<Variant> {
@@ -137,33 +140,19 @@ fn variants() -> Vec<Variant> {
             what: "… LRU eviction instead of TinyLFU",
             fill: || {
                 Box::pin(async {
-                    let cache = Future::<[u8; 32], u64>::builder()
-                        .max_capacity(ENTRIES)
-                        .eviction_policy(EvictionPolicy::lru())
-                        .build();
-                    fill_future!(cache, digest, |i| i)
+                    fill_future!(digests().eviction_policy(EvictionPolicy::lru()).build(), digest, |i| i)
                 })
             },
         },
         Variant {
             name: "future-digest-weigher",
             what: "… with a weigher (capacity in weight units)",
-            fill: || {
-                Box::pin(async {
-                    let cache = Future::<[u8; 32], u64>::builder().max_capacity(ENTRIES).weigher(|_, _| 1).build();
-                    fill_future!(cache, digest, |i| i)
-                })
-            },
+            fill: || Box::pin(async { fill_future!(digests().weigher(|_, _| 1).build(), digest, |i| i) }),
         },
         Variant {
             name: "future-digest-ttl",
             what: "… with a time to live",
-            fill: || {
-                Box::pin(async {
-                    let cache = Future::<[u8; 32], u64>::builder().max_capacity(ENTRIES).time_to_live(ttl()).build();
-                    fill_future!(cache, digest, |i| i)
-                })
-            },
+            fill: || Box::pin(async { fill_future!(digests().time_to_live(ttl()).build(), digest, |i| i) }),
         },
         Variant {
             name: "future-digest-expiry",
@@ -176,8 +165,7 @@ fn variants() -> Vec<Variant> {
                             Some(ttl())
                         }
                     }
-                    let cache = Future::<[u8; 32], u64>::builder().max_capacity(ENTRIES).expire_after(Fixed).build();
-                    fill_future!(cache, digest, |i| i)
+                    fill_future!(digests().expire_after(Fixed).build(), digest, |i| i)
                 })
             },
         },
@@ -186,8 +174,7 @@ fn variants() -> Vec<Variant> {
             what: "sync::Cache<[u8; 32], u64>, time to live",
             fill: || {
                 Box::pin(async {
-                    let cache = Sync::<[u8; 32], u64>::builder().max_capacity(ENTRIES).time_to_live(ttl()).build();
-                    fill_sync!(cache, digest, |i| i)
+                    fill_sync!(Sync::builder().max_capacity(ENTRIES).time_to_live(ttl()).build(), digest, |i: u64| i)
                 })
             },
         },
@@ -217,24 +204,17 @@ fn variants() -> Vec<Variant> {
             fill: || {
                 Box::pin(async {
                     let cache = KeyCache::new(ENTRIES, ttl(), Duration::from_secs(5));
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|task| {
-                            let cache = cache.clone();
-                            tokio::spawn(async move {
-                                for i in (task..ENTRIES).step_by(TASKS as usize) {
-                                    let verdict = verdict(&cache, i);
-                                    let answer = cache.get_or_verify(digest(i), async { Ok::<_, ()>(verdict) }).await;
-                                    assert!(answer.is_ok());
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.expect("fill");
-                    }
-                    cache.run_pending_tasks().await;
-                    assert_eq!(cache.len(), ENTRIES);
-                    Box::new(cache) as Box<dyn std::any::Any>
+                    fill!(
+                        cache,
+                        |c, i| {
+                            let verdict = verdict(&c, i);
+                            assert!(c.get_or_verify(digest(i), async { Ok::<_, ()>(verdict) }).await.is_ok());
+                        },
+                        |c| {
+                            c.run_pending_tasks().await;
+                            assert_eq!(c.len(), ENTRIES)
+                        }
+                    )
                 })
             },
         },
