@@ -1,9 +1,11 @@
 //! Load generator for the sidecar (BENCHMARKS.md): cached ext_authz check
 //! latency at fixed rates (open loop, measured from the intended send time),
-//! maximum throughput, revocation propagation with 100 Watch streams, and the
-//! sidecar's RSS idle and with many cached keys.
+//! maximum throughput against the trivial `hello-authz` (answering like the
+//! sidecar, and bare) in the same run, revocation propagation with 100 Watch
+//! streams, and the sidecar's RSS idle and with many cached keys.
 //!
 //! `cargo build --release --workspace && target/release/loadgen-sidecar`
+//! (BENCHMARKS.md measures the `dist` profile: `target/dist/loadgen-sidecar`)
 //!
 //! The control plane runs in-process on SQLite; the sidecar is the real
 //! release binary as a child process. Every loop is bounded in count and time.
@@ -242,40 +244,55 @@ async fn main() {
     warm(tokens[..args.keys].to_vec()).await;
     println!("warmed {} keys (cache misses) in {:.2}s", args.keys, started.elapsed().as_secs_f64());
 
-    // The same load against a trivial ext_authz server (`hello-authz`), in the same run.
-    let baseline_port = free_port();
-    let mut baseline = Command::new(keyplane_tests::process::workspace_binary("hello-authz"))
-        .arg(format!("127.0.0.1:{baseline_port}"))
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start hello-authz");
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", baseline_port)).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "hello-authz listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The same load against trivial ext_authz servers (`hello-authz`), in the
+    // same run: one answering like the sidecar (same headers), one bare.
+    let mut baselines = Vec::new();
+    let mut baseline_pools = Vec::new();
+    for mode in [None, Some("--bare")] {
+        let port = free_port();
+        baselines.push(
+            Command::new(keyplane_tests::process::workspace_binary("hello-authz"))
+                .arg(format!("127.0.0.1:{port}"))
+                .args(mode)
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start hello-authz"),
+        );
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "hello-authz listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        baseline_pools.push(clients(port, args.connections).await);
     }
-    let baseline_pool = clients(baseline_port, args.connections).await;
+    let [same_answer, bare] = &baseline_pools[..] else { unreachable!() };
     let keys = &tokens[..args.keys];
     let shape = format!("{} connections", args.connections);
     for &rate in &args.rates {
         println!(
-            "trivial ext_authz at {rate}/s ({shape}): {}",
-            open_loop(&baseline_pool, keys, rate, args.seconds).await
+            "trivial ext_authz (same answer) at {rate}/s ({shape}): {}",
+            open_loop(same_answer, keys, rate, args.seconds).await
         );
         println!("ext_authz cached check at {rate}/s ({shape}): {}", open_loop(&pool, keys, rate, args.seconds).await);
     }
-    let floor = closed_loop(&baseline_pool, keys, args.in_flight, args.seconds).await;
-    let sidecar_max = closed_loop(&pool, keys, args.in_flight, args.seconds).await;
-    let floor_again = closed_loop(&baseline_pool, keys, args.in_flight, args.seconds).await;
-    println!("trivial ext_authz max throughput ({} in flight, {shape}): {floor}", args.in_flight);
-    println!("ext_authz max throughput ({} in flight, {shape}): {sidecar_max}", args.in_flight);
-    println!("trivial ext_authz again: {floor_again}");
-    println!(
-        "ratio sidecar / trivial: {:.2}",
-        sidecar_max.throughput / ((floor.throughput + floor_again.throughput) / 2.0)
-    );
-    let _ = baseline.kill().await;
+    let in_flight = args.in_flight;
+    let bare_floor = closed_loop(bare, keys, in_flight, args.seconds).await;
+    let floor = closed_loop(same_answer, keys, in_flight, args.seconds).await;
+    let sidecar_max = closed_loop(&pool, keys, in_flight, args.seconds).await;
+    let floor_again = closed_loop(same_answer, keys, in_flight, args.seconds).await;
+    let bare_again = closed_loop(bare, keys, in_flight, args.seconds).await;
+    println!("trivial ext_authz, bare answer, max throughput ({in_flight} in flight, {shape}): {bare_floor}");
+    println!("trivial ext_authz, same answer, max throughput ({in_flight} in flight, {shape}): {floor}");
+    println!("ext_authz max throughput ({in_flight} in flight, {shape}): {sidecar_max}");
+    println!("trivial ext_authz, same answer, again: {floor_again}");
+    println!("trivial ext_authz, bare answer, again: {bare_again}");
+    let ratio = |a: &Summary, b: &Summary| sidecar_max.throughput / ((a.throughput + b.throughput) / 2.0);
+    println!("ratio sidecar / trivial with the same answer: {:.2}", ratio(&floor, &floor_again));
+    println!("ratio sidecar / trivial with a bare answer: {:.2}", ratio(&bare_floor, &bare_again));
+    for mut baseline in baselines {
+        let _ = baseline.kill().await;
+    }
 
     // Revocation propagation with `streams` Watch streams connected.
     let mut watchers = Vec::new();
