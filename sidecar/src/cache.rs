@@ -138,15 +138,24 @@ impl Principal {
     /// Whether a client at `client` may use the key: inside the key's
     /// allow-list and its identity's.
     pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        self.limits().allows_client(client)
-            && self.identity.as_ref().is_none_or(|identity| identity.limits.allows_client(client))
+        self.own_and_identity_limits().all(|limits| limits.allows_client(client))
+    }
+
+    /// Whether a check spends a budget (a rate limit or credits) of the key
+    /// or of its identity.
+    pub fn spends_budgets(&self) -> bool {
+        self.own_and_identity_limits().any(|limits| limits.rate_limit.is_some() || limits.has_credits)
+    }
+
+    fn own_and_identity_limits(&self) -> impl Iterator<Item = &Limits> {
+        std::iter::once(self.limits()).chain(self.identity.as_ref().map(|identity| &identity.limits))
     }
 }
 
 /// One shared copy of each distinct value handed to it. Values no one else
 /// holds any more are dropped whenever the set has doubled since the last
 /// sweep, so it stays proportional to what the cache holds.
-pub struct Interner<T: ?Sized> {
+struct Interner<T: ?Sized> {
     set: Arc<std::sync::Mutex<InternedSet<T>>>,
 }
 
@@ -173,7 +182,7 @@ impl<T: ?Sized + std::hash::Hash + Eq> Interner<T> {
     const SWEEP_FROM: usize = 1024;
 
     /// The shared copy of `value`, made with `share` when there is none yet.
-    pub fn intern(&self, value: &T, share: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
+    fn intern(&self, value: &T, share: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
         let mut set = self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(shared) = set.values.get(value) {
             return shared.clone();
@@ -187,14 +196,9 @@ impl<T: ?Sized + std::hash::Hash + Eq> Interner<T> {
         shared
     }
 
-    /// Values held (for tests and measurements).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -223,11 +227,6 @@ impl SharedPrincipals {
     /// The shared copy of `principal`.
     pub fn principal(&self, principal: Principal) -> Arc<Principal> {
         self.principals.intern(&principal, |p| Arc::new(p.clone()))
-    }
-
-    /// Distinct principals held.
-    pub fn principals(&self) -> usize {
-        self.principals.len()
     }
 }
 

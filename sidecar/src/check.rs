@@ -274,7 +274,7 @@ impl Checker {
         // Boxed, and only for keys with limits: leasing budgets awaits calls
         // to the control plane, a large future most checks need not carry.
         if let Decision::Allow { key_id, principal } = &decision
-            && principal.all_limits(key_id).any(|(_, limits)| limits.rate_limit.is_some() || limits.has_credits)
+            && principal.spends_budgets()
             && let Some(denial) = Box::pin(self.enforce_limits(key_id, principal, cost)).await
         {
             return (Decision::Deny(denial), Some(parsed));
