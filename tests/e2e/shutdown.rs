@@ -14,6 +14,7 @@ use keyplane_tests::{Backend, both_backends, random_org};
 use sea_orm::{ConnectionTrait, Database, Statement};
 
 both_backends!(sigterm_during_webhook_load_leaves_nothing_half_written);
+both_backends!(a_graceful_stop_hands_back_the_deliveries_it_had_not_started);
 
 const EVENTS: usize = 300;
 const PUBLISHERS: usize = 4;
@@ -82,4 +83,50 @@ async fn sigterm_during_webhook_load_leaves_nothing_half_written(backend: Backen
         acknowledged.len(),
         sent_before_stop.len()
     );
+}
+
+/// A publication leases its deliveries to its own process's dispatcher.
+/// Those still queued at SIGTERM (its one request slot busy) are made due
+/// again before the process exits, not left until their lease (a minute
+/// here) runs out: the restarted control plane sends them at once.
+async fn a_graceful_stop_hands_back_the_deliveries_it_had_not_started(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let flags = ["--webhook-concurrency", "1", "--webhook-timeout", "2s", "--webhook-lease", "60s"];
+    let Some(setup) = WebhookServer::prepare(backend, data.path(), &flags).await else { return };
+    let receiver = Receiver::start().await;
+    receiver.set("/hook", Behavior::Hang(ENDPOINT_LATENCY));
+    let server = ControlPlaneProcess::start(&setup.args).await;
+    let root = setup.root_token();
+    let org = random_org();
+    subscribe_to_load(&server.addr, &root, &org, &receiver.url("/hook")).await;
+    let acknowledged = LoadPublishers::start(&server.addr, &root, &org, 20, 1).await.finish().await;
+    server.stop().await;
+    let stopped_at = chrono::Utc::now();
+
+    let db = Database::connect(&setup.database_url).await.expect("open the database");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, next_attempt_at FROM webhook_deliveries WHERE status = 'pending'",
+        ))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    assert!(!rows.is_empty(), "deliveries were still queued at the stop");
+    for row in &rows {
+        let id: String = row.try_get("", "id").unwrap();
+        let due: chrono::DateTime<chrono::Utc> = row.try_get("", "next_attempt_at").unwrap();
+        assert!(due <= stopped_at, "{id} is still leased to the stopped process until {due}");
+    }
+
+    let restarted = ControlPlaneProcess::start(&setup.args).await;
+    let arrived = keyplane_tests::eventually_within(
+        Duration::from_secs(30),
+        || async { receiver.webhook_ids("/hook") },
+        |ids| *ids == acknowledged,
+    )
+    .await;
+    restarted.stop().await;
+    assert_eq!(arrived, acknowledged, "every acknowledged event arrived well within the lease");
+    assert_eq!(receiver.count("/hook"), acknowledged.len(), "no event was sent twice");
 }

@@ -22,12 +22,15 @@ pub mod verify;
 pub mod webhooks;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::crypto::{MasterKeys, SecretHasher, TokenFormat};
 use crate::error::Result;
 use crate::store::OrgTx;
+use crate::store::deliveries::Model as Delivery;
 
 pub use api_keys::KeyService;
 pub use audit::AuditService;
@@ -79,29 +82,29 @@ pub struct Wakeups {
 /// Deliveries committed in this process since the dispatcher last looked.
 #[derive(Default)]
 struct DueDeliveries {
-    /// New deliveries of publications, claimed by id (no scan of the due
-    /// index, whose front fills with the dead versions of claimed rows).
-    fresh: Vec<String>,
-    /// Something else became due (a retry by hand, Keyplane's own events)
-    /// or `fresh` overflowed: scan the due index.
+    /// How long publications lease their deliveries to this process's
+    /// dispatcher; `None` while no dispatcher takes them.
+    lease: Option<Duration>,
+    /// New deliveries of publications, written already leased to this
+    /// process's dispatcher: it sends them without claiming them first (no
+    /// write, no scan of the due index).
+    fresh: Vec<Delivery>,
+    /// Something else became due (a retry by hand, Keyplane's own events,
+    /// publications while the queue was full): scan the due index.
     scan: bool,
 }
 
-/// Fresh delivery ids kept at most; beyond, the dispatcher scans for them.
+/// Fresh deliveries queued at most (give or take one publication's); past
+/// it, publications write their deliveries due at once, for a scan to find.
 const MAX_FRESH: usize = 10_000;
 
 impl DueDeliveries {
-    /// Adds new deliveries; past [`MAX_FRESH`] drops every id and asks for
-    /// a scan instead (the rows are stored: the scan finds them).
-    fn add_fresh(&mut self, ids: impl IntoIterator<Item = String>) {
-        self.fresh.extend(ids);
-        if self.fresh.len() > MAX_FRESH {
-            self.fresh = Vec::new();
-            self.scan = true;
-        }
+    fn lease_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let lease = self.lease.filter(|_| self.fresh.len() < MAX_FRESH)?;
+        Some(now + chrono::Duration::from_std(lease).ok()?)
     }
 
-    fn take(&mut self, at_most: usize) -> (Vec<String>, bool) {
+    fn take(&mut self, at_most: usize) -> (Vec<Delivery>, bool) {
         let oldest = at_most.min(self.fresh.len());
         (self.fresh.drain(..oldest).collect(), std::mem::take(&mut self.scan))
     }
@@ -117,17 +120,47 @@ impl Wakeups {
         Ok(())
     }
 
-    /// Commits a publication that created the deliveries `ids` (due at
-    /// once), then wakes the dispatcher to claim them by id.
-    pub async fn commit_published(&self, tx: OrgTx, ids: impl IntoIterator<Item = String>) -> Result<()> {
+    /// Until when a publication starting `now` leases its deliveries to
+    /// this process's dispatcher (one write per delivery fewer than a
+    /// claim); `None` when they are to be due at once: no dispatcher takes
+    /// them here, or its queue is full.
+    pub fn publication_lease(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.lock_due().lease_until(now)
+    }
+
+    /// Commits a publication that created `deliveries`, then hands them to
+    /// the dispatcher: directly when `leased` (by [`Self::publication_lease`]),
+    /// else by asking for a scan.
+    pub async fn commit_published(&self, tx: OrgTx, deliveries: Vec<Delivery>, leased: bool) -> Result<()> {
         tx.commit().await?;
-        self.lock_due().add_fresh(ids);
+        {
+            let mut due = self.lock_due();
+            if leased {
+                due.fresh.extend(deliveries);
+            } else {
+                due.scan = true;
+            }
+        }
         self.deliveries_due.notify_one();
         Ok(())
     }
 
-    /// Takes up to `at_most` fresh delivery ids, oldest first, and whether a scan was asked for.
-    pub fn take_due(&self, at_most: usize) -> (Vec<String>, bool) {
+    /// Makes publications lease their deliveries to this process's
+    /// dispatcher for `lease` (until [`Self::stop_leasing`]).
+    pub fn lease_publications(&self, lease: Duration) {
+        self.lock_due().lease = Some(lease);
+    }
+
+    /// Stops leasing publications to this process's dispatcher; returns the
+    /// leased deliveries it has not taken.
+    pub fn stop_leasing(&self) -> Vec<Delivery> {
+        let mut due = self.lock_due();
+        due.lease = None;
+        std::mem::take(&mut due.fresh)
+    }
+
+    /// Takes up to `at_most` fresh deliveries, oldest first, and whether a scan was asked for.
+    pub fn take_due(&self, at_most: usize) -> (Vec<Delivery>, bool) {
         self.lock_due().take(at_most)
     }
 
@@ -147,29 +180,51 @@ impl Wakeups {
 
 #[cfg(test)]
 mod tests {
-    use super::{DueDeliveries, MAX_FRESH};
+    use std::time::Duration;
 
-    fn ids(range: std::ops::Range<usize>) -> Vec<String> {
-        range.map(|i| format!("dlv_{i}")).collect()
+    use super::{Delivery, DueDeliveries, MAX_FRESH};
+    use crate::store::deliveries::DeliveryStatus;
+
+    fn deliveries(range: std::ops::Range<usize>) -> Vec<Delivery> {
+        let now = chrono::DateTime::UNIX_EPOCH;
+        range
+            .map(|i| Delivery {
+                id: format!("dlv_{i}"),
+                org_id: "org_a".into(),
+                subscription_id: "sub_a".into(),
+                event_id: "evt_a".into(),
+                event_type: "a.b".into(),
+                status: DeliveryStatus::Pending,
+                attempt_count: 0,
+                next_attempt_at: now,
+                last_status_code: None,
+                last_error: None,
+                created_at: now,
+                finished_at: None,
+            })
+            .collect()
     }
 
     #[test]
     fn fresh_deliveries_are_taken_oldest_first_in_bounded_portions() {
         let mut due = DueDeliveries::default();
-        due.add_fresh(ids(0..5));
-        assert_eq!(due.take(2), (ids(0..2), false));
-        due.add_fresh(ids(5..6));
-        assert_eq!(due.take(10), (ids(2..6), false));
+        due.fresh.extend(deliveries(0..5));
+        assert_eq!(due.take(2), (deliveries(0..2), false));
+        due.fresh.extend(deliveries(5..6));
+        assert_eq!(due.take(10), (deliveries(2..6), false));
         assert_eq!(due.take(10), (Vec::new(), false));
     }
 
     #[test]
-    fn too_many_fresh_deliveries_turn_into_a_scan() {
+    fn publications_are_leased_only_to_a_dispatcher_with_room() {
+        let now = crate::store::now();
         let mut due = DueDeliveries::default();
-        due.add_fresh(ids(0..MAX_FRESH));
-        assert!(!due.scan, "at the bound, ids are kept");
-        due.add_fresh(ids(MAX_FRESH..MAX_FRESH + 1));
-        assert_eq!(due.take(10), (Vec::new(), true), "past it, a scan instead");
-        assert_eq!(due.take(10), (Vec::new(), false), "asked for once");
+        assert_eq!(due.lease_until(now), None, "no dispatcher takes them");
+        due.lease = Some(Duration::from_secs(60));
+        assert_eq!(due.lease_until(now), Some(now + chrono::Duration::seconds(60)));
+        due.fresh.extend(deliveries(0..MAX_FRESH));
+        assert_eq!(due.lease_until(now), None, "a full queue: due at once, for a scan");
+        due.take(1);
+        assert!(due.lease_until(now).is_some());
     }
 }

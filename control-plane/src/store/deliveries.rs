@@ -119,8 +119,14 @@ pub struct EventRef<'a> {
 }
 
 /// Stores a pending delivery of `event` (of the transaction's org) to each
-/// of `subscription_ids`, due at once; returns them.
-pub async fn insert_for_event(tx: &OrgTx, event: EventRef<'_>, subscription_ids: &[String]) -> Result<Vec<Model>> {
+/// of `subscription_ids`, due at once or, already claimed by the caller's
+/// dispatcher, leased until `leased_until`; returns them.
+pub async fn insert_for_event(
+    tx: &OrgTx,
+    event: EventRef<'_>,
+    subscription_ids: &[String],
+    leased_until: Option<DateTime<Utc>>,
+) -> Result<Vec<Model>> {
     let rows: Vec<Model> = subscription_ids
         .iter()
         .map(|subscription_id| Model {
@@ -131,7 +137,7 @@ pub async fn insert_for_event(tx: &OrgTx, event: EventRef<'_>, subscription_ids:
             event_type: event.event_type.to_owned(),
             status: DeliveryStatus::Pending,
             attempt_count: 0,
-            next_attempt_at: event.published_at,
+            next_attempt_at: leased_until.unwrap_or(event.published_at),
             last_status_code: None,
             last_error: None,
             created_at: event.published_at,
@@ -217,23 +223,28 @@ pub async fn claim_due(
         .await?)
 }
 
-/// Claims, like [`claim_due`], those of the deliveries `ids` (of any org)
-/// that are still pending and due at `now`: by primary key, for deliveries
-/// this process has just written. One that another worker claimed first
-/// is no longer due (its row lock is waited for, then the row re-checked).
-pub async fn claim_by_ids(
-    db: &impl ConnectionTrait,
-    ids: &[String],
-    now: DateTime<Utc>,
-    lease_until: DateTime<Utc>,
-) -> Result<Vec<Model>> {
-    Ok(Entity::update_many()
-        .col_expr(Column::NextAttemptAt, Expr::val(lease_until))
-        .filter(Column::Id.is_in(ids.iter().map(String::as_str)))
-        .filter(Column::Status.eq(DeliveryStatus::Pending))
-        .filter(Column::NextAttemptAt.lte(now))
-        .exec_with_returning(db)
-        .await?)
+/// Makes those of `leased` (deliveries this process leased and did not
+/// send) whose lease still holds due at once, for any dispatcher. A lease
+/// is recognised by its exact end, so a delivery whose lease ran out and
+/// that another worker claimed since is left alone.
+pub async fn release(db: &impl ConnectionTrait, leased: &[Model]) -> Result<u64> {
+    let now = super::now();
+    let mut by_lease: std::collections::BTreeMap<DateTime<Utc>, Vec<&str>> = Default::default();
+    for delivery in leased.iter().filter(|d| d.next_attempt_at > now) {
+        by_lease.entry(delivery.next_attempt_at).or_default().push(&delivery.id);
+    }
+    let mut released = 0;
+    for (lease_until, ids) in by_lease {
+        released += Entity::update_many()
+            .col_expr(Column::NextAttemptAt, Expr::val(now))
+            .filter(Column::Id.is_in(ids))
+            .filter(Column::Status.eq(DeliveryStatus::Pending))
+            .filter(Column::NextAttemptAt.eq(lease_until))
+            .exec(db)
+            .await?
+            .rows_affected;
+    }
+    Ok(released)
 }
 
 /// When the earliest pending delivery of any org is due.

@@ -174,3 +174,37 @@ async fn concurrent_publishers_and_key_changes_keep_every_guarantee(backend: Bac
     assert_eq!(revoked, KEY_CHANGES);
     plane.stop().await;
 }
+
+both_backends!(deliveries_that_outlive_their_lease_in_the_queue_are_sent_once);
+
+/// A publication's deliveries are leased to its process's dispatcher from
+/// the start. With every request slot taken, they wait in its queue; those
+/// that wait until their lease no longer covers a request are left to the
+/// due scan, which claims them when the lease runs out. Each is sent once:
+/// none is started on a lease that may already be someone else's.
+async fn deliveries_that_outlive_their_lease_in_the_queue_are_sent_once(backend: Backend) {
+    let plane = start_webhooks_or_skip!(backend, |config| {
+        config.webhooks.concurrency = 2;
+        config.webhooks.timeout = Duration::from_secs(1);
+        config.webhooks.lease = Duration::from_secs(2);
+    });
+    let receiver = Receiver::start().await;
+    // Each request takes most of the timeout: the queue's tail waits longer
+    // than lease minus timeout.
+    receiver.set("/slow", keyplane_tests::receiver::Behavior::Hang(Duration::from_millis(900)));
+    let org = random_org();
+    subscribe(&plane, &org, &receiver.url("/slow"), &["order.*"]).await;
+    let mut published = HashSet::new();
+    for i in 0..10 {
+        let event = keyplane_tests::webhooks::publish(&plane, &org, "order.created", &format!(r#"{{"n":{i}}}"#)).await;
+        published.insert(event.event.expect("event").id);
+    }
+    let arrived =
+        keyplane_tests::eventually_within(WAIT, || async { receiver.webhook_ids("/slow") }, |ids| *ids == published)
+            .await;
+    assert_eq!(arrived, published, "every event arrived");
+    // Give a wrongly repeated request time to arrive, then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.count("/slow"), published.len(), "no event was sent twice");
+    plane.stop().await;
+}

@@ -79,10 +79,11 @@ impl EventService {
         {
             return Ok(Published { event, deliveries_created: 0, duplicate: true });
         }
-        match outbox::publish_to_matching(&tx, event_type, payload_json, idempotency_key.clone()).await {
+        let leased_until = self.wakeups.publication_lease(crate::store::now());
+        match outbox::publish_to_matching(&tx, event_type, payload_json, idempotency_key.clone(), leased_until).await {
             Ok((event, deliveries)) => {
                 let deliveries_created = deliveries.len();
-                self.wakeups.commit_published(tx, deliveries.into_iter().map(|d| d.id)).await?;
+                self.wakeups.commit_published(tx, deliveries, leased_until.is_some()).await?;
                 Ok(Published { event, deliveries_created, duplicate: false })
             }
             // A concurrent publication with the same key committed first

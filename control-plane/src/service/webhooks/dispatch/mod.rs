@@ -5,11 +5,12 @@
 //! [`stats`] (attempt counts and latencies for usage analytics).
 //!
 //! One task claims, another records (in batches, one transaction each);
-//! requests run concurrently, at most `concurrency` in all. Deliveries this
-//! process publishes are claimed by id as soon as they commit; the due
-//! index is scanned when something else may be due. A claim is a lease: the
-//! delivery's due time moves past the request timeout, so a crash
-//! mid-request makes it due again by itself (at-least-once).
+//! requests run concurrently, at most `concurrency` in all. A claim is a
+//! lease: the delivery's due time moves past the request timeout, so a
+//! crash mid-request makes it due again by itself (at-least-once).
+//! Deliveries this process publishes are written already leased to it and
+//! handed over in memory, sent without a claim; the due index is scanned
+//! when something else may be due.
 
 mod health;
 mod retry;
@@ -116,6 +117,7 @@ impl Dispatcher {
         let (results, finished) = mpsc::unbounded_channel::<AttemptRecord>();
         let backlogged = Arc::new(AtomicBool::new(false));
         let recorder = tokio::spawn(self.clone().record_until_closed(finished, backlogged.clone()));
+        self.wakeups.lease_publications(self.settings.lease);
         // Scan the due index at once: deliveries left by a previous run.
         let mut next_scan = Instant::now();
         while !stop.is_cancelled() {
@@ -125,7 +127,8 @@ impl Dispatcher {
                 match self.claim_and_start(&results, &mut next_scan).await {
                     Ok(wait) => wait,
                     Err(error) => {
-                        // Fresh ids taken may not have been claimed: the scan finds them.
+                        // Fresh deliveries taken and not started stay leased:
+                        // the scan finds them when the lease runs out.
                         tracing::warn!(%error, "claiming webhook deliveries failed; retrying");
                         next_scan = Instant::now();
                         self.settings.poll
@@ -146,6 +149,15 @@ impl Dispatcher {
             tracing::warn!(
                 "webhook attempts still running or unrecorded at shutdown; their deliveries are retried after the lease"
             );
+        }
+        // Leased to this process and never started: due at once for the
+        // next dispatcher instead of after their lease. (A publication
+        // committing after this point is sent when its lease runs out.)
+        let unstarted = self.wakeups.stop_leasing();
+        if !unstarted.is_empty()
+            && let Err(error) = deliveries::release(&self.db, &unstarted).await
+        {
+            tracing::warn!(%error, deliveries = unstarted.len(), "releasing unsent deliveries at shutdown failed; they are sent after their lease");
         }
     }
 
@@ -171,7 +183,7 @@ impl Dispatcher {
     }
 
     /// Claims what is due and starts it: first the deliveries this process
-    /// has just published, by id; then, when a scan was asked for or
+    /// has just published (leased to it already); then, when a scan was asked for or
     /// `next_scan` has come, whatever else the due index holds (retries,
     /// deferred deliveries, other processes' publications, leases that ran
     /// out). Returns how long to sleep before looking again (zero when there
@@ -190,14 +202,16 @@ impl Dispatcher {
         let more_fresh = fresh.len() == free;
         let now = store::now();
         let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
-        let mut deferred_until = None;
-        if !fresh.is_empty() {
-            let tx = store::begin_relaxed(&self.db).await?;
-            let claimed = deliveries::claim_by_ids(&tx, &fresh, now, lease_until).await?;
-            tx.commit().await?;
-            free -= claimed.len();
-            deferred_until = self.start(claimed, results).await?;
+        let timeout = chrono::Duration::from_std(self.settings.timeout).unwrap_or(chrono::Duration::MAX);
+        // A fresh delivery that waited here so long that its lease no longer
+        // covers a request is left to the scan, which finds it when the
+        // lease runs out.
+        let (fresh, outlived): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| d.next_attempt_at - now > timeout);
+        if !outlived.is_empty() {
+            tracing::debug!(deliveries = outlived.len(), "fresh deliveries outlived their lease in the queue");
         }
+        free -= fresh.len();
+        let mut deferred_until = self.start(fresh, results).await?;
         if scan_asked || Instant::now() >= *next_scan {
             if free == 0 {
                 *next_scan = Instant::now();
