@@ -21,16 +21,36 @@ const PUBLISHERS: usize = 4;
 /// Each request takes this long, so many are in flight at SIGTERM.
 const ENDPOINT_LATENCY: Duration = Duration::from_millis(300);
 
+/// A `keyplane` process started with `flags`, and one org subscribed to
+/// `/hook` of a receiver that holds each request for [`ENDPOINT_LATENCY`].
+struct SlowHook {
+    setup: WebhookServer,
+    receiver: Receiver,
+    server: ControlPlaneProcess,
+    root: String,
+    org: String,
+}
+
+impl SlowHook {
+    /// `None` when the backend is not available.
+    async fn start(backend: Backend, dir: &std::path::Path, flags: &[&str]) -> Option<Self> {
+        let setup = WebhookServer::prepare(backend, dir, flags).await?;
+        let receiver = Receiver::start().await;
+        receiver.set("/hook", Behavior::Hang(ENDPOINT_LATENCY));
+        let server = ControlPlaneProcess::start(&setup.args).await;
+        let (root, org) = (setup.root_token(), random_org());
+        subscribe_to_load(&server.addr, &root, &org, &receiver.url("/hook")).await;
+        Some(Self { setup, receiver, server, root, org })
+    }
+}
+
 async fn sigterm_during_webhook_load_leaves_nothing_half_written(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let flags = ["--webhook-timeout", "2s", "--webhook-lease", "5s", "--webhook-retry-schedule", "0s,200ms,200ms"];
-    let Some(setup) = WebhookServer::prepare(backend, data.path(), &flags).await else { return };
-    let receiver = Receiver::start().await;
-    receiver.set("/hook", Behavior::Hang(ENDPOINT_LATENCY));
-    let server = ControlPlaneProcess::start(&setup.args).await;
-    let root = setup.root_token();
-    let org = random_org();
-    subscribe_to_load(&server.addr, &root, &org, &receiver.url("/hook")).await;
+    let Some(SlowHook { setup, receiver, server, root, org }) = SlowHook::start(backend, data.path(), &flags).await
+    else {
+        return;
+    };
     let publishers = LoadPublishers::start(&server.addr, &root, &org, EVENTS, PUBLISHERS).await;
     // SIGTERM once requests are arriving (each is held for ENDPOINT_LATENCY).
     receiver.wait_for("/hook", 20, Duration::from_secs(60)).await;
@@ -92,13 +112,10 @@ async fn sigterm_during_webhook_load_leaves_nothing_half_written(backend: Backen
 async fn a_graceful_stop_hands_back_the_deliveries_it_had_not_started(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let flags = ["--webhook-concurrency", "1", "--webhook-timeout", "2s", "--webhook-lease", "60s"];
-    let Some(setup) = WebhookServer::prepare(backend, data.path(), &flags).await else { return };
-    let receiver = Receiver::start().await;
-    receiver.set("/hook", Behavior::Hang(ENDPOINT_LATENCY));
-    let server = ControlPlaneProcess::start(&setup.args).await;
-    let root = setup.root_token();
-    let org = random_org();
-    subscribe_to_load(&server.addr, &root, &org, &receiver.url("/hook")).await;
+    let Some(SlowHook { setup, receiver, server, root, org }) = SlowHook::start(backend, data.path(), &flags).await
+    else {
+        return;
+    };
     let acknowledged = LoadPublishers::start(&server.addr, &root, &org, 20, 1).await.finish().await;
     server.stop().await;
     let stopped_at = chrono::Utc::now();
