@@ -94,8 +94,9 @@ struct DueDeliveries {
     scan: bool,
 }
 
-/// Fresh deliveries queued at most (give or take one publication's); past
-/// it, publications write their deliveries due at once, for a scan to find.
+/// Fresh deliveries queued at most, plus those of the publications in
+/// flight when it is reached (they asked before it was); past it,
+/// publications write their deliveries due at once, for a scan to find.
 const MAX_FRESH: usize = 10_000;
 
 impl DueDeliveries {
