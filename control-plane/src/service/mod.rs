@@ -21,6 +21,7 @@ pub mod validate;
 pub mod verify;
 pub mod webhooks;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,10 +86,11 @@ struct DueDeliveries {
     /// How long publications lease their deliveries to this process's
     /// dispatcher; `None` while no dispatcher takes them.
     lease: Option<Duration>,
-    /// New deliveries of publications, written already leased to this
-    /// process's dispatcher: it sends them without claiming them first (no
-    /// write, no scan of the due index).
-    fresh: Vec<Delivery>,
+    /// Deliveries leased to this process's dispatcher and not started,
+    /// oldest first: new publications' (written already leased, so it sends
+    /// them without claiming them first: no write, no scan of the due
+    /// index), and claimed ones it could not start when the database failed.
+    fresh: VecDeque<Delivery>,
     /// Something else became due (a retry by hand, Keyplane's own events,
     /// publications while the queue was full): scan the due index.
     scan: bool,
@@ -152,12 +154,21 @@ impl Wakeups {
         self.lock_due().lease = Some(lease);
     }
 
+    /// Puts deliveries the dispatcher took and could not start back at the
+    /// front of its queue.
+    pub fn requeue(&self, unstarted: VecDeque<Delivery>) {
+        let mut due = self.lock_due();
+        for delivery in unstarted.into_iter().rev() {
+            due.fresh.push_front(delivery);
+        }
+    }
+
     /// Stops leasing publications to this process's dispatcher; returns the
     /// leased deliveries it has not taken.
     pub fn stop_leasing(&self) -> Vec<Delivery> {
         let mut due = self.lock_due();
         due.lease = None;
-        std::mem::take(&mut due.fresh)
+        std::mem::take(&mut due.fresh).into()
     }
 
     /// Takes up to `at_most` fresh deliveries, oldest first, and whether a scan was asked for.
@@ -214,6 +225,15 @@ mod tests {
         due.fresh.extend(deliveries(5..6));
         assert_eq!(due.take(10), (deliveries(2..6), false));
         assert_eq!(due.take(10), (Vec::new(), false));
+    }
+
+    #[test]
+    fn deliveries_that_could_not_start_go_back_to_the_front_in_order() {
+        let wakeups = super::Wakeups::default();
+        wakeups.lock_due().fresh.extend(deliveries(0..5));
+        let (taken, _) = wakeups.take_due(3);
+        wakeups.requeue(taken[1..].iter().cloned().collect());
+        assert_eq!(wakeups.take_due(10).0, [&deliveries(1..3)[..], &deliveries(3..5)[..]].concat());
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod send;
 mod stats;
 mod throttle;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -127,8 +127,7 @@ impl Dispatcher {
                 match self.claim_and_start(&results, &mut next_scan).await {
                     Ok(wait) => wait,
                     Err(error) => {
-                        // Fresh deliveries taken and not started stay leased:
-                        // the scan finds them when the lease runs out.
+                        // Deliveries taken and not started went back to the queue.
                         tracing::warn!(%error, "claiming webhook deliveries failed; retrying");
                         next_scan = Instant::now();
                         self.settings.poll
@@ -250,13 +249,30 @@ impl Dispatcher {
         claimed: Vec<deliveries::Model>,
         results: &mpsc::UnboundedSender<AttemptRecord>,
     ) -> Result<Option<DateTime<Utc>>> {
-        if claimed.is_empty() {
+        let mut unstarted = VecDeque::from(claimed);
+        let started = self.start_each(&mut unstarted, results).await;
+        if started.is_err() {
+            // Still leased to this process: try them again, rather than
+            // leave them until the lease runs out.
+            self.wakeups.requeue(unstarted);
+        }
+        started
+    }
+
+    /// [`Self::start`], taking deliveries from the front of `unstarted`;
+    /// when the database fails, the ones not started are left in it.
+    async fn start_each(
+        self: &Arc<Self>,
+        unstarted: &mut VecDeque<deliveries::Model>,
+        results: &mpsc::UnboundedSender<AttemptRecord>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        if unstarted.is_empty() {
             return Ok(None);
         }
         let subscription_ids: Vec<String> =
-            claimed.iter().map(|d| d.subscription_id.clone()).collect::<HashSet<_>>().into_iter().collect();
+            unstarted.iter().map(|d| d.subscription_id.clone()).collect::<HashSet<_>>().into_iter().collect();
         let event_ids: Vec<String> =
-            claimed.iter().map(|d| d.event_id.clone()).collect::<HashSet<_>>().into_iter().collect();
+            unstarted.iter().map(|d| d.event_id.clone()).collect::<HashSet<_>>().into_iter().collect();
         let subscriptions: HashMap<String, Arc<webhooks::Model>> =
             webhooks::find_for_dispatch(&self.db, &subscription_ids)
                 .await?
@@ -271,7 +287,7 @@ impl Dispatcher {
         let mut secrets: HashMap<String, Arc<Vec<WebhookSecret>>> = HashMap::new();
         let now = store::now();
         let mut deferred_until: Option<DateTime<Utc>> = None;
-        for delivery in claimed {
+        while let Some(delivery) = unstarted.pop_front() {
             let subscription = match subscriptions.get(&delivery.subscription_id) {
                 None => {
                     let _ = results.send(abandon(&delivery, "the subscription was deleted"));
@@ -290,7 +306,10 @@ impl Dispatcher {
             };
             if let Some(wait) = self.throttle.must_wait(&subscription) {
                 let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-                deliveries::defer(&self.db, &delivery.org_id, &delivery.id, until).await?;
+                if let Err(error) = deliveries::defer(&self.db, &delivery.org_id, &delivery.id, until).await {
+                    unstarted.push_front(delivery);
+                    return Err(error);
+                }
                 deferred_until = deferred_until.into_iter().chain([until]).min();
                 continue;
             }
@@ -312,7 +331,10 @@ impl Dispatcher {
                 }
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                deliveries::defer(&self.db, &delivery.org_id, &delivery.id, now).await?;
+                if let Err(error) = deliveries::defer(&self.db, &delivery.org_id, &delivery.id, now).await {
+                    unstarted.push_front(delivery);
+                    return Err(error);
+                }
                 deferred_until = Some(now);
                 continue;
             };
