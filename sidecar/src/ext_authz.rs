@@ -5,11 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpStatusCode, OkHttpResponse,
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpStatusCode,
 };
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use tonic::{Request, Response, Status};
 
+use crate::cache::{KeyId, Principal};
 use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, parse_scopes};
 use crate::client_address::parse_ip;
 use crate::http::{credential_from, identity_headers, www_authenticate};
@@ -34,9 +35,19 @@ impl ExtAuthz {
     }
 }
 
-fn allowed(response: OkHttpResponse) -> CheckResponse {
+/// The answer allowing a request as key `key_id`, granted `principal`: its
+/// identity headers set (overwriting any the client sent), and
+/// `remove_header` (the credential, when it is stripped) removed.
+pub fn allowed(key_id: &KeyId, principal: &Principal, remove_header: Option<&str>) -> CheckResponse {
+    let mut ok = OkHttpResponseBuilder::new();
+    for (name, value) in identity_headers(key_id, principal) {
+        ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
+    }
+    if let Some(name) = remove_header {
+        ok.remove_header(name);
+    }
     let mut check = CheckResponse::with_status(Status::ok("allowed"));
-    check.set_http_response(response);
+    check.set_http_response(ok.build());
     check
 }
 
@@ -89,14 +100,7 @@ impl Authorization for ExtAuthz {
         let check = CheckInput { credential, required_scopes: &required, peer: &peer, client, cost, request_id };
         let response = match self.checker.check(&check).await {
             Decision::Allow { key_id, principal } => {
-                let mut ok = OkHttpResponseBuilder::new();
-                for (name, value) in identity_headers(&key_id, &principal) {
-                    ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
-                }
-                if self.strip_credential {
-                    ok.remove_header(self.credential_header.clone());
-                }
-                allowed(ok.build())
+                allowed(&key_id, &principal, self.strip_credential.then_some(self.credential_header.as_str()))
             }
             Decision::Deny(denial) => {
                 let (code, http) = match denial.status {

@@ -194,21 +194,29 @@ async fn a_silent_control_plane_costs_a_cache_miss_at_most_the_sidecar_timeout()
     plane.stop().await;
 }
 
+/// A Postgres cluster of the test's own (to stop and start) and a control
+/// plane on it that may deliver webhooks to loopback, changed by `adjust`;
+/// `None` without Postgres.
+async fn webhooks_on_dedicated_postgres(
+    adjust: impl FnOnce(&mut keyplane_control_plane::Config),
+) -> Option<(PgServer, TestControlPlane)> {
+    let server = postgres::dedicated()?;
+    let url = server.create_database().await;
+    let plane = keyplane_tests::webhooks::start(Backend::Postgres, |config| {
+        config.storage.database_url = Some(url);
+        adjust(config);
+    })
+    .await?;
+    Some((server, plane))
+}
+
 /// Postgres restarted while events are published and keys checked: every
 /// publication acknowledged (before, during or after the outage) is
 /// delivered exactly once — the receiver answers 200, so no retry is ever
 /// due — and health comes back without restarting Keyplane.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_under_load_loses_no_event_and_sends_none_twice() {
-    let Some(server) = postgres::dedicated() else { return };
-    let url = server.create_database().await;
-    let Some(plane) = keyplane_tests::webhooks::start(Backend::Postgres, |config| {
-        config.storage.database_url = Some(url);
-    })
-    .await
-    else {
-        return;
-    };
+    let Some((server, plane)) = webhooks_on_dedicated_postgres(|_| {}).await else { return };
     let org = random_org();
     let receiver = keyplane_tests::receiver::Receiver::start().await;
     keyplane_tests::webhooks::subscribe(&plane, &org, &receiver.url("/hook"), &["load.tested"]).await;
@@ -272,10 +280,7 @@ async fn queued_deliveries_go_out_soon_after_a_database_restart() {
     use keyplane_tests::receiver::{Behavior, Receiver};
     use keyplane_tests::webhooks::{publish, subscribe};
 
-    let Some(server) = postgres::dedicated() else { return };
-    let url = server.create_database().await;
-    let Some(plane) = keyplane_tests::webhooks::start(Backend::Postgres, |config| {
-        config.storage.database_url = Some(url);
+    let Some((server, plane)) = webhooks_on_dedicated_postgres(|config| {
         config.webhooks.concurrency = 1;
         config.webhooks.lease = Duration::from_secs(60);
     })

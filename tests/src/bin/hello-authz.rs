@@ -2,21 +2,20 @@
 //! once: the ceiling the sidecar's ext_authz `Check` is compared with in
 //! BENCHMARKS.md (same service, same messages, same tonic server).
 //!
-//! By default the answer has the shape of the sidecar's allowed answer (its
-//! six identity headers, from `identity_headers`, for a key like the load
-//! generator's; the credential header removed), built per check the same way, so the comparison isolates
-//! the check itself from encoding, sending and decoding a larger answer.
+//! By default the answer is the sidecar's allowed answer, built per check by
+//! the sidecar's own `ext_authz::allowed` for a key like the load
+//! generator's (six identity headers, the credential header removed), so the
+//! comparison isolates the check itself from encoding, sending and decoding
+//! a larger answer.
 //! `--bare` answers with the status alone.
 //!
 //! `hello-authz 127.0.0.1:18090 [--bare]`
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
-};
-use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
+use envoy_types::ext_authz::v3::CheckResponseExt;
+use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use keyplane_proto::token::Environment;
 use keyplane_sidecar::cache::{KeyId, Principal};
-use keyplane_sidecar::http::identity_headers;
+use keyplane_sidecar::ext_authz::allowed;
 use tonic::{Request, Response, Status};
 
 struct AllowAll {
@@ -27,16 +26,10 @@ struct AllowAll {
 #[tonic::async_trait]
 impl Authorization for AllowAll {
     async fn check(&self, _request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let mut check = CheckResponse::with_status(Status::ok("allowed"));
-        if let Some((key_id, principal)) = &self.answer_as {
-            let mut ok = OkHttpResponseBuilder::new();
-            for (name, value) in identity_headers(key_id, principal) {
-                ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
-            }
-            ok.remove_header("authorization");
-            check.set_http_response(ok.build());
-        }
-        Ok(Response::new(check))
+        Ok(Response::new(match &self.answer_as {
+            Some((key_id, principal)) => allowed(key_id, principal, Some("authorization")),
+            None => CheckResponse::with_status(Status::ok("allowed")),
+        }))
     }
 }
 
