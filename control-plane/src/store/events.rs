@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, Condition, ExprTrait};
+use sea_orm::{Condition, ExprTrait};
 
 use super::OrgTx;
 use crate::error::Result;
@@ -26,22 +26,41 @@ pub struct Model {
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// Stores a new event of the transaction's org, published now.
-pub async fn insert(tx: &OrgTx, event_type: &str, payload: String, idempotency_key: Option<String>) -> Result<Model> {
-    let row = ActiveModel {
-        id: Set(crate::crypto::new_id("msg_")),
-        org_id: Set(tx.org().to_owned()),
-        event_type: Set(event_type.to_owned()),
-        payload: Set(payload),
-        idempotency_key: Set(idempotency_key),
-        created_at: Set(super::now()),
-    };
-    Ok(row.insert(tx.conn()).await?)
+/// A new event of the transaction's org, published at `published_at`; not
+/// stored until [`insert_all`].
+pub fn new(
+    tx: &OrgTx,
+    event_type: &str,
+    payload: String,
+    idempotency_key: Option<String>,
+    published_at: DateTime<Utc>,
+) -> Model {
+    Model {
+        id: crate::crypto::new_id("msg_"),
+        org_id: tx.org().to_owned(),
+        event_type: event_type.to_owned(),
+        payload,
+        idempotency_key,
+        created_at: published_at,
+    }
 }
 
-/// The event of `org` published with `key`.
-pub async fn find_by_idempotency_key(db: &impl ConnectionTrait, org: &str, key: &str) -> Result<Option<Model>> {
-    Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(Column::IdempotencyKey.eq(key)).one(db).await?)
+/// Stores `events`, made by [`new`] for the transaction's org.
+pub async fn insert_all(tx: &OrgTx, events: Vec<Model>) -> Result<()> {
+    // Six columns a row: well inside the smallest bind limit (SQLite's 32,766).
+    super::insert_chunked::<Entity>(tx, events, 1_000).await
+}
+
+/// The events of `org` published with one of `keys`.
+pub async fn find_by_idempotency_keys(db: &impl ConnectionTrait, org: &str, keys: &[&str]) -> Result<Vec<Model>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(Entity::find()
+        .filter(Column::OrgId.eq(org))
+        .filter(Column::IdempotencyKey.is_in(keys.iter().copied()))
+        .all(db)
+        .await?)
 }
 
 /// Events by id, across orgs: for the dispatcher, which sends every org's

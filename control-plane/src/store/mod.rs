@@ -138,6 +138,23 @@ async fn delete_batch<E: EntityTrait>(
     delete_keys::<E>(db, key, keys).await
 }
 
+/// Inserts `rows` of `E` in multi-row statements of at most `per_statement`
+/// rows each (a statement's bind parameters are limited).
+async fn insert_chunked<E: EntityTrait>(
+    tx: &OrgTx,
+    rows: impl IntoIterator<Item = E::Model>,
+    per_statement: usize,
+) -> Result<()>
+where
+    E::Model: sea_orm::IntoActiveModel<E::ActiveModel>,
+{
+    let mut rows = rows.into_iter().map(sea_orm::IntoActiveModel::into_active_model).peekable();
+    while rows.peek().is_some() {
+        E::insert_many(rows.by_ref().take(per_statement)).exec_without_returning(tx.conn()).await?;
+    }
+    Ok(())
+}
+
 /// A transaction bound to one org. An audited one (from [`OrgTx::begin`])
 /// holds, on Postgres, the org's advisory lock, which serialises the org's
 /// audit chain; SQLite already has one writer.

@@ -1,7 +1,9 @@
-//! Publications take no org-wide lock: concurrent publishers of one org and
-//! of two orgs, racing one idempotency key, while the org's keys are created
-//! and revoked (audited, and appending key events). Nothing is lost or
-//! doubled, the audit chains verify and the key-event log has no gap.
+//! Publications take no org-wide lock and are written in batches (group
+//! commit): concurrent publishers of one org and of two orgs, racing
+//! idempotency keys within a batch, across batches and across replicas,
+//! while the org's keys are created and revoked (audited, and appending key
+//! events). Nothing is lost or doubled, each caller gets its own event, the
+//! audit chains verify and the key-event log has no gap.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -35,9 +37,12 @@ fn publishers(plane: &TestControlPlane, org: &str) -> Vec<tokio::task::JoinHandl
                         payload_json: format!(r#"{{"publisher":{p},"n":{i}}}"#),
                         idempotency_key: String::new(),
                     };
+                    let payload = request.payload_json.clone();
                     let published = events.publish_event(request).await.expect("publish").into_inner();
                     assert!(!published.duplicate);
-                    ids.push(published.event.expect("event").id);
+                    let event = published.event.expect("event");
+                    assert_eq!(event.payload_json, payload, "each caller is answered with its own event");
+                    ids.push(event.id);
                 }
                 ids
             })
@@ -172,6 +177,98 @@ async fn concurrent_publishers_and_key_changes_keep_every_guarantee(backend: Bac
         })
         .count();
     assert_eq!(revoked, KEY_CHANGES);
+    plane.stop().await;
+}
+
+both_backends!(idempotency_keys_raced_within_and_across_batches_publish_once);
+
+const RACERS: usize = 12;
+const RACED_KEYS: usize = 25;
+
+/// Racers publish the same idempotency keys in the same order, meeting at a
+/// barrier before each key, each key after a publication without one, half of them through a second
+/// replica on Postgres (SQLite has one writer process). Duplicates meet in
+/// batches of two writers of a process and in two processes (duplicates
+/// within one batch: the publisher's unit test): every key is stored once, every racer is answered with that
+/// event and exactly one of them as its publisher, keyless publications
+/// get their own events, and each event is delivered once.
+async fn idempotency_keys_raced_within_and_across_batches_publish_once(backend: Backend) {
+    let plane = start_webhooks_or_skip!(backend);
+    let replica = match backend {
+        Backend::Postgres => Some(plane.replica().await),
+        Backend::Sqlite => None,
+    };
+    let receiver = Receiver::start().await;
+    let org = random_org();
+    subscribe(&plane, &org, &receiver.url("/hook"), &["*"]).await;
+    let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|r| {
+            let start_line = start_line.clone();
+            let via = match &replica {
+                Some(replica) if r % 2 == 1 => replica,
+                _ => &plane,
+            };
+            let (addr, token, org) = (via.addr.to_string(), via.root_token.clone(), org.clone());
+            tokio::spawn(async move {
+                let channel = keyplane_tests::authed_channel(&addr, &token).await;
+                let mut events = pb::event_service_client::EventServiceClient::new(channel);
+                let mut keyed = Vec::new();
+                let mut keyless = Vec::new();
+                for k in 0..RACED_KEYS {
+                    for key in [String::new(), format!("key-{k}")] {
+                        if !key.is_empty() {
+                            start_line.wait().await;
+                        }
+                        let payload_json = format!(r#"{{"racer":{r},"key":"{key}"}}"#);
+                        let request = pb::PublishEventRequest {
+                            org_id: org.clone(),
+                            event_type: "order.paid".into(),
+                            payload_json: payload_json.clone(),
+                            idempotency_key: key.clone(),
+                        };
+                        let published = events.publish_event(request).await.expect("publish").into_inner();
+                        let event = published.event.expect("event");
+                        assert_eq!(event.idempotency_key, key, "answered with an event of its own key");
+                        if key.is_empty() {
+                            assert!(!published.duplicate);
+                            assert_eq!(event.payload_json, payload_json, "answered with its own event");
+                            keyless.push(event.id);
+                        } else {
+                            assert_eq!(published.duplicate, published.deliveries_created == 0);
+                            keyed.push((key, event.id, published.duplicate));
+                        }
+                    }
+                }
+                (keyed, keyless)
+            })
+        })
+        .collect();
+    let mut by_key: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut publishers: HashMap<String, usize> = HashMap::new();
+    let mut expected: HashSet<String> = HashSet::new();
+    for task in racers {
+        let (keyed, keyless) = task.await.expect("racer");
+        expected.extend(keyless);
+        for (key, id, duplicate) in keyed {
+            *publishers.entry(key.clone()).or_default() += usize::from(!duplicate);
+            by_key.entry(key).or_default().insert(id);
+        }
+    }
+    assert_eq!(by_key.len(), RACED_KEYS);
+    for (key, ids) in &by_key {
+        assert_eq!(ids.len(), 1, "{key}: every racer got the first event: {ids:?}");
+        assert_eq!(publishers[key], 1, "{key}: exactly one racer published it");
+        expected.extend(ids.iter().cloned());
+    }
+    assert_eq!(expected.len(), RACED_KEYS + RACERS * RACED_KEYS);
+    receiver.wait_for("/hook", expected.len(), WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count("/hook"), expected.len(), "nothing sent twice");
+    assert_eq!(receiver.webhook_ids("/hook"), expected, "every stored event arrived");
+    let db = plane.database().await;
+    let stored = rows(&db, format!("SELECT COUNT(*) AS n FROM webhook_events WHERE org_id = '{org}'")).await;
+    assert_eq!(stored[0].try_get::<i64>("", "n").unwrap() as usize, expected.len(), "no stray event stored");
     plane.stop().await;
 }
 

@@ -116,8 +116,7 @@ impl DeliveryService {
         let subscription = require_active(&tx, subscription_id).await?;
         let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });
         let target = std::slice::from_ref(&subscription.id);
-        let (event, mut deliveries) =
-            outbox::publish_to(&tx, TEST_EVENT_TYPE, payload.to_string(), None, target, None).await?;
+        let (event, mut deliveries) = outbox::publish_to(&tx, TEST_EVENT_TYPE, payload.to_string(), target).await?;
         audit::append(
             &tx,
             ctx.audit("delivery.test_sent", "webhook_subscription", subscription_id, json!({ "event_id": event.id })),

@@ -1,5 +1,5 @@
-//! PublishEvent: the caller's event, validated, written to the outbox with
-//! a delivery per matching subscription.
+//! PublishEvent: the caller's event, validated, then written to the outbox
+//! with a delivery per matching subscription by the [`super::publisher`].
 
 use std::sync::Arc;
 
@@ -7,13 +7,13 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
 use super::event_types::check_event_type;
-use super::outbox;
 use super::policy::WebhookPolicy;
-use crate::error::{Error, Result, is_unique_violation};
+use super::publisher::{Publication, Publisher};
+use crate::error::Result;
 use crate::service::Wakeups;
 use crate::service::auth::{RequestContext, Scope};
 use crate::service::validate::Violations;
-use crate::store::{OrgTx, events};
+use crate::store::events;
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
@@ -30,14 +30,13 @@ pub struct Published {
 
 /// The event service.
 pub struct EventService {
-    db: DatabaseConnection,
-    wakeups: Wakeups,
+    publisher: Publisher,
     policy: Arc<WebhookPolicy>,
 }
 
 impl EventService {
     pub fn new(db: DatabaseConnection, wakeups: Wakeups, policy: Arc<WebhookPolicy>) -> Self {
-        Self { db, wakeups, policy }
+        Self { publisher: Publisher::start(db, wakeups), policy }
     }
 
     /// Publishes an event to the org's matching subscriptions.
@@ -69,33 +68,16 @@ impl EventService {
         violations.optional_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_LEN);
         violations.finish()?;
 
-        let idempotency_key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned());
         // A publication is data-plane traffic: it is not audited, so it
         // takes no org-wide lock and the org's publishers do not queue
         // behind one another (ARCHITECTURE.md, "A webhook delivery").
-        let tx = OrgTx::begin_unaudited(&self.db, &org).await?;
-        if let Some(key) = &idempotency_key
-            && let Some(event) = events::find_by_idempotency_key(tx.conn(), tx.org(), key).await?
-        {
-            return Ok(Published { event, deliveries_created: 0, duplicate: true });
-        }
-        let leased_until = self.wakeups.publication_lease(crate::store::now());
-        match outbox::publish_to_matching(&tx, event_type, payload_json, idempotency_key.clone(), leased_until).await {
-            Ok((event, deliveries)) => {
-                let deliveries_created = deliveries.len();
-                self.wakeups.commit_published(tx, deliveries, leased_until.is_some()).await?;
-                Ok(Published { event, deliveries_created, duplicate: false })
-            }
-            // A concurrent publication with the same key committed first
-            // (its insert held ours until then): that one is the event.
-            Err(Error::Database(error)) if idempotency_key.is_some() && is_unique_violation(&error) => {
-                drop(tx);
-                let key = idempotency_key.as_deref().unwrap_or_default();
-                let event =
-                    events::find_by_idempotency_key(&self.db, &org, key).await?.ok_or(Error::Database(error))?;
-                Ok(Published { event, deliveries_created: 0, duplicate: true })
-            }
-            Err(error) => Err(error),
-        }
+        self.publisher
+            .publish(Publication {
+                org,
+                event_type: event_type.to_owned(),
+                payload: payload_json,
+                idempotency_key: (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned()),
+            })
+            .await
     }
 }

@@ -8,6 +8,7 @@
 //! | [`event_types`] | the event-type and pattern grammar |
 //! | [`outbox`] | writing an event and its deliveries in one transaction |
 //! | [`events`] | PublishEvent |
+//! | [`publisher`] | group commit: concurrent publications written a batch per transaction |
 //! | [`deliveries`] | reading, retrying and test-sending deliveries |
 //! | [`portal`] | one-time links to the webhook portal for an org |
 //! | [`dispatch`] | sending: the loop, retries, throttling, the request, endpoint health |
@@ -19,6 +20,7 @@ pub mod events;
 pub mod outbox;
 pub mod policy;
 pub mod portal;
+pub mod publisher;
 pub mod secrets;
 pub mod subscriptions;
 

@@ -1,53 +1,81 @@
-//! The outbox: an event and its deliveries are written in the caller's
+//! The outbox: events and their deliveries are written in the caller's
 //! transaction, so a committed event is delivered even if the process dies
 //! right after. Commit with [`crate::service::Wakeups::commit_deliveries`]
-//! (or `commit_key_change`) so the dispatcher sends at once.
+//! (or `commit_key_change`, `commit_published`) so the dispatcher sends at once.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::event_types::matches;
 use crate::error::Result;
-use crate::store::deliveries::EventRef;
 use crate::store::{OrgTx, deliveries, events, webhooks};
 
-/// Stores an event of the transaction's org with a delivery to every active
-/// subscription whose patterns match it (due at once, or leased to this
-/// process's dispatcher until `leased_until`); returns it and its deliveries.
-pub async fn publish_to_matching(
-    tx: &OrgTx,
-    event_type: &str,
-    payload: String,
-    idempotency_key: Option<String>,
+/// Events of one org and their deliveries, stored together by [`Outbox::write`]:
+/// a statement per table for the lot, not per event.
+pub struct Outbox {
+    published_at: DateTime<Utc>,
     leased_until: Option<DateTime<Utc>>,
-) -> Result<(events::Model, Vec<deliveries::Model>)> {
-    let targets: Vec<String> = webhooks::active(tx.conn(), tx.org())
-        .await?
-        .into_iter()
+    events: Vec<events::Model>,
+    deliveries: Vec<deliveries::Model>,
+}
+
+impl Outbox {
+    /// An empty outbox for events published at `published_at`, whose
+    /// deliveries are due at once or, when `leased_until` is set, leased to
+    /// this process's dispatcher until then.
+    pub fn new(published_at: DateTime<Utc>, leased_until: Option<DateTime<Utc>>) -> Self {
+        Self { published_at, leased_until, events: Vec::new(), deliveries: Vec::new() }
+    }
+
+    /// Adds an event of the transaction's org with a delivery to each of
+    /// `subscription_ids`; returns it.
+    pub fn add(
+        &mut self,
+        tx: &OrgTx,
+        event_type: &str,
+        payload: String,
+        idempotency_key: Option<String>,
+        subscription_ids: &[String],
+    ) -> &events::Model {
+        let event = events::new(tx, event_type, payload, idempotency_key, self.published_at);
+        self.deliveries.extend(deliveries::new_for_event(&event, subscription_ids, self.leased_until));
+        self.events.push(event);
+        &self.events[self.events.len() - 1]
+    }
+
+    /// Stores what was added; returns the deliveries.
+    pub async fn write(self, tx: &OrgTx) -> Result<Vec<deliveries::Model>> {
+        events::insert_all(tx, self.events).await?;
+        deliveries::insert_all(tx, &self.deliveries).await?;
+        Ok(self.deliveries)
+    }
+}
+
+/// The ids of `subscriptions` with a pattern that matches `event_type`.
+pub fn matching(subscriptions: &[webhooks::Model], event_type: &str) -> Vec<String> {
+    subscriptions
+        .iter()
         .filter(|s| s.event_type_list().iter().any(|pattern| matches(pattern, event_type)))
-        .map(|s| s.id)
-        .collect();
-    publish_to(tx, event_type, payload, idempotency_key, &targets, leased_until).await
+        .map(|s| s.id.clone())
+        .collect()
 }
 
 /// Publishes one of Keyplane's own events (`api_key.created`,
 /// `webhook.endpoint_disabled`, …) to the org's matching subscriptions.
 pub async fn publish_system_event(tx: &OrgTx, event_type: &str, data: Value) -> Result<()> {
-    publish_to_matching(tx, event_type, data.to_string(), None, None).await.map(drop)
+    let subscriptions = webhooks::active(tx.conn(), tx.org()).await?;
+    publish_to(tx, event_type, data.to_string(), &matching(&subscriptions, event_type)).await.map(drop)
 }
 
-/// Stores an event of the transaction's org with a delivery to each of
+/// Stores an event of the transaction's org, due at once to each of
 /// `subscription_ids`, whatever their patterns (a test event, say).
 pub async fn publish_to(
     tx: &OrgTx,
     event_type: &str,
     payload: String,
-    idempotency_key: Option<String>,
     subscription_ids: &[String],
-    leased_until: Option<DateTime<Utc>>,
 ) -> Result<(events::Model, Vec<deliveries::Model>)> {
-    let event = events::insert(tx, event_type, payload, idempotency_key).await?;
-    let carried = EventRef { id: &event.id, event_type: &event.event_type, published_at: event.created_at };
-    let deliveries = deliveries::insert_for_event(tx, carried, subscription_ids, leased_until).await?;
-    Ok((event, deliveries))
+    let mut outbox = Outbox::new(crate::store::now(), None);
+    let event = outbox.add(tx, event_type, payload, None, subscription_ids).clone();
+    Ok((event, outbox.write(tx).await?))
 }
