@@ -20,8 +20,9 @@ use crate::error::{DATABASE_UNAVAILABLE, Error, Result, is_unavailable, is_uniqu
 use crate::service::Wakeups;
 use crate::store::{self, OrgTx, events, webhooks};
 
-/// Batches being written at once at most: while some commit, the next gather.
-const WRITERS: usize = 4;
+/// Batches being written at once at most: while one commits, the next
+/// gathers (1, 2 and 4 measured alike within the noise: BENCHMARKS.md).
+const WRITERS: usize = 2;
 /// Publications in one batch at most.
 const MAX_BATCH: usize = 64;
 /// Publications waiting for a writer at most; past it, callers wait to queue.
