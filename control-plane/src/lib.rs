@@ -173,7 +173,7 @@ pub async fn run(
         (None, None) => None,
     };
     let portal = Arc::new(PortalLinks::new(db.clone(), console_url.clone()));
-    let events = Arc::new(EventService::new(db.clone(), wakeups.clone(), policy));
+    let events = Arc::new(EventService::new(db.clone(), wakeups.clone(), policy, metrics.clone()));
     let deliveries = Arc::new(DeliveryService::new(db.clone(), wakeups.clone()));
     let oauth_client = oauth::OAuthClient::new(&egress, config.oauth_timeout)?;
     let connections = Arc::new(ConnectionService::new(db.clone(), master_keys.clone(), providers, oauth_client));

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub webhook_attempts: Family<Labels, Counter>,
     /// Webhook request time.
     pub webhook_attempt_seconds: Histogram,
+    /// Publications stored per transaction (group commit).
+    pub publication_batch_size: Histogram,
     /// Usage counts applied, and those naming no key.
     pub usage_counts: Family<Labels, Counter>,
     /// Requests refused before any work, by the limit that refused them.
@@ -55,6 +57,12 @@ impl Default for Metrics {
         registry.register("webhook_attempts", "Webhook delivery attempts by outcome", webhook_attempts.clone());
         let webhook_attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register("webhook_attempt_seconds", "Webhook request time", webhook_attempt_seconds.clone());
+        let publication_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 7));
+        registry.register(
+            "publication_batch_size",
+            "Publications stored per transaction (concurrent PublishEvent calls are group-committed)",
+            publication_batch_size.clone(),
+        );
         let usage_counts = Family::<Labels, Counter>::default();
         registry.register(
             "usage_counts",
@@ -76,6 +84,7 @@ impl Default for Metrics {
             verify_throttled,
             webhook_attempts,
             webhook_attempt_seconds,
+            publication_batch_size,
             usage_counts,
         }
     }

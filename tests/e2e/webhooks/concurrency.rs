@@ -132,6 +132,11 @@ async fn concurrent_publishers_and_key_changes_keep_every_guarantee(backend: Bac
     assert_eq!(paid.len(), 1, "every racer got the first event: {raced:?}");
     assert_eq!(raced.iter().filter(|(_, duplicate)| !duplicate).count(), 1, "one racer published it");
     busy_ids.extend(paid.into_iter().cloned());
+    // Every publication went through the group commit, in fewer batches.
+    let batched = plane.metric("keyplane_publication_batch_size_sum", "").await;
+    let batches = plane.metric("keyplane_publication_batch_size_count", "").await;
+    assert_eq!(batched as usize, 2 * PUBLISHERS * EVENTS_EACH + raced.len(), "publications in batches");
+    assert!(batches >= 1.0 && batches <= batched, "{batches} batches");
 
     // Each event reached each matching endpoint exactly once.
     let total = PUBLISHERS * EVENTS_EACH;

@@ -10,6 +10,7 @@ use super::event_types::check_event_type;
 use super::policy::WebhookPolicy;
 use super::publisher::{Publication, Publisher};
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::service::Wakeups;
 use crate::service::auth::{RequestContext, Scope};
 use crate::service::validate::Violations;
@@ -35,8 +36,8 @@ pub struct EventService {
 }
 
 impl EventService {
-    pub fn new(db: DatabaseConnection, wakeups: Wakeups, policy: Arc<WebhookPolicy>) -> Self {
-        Self { publisher: Publisher::start(db, wakeups), policy }
+    pub fn new(db: DatabaseConnection, wakeups: Wakeups, policy: Arc<WebhookPolicy>, metrics: Arc<Metrics>) -> Self {
+        Self { publisher: Publisher::start(db, wakeups, metrics), policy }
     }
 
     /// Publishes an event to the org's matching subscriptions.

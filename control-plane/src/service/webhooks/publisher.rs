@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::events::Published;
 use super::outbox::{Outbox, matching};
 use crate::error::{DATABASE_UNAVAILABLE, Error, Result, is_unavailable, is_unique_violation};
+use crate::metrics::Metrics;
 use crate::service::Wakeups;
 use crate::store::{self, OrgTx, events, webhooks};
 
@@ -51,11 +52,12 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the writers; they stop once the publisher is dropped and the
     /// queue is empty.
-    pub fn start(db: DatabaseConnection, wakeups: Wakeups) -> Self {
+    pub fn start(db: DatabaseConnection, wakeups: Wakeups, metrics: Arc<Metrics>) -> Self {
         let (queue, batches) = mpsc::channel(QUEUE_CAPACITY);
         let batches = Arc::new(Mutex::new(batches));
         for _ in 0..WRITERS {
-            tokio::spawn(write_batches(batches.clone(), db.clone(), wakeups.clone()));
+            let writer = Writer { db: db.clone(), wakeups: wakeups.clone(), metrics: metrics.clone() };
+            tokio::spawn(writer.write_batches(batches.clone()));
         }
         Self { queue }
     }
@@ -69,31 +71,41 @@ impl Publisher {
     }
 }
 
-async fn write_batches(batches: Arc<Mutex<mpsc::Receiver<Queued>>>, db: DatabaseConnection, wakeups: Wakeups) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        if batches.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let mut by_org: HashMap<String, Vec<Queued>> = HashMap::new();
-        // A caller that has gone (cancelled, or answered UNAVAILABLE while
-        // the database was lost) is told nothing: its publication is not
-        // stored behind its back.
-        for queued in batch.drain(..).filter(|queued| !queued.answer.is_closed()) {
-            by_org.entry(queued.publication.org.clone()).or_default().push(queued);
-        }
-        for (org, queued) in by_org {
-            let (publications, answers): (Vec<_>, Vec<_>) =
-                queued.into_iter().map(|q| (q.publication, q.answer)).unzip();
-            match write_retrying(&db, &wakeups, &org, &publications).await {
-                Ok(published) => {
-                    for (answer, published) in answers.into_iter().zip(published) {
-                        let _ = answer.send(Ok(published));
+/// What a writer task needs.
+struct Writer {
+    db: DatabaseConnection,
+    wakeups: Wakeups,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    async fn write_batches(self, batches: Arc<Mutex<mpsc::Receiver<Queued>>>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            if batches.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+            let mut by_org: HashMap<String, Vec<Queued>> = HashMap::new();
+            // A caller that has gone (cancelled, or answered UNAVAILABLE while
+            // the database was lost) is told nothing: its publication is not
+            // stored behind its back.
+            for queued in batch.drain(..).filter(|queued| !queued.answer.is_closed()) {
+                by_org.entry(queued.publication.org.clone()).or_default().push(queued);
+            }
+            for (org, queued) in by_org {
+                self.metrics.publication_batch_size.observe(queued.len() as f64);
+                let (publications, answers): (Vec<_>, Vec<_>) =
+                    queued.into_iter().map(|q| (q.publication, q.answer)).unzip();
+                match write_retrying(&self.db, &self.wakeups, &org, &publications).await {
+                    Ok(published) => {
+                        for (answer, published) in answers.into_iter().zip(published) {
+                            let _ = answer.send(Ok(published));
+                        }
                     }
-                }
-                Err(error) => {
-                    for answer in answers {
-                        let _ = answer.send(Err(for_each_caller(&error)));
+                    Err(error) => {
+                        for answer in answers {
+                            let _ = answer.send(Err(for_each_caller(&error)));
+                        }
                     }
                 }
             }
