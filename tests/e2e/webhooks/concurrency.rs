@@ -310,3 +310,60 @@ async fn deliveries_that_outlive_their_lease_in_the_queue_are_sent_once(backend:
     assert_eq!(receiver.count("/slow"), published.len(), "no event was sent twice");
     plane.stop().await;
 }
+
+/// A publication queued behind busy writers whose caller gives up (its
+/// deadline passes) is dropped, not stored behind the caller's back once
+/// the writers are free. Postgres: a test transaction locks the events
+/// table so that both writers wait inside their batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_whose_caller_gave_up_in_the_queue_is_not_stored_postgres() {
+    use sea_orm::TransactionTrait;
+
+    let plane = start_webhooks_or_skip!(Backend::Postgres);
+    let receiver = Receiver::start().await;
+    let org = random_org();
+    subscribe(&plane, &org, &receiver.url("/hook"), &["*"]).await;
+    let db = plane.database().await;
+    let lock = db.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+
+    let channel = keyplane_tests::authed_channel(&plane.addr.to_string(), &plane.root_token).await;
+    let events = pb::event_service_client::EventServiceClient::new(channel);
+    let request = |n: u32| pb::PublishEventRequest {
+        org_id: org.clone(),
+        event_type: "order.paid".into(),
+        payload_json: format!(r#"{{"n":{n}}}"#),
+        idempotency_key: String::new(),
+    };
+    // One publication per writer, each then waiting on the lock.
+    let stuck: Vec<_> = (1..=2)
+        .map(|n| {
+            let (mut events, request) = (events.clone(), request(n));
+            tokio::spawn(async move { events.publish_event(request).await.expect("publish").into_inner() })
+        })
+        .collect();
+    let waiting = "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT%'";
+    keyplane_tests::eventually(
+        || async { rows(&db, waiting.into()).await[0].try_get::<i64>("", "n").unwrap() },
+        |n| *n == 2,
+    )
+    .await;
+
+    let mut impatient = tonic::Request::new(request(3));
+    impatient.set_timeout(Duration::from_millis(300));
+    let refused = events.clone().publish_event(impatient).await.expect_err("no writer is free before the deadline");
+    assert!(matches!(refused.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().await.expect("unlock");
+
+    for task in stuck {
+        assert!(!task.await.expect("publisher").duplicate);
+    }
+    receiver.wait_for("/hook", 2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = rows(&db, format!("SELECT payload FROM webhook_events WHERE org_id = '{org}' ORDER BY payload")).await;
+    let payloads: Vec<String> = stored.iter().map(|row| row.try_get("", "payload").unwrap()).collect();
+    assert_eq!(payloads, [r#"{"n":1}"#, r#"{"n":2}"#], "the publication given up on was not stored");
+    assert_eq!(receiver.count("/hook"), 2);
+    plane.stop().await;
+}
