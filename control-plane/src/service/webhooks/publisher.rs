@@ -96,7 +96,7 @@ impl Writer {
                 self.metrics.publication_batch_size.observe(queued.len() as f64);
                 let (publications, answers): (Vec<_>, Vec<_>) =
                     queued.into_iter().map(|q| (q.publication, q.answer)).unzip();
-                match write_retrying(&self.db, &self.wakeups, &org, &publications).await {
+                match self.write_retrying(&org, &publications).await {
                     Ok(published) => {
                         for (answer, published) in answers.into_iter().zip(published) {
                             let _ = answer.send(Ok(published));
@@ -111,66 +111,59 @@ impl Writer {
             }
         }
     }
-}
 
-/// Writes one org's batch. A unique violation means another transaction
-/// (another writer, another replica) stored one of the batch's idempotency
-/// keys and committed first (the conflicting insert waited for it): written
-/// again, the batch finds that event.
-async fn write_retrying(
-    db: &DatabaseConnection,
-    wakeups: &Wakeups,
-    org: &str,
-    publications: &[Publication],
-) -> Result<Vec<Published>> {
-    let mut retries = 0;
-    loop {
-        match write(db, wakeups, org, publications).await {
-            Err(Error::Database(error)) if is_unique_violation(&error) && retries < KEY_RACE_RETRIES => retries += 1,
-            result => return result,
+    /// Writes one org's batch. A unique violation means another transaction
+    /// (another writer, another replica) stored one of the batch's idempotency
+    /// keys and committed first (the conflicting insert waited for it): written
+    /// again, the batch finds that event.
+    async fn write_retrying(&self, org: &str, publications: &[Publication]) -> Result<Vec<Published>> {
+        let mut retries = 0;
+        loop {
+            match self.write(org, publications).await {
+                Err(Error::Database(error)) if is_unique_violation(&error) && retries < KEY_RACE_RETRIES => {
+                    retries += 1
+                }
+                result => return result,
+            }
         }
     }
-}
 
-/// Stores the events of one org's batch, each with a delivery to every
-/// active subscription that matches it, in one transaction; an idempotency
-/// key already used (before, or earlier in the batch) answers with its
-/// first event instead.
-async fn write(
-    db: &DatabaseConnection,
-    wakeups: &Wakeups,
-    org: &str,
-    publications: &[Publication],
-) -> Result<Vec<Published>> {
-    let tx = OrgTx::begin_unaudited(db, org).await?;
-    let keys: Vec<&str> = publications.iter().filter_map(|p| p.idempotency_key.as_deref()).collect();
-    let mut first_with_key: HashMap<String, events::Model> = events::find_by_idempotency_keys(tx.conn(), org, &keys)
-        .await?
-        .into_iter()
-        .filter_map(|event| Some((event.idempotency_key.clone()?, event)))
-        .collect();
-    let subscriptions = webhooks::active(tx.conn(), org).await?;
-    let now = store::now();
-    let leased_until = wakeups.publication_lease(now);
-    let mut outbox = Outbox::new(now, leased_until);
-    let mut published = Vec::with_capacity(publications.len());
-    for publication in publications {
-        let key = publication.idempotency_key.as_ref();
-        if let Some(event) = key.and_then(|key| first_with_key.get(key)) {
-            published.push(Published { event: event.clone(), deliveries_created: 0, duplicate: true });
-            continue;
+    /// Stores the events of one org's batch, each with a delivery to every
+    /// active subscription that matches it, in one transaction; an idempotency
+    /// key already used (before, or earlier in the batch) answers with its
+    /// first event instead.
+    async fn write(&self, org: &str, publications: &[Publication]) -> Result<Vec<Published>> {
+        let tx = OrgTx::begin_unaudited(&self.db, org).await?;
+        let keys: Vec<&str> = publications.iter().filter_map(|p| p.idempotency_key.as_deref()).collect();
+        let mut first_with_key: HashMap<String, events::Model> =
+            events::find_by_idempotency_keys(tx.conn(), org, &keys)
+                .await?
+                .into_iter()
+                .filter_map(|event| Some((event.idempotency_key.clone()?, event)))
+                .collect();
+        let subscriptions = webhooks::active(tx.conn(), org).await?;
+        let now = store::now();
+        let leased_until = self.wakeups.publication_lease(now);
+        let mut outbox = Outbox::new(now, leased_until);
+        let mut published = Vec::with_capacity(publications.len());
+        for publication in publications {
+            let key = publication.idempotency_key.as_ref();
+            if let Some(event) = key.and_then(|key| first_with_key.get(key)) {
+                published.push(Published { event: event.clone(), deliveries_created: 0, duplicate: true });
+                continue;
+            }
+            let targets = matching(&subscriptions, &publication.event_type);
+            let event =
+                outbox.add(&tx, &publication.event_type, publication.payload.clone(), key.cloned(), &targets).clone();
+            if let Some(key) = key {
+                first_with_key.insert(key.clone(), event.clone());
+            }
+            published.push(Published { event, deliveries_created: targets.len(), duplicate: false });
         }
-        let targets = matching(&subscriptions, &publication.event_type);
-        let event =
-            outbox.add(&tx, &publication.event_type, publication.payload.clone(), key.cloned(), &targets).clone();
-        if let Some(key) = key {
-            first_with_key.insert(key.clone(), event.clone());
-        }
-        published.push(Published { event, deliveries_created: targets.len(), duplicate: false });
+        let deliveries = outbox.write(&tx).await?;
+        self.wakeups.commit_published(tx, deliveries, leased_until.is_some()).await?;
+        Ok(published)
     }
-    let deliveries = outbox.write(&tx).await?;
-    wakeups.commit_published(tx, deliveries, leased_until.is_some()).await?;
-    Ok(published)
 }
 
 /// What each caller of a failed batch is told. [`Error`] is not `Clone`
@@ -186,7 +179,10 @@ fn for_each_caller(error: &Error) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::{Publication, write};
+    use std::sync::Arc;
+
+    use super::{Publication, Writer};
+    use crate::metrics::Metrics;
     use crate::service::Wakeups;
     use crate::store;
 
@@ -207,16 +203,16 @@ mod tests {
         let url = format!("sqlite:{}", dir.path().join("keyplane.db").display());
         let db = store::connect(&url, std::time::Duration::from_secs(5)).await.unwrap();
         store::migrate(&db).await.unwrap();
-        let wakeups = Wakeups::default();
+        let writer = Writer { db: db.clone(), wakeups: Wakeups::default(), metrics: Arc::new(Metrics::default()) };
 
-        let earlier = write(&db, &wakeups, "org_a", &[publication(r#"{"n":0}"#, Some("b"))]).await.unwrap();
+        let earlier = writer.write("org_a", &[publication(r#"{"n":0}"#, Some("b"))]).await.unwrap();
         let batch = [
             publication(r#"{"n":1}"#, Some("a")),
             publication(r#"{"n":2}"#, None),
             publication(r#"{"n":3}"#, Some("a")),
             publication(r#"{"n":4}"#, Some("b")),
         ];
-        let answers = write(&db, &wakeups, "org_a", &batch).await.unwrap();
+        let answers = writer.write("org_a", &batch).await.unwrap();
 
         let payloads: Vec<&str> = answers.iter().map(|a| a.event.payload.as_str()).collect();
         assert_eq!(payloads, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":1}"#, r#"{"n":0}"#]);
