@@ -26,6 +26,7 @@ use std::time::Duration;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use keyplane_proto::sync::v1::key_sync_service_client::KeySyncServiceClient;
 use keyplane_proto::token::TokenFormat;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
@@ -35,6 +36,7 @@ use tracing::Instrument;
 
 pub use config::Config;
 pub use error::{Error, Result};
+use listen::CopiedWrites;
 pub use listen::Listener;
 
 /// Sockets the sidecar serves on, bound by the caller (port 0 in tests).
@@ -156,12 +158,12 @@ pub async fn run(
     };
     let result = match listeners.grpc {
         Listener::Tcp(listener) => {
-            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming.map(|connection| connection.map(CopiedWrites)), shutdown).await
         }
         Listener::Unix(listener) => {
-            router
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
-                .await
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming.map(|connection| connection.map(CopiedWrites)), shutdown).await
         }
     };
 

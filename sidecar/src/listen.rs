@@ -1,9 +1,15 @@
 //! The sidecar's listeners: TCP, or a Unix domain socket next to the
 //! application (Envoy can reach ext_authz over one).
 
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use tonic::transport::server::Connected;
 
 use crate::config::ListenAddr;
 use crate::error::{Error, Result};
@@ -74,3 +80,78 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
 /// An accepted connection of either kind (`Either` reads and writes
 /// through to whichever it holds).
 pub type Connection = tokio_util::either::Either<TcpStream, UnixStream>;
+
+/// A gRPC connection that tells h2 it cannot write vectored, so that h2
+/// copies each answer into its write buffer and sends many in one write.
+///
+/// h2 keeps a DATA frame of 256 bytes or more apart from its buffer when the
+/// socket writes vectored, and then must flush (one `writev` per answer)
+/// before it will buffer the next frame; without vectored writes the limit
+/// is 1 KiB. The allowed ext_authz answer (six identity headers) is ~265
+/// bytes, just over the first limit: under load each answer cost its own
+/// system call, where answers of a few bytes are batched.
+pub struct CopiedWrites<T>(pub T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for CopiedWrites<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+/// `is_write_vectored` and `poll_write_vectored` keep the trait's defaults
+/// (false; one buffer at a time through `poll_write`).
+impl<T: AsyncWrite + Unpin> AsyncWrite for CopiedWrites<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<T: Connected> Connected for CopiedWrites<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn copied_writes_are_not_vectored_and_pass_bytes_both_ways() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        assert!(accepted.is_write_vectored(), "a TCP stream writes vectored: the wrapper must hide it");
+        let mut server = CopiedWrites(accepted);
+        assert!(!server.is_write_vectored());
+        assert_eq!(server.connect_info().remote_addr(), Some(peer));
+
+        let mut client = client;
+        client.write_all(b"check").await.unwrap();
+        let mut request = [0; 5];
+        server.read_exact(&mut request).await.unwrap();
+        assert_eq!(&request, b"check");
+        let sent = server
+            .write_vectored(&[io::IoSlice::new(b"al"), io::IoSlice::new(b"lowed")])
+            .await
+            .unwrap();
+        assert_eq!(sent, 2, "one buffer at a time");
+        server.write_all(b"lowed").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "allowed");
+    }
+}

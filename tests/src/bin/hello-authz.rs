@@ -7,7 +7,10 @@
 //! generator's (six identity headers, the credential header removed), so the
 //! comparison isolates the check itself from encoding, sending and decoding
 //! a larger answer.
-//! `--bare` answers with the status alone.
+//! `--bare` answers with the status alone. The allowed answer is served
+//! through the sidecar's `CopiedWrites` connections, as the sidecar serves it
+//! (h2 then batches answers of this size; see BENCHMARKS.md); the bare one
+//! through tonic's own, untouched.
 //!
 //! `hello-authz 127.0.0.1:18090 [--bare]`
 
@@ -16,6 +19,9 @@ use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRe
 use keyplane_proto::token::Environment;
 use keyplane_sidecar::cache::{KeyId, Principal};
 use keyplane_sidecar::ext_authz::allowed;
+use keyplane_sidecar::listen::CopiedWrites;
+use tokio_stream::StreamExt;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 struct AllowAll {
@@ -50,13 +56,16 @@ fn a_key() -> (KeyId, Principal) {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18090".into());
-    let addr = addr.parse().expect("an ip:port");
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind an ip:port");
     let answer_as = (args.next().as_deref() != Some("--bare")).then(a_key);
     println!("listening on {addr}");
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(AuthorizationServer::new(AllowAll { answer_as }))
-        .serve(addr)
-        .await
-        .expect("serve");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let copied_writes = answer_as.is_some();
+    let server = tonic::transport::Server::builder().add_service(AuthorizationServer::new(AllowAll { answer_as }));
+    let served = if copied_writes {
+        server.serve_with_incoming(incoming.map(|connection| connection.map(CopiedWrites))).await
+    } else {
+        server.serve_with_incoming(incoming).await
+    };
+    served.expect("serve");
 }
