@@ -88,26 +88,33 @@ fn check_request(token: &str) -> envoy::CheckRequest {
 
 /// Open loop: `rate` checks/s for `seconds` (a request every 1/rate s,
 /// round-robin over `clients`), each latency measured from its actual send.
+///
+/// Paced by a thread of its own: `std::thread::sleep` wakes within tens of
+/// microseconds, where tokio's timer has 1 ms granularity and would send each
+/// millisecond's checks in one burst (10 at once at 10k/s), which the
+/// latencies would then measure.
 async fn open_loop(clients: &[AuthzClient], tokens: &[String], rate: u64, seconds: u64) -> Summary {
     let count = (rate * seconds) as usize;
+    let (clients, tokens) = (clients.to_vec(), tokens.to_vec());
     let begin = Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::with_capacity(count);
-    for i in 0..count {
-        let at = begin + Duration::from_secs_f64(i as f64 / rate as f64);
-        tokio::time::sleep_until(at.into()).await;
-        let mut client = clients[i % clients.len()].clone();
-        let request = check_request(&tokens[i % tokens.len()]);
-        tasks.push(tokio::spawn(async move {
-            // Measured from the actual send: tokio's timer has 1 ms
-            // granularity, so the schedule itself jitters by up to 1 ms.
-            let sent = Instant::now();
-            let response = client.check(request).await.unwrap().into_inner();
-            assert_eq!(response.status.unwrap().code, 0);
-            sent.elapsed()
-        }));
-    }
+    let pace = move || {
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let at = begin + Duration::from_secs_f64(i as f64 / rate as f64);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let mut client = clients[i % clients.len()].clone();
+            let request = check_request(&tokens[i % tokens.len()]);
+            tasks.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let response = client.check(request).await.unwrap().into_inner();
+                assert_eq!(response.status.unwrap().code, 0);
+                sent.elapsed()
+            }));
+        }
+        tasks
+    };
     let mut latencies = Vec::with_capacity(count);
-    for task in tasks {
+    for task in tokio::task::spawn_blocking(pace).await.unwrap() {
         latencies.push(task.await.unwrap());
     }
     Summary::of(latencies, begin.elapsed())
