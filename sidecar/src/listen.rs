@@ -143,10 +143,7 @@ mod tests {
         let mut request = [0; 5];
         server.read_exact(&mut request).await.unwrap();
         assert_eq!(&request, b"check");
-        let sent = server
-            .write_vectored(&[io::IoSlice::new(b"al"), io::IoSlice::new(b"lowed")])
-            .await
-            .unwrap();
+        let sent = server.write_vectored(&[io::IoSlice::new(b"al"), io::IoSlice::new(b"lowed")]).await.unwrap();
         assert_eq!(sent, 2, "one buffer at a time");
         server.write_all(b"lowed").await.unwrap();
         server.shutdown().await.unwrap();
