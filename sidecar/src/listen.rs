@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-
 use tonic::transport::server::Connected;
 
 use crate::config::ListenAddr;
@@ -131,14 +130,13 @@ mod tests {
     #[tokio::test]
     async fn copied_writes_are_not_vectored_and_pass_bytes_both_ways() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (accepted, peer) = listener.accept().await.unwrap();
         assert!(accepted.is_write_vectored(), "a TCP stream writes vectored: the wrapper must hide it");
         let mut server = CopiedWrites(accepted);
         assert!(!server.is_write_vectored());
         assert_eq!(server.connect_info().remote_addr(), Some(peer));
 
-        let mut client = client;
         client.write_all(b"check").await.unwrap();
         let mut request = [0; 5];
         server.read_exact(&mut request).await.unwrap();
