@@ -335,19 +335,22 @@ async fn a_publication_whose_caller_gave_up_in_the_queue_is_not_stored_postgres(
         payload_json: format!(r#"{{"n":{n}}}"#),
         idempotency_key: String::new(),
     };
-    // One publication per writer, each then waiting on the lock.
-    let stuck: Vec<_> = (1..=2)
-        .map(|n| {
-            let (mut events, request) = (events.clone(), request(n));
-            tokio::spawn(async move { events.publish_event(request).await.expect("publish").into_inner() })
-        })
-        .collect();
-    let waiting = "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT%'";
-    keyplane_tests::eventually(
-        || async { rows(&db, waiting.into()).await[0].try_get::<i64>("", "n").unwrap() },
-        |n| *n == 2,
-    )
-    .await;
+    // One publication per writer, each then waiting on the lock: the second
+    // is sent once the first writer waits, so that one writer cannot take
+    // both in one batch. Only this test's database counts (other tests share
+    // the cluster).
+    let waiting = "SELECT COUNT(*) AS n FROM pg_stat_activity \
+        WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT%'";
+    let mut stuck = Vec::new();
+    for n in 1..=2 {
+        let (mut events, request) = (events.clone(), request(n));
+        stuck.push(tokio::spawn(async move { events.publish_event(request).await.expect("publish").into_inner() }));
+        keyplane_tests::eventually(
+            || async { rows(&db, waiting.into()).await[0].try_get::<i64>("", "n").unwrap() },
+            |waiting| *waiting == i64::from(n),
+        )
+        .await;
+    }
 
     let mut impatient = tonic::Request::new(request(3));
     impatient.set_timeout(Duration::from_millis(300));
