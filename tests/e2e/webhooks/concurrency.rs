@@ -191,12 +191,13 @@ const RACERS: usize = 12;
 const RACED_KEYS: usize = 25;
 
 /// Racers publish the same idempotency keys in the same order, meeting at a
-/// barrier before each key, each key after a publication without one, half of them through a second
-/// replica on Postgres (SQLite has one writer process). Duplicates meet in
-/// batches of two writers of a process and in two processes (duplicates
-/// within one batch: the publisher's unit test): every key is stored once, every racer is answered with that
-/// event and exactly one of them as its publisher, keyless publications
-/// get their own events, and each event is delivered once.
+/// barrier before each key, each key after a publication without one; half
+/// of them go through a second replica on Postgres (SQLite has one writer
+/// process). Duplicates meet in batches of the two writers of a process and
+/// in two processes (duplicates within one batch: the publisher's unit
+/// test). Every key is stored once, every racer is answered with that event
+/// and exactly one of them as its publisher, keyless publications get their
+/// own events, and each event is delivered once.
 async fn idempotency_keys_raced_within_and_across_batches_publish_once(backend: Backend) {
     let plane = start_webhooks_or_skip!(backend);
     let replica = match backend {
