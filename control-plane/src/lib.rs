@@ -157,7 +157,7 @@ pub async fn run(
         credits.clone(),
     ));
     let identities = Arc::new(IdentityService::new(db.clone(), wakeups.clone()));
-    let usage = Arc::new(UsageService::new(db.clone(), config.usage.retention()));
+    let usage = Arc::new(UsageService::new(db.clone(), config.usage.retention(), config.usage.ranking_cache_bytes()));
     let audit = Arc::new(AuditService::new(db.clone()));
     let feed_settings = FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval };
     let feed = KeyEventFeed::new(db.clone(), feed_settings, background.stop.clone()).await?;

@@ -22,6 +22,7 @@ both_backends!(
     buckets_follow_the_reported_minute_and_report_ids_count_once,
     a_report_whose_answer_is_lost_is_counted_once,
     queries_zero_fill_and_refuse_bad_ranges,
+    rankings_follow_reports_into_buckets_already_ranked,
     usage_respects_orgs_and_scopes,
     delivery_stats_match_a_webhook_run,
 );
@@ -374,6 +375,81 @@ fn summed(buckets: Vec<pb::DeliveryStatsBucket>) -> (u64, u64, u64, f64) {
     let sum = |f: fn(&pb::DeliveryStatsBucket) -> u64| active.iter().map(f).sum::<u64>();
     let p50 = active.iter().filter_map(|b| b.p50_latency).map(|d| d.seconds as f64 + d.nanos as f64 / 1e9);
     (sum(|b| b.attempts), sum(|b| b.succeeded), sum(|b| b.failed), p50.fold(0.0, f64::max))
+}
+
+/// (key id, total) of the org's busiest keys over the last 7 days (days).
+async fn ranking(plane: &TestControlPlane, org: &str) -> Vec<(String, u64)> {
+    let keys = ranking_by(plane, org, pb::UsageOutcome::Unspecified, pb::Environment::Unspecified).await;
+    keys.into_iter().map(|k| (k.key_id, k.counts.unwrap_or_default().total)).collect()
+}
+
+async fn ranking_by(
+    plane: &TestControlPlane,
+    org: &str,
+    order_by: pb::UsageOutcome,
+    environment: pb::Environment,
+) -> Vec<pb::KeyUsageSummary> {
+    let request = pb::TopKeysRequest {
+        org_id: org.to_owned(),
+        start_time: Some(ts(Utc::now() - TimeDelta::days(7))),
+        end_time: Some(ts(Utc::now())),
+        order_by: order_by as i32,
+        environment: environment as i32,
+        ..Default::default()
+    };
+    plane.usage(&plane.root_token).await.top_keys(request).await.expect("top keys").into_inner().keys
+}
+
+/// TopKeys keeps each bucket's per-key counts between queries: reports into
+/// buckets it has ranked (today's and yesterday's) move the ranking at
+/// once, on the control plane that applied them and on a replica.
+async fn rankings_follow_reports_into_buckets_already_ranked(backend: Backend) {
+    let plane = start_or_skip!(backend);
+    let replica = plane.replica().await;
+    let org = random_org();
+    let (a, _) = plane.create_key(&org, &[]).await;
+    let (b, _) = plane.create_key(&org, &[]).await;
+    let mut sync = as_sidecar(&plane).await;
+    let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let yesterday = now - TimeDelta::days(1);
+    let report = |id: &str, counts: Vec<sync_pb::UsageCount>| sync_pb::ReportUsageRequest {
+        report_id: id.to_owned(),
+        counts,
+        ..Default::default()
+    };
+    sync.report_usage(report("r1", vec![count(&a.id, yesterday, 5, 0), count(&b.id, now, 3, 0)])).await.unwrap();
+    let expected = vec![(a.id.clone(), 5), (b.id.clone(), 3)];
+    assert_eq!(ranking(&plane, &org).await, expected);
+    assert_eq!(ranking(&replica, &org).await, expected);
+
+    sync.report_usage(report("r2", vec![count(&b.id, now, 4, 0)])).await.unwrap();
+    let expected = vec![(b.id.clone(), 7), (a.id.clone(), 5)];
+    assert_eq!(ranking(&plane, &org).await, expected, "today's bucket was read again");
+    assert_eq!(ranking(&replica, &org).await, expected, "today's bucket was read again on the replica");
+
+    sync.report_usage(report("r3", vec![count(&a.id, yesterday, 0, 3)])).await.unwrap();
+    let expected = vec![(a.id.clone(), 8), (b.id.clone(), 7)];
+    assert_eq!(ranking(&replica, &org).await, expected, "a late report into yesterday");
+    assert_eq!(ranking(&plane, &org).await, expected);
+    // Ranked by one outcome: keys without any are left out; each key's
+    // counts are all its outcomes.
+    let forbidden =
+        ranking_by(&plane, &org, pb::UsageOutcome::Forbidden, pb::Environment::Unspecified).await;
+    assert_eq!(forbidden.len(), 1);
+    let counts = forbidden[0].counts.unwrap_or_default();
+    assert_eq!((forbidden[0].key_id.as_str(), counts.allowed, counts.forbidden), (a.id.as_str(), 5, 3));
+
+    // One environment: a test key busier than both live ones.
+    let test_key = pb::CreateApiKeyRequest { environment: pb::Environment::Test as i32, ..Default::default() };
+    let (t, _) = create_key(&plane, &org, test_key).await;
+    sync.report_usage(report("r4", vec![count(&t, now, 20, 0)])).await.unwrap();
+    let ids = |keys: Vec<pb::KeyUsageSummary>| keys.into_iter().map(|k| k.key_id).collect::<Vec<_>>();
+    let by = |environment| ranking_by(&replica, &org, pb::UsageOutcome::Unspecified, environment);
+    assert_eq!(ids(by(pb::Environment::Test).await), [t.clone()]);
+    assert_eq!(ids(by(pb::Environment::Live).await), [a.id.clone(), b.id.clone()]);
+    assert_eq!(ids(by(pb::Environment::Unspecified).await), [t, a.id.clone(), b.id.clone()]);
+    replica.stop().await;
+    plane.stop().await;
 }
 
 // Several replicas on one Postgres (SQLite has one process).

@@ -4,6 +4,7 @@
 //! rankings and webhook attempt statistics.
 
 pub mod ingest;
+mod ranking;
 pub mod window;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::store::delivery_stats::{self, AttemptStats, LATENCY_BOUNDS_MICROS};
 use crate::store::usage::{self, Counts, Granularity, Outcome};
 use crate::store::{api_keys, webhooks};
+use ranking::{RankingCache, RankingQuery};
 pub use window::{RangeRequest, Retention, Window};
 
 /// Keys TopKeys returns when the caller names no limit.
@@ -70,11 +72,13 @@ pub struct TopKeysQuery {
 pub struct UsageService {
     db: DatabaseConnection,
     retention: Retention,
+    rankings: RankingCache,
 }
 
 impl UsageService {
-    pub fn new(db: DatabaseConnection, retention: Retention) -> Self {
-        Self { db, retention }
+    /// `ranking_cache_bytes` bounds the per-key counts TopKeys keeps between queries.
+    pub fn new(db: DatabaseConnection, retention: Retention, ranking_cache_bytes: u64) -> Self {
+        Self { db, retention, rankings: RankingCache::new(ranking_cache_bytes) }
     }
 
     /// Checks of one key of the caller's org (`key_id`), or of the whole org,
@@ -126,25 +130,24 @@ impl UsageService {
             range.granularity = Some(if hourly { Granularity::Hour } else { Granularity::Day });
         }
         let window = range.resolve(Utc::now(), &self.retention)?;
-        let ranked = usage::top_keys(
-            &self.db,
-            window.granularity,
-            &org,
-            query.environment,
-            (window.start, window.end),
-            query.order_by,
-            u64::from(limit),
-        )
-        .await?;
+        let query = RankingQuery {
+            org: &org,
+            granularity: window.granularity,
+            range: (window.start, window.end),
+            environment: query.environment,
+            order_by: query.order_by,
+            limit: limit as usize,
+        };
+        let ranked = self.rankings.top_keys(&self.db, query).await?;
         let ids: Vec<&str> = ranked.iter().map(|k| k.key_id.as_str()).collect();
-        let names: std::collections::HashMap<String, String> =
+        let mut names: std::collections::HashMap<String, String> =
             api_keys::find_many(&self.db, &org, &ids).await?.into_iter().map(|k| (k.id, k.name)).collect();
         Ok(ranked
             .into_iter()
             .map(|row| KeyRanking {
-                name: names.get(&row.key_id).cloned().unwrap_or_default(),
-                environment: row.environment.parse().unwrap_or(Environment::Live),
-                counts: row.counts(),
+                name: names.remove(&row.key_id).unwrap_or_default(),
+                environment: row.environment,
+                counts: row.counts,
                 key_id: row.key_id,
             })
             .collect())
