@@ -433,8 +433,7 @@ async fn rankings_follow_reports_into_buckets_already_ranked(backend: Backend) {
     assert_eq!(ranking(&plane, &org).await, expected);
     // Ranked by one outcome: keys without any are left out; each key's
     // counts are all its outcomes.
-    let forbidden =
-        ranking_by(&plane, &org, pb::UsageOutcome::Forbidden, pb::Environment::Unspecified).await;
+    let forbidden = ranking_by(&plane, &org, pb::UsageOutcome::Forbidden, pb::Environment::Unspecified).await;
     assert_eq!(forbidden.len(), 1);
     let counts = forbidden[0].counts.unwrap_or_default();
     assert_eq!((forbidden[0].key_id.as_str(), counts.allowed, counts.forbidden), (a.id.as_str(), 5, 3));

@@ -289,10 +289,7 @@ async fn query(backend: Backend, keys: usize, days: i64, requests: usize) {
         top_keys(i).await;
         latencies.push(begun.elapsed());
     }
-    println!(
-        "TopKeys over 7 days, a report into today before each: {}",
-        Summary::of(latencies, started.elapsed())
-    );
+    println!("TopKeys over 7 days, a report into today before each: {}", Summary::of(latencies, started.elapsed()));
     plane.stop().await;
 }
 

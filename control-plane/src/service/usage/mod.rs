@@ -7,6 +7,7 @@ pub mod ingest;
 mod ranking;
 pub mod window;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use super::auth::{RequestContext, Scope};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::store::delivery_stats::{self, AttemptStats, LATENCY_BOUNDS_MICROS};
-use crate::store::usage::{self, Counts, Granularity, Outcome};
+use crate::store::usage::{self, Counts, Granularity, KeyCounts, Outcome};
 use crate::store::{api_keys, webhooks};
 use ranking::{RankingCache, RankingQuery};
 pub use window::{RangeRequest, Retention, Window};
@@ -130,7 +131,7 @@ impl UsageService {
             range.granularity = Some(if hourly { Granularity::Hour } else { Granularity::Day });
         }
         let window = range.resolve(Utc::now(), &self.retention)?;
-        let query = RankingQuery {
+        let ranking = RankingQuery {
             org: &org,
             granularity: window.granularity,
             range: (window.start, window.end),
@@ -138,17 +139,19 @@ impl UsageService {
             order_by: query.order_by,
             limit: limit as usize,
         };
-        let ranked = self.rankings.top_keys(&self.db, query).await?;
-        let ids: Vec<&str> = ranked.iter().map(|k| k.key_id.as_str()).collect();
-        let mut names: std::collections::HashMap<String, String> =
-            api_keys::find_many(&self.db, &org, &ids).await?.into_iter().map(|k| (k.id, k.name)).collect();
-        Ok(ranked
+        let winners = self.rankings.top_keys(&self.db, ranking).await?;
+        let ids: Vec<&str> = winners.iter().map(String::as_str).collect();
+        let (counts, keys) = tokio::try_join!(
+            usage::key_totals(&self.db, window.granularity, &org, &ids, (window.start, window.end)),
+            api_keys::find_many(&self.db, &org, &ids),
+        )?;
+        let mut counts: HashMap<String, KeyCounts> = counts.into_iter().map(|k| (k.key_id.clone(), k)).collect();
+        let mut names: HashMap<String, String> = keys.into_iter().map(|k| (k.id, k.name)).collect();
+        Ok(winners
             .into_iter()
-            .map(|row| KeyRanking {
-                name: names.remove(&row.key_id).unwrap_or_default(),
-                environment: row.environment,
-                counts: row.counts,
-                key_id: row.key_id,
+            .filter_map(|key_id| {
+                let KeyCounts { environment, counts, .. } = counts.remove(&key_id)?;
+                Some(KeyRanking { name: names.remove(&key_id).unwrap_or_default(), environment, counts, key_id })
             })
             .collect())
     }

@@ -10,8 +10,8 @@
 //! org rows still sum to the cached scores' sum, no key's score has
 //! changed. So every replica keeps its own cache without invalidation
 //! messages; a bucket whose org rows moved (the current one, while reports
-//! arrive) is read again. Only the winners' counts per outcome are read
-//! from the rollups, for them alone.
+//! arrive) is read again. The winners' counts per outcome are then read
+//! from the rollups for them alone (`UsageService::top_keys`).
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use sea_orm::ConnectionTrait;
 
 use crate::crypto::Environment;
 use crate::error::Result;
-use crate::store::usage::{self, Granularity, KeyCounts, Outcome, Score};
+use crate::store::usage::{self, Granularity, Outcome, Score};
 
 /// Memory a cached key score is counted as, beyond its id's bytes.
 const BYTES_PER_SCORE: usize = std::mem::size_of::<(String, i64)>();
@@ -90,10 +90,10 @@ impl RankingCache {
         Self { buckets }
     }
 
-    /// The `limit` keys with the most checks (of `order_by`, or in all) in
-    /// the range, busiest first, ties by key id; keys without any are left
-    /// out.
-    pub async fn top_keys(&self, db: &impl ConnectionTrait, query: RankingQuery<'_>) -> Result<Vec<KeyCounts>> {
+    /// The ids of the `limit` keys with the most checks (of `order_by`, or
+    /// in all) in the range, busiest first, ties by key id; keys without
+    /// any are left out.
+    pub async fn top_keys(&self, db: &impl ConnectionTrait, query: RankingQuery<'_>) -> Result<Vec<String>> {
         let (start, end) = query.range;
         let score = query.score();
         let mut cached = Vec::new();
@@ -113,10 +113,7 @@ impl RankingCache {
         for bucket in &read {
             totals.add(bucket);
         }
-        let winners = totals.busiest(query.limit);
-        let mut counts = usage::key_totals(db, query.granularity, query.org, &winners, query.range).await?;
-        counts.sort_by_key(|key| winners.iter().position(|id| *id == key.key_id));
-        Ok(counts)
+        Ok(totals.busiest(query.limit).into_iter().map(str::to_owned).collect())
     }
 
     /// Reads the scores of `buckets` from the database and keeps them.
