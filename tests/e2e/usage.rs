@@ -444,7 +444,7 @@ async fn rankings_follow_reports_into_buckets_already_ranked(backend: Backend) {
     sync.report_usage(report("r4", vec![count(&t, now, 20, 0)])).await.unwrap();
     let ids = |keys: Vec<pb::KeyUsageSummary>| keys.into_iter().map(|k| k.key_id).collect::<Vec<_>>();
     let by = |environment| ranking_by(&replica, &org, pb::UsageOutcome::Unspecified, environment);
-    assert_eq!(ids(by(pb::Environment::Test).await), [t.clone()]);
+    assert_eq!(ids(by(pb::Environment::Test).await), std::slice::from_ref(&t));
     assert_eq!(ids(by(pb::Environment::Live).await), [a.id.clone(), b.id.clone()]);
     assert_eq!(ids(by(pb::Environment::Unspecified).await), [t, a.id.clone(), b.id.clone()]);
     replica.stop().await;
