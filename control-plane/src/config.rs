@@ -288,10 +288,10 @@ pub struct UsageArgs {
     /// VerifyApiKey calls (sidecars have --usage-interval).
     #[arg(long = "usage-flush-interval", env = "KEYPLANE_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub flush_interval: Duration,
-    /// Memory (MiB) for the per-key counts of recently ranked buckets that
-    /// TopKeys keeps between queries (about 90 bytes per key and bucket: 64
-    /// MiB hold 8 days of 90,000 keys); 0 reads every bucket from the
-    /// database on every query.
+    /// Memory (MiB) for the per-key scores of recently ranked buckets that
+    /// TopKeys keeps between queries (about 60 bytes per key and bucket: 64
+    /// MiB hold 8 days of 140,000 keys, for each way of ranking in use); 0
+    /// reads every bucket from the database on every query.
     #[arg(long = "usage-ranking-cache-mib", env = "KEYPLANE_USAGE_RANKING_CACHE_MIB", default_value_t = 64)]
     pub ranking_cache_mib: u64,
 }
