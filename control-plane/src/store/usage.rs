@@ -14,7 +14,7 @@ use crate::error::Result;
 
 /// Rows per INSERT statement (9 values each: well under both databases' parameter limits).
 const ROWS_PER_STATEMENT: usize = 1000;
-/// The counter columns, in [`Counts`] order.
+/// The counter columns, in [`Counts`] and [`Outcome`] order.
 const OUTCOMES: [&str; 4] = ["allowed", "unauthorized", "forbidden", "rate_limited"];
 
 /// Width of a rollup bucket.
@@ -325,10 +325,7 @@ impl Score {
     fn column(&self, table: &Alias) -> Expr {
         let col = |name: &str| Expr::col((table.clone(), Alias::new(name)));
         match self.outcome {
-            Some(Outcome::Allowed) => col(OUTCOMES[0]),
-            Some(Outcome::Unauthorized) => col(OUTCOMES[1]),
-            Some(Outcome::Forbidden) => col(OUTCOMES[2]),
-            Some(Outcome::RateLimited) => col(OUTCOMES[3]),
+            Some(outcome) => col(OUTCOMES[outcome as usize]),
             None => col(OUTCOMES[0]).add(col(OUTCOMES[1])).add(col(OUTCOMES[2])).add(col(OUTCOMES[3])),
         }
     }

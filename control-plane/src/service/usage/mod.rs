@@ -77,7 +77,7 @@ pub struct UsageService {
 }
 
 impl UsageService {
-    /// `ranking_cache_bytes` bounds the per-key counts TopKeys keeps between queries.
+    /// `ranking_cache_bytes` bounds the per-key scores TopKeys keeps between queries.
     pub fn new(db: DatabaseConnection, retention: Retention, ranking_cache_bytes: u64) -> Self {
         Self { db, retention, rankings: RankingCache::new(ranking_cache_bytes) }
     }
