@@ -373,16 +373,6 @@ pub struct KeyCounts {
     pub counts: Counts,
 }
 
-#[derive(FromQueryResult)]
-struct KeyCountsRow {
-    key_id: String,
-    environment: String,
-    allowed: i64,
-    unauthorized: i64,
-    forbidden: i64,
-    rate_limited: i64,
-}
-
 /// The checks of each of the keys `ids` of `org` in `[start, end)`, in no order.
 pub async fn key_totals(
     db: &impl ConnectionTrait,
@@ -403,20 +393,16 @@ pub async fn key_totals(
         .and_where(col("bucket").gte(start))
         .and_where(col("bucket").lt(end))
         .group_by_col((table.clone(), Alias::new("key_id")));
-    let rows = KeyCountsRow::find_by_statement(db.get_database_backend().build(&select)).all(db).await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| KeyCounts {
-            key_id: row.key_id,
-            environment: row.environment.parse().unwrap_or(Environment::Live),
-            counts: Counts {
-                allowed: row.allowed,
-                unauthorized: row.unauthorized,
-                forbidden: row.forbidden,
-                rate_limited: row.rate_limited,
-            },
-        })
-        .collect())
+    let mut keys = Vec::new();
+    for row in db.query_all(&select).await? {
+        let environment: String = row.try_get("", "environment")?;
+        keys.push(KeyCounts {
+            key_id: row.try_get("", "key_id")?,
+            environment: environment.parse().unwrap_or(Environment::Live),
+            counts: Counts::from_query_result(&row, "")?,
+        });
+    }
+    Ok(keys)
 }
 
 /// Deletes up to `limit` rows older than `before` from the key and org

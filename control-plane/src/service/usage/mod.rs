@@ -17,7 +17,7 @@ use super::auth::{RequestContext, Scope};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::store::delivery_stats::{self, AttemptStats, LATENCY_BOUNDS_MICROS};
-use crate::store::usage::{self, Counts, Granularity, KeyCounts, Outcome};
+use crate::store::usage::{self, Counts, Granularity, KeyCounts, Outcome, Score};
 use crate::store::{api_keys, webhooks};
 use ranking::{RankingCache, RankingQuery};
 pub use window::{RangeRequest, Retention, Window};
@@ -131,14 +131,8 @@ impl UsageService {
             range.granularity = Some(if hourly { Granularity::Hour } else { Granularity::Day });
         }
         let window = range.resolve(Utc::now(), &self.retention)?;
-        let ranking = RankingQuery {
-            org: &org,
-            granularity: window.granularity,
-            range: (window.start, window.end),
-            environment: query.environment,
-            order_by: query.order_by,
-            limit: limit as usize,
-        };
+        let score = Score { outcome: query.order_by, environment: query.environment };
+        let ranking = RankingQuery { org: &org, window, score, limit: limit as usize };
         let winners = self.rankings.top_keys(&self.db, ranking).await?;
         let ids: Vec<&str> = winners.iter().map(String::as_str).collect();
         let (counts, keys) = tokio::try_join!(

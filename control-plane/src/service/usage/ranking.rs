@@ -18,9 +18,9 @@ use std::sync::Arc;
 use moka::sync::Cache;
 use sea_orm::ConnectionTrait;
 
-use crate::crypto::Environment;
+use super::Window;
 use crate::error::Result;
-use crate::store::usage::{self, Granularity, Outcome, Score};
+use crate::store::usage::{self, Granularity, Score};
 
 /// Memory a cached key score is counted as, beyond its id's bytes.
 const BYTES_PER_SCORE: usize = std::mem::size_of::<(String, i64)>();
@@ -36,7 +36,7 @@ struct BucketId {
 
 impl BucketId {
     fn of(query: &RankingQuery<'_>, bucket: i64) -> Self {
-        Self { org: query.org.to_owned(), granularity: query.granularity, bucket, score: query.score() }
+        Self { org: query.org.to_owned(), granularity: query.window.granularity, bucket, score: query.score }
     }
 }
 
@@ -61,19 +61,9 @@ impl BucketScores {
 #[derive(Clone, Copy, Debug)]
 pub struct RankingQuery<'a> {
     pub org: &'a str,
-    pub granularity: Granularity,
-    /// `[start, end)` in Unix seconds, whole buckets.
-    pub range: (i64, i64),
-    pub environment: Option<Environment>,
-    /// `None` ranks by the total.
-    pub order_by: Option<Outcome>,
+    pub window: Window,
+    pub score: Score,
     pub limit: usize,
-}
-
-impl RankingQuery<'_> {
-    fn score(&self) -> Score {
-        Score { outcome: self.order_by, environment: self.environment }
-    }
 }
 
 /// Per-key scores of recently ranked buckets, bounded in bytes.
@@ -90,20 +80,21 @@ impl RankingCache {
         Self { buckets }
     }
 
-    /// The ids of the `limit` keys with the most checks (of `order_by`, or
-    /// in all) in the range, busiest first, ties by key id; keys without
-    /// any are left out.
+    /// The ids of the `limit` keys with the highest score in the window,
+    /// busiest first, ties by key id; keys scoring 0 are left out.
     pub async fn top_keys(&self, db: &impl ConnectionTrait, query: RankingQuery<'_>) -> Result<Vec<String>> {
-        let (start, end) = query.range;
-        let score = query.score();
+        let Window { granularity, start, end } = query.window;
         let mut cached = Vec::new();
         let mut stale = Vec::new();
         for (bucket, org_counts) in
-            usage::org_series(db, query.granularity, query.org, query.environment, start, end).await?
+            usage::org_series(db, granularity, query.org, query.score.environment, start, end).await?
         {
+            let sum = query.score.of(&org_counts);
+            if sum == 0 {
+                continue;
+            }
             match self.buckets.get(&BucketId::of(&query, bucket)) {
-                Some(scores) if scores.sum == score.of(&org_counts) => cached.push(scores),
-                _ if score.of(&org_counts) == 0 => {}
+                Some(scores) if scores.sum == sum => cached.push(scores),
                 _ => stale.push(bucket),
             }
         }
@@ -126,7 +117,7 @@ impl RankingCache {
         if buckets.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = usage::key_scores(db, query.granularity, query.org, buckets, query.score()).await?;
+        let rows = usage::key_scores(db, query.window.granularity, query.org, buckets, query.score).await?;
         let mut rows = rows.into_iter().peekable();
         let mut read = Vec::new();
         while let Some((bucket, key_id, score)) = rows.next() {
