@@ -6,7 +6,7 @@
 //! report grows with the keys in it, not with the checks it counts.
 //! Buckets are Unix seconds of the bucket's start.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict, Order, Query, SelectStatement};
+use sea_orm::sea_query::{Alias, BinOper, Expr, ExprTrait, Func, OnConflict, Order, Query, SelectStatement};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Value};
 
 use crate::crypto::Environment;
@@ -331,38 +331,57 @@ impl Score {
     }
 }
 
-/// `score` of each key of `org` with any in each of `buckets`: (bucket,
-/// key id, score), ordered by bucket. Columns are read by position: by
-/// name, SeaORM builds a string per column and row, which doubled the time
-/// of reading 10,000 rows.
+/// `score` of each key of `org` with any in each of `buckets`: each bucket
+/// with its keys' (id, score), ordered by bucket.
+///
+/// The database joins each bucket's scores into one text (`score:key_id`
+/// separated by spaces; ids have neither): a row per key cost a few µs per
+/// row to receive and decode, twice the database's own time for a bucket of
+/// 10,000 keys (BENCHMARKS.md, "TopKeys").
 pub async fn key_scores(
     db: &impl ConnectionTrait,
     granularity: Granularity,
     org: &str,
     buckets: &[i64],
     score: Score,
-) -> Result<Vec<(i64, String, i64)>> {
+) -> Result<Vec<(i64, Vec<(String, i64)>)>> {
     let table = Alias::new(format!("usage_key_{}", granularity.suffix()));
     let col = |name: &str| Expr::col((table.clone(), Alias::new(name)));
+    let aggregate = match db.get_database_backend() {
+        DbBackend::Sqlite => "group_concat",
+        _ => "string_agg",
+    };
+    let concat = |left: Expr, right: Expr| left.binary(BinOper::Custom("||"), right);
+    let entry = concat(concat(score.column(&table).cast_as(Alias::new("TEXT")), Expr::val(":")), col("key_id"));
+    let joined = Func::cust(Alias::new(aggregate)).arg(entry).arg(Expr::val(" "));
     let mut select = Query::select();
     select
         .from(table.clone())
         .expr(col("bucket"))
-        .expr(col("key_id"))
-        .expr(score.column(&table))
+        .expr(joined)
         .and_where(col("org_id").eq(org))
         .and_where(col("bucket").is_in(buckets.iter().copied()))
         .and_where(score.column(&table).gt(0))
+        .group_by_col((table.clone(), Alias::new("bucket")))
         .order_by_expr(col("bucket"), Order::Asc);
     if let Some(environment) = score.environment {
         select.and_where(col("environment").eq(environment.as_str()));
     }
-    let rows = db.query_all(&select).await?;
-    let mut scores = Vec::with_capacity(rows.len());
-    for row in rows {
-        scores.push((row.try_get_by_index(0)?, row.try_get_by_index(1)?, row.try_get_by_index(2)?));
+    let mut buckets = Vec::new();
+    for row in db.query_all(&select).await? {
+        let bucket: i64 = row.try_get_by_index(0)?;
+        let joined: String = row.try_get_by_index(1)?;
+        let keys = joined.split(' ').map(parse_key_score).collect::<Option<Vec<_>>>();
+        let keys = keys.ok_or_else(|| sea_orm::DbErr::Custom(format!("unreadable key scores in bucket {bucket}")))?;
+        buckets.push((bucket, keys));
     }
-    Ok(scores)
+    Ok(buckets)
+}
+
+/// `score:key_id` as joined by [`key_scores`].
+fn parse_key_score(entry: &str) -> Option<(String, i64)> {
+    let (score, key_id) = entry.split_once(':')?;
+    Some((key_id.to_owned(), score.parse().ok()?))
 }
 
 /// One key's checks over a range.
@@ -431,4 +450,16 @@ async fn purge_table(db: &impl ConnectionTrait, table: &str, column: &str, befor
         "DELETE FROM {table} WHERE {handle} IN (SELECT {handle} FROM {table} WHERE {column} < {before} ORDER BY {column} LIMIT {limit})"
     );
     Ok(db.execute_unprepared(&sql).await?.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_key_scores_read_back_or_fail() {
+        assert_eq!(parse_key_score("42:key_01ab"), Some(("key_01ab".to_owned(), 42)));
+        assert_eq!(parse_key_score("key_01ab"), None);
+        assert_eq!(parse_key_score("x:key_01ab"), None);
+    }
 }

@@ -214,9 +214,10 @@ async fn query(backend: Backend, keys: usize, days: i64, requests: usize) {
 
     if std::env::var("EXPLAIN").is_ok() {
         let sql = format!(
-            "EXPLAIN (ANALYZE, BUFFERS) SELECT bucket, key_id, allowed + unauthorized + forbidden + rate_limited \
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT bucket, \
+             string_agg(CAST(allowed + unauthorized + forbidden + rate_limited AS TEXT) || ':' || key_id, ' ') \
              FROM usage_key_days WHERE org_id = '{org}' AND bucket IN ({today}) \
-             AND allowed + unauthorized + forbidden + rate_limited > 0 ORDER BY bucket"
+             AND allowed + unauthorized + forbidden + rate_limited > 0 GROUP BY bucket ORDER BY bucket"
         );
         for row in db.query_all_raw(Statement::from_string(db.get_database_backend(), sql)).await.expect("explain") {
             println!("{}", row.try_get::<String>("", "QUERY PLAN").unwrap_or_default());

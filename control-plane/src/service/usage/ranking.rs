@@ -117,14 +117,8 @@ impl RankingCache {
         if buckets.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = usage::key_scores(db, query.window.granularity, query.org, buckets, query.score).await?;
-        let mut rows = rows.into_iter().peekable();
         let mut read = Vec::new();
-        while let Some((bucket, key_id, score)) = rows.next() {
-            let mut keys = vec![(key_id, score)];
-            while let Some((_, key_id, score)) = rows.next_if(|(next, ..)| *next == bucket) {
-                keys.push((key_id, score));
-            }
+        for (bucket, keys) in usage::key_scores(db, query.window.granularity, query.org, buckets, query.score).await? {
             let scores = Arc::new(BucketScores::new(keys));
             self.buckets.insert(BucketId::of(query, bucket), scores.clone());
             read.push(scores);
