@@ -19,7 +19,7 @@ mod m20261202_000011_api_key_allowed_cidrs;
 mod m20261202_000012_credits;
 mod m20261202_000013_global_rate_limits;
 mod m20261202_000014_identities;
-mod m20261203_000015_usage_key_bucket_org_index;
+mod m20261203_000015_rollup_read_indexes;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -42,7 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000012_credits::Migration),
             Box::new(m20261202_000013_global_rate_limits::Migration),
             Box::new(m20261202_000014_identities::Migration),
-            Box::new(m20261203_000015_usage_key_bucket_org_index::Migration),
+            Box::new(m20261203_000015_rollup_read_indexes::Migration),
         ]
     }
 }
