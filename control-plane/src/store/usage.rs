@@ -335,9 +335,9 @@ impl Score {
 /// with its keys' (id, score), ordered by bucket.
 ///
 /// The database joins each bucket's scores into one text (`score:key_id`
-/// separated by spaces; ids have neither): a row per key cost a few µs per
-/// row to receive and decode, twice the database's own time for a bucket of
-/// 10,000 keys (BENCHMARKS.md, "TopKeys").
+/// separated by spaces, in no order; ids have neither): receiving and
+/// decoding a row per key cost about a microsecond per row, twice the
+/// database's own time for a bucket of 10,000 keys (BENCHMARKS.md, "TopKeys").
 pub async fn key_scores(
     db: &impl ConnectionTrait,
     granularity: Granularity,
