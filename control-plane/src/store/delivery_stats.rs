@@ -3,7 +3,7 @@
 //! histogram, added in the transaction that records the attempts, so a
 //! query never scans `webhook_attempts`.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Order, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Order, Query, SelectStatement};
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::usage::{Granularity, upsert_counters};
@@ -100,6 +100,16 @@ pub async fn series(
     start: i64,
     end: i64,
 ) -> Result<Vec<(i64, AttemptStats)>> {
+    let rows = db.query_all(&series_select(granularity, org, subscription_id, (start, end))).await?;
+    rows.iter().map(read_stats).collect()
+}
+
+fn series_select(
+    granularity: Granularity,
+    org: &str,
+    subscription_id: Option<&str>,
+    (start, end): (i64, i64),
+) -> SelectStatement {
     let table = Alias::new(format!("delivery_stats_{}", granularity.suffix()));
     let col = |name: &str| Expr::col((table.clone(), Alias::new(name)));
     let mut select = Query::select();
@@ -112,8 +122,7 @@ pub async fn series(
         select.and_where(col("subscription_id").eq(subscription_id));
     }
     select.group_by_col((table.clone(), Alias::new("bucket"))).order_by((table, Alias::new("bucket")), Order::Asc);
-    let rows = db.query_all(&select).await?;
-    rows.iter().map(read_stats).collect()
+    select
 }
 
 fn read_stats(row: &QueryResult) -> Result<(i64, AttemptStats)> {
@@ -132,6 +141,18 @@ fn read_stats(row: &QueryResult) -> Result<(i64, AttemptStats)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_plans::sqlite_plan;
+
+    /// One subscription's series names its org too; SQLite without
+    /// statistics must still read it through the subscription's index
+    /// (migration 15), and an org-wide series through the org's.
+    #[tokio::test]
+    async fn series_use_their_index_on_sqlite_without_statistics() {
+        let one = sqlite_plan(&series_select(Granularity::Hour, "org_1", Some("sub_1"), (0, 86_400))).await;
+        assert!(one.contains("USING INDEX delivery_stats_hours_subscription_org "), "{one}");
+        let org = sqlite_plan(&series_select(Granularity::Hour, "org_1", None, (0, 86_400))).await;
+        assert!(org.contains("USING INDEX delivery_stats_hours_org_bucket "), "{org}");
+    }
 
     #[test]
     fn latencies_fall_in_their_buckets() {

@@ -244,3 +244,20 @@ async fn advisory_lock(tx: &DatabaseTransaction, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod test_plans {
+    use sea_orm::sea_query::SelectStatement;
+    use sea_orm::{ConnectionTrait, DbBackend};
+
+    /// How SQLite would run `select` on a freshly migrated database, which
+    /// has no statistics: the `detail` lines of `EXPLAIN QUERY PLAN`.
+    pub async fn sqlite_plan(select: &SelectStatement) -> String {
+        let db = super::connect("sqlite::memory:", std::time::Duration::from_secs(5)).await.unwrap();
+        super::migrate(&db).await.unwrap();
+        let mut explain = DbBackend::Sqlite.build(select);
+        explain.sql = format!("EXPLAIN QUERY PLAN {}", explain.sql);
+        let rows = db.query_all_raw(explain).await.unwrap();
+        rows.iter().map(|row| row.try_get::<String>("", "detail").unwrap()).collect::<Vec<_>>().join("\n")
+    }
+}

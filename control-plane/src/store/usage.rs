@@ -261,6 +261,10 @@ pub async fn key_series(
     start: i64,
     end: i64,
 ) -> Result<Vec<(i64, Counts)>> {
+    read_buckets(db, &key_series_select(granularity, org, key_id, (start, end))).await
+}
+
+fn key_series_select(granularity: Granularity, org: &str, key_id: &str, (start, end): (i64, i64)) -> SelectStatement {
     let table = Alias::new(format!("usage_key_{}", granularity.suffix()));
     let mut select = Query::select();
     select.column((table.clone(), Alias::new("bucket"))).from(table.clone());
@@ -273,7 +277,7 @@ pub async fn key_series(
         .and_where(Expr::col((table.clone(), Alias::new("bucket"))).gte(start))
         .and_where(Expr::col((table.clone(), Alias::new("bucket"))).lt(end))
         .order_by((table, Alias::new("bucket")), Order::Asc);
-    read_buckets(db, &select).await
+    select
 }
 
 /// Non-empty buckets of the whole of `org` (one environment or both) in `[start, end)`, oldest first.
@@ -398,8 +402,21 @@ pub async fn key_totals(
     granularity: Granularity,
     org: &str,
     ids: &[&str],
-    (start, end): (i64, i64),
+    range: (i64, i64),
 ) -> Result<Vec<KeyCounts>> {
+    let mut keys = Vec::new();
+    for row in db.query_all(&key_totals_select(granularity, org, ids, range)).await? {
+        let environment: String = row.try_get("", "environment")?;
+        keys.push(KeyCounts {
+            key_id: row.try_get("", "key_id")?,
+            environment: environment.parse().unwrap_or(Environment::Live),
+            counts: Counts::from_query_result(&row, "")?,
+        });
+    }
+    Ok(keys)
+}
+
+fn key_totals_select(granularity: Granularity, org: &str, ids: &[&str], (start, end): (i64, i64)) -> SelectStatement {
     let table = Alias::new(format!("usage_key_{}", granularity.suffix()));
     let col = |name: &str| Expr::col((table.clone(), Alias::new(name)));
     let mut select = Query::select();
@@ -412,16 +429,7 @@ pub async fn key_totals(
         .and_where(col("bucket").gte(start))
         .and_where(col("bucket").lt(end))
         .group_by_col((table.clone(), Alias::new("key_id")));
-    let mut keys = Vec::new();
-    for row in db.query_all(&select).await? {
-        let environment: String = row.try_get("", "environment")?;
-        keys.push(KeyCounts {
-            key_id: row.try_get("", "key_id")?,
-            environment: environment.parse().unwrap_or(Environment::Live),
-            counts: Counts::from_query_result(&row, "")?,
-        });
-    }
-    Ok(keys)
+    select
 }
 
 /// Deletes up to `limit` rows older than `before` from the key and org
@@ -455,11 +463,22 @@ async fn purge_table(db: &impl ConnectionTrait, table: &str, column: &str, befor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_plans::sqlite_plan;
 
     #[test]
     fn joined_key_scores_read_back_or_fail() {
         assert_eq!(parse_key_score("42:key_01ab"), Some(("key_01ab".to_owned(), 42)));
         assert_eq!(parse_key_score("key_01ab"), None);
         assert_eq!(parse_key_score("x:key_01ab"), None);
+    }
+
+    /// Every one-key read also names the org; SQLite without statistics
+    /// must still pick the key's index, not read the org's rows (migration 15).
+    #[tokio::test]
+    async fn one_keys_reads_use_its_index_on_sqlite_without_statistics() {
+        let series = sqlite_plan(&key_series_select(Granularity::Hour, "org_1", "key_1", (0, 86_400))).await;
+        assert!(series.contains("USING INDEX usage_key_hours_key "), "{series}");
+        let totals = sqlite_plan(&key_totals_select(Granularity::Day, "org_1", &["key_1", "key_2"], (0, 86_400))).await;
+        assert!(totals.contains("USING INDEX usage_key_days_key "), "{totals}");
     }
 }
