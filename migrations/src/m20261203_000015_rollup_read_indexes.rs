@@ -2,11 +2,10 @@
 //!
 //! Every read of one key's or one subscription's rollup also names its org
 //! (`key_id = ? AND org_id = ? AND bucket` in a range). SQLite without
-//! statistics (any database `ANALYZE` has not seen filled) weighs an index
-//! by the columns a query pins, and `(org_id, bucket)` pinned as many as
-//! `(key_id, bucket)`: it chose the org index and read every key's rows of
-//! the range (one key's 30 days of hours: 283 ms for an org of 10,000 keys,
-//! against 2 ms). So:
+//! statistics (any database `ANALYZE` has not seen filled) cannot tell
+//! `(org_id, bucket)` from `(key_id, bucket)` for such a read: it chose the
+//! org index and read every key's rows of the range (one key's 30 days of
+//! hours: 283 ms for an org of 10,000 keys, against 2 ms). So:
 //!
 //! - the key rollups' org index becomes `(bucket, org_id)`: its one reader,
 //!   TopKeys, asks for an org's rows in a few whole buckets, which this
