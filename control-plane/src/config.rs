@@ -44,7 +44,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the gRPC server (applies pending migrations first).
     Serve(Box<Config>),
-    /// Apply pending migrations, or list them with --status, without serving.
+    /// Apply pending migrations (list them with --status, undo the newest
+    /// with --rollback N) without serving.
     Migrate {
         /// Where the data lives.
         #[command(flatten)]
@@ -52,6 +53,10 @@ pub enum Command {
         /// Only print applied and pending migrations.
         #[arg(long)]
         status: bool,
+        /// Undo the last N applied migrations, newest first, dropping what
+        /// they created (data included): for going back to an older release.
+        #[arg(long, value_name = "N", conflicts_with = "status")]
+        rollback: Option<u32>,
     },
     /// Re-encrypt every sealed value under the newest master key (safe
     /// while `serve` runs, once every server has the new key file).

@@ -348,14 +348,28 @@ async fn operator_services(
     Ok((db, keys))
 }
 
-/// `keyplane migrate`: applies pending migrations (or only reports them).
-pub async fn migrate(storage: &config::StorageArgs, status_only: bool) -> Result<(Vec<String>, Vec<String>)> {
+/// What `keyplane migrate` does before it reports applied and pending migrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrateAction {
+    /// Apply every pending migration.
+    Apply,
+    /// Change nothing.
+    Status,
+    /// Undo this many applied migrations, newest first.
+    Rollback(u32),
+}
+
+/// `keyplane migrate`: applies pending migrations, rolls back the newest, or
+/// only reports them.
+pub async fn migrate(storage: &config::StorageArgs, action: MigrateAction) -> Result<(Vec<String>, Vec<String>)> {
     if !storage.is_postgres() {
         bootstrap::data_dir(&storage.data_dir)?;
     }
     let db = storage.connect().await?;
-    if !status_only {
-        store::migrate(&db).await?;
+    match action {
+        MigrateAction::Apply => store::migrate(&db).await?,
+        MigrateAction::Status => {}
+        MigrateAction::Rollback(count) => store::roll_back(&db, count).await?,
     }
     let report = (store::applied_migrations(&db).await?, store::pending_migrations(&db).await?);
     db.close().await?;

@@ -2,9 +2,9 @@
 //! hands over to [`keyplane_control_plane::run`].
 
 use clap::Parser;
-use keyplane_control_plane::Listeners;
 use keyplane_control_plane::config::{Cli, Command, ConsoleListen, LogFormat};
 use keyplane_control_plane::crypto::MasterKeys;
+use keyplane_control_plane::{Listeners, MigrateAction};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -45,8 +45,13 @@ async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
             };
             keyplane_control_plane::run(*config, listeners, shutdown_signal()).await
         }
-        Command::Migrate { storage, status } => {
-            let (applied, pending) = keyplane_control_plane::migrate(&storage, status).await?;
+        Command::Migrate { storage, status, rollback } => {
+            let action = match (status, rollback) {
+                (_, Some(count)) => MigrateAction::Rollback(count),
+                (true, None) => MigrateAction::Status,
+                (false, None) => MigrateAction::Apply,
+            };
+            let (applied, pending) = keyplane_control_plane::migrate(&storage, action).await?;
             for name in applied {
                 println!("applied  {name}");
             }

@@ -1,5 +1,6 @@
-//! The `keyplane` binary's commands, run as real processes: `migrate`,
-//! `generate-master-key`, and start-up refusals that must explain themselves.
+//! The `keyplane` binary's commands, run as real processes: `migrate` (and
+//! every migration's rollback), `generate-master-key`, and start-up refusals
+//! that must explain themselves.
 
 use keyplane_tests::process::{keyplane, refused_start};
 use keyplane_tests::{Backend, both_backends};
@@ -21,6 +22,72 @@ async fn migrate_applies_then_reports(backend: Backend) {
     let after = keyplane(&[&["migrate", "--status"][..], &base].concat());
     let listed = String::from_utf8_lossy(&after.stdout);
     assert!(listed.contains("applied  m20261122_000001_api_keys") && !listed.contains("pending"), "{listed}");
+}
+
+both_backends!(every_migration_rolls_back_and_applies_again);
+
+/// Every migration's `down` undoes exactly its `up`: applied one at a time,
+/// then rolled back one at a time with `keyplane migrate --rollback 1`, the
+/// schema after each rollback is the one recorded before that migration was
+/// applied; `keyplane migrate` then brings back the same schema.
+async fn every_migration_rolls_back_and_applies_again(backend: Backend) {
+    use keyplane_migrations::{Migrator, MigratorTrait};
+    let data = tempfile::tempdir().unwrap();
+    let Some(url) = backend.fresh_database(data.path()).await else { return };
+    let dir = data.path().display().to_string();
+    let base = ["--data-dir", dir.as_str(), "--database-url", url.as_str()];
+    let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    let mut before_each = Vec::new();
+    for migration in Migrator::migrations() {
+        before_each.push((migration.name().to_owned(), schema(&db).await));
+        Migrator::up(&db, Some(1)).await.unwrap();
+    }
+    let migrated = schema(&db).await;
+    assert!(migrated.iter().any(|line| line.contains("usage_key_hours")), "the schema is read: {migrated:?}");
+    assert!(before_each[0].1.is_empty(), "a fresh database: {:?}", before_each[0]);
+
+    for (name, expected) in before_each.iter().rev() {
+        let rolled_back = keyplane(&[&["migrate", "--rollback", "1"][..], &base].concat());
+        assert!(rolled_back.status.success(), "{}", String::from_utf8_lossy(&rolled_back.stderr));
+        let listed = String::from_utf8_lossy(&rolled_back.stdout);
+        assert!(listed.contains(&format!("pending  {name}")), "{listed}");
+        assert_eq!(&schema(&db).await, expected, "{name} rolled back leaves the schema it found");
+    }
+    assert!(Migrator::get_applied_migrations(&db).await.unwrap().is_empty());
+
+    let applied = keyplane(&[&["migrate"][..], &base].concat());
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert_eq!(schema(&db).await, migrated, "applied again, the schema is the same");
+}
+
+/// Tables, columns, indexes and constraints of the database, one per line
+/// (sorted), without the migrations table.
+async fn schema(db: &sea_orm::DatabaseConnection) -> Vec<String> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Sqlite => {
+            "SELECT type || ' ' || name || ' ' || COALESCE(sql, '') AS line FROM sqlite_master \
+             WHERE name NOT LIKE 'sqlite_%' AND tbl_name <> 'seaql_migrations'"
+        }
+        _ => {
+            "SELECT table_name || '.' || column_name || ' ' || ordinal_position || ' ' || data_type || ' ' \
+               || is_nullable || ' ' || COALESCE(column_default, '') || ' ' || COALESCE(collation_name, '') AS line \
+               FROM information_schema.columns WHERE table_schema = 'public' AND table_name <> 'seaql_migrations' \
+             UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename <> 'seaql_migrations' \
+             UNION ALL SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) \
+               FROM pg_constraint WHERE connamespace = 'public'::regnamespace \
+               AND conrelid::regclass::text <> 'seaql_migrations' \
+             UNION ALL SELECT 'sequence ' || sequencename FROM pg_sequences WHERE schemaname = 'public' \
+               AND sequencename NOT LIKE 'seaql_migrations%' \
+             UNION ALL SELECT 'type ' || typname FROM pg_type WHERE typnamespace = 'public'::regnamespace \
+               AND typtype IN ('e', 'd')"
+        }
+    };
+    let rows = db.query_all_raw(Statement::from_string(backend, sql)).await.expect("schema");
+    let mut lines: Vec<String> = rows.iter().map(|row| row.try_get("", "line").expect("line")).collect();
+    lines.sort();
+    lines
 }
 
 #[tokio::test]

@@ -89,6 +89,11 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
     Ok(Migrator::up(db, None).await?)
 }
 
+/// Undoes the newest `count` applied migrations (all of them if fewer).
+pub async fn roll_back(db: &DatabaseConnection, count: u32) -> Result<()> {
+    Ok(Migrator::down(db, Some(count)).await?)
+}
+
 /// Names of migrations not yet applied.
 pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>> {
     Ok(Migrator::get_pending_migrations(db).await?.iter().map(|m| m.name().to_owned()).collect())
