@@ -55,7 +55,7 @@ pub enum Command {
         status: bool,
         /// Undo the last N applied migrations, newest first, dropping what
         /// they created (data included): for going back to an older release.
-        #[arg(long, value_name = "N", conflicts_with = "status")]
+        #[arg(long, value_name = "N", conflicts_with = "status", value_parser = clap::value_parser!(u32).range(1..))]
         rollback: Option<u32>,
     },
     /// Re-encrypt every sealed value under the newest master key (safe

@@ -46,6 +46,10 @@ async fn every_migration_rolls_back_and_applies_again(backend: Backend) {
     assert!(migrated.iter().any(|line| line.contains("usage_key_hours")), "the schema is read: {migrated:?}");
     assert!(before_each[0].1.is_empty(), "a fresh database: {:?}", before_each[0]);
 
+    let nothing = keyplane(&[&["migrate", "--rollback", "0"][..], &base].concat());
+    assert!(!nothing.status.success() && String::from_utf8_lossy(&nothing.stderr).contains("--rollback"));
+    assert_eq!(schema(&db).await, migrated);
+
     for (name, expected) in before_each.iter().rev() {
         let rolled_back = keyplane(&[&["migrate", "--rollback", "1"][..], &base].concat());
         assert!(rolled_back.status.success(), "{}", String::from_utf8_lossy(&rolled_back.stderr));
