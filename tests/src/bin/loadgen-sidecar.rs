@@ -35,6 +35,10 @@ struct Args {
     /// Seconds per rate.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Open-loop rounds per rate, each the same-answer trivial server then
+    /// the sidecar, so the host's noisy minutes fall on both alike.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Watch streams connected during the propagation run (including the sidecar's).
     #[arg(long, default_value_t = 100)]
     streams: usize,
@@ -277,11 +281,17 @@ async fn main() {
     let keys = &tokens[..args.keys];
     let shape = format!("{} connections", args.connections);
     for &rate in &args.rates {
-        println!(
-            "trivial ext_authz (same answer) at {rate}/s ({shape}): {}",
-            open_loop(same_answer, keys, rate, args.seconds).await
-        );
-        println!("ext_authz cached check at {rate}/s ({shape}): {}", open_loop(&pool, keys, rate, args.seconds).await);
+        let mut p99_ratios = Vec::with_capacity(args.rounds);
+        for _ in 0..args.rounds.max(1) {
+            let trivial = open_loop(same_answer, keys, rate, args.seconds).await;
+            println!("trivial ext_authz (same answer) at {rate}/s ({shape}): {trivial}");
+            let sidecar = open_loop(&pool, keys, rate, args.seconds).await;
+            println!("ext_authz cached check at {rate}/s ({shape}): {sidecar}");
+            p99_ratios.push(sidecar.p99.as_secs_f64() / trivial.p99.as_secs_f64());
+        }
+        p99_ratios.sort_by(f64::total_cmp);
+        let rounded: Vec<String> = p99_ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!("p99 sidecar / trivial (same answer) at {rate}/s, by round: {}", rounded.join(" "));
     }
     let in_flight = args.in_flight;
     let bare_floor = closed_loop(bare, keys, in_flight, args.seconds).await;
