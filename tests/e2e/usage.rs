@@ -23,6 +23,8 @@ both_backends!(
     a_report_whose_answer_is_lost_is_counted_once,
     queries_zero_fill_and_refuse_bad_ranges,
     rankings_follow_reports_into_buckets_already_ranked,
+    rankings_narrowed_by_growth_stay_exact,
+    rankings_with_too_many_candidates_read_the_bucket_again,
     usage_respects_orgs_and_scopes,
     delivery_stats_match_a_webhook_run,
 );
@@ -378,8 +380,10 @@ fn summed(buckets: Vec<pb::DeliveryStatsBucket>) -> (u64, u64, u64, f64) {
 }
 
 /// (key id, total) of the org's busiest keys over the last 7 days (days).
-async fn ranking(plane: &TestControlPlane, org: &str) -> Vec<(String, u64)> {
-    let keys = ranking_by(plane, org, pb::UsageOutcome::Unspecified, pb::Environment::Unspecified).await;
+/// The `limit` busiest keys of `org` over the last week and their totals
+/// (0: the default limit).
+async fn ranking(plane: &TestControlPlane, org: &str, limit: u32) -> Vec<(String, u64)> {
+    let keys = ranking_by(plane, org, pb::UsageOutcome::Unspecified, pb::Environment::Unspecified, limit).await;
     keys.into_iter().map(|k| (k.key_id, k.counts.unwrap_or_default().total)).collect()
 }
 
@@ -388,6 +392,7 @@ async fn ranking_by(
     org: &str,
     order_by: pb::UsageOutcome,
     environment: pb::Environment,
+    limit: u32,
 ) -> Vec<pb::KeyUsageSummary> {
     let request = pb::TopKeysRequest {
         org_id: org.to_owned(),
@@ -395,6 +400,7 @@ async fn ranking_by(
         end_time: Some(ts(Utc::now())),
         order_by: order_by as i32,
         environment: environment as i32,
+        limit,
         ..Default::default()
     };
     plane.usage(&plane.root_token).await.top_keys(request).await.expect("top keys").into_inner().keys
@@ -419,21 +425,21 @@ async fn rankings_follow_reports_into_buckets_already_ranked(backend: Backend) {
     };
     sync.report_usage(report("r1", vec![count(&a.id, yesterday, 5, 0), count(&b.id, now, 3, 0)])).await.unwrap();
     let expected = vec![(a.id.clone(), 5), (b.id.clone(), 3)];
-    assert_eq!(ranking(&plane, &org).await, expected);
-    assert_eq!(ranking(&replica, &org).await, expected);
+    assert_eq!(ranking(&plane, &org, 0).await, expected);
+    assert_eq!(ranking(&replica, &org, 0).await, expected);
 
     sync.report_usage(report("r2", vec![count(&b.id, now, 4, 0)])).await.unwrap();
     let expected = vec![(b.id.clone(), 7), (a.id.clone(), 5)];
-    assert_eq!(ranking(&plane, &org).await, expected, "today's bucket was read again");
-    assert_eq!(ranking(&replica, &org).await, expected, "today's bucket was read again on the replica");
+    assert_eq!(ranking(&plane, &org, 0).await, expected, "today's bucket was read again");
+    assert_eq!(ranking(&replica, &org, 0).await, expected, "today's bucket was read again on the replica");
 
     sync.report_usage(report("r3", vec![count(&a.id, yesterday, 0, 3)])).await.unwrap();
     let expected = vec![(a.id.clone(), 8), (b.id.clone(), 7)];
-    assert_eq!(ranking(&replica, &org).await, expected, "a late report into yesterday");
-    assert_eq!(ranking(&plane, &org).await, expected);
+    assert_eq!(ranking(&replica, &org, 0).await, expected, "a late report into yesterday");
+    assert_eq!(ranking(&plane, &org, 0).await, expected);
     // Ranked by one outcome: keys without any are left out; each key's
     // counts are all its outcomes.
-    let forbidden = ranking_by(&plane, &org, pb::UsageOutcome::Forbidden, pb::Environment::Unspecified).await;
+    let forbidden = ranking_by(&plane, &org, pb::UsageOutcome::Forbidden, pb::Environment::Unspecified, 0).await;
     assert_eq!(forbidden.len(), 1);
     let counts = forbidden[0].counts.unwrap_or_default();
     assert_eq!((forbidden[0].key_id.as_str(), counts.allowed, counts.forbidden), (a.id.as_str(), 5, 3));
@@ -443,11 +449,83 @@ async fn rankings_follow_reports_into_buckets_already_ranked(backend: Backend) {
     let (t, _) = create_key(&plane, &org, test_key).await;
     sync.report_usage(report("r4", vec![count(&t, now, 20, 0)])).await.unwrap();
     let ids = |keys: Vec<pb::KeyUsageSummary>| keys.into_iter().map(|k| k.key_id).collect::<Vec<_>>();
-    let by = |environment| ranking_by(&replica, &org, pb::UsageOutcome::Unspecified, environment);
+    let by = |environment| ranking_by(&replica, &org, pb::UsageOutcome::Unspecified, environment, 0);
     assert_eq!(ids(by(pb::Environment::Test).await), std::slice::from_ref(&t));
     assert_eq!(ids(by(pb::Environment::Live).await), [a.id.clone(), b.id.clone()]);
     assert_eq!(ids(by(pb::Environment::Unspecified).await), [t, a.id.clone(), b.id.clone()]);
     replica.stop().await;
+    plane.stop().await;
+}
+
+/// With fewer keys asked for than are ranked, a bucket that grew since it
+/// was kept is not read again while the growth cannot lift a key past the
+/// last winner: the candidates' exact counts decide. A key whose kept count
+/// plus the growth reaches the last winner's is a candidate (and can win);
+/// growth that a key not kept at all could hold has the bucket read again.
+async fn rankings_narrowed_by_growth_stay_exact(backend: Backend) {
+    let plane = start_or_skip!(backend);
+    let org = random_org();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(plane.create_key(&org, &[]).await.0.id);
+    }
+    let [a, b, c, d, e] = &ids[..] else { unreachable!() };
+    let mut sync = as_sidecar(&plane).await;
+    let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let mut reports = 0;
+    let mut report = async |counts: &[(&String, u64)]| {
+        reports += 1;
+        let counts = counts.iter().map(|(id, allowed)| count(id, now, *allowed, 0)).collect();
+        let request = sync_pb::ReportUsageRequest { report_id: format!("r{reports}"), counts, ..Default::default() };
+        sync.report_usage(request).await.unwrap();
+    };
+    let top_two = |totals: &[(&String, u64)]| {
+        let mut expected: Vec<(String, u64)> = totals.iter().map(|(id, n)| ((*id).clone(), *n)).collect();
+        expected.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        expected.truncate(2);
+        expected
+    };
+
+    report(&[(a, 20), (b, 15), (c, 10), (d, 1)]).await;
+    assert_eq!(ranking(&plane, &org, 2).await, top_two(&[(a, 20), (b, 15)]));
+    report(&[(c, 3)]).await;
+    assert_eq!(ranking(&plane, &org, 2).await, top_two(&[(a, 20), (b, 15)]), "c at 13 stays out");
+    report(&[(c, 4)]).await;
+    assert_eq!(ranking(&plane, &org, 2).await, top_two(&[(a, 20), (c, 17)]), "kept 10 + growth 7 reached 15: c won");
+    report(&[(e, 30)]).await;
+    assert_eq!(ranking(&plane, &org, 2).await, top_two(&[(e, 30), (a, 20)]), "e was not kept: read again");
+    report(&[(b, 5)]).await;
+    let tied = top_two(&[(e, 30), (a, 20), (b, 20), (c, 17)]);
+    assert_eq!(ranking(&plane, &org, 2).await, tied, "b reached a's 20: ties go by key id");
+    assert_eq!(ranking(&plane, &org, 0).await.len(), 5, "every key with checks, with the default limit");
+    plane.stop().await;
+}
+
+/// A grown bucket whose growth would leave more candidates than a ranking
+/// reads exactly is read again, and what the kept copy had counted is
+/// replaced, not added to.
+async fn rankings_with_too_many_candidates_read_the_bucket_again(backend: Backend) {
+    let plane = start_or_skip!(backend);
+    let org = random_org();
+    let mut ids = Vec::new();
+    for _ in 0..41 {
+        ids.push(plane.create_key(&org, &[]).await.0.id);
+    }
+    let mut sync = as_sidecar(&plane).await;
+    let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let counts = ids.iter().enumerate().map(|(i, id)| count(id, now, if i == 0 { 100 } else { 95 }, 0)).collect();
+    let report = sync_pb::ReportUsageRequest { report_id: "all".into(), counts, ..Default::default() };
+    sync.report_usage(report).await.unwrap();
+    assert_eq!(ranking(&plane, &org, 1).await, [(ids[0].clone(), 100)]);
+    // 8 more for one key lifts all 40 keys at 95 to the winner's 100 as far as
+    // bounds tell: 41 candidates, more than 1 + 32, so the bucket is read again.
+    let report = sync_pb::ReportUsageRequest {
+        report_id: "one".into(),
+        counts: vec![count(&ids[7], now, 8, 0)],
+        ..Default::default()
+    };
+    sync.report_usage(report).await.unwrap();
+    assert_eq!(ranking(&plane, &org, 1).await, [(ids[7].clone(), 103)], "counted once: 103 beats 100");
     plane.stop().await;
 }
 

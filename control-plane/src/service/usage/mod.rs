@@ -133,19 +133,25 @@ impl UsageService {
         let window = range.resolve(Utc::now(), &self.retention)?;
         let score = Score { outcome: query.order_by, environment: query.environment };
         let ranking = RankingQuery { org: &org, window, score, limit: limit as usize };
-        let winners = self.rankings.top_keys(&self.db, ranking).await?;
-        let ids: Vec<&str> = winners.iter().map(String::as_str).collect();
-        let (counts, keys) = tokio::try_join!(
+        let candidates = self.rankings.candidates(&self.db, ranking).await?;
+        let ids: Vec<&str> = candidates.iter().map(String::as_str).collect();
+        let (mut counts, keys) = tokio::try_join!(
             usage::key_totals(&self.db, window.granularity, &org, &ids, (window.start, window.end)),
             api_keys::find_many(&self.db, &org, &ids),
         )?;
-        let mut counts: HashMap<String, KeyCounts> = counts.into_iter().map(|k| (k.key_id.clone(), k)).collect();
+        counts.retain(|key| score.of(&key.counts) > 0);
+        counts.sort_unstable_by(|a, b| {
+            score.of(&b.counts).cmp(&score.of(&a.counts)).then_with(|| a.key_id.cmp(&b.key_id))
+        });
+        counts.truncate(limit as usize);
         let mut names: HashMap<String, String> = keys.into_iter().map(|k| (k.id, k.name)).collect();
-        Ok(winners
+        Ok(counts
             .into_iter()
-            .filter_map(|key_id| {
-                let KeyCounts { environment, counts, .. } = counts.remove(&key_id)?;
-                Some(KeyRanking { name: names.remove(&key_id).unwrap_or_default(), environment, counts, key_id })
+            .map(|KeyCounts { key_id, environment, counts }| KeyRanking {
+                name: names.remove(&key_id).unwrap_or_default(),
+                environment,
+                counts,
+                key_id,
             })
             .collect())
     }

@@ -10,8 +10,15 @@
 //! org rows still sum to the cached scores' sum, no key's score has
 //! changed. So every replica keeps its own cache without invalidation
 //! messages; a bucket whose org rows moved (the current one, while reports
-//! arrive) is read again. The winners' counts per outcome are then read
-//! from the rollups for them alone (`UsageService::top_keys`).
+//! arrive) need not be read again: its kept scores are a lower bound of
+//! each key's, and the growth of its sum an upper bound of what any key
+//! gained since, so only keys whose bounds reach the `limit`-th lower bound
+//! can win. Those few candidates' exact counts are read from the rollups
+//! (`UsageService::top_keys` reads the winners' counts anyway); the bucket
+//! is read again only when the bounds leave too many candidates, or a key
+//! not kept at all could have climbed in — at once, while the kept buckets
+//! are summed, when the growth already reaches the last ranking's
+//! `limit`-th total (sidecars reporting on every key between rankings).
 
 use std::sync::Arc;
 
@@ -21,6 +28,11 @@ use sea_orm::ConnectionTrait;
 use super::Window;
 use crate::error::Result;
 use crate::store::usage::{self, Granularity, Score};
+
+/// Candidates beyond the number of keys asked for that bounds may leave
+/// before the grown buckets are read again instead (each candidate's
+/// counts are read over the whole window).
+const EXTRA_CANDIDATES: usize = 32;
 
 /// Memory a cached key score is counted as, beyond its id's bytes.
 const BYTES_PER_SCORE: usize = std::mem::size_of::<(String, i64)>();
@@ -57,6 +69,23 @@ impl BucketScores {
     }
 }
 
+/// A ranking's org, granularity, score and length: what its `limit`-th
+/// total is remembered by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RankingId {
+    org: String,
+    granularity: Granularity,
+    score: Score,
+    limit: usize,
+}
+
+impl RankingId {
+    fn of(query: &RankingQuery<'_>) -> Self {
+        let RankingQuery { org, window, score, limit } = *query;
+        Self { org: org.to_owned(), granularity: window.granularity, score, limit }
+    }
+}
+
 /// What a ranking is over and by.
 #[derive(Clone, Copy, Debug)]
 pub struct RankingQuery<'a> {
@@ -66,9 +95,16 @@ pub struct RankingQuery<'a> {
     pub limit: usize,
 }
 
+/// Rankings whose last total is remembered (a few dozen bytes each).
+const REMEMBERED_RANKINGS: u64 = 10_000;
+
 /// Per-key scores of recently ranked buckets, bounded in bytes.
 pub struct RankingCache {
     buckets: Cache<BucketId, Arc<BucketScores>>,
+    /// The `limit`-th total of the last exact ranking of each kind (0 when
+    /// it had fewer keys): a grown bucket whose growth reaches it would not
+    /// be narrowed, so it is read at once, while the kept ones are summed.
+    last_totals: Cache<RankingId, i64>,
 }
 
 impl RankingCache {
@@ -77,15 +113,19 @@ impl RankingCache {
             .max_capacity(max_bytes)
             .weigher(|_: &BucketId, scores: &Arc<BucketScores>| scores.weight())
             .build();
-        Self { buckets }
+        Self { buckets, last_totals: Cache::new(REMEMBERED_RANKINGS) }
     }
 
-    /// The ids of the `limit` keys with the highest score in the window,
-    /// busiest first, ties by key id; keys scoring 0 are left out.
-    pub async fn top_keys(&self, db: &impl ConnectionTrait, query: RankingQuery<'_>) -> Result<Vec<String>> {
+    /// Ids of keys among which are the `limit` with the highest score in the
+    /// window (keys scoring 0 are never among them), at most `limit` +
+    /// [`EXTRA_CANDIDATES`], busiest first as far as the kept scores tell:
+    /// the caller ranks them by their exact counts.
+    pub async fn candidates(&self, db: &impl ConnectionTrait, query: RankingQuery<'_>) -> Result<Vec<String>> {
         let Window { granularity, start, end } = query.window;
-        let mut cached = Vec::new();
-        let mut stale = Vec::new();
+        let mut current = Vec::new();
+        let mut grown = Vec::new();
+        let mut growth = 0;
+        let mut unread = Vec::new();
         for (bucket, org_counts) in
             usage::org_series(db, granularity, query.org, query.score.environment, start, end).await?
         {
@@ -94,17 +134,43 @@ impl RankingCache {
                 continue;
             }
             match self.buckets.get(&BucketId::of(&query, bucket)) {
-                Some(scores) if scores.sum == sum => cached.push(scores),
-                _ => stale.push(bucket),
+                Some(scores) if scores.sum == sum => current.push(scores),
+                Some(scores) if scores.sum < sum => {
+                    growth += sum - scores.sum;
+                    grown.push((bucket, scores));
+                }
+                _ => unread.push(bucket),
             }
         }
-        // The cached buckets are summed while the database reads the stale ones.
-        let (read, mut totals) = tokio::join!(self.read(db, &query, &stale), async { Totals::of(&cached) });
+        let ranking = RankingId::of(&query);
+        if self.last_totals.get(&ranking).is_some_and(|last| growth >= last) {
+            unread.extend(grown.drain(..).map(|(bucket, _)| bucket));
+        }
+        // The kept buckets are summed while the database reads the others.
+        let (read, mut totals) = tokio::join!(self.read(db, &query, &unread), async { Totals::of(&current) });
         let read = read?;
-        for bucket in &read {
+        for bucket in read.iter().chain(grown.iter().map(|(_, scores)| scores)) {
             totals.add(bucket);
         }
-        Ok(totals.busiest(query.limit).into_iter().map(str::to_owned).collect())
+        let limit = query.limit;
+        let fresh;
+        if !grown.is_empty() {
+            if let Some(candidates) = totals.candidates(limit, growth, limit + EXTRA_CANDIDATES) {
+                return Ok(candidates.into_iter().map(str::to_owned).collect());
+            }
+            let buckets: Vec<i64> = grown.iter().map(|(bucket, _)| *bucket).collect();
+            fresh = self.read(db, &query, &buckets).await?;
+            for (_, kept) in &grown {
+                totals.remove(kept);
+            }
+            for bucket in &fresh {
+                totals.add(bucket);
+            }
+        }
+        let busiest = totals.busiest(limit);
+        let last_total = if busiest.len() == limit { busiest.last().map_or(0, |(_, total)| *total) } else { 0 };
+        self.last_totals.insert(ranking, last_total);
+        Ok(busiest.into_iter().map(|(id, _)| id.to_owned()).collect())
     }
 
     /// Reads the scores of `buckets` from the database and keeps them.
@@ -151,9 +217,15 @@ impl<'a> Totals<'a> {
         }
     }
 
-    /// The ids of the `limit` busiest keys, busiest first, ties by id.
-    fn busiest(self, limit: usize) -> Vec<&'a str> {
-        let busiest_first = |a: &(&str, i64), b: &(&str, i64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0));
+    /// Takes back what [`add`](Self::add) added for `bucket`.
+    fn remove(&mut self, bucket: &'a BucketScores) {
+        for (key_id, score) in &bucket.keys {
+            *self.by_key.entry(key_id).or_default() -= score;
+        }
+    }
+
+    /// The `limit` busiest keys and their totals, busiest first, ties by id.
+    fn busiest(self, limit: usize) -> Vec<(&'a str, i64)> {
         let mut ranked: Vec<(&str, i64)> = self.by_key.into_iter().collect();
         if ranked.len() > limit {
             let Some(last) = limit.checked_sub(1) else { return Vec::new() };
@@ -161,8 +233,37 @@ impl<'a> Totals<'a> {
             ranked.truncate(limit);
         }
         ranked.sort_unstable_by(busiest_first);
-        ranked.into_iter().map(|(id, _)| id).collect()
+        ranked
     }
+
+    /// When every key may have gained up to `growth` since these totals
+    /// were counted (and keys missing from them up to `growth` in all): the
+    /// keys that can still be among the `limit` busiest, busiest first by
+    /// these totals. `None` when more than `max` keys can, or a missing key
+    /// could.
+    ///
+    /// A key whose total plus `growth` stays below the `limit`-th highest
+    /// total is below at least `limit` keys however the growth fell, ties
+    /// included; nobody else can be ruled out.
+    fn candidates(&self, limit: usize, growth: i64, max: usize) -> Option<Vec<&'a str>> {
+        let mut ranked: Vec<(&'a str, i64)> = self.by_key.iter().map(|(id, score)| (*id, *score)).collect();
+        let last = limit.checked_sub(1).filter(|&last| last < ranked.len())?;
+        let (_, &mut (_, threshold), _) = ranked.select_nth_unstable_by(last, busiest_first);
+        if growth >= threshold {
+            return None;
+        }
+        ranked.retain(|(_, score)| score + growth >= threshold);
+        if ranked.len() > max {
+            return None;
+        }
+        ranked.sort_unstable_by(busiest_first);
+        Some(ranked.into_iter().map(|(id, _)| id).collect())
+    }
+}
+
+/// Higher scores first, ties by key id.
+fn busiest_first(a: &(&str, i64), b: &(&str, i64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
 }
 
 #[cfg(test)]
@@ -177,11 +278,29 @@ mod tests {
     fn rankings_sum_buckets_and_break_ties_by_key_id() {
         let days = [bucket(&[("a", 5), ("b", 4), ("t", 9)]), bucket(&[("c", 3), ("b", 2), ("d", 6)])];
         assert_eq!(days[0].sum, 18);
-        assert_eq!(Totals::of(&days).busiest(10), ["t", "b", "d", "a", "c"], "b and d tie at 6");
-        assert_eq!(Totals::of(&days).busiest(2), ["t", "b"]);
+        fn ids(ranked: Vec<(&str, i64)>) -> Vec<&str> {
+            ranked.into_iter().map(|(id, _)| id).collect()
+        }
+        assert_eq!(ids(Totals::of(&days).busiest(10)), ["t", "b", "d", "a", "c"], "b and d tie at 6");
+        assert_eq!(Totals::of(&days).busiest(2), [("t", 9), ("b", 6)]);
         let mut totals = Totals::of(&days[..1]);
         totals.add(&days[1]);
-        assert_eq!(totals.busiest(1), ["t"]);
+        assert_eq!(totals.candidates(1, 0, 10).unwrap(), ["t"]);
+        totals.remove(&days[0]);
+        assert_eq!(totals.busiest(2), [("d", 6), ("c", 3)], "what the first bucket added is taken back");
         assert!(Totals::of(&[]).busiest(10).is_empty());
+    }
+
+    #[test]
+    fn candidates_are_the_keys_growth_can_lift_to_the_last_winning_total() {
+        let kept = [bucket(&[("a", 10), ("b", 8), ("c", 3), ("d", 1)])];
+        let totals = Totals::of(&kept);
+        assert_eq!(totals.candidates(2, 0, 10).unwrap(), ["a", "b"], "nothing grew: the winners");
+        assert_eq!(totals.candidates(2, 5, 10).unwrap(), ["a", "b", "c"], "c + 5 reaches b's 8");
+        assert_eq!(totals.candidates(3, 2, 10).unwrap(), ["a", "b", "c", "d"], "d + 2 ties with c");
+        assert_eq!(totals.candidates(2, 8, 10), None, "a key not kept could reach 8");
+        assert_eq!(totals.candidates(2, 5, 2), None, "more candidates than allowed");
+        assert_eq!(totals.candidates(5, 1, 10), None, "fewer keys kept than asked for");
+        assert_eq!(totals.candidates(0, 1, 10), None);
     }
 }
