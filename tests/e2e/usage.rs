@@ -457,6 +457,15 @@ async fn rankings_follow_reports_into_buckets_already_ranked(backend: Backend) {
     plane.stop().await;
 }
 
+/// The ids of `count` new keys of `org`.
+async fn new_keys(plane: &TestControlPlane, org: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        ids.push(plane.create_key(org, &[]).await.0.id);
+    }
+    ids
+}
+
 /// With fewer keys asked for than are ranked, a bucket that grew since it
 /// was kept is not read again while the growth cannot lift a key past the
 /// last winner: the candidates' exact counts decide. A key whose kept count
@@ -465,10 +474,7 @@ async fn rankings_follow_reports_into_buckets_already_ranked(backend: Backend) {
 async fn rankings_narrowed_by_growth_stay_exact(backend: Backend) {
     let plane = start_or_skip!(backend);
     let org = random_org();
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(plane.create_key(&org, &[]).await.0.id);
-    }
+    let ids = new_keys(&plane, &org, 5).await;
     let [a, b, c, d, e] = &ids[..] else { unreachable!() };
     let mut sync = as_sidecar(&plane).await;
     let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
@@ -507,10 +513,7 @@ async fn rankings_narrowed_by_growth_stay_exact(backend: Backend) {
 async fn rankings_with_too_many_candidates_read_the_bucket_again(backend: Backend) {
     let plane = start_or_skip!(backend);
     let org = random_org();
-    let mut ids = Vec::new();
-    for _ in 0..41 {
-        ids.push(plane.create_key(&org, &[]).await.0.id);
-    }
+    let ids = new_keys(&plane, &org, 41).await;
     let mut sync = as_sidecar(&plane).await;
     let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
     let counts = ids.iter().enumerate().map(|(i, id)| count(id, now, if i == 0 { 100 } else { 95 }, 0)).collect();
