@@ -140,9 +140,10 @@ impl UsageService {
             api_keys::find_many(&self.db, &org, &ids),
         )?;
         counts.retain(|key| score.of(&key.counts) > 0);
-        counts.sort_unstable_by(|a, b| {
-            score.of(&b.counts).cmp(&score.of(&a.counts)).then_with(|| a.key_id.cmp(&b.key_id))
-        });
+        fn ranked(key: &KeyCounts, score: Score) -> (&str, i64) {
+            (key.key_id.as_str(), score.of(&key.counts))
+        }
+        counts.sort_unstable_by(|a, b| ranking::busiest_first(&ranked(a, score), &ranked(b, score)));
         counts.truncate(limit as usize);
         let mut names: HashMap<String, String> = keys.into_iter().map(|k| (k.id, k.name)).collect();
         Ok(counts

@@ -261,8 +261,8 @@ impl<'a> Totals<'a> {
     }
 }
 
-/// Higher scores first, ties by key id.
-fn busiest_first(a: &(&str, i64), b: &(&str, i64)) -> std::cmp::Ordering {
+/// Higher scores first, ties by key id: the order of every ranking.
+pub(super) fn busiest_first(a: &(&str, i64), b: &(&str, i64)) -> std::cmp::Ordering {
     b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
 }
 
