@@ -13,16 +13,23 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::Parser;
 use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use keyplane_control_plane::crypto::token::{CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, encode_fixed, new_id_body};
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1 as sync_pb;
+use keyplane_sidecar::listen::CopiedWrites;
 use keyplane_tests::stats::Summary;
 use keyplane_tests::{Backend, TestControlPlane};
 use tokio::process::Command;
 use tokio::sync::Mutex;
+use tokio_stream::StreamExt;
+
+/// The sidecar's allocator, so the client's own cost stays small too.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 struct Args {
@@ -90,38 +97,101 @@ fn check_request(token: &str) -> envoy::CheckRequest {
     }
 }
 
-/// Open loop: `rate` checks/s for `seconds` (a request every 1/rate s,
-/// round-robin over `clients`), each latency measured from its actual send.
+/// Open loop: `rate` checks/s for `seconds`, a check every 1/rate s
+/// round-robin over `connections` HTTP/2 connections to `port`, each latency
+/// measured from the instant it was due (so a late send counts against it).
 ///
-/// Paced by a thread of its own: `std::thread::sleep` wakes within tens of
-/// microseconds, where tokio's timer has 1 ms granularity and would send each
-/// millisecond's checks in one burst (10 at once at 10k/s), which the
-/// latencies would then measure.
-async fn open_loop(clients: &[AuthzClient], tokens: &[String], rate: u64, seconds: u64) -> Summary {
+/// The client is kept to a fraction of a core, so that on a two-core machine
+/// the latencies measure the server, not the client queueing behind itself.
+/// It runs on a thread of its own with a single-threaded runtime (no wake-up
+/// crosses threads), paced by a timerfd ticking every 1/rate s (tokio's timer
+/// has 1 ms granularity and would send each millisecond's checks in one
+/// burst), and speaks gRPC on raw h2 with each request encoded beforehand:
+/// its headers and message leave in one write, as Envoy sends them, where
+/// tonic's client flushes them in two.
+async fn open_loop(port: u16, connections: usize, tokens: &[String], rate: u64, seconds: u64) -> Summary {
     let count = (rate * seconds) as usize;
-    let (clients, tokens) = (clients.to_vec(), tokens.to_vec());
-    let begin = Instant::now() + Duration::from_millis(50);
-    let pace = move || {
-        let mut tasks = Vec::with_capacity(count);
-        for i in 0..count {
-            let at = begin + Duration::from_secs_f64(i as f64 / rate as f64);
-            std::thread::sleep(at.saturating_duration_since(Instant::now()));
-            let mut client = clients[i % clients.len()].clone();
-            let request = check_request(&tokens[i % tokens.len()]);
-            tasks.push(tokio::spawn(async move {
-                let sent = Instant::now();
-                let response = client.check(request).await.unwrap().into_inner();
-                assert_eq!(response.status.unwrap().code, 0);
-                sent.elapsed()
-            }));
-        }
-        tasks
+    let messages: Vec<Bytes> = tokens.iter().map(|token| grpc_message(&check_request(token))).collect();
+    let client = move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let connections = h2_connections(port, connections).await;
+            for connection in &connections {
+                h2_check(connection.clone(), messages[0].clone()).await;
+            }
+            let period = Duration::from_secs_f64(1.0 / rate as f64);
+            let begin = Instant::now();
+            let mut ticks = tokio_timerfd::Interval::new(begin, period).expect("timerfd");
+            let mut checks = Vec::with_capacity(count);
+            while checks.len() < count {
+                ticks.next().await.expect("ticks never end").expect("timerfd read");
+                let due = (begin.elapsed().as_secs_f64() * rate as f64) as usize + 1;
+                while checks.len() < due.min(count) {
+                    let i = checks.len();
+                    let due_at = begin + period.mul_f64(i as f64);
+                    let check =
+                        h2_check(connections[i % connections.len()].clone(), messages[i % messages.len()].clone());
+                    checks.push(tokio::spawn(async move {
+                        check.await;
+                        due_at.elapsed()
+                    }));
+                }
+            }
+            let mut latencies = Vec::with_capacity(count);
+            for check in checks {
+                latencies.push(check.await.unwrap());
+            }
+            Summary::of(latencies, begin.elapsed())
+        })
     };
-    let mut latencies = Vec::with_capacity(count);
-    for task in tokio::task::spawn_blocking(pace).await.unwrap() {
-        latencies.push(task.await.unwrap());
+    let client = std::thread::spawn(client);
+    tokio::task::spawn_blocking(|| client.join().unwrap()).await.unwrap()
+}
+
+/// `count` HTTP/2 connections to `port`, their tasks spawned on the current runtime.
+async fn h2_connections(port: u16, count: usize) -> Vec<h2::client::SendRequest<Bytes>> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (send, connection) = h2::client::handshake(CopiedWrites(stream)).await.unwrap();
+        tokio::spawn(connection);
+        connections.push(send);
     }
-    Summary::of(latencies, begin.elapsed())
+    connections
+}
+
+/// `message` in gRPC's length-prefixed framing (uncompressed).
+fn grpc_message(message: &impl prost::Message) -> Bytes {
+    let encoded = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + encoded.len());
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    framed.into()
+}
+
+/// One `Authorization/Check` call over raw h2; panics unless it is allowed.
+async fn h2_check(connection: h2::client::SendRequest<Bytes>, message: Bytes) {
+    let mut connection = connection.ready().await.unwrap();
+    let request = http::Request::post("http://127.0.0.1/envoy.service.auth.v3.Authorization/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = connection.send_request(request, false).unwrap();
+    body.send_data(message, true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    let mut answer = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        answer.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("grpc-status trailer");
+    assert_eq!(trailers.get("grpc-status").map(|status| status.as_bytes()), Some(&b"0"[..]));
+    let answer = <envoy::CheckResponse as prost::Message>::decode(&answer[5..]).unwrap();
+    assert_eq!(answer.status.unwrap().code, 0, "check allowed");
 }
 
 /// Closed loop: `in_flight` workers spread over `clients`, each sending its
@@ -259,6 +329,7 @@ async fn main() {
     // same run: one answering like the sidecar (same headers), one bare.
     let mut baselines = Vec::new();
     let mut baseline_pools = Vec::new();
+    let mut baseline_ports = Vec::new();
     for mode in [None, Some("--bare")] {
         let port = free_port();
         baselines.push(
@@ -276,16 +347,18 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         baseline_pools.push(clients(port, args.connections).await);
+        baseline_ports.push(port);
     }
     let [same_answer, bare] = &baseline_pools[..] else { unreachable!() };
+    let same_answer_port = baseline_ports[0];
     let keys = &tokens[..args.keys];
     let shape = format!("{} connections", args.connections);
     for &rate in &args.rates {
         let mut p99_ratios = Vec::with_capacity(args.rounds);
         for _ in 0..args.rounds.max(1) {
-            let trivial = open_loop(same_answer, keys, rate, args.seconds).await;
+            let trivial = open_loop(same_answer_port, args.connections, keys, rate, args.seconds).await;
             println!("trivial ext_authz (same answer) at {rate}/s ({shape}): {trivial}");
-            let sidecar = open_loop(&pool, keys, rate, args.seconds).await;
+            let sidecar = open_loop(grpc_port, args.connections, keys, rate, args.seconds).await;
             println!("ext_authz cached check at {rate}/s ({shape}): {sidecar}");
             p99_ratios.push(sidecar.p99.as_secs_f64() / trivial.p99.as_secs_f64());
         }
