@@ -25,6 +25,7 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 use keyplane_control_plane::crypto::new_id;
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
+use keyplane_control_plane::service::usage::ingest::MAX_COUNTS_PER_REPORT;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::sync::v1 as sync_pb;
 use keyplane_tests::process::{ControlPlaneProcess, WebhookServer};
@@ -146,11 +147,11 @@ async fn ingest(backend: Backend, keys: usize, sidecars: usize, rounds: usize, i
             let (mut client, mut ids) = (client.clone(), ids.clone());
             // As the sidecar sends them: ranges of sorted key ids, from a random range on.
             ids.sort_unstable();
-            let start = rand::rng().random_range(0..ids.len().div_ceil(1000)) * 1000;
+            let start = rand::rng().random_range(0..ids.len().div_ceil(MAX_COUNTS_PER_REPORT)) * MAX_COUNTS_PER_REPORT;
             ids.rotate_left(start);
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                for chunk in ids.chunks(1000) {
+                for chunk in ids.chunks(MAX_COUNTS_PER_REPORT) {
                     let counts: Vec<sync_pb::UsageCount> = chunk
                         .iter()
                         .map(|id| sync_pb::UsageCount {
@@ -292,7 +293,7 @@ async fn query(backend: Backend, keys: usize, days: i64, requests: usize) {
                     ..Default::default()
                 })
                 .collect();
-            for chunk in counts.chunks(1000) {
+            for chunk in counts.chunks(MAX_COUNTS_PER_REPORT) {
                 let report = sync_pb::ReportUsageRequest { counts: chunk.to_vec(), ..Default::default() };
                 sync.report_usage(report).await.expect("report");
             }
