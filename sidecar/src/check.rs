@@ -388,9 +388,18 @@ fn refusal(spend: Spend, reason: &'static str) -> Result<Receipt, Denial> {
     }
 }
 
-/// Splits a scope list given as text (comma- or space-separated).
-pub fn parse_scopes(text: &str) -> Vec<String> {
-    text.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+/// What a check requires: every scope of `defaults` (the sidecar's
+/// `--default-scopes`) and every scope the route names in `route` (comma-
+/// or space-separated). A route adds to the defaults and never lifts them,
+/// so an empty or missing value means the defaults, never "nothing".
+pub fn required_scopes(defaults: &[String], route: Option<&str>) -> Vec<String> {
+    let mut required = defaults.to_vec();
+    for scope in route.unwrap_or_default().split([',', ' ']).filter(|s| !s.is_empty()) {
+        if !required.iter().any(|s| s == scope) {
+            required.push(scope.to_owned());
+        }
+    }
+    required
 }
 
 #[cfg(test)]
@@ -479,6 +488,15 @@ mod tests {
         assert_eq!(status(decide(&both, from("10.2.3.4"), now)), None);
         assert_eq!(status(decide(&both, from("10.3.0.1"), now)), Some((403, "ip_not_allowed")));
         assert_eq!(status(decide(&both, from("2001:db8::7"), now)), Some((403, "ip_not_allowed")));
-        assert_eq!(parse_scopes("a, b c"), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_route_adds_to_the_default_scopes_and_never_lifts_them() {
+        let defaults = vec!["orders:read".to_owned()];
+        assert_eq!(required_scopes(&[], Some("a, b c")), vec!["a", "b", "c"]);
+        for lifted in [None, Some(""), Some(","), Some(" , ")] {
+            assert_eq!(required_scopes(&defaults, lifted), defaults, "{lifted:?}");
+        }
+        assert_eq!(required_scopes(&defaults, Some("billing:read,orders:read")), vec!["orders:read", "billing:read"]);
     }
 }

@@ -23,23 +23,41 @@ impl TrustedProxies {
     }
 
     /// The client of a forward-auth request from socket peer `peer` (text of
-    /// a socket address; a Unix socket peer has none) with headers looked up
-    /// by `header`. Behind trusted proxies it is the right-most
-    /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries to
-    /// its left were written by the client and prove nothing), else
-    /// `X-Real-IP`; otherwise the peer.
-    pub fn client<'a>(&self, peer: &str, header: impl Fn(&str) -> Option<&'a str>) -> Option<IpAddr> {
+    /// a socket address; a Unix socket peer has none), given its
+    /// `X-Real-IP` and every `X-Forwarded-For` line in order. Headers count
+    /// only from a trusted peer, and then the proxy's own value wins:
+    /// - `X-Real-IP`, which a proxy sets to the address it saw, overwriting
+    ///   the client's (every shipped example does), names the client unless
+    ///   it is itself a trusted proxy (a chain of proxies);
+    /// - else the right-most `X-Forwarded-For` entry that is not a trusted
+    ///   proxy (a proxy appends the address it saw; entries to its left
+    ///   were written by the client and prove nothing);
+    /// - else the peer.
+    pub fn client<'a>(
+        &self,
+        peer: &str,
+        real_ip: Option<&str>,
+        forwarded_for: impl Iterator<Item = &'a str>,
+    ) -> Option<IpAddr> {
         let peer = peer.parse::<SocketAddr>().ok().map(|addr| addr.ip().to_canonical());
         let Some(proxy) = peer.filter(|ip| self.trusts(*ip)) else { return peer };
-        let forwarded = header("x-forwarded-for").map(|list| {
-            list.rsplit(',').map(|entry| parse_ip(entry.trim())).find(|ip| !ip.is_some_and(|ip| self.trusts(ip)))
-        });
-        match forwarded {
+        let real_ip = real_ip.map(|value| parse_ip(value.trim()));
+        match real_ip {
+            Some(Some(ip)) if !self.trusts(ip) => return Some(ip),
+            // Not an address: nobody to believe.
+            Some(None) => return None,
+            _ => {}
+        }
+        let entries: Vec<&str> =
+            forwarded_for.flat_map(|line| line.split(',')).map(str::trim).filter(|e| !e.is_empty()).collect();
+        let right_most_untrusted =
+            entries.iter().rev().map(|entry| parse_ip(entry)).find(|ip| !ip.is_some_and(|ip| self.trusts(ip)));
+        match (right_most_untrusted, entries.first()) {
             // A right-most untrusted entry that is not an address: nobody to believe.
-            Some(Some(found)) => found,
-            // Every entry is a trusted proxy (or the header is empty): the left-most one is the client.
-            Some(None) => header("x-forwarded-for").and_then(|list| parse_ip(list.split(',').next()?.trim())),
-            None => header("x-real-ip").map_or(Some(proxy), |value| parse_ip(value.trim())),
+            (Some(found), _) => found,
+            // Every entry is a trusted proxy: the left-most one is the client.
+            (None, Some(first)) => parse_ip(first),
+            (None, None) => real_ip.flatten().or(Some(proxy)),
         }
     }
 }
@@ -57,8 +75,9 @@ mod tests {
 
     fn client(proxies: &[&str], peer: &str, headers: &[(&str, &str)]) -> Option<String> {
         let proxies = TrustedProxies::new(proxies.iter().map(|p| p.parse().unwrap()).collect());
-        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-        proxies.client(peer, header).map(|ip| ip.to_string())
+        let real_ip = headers.iter().find(|(n, _)| *n == "x-real-ip").map(|(_, v)| *v);
+        let forwarded = headers.iter().filter(|(n, _)| *n == "x-forwarded-for").map(|(_, v)| *v);
+        proxies.client(peer, real_ip, forwarded).map(|ip| ip.to_string())
     }
 
     #[test]
@@ -85,6 +104,23 @@ mod tests {
             client(&["::1/128"], "[::1]:80", &[("x-forwarded-for", "[2001:db8::2]:443")]).as_deref(),
             Some("2001:db8::2")
         );
+    }
+
+    #[test]
+    fn the_proxys_own_value_wins_over_the_clients() {
+        let proxies = ["127.0.0.1/32"];
+        let peer = "127.0.0.1:4000";
+        // nginx sets X-Real-IP to the address it saw; the client sent its own X-Forwarded-For.
+        let spoofed = [("x-forwarded-for", "203.0.113.7"), ("x-real-ip", "198.51.100.1")];
+        assert_eq!(client(&proxies, peer, &spoofed).as_deref(), Some("198.51.100.1"));
+        // Every X-Forwarded-For line counts, the proxy's appended one last.
+        let lines = [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-for", "198.51.100.1")];
+        assert_eq!(client(&proxies, peer, &lines).as_deref(), Some("198.51.100.1"));
+        // A chain: the first proxy's X-Real-IP is a trusted proxy, so X-Forwarded-For decides.
+        let chain = [("x-real-ip", "127.0.0.1"), ("x-forwarded-for", "6.6.6.6, 198.51.100.1")];
+        assert_eq!(client(&proxies, peer, &chain).as_deref(), Some("198.51.100.1"));
+        assert_eq!(client(&proxies, peer, &[("x-real-ip", "garbage")]), None);
+        assert_eq!(client(&proxies, peer, &[("x-real-ip", "127.0.0.1")]).as_deref(), Some("127.0.0.1"));
     }
 
     #[test]

@@ -77,7 +77,9 @@ pub struct Config {
     /// attacker which key ids exist.
     #[arg(long, env = "KEYPLANE_SIDECAR_EXPOSE_DENIAL_REASONS")]
     pub expose_denial_reasons: bool,
-    /// Scopes required when the proxy names none (comma-separated).
+    /// Scopes every check requires (comma-separated); a route's scopes (an
+    /// ext_authz context extension, or `X-Required-Scopes` set by the proxy)
+    /// add to them and never lift them.
     #[arg(long, env = "KEYPLANE_SIDECAR_DEFAULT_SCOPES", value_delimiter = ',')]
     pub default_scopes: Vec<String>,
     /// Request header carrying the key (`authorization` expects `Bearer <token>`).

@@ -11,7 +11,7 @@ use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpRe
 use tonic::{Request, Response, Status};
 
 use crate::cache::{KeyId, Principal};
-use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, parse_scopes};
+use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, required_scopes};
 use crate::client_address::parse_ip;
 use crate::http::{credential_from, identity_headers, www_authenticate};
 
@@ -79,11 +79,9 @@ impl Authorization for ExtAuthz {
         let empty = HashMap::new();
         let headers = request.get_client_headers().unwrap_or(&empty);
         let context = request.attributes.as_ref().map(|a| &a.context_extensions);
-        let required = context
-            .and_then(|c| c.get("required_scopes"))
-            .or_else(|| headers.get("x-required-scopes"))
-            .map(|text| parse_scopes(text))
-            .unwrap_or_else(|| self.default_scopes.clone());
+        // The route's configuration, never the client's headers.
+        let required =
+            required_scopes(&self.default_scopes, context.and_then(|c| c.get("required_scopes")).map(String::as_str));
         let credential =
             credential_from(headers.get(&self.credential_header).map(String::as_str), &self.credential_header);
         let (peer, client) = request
@@ -94,9 +92,7 @@ impl Authorization for ExtAuthz {
             .map(source_address)
             .unwrap_or_default();
         let request_id = headers.get("x-request-id").map(String::as_str).unwrap_or_default();
-        let cost = parse_cost(
-            context.and_then(|c| c.get("cost")).or_else(|| headers.get("x-keyplane-cost")).map(String::as_str),
-        );
+        let cost = parse_cost(context.and_then(|c| c.get("cost")).map(String::as_str));
         let check = CheckInput { credential, required_scopes: &required, peer: &peer, client, cost, request_id };
         let response = match self.checker.check(&check).await {
             Decision::Allow { key_id, principal } => {

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 use crate::cache::{KeyId, Principal};
-use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, parse_scopes};
+use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, required_scopes};
 use crate::client_address::TrustedProxies;
 use crate::listen::Listener;
 use crate::metrics::Metrics;
@@ -23,6 +23,10 @@ use crate::sync::Readiness;
 
 /// Path prefix of forward-auth checks.
 pub const CHECK_PREFIX: &str = "/check";
+/// The header a proxy sets on the forward-auth request to name a route's
+/// scopes. The client can send it too (a proxy forwards what it does not
+/// overwrite), so it only ever adds to `--default-scopes`.
+pub const REQUIRED_SCOPES_HEADER: &str = "x-required-scopes";
 
 /// The identity headers set on allowed requests (overwriting any sent by
 /// the client: the identity ones are empty for a key without an identity).
@@ -69,7 +73,7 @@ pub struct HttpFrontEnd {
     pub credential_header: String,
     /// Ask the proxy to drop the credential header.
     pub strip_credential: bool,
-    /// Scopes required when the proxy names none.
+    /// Scopes every check requires.
     pub default_scopes: Vec<String>,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
@@ -109,7 +113,7 @@ impl HttpFrontEnd {
     async fn forward_auth(&self, request: &Request<Incoming>, peer: &str) -> Reply {
         let headers = request.headers();
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let required = text("x-required-scopes").map(parse_scopes).unwrap_or_else(|| self.default_scopes.clone());
+        let required = required_scopes(&self.default_scopes, text(REQUIRED_SCOPES_HEADER));
         let method =
             text("x-forwarded-method").or_else(|| text("x-original-method")).unwrap_or(request.method().as_str());
         let uri = text("x-forwarded-uri").or_else(|| text("x-original-uri")).unwrap_or_default();
@@ -120,7 +124,11 @@ impl HttpFrontEnd {
                 credential,
                 required_scopes: &required,
                 peer,
-                client: self.trusted_proxies.client(peer, text),
+                client: self.trusted_proxies.client(
+                    peer,
+                    text("x-real-ip"),
+                    headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
+                ),
                 cost: parse_cost(text("x-keyplane-cost")),
                 request_id: text("x-request-id").unwrap_or_default(),
             })
@@ -197,7 +205,7 @@ mod tests {
         fn header_parsing_never_panics(value in ".*", header in "[a-z-]{1,20}") {
             let _ = credential_from(Some(&value), &header);
             let _ = credential_from(Some(&value), "authorization");
-            let _ = parse_scopes(&value);
+            let _ = required_scopes(&[], Some(&value));
         }
 
         #[test]

@@ -5,6 +5,7 @@ mod admin_limits;
 mod allow_lists;
 mod api_keys;
 mod audit;
+mod authorization;
 mod bad_input;
 mod bootstrap;
 mod commands;

@@ -94,6 +94,17 @@ impl ConsoleClient {
         Self { base: format!("http://{addr}"), http, cookies: Mutex::default(), csrf: Mutex::default() }
     }
 
+    /// A client whose requests come from `local` (another loopback address,
+    /// as a different person's browser would: per-address limits apart).
+    pub fn from(addr: SocketAddr, local: std::net::IpAddr) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(local)
+            .build()
+            .expect("client");
+        Self { base: format!("http://{addr}"), http, cookies: Mutex::default(), csrf: Mutex::default() }
+    }
+
     /// A client of a console served over TLS, trusting only `ca_pem`.
     pub fn over_tls(addr: SocketAddr, ca_pem: &str) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -176,6 +187,16 @@ impl ConsoleClient {
             let chosen = self.post("/org", &[("org", org)]).await;
             assert_eq!(chosen.status, 303, "choose org: {}", chosen.body);
         }
+    }
+
+    /// Opens a portal link's `path` as a person does: the GET shows a
+    /// confirmation (and changes nothing), its form's POST opens the portal.
+    pub async fn open_portal(&self, path: &str) -> Page {
+        let confirm = self.get(path).await;
+        assert_eq!(confirm.status, 200, "the portal link's confirmation: {}", confirm.body);
+        assert!(self.session_cookie().is_none(), "a GET of a portal link opens no session");
+        let nonce = confirm.input("nonce").expect("confirmation nonce");
+        self.post_raw(path, &[("nonce", &nonce)]).await
     }
 
     /// The session cookie, if signed in.

@@ -60,7 +60,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/login", get(signin::form).post(signin::sign_in))
         .route("/logout", post(signin::sign_out))
         .route("/org", get(signin::org_form).post(signin::choose_org))
-        .route("/portal/{token}", get(signin::open_portal))
+        .route("/portal/{token}", get(signin::confirm_portal).post(signin::open_portal))
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/new", get(keys::new_form))
         .route("/keys/{id}", get(keys::show))

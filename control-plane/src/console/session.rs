@@ -16,7 +16,8 @@ use super::error::error_page;
 use super::headers::FrameAncestors;
 use super::{Console, Peer};
 use crate::error::Error;
-use crate::service::auth::{Actor, RequestContext, Scope};
+use crate::service::auth::{Actor, RequestContext};
+use crate::service::authz::Scope;
 use crate::service::sessions::{Client, Session};
 
 pub const SESSION_COOKIE: &str = "kp_session";
@@ -153,7 +154,7 @@ impl FromRequestParts<Arc<Console>> for Signed {
     async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Self, Response> {
         let to_login = || Redirect::to("/login").into_response();
         let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_login()) };
-        let session = match console.sessions.resume(&id).await {
+        let session = match console.sessions.resume(&id, &client(parts)).await {
             Ok(Some(session)) => session,
             Ok(None) => return Err(to_login()),
             Err(error) => return Err(error_page(error, None)),

@@ -183,6 +183,17 @@ pub struct KeyPage {
     pub granularity: String,
 }
 
+/// The confirmation a portal link shows before its one-time token is used
+/// (a GET must not sign the browser in: link previews and cross-site
+/// loads would use it up or swap the browser's session).
+#[derive(Template)]
+#[template(path = "portal_open.html")]
+pub struct PortalOpenPage {
+    pub nav: Option<Nav>,
+    pub action: String,
+    pub nonce: String,
+}
+
 #[derive(Template)]
 #[template(path = "confirm.html")]
 pub struct ConfirmPage {

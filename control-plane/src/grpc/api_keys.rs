@@ -10,6 +10,7 @@ use super::convert::{self, api_key_to_proto};
 use super::request_context;
 use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
+use crate::service::authz::{Action, Target};
 use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::records::{Environment, KeyFilter};
 use crate::service::verify::Requirements;
@@ -140,6 +141,8 @@ impl ApiKeyService for ApiKeyGrpc {
         request: Request<pb::UpdateApiKeyRequest>,
     ) -> Result<Response<pb::UpdateApiKeyResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
+        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
+        ctx.authorize(Action::UpdateKey, Target::Org(&request.get_ref().org_id))?;
         let request = request.into_inner();
         let (org_id, id) = (request.org_id.clone(), request.id.clone());
         let key = self.keys.update(&ctx, &org_id, &id, key_changes(request)?).await?;

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, attempt_to_proto, delivery_to_proto};
 use super::request_context;
 use crate::error::Error;
+use crate::service::authz::{Action, Target};
 use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::records::DeliveryFilter;
 use crate::service::{Authenticator, DeliveryService};
@@ -86,6 +87,8 @@ impl delivery_service_server::DeliveryService for DeliveryGrpc {
         request: Request<pb::RecoverFailedRequest>,
     ) -> Result<Response<pb::RecoverFailedResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
+        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
+        ctx.authorize(Action::RetryDeliveries, Target::Org(&request.get_ref().org_id))?;
         let pb::RecoverFailedRequest { org_id, subscription_id, since } = request.into_inner();
         let since = since.ok_or_else(|| Error::invalid("since", "is required"))?;
         let since = convert::time_from_proto("since", since)?;

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, identity_to_proto};
 use super::request_context;
 use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
 use crate::service::identities::IdentityRef;
 use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::records::{IdentityChanges, IdentityFilter, NewIdentity};
@@ -111,6 +112,8 @@ impl identity_service_server::IdentityService for IdentityGrpc {
         request: Request<pb::UpdateIdentityRequest>,
     ) -> Result<Response<pb::UpdateIdentityResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
+        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
+        ctx.authorize(Action::WriteIdentities, Target::Org(&request.get_ref().org_id))?;
         let request = request.into_inner();
         let (org_id, id) = (request.org_id.clone(), request.id.clone());
         let identity = self.identities.update(&ctx, &org_id, &id, identity_changes(request)?).await?;

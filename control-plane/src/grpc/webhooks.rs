@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, subscription_to_proto};
 use super::request_context;
 use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
 use crate::service::paging::PageRequest;
 use crate::service::webhooks::PortalLinks;
 use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
@@ -94,6 +95,8 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         request: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::UpdateSubscriptionResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
+        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
+        ctx.authorize(Action::WriteSubscriptions, Target::Org(&request.get_ref().org_id))?;
         let request = request.into_inner();
         let changes = changes(&request)?;
         let subscription = self.webhooks.update(&ctx, &request.org_id, &request.id, changes).await?;

@@ -64,7 +64,7 @@ impl Admission {
 
     /// Refuses a request from `peer` while the address is backing off.
     pub fn check_peer(&self, peer: Option<IpAddr>) -> Result<()> {
-        let Some(state) = peer.and_then(|ip| self.failures.get(&ip)) else { return Ok(()) };
+        let Some(state) = peer.and_then(|ip| self.failures.get(&throttle_key(ip))) else { return Ok(()) };
         let refused_until = *state.refused_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match refused_until.and_then(|until| until.checked_duration_since(Instant::now())) {
             Some(wait) => {
@@ -83,7 +83,7 @@ impl Admission {
         let (Some(ip), Some(per_minute)) = (peer, NonZeroU32::new(self.limits.failures_per_minute)) else {
             return;
         };
-        let state = self.failures.get_with(ip, || {
+        let state = self.failures.get_with(throttle_key(ip), || {
             Arc::new(PeerFailures {
                 allowance: RateLimiter::direct(Quota::per_minute(per_minute)),
                 refused_until: Mutex::new(None),
@@ -108,5 +108,30 @@ impl Admission {
                 retry_after: not_until.wait_time_from(DefaultClock::default().now()),
             }
         })
+    }
+}
+
+/// What an address counts as in per-address throttles: itself for IPv4,
+/// its /64 for IPv6 (one host is handed a whole /64 and can rotate through
+/// it), IPv4-mapped IPv6 as the IPv4 address.
+pub fn throttle_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let key = |text: &str| throttle_key(text.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), "2001:db8:1:2::");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
     }
 }

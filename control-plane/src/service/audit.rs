@@ -2,9 +2,10 @@
 
 use sea_orm::DatabaseConnection;
 
-use super::auth::{RequestContext, Scope};
+use super::auth::RequestContext;
 use super::paging::{self, ListQuery, Listing, Page};
 use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
 use crate::store::audit::{self, AuditFilter};
 
 const LISTING: Listing = Listing::named("audit");
@@ -31,7 +32,7 @@ impl AuditService {
 
     /// A page of audit events, newest first.
     pub async fn list(&self, ctx: &RequestContext, query: ListQuery<AuditFilter>) -> Result<Page<audit::Model>> {
-        let org = ctx.authorize(Scope::AuditRead, &query.org_id)?;
+        let org = ctx.authorize(Action::ReadAudit, Target::Org(&query.org_id))?;
         let cursor = LISTING.start(&query.page)?;
         let before = cursor
             .position
@@ -50,7 +51,7 @@ impl AuditService {
     /// Recomputes the org's chain from the first row and reports the first
     /// row whose seq, link or hash is wrong.
     pub async fn verify_chain(&self, ctx: &RequestContext, org_id: &str) -> Result<ChainReport> {
-        let org = ctx.authorize(Scope::AuditRead, org_id)?;
+        let org = ctx.authorize(Action::ReadAudit, Target::Org(org_id))?;
         let mut checked = 0u64;
         let mut expected_seq = 1i64;
         let mut prev_hash = String::new();

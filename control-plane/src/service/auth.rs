@@ -1,4 +1,5 @@
-//! Who is calling and what they may do.
+//! Who is calling: the authenticated actor and the request context it
+//! acts in (what it may do is `authz.rs`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,93 +12,6 @@ use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
 use crate::store::OrgScope;
 use crate::store::audit::NewAuditEvent;
-
-/// The reserved org whose keys are platform credentials acting across orgs.
-pub const PLATFORM_ORG: &str = "keyplane";
-/// What a webhook-portal session may do: its org's subscriptions and deliveries.
-const PORTAL_SCOPES: [Scope; 4] =
-    [Scope::WebhooksRead, Scope::WebhooksWrite, Scope::DeliveriesRead, Scope::DeliveriesWrite];
-
-/// A permission a Keyplane API key can hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Read keys, verify tokens.
-    KeysRead,
-    /// Create, change, rotate, revoke, delete keys.
-    KeysWrite,
-    /// Reveal recoverable keys.
-    KeysReveal,
-    /// Read webhook subscriptions.
-    WebhooksRead,
-    /// Change webhook subscriptions.
-    WebhooksWrite,
-    /// Publish events.
-    EventsPublish,
-    /// Read deliveries.
-    DeliveriesRead,
-    /// Retry deliveries.
-    DeliveriesWrite,
-    /// Read the audit log.
-    AuditRead,
-    /// Read OAuth connections.
-    ConnectionsRead,
-    /// Change OAuth connections.
-    ConnectionsWrite,
-    /// Obtain OAuth access tokens.
-    ConnectionsReveal,
-    /// Read usage analytics.
-    UsageRead,
-    /// Run a sidecar (verify any org's tokens, follow the key-event log).
-    Sidecar,
-    /// Everything.
-    Admin,
-}
-
-impl Scope {
-    const ALL: [Scope; 15] = [
-        Scope::KeysRead,
-        Scope::KeysWrite,
-        Scope::KeysReveal,
-        Scope::WebhooksRead,
-        Scope::WebhooksWrite,
-        Scope::EventsPublish,
-        Scope::DeliveriesRead,
-        Scope::DeliveriesWrite,
-        Scope::AuditRead,
-        Scope::ConnectionsRead,
-        Scope::ConnectionsWrite,
-        Scope::ConnectionsReveal,
-        Scope::UsageRead,
-        Scope::Sidecar,
-        Scope::Admin,
-    ];
-
-    /// The scope string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::KeysRead => "keyplane:keys:read",
-            Scope::KeysWrite => "keyplane:keys:write",
-            Scope::KeysReveal => "keyplane:keys:reveal",
-            Scope::WebhooksRead => "keyplane:webhooks:read",
-            Scope::WebhooksWrite => "keyplane:webhooks:write",
-            Scope::EventsPublish => "keyplane:events:publish",
-            Scope::DeliveriesRead => "keyplane:deliveries:read",
-            Scope::DeliveriesWrite => "keyplane:deliveries:write",
-            Scope::AuditRead => "keyplane:audit:read",
-            Scope::ConnectionsRead => "keyplane:connections:read",
-            Scope::ConnectionsWrite => "keyplane:connections:write",
-            Scope::ConnectionsReveal => "keyplane:connections:reveal",
-            Scope::UsageRead => "keyplane:usage:read",
-            Scope::Sidecar => "keyplane:sidecar",
-            Scope::Admin => "keyplane:admin",
-        }
-    }
-
-    /// Parses a `keyplane:` scope string.
-    pub fn parse(scope: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == scope)
-    }
-}
 
 /// The authenticated caller.
 #[derive(Clone, Debug)]
@@ -157,78 +71,6 @@ impl RequestContext {
         }
     }
 
-    /// Whether the caller holds `scope` (root and `keyplane:admin` hold all).
-    pub fn has_scope(&self, scope: Scope) -> bool {
-        self.holds(scope.as_str())
-    }
-
-    /// Whether the caller holds the scope string `scope`.
-    fn holds(&self, scope: &str) -> bool {
-        match &self.actor {
-            Actor::Root | Actor::Operator => true,
-            Actor::Portal { .. } => PORTAL_SCOPES.iter().any(|s| s.as_str() == scope),
-            Actor::ApiKey { scopes, .. } => scopes.iter().any(|s| s == scope || s == Scope::Admin.as_str()),
-        }
-    }
-
-    /// Whether the caller acts across orgs (root token or a platform key).
-    pub fn is_platform(&self) -> bool {
-        match &self.actor {
-            Actor::Root | Actor::Operator => true,
-            Actor::Portal { .. } => false,
-            Actor::ApiKey { org_id, .. } => org_id == PLATFORM_ORG,
-        }
-    }
-
-    /// Checks `scope` and resolves the org the request acts in. Platform
-    /// callers must name the org; other keys act in their own org only.
-    pub fn authorize(&self, scope: Scope, requested_org: &str) -> Result<String> {
-        if !self.has_scope(scope) {
-            return Err(Error::PermissionDenied(format!("missing scope {}", scope.as_str())));
-        }
-        match &self.actor {
-            _ if self.is_platform() => {
-                if requested_org.is_empty() {
-                    Err(Error::invalid("org_id", "required for the root token and platform keys"))
-                } else {
-                    check_org_id(requested_org)?;
-                    Ok(requested_org.to_owned())
-                }
-            }
-            Actor::ApiKey { org_id, .. } | Actor::Portal { org_id, .. }
-                if requested_org.is_empty() || requested_org == org_id =>
-            {
-                Ok(org_id.clone())
-            }
-            _ => Err(Error::PermissionDenied("this key acts only in its own org".into())),
-        }
-    }
-
-    /// Which orgs' tokens the caller may verify: all for root and platform
-    /// keys with `keyplane:sidecar`, else its own org with `keyplane:keys:read`.
-    pub fn verification_scope(&self) -> Result<OrgScope<'_>> {
-        match &self.actor {
-            Actor::Root | Actor::Operator => Ok(OrgScope::AllOrgs),
-            Actor::ApiKey { .. } if self.is_platform() && self.has_scope(Scope::Sidecar) => Ok(OrgScope::AllOrgs),
-            Actor::ApiKey { org_id, .. } if self.has_scope(Scope::KeysRead) => Ok(OrgScope::Org(org_id)),
-            Actor::ApiKey { .. } | Actor::Portal { .. } => Err(Error::PermissionDenied(format!(
-                "missing scope {} or {}",
-                Scope::KeysRead.as_str(),
-                Scope::Sidecar.as_str()
-            ))),
-        }
-    }
-
-    /// Refuses to grant `keyplane:` scopes the caller does not hold itself.
-    pub fn check_grantable(&self, field: &str, scopes: &[String]) -> Result<()> {
-        match scopes.iter().find(|s| s.starts_with("keyplane:") && !self.holds(s)) {
-            Some(scope) => {
-                Err(Error::PermissionDenied(format!("{field}: cannot grant {scope}, which the caller does not hold")))
-            }
-            None => Ok(()),
-        }
-    }
-
     /// Actor type and id as recorded in the audit log.
     pub fn actor_label(&self) -> (&'static str, String) {
         match &self.actor {
@@ -269,12 +111,6 @@ impl RequestContext {
     }
 }
 
-/// Org ids are opaque to Keyplane but must be sane: 1 to 128 of `[A-Za-z0-9_.-]`.
-pub fn check_org_id(org: &str) -> Result<()> {
-    let ok = (1..=128).contains(&org.len()) && org.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok { Ok(()) } else { Err(Error::invalid("org_id", "must be 1 to 128 letters, digits, '_', '.' or '-'")) }
-}
-
 /// Turns a bearer token into an [`Actor`].
 #[derive(Clone)]
 pub struct Authenticator {
@@ -300,6 +136,16 @@ impl Authenticator {
             self.admission.record_failure(peer);
         }
         authenticated
+    }
+
+    /// A fingerprint of the root token (not the token, nor its digest), kept
+    /// with root console sessions so that changing the token ends them.
+    pub fn root_fingerprint(&self) -> Option<String> {
+        let root = self.root_digest?;
+        Some(
+            crate::crypto::hex(&crate::crypto::sha256(&[b"console-session:".as_slice(), &root].concat()))[..32]
+                .to_owned(),
+        )
     }
 
     /// Spends one request of the caller's budget on the admin services.

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::auth::{RequestContext, Scope};
+use super::auth::RequestContext;
 use super::paging::{Listing, Page, PageRequest};
 use super::validate::Violations;
 use crate::crypto::MasterKeys;
 use crate::error::{Error, Result};
 use crate::oauth::{OAuthClient, Providers, TokenSet};
+use crate::service::authz::{Action, Target};
 use crate::store::connections::{self, NewConnectionRow, SealedTokens};
 use crate::store::{self, OrgTx, audit};
 
@@ -79,7 +80,7 @@ impl ConnectionService {
     /// Exchanges an authorization code and stores the connection; nothing is
     /// stored if the provider refuses or fails.
     pub async fn exchange_code(&self, ctx: &RequestContext, request: CodeExchange) -> Result<connections::Model> {
-        let org = ctx.authorize(Scope::ConnectionsWrite, &request.org_id)?;
+        let org = ctx.authorize(Action::WriteConnections, Target::Org(&request.org_id))?;
         let mut violations = Violations::default();
         if request.code.is_empty() || request.code.len() > 2048 {
             violations.add("code", "must be 1 to 2048 characters");
@@ -125,7 +126,7 @@ impl ConnectionService {
 
     /// One connection of the caller's org.
     pub async fn get(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<connections::Model> {
-        let org = ctx.authorize(Scope::ConnectionsRead, org_id)?;
+        let org = ctx.authorize(Action::ReadConnections, Target::Org(org_id))?;
         connections::find(&self.db, &org, id).await?.ok_or(Error::NotFound("connection"))
     }
 
@@ -137,7 +138,7 @@ impl ConnectionService {
         provider: &str,
         page: &PageRequest,
     ) -> Result<Page<connections::Model>> {
-        let org = ctx.authorize(Scope::ConnectionsRead, org_id)?;
+        let org = ctx.authorize(Action::ReadConnections, Target::Org(org_id))?;
         let cursor = LISTING.start(page)?;
         let provider = (!provider.is_empty()).then_some(provider);
         let rows = connections::list(&self.db, &org, provider, cursor.position.as_deref(), cursor.fetch()).await?;
@@ -147,7 +148,7 @@ impl ConnectionService {
     /// A valid access token, refreshed first when it expires within
     /// [`REFRESH_MARGIN`]; concurrent callers wait for one refresh. Audited.
     pub async fn access_token(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<AccessToken> {
-        let org = ctx.authorize(Scope::ConnectionsReveal, org_id)?;
+        let org = ctx.authorize(Action::RevealConnectionToken, Target::Org(org_id))?;
         let lock = self.refresh_locks.get_with(format!("{org}/{id}"), Arc::default);
         let _refreshing = lock.lock().await;
         let current = connections::find(&self.db, &org, id).await?.ok_or(Error::NotFound("connection"))?;
@@ -210,7 +211,7 @@ impl ConnectionService {
     /// Deletes a connection, then revokes its grant at the provider (the
     /// refresh token if there is one, else the access token).
     pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<Revocation> {
-        let org = ctx.authorize(Scope::ConnectionsWrite, org_id)?;
+        let org = ctx.authorize(Action::WriteConnections, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         let connection = connections::delete(&tx, id).await?.ok_or(Error::NotFound("connection"))?;
         audit::append(

@@ -9,10 +9,11 @@ use serde_json::json;
 
 use super::Wakeups;
 use super::api_keys::{revoke_in, rules};
-use super::auth::{RequestContext, Scope};
+use super::auth::RequestContext;
 use super::paging::{ListQuery, Listing, Page};
 use super::validate::Violations;
 use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
 use crate::store::identities::{self, IdentityChanges, IdentityFilter, NewIdentity};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{OrgTx, api_keys, audit};
@@ -52,7 +53,7 @@ impl IdentityService {
 
     /// Creates an identity (audited).
     pub async fn create(&self, ctx: &RequestContext, org_id: &str, mut new: NewIdentity) -> Result<identities::Model> {
-        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let org = ctx.authorize(Action::WriteIdentities, Target::Org(org_id))?;
         let mut violations = Violations::default();
         violations.required_text("external_id", &new.external_id, MAX_EXTERNAL_ID_CHARS);
         if let Some(metadata) = &new.metadata {
@@ -76,7 +77,7 @@ impl IdentityService {
 
     /// One identity of the caller's org.
     pub async fn get(&self, ctx: &RequestContext, org_id: &str, which: IdentityRef<'_>) -> Result<identities::Model> {
-        let org = ctx.authorize(Scope::KeysRead, org_id)?;
+        let org = ctx.authorize(Action::ReadIdentities, Target::Org(org_id))?;
         let found = match which {
             IdentityRef::Id("") | IdentityRef::ExternalId("") => {
                 return Err(Error::invalid("id", "give an id or an external_id"));
@@ -95,7 +96,7 @@ impl IdentityService {
         ctx: &RequestContext,
         query: ListQuery<IdentityFilter>,
     ) -> Result<Page<identities::Model>> {
-        let org = ctx.authorize(Scope::KeysRead, &query.org_id)?;
+        let org = ctx.authorize(Action::ReadIdentities, Target::Org(&query.org_id))?;
         let cursor = LISTING.start(&query.page)?;
         let rows = identities::list(&self.db, &org, &query.filter, cursor.position.as_deref(), cursor.fetch()).await?;
         Ok(cursor.page(rows, |identity| identity.id.clone()))
@@ -109,7 +110,7 @@ impl IdentityService {
         id: &str,
         mut changes: IdentityChanges,
     ) -> Result<identities::Model> {
-        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let org = ctx.authorize(Action::WriteIdentities, Target::Org(org_id))?;
         let mut violations = Violations::default();
         let mut changed = Vec::new();
         if let Some(external_id) = &changes.external_id {
@@ -133,6 +134,11 @@ impl IdentityService {
 
         let tx = OrgTx::begin(&self.db, &org).await?;
         let identity = identities::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("identity"))?;
+        // Loosening the shared limits widens every key of the identity: the
+        // caller must hold whatever those keys hold.
+        let scopes: Vec<String> =
+            api_keys::active_of_identity(&tx, &identity.id).await?.iter().flat_map(|key| key.scope_list()).collect();
+        ctx.authorize(Action::WriteIdentities, Target::Key { org: &org, scopes: &scopes })?;
         if let Some(external_id) = changes.external_id.as_deref().filter(|new| *new != identity.external_id) {
             refuse_taken_external_id(&tx, "update.external_id", external_id).await?;
         }
@@ -153,7 +159,7 @@ impl IdentityService {
     /// `revoke_keys`, which revokes them in the same transaction. Its ended
     /// keys are detached. Returns the ids of the keys revoked.
     pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str, revoke_keys: bool) -> Result<Vec<String>> {
-        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let org = ctx.authorize(Action::WriteIdentities, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         let identity = identities::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("identity"))?;
         let active = api_keys::active_of_identity(&tx, &identity.id).await?;

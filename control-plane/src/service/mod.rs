@@ -8,6 +8,7 @@ pub mod admission;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod connections;
 pub mod credits;
 pub mod identities;
@@ -35,7 +36,8 @@ use crate::store::deliveries::Model as Delivery;
 
 pub use api_keys::KeyService;
 pub use audit::AuditService;
-pub use auth::{Actor, Authenticator, RequestContext, Scope};
+pub use auth::{Actor, Authenticator, RequestContext};
+pub use authz::{Action, Scope, Target};
 pub use connections::ConnectionService;
 pub use credits::CreditService;
 pub use identities::IdentityService;

@@ -1,6 +1,6 @@
 //! Console sessions: signing in with the root token or a Keyplane API key,
-//! resuming a session from its cookie (ended when idle or too old, or when
-//! its key is revoked, deleted, expired or loses its `keyplane:` scopes),
+//! resuming a session from its cookie (see [`SessionService::resume`] for
+//! what ends one),
 //! choosing the org a platform credential acts in, portal sessions opened
 //! from a one-time link, and signing out. Session ids live only in the
 //! browser's cookie; the database keeps their SHA-256.
@@ -14,11 +14,13 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::auth::{Actor, Authenticator, Channel, PLATFORM_ORG, RequestContext, check_org_id};
+use super::admission::throttle_key;
+use super::auth::{Actor, Authenticator, Channel, RequestContext};
+use super::authz::{Action, PLATFORM_ORG, Target, check_org_id};
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::{Error, Result};
 use crate::store::api_keys::{self, KeyStatus};
-use crate::store::{self, OrgScope, OrgTx, audit, portal_links, sessions};
+use crate::store::{self, OrgScope, OrgTx, audit, identities, portal_links, sessions};
 
 /// Sign-in attempts per client address per minute.
 const SIGN_INS_PER_MINUTE: u32 = 10;
@@ -102,7 +104,7 @@ impl SessionService {
     /// "invalid credential", nothing more.
     pub async fn sign_in(&self, credential: &str, client: &Client) -> Result<(String, Session)> {
         if let Some(ip) = client.ip
-            && self.sign_ins.check_key(&ip).is_err()
+            && self.sign_ins.check_key(&throttle_key(ip)).is_err()
         {
             return Err(Error::LimitReached("too many sign-in attempts from this address; wait a minute".into()));
         }
@@ -113,7 +115,9 @@ impl SessionService {
             Err(other) => return Err(other),
         };
         let (actor_type, key_id, org) = match &actor {
-            Actor::Root => ("root", None, String::new()),
+            // The session names the root token it was opened with: changing
+            // the token ends it.
+            Actor::Root => ("root", self.authenticator.root_fingerprint(), String::new()),
             Actor::ApiKey { key_id, org_id, scopes } if scopes.iter().any(|s| s.starts_with("keyplane:")) => {
                 let org = if org_id == PLATFORM_ORG { String::new() } else { org_id.clone() };
                 ("api_key", Some(key_id.clone()), org)
@@ -149,9 +153,12 @@ impl SessionService {
         Ok(Some((id, session)))
     }
 
-    /// The live session of `session_id`, with its key's current scopes;
-    /// `None` (and the session ended) when it is over.
-    pub async fn resume(&self, session_id: &str) -> Result<Option<Session>> {
+    /// The live session of `session_id` for a request from `client`, with
+    /// its key's current scopes; `None` (and the session ended) when it is
+    /// over: idle or too old; its key revoked, expired, stripped of its
+    /// `keyplane:` scopes or used from outside its allow-lists; the root
+    /// token changed; the key that created a portal link no longer able to.
+    pub async fn resume(&self, session_id: &str, client: &Client) -> Result<Option<Session>> {
         let id_hash = hash(session_id);
         let Some(row) = sessions::find(&self.db, &id_hash).await? else {
             return Ok(None);
@@ -160,11 +167,11 @@ impl SessionService {
         let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or(chrono::Duration::MAX);
         let actor = match row.actor_type.as_str() {
             _ if row.expires_at <= now || now - row.last_seen_at > idle => None,
-            "root" => Some(Actor::Root),
-            "portal" => {
-                Some(Actor::Portal { org_id: row.org_id.clone(), link_id: row.key_id.clone().unwrap_or_default() })
+            "root" => {
+                (row.key_id.is_some() && row.key_id == self.authenticator.root_fingerprint()).then_some(Actor::Root)
             }
-            _ => self.live_key(row.key_id.as_deref()).await?,
+            "portal" => self.live_portal(&row).await?,
+            _ => self.live_key(row.key_id.as_deref(), client).await?,
         };
         let Some(actor) = actor else {
             sessions::delete(&self.db, &id_hash).await?;
@@ -176,17 +183,48 @@ impl SessionService {
         Ok(Some(self.session(session_id, &row, actor)))
     }
 
-    /// The actor of a key session while its key may still sign in.
-    async fn live_key(&self, key_id: Option<&str>) -> Result<Option<Actor>> {
+    /// The actor of a key session while its key may still sign in from `client`.
+    async fn live_key(&self, key_id: Option<&str>, client: &Client) -> Result<Option<Actor>> {
+        let Some(key) = self.usable_key(key_id).await? else { return Ok(None) };
+        let in_networks = key.allows_client(client.ip)
+            && match &key.identity_id {
+                Some(identity) => {
+                    identities::find(&self.db, &key.org_id, identity).await?.is_none_or(|i| i.allows_client(client.ip))
+                }
+                None => true,
+            };
+        Ok(in_networks.then(|| Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id }))
+    }
+
+    /// The key `key_id` while it is active, unexpired and holds a `keyplane:` scope.
+    async fn usable_key(&self, key_id: Option<&str>) -> Result<Option<api_keys::Model>> {
         let Some(key_id) = key_id else { return Ok(None) };
-        let Some(key) = api_keys::find_in(&self.db, OrgScope::AllOrgs, key_id).await? else {
-            return Ok(None);
+        let key = api_keys::find_in(&self.db, OrgScope::AllOrgs, key_id).await?;
+        Ok(key.filter(|key| {
+            key.status == KeyStatus::Active
+                && !key.is_expired(store::now())
+                && key.scope_list().iter().any(|s| s.starts_with("keyplane:"))
+        }))
+    }
+
+    /// The actor of a portal session while the credential that created its
+    /// link could still create it.
+    async fn live_portal(&self, row: &sessions::Model) -> Result<Option<Actor>> {
+        let Some(link_id) = row.key_id.clone() else { return Ok(None) };
+        let Some(link) = portal_links::find(&self.db, &row.org_id, &link_id).await? else { return Ok(None) };
+        let creator_may = match link.created_by.as_str() {
+            "root" | "operator" => true,
+            // The creator's own allow-list is about the creator, not the customer.
+            key_id => match self.usable_key(Some(key_id)).await? {
+                Some(key) => {
+                    let actor = Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id };
+                    let ctx = RequestContext { actor, ..RequestContext::operator() };
+                    ctx.authorize(Action::CreatePortalLink, Target::Org(&row.org_id)).is_ok()
+                }
+                None => false,
+            },
         };
-        let scopes = key.scope_list();
-        let usable = key.status == KeyStatus::Active
-            && !key.is_expired(store::now())
-            && scopes.iter().any(|s| s.starts_with("keyplane:"));
-        Ok(usable.then_some(Actor::ApiKey { key_id: key.id, org_id: key.org_id, scopes }))
+        Ok(creator_may.then(|| Actor::Portal { org_id: row.org_id.clone(), link_id }))
     }
 
     /// Makes a platform session act in `org`.
@@ -208,8 +246,11 @@ impl SessionService {
         self.audit(session, client, &home, "console.signed_out").await
     }
 
-    /// Deletes sessions past their end.
+    /// Deletes sessions past their end, and forgets sign-in attempts of
+    /// addresses that have been quiet for a while.
     pub async fn purge_expired(&self) -> Result<u64> {
+        self.sign_ins.retain_recent();
+        self.sign_ins.shrink_to_fit();
         let now = store::now();
         let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or(chrono::Duration::MAX);
         sessions::purge_expired(&self.db, now, now - idle, 1000).await

@@ -28,6 +28,11 @@ pub struct Model {
 
 impl ActiveModelBehavior for ActiveModel {}
 
+/// The link `id` of `org`.
+pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Option<Model>> {
+    Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(Column::Id.eq(id)).one(db).await?)
+}
+
 /// Stores a new link.
 pub async fn insert(db: &impl ConnectionTrait, link: Model) -> Result<()> {
     ActiveModel::from(link).insert(db).await?;

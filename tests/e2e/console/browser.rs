@@ -228,6 +228,7 @@ async fn a_new_user_walks_through_the_console() {
     let link = browser.find(By::Id("shown-once")).await.unwrap().text().await.unwrap();
     let customer = driver.browser().await;
     customer.goto(&link).await.unwrap();
+    click_through(&customer, By::XPath("//button[text()='Open the portal']")).await;
     let portal = body(&customer).await;
     assert!(customer.current_url().await.unwrap().as_str().ends_with("/webhooks"));
     assert!(portal.contains(&receiver.url("/hook")) && portal.contains("Webhook portal for"));

@@ -52,7 +52,10 @@ async fn a_portal_link_opens_one_orgs_webhooks_once(backend: Backend) {
 
     // Opening it: a session limited to this org's webhooks.
     let customer = ConsoleClient::new(plane.console_addr);
-    let opened = customer.get(&path).await;
+    let previewed = ConsoleClient::new(plane.console_addr);
+    assert_eq!(previewed.get(&path).await.status, 200, "a link preview sees the confirmation only");
+    assert_eq!(previewed.post_raw(&path, &[("nonce", "forged")]).await.status, 403, "a forged confirmation");
+    let opened = customer.open_portal(&path).await;
     assert_eq!((opened.status, opened.location().as_str()), (303, "/webhooks"));
     let webhooks = customer.get("/webhooks").await;
     assert_eq!(webhooks.status, 200);
@@ -80,12 +83,12 @@ async fn a_portal_link_opens_one_orgs_webhooks_once(backend: Backend) {
 
     // A link opens once.
     let again = ConsoleClient::new(plane.console_addr);
-    assert_eq!(again.get(&path).await.status, 404);
+    assert_eq!(again.open_portal(&path).await.status, 404);
 
     // A link without frame ancestors cannot be framed.
     let plain = create_link(&plane, &writer, "", &[]).await.unwrap();
     let framed = ConsoleClient::new(plane.console_addr);
-    framed.get(plain.url.trim_start_matches(&format!("http://{}", plane.console_addr))).await;
+    framed.open_portal(plain.url.trim_start_matches(&format!("http://{}", plane.console_addr))).await;
     let page = framed.get("/webhooks").await;
     assert!(page.header("content-security-policy").contains("frame-ancestors 'none'"));
     assert_eq!(page.header("x-frame-options"), "DENY");

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
@@ -12,16 +12,16 @@ use super::{render, respond, see_other};
 use crate::console::Console;
 use crate::console::error::error_page;
 use crate::console::session::{self, SESSION_COOKIE, Signed, SignedForm};
-use crate::console::views::{LoginPage, OrgPage};
+use crate::console::views::{LoginPage, OrgPage, PortalOpenPage};
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::Error;
 
 /// The double-submit cookie of the sign-in form (there is no session yet).
 const NONCE_COOKIE: &str = "kp_login";
 
-pub async fn form(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Some(id) = session::cookie(&headers, SESSION_COOKIE)
-        && let Ok(Some(_)) = console.sessions.resume(&id).await
+pub async fn form(State(console): State<Arc<Console>>, parts: Parts) -> Response {
+    if let Some(id) = session::cookie(&parts.headers, SESSION_COOKIE)
+        && let Ok(Some(_)) = console.sessions.resume(&id, &session::client(&parts)).await
     {
         return Redirect::to("/").into_response();
     }
@@ -81,7 +81,8 @@ pub async fn org_form(signed: Signed) -> Response {
     respond(&nav, render(&OrgPage { current: signed.org(), nav: Some(nav.clone()) }))
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[serde(default)]
 pub struct OrgForm {
     org: String,
 }
@@ -92,7 +93,36 @@ pub async fn choose_org(State(console): State<Arc<Console>>, post: SignedForm<Or
     respond(&nav, chosen.and_then(|()| see_other("/")))
 }
 
-pub async fn open_portal(State(console): State<Arc<Console>>, parts: Parts, Path(token): Path<String>) -> Response {
+/// The double-submit cookie of a portal link's confirmation form.
+const PORTAL_NONCE_COOKIE: &str = "kp_portal";
+
+/// A portal link shows a confirmation: opening the link by GET changes nothing.
+pub async fn confirm_portal(State(console): State<Arc<Console>>, Path(token): Path<String>) -> Response {
+    let nonce = encode_fixed(&random_bytes::<16>(), 22);
+    let action = format!("/portal/{token}");
+    let cookie = session::set_cookie(PORTAL_NONCE_COOKIE, &nonce, "/portal", console.secure_cookies, None);
+    match render(&PortalOpenPage { nav: None, action, nonce }) {
+        Ok(page) => ([(header::SET_COOKIE, cookie)], page).into_response(),
+        Err(error) => error_page(error, None),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PortalForm {
+    nonce: String,
+}
+
+/// Uses the link: a portal session replaces the browser's session.
+pub async fn open_portal(
+    State(console): State<Arc<Console>>,
+    parts: Parts,
+    Path(token): Path<String>,
+    axum::Form(form): axum::Form<PortalForm>,
+) -> Response {
+    if session::cookie(&parts.headers, PORTAL_NONCE_COOKIE).as_deref() != Some(form.nonce.as_str()) {
+        let stale = Error::PermissionDenied("the form is stale or came from another site: open the link again".into());
+        return error_page(stale, None);
+    }
     match console.sessions.open_portal(&token, &session::client(&parts)).await {
         Ok(Some((id, _))) => {
             let cookie = session::set_cookie(SESSION_COOKIE, &id, "/", console.secure_cookies, None);

@@ -18,6 +18,7 @@ use crate::console::views::{
     SubscriptionRow, WebhookForm, WebhookPage, WebhooksPage, when, when_or_dash,
 };
 use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
 use crate::service::paging::ListQuery;
 use crate::service::records::{DeliveryFilter, DeliveryStatus, Subscription, SubscriptionStatus};
 use crate::service::usage::DeliveryStatsBucket;
@@ -324,6 +325,8 @@ pub async fn recover(
     let (signed, form) = (post.signed, post.form);
     let nav = signed.nav("webhooks");
     let result = async {
+        // The decision first, before the form is read.
+        signed.ctx.authorize(Action::RetryDeliveries, Target::Org(&signed.org()))?;
         let since = local_time("since", &form.since)?.ok_or_else(|| Error::invalid("since", "is required"))?;
         let recovered = console.deliveries.recover_failed(&signed.ctx, &signed.org(), &id, since).await?;
         let notice =

@@ -6,7 +6,8 @@ use serde_json::json;
 use super::rules;
 use super::{KeyChanges, KeyService};
 use crate::error::{Error, Result};
-use crate::service::auth::{RequestContext, Scope};
+use crate::service::auth::RequestContext;
+use crate::service::authz::{Action, Target};
 use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
@@ -26,7 +27,7 @@ impl KeyService {
         id: &str,
         mut changes: KeyChanges,
     ) -> Result<api_keys::Model> {
-        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let org = ctx.authorize(Action::UpdateKey, Target::Org(org_id))?;
         let now = store::now();
         let mut violations = Violations::default();
         let mut changed = Vec::new();
@@ -67,12 +68,13 @@ impl KeyService {
             );
         }
         violations.finish()?;
-        if let Some(scopes) = &changes.scopes {
-            ctx.check_grantable("update.scopes", scopes)?;
-        }
 
         let tx = OrgTx::begin(&self.db, &org).await?;
         let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        // Any change can widen a key (scopes, expiry, limits, allow-list,
+        // identity): the caller must hold every power the key ends with.
+        let scopes = changes.scopes.clone().unwrap_or_else(|| key.scope_list());
+        ctx.authorize(Action::UpdateKey, Target::Key { org: &org, scopes: &scopes })?;
         let moves_expiry = changes.expires_at.is_some_and(|at| at != key.expires_at);
         if moves_expiry && (key.status == KeyStatus::Expired || key.is_expired(now)) {
             return Err(Error::FailedPrecondition("the key has expired for good; create a new one".into()));
@@ -96,7 +98,7 @@ impl KeyService {
 
     /// Revokes a key for good.
     pub async fn revoke(&self, ctx: &RequestContext, org_id: &str, id: &str, reason: &str) -> Result<api_keys::Model> {
-        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let org = ctx.authorize(Action::RevokeKey, Target::Org(org_id))?;
         let mut violations = Violations::default();
         violations.optional_text("reason", reason, MAX_REASON_CHARS);
         violations.finish()?;
@@ -112,7 +114,7 @@ impl KeyService {
 
     /// Deletes a key.
     pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<()> {
-        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let org = ctx.authorize(Action::DeleteKey, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         if !api_keys::delete(&tx, id).await? {
             return Err(Error::NotFound("api key"));

@@ -10,7 +10,8 @@ use super::rules::{self, DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MAX_TTL, MI
 use super::{Expiry, IssuedKey, KeyService, NewKey, Rotation};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
-use crate::service::auth::{PLATFORM_ORG, RequestContext, Scope};
+use crate::service::auth::RequestContext;
+use crate::service::authz::{Action, PLATFORM_ORG, Scope, Target};
 use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
@@ -56,7 +57,7 @@ impl KeyService {
 
     /// Creates a key and returns its token once.
     pub async fn create(&self, ctx: &RequestContext, new: NewKey) -> Result<IssuedKey> {
-        let org = ctx.authorize(Scope::KeysWrite, &new.org_id)?;
+        let org = ctx.authorize(Action::CreateKey, Target::Org(&new.org_id))?;
         let now = store::now();
         let mut violations = Violations::default();
         violations.required_text("name", &new.name, rules::MAX_NAME_CHARS);
@@ -82,7 +83,7 @@ impl KeyService {
             rules::check_credits(&mut violations, "credits", credits);
         }
         violations.finish()?;
-        ctx.check_grantable("scopes", &new.scopes)?;
+        ctx.authorize(Action::CreateKey, Target::Key { org: &org, scopes: &new.scopes })?;
 
         let attributes = Attributes {
             name: new.name,
@@ -118,12 +119,13 @@ impl KeyService {
         id: &str,
         grace: Option<Duration>,
     ) -> Result<Rotation> {
-        let org = ctx.authorize(Scope::KeysWrite, org_id)?;
+        let org = ctx.authorize(Action::RotateKey, Target::Org(org_id))?;
         let grace = grace.unwrap_or(DEFAULT_ROTATION_GRACE);
         if grace > MAX_ROTATION_GRACE {
             return Err(Error::invalid("grace_period", "must be at most 30 days"));
         }
         let old = api_keys::find(&self.db, &org, id).await?.ok_or(Error::NotFound("api key"))?;
+        ctx.authorize(Action::RotateKey, Target::Key { org: &org, scopes: &old.scope_list() })?;
         let attributes = Attributes {
             name: old.name.clone(),
             description: old.description.clone(),
@@ -143,6 +145,10 @@ impl KeyService {
         let tx = OrgTx::begin(&self.db, &org).await?;
         // Re-read inside the transaction: the key may have changed meanwhile.
         let old = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        // The scopes may have widened since the read above: the copy must not.
+        if old.scope_list() != row.scopes {
+            return Err(Error::FailedPrecondition("the key's scopes changed during the rotation; rotate again".into()));
+        }
         let now = store::now();
         if old.status != KeyStatus::Active || old.is_expired(now) {
             return Err(Error::FailedPrecondition("only an active, unexpired key can be rotated".into()));

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
-use super::auth::{RequestContext, Scope};
+use super::auth::RequestContext;
 use super::credits::CreditService;
 use super::paging::{ListQuery, Listing, Page};
 use super::usage::ingest::LocalUsage;
@@ -26,6 +26,7 @@ use super::verify::{self, Failure, Purpose, Requirements, Verification, Verifier
 use super::{Crypto, Wakeups};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
 pub use crate::store::api_keys::KeyChanges;
 use crate::store::api_keys::{self, KeyFilter, RateLimit};
 use crate::store::credits::Refill;
@@ -110,13 +111,13 @@ impl KeyService {
 
     /// One key of the caller's org.
     pub async fn get(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<api_keys::Model> {
-        let org = ctx.authorize(Scope::KeysRead, org_id)?;
+        let org = ctx.authorize(Action::ReadKeys, Target::Org(org_id))?;
         api_keys::find(&self.db, &org, id).await?.ok_or(Error::NotFound("api key"))
     }
 
     /// A page of keys in id order.
     pub async fn list(&self, ctx: &RequestContext, query: ListQuery<KeyFilter>) -> Result<Page<api_keys::Model>> {
-        let org = ctx.authorize(Scope::KeysRead, &query.org_id)?;
+        let org = ctx.authorize(Action::ReadKeys, Target::Org(&query.org_id))?;
         let cursor = LISTING.start(&query.page)?;
         let rows = api_keys::list(&self.db, &org, &query.filter, cursor.position.as_deref(), cursor.fetch()).await?;
         Ok(cursor.page(rows, |k| k.id.clone()))
@@ -124,15 +125,16 @@ impl KeyService {
 
     /// How many keys of the org are active, counting no further than `up_to`.
     pub async fn count_active(&self, ctx: &RequestContext, org_id: &str, up_to: u64) -> Result<u64> {
-        let org = ctx.authorize(Scope::KeysRead, org_id)?;
+        let org = ctx.authorize(Action::ReadKeys, Target::Org(org_id))?;
         api_keys::count_up_to(&self.db, &org, api_keys::KeyStatus::Active, up_to).await
     }
 
     /// Returns the token of a recoverable key (audited).
     pub async fn reveal(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<String> {
-        let org = ctx.authorize(Scope::KeysReveal, org_id)?;
+        let org = ctx.authorize(Action::RevealKey, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
+        ctx.authorize(Action::RevealKey, Target::Key { org: &org, scopes: &key.scope_list() })?;
         let sealed = key
             .sealed_token
             .as_deref()

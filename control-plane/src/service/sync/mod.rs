@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 
 pub use feed::{FeedMessage, FeedSettings, KeyEventFeed};
 
-use super::auth::{RequestContext, Scope};
+use super::auth::RequestContext;
+use super::authz::{Action, Target};
 use super::usage::ingest::{self, Applied, UsageRecorder, UsageReport};
 use super::verify::{Purpose, Verification, Verifier};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{OrgScope, key_events};
 
 /// The sidecar protocol's service.
@@ -70,12 +71,5 @@ impl SidecarSync {
 
 /// Refuses callers other than sidecars' platform credentials.
 pub fn require_sidecar(ctx: &RequestContext) -> Result<()> {
-    if ctx.is_platform() && ctx.has_scope(Scope::Sidecar) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "needs a platform key (org keyplane) with scope {}",
-            Scope::Sidecar.as_str()
-        )))
-    }
+    ctx.authorize(Action::RunSidecar, Target::AllOrgs).map(drop)
 }

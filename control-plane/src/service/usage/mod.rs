@@ -13,9 +13,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 
-use super::auth::{RequestContext, Scope};
+use super::auth::RequestContext;
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
 use crate::store::delivery_stats::{self, AttemptStats, LATENCY_BOUNDS_MICROS};
 use crate::store::usage::{self, Counts, Granularity, KeyCounts, Outcome, Score};
 use crate::store::{api_keys, webhooks};
@@ -92,7 +93,7 @@ impl UsageService {
         range: RangeRequest,
         environment: Option<Environment>,
     ) -> Result<UsageSeries> {
-        let org = ctx.authorize(Scope::UsageRead, org_id)?;
+        let org = ctx.authorize(Action::ReadUsage, Target::Org(org_id))?;
         let window = range.resolve(Utc::now(), &self.retention)?;
         let sparse = match key_id {
             Some(key_id) => {
@@ -117,7 +118,7 @@ impl UsageService {
 
     /// The busiest keys of the caller's org in the range.
     pub async fn top_keys(&self, ctx: &RequestContext, query: TopKeysQuery) -> Result<Vec<KeyRanking>> {
-        let org = ctx.authorize(Scope::UsageRead, &query.org_id)?;
+        let org = ctx.authorize(Action::ReadUsage, Target::Org(&query.org_id))?;
         let limit = match query.limit {
             0 => DEFAULT_TOP_KEYS,
             1..=MAX_TOP_KEYS => query.limit,
@@ -166,7 +167,7 @@ impl UsageService {
         subscription_id: Option<&str>,
         range: RangeRequest,
     ) -> Result<Vec<DeliveryStatsBucket>> {
-        let org = ctx.authorize(Scope::UsageRead, org_id)?;
+        let org = ctx.authorize(Action::ReadUsage, Target::Org(org_id))?;
         let window = range.resolve(Utc::now(), &self.retention)?;
         if let Some(id) = subscription_id {
             webhooks::find(&self.db, &org, id).await?.ok_or(Error::NotFound("subscription"))?;

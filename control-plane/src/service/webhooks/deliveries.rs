@@ -7,7 +7,8 @@ use serde_json::json;
 use super::outbox;
 use crate::error::{Error, Result};
 use crate::service::Wakeups;
-use crate::service::auth::{RequestContext, Scope};
+use crate::service::auth::RequestContext;
+use crate::service::authz::{Action, Target};
 use crate::service::paging::{ListQuery, Listing, Page};
 use crate::store::deliveries::{DeliveryFilter, DeliveryStatus};
 use crate::store::webhooks::SubscriptionStatus;
@@ -34,7 +35,7 @@ impl DeliveryService {
         ctx: &RequestContext,
         query: ListQuery<DeliveryFilter>,
     ) -> Result<Page<deliveries::Model>> {
-        let org = ctx.authorize(Scope::DeliveriesRead, &query.org_id)?;
+        let org = ctx.authorize(Action::ReadDeliveries, Target::Org(&query.org_id))?;
         let cursor = LISTING.start(&query.page)?;
         if let (Some(after), Some(before)) = (query.filter.created_after, query.filter.created_before)
             && after >= before
@@ -52,7 +53,7 @@ impl DeliveryService {
         org_id: &str,
         id: &str,
     ) -> Result<(deliveries::Model, Vec<deliveries::attempt::Model>)> {
-        let org = ctx.authorize(Scope::DeliveriesRead, org_id)?;
+        let org = ctx.authorize(Action::ReadDeliveries, Target::Org(org_id))?;
         let delivery = deliveries::find(&self.db, &org, id).await?.ok_or(Error::NotFound("delivery"))?;
         let attempts = deliveries::attempts(&self.db, &org, id).await?;
         Ok((delivery, attempts))
@@ -60,7 +61,7 @@ impl DeliveryService {
 
     /// Schedules one more attempt of a finished delivery, now.
     pub async fn retry(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<deliveries::Model> {
-        let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
+        let org = ctx.authorize(Action::RetryDeliveries, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         let current = deliveries::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("delivery"))?;
         if current.status == DeliveryStatus::Pending {
@@ -86,7 +87,7 @@ impl DeliveryService {
         subscription_id: &str,
         since: DateTime<Utc>,
     ) -> Result<u64> {
-        let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
+        let org = ctx.authorize(Action::RetryDeliveries, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         require_active(&tx, subscription_id).await?;
         let recovered = deliveries::recover_failed(&tx, subscription_id, since).await?;
@@ -111,7 +112,7 @@ impl DeliveryService {
         org_id: &str,
         subscription_id: &str,
     ) -> Result<deliveries::Model> {
-        let org = ctx.authorize(Scope::DeliveriesWrite, org_id)?;
+        let org = ctx.authorize(Action::RetryDeliveries, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         let subscription = require_active(&tx, subscription_id).await?;
         let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });

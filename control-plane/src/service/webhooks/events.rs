@@ -12,7 +12,8 @@ use super::publisher::{Publication, Publisher};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::service::Wakeups;
-use crate::service::auth::{RequestContext, Scope};
+use crate::service::auth::RequestContext;
+use crate::service::authz::{Action, Target};
 use crate::service::validate::Violations;
 use crate::store::events;
 
@@ -49,7 +50,7 @@ impl EventService {
         payload_json: String,
         idempotency_key: &str,
     ) -> Result<Published> {
-        let org = ctx.authorize(Scope::EventsPublish, org_id)?;
+        let org = ctx.authorize(Action::PublishEvent, Target::Org(org_id))?;
         let mut violations = Violations::default();
         if let Err(why) = check_event_type(event_type) {
             violations.add("event_type", why);

@@ -10,7 +10,8 @@ use serde_json::json;
 
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::{Error, Result};
-use crate::service::auth::{RequestContext, Scope};
+use crate::service::auth::RequestContext;
+use crate::service::authz::{Action, Target};
 use crate::store::{self, OrgTx, audit, portal_links};
 
 /// Validity of a link when none is asked for.
@@ -50,7 +51,7 @@ impl PortalLinks {
         ttl: Option<Duration>,
         frame_ancestors: Vec<String>,
     ) -> Result<PortalLink> {
-        let org = ctx.authorize(Scope::WebhooksWrite, org_id)?;
+        let org = ctx.authorize(Action::CreatePortalLink, Target::Org(org_id))?;
         let ttl = ttl.unwrap_or(DEFAULT_LINK_TTL);
         if !(Duration::from_secs(60)..=MAX_LINK_TTL).contains(&ttl) {
             return Err(Error::invalid("ttl", "must be between 1 minute and 24 hours"));

@@ -12,7 +12,8 @@ use super::policy::WebhookPolicy;
 use super::secrets::SecretSet;
 use crate::crypto::MasterKeys;
 use crate::error::{Error, Result};
-use crate::service::auth::{RequestContext, Scope};
+use crate::service::auth::RequestContext;
+use crate::service::authz::{Action, Target};
 use crate::service::paging::{Listing, Page, PageRequest};
 use crate::service::validate::Violations;
 use crate::store::webhooks::{self, NewSubscriptionRow, SubscriptionStatus, SubscriptionUpdate};
@@ -72,7 +73,7 @@ impl WebhookService {
 
     /// Creates a subscription and returns its secret once.
     pub async fn create(&self, ctx: &RequestContext, new: NewSubscription) -> Result<WithSecret> {
-        let org = ctx.authorize(Scope::WebhooksWrite, &new.org_id)?;
+        let org = ctx.authorize(Action::WriteSubscriptions, Target::Org(&new.org_id))?;
         let mut violations = Violations::default();
         let host = violations.absorb(self.policy.check_url("url", &new.url))?;
         check_patterns(&mut violations, "event_types", &new.event_types);
@@ -116,13 +117,13 @@ impl WebhookService {
 
     /// One subscription of the caller's org.
     pub async fn get(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<webhooks::Model> {
-        let org = ctx.authorize(Scope::WebhooksRead, org_id)?;
+        let org = ctx.authorize(Action::ReadSubscriptions, Target::Org(org_id))?;
         webhooks::find(&self.db, &org, id).await?.ok_or(Error::NotFound("subscription"))
     }
 
     /// A page of subscriptions in creation order.
     pub async fn list(&self, ctx: &RequestContext, org_id: &str, page: &PageRequest) -> Result<Page<webhooks::Model>> {
-        let org = ctx.authorize(Scope::WebhooksRead, org_id)?;
+        let org = ctx.authorize(Action::ReadSubscriptions, Target::Org(org_id))?;
         let cursor = LISTING.start(page)?;
         let rows = webhooks::list(&self.db, &org, cursor.position.as_deref(), cursor.fetch()).await?;
         Ok(cursor.page(rows, |s| s.id.clone()))
@@ -137,7 +138,7 @@ impl WebhookService {
         id: &str,
         changes: SubscriptionChanges,
     ) -> Result<webhooks::Model> {
-        let org = ctx.authorize(Scope::WebhooksWrite, org_id)?;
+        let org = ctx.authorize(Action::WriteSubscriptions, Target::Org(org_id))?;
         let mut violations = Violations::default();
         let mut changed = Vec::new();
         let mut new_host = None;
@@ -209,7 +210,7 @@ impl WebhookService {
 
     /// Deletes a subscription; its pending deliveries fail when next claimed.
     pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<()> {
-        let org = ctx.authorize(Scope::WebhooksWrite, org_id)?;
+        let org = ctx.authorize(Action::WriteSubscriptions, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         if !webhooks::delete(&tx, id).await? {
             return Err(Error::NotFound("subscription"));
@@ -227,7 +228,7 @@ impl WebhookService {
         id: &str,
         grace: Option<Duration>,
     ) -> Result<WithSecret> {
-        let org = ctx.authorize(Scope::WebhooksWrite, org_id)?;
+        let org = ctx.authorize(Action::WriteSubscriptions, Target::Org(org_id))?;
         let grace = grace.unwrap_or(DEFAULT_SECRET_GRACE);
         if grace > MAX_SECRET_GRACE {
             return Err(Error::invalid("grace_period", "must be at most 7 days"));
@@ -250,7 +251,7 @@ impl WebhookService {
 
     /// Activates a subscription waiting for approval (`keyplane:admin`).
     pub async fn approve(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<webhooks::Model> {
-        let org = ctx.authorize(Scope::Admin, org_id)?;
+        let org = ctx.authorize(Action::ApproveSubscription, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         let current = webhooks::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("subscription"))?;
         if current.status != SubscriptionStatus::PendingApproval {
