@@ -171,6 +171,15 @@ async fn the_sidecar_believes_forwarded_addresses_only_from_trusted_proxies(back
     let chain = [("x-forwarded-for", "127.0.0.2, 127.0.0.7")];
     assert_eq!(forward_auth(&proxied, loopback(1), &token, &chain).await, 403, "the client wrote the left entry");
     assert_eq!(forward_auth(&proxied, loopback(3), &token, &spoofed).await, 403, "127.0.0.3 is no trusted proxy");
+    // The proxy's own X-Real-IP wins over an X-Forwarded-For the client wrote (nginx sets
+    // X-Real-IP and passes the client's X-Forwarded-For along).
+    let client_xff = [("x-forwarded-for", "127.0.0.2"), ("x-real-ip", "127.0.0.9")];
+    assert_eq!(forward_auth(&proxied, loopback(1), &token, &client_xff).await, 403, "the proxy saw 127.0.0.9");
+    // Every X-Forwarded-For line counts: the proxy appends its own last.
+    let lines = [("x-forwarded-for", "127.0.0.2"), ("x-forwarded-for", "127.0.0.9")];
+    assert_eq!(forward_auth(&proxied, loopback(1), &token, &lines).await, 403, "the client wrote the first line");
+    let lines = [("x-forwarded-for", "127.0.0.9"), ("x-forwarded-for", "127.0.0.2")];
+    assert_eq!(forward_auth(&proxied, loopback(1), &token, &lines).await, 200);
 
     // Lifting the list reaches the sidecars through the key-event stream.
     set_networks(&mut keys, &org, &key.id, &[]).await.expect("clear");

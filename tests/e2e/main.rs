@@ -22,6 +22,7 @@ mod isolation;
 mod partition;
 mod proxies;
 mod reseal;
+mod route_scopes;
 mod secrets;
 mod shutdown;
 mod sidecar;
