@@ -86,30 +86,99 @@ pub struct EgressClient {
 }
 
 impl EgressClient {
-    /// A POST to `url`, or why the policy refuses it.
-    pub fn post(&self, url: Url) -> Result<reqwest::RequestBuilder, String> {
-        self.policy.check_url(&url)?;
+    /// A POST to `url`, or [`Failure::NotAllowed`] when the policy refuses
+    /// it (the reason is logged).
+    pub fn post(&self, url: Url) -> Result<reqwest::RequestBuilder, Failure> {
+        if let Err(why) = self.policy.check_url(&url) {
+            tracing::info!(reason = %why, "outbound request refused by the egress policy");
+            return Err(Failure::NotAllowed);
+        }
         Ok(self.http.post(url))
     }
 
-    /// A failed request as text: the timeout, or the whole cause chain (a
-    /// refusal by the policy included), never the URL — its query may hold
-    /// credentials.
-    pub fn failure_text(&self, error: reqwest::Error) -> String {
-        if error.is_timeout() {
-            return format!("timed out after {:?}", self.timeout);
-        }
+    /// What a failed request comes to for whoever asked for it: a category.
+    /// The whole cause chain (which names internal hosts and addresses,
+    /// never the URL: its query may hold credentials) goes to the log only.
+    pub fn failure(&self, error: reqwest::Error) -> Failure {
+        let failure = Failure::of(&error);
         let error = error.without_url();
-        let mut text = error.to_string();
+        let mut detail = error.to_string();
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
             source = cause.source();
         }
-        text
+        tracing::info!(failure = failure.as_str(), timeout = ?self.timeout, %detail, "outbound request failed");
+        failure
     }
 }
+
+/// Why an outbound request failed, as callers (API clients, portal
+/// customers) are told: no internal names or addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The egress policy refused the destination (an internal address).
+    NotAllowed,
+    Timeout,
+    ConnectionRefused,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The name did not resolve, or the connection failed otherwise.
+    Connection,
+    /// The request or its answer broke off.
+    Request,
+}
+
+impl Failure {
+    /// The category as shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::NotAllowed => "destination not allowed",
+            Failure::Timeout => "timeout",
+            Failure::ConnectionRefused => "connection refused",
+            Failure::Tls => "TLS error",
+            Failure::Connection => "connection failed",
+            Failure::Request => "request failed",
+        }
+    }
+
+    fn of(error: &reqwest::Error) -> Self {
+        if error.is_timeout() {
+            return Failure::Timeout;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(cause) = source {
+            if cause.is::<Refused>() {
+                return Failure::NotAllowed;
+            }
+            if cause.is::<rustls::Error>() {
+                return Failure::Tls;
+            }
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return Failure::ConnectionRefused;
+                }
+                if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                    return Failure::Tls;
+                }
+            }
+            source = cause.source();
+        }
+        if error.is_connect() { Failure::Connection } else { Failure::Request }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The resolver's refusal of every address a name resolved to.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
 
 /// `localhost` and its subdomains always resolve to loopback (RFC 6761).
 fn is_localhost(name: &str) -> bool {
@@ -117,18 +186,20 @@ fn is_localhost(name: &str) -> bool {
     name == "localhost" || name.ends_with(".localhost")
 }
 
-/// IPv4-mapped and NAT64-embedded IPv4 addresses are judged as IPv4.
+/// IPv6 addresses that carry an IPv4 address are judged as that IPv4
+/// address: mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`), SIIT
+/// (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:AABB:CCDD::`).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
-                let [.., a, b] = v6.segments();
-                IpAddr::V4(Ipv4Addr::from((u32::from(a) << 16) | u32::from(b)))
-            }
-            None => ip,
-        },
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    match s {
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => ip,
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0, 0, 0, 0, 0, 0, hi, lo] | [0, 0, 0, 0, 0xffff, 0, hi, lo] => v4(hi, lo),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => ip,
     }
 }
 
@@ -167,6 +238,10 @@ fn internal_range(ip: IpAddr) -> Option<&'static str> {
                 Some("unique local (private, includes cloud metadata)")
             } else if first & 0xffc0 == 0xfe80 {
                 Some("link-local")
+            } else if first & 0xffc0 == 0xfec0 {
+                Some("site-local (deprecated private)")
+            } else if v6.segments()[..3] == [0x64, 0xff9b, 1] {
+                Some("NAT64 local-use (translates to private IPv4)")
             } else if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
                 Some("cloud metadata")
             } else {
@@ -201,7 +276,9 @@ impl Resolve for GuardedResolver {
                 .collect();
             if allowed.is_empty() {
                 let why = refusals.into_iter().next().unwrap_or_else(|| "no addresses".into());
-                return Err(format!("{host} refused: {why}").into());
+                return Err(
+                    Box::new(Refused(format!("{host} refused: {why}"))) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -238,10 +315,19 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.1.2.3",
             "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::7f00:1",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "fec0::1",
         ] {
             assert!(refused(&closed, ip), "{ip} should be refused");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "100.128.0.1"] {
+        for ip in
+            ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "100.128.0.1", "2002:5db8:d822::1", "64:ff9b::101:101"]
+        {
             assert!(!refused(&closed, ip), "{ip} should be allowed");
         }
         let open = EgressPolicy { allowed_networks: vec!["127.0.0.0/8".parse().unwrap()], allow_http: true };
@@ -281,6 +367,12 @@ mod tests {
         for refused in [
             "https://169.254.169.254/",
             "https://[::ffff:127.0.0.1]/",
+            "https://[::127.0.0.1]/",
+            "https://[::ffff:0:127.0.0.1]/",
+            "https://[64:ff9b::7f00:1]/",
+            "https://[64:ff9b:1::7f00:1]/",
+            "https://[2002:7f00:1::1]/",
+            "https://[fec0::1]/",
             "https://127.1/",
             "https://0x7f.1/",
             "https://2130706433/",

@@ -272,11 +272,7 @@ impl OAuthClient {
     }
 
     fn unavailable(&self, provider: &Provider, error: reqwest::Error) -> Error {
-        Error::ProviderUnavailable(format!(
-            "provider {} is unreachable: {}",
-            provider.name,
-            self.http.failure_text(error)
-        ))
+        Error::ProviderUnavailable(format!("provider {} is unreachable: {}", provider.name, self.http.failure(error)))
     }
 
     /// A non-2xx answer: an OAuth error is the provider refusing (e.g.

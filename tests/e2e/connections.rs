@@ -150,7 +150,7 @@ async fn client_secret_post_and_provider_failures(backend: Backend) {
     let cases: [(Failure, Code, &str); 5] = [
         (Failure::InvalidGrant, Code::FailedPrecondition, "invalid_grant"),
         (Failure::ServerError, Code::Unavailable, "500"),
-        (Failure::Hang(Duration::from_secs(5)), Code::Unavailable, "timed out"),
+        (Failure::Hang(Duration::from_secs(5)), Code::Unavailable, "timeout"),
         (Failure::NotJson, Code::Unavailable, "JSON"),
         (Failure::NoAccessToken, Code::Unavailable, "access_token"),
     ];
@@ -324,6 +324,8 @@ async fn provider_calls_obey_the_egress_policy(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("loopback") && err.message().contains("--egress-allow-cidr"), "{}", err.message());
+    assert!(err.message().contains("destination not allowed"), "{}", err.message());
+    let logs = keyplane_tests::logs::captured();
+    assert!(logs.contains("is loopback; allow it with --egress-allow-cidr"), "the reason is logged");
     assert!(provider.issued_tokens().is_empty(), "the provider was never contacted");
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::health::GONE;
 use super::retry::RetrySchedule;
 use crate::crypto::signing::{WebhookSecret, signature_header};
-use crate::egress::EgressClient;
+use crate::egress::{EgressClient, Failure};
 use crate::metrics::Metrics;
 use crate::store::deliveries::{self, AttemptRecord, NextStep};
 use crate::store::{self, events, webhooks};
@@ -68,7 +68,9 @@ impl Sender {
                 let next = self.schedule.after_failure(number, answer.retry_after, now);
                 (Some(answer.status), Some(why), answer.excerpt, next)
             }
-            Err(why) => (None, Some(why), String::new(), self.schedule.after_failure(number, None, now)),
+            Err(failure) => {
+                (None, Some(failure.as_str().to_owned()), String::new(), self.schedule.after_failure(number, None, now))
+            }
         };
         AttemptRecord {
             delivery_id: delivery.id.clone(),
@@ -86,8 +88,9 @@ impl Sender {
     }
 
     /// POSTs `event` to `url`, signed with every secret.
-    async fn post(&self, url: &str, event: &events::Model, secrets: &[WebhookSecret]) -> Result<Answer, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    async fn post(&self, url: &str, event: &events::Model, secrets: &[WebhookSecret]) -> Result<Answer, Failure> {
+        // Saved URLs were checked when saved; one that no longer parses is not for sending.
+        let url = reqwest::Url::parse(url).map_err(|_| Failure::NotAllowed)?;
         let body = delivery_body(event);
         let timestamp = Utc::now().timestamp();
         let signature = signature_header(secrets, &event.id, timestamp, body.as_bytes());
@@ -101,7 +104,7 @@ impl Sender {
             .body(body)
             .send()
             .await
-            .map_err(|e| self.client.failure_text(e))?;
+            .map_err(|e| self.client.failure(e))?;
         let status = response.status().as_u16();
         let retry_after =
             response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
