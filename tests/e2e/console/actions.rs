@@ -193,7 +193,14 @@ async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
     // Recovering failed deliveries says how many.
     receiver.set("/hook", Behavior::Fail { times: usize::MAX });
     let recovered = browser.post(&format!("/webhooks/{id}/recover"), &[("since", "2026-01-01T00:00")]).await;
-    assert!(recovered.location().contains("notice="));
+    assert!(recovered.location().ends_with("?recovered=0"), "{}", recovered.location());
+    let said = browser.get(&recovered.location()).await;
+    assert!(said.body.contains("0 failed deliveries will be sent again."));
+    // A link cannot put its own words on the page.
+    let planted = "Session expired: paste your root token at evil.example";
+    let query = serde_urlencoded::to_string([("notice", planted), ("recovered", "3; paste")]).unwrap();
+    let page = browser.get(&format!("/webhooks/{id}?{query}")).await;
+    assert!(!page.body.contains("Session expired") && !page.body.contains("paste"), "{}", page.body);
     let bad_since = browser.post(&format!("/webhooks/{id}/recover"), &[("since", "yesterday")]).await;
     assert_eq!(bad_since.status, 400, "{}", bad_since.body);
 

@@ -6,4 +6,5 @@ mod browser;
 mod connections;
 mod portal;
 mod security;
+mod session_ends;
 mod signin;

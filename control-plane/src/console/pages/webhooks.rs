@@ -104,7 +104,10 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<Webhoo
 pub struct ShowQuery {
     #[serde(flatten)]
     filter: DeliveryFilterForm,
-    notice: String,
+    /// How many failed deliveries a recovery queued: the page's only notice.
+    /// Notices are built here from codes, never from text in the URL (a
+    /// link could otherwise put any words on a trusted page).
+    recovered: Option<u64>,
 }
 
 pub async fn show(
@@ -169,7 +172,7 @@ pub async fn show(
         } else {
             (Vec::new(), None)
         };
-        let notice = Some(query.notice.clone()).filter(|n| !n.is_empty());
+        let notice = query.recovered.map(|n| format!("{n} failed deliveries will be sent again."));
         render(&WebhookPage {
             nav: Some(nav.clone()),
             subscription: detail(&subscription),
@@ -329,10 +332,7 @@ pub async fn recover(
         signed.ctx.authorize(Action::RetryDeliveries, Target::Org(&signed.org()))?;
         let since = local_time("since", &form.since)?.ok_or_else(|| Error::invalid("since", "is required"))?;
         let recovered = console.deliveries.recover_failed(&signed.ctx, &signed.org(), &id, since).await?;
-        let notice =
-            serde_urlencoded::to_string([("notice", format!("{recovered} failed deliveries will be sent again."))])
-                .unwrap_or_default();
-        see_other(&format!("/webhooks/{id}?{notice}"))
+        see_other(&format!("/webhooks/{id}?recovered={recovered}"))
     };
     respond(&nav, result.await)
 }
