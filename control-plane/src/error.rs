@@ -83,51 +83,128 @@ fn summary(violations: &[FieldViolation]) -> String {
     violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
 }
 
+/// What kind of failure an [`Error`] is, decided once here for both
+/// transports: the gRPC code of the API and the HTTP status of the console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    AlreadyExists,
+    /// A quota is used up or the caller is over its rate.
+    ResourceExhausted,
+    FailedPrecondition,
+    /// A dependency cannot be reached now; retry shortly.
+    Unavailable,
+    Cancelled,
+    /// A stored secret could not be opened.
+    DataLoss,
+    /// Our fault: logged, and the caller is told only that.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn grpc(self) -> Code {
+        match self {
+            ErrorCode::InvalidArgument => Code::InvalidArgument,
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
+            ErrorCode::PermissionDenied => Code::PermissionDenied,
+            ErrorCode::NotFound => Code::NotFound,
+            ErrorCode::AlreadyExists => Code::AlreadyExists,
+            ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+            ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+            ErrorCode::Unavailable => Code::Unavailable,
+            ErrorCode::Cancelled => Code::Cancelled,
+            ErrorCode::DataLoss => Code::DataLoss,
+            ErrorCode::Internal => Code::Internal,
+        }
+    }
+
+    pub fn http(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadyExists | ErrorCode::FailedPrecondition => 409,
+            ErrorCode::ResourceExhausted => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Cancelled => 499,
+            ErrorCode::DataLoss | ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl Error {
+    /// The one classification of every error (no wildcard: a new variant
+    /// must be classified here).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Error::LimitReached(_) | Error::Throttled { .. } => ErrorCode::ResourceExhausted,
+            Error::FailedPrecondition(_) | Error::ProviderRejected(_) => ErrorCode::FailedPrecondition,
+            Error::Unavailable(_) | Error::ProviderUnavailable(_) => ErrorCode::Unavailable,
+            Error::StreamClosed => ErrorCode::Cancelled,
+            Error::Sealing(_) => ErrorCode::DataLoss,
+            Error::Database(db) if is_unique_violation(db) => ErrorCode::AlreadyExists,
+            Error::Database(db) if is_unavailable(db) => ErrorCode::Unavailable,
+            Error::Database(_)
+            | Error::Hashing(_)
+            | Error::Config(_)
+            | Error::Io(_)
+            | Error::Transport(_)
+            | Error::Template(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// What a caller is told: the message, except for internal errors,
+    /// which are logged (inside the request span, which carries the request
+    /// id) and replaced by a generic sentence; an unreachable database is
+    /// logged as a warning.
+    pub fn public_message(&self) -> String {
+        match (self.code(), self) {
+            (_, Error::InvalidArgument(violations)) => format!("invalid argument: {}", summary(violations)),
+            (_, Error::NotFound(what)) => format!("{what} not found"),
+            (_, Error::StreamClosed) => "the stream was closed".into(),
+            (_, Error::Sealing(message)) => {
+                tracing::error!(error = %message, "a sealed value could not be opened");
+                format!("a stored secret could not be opened ({message}); check the master-key file or restore the row")
+            }
+            (ErrorCode::AlreadyExists, Error::Database(_)) => "a resource with this identity already exists".into(),
+            (ErrorCode::Unavailable, Error::Database(db)) => {
+                tracing::warn!(error = %db, "database unavailable");
+                DATABASE_UNAVAILABLE.into()
+            }
+            (ErrorCode::Internal, internal) => {
+                tracing::error!(error = %internal, "internal error");
+                "internal error; see the server log for this request id".into()
+            }
+            (_, other) => other.to_string(),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
+        let code = error.code();
+        let message = error.public_message();
         match error {
             Error::InvalidArgument(violations) => {
-                let message = format!("invalid argument: {}", summary(&violations));
-                Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(violations))
+                Status::with_error_details(code.grpc(), message, ErrorDetails::with_bad_request(violations))
             }
-            Error::Unauthenticated(message) => Status::unauthenticated(message),
-            Error::PermissionDenied(message) => Status::permission_denied(message),
-            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
-            Error::FailedPrecondition(message) => Status::failed_precondition(message),
-            Error::AlreadyExists(message) => Status::already_exists(message),
-            Error::LimitReached(message) => Status::resource_exhausted(message),
             Error::Throttled { message, retry_after } => {
                 // Whole milliseconds, at least one: a zero delay would invite a busy loop.
                 let retry_after = Duration::from_millis((retry_after.as_millis() as u64).max(1));
                 let message = format!("{message}; retry in {}", humantime::format_duration(retry_after));
-                Status::with_error_details(
-                    Code::ResourceExhausted,
-                    message,
-                    ErrorDetails::with_retry_info(Some(retry_after)),
-                )
+                Status::with_error_details(code.grpc(), message, ErrorDetails::with_retry_info(Some(retry_after)))
             }
-            Error::ProviderRejected(message) => Status::failed_precondition(message),
-            Error::ProviderUnavailable(message) => Status::unavailable(message),
-            Error::Unavailable(message) => unavailable(message),
-            Error::StreamClosed => Status::cancelled("the stream was closed"),
-            Error::Sealing(message) => {
-                tracing::error!(error = %message, "a sealed value could not be opened");
-                Status::data_loss(format!(
-                    "a stored secret could not be opened ({message}); check the master-key file or restore the row"
-                ))
-            }
-            Error::Database(db) if is_unique_violation(&db) => {
-                Status::already_exists("a resource with this identity already exists")
-            }
-            Error::Database(db) if is_unavailable(&db) => {
-                tracing::warn!(error = %db, "database unavailable");
-                unavailable(DATABASE_UNAVAILABLE.into())
-            }
-            internal => {
-                // Logged inside the request span, which carries the request id.
-                tracing::error!(error = %internal, "internal error");
-                Status::internal("internal error; see the server log for this request id")
-            }
+            Error::Unavailable(_) | Error::Database(_) if code == ErrorCode::Unavailable => unavailable(message),
+            _ => Status::new(code.grpc(), message),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod sync {
 /// the sidecar and the control plane refuse more alike.
 pub const MAX_CHECK_COST: u64 = 1000;
 
+pub mod check;
 pub mod codec;
 pub mod token;
 pub mod usage;

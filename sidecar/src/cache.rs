@@ -116,6 +116,24 @@ impl Limits {
     }
 }
 
+impl keyplane_proto::check::KeyState for Principal {
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
+        Principal::allows_client(self, client)
+    }
+
+    fn has_scope(&self, scope: &str) -> bool {
+        Principal::has_scope(self, scope)
+    }
+}
+
 impl Principal {
     /// The key's own limits.
     pub fn limits(&self) -> &Limits {

@@ -7,16 +7,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use keyplane_proto::MAX_CHECK_COST;
+use keyplane_proto::check::{self, CheckRequest};
 use keyplane_proto::token::{Environment, ParsedToken, TokenFormat};
 use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Freshness, KeyCache, KeyId, Principal, Verdict};
+use crate::control_plane::ControlPlaneClient;
 use crate::credits::{CreditLeases, Receipt, Spend};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
-use crate::sync::{self, ControlPlaneClient, Readiness, SyncState};
+use crate::sync::{self, Readiness, SyncState};
 use crate::usage::UsageReporter;
 
 /// How a denial is expressed: the HTTP status a proxy should answer.
@@ -114,27 +115,28 @@ pub struct Requirements<'a> {
     pub client: Option<IpAddr>,
 }
 
-/// The rules applied to a trustworthy verdict: refusal reasons, expiry at
-/// request time, environment, client address, then scopes.
+/// The rules applied to a trustworthy verdict: a refused token's reason,
+/// then the check decision shared with the control plane
+/// (`keyplane_proto::check`: expiry at request time, environment, client
+/// address, scopes).
 pub fn decide(verdict: &Verdict, required: Requirements<'_>, now: SystemTime) -> Decision {
     use DenyStatus::*;
     let (key_id, principal) = match verdict {
         Verdict::Invalid { refusal, .. } => return Decision::Deny(Denial::new(Unauthenticated, refusal.reason())),
         Verdict::Valid { key_id, principal, .. } => (*key_id, principal),
     };
-    if principal.expires_at.is_some_and(|at| at <= now) {
-        return Decision::Deny(Denial::new(Unauthenticated, "expired"));
+    let request =
+        CheckRequest { environment: Some(required.environment), scopes: required.scopes, client: required.client, now };
+    match check::decide(principal.as_ref(), &request) {
+        Ok(()) => Decision::Allow { key_id, principal: principal.clone() },
+        Err(denied) => {
+            let status = match denied.outcome() {
+                Outcome::Unauthorized => Unauthenticated,
+                Outcome::Forbidden | Outcome::Allowed | Outcome::RateLimited => Forbidden,
+            };
+            Decision::Deny(Denial::new(status, denied.as_str()))
+        }
     }
-    if principal.environment != required.environment {
-        return Decision::Deny(Denial::new(Forbidden, "wrong_environment"));
-    }
-    if !principal.allows_client(required.client) {
-        return Decision::Deny(Denial::new(Forbidden, "ip_not_allowed"));
-    }
-    if required.scopes.iter().any(|needed| !principal.has_scope(needed)) {
-        return Decision::Deny(Denial::new(Forbidden, "missing_scope"));
-    }
-    Decision::Allow { key_id, principal: principal.clone() }
 }
 
 /// Makes check decisions.
@@ -370,11 +372,11 @@ impl Checker {
 
 /// The cost a proxy sent (Envoy context extension `cost`, header
 /// `X-Keyplane-Cost`): 1 when absent, `None` unless a whole number from 1
-/// to [`MAX_CHECK_COST`].
+/// to [`keyplane_proto::MAX_CHECK_COST`].
 pub fn parse_cost(text: Option<&str>) -> Option<u64> {
     match text {
         None => Some(1),
-        Some(text) => text.trim().parse().ok().filter(|cost| (1..=MAX_CHECK_COST).contains(cost)),
+        Some(text) => text.trim().parse().ok().and_then(check::valid_cost),
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use keyplane_proto::sync::v1 as pb;
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::control_plane::ControlPlaneClient;
 use crate::metrics::Metrics;
-use crate::sync::ControlPlaneClient;
 
 /// Most credits one lease asks for: at that size a busy key costs one lease
 /// call (during which its checks wait) per 10,000 checks.

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod check;
 pub mod client_address;
 pub mod config;
+pub mod control_plane;
 pub mod credits;
 pub mod error;
 pub mod ext_authz;
@@ -61,10 +62,10 @@ pub async fn run(
 ) -> Result<()> {
     let credential = std::fs::read_to_string(&config.credential_file)
         .map_err(|e| Error::Config(format!("cannot read credential file {}: {e}", config.credential_file.display())))?;
-    let credential = sync::Credential::bearer(credential.trim())?;
+    let credential = control_plane::Credential::bearer(credential.trim())?;
     // tonic's TLS uses rustls; make ring the process-wide provider explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let failover = sync::control_plane_channel(&config).await?;
+    let failover = control_plane::control_plane_channel(&config).await?;
     let client = KeySyncServiceClient::new(InterceptedService::new(failover.clone(), credential));
 
     let metrics = Arc::new(metrics::Metrics::default());

@@ -14,8 +14,8 @@ use keyplane_proto::sync::v1 as pb;
 use keyplane_proto::usage::{MinuteCounts, Outcome, UsageTally};
 use rand::Rng;
 
+use crate::control_plane::ControlPlaneClient;
 use crate::metrics::Metrics;
-use crate::sync::ControlPlaneClient;
 
 /// Most counts in one report (the control plane's limit).
 pub const MAX_COUNTS: usize = 1000;

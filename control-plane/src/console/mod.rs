@@ -12,6 +12,7 @@
 mod chart;
 mod error;
 mod headers;
+mod nav;
 mod pages;
 mod session;
 mod views;

@@ -6,7 +6,7 @@ use askama::Template;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::session::Nav;
+use super::nav::Nav;
 
 /// A time as the console shows it.
 pub fn when(at: DateTime<Utc>) -> String {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyplane_proto::admin::v1 as pb;
+use keyplane_proto::check::Denied;
 use keyplane_proto::sync::v1 as sync_pb;
 use prost_types::value::Kind;
 use serde_json::{Number, Value};
@@ -296,11 +297,11 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
         Failure::Unknown => pb::VerifyFailure::Unknown,
         Failure::BadSecret => pb::VerifyFailure::BadSecret,
         Failure::Revoked => pb::VerifyFailure::Revoked,
-        Failure::Expired => pb::VerifyFailure::Expired,
-        Failure::WrongEnvironment => pb::VerifyFailure::WrongEnvironment,
-        Failure::MissingScope => pb::VerifyFailure::MissingScope,
+        Failure::Denied(Denied::Expired) => pb::VerifyFailure::Expired,
+        Failure::Denied(Denied::WrongEnvironment) => pb::VerifyFailure::WrongEnvironment,
+        Failure::Denied(Denied::MissingScope) => pb::VerifyFailure::MissingScope,
+        Failure::Denied(Denied::IpNotAllowed) => pb::VerifyFailure::IpNotAllowed,
         Failure::Throttled => pb::VerifyFailure::Throttled,
-        Failure::IpNotAllowed => pb::VerifyFailure::IpNotAllowed,
         Failure::CreditsExhausted => pb::VerifyFailure::CreditsExhausted,
     }
 }

@@ -12,7 +12,7 @@ use super::usage::Retention;
 use super::{CreditService, KeyService};
 use crate::error::Result;
 use crate::store::usage::{self, Granularity};
-use crate::store::{self, deliveries, events, key_events};
+use crate::store::{self, deliveries, key_events};
 
 /// Rows deleted per statement.
 const PURGE_BATCH: u64 = 1000;
@@ -141,7 +141,7 @@ pub async fn purge_console_sessions(sessions: std::sync::Arc<super::SessionServi
 
 async fn purge_delivered_before(db: &DatabaseConnection, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
     let total = drain(|| deliveries::purge_succeeded(db, cutoff, PURGE_BATCH)).await?;
-    drain(|| events::purge_unreferenced(db, cutoff, PURGE_BATCH)).await?;
+    drain(|| deliveries::purge_unreferenced_events(db, cutoff, PURGE_BATCH)).await?;
     Ok(total)
 }
 

@@ -18,9 +18,11 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use keyplane_proto::check::{self, CheckRequest, Denied, KeyState};
+use keyplane_proto::usage::Outcome;
 use moka::future::Cache;
 use sea_orm::DatabaseConnection;
 
@@ -43,17 +45,12 @@ pub enum Failure {
     BadSecret,
     /// The key was revoked.
     Revoked,
-    /// The key expired.
-    Expired,
-    /// The key belongs to the other environment.
-    WrongEnvironment,
-    /// The key lacks a required scope.
-    MissingScope,
+    /// The check decision shared with the sidecar refused the key
+    /// (expired, other environment, outside its networks, missing scope).
+    Denied(Denied),
     /// Refused without hashing: too many wrong secrets for this key id
     /// recently, or for all keys together.
     Throttled,
-    /// The client address is outside the key's allow-list (or unknown).
-    IpNotAllowed,
     /// Fewer credits are left than the use costs.
     CreditsExhausted,
 }
@@ -66,12 +63,20 @@ impl Failure {
             Failure::Unknown => "unknown",
             Failure::BadSecret => "bad_secret",
             Failure::Revoked => "revoked",
-            Failure::Expired => "expired",
-            Failure::WrongEnvironment => "wrong_environment",
-            Failure::MissingScope => "missing_scope",
+            Failure::Denied(denied) => denied.as_str(),
             Failure::Throttled => "throttled",
-            Failure::IpNotAllowed => "ip_not_allowed",
             Failure::CreditsExhausted => "credits_exhausted",
+        }
+    }
+
+    /// How a verification that failed counts in usage analytics.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Failure::Denied(denied) => denied.outcome(),
+            Failure::CreditsExhausted => Outcome::RateLimited,
+            Failure::Malformed | Failure::Unknown | Failure::BadSecret | Failure::Revoked | Failure::Throttled => {
+                Outcome::Unauthorized
+            }
         }
     }
 }
@@ -102,6 +107,24 @@ impl VerifiedKey {
     /// Whether a use spends credits (of the key, its identity, or both).
     pub fn has_credits(&self) -> bool {
         self.key.credits_remaining.is_some() || self.identity.as_ref().is_some_and(|i| i.credits_remaining.is_some())
+    }
+}
+
+impl KeyState for VerifiedKey {
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.key.expires_at.map(SystemTime::from)
+    }
+
+    fn environment(&self) -> Environment {
+        self.key.environment
+    }
+
+    fn allows_client(&self, client: Option<IpAddr>) -> bool {
+        VerifiedKey::allows_client(self, client)
+    }
+
+    fn has_scope(&self, scope: &str) -> bool {
+        self.key.scopes.as_array().is_some_and(|scopes| scopes.iter().any(|s| s.as_str() == Some(scope)))
     }
 }
 
@@ -208,8 +231,8 @@ impl Verifier {
         }
         let failure = match key.status {
             KeyStatus::Revoked => Some(Failure::Revoked),
-            KeyStatus::Expired => Some(Failure::Expired),
-            KeyStatus::Active if key.is_expired(store::now()) => Some(Failure::Expired),
+            KeyStatus::Expired => Some(Failure::Denied(Denied::Expired)),
+            KeyStatus::Active if key.is_expired(store::now()) => Some(Failure::Denied(Denied::Expired)),
             KeyStatus::Active => None,
         };
         let identity = match &key.identity_id {
@@ -298,21 +321,20 @@ pub struct Requirements<'a> {
     pub cost: u64,
 }
 
-/// Applies a caller's requirements to a valid key: environment, client
-/// address (the key's allow-list and its identity's), then scopes.
+/// Applies a caller's requirements to a valid key: the check decision
+/// shared with the sidecar (`keyplane_proto::check`).
 pub fn check_requirements(verification: Verification, required: Requirements<'_>) -> Verification {
     let Verification::Valid(verified) = verification else {
         return verification;
     };
-    if required.environment.is_some_and(|env| env != verified.key.environment) {
-        return Verification::Invalid(Failure::WrongEnvironment, Some(verified));
+    let request = CheckRequest {
+        environment: required.environment,
+        scopes: required.scopes,
+        client: required.client,
+        now: SystemTime::now(),
+    };
+    match check::decide(verified.as_ref(), &request) {
+        Ok(()) => Verification::Valid(verified),
+        Err(denied) => Verification::Invalid(Failure::Denied(denied), Some(verified)),
     }
-    if !verified.allows_client(required.client) {
-        return Verification::Invalid(Failure::IpNotAllowed, Some(verified));
-    }
-    let granted = verified.key.scope_list();
-    if required.scopes.iter().any(|needed| !granted.contains(needed)) {
-        return Verification::Invalid(Failure::MissingScope, Some(verified));
-    }
-    Verification::Valid(verified)
 }

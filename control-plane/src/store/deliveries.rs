@@ -10,7 +10,7 @@ use sea_orm::sea_query::{LockBehavior, LockType, Query};
 use sea_orm::{ActiveValue::Set, Condition, DbBackend, ExprTrait, QueryOrder, QuerySelect, Statement, Value};
 use serde::Serialize;
 
-use super::OrgTx;
+use super::{OrgTx, events};
 use crate::error::Result;
 
 /// A delivery row.
@@ -114,7 +114,7 @@ pub struct DeliveryFilter {
 /// or, already claimed by the caller's dispatcher, leased until
 /// `leased_until`; not stored until [`insert_all`].
 pub fn new_for_event(
-    event: &super::events::Model,
+    event: &events::Model,
     subscription_ids: &[String],
     leased_until: Option<DateTime<Utc>>,
 ) -> impl Iterator<Item = Model> {
@@ -422,4 +422,17 @@ pub async fn purge_succeeded(db: &impl ConnectionTrait, cutoff: DateTime<Utc>, l
         .exec(db)
         .await?;
     super::delete_keys::<Entity>(db, Column::Id, victims).await
+}
+
+/// Deletes up to `limit` events older than `cutoff` that no delivery
+/// refers to any more; returns how many.
+pub async fn purge_unreferenced_events(db: &impl ConnectionTrait, cutoff: DateTime<Utc>, limit: u64) -> Result<u64> {
+    use sea_orm::sea_query::Query;
+    let referenced = Query::select()
+        .column(Column::EventId)
+        .from(Entity)
+        .and_where(Expr::col((Entity, Column::EventId)).equals((events::Entity, events::Column::Id)))
+        .to_owned();
+    let unreferenced = Condition::all().add(events::Column::CreatedAt.lt(cutoff)).add(Expr::exists(referenced).not());
+    super::delete_batch::<events::Entity>(db, events::Column::Id, unreferenced, limit).await
 }

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
-use sea_orm::{Condition, ExprTrait};
 
 use super::OrgTx;
 use crate::error::Result;
@@ -67,19 +66,4 @@ pub async fn find_by_idempotency_keys(db: &impl ConnectionTrait, org: &str, keys
 /// deliveries and reads ids from deliveries it has claimed.
 pub async fn find_for_dispatch(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<Model>> {
     Ok(Entity::find().filter(Column::Id.is_in(ids.iter().map(String::as_str))).all(db).await?)
-}
-
-/// Deletes up to `limit` events older than `cutoff` that no delivery
-/// refers to any more; returns how many.
-pub async fn purge_unreferenced(db: &impl ConnectionTrait, cutoff: DateTime<Utc>, limit: u64) -> Result<u64> {
-    use sea_orm::sea_query::Query;
-    let referenced = Query::select()
-        .column(super::deliveries::Column::EventId)
-        .from(super::deliveries::Entity)
-        .and_where(
-            Expr::col((super::deliveries::Entity, super::deliveries::Column::EventId)).equals((Entity, Column::Id)),
-        )
-        .to_owned();
-    let unreferenced = Condition::all().add(Column::CreatedAt.lt(cutoff)).add(Expr::exists(referenced).not());
-    super::delete_batch::<Entity>(db, Column::Id, unreferenced, limit).await
 }

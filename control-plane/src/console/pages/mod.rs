@@ -18,7 +18,7 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 
 use super::chart::{self, Chart, Series};
 use super::error::error_page;
-use super::session::Nav;
+use super::nav::Nav;
 use super::views::ChartView;
 use crate::error::{Error, Result};
 use crate::service::paging::PageRequest;

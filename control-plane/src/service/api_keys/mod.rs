@@ -178,10 +178,6 @@ impl KeyService {
 fn usage_outcome(verification: &Verification) -> Outcome {
     match verification {
         Verification::Valid(_) => Outcome::Allowed,
-        Verification::Invalid(Failure::WrongEnvironment | Failure::MissingScope | Failure::IpNotAllowed, _) => {
-            Outcome::Forbidden
-        }
-        Verification::Invalid(Failure::CreditsExhausted, _) => Outcome::RateLimited,
-        Verification::Invalid(_, _) => Outcome::Unauthorized,
+        Verification::Invalid(failure, _) => failure.outcome(),
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::event_types::check_event_type;
 use super::policy::WebhookPolicy;
+pub use super::publisher::Published;
 use super::publisher::{Publication, Publisher};
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -15,20 +16,9 @@ use crate::service::Wakeups;
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
 use crate::service::validate::Violations;
-use crate::store::events;
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
-
-/// Result of [`EventService::publish`].
-#[derive(Debug)]
-pub struct Published {
-    /// The event (the earlier one for a repeated idempotency key).
-    pub event: events::Model,
-    pub deliveries_created: usize,
-    /// Whether the idempotency key had been used before.
-    pub duplicate: bool,
-}
 
 /// The event service.
 pub struct EventService {

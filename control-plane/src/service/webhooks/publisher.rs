@@ -14,12 +14,21 @@ use std::sync::Arc;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::events::Published;
 use super::outbox::{Outbox, matching};
 use crate::error::{DATABASE_UNAVAILABLE, Error, Result, is_unavailable, is_unique_violation};
 use crate::metrics::Metrics;
 use crate::service::Wakeups;
 use crate::store::{self, OrgTx, events, webhooks};
+
+/// Result of a publication (what `PublishEvent` answers).
+#[derive(Debug)]
+pub struct Published {
+    /// The event (the earlier one for a repeated idempotency key).
+    pub event: events::Model,
+    pub deliveries_created: usize,
+    /// Whether the idempotency key had been used before.
+    pub duplicate: bool,
+}
 
 /// Batches being written at once at most: while one commits, the next
 /// gathers (1, 2 and 4 measured alike within the noise: BENCHMARKS.md).

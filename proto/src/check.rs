@@ -1,0 +1,170 @@
+//! The check decision both binaries make about a key whose token is valid:
+//! the sidecar from its cache, the control plane in `VerifyApiKey`. One
+//! order, one set of reasons; budgets (rate limits, credits) come after it
+//! and are each binary's own.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use crate::token::Environment;
+use crate::usage::Outcome;
+
+/// Why a check of a valid token is refused, in the order the rules apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Denied {
+    /// The key expired (at request time).
+    Expired,
+    /// The key belongs to the other environment.
+    WrongEnvironment,
+    /// The client address is outside the key's or its identity's allow-list
+    /// (or unknown while there is one).
+    IpNotAllowed,
+    /// The key lacks a required scope.
+    MissingScope,
+}
+
+impl Denied {
+    /// Label in metrics, logs and usage analytics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denied::Expired => "expired",
+            Denied::WrongEnvironment => "wrong_environment",
+            Denied::IpNotAllowed => "ip_not_allowed",
+            Denied::MissingScope => "missing_scope",
+        }
+    }
+
+    /// How the refusal counts in usage analytics: an expired key is not a
+    /// credential any more (401); the others are a credential without the
+    /// right (403).
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Denied::Expired => Outcome::Unauthorized,
+            Denied::WrongEnvironment | Denied::IpNotAllowed | Denied::MissingScope => Outcome::Forbidden,
+        }
+    }
+}
+
+/// What the decision reads of a key (and its identity).
+pub trait KeyState {
+    fn expires_at(&self) -> Option<SystemTime>;
+    fn environment(&self) -> Environment;
+    /// Inside the key's allow-list and its identity's, where they have one.
+    fn allows_client(&self, client: Option<IpAddr>) -> bool;
+    fn has_scope(&self, scope: &str) -> bool;
+}
+
+/// What a check asks of the key.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckRequest<'a> {
+    /// `None`: either environment (`VerifyApiKey` without one).
+    pub environment: Option<Environment>,
+    pub scopes: &'a [String],
+    pub client: Option<IpAddr>,
+    pub now: SystemTime,
+}
+
+/// The decision: expiry, environment, client address, then scopes; the
+/// first rule that fails is the reason.
+pub fn decide(key: &impl KeyState, request: &CheckRequest<'_>) -> Result<(), Denied> {
+    if key.expires_at().is_some_and(|at| at <= request.now) {
+        return Err(Denied::Expired);
+    }
+    if request.environment.is_some_and(|environment| environment != key.environment()) {
+        return Err(Denied::WrongEnvironment);
+    }
+    if !key.allows_client(request.client) {
+        return Err(Denied::IpNotAllowed);
+    }
+    if request.scopes.iter().any(|needed| !key.has_scope(needed)) {
+        return Err(Denied::MissingScope);
+    }
+    Ok(())
+}
+
+/// A check's cost when it is one the sidecar and the control plane accept
+/// (1 to [`MAX_CHECK_COST`](crate::MAX_CHECK_COST)).
+pub fn valid_cost(cost: u64) -> Option<u64> {
+    (1..=crate::MAX_CHECK_COST).contains(&cost).then_some(cost)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    struct Key {
+        expires_at: Option<SystemTime>,
+        environment: Environment,
+        network: Option<IpAddr>,
+        scopes: Vec<&'static str>,
+    }
+
+    impl KeyState for Key {
+        fn expires_at(&self) -> Option<SystemTime> {
+            self.expires_at
+        }
+        fn environment(&self) -> Environment {
+            self.environment
+        }
+        fn allows_client(&self, client: Option<IpAddr>) -> bool {
+            self.network.is_none() || client == self.network
+        }
+        fn has_scope(&self, scope: &str) -> bool {
+            self.scopes.contains(&scope)
+        }
+    }
+
+    #[test]
+    fn every_reason_in_its_order() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let office: IpAddr = "192.0.2.7".parse().unwrap();
+        let elsewhere: IpAddr = "198.51.100.1".parse().unwrap();
+        let good = Key {
+            expires_at: Some(now + Duration::from_secs(60)),
+            environment: Environment::Live,
+            network: Some(office),
+            scopes: vec!["orders:read"],
+        };
+        let orders = ["orders:read".to_owned()];
+        let refunds = ["refunds:write".to_owned()];
+        let request =
+            |environment, scopes: &'static [String], client| CheckRequest { environment, scopes, client, now };
+        let expired = Key { expires_at: Some(now), ..good_clone(&good) };
+        let orders: &'static [String] = Box::leak(Box::new(orders));
+        let refunds: &'static [String] = Box::leak(Box::new(refunds));
+        // (key, request, outcome): each rule alone, then every pair, where the earlier rule wins.
+        let table: Vec<(&Key, CheckRequest<'_>, Result<(), Denied>)> = vec![
+            (&good, request(Some(Environment::Live), orders, Some(office)), Ok(())),
+            (&good, request(None, orders, Some(office)), Ok(())),
+            (&good, request(Some(Environment::Live), &[], Some(office)), Ok(())),
+            (&expired, request(Some(Environment::Live), orders, Some(office)), Err(Denied::Expired)),
+            (&good, request(Some(Environment::Test), orders, Some(office)), Err(Denied::WrongEnvironment)),
+            (&good, request(Some(Environment::Live), orders, Some(elsewhere)), Err(Denied::IpNotAllowed)),
+            (&good, request(Some(Environment::Live), orders, None), Err(Denied::IpNotAllowed)),
+            (&good, request(Some(Environment::Live), refunds, Some(office)), Err(Denied::MissingScope)),
+            (&expired, request(Some(Environment::Test), refunds, None), Err(Denied::Expired)),
+            (&good, request(Some(Environment::Test), refunds, None), Err(Denied::WrongEnvironment)),
+            (&good, request(Some(Environment::Live), refunds, None), Err(Denied::IpNotAllowed)),
+        ];
+        for (key, request, expected) in table {
+            assert_eq!(decide(key, &request), expected, "{request:?}");
+        }
+        assert_eq!(Denied::Expired.outcome(), Outcome::Unauthorized);
+        assert_eq!(Denied::MissingScope.outcome(), Outcome::Forbidden);
+        assert_eq!(
+            (valid_cost(0), valid_cost(1), valid_cost(1000), valid_cost(1001)),
+            (None, Some(1), Some(1000), None)
+        );
+    }
+
+    fn good_clone(key: &Key) -> Key {
+        Key {
+            expires_at: key.expires_at,
+            environment: key.environment,
+            network: key.network,
+            scopes: key.scopes.clone(),
+        }
+    }
+}
