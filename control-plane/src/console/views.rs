@@ -242,6 +242,13 @@ pub struct NewWebhookPage {
     pub errors: Vec<(String, String)>,
 }
 
+impl NewWebhookPage {
+    /// Keyplane's own event types, suggested in the form.
+    pub fn system_events(&self) -> &'static [&'static str] {
+        &crate::service::webhooks::system_events::SystemEvent::NAMES
+    }
+}
+
 pub struct SubscriptionDetail {
     pub id: String,
     pub url: String,
@@ -341,6 +348,13 @@ pub struct AuditPage {
     pub next: Option<String>,
     /// The result of "verify chain", when asked.
     pub chain: Option<(bool, String)>,
+}
+
+impl AuditPage {
+    /// Every audited action, suggested in the filter.
+    pub fn actions(&self) -> impl Iterator<Item = &'static str> {
+        crate::service::records::AuditAction::ALL.into_iter().map(|action| action.as_str())
+    }
 }
 
 pub struct ConnectionRow {

@@ -11,7 +11,7 @@ use super::admission::Admission;
 use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
 use crate::store::OrgScope;
-use crate::store::audit::NewAuditEvent;
+use crate::store::audit::{AuditAction, NewAuditEvent};
 
 /// The authenticated caller.
 #[derive(Clone, Debug)]
@@ -82,13 +82,7 @@ impl RequestContext {
     }
 
     /// An audit row for an action of this request.
-    pub fn audit(
-        &self,
-        action: &'static str,
-        target_type: &'static str,
-        target_id: &str,
-        metadata: Value,
-    ) -> NewAuditEvent {
+    pub fn audit(&self, action: AuditAction, target_id: &str, metadata: Value) -> NewAuditEvent {
         let (actor_type, actor_id) = self.actor_label();
         let metadata = match (self.channel, metadata) {
             (Channel::Console, Value::Object(mut fields)) => {
@@ -101,7 +95,6 @@ impl RequestContext {
             actor_type: actor_type.to_owned(),
             actor_id,
             action,
-            target_type,
             target_id: target_id.to_owned(),
             request_id: self.request_id.clone(),
             peer_address: self.peer_address.clone(),

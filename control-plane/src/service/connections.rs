@@ -14,6 +14,7 @@ use crate::crypto::MasterKeys;
 use crate::error::{Error, Result};
 use crate::oauth::{OAuthClient, Providers, TokenSet};
 use crate::service::authz::{Action, Target};
+use crate::store::audit::AuditAction;
 use crate::store::connections::{self, NewConnectionRow, SealedTokens};
 use crate::store::{self, OrgTx, audit};
 
@@ -119,7 +120,7 @@ impl ConnectionService {
             "scopes": connection.scopes,
             "has_refresh_token": connection.sealed_refresh_token.is_some(),
         });
-        audit::append(&tx, ctx.audit("connection.created", "connection", &id, metadata)).await?;
+        audit::append(&tx, ctx.audit(AuditAction::ConnectionCreated, &id, metadata)).await?;
         tx.commit().await?;
         Ok(connection)
     }
@@ -159,8 +160,7 @@ impl ConnectionService {
         audit::append(
             &tx,
             ctx.audit(
-                "connection.access_token_issued",
-                "connection",
+                AuditAction::ConnectionAccessTokenIssued,
                 id,
                 json!({ "provider": connection.provider, "refreshed": refreshed }),
             ),
@@ -214,11 +214,8 @@ impl ConnectionService {
         let org = ctx.authorize(Action::WriteConnections, Target::Org(org_id))?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         let connection = connections::delete(&tx, id).await?.ok_or(Error::NotFound("connection"))?;
-        audit::append(
-            &tx,
-            ctx.audit("connection.deleted", "connection", id, json!({ "provider": connection.provider })),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit(AuditAction::ConnectionDeleted, id, json!({ "provider": connection.provider })))
+            .await?;
         tx.commit().await?;
 
         let Some(provider) = self.providers.get(&connection.provider).filter(|p| p.can_revoke()) else {

@@ -18,7 +18,7 @@ use super::auth::RequestContext;
 use super::sync::require_sidecar;
 use super::verify::VerifiedKey;
 use crate::error::{Error, Result};
-use crate::store::audit::{self, NewAuditEvent};
+use crate::store::audit::{self, AuditAction, NewAuditEvent};
 use crate::store::credits::{self, Credits, Holder};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgScope, OrgTx, identities, rate_windows};
@@ -168,10 +168,10 @@ impl CreditService {
                 "next_refill_at": credits.and_then(|c| c.next_refill_at),
             });
             let action = match holder {
-                Holder::Key(_) => "api_key.credits_refilled",
-                Holder::Identity(_) => "identity.credits_refilled",
+                Holder::Key(_) => AuditAction::ApiKeyCreditsRefilled,
+                Holder::Identity(_) => AuditAction::IdentityCreditsRefilled,
             };
-            let event = NewAuditEvent::by_system(REFILL, action, holder.kind(), holder.id(), details);
+            let event = NewAuditEvent::by_system(REFILL, action, holder.id(), details);
             audit::append(&tx, event).await?;
             self.wakeups.commit_key_change(tx).await?;
             refilled += 1;

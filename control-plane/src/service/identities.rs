@@ -14,6 +14,7 @@ use super::paging::{ListQuery, Listing, Page};
 use super::validate::Violations;
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
+use crate::store::audit::AuditAction;
 use crate::store::identities::{self, IdentityChanges, IdentityFilter, NewIdentity};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{OrgTx, api_keys, audit};
@@ -70,7 +71,7 @@ impl IdentityService {
         let tx = OrgTx::begin(&self.db, &org).await?;
         refuse_taken_external_id(&tx, "external_id", &new.external_id).await?;
         let identity = identities::insert(&tx, new).await?;
-        audit::append(&tx, ctx.audit("identity.created", "identity", &identity.id, audit_details(&identity))).await?;
+        audit::append(&tx, ctx.audit(AuditAction::IdentityCreated, &identity.id, audit_details(&identity))).await?;
         tx.commit().await?;
         Ok(identity)
     }
@@ -150,7 +151,7 @@ impl IdentityService {
             "credits_change": credits_change,
             "credits": identity.credits_remaining,
         });
-        audit::append(&tx, ctx.audit("identity.updated", "identity", &identity.id, details)).await?;
+        audit::append(&tx, ctx.audit(AuditAction::IdentityUpdated, &identity.id, details)).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(identity)
     }
@@ -177,7 +178,7 @@ impl IdentityService {
         identities::delete(&tx, &identity.id).await?;
         key_events::append(&tx, &identity.id, KeyEventKind::Updated).await?;
         let details = json!({ "external_id": identity.external_id, "revoked_key_ids": revoked });
-        audit::append(&tx, ctx.audit("identity.deleted", "identity", &identity.id, details)).await?;
+        audit::append(&tx, ctx.audit(AuditAction::IdentityDeleted, &identity.id, details)).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(revoked)
     }

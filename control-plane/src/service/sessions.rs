@@ -20,6 +20,7 @@ use super::authz::{Action, PLATFORM_ORG, Target, check_org_id};
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::{Error, Result};
 use crate::store::api_keys::{self, KeyStatus};
+use crate::store::audit::AuditAction;
 use crate::store::{self, OrgScope, OrgTx, audit, identities, portal_links, sessions};
 
 /// Sign-in attempts per client address per minute.
@@ -131,7 +132,7 @@ impl SessionService {
             _ => PLATFORM_ORG.to_owned(),
         };
         let session = self.session(&id, &row, actor);
-        self.audit(&session, client, &home, "console.signed_in").await?;
+        self.audit(&session, client, &home, AuditAction::ConsoleSignedIn).await?;
         Ok((id, session))
     }
 
@@ -149,7 +150,7 @@ impl SessionService {
         sessions::insert(&self.db, row.clone()).await?;
         let actor = Actor::Portal { org_id: link.org_id.clone(), link_id: link.id };
         let session = self.session(&id, &row, actor);
-        self.audit(&session, client, &link.org_id, "webhook.portal_opened").await?;
+        self.audit(&session, client, &link.org_id, AuditAction::PortalOpened).await?;
         Ok(Some((id, session)))
     }
 
@@ -243,7 +244,7 @@ impl SessionService {
             Actor::ApiKey { org_id, .. } | Actor::Portal { org_id, .. } => org_id.clone(),
             _ => PLATFORM_ORG.to_owned(),
         };
-        self.audit(session, client, &home, "console.signed_out").await
+        self.audit(session, client, &home, AuditAction::ConsoleSignedOut).await
     }
 
     /// Deletes sessions past their end, and forgets sign-in attempts of
@@ -292,11 +293,11 @@ impl SessionService {
         }
     }
 
-    async fn audit(&self, session: &Session, client: &Client, org: &str, action: &'static str) -> Result<()> {
+    async fn audit(&self, session: &Session, client: &Client, org: &str, action: AuditAction) -> Result<()> {
         let ctx = session.context(client);
         let tx = OrgTx::begin(&self.db, org).await?;
         let (_, actor_id) = ctx.actor_label();
-        audit::append(&tx, ctx.audit(action, "console_session", &actor_id, json!({}))).await?;
+        audit::append(&tx, ctx.audit(action, &actor_id, json!({}))).await?;
         tx.commit().await
     }
 }

@@ -10,6 +10,7 @@ use sea_orm::{Condition, QueryOrder, QuerySelect};
 use serde_json::Value;
 
 use super::OrgTx;
+pub use super::audit_actions::{AuditAction, TargetType};
 use crate::error::Result;
 
 /// An `audit_events` row.
@@ -52,8 +53,8 @@ impl ActiveModelBehavior for ActiveModel {}
 pub struct NewAuditEvent {
     pub actor_type: String,
     pub actor_id: String,
-    pub action: &'static str,
-    pub target_type: &'static str,
+    /// What was done; it names the kind of target too.
+    pub action: AuditAction,
     pub target_id: String,
     pub request_id: String,
     pub peer_address: String,
@@ -65,18 +66,11 @@ pub struct NewAuditEvent {
 impl NewAuditEvent {
     /// A row for something Keyplane did by itself (actor type `system`,
     /// actor id the component), with no request behind it.
-    pub fn by_system(
-        component: &str,
-        action: &'static str,
-        target_type: &'static str,
-        target_id: &str,
-        metadata: Value,
-    ) -> Self {
+    pub fn by_system(component: &str, action: AuditAction, target_id: &str, metadata: Value) -> Self {
         Self {
             actor_type: "system".into(),
             actor_id: component.to_owned(),
             action,
-            target_type,
             target_id: target_id.to_owned(),
             request_id: String::new(),
             peer_address: String::new(),
@@ -112,8 +106,8 @@ pub async fn append(tx: &OrgTx, event: NewAuditEvent) -> Result<Model> {
         seq,
         actor_type: event.actor_type,
         actor_id: event.actor_id,
-        action: event.action.to_owned(),
-        target_type: event.target_type.to_owned(),
+        action: event.action.as_str().to_owned(),
+        target_type: event.action.target().as_str().to_owned(),
         target_id: event.target_id,
         request_id: event.request_id,
         peer_address: event.peer_address,

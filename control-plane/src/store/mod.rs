@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod audit_actions;
 pub mod connections;
 pub mod credits;
 pub mod deliveries;

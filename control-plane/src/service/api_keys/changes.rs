@@ -11,7 +11,9 @@ use crate::service::authz::{Action, Target};
 use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
+use crate::service::webhooks::system_events::{KeyDeleted, SystemEvent};
 use crate::store::api_keys::{self, KeyStatus};
+use crate::store::audit::AuditAction;
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgTx, audit};
 
@@ -91,7 +93,7 @@ impl KeyService {
             "credits": key.credits_remaining,
             "identity_id": key.identity_id,
         });
-        audit::append(&tx, ctx.audit("api_key.updated", "api_key", &key.id, details)).await?;
+        audit::append(&tx, ctx.audit(AuditAction::ApiKeyUpdated, &key.id, details)).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(key)
     }
@@ -120,8 +122,9 @@ impl KeyService {
             return Err(Error::NotFound("api key"));
         }
         key_events::append(&tx, id, KeyEventKind::Deleted).await?;
-        audit::append(&tx, ctx.audit("api_key.deleted", "api_key", id, json!({}))).await?;
-        outbox::publish_system_event(&tx, "api_key.deleted", json!({ "key_id": id })).await?;
+        audit::append(&tx, ctx.audit(AuditAction::ApiKeyDeleted, id, json!({}))).await?;
+        let deleted = KeyDeleted { key_id: id.to_owned(), reason: None };
+        outbox::publish_system_event(&tx, SystemEvent::ApiKeyDeleted(deleted)).await?;
         self.wakeups.commit_key_change(tx).await
     }
 }
@@ -137,7 +140,7 @@ pub(crate) async fn revoke_in(
 ) -> Result<api_keys::Model> {
     let key = api_keys::revoke(tx, key, ctx.actor_label().1, reason).await?;
     key_events::append(tx, &key.id, KeyEventKind::Revoked).await?;
-    audit::append(tx, ctx.audit("api_key.revoked", "api_key", &key.id, json!({ "reason": reason }))).await?;
-    outbox::publish_system_event(tx, "api_key.revoked", rules::event_data(&key)).await?;
+    audit::append(tx, ctx.audit(AuditAction::ApiKeyRevoked, &key.id, json!({ "reason": reason }))).await?;
+    outbox::publish_system_event(tx, SystemEvent::ApiKeyRevoked((&key).into())).await?;
     Ok(key)
 }

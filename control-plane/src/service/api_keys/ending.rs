@@ -6,10 +6,12 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{KeyService, rules};
+use super::KeyService;
 use crate::error::Result;
 use crate::service::webhooks::outbox;
+use crate::service::webhooks::system_events::{KeyDeleted, SystemEvent};
 use crate::store::api_keys::{self, KeyStatus};
+use crate::store::audit::AuditAction;
 use crate::store::audit::{self, NewAuditEvent};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgTx};
@@ -37,8 +39,8 @@ impl KeyService {
             let key = api_keys::mark_expired(&tx, key).await?;
             key_events::append(&tx, &key.id, KeyEventKind::Expired).await?;
             let details = json!({ "expires_at": key.expires_at });
-            audit::append(&tx, NewAuditEvent::by_system(SWEEP, "api_key.expired", "api_key", &key.id, details)).await?;
-            outbox::publish_system_event(&tx, "api_key.expired", rules::event_data(&key)).await?;
+            audit::append(&tx, NewAuditEvent::by_system(SWEEP, AuditAction::ApiKeyExpired, &key.id, details)).await?;
+            outbox::publish_system_event(&tx, SystemEvent::ApiKeyExpired((&key).into())).await?;
             self.wakeups.commit_key_change(tx).await?;
             expired += 1;
         }
@@ -57,9 +59,9 @@ impl KeyService {
             }
             key_events::append(&tx, &id, KeyEventKind::Deleted).await?;
             let details = json!({ "reason": "retention" });
-            audit::append(&tx, NewAuditEvent::by_system(RETENTION, "api_key.deleted", "api_key", &id, details)).await?;
-            outbox::publish_system_event(&tx, "api_key.deleted", json!({ "key_id": id, "reason": "retention" }))
-                .await?;
+            audit::append(&tx, NewAuditEvent::by_system(RETENTION, AuditAction::ApiKeyDeleted, &id, details)).await?;
+            let event = KeyDeleted { key_id: id.clone(), reason: Some("retention") };
+            outbox::publish_system_event(&tx, SystemEvent::ApiKeyDeleted(event)).await?;
             self.wakeups.commit_key_change(tx).await?;
             deleted += 1;
         }

@@ -15,7 +15,9 @@ use crate::service::authz::{Action, PLATFORM_ORG, Scope, Target};
 use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
+use crate::service::webhooks::system_events::{KeyRotated, SystemEvent};
 use crate::store::api_keys::{self, KeyChanges, KeyStatus, LimitChanges, NewKeyRow, RateLimit};
+use crate::store::audit::AuditAction;
 use crate::store::credits::{CreditsChange, Refill};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::{self, OrgTx, audit};
@@ -104,8 +106,8 @@ impl KeyService {
             identities::require_in(&tx, "identity_id", identity).await?;
         }
         let key = api_keys::insert(&tx, row).await?;
-        audit::append(&tx, ctx.audit("api_key.created", "api_key", &key.id, rules::audit_details(&key))).await?;
-        outbox::publish_system_event(&tx, "api_key.created", rules::event_data(&key)).await?;
+        audit::append(&tx, ctx.audit(AuditAction::ApiKeyCreated, &key.id, rules::audit_details(&key))).await?;
+        outbox::publish_system_event(&tx, SystemEvent::ApiKeyCreated((&key).into())).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(IssuedKey { key, token })
     }
@@ -181,17 +183,15 @@ impl KeyService {
         audit::append(
             &tx,
             ctx.audit(
-                "api_key.rotated",
-                "api_key",
+                AuditAction::ApiKeyRotated,
                 &previous.id,
                 json!({ "new_key_id": new_key.id, "grace_seconds": grace.as_secs() }),
             ),
         )
         .await?;
-        let mut data = rules::event_data(&previous);
-        data["new_key_id"] = json!(new_key.id);
-        data["grace_seconds"] = json!(grace.as_secs());
-        outbox::publish_system_event(&tx, "api_key.rotated", data).await?;
+        let rotated =
+            KeyRotated { key: (&previous).into(), new_key_id: new_key.id.clone(), grace_seconds: grace.as_secs() };
+        outbox::publish_system_event(&tx, SystemEvent::ApiKeyRotated(rotated)).await?;
         self.wakeups.commit_key_change(tx).await?;
         Ok(Rotation { issued: IssuedKey { key: new_key, token }, previous })
     }

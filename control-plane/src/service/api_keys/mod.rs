@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
 pub use crate::store::api_keys::KeyChanges;
 use crate::store::api_keys::{self, KeyFilter, RateLimit};
+use crate::store::audit::AuditAction;
 use crate::store::credits::Refill;
 use crate::store::{OrgTx, audit};
 use keyplane_proto::MAX_CHECK_COST;
@@ -141,7 +142,7 @@ impl KeyService {
             .ok_or_else(|| Error::FailedPrecondition("the key was not created recoverable".into()))?;
         let token = String::from_utf8(self.crypto.master_keys.open(sealed, &key.id)?)
             .map_err(|_| Error::Sealing("sealed token is not text".into()))?;
-        audit::append(&tx, ctx.audit("api_key.revealed", "api_key", &key.id, serde_json::json!({}))).await?;
+        audit::append(&tx, ctx.audit(AuditAction::ApiKeyRevealed, &key.id, serde_json::json!({}))).await?;
         tx.commit().await?;
         Ok(token)
     }

@@ -120,19 +120,6 @@ pub fn check_credits(violations: &mut Violations, field: &str, (remaining, refil
     }
 }
 
-/// Data of Keyplane's own `api_key.*` events.
-pub fn event_data(key: &api_keys::Model) -> Value {
-    json!({
-        "key_id": key.id,
-        "name": key.name,
-        "environment": key.environment.as_str(),
-        "status": key.status,
-        "start": key.start,
-        "expires_at": key.expires_at,
-        "identity_id": key.identity_id,
-    })
-}
-
 /// Audit metadata of a new key.
 pub fn audit_details(key: &api_keys::Model) -> Value {
     json!({

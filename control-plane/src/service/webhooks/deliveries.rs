@@ -10,6 +10,7 @@ use crate::service::Wakeups;
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
 use crate::service::paging::{ListQuery, Listing, Page};
+use crate::store::audit::AuditAction;
 use crate::store::deliveries::{DeliveryFilter, DeliveryStatus};
 use crate::store::webhooks::SubscriptionStatus;
 use crate::store::{OrgTx, audit, deliveries, webhooks};
@@ -70,11 +71,8 @@ impl DeliveryService {
         require_active(&tx, &current.subscription_id).await?;
         let previous_status = current.status;
         let delivery = deliveries::retry(&tx, current).await?;
-        audit::append(
-            &tx,
-            ctx.audit("delivery.retried", "delivery", id, json!({ "previous_status": previous_status })),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit(AuditAction::DeliveryRetried, id, json!({ "previous_status": previous_status })))
+            .await?;
         self.wakeups.commit_deliveries(tx).await?;
         Ok(delivery)
     }
@@ -94,8 +92,7 @@ impl DeliveryService {
         audit::append(
             &tx,
             ctx.audit(
-                "deliveries.recovered",
-                "webhook_subscription",
+                AuditAction::DeliveriesRecovered,
                 subscription_id,
                 json!({ "since": since, "recovered": recovered }),
             ),
@@ -118,11 +115,8 @@ impl DeliveryService {
         let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });
         let target = std::slice::from_ref(&subscription.id);
         let (event, mut deliveries) = outbox::publish_to(&tx, TEST_EVENT_TYPE, payload.to_string(), target).await?;
-        audit::append(
-            &tx,
-            ctx.audit("delivery.test_sent", "webhook_subscription", subscription_id, json!({ "event_id": event.id })),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit(AuditAction::TestEventSent, subscription_id, json!({ "event_id": event.id })))
+            .await?;
         self.wakeups.commit_deliveries(tx).await?;
         deliveries.pop().ok_or(Error::NotFound("delivery"))
     }

@@ -23,6 +23,7 @@ pub mod portal;
 pub mod publisher;
 pub mod secrets;
 pub mod subscriptions;
+pub mod system_events;
 
 pub use deliveries::DeliveryService;
 pub use dispatch::{DispatchSettings, Dispatcher};

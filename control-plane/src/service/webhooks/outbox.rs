@@ -4,9 +4,9 @@
 //! (or `commit_key_change`, `commit_published`) so the dispatcher sends at once.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use super::event_types::matches;
+use super::system_events::SystemEvent;
 use crate::error::Result;
 use crate::store::{OrgTx, deliveries, events, webhooks};
 
@@ -60,11 +60,11 @@ pub fn matching(subscriptions: &[webhooks::Model], event_type: &str) -> Vec<Stri
         .collect()
 }
 
-/// Publishes one of Keyplane's own events (`api_key.created`,
-/// `webhook.endpoint_disabled`, …) to the org's matching subscriptions.
-pub async fn publish_system_event(tx: &OrgTx, event_type: &str, data: Value) -> Result<()> {
+/// Publishes one of Keyplane's own events to the org's matching subscriptions.
+pub async fn publish_system_event(tx: &OrgTx, event: SystemEvent) -> Result<()> {
     let subscriptions = webhooks::active(tx.conn(), tx.org()).await?;
-    publish_to(tx, event_type, data.to_string(), &matching(&subscriptions, event_type)).await.map(drop)
+    let event_type = event.name();
+    publish_to(tx, event_type, event.payload().to_string(), &matching(&subscriptions, event_type)).await.map(drop)
 }
 
 /// Stores an event of the transaction's org, due at once to each of

@@ -12,6 +12,7 @@ use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
+use crate::store::audit::AuditAction;
 use crate::store::{self, OrgTx, audit, portal_links};
 
 /// Validity of a link when none is asked for.
@@ -82,7 +83,7 @@ impl PortalLinks {
         let tx = OrgTx::begin(&self.db, &org).await?;
         portal_links::insert(tx.conn(), link.clone()).await?;
         let details = json!({ "expires_at": link.expires_at, "frame_ancestors": frame_ancestors });
-        audit::append(&tx, ctx.audit("webhook.portal_link_created", "portal_link", &link.id, details)).await?;
+        audit::append(&tx, ctx.audit(AuditAction::PortalLinkCreated, &link.id, details)).await?;
         tx.commit().await?;
         Ok(PortalLink {
             id: link.id,

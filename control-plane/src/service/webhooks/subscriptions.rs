@@ -16,6 +16,7 @@ use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
 use crate::service::paging::{Listing, Page, PageRequest};
 use crate::service::validate::Violations;
+use crate::store::audit::AuditAction;
 use crate::store::webhooks::{self, NewSubscriptionRow, SubscriptionStatus, SubscriptionUpdate};
 use crate::store::{self, OrgTx, audit};
 
@@ -106,11 +107,7 @@ impl WebhookService {
         }
         let subscription = webhooks::insert(&tx, row).await?;
         let details = audit_details(&subscription);
-        audit::append(
-            &tx,
-            ctx.audit("webhook.subscription_created", "webhook_subscription", &subscription.id, details),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit(AuditAction::SubscriptionCreated, &subscription.id, details)).await?;
         tx.commit().await?;
         Ok(WithSecret { subscription, secret })
     }
@@ -199,11 +196,7 @@ impl WebhookService {
             update.status = Some(SubscriptionStatus::PendingApproval);
         }
         let subscription = webhooks::update(&tx, current, update).await?;
-        audit::append(
-            &tx,
-            ctx.audit("webhook.subscription_updated", "webhook_subscription", id, json!({ "fields": changed })),
-        )
-        .await?;
+        audit::append(&tx, ctx.audit(AuditAction::SubscriptionUpdated, id, json!({ "fields": changed }))).await?;
         tx.commit().await?;
         Ok(subscription)
     }
@@ -215,7 +208,7 @@ impl WebhookService {
         if !webhooks::delete(&tx, id).await? {
             return Err(Error::NotFound("subscription"));
         }
-        audit::append(&tx, ctx.audit("webhook.subscription_deleted", "webhook_subscription", id, json!({}))).await?;
+        audit::append(&tx, ctx.audit(AuditAction::SubscriptionDeleted, id, json!({}))).await?;
         tx.commit().await
     }
 
@@ -244,7 +237,7 @@ impl WebhookService {
         };
         let subscription = webhooks::update(&tx, current, update).await?;
         let details = json!({ "grace_seconds": grace.as_secs(), "signing_secrets": secrets.count() });
-        audit::append(&tx, ctx.audit("webhook.secret_rotated", "webhook_subscription", id, details)).await?;
+        audit::append(&tx, ctx.audit(AuditAction::SecretRotated, id, details)).await?;
         tx.commit().await?;
         Ok(WithSecret { subscription, secret })
     }
@@ -262,7 +255,7 @@ impl WebhookService {
         }
         let update = SubscriptionUpdate { status: Some(SubscriptionStatus::Active), ..SubscriptionUpdate::default() };
         let subscription = webhooks::update(&tx, current, update).await?;
-        audit::append(&tx, ctx.audit("webhook.subscription_approved", "webhook_subscription", id, json!({}))).await?;
+        audit::append(&tx, ctx.audit(AuditAction::SubscriptionApproved, id, json!({}))).await?;
         tx.commit().await?;
         Ok(subscription)
     }

@@ -12,6 +12,8 @@ use serde_json::json;
 use crate::error::Result;
 use crate::service::Wakeups;
 use crate::service::webhooks::outbox;
+use crate::service::webhooks::system_events::{EndpointDisabled, SystemEvent};
+use crate::store::audit::AuditAction;
 use crate::store::deliveries::{AttemptRecord, NextStep};
 use crate::store::{self, OrgTx, audit, webhooks};
 
@@ -103,16 +105,16 @@ impl EndpointHealth {
             return Ok(());
         }
         tracing::warn!(subscription = %subscription_id, %reason, "webhook endpoint disabled");
+        let disabled = EndpointDisabled { subscription_id: subscription_id.clone(), reason: reason.clone() };
         let details = json!({ "subscription_id": subscription_id, "reason": reason });
         let event = audit::NewAuditEvent::by_system(
             "webhook-dispatcher",
-            "webhook.endpoint_disabled",
-            "webhook_subscription",
+            AuditAction::EndpointDisabled,
             subscription_id,
-            details.clone(),
+            details,
         );
         audit::append(&tx, event).await?;
-        outbox::publish_system_event(&tx, "webhook.endpoint_disabled", details).await?;
+        outbox::publish_system_event(&tx, SystemEvent::EndpointDisabled(disabled)).await?;
         self.wakeups.commit_deliveries(tx).await
     }
 }

@@ -1,0 +1,127 @@
+//! Keyplane's own webhook events, delivered to an org's subscriptions like
+//! any published event: one variant each, with its payload type, so the
+//! compiler lists every event and what it carries. The README's table is
+//! checked against [`SystemEvent::NAMES`].
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::store::api_keys::{self, KeyStatus};
+
+/// What events about a key say of it (never its scopes or secrets).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyData {
+    pub key_id: String,
+    pub name: String,
+    pub environment: &'static str,
+    pub status: KeyStatus,
+    pub start: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub identity_id: Option<String>,
+}
+
+impl From<&api_keys::Model> for KeyData {
+    fn from(key: &api_keys::Model) -> Self {
+        Self {
+            key_id: key.id.clone(),
+            name: key.name.clone(),
+            environment: key.environment.as_str(),
+            status: key.status,
+            start: key.start.clone(),
+            expires_at: key.expires_at,
+            identity_id: key.identity_id.clone(),
+        }
+    }
+}
+
+/// `api_key.rotated`: the old key, and its replacement.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyRotated {
+    #[serde(flatten)]
+    pub key: KeyData,
+    pub new_key_id: String,
+    pub grace_seconds: u64,
+}
+
+/// `api_key.deleted`.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyDeleted {
+    pub key_id: String,
+    /// `retention` when the retention of ended keys deleted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+/// `webhook.endpoint_disabled`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointDisabled {
+    pub subscription_id: String,
+    pub reason: String,
+}
+
+/// One of Keyplane's own events.
+#[derive(Clone, Debug)]
+pub enum SystemEvent {
+    ApiKeyCreated(KeyData),
+    ApiKeyRotated(KeyRotated),
+    ApiKeyRevoked(KeyData),
+    ApiKeyExpired(KeyData),
+    ApiKeyDeleted(KeyDeleted),
+    EndpointDisabled(EndpointDisabled),
+}
+
+impl SystemEvent {
+    /// Every event type, as subscriptions name them.
+    pub const NAMES: [&'static str; 6] = [
+        "api_key.created",
+        "api_key.rotated",
+        "api_key.revoked",
+        "api_key.expired",
+        "api_key.deleted",
+        "webhook.endpoint_disabled",
+    ];
+
+    /// The event type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SystemEvent::ApiKeyCreated(_) => Self::NAMES[0],
+            SystemEvent::ApiKeyRotated(_) => Self::NAMES[1],
+            SystemEvent::ApiKeyRevoked(_) => Self::NAMES[2],
+            SystemEvent::ApiKeyExpired(_) => Self::NAMES[3],
+            SystemEvent::ApiKeyDeleted(_) => Self::NAMES[4],
+            SystemEvent::EndpointDisabled(_) => Self::NAMES[5],
+        }
+    }
+
+    /// The payload (`data` of the delivered body).
+    pub fn payload(&self) -> Value {
+        let value = match self {
+            SystemEvent::ApiKeyCreated(key) | SystemEvent::ApiKeyRevoked(key) | SystemEvent::ApiKeyExpired(key) => {
+                serde_json::to_value(key)
+            }
+            SystemEvent::ApiKeyRotated(rotated) => serde_json::to_value(rotated),
+            SystemEvent::ApiKeyDeleted(deleted) => serde_json::to_value(deleted),
+            SystemEvent::EndpointDisabled(disabled) => serde_json::to_value(disabled),
+        };
+        // Plain structs of strings, numbers and times always serialize.
+        value.unwrap_or(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_is_listed_in_the_readme_and_valid() {
+        let readme = include_str!("../../../../README.md");
+        for name in SystemEvent::NAMES {
+            assert!(readme.contains(&format!("`{name}`")), "README lists system event {name}");
+            assert!(super::super::event_types::check_event_type(name).is_ok(), "{name}");
+        }
+        let deleted = SystemEvent::ApiKeyDeleted(KeyDeleted { key_id: "key_1".into(), reason: None });
+        assert_eq!(deleted.payload(), serde_json::json!({ "key_id": "key_1" }));
+        assert_eq!(deleted.name(), "api_key.deleted");
+    }
+}

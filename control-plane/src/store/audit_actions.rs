@@ -1,0 +1,180 @@
+//! Every action the audit log records, and what kind of thing each is done
+//! to: the compiler lists them, `ListAuditEvents` filters by their names,
+//! and the README's table is checked against [`AuditAction::ALL`].
+
+/// What an audit row's target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetType {
+    ApiKey,
+    Identity,
+    Connection,
+    WebhookSubscription,
+    Delivery,
+    PortalLink,
+    ConsoleSession,
+}
+
+impl TargetType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetType::ApiKey => "api_key",
+            TargetType::Identity => "identity",
+            TargetType::Connection => "connection",
+            TargetType::WebhookSubscription => "webhook_subscription",
+            TargetType::Delivery => "delivery",
+            TargetType::PortalLink => "portal_link",
+            TargetType::ConsoleSession => "console_session",
+        }
+    }
+}
+
+/// An audited action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    ApiKeyCreated,
+    ApiKeyUpdated,
+    ApiKeyRotated,
+    ApiKeyRevoked,
+    ApiKeyDeleted,
+    ApiKeyRevealed,
+    ApiKeyExpired,
+    ApiKeyCreditsRefilled,
+    IdentityCreated,
+    IdentityUpdated,
+    IdentityDeleted,
+    IdentityCreditsRefilled,
+    ConnectionCreated,
+    ConnectionDeleted,
+    ConnectionAccessTokenIssued,
+    SubscriptionCreated,
+    SubscriptionUpdated,
+    SubscriptionDeleted,
+    SubscriptionApproved,
+    SecretRotated,
+    EndpointDisabled,
+    PortalLinkCreated,
+    PortalOpened,
+    DeliveryRetried,
+    DeliveriesRecovered,
+    TestEventSent,
+    ConsoleSignedIn,
+    ConsoleSignedOut,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 28] = [
+        AuditAction::ApiKeyCreated,
+        AuditAction::ApiKeyUpdated,
+        AuditAction::ApiKeyRotated,
+        AuditAction::ApiKeyRevoked,
+        AuditAction::ApiKeyDeleted,
+        AuditAction::ApiKeyRevealed,
+        AuditAction::ApiKeyExpired,
+        AuditAction::ApiKeyCreditsRefilled,
+        AuditAction::IdentityCreated,
+        AuditAction::IdentityUpdated,
+        AuditAction::IdentityDeleted,
+        AuditAction::IdentityCreditsRefilled,
+        AuditAction::ConnectionCreated,
+        AuditAction::ConnectionDeleted,
+        AuditAction::ConnectionAccessTokenIssued,
+        AuditAction::SubscriptionCreated,
+        AuditAction::SubscriptionUpdated,
+        AuditAction::SubscriptionDeleted,
+        AuditAction::SubscriptionApproved,
+        AuditAction::SecretRotated,
+        AuditAction::EndpointDisabled,
+        AuditAction::PortalLinkCreated,
+        AuditAction::PortalOpened,
+        AuditAction::DeliveryRetried,
+        AuditAction::DeliveriesRecovered,
+        AuditAction::TestEventSent,
+        AuditAction::ConsoleSignedIn,
+        AuditAction::ConsoleSignedOut,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::ApiKeyCreated => "api_key.created",
+            AuditAction::ApiKeyUpdated => "api_key.updated",
+            AuditAction::ApiKeyRotated => "api_key.rotated",
+            AuditAction::ApiKeyRevoked => "api_key.revoked",
+            AuditAction::ApiKeyDeleted => "api_key.deleted",
+            AuditAction::ApiKeyRevealed => "api_key.revealed",
+            AuditAction::ApiKeyExpired => "api_key.expired",
+            AuditAction::ApiKeyCreditsRefilled => "api_key.credits_refilled",
+            AuditAction::IdentityCreated => "identity.created",
+            AuditAction::IdentityUpdated => "identity.updated",
+            AuditAction::IdentityDeleted => "identity.deleted",
+            AuditAction::IdentityCreditsRefilled => "identity.credits_refilled",
+            AuditAction::ConnectionCreated => "connection.created",
+            AuditAction::ConnectionDeleted => "connection.deleted",
+            AuditAction::ConnectionAccessTokenIssued => "connection.access_token_issued",
+            AuditAction::SubscriptionCreated => "webhook.subscription_created",
+            AuditAction::SubscriptionUpdated => "webhook.subscription_updated",
+            AuditAction::SubscriptionDeleted => "webhook.subscription_deleted",
+            AuditAction::SubscriptionApproved => "webhook.subscription_approved",
+            AuditAction::SecretRotated => "webhook.secret_rotated",
+            AuditAction::EndpointDisabled => "webhook.endpoint_disabled",
+            AuditAction::PortalLinkCreated => "webhook.portal_link_created",
+            AuditAction::PortalOpened => "webhook.portal_opened",
+            AuditAction::DeliveryRetried => "delivery.retried",
+            AuditAction::DeliveriesRecovered => "deliveries.recovered",
+            AuditAction::TestEventSent => "delivery.test_sent",
+            AuditAction::ConsoleSignedIn => "console.signed_in",
+            AuditAction::ConsoleSignedOut => "console.signed_out",
+        }
+    }
+
+    /// What the action is done to.
+    pub fn target(self) -> TargetType {
+        match self {
+            AuditAction::ApiKeyCreated
+            | AuditAction::ApiKeyUpdated
+            | AuditAction::ApiKeyRotated
+            | AuditAction::ApiKeyRevoked
+            | AuditAction::ApiKeyDeleted
+            | AuditAction::ApiKeyRevealed
+            | AuditAction::ApiKeyExpired
+            | AuditAction::ApiKeyCreditsRefilled => TargetType::ApiKey,
+            AuditAction::IdentityCreated
+            | AuditAction::IdentityUpdated
+            | AuditAction::IdentityDeleted
+            | AuditAction::IdentityCreditsRefilled => TargetType::Identity,
+            AuditAction::ConnectionCreated
+            | AuditAction::ConnectionDeleted
+            | AuditAction::ConnectionAccessTokenIssued => TargetType::Connection,
+            AuditAction::SubscriptionCreated
+            | AuditAction::SubscriptionUpdated
+            | AuditAction::SubscriptionDeleted
+            | AuditAction::SubscriptionApproved
+            | AuditAction::SecretRotated
+            | AuditAction::EndpointDisabled
+            | AuditAction::DeliveriesRecovered
+            | AuditAction::TestEventSent => TargetType::WebhookSubscription,
+            AuditAction::PortalLinkCreated => TargetType::PortalLink,
+            AuditAction::DeliveryRetried => TargetType::Delivery,
+            AuditAction::PortalOpened | AuditAction::ConsoleSignedIn | AuditAction::ConsoleSignedOut => {
+                TargetType::ConsoleSession
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_listed_in_the_readme() {
+        let mut names: Vec<&str> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+        let readme = include_str!("../../../README.md");
+        for name in &names {
+            assert!(readme.contains(&format!("`{name}`")), "README lists audit action {name}");
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), AuditAction::ALL.len());
+    }
+}
