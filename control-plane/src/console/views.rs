@@ -350,13 +350,6 @@ pub struct AuditPage {
     pub chain: Option<(bool, String)>,
 }
 
-impl AuditPage {
-    /// Every audited action, suggested in the filter.
-    pub fn actions(&self) -> impl Iterator<Item = &'static str> {
-        crate::service::records::AuditAction::ALL.into_iter().map(|action| action.as_str())
-    }
-}
-
 pub struct ConnectionRow {
     pub id: String,
     pub provider: String,

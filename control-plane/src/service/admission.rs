@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
 
 use crate::error::{Error, Result};
@@ -111,6 +111,33 @@ impl Admission {
     }
 }
 
+/// A per-address allowance (sign-ins): an address, or an IPv6 client's /64,
+/// gets so many attempts a minute. Addresses quiet long enough to be back
+/// at a full allowance are forgotten by [`AddressLimiter::prune`].
+pub struct AddressLimiter(DefaultKeyedRateLimiter<IpAddr>);
+
+impl AddressLimiter {
+    pub fn per_minute(attempts: u32) -> Self {
+        Self(RateLimiter::keyed(Quota::per_minute(NonZeroU32::new(attempts).unwrap_or(NonZeroU32::MIN))))
+    }
+
+    /// Spends one attempt of `ip`'s allowance; false when it is used up.
+    pub fn attempt(&self, ip: IpAddr) -> bool {
+        self.0.check_key(&throttle_key(ip)).is_ok()
+    }
+
+    /// Forgets addresses back at a full allowance.
+    pub fn prune(&self) {
+        self.0.retain_recent();
+        self.0.shrink_to_fit();
+    }
+
+    /// Addresses remembered.
+    pub fn tracked(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// What an address counts as in per-address throttles: itself for IPv4,
 /// its /64 for IPv6 (one host is handed a whole /64 and can rotate through
 /// it), IPv4-mapped IPv6 as the IPv4 address.
@@ -133,5 +160,37 @@ mod tests {
         assert_ne!(key("2001:db8:1:3::1"), "2001:db8:1:2::");
         assert_eq!(key("192.0.2.7"), "192.0.2.7");
         assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn failed_authentications_count_per_ipv6_64() {
+        let limits = AdmissionLimits {
+            requests_per_second: 0,
+            failures_per_minute: 2,
+            failure_backoff: Duration::from_secs(60),
+        };
+        let admission = Admission::new(limits, Arc::new(Metrics::default()));
+        for host in 1..=3 {
+            admission.record_failure(Some(format!("2001:db8:7:7::{host}").parse().unwrap()));
+        }
+        let rotated = admission.check_peer(Some("2001:db8:7:7:ffff::9".parse().unwrap()));
+        assert!(matches!(rotated, Err(Error::Throttled { .. })), "another address of the same /64: {rotated:?}");
+        assert!(admission.check_peer(Some("2001:db8:7:8::1".parse().unwrap())).is_ok(), "another /64");
+        assert!(admission.check_peer(Some("192.0.2.1".parse().unwrap())).is_ok());
+    }
+
+    #[test]
+    fn sign_in_allowances_count_per_64_and_quiet_addresses_are_forgotten() {
+        let limiter = AddressLimiter::per_minute(1);
+        assert!(limiter.attempt("2001:db8:1:2::1".parse().unwrap()));
+        assert!(!limiter.attempt("2001:db8:1:2::abcd".parse().unwrap()), "the same /64");
+        let quick = AddressLimiter::per_minute(60_000);
+        for host in 0..100u8 {
+            assert!(quick.attempt(IpAddr::from([192, 0, 2, host])));
+        }
+        assert_eq!(quick.tracked(), 100);
+        std::thread::sleep(Duration::from_millis(20));
+        quick.prune();
+        assert_eq!(quick.tracked(), 0, "addresses back at a full allowance are forgotten");
     }
 }

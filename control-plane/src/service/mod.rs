@@ -51,7 +51,7 @@ pub use webhooks::{DeliveryService, Dispatcher, EventService, WebhookService};
 pub mod records {
     pub use crate::crypto::Environment;
     pub use crate::store::api_keys::{KeyFilter, KeyStatus, LimitChanges, Model as ApiKey, RateLimit};
-    pub use crate::store::audit::{AuditAction, AuditFilter, Model as AuditEvent};
+    pub use crate::store::audit::{AuditFilter, Model as AuditEvent};
     pub use crate::store::connections::Model as Connection;
     pub use crate::store::credits::{Credits, CreditsChange, Refill, RefillPeriod};
     pub use crate::store::deliveries::attempt::Model as DeliveryAttempt;

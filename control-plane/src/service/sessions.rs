@@ -6,15 +6,12 @@
 //! browser's cookie; the database keeps their SHA-256.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::admission::throttle_key;
+use super::admission::AddressLimiter;
 use super::auth::{Actor, Authenticator, Channel, RequestContext};
 use super::authz::{Action, PLATFORM_ORG, Target, check_org_id};
 use crate::crypto::token::{encode_fixed, random_bytes};
@@ -90,13 +87,12 @@ pub struct SessionService {
     db: DatabaseConnection,
     authenticator: Authenticator,
     settings: SessionSettings,
-    sign_ins: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    sign_ins: AddressLimiter,
 }
 
 impl SessionService {
     pub fn new(db: DatabaseConnection, authenticator: Authenticator, settings: SessionSettings) -> Self {
-        let quota = Quota::per_minute(NonZeroU32::new(SIGN_INS_PER_MINUTE).unwrap_or(NonZeroU32::MIN));
-        Self { db, authenticator, settings, sign_ins: Arc::new(RateLimiter::keyed(quota)) }
+        Self { db, authenticator, settings, sign_ins: AddressLimiter::per_minute(SIGN_INS_PER_MINUTE) }
     }
 
     /// Signs in with `credential` (the root token, or an API key holding a
@@ -105,7 +101,7 @@ impl SessionService {
     /// "invalid credential", nothing more.
     pub async fn sign_in(&self, credential: &str, client: &Client) -> Result<(String, Session)> {
         if let Some(ip) = client.ip
-            && self.sign_ins.check_key(&throttle_key(ip)).is_err()
+            && !self.sign_ins.attempt(ip)
         {
             return Err(Error::LimitReached("too many sign-in attempts from this address; wait a minute".into()));
         }
@@ -250,8 +246,7 @@ impl SessionService {
     /// Deletes sessions past their end, and forgets sign-in attempts of
     /// addresses that have been quiet for a while.
     pub async fn purge_expired(&self) -> Result<u64> {
-        self.sign_ins.retain_recent();
-        self.sign_ins.shrink_to_fit();
+        self.sign_ins.prune();
         let now = store::now();
         let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or(chrono::Duration::MAX);
         sessions::purge_expired(&self.db, now, now - idle, 1000).await

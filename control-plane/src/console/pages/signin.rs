@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
@@ -28,9 +28,22 @@ pub async fn form(State(console): State<Arc<Console>>, parts: Parts) -> Response
     login_page(&console, None, StatusCode::OK)
 }
 
-fn login_page(console: &Console, error: Option<String>, status: StatusCode) -> Response {
+/// A double-submit nonce for a form shown before there is a session (and
+/// so no CSRF token): the nonce for the form, and the cookie, scoped to
+/// `path`, that must come back with it.
+fn form_nonce(console: &Console, cookie: &str, path: &str) -> (String, HeaderValue) {
     let nonce = encode_fixed(&random_bytes::<16>(), 22);
-    let cookie = session::set_cookie(NONCE_COOKIE, &nonce, "/login", console.secure_cookies, None);
+    let set_cookie = session::set_cookie(cookie, &nonce, path, console.secure_cookies, None);
+    (nonce, set_cookie)
+}
+
+/// Whether a form came back with the nonce its cookie carries.
+fn nonce_matches(parts: &Parts, cookie: &str, nonce: &str) -> bool {
+    session::cookie(&parts.headers, cookie).as_deref() == Some(nonce)
+}
+
+fn login_page(console: &Console, error: Option<String>, status: StatusCode) -> Response {
+    let (nonce, cookie) = form_nonce(console, NONCE_COOKIE, "/login");
     match render(&LoginPage { nav: None, nonce, error }) {
         Ok(page) => (status, [(header::SET_COOKIE, cookie)], page).into_response(),
         Err(error) => error_page(error, None),
@@ -48,8 +61,7 @@ pub async fn sign_in(
     parts: Parts,
     axum::Form(form): axum::Form<SignInForm>,
 ) -> Response {
-    let expected = session::cookie(&parts.headers, NONCE_COOKIE);
-    if expected.as_deref() != Some(form.nonce.as_str()) {
+    if !nonce_matches(&parts, NONCE_COOKIE, &form.nonce) {
         return login_page(&console, Some("The form expired; sign in again.".into()), StatusCode::FORBIDDEN);
     }
     match console.sessions.sign_in(&form.credential, &session::client(&parts)).await {
@@ -98,10 +110,8 @@ const PORTAL_NONCE_COOKIE: &str = "kp_portal";
 
 /// A portal link shows a confirmation: opening the link by GET changes nothing.
 pub async fn confirm_portal(State(console): State<Arc<Console>>, Path(token): Path<String>) -> Response {
-    let nonce = encode_fixed(&random_bytes::<16>(), 22);
-    let action = format!("/portal/{token}");
-    let cookie = session::set_cookie(PORTAL_NONCE_COOKIE, &nonce, "/portal", console.secure_cookies, None);
-    match render(&PortalOpenPage { nav: None, action, nonce }) {
+    let (nonce, cookie) = form_nonce(&console, PORTAL_NONCE_COOKIE, "/portal");
+    match render(&PortalOpenPage { nav: None, action: format!("/portal/{token}"), nonce }) {
         Ok(page) => ([(header::SET_COOKIE, cookie)], page).into_response(),
         Err(error) => error_page(error, None),
     }
@@ -119,7 +129,7 @@ pub async fn open_portal(
     Path(token): Path<String>,
     axum::Form(form): axum::Form<PortalForm>,
 ) -> Response {
-    if session::cookie(&parts.headers, PORTAL_NONCE_COOKIE).as_deref() != Some(form.nonce.as_str()) {
+    if !nonce_matches(&parts, PORTAL_NONCE_COOKIE, &form.nonce) {
         let stale = Error::PermissionDenied("the form is stale or came from another site: open the link again".into());
         return error_page(stale, None);
     }
