@@ -15,10 +15,10 @@ use crate::service::records::{
     ApiKey, AuditEvent, Connection, Credits, CreditsChange, Delivery, DeliveryAttempt, DeliveryStatus, Environment,
     Event, Identity, KeyStatus, LimitChanges, RateLimit, Refill, RefillPeriod, Subscription, SubscriptionStatus,
 };
+use crate::service::records::{Counts, Granularity, UsageOutcome as Outcome};
 use crate::service::usage::ingest::{MinuteCount, UsageReport};
 use crate::service::usage::{DeliveryStatsBucket, KeyRanking, RangeRequest};
 use crate::service::verify::{Failure, Verification, VerifiedKey};
-use crate::store::usage::{Counts, Granularity, Outcome};
 
 /// Protobuf timestamp → UTC time.
 pub fn time_from_proto(field: &str, ts: prost_types::Timestamp) -> Result<DateTime<Utc>> {

@@ -59,6 +59,7 @@ pub mod records {
     pub use crate::store::events::Model as Event;
     pub use crate::store::identities::{IdentityChanges, IdentityFilter, Model as Identity, NewIdentity};
     pub use crate::store::key_events::{KeyEventKind, Model as KeyEvent};
+    pub use crate::store::usage::{Counts, Granularity, Outcome as UsageOutcome};
     pub use crate::store::webhooks::{Model as Subscription, SubscriptionStatus};
 }
 

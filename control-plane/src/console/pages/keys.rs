@@ -21,10 +21,10 @@ use crate::console::views::{
 use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
 use crate::service::paging::ListQuery;
+use crate::service::records::Granularity;
 use crate::service::records::{
     ApiKey, CreditsChange, Environment, KeyFilter, KeyStatus, LimitChanges, RateLimit, Refill, RefillPeriod,
 };
-use crate::store::usage::Granularity;
 
 pub async fn list(
     State(console): State<Arc<Console>>,

@@ -22,8 +22,8 @@ use super::nav::Nav;
 use super::views::ChartView;
 use crate::error::{Error, Result};
 use crate::service::paging::PageRequest;
+use crate::service::records::Granularity;
 use crate::service::usage::{RangeRequest, UsageSeries};
-use crate::store::usage::Granularity;
 
 /// Rows per console page.
 const PAGE_SIZE: u32 = 50;
@@ -118,7 +118,7 @@ pub fn bucket_label(at: DateTime<Utc>, granularity: Granularity) -> String {
 /// The verifications chart of a usage series, by outcome.
 pub fn usage_chart(title: &str, series: &UsageSeries, granularity: Granularity) -> ChartView {
     let labels: Vec<String> = series.buckets.iter().map(|(at, _)| bucket_label(*at, granularity)).collect();
-    let pick = |f: fn(&crate::store::usage::Counts) -> i64| -> Vec<f64> {
+    let pick = |f: fn(&crate::service::records::Counts) -> i64| -> Vec<f64> {
         series.buckets.iter().map(|(_, counts)| f(counts) as f64).collect()
     };
     let lines = vec![

@@ -14,8 +14,8 @@ use crate::console::session::Signed;
 use crate::console::views::OverviewPage;
 use crate::error::Result;
 use crate::service::paging::{ListQuery, PageRequest};
+use crate::service::records::Granularity;
 use crate::service::records::{AuditFilter, SubscriptionStatus};
-use crate::store::usage::Granularity;
 
 /// Beyond this the overview says "10000+": counting keeps the page fast
 /// whatever the org's size (BENCHMARKS.md, "Console").

@@ -20,10 +20,10 @@ use crate::console::views::{
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
 use crate::service::paging::ListQuery;
+use crate::service::records::Granularity;
 use crate::service::records::{DeliveryFilter, DeliveryStatus, Subscription, SubscriptionStatus};
 use crate::service::usage::DeliveryStatsBucket;
 use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
-use crate::store::usage::Granularity;
 
 #[derive(Default, Deserialize)]
 #[serde(default)]

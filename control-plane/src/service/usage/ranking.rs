@@ -1,24 +1,17 @@
 //! TopKeys: rankings summed in memory from each bucket's per-key scores
-//! (the checks ranked by), which are kept between queries and checked
-//! against the org's rollup of the same bucket before each use.
+//! (the checks ranked by), kept between queries and checked against the
+//! org's rollup of the same bucket before each use (why SQL aggregation is
+//! not used: BENCHMARKS.md, "TopKeys").
 //!
-//! Ranking in SQL aggregates every key's rows of the range on every request
-//! (70,000 rows for 10,000 keys over a week, 40–60 ms on Postgres;
-//! BENCHMARKS.md). Here a bucket's scores are read once. They stay exact
-//! because a report adds to a bucket's key rows and to the org rows of that
-//! bucket in one transaction (`ingest.rs`), and counts only grow: when the
-//! org rows still sum to the cached scores' sum, no key's score has
-//! changed. So every replica keeps its own cache without invalidation
-//! messages; a bucket whose org rows moved (the current one, while reports
-//! arrive) need not be read again: its kept scores are a lower bound of
-//! each key's, and the growth of its sum an upper bound of what any key
-//! gained since, so only keys whose bounds reach the `limit`-th lower bound
-//! can win. Those few candidates' exact counts are read from the rollups
-//! (`UsageService::top_keys` reads the winners' counts anyway); the bucket
-//! is read again only when the bounds leave too many candidates, or a key
-//! not kept at all could have climbed in — at once, while the kept buckets
-//! are summed, when the growth already reaches the last ranking's
-//! `limit`-th total (sidecars reporting on every key between rankings).
+//! Why kept scores stay exact: a report adds to a bucket's key rows and to
+//! its org rows in one transaction (`ingest.rs`), and counts only grow, so
+//! equal org sums mean no key's score changed; no invalidation crosses
+//! replicas. A bucket whose sum grew is not read again: kept scores are
+//! lower bounds, the growth bounds any key's gain, and only keys whose
+//! bounds reach the `limit`-th lower bound are ranked, by their exact
+//! counts. The bucket is read again when too many candidates remain, or
+//! when the growth alone reaches the last ranking's `limit`-th total (a key
+//! not kept could then win).
 
 use std::sync::Arc;
 
