@@ -18,6 +18,7 @@ use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::{Error, Result};
 use crate::store::api_keys::{self, KeyStatus};
 use crate::store::audit::AuditAction;
+use crate::store::sessions::{SessionActor, SessionKind};
 use crate::store::{self, OrgScope, OrgTx, audit, identities, portal_links, sessions};
 
 /// Sign-in attempts per client address per minute.
@@ -114,14 +115,14 @@ impl SessionService {
         let (actor_type, key_id, org) = match &actor {
             // The session names the root token it was opened with: changing
             // the token ends it.
-            Actor::Root => ("root", self.authenticator.root_fingerprint(), String::new()),
+            Actor::Root => (SessionActor::Root, self.authenticator.root_fingerprint(), String::new()),
             Actor::ApiKey { key_id, org_id, scopes } if scopes.iter().any(|s| s.starts_with("keyplane:")) => {
                 let org = if org_id == PLATFORM_ORG { String::new() } else { org_id.clone() };
-                ("api_key", Some(key_id.clone()), org)
+                (SessionActor::ApiKey, Some(key_id.clone()), org)
             }
             _ => return Err(invalid),
         };
-        let (id, row) = self.new_session("console", actor_type, key_id, org, String::new());
+        let (id, row) = self.new_session(SessionKind::Console, actor_type, key_id, org, String::new());
         sessions::insert(&self.db, row.clone()).await?;
         let home = match &actor {
             Actor::ApiKey { org_id, .. } => org_id.clone(),
@@ -139,8 +140,13 @@ impl SessionService {
         let Some(link) = portal_links::redeem(&self.db, &token_hash, store::now()).await? else {
             return Ok(None);
         };
-        let (id, mut row) =
-            self.new_session("portal", "portal", Some(link.id.clone()), link.org_id.clone(), link.frame_ancestors);
+        let (id, mut row) = self.new_session(
+            SessionKind::Portal,
+            SessionActor::Portal,
+            Some(link.id.clone()),
+            link.org_id.clone(),
+            link.frame_ancestors,
+        );
         // A portal session lasts no longer than its link would have.
         row.expires_at = row.expires_at.min(link.expires_at);
         sessions::insert(&self.db, row.clone()).await?;
@@ -162,13 +168,13 @@ impl SessionService {
         };
         let now = store::now();
         let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or(chrono::Duration::MAX);
-        let actor = match row.actor_type.as_str() {
+        let actor = match row.actor_type {
             _ if row.expires_at <= now || now - row.last_seen_at > idle => None,
-            "root" => {
+            SessionActor::Root => {
                 (row.key_id.is_some() && row.key_id == self.authenticator.root_fingerprint()).then_some(Actor::Root)
             }
-            "portal" => self.live_portal(&row).await?,
-            _ => self.live_key(row.key_id.as_deref(), client).await?,
+            SessionActor::Portal => self.live_portal(&row).await?,
+            SessionActor::ApiKey => self.live_key(row.key_id.as_deref(), client).await?,
         };
         let Some(actor) = actor else {
             sessions::delete(&self.db, &id_hash).await?;
@@ -254,8 +260,8 @@ impl SessionService {
 
     fn new_session(
         &self,
-        kind: &str,
-        actor_type: &str,
+        kind: SessionKind,
+        actor_type: SessionActor,
         key_id: Option<String>,
         org_id: String,
         frame_ancestors: String,
@@ -265,8 +271,8 @@ impl SessionService {
         let lifetime = chrono::Duration::from_std(self.settings.lifetime).unwrap_or(chrono::Duration::MAX);
         let row = sessions::Model {
             id_hash: hash(&id),
-            kind: kind.to_owned(),
-            actor_type: actor_type.to_owned(),
+            kind,
+            actor_type,
             key_id,
             org_id,
             frame_ancestors,
@@ -282,7 +288,7 @@ impl SessionService {
             id_hash: row.id_hash.clone(),
             actor,
             org: Some(row.org_id.clone()).filter(|org| !org.is_empty()),
-            portal: row.kind == "portal",
+            portal: row.kind == SessionKind::Portal,
             frame_ancestors: row.frame_ancestors.split_whitespace().map(str::to_owned).collect(),
             csrf: crate::crypto::hex(&crate::crypto::sha256(format!("csrf:{id}").as_bytes()))[..32].to_owned(),
         }

@@ -14,10 +14,8 @@ pub struct Model {
     /// Lowercase hex SHA-256 of the session id.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id_hash: String,
-    /// `console` or `portal`.
-    pub kind: String,
-    /// `root`, `api_key` or `portal`.
-    pub actor_type: String,
+    pub kind: SessionKind,
+    pub actor_type: SessionActor,
     /// The signed-in key, for `api_key` sessions.
     pub key_id: Option<String>,
     /// The org the session acts in (empty until a platform credential picks one).
@@ -31,6 +29,33 @@ pub struct Model {
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// Where a session was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum SessionKind {
+    /// Signed in at `/login`.
+    #[sea_orm(string_value = "console")]
+    Console,
+    /// Opened from a portal link: one org's webhooks.
+    #[sea_orm(string_value = "portal")]
+    Portal,
+}
+
+/// Who a session stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum SessionActor {
+    /// The root token (`key_id` holds its fingerprint).
+    #[sea_orm(string_value = "root")]
+    Root,
+    /// A Keyplane API key (`key_id`).
+    #[sea_orm(string_value = "api_key")]
+    ApiKey,
+    /// A portal link's customer (`key_id` holds the link id).
+    #[sea_orm(string_value = "portal")]
+    Portal,
+}
 
 /// Stores a new session.
 pub async fn insert(db: &impl ConnectionTrait, session: Model) -> Result<()> {
