@@ -118,6 +118,18 @@ impl Model {
     }
 }
 
+impl Model {
+    /// The key's credits, if it is limited to a number of uses.
+    pub fn credits(&self) -> Option<policy::Credits> {
+        policy::Credits::from_columns(
+            self.credits_remaining,
+            self.credit_refill_amount,
+            self.credit_refill_period.as_deref(),
+            self.credit_refill_next_at,
+        )
+    }
+}
+
 /// What [`list`] keeps; `None` keeps every key.
 #[derive(Debug, Default)]
 pub struct KeyFilter {
@@ -272,6 +284,7 @@ pub async fn count_up_to(db: &impl ConnectionTrait, org: &str, status: KeyStatus
 
 /// Applies `changes` to `key`, loaded in the transaction's org.
 pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model> {
+    let key_id = key.id.clone();
     let mut row = key.into_active_model();
     if let Some(name) = changes.name {
         row.name = Set(name);
@@ -288,7 +301,9 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);
     }
-    policy::apply_limit_changes!(tx, row, changes.limits);
+    if policy::apply_limit_changes!(row, changes.limits) {
+        credits::forget_leases(tx, &key_id).await?;
+    }
     if let Some(identity) = changes.identity_id {
         row.identity_id = Set(identity);
     }

@@ -1,152 +1,21 @@
-//! Credits: the columns `api_keys.credits_*` as domain values, and the
-//! `credit_leases` table of blocks handed to sidecars. Every function that
+//! Credits and global rate limits of a key or an identity ([`Holder`]):
+//! spending, refills, and the `credit_leases` table of blocks handed to
+//! sidecars (the value types are `store/policy.rs`'s). Every function that
 //! moves credits runs in the key's [`OrgTx`], which serialises them per org
 //! (Postgres advisory lock; SQLite has one writer), so a read-then-write is
 //! an atomic decrement.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 use sea_orm::{Condition, IntoActiveModel, QueryOrder, QuerySelect};
 
 use super::policy::RateLimit;
+pub use super::policy::{Credits, CreditsChange, Refill, RefillPeriod, refill_columns};
 use super::{OrgScope, OrgTx, api_keys, identities};
 use crate::error::Result;
-
-/// When credits are refilled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefillPeriod {
-    /// This long after the previous refill.
-    Every(Duration),
-    /// Every day at 00:00 UTC.
-    Daily,
-    /// Every month on this day (1–31, the last day of shorter months) at 00:00 UTC.
-    Monthly(u32),
-}
-
-impl RefillPeriod {
-    /// The stored form: `every:<ms>`, `daily`, `monthly:<day>`.
-    pub fn to_column(self) -> String {
-        match self {
-            RefillPeriod::Every(every) => format!("every:{}", every.as_millis()),
-            RefillPeriod::Daily => "daily".into(),
-            RefillPeriod::Monthly(day) => format!("monthly:{day}"),
-        }
-    }
-
-    /// Parses the stored form.
-    pub fn from_column(text: &str) -> Option<Self> {
-        match text.split_once(':') {
-            None if text == "daily" => Some(RefillPeriod::Daily),
-            Some(("every", ms)) => ms.parse().ok().map(|ms| RefillPeriod::Every(Duration::from_millis(ms))),
-            Some(("monthly", day)) => day.parse().ok().map(RefillPeriod::Monthly),
-            _ => None,
-        }
-    }
-
-    /// The first refill strictly after `after`.
-    pub fn next_after(self, after: DateTime<Utc>) -> DateTime<Utc> {
-        let midnight = |date: NaiveDate| Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default());
-        match self {
-            RefillPeriod::Every(every) => after + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX),
-            RefillPeriod::Daily => midnight(after.date_naive() + chrono::Days::new(1)),
-            RefillPeriod::Monthly(day) => {
-                let on_day = |year: i32, month: u32| {
-                    // The day, or the month's last day when it is shorter.
-                    (1..=day.clamp(1, 31)).rev().find_map(|d| NaiveDate::from_ymd_opt(year, month, d)).map(midnight)
-                };
-                let (year, month) = (after.year(), after.month());
-                let this_month = on_day(year, month).filter(|at| *at > after);
-                let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-                this_month.or_else(|| on_day(next_year, next_month)).unwrap_or(after)
-            }
-        }
-    }
-}
-
-/// A refill: `amount` each `period`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refill {
-    pub amount: u64,
-    pub period: RefillPeriod,
-}
-
-/// A key's credits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Credits {
-    pub remaining: u64,
-    pub refill: Option<Refill>,
-    /// When the next refill happens (output only).
-    pub next_refill_at: Option<DateTime<Utc>>,
-}
-
-/// A change to the remaining credits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CreditsChange {
-    Set(u64),
-    Add(u64),
-    Subtract(u64),
-}
-
-impl CreditsChange {
-    /// The remaining credits after the change (a key without credits starts from 0).
-    pub fn apply(self, remaining: Option<i64>) -> i64 {
-        let remaining = remaining.unwrap_or(0);
-        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        match self {
-            CreditsChange::Set(n) => clamp(n),
-            CreditsChange::Add(n) => remaining.saturating_add(clamp(n)),
-            CreditsChange::Subtract(n) => remaining.saturating_sub(clamp(n)).max(0),
-        }
-    }
-}
-
-/// The refill columns for `refill` from `now`: (amount, period, next refill).
-pub fn refill_columns(
-    refill: Option<Refill>,
-    now: DateTime<Utc>,
-) -> (Option<i64>, Option<String>, Option<DateTime<Utc>>) {
-    match refill {
-        Some(refill) => {
-            (i64::try_from(refill.amount).ok(), Some(refill.period.to_column()), Some(refill.period.next_after(now)))
-        }
-        None => (None, None, None),
-    }
-}
-
-impl Credits {
-    /// The credits stored in these columns (the same on keys and
-    /// identities), if the holder is limited to a number of uses.
-    pub(super) fn from_columns(
-        remaining: Option<i64>,
-        refill_amount: Option<i64>,
-        refill_period: Option<&str>,
-        next_refill_at: Option<DateTime<Utc>>,
-    ) -> Option<Self> {
-        let remaining = u64::try_from(remaining?).unwrap_or(0);
-        let refill = match (refill_amount, refill_period) {
-            (Some(amount), Some(period)) => {
-                Some(Refill { amount: u64::try_from(amount).unwrap_or(0), period: RefillPeriod::from_column(period)? })
-            }
-            _ => None,
-        };
-        Some(Credits { remaining, refill, next_refill_at })
-    }
-}
-
-impl api_keys::Model {
-    /// The key's credits, if it is limited to a number of uses.
-    pub fn credits(&self) -> Option<Credits> {
-        Credits::from_columns(
-            self.credits_remaining,
-            self.credit_refill_amount,
-            self.credit_refill_period.as_deref(),
-            self.credit_refill_next_at,
-        )
-    }
-}
 
 /// What credits and a global rate limit belong to: a key, or an identity
 /// whose keys share them. Leases and rate-limit windows name either by id.

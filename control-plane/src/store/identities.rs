@@ -175,6 +175,7 @@ pub async fn list(
 
 /// Applies `changes` to `identity`, loaded in the transaction's org.
 pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Result<Model> {
+    let identity_id = identity.id.clone();
     let mut row = identity.into_active_model();
     if let Some(external_id) = changes.external_id {
         row.external_id = Set(external_id);
@@ -182,7 +183,9 @@ pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Re
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);
     }
-    policy::apply_limit_changes!(tx, row, changes.limits);
+    if policy::apply_limit_changes!(row, changes.limits) {
+        credits::forget_leases(tx, &identity_id).await?;
+    }
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)
 }

@@ -1,12 +1,11 @@
 //! The limits both a key and an identity carry, stored as the same columns
 //! in `api_keys` and `identities`: a rate limit, an allow-list and credits
-//! (whose rules are in [`super::credits`]).
+//! (the value types here; leases and spending in `store/credits.rs`).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use sea_orm::entity::prelude::Json;
-
-use super::credits::{CreditsChange, Refill};
 
 /// Changes to the limits of a key or an identity; `None` leaves one alone,
 /// and for the optional ones `Some(None)` clears it.
@@ -22,9 +21,12 @@ pub struct LimitChanges {
 }
 
 /// Applies a [`LimitChanges`] to an active model of `api_keys` or
-/// `identities` (their limit columns have the same names) in an [`OrgTx`](super::OrgTx).
+/// `identities` (their limit columns have the same names). Evaluates to
+/// whether the remaining credits were set anew: the caller then forgets the
+/// holder's leases (`credits::forget_leases`) in the same transaction, as
+/// what they hold is not given back into a new count.
 macro_rules! apply_limit_changes {
-    ($tx:expr, $row:expr, $changes:expr) => {{
+    ($row:expr, $changes:expr) => {{
         let changes: $crate::store::policy::LimitChanges = $changes;
         if let Some(limit) = changes.rate_limit {
             let (requests, window_ms, scope) = $crate::store::policy::RateLimit::columns(limit);
@@ -35,22 +37,142 @@ macro_rules! apply_limit_changes {
         if let Some(cidrs) = changes.allowed_cidrs {
             $row.allowed_cidrs = Set($crate::store::policy::cidr_column(cidrs));
         }
+        let mut credits_set_anew = false;
         if let Some(change) = changes.credits {
-            if let $crate::store::credits::CreditsChange::Set(_) = change {
-                // A new count starts afresh: what leases hold is not given back into it.
-                $crate::store::credits::forget_leases($tx, $row.id.as_ref()).await?;
-            }
+            credits_set_anew = matches!(change, $crate::store::policy::CreditsChange::Set(_));
             $row.credits_remaining = Set(Some(change.apply($row.credits_remaining.take().flatten())));
         }
         if let Some(refill) = changes.credit_refill {
-            let (amount, period, next_at) = $crate::store::credits::refill_columns(refill, $crate::store::now());
+            let (amount, period, next_at) = $crate::store::policy::refill_columns(refill, $crate::store::now());
             $row.credit_refill_amount = Set(amount);
             $row.credit_refill_period = Set(period);
             $row.credit_refill_next_at = Set(next_at);
         }
+        credits_set_anew
     }};
 }
 pub(super) use apply_limit_changes;
+
+/// When credits are refilled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefillPeriod {
+    /// This long after the previous refill.
+    Every(Duration),
+    /// Every day at 00:00 UTC.
+    Daily,
+    /// Every month on this day (1–31, the last day of shorter months) at 00:00 UTC.
+    Monthly(u32),
+}
+
+impl RefillPeriod {
+    /// The stored form: `every:<ms>`, `daily`, `monthly:<day>`.
+    pub fn to_column(self) -> String {
+        match self {
+            RefillPeriod::Every(every) => format!("every:{}", every.as_millis()),
+            RefillPeriod::Daily => "daily".into(),
+            RefillPeriod::Monthly(day) => format!("monthly:{day}"),
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn from_column(text: &str) -> Option<Self> {
+        match text.split_once(':') {
+            None if text == "daily" => Some(RefillPeriod::Daily),
+            Some(("every", ms)) => ms.parse().ok().map(|ms| RefillPeriod::Every(Duration::from_millis(ms))),
+            Some(("monthly", day)) => day.parse().ok().map(RefillPeriod::Monthly),
+            _ => None,
+        }
+    }
+
+    /// The first refill strictly after `after`.
+    pub fn next_after(self, after: DateTime<Utc>) -> DateTime<Utc> {
+        let midnight = |date: NaiveDate| Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default());
+        match self {
+            RefillPeriod::Every(every) => after + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX),
+            RefillPeriod::Daily => midnight(after.date_naive() + chrono::Days::new(1)),
+            RefillPeriod::Monthly(day) => {
+                let on_day = |year: i32, month: u32| {
+                    // The day, or the month's last day when it is shorter.
+                    (1..=day.clamp(1, 31)).rev().find_map(|d| NaiveDate::from_ymd_opt(year, month, d)).map(midnight)
+                };
+                let (year, month) = (after.year(), after.month());
+                let this_month = on_day(year, month).filter(|at| *at > after);
+                let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                this_month.or_else(|| on_day(next_year, next_month)).unwrap_or(after)
+            }
+        }
+    }
+}
+
+/// A refill: `amount` each `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refill {
+    pub amount: u64,
+    pub period: RefillPeriod,
+}
+
+/// A key's credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credits {
+    pub remaining: u64,
+    pub refill: Option<Refill>,
+    /// When the next refill happens (output only).
+    pub next_refill_at: Option<DateTime<Utc>>,
+}
+
+/// A change to the remaining credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreditsChange {
+    Set(u64),
+    Add(u64),
+    Subtract(u64),
+}
+
+impl CreditsChange {
+    /// The remaining credits after the change (a key without credits starts from 0).
+    pub fn apply(self, remaining: Option<i64>) -> i64 {
+        let remaining = remaining.unwrap_or(0);
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        match self {
+            CreditsChange::Set(n) => clamp(n),
+            CreditsChange::Add(n) => remaining.saturating_add(clamp(n)),
+            CreditsChange::Subtract(n) => remaining.saturating_sub(clamp(n)).max(0),
+        }
+    }
+}
+
+/// The refill columns for `refill` from `now`: (amount, period, next refill).
+pub fn refill_columns(
+    refill: Option<Refill>,
+    now: DateTime<Utc>,
+) -> (Option<i64>, Option<String>, Option<DateTime<Utc>>) {
+    match refill {
+        Some(refill) => {
+            (i64::try_from(refill.amount).ok(), Some(refill.period.to_column()), Some(refill.period.next_after(now)))
+        }
+        None => (None, None, None),
+    }
+}
+
+impl Credits {
+    /// The credits stored in these columns (the same on keys and
+    /// identities), if the holder is limited to a number of uses.
+    pub(super) fn from_columns(
+        remaining: Option<i64>,
+        refill_amount: Option<i64>,
+        refill_period: Option<&str>,
+        next_refill_at: Option<DateTime<Utc>>,
+    ) -> Option<Self> {
+        let remaining = u64::try_from(remaining?).unwrap_or(0);
+        let refill = match (refill_amount, refill_period) {
+            (Some(amount), Some(period)) => {
+                Some(Refill { amount: u64::try_from(amount).unwrap_or(0), period: RefillPeriod::from_column(period)? })
+            }
+            _ => None,
+        };
+        Some(Credits { remaining, refill, next_refill_at })
+    }
+}
 
 /// At most `requests` uses per `window` (stored as three columns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
