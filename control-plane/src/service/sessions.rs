@@ -14,6 +14,7 @@ use serde_json::json;
 use super::admission::AddressLimiter;
 use super::auth::{Actor, Authenticator, Channel, RequestContext};
 use super::authz::{Action, PLATFORM_ORG, Target, check_org_id};
+use super::verify::VerifiedKey;
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::{Error, Result};
 use crate::store::api_keys::{self, KeyStatus};
@@ -189,14 +190,17 @@ impl SessionService {
     /// The actor of a key session while its key may still sign in from `client`.
     async fn live_key(&self, key_id: Option<&str>, client: &Client) -> Result<Option<Actor>> {
         let Some(key) = self.usable_key(key_id).await? else { return Ok(None) };
-        let in_networks = key.allows_client(client.ip)
-            && match &key.identity_id {
-                Some(identity) => {
-                    identities::find(&self.db, &key.org_id, identity).await?.is_none_or(|i| i.allows_client(client.ip))
-                }
-                None => true,
-            };
-        Ok(in_networks.then(|| Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id }))
+        let identity = match &key.identity_id {
+            Some(identity) => identities::find(&self.db, &key.org_id, identity).await?,
+            None => None,
+        };
+        // The same networks rule as a verification: the key's and its identity's.
+        let verified = VerifiedKey { key, identity };
+        if !verified.allows_client(client.ip) {
+            return Ok(None);
+        }
+        let key = verified.key;
+        Ok(Some(Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id }))
     }
 
     /// The key `key_id` while it is active, unexpired and holds a `keyplane:` scope.
