@@ -5,6 +5,7 @@
 //! [`run`] wires everything; `main.rs` only parses, binds and waits for a signal.
 
 pub mod availability;
+pub mod background;
 pub mod bootstrap;
 pub mod config;
 pub mod console;
@@ -17,6 +18,7 @@ pub mod oauth;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod wakeups;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,14 +35,12 @@ use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 use tonic::transport::server::TcpConnectInfo;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use tracing::Instrument;
 
+use background::Background;
 pub use config::Config;
 use crypto::{SecretHasher, TokenFormat};
 pub use error::{Error, Result};
@@ -50,10 +50,10 @@ use service::sync::{FeedSettings, KeyEventFeed};
 use service::usage::ingest::{LocalUsage, UsageRecorder};
 use service::verify::AbuseLimits;
 use service::webhooks::PortalLinks;
+use service::webhooks::dispatch::queue::DispatchQueue;
 use service::{
     AuditService, Authenticator, ConnectionService, CreditService, Crypto, DeliveryService, Dispatcher, EventService,
-    IdentityService, KeyService, SessionService, SidecarSync, UsageService, Verifier, Wakeups, WebhookService,
-    retention,
+    IdentityService, KeyService, SessionService, SidecarSync, UsageService, Verifier, WebhookService, retention,
 };
 
 /// Sockets the control plane serves on, bound by the caller (port 0 in tests).
@@ -70,32 +70,6 @@ pub struct Listeners {
 const VERIFIED_SECRETS_CAPACITY: u64 = 100_000;
 /// How often old key events are compacted.
 const KEY_EVENT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
-
-/// The background work of a running control plane: one cancellation signal
-/// and one task set, so shutdown stops and drains everything the same way.
-struct Background {
-    stop: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl Background {
-    fn new() -> Self {
-        Self { stop: CancellationToken::new(), tasks: TaskTracker::new() }
-    }
-
-    /// Runs `task` in a tracing span named `task` with field `name`; the
-    /// task must end once [`Self::stop`] is cancelled.
-    fn spawn(&self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task.instrument(tracing::info_span!("task", name)));
-    }
-
-    /// Cancels every task and waits for each to finish its work in hand.
-    async fn drain(self) {
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-    }
-}
 
 /// Runs the control plane until `shutdown` resolves, then drains in-flight
 /// calls and background work (deliveries in flight are recorded).
@@ -133,8 +107,9 @@ pub async fn run(
         hasher: SecretHasher::new(config.hashing_params(), workers)?,
         master_keys: master_keys.clone(),
     });
-    let wakeups = Wakeups::default();
-    let background = Background::new();
+    let wakeups = wakeups::Wakeups::default();
+    let dispatch_queue = DispatchQueue::new(wakeups.clone());
+    let background = Background::default();
 
     let verifier = Arc::new(Verifier::new(
         db.clone(),
@@ -160,7 +135,7 @@ pub async fn run(
     let usage = Arc::new(UsageService::new(db.clone(), config.usage.retention(), config.usage.ranking_cache_bytes()));
     let audit = Arc::new(AuditService::new(db.clone()));
     let feed_settings = FeedSettings { heartbeat: config.heartbeat_interval, poll: config.event_poll_interval };
-    let feed = KeyEventFeed::new(db.clone(), feed_settings, background.stop.clone()).await?;
+    let feed = KeyEventFeed::new(db.clone(), feed_settings, background.clone()).await?;
     let sync = Arc::new(SidecarSync::new(db.clone(), verifier, feed.clone(), recorder));
     let egress = Arc::new(config.egress_policy());
     let policy = Arc::new(config.webhooks.policy(egress.clone()));
@@ -173,7 +148,7 @@ pub async fn run(
         (None, None) => None,
     };
     let portal = Arc::new(PortalLinks::new(db.clone(), console_url.clone()));
-    let events = Arc::new(EventService::new(db.clone(), wakeups.clone(), policy, metrics.clone()));
+    let events = Arc::new(EventService::new(db.clone(), dispatch_queue.clone(), policy, metrics.clone(), &background));
     let deliveries = Arc::new(DeliveryService::new(db.clone(), wakeups.clone()));
     let oauth_client = oauth::OAuthClient::new(&egress, config.oauth_timeout)?;
     let connections = Arc::new(ConnectionService::new(db.clone(), master_keys.clone(), providers, oauth_client));
@@ -181,9 +156,10 @@ pub async fn run(
         db.clone(),
         master_keys,
         metrics.clone(),
-        wakeups.clone(),
+        dispatch_queue,
         config.webhooks.dispatch_settings(),
         &egress,
+        background.clone(),
     )?;
 
     let stop = &background.stop;
@@ -206,13 +182,13 @@ pub async fn run(
             None => "a Keyplane API key with keyplane: scopes (see keyplane create-admin-key)".to_owned(),
         };
         tracing::info!(url = console_url.as_deref().unwrap_or_default(), sign_in = %sign_in, "web console serving");
-        let incoming = tls::incoming(listener, tls.clone(), &background.tasks);
-        background.spawn("console", console::serve(incoming, console::router(console), stop.clone()));
+        let incoming = tls::incoming(listener, tls.clone(), &background);
+        background.spawn("console", console::serve(incoming, console::router(console), background.clone()));
         background.spawn("purge-console-sessions", retention::purge_console_sessions(sessions, stop.clone()));
     }
     background.spawn("webhook-dispatcher", dispatcher.run(stop.clone()));
-    background.spawn("key-event-tailer", feed.clone().tail(wakeups.key_events_committed.clone()));
-    background.spawn("key-event-listener", feed.clone().wake_on_notifications(wakeups.key_events_committed.clone()));
+    background.spawn("key-event-tailer", feed.clone().tail(wakeups.key_events()));
+    background.spawn("key-event-listener", feed.clone().wake_on_notifications(wakeups.key_events()));
     background.spawn("expire-keys", retention::expire_keys(keys.clone(), config.expiry_sweep_interval, stop.clone()));
     background.spawn(
         "refill-credits",
@@ -243,7 +219,7 @@ pub async fn run(
         background.spawn("tls-reload", tls.clone().reload_on_change(config.tls.reload_interval, stop.clone()));
     }
     if let Some(listener) = listeners.metrics {
-        background.spawn("metrics-server", metrics::serve(listener, metrics.clone(), stop.clone().cancelled_owned()));
+        background.spawn("metrics-server", metrics::serve(listener, metrics.clone(), background.clone()));
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -305,7 +281,7 @@ pub async fn run(
         .add_service(UsageServiceServer::new(grpc::usage::UsageGrpc::new(usage, auth.clone())))
         .add_service(IdentityServiceServer::new(grpc::identities::IdentityGrpc::new(identities, auth.clone())))
         .add_service(KeySyncServiceServer::new(grpc::key_sync::KeySyncGrpc::new(sync, credits, auth)))
-        .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls, &background.tasks), async move {
+        .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls, &background), async move {
             shutdown.await;
             // Watch streams never end by themselves: the feed ends them when
             // stopped, so the server can drain.
@@ -343,8 +319,9 @@ async fn operator_services(
         AbuseLimits { failures_per_key: 1, failure_window: Duration::from_secs(1), suspect_hashes_per_second: 1 };
     let verifier = Arc::new(Verifier::new(db.clone(), crypto.clone(), metrics.clone(), 1, limits));
     let usage = Arc::new(LocalUsage::new(Arc::new(UsageRecorder::new(db.clone(), metrics))));
-    let credits = Arc::new(CreditService::new(db.clone(), Wakeups::default(), config::DEFAULT_CREDIT_LEASE_TTL));
-    let keys = KeyService::new(db.clone(), crypto, Wakeups::default(), verifier, usage, credits);
+    let credits =
+        Arc::new(CreditService::new(db.clone(), wakeups::Wakeups::default(), config::DEFAULT_CREDIT_LEASE_TTL));
+    let keys = KeyService::new(db.clone(), crypto, wakeups::Wakeups::default(), verifier, usage, credits);
     Ok((db, keys))
 }
 

@@ -15,6 +15,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::background::Background;
+
 /// Label set: `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, &'static str)>;
 
@@ -101,15 +103,11 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
+pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>, background: Background) {
+    let stop = background.stop.clone();
     loop {
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
-            () = &mut shutdown => return,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
@@ -118,8 +116,8 @@ pub async fn serve(
                 }
             },
         };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        background.spawn_child(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
@@ -132,7 +130,16 @@ pub async fn serve(
                     }
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let serving = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(serving);
+            tokio::select! {
+                _ = serving.as_mut() => {}
+                () = stop.cancelled() => {
+                    serving.as_mut().graceful_shutdown();
+                    let _ = serving.await;
+                }
+            }
         });
     }
 }

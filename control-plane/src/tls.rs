@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -24,6 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::background::Background;
 use crate::config::TlsArgs;
 use crate::error::{Error, Result};
 
@@ -150,9 +150,10 @@ fn read_certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'stat
 /// their own tasks, so a slow or silent client cannot hold up others. The
 /// accept loop is one of `tasks`: it closes the listener once the stream
 /// is dropped, and waiting for `tasks` means the address is free again.
-pub fn incoming(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, tasks: &TaskTracker) -> Incoming {
+pub fn incoming(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, background: &Background) -> Incoming {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    tasks.spawn(async move {
+    let handshakes = background.clone();
+    background.spawn_child(async move {
         loop {
             let accepted = tokio::select! {
                 () = sender.closed() => return,
@@ -176,7 +177,7 @@ pub fn incoming(listener: TcpListener, tls: Option<Arc<ReloadingTls>>, tasks: &T
                 continue;
             };
             let (acceptor, sender) = (tls.acceptor(), sender.clone());
-            tokio::spawn(async move {
+            handshakes.spawn_child(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let _ = sender.send(Ok(Connection::Tls(Box::new(stream)))).await;

@@ -27,16 +27,15 @@ pub fn key_row(
         secret_hash: secret_hash.to_owned(),
         start: String::new(),
         expires_at: None,
-        rate_limit: None,
         metadata: None,
         sealed_token: None,
-        allowed_cidrs: Vec::new(),
-        credits: None,
+        limits: Default::default(),
         created_by: "root".into(),
         rotated_from: None,
         identity_id: None,
     }
-    .into_row(org);
+    .into_row(org)
+    .expect("a key row");
     row.status = sea_orm::ActiveValue::Set(status);
     row
 }

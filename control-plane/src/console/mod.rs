@@ -25,9 +25,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio_stream::StreamExt;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use crate::background::Background;
 use crate::service::webhooks::PortalLinks;
 use crate::service::{
     AuditService, ConnectionService, DeliveryService, KeyService, SessionService, UsageService, WebhookService,
@@ -97,7 +97,8 @@ pub fn router(console: Arc<Console>) -> Router {
 }
 
 /// Serves `router` on the `incoming` connections until `stop`.
-pub async fn serve(mut incoming: Incoming, router: Router, stop: CancellationToken) {
+pub async fn serve(mut incoming: Incoming, router: Router, background: Background) {
+    let stop = background.stop.clone();
     loop {
         let connection = tokio::select! {
             () = stop.cancelled() => return,
@@ -113,7 +114,7 @@ pub async fn serve(mut incoming: Incoming, router: Router, stop: CancellationTok
         let peer = Peer(connection.connect_info().remote_addr());
         let service = router.clone().layer(axum::Extension(peer));
         let stop = stop.clone();
-        tokio::spawn(async move {
+        background.spawn_child(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
             let serving = builder.serve_connection(TokioIo::new(connection), TowerToHyperService::new(service));
             tokio::pin!(serving);

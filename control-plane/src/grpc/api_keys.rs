@@ -41,15 +41,13 @@ fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
                 Some(Expiry::Ttl(convert::duration_from_proto("ttl", ttl)?))
             }
         },
-        rate_limit: request.rate_limit.map(|l| convert::rate_limit_from_proto("rate_limit", l)).transpose()?,
+        limits: convert::new_limits(request.rate_limit, request.allowed_cidrs, request.credits)?,
         metadata: request.metadata.map(|m| convert::struct_to_json("metadata", m)).transpose()?,
         org_id: request.org_id,
         name: request.name,
         description: request.description,
         scopes: request.scopes,
         recoverable: request.recoverable,
-        allowed_cidrs: request.allowed_cidrs,
-        credits: request.credits.map(|c| convert::credits_from_proto("credits", c)).transpose()?,
         identity_id: Some(request.identity_id),
     })
 }

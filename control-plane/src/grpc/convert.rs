@@ -13,7 +13,8 @@ use serde_json::{Number, Value};
 use crate::error::{Error, Result};
 use crate::service::records::{
     ApiKey, AuditEvent, Connection, Credits, CreditsChange, Delivery, DeliveryAttempt, DeliveryStatus, Environment,
-    Event, Identity, KeyStatus, LimitChanges, RateLimit, Refill, RefillPeriod, Subscription, SubscriptionStatus,
+    Event, HasLimits, Identity, KeyStatus, LimitChanges, NewLimits, RateLimit, Refill, RefillPeriod, Subscription,
+    SubscriptionStatus,
 };
 use crate::service::records::{Counts, Granularity, UsageOutcome as Outcome};
 use crate::service::usage::ingest::{MinuteCount, UsageReport};
@@ -78,6 +79,19 @@ fn key_status_to_proto(status: KeyStatus) -> pb::ApiKeyStatus {
         KeyStatus::Revoked => pb::ApiKeyStatus::Revoked,
         KeyStatus::Expired => pb::ApiKeyStatus::Expired,
     }
+}
+
+/// The limits of a create request (of a key or an identity) → domain.
+pub fn new_limits(
+    rate_limit: Option<pb::RateLimit>,
+    allowed_cidrs: Vec<String>,
+    credits: Option<pb::Credits>,
+) -> Result<NewLimits> {
+    Ok(NewLimits {
+        rate_limit: rate_limit.map(|l| rate_limit_from_proto("rate_limit", l)).transpose()?,
+        allowed_cidrs,
+        credits: credits.map(|c| credits_from_proto("credits", c)).transpose()?,
+    })
 }
 
 /// Protobuf rate limit → domain.
@@ -279,13 +293,13 @@ pub fn principal_to_proto(verified: &VerifiedKey) -> pb::Principal {
         expires_at: key.expires_at.map(time_to_proto),
         rate_limit: key.rate_limit().map(rate_limit_to_proto),
         allowed_cidrs: key.allowed_cidr_list(),
-        has_credits: key.credits_remaining.is_some(),
+        has_credits: key.credits().is_some(),
         identity: verified.identity.as_ref().map(|identity| pb::PrincipalIdentity {
             id: identity.id.clone(),
             external_id: identity.external_id.clone(),
             rate_limit: identity.rate_limit().map(rate_limit_to_proto),
             allowed_cidrs: identity.allowed_cidr_list(),
-            has_credits: identity.credits_remaining.is_some(),
+            has_credits: identity.credits().is_some(),
         }),
     }
 }

@@ -31,9 +31,7 @@ fn new_identity(request: pb::CreateIdentityRequest) -> Result<NewIdentity> {
     Ok(NewIdentity {
         external_id: request.external_id,
         metadata: request.metadata.map(|m| convert::struct_to_json("metadata", m)).transpose()?,
-        rate_limit: request.rate_limit.map(|l| convert::rate_limit_from_proto("rate_limit", l)).transpose()?,
-        allowed_cidrs: request.allowed_cidrs,
-        credits: request.credits.map(|c| convert::credits_from_proto("credits", c)).transpose()?,
+        limits: convert::new_limits(request.rate_limit, request.allowed_cidrs, request.credits)?,
     })
 }
 

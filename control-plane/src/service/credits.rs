@@ -13,15 +13,16 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::Wakeups;
 use super::auth::RequestContext;
 use super::sync::require_sidecar;
 use super::verify::VerifiedKey;
 use crate::error::{Error, Result};
 use crate::store::audit::{self, AuditAction, NewAuditEvent};
-use crate::store::credits::{self, Credits, Holder};
+use crate::store::credits::{self, Credits, Holder, HolderKind};
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{self, OrgScope, OrgTx, identities, rate_windows};
+use crate::store::leases;
+use crate::store::{self, ChangeTx, OrgScope, OrgTx, rate_windows};
+use crate::wakeups::Wakeups;
 
 /// Most credits one lease request may ask for.
 pub const MAX_LEASE_REQUEST: u64 = 100_000;
@@ -58,12 +59,12 @@ impl CreditService {
     /// or nothing if fewer are left.
     pub async fn lease(&self, ctx: &RequestContext, holder_id: &str, requested: u64, at_least: u64) -> Result<Lease> {
         let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
-        let tx = OrgTx::begin(&self.db, holder.org_id()).await?;
+        let tx = OrgTx::begin(&self.db, &holder.org_id).await?;
         let holder = Holder::find(tx.conn(), OrgScope::Org(tx.org()), holder_id)
             .await?
-            .ok_or(Error::NotFound(holder_kind(holder_id)))?;
-        let Some(Credits { remaining, next_refill_at, .. }) = holder.credits() else {
-            return Err(Error::FailedPrecondition(format!("the {} has no credits", holder.kind())));
+            .ok_or(Error::NotFound(HolderKind::of_id(holder_id).name()))?;
+        let Some(Credits { remaining, next_refill_at, .. }) = holder.credits else {
+            return Err(Error::FailedPrecondition(format!("the {} has no credits", holder.kind.name())));
         };
         let at_least = at_least.max(1);
         let lease = if remaining < at_least {
@@ -95,16 +96,16 @@ impl CreditService {
         requested: u64,
     ) -> Result<(u64, Duration)> {
         let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
-        let Some(limit) = holder.rate_limit().filter(|limit| limit.global) else {
-            return Err(Error::FailedPrecondition(format!("the {} has no global rate limit", holder.kind())));
+        let Some(limit) = holder.rate_limit.filter(|limit| limit.global) else {
+            return Err(Error::FailedPrecondition(format!("the {} has no global rate limit", holder.kind.name())));
         };
         let window_ms = i64::try_from(limit.window.as_millis()).unwrap_or(i64::MAX).max(1);
         let now_ms = store::now().timestamp_millis();
         let window_start = now_ms - now_ms.rem_euclid(window_ms);
         let window_left = Duration::from_millis(u64::try_from(window_start + window_ms - now_ms).unwrap_or(0));
-        let tx = OrgTx::begin(&self.db, holder.org_id()).await?;
+        let tx = OrgTx::begin(&self.db, &holder.org_id).await?;
         let wanted = i64::try_from(requested).unwrap_or(i64::MAX);
-        let granted = rate_windows::grant(&tx, holder.id(), window_start, i64::from(limit.requests), wanted).await?;
+        let granted = rate_windows::grant(&tx, &holder.id, window_start, i64::from(limit.requests), wanted).await?;
         tx.commit().await?;
         Ok((u64::try_from(granted).unwrap_or(0), window_left))
     }
@@ -116,7 +117,9 @@ impl CreditService {
         if !(1..=MAX_LEASE_REQUEST).contains(&requested) {
             return Err(Error::invalid("requested", format!("must be between 1 and {MAX_LEASE_REQUEST}")));
         }
-        Holder::find(&self.db, OrgScope::AllOrgs, holder_id).await?.ok_or(Error::NotFound(holder_kind(holder_id)))
+        Holder::find(&self.db, OrgScope::AllOrgs, holder_id)
+            .await?
+            .ok_or(Error::NotFound(HolderKind::of_id(holder_id).name()))
     }
 
     /// Forgets global rate-limit windows that started more than a day ago.
@@ -128,7 +131,7 @@ impl CreditService {
     /// already ended, or the key was refilled since). Returns them.
     pub async fn give_back(&self, ctx: &RequestContext, id: &str, unused: u64) -> Result<u64> {
         require_sidecar(ctx)?;
-        let Some(lease) = credits::find_lease(&self.db, id).await? else { return Ok(0) };
+        let Some(lease) = leases::find(&self.db, id).await? else { return Ok(0) };
         let tx = OrgTx::begin(&self.db, &lease.org_id).await?;
         let returned = credits::give_back(&tx, lease, unused).await?;
         tx.commit().await?;
@@ -158,22 +161,22 @@ impl CreditService {
         let now = store::now();
         let mut refilled = 0;
         for (org, id) in credits::due_refills(&self.db, now, batch).await? {
-            let tx = OrgTx::begin(&self.db, &org).await?;
+            let tx = ChangeTx::begin(&self.db, &org).await?;
             let Some(holder) = Holder::find(tx.conn(), OrgScope::Org(tx.org()), &id).await? else { continue };
             let Some(holder) = credits::refill(&tx, holder, now).await? else { continue };
-            key_events::append(&tx, holder.id(), KeyEventKind::Updated).await?;
-            let credits = holder.credits();
+            key_events::append(&tx, &holder.id, KeyEventKind::Updated).await?;
+            let credits = holder.credits;
             let details = json!({
                 "credits": credits.map(|c| c.remaining),
                 "next_refill_at": credits.and_then(|c| c.next_refill_at),
             });
-            let action = match holder {
-                Holder::Key(_) => AuditAction::ApiKeyCreditsRefilled,
-                Holder::Identity(_) => AuditAction::IdentityCreditsRefilled,
+            let action = match holder.kind {
+                HolderKind::Key => AuditAction::ApiKeyCreditsRefilled,
+                HolderKind::Identity => AuditAction::IdentityCreditsRefilled,
             };
-            let event = NewAuditEvent::by_system(REFILL, action, holder.id(), details);
+            let event = NewAuditEvent::by_system(REFILL, action, &holder.id, details);
             audit::append(&tx, event).await?;
-            self.wakeups.commit_key_change(tx).await?;
+            tx.commit(&self.wakeups).await?;
             refilled += 1;
         }
         Ok(refilled)
@@ -181,11 +184,6 @@ impl CreditService {
 
     /// Forgets up to `batch` leases that ended (their credits stay spent).
     pub async fn purge_ended_leases(&self, batch: u64) -> Result<u64> {
-        credits::purge_leases(&self.db, store::now(), batch).await
+        leases::purge(&self.db, store::now(), batch).await
     }
-}
-
-/// What a lease names by `id`, for "not found": a key or an identity.
-fn holder_kind(id: &str) -> &'static str {
-    if identities::is_identity_id(id) { "identity" } else { "api key" }
 }

@@ -7,7 +7,6 @@
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::Wakeups;
 use super::api_keys::{revoke_in, rules};
 use super::auth::RequestContext;
 use super::paging::{ListQuery, Listing, Page};
@@ -17,7 +16,9 @@ use crate::service::authz::{Action, Target};
 use crate::store::audit::AuditAction;
 use crate::store::identities::{self, IdentityChanges, IdentityFilter, NewIdentity};
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{OrgTx, api_keys, audit};
+use crate::store::limits::HasLimits;
+use crate::store::{ChangeTx, OrgTx, api_keys, audit};
+use crate::wakeups::Wakeups;
 
 const LISTING: Listing = Listing::named("identities");
 /// Longest external id.
@@ -60,13 +61,7 @@ impl IdentityService {
         if let Some(metadata) = &new.metadata {
             violations.metadata("metadata", metadata);
         }
-        if let Some(limit) = &new.rate_limit {
-            rules::check_rate_limit(&mut violations, "rate_limit", limit);
-        }
-        new.allowed_cidrs = rules::canonical_cidrs(&mut violations, "allowed_cidrs", &new.allowed_cidrs);
-        if let Some(credits) = &new.credits {
-            rules::check_credits(&mut violations, "credits", credits);
-        }
+        rules::check_new_limits(&mut violations, &mut new.limits);
         violations.finish()?;
         let tx = OrgTx::begin(&self.db, &org).await?;
         refuse_taken_external_id(&tx, "external_id", &new.external_id).await?;
@@ -133,7 +128,7 @@ impl IdentityService {
         }
         violations.finish()?;
 
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         let identity = identities::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("identity"))?;
         // Loosening the shared limits widens every key of the identity: the
         // caller must hold whatever those keys hold.
@@ -152,7 +147,7 @@ impl IdentityService {
             "credits": identity.credits_remaining,
         });
         audit::append(&tx, ctx.audit(AuditAction::IdentityUpdated, &identity.id, details)).await?;
-        self.wakeups.commit_key_change(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(identity)
     }
 
@@ -161,7 +156,7 @@ impl IdentityService {
     /// keys are detached. Returns the ids of the keys revoked.
     pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str, revoke_keys: bool) -> Result<Vec<String>> {
         let org = ctx.authorize(Action::WriteIdentities, Target::Org(org_id))?;
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         let identity = identities::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("identity"))?;
         let active = api_keys::active_of_identity(&tx, &identity.id).await?;
         if !active.is_empty() && !revoke_keys {
@@ -179,7 +174,7 @@ impl IdentityService {
         key_events::append(&tx, &identity.id, KeyEventKind::Updated).await?;
         let details = json!({ "external_id": identity.external_id, "revoked_key_ids": revoked });
         audit::append(&tx, ctx.audit(AuditAction::IdentityDeleted, &identity.id, details)).await?;
-        self.wakeups.commit_key_change(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(revoked)
     }
 }

@@ -32,6 +32,7 @@ use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::store::api_keys::{self, KeyStatus};
 use crate::store::identities;
+use crate::store::limits::HasLimits;
 use crate::store::{self, OrgScope};
 
 /// Why a token is refused.
@@ -106,7 +107,7 @@ impl VerifiedKey {
 
     /// Whether a use spends credits (of the key, its identity, or both).
     pub fn has_credits(&self) -> bool {
-        self.key.credits_remaining.is_some() || self.identity.as_ref().is_some_and(|i| i.credits_remaining.is_some())
+        self.key.credits().is_some() || self.identity.as_ref().is_some_and(|i| i.credits().is_some())
     }
 }
 

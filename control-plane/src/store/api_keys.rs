@@ -7,9 +7,9 @@ use sea_orm::sea_query::LikeExpr;
 use sea_orm::{Condition, ExprTrait, IntoActiveModel, PaginatorTrait, QueryOrder, QuerySelect};
 use serde::Serialize;
 
-use super::credits::{self, Refill};
-pub use super::policy::{LimitChanges, RateLimit};
-use super::{OrgScope, OrgTx, policy};
+use super::limits;
+pub use super::limits::{LimitChanges, NewLimits, RateLimit};
+use super::{OrgScope, OrgTx};
 use crate::crypto::Environment;
 use crate::error::Result;
 
@@ -99,36 +99,9 @@ impl Model {
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
-
-    /// The networks the key may be used from (canonical CIDR strings);
-    /// empty = anywhere.
-    pub fn allowed_cidr_list(&self) -> Vec<String> {
-        policy::cidr_list(&self.allowed_cidrs)
-    }
-
-    /// Whether a client at `client` may use the key: any client when the
-    /// key has no allow-list, otherwise only one inside it.
-    pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        policy::allows(&self.allowed_cidrs, client)
-    }
-
-    /// The key's rate limit, if it has one.
-    pub fn rate_limit(&self) -> Option<RateLimit> {
-        RateLimit::from_columns(self.rate_limit_requests, self.rate_limit_window_ms, self.rate_limit_scope.as_deref())
-    }
 }
 
-impl Model {
-    /// The key's credits, if it is limited to a number of uses.
-    pub fn credits(&self) -> Option<policy::Credits> {
-        policy::Credits::from_columns(
-            self.credits_remaining,
-            self.credit_refill_amount,
-            self.credit_refill_period.as_deref(),
-            self.credit_refill_next_at,
-        )
-    }
-}
+limits::limit_table!();
 
 /// What [`list`] keeps; `None` keeps every key.
 #[derive(Debug, Default)]
@@ -152,14 +125,10 @@ pub struct NewKeyRow {
     /// Display prefix of the token.
     pub start: String,
     pub expires_at: Option<DateTime<Utc>>,
-    pub rate_limit: Option<RateLimit>,
     pub metadata: Option<Json>,
     /// The token sealed with the master key, for recoverable keys.
     pub sealed_token: Option<String>,
-    /// Canonical CIDRs the key may be used from; empty = anywhere.
-    pub allowed_cidrs: Vec<String>,
-    /// Uses allowed, with an optional refill; `None` = unlimited.
-    pub credits: Option<(u64, Option<Refill>)>,
+    pub limits: NewLimits,
     /// Audit label of the actor creating the key.
     pub created_by: String,
     /// The key this one replaces, for a rotation.
@@ -171,13 +140,9 @@ pub struct NewKeyRow {
 impl NewKeyRow {
     /// The complete row of an active, unused key of `org` created now (also
     /// what load generators seed straight into the table).
-    pub fn into_row(self, org: &str) -> ActiveModel {
+    pub fn into_row(self, org: &str) -> Result<ActiveModel> {
         let now = super::now();
-        let (rate_limit_requests, rate_limit_window_ms, rate_limit_scope) = RateLimit::columns(self.rate_limit);
-        let remaining = self.credits.map(|(remaining, _)| i64::try_from(remaining).unwrap_or(i64::MAX));
-        let (refill_amount, refill_period, refill_next_at) =
-            credits::refill_columns(self.credits.and_then(|(_, refill)| refill), now);
-        ActiveModel {
+        let mut row = ActiveModel {
             id: Set(self.id),
             org_id: Set(org.to_owned()),
             name: Set(self.name),
@@ -188,9 +153,6 @@ impl NewKeyRow {
             secret_hash: Set(self.secret_hash),
             start: Set(self.start),
             expires_at: Set(self.expires_at),
-            rate_limit_requests: Set(rate_limit_requests),
-            rate_limit_window_ms: Set(rate_limit_window_ms),
-            rate_limit_scope: Set(rate_limit_scope),
             metadata: Set(self.metadata),
             sealed_token: Set(self.sealed_token),
             created_by: Set(self.created_by),
@@ -202,13 +164,11 @@ impl NewKeyRow {
             rotated_from: Set(self.rotated_from),
             last_used_at: Set(None),
             usage_count: Set(0),
-            allowed_cidrs: Set(policy::cidr_column(self.allowed_cidrs)),
-            credits_remaining: Set(remaining),
-            credit_refill_amount: Set(refill_amount),
-            credit_refill_period: Set(refill_period),
-            credit_refill_next_at: Set(refill_next_at),
             identity_id: Set(self.identity_id),
-        }
+            ..Default::default()
+        };
+        limits::set_new::<Entity>(&mut row, self.limits)?;
+        Ok(row)
     }
 }
 
@@ -220,7 +180,6 @@ pub struct KeyChanges {
     pub description: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
-    pub rate_limit: Option<Option<RateLimit>>,
     pub metadata: Option<Option<Json>>,
     /// Rate limit, allow-list and credits.
     pub limits: LimitChanges,
@@ -230,7 +189,7 @@ pub struct KeyChanges {
 
 /// Stores a new key in the transaction's org.
 pub async fn insert(tx: &OrgTx, key: NewKeyRow) -> Result<Model> {
-    Ok(key.into_row(tx.org()).insert(tx.conn()).await?)
+    Ok(key.into_row(tx.org())?.insert(tx.conn()).await?)
 }
 
 /// The key `id` of `org`.
@@ -284,7 +243,6 @@ pub async fn count_up_to(db: &impl ConnectionTrait, org: &str, status: KeyStatus
 
 /// Applies `changes` to `key`, loaded in the transaction's org.
 pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model> {
-    let key_id = key.id.clone();
     let mut row = key.into_active_model();
     if let Some(name) = changes.name {
         row.name = Set(name);
@@ -301,9 +259,7 @@ pub async fn update(tx: &OrgTx, key: Model, changes: KeyChanges) -> Result<Model
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);
     }
-    if policy::apply_limit_changes!(row, changes.limits) {
-        credits::forget_leases(tx, &key_id).await?;
-    }
+    limits::change::<Entity>(tx, &mut row, changes.limits).await?;
     if let Some(identity) = changes.identity_id {
         row.identity_id = Set(identity);
     }

@@ -1,6 +1,6 @@
 //! Credits and global rate limits of a key or an identity ([`Holder`]):
-//! spending, refills, and the `credit_leases` table of blocks handed to
-//! sidecars (the value types are `store/policy.rs`'s). Every function that
+//! spending, refills, and leases of blocks handed to sidecars (the value
+//! types are `store/policy.rs`'s, the lease rows `store/leases.rs`'s). Every function that
 //! moves credits runs in the key's [`OrgTx`], which serialises them per org
 //! (Postgres advisory lock; SQLite has one writer), so a read-then-write is
 //! an atomic decrement.
@@ -10,99 +10,87 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
-use sea_orm::{Condition, IntoActiveModel, QueryOrder, QuerySelect};
+use sea_orm::{QueryOrder, QuerySelect};
 
-use super::policy::RateLimit;
-pub use super::policy::{Credits, CreditsChange, Refill, RefillPeriod, refill_columns};
+use super::leases::{self, ActiveModel, Model};
+use super::limits::{self, HasLimits, LimitTable};
+pub use super::policy::{Credits, CreditsChange, Refill, RefillPeriod};
 use super::{OrgScope, OrgTx, api_keys, identities};
 use crate::error::Result;
+
+/// Which table a [`Holder`] is a row of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderKind {
+    Key,
+    Identity,
+}
+
+impl HolderKind {
+    /// What `id` names, told apart by its prefix.
+    pub fn of_id(id: &str) -> Self {
+        if identities::is_identity_id(id) { HolderKind::Identity } else { HolderKind::Key }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            HolderKind::Key => "api key",
+            HolderKind::Identity => "identity",
+        }
+    }
+}
 
 /// What credits and a global rate limit belong to: a key, or an identity
 /// whose keys share them. Leases and rate-limit windows name either by id.
 #[derive(Clone, Debug)]
-pub enum Holder {
-    Key(Box<api_keys::Model>),
-    Identity(Box<identities::Model>),
+pub struct Holder {
+    pub kind: HolderKind,
+    pub id: String,
+    pub org_id: String,
+    /// Its credits, if limited to a number of uses.
+    pub credits: Option<Credits>,
+    /// Its rate limit, if any.
+    pub rate_limit: Option<limits::RateLimit>,
 }
 
 impl Holder {
+    fn of(kind: HolderKind, id: String, org_id: String, row: &impl HasLimits) -> Self {
+        Holder { kind, id, org_id, credits: row.credits(), rate_limit: row.rate_limit() }
+    }
+
     /// The key or identity `id` (told apart by the id's prefix) in `scope`.
     pub async fn find(db: &impl ConnectionTrait, scope: OrgScope<'_>, id: &str) -> Result<Option<Self>> {
-        Ok(if identities::is_identity_id(id) {
-            identities::find_in(db, scope, id).await?.map(|identity| Holder::Identity(Box::new(identity)))
-        } else {
-            api_keys::find_in(db, scope, id).await?.map(|key| Holder::Key(Box::new(key)))
+        Ok(match HolderKind::of_id(id) {
+            HolderKind::Identity => {
+                let identity = identities::find_in(db, scope, id).await?;
+                identity.map(|row| Holder::of(HolderKind::Identity, row.id.clone(), row.org_id.clone(), &row))
+            }
+            HolderKind::Key => {
+                let key = api_keys::find_in(db, scope, id).await?;
+                key.map(|row| Holder::of(HolderKind::Key, row.id.clone(), row.org_id.clone(), &row))
+            }
         })
-    }
-
-    /// What it is, as audit target types name it: `api_key` or `identity`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Holder::Key(_) => "api_key",
-            Holder::Identity(_) => "identity",
-        }
-    }
-
-    pub fn id(&self) -> &str {
-        match self {
-            Holder::Key(key) => &key.id,
-            Holder::Identity(identity) => &identity.id,
-        }
-    }
-
-    pub fn org_id(&self) -> &str {
-        match self {
-            Holder::Key(key) => &key.org_id,
-            Holder::Identity(identity) => &identity.org_id,
-        }
-    }
-
-    /// Its credits, if limited to a number of uses.
-    pub fn credits(&self) -> Option<Credits> {
-        match self {
-            Holder::Key(key) => key.credits(),
-            Holder::Identity(identity) => identity.credits(),
-        }
-    }
-
-    /// Its rate limit, if any.
-    pub fn rate_limit(&self) -> Option<RateLimit> {
-        match self {
-            Holder::Key(key) => key.rate_limit(),
-            Holder::Identity(identity) => identity.rate_limit(),
-        }
     }
 
     fn remaining(&self) -> Option<i64> {
-        match self {
-            Holder::Key(key) => key.credits_remaining,
-            Holder::Identity(identity) => identity.credits_remaining,
-        }
+        self.credits.map(|credits| i64::try_from(credits.remaining).unwrap_or(i64::MAX))
     }
 
     fn next_refill_at(&self) -> Option<DateTime<Utc>> {
-        match self {
-            Holder::Key(key) => key.credit_refill_next_at,
-            Holder::Identity(identity) => identity.credit_refill_next_at,
-        }
+        self.credits.and_then(|credits| credits.next_refill_at)
     }
 
-    /// Sets the remaining credits (and, for a refill, the next refill).
-    async fn store(self, tx: &OrgTx, remaining: i64, next_refill_at: Option<DateTime<Utc>>) -> Result<Self> {
-        Ok(match self {
-            Holder::Key(key) => {
-                let mut row = key.into_active_model();
-                row.credits_remaining = Set(Some(remaining));
-                row.credit_refill_next_at = Set(next_refill_at);
-                Holder::Key(Box::new(row.update(tx.conn()).await?))
-            }
-            Holder::Identity(identity) => {
-                let mut row = identity.into_active_model();
-                row.credits_remaining = Set(Some(remaining));
-                row.credit_refill_next_at = Set(next_refill_at);
-                Holder::Identity(Box::new(row.update(tx.conn()).await?))
-            }
-        })
+    /// Sets the remaining credits and the next refill.
+    async fn store(mut self, tx: &OrgTx, remaining: i64, next_refill_at: Option<DateTime<Utc>>) -> Result<Self> {
+        match self.kind {
+            HolderKind::Key => store_in::<api_keys::Entity>(tx, &self.id, remaining, next_refill_at).await?,
+            HolderKind::Identity => store_in::<identities::Entity>(tx, &self.id, remaining, next_refill_at).await?,
+        }
+        if let Some(credits) = &mut self.credits {
+            credits.remaining = u64::try_from(remaining).unwrap_or(0);
+            credits.next_refill_at = next_refill_at;
+        }
+        Ok(self)
     }
 
     async fn set_remaining(self, tx: &OrgTx, remaining: i64) -> Result<Self> {
@@ -111,25 +99,24 @@ impl Holder {
     }
 }
 
-/// A `credit_leases` row: credits taken from a key for a sidecar to spend.
-#[sea_orm::model]
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-#[sea_orm(table_name = "credit_leases")]
-pub struct Model {
-    /// `lse_…`.
-    #[sea_orm(primary_key, auto_increment = false)]
-    pub id: String,
-    pub org_id: String,
-    /// The key, or the identity (`idn_…`), the credits were taken from.
-    pub key_id: String,
-    pub granted: i64,
-    /// The key's next refill when granted: a refill since voids the return.
-    pub period: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+/// Sets the remaining credits (and the next refill) of row `id` of `E` in
+/// the transaction's org.
+async fn store_in<E: LimitTable>(
+    tx: &OrgTx,
+    id: &str,
+    remaining: i64,
+    next_refill_at: Option<DateTime<Utc>>,
+) -> Result<()> {
+    let columns = E::LIMITS;
+    E::update_many()
+        .col_expr(columns.credits_remaining, Expr::value(remaining))
+        .col_expr(columns.credit_refill_next_at, Expr::value(next_refill_at))
+        .filter(columns.id.eq(id))
+        .filter(columns.org_id.eq(tx.org()))
+        .exec(tx.conn())
+        .await?;
+    Ok(())
 }
-
-impl ActiveModelBehavior for ActiveModel {}
 
 /// Takes up to `wanted` credits from `holder` (loaded in the transaction's
 /// org) into a new lease lasting `ttl`; `None` when none are left.
@@ -142,7 +129,7 @@ pub async fn lease(tx: &OrgTx, holder: Holder, wanted: u64, ttl: Duration) -> Re
     let lease = ActiveModel {
         id: Set(crate::crypto::new_id("lse")),
         org_id: Set(tx.org().to_owned()),
-        key_id: Set(holder.id().to_owned()),
+        key_id: Set(holder.id.clone()),
         granted: Set(granted),
         period: Set(period),
         created_at: Set(now),
@@ -167,19 +154,12 @@ pub async fn spend(tx: &OrgTx, holders: Vec<Holder>, cost: u64) -> Result<bool> 
     Ok(true)
 }
 
-/// The lease `id` of any org, if it still exists (`(org, lease)`): returns
-/// come from sidecars, which are platform credentials.
-pub async fn find_lease(db: &impl ConnectionTrait, id: &str) -> Result<Option<Model>> {
-    Ok(Entity::find_by_id(id.to_owned()).one(db).await?)
-}
-
 /// Ends `lease` (loaded in the transaction's org), giving back up to
 /// `unused` credits if it has not expired and its key (or identity) was
 /// not refilled since. Returns the credits given back.
 pub async fn give_back(tx: &OrgTx, lease: Model, unused: u64) -> Result<u64> {
     // Deleting first makes a return count once, whoever returns it.
-    let deleted = Entity::delete_by_id(lease.id.clone()).exec(tx.conn()).await?.rows_affected;
-    if deleted == 0 || lease.expires_at <= super::now() {
+    if !leases::delete(tx, &lease.id).await? || lease.expires_at <= super::now() {
         return Ok(0);
     }
     let scope = OrgScope::Org(tx.org());
@@ -194,37 +174,28 @@ pub async fn give_back(tx: &OrgTx, lease: Model, unused: u64) -> Result<u64> {
     }
 }
 
-/// Ends every lease of key or identity `holder_id` of the transaction's org
-/// without giving anything back (their credits count as spent).
-pub async fn forget_leases(tx: &OrgTx, holder_id: &str) -> Result<()> {
-    let leases = Entity::delete_many().filter(Column::KeyId.eq(holder_id)).filter(Column::OrgId.eq(tx.org()));
-    leases.exec(tx.conn()).await?;
-    Ok(())
-}
-
 /// Up to `limit` keys and up to `limit` identities, of every org, whose
 /// refill is due at `now`: `(org, id)`.
 pub async fn due_refills(db: &impl ConnectionTrait, now: DateTime<Utc>, limit: u64) -> Result<Vec<(String, String)>> {
-    use {api_keys::Column as K, identities::Column as I};
-    let mut due = due_in::<api_keys::Entity>(db, [K::OrgId, K::Id, K::CreditRefillNextAt], now, limit).await?;
-    due.extend(due_in::<identities::Entity>(db, [I::OrgId, I::Id, I::CreditRefillNextAt], now, limit).await?);
+    let mut due = due_in::<api_keys::Entity>(db, now, limit).await?;
+    due.extend(due_in::<identities::Entity>(db, now, limit).await?);
     Ok(due)
 }
 
-/// `(org, id)` of up to `limit` rows of `E` whose `next_at` column is at or
-/// before `now`, soonest first.
-async fn due_in<E: EntityTrait>(
+/// `(org, id)` of up to `limit` rows of `E` whose refill is due at `now`,
+/// soonest first.
+async fn due_in<E: LimitTable>(
     db: &impl ConnectionTrait,
-    [org, id, next_at]: [E::Column; 3],
     now: DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<(String, String)>> {
+    let columns = E::LIMITS;
     Ok(E::find()
         .select_only()
-        .column(org)
-        .column(id)
-        .filter(next_at.lte(now))
-        .order_by_asc(next_at)
+        .column(columns.org_id)
+        .column(columns.id)
+        .filter(columns.credit_refill_next_at.lte(now))
+        .order_by_asc(columns.credit_refill_next_at)
         .limit(limit)
         .into_tuple()
         .all(db)
@@ -234,7 +205,7 @@ async fn due_in<E: EntityTrait>(
 /// Refills `holder` (loaded in the transaction's org) if due at `now`:
 /// sets its credits to the refill amount and schedules the next refill.
 pub async fn refill(tx: &OrgTx, holder: Holder, now: DateTime<Utc>) -> Result<Option<Holder>> {
-    let Some(Credits { refill: Some(refill), next_refill_at: Some(due), .. }) = holder.credits() else {
+    let Some(Credits { refill: Some(refill), next_refill_at: Some(due), .. }) = holder.credits else {
         return Ok(None);
     };
     if due > now {
@@ -242,12 +213,6 @@ pub async fn refill(tx: &OrgTx, holder: Holder, now: DateTime<Utc>) -> Result<Op
     }
     let amount = i64::try_from(refill.amount).unwrap_or(i64::MAX);
     Ok(Some(holder.store(tx, amount, Some(refill.period.next_after(now))).await?))
-}
-
-/// Deletes up to `limit` leases that ended before `before` (their unspent
-/// credits count as spent).
-pub async fn purge_leases(db: &impl ConnectionTrait, before: DateTime<Utc>, limit: u64) -> Result<u64> {
-    super::delete_batch::<Entity>(db, Column::Id, Condition::all().add(Column::ExpiresAt.lt(before)), limit).await
 }
 
 #[cfg(test)]

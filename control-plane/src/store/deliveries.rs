@@ -10,7 +10,7 @@ use sea_orm::sea_query::{LockBehavior, LockType, Query};
 use sea_orm::{ActiveValue::Set, Condition, DbBackend, ExprTrait, QueryOrder, QuerySelect, Statement, Value};
 use serde::Serialize;
 
-use super::{OrgTx, events};
+use super::{ChangeTx, events};
 use crate::error::Result;
 
 /// A delivery row.
@@ -134,8 +134,13 @@ pub fn new_for_event(
     })
 }
 
-/// Stores `deliveries` of the transaction's org's events.
-pub async fn insert_all(tx: &OrgTx, deliveries: &[Model]) -> Result<()> {
+/// Stores `deliveries` of the transaction's org's events (those not leased
+/// to this process's dispatcher wake it at commit).
+pub async fn insert_all(tx: &ChangeTx, deliveries: &[Model]) -> Result<()> {
+    let now = super::now();
+    if deliveries.iter().any(|delivery| delivery.next_attempt_at <= now) {
+        tx.wrote_due_deliveries();
+    }
     // Twelve columns a row: well inside the smallest bind limit (SQLite's 32,766).
     super::insert_chunked::<Entity>(tx, deliveries.iter().cloned(), 2_000).await
 }
@@ -384,7 +389,8 @@ fn move_on(backend: DbBackend, records: &[AttemptRecord], now: DateTime<Utc>) ->
 
 /// Makes a finished delivery of the transaction's org, loaded with
 /// [`find`], pending again and due now.
-pub async fn retry(tx: &OrgTx, delivery: Model) -> Result<Model> {
+pub async fn retry(tx: &ChangeTx, delivery: Model) -> Result<Model> {
+    tx.wrote_due_deliveries();
     let mut row: ActiveModel = delivery.into();
     row.status = Set(DeliveryStatus::Pending);
     row.next_attempt_at = Set(super::now());
@@ -394,7 +400,8 @@ pub async fn retry(tx: &OrgTx, delivery: Model) -> Result<Model> {
 
 /// Makes every failed delivery of a subscription of the transaction's org
 /// created at or after `since` pending again, due now; returns how many.
-pub async fn recover_failed(tx: &OrgTx, subscription_id: &str, since: DateTime<Utc>) -> Result<u64> {
+pub async fn recover_failed(tx: &ChangeTx, subscription_id: &str, since: DateTime<Utc>) -> Result<u64> {
+    tx.wrote_due_deliveries();
     let result = Entity::update_many()
         .col_expr(Column::Status, Expr::val(DeliveryStatus::Pending))
         .col_expr(Column::NextAttemptAt, Expr::val(super::now()))

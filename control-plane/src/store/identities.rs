@@ -7,8 +7,7 @@ use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::LikeExpr;
 use sea_orm::{Condition, ExprTrait, IntoActiveModel, QueryOrder, QuerySelect};
 
-use super::credits::{self, Refill};
-use super::policy::{self, LimitChanges, RateLimit};
+use super::limits::{self, LimitChanges, NewLimits};
 use super::{OrgScope, OrgTx};
 use crate::error::Result;
 
@@ -53,43 +52,33 @@ pub fn is_identity_id(id: &str) -> bool {
     id.starts_with(ID_PREFIX)
 }
 
-impl Model {
-    /// The networks its keys may be used from (canonical CIDRs); empty = anywhere.
-    pub fn allowed_cidr_list(&self) -> Vec<String> {
-        policy::cidr_list(&self.allowed_cidrs)
-    }
-
-    /// Whether a client at `client` may use its keys.
-    pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        policy::allows(&self.allowed_cidrs, client)
-    }
-
-    /// The rate limit its keys share, if any.
-    pub fn rate_limit(&self) -> Option<RateLimit> {
-        RateLimit::from_columns(self.rate_limit_requests, self.rate_limit_window_ms, self.rate_limit_scope.as_deref())
-    }
-
-    /// The credits its keys share, if limited.
-    pub fn credits(&self) -> Option<credits::Credits> {
-        credits::Credits::from_columns(
-            self.credits_remaining,
-            self.credit_refill_amount,
-            self.credit_refill_period.as_deref(),
-            self.credit_refill_next_at,
-        )
-    }
-}
+limits::limit_table!();
 
 /// A new identity, as its creator decides it.
 #[derive(Clone, Debug)]
 pub struct NewIdentity {
     pub external_id: String,
     pub metadata: Option<Json>,
-    pub rate_limit: Option<RateLimit>,
-    /// Canonical CIDRs; empty = anywhere.
-    pub allowed_cidrs: Vec<String>,
-    /// Uses allowed, with an optional refill; `None` = unlimited.
-    pub credits: Option<(u64, Option<Refill>)>,
+    /// The limits all its keys share.
+    pub limits: NewLimits,
+}
+
+impl NewIdentity {
+    /// The complete row of a new identity of `org`.
+    pub fn into_row(self, org: &str) -> Result<ActiveModel> {
+        let now = super::now();
+        let mut row = ActiveModel {
+            id: Set(crate::crypto::new_id(ID_PREFIX)),
+            org_id: Set(org.to_owned()),
+            external_id: Set(self.external_id),
+            metadata: Set(self.metadata),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        limits::set_new::<Entity>(&mut row, self.limits)?;
+        Ok(row)
+    }
 }
 
 /// Changes to an identity; `None` leaves a field alone, and for the
@@ -110,28 +99,7 @@ pub struct IdentityFilter {
 
 /// Stores a new identity in the transaction's org.
 pub async fn insert(tx: &OrgTx, identity: NewIdentity) -> Result<Model> {
-    let now = super::now();
-    let (rate_limit_requests, rate_limit_window_ms, rate_limit_scope) = RateLimit::columns(identity.rate_limit);
-    let remaining = identity.credits.map(|(remaining, _)| i64::try_from(remaining).unwrap_or(i64::MAX));
-    let (refill_amount, refill_period, refill_next_at) =
-        credits::refill_columns(identity.credits.and_then(|(_, refill)| refill), now);
-    let row = ActiveModel {
-        id: Set(crate::crypto::new_id(ID_PREFIX)),
-        org_id: Set(tx.org().to_owned()),
-        external_id: Set(identity.external_id),
-        metadata: Set(identity.metadata),
-        rate_limit_requests: Set(rate_limit_requests),
-        rate_limit_window_ms: Set(rate_limit_window_ms),
-        rate_limit_scope: Set(rate_limit_scope),
-        allowed_cidrs: Set(policy::cidr_column(identity.allowed_cidrs)),
-        credits_remaining: Set(remaining),
-        credit_refill_amount: Set(refill_amount),
-        credit_refill_period: Set(refill_period),
-        credit_refill_next_at: Set(refill_next_at),
-        created_at: Set(now),
-        updated_at: Set(now),
-    };
-    Ok(row.insert(tx.conn()).await?)
+    Ok(identity.into_row(tx.org())?.insert(tx.conn()).await?)
 }
 
 /// The identity `id` of `org`.
@@ -175,7 +143,6 @@ pub async fn list(
 
 /// Applies `changes` to `identity`, loaded in the transaction's org.
 pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Result<Model> {
-    let identity_id = identity.id.clone();
     let mut row = identity.into_active_model();
     if let Some(external_id) = changes.external_id {
         row.external_id = Set(external_id);
@@ -183,9 +150,7 @@ pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Re
     if let Some(metadata) = changes.metadata {
         row.metadata = Set(metadata);
     }
-    if policy::apply_limit_changes!(row, changes.limits) {
-        credits::forget_leases(tx, &identity_id).await?;
-    }
+    limits::change::<Entity>(tx, &mut row, changes.limits).await?;
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)
 }

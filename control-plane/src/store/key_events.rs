@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::entity::prelude::*;
 use sea_orm::{DbBackend, QueryOrder, QuerySelect, Set, Statement};
 
-use super::OrgTx;
+use super::ChangeTx;
 use crate::error::Result;
 
 /// A `key_events` row.
@@ -52,7 +52,8 @@ pub const CHANNEL: &str = "keyplane_key_events";
 /// commit order and a tailer reading `seq > last` never skips a late commit;
 /// the commit notifies [`CHANNEL`] (Postgres sends one notification per
 /// transaction however many events it appended).
-pub async fn append(tx: &OrgTx, key_id: &str, kind: KeyEventKind) -> Result<i64> {
+pub async fn append(tx: &ChangeTx, key_id: &str, kind: KeyEventKind) -> Result<i64> {
+    tx.wrote_key_events();
     super::advisory_lock(tx.conn(), "key_events").await?;
     if tx.conn().get_database_backend() == DbBackend::Postgres {
         let notify = Statement::from_sql_and_values(DbBackend::Postgres, "SELECT pg_notify($1, '')", [CHANNEL.into()]);

@@ -13,6 +13,8 @@ pub mod delivery_stats;
 pub mod events;
 pub mod identities;
 pub mod key_events;
+pub mod leases;
+pub mod limits;
 pub mod policy;
 pub mod portal_links;
 pub mod rate_windows;
@@ -21,6 +23,7 @@ pub mod sessions;
 pub mod usage;
 pub mod webhooks;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -32,6 +35,7 @@ use sea_orm::{
 };
 
 use crate::error::Result;
+use crate::wakeups::Wakeups;
 
 /// Which orgs a read may see.
 #[derive(Clone, Copy, Debug)]
@@ -218,6 +222,58 @@ impl OrgTx {
     /// Commits.
     pub async fn commit(self) -> Result<()> {
         Ok(self.tx.commit().await?)
+    }
+}
+
+/// A transaction that writes what background work acts on at once: key
+/// events (the sidecar feed) or due deliveries (the dispatcher). It commits
+/// only through [`ChangeTx::commit`], which wakes them; for everything else
+/// it is its [`OrgTx`].
+pub struct ChangeTx {
+    tx: OrgTx,
+    key_events: AtomicBool,
+    due_deliveries: AtomicBool,
+}
+
+impl OrgTx {
+    /// This transaction, to write key events or due deliveries in.
+    pub fn for_changes(self) -> ChangeTx {
+        ChangeTx { tx: self, key_events: AtomicBool::new(false), due_deliveries: AtomicBool::new(false) }
+    }
+}
+
+impl ChangeTx {
+    /// [`OrgTx::begin`] for changes.
+    pub async fn begin(db: &DatabaseConnection, org: &str) -> Result<Self> {
+        Ok(OrgTx::begin(db, org).await?.for_changes())
+    }
+
+    fn wrote_key_events(&self) {
+        self.key_events.store(true, Ordering::Relaxed);
+    }
+
+    fn wrote_due_deliveries(&self) {
+        self.due_deliveries.store(true, Ordering::Relaxed);
+    }
+
+    /// Commits, then wakes the feed and the dispatcher for what it wrote.
+    pub async fn commit(self, wakeups: &Wakeups) -> Result<()> {
+        self.tx.commit().await?;
+        if self.due_deliveries.into_inner() {
+            wakeups.deliveries_due();
+        }
+        if self.key_events.into_inner() {
+            wakeups.key_events_committed();
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for ChangeTx {
+    type Target = OrgTx;
+
+    fn deref(&self) -> &OrgTx {
+        &self.tx
     }
 }
 

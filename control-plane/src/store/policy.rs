@@ -1,57 +1,12 @@
-//! The limits both a key and an identity carry, stored as the same columns
-//! in `api_keys` and `identities`: a rate limit, an allow-list and credits
-//! (the value types here; leases and spending in `store/credits.rs`).
+//! The value types of the limits a key or an identity carries (a rate
+//! limit, an allow-list, credits and their refill) and their column forms;
+//! `store/limits.rs` reads and writes them in rows, `store/credits.rs`
+//! spends and leases credits.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use sea_orm::entity::prelude::Json;
-
-/// Changes to the limits of a key or an identity; `None` leaves one alone,
-/// and for the optional ones `Some(None)` clears it.
-#[derive(Clone, Debug, Default)]
-pub struct LimitChanges {
-    pub rate_limit: Option<Option<RateLimit>>,
-    /// Canonical CIDRs; empty allows any address.
-    pub allowed_cidrs: Option<Vec<String>>,
-    /// A change to the remaining credits.
-    pub credits: Option<CreditsChange>,
-    /// A new refill (`Some(None)` removes it).
-    pub credit_refill: Option<Option<Refill>>,
-}
-
-/// Applies a [`LimitChanges`] to an active model of `api_keys` or
-/// `identities` (their limit columns have the same names). Evaluates to
-/// whether the remaining credits were set anew: the caller then forgets the
-/// holder's leases (`credits::forget_leases`) in the same transaction, as
-/// what they hold is not given back into a new count.
-macro_rules! apply_limit_changes {
-    ($row:expr, $changes:expr) => {{
-        let changes: $crate::store::policy::LimitChanges = $changes;
-        if let Some(limit) = changes.rate_limit {
-            let (requests, window_ms, scope) = $crate::store::policy::RateLimit::columns(limit);
-            $row.rate_limit_requests = Set(requests);
-            $row.rate_limit_window_ms = Set(window_ms);
-            $row.rate_limit_scope = Set(scope);
-        }
-        if let Some(cidrs) = changes.allowed_cidrs {
-            $row.allowed_cidrs = Set($crate::store::policy::cidr_column(cidrs));
-        }
-        let mut credits_set_anew = false;
-        if let Some(change) = changes.credits {
-            credits_set_anew = matches!(change, $crate::store::policy::CreditsChange::Set(_));
-            $row.credits_remaining = Set(Some(change.apply($row.credits_remaining.take().flatten())));
-        }
-        if let Some(refill) = changes.credit_refill {
-            let (amount, period, next_at) = $crate::store::policy::refill_columns(refill, $crate::store::now());
-            $row.credit_refill_amount = Set(amount);
-            $row.credit_refill_period = Set(period);
-            $row.credit_refill_next_at = Set(next_at);
-        }
-        credits_set_anew
-    }};
-}
-pub(super) use apply_limit_changes;
 
 /// When credits are refilled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,10 +119,8 @@ impl Credits {
         next_refill_at: Option<DateTime<Utc>>,
     ) -> Option<Self> {
         let remaining = u64::try_from(remaining?).unwrap_or(0);
-        let refill = match (refill_amount, refill_period) {
-            (Some(amount), Some(period)) => {
-                Some(Refill { amount: u64::try_from(amount).unwrap_or(0), period: RefillPeriod::from_column(period)? })
-            }
+        let refill = match (refill_amount, refill_period.and_then(RefillPeriod::from_column)) {
+            (Some(amount), Some(period)) => Some(Refill { amount: u64::try_from(amount).unwrap_or(0), period }),
             _ => None,
         };
         Some(Credits { remaining, refill, next_refill_at })

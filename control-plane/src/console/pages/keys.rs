@@ -23,7 +23,8 @@ use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
 use crate::service::paging::ListQuery;
 use crate::service::records::Granularity;
 use crate::service::records::{
-    ApiKey, CreditsChange, Environment, KeyFilter, KeyStatus, LimitChanges, RateLimit, Refill, RefillPeriod,
+    ApiKey, CreditsChange, Environment, HasLimits, KeyFilter, KeyStatus, LimitChanges, NewLimits, RateLimit, Refill,
+    RefillPeriod,
 };
 
 pub async fn list(
@@ -112,11 +113,9 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         environment,
         scopes: words(&form.scopes),
         expiry: ttl.map(Expiry::Ttl),
-        rate_limit,
+        limits: NewLimits { rate_limit, allowed_cidrs: words(&form.allowed_cidrs), credits },
         metadata,
         recoverable: form.recoverable.is_some(),
-        allowed_cidrs: words(&form.allowed_cidrs),
-        credits,
         identity_id: None,
     })
 }

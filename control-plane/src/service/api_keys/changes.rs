@@ -15,7 +15,7 @@ use crate::service::webhooks::system_events::{KeyDeleted, SystemEvent};
 use crate::store::api_keys::{self, KeyStatus};
 use crate::store::audit::AuditAction;
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{self, OrgTx, audit};
+use crate::store::{self, ChangeTx, audit};
 
 /// Longest revocation reason.
 const MAX_REASON_CHARS: usize = 500;
@@ -71,7 +71,7 @@ impl KeyService {
         }
         violations.finish()?;
 
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
         // Any change can widen a key (scopes, expiry, limits, allow-list,
         // identity): the caller must hold every power the key ends with.
@@ -94,7 +94,7 @@ impl KeyService {
             "identity_id": key.identity_id,
         });
         audit::append(&tx, ctx.audit(AuditAction::ApiKeyUpdated, &key.id, details)).await?;
-        self.wakeups.commit_key_change(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(key)
     }
 
@@ -104,20 +104,20 @@ impl KeyService {
         let mut violations = Violations::default();
         violations.optional_text("reason", reason, MAX_REASON_CHARS);
         violations.finish()?;
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         let key = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
         if key.status == KeyStatus::Revoked {
             return Err(Error::FailedPrecondition("the key is already revoked".into()));
         }
         let key = revoke_in(&tx, ctx, key, reason).await?;
-        self.wakeups.commit_key_change(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(key)
     }
 
     /// Deletes a key.
     pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<()> {
         let org = ctx.authorize(Action::DeleteKey, Target::Org(org_id))?;
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         if !api_keys::delete(&tx, id).await? {
             return Err(Error::NotFound("api key"));
         }
@@ -125,15 +125,14 @@ impl KeyService {
         audit::append(&tx, ctx.audit(AuditAction::ApiKeyDeleted, id, json!({}))).await?;
         let deleted = KeyDeleted { key_id: id.to_owned(), reason: None };
         outbox::publish_system_event(&tx, SystemEvent::ApiKeyDeleted(deleted)).await?;
-        self.wakeups.commit_key_change(tx).await
+        tx.commit(&self.wakeups).await
     }
 }
 
 /// Revokes `key`, loaded in the transaction's org: with its key event,
-/// audit row and `api_key.revoked` event. The caller commits with
-/// [`crate::service::Wakeups::commit_key_change`].
+/// audit row and `api_key.revoked` event.
 pub(crate) async fn revoke_in(
-    tx: &OrgTx,
+    tx: &ChangeTx,
     ctx: &RequestContext,
     key: api_keys::Model,
     reason: &str,

@@ -14,7 +14,7 @@ use crate::store::api_keys::{self, KeyStatus};
 use crate::store::audit::AuditAction;
 use crate::store::audit::{self, NewAuditEvent};
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{self, OrgTx};
+use crate::store::{self, ChangeTx};
 
 /// The audit actor id of the expiry sweep.
 const SWEEP: &str = "expiry-sweep";
@@ -29,7 +29,7 @@ impl KeyService {
         let now = store::now();
         let mut expired = 0;
         for (org, id) in api_keys::due_to_expire(&self.db, now, batch).await? {
-            let tx = OrgTx::begin(&self.db, &org).await?;
+            let tx = ChangeTx::begin(&self.db, &org).await?;
             // Read again under the org's lock: it may have been revoked,
             // deleted or given a later expiry since.
             let Some(key) = api_keys::find(tx.conn(), tx.org(), &id).await? else { continue };
@@ -41,7 +41,7 @@ impl KeyService {
             let details = json!({ "expires_at": key.expires_at });
             audit::append(&tx, NewAuditEvent::by_system(SWEEP, AuditAction::ApiKeyExpired, &key.id, details)).await?;
             outbox::publish_system_event(&tx, SystemEvent::ApiKeyExpired((&key).into())).await?;
-            self.wakeups.commit_key_change(tx).await?;
+            tx.commit(&self.wakeups).await?;
             expired += 1;
         }
         Ok(expired)
@@ -53,7 +53,7 @@ impl KeyService {
     pub async fn delete_ended_before(&self, cutoff: DateTime<Utc>, batch: u64) -> Result<u64> {
         let mut deleted = 0;
         for (org, id) in api_keys::ended_before(&self.db, cutoff, batch).await? {
-            let tx = OrgTx::begin(&self.db, &org).await?;
+            let tx = ChangeTx::begin(&self.db, &org).await?;
             if !api_keys::delete(&tx, &id).await? {
                 continue;
             }
@@ -62,7 +62,7 @@ impl KeyService {
             audit::append(&tx, NewAuditEvent::by_system(RETENTION, AuditAction::ApiKeyDeleted, &id, details)).await?;
             let event = KeyDeleted { key_id: id.clone(), reason: Some("retention") };
             outbox::publish_system_event(&tx, SystemEvent::ApiKeyDeleted(event)).await?;
-            self.wakeups.commit_key_change(tx).await?;
+            tx.commit(&self.wakeups).await?;
             deleted += 1;
         }
         Ok(deleted)

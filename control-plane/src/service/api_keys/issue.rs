@@ -16,11 +16,12 @@ use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
 use crate::service::webhooks::system_events::{KeyRotated, SystemEvent};
-use crate::store::api_keys::{self, KeyChanges, KeyStatus, LimitChanges, NewKeyRow, RateLimit};
+use crate::store::api_keys::{self, KeyChanges, KeyStatus, LimitChanges, NewKeyRow, NewLimits};
 use crate::store::audit::AuditAction;
-use crate::store::credits::{CreditsChange, Refill};
+use crate::store::credits::CreditsChange;
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::{self, OrgTx, audit};
+use crate::store::limits::HasLimits;
+use crate::store::{self, ChangeTx, audit};
 
 /// What a key is issued with, at creation or copied by a rotation.
 struct Attributes {
@@ -29,11 +30,9 @@ struct Attributes {
     environment: Environment,
     scopes: Vec<String>,
     expires_at: Option<DateTime<Utc>>,
-    rate_limit: Option<RateLimit>,
+    limits: NewLimits,
     metadata: Option<Value>,
     recoverable: bool,
-    allowed_cidrs: Vec<String>,
-    credits: Option<(u64, Option<Refill>)>,
     identity_id: Option<String>,
 }
 
@@ -47,18 +46,16 @@ impl KeyService {
             environment: Environment::Live,
             scopes: vec![Scope::Admin.as_str().to_owned()],
             expiry: None,
-            rate_limit: None,
+            limits: NewLimits::default(),
             metadata: None,
             recoverable: false,
-            allowed_cidrs: Vec::new(),
-            credits: None,
             identity_id: None,
         };
         self.create(&RequestContext::operator(), new).await
     }
 
     /// Creates a key and returns its token once.
-    pub async fn create(&self, ctx: &RequestContext, new: NewKey) -> Result<IssuedKey> {
+    pub async fn create(&self, ctx: &RequestContext, mut new: NewKey) -> Result<IssuedKey> {
         let org = ctx.authorize(Action::CreateKey, Target::Org(&new.org_id))?;
         let now = store::now();
         let mut violations = Violations::default();
@@ -74,15 +71,9 @@ impl KeyService {
             Some(Expiry::Ttl(ttl)) => Some(now + ttl),
             Some(Expiry::At(at)) => violations.absorb(rules::check_expiry("expires_at", at, now))?,
         };
-        if let Some(limit) = &new.rate_limit {
-            rules::check_rate_limit(&mut violations, "rate_limit", limit);
-        }
+        rules::check_new_limits(&mut violations, &mut new.limits);
         if let Some(metadata) = &new.metadata {
             violations.metadata("metadata", metadata);
-        }
-        let allowed_cidrs = rules::canonical_cidrs(&mut violations, "allowed_cidrs", &new.allowed_cidrs);
-        if let Some(credits) = &new.credits {
-            rules::check_credits(&mut violations, "credits", credits);
         }
         violations.finish()?;
         ctx.authorize(Action::CreateKey, Target::Key { org: &org, scopes: &new.scopes })?;
@@ -93,22 +84,20 @@ impl KeyService {
             environment: new.environment,
             scopes: new.scopes,
             expires_at,
-            rate_limit: new.rate_limit,
+            limits: new.limits,
             metadata: new.metadata,
             recoverable: new.recoverable,
-            allowed_cidrs,
-            credits: new.credits,
             identity_id: new.identity_id.filter(|id| !id.is_empty()),
         };
         let (row, token) = self.generate(ctx, attributes, None).await?;
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         if let Some(identity) = &row.identity_id {
             identities::require_in(&tx, "identity_id", identity).await?;
         }
         let key = api_keys::insert(&tx, row).await?;
         audit::append(&tx, ctx.audit(AuditAction::ApiKeyCreated, &key.id, rules::audit_details(&key))).await?;
         outbox::publish_system_event(&tx, SystemEvent::ApiKeyCreated((&key).into())).await?;
-        self.wakeups.commit_key_change(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(IssuedKey { key, token })
     }
 
@@ -134,17 +123,15 @@ impl KeyService {
             environment: old.environment,
             scopes: old.scope_list(),
             expires_at: old.expires_at,
-            rate_limit: old.rate_limit(),
+            // Credits are set inside the transaction below, from the key as it is then.
+            limits: NewLimits { rate_limit: old.rate_limit(), allowed_cidrs: old.allowed_cidr_list(), credits: None },
             metadata: old.metadata.clone(),
             recoverable: old.sealed_token.is_some(),
-            allowed_cidrs: old.allowed_cidr_list(),
-            // Set inside the transaction below, from the key as it is then.
-            credits: None,
             identity_id: old.identity_id.clone(),
         };
         let (row, token) = self.generate(ctx, attributes, Some(old.id.clone())).await?;
 
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         // Re-read inside the transaction: the key may have changed meanwhile.
         let old = api_keys::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("api key"))?;
         // The scopes may have widened since the read above: the copy must not.
@@ -157,8 +144,9 @@ impl KeyService {
         }
         // Credits move to the new key: two keys must not spend one budget twice.
         let mut row = row;
-        row.credits = old.credits().map(|credits| (credits.remaining, credits.refill));
-        let old = match old.credits_remaining {
+        let credits = old.credits();
+        row.limits.credits = credits.map(|credits| (credits.remaining, credits.refill));
+        let old = match credits {
             Some(_) => {
                 let limits = LimitChanges { credits: Some(CreditsChange::Set(0)), ..Default::default() };
                 let drained = KeyChanges { limits, ..Default::default() };
@@ -192,7 +180,7 @@ impl KeyService {
         let rotated =
             KeyRotated { key: (&previous).into(), new_key_id: new_key.id.clone(), grace_seconds: grace.as_secs() };
         outbox::publish_system_event(&tx, SystemEvent::ApiKeyRotated(rotated)).await?;
-        self.wakeups.commit_key_change(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(Rotation { issued: IssuedKey { key: new_key, token }, previous })
     }
 
@@ -220,11 +208,9 @@ impl KeyService {
             secret_hash,
             start: generated.start.clone(),
             expires_at: attributes.expires_at,
-            rate_limit: attributes.rate_limit,
             metadata: attributes.metadata,
             sealed_token,
-            allowed_cidrs: attributes.allowed_cidrs,
-            credits: attributes.credits,
+            limits: attributes.limits,
             created_by: ctx.actor_label().1,
             rotated_from,
             identity_id: attributes.identity_id,

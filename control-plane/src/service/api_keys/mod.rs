@@ -17,21 +17,21 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
+use super::Crypto;
 use super::auth::RequestContext;
 use super::credits::CreditService;
 use super::paging::{ListQuery, Listing, Page};
 use super::usage::ingest::LocalUsage;
 use super::validate::Violations;
 use super::verify::{self, Failure, Purpose, Requirements, Verification, Verifier};
-use super::{Crypto, Wakeups};
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
 pub use crate::store::api_keys::KeyChanges;
-use crate::store::api_keys::{self, KeyFilter, RateLimit};
+use crate::store::api_keys::{self, KeyFilter, NewLimits};
 use crate::store::audit::AuditAction;
-use crate::store::credits::Refill;
 use crate::store::{OrgTx, audit};
+use crate::wakeups::Wakeups;
 use keyplane_proto::MAX_CHECK_COST;
 use keyplane_proto::usage::Outcome;
 
@@ -57,15 +57,11 @@ pub struct NewKey {
     pub environment: Environment,
     pub scopes: Vec<String>,
     pub expiry: Option<Expiry>,
-    pub rate_limit: Option<RateLimit>,
+    pub limits: NewLimits,
     /// A JSON object.
     pub metadata: Option<Value>,
     /// Keep the token sealed so RevealApiKey can show it again.
     pub recoverable: bool,
-    /// Networks the key may be used from; empty = anywhere.
-    pub allowed_cidrs: Vec<String>,
-    /// Uses allowed, with an optional refill; `None` = unlimited.
-    pub credits: Option<(u64, Option<Refill>)>,
     /// The identity (of the same org) the key belongs to; `None` or empty = none.
     pub identity_id: Option<String>,
 }

@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::service::validate::Violations;
-use crate::store::api_keys::{self, LimitChanges, RateLimit};
+use crate::store::api_keys::{self, LimitChanges, NewLimits, RateLimit};
 use crate::store::credits::{Refill, RefillPeriod};
+use crate::store::limits::HasLimits;
 
 /// Shortest TTL accepted at creation.
 pub const MIN_TTL: Duration = Duration::from_secs(60);
@@ -110,13 +111,19 @@ pub fn check_limit_changes(violations: &mut Violations, limits: &mut LimitChange
     }
 }
 
-/// Checks a key's credits as given at creation.
-pub fn check_credits(violations: &mut Violations, field: &str, (remaining, refill): &(u64, Option<Refill>)) {
-    if i64::try_from(*remaining).is_err() {
-        violations.add(format!("{field}.remaining"), format!("must be at most {}", i64::MAX));
+/// Checks the limits of a new key or identity, canonicalising the allow-list.
+pub fn check_new_limits(violations: &mut Violations, limits: &mut NewLimits) {
+    if let Some(limit) = &limits.rate_limit {
+        check_rate_limit(violations, "rate_limit", limit);
     }
-    if let Some(refill) = refill {
-        check_refill(violations, &format!("{field}.refill"), refill);
+    limits.allowed_cidrs = canonical_cidrs(violations, "allowed_cidrs", &limits.allowed_cidrs);
+    if let Some((remaining, refill)) = &limits.credits {
+        if i64::try_from(*remaining).is_err() {
+            violations.add("credits.remaining", format!("must be at most {}", i64::MAX));
+        }
+        if let Some(refill) = refill {
+            check_refill(violations, "credits.refill", refill);
+        }
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use sea_orm::sqlx::postgres::{PgListener, PgPool};
 use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
 
+use crate::background::Background;
 use crate::error::{Error, Result};
 use crate::store::key_events;
 
@@ -64,14 +64,14 @@ pub struct KeyEventFeed {
     tailed: AtomicI64,
     /// When the log was last read successfully (by the tailer or a replay).
     last_read: std::sync::Mutex<tokio::time::Instant>,
-    /// Cancelled at shutdown: open streams end (sidecars reconnect
-    /// elsewhere) so the server can drain.
-    stop: CancellationToken,
+    /// Its streams' tasks; its stop is cancelled at shutdown: open streams
+    /// end (sidecars reconnect elsewhere) so the server can drain.
+    background: Background,
 }
 
 impl KeyEventFeed {
-    /// A feed starting at the current head of the log, whose streams end when `stop` is cancelled.
-    pub async fn new(db: DatabaseConnection, settings: FeedSettings, stop: CancellationToken) -> Result<Arc<Self>> {
+    /// A feed starting at the current head of the log, whose streams end at shutdown.
+    pub async fn new(db: DatabaseConnection, settings: FeedSettings, background: Background) -> Result<Arc<Self>> {
         let head = key_events::head_seq(&db).await?;
         let (live, _) = broadcast::channel(4096);
         Ok(Arc::new(Self {
@@ -80,7 +80,7 @@ impl KeyEventFeed {
             live,
             tailed: AtomicI64::new(head),
             last_read: std::sync::Mutex::new(tokio::time::Instant::now()),
-            stop,
+            background,
         }))
     }
 
@@ -93,7 +93,7 @@ impl KeyEventFeed {
     pub async fn tail(self: Arc<Self>, committed: Arc<Notify>) {
         loop {
             tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.background.stop.cancelled() => return,
                 () = committed.notified() => {},
                 () = tokio::time::sleep(self.settings.poll) => {},
             }
@@ -115,12 +115,12 @@ impl KeyEventFeed {
         let pool = self.db.get_postgres_connection_pool();
         loop {
             let error = tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.background.stop.cancelled() => return,
                 Err(error) = listen(pool, &committed) => error,
             };
             tracing::warn!(%error, "listening for other replicas' key events failed; polling until it recovers");
             tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.background.stop.cancelled() => return,
                 () = tokio::time::sleep(self.settings.heartbeat) => {},
             }
         }
@@ -171,7 +171,7 @@ impl KeyEventFeed {
         let live = self.live.subscribe();
         let (sender, receiver) = mpsc::channel(256);
         let feed = self.clone();
-        tokio::spawn(async move {
+        self.background.spawn_child(async move {
             if let Err(error) = feed.stream(after_seq, from_head, live, &sender).await {
                 let _ = sender.send(Err(error)).await;
             }
@@ -206,7 +206,7 @@ impl KeyEventFeed {
         loop {
             tokio::select! {
                 () = sender.closed() => return Ok(()),
-                () = self.stop.cancelled() => return Ok(()),
+                () = self.background.stop.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
                     if self.vouches() {
                         send(FeedMessage::Heartbeat(position)).await?;

@@ -6,14 +6,14 @@ use serde_json::json;
 
 use super::outbox;
 use crate::error::{Error, Result};
-use crate::service::Wakeups;
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
 use crate::service::paging::{ListQuery, Listing, Page};
 use crate::store::audit::AuditAction;
 use crate::store::deliveries::{DeliveryFilter, DeliveryStatus};
 use crate::store::webhooks::SubscriptionStatus;
-use crate::store::{OrgTx, audit, deliveries, webhooks};
+use crate::store::{ChangeTx, OrgTx, audit, deliveries, webhooks};
+use crate::wakeups::Wakeups;
 
 const LISTING: Listing = Listing::named("deliveries");
 /// Event type of [`DeliveryService::send_test`].
@@ -63,7 +63,7 @@ impl DeliveryService {
     /// Schedules one more attempt of a finished delivery, now.
     pub async fn retry(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<deliveries::Model> {
         let org = ctx.authorize(Action::RetryDeliveries, Target::Org(org_id))?;
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         let current = deliveries::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("delivery"))?;
         if current.status == DeliveryStatus::Pending {
             return Err(Error::FailedPrecondition("the delivery is already pending".into()));
@@ -73,7 +73,7 @@ impl DeliveryService {
         let delivery = deliveries::retry(&tx, current).await?;
         audit::append(&tx, ctx.audit(AuditAction::DeliveryRetried, id, json!({ "previous_status": previous_status })))
             .await?;
-        self.wakeups.commit_deliveries(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(delivery)
     }
 
@@ -86,7 +86,7 @@ impl DeliveryService {
         since: DateTime<Utc>,
     ) -> Result<u64> {
         let org = ctx.authorize(Action::RetryDeliveries, Target::Org(org_id))?;
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         require_active(&tx, subscription_id).await?;
         let recovered = deliveries::recover_failed(&tx, subscription_id, since).await?;
         audit::append(
@@ -98,7 +98,7 @@ impl DeliveryService {
             ),
         )
         .await?;
-        self.wakeups.commit_deliveries(tx).await?;
+        tx.commit(&self.wakeups).await?;
         Ok(recovered)
     }
 
@@ -110,14 +110,14 @@ impl DeliveryService {
         subscription_id: &str,
     ) -> Result<deliveries::Model> {
         let org = ctx.authorize(Action::RetryDeliveries, Target::Org(org_id))?;
-        let tx = OrgTx::begin(&self.db, &org).await?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
         let subscription = require_active(&tx, subscription_id).await?;
         let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });
         let target = std::slice::from_ref(&subscription.id);
         let (event, mut deliveries) = outbox::publish_to(&tx, TEST_EVENT_TYPE, payload.to_string(), target).await?;
         audit::append(&tx, ctx.audit(AuditAction::TestEventSent, subscription_id, json!({ "event_id": event.id })))
             .await?;
-        self.wakeups.commit_deliveries(tx).await?;
+        tx.commit(&self.wakeups).await?;
         deliveries.pop().ok_or(Error::NotFound("delivery"))
     }
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
+use super::dispatch::queue::DispatchQueue;
 use super::event_types::check_event_type;
 use super::policy::WebhookPolicy;
 pub use super::publisher::Published;
 use super::publisher::{Publication, Publisher};
+use crate::background::Background;
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::service::Wakeups;
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
 use crate::service::validate::Violations;
@@ -27,8 +28,14 @@ pub struct EventService {
 }
 
 impl EventService {
-    pub fn new(db: DatabaseConnection, wakeups: Wakeups, policy: Arc<WebhookPolicy>, metrics: Arc<Metrics>) -> Self {
-        Self { publisher: Publisher::start(db, wakeups, metrics), policy }
+    pub fn new(
+        db: DatabaseConnection,
+        dispatch: DispatchQueue,
+        policy: Arc<WebhookPolicy>,
+        metrics: Arc<Metrics>,
+        background: &Background,
+    ) -> Self {
+        Self { publisher: Publisher::start(db, dispatch, metrics, background), policy }
     }
 
     /// Publishes an event to the org's matching subscriptions.

@@ -1,14 +1,14 @@
 //! The outbox: events and their deliveries are written in the caller's
 //! transaction, so a committed event is delivered even if the process dies
-//! right after. Commit with [`crate::service::Wakeups::commit_deliveries`]
-//! (or `commit_key_change`, `commit_published`) so the dispatcher sends at once.
+//! right after. The transaction is a [`ChangeTx`], whose commit wakes the
+//! dispatcher to send at once.
 
 use chrono::{DateTime, Utc};
 
 use super::event_types::matches;
 use super::system_events::SystemEvent;
 use crate::error::Result;
-use crate::store::{OrgTx, deliveries, events, webhooks};
+use crate::store::{ChangeTx, OrgTx, deliveries, events, webhooks};
 
 /// Events of one org and their deliveries, stored together by [`Outbox::write`]:
 /// a statement per table for the lot, not per event.
@@ -44,7 +44,7 @@ impl Outbox {
     }
 
     /// Stores what was added; returns the deliveries.
-    pub async fn write(self, tx: &OrgTx) -> Result<Vec<deliveries::Model>> {
+    pub async fn write(self, tx: &ChangeTx) -> Result<Vec<deliveries::Model>> {
         events::insert_all(tx, self.events).await?;
         deliveries::insert_all(tx, &self.deliveries).await?;
         Ok(self.deliveries)
@@ -61,7 +61,7 @@ pub fn matching(subscriptions: &[webhooks::Model], event_type: &str) -> Vec<Stri
 }
 
 /// Publishes one of Keyplane's own events to the org's matching subscriptions.
-pub async fn publish_system_event(tx: &OrgTx, event: SystemEvent) -> Result<()> {
+pub async fn publish_system_event(tx: &ChangeTx, event: SystemEvent) -> Result<()> {
     let subscriptions = webhooks::active(tx.conn(), tx.org()).await?;
     let event_type = event.name();
     publish_to(tx, event_type, event.payload().to_string(), &matching(&subscriptions, event_type)).await.map(drop)
@@ -70,7 +70,7 @@ pub async fn publish_system_event(tx: &OrgTx, event: SystemEvent) -> Result<()> 
 /// Stores an event of the transaction's org, due at once to each of
 /// `subscription_ids`, whatever their patterns (a test event, say).
 pub async fn publish_to(
-    tx: &OrgTx,
+    tx: &ChangeTx,
     event_type: &str,
     payload: String,
     subscription_ids: &[String],

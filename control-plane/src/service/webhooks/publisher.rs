@@ -15,9 +15,10 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::outbox::{Outbox, matching};
+use crate::background::Background;
 use crate::error::{DATABASE_UNAVAILABLE, Error, Result, is_unavailable, is_unique_violation};
 use crate::metrics::Metrics;
-use crate::service::Wakeups;
+use crate::service::webhooks::dispatch::queue::DispatchQueue;
 use crate::store::{self, OrgTx, events, webhooks};
 
 /// Result of a publication (what `PublishEvent` answers).
@@ -61,12 +62,17 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the writers; they stop once the publisher is dropped and the
     /// queue is empty.
-    pub fn start(db: DatabaseConnection, wakeups: Wakeups, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        db: DatabaseConnection,
+        dispatch: DispatchQueue,
+        metrics: Arc<Metrics>,
+        background: &Background,
+    ) -> Self {
         let (queue, batches) = mpsc::channel(QUEUE_CAPACITY);
         let batches = Arc::new(Mutex::new(batches));
         for _ in 0..WRITERS {
-            let writer = Writer { db: db.clone(), wakeups: wakeups.clone(), metrics: metrics.clone() };
-            tokio::spawn(writer.write_batches(batches.clone()));
+            let writer = Writer { db: db.clone(), dispatch: dispatch.clone(), metrics: metrics.clone() };
+            background.spawn("event-writer", writer.write_batches(batches.clone()));
         }
         Self { queue }
     }
@@ -83,7 +89,7 @@ impl Publisher {
 /// What a writer task needs.
 struct Writer {
     db: DatabaseConnection,
-    wakeups: Wakeups,
+    dispatch: DispatchQueue,
     metrics: Arc<Metrics>,
 }
 
@@ -142,7 +148,7 @@ impl Writer {
     /// key already used (before, or earlier in the batch) answers with its
     /// first event instead.
     async fn write(&self, org: &str, publications: &[Publication]) -> Result<Vec<Published>> {
-        let tx = OrgTx::begin_unaudited(&self.db, org).await?;
+        let tx = OrgTx::begin_unaudited(&self.db, org).await?.for_changes();
         let keys: Vec<&str> = publications.iter().filter_map(|p| p.idempotency_key.as_deref()).collect();
         let mut first_with_key: HashMap<String, events::Model> =
             events::find_by_idempotency_keys(tx.conn(), org, &keys)
@@ -152,7 +158,7 @@ impl Writer {
                 .collect();
         let subscriptions = webhooks::active(tx.conn(), org).await?;
         let now = store::now();
-        let leased_until = self.wakeups.publication_lease(now);
+        let leased_until = self.dispatch.publication_lease(now);
         let mut outbox = Outbox::new(now, leased_until);
         let mut published = Vec::with_capacity(publications.len());
         for publication in publications {
@@ -170,7 +176,7 @@ impl Writer {
             published.push(Published { event, deliveries_created: targets.len(), duplicate: false });
         }
         let deliveries = outbox.write(&tx).await?;
-        self.wakeups.commit_published(tx, deliveries, leased_until.is_some()).await?;
+        self.dispatch.commit_published(tx, deliveries, leased_until.is_some()).await?;
         Ok(published)
     }
 }
@@ -192,7 +198,7 @@ mod tests {
 
     use super::{Publication, Writer};
     use crate::metrics::Metrics;
-    use crate::service::Wakeups;
+    use crate::service::webhooks::dispatch::queue::DispatchQueue;
     use crate::store;
 
     fn publication(payload: &str, key: Option<&str>) -> Publication {
@@ -212,7 +218,8 @@ mod tests {
         let url = format!("sqlite:{}", dir.path().join("keyplane.db").display());
         let db = store::connect(&url, std::time::Duration::from_secs(5)).await.unwrap();
         store::migrate(&db).await.unwrap();
-        let writer = Writer { db: db.clone(), wakeups: Wakeups::default(), metrics: Arc::new(Metrics::default()) };
+        let writer =
+            Writer { db: db.clone(), dispatch: DispatchQueue::default(), metrics: Arc::new(Metrics::default()) };
 
         let earlier = writer.write("org_a", &[publication(r#"{"n":0}"#, Some("b"))]).await.unwrap();
         let batch = [

@@ -10,12 +10,12 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use serde_json::json;
 
 use crate::error::Result;
-use crate::service::Wakeups;
 use crate::service::webhooks::outbox;
 use crate::service::webhooks::system_events::{EndpointDisabled, SystemEvent};
 use crate::store::audit::AuditAction;
 use crate::store::deliveries::{AttemptRecord, NextStep};
-use crate::store::{self, OrgTx, audit, webhooks};
+use crate::store::{self, ChangeTx, audit, webhooks};
+use crate::wakeups::Wakeups;
 
 /// Why an endpoint answering 410 fails its delivery and is disabled at once.
 pub const GONE: &str = "the endpoint answered 410 Gone";
@@ -100,7 +100,7 @@ impl EndpointHealth {
     /// `webhook.endpoint_disabled`.
     async fn disable(&self, disabling: &Disabling) -> Result<()> {
         let Disabling { org, subscription_id, reason } = disabling;
-        let tx = OrgTx::begin(&self.db, org).await?;
+        let tx = ChangeTx::begin(&self.db, org).await?;
         if !webhooks::disable(&tx, subscription_id, reason).await? {
             return Ok(());
         }
@@ -115,6 +115,6 @@ impl EndpointHealth {
         );
         audit::append(&tx, event).await?;
         outbox::publish_system_event(&tx, SystemEvent::EndpointDisabled(disabled)).await?;
-        self.wakeups.commit_deliveries(tx).await
+        tx.commit(&self.wakeups).await
     }
 }

@@ -13,6 +13,7 @@
 //! when something else may be due.
 
 mod health;
+pub mod queue;
 mod record;
 mod retry;
 mod send;
@@ -32,16 +33,17 @@ use tokio_util::sync::CancellationToken;
 pub use retry::{MAX_RETRY_AFTER, RetrySchedule};
 
 use super::secrets::SecretSet;
+use crate::background::Background;
 use crate::crypto::MasterKeys;
 use crate::crypto::signing::WebhookSecret;
 use crate::egress::EgressPolicy;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::service::Wakeups;
 use crate::store::deliveries::{self, AttemptRecord};
 use crate::store::webhooks::SubscriptionStatus;
 use crate::store::{self, events, webhooks};
 use health::EndpointHealth;
+use queue::DispatchQueue;
 use record::abandon;
 use send::Sender;
 use throttle::EndpointThrottle;
@@ -73,7 +75,9 @@ pub struct DispatchSettings {
 pub struct Dispatcher {
     db: DatabaseConnection,
     master_keys: Arc<MasterKeys>,
-    wakeups: Wakeups,
+    queue: DispatchQueue,
+    /// Its recorder's and requests' tasks.
+    background: Background,
     settings: DispatchSettings,
     sender: Sender,
     throttle: EndpointThrottle,
@@ -89,20 +93,22 @@ impl Dispatcher {
         db: DatabaseConnection,
         master_keys: Arc<MasterKeys>,
         metrics: Arc<Metrics>,
-        wakeups: Wakeups,
+        queue: DispatchQueue,
         settings: DispatchSettings,
         egress: &Arc<EgressPolicy>,
+        background: Background,
     ) -> Result<Arc<Self>> {
         let client = egress.client(settings.timeout).map_err(|e| Error::Config(format!("webhook HTTP client: {e}")))?;
         Ok(Arc::new(Self {
             sender: Sender::new(client, settings.schedule.clone(), metrics),
             throttle: EndpointThrottle::new(settings.endpoint_concurrency),
-            health: EndpointHealth::new(db.clone(), wakeups.clone(), settings.disable_after),
+            health: EndpointHealth::new(db.clone(), queue.wakeups().clone(), settings.disable_after),
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             permit_freed: Notify::new(),
             db,
             master_keys,
-            wakeups,
+            queue,
+            background,
             settings,
         }))
     }
@@ -118,8 +124,9 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let (results, finished) = mpsc::unbounded_channel::<AttemptRecord>();
         let backlogged = Arc::new(AtomicBool::new(false));
-        let recorder = tokio::spawn(self.clone().record_until_closed(finished, backlogged.clone()));
-        self.wakeups.lease_publications(self.settings.lease);
+        let recorder =
+            self.background.spawn("attempt-recorder", self.clone().record_until_closed(finished, backlogged.clone()));
+        self.queue.lease_publications(self.settings.lease);
         // Scan the due index at once: deliveries left by a previous run.
         let mut next_scan = Instant::now();
         while !stop.is_cancelled() {
@@ -140,7 +147,7 @@ impl Dispatcher {
             let exhausted = self.permits.available_permits() == 0;
             tokio::select! {
                 () = self.permit_freed.notified(), if exhausted => {}
-                () = self.wakeups.deliveries_due.notified() => {}
+                () = self.queue.wakeups().dispatcher_woken() => {}
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => {}
             }
@@ -154,7 +161,7 @@ impl Dispatcher {
         // Leased to this process and never started: due at once for the
         // next dispatcher instead of after their lease. (A publication
         // committing after this point is sent when its lease runs out.)
-        let unstarted = self.wakeups.stop_leasing();
+        let unstarted = self.queue.stop_leasing();
         if !unstarted.is_empty()
             && let Err(error) = deliveries::release(&self.db, &unstarted).await
         {
@@ -178,7 +185,8 @@ impl Dispatcher {
         if free == 0 {
             return Ok(self.settings.poll);
         }
-        let (fresh, scan_asked) = self.wakeups.take_due(free);
+        let fresh = self.queue.take(free);
+        let scan_asked = self.queue.wakeups().take_scan();
         let more_fresh = fresh.len() == free;
         let now = store::now();
         let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
@@ -235,7 +243,7 @@ impl Dispatcher {
         if started.is_err() {
             // Still leased to this process: try them again, rather than
             // leave them until the lease runs out.
-            self.wakeups.requeue(unstarted);
+            self.queue.requeue(unstarted);
         }
         started
     }
@@ -321,7 +329,7 @@ impl Dispatcher {
             };
             let slot = self.throttle.occupy(&subscription.id);
             let (dispatcher, results) = (self.clone(), results.clone());
-            tokio::spawn(async move {
+            self.background.spawn_child(async move {
                 let record = dispatcher.sender.attempt(&delivery, &subscription, &event, &signing).await;
                 drop((slot, permit));
                 dispatcher.permit_freed.notify_one();

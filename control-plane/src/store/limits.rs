@@ -1,0 +1,262 @@
+//! The limits a key or an identity carries — a rate limit, an allow-list
+//! and credits — as one value ([`Limits`]), and the one code path that
+//! reads, sets and changes them in either table ([`LimitTable`]: both have
+//! the same limit columns). The value types are `store/policy.rs`'s.
+
+use std::net::IpAddr;
+
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::{Nullable, ValueType};
+
+pub use super::policy::{Credits, CreditsChange, RateLimit, Refill, RefillPeriod};
+use super::{OrgTx, leases, policy};
+use crate::error::Result;
+
+/// What a key or an identity is limited by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rate_limit: Option<RateLimit>,
+    /// Canonical CIDRs the holder may be used from; empty = anywhere.
+    pub allowed_cidrs: Vec<String>,
+    /// `None` = unlimited uses.
+    pub credits: Option<Credits>,
+}
+
+/// The limits a new key or identity starts with.
+#[derive(Clone, Debug, Default)]
+pub struct NewLimits {
+    pub rate_limit: Option<RateLimit>,
+    /// Networks it may be used from (canonical CIDRs once checked); empty = anywhere.
+    pub allowed_cidrs: Vec<String>,
+    /// Uses allowed, with an optional refill; `None` = unlimited.
+    pub credits: Option<(u64, Option<Refill>)>,
+}
+
+/// Changes to the limits of a key or an identity; `None` leaves one alone,
+/// and for the optional ones `Some(None)` clears it.
+#[derive(Clone, Debug, Default)]
+pub struct LimitChanges {
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// Canonical CIDRs; empty allows any address.
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// A change to the remaining credits.
+    pub credits: Option<CreditsChange>,
+    /// A new refill (`Some(None)` removes it).
+    pub credit_refill: Option<Option<Refill>>,
+}
+
+impl From<NewLimits> for LimitChanges {
+    /// The changes that give a row with no limits these.
+    fn from(new: NewLimits) -> Self {
+        LimitChanges {
+            rate_limit: Some(new.rate_limit),
+            allowed_cidrs: Some(new.allowed_cidrs),
+            credits: new.credits.map(|(remaining, _)| CreditsChange::Set(remaining)),
+            credit_refill: Some(new.credits.and_then(|(_, refill)| refill)),
+        }
+    }
+}
+
+/// The columns holding a [`Limits`] (and the row's id and org).
+pub struct LimitColumns<C> {
+    pub id: C,
+    pub org_id: C,
+    pub rate_limit_requests: C,
+    pub rate_limit_window_ms: C,
+    /// `global`, or NULL for a per-sidecar rate limit.
+    pub rate_limit_scope: C,
+    /// JSON array of canonical CIDRs; NULL = anywhere.
+    pub allowed_cidrs: C,
+    /// Uses left; NULL = unlimited.
+    pub credits_remaining: C,
+    pub credit_refill_amount: C,
+    /// `every:<ms>`, `daily` or `monthly:<day>`.
+    pub credit_refill_period: C,
+    pub credit_refill_next_at: C,
+}
+
+/// A table whose rows carry limits: `api_keys` and `identities`.
+pub trait LimitTable: EntityTrait {
+    const LIMITS: LimitColumns<Self::Column>;
+}
+
+/// Implements [`LimitTable`] for the `Entity` in scope, whose `Column`s
+/// have the names every limit table uses (the compiler checks each).
+macro_rules! limit_table {
+    () => {
+        impl $crate::store::limits::LimitTable for Entity {
+            const LIMITS: $crate::store::limits::LimitColumns<Column> = $crate::store::limits::LimitColumns {
+                id: Column::Id,
+                org_id: Column::OrgId,
+                rate_limit_requests: Column::RateLimitRequests,
+                rate_limit_window_ms: Column::RateLimitWindowMs,
+                rate_limit_scope: Column::RateLimitScope,
+                allowed_cidrs: Column::AllowedCidrs,
+                credits_remaining: Column::CreditsRemaining,
+                credit_refill_amount: Column::CreditRefillAmount,
+                credit_refill_period: Column::CreditRefillPeriod,
+                credit_refill_next_at: Column::CreditRefillNextAt,
+            };
+        }
+    };
+}
+pub(super) use limit_table;
+
+/// The value of column `column` of `model`; `None` for NULL (a column of
+/// another type too, which the round-trip tests below rule out).
+fn read<M: ModelTrait, T: ValueType + Nullable>(model: &M, column: <M::Entity as EntityTrait>::Column) -> Option<T> {
+    <Option<T> as ValueType>::try_from(model.get(column)).ok().flatten()
+}
+
+/// The limits a key or an identity row holds.
+pub trait HasLimits {
+    fn limits(&self) -> Limits;
+    fn rate_limit(&self) -> Option<RateLimit>;
+    /// The networks it may be used from (canonical CIDRs); empty = anywhere.
+    fn allowed_cidr_list(&self) -> Vec<String>;
+    /// Its credits, if limited to a number of uses.
+    fn credits(&self) -> Option<Credits>;
+    /// Whether a client at `client` passes its allow-list.
+    fn allows_client(&self, client: Option<IpAddr>) -> bool;
+}
+
+impl<M> HasLimits for M
+where
+    M: ModelTrait,
+    M::Entity: LimitTable,
+{
+    fn limits(&self) -> Limits {
+        Limits { rate_limit: self.rate_limit(), allowed_cidrs: self.allowed_cidr_list(), credits: self.credits() }
+    }
+
+    fn rate_limit(&self) -> Option<RateLimit> {
+        let columns = M::Entity::LIMITS;
+        RateLimit::from_columns(
+            read(self, columns.rate_limit_requests),
+            read(self, columns.rate_limit_window_ms),
+            read::<_, String>(self, columns.rate_limit_scope).as_deref(),
+        )
+    }
+
+    fn allowed_cidr_list(&self) -> Vec<String> {
+        policy::cidr_list(&read(self, M::Entity::LIMITS.allowed_cidrs))
+    }
+
+    fn credits(&self) -> Option<Credits> {
+        let columns = M::Entity::LIMITS;
+        Credits::from_columns(
+            read(self, columns.credits_remaining),
+            read(self, columns.credit_refill_amount),
+            read::<_, String>(self, columns.credit_refill_period).as_deref(),
+            read(self, columns.credit_refill_next_at),
+        )
+    }
+
+    fn allows_client(&self, client: Option<IpAddr>) -> bool {
+        policy::allows(&read(self, M::Entity::LIMITS.allowed_cidrs), client)
+    }
+}
+
+/// Sets the limit columns of a new `row` (every one, so rows inserted
+/// together have the same columns).
+pub fn set_new<E: LimitTable>(row: &mut E::ActiveModel, limits: NewLimits) -> Result<()> {
+    row.try_set(E::LIMITS.credits_remaining, Option::<i64>::None.into())?;
+    apply::<E>(row, limits.into())?;
+    Ok(())
+}
+
+/// Applies `changes` to `row` (a key or an identity loaded in the
+/// transaction's org). Setting the remaining credits anew also ends the
+/// holder's leases: what they hold is not given back into the new count.
+pub async fn change<E: LimitTable>(tx: &OrgTx, row: &mut E::ActiveModel, changes: LimitChanges) -> Result<()> {
+    if apply::<E>(row, changes)? {
+        let id = row.get(E::LIMITS.id).into_value().and_then(|id| <String as ValueType>::try_from(id).ok());
+        leases::forget(tx, &id.unwrap_or_default()).await?;
+    }
+    Ok(())
+}
+
+/// Writes `changes` into `row`; true when the remaining credits were set anew.
+fn apply<E: LimitTable>(row: &mut E::ActiveModel, changes: LimitChanges) -> Result<bool> {
+    let columns = E::LIMITS;
+    if let Some(limit) = changes.rate_limit {
+        let (requests, window_ms, scope) = RateLimit::columns(limit);
+        row.try_set(columns.rate_limit_requests, requests.into())?;
+        row.try_set(columns.rate_limit_window_ms, window_ms.into())?;
+        row.try_set(columns.rate_limit_scope, scope.into())?;
+    }
+    if let Some(cidrs) = changes.allowed_cidrs {
+        row.try_set(columns.allowed_cidrs, policy::cidr_column(cidrs).into())?;
+    }
+    let mut set_anew = false;
+    if let Some(change) = changes.credits {
+        set_anew = matches!(change, CreditsChange::Set(_));
+        let remaining = row.get(columns.credits_remaining).into_value();
+        let remaining = remaining.and_then(|value| <Option<i64> as ValueType>::try_from(value).ok()).flatten();
+        row.try_set(columns.credits_remaining, Some(change.apply(remaining)).into())?;
+    }
+    if let Some(refill) = changes.credit_refill {
+        let (amount, period, next_at) = policy::refill_columns(refill, super::now());
+        row.try_set(columns.credit_refill_amount, amount.into())?;
+        row.try_set(columns.credit_refill_period, period.into())?;
+        row.try_set(columns.credit_refill_next_at, next_at.into())?;
+    }
+    Ok(set_anew)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sea_orm::{ActiveModelTrait, TryIntoModel};
+
+    use super::*;
+    use crate::store::{api_keys, identities};
+
+    fn limits() -> NewLimits {
+        NewLimits {
+            rate_limit: Some(RateLimit { requests: 7, window: Duration::from_secs(60), global: true }),
+            allowed_cidrs: vec!["10.0.0.0/8".into()],
+            credits: Some((5, Some(Refill { amount: 9, period: RefillPeriod::Daily }))),
+        }
+    }
+
+    /// What `set_new` writes, `HasLimits` reads back, in both tables: a
+    /// column of the wrong type in either `LIMITS` fails here.
+    fn round_trip<E: LimitTable>(row: E::ActiveModel) -> Limits
+    where
+        E::ActiveModel: ActiveModelTrait<Entity = E> + TryIntoModel<E::Model>,
+        E::Model: HasLimits,
+    {
+        row.try_into_model().unwrap().limits()
+    }
+
+    #[test]
+    fn both_tables_round_trip() {
+        let key = api_keys::NewKeyRow {
+            id: "key_1".into(),
+            name: "n".into(),
+            description: String::new(),
+            environment: crate::crypto::Environment::Live,
+            scopes: Vec::new(),
+            secret_hash: String::new(),
+            start: String::new(),
+            expires_at: None,
+            metadata: None,
+            sealed_token: None,
+            limits: limits(),
+            created_by: String::new(),
+            rotated_from: None,
+            identity_id: None,
+        };
+        let identity = identities::NewIdentity { external_id: "e".into(), metadata: None, limits: limits() };
+        let keys = round_trip::<api_keys::Entity>(key.into_row("org").unwrap());
+        let identities = round_trip::<identities::Entity>(identity.into_row("org").unwrap());
+        assert_eq!(keys, identities);
+        assert_eq!(keys.rate_limit, limits().rate_limit);
+        assert_eq!(keys.allowed_cidrs, limits().allowed_cidrs);
+        let credits = keys.credits.unwrap();
+        assert_eq!((credits.remaining, credits.refill), (5, limits().credits.unwrap().1));
+        assert!(credits.next_refill_at.is_some());
+    }
+}
