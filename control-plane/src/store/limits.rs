@@ -45,6 +45,17 @@ pub struct LimitChanges {
     pub credit_refill: Option<Option<Refill>>,
 }
 
+impl From<Limits> for NewLimits {
+    /// The limits a copy starts with (a rotation's new key).
+    fn from(limits: Limits) -> Self {
+        NewLimits {
+            rate_limit: limits.rate_limit,
+            allowed_cidrs: limits.allowed_cidrs,
+            credits: limits.credits.map(|credits| (credits.remaining, credits.refill)),
+        }
+    }
+}
+
 impl From<NewLimits> for LimitChanges {
     /// The changes that give a row with no limits these.
     fn from(new: NewLimits) -> Self {

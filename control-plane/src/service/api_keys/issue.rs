@@ -124,7 +124,7 @@ impl KeyService {
             scopes: old.scope_list(),
             expires_at: old.expires_at,
             // Credits are set inside the transaction below, from the key as it is then.
-            limits: NewLimits { rate_limit: old.rate_limit(), allowed_cidrs: old.allowed_cidr_list(), credits: None },
+            limits: NewLimits { credits: None, ..old.limits().into() },
             metadata: old.metadata.clone(),
             recoverable: old.sealed_token.is_some(),
             identity_id: old.identity_id.clone(),
