@@ -29,7 +29,8 @@ impl ApiKeyGrpc {
     }
 }
 
-fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
+fn new_key(mut request: pb::CreateApiKeyRequest) -> Result<NewKey> {
+    let limits = convert::new_limits(&mut request)?;
     Ok(NewKey {
         environment: convert::environment_from_proto("environment", request.environment)?.unwrap_or(Environment::Live),
         expiry: match request.expiry {
@@ -41,7 +42,7 @@ fn new_key(request: pb::CreateApiKeyRequest) -> Result<NewKey> {
                 Some(Expiry::Ttl(convert::duration_from_proto("ttl", ttl)?))
             }
         },
-        limits: convert::new_limits(request.rate_limit, request.allowed_cidrs, request.credits)?,
+        limits,
         metadata: request.metadata.map(|m| convert::struct_to_json("metadata", m)).transpose()?,
         org_id: request.org_id,
         name: request.name,
@@ -57,13 +58,7 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
     let update = request.update.unwrap_or_default();
     let mut changes = KeyChanges::default();
     for path in paths {
-        let limits = convert::LimitUpdate {
-            rate_limit: update.rate_limit,
-            allowed_cidrs: &update.allowed_cidrs,
-            credits: update.credits,
-            credit_refill: update.credit_refill,
-        };
-        if convert::limit_path(&mut changes.limits, &path, limits)? {
+        if convert::limit_path(&mut changes.limits, &path, (&update).into())? {
             continue;
         }
         match path.as_str() {

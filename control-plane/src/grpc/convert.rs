@@ -81,12 +81,26 @@ fn key_status_to_proto(status: KeyStatus) -> pb::ApiKeyStatus {
     }
 }
 
-/// The limits of a create request (of a key or an identity) → domain.
-pub fn new_limits(
-    rate_limit: Option<pb::RateLimit>,
-    allowed_cidrs: Vec<String>,
-    credits: Option<pb::Credits>,
-) -> Result<NewLimits> {
+/// A create request (of a key or an identity): its limit fields, taken out.
+pub trait CreateLimits {
+    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>);
+}
+
+impl CreateLimits for pb::CreateApiKeyRequest {
+    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
+        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
+    }
+}
+
+impl CreateLimits for pb::CreateIdentityRequest {
+    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
+        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
+    }
+}
+
+/// The limits of a create request → domain.
+pub fn new_limits(request: &mut impl CreateLimits) -> Result<NewLimits> {
+    let (rate_limit, allowed_cidrs, credits) = request.take_limits();
     Ok(NewLimits {
         rate_limit: rate_limit.map(|l| rate_limit_from_proto("rate_limit", l)).transpose()?,
         allowed_cidrs,
@@ -261,6 +275,20 @@ pub struct LimitUpdate<'a> {
     pub allowed_cidrs: &'a [String],
     pub credits: Option<pb::CreditsChange>,
     pub credit_refill: Option<pb::CreditRefill>,
+}
+
+impl<'a> From<&'a pb::ApiKeyUpdate> for LimitUpdate<'a> {
+    fn from(update: &'a pb::ApiKeyUpdate) -> Self {
+        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
+        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
+    }
+}
+
+impl<'a> From<&'a pb::IdentityUpdate> for LimitUpdate<'a> {
+    fn from(update: &'a pb::IdentityUpdate) -> Self {
+        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
+        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
+    }
 }
 
 /// Reads mask path `path` into `limits` when it names a limit (the same

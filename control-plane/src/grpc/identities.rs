@@ -27,11 +27,12 @@ impl IdentityGrpc {
     }
 }
 
-fn new_identity(request: pb::CreateIdentityRequest) -> Result<NewIdentity> {
+fn new_identity(mut request: pb::CreateIdentityRequest) -> Result<NewIdentity> {
+    let limits = convert::new_limits(&mut request)?;
     Ok(NewIdentity {
         external_id: request.external_id,
         metadata: request.metadata.map(|m| convert::struct_to_json("metadata", m)).transpose()?,
-        limits: convert::new_limits(request.rate_limit, request.allowed_cidrs, request.credits)?,
+        limits,
     })
 }
 
@@ -40,13 +41,7 @@ fn identity_changes(request: pb::UpdateIdentityRequest) -> Result<IdentityChange
     let update = request.update.unwrap_or_default();
     let mut changes = IdentityChanges::default();
     for path in paths {
-        let limits = convert::LimitUpdate {
-            rate_limit: update.rate_limit,
-            allowed_cidrs: &update.allowed_cidrs,
-            credits: update.credits,
-            credit_refill: update.credit_refill,
-        };
-        if convert::limit_path(&mut changes.limits, &path, limits)? {
+        if convert::limit_path(&mut changes.limits, &path, (&update).into())? {
             continue;
         }
         match path.as_str() {
