@@ -6,8 +6,6 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -116,30 +114,19 @@ pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>, back
                 }
             },
         };
-        let (metrics, stop) = (metrics.clone(), stop.clone());
-        background.spawn_child(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    if request.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                            .body(Full::new(Bytes::from(metrics.render())))
-                    } else {
-                        Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new()))
-                    }
-                }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let serving = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(serving);
-            tokio::select! {
-                _ = serving.as_mut() => {}
-                () = stop.cancelled() => {
-                    serving.as_mut().graceful_shutdown();
-                    let _ = serving.await;
+        let metrics = metrics.clone();
+        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+            let metrics = metrics.clone();
+            async move {
+                if request.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                        .body(Full::new(Bytes::from(metrics.render())))
+                } else {
+                    Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new()))
                 }
             }
         });
+        background.serve_connection(stream, service);
     }
 }

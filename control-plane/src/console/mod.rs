@@ -21,8 +21,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio_stream::StreamExt;
 use tonic::transport::server::Connected;
@@ -113,18 +111,6 @@ pub async fn serve(mut incoming: Incoming, router: Router, background: Backgroun
         };
         let peer = Peer(connection.connect_info().remote_addr());
         let service = router.clone().layer(axum::Extension(peer));
-        let stop = stop.clone();
-        background.spawn_child(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let serving = builder.serve_connection(TokioIo::new(connection), TowerToHyperService::new(service));
-            tokio::pin!(serving);
-            tokio::select! {
-                _ = serving.as_mut() => {}
-                () = stop.cancelled() => {
-                    serving.as_mut().graceful_shutdown();
-                    let _ = serving.await;
-                }
-            }
-        });
+        background.serve_connection(connection, TowerToHyperService::new(service));
     }
 }
