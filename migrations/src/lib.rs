@@ -20,6 +20,7 @@ mod m20261202_000012_credits;
 mod m20261202_000013_global_rate_limits;
 mod m20261202_000014_identities;
 mod m20261203_000015_rollup_read_indexes;
+mod m20261206_000016_console_shown_once;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000013_global_rate_limits::Migration),
             Box::new(m20261202_000014_identities::Migration),
             Box::new(m20261203_000015_rollup_read_indexes::Migration),
+            Box::new(m20261206_000016_console_shown_once::Migration),
         ]
     }
 }

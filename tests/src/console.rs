@@ -160,6 +160,15 @@ impl ConsoleClient {
         self.post_raw(path, &form).await
     }
 
+    /// POST `fields` to a form that makes a secret: it answers with a
+    /// redirect to `/shown` (post/redirect/get), whose page this returns
+    /// (a reload of it shows the secret no more).
+    pub async fn post_shown_once(&self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let answer = self.post(path, fields).await;
+        assert_eq!((answer.status, answer.location()), (303, "/shown".into()), "{path}: {}", answer.body);
+        self.get("/shown").await
+    }
+
     /// POST exactly `fields` (no CSRF token unless given).
     pub async fn post_raw(&self, path: &str, fields: &[(&str, &str)]) -> Page {
         let request = self

@@ -176,7 +176,8 @@ fn start_console(
     url: Option<&str>,
 ) {
     let settings = SessionSettings { idle: config.console.session_idle, lifetime: config.console.session_lifetime };
-    let sessions = Arc::new(SessionService::new(core.db.clone(), core.auth.clone(), settings));
+    let sessions =
+        Arc::new(SessionService::new(core.db.clone(), core.master_keys.clone(), core.auth.clone(), settings));
     let console = Arc::new(console::Console {
         keys: keys.keys.clone(),
         webhooks: webhooks.webhooks.clone(),

@@ -53,7 +53,7 @@ pub struct Peer(pub Option<std::net::SocketAddr>);
 
 /// Every route of the console.
 pub fn router(console: Arc<Console>) -> Router {
-    use pages::{audit, connections, deliveries, keys, overview, signin, webhooks};
+    use pages::{audit, connections, deliveries, keys, overview, shown, signin, webhooks};
     Router::new()
         .route("/", get(overview::show))
         .route("/login", get(signin::form).post(signin::sign_in))
@@ -82,6 +82,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/webhooks/{id}/delete", get(webhooks::confirm_delete).post(webhooks::delete))
         .route("/deliveries/{id}", get(deliveries::show))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
+        .route("/shown", get(shown::page))
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify))
         .route("/connections", get(connections::list))

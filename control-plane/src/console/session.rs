@@ -86,6 +86,7 @@ fn portal_may_open(path: &str) -> bool {
     (under("/webhooks") && path != "/webhooks/portal-link")
         || under("/deliveries")
         || path == "/logout"
+        || path == "/shown"
         || under("/static")
 }
 
@@ -174,7 +175,8 @@ mod tests {
 
     #[test]
     fn the_portal_reaches_webhooks_only() {
-        for open in ["/webhooks", "/webhooks/sub_1", "/webhooks/sub_1/rotate", "/deliveries/dlv_1", "/logout"] {
+        for open in ["/webhooks", "/webhooks/sub_1", "/webhooks/sub_1/rotate", "/deliveries/dlv_1", "/logout", "/shown"]
+        {
             assert!(portal_may_open(open), "{open}");
         }
         for closed in ["/", "/keys", "/audit", "/connections", "/org", "/webhooksx", "/webhooks/portal-link"] {

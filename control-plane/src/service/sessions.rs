@@ -6,15 +6,18 @@
 //! browser's cookie; the database keeps their SHA-256.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::admission::AddressLimiter;
 use super::auth::{Actor, Authenticator, Channel, RequestContext};
 use super::authz::{Action, PLATFORM_ORG, Target, check_org_id};
 use super::verify::VerifiedKey;
+use crate::crypto::MasterKeys;
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::{Error, Result};
 use crate::store::api_keys::{self, KeyStatus};
@@ -84,17 +87,55 @@ pub struct Client {
     pub request_id: String,
 }
 
+/// A secret the console shows once, and where to go after.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShownOnce {
+    pub title: String,
+    /// What the secret is ("API key token").
+    pub what: String,
+    pub value: String,
+    pub warning: String,
+    pub next_href: String,
+    pub next_label: String,
+}
+
 /// The session service.
 pub struct SessionService {
     db: DatabaseConnection,
+    /// Seals what waits to be shown once.
+    master_keys: Arc<MasterKeys>,
     authenticator: Authenticator,
     settings: SessionSettings,
     sign_ins: AddressLimiter,
 }
 
 impl SessionService {
-    pub fn new(db: DatabaseConnection, authenticator: Authenticator, settings: SessionSettings) -> Self {
-        Self { db, authenticator, settings, sign_ins: AddressLimiter::per_minute(SIGN_INS_PER_MINUTE) }
+    pub fn new(
+        db: DatabaseConnection,
+        master_keys: Arc<MasterKeys>,
+        authenticator: Authenticator,
+        settings: SessionSettings,
+    ) -> Self {
+        let sign_ins = AddressLimiter::per_minute(SIGN_INS_PER_MINUTE);
+        Self { db, master_keys, authenticator, settings, sign_ins }
+    }
+
+    /// Keeps `shown` for the session's next [`Self::take_shown_once`]: the
+    /// console answers a form that made a secret with a redirect to the
+    /// page showing it, so a reload neither repeats the form nor shows the
+    /// secret again.
+    pub async fn keep_shown_once(&self, session: &Session, shown: &ShownOnce) -> Result<()> {
+        let plaintext = serde_json::to_vec(shown).map_err(|e| Error::Sealing(format!("shown once: {e}")))?;
+        let sealed = self.master_keys.seal(&plaintext, &session.id_hash)?;
+        sessions::stash_shown_once(&self.db, &session.id_hash, sealed).await
+    }
+
+    /// What waits to be shown once, removed as it is read.
+    pub async fn take_shown_once(&self, session: &Session) -> Result<Option<ShownOnce>> {
+        let Some(sealed) = sessions::take_shown_once(&self.db, &session.id_hash).await? else { return Ok(None) };
+        let plaintext = self.master_keys.open(&sealed, &session.id_hash)?;
+        let shown = serde_json::from_slice(&plaintext).map_err(|e| Error::Sealing(format!("shown once: {e}")))?;
+        Ok(Some(shown))
     }
 
     /// Signs in with `credential` (the root token, or an API key holding a
@@ -283,6 +324,7 @@ impl SessionService {
             created_at: now,
             last_seen_at: now,
             expires_at: now + lifetime,
+            shown_once: None,
         };
         (id, row)
     }

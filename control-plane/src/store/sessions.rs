@@ -26,6 +26,9 @@ pub struct Model {
     pub last_seen_at: DateTime<Utc>,
     /// The absolute end, whatever the activity.
     pub expires_at: DateTime<Utc>,
+    /// A secret waiting to be shown once (sealed, bound to the session),
+    /// from a form's POST to the GET it redirects to.
+    pub shown_once: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -82,6 +85,27 @@ pub async fn touch(db: &impl ConnectionTrait, id_hash: &str, now: DateTime<Utc>)
 pub async fn set_org(db: &impl ConnectionTrait, id_hash: &str, org: &str) -> Result<()> {
     Entity::update_many().col_expr(Column::OrgId, Expr::val(org)).filter(Column::IdHash.eq(id_hash)).exec(db).await?;
     Ok(())
+}
+
+/// Keeps `sealed` for the session's next [`take_shown_once`] (replacing
+/// one not taken).
+pub async fn stash_shown_once(db: &impl ConnectionTrait, id_hash: &str, sealed: String) -> Result<()> {
+    let stash = Entity::update_many().col_expr(Column::ShownOnce, Expr::val(sealed));
+    stash.filter(Column::IdHash.eq(id_hash)).exec(db).await?;
+    Ok(())
+}
+
+/// The value kept by [`stash_shown_once`], cleared as it is read: of
+/// concurrent takers (a double reload) only one gets it.
+pub async fn take_shown_once(db: &impl ConnectionTrait, id_hash: &str) -> Result<Option<String>> {
+    let Some(sealed) = find(db, id_hash).await?.and_then(|session| session.shown_once) else { return Ok(None) };
+    let taken = Entity::update_many()
+        .col_expr(Column::ShownOnce, Expr::val(None::<String>))
+        .filter(Column::IdHash.eq(id_hash))
+        .filter(Column::ShownOnce.eq(sealed.as_str()))
+        .exec(db)
+        .await?;
+    Ok((taken.rows_affected > 0).then_some(sealed))
 }
 
 /// Ends a session.

@@ -53,7 +53,7 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     assert!(bad.body.contains("<code>credits.refill.period</code>"), "{}", bad.body);
 
     let created = browser
-        .post(
+        .post_shown_once(
             "/keys",
             &[
                 ("name", "orders service"),
@@ -77,6 +77,9 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     let token = created.element_text("shown-once").expect("the token is shown once");
     assert!(token.starts_with("kp_live_"));
     assert!(created.body.contains("data-copy=\"shown-once\""), "a copy button");
+    // A reload shows it no more, and creates nothing.
+    let reloaded = browser.get("/shown").await;
+    assert!(reloaded.element_text("shown-once").is_none() && !reloaded.body.contains(&token), "{}", reloaded.body);
     let key_id = plane
         .keys(&plane.root_token)
         .await
@@ -91,6 +94,7 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     // The list, with filters; the key's page; neither shows the token.
     let list = browser.get("/keys?status=active&environment=live&prefix=orders").await;
     assert!(list.body.contains("orders service") && list.body.contains(&key_id));
+    assert_eq!(list.body.matches("/keys/key_").count(), 1, "one key, however often the token page was loaded");
     assert!(!browser.get("/keys?environment=test").await.body.contains(&key_id));
     let page = browser.get(&format!("/keys/{key_id}")).await;
     assert_eq!(page.status, 200);
@@ -125,12 +129,12 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     assert!(page.body.contains("55 left"), "credits added");
 
     // Reveal (recoverable) shows the same token.
-    let revealed = browser.post(&format!("/keys/{key_id}/reveal"), &[]).await;
+    let revealed = browser.post_shown_once(&format!("/keys/{key_id}/reveal"), &[]).await;
     assert_eq!(revealed.element_text("shown-once").as_deref(), Some(token.as_str()));
 
     // Rotate with a grace period: a new token shown once.
     assert_eq!(browser.get(&format!("/keys/{key_id}/rotate")).await.status, 200, "a confirmation page");
-    let rotated = browser.post(&format!("/keys/{key_id}/rotate"), &[("grace", "1h")]).await;
+    let rotated = browser.post_shown_once(&format!("/keys/{key_id}/rotate"), &[("grace", "1h")]).await;
     let new_token = rotated.element_text("shown-once").expect("new token");
     assert_ne!(new_token, token);
 
@@ -155,7 +159,7 @@ async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("<code>url</code>") && bad.body.contains("<code>event_types[0]</code>"));
     let created = browser
-        .post(
+        .post_shown_once(
             "/webhooks",
             &[("url", &receiver.url("/hook")), ("event_types", "order.* webhook.test"), ("rate_limit", "")],
         )
@@ -172,7 +176,7 @@ async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
     assert_eq!(browser.post(&format!("/webhooks/{id}/disable"), &[]).await.status, 303);
     assert!(browser.get(&format!("/webhooks/{id}")).await.body.contains("disabled by"));
     assert_eq!(browser.post(&format!("/webhooks/{id}/enable"), &[]).await.status, 303);
-    let rotated = browser.post(&format!("/webhooks/{id}/rotate"), &[]).await;
+    let rotated = browser.post_shown_once(&format!("/webhooks/{id}/rotate"), &[]).await;
     assert_ne!(rotated.element_text("shown-once"), Some(secret));
 
     // A test event: the delivery page shows its attempt.

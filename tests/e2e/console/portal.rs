@@ -73,11 +73,13 @@ async fn a_portal_link_opens_one_orgs_webhooks_once(backend: Backend) {
 
     // What the portal may do: add an endpoint, rotate, disable.
     customer.get("/webhooks/new").await;
-    let added =
-        customer.post("/webhooks", &[("url", "https://hooks.example.com/new"), ("event_types", "order.*")]).await;
+    let added = customer
+        .post_shown_once("/webhooks", &[("url", "https://hooks.example.com/new"), ("event_types", "order.*")])
+        .await;
     assert!(added.element_text("shown-once").is_some_and(|s| s.starts_with("whsec_")));
     customer.get(&format!("/webhooks/{}", mine.id)).await;
-    assert!(customer.post(&format!("/webhooks/{}/rotate", mine.id), &[]).await.element_text("shown-once").is_some());
+    let rotated = customer.post_shown_once(&format!("/webhooks/{}/rotate", mine.id), &[]).await;
+    assert!(rotated.element_text("shown-once").is_some());
     customer.get(&format!("/webhooks/{}", mine.id)).await;
     assert_eq!(customer.post(&format!("/webhooks/{}/disable", mine.id), &[]).await.status, 303);
 

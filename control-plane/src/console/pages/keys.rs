@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
+use super::shown::show_once;
 use super::{
     bad_request, duration, granularity, next_page, page_request, render, respond, see_other, usage_chart, window, words,
 };
@@ -15,8 +16,7 @@ use crate::console::Console;
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
 use crate::console::views::{
-    ConfirmPage, KeyDetail, KeyFilterForm, KeyPage, KeyRow, KeysPage, NewKeyForm, NewKeyPage, ShownOncePage, when,
-    when_or_dash,
+    ConfirmPage, KeyDetail, KeyFilterForm, KeyPage, KeyRow, KeysPage, NewKeyForm, NewKeyPage, when, when_or_dash,
 };
 use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
@@ -26,6 +26,7 @@ use crate::service::records::{
     ApiKey, CreditsChange, Environment, HasLimits, KeyFilter, KeyStatus, LimitChanges, NewLimits, RateLimit, Refill,
     RefillPeriod,
 };
+use crate::service::sessions::ShownOnce;
 
 pub async fn list(
     State(console): State<Arc<Console>>,
@@ -182,8 +183,7 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<NewKey
         Err(error) => Err(error),
     };
     let result = match created {
-        Ok(issued) => render(&ShownOncePage {
-            nav: Some(nav.clone()),
+        Ok(issued) => show_once(&console, &signed, ShownOnce {
             title: format!("Key “{}” created", issued.key.name),
             what: "API key token".into(),
             value: issued.token,
@@ -192,7 +192,7 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<NewKey
                     .into(),
             next_href: format!("/keys/{}", issued.key.id),
             next_label: "Go to the key".into(),
-        }),
+        }).await,
         Err(Error::InvalidArgument(violations)) => {
             let errors = violations.into_iter().map(|v| (v.field, v.description)).collect();
             render(&NewKeyPage { nav: Some(nav.clone()), form, errors }).map(bad_request)
@@ -434,15 +434,19 @@ pub async fn rotate(
     let result = async {
         let grace = duration("grace_period", &form.grace)?;
         let rotation = console.keys.rotate(&signed.ctx, &signed.org(), &id, grace).await?;
-        render(&ShownOncePage {
-            nav: Some(nav.clone()),
-            title: "Key rotated".into(),
-            what: "Token of the new key".into(),
-            value: rotation.issued.token,
-            warning: "This is the only time the new token is shown.".into(),
-            next_href: format!("/keys/{}", rotation.issued.key.id),
-            next_label: "Go to the new key".into(),
-        })
+        show_once(
+            &console,
+            &signed,
+            ShownOnce {
+                title: "Key rotated".into(),
+                what: "Token of the new key".into(),
+                value: rotation.issued.token,
+                warning: "This is the only time the new token is shown.".into(),
+                next_href: format!("/keys/{}", rotation.issued.key.id),
+                next_label: "Go to the new key".into(),
+            },
+        )
+        .await
     };
     respond(&nav, result.await)
 }
@@ -482,15 +486,19 @@ pub async fn reveal(State(console): State<Arc<Console>>, Path(id): Path<String>,
     let nav = signed.nav("keys");
     let result = async {
         let token = console.keys.reveal(&signed.ctx, &signed.org(), &id).await?;
-        render(&ShownOncePage {
-            nav: Some(nav.clone()),
-            title: "Token revealed".into(),
-            what: "API key token".into(),
-            value: token,
-            warning: "Revealing is audited. Do not leave this page open.".into(),
-            next_href: format!("/keys/{id}"),
-            next_label: "Back to the key".into(),
-        })
+        show_once(
+            &console,
+            &signed,
+            ShownOnce {
+                title: "Token revealed".into(),
+                what: "API key token".into(),
+                value: token,
+                warning: "Revealing is audited. Do not leave this page open.".into(),
+                next_href: format!("/keys/{id}"),
+                next_label: "Back to the key".into(),
+            },
+        )
+        .await
     };
     respond(&nav, result.await)
 }

@@ -7,6 +7,7 @@ pub mod connections;
 pub mod deliveries;
 pub mod keys;
 pub mod overview;
+pub mod shown;
 pub mod signin;
 pub mod webhooks;
 

@@ -8,20 +8,22 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
+use super::shown::show_once;
 use super::{bad_request, local_time, next_page, page_request, render, respond, see_other, window, words};
 use crate::console::Console;
 use crate::console::chart::{self, Chart, Series};
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
 use crate::console::views::{
-    ChartView, ConfirmPage, DeliveryFilterForm, DeliveryRow, NewWebhookPage, ShownOncePage, SubscriptionDetail,
-    SubscriptionRow, WebhookForm, WebhookPage, WebhooksPage, when, when_or_dash,
+    ChartView, ConfirmPage, DeliveryFilterForm, DeliveryRow, NewWebhookPage, SubscriptionDetail, SubscriptionRow,
+    WebhookForm, WebhookPage, WebhooksPage, when, when_or_dash,
 };
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
 use crate::service::paging::ListQuery;
 use crate::service::records::Granularity;
 use crate::service::records::{DeliveryFilter, DeliveryStatus, Subscription, SubscriptionStatus};
+use crate::service::sessions::ShownOnce;
 use crate::service::usage::DeliveryStatsBucket;
 use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
 
@@ -81,15 +83,22 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<Webhoo
         Err(error) => Err(error),
     };
     let result = match created {
-        Ok(created) => render(&ShownOncePage {
-            nav: Some(nav.clone()),
-            title: "Endpoint added".into(),
-            what: "Signing secret".into(),
-            value: created.secret,
-            warning: "This is the only time the secret is shown. Give it to the receiver to verify signatures.".into(),
-            next_href: format!("/webhooks/{}", created.subscription.id),
-            next_label: "Go to the endpoint".into(),
-        }),
+        Ok(created) => {
+            show_once(
+                &console,
+                &signed,
+                ShownOnce {
+                    title: "Endpoint added".into(),
+                    what: "Signing secret".into(),
+                    value: created.secret,
+                    warning: "This is the only time the secret is shown. Give it to the receiver to verify signatures."
+                        .into(),
+                    next_href: format!("/webhooks/{}", created.subscription.id),
+                    next_label: "Go to the endpoint".into(),
+                },
+            )
+            .await
+        }
         Err(Error::InvalidArgument(violations)) => {
             let errors = violations.into_iter().map(|v| (v.field, v.description)).collect();
             render(&NewWebhookPage { nav: Some(nav.clone()), form, errors }).map(bad_request)
@@ -286,16 +295,20 @@ pub async fn rotate(State(console): State<Arc<Console>>, Path(id): Path<String>,
     let nav = signed.nav("webhooks");
     let result = async {
         let rotated = console.webhooks.rotate_secret(&signed.ctx, &signed.org(), &id, None).await?;
-        render(&ShownOncePage {
-            nav: Some(nav.clone()),
-            title: "Secret rotated".into(),
-            what: "New signing secret".into(),
-            value: rotated.secret,
-            warning: "This is the only time the new secret is shown. The previous one keeps signing for 24 hours."
-                .into(),
-            next_href: format!("/webhooks/{id}"),
-            next_label: "Back to the endpoint".into(),
-        })
+        show_once(
+            &console,
+            &signed,
+            ShownOnce {
+                title: "Secret rotated".into(),
+                what: "New signing secret".into(),
+                value: rotated.secret,
+                warning: "This is the only time the new secret is shown. The previous one keeps signing for 24 hours."
+                    .into(),
+                next_href: format!("/webhooks/{id}"),
+                next_label: "Back to the endpoint".into(),
+            },
+        )
+        .await
     };
     respond(&nav, result.await)
 }
@@ -369,18 +382,22 @@ pub async fn portal_link(State(console): State<Arc<Console>>, post: SignedForm<E
     let nav = signed.nav("webhooks");
     let result = async {
         let link = console.portal.create(&signed.ctx, &signed.org(), None, Vec::new()).await?;
-        render(&ShownOncePage {
-            nav: Some(nav.clone()),
-            title: "Portal link created".into(),
-            what: "One-time link to this org's webhook portal".into(),
-            value: link.url,
-            warning: format!(
-                "Send it to your customer. It opens once, until {}; the portal shows this org's webhooks only.",
-                when(link.expires_at)
-            ),
-            next_href: "/webhooks".into(),
-            next_label: "Back to webhooks".into(),
-        })
+        show_once(
+            &console,
+            &signed,
+            ShownOnce {
+                title: "Portal link created".into(),
+                what: "One-time link to this org's webhook portal".into(),
+                value: link.url,
+                warning: format!(
+                    "Send it to your customer. It opens once, until {}; the portal shows this org's webhooks only.",
+                    when(link.expires_at)
+                ),
+                next_href: "/webhooks".into(),
+                next_label: "Back to webhooks".into(),
+            },
+        )
+        .await
     };
     respond(&nav, result.await)
 }
