@@ -99,15 +99,41 @@ fn who(actor: &Actor) -> String {
     }
 }
 
+/// A redirect to `to` (the sign-in or the org page) that brings the
+/// person back to the page they asked for (a GET's path and query; a form
+/// post's page is not known) and, when their session `ended`, says so.
+fn come_back(parts: &Parts, to: &str, ended: bool) -> Response {
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    if ended {
+        query.push(("ended", "1"));
+    }
+    let asked = parts.uri.path_and_query().map_or("/", |asked| asked.as_str());
+    if parts.method == axum::http::Method::GET && asked != "/" {
+        query.push(("next", asked));
+    }
+    let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+    Redirect::to(&if query.is_empty() { to.to_owned() } else { format!("{to}?{query}") }).into_response()
+}
+
+/// `next` if it is a path of this console to return to, else `/` (never
+/// another site: `//host` and `/\host` are refused).
+pub fn local_next(next: &str) -> &str {
+    let local = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(char::is_control)
+        && !next.starts_with("/login");
+    if local { next } else { "/" }
+}
+
 impl FromRequestParts<Arc<Console>> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Self, Response> {
-        let to_login = || Redirect::to("/login").into_response();
-        let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_login()) };
+        let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(come_back(parts, "/login", false)) };
         let session = match console.sessions.resume(&id, &client(parts)).await {
             Ok(Some(session)) => session,
-            Ok(None) => return Err(to_login()),
+            Ok(None) => return Err(come_back(parts, "/login", true)),
             Err(error) => return Err(error_page(error, None)),
         };
         let path = parts.uri.path();
@@ -118,7 +144,7 @@ impl FromRequestParts<Arc<Console>> for Signed {
             ));
         }
         if session.is_platform() && session.org.is_none() && path != "/org" && path != "/logout" {
-            return Err(Redirect::to("/org").into_response());
+            return Err(come_back(parts, "/org", false));
         }
         if session.portal
             && let Some(slot) = parts.extensions.get::<FrameAncestors>()
@@ -172,6 +198,18 @@ impl<T: DeserializeOwned> FromRequest<Arc<Console>> for SignedForm<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_paths_are_returned_to() {
+        for local in ["/keys", "/keys?status=active&prefix=a", "/webhooks/sub_1"] {
+            assert_eq!(local_next(local), local);
+        }
+        for foreign in
+            ["", "keys", "//evil.example", "/\\evil.example", "https://evil.example", "/x\r\nSet-Cookie: a", "/login"]
+        {
+            assert_eq!(local_next(foreign), "/", "{foreign:?}");
+        }
+    }
 
     #[test]
     fn the_portal_reaches_webhooks_only() {

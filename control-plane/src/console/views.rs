@@ -41,6 +41,10 @@ pub struct LoginPage {
     pub nav: Option<Nav>,
     pub nonce: String,
     pub error: Option<String>,
+    /// Why the person is here again (their session ended).
+    pub notice: Option<String>,
+    /// Where to go once signed in.
+    pub next: String,
 }
 
 #[derive(Template)]
@@ -48,6 +52,8 @@ pub struct LoginPage {
 pub struct OrgPage {
     pub nav: Option<Nav>,
     pub current: String,
+    /// Where to go once the org is chosen.
+    pub next: String,
 }
 
 #[derive(Template)]

@@ -42,7 +42,7 @@ async fn changing_the_root_token_ends_its_sessions(backend: Backend) {
     std::fs::write(&path, &replaced).unwrap();
     plane.start_again().await;
     let ended = get_with_cookie(&plane, local, &session, "/keys").await;
-    assert_eq!(ended, (303, "/login".to_owned()), "a session of the old root token");
+    assert_eq!(ended, (303, "/login?ended=1&next=%2Fkeys".to_owned()), "a session of the old root token");
     let fresh = ConsoleClient::new(plane.console_addr);
     fresh.sign_in_to(&replaced, &random_org()).await;
     assert_eq!(fresh.get("/keys").await.status, 200, "the new token signs in");
@@ -77,7 +77,7 @@ async fn portal_sessions_end_with_their_creators_power(backend: Backend) {
         update_mask: Some(prost_types::FieldMask { paths: vec!["scopes".into()] }),
     };
     root.update_api_key(narrowed).await.expect("narrow");
-    assert_eq!(first.get("/webhooks").await.location(), "/login", "the creator was narrowed");
+    assert_eq!(first.get("/webhooks").await.location(), "/login?ended=1&next=%2Fwebhooks", "the creator was narrowed");
 
     // Revoked: the same.
     let restored = pb::UpdateApiKeyRequest {
@@ -90,7 +90,7 @@ async fn portal_sessions_end_with_their_creators_power(backend: Backend) {
     assert_eq!(second.get("/webhooks").await.status, 200, "still the creator's power");
     let revoke = pb::RevokeApiKeyRequest { org_id: org.clone(), id: writer.id.clone(), reason: "left".into() };
     root.revoke_api_key(revoke).await.expect("revoke");
-    assert_eq!(second.get("/webhooks").await.location(), "/login", "the creator was revoked");
+    assert_eq!(second.get("/webhooks").await.location(), "/login?ended=1&next=%2Fwebhooks", "the creator was revoked");
     plane.stop().await;
 }
 
@@ -111,6 +111,10 @@ async fn key_sessions_stay_inside_the_keys_networks(backend: Backend) {
     let session = browser.session_cookie().expect("signed in");
     assert_eq!(get_with_cookie(&plane, office, &session, "/keys").await.0, 200);
     let elsewhere = get_with_cookie(&plane, Ipv4Addr::new(127, 0, 0, 3), &session, "/keys").await;
-    assert_eq!(elsewhere, (303, "/login".to_owned()), "the cookie used outside the key's networks");
+    assert_eq!(
+        elsewhere,
+        (303, "/login?ended=1&next=%2Fkeys".to_owned()),
+        "the cookie used outside the key's networks"
+    );
     plane.stop().await;
 }

@@ -125,10 +125,20 @@ async fn sessions_end_when_idle_or_when_their_key_goes(backend: Backend) {
     browser.sign_in(&token).await;
     assert_eq!(browser.get("/keys").await.status, 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(browser.get("/keys").await.location(), "/login", "idle session ended");
+    let ended = browser.get("/keys?status=active").await.location();
+    assert_eq!(ended, "/login?ended=1&next=%2Fkeys%3Fstatus%3Dactive", "idle session ended");
+    // The sign-in page says why, and leads back to where the person was.
+    let again = browser.get(&ended).await;
+    assert!(again.body.contains("Your session ended"), "{}", again.body);
+    let (nonce, next) = (again.input("nonce").unwrap(), again.input("next").unwrap());
+    assert_eq!(next, "/keys?status=active");
+    let back = browser.post_raw("/login", &[("credential", &token), ("nonce", &nonce), ("next", &next)]).await;
+    assert_eq!((back.status, back.location()), (303, next.clone()), "back where it was");
+    // Only to this console's own pages.
+    let stranger = ConsoleClient::new(plane.console_addr).get("/login?next=%2F%2Fevil.example").await;
+    assert_eq!(stranger.input("next").as_deref(), Some("/"));
 
     // Revoking the key ends its session at the next request.
-    browser.sign_in(&token).await;
     assert_eq!(browser.get("/keys").await.status, 200);
     plane
         .keys(&plane.root_token)
@@ -136,7 +146,7 @@ async fn sessions_end_when_idle_or_when_their_key_goes(backend: Backend) {
         .revoke_api_key(pb::RevokeApiKeyRequest { org_id: org.clone(), id: key.id.clone(), reason: "gone".into() })
         .await
         .unwrap();
-    assert_eq!(browser.get("/keys").await.location(), "/login", "revoked key: session ended");
+    assert_eq!(browser.get("/keys").await.location(), "/login?ended=1&next=%2Fkeys", "revoked key: session ended");
 
     // So does deleting it.
     let (key, token) = plane.create_key(&org, &["keyplane:keys:read"]).await;
@@ -148,6 +158,6 @@ async fn sessions_end_when_idle_or_when_their_key_goes(backend: Backend) {
         .delete_api_key(pb::DeleteApiKeyRequest { org_id: org.clone(), id: key.id })
         .await
         .unwrap();
-    assert_eq!(browser.get("/keys").await.location(), "/login", "deleted key: session ended");
+    assert_eq!(browser.get("/keys").await.location(), "/login?ended=1&next=%2Fkeys", "deleted key: session ended");
     plane.stop().await;
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -19,13 +19,38 @@ use crate::error::Error;
 /// The double-submit cookie of the sign-in form (there is no session yet).
 const NONCE_COOKIE: &str = "kp_login";
 
-pub async fn form(State(console): State<Arc<Console>>, parts: Parts) -> Response {
+/// Where a redirect to the sign-in or org page came from.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct ComeBack {
+    /// Set when the person's session ended.
+    ended: Option<String>,
+    /// The page they asked for.
+    next: String,
+}
+
+pub async fn form(State(console): State<Arc<Console>>, Query(back): Query<ComeBack>, parts: Parts) -> Response {
+    let next = session::local_next(&back.next);
     if let Some(id) = session::cookie(&parts.headers, SESSION_COOKIE)
         && let Ok(Some(_)) = console.sessions.resume(&id, &session::client(&parts)).await
     {
-        return Redirect::to("/").into_response();
+        return Redirect::to(next).into_response();
     }
-    login_page(&console, None, StatusCode::OK)
+    let notice = back.ended.map(|_| "Your session ended (idle too long, signed out, or its key changed). Sign in again to go back where you were.".to_owned());
+    login_page(&console, LoginState { error: None, notice, next: next.to_owned() }, StatusCode::OK)
+}
+
+/// What the sign-in page says and where it leads.
+struct LoginState {
+    error: Option<String>,
+    notice: Option<String>,
+    next: String,
+}
+
+impl LoginState {
+    fn error(message: impl Into<String>, next: &str) -> Self {
+        LoginState { error: Some(message.into()), notice: None, next: session::local_next(next).to_owned() }
+    }
 }
 
 /// A double-submit nonce for a form shown before there is a session (and
@@ -42,9 +67,10 @@ fn nonce_matches(parts: &Parts, cookie: &str, nonce: &str) -> bool {
     session::cookie(&parts.headers, cookie).as_deref() == Some(nonce)
 }
 
-fn login_page(console: &Console, error: Option<String>, status: StatusCode) -> Response {
+fn login_page(console: &Console, state: LoginState, status: StatusCode) -> Response {
     let (nonce, cookie) = form_nonce(console, NONCE_COOKIE, "/login");
-    match render(&LoginPage { nav: None, nonce, error }) {
+    let LoginState { error, notice, next } = state;
+    match render(&LoginPage { nav: None, nonce, error, notice, next }) {
         Ok(page) => (status, [(header::SET_COOKIE, cookie)], page).into_response(),
         Err(error) => error_page(error, None),
     }
@@ -54,6 +80,8 @@ fn login_page(console: &Console, error: Option<String>, status: StatusCode) -> R
 pub struct SignInForm {
     credential: String,
     nonce: String,
+    #[serde(default)]
+    next: String,
 }
 
 pub async fn sign_in(
@@ -62,16 +90,29 @@ pub async fn sign_in(
     axum::Form(form): axum::Form<SignInForm>,
 ) -> Response {
     if !nonce_matches(&parts, NONCE_COOKIE, &form.nonce) {
-        return login_page(&console, Some("The form expired; sign in again.".into()), StatusCode::FORBIDDEN);
+        return login_page(
+            &console,
+            LoginState::error("The form expired; sign in again.", &form.next),
+            StatusCode::FORBIDDEN,
+        );
     }
     match console.sessions.sign_in(&form.credential, &session::client(&parts)).await {
         Ok((id, signed_in)) => {
             let cookie = session::set_cookie(SESSION_COOKIE, &id, "/", console.secure_cookies, None);
-            let to = if signed_in.is_platform() && signed_in.org.is_none() { "/org" } else { "/" };
-            ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
+            let next = session::local_next(&form.next);
+            let to = match (signed_in.is_platform() && signed_in.org.is_none(), next) {
+                (true, "/") => "/org".to_owned(),
+                (true, next) => format!("/org?{}", serde_urlencoded::to_string([("next", next)]).unwrap_or_default()),
+                (false, next) => next.to_owned(),
+            };
+            ([(header::SET_COOKIE, cookie)], Redirect::to(&to)).into_response()
         }
-        Err(Error::Unauthenticated(message)) => login_page(&console, Some(message.into()), StatusCode::UNAUTHORIZED),
-        Err(Error::LimitReached(message)) => login_page(&console, Some(message), StatusCode::TOO_MANY_REQUESTS),
+        Err(Error::Unauthenticated(message)) => {
+            login_page(&console, LoginState::error(message, &form.next), StatusCode::UNAUTHORIZED)
+        }
+        Err(Error::LimitReached(message)) => {
+            login_page(&console, LoginState::error(message, &form.next), StatusCode::TOO_MANY_REQUESTS)
+        }
         Err(other) => error_page(other, None),
     }
 }
@@ -88,21 +129,24 @@ pub async fn sign_out(State(console): State<Arc<Console>>, parts: Parts, post: S
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
-pub async fn org_form(signed: Signed) -> Response {
+pub async fn org_form(signed: Signed, Query(back): Query<ComeBack>) -> Response {
     let nav = signed.nav("");
-    respond(&nav, render(&OrgPage { current: signed.org(), nav: Some(nav.clone()) }))
+    let next = session::local_next(&back.next).to_owned();
+    respond(&nav, render(&OrgPage { current: signed.org(), nav: Some(nav.clone()), next }))
 }
 
 #[derive(Default, Deserialize)]
 #[serde(default)]
 pub struct OrgForm {
     org: String,
+    /// Where to go once it is chosen.
+    next: String,
 }
 
 pub async fn choose_org(State(console): State<Arc<Console>>, post: SignedForm<OrgForm>) -> Response {
     let nav = post.signed.nav("");
     let chosen = console.sessions.choose_org(&post.signed.session, post.form.org.trim()).await;
-    respond(&nav, chosen.and_then(|()| see_other("/")))
+    respond(&nav, chosen.and_then(|()| see_other(session::local_next(&post.form.next))))
 }
 
 /// The double-submit cookie of a portal link's confirmation form.
