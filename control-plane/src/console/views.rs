@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::nav::Nav;
+use crate::service::sessions::ShownOnce;
 
 /// A time as the console shows it.
 pub fn when(at: DateTime<Utc>) -> String {
@@ -137,12 +138,7 @@ pub struct NewKeyPage {
 #[template(path = "shown_once.html")]
 pub struct ShownOncePage {
     pub nav: Option<Nav>,
-    pub title: String,
-    pub what: String,
-    pub value: String,
-    pub warning: String,
-    pub next_href: String,
-    pub next_label: String,
+    pub shown: ShownOnce,
 }
 
 pub struct KeyDetail {

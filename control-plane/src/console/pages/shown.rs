@@ -27,15 +27,7 @@ pub async fn page(State(console): State<Arc<Console>>, signed: Signed) -> Respon
     let nav = signed.nav("");
     let result = async {
         match console.sessions.take_shown_once(&signed.session).await? {
-            Some(shown) => render(&ShownOncePage {
-                nav: Some(nav.clone()),
-                title: shown.title,
-                what: shown.what,
-                value: shown.value,
-                warning: shown.warning,
-                next_href: shown.next_href,
-                next_label: shown.next_label,
-            }),
+            Some(shown) => render(&ShownOncePage { nav: Some(nav.clone()), shown }),
             None => render(&MessagePage {
                 nav: Some(nav.clone()),
                 title: "Shown once".into(),
