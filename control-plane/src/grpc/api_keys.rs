@@ -7,10 +7,10 @@ use pb::api_key_service_server::ApiKeyService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, api_key_to_proto};
-use super::request_context;
+use super::{allowed_context, request_context};
 use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
-use crate::service::authz::{Action, Target};
+use crate::service::authz::Action;
 use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::records::{Environment, KeyFilter};
 use crate::service::verify::Requirements;
@@ -54,14 +54,13 @@ fn new_key(mut request: pb::CreateApiKeyRequest) -> Result<NewKey> {
 }
 
 fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
-    let paths = request.update_mask.ok_or_else(|| Error::invalid("update_mask", "is required"))?.paths;
     let update = request.update.unwrap_or_default();
     let mut changes = KeyChanges::default();
-    for path in paths {
-        if convert::limit_path(&mut changes.limits, &path, (&update).into())? {
-            continue;
+    convert::read_mask(request.update_mask.as_ref(), |path| {
+        if convert::limit_path(&mut changes.limits, path, (&update).into())? {
+            return Ok(true);
         }
-        match path.as_str() {
+        match path {
             "name" => changes.name = Some(update.name.clone()),
             "description" => changes.description = Some(update.description.clone()),
             "scopes" => changes.scopes = Some(update.scopes.clone()),
@@ -74,11 +73,10 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
                 changes.metadata =
                     Some(update.metadata.clone().map(|m| convert::struct_to_json("update.metadata", m)).transpose()?);
             }
-            other => {
-                return Err(Error::invalid("update_mask", format!("unknown or unchangeable field {other:?}")));
-            }
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(changes)
 }
 
@@ -133,9 +131,7 @@ impl ApiKeyService for ApiKeyGrpc {
         &self,
         request: Request<pb::UpdateApiKeyRequest>,
     ) -> Result<Response<pb::UpdateApiKeyResponse>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
-        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
-        ctx.authorize(Action::UpdateKey, Target::Org(&request.get_ref().org_id))?;
+        let ctx = allowed_context(&self.auth, &request, Action::UpdateKey, |r| &r.org_id).await?;
         let request = request.into_inner();
         let (org_id, id) = (request.org_id.clone(), request.id.clone());
         let key = self.keys.update(&ctx, &org_id, &id, key_changes(request)?).await?;

@@ -291,6 +291,18 @@ impl<'a> From<&'a pb::IdentityUpdate> for LimitUpdate<'a> {
     }
 }
 
+/// Reads each path of a required update mask with `read`, which answers
+/// false for a path it does not know.
+pub fn read_mask(mask: Option<&prost_types::FieldMask>, mut read: impl FnMut(&str) -> Result<bool>) -> Result<()> {
+    let paths = &mask.ok_or_else(|| Error::invalid("update_mask", "is required"))?.paths;
+    for path in paths {
+        if !read(path)? {
+            return Err(Error::invalid("update_mask", format!("unknown or unchangeable field {path:?}")));
+        }
+    }
+    Ok(())
+}
+
 /// Reads mask path `path` into `limits` when it names a limit (the same
 /// paths on keys and identities): whether it did.
 pub fn limit_path(limits: &mut LimitChanges, path: &str, update: LimitUpdate<'_>) -> Result<bool> {

@@ -7,9 +7,9 @@ use pb::delivery_service_server;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, attempt_to_proto, delivery_to_proto};
-use super::request_context;
+use super::{allowed_context, request_context};
 use crate::error::Error;
-use crate::service::authz::{Action, Target};
+use crate::service::authz::Action;
 use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::records::DeliveryFilter;
 use crate::service::{Authenticator, DeliveryService};
@@ -86,9 +86,7 @@ impl delivery_service_server::DeliveryService for DeliveryGrpc {
         &self,
         request: Request<pb::RecoverFailedRequest>,
     ) -> Result<Response<pb::RecoverFailedResponse>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
-        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
-        ctx.authorize(Action::RetryDeliveries, Target::Org(&request.get_ref().org_id))?;
+        let ctx = allowed_context(&self.auth, &request, Action::RetryDeliveries, |r| &r.org_id).await?;
         let pb::RecoverFailedRequest { org_id, subscription_id, since } = request.into_inner();
         let since = since.ok_or_else(|| Error::invalid("since", "is required"))?;
         let since = convert::time_from_proto("since", since)?;

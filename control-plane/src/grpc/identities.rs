@@ -7,9 +7,9 @@ use pb::identity_service_server;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, identity_to_proto};
-use super::request_context;
-use crate::error::{Error, Result};
-use crate::service::authz::{Action, Target};
+use super::{allowed_context, request_context};
+use crate::error::Result;
+use crate::service::authz::Action;
 use crate::service::identities::IdentityRef;
 use crate::service::paging::{ListQuery, PageRequest};
 use crate::service::records::{IdentityChanges, IdentityFilter, NewIdentity};
@@ -37,24 +37,22 @@ fn new_identity(mut request: pb::CreateIdentityRequest) -> Result<NewIdentity> {
 }
 
 fn identity_changes(request: pb::UpdateIdentityRequest) -> Result<IdentityChanges> {
-    let paths = request.update_mask.ok_or_else(|| Error::invalid("update_mask", "is required"))?.paths;
     let update = request.update.unwrap_or_default();
     let mut changes = IdentityChanges::default();
-    for path in paths {
-        if convert::limit_path(&mut changes.limits, &path, (&update).into())? {
-            continue;
+    convert::read_mask(request.update_mask.as_ref(), |path| {
+        if convert::limit_path(&mut changes.limits, path, (&update).into())? {
+            return Ok(true);
         }
-        match path.as_str() {
+        match path {
             "external_id" => changes.external_id = Some(update.external_id.clone()),
             "metadata" => {
                 changes.metadata =
                     Some(update.metadata.clone().map(|m| convert::struct_to_json("update.metadata", m)).transpose()?);
             }
-            other => {
-                return Err(Error::invalid("update_mask", format!("unknown or unchangeable field {other:?}")));
-            }
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(changes)
 }
 
@@ -104,9 +102,7 @@ impl identity_service_server::IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::UpdateIdentityRequest>,
     ) -> Result<Response<pb::UpdateIdentityResponse>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
-        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
-        ctx.authorize(Action::WriteIdentities, Target::Org(&request.get_ref().org_id))?;
+        let ctx = allowed_context(&self.auth, &request, Action::WriteIdentities, |r| &r.org_id).await?;
         let request = request.into_inner();
         let (org_id, id) = (request.org_id.clone(), request.id.clone());
         let identity = self.identities.update(&ctx, &org_id, &id, identity_changes(request)?).await?;

@@ -16,6 +16,7 @@ use tonic::Request;
 
 use crate::error::Result;
 use crate::service::auth::Channel;
+use crate::service::authz::{Action, Target};
 use crate::service::{Authenticator, RequestContext};
 
 /// Builds the request context of an admin service call: authenticates the
@@ -24,6 +25,21 @@ use crate::service::{Authenticator, RequestContext};
 pub async fn request_context<T>(auth: &Authenticator, request: &Request<T>) -> Result<RequestContext> {
     let ctx = authenticated_context(auth, request).await?;
     auth.admit(&ctx.actor)?;
+    Ok(ctx)
+}
+
+/// [`request_context`], already allowed `action` in the org the request
+/// names: for the handlers that convert a request before the service
+/// decides on its exact target, so a caller who may not gets
+/// PERMISSION_DENIED, not a lesson in the request's form.
+pub async fn allowed_context<T>(
+    auth: &Authenticator,
+    request: &Request<T>,
+    action: Action,
+    org_id: impl FnOnce(&T) -> &str,
+) -> Result<RequestContext> {
+    let ctx = request_context(auth, request).await?;
+    ctx.authorize(action, Target::Org(org_id(request.get_ref())))?;
     Ok(ctx)
 }
 

@@ -7,9 +7,9 @@ use pb::webhook_service_server;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, subscription_to_proto};
-use super::request_context;
-use crate::error::{Error, Result};
-use crate::service::authz::{Action, Target};
+use super::{allowed_context, request_context};
+use crate::error::Result;
+use crate::service::authz::Action;
 use crate::service::paging::PageRequest;
 use crate::service::webhooks::PortalLinks;
 use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
@@ -29,19 +29,19 @@ impl WebhookGrpc {
 }
 
 fn changes(request: &pb::UpdateSubscriptionRequest) -> Result<SubscriptionChanges> {
-    let paths = &request.update_mask.as_ref().ok_or_else(|| Error::invalid("update_mask", "is required"))?.paths;
     let update = request.update.clone().unwrap_or_default();
     let mut changes = SubscriptionChanges::default();
-    for path in paths {
-        match path.as_str() {
+    convert::read_mask(request.update_mask.as_ref(), |path| {
+        match path {
             "url" => changes.url = Some(update.url.clone()),
             "event_types" => changes.event_types = Some(update.event_types.clone()),
             "description" => changes.description = Some(update.description.clone()),
             "enabled" => changes.enabled = Some(update.enabled),
             "rate_limit_per_second" => changes.rate_limit_per_second = Some(update.rate_limit_per_second),
-            other => return Err(Error::invalid("update_mask", format!("unknown or unchangeable field {other:?}"))),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(changes)
 }
 
@@ -94,9 +94,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         &self,
         request: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::UpdateSubscriptionResponse>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
-        // The decision first: a caller who may not gets PERMISSION_DENIED, not a lesson in the request's form.
-        ctx.authorize(Action::WriteSubscriptions, Target::Org(&request.get_ref().org_id))?;
+        let ctx = allowed_context(&self.auth, &request, Action::WriteSubscriptions, |r| &r.org_id).await?;
         let request = request.into_inner();
         let changes = changes(&request)?;
         let subscription = self.webhooks.update(&ctx, &request.org_id, &request.id, changes).await?;

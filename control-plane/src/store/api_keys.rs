@@ -199,11 +199,7 @@ pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Opti
 
 /// The key `id` in `scope` (one org, or every org for platform verification).
 pub async fn find_in(db: &impl ConnectionTrait, scope: OrgScope<'_>, id: &str) -> Result<Option<Model>> {
-    let mut query = Entity::find_by_id(id.to_owned());
-    if let OrgScope::Org(org) = scope {
-        query = query.filter(Column::OrgId.eq(org));
-    }
-    Ok(query.one(db).await?)
+    super::find_in::<Entity>(db, [Column::Id, Column::OrgId], scope, id).await
 }
 
 /// Up to `limit` keys of `org` after `after_id`, in id (creation) order.

@@ -109,11 +109,7 @@ pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Opti
 
 /// The identity `id` in `scope` (every org only for sidecars' leases).
 pub async fn find_in(db: &impl ConnectionTrait, scope: OrgScope<'_>, id: &str) -> Result<Option<Model>> {
-    let mut query = Entity::find_by_id(id.to_owned());
-    if let OrgScope::Org(org) = scope {
-        query = query.filter(Column::OrgId.eq(org));
-    }
-    Ok(query.one(db).await?)
+    super::find_in::<Entity>(db, [Column::Id, Column::OrgId], scope, id).await
 }
 
 /// The identity of `org` with this external id.

@@ -30,8 +30,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use keyplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    Statement, TransactionTrait,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, QueryFilter, Statement, TransactionTrait,
 };
 
 use crate::error::Result;
@@ -223,6 +223,20 @@ impl OrgTx {
     pub async fn commit(self) -> Result<()> {
         Ok(self.tx.commit().await?)
     }
+}
+
+/// Row `id` of `E` in `scope`, by its id and org columns.
+async fn find_in<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    [id_column, org_column]: [E::Column; 2],
+    scope: OrgScope<'_>,
+    id: &str,
+) -> Result<Option<E::Model>> {
+    let mut query = E::find().filter(id_column.eq(id));
+    if let OrgScope::Org(org) = scope {
+        query = query.filter(org_column.eq(org));
+    }
+    Ok(query.one(db).await?)
 }
 
 /// A transaction that writes what background work acts on at once: key
