@@ -261,6 +261,8 @@ pub struct SubscriptionDetail {
     pub pending_approval: bool,
     pub disabled_reason: String,
     pub rate_limit: String,
+    /// The rate limit as the edit form takes it (empty: none).
+    pub rate_limit_input: String,
     pub failing_since: String,
     pub created: String,
 }
@@ -316,8 +318,14 @@ pub struct DeliveryPage {
     pub event_type: String,
     pub status: String,
     pub finished: bool,
+    /// Pending with no attempt yet: sending now; the page refreshes.
+    pub sending: bool,
     pub next_attempt: String,
     pub created: String,
+    /// The endpoint's URL.
+    pub url: String,
+    /// The request body every attempt sends (empty when the event is gone).
+    pub body: String,
     pub attempts: Vec<AttemptRow>,
 }
 

@@ -62,6 +62,11 @@ pub async fn find_by_idempotency_keys(db: &impl ConnectionTrait, org: &str, keys
         .await?)
 }
 
+/// Event `id` of `org`.
+pub async fn find(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<Option<Model>> {
+    Ok(Entity::find_by_id(id.to_owned()).filter(Column::OrgId.eq(org)).one(db).await?)
+}
+
 /// Events by id, across orgs: for the dispatcher, which sends every org's
 /// deliveries and reads ids from deliveries it has claimed.
 pub async fn find_for_dispatch(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<Model>> {

@@ -179,6 +179,30 @@ async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
     let rotated = browser.post_shown_once(&format!("/webhooks/{id}/rotate"), &[]).await;
     assert_ne!(rotated.element_text("shown-once"), Some(secret));
 
+    // Edit the endpoint in place: the same subscription, its secret unchanged.
+    let page = browser.get(&format!("/webhooks/{id}")).await;
+    assert!(
+        page.body.contains("Edit the endpoint") && page.input("url").as_deref() == Some(receiver.url("/hook").as_str())
+    );
+    let edited = [
+        ("url", receiver.url("/hook")),
+        ("event_types", "order.* webhook.test invoice.paid".to_owned()),
+        ("description", "billing receiver".to_owned()),
+        ("rate_limit", "7".to_owned()),
+    ];
+    let fields: Vec<(&str, &str)> = edited.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let saved = browser.post(&format!("/webhooks/{id}/update"), &fields).await;
+    assert_eq!((saved.status, saved.location()), (303, format!("/webhooks/{id}")), "{}", saved.body);
+    let page = browser.get(&format!("/webhooks/{id}")).await;
+    assert!(
+        page.body.contains("invoice.paid")
+            && page.body.contains("billing receiver")
+            && page.body.contains("7 per second")
+    );
+    let bad = browser.post(&format!("/webhooks/{id}/update"), &[("url", "ftp://x"), ("event_types", "a.b")]).await;
+    assert_eq!(bad.status, 400, "a bad URL is the caller's mistake: {}", bad.body);
+    assert!(bad.body.contains("url"), "the field is named");
+
     // A test event: the delivery page shows its attempt.
     let sent = browser.post(&format!("/webhooks/{id}/test"), &[]).await;
     let delivery_path = sent.location();
@@ -187,6 +211,12 @@ async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
     eventually(|| get_delivery(&plane, &org, &delivery_id), status_is(pb::DeliveryStatus::Succeeded)).await;
     let delivery = browser.get(&delivery_path).await;
     assert!(delivery.body.contains("HTTP 200") && delivery.body.contains("succeeded"));
+    // What was sent, and where: the URL, the headers, the body.
+    assert!(delivery.body.contains(&format!("POST {}", receiver.url("/hook"))), "{}", delivery.body);
+    assert!(
+        delivery.body.contains("webhook-id: msg_") && delivery.body.contains("&#34;type&#34;:&#34;webhook.test&#34;")
+    );
+    assert!(!delivery.body.contains("http-equiv=\"refresh\""), "a finished delivery does not refresh");
     assert_eq!(browser.post(&format!("{delivery_path}/retry"), &[]).await.status, 303, "a retry by hand");
     receiver.wait_for("/hook", 2, std::time::Duration::from_secs(20)).await;
     eventually(|| get_delivery(&plane, &org, &delivery_id), status_is(pb::DeliveryStatus::Succeeded)).await;

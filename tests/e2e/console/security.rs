@@ -123,7 +123,7 @@ async fn read_only_keys_get_read_only_pages(backend: Backend) {
         assert!(!key.body.contains(button), "a reader sees no {button}");
     }
     let webhook = browser.get(&format!("/webhooks/{}", subscription.id)).await;
-    for button in ["Disable", "Rotate secret", "Send a test event", "Approve", "Recover failed"] {
+    for button in ["Disable", "Rotate secret", "Send a test event", "Approve", "Recover failed", "Edit the endpoint"] {
         assert!(!webhook.body.contains(button), "a reader sees no {button}");
     }
     assert!(!browser.get("/").await.body.contains("href=\"/connections\""), "no section it may not read");

@@ -15,8 +15,10 @@ use crate::service::records::DeliveryStatus;
 pub async fn show(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
     let nav = signed.nav("webhooks");
     let result = async {
-        let (delivery, attempts) = console.deliveries.get(&signed.ctx, &signed.org(), &id).await?;
-        let attempts = attempts
+        let detail = console.deliveries.detail(&signed.ctx, &signed.org(), &id).await?;
+        let (delivery, in_flight) = (detail.delivery, detail.attempts.is_empty());
+        let attempts = detail
+            .attempts
             .iter()
             .map(|a| AttemptRow {
                 number: a.number.to_string(),
@@ -27,11 +29,16 @@ pub async fn show(State(console): State<Arc<Console>>, signed: Signed, Path(id):
                 excerpt: a.response_excerpt.clone().unwrap_or_default(),
             })
             .collect();
+        let finished = delivery.status != DeliveryStatus::Pending;
         render(&DeliveryPage {
             nav: Some(nav.clone()),
-            finished: delivery.status != DeliveryStatus::Pending,
+            finished,
+            // A first attempt waits for nothing: it is on its way (or about to be).
+            sending: !finished && in_flight,
             status: delivery.status.as_str().to_owned(),
             next_attempt: when(delivery.next_attempt_at),
+            url: detail.url.unwrap_or_else(|| "(the endpoint was deleted)".into()),
+            body: detail.body.unwrap_or_default(),
             created: when(delivery.created_at),
             id: delivery.id,
             subscription_id: delivery.subscription_id,

@@ -209,6 +209,10 @@ fn detail(subscription: &Subscription) -> SubscriptionDetail {
             0 => "none".into(),
             n => format!("{n} per second"),
         },
+        rate_limit_input: match subscription.rate_limit_per_second {
+            0 => String::new(),
+            n => n.to_string(),
+        },
         failing_since: when_or_dash(subscription.failing_since),
         created: when(subscription.created_at),
     }

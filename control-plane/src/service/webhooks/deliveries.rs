@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
+use super::dispatch::delivery_body;
 use super::outbox;
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
@@ -12,10 +13,20 @@ use crate::service::paging::{ListQuery, Listing, Page};
 use crate::store::audit::AuditAction;
 use crate::store::deliveries::{DeliveryFilter, DeliveryStatus};
 use crate::store::webhooks::SubscriptionStatus;
-use crate::store::{ChangeTx, OrgTx, audit, deliveries, webhooks};
+use crate::store::{ChangeTx, OrgTx, audit, deliveries, events, webhooks};
 use crate::wakeups::Wakeups;
 
 const LISTING: Listing = Listing::named("deliveries");
+
+/// What [`DeliveryService::detail`] returns.
+pub struct DeliveryDetail {
+    pub delivery: deliveries::Model,
+    pub attempts: Vec<deliveries::attempt::Model>,
+    /// The request body each attempt sends.
+    pub body: Option<String>,
+    /// Where it is sent.
+    pub url: Option<String>,
+}
 /// Event type of [`DeliveryService::send_test`].
 pub const TEST_EVENT_TYPE: &str = "webhook.test";
 
@@ -58,6 +69,21 @@ impl DeliveryService {
         let delivery = deliveries::find(&self.db, &org, id).await?.ok_or(Error::NotFound("delivery"))?;
         let attempts = deliveries::attempts(&self.db, &org, id).await?;
         Ok((delivery, attempts))
+    }
+
+    /// One delivery as its page shows it: with its attempts, the body it
+    /// sends and the endpoint's URL (either gone when the event or the
+    /// endpoint was deleted).
+    pub async fn detail(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<DeliveryDetail> {
+        let (delivery, attempts) = self.get(ctx, org_id, id).await?;
+        let event = events::find(&self.db, &delivery.org_id, &delivery.event_id).await?;
+        let endpoint = webhooks::find(&self.db, &delivery.org_id, &delivery.subscription_id).await?;
+        Ok(DeliveryDetail {
+            body: event.as_ref().map(delivery_body),
+            url: endpoint.map(|endpoint| endpoint.url),
+            delivery,
+            attempts,
+        })
     }
 
     /// Schedules one more attempt of a finished delivery, now.

@@ -31,6 +31,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use retry::{MAX_RETRY_AFTER, RetrySchedule};
+pub use send::delivery_body;
 
 use super::secrets::SecretSet;
 use crate::background::Background;

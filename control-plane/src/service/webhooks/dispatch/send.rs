@@ -121,7 +121,7 @@ impl Sender {
 
 /// The request body of a delivery: `{"type","timestamp","data"}` with the
 /// payload copied byte for byte.
-fn delivery_body(event: &events::Model) -> String {
+pub fn delivery_body(event: &events::Model) -> String {
     let event_type = Value::String(event.event_type.clone());
     let timestamp = Value::String(event.created_at.to_rfc3339_opts(SecondsFormat::Micros, true));
     format!(r#"{{"type":{event_type},"timestamp":{timestamp},"data":{}}}"#, event.payload)
