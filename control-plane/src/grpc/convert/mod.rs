@@ -1,25 +1,32 @@
 //! Conversions between protobuf messages and domain types. Bad values become
 //! field violations naming the request field.
 
+mod limits;
+mod usage;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyplane_proto::admin::v1 as pb;
 use keyplane_proto::check::Denied;
-use keyplane_proto::sync::v1 as sync_pb;
 use prost_types::value::Kind;
 use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 use crate::service::records::{
-    ApiKey, AuditEvent, Connection, Credits, CreditsChange, Delivery, DeliveryAttempt, DeliveryStatus, Environment,
-    Event, HasLimits, Identity, KeyStatus, LimitChanges, NewLimits, RateLimit, Refill, RefillPeriod, Subscription,
-    SubscriptionStatus,
+    ApiKey, AuditEvent, Connection, Delivery, DeliveryAttempt, DeliveryStatus, Environment, Event, HasLimits, Identity,
+    KeyStatus, Subscription, SubscriptionStatus,
 };
-use crate::service::records::{Counts, Granularity, UsageOutcome as Outcome};
-use crate::service::usage::ingest::{MinuteCount, UsageReport};
-use crate::service::usage::{DeliveryStatsBucket, KeyRanking, RangeRequest};
 use crate::service::verify::{Failure, Verification, VerifiedKey};
+pub use limits::{
+    CreateLimits, LimitUpdate, credits_change_from_proto, credits_from_proto, limit_path, new_limits,
+    rate_limit_from_proto, refill_from_proto,
+};
+use limits::{credits_to_proto, rate_limit_to_proto};
+pub use usage::{
+    counts_to_proto, delivery_stats_to_proto, granularity_from_proto, key_ranking_to_proto, outcome_from_proto,
+    range_from_proto, usage_report_from_proto,
+};
 
 /// Protobuf timestamp → UTC time.
 pub fn time_from_proto(field: &str, ts: prost_types::Timestamp) -> Result<DateTime<Utc>> {
@@ -78,53 +85,6 @@ fn key_status_to_proto(status: KeyStatus) -> pb::ApiKeyStatus {
         KeyStatus::Active => pb::ApiKeyStatus::Active,
         KeyStatus::Revoked => pb::ApiKeyStatus::Revoked,
         KeyStatus::Expired => pb::ApiKeyStatus::Expired,
-    }
-}
-
-/// A create request (of a key or an identity): its limit fields, taken out.
-pub trait CreateLimits {
-    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>);
-}
-
-impl CreateLimits for pb::CreateApiKeyRequest {
-    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
-        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
-    }
-}
-
-impl CreateLimits for pb::CreateIdentityRequest {
-    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
-        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
-    }
-}
-
-/// The limits of a create request → domain.
-pub fn new_limits(request: &mut impl CreateLimits) -> Result<NewLimits> {
-    let (rate_limit, allowed_cidrs, credits) = request.take_limits();
-    Ok(NewLimits {
-        rate_limit: rate_limit.map(|l| rate_limit_from_proto("rate_limit", l)).transpose()?,
-        allowed_cidrs,
-        credits: credits.map(|c| credits_from_proto("credits", c)).transpose()?,
-    })
-}
-
-/// Protobuf rate limit → domain.
-pub fn rate_limit_from_proto(field: &str, limit: pb::RateLimit) -> Result<RateLimit> {
-    let window = limit.window.ok_or_else(|| Error::invalid(format!("{field}.window"), "is required"))?;
-    let global = match pb::RateLimitScope::try_from(limit.scope) {
-        Ok(pb::RateLimitScope::Unspecified | pb::RateLimitScope::Local) => false,
-        Ok(pb::RateLimitScope::Global) => true,
-        Err(_) => return Err(Error::invalid(format!("{field}.scope"), format!("unknown scope {}", limit.scope))),
-    };
-    Ok(RateLimit { requests: limit.requests, window: duration_from_proto(&format!("{field}.window"), window)?, global })
-}
-
-fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
-    let scope = if limit.global { pb::RateLimitScope::Global } else { pb::RateLimitScope::Local };
-    pb::RateLimit {
-        requests: limit.requests,
-        window: prost_types::Duration::try_from(limit.window).ok(),
-        scope: scope.into(),
     }
 }
 
@@ -221,76 +181,6 @@ pub fn identity_to_proto(identity: &Identity) -> pb::Identity {
     }
 }
 
-fn credits_to_proto(credits: Credits) -> pb::Credits {
-    pb::Credits {
-        remaining: credits.remaining,
-        refill: credits.refill.map(|refill| pb::CreditRefill {
-            amount: refill.amount,
-            period: Some(match refill.period {
-                RefillPeriod::Every(every) => {
-                    pb::credit_refill::Period::Every(prost_types::Duration::try_from(every).unwrap_or_default())
-                }
-                RefillPeriod::Daily => pb::credit_refill::Period::Daily(true),
-                RefillPeriod::Monthly(day) => pb::credit_refill::Period::MonthlyOnDay(day),
-            }),
-            next_refill_at: credits.next_refill_at.map(time_to_proto),
-        }),
-    }
-}
-
-/// Protobuf credits → (remaining, refill).
-pub fn credits_from_proto(field: &str, credits: pb::Credits) -> Result<(u64, Option<Refill>)> {
-    let refill = credits.refill.map(|r| refill_from_proto(&format!("{field}.refill"), r)).transpose()?;
-    Ok((credits.remaining, refill))
-}
-
-/// Protobuf refill → domain.
-pub fn refill_from_proto(field: &str, refill: pb::CreditRefill) -> Result<Refill> {
-    let period = match refill.period {
-        Some(pb::credit_refill::Period::Every(every)) => {
-            RefillPeriod::Every(duration_from_proto(&format!("{field}.every"), every)?)
-        }
-        Some(pb::credit_refill::Period::Daily(true)) => RefillPeriod::Daily,
-        Some(pb::credit_refill::Period::MonthlyOnDay(day)) => RefillPeriod::Monthly(day),
-        Some(pb::credit_refill::Period::Daily(false)) | None => {
-            return Err(Error::invalid(format!("{field}.period"), "set one of every, daily or monthly_on_day"));
-        }
-    };
-    Ok(Refill { amount: refill.amount, period })
-}
-
-/// Protobuf credits change → domain.
-pub fn credits_change_from_proto(field: &str, change: Option<pb::CreditsChange>) -> Result<CreditsChange> {
-    match change.and_then(|c| c.change) {
-        Some(pb::credits_change::Change::Set(n)) => Ok(CreditsChange::Set(n)),
-        Some(pb::credits_change::Change::Add(n)) => Ok(CreditsChange::Add(n)),
-        Some(pb::credits_change::Change::Subtract(n)) => Ok(CreditsChange::Subtract(n)),
-        None => Err(Error::invalid(field, "set one of set, add or subtract")),
-    }
-}
-
-/// The limit fields of an update (of a key or an identity), as sent.
-pub struct LimitUpdate<'a> {
-    pub rate_limit: Option<pb::RateLimit>,
-    pub allowed_cidrs: &'a [String],
-    pub credits: Option<pb::CreditsChange>,
-    pub credit_refill: Option<pb::CreditRefill>,
-}
-
-impl<'a> From<&'a pb::ApiKeyUpdate> for LimitUpdate<'a> {
-    fn from(update: &'a pb::ApiKeyUpdate) -> Self {
-        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
-        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
-    }
-}
-
-impl<'a> From<&'a pb::IdentityUpdate> for LimitUpdate<'a> {
-    fn from(update: &'a pb::IdentityUpdate) -> Self {
-        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
-        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
-    }
-}
-
 /// Reads each path of a required update mask with `read`, which answers
 /// false for a path it does not know.
 pub fn read_mask(mask: Option<&prost_types::FieldMask>, mut read: impl FnMut(&str) -> Result<bool>) -> Result<()> {
@@ -301,25 +191,6 @@ pub fn read_mask(mask: Option<&prost_types::FieldMask>, mut read: impl FnMut(&st
         }
     }
     Ok(())
-}
-
-/// Reads mask path `path` into `limits` when it names a limit (the same
-/// paths on keys and identities): whether it did.
-pub fn limit_path(limits: &mut LimitChanges, path: &str, update: LimitUpdate<'_>) -> Result<bool> {
-    match path {
-        "rate_limit" => {
-            limits.rate_limit =
-                Some(update.rate_limit.map(|l| rate_limit_from_proto("update.rate_limit", l)).transpose()?);
-        }
-        "allowed_cidrs" => limits.allowed_cidrs = Some(update.allowed_cidrs.to_vec()),
-        "credits" => limits.credits = Some(credits_change_from_proto("update.credits", update.credits)?),
-        "credit_refill" => {
-            limits.credit_refill =
-                Some(update.credit_refill.map(|r| refill_from_proto("update.credit_refill", r)).transpose()?);
-        }
-        _ => return Ok(false),
-    }
-    Ok(true)
 }
 
 /// The principal a verified key speaks for.
@@ -485,117 +356,6 @@ pub fn connection_to_proto(connection: &Connection) -> pb::Connection {
         created_at: Some(time_to_proto(connection.created_at)),
         updated_at: Some(time_to_proto(connection.updated_at)),
         last_refreshed_at: connection.refreshed_at.map(time_to_proto),
-    }
-}
-
-/// A sidecar's usage report → domain. Old sidecars' `entries` count as
-/// allowed checks in the minute of their last use, with no report id.
-pub fn usage_report_from_proto(request: sync_pb::ReportUsageRequest) -> Result<UsageReport> {
-    let count = |field: String, value: u64| i64::try_from(value).map_err(|_| Error::invalid(field, "is out of range"));
-    let mut counts = Vec::with_capacity(request.counts.len() + request.entries.len());
-    for (i, entry) in request.entries.into_iter().enumerate() {
-        let field = format!("entries[{i}].last_used_at");
-        let last_used_at =
-            time_from_proto(&field, entry.last_used_at.ok_or_else(|| Error::invalid(&field, "is required"))?)?;
-        counts.push(MinuteCount {
-            minute: Granularity::Minute.bucket_of(last_used_at.timestamp()),
-            counts: Counts { allowed: count(format!("entries[{i}].count"), entry.count)?, ..Counts::default() },
-            last_used_at: Some(last_used_at),
-            key_id: entry.key_id,
-        });
-    }
-    for (i, entry) in request.counts.into_iter().enumerate() {
-        let field = format!("counts[{i}].minute");
-        let minute = time_from_proto(&field, entry.minute.ok_or_else(|| Error::invalid(&field, "is required"))?)?;
-        if minute.timestamp_subsec_nanos() != 0 {
-            return Err(Error::invalid(field, "must be the start of a minute"));
-        }
-        let last_used_at =
-            entry.last_used_at.map(|at| time_from_proto(&format!("counts[{i}].last_used_at"), at)).transpose()?;
-        counts.push(MinuteCount {
-            minute: minute.timestamp(),
-            counts: Counts {
-                allowed: count(format!("counts[{i}].allowed"), entry.allowed)?,
-                unauthorized: count(format!("counts[{i}].unauthorized"), entry.unauthorized)?,
-                forbidden: count(format!("counts[{i}].forbidden"), entry.forbidden)?,
-                rate_limited: count(format!("counts[{i}].rate_limited"), entry.rate_limited)?,
-            },
-            last_used_at,
-            key_id: entry.key_id,
-        });
-    }
-    let report_id = Some(request.report_id).filter(|id| !id.is_empty());
-    Ok(UsageReport { report_id, counts })
-}
-
-/// Protobuf granularity → domain (`None` for unspecified).
-pub fn granularity_from_proto(field: &str, value: i32) -> Result<Option<Granularity>> {
-    match pb::Granularity::try_from(value) {
-        Ok(pb::Granularity::Unspecified) => Ok(None),
-        Ok(pb::Granularity::Minute) => Ok(Some(Granularity::Minute)),
-        Ok(pb::Granularity::Hour) => Ok(Some(Granularity::Hour)),
-        Ok(pb::Granularity::Day) => Ok(Some(Granularity::Day)),
-        Err(_) => Err(Error::invalid(field, format!("unknown granularity {value}"))),
-    }
-}
-
-/// Protobuf outcome → domain (`None` for unspecified: the total).
-pub fn outcome_from_proto(field: &str, value: i32) -> Result<Option<Outcome>> {
-    match pb::UsageOutcome::try_from(value) {
-        Ok(pb::UsageOutcome::Unspecified) => Ok(None),
-        Ok(pb::UsageOutcome::Allowed) => Ok(Some(Outcome::Allowed)),
-        Ok(pb::UsageOutcome::Unauthorized) => Ok(Some(Outcome::Unauthorized)),
-        Ok(pb::UsageOutcome::Forbidden) => Ok(Some(Outcome::Forbidden)),
-        Ok(pb::UsageOutcome::RateLimited) => Ok(Some(Outcome::RateLimited)),
-        Err(_) => Err(Error::invalid(field, format!("unknown outcome {value}"))),
-    }
-}
-
-/// A query range from its protobuf fields.
-pub fn range_from_proto(
-    start: Option<prost_types::Timestamp>,
-    end: Option<prost_types::Timestamp>,
-    granularity: i32,
-) -> Result<RangeRequest> {
-    Ok(RangeRequest {
-        start: start.map(|t| time_from_proto("start_time", t)).transpose()?,
-        end: end.map(|t| time_from_proto("end_time", t)).transpose()?,
-        granularity: granularity_from_proto("granularity", granularity)?,
-    })
-}
-
-/// Counts → protobuf.
-pub fn counts_to_proto(counts: &Counts) -> pb::UsageCounts {
-    let n = |value: i64| u64::try_from(value).unwrap_or(0);
-    pb::UsageCounts {
-        allowed: n(counts.allowed),
-        unauthorized: n(counts.unauthorized),
-        forbidden: n(counts.forbidden),
-        rate_limited: n(counts.rate_limited),
-        total: n(counts.total()),
-    }
-}
-
-/// A ranked key → protobuf.
-pub fn key_ranking_to_proto(ranking: &KeyRanking) -> pb::KeyUsageSummary {
-    pb::KeyUsageSummary {
-        key_id: ranking.key_id.clone(),
-        name: ranking.name.clone(),
-        environment: environment_to_proto(ranking.environment).into(),
-        counts: Some(counts_to_proto(&ranking.counts)),
-    }
-}
-
-/// A delivery-stats bucket → protobuf.
-pub fn delivery_stats_to_proto(bucket: &DeliveryStatsBucket) -> pb::DeliveryStatsBucket {
-    let n = |value: i64| u64::try_from(value).unwrap_or(0);
-    pb::DeliveryStatsBucket {
-        start_time: Some(time_to_proto(bucket.start)),
-        attempts: n(bucket.attempts),
-        succeeded: n(bucket.succeeded),
-        failed: n(bucket.failed),
-        p50_latency: bucket.p50.and_then(|d| prost_types::Duration::try_from(d).ok()),
-        p99_latency: bucket.p99.and_then(|d| prost_types::Duration::try_from(d).ok()),
     }
 }
 

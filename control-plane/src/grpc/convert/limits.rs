@@ -1,0 +1,144 @@
+//! The limits of keys and identities (rate limit, allow-list, credits),
+//! read the same way from either's create and update requests.
+
+use keyplane_proto::admin::v1 as pb;
+
+use super::{duration_from_proto, time_to_proto};
+use crate::error::{Error, Result};
+use crate::service::records::{Credits, CreditsChange, LimitChanges, NewLimits, RateLimit, Refill, RefillPeriod};
+
+/// A create request (of a key or an identity): its limit fields, taken out.
+pub trait CreateLimits {
+    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>);
+}
+
+impl CreateLimits for pb::CreateApiKeyRequest {
+    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
+        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
+    }
+}
+
+impl CreateLimits for pb::CreateIdentityRequest {
+    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
+        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
+    }
+}
+
+/// The limits of a create request → domain.
+pub fn new_limits(request: &mut impl CreateLimits) -> Result<NewLimits> {
+    let (rate_limit, allowed_cidrs, credits) = request.take_limits();
+    Ok(NewLimits {
+        rate_limit: rate_limit.map(|l| rate_limit_from_proto("rate_limit", l)).transpose()?,
+        allowed_cidrs,
+        credits: credits.map(|c| credits_from_proto("credits", c)).transpose()?,
+    })
+}
+
+/// Protobuf rate limit → domain.
+pub fn rate_limit_from_proto(field: &str, limit: pb::RateLimit) -> Result<RateLimit> {
+    let window = limit.window.ok_or_else(|| Error::invalid(format!("{field}.window"), "is required"))?;
+    let global = match pb::RateLimitScope::try_from(limit.scope) {
+        Ok(pb::RateLimitScope::Unspecified | pb::RateLimitScope::Local) => false,
+        Ok(pb::RateLimitScope::Global) => true,
+        Err(_) => return Err(Error::invalid(format!("{field}.scope"), format!("unknown scope {}", limit.scope))),
+    };
+    Ok(RateLimit { requests: limit.requests, window: duration_from_proto(&format!("{field}.window"), window)?, global })
+}
+
+pub(super) fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
+    let scope = if limit.global { pb::RateLimitScope::Global } else { pb::RateLimitScope::Local };
+    pb::RateLimit {
+        requests: limit.requests,
+        window: prost_types::Duration::try_from(limit.window).ok(),
+        scope: scope.into(),
+    }
+}
+
+pub(super) fn credits_to_proto(credits: Credits) -> pb::Credits {
+    pb::Credits {
+        remaining: credits.remaining,
+        refill: credits.refill.map(|refill| pb::CreditRefill {
+            amount: refill.amount,
+            period: Some(match refill.period {
+                RefillPeriod::Every(every) => {
+                    pb::credit_refill::Period::Every(prost_types::Duration::try_from(every).unwrap_or_default())
+                }
+                RefillPeriod::Daily => pb::credit_refill::Period::Daily(true),
+                RefillPeriod::Monthly(day) => pb::credit_refill::Period::MonthlyOnDay(day),
+            }),
+            next_refill_at: credits.next_refill_at.map(time_to_proto),
+        }),
+    }
+}
+
+/// Protobuf credits → (remaining, refill).
+pub fn credits_from_proto(field: &str, credits: pb::Credits) -> Result<(u64, Option<Refill>)> {
+    let refill = credits.refill.map(|r| refill_from_proto(&format!("{field}.refill"), r)).transpose()?;
+    Ok((credits.remaining, refill))
+}
+
+/// Protobuf refill → domain.
+pub fn refill_from_proto(field: &str, refill: pb::CreditRefill) -> Result<Refill> {
+    let period = match refill.period {
+        Some(pb::credit_refill::Period::Every(every)) => {
+            RefillPeriod::Every(duration_from_proto(&format!("{field}.every"), every)?)
+        }
+        Some(pb::credit_refill::Period::Daily(true)) => RefillPeriod::Daily,
+        Some(pb::credit_refill::Period::MonthlyOnDay(day)) => RefillPeriod::Monthly(day),
+        Some(pb::credit_refill::Period::Daily(false)) | None => {
+            return Err(Error::invalid(format!("{field}.period"), "set one of every, daily or monthly_on_day"));
+        }
+    };
+    Ok(Refill { amount: refill.amount, period })
+}
+
+/// Protobuf credits change → domain.
+pub fn credits_change_from_proto(field: &str, change: Option<pb::CreditsChange>) -> Result<CreditsChange> {
+    match change.and_then(|c| c.change) {
+        Some(pb::credits_change::Change::Set(n)) => Ok(CreditsChange::Set(n)),
+        Some(pb::credits_change::Change::Add(n)) => Ok(CreditsChange::Add(n)),
+        Some(pb::credits_change::Change::Subtract(n)) => Ok(CreditsChange::Subtract(n)),
+        None => Err(Error::invalid(field, "set one of set, add or subtract")),
+    }
+}
+
+/// The limit fields of an update (of a key or an identity), as sent.
+pub struct LimitUpdate<'a> {
+    pub rate_limit: Option<pb::RateLimit>,
+    pub allowed_cidrs: &'a [String],
+    pub credits: Option<pb::CreditsChange>,
+    pub credit_refill: Option<pb::CreditRefill>,
+}
+
+impl<'a> From<&'a pb::ApiKeyUpdate> for LimitUpdate<'a> {
+    fn from(update: &'a pb::ApiKeyUpdate) -> Self {
+        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
+        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
+    }
+}
+
+impl<'a> From<&'a pb::IdentityUpdate> for LimitUpdate<'a> {
+    fn from(update: &'a pb::IdentityUpdate) -> Self {
+        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
+        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
+    }
+}
+
+/// Reads mask path `path` into `limits` when it names a limit (the same
+/// paths on keys and identities): whether it did.
+pub fn limit_path(limits: &mut LimitChanges, path: &str, update: LimitUpdate<'_>) -> Result<bool> {
+    match path {
+        "rate_limit" => {
+            limits.rate_limit =
+                Some(update.rate_limit.map(|l| rate_limit_from_proto("update.rate_limit", l)).transpose()?);
+        }
+        "allowed_cidrs" => limits.allowed_cidrs = Some(update.allowed_cidrs.to_vec()),
+        "credits" => limits.credits = Some(credits_change_from_proto("update.credits", update.credits)?),
+        "credit_refill" => {
+            limits.credit_refill =
+                Some(update.credit_refill.map(|r| refill_from_proto("update.credit_refill", r)).transpose()?);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
