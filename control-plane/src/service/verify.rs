@@ -107,7 +107,7 @@ impl VerifiedKey {
 
     /// Whether a use spends credits (of the key, its identity, or both).
     pub fn has_credits(&self) -> bool {
-        self.key.credits().is_some() || self.identity.as_ref().is_some_and(|i| i.credits().is_some())
+        self.key.has_credits() || self.identity.as_ref().is_some_and(HasLimits::has_credits)
     }
 }
 

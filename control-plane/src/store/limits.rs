@@ -129,6 +129,9 @@ pub trait HasLimits {
     fn credits(&self) -> Option<Credits>;
     /// Whether a client at `client` passes its allow-list.
     fn allows_client(&self, client: Option<IpAddr>) -> bool;
+    /// Whether it is limited to a number of uses (one column read, for
+    /// the verification path: [`Self::credits`] builds the whole value).
+    fn has_credits(&self) -> bool;
 }
 
 impl<M> HasLimits for M
@@ -150,7 +153,7 @@ where
     }
 
     fn allowed_cidr_list(&self) -> Vec<String> {
-        policy::cidr_list(&read(self, M::Entity::LIMITS.allowed_cidrs))
+        policy::cidr_list(read(self, M::Entity::LIMITS.allowed_cidrs))
     }
 
     fn credits(&self) -> Option<Credits> {
@@ -164,7 +167,11 @@ where
     }
 
     fn allows_client(&self, client: Option<IpAddr>) -> bool {
-        policy::allows(&read(self, M::Entity::LIMITS.allowed_cidrs), client)
+        policy::allows(read(self, M::Entity::LIMITS.allowed_cidrs), client)
+    }
+
+    fn has_credits(&self) -> bool {
+        read::<_, i64>(self, M::Entity::LIMITS.credits_remaining).is_some()
     }
 }
 

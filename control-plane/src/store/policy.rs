@@ -170,13 +170,13 @@ pub(super) fn cidr_column(cidrs: Vec<String>) -> Option<Json> {
 }
 
 /// The canonical CIDRs of a stored allow-list; empty = anywhere.
-pub(super) fn cidr_list(column: &Option<Json>) -> Vec<String> {
-    column.clone().and_then(|list| serde_json::from_value(list).ok()).unwrap_or_default()
+pub(super) fn cidr_list(column: Option<Json>) -> Vec<String> {
+    column.and_then(|list| serde_json::from_value(list).ok()).unwrap_or_default()
 }
 
 /// Whether a client at `client` passes the allow-list in `column`: any
 /// client when there is none, otherwise only one inside it.
-pub(super) fn allows(column: &Option<Json>, client: Option<std::net::IpAddr>) -> bool {
+pub(super) fn allows(column: Option<Json>, client: Option<std::net::IpAddr>) -> bool {
     let allowed = cidr_list(column);
     allowed.is_empty()
         || client.map(|ip| ip.to_canonical()).is_some_and(|ip| {

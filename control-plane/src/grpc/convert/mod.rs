@@ -204,13 +204,13 @@ pub fn principal_to_proto(verified: &VerifiedKey) -> pb::Principal {
         expires_at: key.expires_at.map(time_to_proto),
         rate_limit: key.rate_limit().map(rate_limit_to_proto),
         allowed_cidrs: key.allowed_cidr_list(),
-        has_credits: key.credits().is_some(),
+        has_credits: key.has_credits(),
         identity: verified.identity.as_ref().map(|identity| pb::PrincipalIdentity {
             id: identity.id.clone(),
             external_id: identity.external_id.clone(),
             rate_limit: identity.rate_limit().map(rate_limit_to_proto),
             allowed_cidrs: identity.allowed_cidr_list(),
-            has_credits: identity.credits().is_some(),
+            has_credits: identity.has_credits(),
         }),
     }
 }
