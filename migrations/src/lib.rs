@@ -21,6 +21,7 @@ mod m20261202_000013_global_rate_limits;
 mod m20261202_000014_identities;
 mod m20261203_000015_rollup_read_indexes;
 mod m20261206_000016_console_shown_once;
+mod m20261207_000017_signature_schemes;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000014_identities::Migration),
             Box::new(m20261203_000015_rollup_read_indexes::Migration),
             Box::new(m20261206_000016_console_shown_once::Migration),
+            Box::new(m20261207_000017_signature_schemes::Migration),
         ]
     }
 }

@@ -53,7 +53,7 @@ pub struct Peer(pub Option<std::net::SocketAddr>);
 
 /// Every route of the console.
 pub fn router(console: Arc<Console>) -> Router {
-    use pages::{audit, connections, deliveries, keys, overview, shown, signin, webhooks};
+    use pages::{audit, connections, deliveries, endpoint, keys, overview, shown, signin, webhooks};
     Router::new()
         .route("/", get(overview::show))
         .route("/login", get(signin::form).post(signin::sign_in))
@@ -71,12 +71,13 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/webhooks/new", get(webhooks::new_form))
         .route("/webhooks/portal-link", post(webhooks::portal_link))
-        .route("/webhooks/{id}", get(webhooks::show))
+        .route("/webhooks/{id}", get(endpoint::show))
         .route("/webhooks/{id}/update", post(webhooks::update))
         .route("/webhooks/{id}/enable", post(webhooks::enable))
         .route("/webhooks/{id}/disable", post(webhooks::disable))
         .route("/webhooks/{id}/approve", post(webhooks::approve))
         .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/webhooks/{id}/standard-signatures", post(webhooks::standard_signatures))
         .route("/webhooks/{id}/test", post(webhooks::send_test))
         .route("/webhooks/{id}/recover", post(webhooks::recover))
         .route("/webhooks/{id}/delete", get(webhooks::confirm_delete).post(webhooks::delete))

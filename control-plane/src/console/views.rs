@@ -265,6 +265,8 @@ pub struct SubscriptionDetail {
     pub rate_limit_input: String,
     pub failing_since: String,
     pub created: String,
+    /// The legacy signature headers sent beside Standard Webhooks' (empty: none).
+    pub legacy_signature: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -326,6 +328,8 @@ pub struct DeliveryPage {
     pub url: String,
     /// The request body every attempt sends (empty when the event is gone).
     pub body: String,
+    /// Legacy signature headers sent too (`name: what`).
+    pub legacy_headers: Vec<String>,
     pub attempts: Vec<AttemptRow>,
 }
 

@@ -38,6 +38,10 @@ fn changes(request: &pb::UpdateSubscriptionRequest) -> Result<SubscriptionChange
             "description" => changes.description = Some(update.description.clone()),
             "enabled" => changes.enabled = Some(update.enabled),
             "rate_limit_per_second" => changes.rate_limit_per_second = Some(update.rate_limit_per_second),
+            "signature_scheme" => {
+                let scheme = convert::scheme_from_proto("update.signature_scheme", update.signature_scheme.clone())?;
+                changes.signature_scheme = Some(scheme);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -51,7 +55,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::CreateSubscriptionResponse>, Status> {
-        let ctx = request_context(&self.auth, &request).await?;
+        let ctx = allowed_context(&self.auth, &request, Action::WriteSubscriptions, |r| &r.org_id).await?;
         let request = request.into_inner();
         let new = NewSubscription {
             org_id: request.org_id,
@@ -59,6 +63,8 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
             event_types: request.event_types,
             description: request.description,
             rate_limit_per_second: request.rate_limit_per_second,
+            signature_scheme: convert::scheme_from_proto("signature_scheme", request.signature_scheme)?,
+            secret: request.secret,
         };
         let created = self.webhooks.create(&ctx, new).await?;
         Ok(Response::new(pb::CreateSubscriptionResponse {

@@ -6,6 +6,7 @@ use sea_orm::{ActiveValue::Set, IntoActiveModel, QueryOrder, QuerySelect};
 use serde::Serialize;
 
 use super::OrgTx;
+use crate::crypto::signing::legacy::SignatureScheme;
 use crate::error::Result;
 
 /// A webhook subscription. `sealed_secrets` holds the signing secrets sealed
@@ -33,6 +34,9 @@ pub struct Model {
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// A [`SignatureScheme`] as JSON; null means Standard Webhooks only.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub signature_scheme: Option<Json>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -74,6 +78,7 @@ pub struct NewSubscriptionRow {
     pub status: SubscriptionStatus,
     pub rate_limit_per_second: i32,
     pub sealed_secrets: String,
+    pub signature_scheme: SignatureScheme,
 }
 
 /// Column changes of [`update`]; `None` leaves a column alone, and for the
@@ -88,12 +93,24 @@ pub struct SubscriptionUpdate {
     pub failing_since: Option<Option<DateTime<Utc>>>,
     pub rate_limit_per_second: Option<i32>,
     pub sealed_secrets: Option<String>,
+    pub signature_scheme: Option<SignatureScheme>,
+}
+
+/// The stored form of a scheme: null for the default.
+fn scheme_column(scheme: &SignatureScheme) -> Option<Json> {
+    (*scheme != SignatureScheme::StandardWebhooks).then(|| serde_json::to_value(scheme).unwrap_or_default())
 }
 
 impl Model {
     /// The subscription's event types and patterns.
     pub fn event_type_list(&self) -> Vec<String> {
         serde_json::from_value(self.event_types.clone()).unwrap_or_default()
+    }
+
+    /// How its deliveries are signed. Only [`insert`] and [`update`] write
+    /// the column, from a checked scheme.
+    pub fn signature_scheme(&self) -> SignatureScheme {
+        self.signature_scheme.clone().and_then(|json| serde_json::from_value(json).ok()).unwrap_or_default()
     }
 }
 
@@ -113,6 +130,7 @@ pub async fn insert(tx: &OrgTx, new: NewSubscriptionRow) -> Result<Model> {
         failing_since: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        signature_scheme: Set(scheme_column(&new.signature_scheme)),
     };
     Ok(row.insert(tx.conn()).await?)
 }
@@ -171,6 +189,9 @@ pub async fn update(tx: &OrgTx, subscription: Model, changes: SubscriptionUpdate
     }
     if let Some(sealed) = changes.sealed_secrets {
         row.sealed_secrets = Set(sealed);
+    }
+    if let Some(scheme) = changes.signature_scheme {
+        row.signature_scheme = Set(scheme_column(&scheme));
     }
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)

@@ -83,6 +83,25 @@ async fn a_portal_link_opens_one_orgs_webhooks_once(backend: Backend) {
     customer.get(&format!("/webhooks/{}", mine.id)).await;
     assert_eq!(customer.post(&format!("/webhooks/{}/disable", mine.id), &[]).await.status, 303);
 
+    // An endpoint still on a legacy signature shows it, and the switch.
+    let legacy = pb::HmacHeaderScheme { header: "X-Webhook-Signature".into(), ..Default::default() };
+    let request = pb::CreateSubscriptionRequest {
+        org_id: org.clone(),
+        url: "https://hooks.example.com/legacy".into(),
+        event_types: vec!["*".into()],
+        signature_scheme: Some(pb::SignatureScheme { scheme: Some(pb::signature_scheme::Scheme::HmacHeader(legacy)) }),
+        ..Default::default()
+    };
+    let created = plane.webhooks(&writer).await.create_subscription(request).await.expect("create").into_inner();
+    let legacy_id = created.subscription.expect("subscription").id;
+    let page = customer.get(&format!("/webhooks/{legacy_id}")).await;
+    assert!(page.body.contains("x-webhook-signature: &#60;hex HMAC-SHA256 of body&#62;"), "{}", page.body);
+    let switch = format!("/webhooks/{legacy_id}/standard-signatures");
+    assert!(page.body.contains(&switch));
+    assert_eq!(customer.post(&switch, &[]).await.status, 303);
+    let page = customer.get(&format!("/webhooks/{legacy_id}")).await;
+    assert!(!page.body.contains("x-webhook-signature") && !page.body.contains(&switch));
+
     // A link opens once.
     let again = ConsoleClient::new(plane.console_addr);
     assert_eq!(again.open_portal(&path).await.status, 404);

@@ -4,6 +4,7 @@
 mod concurrency;
 mod delivery;
 mod disabling;
+mod legacy;
 mod listing;
 mod retries;
 mod rules;

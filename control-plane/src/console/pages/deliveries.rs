@@ -39,6 +39,7 @@ pub async fn show(State(console): State<Arc<Console>>, signed: Signed, Path(id):
             next_attempt: when(delivery.next_attempt_at),
             url: detail.url.unwrap_or_else(|| "(the endpoint was deleted)".into()),
             body: detail.body.unwrap_or_default(),
+            legacy_headers: detail.signature_scheme.describe(),
             created: when(delivery.created_at),
             id: delivery.id,
             subscription_id: delivery.subscription_id,

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod connections;
 pub mod deliveries;
+pub mod endpoint;
 pub mod keys;
 pub mod overview;
 pub mod shown;

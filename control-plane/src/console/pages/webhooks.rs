@@ -1,6 +1,6 @@
-//! Webhook endpoints: the list, creation (the secret shown once), an
-//! endpoint's page (status actions, secret rotation, attempt statistics,
-//! delivery log with filters and pages), recovery, test events, portal links.
+//! Webhook endpoints: the list, creation (the secret shown once), changes
+//! (settings, status, secret rotation, the switch to Standard Webhooks),
+//! recovery, test events, portal links. An endpoint's page is `endpoint.rs`.
 
 use std::sync::Arc;
 
@@ -9,22 +9,17 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::shown::show_once;
-use super::{bad_request, local_time, next_page, page_request, render, respond, see_other, window, words};
+use super::{bad_request, local_time, next_page, page_request, render, respond, see_other, words};
 use crate::console::Console;
-use crate::console::chart::{self, Chart, Series};
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
 use crate::console::views::{
-    ChartView, ConfirmPage, DeliveryFilterForm, DeliveryRow, NewWebhookPage, SubscriptionDetail, SubscriptionRow,
-    WebhookForm, WebhookPage, WebhooksPage, when, when_or_dash,
+    ConfirmPage, NewWebhookPage, SubscriptionRow, WebhookForm, WebhooksPage, when, when_or_dash,
 };
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
-use crate::service::paging::ListQuery;
-use crate::service::records::Granularity;
-use crate::service::records::{DeliveryFilter, DeliveryStatus, Subscription, SubscriptionStatus};
+use crate::service::records::SignatureScheme;
 use crate::service::sessions::ShownOnce;
-use crate::service::usage::DeliveryStatsBucket;
 use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
 
 #[derive(Default, Deserialize)]
@@ -77,6 +72,7 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<Webhoo
                 event_types: words(&form.event_types),
                 description: form.description.trim().to_owned(),
                 rate_limit_per_second,
+                ..NewSubscription::default()
             };
             console.webhooks.create(&signed.ctx, new).await
         }
@@ -106,143 +102,6 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<Webhoo
         Err(other) => Err(other),
     };
     respond(&nav, result)
-}
-
-#[derive(Default, Deserialize)]
-#[serde(default)]
-pub struct ShowQuery {
-    #[serde(flatten)]
-    filter: DeliveryFilterForm,
-    /// How many failed deliveries a recovery queued: the page's only notice.
-    /// Notices are built here from codes, never from text in the URL (a
-    /// link could otherwise put any words on a trusted page).
-    recovered: Option<u64>,
-}
-
-pub async fn show(
-    State(console): State<Arc<Console>>,
-    signed: Signed,
-    Path(id): Path<String>,
-    Query(query): Query<ShowQuery>,
-) -> Response {
-    let nav = signed.nav("webhooks");
-    let result = async {
-        let (ctx, org) = (&signed.ctx, signed.org());
-        let subscription = console.webhooks.get(ctx, &org, &id).await?;
-        let stats = if nav.can.usage_read {
-            let buckets = console.usage.delivery_stats(ctx, &org, Some(&id), window(Granularity::Hour)).await?;
-            Some(stats_chart(&buckets))
-        } else {
-            None
-        };
-        let (deliveries, next) = if nav.can.deliveries_read {
-            let filter = &query.filter;
-            let listing = ListQuery {
-                org_id: org.clone(),
-                page: page_request(&filter.page),
-                filter: DeliveryFilter {
-                    subscription_id: Some(id.clone()),
-                    status: match filter.status.as_str() {
-                        "pending" => Some(DeliveryStatus::Pending),
-                        "succeeded" => Some(DeliveryStatus::Succeeded),
-                        "failed" => Some(DeliveryStatus::Failed),
-                        _ => None,
-                    },
-                    event_type: Some(filter.event_type.trim().to_owned()).filter(|t| !t.is_empty()),
-                    created_after: local_time("since", &filter.since)?,
-                    created_before: local_time("until", &filter.until)?,
-                },
-            };
-            let page = console.deliveries.list(ctx, listing).await?;
-            let filters = [
-                ("status", filter.status.as_str()),
-                ("event_type", &filter.event_type),
-                ("since", &filter.since),
-                ("until", &filter.until),
-            ];
-            let next = next_page(&filters, &page.next_page_token);
-            let rows = page
-                .items
-                .iter()
-                .map(|d| DeliveryRow {
-                    id: d.id.clone(),
-                    event_type: d.event_type.clone(),
-                    status: d.status.as_str().to_owned(),
-                    attempts: d.attempt_count.to_string(),
-                    last_status: match (d.last_status_code, &d.last_error) {
-                        (Some(code), _) => format!("HTTP {code}"),
-                        (None, Some(error)) => error.clone(),
-                        (None, None) => "—".into(),
-                    },
-                    created: when(d.created_at),
-                })
-                .collect();
-            (rows, next)
-        } else {
-            (Vec::new(), None)
-        };
-        let notice = query.recovered.map(|n| format!("{n} failed deliveries will be sent again."));
-        render(&WebhookPage {
-            nav: Some(nav.clone()),
-            subscription: detail(&subscription),
-            stats,
-            deliveries,
-            filter: query.filter,
-            next,
-            notice,
-        })
-    };
-    respond(&nav, result.await)
-}
-
-fn detail(subscription: &Subscription) -> SubscriptionDetail {
-    SubscriptionDetail {
-        id: subscription.id.clone(),
-        url: subscription.url.clone(),
-        event_types: subscription.event_type_list().join(" "),
-        description: subscription.description.clone(),
-        status: subscription.status.as_str().to_owned(),
-        active: subscription.status == SubscriptionStatus::Active,
-        pending_approval: subscription.status == SubscriptionStatus::PendingApproval,
-        disabled_reason: subscription.disabled_reason.clone().unwrap_or_default(),
-        rate_limit: match subscription.rate_limit_per_second {
-            0 => "none".into(),
-            n => format!("{n} per second"),
-        },
-        rate_limit_input: match subscription.rate_limit_per_second {
-            0 => String::new(),
-            n => n.to_string(),
-        },
-        failing_since: when_or_dash(subscription.failing_since),
-        created: when(subscription.created_at),
-    }
-}
-
-/// Attempts per hour, succeeded and failed, with the median latency in the table.
-fn stats_chart(buckets: &[DeliveryStatsBucket]) -> ChartView {
-    let labels: Vec<String> = buckets.iter().map(|b| super::bucket_label(b.start, Granularity::Hour)).collect();
-    let series = vec![
-        Series { name: "succeeded", color: "green", values: buckets.iter().map(|b| b.succeeded as f64).collect() },
-        Series { name: "failed", color: "red", values: buckets.iter().map(|b| b.failed as f64).collect() },
-    ];
-    let title = "Delivery attempts, last 24 hours";
-    let svg = chart::line_chart(&Chart { title, unit: "attempts", labels: labels.clone(), series });
-    let ms = |d: Option<std::time::Duration>| {
-        d.map_or_else(|| "—".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0))
-    };
-    let rows = buckets
-        .iter()
-        .zip(labels)
-        .map(|(b, label)| {
-            (label, vec![b.attempts.to_string(), b.succeeded.to_string(), b.failed.to_string(), ms(b.p50), ms(b.p99)])
-        })
-        .collect();
-    ChartView {
-        svg,
-        caption: title.into(),
-        columns: ["hour", "attempts", "succeeded", "failed", "p50 latency", "p99 latency"].map(str::to_owned).to_vec(),
-        rows,
-    }
 }
 
 pub async fn update(
@@ -282,6 +141,25 @@ pub async fn enable(State(console): State<Arc<Console>>, Path(id): Path<String>,
 
 pub async fn disable(State(console): State<Arc<Console>>, Path(id): Path<String>, post: SignedForm<Empty>) -> Response {
     set_enabled(&console, post.signed, &id, false).await
+}
+
+/// Drops a legacy signature header, once the receiver verifies Standard Webhooks.
+pub async fn standard_signatures(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    post: SignedForm<Empty>,
+) -> Response {
+    let signed = post.signed;
+    let nav = signed.nav("webhooks");
+    let result = async {
+        let changes = SubscriptionChanges {
+            signature_scheme: Some(SignatureScheme::StandardWebhooks),
+            ..SubscriptionChanges::default()
+        };
+        console.webhooks.update(&signed.ctx, &signed.org(), &id, changes).await?;
+        see_other(&format!("/webhooks/{id}"))
+    };
+    respond(&nav, result.await)
 }
 
 pub async fn approve(State(console): State<Arc<Console>>, Path(id): Path<String>, post: SignedForm<Empty>) -> Response {

@@ -2,6 +2,7 @@
 //! field violations naming the request field.
 
 mod limits;
+mod schemes;
 mod usage;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub use limits::{
     rate_limit_from_proto, refill_from_proto,
 };
 use limits::{credits_to_proto, rate_limit_to_proto};
+pub use schemes::scheme_from_proto;
 pub use usage::{
     counts_to_proto, delivery_stats_to_proto, granularity_from_proto, key_ranking_to_proto, outcome_from_proto,
     range_from_proto, usage_report_from_proto,
@@ -281,6 +283,7 @@ pub fn subscription_to_proto(subscription: &Subscription) -> pb::Subscription {
         failing_since: subscription.failing_since.map(time_to_proto),
         created_at: Some(time_to_proto(subscription.created_at)),
         updated_at: Some(time_to_proto(subscription.updated_at)),
+        signature_scheme: Some(schemes::scheme_to_proto(&subscription.signature_scheme())),
     }
 }
 

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::dispatch::delivery_body;
 use super::outbox;
+use crate::crypto::signing::legacy::SignatureScheme;
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
@@ -26,7 +27,10 @@ pub struct DeliveryDetail {
     pub body: Option<String>,
     /// Where it is sent.
     pub url: Option<String>,
+    /// How it is signed (Standard Webhooks when the endpoint is gone).
+    pub signature_scheme: SignatureScheme,
 }
+
 /// Event type of [`DeliveryService::send_test`].
 pub const TEST_EVENT_TYPE: &str = "webhook.test";
 
@@ -80,6 +84,7 @@ impl DeliveryService {
         let endpoint = webhooks::find(&self.db, &delivery.org_id, &delivery.subscription_id).await?;
         Ok(DeliveryDetail {
             body: event.as_ref().map(delivery_body),
+            signature_scheme: endpoint.as_ref().map(webhooks::Model::signature_scheme).unwrap_or_default(),
             url: endpoint.map(|endpoint| endpoint.url),
             delivery,
             attempts,

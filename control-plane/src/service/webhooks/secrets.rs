@@ -24,9 +24,10 @@ struct StoredSecret {
 pub struct SecretSet(Vec<StoredSecret>);
 
 impl SecretSet {
-    /// A set of one new secret; returns it and the secret (`whsec_…`) to show once.
-    pub fn generate() -> (Self, String) {
-        let secret = WebhookSecret::generate().expose();
+    /// A set of one secret, `imported` or new; returns it and the secret
+    /// (`whsec_…`) to show once.
+    pub fn new(imported: Option<WebhookSecret>) -> (Self, String) {
+        let secret = imported.unwrap_or_else(WebhookSecret::generate).expose();
         (Self(vec![StoredSecret { secret: secret.clone(), expires_at: None }]), secret)
     }
 
@@ -58,7 +59,7 @@ impl SecretSet {
         self.0.len()
     }
 
-    /// The keys that sign deliveries.
+    /// The keys that sign deliveries, oldest first.
     pub fn signing_keys(&self) -> Result<Vec<WebhookSecret>> {
         self.0.iter().map(|s| WebhookSecret::parse(&s.secret)).collect()
     }

@@ -11,6 +11,8 @@ use super::event_types::check_patterns;
 use super::policy::WebhookPolicy;
 use super::secrets::SecretSet;
 use crate::crypto::MasterKeys;
+use crate::crypto::signing::WebhookSecret;
+use crate::crypto::signing::legacy::SignatureScheme;
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
@@ -40,6 +42,10 @@ pub struct NewSubscription {
     pub description: String,
     /// Deliveries per second at most (0: none).
     pub rate_limit_per_second: u32,
+    /// Checked when built (the adapters name its fields).
+    pub signature_scheme: SignatureScheme,
+    /// A secret brought from another system ([`WebhookSecret::import`]); empty: a new one.
+    pub secret: String,
 }
 
 /// Fields to change in [`WebhookService::update`]; `None` leaves a field alone.
@@ -50,6 +56,7 @@ pub struct SubscriptionChanges {
     pub description: Option<String>,
     pub enabled: Option<bool>,
     pub rate_limit_per_second: Option<u32>,
+    pub signature_scheme: Option<SignatureScheme>,
 }
 
 /// A subscription with a secret shown once.
@@ -79,11 +86,16 @@ impl WebhookService {
         let host = violations.absorb(self.policy.check_url("url", &new.url))?;
         check_patterns(&mut violations, "event_types", &new.event_types);
         violations.optional_text("description", &new.description, MAX_DESCRIPTION_CHARS);
+        let rate_limit = violations.absorb(check_rate_limit("rate_limit_per_second", new.rate_limit_per_second))?;
+        let imported = match new.secret.as_str() {
+            "" => None,
+            text => violations.absorb(WebhookSecret::import("secret", text))?,
+        };
         violations.finish()?;
-        let rate_limit = check_rate_limit("rate_limit_per_second", new.rate_limit_per_second)?;
 
         let id = crate::crypto::new_id("sub_");
-        let (secrets, secret) = SecretSet::generate();
+        let secret_source = if imported.is_some() { "imported" } else { "generated" };
+        let (secrets, secret) = SecretSet::new(imported);
         let status = if host.as_deref().is_some_and(|h| self.policy.needs_approval(h)) {
             SubscriptionStatus::PendingApproval
         } else {
@@ -96,7 +108,8 @@ impl WebhookService {
             event_types: new.event_types,
             description: new.description,
             status,
-            rate_limit_per_second: rate_limit,
+            rate_limit_per_second: rate_limit.unwrap_or_default(),
+            signature_scheme: new.signature_scheme,
         };
         let tx = OrgTx::begin(&self.db, &org).await?;
         let existing = webhooks::count(tx.conn(), tx.org()).await?;
@@ -106,7 +119,8 @@ impl WebhookService {
             )));
         }
         let subscription = webhooks::insert(&tx, row).await?;
-        let details = audit_details(&subscription);
+        let mut details = audit_details(&subscription);
+        details["secret"] = json!(secret_source);
         audit::append(&tx, ctx.audit(AuditAction::SubscriptionCreated, &subscription.id, details)).await?;
         tx.commit().await?;
         Ok(WithSecret { subscription, secret })
@@ -154,6 +168,9 @@ impl WebhookService {
         if changes.enabled.is_some() {
             changed.push("enabled");
         }
+        if changes.signature_scheme.is_some() {
+            changed.push("signature_scheme");
+        }
         let rate_limit = match changes.rate_limit_per_second {
             Some(limit) => {
                 changed.push("rate_limit_per_second");
@@ -164,7 +181,8 @@ impl WebhookService {
         if changed.is_empty() {
             violations.add(
                 "update_mask",
-                "name at least one field: url, event_types, description, enabled, rate_limit_per_second",
+                "name at least one field: url, event_types, description, enabled, rate_limit_per_second, \
+                 signature_scheme",
             );
         }
         violations.finish()?;
@@ -178,6 +196,7 @@ impl WebhookService {
             event_types: changes.event_types,
             description: changes.description,
             rate_limit_per_second: rate_limit,
+            signature_scheme: changes.signature_scheme,
             ..SubscriptionUpdate::default()
         };
         match changes.enabled {
@@ -196,7 +215,11 @@ impl WebhookService {
             update.status = Some(SubscriptionStatus::PendingApproval);
         }
         let subscription = webhooks::update(&tx, current, update).await?;
-        audit::append(&tx, ctx.audit(AuditAction::SubscriptionUpdated, id, json!({ "fields": changed }))).await?;
+        let mut details = json!({ "fields": changed });
+        if changed.contains(&"signature_scheme") {
+            details["signature_scheme"] = json!(subscription.signature_scheme());
+        }
+        audit::append(&tx, ctx.audit(AuditAction::SubscriptionUpdated, id, details)).await?;
         tx.commit().await?;
         Ok(subscription)
     }
@@ -275,5 +298,6 @@ fn audit_details(subscription: &webhooks::Model) -> Value {
         "event_types": subscription.event_types,
         "status": subscription.status,
         "rate_limit_per_second": subscription.rate_limit_per_second,
+        "signature_scheme": subscription.signature_scheme(),
     })
 }

@@ -1,5 +1,5 @@
 //! Sending one attempt: the Standard Webhooks request (body, id, timestamp,
-//! every live signature), the endpoint's answer (status, `Retry-After`, a
+//! every live signature, and a legacy header if the subscription has one), the endpoint's answer (status, `Retry-After`, a
 //! body excerpt), and what that answer means for the delivery.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::health::GONE;
 use super::retry::RetrySchedule;
+use crate::crypto::signing::legacy::SignatureScheme;
 use crate::crypto::signing::{WebhookSecret, signature_header};
 use crate::egress::{EgressClient, Failure};
 use crate::metrics::Metrics;
@@ -49,7 +50,7 @@ impl Sender {
         let number = delivery.attempt_count + 1;
         let started_at = store::now();
         let clock = Instant::now();
-        let answer = self.post(&subscription.url, event, secrets).await;
+        let answer = self.post(subscription, event, secrets).await;
         let latency = clock.elapsed();
         let succeeded = matches!(&answer, Ok(a) if (200..300).contains(&a.status));
         let outcome = if succeeded { "succeeded" } else { "failed" };
@@ -87,24 +88,31 @@ impl Sender {
         }
     }
 
-    /// POSTs `event` to `url`, signed with every secret.
-    async fn post(&self, url: &str, event: &events::Model, secrets: &[WebhookSecret]) -> Result<Answer, Failure> {
+    /// POSTs `event` to the subscription's URL, signed with every secret.
+    async fn post(
+        &self,
+        subscription: &webhooks::Model,
+        event: &events::Model,
+        secrets: &[WebhookSecret],
+    ) -> Result<Answer, Failure> {
         // Saved URLs were checked when saved; one that no longer parses is not for sending.
-        let url = reqwest::Url::parse(url).map_err(|_| Failure::NotAllowed)?;
+        let url = reqwest::Url::parse(&subscription.url).map_err(|_| Failure::NotAllowed)?;
         let body = delivery_body(event);
         let timestamp = Utc::now().timestamp();
         let signature = signature_header(secrets, &event.id, timestamp, body.as_bytes());
-        let mut response = self
+        let mut request = self
             .client
             .post(url)?
             .header("webhook-id", &event.id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.client.failure(e))?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let SignatureScheme::HmacHeader(legacy) = subscription.signature_scheme() {
+            for (name, value) in legacy.headers(secrets, timestamp, body.as_bytes()) {
+                request = request.header(name, value);
+            }
+        }
+        let mut response = request.body(body).send().await.map_err(|e| self.client.failure(e))?;
         let status = response.status().as_u16();
         let retry_after =
             response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
