@@ -85,6 +85,10 @@ pub enum Command {
         #[arg(long, env = "KEYPLANE_TOKEN_PREFIX", default_value = "kp", value_parser = parse_prefix)]
         token_prefix: String,
     },
+    /// Bring data from another system through a running Keyplane (README
+    /// "Migrating to Keyplane").
+    #[command(subcommand)]
+    Import(crate::import_cli::ImportCommand),
     /// Print a new master-key file line (`<id>=<base64 key>`) to stdout.
     GenerateMasterKey {
         /// Id of the new key; ids must be unique within the file.

@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod egress;
 pub mod error;
 pub mod grpc;
+pub mod import_cli;
 pub mod metrics;
 pub mod oauth;
 pub mod service;

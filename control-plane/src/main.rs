@@ -4,6 +4,7 @@
 use clap::Parser;
 use keyplane_control_plane::config::{Cli, Command, ConsoleListen, LogFormat};
 use keyplane_control_plane::crypto::MasterKeys;
+use keyplane_control_plane::import_cli::ImportCommand;
 use keyplane_control_plane::{Listeners, MigrateAction};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -57,6 +58,20 @@ async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
             }
             for name in pending {
                 println!("pending  {name}");
+            }
+            Ok(())
+        }
+        Command::Import(ImportCommand::Keys(args)) => {
+            let summary = keyplane_control_plane::import_cli::import_keys(&args).await?;
+            for refusal in &summary.refused {
+                eprintln!("refused  {refusal}");
+            }
+            println!("imported {}", summary.imported);
+            println!("skipped  {} (imported before)", summary.skipped);
+            println!("refused  {}", summary.refused.len());
+            if !summary.refused.is_empty() {
+                // The caller's own records: a status, not an error to log.
+                std::process::exit(2);
             }
             Ok(())
         }

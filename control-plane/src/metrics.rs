@@ -9,6 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -37,6 +38,10 @@ pub struct Metrics {
     pub usage_counts: Family<Labels, Counter>,
     /// Requests refused before any work, by the limit that refused them.
     pub admission_refused: Family<Labels, Counter>,
+    /// Imported keys re-hashed to Keyplane's argon2id on use.
+    pub hash_upgrades: Counter,
+    /// Keys still on another system's hash (refreshed by the expiry sweep).
+    pub keys_on_legacy_hashes: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,8 +81,22 @@ impl Default for Metrics {
              request rate; limit=failed_authentications: the address failed to authenticate too often)",
             admission_refused.clone(),
         );
+        let hash_upgrades = Counter::default();
+        registry.register(
+            "api_key_hash_upgrades",
+            "Imported keys re-hashed to Keyplane's argon2id at their first verification",
+            hash_upgrades.clone(),
+        );
+        let keys_on_legacy_hashes = Gauge::default();
+        registry.register(
+            "api_keys_on_legacy_hashes",
+            "Keys (of every org) still verified with the hash of the system they were imported from",
+            keys_on_legacy_hashes.clone(),
+        );
         Self {
             registry,
+            hash_upgrades,
+            keys_on_legacy_hashes,
             admission_refused,
             verifications,
             argon2_seconds,

@@ -300,7 +300,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn key_id(&self) -> Option<&str> {
+    /// The key the answer is about, when the control plane named one.
+    pub fn key_id(&self) -> Option<&str> {
         match self {
             Verdict::Valid { key_id, .. } => Some(key_id),
             Verdict::Invalid { key_id, .. } => key_id.as_deref(),

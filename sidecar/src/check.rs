@@ -139,9 +139,18 @@ pub fn decide(verdict: &Verdict, required: Requirements<'_>, now: SystemTime) ->
     }
 }
 
+/// The key a token names, for counting a refused check.
+enum Named<'a> {
+    /// A Keyplane token names its key.
+    Token(ParsedToken<'a>),
+    /// An imported token's key, as the control plane named it.
+    Imported(String),
+}
+
 /// Makes check decisions.
 pub struct Checker {
     tokens: TokenFormat,
+    imported_prefixes: Vec<String>,
     environment: Environment,
     max_staleness: Duration,
     fail_open: bool,
@@ -161,6 +170,8 @@ pub struct Checker {
 pub struct CheckerParts {
     /// Token prefix.
     pub tokens: TokenFormat,
+    /// Starts of tokens imported from another system.
+    pub imported_prefixes: Vec<String>,
     /// Environment served.
     pub environment: Environment,
     /// Staleness bound.
@@ -193,6 +204,7 @@ impl Checker {
     pub fn new(parts: CheckerParts) -> Self {
         Self {
             tokens: parts.tokens,
+            imported_prefixes: parts.imported_prefixes,
             environment: parts.environment,
             max_staleness: parts.max_staleness,
             fail_open: parts.fail_open,
@@ -214,7 +226,7 @@ impl Checker {
     /// not a key's). Refused tokens are logged at WARN with the precise
     /// reason, the client's address and the request id.
     pub async fn check(&self, request: &CheckInput<'_>) -> Decision {
-        let (mut decision, parsed) = self.decide(request).await;
+        let (mut decision, named) = self.decide(request).await;
         let (label, reason) = match &mut decision {
             Decision::Allow { key_id, .. } => {
                 self.usage.record(key_id, Outcome::Allowed);
@@ -227,8 +239,11 @@ impl Checker {
                     DenyStatus::RateLimited => Some(Outcome::RateLimited),
                     DenyStatus::BadRequest | DenyStatus::Unavailable => None,
                 };
-                if let (Some(outcome), Some(parsed)) = (outcome, &parsed) {
-                    self.usage.record(&parsed.key_id(), outcome);
+                if let (Some(outcome), Some(named)) = (outcome, &named) {
+                    match named {
+                        Named::Token(parsed) => self.usage.record(&parsed.key_id(), outcome),
+                        Named::Imported(key_id) => self.usage.record(key_id, outcome),
+                    }
                 }
                 if denial.status == DenyStatus::Unauthenticated {
                     tracing::warn!(
@@ -248,8 +263,9 @@ impl Checker {
         decision
     }
 
-    /// The decision, and the token when it parsed (it names the key).
-    async fn decide<'a>(&self, request: &CheckInput<'a>) -> (Decision, Option<ParsedToken<'a>>) {
+    /// The decision, and the key the token names: a Keyplane token names
+    /// it itself; an imported one once the control plane has answered.
+    async fn decide<'a>(&self, request: &CheckInput<'a>) -> (Decision, Option<Named<'a>>) {
         use DenyStatus::*;
         let readiness = self.sync.readiness(self.max_staleness);
         if readiness == Readiness::NotSynced || (readiness == Readiness::Stale && !self.fail_open) {
@@ -262,14 +278,16 @@ impl Checker {
         let Some(token) = request.credential.filter(|t| !t.is_empty()) else {
             return (Decision::Deny(Denial::new(Unauthenticated, MISSING_CREDENTIAL)), None);
         };
-        let Some(parsed) = self.tokens.parse(token) else {
+        let parsed = self.tokens.parse(token).map(Named::Token);
+        if parsed.is_none() && !self.may_be_imported(token) {
             return (Decision::Deny(Denial::new(Unauthenticated, "malformed")), None);
-        };
+        }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let verdict = match self.trusted_verdict(digest, token).await {
             Ok(verdict) => verdict,
-            Err(denial) => return (Decision::Deny(denial), Some(parsed)),
+            Err(denial) => return (Decision::Deny(denial), parsed),
         };
+        let named = parsed.or_else(|| verdict.key_id().map(|id| Named::Imported(id.to_owned())));
         let required =
             Requirements { environment: self.environment, scopes: request.required_scopes, client: request.client };
         let decision = decide(&verdict, required, SystemTime::now());
@@ -279,9 +297,18 @@ impl Checker {
             && principal.spends_budgets()
             && let Some(denial) = Box::pin(self.enforce_limits(key_id, principal, cost)).await
         {
-            return (Decision::Deny(denial), Some(parsed));
+            return (Decision::Deny(denial), named);
         }
-        (decision, Some(parsed))
+        (decision, named)
+    }
+
+    /// Whether a token not in Keyplane's format may be an imported key's:
+    /// it starts as one, and is what any system issues (visible ASCII,
+    /// at most 512 bytes).
+    fn may_be_imported(&self, token: &str) -> bool {
+        token.len() <= 512
+            && token.bytes().all(|b| b.is_ascii_graphic())
+            && self.imported_prefixes.iter().any(|prefix| token.starts_with(prefix.as_str()))
     }
 
     /// The rate limits, then the credits, of the key and of its identity:

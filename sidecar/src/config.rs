@@ -100,6 +100,13 @@ pub struct Config {
     /// Token prefix issued by the control plane.
     #[arg(long, env = "KEYPLANE_SIDECAR_TOKEN_PREFIX", default_value = "kp")]
     pub token_prefix: String,
+    /// Starts of tokens imported from another system (e.g. `cc_live_`),
+    /// which are verified by the control plane although they are not in
+    /// Keyplane's format; other such tokens are refused here as malformed.
+    /// An empty start admits every token (each unknown one then costs a
+    /// Verify, cached for --negative-cache-ttl).
+    #[arg(long = "imported-token-prefix", env = "KEYPLANE_SIDECAR_IMPORTED_TOKEN_PREFIXES", value_delimiter = ',')]
+    pub imported_token_prefixes: Vec<String>,
     /// Log format.
     #[arg(long, env = "KEYPLANE_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -172,6 +179,7 @@ impl Config {
             keep_credential: false,
             usage_interval: Duration::from_millis(200),
             token_prefix: "kp".into(),
+            imported_token_prefixes: Vec::new(),
             log_format: LogFormat::Text,
         }
     }

@@ -79,6 +79,7 @@ pub async fn run(
     let global_limits = lease(credits::Budget::Requests);
     let checker = Arc::new(check::Checker::new(check::CheckerParts {
         tokens: TokenFormat::new(config.token_prefix.clone()),
+        imported_prefixes: config.imported_token_prefixes.clone(),
         environment: config.environment,
         max_staleness: config.max_staleness,
         fail_open: config.fail_open,

@@ -18,6 +18,7 @@ mod failover;
 mod global_limits;
 mod grpcurl;
 mod identities;
+mod import;
 mod isolation;
 mod partition;
 mod proxies;

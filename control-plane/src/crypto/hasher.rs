@@ -67,6 +67,16 @@ impl SecretHasher {
         .await
     }
 
+    /// Whether `token` matches an imported key's hash, on the same pool.
+    pub async fn verify_imported(
+        &self,
+        format: super::imported::HashFormat,
+        token: String,
+        stored: String,
+    ) -> Result<bool> {
+        self.run(move || Ok(super::imported::verify(format, &token, &stored))).await
+    }
+
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         let _permit = self.permits.acquire().await.map_err(|_| Error::Hashing("hashing pool closed".into()))?;
         tokio::task::spawn_blocking(work).await.map_err(|e| Error::Hashing(format!("hashing task failed: {e}")))?

@@ -1,6 +1,7 @@
 //! Key format and checksum, argon2id hashing on a bounded pool, AES-256-GCM sealing.
 
 pub mod hasher;
+pub mod imported;
 pub mod sealing;
 pub mod signing;
 

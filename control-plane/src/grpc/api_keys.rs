@@ -82,6 +82,19 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
 
 #[tonic::async_trait]
 impl ApiKeyService for ApiKeyGrpc {
+    async fn import_api_keys(
+        &self,
+        request: Request<pb::ImportApiKeysRequest>,
+    ) -> Result<Response<pb::ImportApiKeysResponse>, Status> {
+        let ctx = allowed_context(&self.auth, &request, Action::CreateKey, |r| &r.org_id).await?;
+        let request = request.into_inner();
+        let source_ids: Vec<String> = request.keys.iter().map(|k| k.source_id.clone()).collect();
+        let records = convert::import_records(request.keys);
+        let outcomes = self.keys.import(&ctx, &request.org_id, records, request.upgrade_on_use).await?;
+        let results = source_ids.into_iter().zip(outcomes).map(|(id, o)| convert::import_result_to_proto(id, o));
+        Ok(Response::new(pb::ImportApiKeysResponse { results: results.collect() }))
+    }
+
     async fn create_api_key(
         &self,
         request: Request<pb::CreateApiKeyRequest>,

@@ -42,6 +42,7 @@ pub use webhooks::{DeliveryService, Dispatcher, EventService, WebhookService};
 /// The records services return, by the names front ends use.
 pub mod records {
     pub use crate::crypto::Environment;
+    pub use crate::crypto::imported::SourceFormat;
     pub use crate::crypto::signing::legacy::{Encoding, HmacHeader, SignatureScheme, SignedContent};
     pub use crate::store::api_keys::{KeyFilter, KeyStatus, Model as ApiKey};
     pub use crate::store::audit::{AuditFilter, Model as AuditEvent};

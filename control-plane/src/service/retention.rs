@@ -75,6 +75,9 @@ pub async fn expire_keys(keys: Arc<KeyService>, every: Duration, stop: Cancellat
     repeat(every, stop, || async {
         let swept = drain(|| keys.expire_due(PURGE_BATCH)).await;
         log_outcome(swept, "marked keys past their expiry expired", "the expiry sweep failed");
+        if let Err(error) = keys.count_legacy_hashes().await {
+            tracing::warn!(%error, "counting keys on imported hashes failed");
+        }
     })
     .await;
 }

@@ -11,11 +11,12 @@ use super::limits;
 pub use super::limits::{LimitChanges, NewLimits, RateLimit};
 use super::{OrgScope, OrgTx};
 use crate::crypto::Environment;
+use crate::crypto::imported::HashFormat;
 use crate::error::Result;
 
 /// An `api_keys` row: the stored form of an API key. It holds the argon2id
-/// hash of the secret and, for recoverable keys, the sealed token; neither
-/// ever leaves the service layer.
+/// hash of the secret (or an imported key's hash) and, for recoverable
+/// keys, the sealed token; neither ever leaves the service layer.
 #[sea_orm::model]
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "api_keys")]
@@ -69,6 +70,15 @@ pub struct Model {
     pub rate_limit_scope: Option<String>,
     /// The identity (of the same org) the key belongs to.
     pub identity_id: Option<String>,
+    /// How `secret_hash` was made, for a key brought from another system
+    /// (whose hash covers the whole token); NULL for Keyplane's own.
+    pub hash_format: Option<HashFormat>,
+    /// What finds an imported key from its token (`crypto::imported::lookups`).
+    pub lookup: Option<String>,
+    /// The old system's id of an imported key (unique per org).
+    pub import_source_id: Option<String>,
+    /// Re-hash to Keyplane's argon2id at the first successful verification.
+    pub upgrade_on_use: bool,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -165,6 +175,10 @@ impl NewKeyRow {
             last_used_at: Set(None),
             usage_count: Set(0),
             identity_id: Set(self.identity_id),
+            hash_format: Set(None),
+            lookup: Set(None),
+            import_source_id: Set(None),
+            upgrade_on_use: Set(false),
             ..Default::default()
         };
         limits::set_new::<Entity>(&mut row, self.limits)?;
@@ -362,51 +376,4 @@ pub async fn owners(db: &impl ConnectionTrait, ids: &[&str]) -> Result<Vec<(Stri
 /// The keys `ids` of `org` that exist.
 pub async fn find_many(db: &impl ConnectionTrait, org: &str, ids: &[&str]) -> Result<Vec<Model>> {
     Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(Column::Id.is_in(ids.iter().copied())).all(db).await?)
-}
-
-/// Uses of one key since the last report.
-#[derive(Clone, Debug)]
-pub struct KeyUse {
-    pub key_id: String,
-    pub count: i64,
-    pub last_used_at: DateTime<Utc>,
-}
-
-/// Adds a batch of use counts (one row per key) in one statement, never
-/// moving `last_used_at` backwards. Sidecars are platform credentials, so
-/// this spans orgs: callers pass [`OrgScope::AllOrgs`] to say so.
-pub async fn record_uses(db: &impl ConnectionTrait, scope: OrgScope<'_>, batch: &[KeyUse]) -> Result<u64> {
-    if batch.is_empty() {
-        return Ok(0);
-    }
-    let backend = db.get_database_backend();
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(batch.len() * 3 + 1);
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut placeholder = |value: sea_orm::Value, cast: &str| {
-        values.push(value);
-        match backend {
-            sea_orm::DbBackend::Postgres => format!("${}{cast}", values.len()),
-            _ => "?".to_owned(),
-        }
-    };
-    for usage in batch {
-        let id = placeholder(usage.key_id.clone().into(), "::text");
-        let count = placeholder(usage.count.into(), "::bigint");
-        let last = placeholder(usage.last_used_at.into(), "::timestamptz");
-        rows.push(format!("({id}, {count}, {last})"));
-    }
-    let org_filter = match scope {
-        OrgScope::Org(org) => format!(" AND api_keys.org_id = {}", placeholder(org.into(), "")),
-        OrgScope::AllOrgs => String::new(),
-    };
-    let sql = format!(
-        "WITH used (id, n, last_used) AS (VALUES {}) \
-         UPDATE api_keys SET usage_count = api_keys.usage_count + used.n, \
-         last_used_at = CASE WHEN api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.last_used \
-         THEN used.last_used ELSE api_keys.last_used_at END \
-         FROM used WHERE api_keys.id = used.id{org_filter}",
-        rows.join(", ")
-    );
-    let statement = sea_orm::Statement::from_sql_and_values(backend, sql, values);
-    Ok(db.execute_raw(statement).await?.rows_affected())
 }

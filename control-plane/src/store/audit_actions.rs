@@ -39,6 +39,8 @@ pub enum AuditAction {
     ApiKeyRevealed,
     ApiKeyExpired,
     ApiKeyCreditsRefilled,
+    ApiKeyImported,
+    ApiKeyHashUpgraded,
     IdentityCreated,
     IdentityUpdated,
     IdentityDeleted,
@@ -62,7 +64,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 28] = [
+    pub const ALL: [AuditAction; 30] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRotated,
@@ -71,6 +73,8 @@ impl AuditAction {
         AuditAction::ApiKeyRevealed,
         AuditAction::ApiKeyExpired,
         AuditAction::ApiKeyCreditsRefilled,
+        AuditAction::ApiKeyImported,
+        AuditAction::ApiKeyHashUpgraded,
         AuditAction::IdentityCreated,
         AuditAction::IdentityUpdated,
         AuditAction::IdentityDeleted,
@@ -104,6 +108,8 @@ impl AuditAction {
             AuditAction::ApiKeyRevealed => "api_key.revealed",
             AuditAction::ApiKeyExpired => "api_key.expired",
             AuditAction::ApiKeyCreditsRefilled => "api_key.credits_refilled",
+            AuditAction::ApiKeyImported => "api_key.imported",
+            AuditAction::ApiKeyHashUpgraded => "api_key.hash_upgraded",
             AuditAction::IdentityCreated => "identity.created",
             AuditAction::IdentityUpdated => "identity.updated",
             AuditAction::IdentityDeleted => "identity.deleted",
@@ -137,7 +143,9 @@ impl AuditAction {
             | AuditAction::ApiKeyDeleted
             | AuditAction::ApiKeyRevealed
             | AuditAction::ApiKeyExpired
-            | AuditAction::ApiKeyCreditsRefilled => TargetType::ApiKey,
+            | AuditAction::ApiKeyCreditsRefilled
+            | AuditAction::ApiKeyImported
+            | AuditAction::ApiKeyHashUpgraded => TargetType::ApiKey,
             AuditAction::IdentityCreated
             | AuditAction::IdentityUpdated
             | AuditAction::IdentityDeleted

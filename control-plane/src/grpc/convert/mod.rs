@@ -1,6 +1,7 @@
 //! Conversions between protobuf messages and domain types. Bad values become
 //! field violations naming the request field.
 
+mod import;
 mod limits;
 mod schemes;
 mod usage;
@@ -19,6 +20,7 @@ use crate::service::records::{
     KeyStatus, Subscription, SubscriptionStatus,
 };
 use crate::service::verify::{Failure, Verification, VerifiedKey};
+pub use import::{import_records, import_result_to_proto};
 pub use limits::{
     CreateLimits, LimitUpdate, credits_change_from_proto, credits_from_proto, limit_path, new_limits,
     rate_limit_from_proto, refill_from_proto,

@@ -5,6 +5,7 @@
 
 mod changes;
 mod ending;
+pub mod import;
 mod issue;
 pub(super) mod rules;
 
@@ -126,6 +127,11 @@ impl KeyService {
         api_keys::count_up_to(&self.db, &org, api_keys::KeyStatus::Active, up_to).await
     }
 
+    /// Refreshes the count of keys still on another system's hash (a metric).
+    pub async fn count_legacy_hashes(&self) -> Result<()> {
+        self.verifier.count_legacy_hashes().await
+    }
+
     /// Returns the token of a recoverable key (audited).
     pub async fn reveal(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<String> {
         let org = ctx.authorize(Action::RevealKey, Target::Org(org_id))?;
@@ -164,8 +170,16 @@ impl KeyService {
             }
             other => other,
         };
-        if let Some(parsed) = self.crypto.tokens.parse(token) {
-            self.usage.record(&parsed.key_id(), usage_outcome(&verification));
+        // A token in Keyplane's format names its key; an imported one is known once verified.
+        let key_id = match (self.crypto.tokens.parse(token), &verification) {
+            (Some(parsed), _) => Some(parsed.key_id()),
+            (None, Verification::Valid(verified) | Verification::Invalid(_, Some(verified))) => {
+                Some(verified.key.id.clone())
+            }
+            (None, Verification::Invalid(_, None)) => None,
+        };
+        if let Some(key_id) = key_id {
+            self.usage.record(&key_id, usage_outcome(&verification));
         }
         Ok(verification)
     }

@@ -17,7 +17,8 @@ use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::OrgScope;
-use crate::store::api_keys::{self, KeyUse};
+use crate::store::api_keys;
+use crate::store::key_uses::{self, KeyUse};
 use crate::store::usage::{self, Counts, Granularity, KeyBucket, OrgBucket};
 
 /// Most counts in one report.
@@ -129,7 +130,7 @@ impl UsageRecorder {
             usage::add_key_buckets(&tx, granularity, &mut keys).await?;
             org_rows.push((granularity, orgs));
         }
-        api_keys::record_uses(&tx, OrgScope::AllOrgs, &uses(&known)).await?;
+        key_uses::record_uses(&tx, OrgScope::AllOrgs, &uses(&known)).await?;
         // Every report of an org updates the same org rows: take their locks
         // last, so concurrent reports queue for them only briefly.
         for (granularity, mut orgs) in org_rows {

@@ -1,7 +1,9 @@
 //! Token verification: the one code path behind VerifyApiKey, admin
 //! authentication and the sidecar's KeySync.Verify.
 //!
-//! Malformed tokens are refused before any lookup. A correct secret is
+//! Tokens in Keyplane's format name their key; others may be keys
+//! imported from another system, found by lookup ([`imported`]); tokens
+//! that are neither are refused before any lookup. A correct secret is
 //! remembered (by SHA-256 of the token) so repeated checks skip argon2; the
 //! key row is still read every time, so revocation takes effect at once.
 //!
@@ -13,6 +15,10 @@
 //! cannot starve verification of other keys. A refusal that did no hashing
 //! (unknown key id, throttled) waits as long as a typical hash, so timing
 //! does not tell a real key id from an unknown one.
+
+mod imported;
+
+pub use imported::MAX_CANDIDATES;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -214,7 +220,7 @@ impl Verifier {
     async fn check(&self, scope: OrgScope<'_>, token: &str) -> Result<Verification> {
         let started = Instant::now();
         let Some(parsed) = self.crypto.tokens.parse(token) else {
-            return Ok(Verification::Invalid(Failure::Malformed, None));
+            return self.check_imported(scope, token, started).await;
         };
         let found = api_keys::find_in(&self.db, scope, &parsed.key_id()).await?;
         // A token whose prefix disagrees with its key is not one we issued.
@@ -230,6 +236,11 @@ impl Verifier {
                 return Ok(Verification::Invalid(Failure::Throttled, None));
             }
         }
+        self.conclude(key).await
+    }
+
+    /// The verification of a key whose secret matched: its status, expiry and identity.
+    async fn conclude(&self, key: api_keys::Model) -> Result<Verification> {
         let failure = match key.status {
             KeyStatus::Revoked => Some(Failure::Revoked),
             KeyStatus::Expired => Some(Failure::Denied(Denied::Expired)),
@@ -254,17 +265,7 @@ impl Verifier {
         if self.verified_secrets.get(&digest).await.as_deref() == Some(key.secret_hash.as_str()) {
             return Ok(SecretCheck::Matches);
         }
-        let failures = self.failures.get(&key.id).await.map_or(0, |count| count.load(Ordering::Relaxed));
-        let throttled_by = if failures >= self.limits.failures_per_key {
-            Some("key")
-        } else if failures > 0 && self.suspect_hashes.check().is_err() {
-            Some("global")
-        } else {
-            None
-        };
-        if let Some(limit) = throttled_by {
-            self.metrics.verify_throttled.get_or_create(&vec![("limit", limit)]).inc();
-            tracing::warn!(key_id = %key.id, failures, limit, "secret refused without hashing: too many wrong secrets");
+        if self.throttled(&key.id).await {
             return Ok(SecretCheck::Throttled);
         }
         let started = Instant::now();
@@ -274,10 +275,33 @@ impl Verifier {
             self.verified_secrets.insert(digest, Arc::from(key.secret_hash.as_str())).await;
             Ok(SecretCheck::Matches)
         } else {
-            let count = self.failures.get_with(key.id.clone(), async { Arc::new(AtomicU32::new(0)) }).await;
-            count.fetch_add(1, Ordering::Relaxed);
+            self.record_failure(&key.id).await;
             Ok(SecretCheck::Wrong)
         }
+    }
+
+    /// Whether secrets for `suspect` (a key id, or an imported key's
+    /// lookup) are refused without hashing: too many wrong ones for it, or
+    /// for all suspects together.
+    async fn throttled(&self, suspect: &str) -> bool {
+        let failures = self.failures.get(suspect).await.map_or(0, |count| count.load(Ordering::Relaxed));
+        let throttled_by = if failures >= self.limits.failures_per_key {
+            Some("key")
+        } else if failures > 0 && self.suspect_hashes.check().is_err() {
+            Some("global")
+        } else {
+            None
+        };
+        if let Some(limit) = throttled_by {
+            self.metrics.verify_throttled.get_or_create(&vec![("limit", limit)]).inc();
+            tracing::warn!(suspect, failures, limit, "secret refused without hashing: too many wrong secrets");
+        }
+        throttled_by.is_some()
+    }
+
+    async fn record_failure(&self, suspect: &str) {
+        let count = self.failures.get_with(suspect.to_owned(), async { Arc::new(AtomicU32::new(0)) }).await;
+        count.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record_hash_time(&self, took: Duration) {
