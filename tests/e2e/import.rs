@@ -12,7 +12,11 @@ use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::process::workspace_binary;
 use keyplane_tests::{Backend, TestControlPlane, TestSidecar, both_backends, eventually, random_org, start_or_skip};
 
-both_backends!(imported_keys_verify_like_native_ones, imports_resume_skip_and_refuse_by_line);
+both_backends!(
+    imported_keys_verify_like_native_ones,
+    imports_resume_skip_and_refuse_by_line,
+    better_auth_keys_work_through_a_sidecar,
+);
 
 /// Runs `keyplane import keys` against `plane`: exit code, stdout, stderr.
 fn import(plane: &TestControlPlane, org: &str, file: &Path, extra: &[&str]) -> (i32, String, String) {
@@ -83,6 +87,18 @@ async fn imported_keys_verify_like_native_ones(backend: Backend) {
     for token in tokens.values() {
         assert!(verify(&plane, token).await.valid);
     }
+
+    // Guessing at a salted key costs no more hashes than the abuse limits
+    // allow: 10 wrong tokens under one lookup (the one-off token above, and
+    // 9 guesses), then refusals without hashing; its owner keeps working.
+    let owner = &tokens["src_argon2i"];
+    let guesses: Vec<String> = (0..10).map(|i| format!("{}guess-{i:02}-{}", &owner[..12], "x".repeat(20))).collect();
+    for guess in &guesses[..9] {
+        let answer = verify(&plane, guess).await;
+        assert_eq!(answer.failure, pb::VerifyFailure::BadSecret as i32, "{guess}: {answer:?}");
+    }
+    assert_eq!(verify(&plane, &guesses[9]).await.failure, pb::VerifyFailure::Throttled as i32);
+    assert!(verify(&plane, owner).await.valid, "a remembered right token is not throttled");
 
     // A sidecar told the imported tokens' start accepts them like its own.
     let sidecar = TestSidecar::start(&plane, |config| config.imported_token_prefixes = vec!["cc_live_".into()]).await;
@@ -170,5 +186,43 @@ async fn imports_resume_skip_and_refuse_by_line(backend: Backend) {
     let answer = plane.keys(&writer).await.import_api_keys(request).await.expect("import").into_inner();
     assert_eq!(answer.results[0].outcome, pb::ImportOutcome::Refused as i32);
     assert_eq!(answer.results[0].field, "keys[0].scopes");
+    plane.stop().await;
+}
+
+/// Keys created by Better Auth's API-key plugin in its SQLite database,
+/// exported from its `apikey` table (`tests/import/better_auth_export.mjs`).
+async fn better_auth_keys_work_through_a_sidecar(backend: Backend) {
+    let packages = concat!(env!("CARGO_MANIFEST_DIR"), "/import/node_modules/better-auth");
+    if !keyplane_tests::tool_available("test", &["-d", packages], "cd tests/import && npm ci") {
+        return;
+    }
+    let plane = start_or_skip!(backend);
+    let org = random_org();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("better-auth.jsonl");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/import/better_auth_export.mjs");
+    let output = std::process::Command::new("node").arg(script).arg(&file).output().expect("node");
+    assert!(output.status.success(), "better auth: {}", String::from_utf8_lossy(&output.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&output.stdout).expect("tokens");
+    let disabled = made["disabled"][0].as_str().unwrap().to_owned();
+    let tokens: BTreeMap<String, String> = serde_json::from_value(made["tokens"].clone()).unwrap();
+    let (code, out, err) = import(&plane, &org, &file, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("imported 3"), "{out}");
+
+    let sidecar = TestSidecar::start(&plane, |config| config.imported_token_prefixes = vec!["ba_".into()]).await;
+    let (live, other): (Vec<_>, Vec<_>) = tokens.iter().partition(|(source, _)| **source != disabled);
+    for (_, token) in &live {
+        assert_eq!(sidecar.check_status(token).await, 200);
+    }
+    assert_eq!(sidecar.check_status(other[0].1).await, 401, "disabled in Better Auth: imported revoked");
+    // Revoking one in Keyplane reaches the sidecar; the other still works.
+    let answer = verify(&plane, live[0].1).await;
+    let key_id = answer.principal.expect("principal").key_id;
+    let revoke = pb::RevokeApiKeyRequest { org_id: org.clone(), id: key_id, ..Default::default() };
+    plane.keys(&plane.root_token).await.revoke_api_key(revoke).await.expect("revoke");
+    sidecar.wait_for_status(live[0].1, 401).await;
+    assert_eq!(sidecar.check_status(live[1].1).await, 200);
+    sidecar.stop().await;
     plane.stop().await;
 }
