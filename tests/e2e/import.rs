@@ -43,6 +43,27 @@ fn libraries_available() -> bool {
     keyplane_tests::tool_available("python3", &["-c", "import bcrypt, argon2"], "pip install bcrypt argon2-cffi")
 }
 
+/// A control plane, an org, and an export of keys made by the real
+/// libraries (`None`: skipped).
+struct Setup {
+    plane: TestControlPlane,
+    org: String,
+    dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+    tokens: BTreeMap<String, String>,
+}
+
+async fn setup(backend: Backend) -> Option<Setup> {
+    if !libraries_available() {
+        return None;
+    }
+    let plane = TestControlPlane::start(backend).await?;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.jsonl");
+    let tokens = export(&file);
+    Some(Setup { plane, org: random_org(), dir, file, tokens })
+}
+
 async fn verify(plane: &TestControlPlane, token: &str) -> pb::VerifyApiKeyResponse {
     let request = pb::VerifyApiKeyRequest {
         token: token.to_owned(),
@@ -53,14 +74,7 @@ async fn verify(plane: &TestControlPlane, token: &str) -> pb::VerifyApiKeyRespon
 }
 
 async fn imported_keys_verify_like_native_ones(backend: Backend) {
-    if !libraries_available() {
-        return;
-    }
-    let plane = start_or_skip!(backend);
-    let org = random_org();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("keys.jsonl");
-    let tokens = export(&file);
+    let Some(Setup { plane, org, dir: _dir, file, tokens }) = setup(backend).await else { return };
     let (code, out, err) = import(&plane, &org, &file, &["--upgrade-on-use"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("imported {}", tokens.len())), "{out}");
@@ -123,14 +137,7 @@ async fn imported_keys_verify_like_native_ones(backend: Backend) {
 }
 
 async fn imports_resume_skip_and_refuse_by_line(backend: Backend) {
-    if !libraries_available() {
-        return;
-    }
-    let plane = start_or_skip!(backend);
-    let org = random_org();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("keys.jsonl");
-    let tokens = export(&file);
+    let Some(Setup { plane, org, dir, file, tokens }) = setup(backend).await else { return };
     let mut lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_owned).collect();
     // Line 10: bcrypt without the clear start that finds it; line 11: not a
     // hash; line 12: revoked at the source; line 13: keyplane:admin, which the

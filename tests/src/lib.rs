@@ -98,6 +98,18 @@ pub struct TestControlPlane {
 }
 
 impl TestControlPlane {
+    /// [`start_with`](Self::start_with) with the production argon2id
+    /// parameters, for load generators that measure hashing.
+    pub async fn start_with_production_hashing(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |config| {
+            let production = keyplane_control_plane::crypto::HashingParams::default();
+            config.argon2_memory_kib = production.memory_kib;
+            config.argon2_iterations = production.iterations;
+            config.argon2_parallelism = production.parallelism;
+        })
+        .await
+    }
+
     /// Starts a control plane on `backend`; `None` if the backend is skipped.
     pub async fn start(backend: Backend) -> Option<Self> {
         Self::start_with(backend, |_| {}).await

@@ -42,14 +42,7 @@ async fn main() {
         "postgres" => Backend::Postgres,
         _ => Backend::Sqlite,
     };
-    let plane = TestControlPlane::start_with(backend, |config| {
-        let production = keyplane_control_plane::crypto::HashingParams::default();
-        config.argon2_memory_kib = production.memory_kib;
-        config.argon2_iterations = production.iterations;
-        config.argon2_parallelism = production.parallelism;
-    })
-    .await
-    .expect("backend available");
+    let plane = TestControlPlane::start_with_production_hashing(backend).await.expect("backend available");
     println!("backend={} cpus={}", args.backend, std::thread::available_parallelism().map_or(0, |n| n.get()));
     let org = keyplane_tests::random_org();
     let client = plane.keys(&plane.root_token).await;

@@ -125,10 +125,10 @@ pub async fn update(
     respond(&nav, result.await)
 }
 
-async fn set_enabled(console: &Console, signed: Signed, id: &str, enabled: bool) -> Response {
+/// Applies `changes` to endpoint `id` and goes back to its page.
+async fn change(console: &Console, signed: Signed, id: &str, changes: SubscriptionChanges) -> Response {
     let nav = signed.nav("webhooks");
     let result = async {
-        let changes = SubscriptionChanges { enabled: Some(enabled), ..SubscriptionChanges::default() };
         console.webhooks.update(&signed.ctx, &signed.org(), id, changes).await?;
         see_other(&format!("/webhooks/{id}"))
     };
@@ -136,11 +136,13 @@ async fn set_enabled(console: &Console, signed: Signed, id: &str, enabled: bool)
 }
 
 pub async fn enable(State(console): State<Arc<Console>>, Path(id): Path<String>, post: SignedForm<Empty>) -> Response {
-    set_enabled(&console, post.signed, &id, true).await
+    let changes = SubscriptionChanges { enabled: Some(true), ..SubscriptionChanges::default() };
+    change(&console, post.signed, &id, changes).await
 }
 
 pub async fn disable(State(console): State<Arc<Console>>, Path(id): Path<String>, post: SignedForm<Empty>) -> Response {
-    set_enabled(&console, post.signed, &id, false).await
+    let changes = SubscriptionChanges { enabled: Some(false), ..SubscriptionChanges::default() };
+    change(&console, post.signed, &id, changes).await
 }
 
 /// Drops a legacy signature header, once the receiver verifies Standard Webhooks.
@@ -149,17 +151,11 @@ pub async fn standard_signatures(
     Path(id): Path<String>,
     post: SignedForm<Empty>,
 ) -> Response {
-    let signed = post.signed;
-    let nav = signed.nav("webhooks");
-    let result = async {
-        let changes = SubscriptionChanges {
-            signature_scheme: Some(SignatureScheme::StandardWebhooks),
-            ..SubscriptionChanges::default()
-        };
-        console.webhooks.update(&signed.ctx, &signed.org(), &id, changes).await?;
-        see_other(&format!("/webhooks/{id}"))
+    let changes = SubscriptionChanges {
+        signature_scheme: Some(SignatureScheme::StandardWebhooks),
+        ..SubscriptionChanges::default()
     };
-    respond(&nav, result.await)
+    change(&console, post.signed, &id, changes).await
 }
 
 pub async fn approve(State(console): State<Arc<Console>>, Path(id): Path<String>, post: SignedForm<Empty>) -> Response {
