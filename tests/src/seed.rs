@@ -40,13 +40,14 @@ pub fn key_row(
     row
 }
 
-/// Inserts the `count` rows `row(i)` makes, 1000 per statement, then (on
+/// Inserts the `count` rows `row(i)` makes, 500 per statement (SQLite binds
+/// at most 32,766 values in one, and a key row has 35 columns), then (on
 /// Postgres) vacuums and analyzes the table as autovacuum would after a
 /// bulk load.
 pub async fn keys(db: &DatabaseConnection, count: usize, mut row: impl FnMut(usize) -> api_keys::ActiveModel) {
     let mut next = 0;
     while next < count {
-        let end = (next + 1000).min(count);
+        let end = (next + 500).min(count);
         api_keys::Entity::insert_many((next..end).map(&mut row)).exec(db).await.expect("seed keys");
         next = end;
     }
