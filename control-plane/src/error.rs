@@ -77,6 +77,15 @@ impl Error {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
+
+    /// The first field violation of an INVALID_ARGUMENT, or any other error
+    /// as a violation of `field`: the refusal of one record of a batch.
+    pub fn first_violation(self, field: &str) -> FieldViolation {
+        match self {
+            Self::InvalidArgument(mut violations) if !violations.is_empty() => violations.swap_remove(0),
+            other => FieldViolation::new(field, other.to_string()),
+        }
+    }
 }
 
 fn summary(violations: &[FieldViolation]) -> String {

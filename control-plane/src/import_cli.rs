@@ -16,6 +16,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::error::{Error, Result};
+use crate::grpc::convert::{json_to_struct, time_to_proto};
 
 /// What to import.
 #[derive(Debug, Subcommand)]
@@ -95,10 +96,6 @@ fn hash_format(name: &str) -> Option<pb::ImportedHashFormat> {
     })
 }
 
-fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
-}
-
 /// A line as a record, or why it cannot be one.
 fn record(text: &str) -> std::result::Result<pb::ImportedApiKey, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("not a key record: {e}"))?;
@@ -113,7 +110,7 @@ fn record(text: &str) -> std::result::Result<pb::ImportedApiKey, String> {
         Some("test") => pb::Environment::Test,
         Some(other) => return Err(format!("environment: {other:?} is not live or test")),
     };
-    let metadata = line.metadata.and_then(|map| crate::grpc::convert::json_to_struct(&map.into()));
+    let metadata = line.metadata.and_then(|map| json_to_struct(&map.into()));
     Ok(pb::ImportedApiKey {
         source_id: line.source_id,
         hash: line.hash,
@@ -122,8 +119,8 @@ fn record(text: &str) -> std::result::Result<pb::ImportedApiKey, String> {
         name: line.name,
         environment: environment.into(),
         scopes: line.scopes,
-        expires_at: line.expires_at.map(timestamp),
-        created_at: line.created_at.map(timestamp),
+        expires_at: line.expires_at.map(time_to_proto),
+        created_at: line.created_at.map(time_to_proto),
         metadata,
         revoked: line.revoked,
     })

@@ -14,6 +14,15 @@ pub const SECRET_LEN: usize = 43;
 pub const CHECKSUM_LEN: usize = 6;
 /// Prefix of the public key id (`key_…`); not part of the token.
 pub const KEY_ID_PREFIX: &str = "key_";
+/// Longest token of another system's that is looked up (imported keys).
+pub const MAX_FOREIGN_TOKEN_BYTES: usize = 512;
+
+/// Whether a token not in Keyplane's format could be another system's:
+/// visible ASCII, at most [`MAX_FOREIGN_TOKEN_BYTES`]. Anything else is
+/// refused as malformed without a lookup, by sidecars and the control plane.
+pub fn could_be_foreign(token: &str) -> bool {
+    !token.is_empty() && token.len() <= MAX_FOREIGN_TOKEN_BYTES && token.bytes().all(|b| b.is_ascii_graphic())
+}
 
 /// Which traffic a key is for. With the `sea-orm` feature it is also a
 /// column type, stored as its name (`live`, `test`).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keyplane_proto::check::{self, CheckRequest};
-use keyplane_proto::token::{Environment, ParsedToken, TokenFormat};
+use keyplane_proto::token::{self, Environment, ParsedToken, TokenFormat};
 use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
 
@@ -303,12 +303,9 @@ impl Checker {
     }
 
     /// Whether a token not in Keyplane's format may be an imported key's:
-    /// it starts as one, and is what any system issues (visible ASCII,
-    /// at most 512 bytes).
+    /// it starts as one, and could be any system's.
     fn may_be_imported(&self, token: &str) -> bool {
-        token.len() <= 512
-            && token.bytes().all(|b| b.is_ascii_graphic())
-            && self.imported_prefixes.iter().any(|prefix| token.starts_with(prefix.as_str()))
+        token::could_be_foreign(token) && self.imported_prefixes.iter().any(|prefix| token.starts_with(prefix.as_str()))
     }
 
     /// The rate limits, then the credits, of the key and of its identity:

@@ -193,6 +193,25 @@ async fn imports_resume_skip_and_refuse_by_line(backend: Backend) {
     let answer = plane.keys(&writer).await.import_api_keys(request).await.expect("import").into_inner();
     assert_eq!(answer.results[0].outcome, pb::ImportOutcome::Refused as i32);
     assert_eq!(answer.results[0].field, "keys[0].scopes");
+
+    // A salted hash is found by its clear start: at most 8 keys may share one.
+    let crowded = |n: usize| pb::ImportedApiKey {
+        source_id: format!("crowded-{n}"),
+        hash: bcrypt_line["hash"].as_str().unwrap().to_owned(),
+        hash_format: pb::ImportedHashFormat::Bcrypt.into(),
+        lookup: "cc_live_crowd".into(),
+        ..Default::default()
+    };
+    let import =
+        |keys: Vec<pb::ImportedApiKey>| pb::ImportApiKeysRequest { org_id: org.clone(), keys, upgrade_on_use: false };
+    let mut client = plane.keys(&plane.root_token).await;
+    let first = client.import_api_keys(import((0..6).map(crowded).collect())).await.unwrap().into_inner();
+    assert!(first.results.iter().all(|r| r.outcome == pb::ImportOutcome::Imported as i32));
+    let more = client.import_api_keys(import((6..9).map(crowded).collect())).await.unwrap().into_inner();
+    for (i, result) in more.results.iter().enumerate() {
+        assert_eq!(result.outcome, pb::ImportOutcome::Refused as i32, "6 stored + 3 more > 8");
+        assert_eq!(result.field, format!("keys[{i}].lookup"));
+    }
     plane.stop().await;
 }
 

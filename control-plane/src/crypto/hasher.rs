@@ -67,14 +67,14 @@ impl SecretHasher {
         .await
     }
 
-    /// Whether `token` matches an imported key's hash, on the same pool.
-    pub async fn verify_imported(
+    /// Whether `token` matches an imported key's salted hash, on the same pool.
+    pub async fn verify_salted(
         &self,
         format: super::imported::HashFormat,
         token: String,
         stored: String,
     ) -> Result<bool> {
-        self.run(move || Ok(super::imported::verify(format, &token, &stored))).await
+        self.run(move || Ok(super::imported::verify_salted(format, &token, &stored))).await
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

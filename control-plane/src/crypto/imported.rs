@@ -21,8 +21,6 @@ use crate::error::{Error, Result};
 
 /// Shortest and longest clear start kept beside a salted hash.
 pub const LOOKUP_CHARS: std::ops::RangeInclusive<usize> = 4..=64;
-/// Longest token looked up (longer ones are not any system's keys).
-pub const MAX_TOKEN_BYTES: usize = 512;
 /// Costliest bcrypt accepted (each step doubles the work; 12 is ~250 ms).
 const MAX_BCRYPT_COST: u32 = 13;
 /// Most memory one argon2 or scrypt verification may take.
@@ -62,13 +60,10 @@ pub enum SourceFormat {
 }
 
 impl HashFormat {
-    /// Whether a key found by its clear start needs one (salted formats).
-    pub fn needs_clear_start(self) -> bool {
-        self != Self::Sha256
-    }
-
-    /// Whether verifying costs a slow hash (and so counts against the guessing limits).
-    pub fn is_slow(self) -> bool {
+    /// Whether the hash is salted: found by the token's clear start,
+    /// verified by a slow hash (counted against the guessing limits), and
+    /// re-hashed on use when asked. A SHA-256 digest is none of these.
+    pub fn is_salted(self) -> bool {
         self != Self::Sha256
     }
 }
@@ -128,11 +123,16 @@ pub fn normalise(field: &str, source: SourceFormat, hash: &str) -> Result<(HashF
     }
 }
 
-/// Whether `token` matches `stored` (blocking for the slow formats: run it
-/// on the hashing pool). A stored hash that no longer parses matches nothing.
-pub fn verify(format: HashFormat, token: &str, stored: &str) -> bool {
+/// Whether a token whose SHA-256 is `digest` matches a stored SHA-256 hash.
+pub fn digest_matches(digest: &[u8; 32], stored: &str) -> bool {
+    super::hex(digest).as_bytes().ct_eq(stored.as_bytes()).into()
+}
+
+/// Whether `token` matches a salted hash `stored` (blocking: run it on the
+/// hashing pool). A stored hash that no longer parses matches nothing.
+pub fn verify_salted(format: HashFormat, token: &str, stored: &str) -> bool {
     match format {
-        HashFormat::Sha256 => super::hex(&super::sha256(token.as_bytes())).as_bytes().ct_eq(stored.as_bytes()).into(),
+        HashFormat::Sha256 => false,
         HashFormat::Bcrypt => bcrypt::verify(token, stored).unwrap_or(false),
         HashFormat::Argon2 | HashFormat::KeyplaneArgon2id => PasswordHash::new(stored)
             .is_ok_and(|hash| Argon2::default().verify_password(token.as_bytes(), &hash).is_ok()),
@@ -146,15 +146,15 @@ pub fn digest_lookup(hex: &str) -> String {
     format!("sha256:{hex}")
 }
 
-/// Every lookup a token could be stored under, or none for a token no
-/// system would issue (too long, or not visible ASCII).
-pub fn lookups(token: &str) -> Vec<String> {
-    if token.len() > MAX_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
+/// Every lookup a token whose SHA-256 is `digest` could be stored under,
+/// or none for a token no system would issue
+/// ([`token::could_be_foreign`](super::token::could_be_foreign)).
+pub fn lookups(token: &str, digest: &[u8; 32]) -> Vec<String> {
+    if !super::token::could_be_foreign(token) {
         return Vec::new();
     }
-    let digest = digest_lookup(&super::hex(&super::sha256(token.as_bytes())));
     let starts = LOOKUP_CHARS.filter(|n| *n < token.len()).map(|n| token[..n].to_owned());
-    std::iter::once(digest).chain(starts).collect()
+    std::iter::once(digest_lookup(&super::hex(digest))).chain(starts).collect()
 }
 
 #[cfg(test)]
@@ -173,7 +173,8 @@ mod tests {
         ] {
             let (format, stored) = normalise("hash", source, &text).unwrap();
             assert_eq!((format, stored.as_str()), (HashFormat::Sha256, hex.as_str()));
-            assert!(verify(format, token, &stored) && !verify(format, "cc_live_other", &stored));
+            let other = super::super::sha256(b"cc_live_other");
+            assert!(digest_matches(&digest, &stored) && !digest_matches(&other, &stored));
         }
         assert!(normalise("hash", SourceFormat::Sha256Hex, "abc").is_err());
         assert!(normalise("hash", SourceFormat::Sha256Base64, "AAAA").is_err());
@@ -183,7 +184,8 @@ mod tests {
     fn salted_formats_verify_and_costly_ones_are_refused() {
         let bcrypt = bcrypt::hash("tok_abcdef123456", 4).unwrap();
         let (format, stored) = normalise("hash", SourceFormat::Bcrypt, &bcrypt).unwrap();
-        assert!(verify(format, "tok_abcdef123456", &stored) && !verify(format, "tok_abcdef123457", &stored));
+        assert!(verify_salted(format, "tok_abcdef123456", &stored));
+        assert!(!verify_salted(format, "tok_abcdef123457", &stored));
         let costly = bcrypt::hash("x", 4).unwrap().replacen("$04$", "$14$", 1);
         let error = normalise("records[3].hash", SourceFormat::Bcrypt, &costly).unwrap_err().to_string();
         assert!(error.contains("records[3].hash") && error.contains("cost"), "{error}");
@@ -191,17 +193,18 @@ mod tests {
         // passlib's documented scrypt example (password "password").
         let scrypt = "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E";
         let (format, stored) = normalise("hash", SourceFormat::Scrypt, scrypt).unwrap();
-        assert!(verify(format, "password", &stored) && !verify(format, "passwore", &stored));
+        assert!(verify_salted(format, "password", &stored) && !verify_salted(format, "passwore", &stored));
         assert!(normalise("hash", SourceFormat::Scrypt, &scrypt.replace("ln=16", "ln=22")).is_err());
     }
 
     #[test]
     fn lookups_cover_the_digest_and_every_start() {
+        let lookups = |token: &str| lookups(token, &super::super::sha256(token.as_bytes()));
         let found = lookups("ba_0123456789");
         assert!(found[0].starts_with("sha256:"));
         assert_eq!(&found[1..3], ["ba_0", "ba_01"]);
         assert_eq!(found.last().unwrap(), "ba_012345678", "never the whole token");
         assert!(lookups("has space in it").is_empty());
-        assert!(lookups(&"x".repeat(MAX_TOKEN_BYTES + 1)).is_empty());
+        assert!(lookups(&"x".repeat(super::super::token::MAX_FOREIGN_TOKEN_BYTES + 1)).is_empty());
     }
 }

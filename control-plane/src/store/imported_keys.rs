@@ -31,9 +31,22 @@ pub async fn find_by_lookups(
     Ok(query.order_by_desc(Expr::cust("LENGTH(lookup)")).limit(limit).all(db).await?)
 }
 
-/// How many keys, of any org, are stored under `lookup` (counting to `up_to`).
-pub async fn count_with_lookup(db: &impl ConnectionTrait, lookup: &str, up_to: u64) -> Result<u64> {
-    Ok(Entity::find().filter(Column::Lookup.eq(lookup)).limit(up_to).count(db).await?)
+/// How many keys, of any org, are stored under each of `lookups` (those
+/// with none are absent), in one query.
+pub async fn count_by_lookup(db: &impl ConnectionTrait, lookups: &[&str]) -> Result<HashMap<String, u64>> {
+    if lookups.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let counts: Vec<(Option<String>, i64)> = Entity::find()
+        .select_only()
+        .column(Column::Lookup)
+        .column_as(Column::Id.count(), "keys")
+        .filter(Column::Lookup.is_in(lookups.iter().copied()))
+        .group_by(Column::Lookup)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(counts.into_iter().filter_map(|(lookup, n)| Some((lookup?, u64::try_from(n).unwrap_or(0)))).collect())
 }
 
 /// Which of `source_ids` `org` has already imported, and as which keys.

@@ -151,14 +151,6 @@ impl SignatureScheme {
             }
         }
     }
-
-    /// Its short name: `standard_webhooks` or `hmac_header`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::StandardWebhooks => "standard_webhooks",
-            Self::HmacHeader(_) => "hmac_header",
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,8 @@ pub fn import_records(keys: Vec<pb::ImportedApiKey>) -> Vec<std::result::Result<
     keys.into_iter()
         .enumerate()
         .map(|(i, key)| {
-            import_record(&format!("keys[{i}]"), key).map_err(|error| match error {
-                Error::InvalidArgument(mut violations) if !violations.is_empty() => violations.swap_remove(0),
-                other => FieldViolation::new(format!("keys[{i}]"), other.to_string()),
-            })
+            let field = format!("keys[{i}]");
+            import_record(&field, key).map_err(|error| error.first_violation(&field))
         })
         .collect()
 }

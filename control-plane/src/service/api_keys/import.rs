@@ -4,15 +4,17 @@
 //! id; a refused record does not stop the others; every imported key is
 //! audited in the one transaction that stores the batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use keyplane_proto::token;
+use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 use tonic_types::FieldViolation;
 
 use super::{KeyService, rules};
 use crate::crypto::Environment;
-use crate::crypto::imported::{self, HashFormat, LOOKUP_CHARS, SourceFormat};
+use crate::crypto::imported::{self, LOOKUP_CHARS, SourceFormat};
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
@@ -71,74 +73,63 @@ impl KeyService {
         }
         let source_ids: Vec<&str> = records.iter().flatten().map(|r| r.source_id.as_str()).collect();
         let before = imported_keys::imported_sources(&self.db, &org, &source_ids).await?;
+        let mut batch = Batch { ctx, org: &org, upgrade_on_use, seen: HashSet::new() };
         let mut outcomes = Vec::with_capacity(records.len());
         let mut rows = Vec::new();
-        let mut seen = HashSet::new();
-        let mut per_lookup: HashMap<String, u64> = HashMap::new();
         for (i, record) in records.into_iter().enumerate() {
-            let record = match record {
-                Ok(record) => record,
-                Err(violation) => {
-                    outcomes.push(ImportOutcome::Refused(violation));
-                    continue;
-                }
+            let outcome = match record {
+                Err(violation) => ImportOutcome::Refused(violation),
+                Ok(record) => match before.get(&record.source_id) {
+                    Some(key_id) => ImportOutcome::Skipped(key_id.clone()),
+                    None => match batch.row(&format!("keys[{i}]"), record) {
+                        Ok(row) => {
+                            rows.push((i, row));
+                            continue;
+                        }
+                        Err(violation) => ImportOutcome::Refused(violation),
+                    },
+                },
             };
-            if let Some(key_id) = before.get(&record.source_id) {
-                outcomes.push(ImportOutcome::Skipped(key_id.clone()));
-                continue;
+            outcomes.push((i, outcome));
+        }
+        let rows = refuse_crowded_lookups(&self.db, rows, &mut outcomes).await?;
+        if !rows.is_empty() {
+            let tx = OrgTx::begin(&self.db, &org).await?;
+            for (i, row) in rows {
+                let details = json!({
+                    "source_id": row.source_id,
+                    "hash_format": row.hash_format,
+                    "revoked": row.revoked.is_some(),
+                    "upgrade_on_use": row.upgrade_on_use,
+                });
+                let key = imported_keys::insert(&tx, row).await?;
+                audit::append(&tx, ctx.audit(AuditAction::ApiKeyImported, &key.id, details)).await?;
+                outcomes.push((i, ImportOutcome::Imported(key.id)));
             }
-            let field = format!("keys[{i}]");
-            let row = match self.check_record(ctx, &org, &field, record, upgrade_on_use, &mut seen, &mut per_lookup) {
-                Ok(row) => row,
-                Err(violation) => {
-                    outcomes.push(ImportOutcome::Refused(violation));
-                    continue;
-                }
-            };
-            outcomes.push(ImportOutcome::Imported(row.key.id.clone()));
-            rows.push(row);
+            tx.commit().await?;
         }
-        if rows.is_empty() {
-            return Ok(outcomes);
-        }
-        for (lookup, new) in &per_lookup {
-            let existing = imported_keys::count_with_lookup(&self.db, lookup, MAX_CANDIDATES + 1).await?;
-            if existing + new > MAX_CANDIDATES {
-                refuse_lookup(&mut outcomes, &mut rows, lookup);
-            }
-        }
-        let tx = OrgTx::begin(&self.db, &org).await?;
-        for row in rows {
-            let details = json!({
-                "source_id": row.source_id,
-                "hash_format": row.hash_format,
-                "revoked": row.revoked.is_some(),
-                "upgrade_on_use": row.upgrade_on_use,
-            });
-            let key = imported_keys::insert(&tx, row).await?;
-            audit::append(&tx, ctx.audit(AuditAction::ApiKeyImported, &key.id, details)).await?;
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+        outcomes.sort_by_key(|(i, _)| *i);
+        Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
     }
+}
 
+/// What one batch's records are checked against.
+struct Batch<'a> {
+    ctx: &'a RequestContext,
+    org: &'a str,
+    upgrade_on_use: bool,
+    /// Source ids seen so far in the batch.
+    seen: HashSet<String>,
+}
+
+impl Batch<'_> {
     /// The row of one record, or why it is refused (fields under `field`).
-    #[allow(clippy::too_many_arguments)]
-    fn check_record(
-        &self,
-        ctx: &RequestContext,
-        org: &str,
-        field: &str,
-        record: ImportRecord,
-        upgrade_on_use: bool,
-        seen: &mut HashSet<String>,
-        per_lookup: &mut HashMap<String, u64>,
-    ) -> std::result::Result<ImportedKeyRow, FieldViolation> {
+    fn row(&mut self, field: &str, record: ImportRecord) -> std::result::Result<ImportedKeyRow, FieldViolation> {
         let mut violations = Violations::default();
         let source = &record.source_id;
         if source.is_empty() || source.chars().count() > MAX_SOURCE_ID_CHARS {
             violations.add(format!("{field}.source_id"), format!("must be 1 to {MAX_SOURCE_ID_CHARS} characters"));
-        } else if !seen.insert(source.clone()) {
+        } else if !self.seen.insert(source.clone()) {
             violations.add(format!("{field}.source_id"), "appears twice in the batch");
         }
         let name = match record.name.trim() {
@@ -150,38 +141,32 @@ impl KeyService {
         if let Some(metadata) = &record.metadata {
             violations.metadata(&format!("{field}.metadata"), metadata);
         }
-        let hash = violations.absorb(imported::normalise(&format!("{field}.hash"), record.hash_format, &record.hash));
-        let lookup = match hash {
-            Ok(Some((HashFormat::Sha256, ref hex))) => Some(imported::digest_lookup(hex)),
-            Ok(Some(_)) => {
-                let lookup = record.lookup.as_str();
-                let fits = LOOKUP_CHARS.contains(&lookup.len()) && lookup.bytes().all(|b| b.is_ascii_graphic());
-                if !fits {
-                    let why =
-                        "must be the 4 to 64 characters the old system kept in clear (salted hashes are found by it)";
-                    violations.add(format!("{field}.lookup"), why);
-                }
-                fits.then(|| lookup.to_owned())
-            }
-            _ => None,
-        };
-        let first = |violations: Violations| match violations.into_error() {
-            Error::InvalidArgument(mut list) if !list.is_empty() => list.swap_remove(0),
-            other => FieldViolation::new(field, other.to_string()),
-        };
-        let (Ok(Some((hash_format, secret_hash))), Some(lookup)) = (hash, lookup) else {
-            return Err(first(violations));
-        };
-        if !violations.is_empty() {
-            return Err(first(violations));
+        let normalised = imported::normalise(&format!("{field}.hash"), record.hash_format, &record.hash);
+        let hash = violations.absorb(normalised).map_err(|e| e.first_violation(field))?;
+        // A SHA-256 key is found by its digest; a salted one by its clear
+        // start, which it must have (one given for a SHA-256 key is shown only).
+        let clear_start = Some(record.lookup.as_str())
+            .filter(|start| LOOKUP_CHARS.contains(&start.len()) && token::could_be_foreign(start));
+        let salted = hash.as_ref().is_some_and(|(format, _)| format.is_salted());
+        if clear_start.is_none() && (salted || !record.lookup.is_empty()) {
+            let why = "must be the 4 to 64 characters the old system kept in clear (salted hashes are found by it)";
+            violations.add(format!("{field}.lookup"), why);
         }
-        if let Err(denied) = ctx.authorize(Action::CreateKey, Target::Key { org, scopes: &record.scopes }) {
+        let lookup = match &hash {
+            Some((format, hex)) if !format.is_salted() => Some(imported::digest_lookup(hex)),
+            Some(_) => clear_start.map(str::to_owned),
+            None => None,
+        };
+        violations.finish().map_err(|e| e.first_violation(field))?;
+        let (Some((hash_format, secret_hash)), Some(lookup)) = (hash, lookup) else {
+            return Err(FieldViolation::new(format!("{field}.hash"), "is not a hash in the format named"));
+        };
+        let scopes = Target::Key { org: self.org, scopes: &record.scopes };
+        if let Err(denied) = self.ctx.authorize(Action::CreateKey, scopes) {
             return Err(FieldViolation::new(format!("{field}.scopes"), denied.to_string()));
         }
-        if hash_format.needs_clear_start() {
-            *per_lookup.entry(lookup.clone()).or_default() += 1;
-        }
-        let start = if hash_format.needs_clear_start() { lookup.clone() } else { record.lookup.clone() };
+        // What the old system showed in clear, and nothing more.
+        let start = if hash_format.is_salted() { lookup.clone() } else { record.lookup };
         let key = NewKeyRow {
             id: crate::crypto::new_id("key_"),
             name,
@@ -194,7 +179,7 @@ impl KeyService {
             metadata: record.metadata,
             sealed_token: None,
             limits: NewLimits::default(),
-            created_by: ctx.actor_label().1,
+            created_by: self.ctx.actor_label().1,
             rotated_from: None,
             identity_id: None,
         };
@@ -203,25 +188,33 @@ impl KeyService {
             hash_format,
             lookup,
             source_id: record.source_id,
-            upgrade_on_use: upgrade_on_use && hash_format != HashFormat::Sha256,
+            upgrade_on_use: self.upgrade_on_use && hash_format.is_salted(),
             created_at: record.created_at,
             revoked: record.revoked.then(|| (crate::store::now(), "revoked before the import".to_owned())),
         })
     }
 }
 
-/// Refuses every row of the batch found by `lookup`: with the keys already
-/// stored under it, more than a verification may try.
-fn refuse_lookup(outcomes: &mut [ImportOutcome], rows: &mut Vec<ImportedKeyRow>, lookup: &str) {
-    let refused: HashSet<String> =
-        rows.iter().filter(|row| row.lookup == lookup).map(|row| row.key.id.clone()).collect();
-    rows.retain(|row| row.lookup != lookup);
-    for (i, outcome) in outcomes.iter_mut().enumerate() {
-        if matches!(outcome, ImportOutcome::Imported(id) if refused.contains(id)) {
-            let why = format!(
-                "more than {MAX_CANDIDATES} keys would share this lookup; a salted hash needs a lookup that tells keys apart"
-            );
-            *outcome = ImportOutcome::Refused(FieldViolation::new(format!("keys[{i}].lookup"), why));
-        }
+/// The rows whose salted lookup, with the keys already stored under it,
+/// stays within what a verification tries; the others become refusals.
+async fn refuse_crowded_lookups(
+    db: &DatabaseConnection,
+    rows: Vec<(usize, ImportedKeyRow)>,
+    outcomes: &mut Vec<(usize, ImportOutcome)>,
+) -> Result<Vec<(usize, ImportedKeyRow)>> {
+    let salted = || rows.iter().filter(|(_, row)| row.hash_format.is_salted()).map(|(_, row)| row.lookup.as_str());
+    let mut per_lookup = imported_keys::count_by_lookup(db, &salted().collect::<Vec<_>>()).await?;
+    for lookup in salted() {
+        *per_lookup.entry(lookup.to_owned()).or_default() += 1;
     }
+    let (kept, crowded): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, row)| {
+        !row.hash_format.is_salted() || per_lookup.get(&row.lookup).is_none_or(|n| *n <= MAX_CANDIDATES)
+    });
+    for (i, _) in crowded {
+        let why = format!(
+            "more than {MAX_CANDIDATES} keys would share this lookup; a salted hash needs a lookup that tells keys apart"
+        );
+        outcomes.push((i, ImportOutcome::Refused(FieldViolation::new(format!("keys[{i}].lookup"), why))));
+    }
+    Ok(kept)
 }

@@ -5,6 +5,8 @@
 //! hash of the old system's kind, under the same guessing limits as
 //! Keyplane's own keys, counted per lookup (a right token for one
 //! candidate is a wrong one for the others, which must not count against them).
+//! A token that matched is remembered with its key's id, so the next check
+//! reads the key by id, like a Keyplane token.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +22,13 @@ use crate::store::{OrgScope, OrgTx, imported_keys};
 
 /// Most keys one lookup may find (an import refuses more).
 pub const MAX_CANDIDATES: u64 = 8;
+
+/// The imported key a token matched, and the hash it matched.
+#[derive(Debug)]
+pub(super) struct Remembered {
+    key_id: String,
+    secret_hash: String,
+}
 
 impl Verifier {
     /// Sets `keyplane_api_keys_on_legacy_hashes` from the database.
@@ -37,16 +46,14 @@ impl Verifier {
         started: Instant,
     ) -> Result<Verification> {
         let digest = crate::crypto::sha256(token.as_bytes());
-        if let Some(id) = self.imported_ids.get(&digest).await {
-            // Seen before: read by id; the row is still read every time.
-            let remembered = self.verified_secrets.get(&digest).await;
-            if let Some(key) = api_keys::find_in(&self.db, scope, &id).await?
-                && remembered.as_deref() == Some(key.secret_hash.as_str())
-            {
-                return self.conclude(key).await;
-            }
+        if let Some(remembered) = self.imported_tokens.get(&digest).await
+            && let Some(key) = api_keys::find_in(&self.db, scope, &remembered.key_id).await?
+            && key.secret_hash == remembered.secret_hash
+        {
+            // The row is still read every time: revocation takes effect at once.
+            return self.conclude(key).await;
         }
-        let lookups = imported::lookups(token);
+        let lookups = imported::lookups(token, &digest);
         if lookups.is_empty() {
             return Ok(Verification::Invalid(Failure::Malformed, None));
         }
@@ -55,10 +62,11 @@ impl Verifier {
             // Not a token Keyplane issued nor one it imported.
             return Ok(Verification::Invalid(Failure::Malformed, None));
         }
-        match self.imported_match(token, candidates).await? {
+        match self.imported_match(token, &digest, candidates).await? {
             (SecretCheck::Matches, Some(key)) => {
                 let key = self.upgrade_if_asked(token, key).await?;
-                self.imported_ids.insert(digest, Arc::from(key.id.as_str())).await;
+                let remembered = Remembered { key_id: key.id.clone(), secret_hash: key.secret_hash.clone() };
+                self.imported_tokens.insert(digest, Arc::new(remembered)).await;
                 self.conclude(key).await
             }
             (SecretCheck::Throttled, _) => {
@@ -69,46 +77,45 @@ impl Verifier {
         }
     }
 
-    /// The candidate `token` belongs to: a remembered match first, then
-    /// each candidate's hash (a SHA-256 lookup that matched is the check).
+    /// The candidate `token` (whose SHA-256 is `digest`) belongs to: a
+    /// SHA-256 key is checked inline, a salted one on the hashing pool.
     async fn imported_match(
         &self,
         token: &str,
+        digest: &[u8; 32],
         candidates: Vec<api_keys::Model>,
     ) -> Result<(SecretCheck, Option<api_keys::Model>)> {
-        let digest = crate::crypto::sha256(token.as_bytes());
-        let remembered = self.verified_secrets.get(&digest).await;
-        if let Some(key) = candidates.iter().find(|key| remembered.as_deref() == Some(key.secret_hash.as_str())) {
-            return Ok((SecretCheck::Matches, Some(key.clone())));
-        }
         let suspect = format!("lookup:{}", candidates[0].lookup.as_deref().unwrap_or_default());
-        let slow = candidates.iter().any(|key| key.hash_format.is_some_and(HashFormat::is_slow));
-        if slow && self.throttled(&suspect).await {
+        let salted = candidates.iter().any(|key| key.hash_format.is_some_and(HashFormat::is_salted));
+        if salted && self.throttled(&suspect).await {
             return Ok((SecretCheck::Throttled, None));
         }
         for key in candidates {
-            let Some(format) = key.hash_format else { continue };
-            let started = Instant::now();
-            let matches = self.crypto.hasher.verify_imported(format, token.to_owned(), key.secret_hash.clone()).await?;
-            if format.is_slow() {
-                self.record_hash_time(started.elapsed());
-            }
+            let matches = match key.hash_format {
+                None => false,
+                Some(HashFormat::Sha256) => imported::digest_matches(digest, &key.secret_hash),
+                Some(format) => {
+                    let started = Instant::now();
+                    let (token, stored) = (token.to_owned(), key.secret_hash.clone());
+                    let matches = self.crypto.hasher.verify_salted(format, token, stored).await?;
+                    self.record_hash_time(started.elapsed());
+                    matches
+                }
+            };
             if matches {
-                self.verified_secrets.insert(digest, Arc::from(key.secret_hash.as_str())).await;
                 return Ok((SecretCheck::Matches, Some(key)));
             }
         }
-        if slow {
+        if salted {
             self.record_failure(&suspect).await;
         }
         Ok((SecretCheck::Wrong, None))
     }
 
-    /// Re-hashes a key imported with "upgrade on use" to Keyplane's
-    /// argon2id of the token, audited; SHA-256 keys keep their hash (the
-    /// digest is what finds them).
+    /// Re-hashes a key imported with "upgrade on use" (a salted one: the
+    /// import decides) to Keyplane's argon2id of the token, audited.
     async fn upgrade_if_asked(&self, token: &str, key: api_keys::Model) -> Result<api_keys::Model> {
-        let Some(format) = key.hash_format.filter(|f| key.upgrade_on_use && *f != HashFormat::Sha256) else {
+        let Some(format) = key.hash_format.filter(|_| key.upgrade_on_use) else {
             return Ok(key);
         };
         let phc = self.crypto.hasher.hash(token.to_owned()).await?;
@@ -121,8 +128,6 @@ impl Verifier {
             .await?;
         tx.commit().await?;
         self.metrics.hash_upgrades.inc();
-        let digest = crate::crypto::sha256(token.as_bytes());
-        self.verified_secrets.insert(digest, Arc::from(phc.as_str())).await;
         Ok(api_keys::Model {
             secret_hash: phc,
             hash_format: Some(HashFormat::KeyplaneArgon2id),

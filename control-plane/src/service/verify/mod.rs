@@ -168,9 +168,8 @@ pub struct Verifier {
     metrics: Arc<Metrics>,
     /// SHA-256 of a token → the secret hash it was found to match.
     verified_secrets: Cache<[u8; 32], Arc<str>>,
-    /// SHA-256 of an imported key's token → its key id, so a token seen
-    /// before is read by id, like a Keyplane token, not by its lookups.
-    imported_ids: Cache<[u8; 32], Arc<str>>,
+    /// SHA-256 of an imported key's token → the key it matched.
+    imported_tokens: Cache<[u8; 32], Arc<imported::Remembered>>,
     limits: AbuseLimits,
     /// Key id → wrong secrets within its window.
     failures: Cache<String, Arc<AtomicU32>>,
@@ -190,7 +189,7 @@ impl Verifier {
         limits: AbuseLimits,
     ) -> Self {
         let verified_secrets = Cache::builder().max_capacity(capacity).time_to_idle(Duration::from_secs(600)).build();
-        let imported_ids = Cache::builder().max_capacity(capacity).time_to_idle(Duration::from_secs(600)).build();
+        let imported_tokens = Cache::builder().max_capacity(capacity).time_to_idle(Duration::from_secs(600)).build();
         let failures = Cache::builder().max_capacity(TRACKED_KEY_IDS).time_to_live(limits.failure_window).build();
         let rate = NonZeroU32::new(limits.suspect_hashes_per_second).unwrap_or(NonZeroU32::MIN);
         Self {
@@ -198,7 +197,7 @@ impl Verifier {
             crypto,
             metrics,
             verified_secrets,
-            imported_ids,
+            imported_tokens,
             limits,
             failures,
             suspect_hashes: RateLimiter::direct(Quota::per_second(rate)),

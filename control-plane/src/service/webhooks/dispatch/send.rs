@@ -1,6 +1,7 @@
 //! Sending one attempt: the Standard Webhooks request (body, id, timestamp,
-//! every live signature, and a legacy header if the subscription has one), the endpoint's answer (status, `Retry-After`, a
-//! body excerpt), and what that answer means for the delivery.
+//! every live signature, and a legacy header if the subscription has one),
+//! the endpoint's answer (status, `Retry-After`, a body excerpt), and what
+//! that answer means for the delivery.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
