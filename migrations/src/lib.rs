@@ -23,6 +23,7 @@ mod m20261203_000015_rollup_read_indexes;
 mod m20261206_000016_console_shown_once;
 mod m20261207_000017_signature_schemes;
 mod m20261207_000018_imported_keys;
+mod m20261207_000019_roles;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000016_console_shown_once::Migration),
             Box::new(m20261207_000017_signature_schemes::Migration),
             Box::new(m20261207_000018_imported_keys::Migration),
+            Box::new(m20261207_000019_roles::Migration),
         ]
     }
 }

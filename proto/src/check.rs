@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use crate::permissions::{Holder, Query};
 use crate::token::Environment;
 use crate::usage::Outcome;
 
@@ -21,6 +22,8 @@ pub enum Denied {
     IpNotAllowed,
     /// The key lacks a required scope.
     MissingScope,
+    /// The key's permissions do not satisfy the check's permission query.
+    MissingPermission,
 }
 
 impl Denied {
@@ -31,6 +34,7 @@ impl Denied {
             Denied::WrongEnvironment => "wrong_environment",
             Denied::IpNotAllowed => "ip_not_allowed",
             Denied::MissingScope => "missing_scope",
+            Denied::MissingPermission => "missing_permission",
         }
     }
 
@@ -40,7 +44,9 @@ impl Denied {
     pub fn outcome(self) -> Outcome {
         match self {
             Denied::Expired => Outcome::Unauthorized,
-            Denied::WrongEnvironment | Denied::IpNotAllowed | Denied::MissingScope => Outcome::Forbidden,
+            Denied::WrongEnvironment | Denied::IpNotAllowed | Denied::MissingScope | Denied::MissingPermission => {
+                Outcome::Forbidden
+            }
         }
     }
 }
@@ -52,6 +58,18 @@ pub trait KeyState {
     /// Inside the key's allow-list and its identity's, where they have one.
     fn allows_client(&self, client: Option<IpAddr>) -> bool;
     fn has_scope(&self, scope: &str) -> bool;
+    /// Holds permission `name`: by a scope, a role, or its identity
+    /// (README "Roles and permissions"), exactly or under a wildcard.
+    fn holds_permission(&self, name: &str) -> bool;
+}
+
+/// A key's state as the holder of its permissions.
+struct Permissions<'a, K: ?Sized>(&'a K);
+
+impl<K: KeyState + ?Sized> Holder for Permissions<'_, K> {
+    fn holds(&self, name: &str) -> bool {
+        self.0.holds_permission(name)
+    }
 }
 
 /// What a check asks of the key.
@@ -61,11 +79,13 @@ pub struct CheckRequest<'a> {
     pub environment: Option<Environment>,
     pub scopes: &'a [String],
     pub client: Option<IpAddr>,
+    /// What the key's permissions must satisfy, if anything.
+    pub permissions: Option<&'a Query>,
     pub now: SystemTime,
 }
 
-/// The decision: expiry, environment, client address, then scopes; the
-/// first rule that fails is the reason.
+/// The decision: expiry, environment, client address, scopes, then the
+/// permission query; the first rule that fails is the reason.
 pub fn decide(key: &impl KeyState, request: &CheckRequest<'_>) -> Result<(), Denied> {
     if key.expires_at().is_some_and(|at| at <= request.now) {
         return Err(Denied::Expired);
@@ -78,6 +98,9 @@ pub fn decide(key: &impl KeyState, request: &CheckRequest<'_>) -> Result<(), Den
     }
     if request.scopes.iter().any(|needed| !key.has_scope(needed)) {
         return Err(Denied::MissingScope);
+    }
+    if request.permissions.is_some_and(|query| !query.allows(&Permissions(key))) {
+        return Err(Denied::MissingPermission);
     }
     Ok(())
 }
@@ -114,6 +137,9 @@ mod tests {
         fn has_scope(&self, scope: &str) -> bool {
             self.scopes.contains(&scope)
         }
+        fn holds_permission(&self, name: &str) -> bool {
+            self.scopes.iter().any(|pattern| crate::permissions::pattern_holds(pattern, name))
+        }
     }
 
     #[test]
@@ -125,12 +151,21 @@ mod tests {
             expires_at: Some(now + Duration::from_secs(60)),
             environment: Environment::Live,
             network: Some(office),
-            scopes: vec!["orders:read"],
+            scopes: vec!["orders:read", "billing.*"],
         };
         let orders = ["orders:read".to_owned()];
         let refunds = ["refunds:write".to_owned()];
-        let request =
-            |environment, scopes: &'static [String], client| CheckRequest { environment, scopes, client, now };
+        let billing = Query::parse("billing.read AND (orders:read OR orders.admin)").unwrap();
+        let admin = Query::parse("orders.admin").unwrap();
+        let (billing, admin): (&'static Query, &'static Query) = (Box::leak(Box::new(billing)), Box::leak(Box::new(admin)));
+        let request = |environment, scopes: &'static [String], client| CheckRequest {
+            environment,
+            scopes,
+            client,
+            permissions: Some(billing),
+            now,
+        };
+        let asking = |query| CheckRequest { permissions: Some(query), ..request(Some(Environment::Live), &[], Some(office)) };
         let expired = Key { expires_at: Some(now), ..good_clone(&good) };
         let orders: &'static [String] = Box::leak(Box::new(orders));
         let refunds: &'static [String] = Box::leak(Box::new(refunds));
@@ -147,12 +182,16 @@ mod tests {
             (&expired, request(Some(Environment::Test), refunds, None), Err(Denied::Expired)),
             (&good, request(Some(Environment::Test), refunds, None), Err(Denied::WrongEnvironment)),
             (&good, request(Some(Environment::Live), refunds, None), Err(Denied::IpNotAllowed)),
+            (&good, asking(admin), Err(Denied::MissingPermission)),
+            (&good, CheckRequest { permissions: Some(admin), ..request(Some(Environment::Live), refunds, Some(office)) }, Err(Denied::MissingScope)),
+            (&good, CheckRequest { permissions: None, ..asking(admin) }, Ok(())),
         ];
         for (key, request, expected) in table {
             assert_eq!(decide(key, &request), expected, "{request:?}");
         }
         assert_eq!(Denied::Expired.outcome(), Outcome::Unauthorized);
         assert_eq!(Denied::MissingScope.outcome(), Outcome::Forbidden);
+        assert_eq!(Denied::MissingPermission.outcome(), Outcome::Forbidden);
         assert_eq!(
             (valid_cost(0), valid_cost(1), valid_cost(1000), valid_cost(1001)),
             (None, Some(1), Some(1000), None)

@@ -21,7 +21,7 @@
 //! Held permissions may end in `*` at segment granularity: `billing.*`
 //! holds `billing.read` and `billing.invoices.read`; `*` holds everything.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// Longest query.
@@ -192,7 +192,7 @@ impl Query {
     }
 
     /// Whether a holder of `held` satisfies the query.
-    pub fn allows(&self, held: &Held) -> bool {
+    pub fn allows(&self, held: &(impl Holder + ?Sized)) -> bool {
         match self {
             Query::Name(name) => held.holds(name),
             Query::All(parts) => parts.iter().all(|part| part.allows(held)),
@@ -201,26 +201,84 @@ impl Query {
     }
 }
 
+/// Something that holds permissions: a [`Held`] set, or a key's state.
+pub trait Holder {
+    /// Whether permission `name` is held, exactly or under a wildcard.
+    fn holds(&self, name: &str) -> bool;
+}
+
+/// Longest permission name (or pattern) a key, role or identity may hold.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Checks a permission a holder is granted: a name, `prefix.*` or `*`.
+/// The error says what is wrong with it.
+pub fn check_grant(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() || pattern.len() > MAX_NAME_CHARS {
+        return Err(format!("must be 1 to {MAX_NAME_CHARS} characters"));
+    }
+    let name = pattern.strip_suffix(".*").unwrap_or(pattern);
+    if pattern == "*" {
+        return Ok(());
+    }
+    if !name.bytes().all(is_name_byte) {
+        return Err("may hold letters, digits, _ - : and . (and end in .* for a wildcard)".to_owned());
+    }
+    if name.split('.').any(str::is_empty) {
+        return Err("has an empty segment".to_owned());
+    }
+    if matches!(name, "AND" | "OR") {
+        return Err("AND and OR are words of the query language".to_owned());
+    }
+    Ok(())
+}
+
+/// Whether a granted `pattern` holds permission `name`: equal, `*`, or a
+/// `prefix.*` whose prefix is whole segments of `name`.
+pub fn pattern_holds(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        None => pattern == name,
+        Some("") => true,
+        Some(prefix) => prefix.ends_with('.') && name.len() > prefix.len() && name.starts_with(prefix),
+    }
+}
+
 /// The permissions a key holds (its own, its roles', its identity's).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Held(HashSet<String>);
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Held {
+    exact: BTreeSet<String>,
+    /// `prefix.` of each `prefix.*` held.
+    prefixes: Vec<String>,
+    everything: bool,
+}
 
 impl Held {
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(permissions: I) -> Self {
-        Self(permissions.into_iter().map(Into::into).collect())
+        let mut held = Held::default();
+        for permission in permissions {
+            let permission: String = permission.into();
+            if permission == "*" {
+                held.everything = true;
+            } else if let Some(prefix) = permission.strip_suffix('*').filter(|prefix| prefix.ends_with('.')) {
+                held.prefixes.push(prefix.to_owned());
+            } else {
+                held.exact.insert(permission);
+            }
+        }
+        held
     }
 
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty() && !self.everything
+    }
+}
+
+impl Holder for Held {
     /// Whether `name` is held: exactly, or under a held `prefix.*` or `*`.
-    pub fn holds(&self, name: &str) -> bool {
-        if self.0.contains(name) || self.0.contains("*") {
-            return true;
-        }
-        name.match_indices('.').any(|(dot, _)| {
-            let mut pattern = String::with_capacity(dot + 2);
-            pattern.push_str(&name[..dot]);
-            pattern.push_str(".*");
-            self.0.contains(&pattern)
-        })
+    fn holds(&self, name: &str) -> bool {
+        self.everything
+            || self.exact.contains(name)
+            || self.prefixes.iter().any(|prefix| name.len() > prefix.len() && name.starts_with(prefix.as_str()))
     }
 }
 
@@ -252,6 +310,21 @@ mod tests {
         assert!(!allows("billing", &["billing.*"]));
         assert!(!allows("billingx.read", &["billing.*"]));
         assert!(allows("anything.at.all", &["*"]));
+    }
+
+    #[test]
+    fn grants_are_names_or_segment_wildcards() {
+        for good in ["orders.read", "billing.*", "*", "orders:read", "a-b_c.d"] {
+            assert_eq!(check_grant(good), Ok(()), "{good}");
+        }
+        for bad in ["", "billing*", "billing.", ".x", "a..b", "a b", "or(", "AND", &"a".repeat(MAX_NAME_CHARS + 1)] {
+            assert!(check_grant(bad).is_err(), "{bad:?}");
+        }
+        assert!(pattern_holds("billing.*", "billing.read"));
+        assert!(!pattern_holds("billing.*", "billing"));
+        assert!(!pattern_holds("billing.*", "billingx.read"));
+        assert!(pattern_holds("*", "x"));
+        assert!(pattern_holds("a.b", "a.b") && !pattern_holds("a.b", "a.bc"));
     }
 
     #[test]

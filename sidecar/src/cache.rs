@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use keyplane_proto::permissions::{Held, Holder, pattern_holds};
 use keyplane_proto::token::{Environment, KEY_ID_LEN, KEY_ID_PREFIX};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
@@ -71,6 +72,18 @@ pub struct Principal {
     /// The identity the key belongs to, whose limits every check must pass
     /// too (boxed: most keys have none).
     pub identity: Option<Box<IdentityPrincipal>>,
+    /// What the key holds beyond its scopes (roles, its identity's
+    /// permissions); `None` when its scopes are all it holds.
+    pub grants: Option<Box<Grants>>,
+}
+
+/// Permissions a key holds beyond its scopes, and the roles they come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Grants {
+    /// Every permission the key holds, its scopes included.
+    pub held: Held,
+    /// `rol_…` of each role it holds: a change to one makes the answer stale.
+    pub role_ids: Vec<String>,
 }
 
 /// The identity of a key, with the limits all its keys share.
@@ -131,6 +144,13 @@ impl keyplane_proto::check::KeyState for Principal {
 
     fn has_scope(&self, scope: &str) -> bool {
         Principal::has_scope(self, scope)
+    }
+
+    fn holds_permission(&self, name: &str) -> bool {
+        match &self.grants {
+            Some(grants) => grants.held.holds(name),
+            None => self.scopes.split(' ').any(|scope| pattern_holds(scope, name)),
+        }
     }
 }
 
@@ -391,7 +411,7 @@ impl KeyCache {
     }
 
     /// How far `verdict` can be trusted: not past a later change of its
-    /// key, nor of its key's identity.
+    /// key, nor of its key's identity, nor of a role it holds.
     pub async fn freshness(&self, verdict: &Verdict) -> Freshness {
         let change = match verdict.key_id() {
             Some(key_id) => self.changes.get(key_id).await,
@@ -400,11 +420,14 @@ impl KeyCache {
         if let Some(change) = change.filter(|change| change.seq > verdict.as_of()) {
             return change.ended.map_or(Freshness::Stale, Freshness::Ended);
         }
-        if let Verdict::Valid { principal, as_of, .. } = verdict
-            && let Some(identity) = &principal.identity
-            && self.changes.get(&identity.id).await.is_some_and(|change| change.seq > *as_of)
-        {
-            return Freshness::Stale;
+        if let Verdict::Valid { principal, as_of, .. } = verdict {
+            let identity = principal.identity.iter().map(|identity| identity.id.as_str());
+            let roles = principal.grants.iter().flat_map(|grants| grants.role_ids.iter().map(String::as_str));
+            for holder in identity.chain(roles) {
+                if self.changes.get(holder).await.is_some_and(|change| change.seq > *as_of) {
+                    return Freshness::Stale;
+                }
+            }
         }
         if verdict.as_of() < self.floor.load(Ordering::Acquire) { Freshness::Stale } else { Freshness::Fresh }
     }
@@ -499,6 +522,7 @@ mod tests {
                 expires_at: None,
                 limits: None,
                 identity: None,
+                grants: None,
             }),
             as_of,
         }
@@ -539,6 +563,23 @@ mod tests {
         assert_eq!(cache.freshness(&of_identity(5)).await, Freshness::Stale);
         assert_eq!(cache.freshness(&of_identity(7)).await, Freshness::Fresh);
         assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Fresh);
+    }
+
+    #[tokio::test]
+    async fn a_change_of_a_role_makes_its_holders_answers_stale() {
+        use keyplane_proto::check::KeyState;
+        let cache = KeyCache::new(100, Duration::from_secs(60), Duration::from_secs(5));
+        let holding = |as_of| {
+            let Verdict::Valid { key_id, principal, .. } = valid("k", as_of) else { unreachable!() };
+            let grants = Grants { held: Held::new(["orders.*"]), role_ids: vec!["rol_a".into(), "rol_b".into()] };
+            let principal = Principal { grants: Some(Box::new(grants)), ..(*principal).clone() };
+            assert!(principal.holds_permission("orders.read") && !principal.holds_permission("billing.read"));
+            Verdict::Valid { key_id, principal: Arc::new(principal), as_of }
+        };
+        cache.apply_change("rol_b", 7, None).await;
+        assert_eq!(cache.freshness(&holding(5)).await, Freshness::Stale);
+        assert_eq!(cache.freshness(&holding(7)).await, Freshness::Fresh);
+        assert_eq!(cache.freshness(&valid("k", 5)).await, Freshness::Fresh, "a key without the role");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keyplane_proto::check::{self, CheckRequest};
+use keyplane_proto::permissions::Query;
 use keyplane_proto::token::{self, Environment, ParsedToken, TokenFormat};
 use keyplane_proto::usage::Outcome;
 use sha2::{Digest, Sha256};
@@ -27,7 +28,8 @@ pub enum DenyStatus {
     Unauthenticated,
     /// 403: wrong environment or missing scope.
     Forbidden,
-    /// 400: the proxy sent a cost that is not a whole number from 1 to 1000.
+    /// 400: the proxy sent a cost that is not a whole number from 1 to 1000,
+    /// or a permission query that does not parse.
     BadRequest,
     /// 429: over the key's rate limit, or out of credits.
     RateLimited,
@@ -79,6 +81,9 @@ pub struct CheckInput<'a> {
     pub credential: Option<&'a str>,
     /// Scopes the route requires.
     pub required_scopes: &'a [String],
+    /// The permission query the route requires, if any; `Err` when the
+    /// proxy named one that does not parse (the request is refused, 400).
+    pub permissions: Result<Option<&'a Query>, InvalidQuery>,
     /// The client's address as received (socket peer, or Envoy's source
     /// address), for logs.
     pub peer: &'a str,
@@ -91,6 +96,10 @@ pub struct CheckInput<'a> {
     /// `x-request-id`, when the proxy sent one.
     pub request_id: &'a str,
 }
+
+/// A route's permission query that does not parse (a proxy's configuration error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidQuery;
 
 /// A request without a token: telling the client so reveals nothing.
 const MISSING_CREDENTIAL: &str = "missing_credential";
@@ -113,20 +122,27 @@ pub struct Requirements<'a> {
     pub scopes: &'a [String],
     /// The client's address, for keys with an allow-list.
     pub client: Option<IpAddr>,
+    /// The permission query the route requires, if any.
+    pub permissions: Option<&'a Query>,
 }
 
 /// The rules applied to a trustworthy verdict: a refused token's reason,
 /// then the check decision shared with the control plane
 /// (`keyplane_proto::check`: expiry at request time, environment, client
-/// address, scopes).
+/// address, scopes, permission query).
 pub fn decide(verdict: &Verdict, required: Requirements<'_>, now: SystemTime) -> Decision {
     use DenyStatus::*;
     let (key_id, principal) = match verdict {
         Verdict::Invalid { refusal, .. } => return Decision::Deny(Denial::new(Unauthenticated, refusal.reason())),
         Verdict::Valid { key_id, principal, .. } => (*key_id, principal),
     };
-    let request =
-        CheckRequest { environment: Some(required.environment), scopes: required.scopes, client: required.client, now };
+    let request = CheckRequest {
+        environment: Some(required.environment),
+        scopes: required.scopes,
+        client: required.client,
+        permissions: required.permissions,
+        now,
+    };
     match check::decide(principal.as_ref(), &request) {
         Ok(()) => Decision::Allow { key_id, principal: principal.clone() },
         Err(denied) => {
@@ -275,6 +291,9 @@ impl Checker {
         let Some(cost) = request.cost else {
             return (Decision::Deny(Denial::new(BadRequest, "invalid_cost")), None);
         };
+        let Ok(permissions) = request.permissions else {
+            return (Decision::Deny(Denial::new(BadRequest, "invalid_permission_query")), None);
+        };
         let Some(token) = request.credential.filter(|t| !t.is_empty()) else {
             return (Decision::Deny(Denial::new(Unauthenticated, MISSING_CREDENTIAL)), None);
         };
@@ -288,8 +307,12 @@ impl Checker {
             Err(denial) => return (Decision::Deny(denial), parsed),
         };
         let named = parsed.or_else(|| verdict.key_id().map(|id| Named::Imported(id.to_owned())));
-        let required =
-            Requirements { environment: self.environment, scopes: request.required_scopes, client: request.client };
+        let required = Requirements {
+            environment: self.environment,
+            scopes: request.required_scopes,
+            client: request.client,
+            permissions,
+        };
         let decision = decide(&verdict, required, SystemTime::now());
         // Boxed, and only for keys with limits: leasing budgets awaits calls
         // to the control plane, a large future most checks need not carry.
@@ -456,6 +479,7 @@ mod tests {
                 }
                 .boxed(),
                 identity: None,
+                grants: None,
             }),
             as_of: 1,
         }
@@ -472,7 +496,7 @@ mod tests {
     fn rules() {
         let now = SystemTime::now();
         let scopes = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-        let live = |scopes| Requirements { environment: Environment::Live, scopes, client: None };
+        let live = |scopes| Requirements { environment: Environment::Live, scopes, client: None, permissions: None };
         let (a, b) = (scopes(&["a"]), scopes(&["b"]));
         assert_eq!(status(decide(&principal(Environment::Live, &["a"], None), live(&a), now)), None);
         assert_eq!(
@@ -514,6 +538,28 @@ mod tests {
         assert_eq!(status(decide(&both, from("10.2.3.4"), now)), None);
         assert_eq!(status(decide(&both, from("10.3.0.1"), now)), Some((403, "ip_not_allowed")));
         assert_eq!(status(decide(&both, from("2001:db8::7"), now)), Some((403, "ip_not_allowed")));
+
+        // Permission queries: scopes are permissions; roles add theirs.
+        let query = keyplane_proto::permissions::Query::parse("orders.read AND (billing.read OR billing.admin)").unwrap();
+        let asking = Requirements { permissions: Some(&query), ..live(&[]) };
+        let scoped = principal_from(Environment::Live, &["orders.read", "billing.*"], None, None);
+        assert_eq!(status(decide(&scoped, asking, now)), None);
+        let Verdict::Valid { key_id, principal: without, as_of } =
+            principal_from(Environment::Live, &["orders.read"], None, None)
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            status(decide(&Verdict::Valid { key_id, principal: without.clone(), as_of }, asking, now)),
+            Some((403, "missing_permission"))
+        );
+        let grants = crate::cache::Grants {
+            held: keyplane_proto::permissions::Held::new(["orders.read", "billing.admin"]),
+            role_ids: vec!["rol_1".into()],
+        };
+        let with_role = Principal { grants: Some(Box::new(grants)), ..(*without).clone() };
+        let with_role = Verdict::Valid { key_id, principal: Arc::new(with_role), as_of };
+        assert_eq!(status(decide(&with_role, asking, now)), None);
     }
 
     #[test]

@@ -82,6 +82,12 @@ pub struct Config {
     /// add to them and never lift them.
     #[arg(long, env = "KEYPLANE_SIDECAR_DEFAULT_SCOPES", value_delimiter = ',')]
     pub default_scopes: Vec<String>,
+    /// The permission query a forward-auth route requires, as
+    /// `NAME=QUERY` (repeatable; `;`-separated in the variable): the proxy
+    /// checks route NAME at `/check/NAME` (README "Roles and permissions").
+    /// ext_authz routes set the `permissions` context extension instead.
+    #[arg(long = "route-permissions", env = "KEYPLANE_SIDECAR_ROUTE_PERMISSIONS", value_delimiter = ';', value_parser = crate::routes::parse)]
+    pub route_permissions: Vec<crate::routes::RoutePermissions>,
     /// Request header carrying the key (`authorization` expects `Bearer <token>`).
     #[arg(long, env = "KEYPLANE_SIDECAR_CREDENTIAL_HEADER", default_value = "authorization")]
     pub credential_header: String,
@@ -174,6 +180,7 @@ impl Config {
             fail_open: false,
             expose_denial_reasons: false,
             default_scopes: Vec::new(),
+            route_permissions: Vec::new(),
             credential_header: "authorization".into(),
             trusted_proxies: Vec::new(),
             keep_credential: false,

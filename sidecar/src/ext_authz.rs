@@ -8,10 +8,11 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HttpStatusCode,
 };
 use envoy_types::ext_authz::v3::{CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder};
+use keyplane_proto::permissions::Query;
 use tonic::{Request, Response, Status};
 
 use crate::cache::{KeyId, Principal};
-use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, required_scopes};
+use crate::check::{CheckInput, Checker, Decision, DenyStatus, InvalidQuery, parse_cost, required_scopes};
 use crate::client_address::parse_ip;
 use crate::http::{credential_from, identity_headers, www_authenticate};
 
@@ -93,7 +94,19 @@ impl Authorization for ExtAuthz {
             .unwrap_or_default();
         let request_id = headers.get("x-request-id").map(String::as_str).unwrap_or_default();
         let cost = parse_cost(context.and_then(|c| c.get("cost")).map(String::as_str));
-        let check = CheckInput { credential, required_scopes: &required, peer: &peer, client, cost, request_id };
+        let permissions = context.and_then(|c| c.get("permissions")).map(|text| Query::parse(text)).transpose();
+        if let Err(error) = &permissions {
+            tracing::warn!(%error, "the route's permissions context extension is not a permission query");
+        }
+        let check = CheckInput {
+            credential,
+            required_scopes: &required,
+            permissions: permissions.as_ref().map(Option::as_ref).map_err(|_| InvalidQuery),
+            peer: &peer,
+            client,
+            cost,
+            request_id,
+        };
         let response = match self.checker.check(&check).await {
             Decision::Allow { key_id, principal } => {
                 allowed(&key_id, &principal, self.strip_credential.then_some(self.credential_header.as_str()))

@@ -75,6 +75,8 @@ pub struct HttpFrontEnd {
     pub strip_credential: bool,
     /// Scopes every check requires.
     pub default_scopes: Vec<String>,
+    /// Permission queries of the routes under `/check/NAME`.
+    pub routes: crate::routes::Routes,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
 }
@@ -123,6 +125,7 @@ impl HttpFrontEnd {
             .check(&CheckInput {
                 credential,
                 required_scopes: &required,
+                permissions: Ok(self.routes.for_path(request.uri().path())),
                 peer,
                 client: self.trusted_proxies.client(
                     peer,

@@ -17,6 +17,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod ratelimit;
+pub mod routes;
 pub mod sync;
 pub mod usage;
 
@@ -136,6 +137,7 @@ pub async fn run(
         credential_header: header.clone(),
         strip_credential: strip,
         default_scopes: config.default_scopes.clone(),
+        routes: routes::Routes::new(&config.route_permissions),
         trusted_proxies: client_address::TrustedProxies::new(config.trusted_proxies.clone()),
     });
     let http_address = listeners.http.address_text();

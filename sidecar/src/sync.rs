@@ -11,7 +11,11 @@ use keyplane_proto::sync::v1 as pb;
 use keyplane_proto::token::Environment;
 use rand::Rng;
 
-use crate::cache::{IdentityPrincipal, KeyCache, KeyId, Limits, Principal, Refusal, SharedPrincipals, Verdict};
+use keyplane_proto::permissions::Held;
+
+use crate::cache::{
+    Grants, IdentityPrincipal, KeyCache, KeyId, Limits, Principal, Refusal, SharedPrincipals, Verdict,
+};
 use crate::control_plane::ControlPlaneClient;
 use crate::credits::CreditLeases;
 use crate::error::{Error, Result};
@@ -251,6 +255,7 @@ pub async fn verify(
 }
 
 fn principal_from_proto(principal: admin::Principal, shared: &SharedPrincipals) -> Principal {
+    let grants = grants_from_proto(&principal);
     Principal {
         environment: if principal.environment == admin::Environment::Test as i32 {
             Environment::Test
@@ -266,9 +271,21 @@ fn principal_from_proto(principal: admin::Principal, shared: &SharedPrincipals) 
                 external_id: identity.external_id,
             })
         }),
+        grants,
         org_id: shared.string(&principal.org_id),
         scopes: shared.scopes(&principal.scopes),
     }
+}
+
+/// What a key holds beyond its scopes, if anything.
+fn grants_from_proto(principal: &admin::Principal) -> Option<Box<Grants>> {
+    let beyond_scopes = principal.permissions.iter().any(|permission| !principal.scopes.contains(permission));
+    (beyond_scopes || !principal.roles.is_empty()).then(|| {
+        Box::new(Grants {
+            held: Held::new(principal.permissions.iter().chain(&principal.scopes).cloned()),
+            role_ids: principal.roles.iter().map(|role| role.id.clone()).collect(),
+        })
+    })
 }
 
 fn limits_from_proto(rate_limit: Option<admin::RateLimit>, allowed_cidrs: &[String], has_credits: bool) -> Limits {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use keyplane_proto::admin::v1::api_key_service_server::ApiKeyServiceServer;
 use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
 use keyplane_proto::admin::v1::identity_service_server::IdentityServiceServer;
+use keyplane_proto::admin::v1::role_service_server::RoleServiceServer;
 use keyplane_proto::admin::v1::usage_service_server::UsageServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
 
@@ -19,7 +20,9 @@ use crate::grpc;
 use crate::service::retention;
 use crate::service::sync::{FeedSettings, KeyEventFeed};
 use crate::service::usage::ingest::{LocalUsage, UsageRecorder};
-use crate::service::{AuditService, CreditService, IdentityService, KeyService, SidecarSync, UsageService};
+use crate::service::{
+    AuditService, CreditService, IdentityService, KeyService, RoleService, SidecarSync, UsageService,
+};
 
 /// How often old key events are compacted.
 const KEY_EVENT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -28,6 +31,7 @@ const KEY_EVENT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Keys {
     pub keys: Arc<KeyService>,
     pub identities: Arc<IdentityService>,
+    pub roles: Arc<RoleService>,
     pub credits: Arc<CreditService>,
     pub usage: Arc<UsageService>,
     pub audit: Arc<AuditService>,
@@ -73,6 +77,7 @@ impl Keys {
         Ok(Self {
             keys,
             identities: Arc::new(IdentityService::new(db.clone(), core.wakeups.clone())),
+            roles: Arc::new(RoleService::new(db.clone(), core.wakeups.clone())),
             credits,
             usage: Arc::new(UsageService::new(db.clone(), usage.retention(), usage.ranking_cache_bytes())),
             audit: Arc::new(AuditService::new(db.clone())),
@@ -85,6 +90,7 @@ impl Keys {
         let auth = &core.auth;
         grpc.add(ApiKeyServiceServer::new(grpc::api_keys::ApiKeyGrpc::new(self.keys, auth.clone()))).await;
         grpc.add(IdentityServiceServer::new(grpc::identities::IdentityGrpc::new(self.identities, auth.clone()))).await;
+        grpc.add(RoleServiceServer::new(grpc::roles::RoleGrpc::new(self.roles, auth.clone()))).await;
         grpc.add(UsageServiceServer::new(grpc::usage::UsageGrpc::new(self.usage, auth.clone()))).await;
         grpc.add(AuditServiceServer::new(grpc::audit::AuditGrpc::new(self.audit, auth.clone()))).await;
         let sync = grpc::key_sync::KeySyncGrpc::new(self.sync, self.credits, auth.clone());

@@ -210,7 +210,13 @@ impl ApiKeyService for ApiKeyGrpc {
             }
         };
         let requirements =
-            Requirements { environment, scopes: &request.required_scopes, client, cost: u64::from(request.cost) };
+            Requirements {
+            environment,
+            scopes: &request.required_scopes,
+            client,
+            cost: u64::from(request.cost),
+            permission_query: &request.permission_query,
+        };
         let verification = self.keys.verify(&ctx, &request.token, requirements).await?;
         let (valid, failure, principal) = convert::verification_to_proto(&verification);
         Ok(Response::new(pb::VerifyApiKeyResponse { valid, failure: failure.into(), principal }))

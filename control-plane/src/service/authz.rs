@@ -121,6 +121,11 @@ pub enum Action {
     ReadIdentities,
     /// Changing an identity's shared limits may widen its keys.
     WriteIdentities,
+    /// Roles, and what the org's keys and identities hold.
+    ReadRoles,
+    /// Change roles, the roles keys and identities hold, and identities'
+    /// own permissions (never `keyplane:` scopes: they widen no admin power).
+    WriteRoles,
     ReadSubscriptions,
     WriteSubscriptions,
     /// Lets a pending subscription receive events (an operator's decision).
@@ -144,13 +149,14 @@ impl Action {
     /// The scope the action needs.
     pub fn scope(self) -> Scope {
         match self {
-            Action::ReadKeys | Action::ReadIdentities => Scope::KeysRead,
+            Action::ReadKeys | Action::ReadIdentities | Action::ReadRoles => Scope::KeysRead,
             Action::CreateKey
             | Action::UpdateKey
             | Action::RotateKey
             | Action::RevokeKey
             | Action::DeleteKey
-            | Action::WriteIdentities => Scope::KeysWrite,
+            | Action::WriteIdentities
+            | Action::WriteRoles => Scope::KeysWrite,
             Action::RevealKey => Scope::KeysReveal,
             Action::ReadSubscriptions => Scope::WebhooksRead,
             Action::WriteSubscriptions | Action::CreatePortalLink => Scope::WebhooksWrite,

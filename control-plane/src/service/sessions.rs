@@ -236,7 +236,7 @@ impl SessionService {
             None => None,
         };
         // The same networks rule as a verification: the key's and its identity's.
-        let verified = VerifiedKey { key, identity };
+        let verified = VerifiedKey::new(key, identity);
         if !verified.allows_client(client.ip) {
             return Ok(None);
         }

@@ -91,6 +91,27 @@ impl Violations {
     }
 }
 
+/// Grants (of a role or an identity): each a permission name, `prefix.*`
+/// or `*` (`keyplane_proto::permissions::check_grant`), never a `keyplane:`
+/// admin scope, at most `max`; sorted and without repeats when they pass.
+impl Violations {
+    pub fn grants(&mut self, field: &str, grants: &mut Vec<String>, max: usize) {
+        if grants.len() > max {
+            self.add(field, format!("at most {max}"));
+            return;
+        }
+        for (i, grant) in grants.iter().enumerate() {
+            if let Err(problem) = keyplane_proto::permissions::check_grant(grant) {
+                self.add(format!("{field}[{i}]"), problem);
+            } else if grant.starts_with("keyplane:") {
+                self.add(format!("{field}[{i}]"), "keyplane: scopes are granted to keys only, not by roles");
+            }
+        }
+        grants.sort_unstable();
+        grants.dedup();
+    }
+}
+
 /// Scope syntax: segments of `[A-Za-z0-9_.-]` (and `*`) separated by `:`;
 /// `keyplane:` scopes must be ones Keyplane knows.
 pub fn check_scope(scope: &str) -> std::result::Result<(), String> {

@@ -333,8 +333,10 @@ pub async fn ended_before(
         .await?)
 }
 
-/// Deletes key `id` of the transaction's org; false if there was none.
+/// Deletes key `id` of the transaction's org, with the roles it held;
+/// false if there was none.
 pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
+    super::roles::forget_holder(tx, id).await?;
     let result =
         Entity::delete_many().filter(Column::Id.eq(id)).filter(Column::OrgId.eq(tx.org())).exec(tx.conn()).await?;
     Ok(result.rows_affected > 0)

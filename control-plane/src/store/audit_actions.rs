@@ -7,6 +7,7 @@
 pub enum TargetType {
     ApiKey,
     Identity,
+    Role,
     Connection,
     WebhookSubscription,
     Delivery,
@@ -19,6 +20,7 @@ impl TargetType {
         match self {
             TargetType::ApiKey => "api_key",
             TargetType::Identity => "identity",
+            TargetType::Role => "role",
             TargetType::Connection => "connection",
             TargetType::WebhookSubscription => "webhook_subscription",
             TargetType::Delivery => "delivery",
@@ -45,6 +47,12 @@ pub enum AuditAction {
     IdentityUpdated,
     IdentityDeleted,
     IdentityCreditsRefilled,
+    ApiKeyRolesSet,
+    IdentityRolesSet,
+    IdentityPermissionsSet,
+    RoleCreated,
+    RoleUpdated,
+    RoleDeleted,
     ConnectionCreated,
     ConnectionDeleted,
     ConnectionAccessTokenIssued,
@@ -64,7 +72,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 30] = [
+    pub const ALL: [AuditAction; 36] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRotated,
@@ -79,6 +87,12 @@ impl AuditAction {
         AuditAction::IdentityUpdated,
         AuditAction::IdentityDeleted,
         AuditAction::IdentityCreditsRefilled,
+        AuditAction::ApiKeyRolesSet,
+        AuditAction::IdentityRolesSet,
+        AuditAction::IdentityPermissionsSet,
+        AuditAction::RoleCreated,
+        AuditAction::RoleUpdated,
+        AuditAction::RoleDeleted,
         AuditAction::ConnectionCreated,
         AuditAction::ConnectionDeleted,
         AuditAction::ConnectionAccessTokenIssued,
@@ -114,6 +128,12 @@ impl AuditAction {
             AuditAction::IdentityUpdated => "identity.updated",
             AuditAction::IdentityDeleted => "identity.deleted",
             AuditAction::IdentityCreditsRefilled => "identity.credits_refilled",
+            AuditAction::ApiKeyRolesSet => "api_key.roles_set",
+            AuditAction::IdentityRolesSet => "identity.roles_set",
+            AuditAction::IdentityPermissionsSet => "identity.permissions_set",
+            AuditAction::RoleCreated => "role.created",
+            AuditAction::RoleUpdated => "role.updated",
+            AuditAction::RoleDeleted => "role.deleted",
             AuditAction::ConnectionCreated => "connection.created",
             AuditAction::ConnectionDeleted => "connection.deleted",
             AuditAction::ConnectionAccessTokenIssued => "connection.access_token_issued",
@@ -145,11 +165,15 @@ impl AuditAction {
             | AuditAction::ApiKeyExpired
             | AuditAction::ApiKeyCreditsRefilled
             | AuditAction::ApiKeyImported
-            | AuditAction::ApiKeyHashUpgraded => TargetType::ApiKey,
+            | AuditAction::ApiKeyHashUpgraded
+            | AuditAction::ApiKeyRolesSet => TargetType::ApiKey,
             AuditAction::IdentityCreated
             | AuditAction::IdentityUpdated
             | AuditAction::IdentityDeleted
-            | AuditAction::IdentityCreditsRefilled => TargetType::Identity,
+            | AuditAction::IdentityCreditsRefilled
+            | AuditAction::IdentityRolesSet
+            | AuditAction::IdentityPermissionsSet => TargetType::Identity,
+            AuditAction::RoleCreated | AuditAction::RoleUpdated | AuditAction::RoleDeleted => TargetType::Role,
             AuditAction::ConnectionCreated
             | AuditAction::ConnectionDeleted
             | AuditAction::ConnectionAccessTokenIssued => TargetType::Connection,

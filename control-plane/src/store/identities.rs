@@ -37,11 +37,21 @@ pub struct Model {
     pub credit_refill_amount: Option<i64>,
     pub credit_refill_period: Option<String>,
     pub credit_refill_next_at: Option<DateTime<Utc>>,
+    /// JSON array of the identity's own permissions; NULL = none.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub permissions: Option<Json>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl Model {
+    /// The identity's own permissions (its keys hold them).
+    pub fn permission_list(&self) -> Vec<String> {
+        self.permissions.clone().and_then(|list| serde_json::from_value(list).ok()).unwrap_or_default()
+    }
+}
 
 /// Prefix of identity ids; it tells them apart from key ids where either
 /// may be named (credit leases, key events).
@@ -72,6 +82,7 @@ impl NewIdentity {
             org_id: Set(org.to_owned()),
             external_id: Set(self.external_id),
             metadata: Set(self.metadata),
+            permissions: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
@@ -151,8 +162,18 @@ pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Re
     Ok(row.update(tx.conn()).await?)
 }
 
-/// Deletes identity `id` of the transaction's org; false if there was none.
+/// Replaces the identity's own permissions (empty: none).
+pub async fn set_permissions(tx: &OrgTx, identity: Model, permissions: &[String]) -> Result<Model> {
+    let mut row = identity.into_active_model();
+    row.permissions = Set((!permissions.is_empty()).then(|| serde_json::json!(permissions)));
+    row.updated_at = Set(super::now());
+    Ok(row.update(tx.conn()).await?)
+}
+
+/// Deletes identity `id` of the transaction's org, with the roles it held;
+/// false if there was none.
 pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
+    super::roles::forget_holder(tx, id).await?;
     let result =
         Entity::delete_many().filter(Column::Id.eq(id)).filter(Column::OrgId.eq(tx.org())).exec(tx.conn()).await?;
     Ok(result.rows_affected > 0)

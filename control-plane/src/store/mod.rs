@@ -20,6 +20,7 @@ pub mod limits;
 pub mod policy;
 pub mod portal_links;
 pub mod rate_windows;
+pub mod roles;
 pub mod sealed;
 pub mod sessions;
 pub mod usage;

@@ -48,6 +48,7 @@ fn a_key() -> (KeyId, Principal) {
         expires_at: None,
         limits: None,
         identity: None,
+        grants: None,
     };
     (KeyId::parse("key_0351p852NEghidiXb8k001").expect("a key id"), principal)
 }

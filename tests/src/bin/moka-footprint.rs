@@ -44,6 +44,7 @@ fn verdict(cache: &KeyCache, i: u64) -> Verdict {
         expires_at: None,
         limits: None,
         identity: None,
+        grants: None,
     };
     let key_id = KeyId::parse(&format!("key_0351p852NEghidi{i:07}")).expect("key id");
     Verdict::Valid { key_id, principal: shared.principal(principal), as_of: i }

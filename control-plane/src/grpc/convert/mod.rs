@@ -3,6 +3,7 @@
 
 mod import;
 mod limits;
+pub mod roles;
 mod schemes;
 mod usage;
 
@@ -216,6 +217,8 @@ pub fn principal_to_proto(verified: &VerifiedKey) -> pb::Principal {
             allowed_cidrs: identity.allowed_cidr_list(),
             has_credits: identity.has_credits(),
         }),
+        permissions: verified.grants.names(),
+        roles: verified.grants.roles.iter().map(roles::role_ref_to_proto).collect(),
     }
 }
 
@@ -230,6 +233,7 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
         Failure::Denied(Denied::WrongEnvironment) => pb::VerifyFailure::WrongEnvironment,
         Failure::Denied(Denied::MissingScope) => pb::VerifyFailure::MissingScope,
         Failure::Denied(Denied::IpNotAllowed) => pb::VerifyFailure::IpNotAllowed,
+        Failure::Denied(Denied::MissingPermission) => pb::VerifyFailure::MissingPermission,
         Failure::Throttled => pb::VerifyFailure::Throttled,
         Failure::CreditsExhausted => pb::VerifyFailure::CreditsExhausted,
     }

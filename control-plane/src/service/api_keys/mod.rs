@@ -34,6 +34,7 @@ use crate::store::audit::AuditAction;
 use crate::store::{OrgTx, audit};
 use crate::wakeups::Wakeups;
 use keyplane_proto::MAX_CHECK_COST;
+use keyplane_proto::permissions::Query;
 use keyplane_proto::usage::Outcome;
 
 pub use rules::{DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MAX_TTL, MIN_TTL};
@@ -158,9 +159,13 @@ impl KeyService {
         if required.cost > MAX_CHECK_COST {
             violations.add("cost", format!("must be at most {MAX_CHECK_COST}"));
         }
+        let query = match required.permission_query.trim() {
+            "" => None,
+            text => violations.absorb(Query::parse(text).map_err(|e| Error::invalid("permission_query", e.to_string())))?,
+        };
         violations.finish()?;
         let verification = self.verifier.verify(scope, token, Purpose::Check).await?;
-        let verification = match verify::check_requirements(verification, required) {
+        let verification = match verify::check_requirements(verification, required, query.as_ref()) {
             Verification::Valid(verified) if verified.has_credits() => {
                 if self.credits.spend(&verified, required.cost.max(1)).await? {
                     Verification::Valid(verified)

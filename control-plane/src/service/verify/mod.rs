@@ -28,11 +28,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keyplane_proto::check::{self, CheckRequest, Denied, KeyState};
+use keyplane_proto::permissions::{Held, Holder, Query};
 use keyplane_proto::usage::Outcome;
 use moka::future::Cache;
 use sea_orm::DatabaseConnection;
 
 use super::Crypto;
+use super::roles::effective::{self, Effective};
 use crate::crypto::Environment;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -102,9 +104,26 @@ pub enum Purpose {
 pub struct VerifiedKey {
     pub key: api_keys::Model,
     pub identity: Option<identities::Model>,
+    /// What it holds: its scopes, and for a token check (not a caller's
+    /// authentication) its roles' and its identity's permissions too.
+    pub grants: Effective,
+    held: Held,
 }
 
 impl VerifiedKey {
+    /// A key and its identity, holding its scopes (until [`Self::with_grants`]).
+    pub fn new(key: api_keys::Model, identity: Option<identities::Model>) -> Self {
+        let held = Held::new(key.scope_list());
+        Self { key, identity, grants: Effective::default(), held }
+    }
+
+    /// The key with everything it holds (roles, identity) read.
+    async fn with_grants(mut self: Box<Self>, db: &DatabaseConnection) -> Result<Box<Self>> {
+        self.grants = effective::of_key(db, &self.key, self.identity.as_ref()).await?;
+        self.held = self.grants.held();
+        Ok(self)
+    }
+
     /// Whether a client at `client` may use the key: inside the key's
     /// allow-list and its identity's, where they have one.
     pub fn allows_client(&self, client: Option<IpAddr>) -> bool {
@@ -132,6 +151,10 @@ impl KeyState for VerifiedKey {
 
     fn has_scope(&self, scope: &str) -> bool {
         self.key.scopes.as_array().is_some_and(|scopes| scopes.iter().any(|s| s.as_str() == Some(scope)))
+    }
+
+    fn holds_permission(&self, name: &str) -> bool {
+        self.held.holds(name)
     }
 }
 
@@ -208,7 +231,13 @@ impl Verifier {
     /// Checks `token` against keys in `scope`: format, key, secret, status,
     /// expiry. `purpose` labels the metric (token checks vs. caller authentication).
     pub async fn verify(&self, scope: OrgScope<'_>, token: &str, purpose: Purpose) -> Result<Verification> {
-        let outcome = self.check(scope, token).await?;
+        let outcome = match (self.check(scope, token).await?, purpose) {
+            (Verification::Valid(verified), Purpose::Check) => Verification::Valid(verified.with_grants(&self.db).await?),
+            (Verification::Invalid(failure, Some(verified)), Purpose::Check) => {
+                Verification::Invalid(failure, Some(verified.with_grants(&self.db).await?))
+            }
+            (outcome, _) => outcome,
+        };
         let label = match &outcome {
             Verification::Valid(_) => "valid",
             Verification::Invalid(failure, _) => failure.as_str(),
@@ -255,7 +284,7 @@ impl Verifier {
             Some(id) => identities::find(&self.db, &key.org_id, id).await?,
             None => None,
         };
-        let verified = Box::new(VerifiedKey { key, identity });
+        let verified = Box::new(VerifiedKey::new(key, identity));
         Ok(match failure {
             Some(failure) => Verification::Invalid(failure, Some(verified)),
             None => Verification::Valid(verified),
@@ -348,11 +377,18 @@ pub struct Requirements<'a> {
     pub client: Option<IpAddr>,
     /// Credits the use costs, for keys with credits (0 counts as 1).
     pub cost: u64,
+    /// A permission query the key must satisfy (empty: none), parsed by
+    /// [`KeyService::verify`](super::KeyService::verify).
+    pub permission_query: &'a str,
 }
 
 /// Applies a caller's requirements to a valid key: the check decision
 /// shared with the sidecar (`keyplane_proto::check`).
-pub fn check_requirements(verification: Verification, required: Requirements<'_>) -> Verification {
+pub fn check_requirements(
+    verification: Verification,
+    required: Requirements<'_>,
+    permissions: Option<&Query>,
+) -> Verification {
     let Verification::Valid(verified) = verification else {
         return verification;
     };
@@ -360,6 +396,7 @@ pub fn check_requirements(verification: Verification, required: Requirements<'_>
         environment: required.environment,
         scopes: required.scopes,
         client: required.client,
+        permissions,
         now: SystemTime::now(),
     };
     match check::decide(verified.as_ref(), &request) {

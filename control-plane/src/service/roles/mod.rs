@@ -1,0 +1,287 @@
+//! Roles and permissions (README "Roles and permissions"): roles are named
+//! sets of permissions an org defines; keys and identities hold roles, an
+//! identity holds permissions of its own, and a key holds its scopes too
+//! ([`effective`]). A change appends a key event naming the role, key or
+//! identity, so sidecars stop trusting what they cached for it at once.
+
+pub mod effective;
+
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+
+use self::effective::{Effective, RoleRef};
+use super::auth::RequestContext;
+use super::paging::{Listing, Page, PageRequest};
+use super::validate::Violations;
+use crate::error::{Error, Result};
+use crate::service::authz::{Action, Target};
+use crate::store::audit::AuditAction;
+use crate::store::identities::is_identity_id;
+use crate::store::key_events::{self, KeyEventKind};
+use crate::store::roles::{self, NewRole, RoleChanges};
+use crate::store::{ChangeTx, OrgTx, api_keys, audit, identities};
+use crate::wakeups::Wakeups;
+
+const LISTING: Listing = Listing::named("roles");
+/// Longest role name.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest role description.
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+/// Most permissions a role or an identity grants.
+pub const MAX_GRANTS: usize = 100;
+/// Most roles a key or an identity holds.
+pub const MAX_ROLES: usize = 50;
+
+/// A role with how many keys and identities hold it.
+#[derive(Clone, Debug)]
+pub struct RoleView {
+    pub role: roles::Model,
+    pub holders: u64,
+}
+
+/// How to find one role.
+#[derive(Clone, Copy, Debug)]
+pub enum RoleLookup<'a> {
+    Id(&'a str),
+    Name(&'a str),
+}
+
+/// What holds roles.
+enum Holder {
+    Key,
+    Identity,
+}
+
+/// The role service.
+pub struct RoleService {
+    db: DatabaseConnection,
+    wakeups: Wakeups,
+}
+
+impl RoleService {
+    pub fn new(db: DatabaseConnection, wakeups: Wakeups) -> Self {
+        Self { db, wakeups }
+    }
+
+    /// Creates a role (audited).
+    pub async fn create(&self, ctx: &RequestContext, org_id: &str, mut new: NewRole) -> Result<RoleView> {
+        let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
+        let mut violations = Violations::default();
+        check_name(&mut violations, "name", &new.name);
+        violations.optional_text("description", &new.description, MAX_DESCRIPTION_CHARS);
+        check_role_grants(&mut violations, "permissions", &mut new.permissions);
+        violations.finish()?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        refuse_taken_name(&tx, "name", &new.name).await?;
+        let role = roles::insert(&tx, new).await?;
+        let details = json!({ "name": role.name, "permissions": role.permission_list() });
+        audit::append(&tx, ctx.audit(AuditAction::RoleCreated, &role.id, details)).await?;
+        tx.commit().await?;
+        Ok(RoleView { role, holders: 0 })
+    }
+
+    /// One role of the org.
+    pub async fn get(&self, ctx: &RequestContext, org_id: &str, which: RoleLookup<'_>) -> Result<RoleView> {
+        let org = ctx.authorize(Action::ReadRoles, Target::Org(org_id))?;
+        let found = match which {
+            RoleLookup::Id("") | RoleLookup::Name("") => return Err(Error::invalid("id", "give an id or a name")),
+            RoleLookup::Id(id) => roles::find(&self.db, &org, id).await?,
+            RoleLookup::Name(name) => roles::find_by_name(&self.db, &org, name).await?,
+        };
+        let role = found.ok_or(Error::NotFound("role"))?;
+        let holders = roles::holder_counts(&self.db, &org, std::slice::from_ref(&role.id)).await?;
+        Ok(RoleView { holders: holders.get(&role.id).copied().unwrap_or(0), role })
+    }
+
+    /// A page of roles in name order.
+    pub async fn list(&self, ctx: &RequestContext, org_id: &str, page: &PageRequest) -> Result<Page<RoleView>> {
+        let org = ctx.authorize(Action::ReadRoles, Target::Org(org_id))?;
+        let cursor = LISTING.start(page)?;
+        let rows = roles::list(&self.db, &org, cursor.position.as_deref(), cursor.fetch()).await?;
+        let ids: Vec<String> = rows.iter().map(|role| role.id.clone()).collect();
+        let counts = roles::holder_counts(&self.db, &org, &ids).await?;
+        let views =
+            rows.into_iter().map(|role| RoleView { holders: counts.get(&role.id).copied().unwrap_or(0), role }).collect();
+        Ok(cursor.page(views, |view: &RoleView| view.role.name.clone()))
+    }
+
+    /// Changes the named fields (audited); sidecars re-verify every key holding it.
+    pub async fn update(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        id: &str,
+        mut changes: RoleChanges,
+    ) -> Result<RoleView> {
+        let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
+        let mut violations = Violations::default();
+        let mut changed = Vec::new();
+        if let Some(name) = &changes.name {
+            check_name(&mut violations, "update.name", name);
+            changed.push("name");
+        }
+        if let Some(description) = &changes.description {
+            violations.optional_text("update.description", description, MAX_DESCRIPTION_CHARS);
+            changed.push("description");
+        }
+        if let Some(permissions) = &mut changes.permissions {
+            check_role_grants(&mut violations, "update.permissions", permissions);
+            changed.push("permissions");
+        }
+        if changed.is_empty() {
+            violations.add("update_mask", "name at least one field: name, description, permissions");
+        }
+        violations.finish()?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
+        let role = roles::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("role"))?;
+        if let Some(name) = changes.name.as_deref().filter(|name| *name != role.name) {
+            refuse_taken_name(&tx, "update.name", name).await?;
+        }
+        let role = roles::update(&tx, role, changes).await?;
+        key_events::append(&tx, &role.id, KeyEventKind::Updated).await?;
+        let details = json!({ "fields": changed, "name": role.name, "permissions": role.permission_list() });
+        audit::append(&tx, ctx.audit(AuditAction::RoleUpdated, &role.id, details)).await?;
+        let holders = roles::holder_counts(tx.conn(), tx.org(), std::slice::from_ref(&role.id)).await?;
+        tx.commit(&self.wakeups).await?;
+        Ok(RoleView { holders: holders.get(&role.id).copied().unwrap_or(0), role })
+    }
+
+    /// Deletes a role: refused while held unless `detach`, which takes it
+    /// from every holder in the same transaction. Returns how many held it.
+    pub async fn delete(&self, ctx: &RequestContext, org_id: &str, id: &str, detach: bool) -> Result<u64> {
+        let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
+        let role = roles::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("role"))?;
+        let held = roles::holder_counts(tx.conn(), tx.org(), std::slice::from_ref(&role.id)).await?;
+        let holders = held.get(&role.id).copied().unwrap_or(0);
+        if holders > 0 && !detach {
+            return Err(Error::FailedPrecondition(format!(
+                "{holders} keys or identities hold the role: take it from them first, or delete with detach"
+            )));
+        }
+        let detached = roles::delete(&tx, &role.id).await?;
+        key_events::append(&tx, &role.id, KeyEventKind::Updated).await?;
+        let details = json!({ "name": role.name, "detached": detached });
+        audit::append(&tx, ctx.audit(AuditAction::RoleDeleted, &role.id, details)).await?;
+        tx.commit(&self.wakeups).await?;
+        Ok(detached)
+    }
+
+    /// Makes a key or an identity hold exactly the roles named (by name or
+    /// id); audited, and sidecars re-verify it (or its keys) at once.
+    pub async fn set_roles(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        holder_id: &str,
+        names: &[String],
+    ) -> Result<Vec<RoleRef>> {
+        let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
+        if names.len() > MAX_ROLES {
+            return Err(Error::invalid("roles", format!("at most {MAX_ROLES}")));
+        }
+        let tx = ChangeTx::begin(&self.db, &org).await?;
+        let holder = find_holder(&tx, holder_id).await?;
+        let found = roles::find_named(tx.conn(), tx.org(), names).await?;
+        let mut violations = Violations::default();
+        let mut held: Vec<RoleRef> = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            match found.iter().find(|role| role.name == *name || role.id == *name) {
+                Some(role) if held.iter().all(|known| known.id != role.id) => {
+                    held.push(RoleRef { id: role.id.clone(), name: role.name.clone() });
+                }
+                Some(_) => {}
+                None => violations.add(format!("roles[{i}]"), "no role with this name or id in the org"),
+            }
+        }
+        violations.finish()?;
+        held.sort_by(|a, b| a.name.cmp(&b.name));
+        let ids: Vec<String> = held.iter().map(|role| role.id.clone()).collect();
+        roles::set_grants(&tx, holder_id, &ids).await?;
+        key_events::append(&tx, holder_id, KeyEventKind::Updated).await?;
+        let action = match holder {
+            Holder::Key => AuditAction::ApiKeyRolesSet,
+            Holder::Identity => AuditAction::IdentityRolesSet,
+        };
+        let names: Vec<&str> = held.iter().map(|role| role.name.as_str()).collect();
+        audit::append(&tx, ctx.audit(action, holder_id, json!({ "roles": names }))).await?;
+        tx.commit(&self.wakeups).await?;
+        Ok(held)
+    }
+
+    /// Replaces an identity's own permissions (audited); sidecars
+    /// re-verify its keys at once. Returns them, sorted.
+    pub async fn set_identity_permissions(
+        &self,
+        ctx: &RequestContext,
+        org_id: &str,
+        identity_id: &str,
+        mut permissions: Vec<String>,
+    ) -> Result<Vec<String>> {
+        let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
+        let mut violations = Violations::default();
+        violations.grants("permissions", &mut permissions, MAX_GRANTS);
+        violations.finish()?;
+        let tx = ChangeTx::begin(&self.db, &org).await?;
+        let identity =
+            identities::find(tx.conn(), tx.org(), identity_id).await?.ok_or(Error::NotFound("identity"))?;
+        let identity = identities::set_permissions(&tx, identity, &permissions).await?;
+        key_events::append(&tx, &identity.id, KeyEventKind::Updated).await?;
+        let details = json!({ "permissions": permissions });
+        audit::append(&tx, ctx.audit(AuditAction::IdentityPermissionsSet, &identity.id, details)).await?;
+        tx.commit(&self.wakeups).await?;
+        Ok(permissions)
+    }
+
+    /// What a key or an identity holds, and why.
+    pub async fn effective(&self, ctx: &RequestContext, org_id: &str, holder_id: &str) -> Result<Effective> {
+        let org = ctx.authorize(Action::ReadRoles, Target::Org(org_id))?;
+        if is_identity_id(holder_id) {
+            let identity =
+                identities::find(&self.db, &org, holder_id).await?.ok_or(Error::NotFound("identity"))?;
+            return effective::of_identity(&self.db, &identity).await;
+        }
+        let key = api_keys::find(&self.db, &org, holder_id).await?.ok_or(Error::NotFound("key"))?;
+        let identity = match &key.identity_id {
+            Some(id) => identities::find(&self.db, &org, id).await?,
+            None => None,
+        };
+        effective::of_key(&self.db, &key, identity.as_ref()).await
+    }
+}
+
+/// Whether `id` is a key or an identity of the transaction's org (NOT_FOUND otherwise).
+async fn find_holder(tx: &OrgTx, id: &str) -> Result<Holder> {
+    if is_identity_id(id) {
+        let identity = identities::find(tx.conn(), tx.org(), id).await?;
+        return identity.map(|_| Holder::Identity).ok_or(Error::NotFound("identity"));
+    }
+    let key = api_keys::find(tx.conn(), tx.org(), id).await?;
+    key.map(|_| Holder::Key).ok_or(Error::NotFound("key"))
+}
+
+/// A role name: 1 to 64 of letters, digits, `_ - . :`, not looking like an id.
+fn check_name(violations: &mut Violations, field: &str, name: &str) {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_-.:".contains(&b);
+    if name.is_empty() || name.len() > MAX_NAME_CHARS || !name.bytes().all(allowed) {
+        violations.add(field, format!("1 to {MAX_NAME_CHARS} of letters, digits, _ - . :"));
+    } else if roles::is_role_id(name) {
+        violations.add(field, format!("must not start with {:?} (role ids do)", roles::ID_PREFIX));
+    }
+}
+
+/// A role grants 1 to [`MAX_GRANTS`] permissions.
+fn check_role_grants(violations: &mut Violations, field: &str, permissions: &mut Vec<String>) {
+    if permissions.is_empty() {
+        violations.add(field, "a role grants at least one permission");
+    }
+    violations.grants(field, permissions, MAX_GRANTS);
+}
+
+/// ALREADY_EXISTS when another role of the org has this name.
+async fn refuse_taken_name(tx: &OrgTx, field: &str, name: &str) -> Result<()> {
+    match roles::find_by_name(tx.conn(), tx.org(), name).await? {
+        Some(_) => Err(Error::AlreadyExists(format!("{field}: a role with this name exists"))),
+        None => Ok(()),
+    }
+}
