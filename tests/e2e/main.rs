@@ -23,6 +23,7 @@ mod isolation;
 mod partition;
 mod proxies;
 mod reseal;
+mod roles;
 mod route_scopes;
 mod secrets;
 mod shutdown;

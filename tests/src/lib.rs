@@ -28,6 +28,7 @@ use pb::connection_service_client::ConnectionServiceClient;
 use pb::delivery_service_client::DeliveryServiceClient;
 use pb::event_service_client::EventServiceClient;
 use pb::identity_service_client::IdentityServiceClient;
+use pb::role_service_client::RoleServiceClient;
 use pb::usage_service_client::UsageServiceClient;
 use pb::webhook_service_client::WebhookServiceClient;
 use sea_orm::DatabaseConnection;
@@ -271,6 +272,11 @@ impl TestControlPlane {
     /// Identity client authenticated with `token`.
     pub async fn identities(&self, token: &str) -> IdentityServiceClient<Authed> {
         IdentityServiceClient::new(self.authed(token).await)
+    }
+
+    /// Role client authenticated with `token`.
+    pub async fn roles(&self, token: &str) -> RoleServiceClient<Authed> {
+        RoleServiceClient::new(self.authed(token).await)
     }
 
     /// Usage-analytics client authenticated with `token`.
