@@ -49,8 +49,13 @@ impl MigrationTrait for Migration {
             .col(timestamp_with_time_zone(Roles::UpdatedAt))
             .to_owned();
         manager.create_table(roles).await?;
-        let names =
-            Index::create().name("roles_org_name").table(Roles::Table).col(Roles::OrgId).col(Roles::Name).unique().to_owned();
+        let names = Index::create()
+            .name("roles_org_name")
+            .table(Roles::Table)
+            .col(Roles::OrgId)
+            .col(Roles::Name)
+            .unique()
+            .to_owned();
         manager.create_index(names).await?;
         let grants = Table::create()
             .table(RoleGrants::Table)

@@ -157,7 +157,8 @@ mod tests {
         let refunds = ["refunds:write".to_owned()];
         let billing = Query::parse("billing.read AND (orders:read OR orders.admin)").unwrap();
         let admin = Query::parse("orders.admin").unwrap();
-        let (billing, admin): (&'static Query, &'static Query) = (Box::leak(Box::new(billing)), Box::leak(Box::new(admin)));
+        let (billing, admin): (&'static Query, &'static Query) =
+            (Box::leak(Box::new(billing)), Box::leak(Box::new(admin)));
         let request = |environment, scopes: &'static [String], client| CheckRequest {
             environment,
             scopes,
@@ -165,7 +166,8 @@ mod tests {
             permissions: Some(billing),
             now,
         };
-        let asking = |query| CheckRequest { permissions: Some(query), ..request(Some(Environment::Live), &[], Some(office)) };
+        let asking =
+            |query| CheckRequest { permissions: Some(query), ..request(Some(Environment::Live), &[], Some(office)) };
         let expired = Key { expires_at: Some(now), ..good_clone(&good) };
         let orders: &'static [String] = Box::leak(Box::new(orders));
         let refunds: &'static [String] = Box::leak(Box::new(refunds));
@@ -183,7 +185,11 @@ mod tests {
             (&good, request(Some(Environment::Test), refunds, None), Err(Denied::WrongEnvironment)),
             (&good, request(Some(Environment::Live), refunds, None), Err(Denied::IpNotAllowed)),
             (&good, asking(admin), Err(Denied::MissingPermission)),
-            (&good, CheckRequest { permissions: Some(admin), ..request(Some(Environment::Live), refunds, Some(office)) }, Err(Denied::MissingScope)),
+            (
+                &good,
+                CheckRequest { permissions: Some(admin), ..request(Some(Environment::Live), refunds, Some(office)) },
+                Err(Denied::MissingScope),
+            ),
             (&good, CheckRequest { permissions: None, ..asking(admin) }, Ok(())),
         ];
         for (key, request, expected) in table {

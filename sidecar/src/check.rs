@@ -540,7 +540,8 @@ mod tests {
         assert_eq!(status(decide(&both, from("2001:db8::7"), now)), Some((403, "ip_not_allowed")));
 
         // Permission queries: scopes are permissions; roles add theirs.
-        let query = keyplane_proto::permissions::Query::parse("orders.read AND (billing.read OR billing.admin)").unwrap();
+        let query =
+            keyplane_proto::permissions::Query::parse("orders.read AND (billing.read OR billing.admin)").unwrap();
         let asking = Requirements { permissions: Some(&query), ..live(&[]) };
         let scoped = principal_from(Environment::Live, &["orders.read", "billing.*"], None, None);
         assert_eq!(status(decide(&scoped, asking, now)), None);

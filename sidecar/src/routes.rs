@@ -18,7 +18,8 @@ pub struct RoutePermissions {
 /// Parses `NAME=QUERY`; the error names what is wrong (clap prints it
 /// with the flag).
 pub fn parse(text: &str) -> Result<RoutePermissions, String> {
-    let (route, query) = text.split_once('=').ok_or("expected NAME=QUERY, e.g. orders='orders.read OR orders.admin'")?;
+    let (route, query) =
+        text.split_once('=').ok_or("expected NAME=QUERY, e.g. orders='orders.read OR orders.admin'")?;
     let route = route.trim();
     let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_-.".contains(&b);
     if route.is_empty() || !route.bytes().all(allowed) {

@@ -13,9 +13,7 @@ use rand::Rng;
 
 use keyplane_proto::permissions::Held;
 
-use crate::cache::{
-    Grants, IdentityPrincipal, KeyCache, KeyId, Limits, Principal, Refusal, SharedPrincipals, Verdict,
-};
+use crate::cache::{Grants, IdentityPrincipal, KeyCache, KeyId, Limits, Principal, Refusal, SharedPrincipals, Verdict};
 use crate::control_plane::ControlPlaneClient;
 use crate::credits::CreditLeases;
 use crate::error::{Error, Result};

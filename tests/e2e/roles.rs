@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::{Authed, Backend, TestSidecar, assert_invalid_field, both_backends, ext_authz_request, random_org, start_or_skip};
+use keyplane_tests::{
+    Authed, Backend, TestSidecar, assert_invalid_field, both_backends, ext_authz_request, random_org, start_or_skip,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -64,7 +66,12 @@ async fn roles_lifecycle_rules_and_audit(backend: Backend) {
     }
     let empty = pb::CreateRoleRequest { org_id: org.clone(), name: "empty".into(), ..Default::default() };
     assert_invalid_field(&roles.create_role(empty).await.expect_err("no permissions"), "permissions");
-    let taken = pb::CreateRoleRequest { org_id: org.clone(), name: "support".into(), permissions: strings(&["a"]), ..Default::default() };
+    let taken = pb::CreateRoleRequest {
+        org_id: org.clone(),
+        name: "support".into(),
+        permissions: strings(&["a"]),
+        ..Default::default()
+    };
     assert_eq!(roles.create_role(taken).await.expect_err("taken").code(), Code::AlreadyExists);
 
     // Get by name, list in name order with paging, update by mask.
@@ -86,7 +93,11 @@ async fn roles_lifecycle_rules_and_audit(backend: Backend) {
     let update = pb::UpdateRoleRequest {
         org_id: org.clone(),
         id: support.id.clone(),
-        update: Some(pb::RoleUpdate { name: "support-staff".into(), permissions: strings(&["tickets.*"]), ..Default::default() }),
+        update: Some(pb::RoleUpdate {
+            name: "support-staff".into(),
+            permissions: strings(&["tickets.*"]),
+            ..Default::default()
+        }),
         update_mask: mask(&["name", "permissions"]),
     };
     let updated = roles.update_role(update).await.expect("update").into_inner().role.expect("role");
@@ -97,7 +108,11 @@ async fn roles_lifecycle_rules_and_audit(backend: Backend) {
     let (key, _) = plane.create_key(&org, &["orders.read"]).await;
     let mut identities = plane.identities(&plane.root_token).await;
     let identity = identities
-        .create_identity(pb::CreateIdentityRequest { org_id: org.clone(), external_id: "acme".into(), ..Default::default() })
+        .create_identity(pb::CreateIdentityRequest {
+            org_id: org.clone(),
+            external_id: "acme".into(),
+            ..Default::default()
+        })
         .await
         .expect("identity")
         .into_inner()
@@ -106,12 +121,14 @@ async fn roles_lifecycle_rules_and_audit(backend: Backend) {
     let held = set_roles(&mut roles, &org, &key.id, &["support-staff", &billing.id]).await;
     assert_eq!(held.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["billing", "support-staff"]);
     set_roles(&mut roles, &org, &identity.id, &["billing"]).await;
-    let unknown = pb::SetRolesRequest { org_id: org.clone(), holder_id: key.id.clone(), roles: strings(&["billing", "nope"]) };
+    let unknown =
+        pb::SetRolesRequest { org_id: org.clone(), holder_id: key.id.clone(), roles: strings(&["billing", "nope"]) };
     assert_invalid_field(&roles.set_roles(unknown).await.expect_err("unknown role"), "roles[1]");
 
     // A role of another org is out of reach, and so are its keys.
     let (foreign_key, _) = plane.create_key(&other_org, &[]).await;
-    let foreign = pb::SetRolesRequest { org_id: org.clone(), holder_id: foreign_key.id.clone(), roles: strings(&["billing"]) };
+    let foreign =
+        pb::SetRolesRequest { org_id: org.clone(), holder_id: foreign_key.id.clone(), roles: strings(&["billing"]) };
     assert_eq!(roles.set_roles(foreign).await.expect_err("foreign key").code(), Code::NotFound);
     let elsewhere = pb::GetRoleRequest { org_id: other_org.clone(), id: billing.id.clone(), ..Default::default() };
     assert_eq!(roles.get_role(elsewhere).await.expect_err("other org").code(), Code::NotFound);
@@ -143,7 +160,11 @@ async fn verify_api_key_evaluates_permission_queries(backend: Backend) {
     create_role(&mut roles, &org, "support", &["tickets.write"]).await;
     let mut identities = plane.identities(&plane.root_token).await;
     let identity = identities
-        .create_identity(pb::CreateIdentityRequest { org_id: org.clone(), external_id: "acme".into(), ..Default::default() })
+        .create_identity(pb::CreateIdentityRequest {
+            org_id: org.clone(),
+            external_id: "acme".into(),
+            ..Default::default()
+        })
         .await
         .expect("identity")
         .into_inner()
@@ -154,7 +175,10 @@ async fn verify_api_key_evaluates_permission_queries(backend: Backend) {
         identity_id: identity.id.clone(),
         permissions: strings(&["reports.read", "reports.read"]),
     };
-    assert_eq!(roles.set_identity_permissions(own).await.expect("permissions").into_inner().permissions, ["reports.read"]);
+    assert_eq!(
+        roles.set_identity_permissions(own).await.expect("permissions").into_inner().permissions,
+        ["reports.read"]
+    );
     let reserved = pb::SetIdentityPermissionsRequest {
         org_id: org.clone(),
         identity_id: identity.id.clone(),
@@ -213,8 +237,7 @@ async fn verify_api_key_evaluates_permission_queries(backend: Backend) {
 
     let effective = pb::GetEffectivePermissionsRequest { org_id: org.clone(), holder_id: key.id.clone() };
     let effective = roles.get_effective_permissions(effective).await.expect("effective").into_inner();
-    let sources: Vec<(String, Vec<String>)> =
-        effective.permissions.into_iter().map(|p| (p.name, p.sources)).collect();
+    let sources: Vec<(String, Vec<String>)> = effective.permissions.into_iter().map(|p| (p.name, p.sources)).collect();
     assert_eq!(
         sources,
         [

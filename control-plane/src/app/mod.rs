@@ -184,6 +184,7 @@ fn start_console(
         deliveries: webhooks.deliveries.clone(),
         audit: keys.audit.clone(),
         connections: webhooks.connections.clone(),
+        roles: keys.roles.clone(),
         usage: keys.usage.clone(),
         portal: webhooks.portal.clone(),
         sessions: sessions.clone(),

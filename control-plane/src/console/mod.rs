@@ -28,7 +28,8 @@ use tonic::transport::server::Connected;
 use crate::background::Background;
 use crate::service::webhooks::PortalLinks;
 use crate::service::{
-    AuditService, ConnectionService, DeliveryService, KeyService, SessionService, UsageService, WebhookService,
+    AuditService, ConnectionService, DeliveryService, KeyService, RoleService, SessionService, UsageService,
+    WebhookService,
 };
 use crate::tls::Incoming;
 
@@ -39,6 +40,7 @@ pub struct Console {
     pub deliveries: Arc<DeliveryService>,
     pub audit: Arc<AuditService>,
     pub connections: Arc<ConnectionService>,
+    pub roles: Arc<RoleService>,
     pub usage: Arc<UsageService>,
     pub portal: Arc<PortalLinks>,
     pub sessions: Arc<SessionService>,
@@ -53,7 +55,7 @@ pub struct Peer(pub Option<std::net::SocketAddr>);
 
 /// Every route of the console.
 pub fn router(console: Arc<Console>) -> Router {
-    use pages::{audit, connections, deliveries, endpoint, keys, overview, shown, signin, webhooks};
+    use pages::{audit, connections, deliveries, endpoint, keys, overview, roles, shown, signin, webhooks};
     Router::new()
         .route("/", get(overview::show))
         .route("/login", get(signin::form).post(signin::sign_in))
@@ -68,6 +70,11 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/keys/{id}/revoke", get(keys::confirm_revoke).post(keys::revoke))
         .route("/keys/{id}/delete", get(keys::confirm_delete).post(keys::delete))
         .route("/keys/{id}/reveal", post(keys::reveal))
+        .route("/keys/{id}/roles", post(roles::set_key_roles))
+        .route("/roles", get(roles::list).post(roles::create))
+        .route("/roles/{id}", get(roles::show))
+        .route("/roles/{id}/update", post(roles::update))
+        .route("/roles/{id}/delete", get(roles::confirm_delete).post(roles::delete))
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/webhooks/new", get(webhooks::new_form))
         .route("/webhooks/portal-link", post(webhooks::portal_link))

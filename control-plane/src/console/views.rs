@@ -181,6 +181,7 @@ pub struct KeyDetail {
 pub struct KeyPage {
     pub nav: Option<Nav>,
     pub key: KeyDetail,
+    pub permissions: super::pages::roles::PermissionsView,
     pub usage: Option<ChartView>,
     pub granularity: String,
 }

@@ -209,8 +209,7 @@ impl ApiKeyService for ApiKeyGrpc {
                 Some(text.parse().map_err(|_| Error::invalid("client_address", "must be an IPv4 or IPv6 address"))?)
             }
         };
-        let requirements =
-            Requirements {
+        let requirements = Requirements {
             environment,
             scopes: &request.required_scopes,
             client,

@@ -27,7 +27,10 @@ impl RoleGrpc {
 
 #[tonic::async_trait]
 impl role_service_server::RoleService for RoleGrpc {
-    async fn create_role(&self, request: Request<pb::CreateRoleRequest>) -> Result<Response<pb::CreateRoleResponse>, Status> {
+    async fn create_role(
+        &self,
+        request: Request<pb::CreateRoleRequest>,
+    ) -> Result<Response<pb::CreateRoleResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::CreateRoleRequest { org_id, name, description, permissions } = request.into_inner();
         let role = self.roles.create(&ctx, &org_id, NewRole { name, description, permissions }).await?;
@@ -42,7 +45,10 @@ impl role_service_server::RoleService for RoleGrpc {
         Ok(Response::new(pb::GetRoleResponse { role: Some(role_to_proto(&role)) }))
     }
 
-    async fn list_roles(&self, request: Request<pb::ListRolesRequest>) -> Result<Response<pb::ListRolesResponse>, Status> {
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::ListRolesRequest { org_id, page_size, page_token } = request.into_inner();
         let page = self.roles.list(&ctx, &org_id, &PageRequest { size: page_size, token: page_token }).await?;
@@ -52,7 +58,10 @@ impl role_service_server::RoleService for RoleGrpc {
         }))
     }
 
-    async fn update_role(&self, request: Request<pb::UpdateRoleRequest>) -> Result<Response<pb::UpdateRoleResponse>, Status> {
+    async fn update_role(
+        &self,
+        request: Request<pb::UpdateRoleRequest>,
+    ) -> Result<Response<pb::UpdateRoleResponse>, Status> {
         let ctx = allowed_context(&self.auth, &request, Action::WriteRoles, |r| &r.org_id).await?;
         let request = request.into_inner();
         let (org_id, id) = (request.org_id.clone(), request.id.clone());
@@ -60,7 +69,10 @@ impl role_service_server::RoleService for RoleGrpc {
         Ok(Response::new(pb::UpdateRoleResponse { role: Some(role_to_proto(&role)) }))
     }
 
-    async fn delete_role(&self, request: Request<pb::DeleteRoleRequest>) -> Result<Response<pb::DeleteRoleResponse>, Status> {
+    async fn delete_role(
+        &self,
+        request: Request<pb::DeleteRoleRequest>,
+    ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::DeleteRoleRequest { org_id, id, detach } = request.into_inner();
         let detached = self.roles.delete(&ctx, &org_id, &id, detach).await?;

@@ -46,6 +46,8 @@ pub mod records {
     pub use crate::crypto::Environment;
     pub use crate::crypto::imported::SourceFormat;
     pub use crate::crypto::signing::legacy::{Encoding, HmacHeader, SignatureScheme, SignedContent};
+    pub use crate::service::roles::effective::{Effective, RoleRef, Source as PermissionSource};
+    pub use crate::service::roles::{RoleLookup, RoleView};
     pub use crate::store::api_keys::{KeyFilter, KeyStatus, Model as ApiKey};
     pub use crate::store::audit::{AuditFilter, Model as AuditEvent};
     pub use crate::store::connections::Model as Connection;
@@ -55,10 +57,8 @@ pub mod records {
     pub use crate::store::events::Model as Event;
     pub use crate::store::identities::{IdentityChanges, IdentityFilter, Model as Identity, NewIdentity};
     pub use crate::store::key_events::{KeyEventKind, Model as KeyEvent};
-    pub use crate::service::roles::effective::{Effective, RoleRef, Source as PermissionSource};
-    pub use crate::service::roles::{RoleLookup, RoleView};
-    pub use crate::store::roles::{Model as Role, NewRole, RoleChanges};
     pub use crate::store::limits::{HasLimits, LimitChanges, Limits, NewLimits, RateLimit};
+    pub use crate::store::roles::{Model as Role, NewRole, RoleChanges};
     pub use crate::store::usage::{Counts, Granularity, Outcome as UsageOutcome};
     pub use crate::store::webhooks::{Model as Subscription, SubscriptionStatus};
 }

@@ -5,6 +5,7 @@ mod actions;
 mod browser;
 mod connections;
 mod portal;
+mod roles;
 mod security;
 mod session_ends;
 mod signin;

@@ -235,7 +235,8 @@ pub async fn show(
             Granularity::Hour => "hour",
             Granularity::Day => "day",
         };
-        render(&KeyPage { nav: Some(nav.clone()), key: detail(&key), usage, granularity: name.into() })
+        let permissions = super::roles::of_key(&console, &signed.ctx, &signed.org(), &id).await?;
+        render(&KeyPage { nav: Some(nav.clone()), key: detail(&key), permissions, usage, granularity: name.into() })
     };
     respond(&nav, result.await)
 }

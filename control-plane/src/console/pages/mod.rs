@@ -8,6 +8,7 @@ pub mod deliveries;
 pub mod endpoint;
 pub mod keys;
 pub mod overview;
+pub mod roles;
 pub mod shown;
 pub mod signin;
 pub mod webhooks;

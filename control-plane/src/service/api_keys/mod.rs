@@ -161,7 +161,9 @@ impl KeyService {
         }
         let query = match required.permission_query.trim() {
             "" => None,
-            text => violations.absorb(Query::parse(text).map_err(|e| Error::invalid("permission_query", e.to_string())))?,
+            text => {
+                violations.absorb(Query::parse(text).map_err(|e| Error::invalid("permission_query", e.to_string())))?
+            }
         };
         violations.finish()?;
         let verification = self.verifier.verify(scope, token, Purpose::Check).await?;

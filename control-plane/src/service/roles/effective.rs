@@ -103,11 +103,7 @@ pub async fn of_identity(db: &impl ConnectionTrait, identity: &identities::Model
     Ok(effective)
 }
 
-fn add_roles(
-    effective: &mut Effective,
-    mut held: Vec<(String, roles::Model)>,
-    source: impl Fn(&str, &str) -> Source,
-) {
+fn add_roles(effective: &mut Effective, mut held: Vec<(String, roles::Model)>, source: impl Fn(&str, &str) -> Source) {
     held.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     for (holder, role) in held {
         effective.add(role.permission_list(), source(&holder, &role.name));

@@ -29,6 +29,8 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_DESCRIPTION_CHARS: usize = 500;
 /// Most permissions a role or an identity grants.
 pub const MAX_GRANTS: usize = 100;
+/// Holders [`RoleService::holders`] lists at most.
+pub const SHOWN_HOLDERS: u64 = 100;
 /// Most roles a key or an identity holds.
 pub const MAX_ROLES: usize = 50;
 
@@ -100,9 +102,17 @@ impl RoleService {
         let rows = roles::list(&self.db, &org, cursor.position.as_deref(), cursor.fetch()).await?;
         let ids: Vec<String> = rows.iter().map(|role| role.id.clone()).collect();
         let counts = roles::holder_counts(&self.db, &org, &ids).await?;
-        let views =
-            rows.into_iter().map(|role| RoleView { holders: counts.get(&role.id).copied().unwrap_or(0), role }).collect();
+        let views = rows
+            .into_iter()
+            .map(|role| RoleView { holders: counts.get(&role.id).copied().unwrap_or(0), role })
+            .collect();
         Ok(cursor.page(views, |view: &RoleView| view.role.name.clone()))
+    }
+
+    /// The first [`SHOWN_HOLDERS`] keys and identities holding role `id`, in id order.
+    pub async fn holders(&self, ctx: &RequestContext, org_id: &str, id: &str) -> Result<Vec<String>> {
+        let org = ctx.authorize(Action::ReadRoles, Target::Org(org_id))?;
+        roles::holders(&self.db, &org, id, SHOWN_HOLDERS).await
     }
 
     /// Changes the named fields (audited); sidecars re-verify every key holding it.
@@ -223,8 +233,7 @@ impl RoleService {
         violations.grants("permissions", &mut permissions, MAX_GRANTS);
         violations.finish()?;
         let tx = ChangeTx::begin(&self.db, &org).await?;
-        let identity =
-            identities::find(tx.conn(), tx.org(), identity_id).await?.ok_or(Error::NotFound("identity"))?;
+        let identity = identities::find(tx.conn(), tx.org(), identity_id).await?.ok_or(Error::NotFound("identity"))?;
         let identity = identities::set_permissions(&tx, identity, &permissions).await?;
         key_events::append(&tx, &identity.id, KeyEventKind::Updated).await?;
         let details = json!({ "permissions": permissions });
@@ -237,8 +246,7 @@ impl RoleService {
     pub async fn effective(&self, ctx: &RequestContext, org_id: &str, holder_id: &str) -> Result<Effective> {
         let org = ctx.authorize(Action::ReadRoles, Target::Org(org_id))?;
         if is_identity_id(holder_id) {
-            let identity =
-                identities::find(&self.db, &org, holder_id).await?.ok_or(Error::NotFound("identity"))?;
+            let identity = identities::find(&self.db, &org, holder_id).await?.ok_or(Error::NotFound("identity"))?;
             return effective::of_identity(&self.db, &identity).await;
         }
         let key = api_keys::find(&self.db, &org, holder_id).await?.ok_or(Error::NotFound("key"))?;

@@ -232,7 +232,9 @@ impl Verifier {
     /// expiry. `purpose` labels the metric (token checks vs. caller authentication).
     pub async fn verify(&self, scope: OrgScope<'_>, token: &str, purpose: Purpose) -> Result<Verification> {
         let outcome = match (self.check(scope, token).await?, purpose) {
-            (Verification::Valid(verified), Purpose::Check) => Verification::Valid(verified.with_grants(&self.db).await?),
+            (Verification::Valid(verified), Purpose::Check) => {
+                Verification::Valid(verified.with_grants(&self.db).await?)
+            }
             (Verification::Invalid(failure, Some(verified)), Purpose::Check) => {
                 Verification::Invalid(failure, Some(verified.with_grants(&self.db).await?))
             }
