@@ -158,6 +158,11 @@ impl SidecarProcess {
     /// Starts the sidecar binary following the control-plane replicas at
     /// `addresses` (`host:port`) and waits until it is ready.
     pub async fn start_following(addresses: &[String], credential: &str) -> Self {
+        Self::start_following_with(addresses, credential, &[]).await
+    }
+
+    /// As [`Self::start_following`], with `extra` flags.
+    pub async fn start_following_with(addresses: &[String], credential: &str, extra: &[&str]) -> Self {
         let mut file = tempfile::NamedTempFile::new().expect("credential file");
         std::io::Write::write_all(&mut file, credential.as_bytes()).expect("write credential");
         let control_planes: Vec<String> = addresses.iter().map(|addr| format!("http://{addr}")).collect();
@@ -166,6 +171,7 @@ impl SidecarProcess {
             .arg("--credential-file")
             .arg(file.path())
             .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

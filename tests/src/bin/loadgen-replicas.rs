@@ -5,6 +5,9 @@
 //! 1. Revocation through replica A → denial at a real `keyplane-sidecar`
 //!    attached to replica C (other replicas learn of commits through
 //!    LISTEN/NOTIFY).
+//! 1b. A role change through replica A → the permission query of a
+//!    forward-auth route decided the new way by sidecars attached to
+//!    replicas B and C (each sidecar's time, and the time until both).
 //! 2. Fan-out: `--streams` Watch streams on each replica (one HTTP/2
 //!    connection each, as sidecars have), then `--revocations` revocations
 //!    through random replicas: every stream must get every event; latency
@@ -31,6 +34,9 @@ struct Args {
     /// Revocations timed end to end through a sidecar on another replica.
     #[arg(long, default_value_t = 100)]
     sidecar_revocations: usize,
+    /// Role changes timed end to end through sidecars on two other replicas.
+    #[arg(long, default_value_t = 100)]
+    role_changes: usize,
     /// Watch streams opened on each of the three replicas.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
@@ -109,6 +115,7 @@ async fn main() {
         Summary::of(latencies, Duration::from_secs(1))
     );
     sidecar.kill().await;
+    role_changes(&replicas, &root, &credential, &org, args.role_changes).await;
 
     // 2. Fan-out to `streams` Watch streams per replica.
     let before: Vec<_> = replicas.iter().map(|r| usage(r.child.id().unwrap())).collect();
@@ -189,5 +196,73 @@ async fn main() {
     }
     for replica in replicas {
         replica.kill().await;
+    }
+}
+
+/// 1b: flips a role's permission through replica A and times until
+/// sidecars of replicas B and C answer `/check/orders` (which requires
+/// `orders.read`) the new way, for a key holding the role.
+async fn role_changes(replicas: &[ControlPlaneProcess], root: &str, credential: &str, org: &str, changes: usize) {
+    let channel = keyplane_tests::authed_channel(&replicas[0].addr, root).await;
+    let mut roles = pb::role_service_client::RoleServiceClient::new(channel.clone());
+    let mut keys = pb::api_key_service_client::ApiKeyServiceClient::new(channel);
+    let create = pb::CreateRoleRequest {
+        org_id: org.to_owned(),
+        name: "clerk".into(),
+        permissions: vec!["orders.read".into()],
+        ..Default::default()
+    };
+    let role = roles.create_role(create).await.unwrap().into_inner().role.unwrap();
+    let request = pb::CreateApiKeyRequest { org_id: org.to_owned(), name: "clerk".into(), ..Default::default() };
+    let created = keys.create_api_key(request).await.unwrap().into_inner();
+    let (key_id, token) = (created.api_key.unwrap().id, created.token);
+    let grant = pb::SetRolesRequest { org_id: org.to_owned(), holder_id: key_id, roles: vec!["clerk".into()] };
+    roles.set_roles(grant).await.unwrap();
+    let route = ["--route-permissions", "orders=orders.read"];
+    let mut sidecars = Vec::new();
+    for replica in &replicas[1..] {
+        sidecars.push(SidecarProcess::start_following_with(&[replica.addr.clone()], credential, &route).await);
+    }
+    let http = reqwest::Client::new();
+    let check = |sidecar: &SidecarProcess| {
+        let url = sidecar.check_url().replace("/check", "/check/orders");
+        http.get(url).bearer_auth(&token).send()
+    };
+    for sidecar in &sidecars {
+        assert_eq!(check(sidecar).await.unwrap().status(), 200, "the role grants orders.read");
+    }
+    let (mut each, mut both) = (Vec::new(), Vec::new());
+    for i in 0..changes {
+        let (permission, expected) = if i % 2 == 0 { ("orders.list", 403) } else { ("orders.read", 200) };
+        let update = pb::UpdateRoleRequest {
+            org_id: org.to_owned(),
+            id: role.id.clone(),
+            update: Some(pb::RoleUpdate { permissions: vec![permission.into()], ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["permissions".into()] }),
+        };
+        let started = Instant::now();
+        roles.update_role(update).await.unwrap();
+        let mut pending: Vec<&SidecarProcess> = sidecars.iter().collect();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for sidecar in pending {
+                if check(sidecar).await.unwrap().status() == expected {
+                    each.push(started.elapsed());
+                } else {
+                    still.push(sidecar);
+                }
+            }
+            pending = still;
+            assert!(started.elapsed() < Duration::from_secs(5), "role change applied within 5 s");
+        }
+        both.push(started.elapsed());
+    }
+    println!(
+        "role change through replica A → decided at a sidecar of replica B or C: {}",
+        Summary::of(each, Duration::from_secs(1))
+    );
+    println!("role change through replica A → decided at both sidecars: {}", Summary::of(both, Duration::from_secs(1)));
+    for sidecar in sidecars {
+        sidecar.kill().await;
     }
 }
