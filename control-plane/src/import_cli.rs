@@ -29,7 +29,7 @@ pub enum ImportCommand {
 #[derive(Debug, Args)]
 pub struct ImportKeysArgs {
     /// One key per line: `{"source_id", "hash", "hash_format", "lookup", "name",
-    /// "environment", "scopes", "expires_at", "created_at", "metadata", "revoked"}`.
+    /// "environment", "scopes", "roles", "expires_at", "created_at", "metadata", "revoked"}`.
     #[arg(long)]
     pub file: PathBuf,
     /// The org the keys belong to.
@@ -64,6 +64,8 @@ struct Line {
     environment: Option<String>,
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
     #[serde(default)]
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default)]
@@ -119,6 +121,7 @@ fn record(text: &str) -> std::result::Result<pb::ImportedApiKey, String> {
         name: line.name,
         environment: environment.into(),
         scopes: line.scopes,
+        roles: line.roles,
         expires_at: line.expires_at.map(time_to_proto),
         created_at: line.created_at.map(time_to_proto),
         metadata,

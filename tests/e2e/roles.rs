@@ -16,6 +16,7 @@ use tonic_types::StatusExt;
 
 both_backends!(
     roles_lifecycle_rules_and_audit,
+    imported_keys_hold_the_roles_named,
     verify_api_key_evaluates_permission_queries,
     sidecars_decide_permissions_and_follow_role_changes
 );
@@ -247,6 +248,40 @@ async fn verify_api_key_evaluates_permission_queries(backend: Backend) {
             ("tickets.write".to_owned(), strings(&["identity role:support"])),
         ]
     );
+    plane.stop().await;
+}
+
+async fn imported_keys_hold_the_roles_named(backend: Backend) {
+    use sha2::Digest;
+    let plane = start_or_skip!(backend);
+    let org = random_org();
+    let mut roles = plane.roles(&plane.root_token).await;
+    create_role(&mut roles, &org, "support", &["tickets.*"]).await;
+    let token = format!("cc_live_{}", random_org());
+    let digest: String = sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let record = |source: &str, names: &[&str]| pb::ImportedApiKey {
+        source_id: source.to_owned(),
+        hash: digest.clone(),
+        hash_format: pb::ImportedHashFormat::Sha256Hex.into(),
+        roles: strings(names),
+        ..Default::default()
+    };
+    let request = pb::ImportApiKeysRequest {
+        org_id: org.clone(),
+        keys: vec![record("with-role", &["support"]), record("unknown-role", &["support", "nope"])],
+        upgrade_on_use: false,
+    };
+    let mut keys = plane.keys(&plane.root_token).await;
+    let answer = keys.import_api_keys(request).await.expect("import").into_inner();
+    assert_eq!(answer.results[0].outcome, pb::ImportOutcome::Imported as i32);
+    assert_eq!(
+        (answer.results[1].outcome, answer.results[1].field.as_str()),
+        (pb::ImportOutcome::Refused as i32, "keys[1].roles[1]")
+    );
+    let verify = pb::VerifyApiKeyRequest { token, permission_query: "tickets.write".into(), ..Default::default() };
+    let verified = keys.verify_api_key(verify).await.expect("verify").into_inner();
+    assert!(verified.valid, "{verified:?}");
+    assert_eq!(verified.principal.expect("principal").roles[0].name, "support");
     plane.stop().await;
 }
 

@@ -47,6 +47,7 @@ fn import_record(field: &str, key: pb::ImportedApiKey) -> Result<ImportRecord> {
         lookup: key.lookup,
         name: key.name,
         scopes: key.scopes,
+        roles: key.roles,
         revoked: key.revoked,
     })
 }

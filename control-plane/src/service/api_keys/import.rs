@@ -4,7 +4,7 @@
 //! id; a refused record does not stop the others; every imported key is
 //! audited in the one transaction that stores the batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use keyplane_proto::token;
@@ -18,12 +18,13 @@ use crate::crypto::imported::{self, LOOKUP_CHARS, SourceFormat};
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
+use crate::service::roles::MAX_ROLES;
 use crate::service::validate::Violations;
 use crate::service::verify::MAX_CANDIDATES;
 use crate::store::api_keys::{NewKeyRow, NewLimits};
 use crate::store::audit::AuditAction;
 use crate::store::imported_keys::{self, ImportedKeyRow};
-use crate::store::{OrgTx, audit};
+use crate::store::{OrgTx, audit, roles};
 
 /// Most records in one call.
 pub const MAX_BATCH: usize = 1000;
@@ -40,6 +41,8 @@ pub struct ImportRecord {
     pub name: String,
     pub environment: Environment,
     pub scopes: Vec<String>,
+    /// Role names or ids of the org.
+    pub roles: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
     pub metadata: Option<Value>,
@@ -73,7 +76,10 @@ impl KeyService {
         }
         let source_ids: Vec<&str> = records.iter().flatten().map(|r| r.source_id.as_str()).collect();
         let before = imported_keys::imported_sources(&self.db, &org, &source_ids).await?;
-        let mut batch = Batch { ctx, org: &org, upgrade_on_use, seen: HashSet::new() };
+        let named: Vec<String> = records.iter().flatten().flat_map(|r| r.roles.iter().cloned()).collect();
+        let known = roles::find_named(&self.db, &org, &named).await?;
+        let mut batch = Batch { ctx, org: &org, upgrade_on_use, seen: HashSet::new(), roles: &known };
+        let mut granted = HashMap::new();
         let mut outcomes = Vec::with_capacity(records.len());
         let mut rows = Vec::new();
         for (i, record) in records.into_iter().enumerate() {
@@ -82,8 +88,9 @@ impl KeyService {
                 Ok(record) => match before.get(&record.source_id) {
                     Some(key_id) => ImportOutcome::Skipped(key_id.clone()),
                     None => match batch.row(&format!("keys[{i}]"), record) {
-                        Ok(row) => {
+                        Ok((row, role_ids)) => {
                             rows.push((i, row));
+                            granted.insert(i, role_ids);
                             continue;
                         }
                         Err(violation) => ImportOutcome::Refused(violation),
@@ -103,6 +110,9 @@ impl KeyService {
                     "upgrade_on_use": row.upgrade_on_use,
                 });
                 let key = imported_keys::insert(&tx, row).await?;
+                if let Some(role_ids) = granted.get(&i).filter(|ids| !ids.is_empty()) {
+                    roles::set_grants(&tx, &key.id, role_ids).await?;
+                }
                 audit::append(&tx, ctx.audit(AuditAction::ApiKeyImported, &key.id, details)).await?;
                 outcomes.push((i, ImportOutcome::Imported(key.id)));
             }
@@ -120,11 +130,18 @@ struct Batch<'a> {
     upgrade_on_use: bool,
     /// Source ids seen so far in the batch.
     seen: HashSet<String>,
+    /// The org's roles the batch names.
+    roles: &'a [roles::Model],
 }
 
 impl Batch<'_> {
-    /// The row of one record, or why it is refused (fields under `field`).
-    fn row(&mut self, field: &str, record: ImportRecord) -> std::result::Result<ImportedKeyRow, FieldViolation> {
+    /// The row of one record and the ids of the roles it holds, or why it
+    /// is refused (fields under `field`).
+    fn row(
+        &mut self,
+        field: &str,
+        record: ImportRecord,
+    ) -> std::result::Result<(ImportedKeyRow, Vec<String>), FieldViolation> {
         let mut violations = Violations::default();
         let source = &record.source_id;
         if source.is_empty() || source.chars().count() > MAX_SOURCE_ID_CHARS {
@@ -138,6 +155,7 @@ impl Batch<'_> {
         };
         violations.required_text(&format!("{field}.name"), &name, rules::MAX_NAME_CHARS);
         violations.scopes(&format!("{field}.scopes"), &record.scopes);
+        let role_ids = self.role_ids(&mut violations, field, &record.roles);
         if let Some(metadata) = &record.metadata {
             violations.metadata(&format!("{field}.metadata"), metadata);
         }
@@ -183,7 +201,7 @@ impl Batch<'_> {
             rotated_from: None,
             identity_id: None,
         };
-        Ok(ImportedKeyRow {
+        let row = ImportedKeyRow {
             key,
             hash_format,
             lookup,
@@ -191,7 +209,25 @@ impl Batch<'_> {
             upgrade_on_use: self.upgrade_on_use && hash_format.is_salted(),
             created_at: record.created_at,
             revoked: record.revoked.then(|| (crate::store::now(), "revoked before the import".to_owned())),
-        })
+        };
+        Ok((row, role_ids))
+    }
+
+    /// The ids of the roles `names` (names or ids of the batch's org).
+    fn role_ids(&self, violations: &mut Violations, field: &str, names: &[String]) -> Vec<String> {
+        if names.len() > MAX_ROLES {
+            violations.add(format!("{field}.roles"), format!("at most {MAX_ROLES}"));
+            return Vec::new();
+        }
+        let mut ids = Vec::with_capacity(names.len());
+        for (j, name) in names.iter().enumerate() {
+            match self.roles.iter().find(|role| role.name == *name || role.id == *name) {
+                Some(role) if !ids.contains(&role.id) => ids.push(role.id.clone()),
+                Some(_) => {}
+                None => violations.add(format!("{field}.roles[{j}]"), "no role with this name or id in the org"),
+            }
+        }
+        ids
     }
 }
 
