@@ -42,8 +42,23 @@ if [ "${IDENTITY:-1}" = 1 ]; then
     -d "{\"org_id\": \"acme\", \"name\": \"of identity\", \"scopes\": [\"orders:read\"], \"credits\": {\"remaining\": \"1000000000\"}, \"identity_id\": \"$IDENTITY_ID\"}" \
     127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey | field '["token"]')
 fi
+# A key holding a role, checked by a route's permission query (ROLES=0 skips
+# it, for builds without roles).
+ROUTES=()
+if [ "${ROLES:-1}" = 1 ]; then
+  grpcurl -plaintext -H "authorization: Bearer $ROOT" \
+    -d '{"org_id": "acme", "name": "clerk", "permissions": ["orders.read", "billing.*"]}' \
+    127.0.0.1:50551 keyplane.admin.v1.RoleService/CreateRole >/dev/null
+  ROLE_KEY=$(grpcurl -plaintext -H "authorization: Bearer $ROOT" -d '{"org_id": "acme", "name": "clerk", "scopes": ["orders:read"]}' \
+    127.0.0.1:50551 keyplane.admin.v1.ApiKeyService/CreateApiKey)
+  ROLE_TOKEN=$(echo "$ROLE_KEY" | field '["token"]')
+  grpcurl -plaintext -H "authorization: Bearer $ROOT" \
+    -d "{\"org_id\": \"acme\", \"holder_id\": \"$(echo "$ROLE_KEY" | field '["apiKey"]["id"]')\", \"roles\": [\"clerk\"]}" \
+    127.0.0.1:50551 keyplane.admin.v1.RoleService/SetRoles >/dev/null
+  ROUTES=(--route-permissions "orders=(orders.read OR orders.admin) AND billing.invoices.read")
+fi
 "$SIDECAR" --control-plane http://127.0.0.1:50551 --credential-file "$DATA"/sidecar-credential \
-  --grpc-listen 127.0.0.1:50561 --http-listen 127.0.0.1:18081 >"$DATA/sidecar.log" 2>&1 &
+  --grpc-listen 127.0.0.1:50561 --http-listen 127.0.0.1:18081 "${ROUTES[@]}" >"$DATA/sidecar.log" 2>&1 &
 SC=$!
 target/$PROFILE/hello-server 127.0.0.1:18080 >/dev/null 2>&1 &
 HELLO=$!
@@ -51,6 +66,11 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && bre
 curl -s -o /dev/null -w "warm-up check: %{http_code}\n" -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check
 echo "== hello"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
 echo "== sidecar /check"; wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "Requests/sec|  50%|  99%|Non-2xx"
+if [ "${ROLES:-1}" = 1 ]; then
+  curl -s -o /dev/null -w "warm-up /check/orders: %{http_code}\n" -H "Authorization: Bearer $ROLE_TOKEN" http://127.0.0.1:18081/check/orders
+  echo "== sidecar /check/orders, a role-holding key and a permission query"
+  wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $ROLE_TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check/orders | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"
+fi
 if [ "${CREDITS:-1}" = 1 ]; then
   echo "== sidecar /check, a key with credits"
   wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $METERED" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"

@@ -5,7 +5,7 @@
 //! 1. Revocation through replica A → denial at a real `keyplane-sidecar`
 //!    attached to replica C (other replicas learn of commits through
 //!    LISTEN/NOTIFY).
-//! 1b. A role change through replica A → the permission query of a
+//!    Then a role change through replica A → the permission query of a
 //!    forward-auth route decided the new way by sidecars attached to
 //!    replicas B and C (each sidecar's time, and the time until both).
 //! 2. Fan-out: `--streams` Watch streams on each replica (one HTTP/2
@@ -199,7 +199,7 @@ async fn main() {
     }
 }
 
-/// 1b: flips a role's permission through replica A and times until
+/// Step 1, continued: flips a role's permission through replica A and times until
 /// sidecars of replicas B and C answer `/check/orders` (which requires
 /// `orders.read`) the new way, for a key holding the role.
 async fn role_changes(replicas: &[ControlPlaneProcess], root: &str, credential: &str, org: &str, changes: usize) {
@@ -221,7 +221,8 @@ async fn role_changes(replicas: &[ControlPlaneProcess], root: &str, credential: 
     let route = ["--route-permissions", "orders=orders.read"];
     let mut sidecars = Vec::new();
     for replica in &replicas[1..] {
-        sidecars.push(SidecarProcess::start_following_with(&[replica.addr.clone()], credential, &route).await);
+        sidecars
+            .push(SidecarProcess::start_following_with(std::slice::from_ref(&replica.addr), credential, &route).await);
     }
     let http = reqwest::Client::new();
     let check = |sidecar: &SidecarProcess| {
