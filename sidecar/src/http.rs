@@ -125,7 +125,11 @@ impl HttpFrontEnd {
             .check(&CheckInput {
                 credential,
                 required_scopes: &required,
-                permissions: Ok(self.routes.for_path(request.uri().path())),
+                permissions: Ok(request
+                    .uri()
+                    .path()
+                    .strip_prefix(CHECK_PREFIX)
+                    .and_then(|rest| self.routes.for_path(rest))),
                 peer,
                 client: self.trusted_proxies.client(
                     peer,

@@ -39,10 +39,11 @@ impl Routes {
         Self(flags.iter().map(|flag| (flag.route.clone(), flag.query.clone())).collect())
     }
 
-    /// The query of the route a forward-auth path names: its first segment
-    /// after `/check/`. `None` for `/check` itself and for names not configured.
-    pub fn for_path(&self, path: &str) -> Option<&Query> {
-        let rest = path.strip_prefix(crate::http::CHECK_PREFIX)?.strip_prefix('/')?;
+    /// The query of the route a forward-auth path names, given the path
+    /// after `/check`: its first segment (`/NAME` or `/NAME/…`). `None` for
+    /// `/check` itself and for names not configured.
+    pub fn for_path(&self, after_check: &str) -> Option<&Query> {
+        let rest = after_check.strip_prefix('/')?;
         let name = rest.split('/').next().unwrap_or_default();
         self.0.get(name)
     }
@@ -56,10 +57,10 @@ mod tests {
     fn routes_are_named_by_the_first_segment_after_check() {
         let routes = Routes::new(&[parse("orders=orders.read OR orders.admin").unwrap()]);
         let orders = Query::parse("orders.read OR orders.admin").unwrap();
-        assert_eq!(routes.for_path("/check/orders"), Some(&orders));
-        assert_eq!(routes.for_path("/check/orders/42/items"), Some(&orders));
-        assert_eq!(routes.for_path("/check/ordersx"), None);
-        assert_eq!(routes.for_path("/check"), None);
+        assert_eq!(routes.for_path("/orders"), Some(&orders));
+        assert_eq!(routes.for_path("/orders/42/items"), Some(&orders));
+        assert_eq!(routes.for_path("/ordersx"), None);
+        assert_eq!(routes.for_path(""), None);
         for bad in ["orders", "=a", "a b=x", "orders=a AND", "orders=(a"] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::{
-    Authed, Backend, TestSidecar, assert_invalid_field, both_backends, ext_authz_request, random_org, start_or_skip,
+    Authed, Backend, TestControlPlane, TestSidecar, assert_invalid_field, both_backends, ext_authz_request, random_org,
+    start_or_skip,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -44,6 +45,13 @@ async fn create_role(roles: &mut Roles, org: &str, name: &str, permissions: &[&s
 async fn set_roles(roles: &mut Roles, org: &str, holder: &str, names: &[&str]) -> Vec<pb::RoleRef> {
     let request = pb::SetRolesRequest { org_id: org.to_owned(), holder_id: holder.to_owned(), roles: strings(names) };
     roles.set_roles(request).await.expect("set roles").into_inner().roles
+}
+
+async fn create_identity(plane: &TestControlPlane, org: &str) -> pb::Identity {
+    let request =
+        pb::CreateIdentityRequest { org_id: org.to_owned(), external_id: "acme".into(), ..Default::default() };
+    let created = plane.identities(&plane.root_token).await.create_identity(request).await.expect("identity");
+    created.into_inner().identity.expect("identity")
 }
 
 async fn roles_lifecycle_rules_and_audit(backend: Backend) {
@@ -107,18 +115,7 @@ async fn roles_lifecycle_rules_and_audit(backend: Backend) {
 
     // Keys and identities hold roles; an unknown role is named.
     let (key, _) = plane.create_key(&org, &["orders.read"]).await;
-    let mut identities = plane.identities(&plane.root_token).await;
-    let identity = identities
-        .create_identity(pb::CreateIdentityRequest {
-            org_id: org.clone(),
-            external_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("identity")
-        .into_inner()
-        .identity
-        .expect("identity");
+    let identity = create_identity(&plane, &org).await;
     let held = set_roles(&mut roles, &org, &key.id, &["support-staff", &billing.id]).await;
     assert_eq!(held.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["billing", "support-staff"]);
     set_roles(&mut roles, &org, &identity.id, &["billing"]).await;
@@ -159,18 +156,7 @@ async fn verify_api_key_evaluates_permission_queries(backend: Backend) {
     let mut roles = plane.roles(&plane.root_token).await;
     create_role(&mut roles, &org, "billing", &["billing.*"]).await;
     create_role(&mut roles, &org, "support", &["tickets.write"]).await;
-    let mut identities = plane.identities(&plane.root_token).await;
-    let identity = identities
-        .create_identity(pb::CreateIdentityRequest {
-            org_id: org.clone(),
-            external_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("identity")
-        .into_inner()
-        .identity
-        .expect("identity");
+    let identity = create_identity(&plane, &org).await;
     let own = pb::SetIdentityPermissionsRequest {
         org_id: org.clone(),
         identity_id: identity.id.clone(),

@@ -1,34 +1,23 @@
 //! Roles (README "Roles and permissions"): the list with a create form, one
 //! role with its holders and an edit form, deletion (which takes the role
 //! from its holders), and a key's roles and effective permissions on its
-//! page. The templates' structs live here, next to their handlers.
+//! page.
 
 use std::sync::Arc;
 
-use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::{next_page, page_request, render, respond, see_other, words};
 use crate::console::Console;
-use crate::console::nav::Nav;
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
+use crate::console::views::roles::{PermissionsView, RolePage, RoleRow, RolesPage};
 use crate::console::views::{ConfirmPage, when_or_dash};
 use crate::error::Result;
 use crate::service::RequestContext;
 use crate::service::records::{Effective, NewRole, RoleChanges, RoleLookup, RoleView};
-
-/// One role in a listing.
-pub struct RoleRow {
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    pub permissions: String,
-    pub holders: u64,
-    pub updated: String,
-}
 
 fn row(view: &RoleView) -> RoleRow {
     RoleRow {
@@ -41,47 +30,19 @@ fn row(view: &RoleView) -> RoleRow {
     }
 }
 
-#[derive(Template)]
-#[template(path = "roles.html")]
-pub struct RolesPage {
-    pub nav: Option<Nav>,
-    pub roles: Vec<RoleRow>,
-    pub next: Option<String>,
-}
-
-#[derive(Template)]
-#[template(path = "role.html")]
-pub struct RolePage {
-    pub nav: Option<Nav>,
-    pub role: RoleRow,
-    /// Keys and identities holding it (the first page of them).
-    pub holders: Vec<String>,
-}
-
-/// A key's (or identity's) roles and what it holds, for its page.
-pub struct PermissionsView {
-    pub roles: String,
-    /// (permission, where it comes from).
-    pub rows: Vec<(String, String)>,
-}
-
-impl PermissionsView {
-    fn of(effective: &Effective) -> Self {
-        let names: Vec<&str> = effective.roles.iter().map(|role| role.name.as_str()).collect();
-        let rows = effective
-            .permissions
-            .iter()
-            .map(|(name, sources)| {
-                (name.clone(), sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
-            })
-            .collect();
-        Self { roles: names.join(" "), rows }
-    }
+fn permissions_view(effective: &Effective) -> PermissionsView {
+    let names: Vec<&str> = effective.roles.iter().map(|role| role.name.as_str()).collect();
+    let rows = effective
+        .permissions
+        .iter()
+        .map(|(name, sources)| (name.clone(), sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
+        .collect();
+    PermissionsView { roles: names.join(" "), rows }
 }
 
 /// What the key page shows of key `id`'s permissions.
 pub async fn of_key(console: &Console, ctx: &RequestContext, org: &str, id: &str) -> Result<PermissionsView> {
-    Ok(PermissionsView::of(&console.roles.effective(ctx, org, id).await?))
+    Ok(permissions_view(&console.roles.effective(ctx, org, id).await?))
 }
 
 #[derive(Default, Deserialize)]

@@ -2,6 +2,8 @@
 //! formatted (askama escapes every value; only chart SVG, built by
 //! `chart.rs` from escaped text, is marked safe).
 
+pub mod roles;
+
 use askama::Template;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -181,7 +183,7 @@ pub struct KeyDetail {
 pub struct KeyPage {
     pub nav: Option<Nav>,
     pub key: KeyDetail,
-    pub permissions: super::pages::roles::PermissionsView,
+    pub permissions: roles::PermissionsView,
     pub usage: Option<ChartView>,
     pub granularity: String,
 }

@@ -1,0 +1,39 @@
+//! The roles pages' templates, and a key's permissions on its page.
+
+use askama::Template;
+
+use crate::console::nav::Nav;
+
+/// One role in a listing.
+pub struct RoleRow {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub permissions: String,
+    pub holders: u64,
+    pub updated: String,
+}
+
+#[derive(Template)]
+#[template(path = "roles.html")]
+pub struct RolesPage {
+    pub nav: Option<Nav>,
+    pub roles: Vec<RoleRow>,
+    pub next: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "role.html")]
+pub struct RolePage {
+    pub nav: Option<Nav>,
+    pub role: RoleRow,
+    /// Keys and identities holding it (the first page of them).
+    pub holders: Vec<String>,
+}
+
+/// A key's (or identity's) roles and what it holds, for its page.
+pub struct PermissionsView {
+    pub roles: String,
+    /// (permission, where it comes from).
+    pub rows: Vec<(String, String)>,
+}
