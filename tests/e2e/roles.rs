@@ -140,6 +140,10 @@ async fn roles_lifecycle_rules_and_audit(backend: Backend) {
     let effective = pb::GetEffectivePermissionsRequest { org_id: org.clone(), holder_id: key.id.clone() };
     let effective = roles.get_effective_permissions(effective).await.expect("effective").into_inner();
     assert_eq!(effective.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["support-staff"]);
+    assert!(set_roles(&mut roles, &org, &key.id, &[]).await.is_empty(), "an empty list takes every role away");
+    let effective = pb::GetEffectivePermissionsRequest { org_id: org.clone(), holder_id: key.id.clone() };
+    let effective = roles.get_effective_permissions(effective).await.expect("effective").into_inner();
+    assert!(effective.roles.is_empty() && effective.permissions.iter().all(|p| p.sources == ["scope"]));
 
     // Audited, with what changed and no more.
     for action in ["role.created", "role.updated", "role.deleted", "api_key.roles_set", "identity.roles_set"] {

@@ -115,6 +115,9 @@ pub async fn find_by_name(db: &impl ConnectionTrait, org: &str, name: &str) -> R
 
 /// The roles of `org` named (by name or id) in `names`.
 pub async fn find_named(db: &impl ConnectionTrait, org: &str, names: &[String]) -> Result<Vec<Model>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     let by_name_or_id = Column::Name.is_in(names.iter().cloned()).or(Column::Id.is_in(names.iter().cloned()));
     Ok(Entity::find().filter(Column::OrgId.eq(org)).filter(by_name_or_id).all(db).await?)
 }
