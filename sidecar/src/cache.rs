@@ -379,6 +379,9 @@ pub struct KeyCache {
     /// Verdicts older than this position are stale (raised by Reset and by
     /// evictions of change records, so forgetting a change is always safe).
     floor: Arc<AtomicU64>,
+    /// The latest change of an identity or a role: a verdict at least this
+    /// recent needs no lookup of its identity's or roles' changes.
+    holders_changed: Arc<AtomicU64>,
 }
 
 impl KeyCache {
@@ -407,6 +410,7 @@ impl KeyCache {
             changes,
             shared: SharedPrincipals::default(),
             floor,
+            holders_changed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -420,7 +424,9 @@ impl KeyCache {
         if let Some(change) = change.filter(|change| change.seq > verdict.as_of()) {
             return change.ended.map_or(Freshness::Stale, Freshness::Ended);
         }
-        if let Verdict::Valid { principal, as_of, .. } = verdict {
+        if let Verdict::Valid { principal, as_of, .. } = verdict
+            && *as_of < self.holders_changed.load(Ordering::Acquire)
+        {
             let identity = principal.identity.iter().map(|identity| identity.id.as_str());
             let roles = principal.grants.iter().flat_map(|grants| grants.role_ids.iter().map(String::as_str));
             for holder in identity.chain(roles) {
@@ -477,6 +483,9 @@ impl KeyCache {
     pub async fn apply_change(&self, key_id: &str, seq: u64, ended: Option<Refusal>) {
         let previous = self.changes.get(key_id).await;
         let ended = previous.and_then(|p| p.ended).or(ended);
+        if !key_id.starts_with(KEY_ID_PREFIX) {
+            self.holders_changed.fetch_max(seq, Ordering::AcqRel);
+        }
         let seq = previous.map_or(seq, |p| p.seq.max(seq));
         self.changes.insert(key_id.to_owned(), Change { seq, ended }).await;
     }

@@ -185,6 +185,7 @@ fn start_console(
         audit: keys.audit.clone(),
         connections: webhooks.connections.clone(),
         roles: keys.roles.clone(),
+        identities: keys.identities.clone(),
         usage: keys.usage.clone(),
         portal: webhooks.portal.clone(),
         sessions: sessions.clone(),

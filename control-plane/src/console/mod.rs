@@ -28,8 +28,8 @@ use tonic::transport::server::Connected;
 use crate::background::Background;
 use crate::service::webhooks::PortalLinks;
 use crate::service::{
-    AuditService, ConnectionService, DeliveryService, KeyService, RoleService, SessionService, UsageService,
-    WebhookService,
+    AuditService, ConnectionService, DeliveryService, IdentityService, KeyService, RoleService, SessionService,
+    UsageService, WebhookService,
 };
 use crate::tls::Incoming;
 
@@ -41,6 +41,7 @@ pub struct Console {
     pub audit: Arc<AuditService>,
     pub connections: Arc<ConnectionService>,
     pub roles: Arc<RoleService>,
+    pub identities: Arc<IdentityService>,
     pub usage: Arc<UsageService>,
     pub portal: Arc<PortalLinks>,
     pub sessions: Arc<SessionService>,
@@ -71,6 +72,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/keys/{id}/delete", get(keys::confirm_delete).post(keys::delete))
         .route("/keys/{id}/reveal", post(keys::reveal))
         .route("/keys/{id}/roles", post(roles::set_key_roles))
+        .route("/identities/{id}", get(roles::show_identity))
+        .route("/identities/{id}/roles", post(roles::set_identity_roles))
+        .route("/identities/{id}/permissions", post(roles::set_identity_permissions))
         .route("/roles", get(roles::list).post(roles::create))
         .route("/roles/{id}", get(roles::show))
         .route("/roles/{id}/update", post(roles::update))

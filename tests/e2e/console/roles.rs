@@ -1,6 +1,8 @@
 //! The console's roles: create (bad input named), list, change, give to a
-//! key (whose page shows what it holds and why), delete.
+//! key (whose page shows what it holds and why) and to an identity (whose
+//! page shows its roles and own permissions), delete.
 
+use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::console::ConsoleClient;
 use keyplane_tests::{Backend, both_backends, random_org, start_or_skip};
 
@@ -49,6 +51,21 @@ async fn roles_from_creation_to_deletion(backend: Backend) {
     assert!(key_page.body.contains("orders.read") && key_page.body.contains("scope"), "{}", key_page.body);
     let unknown = browser.post(&format!("/keys/{}/roles", key.id), &[("roles", "support nope")]).await;
     assert!(unknown.body.contains("<code>roles[1]</code>"), "{}", unknown.body);
+
+    // An identity's page: its roles and own permissions, which its keys hold too.
+    let request = pb::CreateIdentityRequest { org_id: org.clone(), external_id: "acme".into(), ..Default::default() };
+    let mut identities = plane.identities(&plane.root_token).await;
+    let identity =
+        identities.create_identity(request).await.expect("identity").into_inner().identity.expect("identity");
+    assert_eq!(browser.get(&format!("/identities/{}", identity.id)).await.status, 200);
+    let path = format!("/identities/{}", identity.id);
+    assert_eq!(browser.post(&format!("{path}/roles"), &[("roles", "support")]).await.status, 303);
+    assert_eq!(browser.post(&format!("{path}/permissions"), &[("permissions", "reports.read")]).await.status, 303);
+    let bad = browser.post(&format!("{path}/permissions"), &[("permissions", "keyplane:admin")]).await;
+    assert!(bad.body.contains("<code>permissions[0]</code>"), "{}", bad.body);
+    let page = browser.get(&path).await;
+    assert!(page.body.contains("reports.read") && page.body.contains("role:support"), "{}", page.body);
+    assert!(page.body.contains("tickets.*") && page.body.contains("identity"), "{}", page.body);
 
     let shown = browser.get(&role_page).await;
     assert!(shown.body.contains(&key.id), "holders listed: {}", shown.body);

@@ -13,11 +13,12 @@ use super::{next_page, page_request, render, respond, see_other, words};
 use crate::console::Console;
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
-use crate::console::views::roles::{PermissionsView, RolePage, RoleRow, RolesPage};
+use crate::console::views::roles::{IdentityPage, PermissionsView, RolePage, RoleRow, RolesPage};
 use crate::console::views::{ConfirmPage, when_or_dash};
 use crate::error::Result;
 use crate::service::RequestContext;
-use crate::service::records::{Effective, NewRole, RoleChanges, RoleLookup, RoleView};
+use crate::service::identities::IdentityRef;
+use crate::service::records::{Effective, HasLimits, NewRole, RoleChanges, RoleLookup, RoleView};
 
 fn row(view: &RoleView) -> RoleRow {
     RoleRow {
@@ -161,11 +162,75 @@ pub async fn set_key_roles(
     Path(id): Path<String>,
     post: SignedForm<HolderRolesForm>,
 ) -> Response {
+    set_holder_roles(&console, post, "keys", &format!("/keys/{id}"), &id).await
+}
+
+/// Sets the roles of identity `id` (from its page).
+pub async fn set_identity_roles(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    post: SignedForm<HolderRolesForm>,
+) -> Response {
+    set_holder_roles(&console, post, "roles", &format!("/identities/{id}"), &id).await
+}
+
+async fn set_holder_roles(
+    console: &Console,
+    post: SignedForm<HolderRolesForm>,
+    section: &'static str,
+    back: &str,
+    holder: &str,
+) -> Response {
     let (signed, form) = (post.signed, post.form);
-    let nav = signed.nav("keys");
+    let nav = signed.nav(section);
     let result = async {
-        console.roles.set_roles(&signed.ctx, &signed.org(), &id, &words(&form.roles)).await?;
-        see_other(&format!("/keys/{id}"))
+        console.roles.set_roles(&signed.ctx, &signed.org(), holder, &words(&form.roles)).await?;
+        see_other(back)
+    };
+    respond(&nav, result.await)
+}
+
+/// An identity: its limits, roles, own permissions and what its keys hold through it.
+pub async fn show_identity(State(console): State<Arc<Console>>, signed: Signed, Path(id): Path<String>) -> Response {
+    let nav = signed.nav("roles");
+    let result = async {
+        let identity = console.identities.get(&signed.ctx, &signed.org(), IdentityRef::Id(&id)).await?;
+        let effective = console.roles.effective(&signed.ctx, &signed.org(), &id).await?;
+        let dash = || "none".to_owned();
+        render(&IdentityPage {
+            nav: Some(nav.clone()),
+            id: identity.id.clone(),
+            external_id: identity.external_id.clone(),
+            rate_limit: identity
+                .rate_limit()
+                .map_or_else(dash, |l| format!("{}/{}", l.requests, humantime::format_duration(l.window))),
+            credits: identity.credits().map_or_else(dash, |credits| credits.remaining.to_string()),
+            allowed_cidrs: Some(identity.allowed_cidr_list().join(" ")).filter(|l| !l.is_empty()).unwrap_or_else(dash),
+            own: identity.permission_list().join(" "),
+            permissions: permissions_view(&effective),
+        })
+    };
+    respond(&nav, result.await)
+}
+
+#[derive(Deserialize)]
+pub struct IdentityPermissionsForm {
+    /// Space- or comma-separated; empty removes them.
+    #[serde(default)]
+    permissions: String,
+}
+
+/// Sets identity `id`'s own permissions (from its page).
+pub async fn set_identity_permissions(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    post: SignedForm<IdentityPermissionsForm>,
+) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    let nav = signed.nav("roles");
+    let result = async {
+        console.roles.set_identity_permissions(&signed.ctx, &signed.org(), &id, words(&form.permissions)).await?;
+        see_other(&format!("/identities/{id}"))
     };
     respond(&nav, result.await)
 }

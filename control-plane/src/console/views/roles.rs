@@ -1,4 +1,5 @@
-//! The roles pages' templates, and a key's permissions on its page.
+//! The roles pages' templates, a key's permissions on its page, and the
+//! identity page (an identity's roles and permissions).
 
 use askama::Template;
 
@@ -36,4 +37,18 @@ pub struct PermissionsView {
     pub roles: String,
     /// (permission, where it comes from).
     pub rows: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "identity.html")]
+pub struct IdentityPage {
+    pub nav: Option<Nav>,
+    pub id: String,
+    pub external_id: String,
+    pub rate_limit: String,
+    pub credits: String,
+    pub allowed_cidrs: String,
+    /// Its own permissions, space-separated (for the form).
+    pub own: String,
+    pub permissions: PermissionsView,
 }
