@@ -26,7 +26,8 @@ use crate::usage::UsageReporter;
 pub enum DenyStatus {
     /// 401: missing, malformed, unknown, revoked or expired key.
     Unauthenticated,
-    /// 403: wrong environment or missing scope.
+    /// 403: wrong environment, missing scope or permission, or a client
+    /// outside the allow-list.
     Forbidden,
     /// 400: the proxy sent a cost that is not a whole number from 1 to 1000,
     /// or a permission query that does not parse.

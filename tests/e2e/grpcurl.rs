@@ -61,6 +61,8 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
         "keyplane.admin.v1.IdentityService",
         "verified as cust_1234",
         "identity credits left: 9999",
+        "permission query allowed: True",
+        "['orders.read', 'tickets.*']",
         "revokedKeyIds",
         "SERVING",
         "walkthrough ok",

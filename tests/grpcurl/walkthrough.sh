@@ -132,9 +132,22 @@ echo "verified as $VERIFIED_AS"
 LEFT=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d '{"org_id": "acme", "external_id": "cust_1234"}' \
   "$ADDR" keyplane.admin.v1.IdentityService/GetIdentity | field '["identity"]["credits"]["remaining"]')
 echo "identity credits left: $LEFT"
+# Roles: the identity holds "support", so its keys do; a check asks with a query.
+grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d '{"org_id": "acme", "name": "support", "permissions": ["tickets.*", "orders.read"]}' \
+  "$ADDR" keyplane.admin.v1.RoleService/CreateRole >/dev/null
+grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"org_id\": \"acme\", \"holder_id\": \"$IDENTITY_ID\", \"roles\": [\"support\"]}" \
+  "$ADDR" keyplane.admin.v1.RoleService/SetRoles >/dev/null
+ALLOWED=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"token\": \"$CUSTOMER_TOKEN\", \"permission_query\": \"tickets.write AND (orders.read OR orders.admin)\"}" \
+  "$ADDR" keyplane.admin.v1.ApiKeyService/VerifyApiKey | field '["valid"]')
+echo "permission query allowed: $ALLOWED"
 grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
   -d "{\"org_id\": \"acme\", \"id\": \"$IDENTITY_ID\", \"revoke_keys\": true}" \
   "$ADDR" keyplane.admin.v1.IdentityService/DeleteIdentity
+grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d '{"org_id": "acme", "name": "support"}' \
+  "$ADDR" keyplane.admin.v1.RoleService/GetRole | field '["role"]["permissions"]'
 
 echo "== 12. health"
 grpcurl -plaintext "$ADDR" grpc.health.v1.Health/Check
