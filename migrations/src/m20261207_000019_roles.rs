@@ -1,7 +1,9 @@
 //! Roles and permissions: `roles` (named sets of permissions, a JSON array),
 //! `role_grants` (which key or identity holds which role; the holder id is
-//! a key id or an `idn_` identity id) and `identities.permissions` (an
-//! identity's own permissions, a JSON array; NULL = none).
+//! a key id or an `idn_` identity id), `identities.permissions` (an
+//! identity's own permissions, a JSON array; NULL = none) and `holds_roles`
+//! on `api_keys` and `identities` (false: no grant names it, so a
+//! verification need not look for any).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -33,6 +35,13 @@ enum RoleGrants {
 enum Identities {
     Table,
     Permissions,
+    HoldsRoles,
+}
+
+#[derive(DeriveIden)]
+enum ApiKeys {
+    Table,
+    HoldsRoles,
 }
 
 #[async_trait::async_trait]
@@ -73,13 +82,22 @@ impl MigrationTrait for Migration {
             .col(RoleGrants::HolderId)
             .to_owned();
         manager.create_index(by_holder).await?;
-        let column = json_binary_null(Identities::Permissions);
-        manager.alter_table(Table::alter().table(Identities::Table).add_column(column).to_owned()).await
+        // SQLite adds one column per statement.
+        let columns =
+            [json_binary_null(Identities::Permissions), boolean(Identities::HoldsRoles).default(false).to_owned()];
+        for column in columns {
+            manager.alter_table(Table::alter().table(Identities::Table).add_column(column).to_owned()).await?;
+        }
+        let column = boolean(ApiKeys::HoldsRoles).default(false).to_owned();
+        manager.alter_table(Table::alter().table(ApiKeys::Table).add_column(column).to_owned()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let column = Identities::Permissions;
-        manager.alter_table(Table::alter().table(Identities::Table).drop_column(column).to_owned()).await?;
+        let column = ApiKeys::HoldsRoles;
+        manager.alter_table(Table::alter().table(ApiKeys::Table).drop_column(column).to_owned()).await?;
+        for column in [Identities::Permissions, Identities::HoldsRoles] {
+            manager.alter_table(Table::alter().table(Identities::Table).drop_column(column).to_owned()).await?;
+        }
         manager.drop_table(Table::drop().table(RoleGrants::Table).to_owned()).await?;
         manager.drop_table(Table::drop().table(Roles::Table).to_owned()).await
     }

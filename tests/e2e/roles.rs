@@ -219,6 +219,16 @@ async fn verify_api_key_evaluates_permission_queries(backend: Backend) {
         );
         assert_eq!(principal.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["billing", "support"]);
     }
+    // A rotation's new key holds the roles the old one held.
+    let rotate = pb::RotateApiKeyRequest { org_id: org.clone(), id: key.id.clone(), ..Default::default() };
+    let rotated = keys.rotate_api_key(rotate).await.expect("rotate").into_inner();
+    let request = pb::VerifyApiKeyRequest {
+        token: rotated.token,
+        permission_query: "billing.refund AND tickets.write".into(),
+        ..Default::default()
+    };
+    assert!(keys.verify_api_key(request).await.expect("verify").into_inner().valid, "the new key holds billing.*");
+
     // A query that does not parse says where.
     let status = keys.verify_api_key(verify("orders.read AND (billing.read")).await.expect_err("bad query");
     assert_invalid_field(&status, "permission_query");

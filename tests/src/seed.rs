@@ -41,7 +41,7 @@ pub fn key_row(
 }
 
 /// Inserts the `count` rows `row(i)` makes, 500 per statement (SQLite binds
-/// at most 32,766 values in one, and a key row has 35 columns), then (on
+/// at most 32,766 values in one, and a key row has 36 columns), then (on
 /// Postgres) vacuums and analyzes the table as autovacuum would after a
 /// bulk load.
 pub async fn keys(db: &DatabaseConnection, count: usize, mut row: impl FnMut(usize) -> api_keys::ActiveModel) {

@@ -79,6 +79,8 @@ pub struct Model {
     pub import_source_id: Option<String>,
     /// Re-hash to Keyplane's argon2id at the first successful verification.
     pub upgrade_on_use: bool,
+    /// A role grant may name the key (false: none does; see `store::roles`).
+    pub holds_roles: bool,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -179,6 +181,7 @@ impl NewKeyRow {
             lookup: Set(None),
             import_source_id: Set(None),
             upgrade_on_use: Set(false),
+            holds_roles: Set(false),
             ..Default::default()
         };
         limits::set_new::<Entity>(&mut row, self.limits)?;
@@ -331,6 +334,17 @@ pub async fn ended_before(
         .into_tuple()
         .all(db)
         .await?)
+}
+
+/// Records whether role grants may name key `id` (set with its grants).
+pub async fn set_holds_roles(tx: &OrgTx, id: &str, holds: bool) -> Result<()> {
+    Entity::update_many()
+        .col_expr(Column::HoldsRoles, Expr::value(holds))
+        .filter(Column::Id.eq(id))
+        .filter(Column::OrgId.eq(tx.org()))
+        .exec(tx.conn())
+        .await?;
+    Ok(())
 }
 
 /// Deletes key `id` of the transaction's org, with the roles it held;

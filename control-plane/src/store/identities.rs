@@ -40,6 +40,8 @@ pub struct Model {
     /// JSON array of the identity's own permissions; NULL = none.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub permissions: Option<Json>,
+    /// A role grant may name the identity (false: none does; see `store::roles`).
+    pub holds_roles: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -83,6 +85,7 @@ impl NewIdentity {
             external_id: Set(self.external_id),
             metadata: Set(self.metadata),
             permissions: Set(None),
+            holds_roles: Set(false),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
@@ -160,6 +163,17 @@ pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Re
     limits::change::<Entity>(tx, &mut row, changes.limits).await?;
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)
+}
+
+/// Records whether role grants may name identity `id` (set with its grants).
+pub async fn set_holds_roles(tx: &OrgTx, id: &str, holds: bool) -> Result<()> {
+    Entity::update_many()
+        .col_expr(Column::HoldsRoles, Expr::value(holds))
+        .filter(Column::Id.eq(id))
+        .filter(Column::OrgId.eq(tx.org()))
+        .exec(tx.conn())
+        .await?;
+    Ok(())
 }
 
 /// Replaces the identity's own permissions (empty: none).

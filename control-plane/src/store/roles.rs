@@ -1,6 +1,9 @@
 //! The `roles` table (named sets of permissions) and `role_grants` (which
 //! key or identity holds which role). A holder id is a key id or an
 //! identity id (`idn_…`); grants go with their holder when it is deleted.
+//! A holder's `holds_roles` column is false only while no grant names it
+//! (the service sets it with the grants; a detached role may leave it
+//! true), so a verification of a key without roles skips [`held_by`].
 
 use std::collections::HashMap;
 
@@ -216,6 +219,14 @@ pub async fn set_grants(tx: &OrgTx, holder: &str, role_ids: &[String]) -> Result
         })
         .collect();
     insert_chunked::<grant::Entity>(tx, rows, 500).await
+}
+
+/// Gives `to` the roles `from` holds (a rotation's new key); whether there were any.
+pub async fn copy_grants(tx: &OrgTx, from: &str, to: &str) -> Result<bool> {
+    let role_ids: Vec<String> =
+        held_by(tx.conn(), tx.org(), &[from]).await?.into_iter().map(|(_, role)| role.id).collect();
+    set_grants(tx, to, &role_ids).await?;
+    Ok(!role_ids.is_empty())
 }
 
 /// Removes every grant of `holder` (a key or identity being deleted).

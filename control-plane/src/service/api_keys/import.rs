@@ -21,7 +21,7 @@ use crate::service::authz::{Action, Target};
 use crate::service::roles::MAX_ROLES;
 use crate::service::validate::Violations;
 use crate::service::verify::MAX_CANDIDATES;
-use crate::store::api_keys::{NewKeyRow, NewLimits};
+use crate::store::api_keys::{self, NewKeyRow, NewLimits};
 use crate::store::audit::AuditAction;
 use crate::store::imported_keys::{self, ImportedKeyRow};
 use crate::store::{OrgTx, audit, roles};
@@ -112,6 +112,7 @@ impl KeyService {
                 let key = imported_keys::insert(&tx, row).await?;
                 if let Some(role_ids) = granted.get(&i).filter(|ids| !ids.is_empty()) {
                     roles::set_grants(&tx, &key.id, role_ids).await?;
+                    api_keys::set_holds_roles(&tx, &key.id, true).await?;
                 }
                 audit::append(&tx, ctx.audit(AuditAction::ApiKeyImported, &key.id, details)).await?;
                 outcomes.push((i, ImportOutcome::Imported(key.id)));

@@ -21,7 +21,7 @@ use crate::store::audit::AuditAction;
 use crate::store::credits::CreditsChange;
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::limits::HasLimits;
-use crate::store::{self, ChangeTx, audit};
+use crate::store::{self, ChangeTx, audit, roles};
 
 /// What a key is issued with, at creation or copied by a rotation.
 struct Attributes {
@@ -155,6 +155,10 @@ impl KeyService {
             None => old,
         };
         let new_key = api_keys::insert(&tx, row).await?;
+        // The new key holds the roles the old one does.
+        if old.holds_roles && roles::copy_grants(&tx, &old.id, &new_key.id).await? {
+            api_keys::set_holds_roles(&tx, &new_key.id, true).await?;
+        }
         let previous = if grace.is_zero() {
             let revoked = api_keys::revoke(&tx, old, ctx.actor_label().1, "rotated").await?;
             key_events::append(&tx, &revoked.id, KeyEventKind::Revoked).await?;

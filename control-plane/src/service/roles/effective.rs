@@ -74,15 +74,19 @@ impl Effective {
     }
 }
 
-/// What `key` (with its `identity`, if any) holds, reading its roles in one query.
+/// What `key` (with its `identity`, if any) holds, reading its roles in one
+/// query when it or its identity may hold any (`holds_roles`), in none otherwise.
 pub async fn of_key(
     db: &impl ConnectionTrait,
     key: &api_keys::Model,
     identity: Option<&identities::Model>,
 ) -> Result<Effective> {
-    let mut holders = vec![key.id.as_str()];
-    holders.extend(identity.map(|identity| identity.id.as_str()));
-    let held = roles::held_by(db, &key.org_id, &holders).await?;
+    let mut holders = Vec::with_capacity(2);
+    if key.holds_roles {
+        holders.push(key.id.as_str());
+    }
+    holders.extend(identity.filter(|identity| identity.holds_roles).map(|identity| identity.id.as_str()));
+    let held = if holders.is_empty() { Vec::new() } else { roles::held_by(db, &key.org_id, &holders).await? };
     let mut effective = Effective::default();
     effective.add(key.scope_list(), Source::Scope);
     if let Some(identity) = identity {
@@ -96,7 +100,10 @@ pub async fn of_key(
 
 /// What `identity` holds itself (every key of it holds this too).
 pub async fn of_identity(db: &impl ConnectionTrait, identity: &identities::Model) -> Result<Effective> {
-    let held = roles::held_by(db, &identity.org_id, &[identity.id.as_str()]).await?;
+    let held = match identity.holds_roles {
+        true => roles::held_by(db, &identity.org_id, &[identity.id.as_str()]).await?,
+        false => Vec::new(),
+    };
     let mut effective = Effective::default();
     effective.add(identity.permission_list(), Source::Identity);
     add_roles(&mut effective, held, |_, name| Source::Role(name.to_owned()));
