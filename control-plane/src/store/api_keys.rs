@@ -336,15 +336,8 @@ pub async fn ended_before(
         .await?)
 }
 
-/// Records whether role grants may name key `id` (set with its grants).
-pub async fn set_holds_roles(tx: &OrgTx, id: &str, holds: bool) -> Result<()> {
-    Entity::update_many()
-        .col_expr(Column::HoldsRoles, Expr::value(holds))
-        .filter(Column::Id.eq(id))
-        .filter(Column::OrgId.eq(tx.org()))
-        .exec(tx.conn())
-        .await?;
-    Ok(())
+impl super::roles::RoleHolder for Entity {
+    const COLUMNS: [Column; 3] = [Column::Id, Column::OrgId, Column::HoldsRoles];
 }
 
 /// Deletes key `id` of the transaction's org, with the roles it held;

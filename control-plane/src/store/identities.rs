@@ -165,15 +165,8 @@ pub async fn update(tx: &OrgTx, identity: Model, changes: IdentityChanges) -> Re
     Ok(row.update(tx.conn()).await?)
 }
 
-/// Records whether role grants may name identity `id` (set with its grants).
-pub async fn set_holds_roles(tx: &OrgTx, id: &str, holds: bool) -> Result<()> {
-    Entity::update_many()
-        .col_expr(Column::HoldsRoles, Expr::value(holds))
-        .filter(Column::Id.eq(id))
-        .filter(Column::OrgId.eq(tx.org()))
-        .exec(tx.conn())
-        .await?;
-    Ok(())
+impl super::roles::RoleHolder for Entity {
+    const COLUMNS: [Column; 3] = [Column::Id, Column::OrgId, Column::HoldsRoles];
 }
 
 /// Replaces the identity's own permissions (empty: none).

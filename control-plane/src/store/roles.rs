@@ -2,7 +2,7 @@
 //! key or identity holds which role). A holder id is a key id or an
 //! identity id (`idn_…`); grants go with their holder when it is deleted.
 //! A holder's `holds_roles` column is false only while no grant names it
-//! (the service sets it with the grants; a detached role may leave it
+//! ([`set_grants`] sets it with the grants; a detached role may leave it
 //! true), so a verification of a key without roles skips [`held_by`].
 
 use std::collections::HashMap;
@@ -205,8 +205,9 @@ pub async fn held_by(db: &impl ConnectionTrait, org: &str, holders: &[&str]) -> 
     Ok(found.into_iter().filter_map(|(grant, role)| Some((grant.holder_id, role?))).collect())
 }
 
-/// Makes `holder` hold exactly `role_ids` (of the transaction's org).
-pub async fn set_grants(tx: &OrgTx, holder: &str, role_ids: &[String]) -> Result<()> {
+/// Makes `holder` (a row of `E`) hold exactly `role_ids` (of the
+/// transaction's org), and its `holds_roles` say whether it holds any.
+pub async fn set_grants<E: RoleHolder>(tx: &OrgTx, holder: &str, role_ids: &[String]) -> Result<()> {
     forget_holder(tx, holder).await?;
     let now = super::now();
     let rows: Vec<grant::Model> = role_ids
@@ -218,15 +219,33 @@ pub async fn set_grants(tx: &OrgTx, holder: &str, role_ids: &[String]) -> Result
             created_at: now,
         })
         .collect();
-    insert_chunked::<grant::Entity>(tx, rows, 500).await
+    insert_chunked::<grant::Entity>(tx, rows, 500).await?;
+    set_holds_roles::<E>(tx, holder, !role_ids.is_empty()).await
 }
 
-/// Gives `to` the roles `from` holds (a rotation's new key); whether there were any.
-pub async fn copy_grants(tx: &OrgTx, from: &str, to: &str) -> Result<bool> {
+/// Gives `to` the roles `from` holds (rows of `E`: a rotation's new key).
+pub async fn copy_grants<E: RoleHolder>(tx: &OrgTx, from: &str, to: &str) -> Result<()> {
     let role_ids: Vec<String> =
         held_by(tx.conn(), tx.org(), &[from]).await?.into_iter().map(|(_, role)| role.id).collect();
-    set_grants(tx, to, &role_ids).await?;
-    Ok(!role_ids.is_empty())
+    set_grants::<E>(tx, to, &role_ids).await
+}
+
+/// A table whose rows hold roles (`api_keys`, `identities`): its id, org
+/// and `holds_roles` columns.
+pub trait RoleHolder: EntityTrait {
+    const COLUMNS: [Self::Column; 3];
+}
+
+/// Records whether role grants may name row `id` of `E`.
+async fn set_holds_roles<E: RoleHolder>(tx: &OrgTx, id: &str, holds: bool) -> Result<()> {
+    let [id_column, org_column, holds_column] = E::COLUMNS;
+    E::update_many()
+        .col_expr(holds_column, Expr::value(holds))
+        .filter(id_column.eq(id))
+        .filter(org_column.eq(tx.org()))
+        .exec(tx.conn())
+        .await?;
+    Ok(())
 }
 
 /// Removes every grant of `holder` (a key or identity being deleted).

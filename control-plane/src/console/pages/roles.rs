@@ -31,19 +31,19 @@ fn row(view: &RoleView) -> RoleRow {
     }
 }
 
-fn permissions_view(effective: &Effective) -> PermissionsView {
+fn permissions_view(effective: &Effective, set_roles: String) -> PermissionsView {
     let names: Vec<&str> = effective.roles.iter().map(|role| role.name.as_str()).collect();
     let rows = effective
         .permissions
         .iter()
         .map(|(name, sources)| (name.clone(), sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
         .collect();
-    PermissionsView { roles: names.join(" "), rows }
+    PermissionsView { roles: names.join(" "), rows, set_roles }
 }
 
 /// What the key page shows of key `id`'s permissions.
 pub async fn of_key(console: &Console, ctx: &RequestContext, org: &str, id: &str) -> Result<PermissionsView> {
-    Ok(permissions_view(&console.roles.effective(ctx, org, id).await?))
+    Ok(permissions_view(&console.roles.effective(ctx, org, id).await?, format!("/keys/{id}/roles")))
 }
 
 #[derive(Default, Deserialize)]
@@ -207,7 +207,7 @@ pub async fn show_identity(State(console): State<Arc<Console>>, signed: Signed, 
             credits: identity.credits().map_or_else(dash, |credits| credits.remaining.to_string()),
             allowed_cidrs: Some(identity.allowed_cidr_list().join(" ")).filter(|l| !l.is_empty()).unwrap_or_else(dash),
             own: identity.permission_list().join(" "),
-            permissions: permissions_view(&effective),
+            permissions: permissions_view(&effective, format!("/identities/{id}/roles")),
         })
     };
     respond(&nav, result.await)

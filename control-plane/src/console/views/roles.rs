@@ -32,11 +32,14 @@ pub struct RolePage {
     pub holders: Vec<String>,
 }
 
-/// A key's (or identity's) roles and what it holds, for its page.
+/// A key's (or identity's) roles and what it holds, for its page
+/// (`templates/permissions.html`).
 pub struct PermissionsView {
     pub roles: String,
     /// (permission, where it comes from).
     pub rows: Vec<(String, String)>,
+    /// Where the form setting its roles posts.
+    pub set_roles: String,
 }
 
 #[derive(Template)]

@@ -111,8 +111,7 @@ impl KeyService {
                 });
                 let key = imported_keys::insert(&tx, row).await?;
                 if let Some(role_ids) = granted.get(&i).filter(|ids| !ids.is_empty()) {
-                    roles::set_grants(&tx, &key.id, role_ids).await?;
-                    api_keys::set_holds_roles(&tx, &key.id, true).await?;
+                    roles::set_grants::<api_keys::Entity>(&tx, &key.id, role_ids).await?;
                 }
                 audit::append(&tx, ctx.audit(AuditAction::ApiKeyImported, &key.id, details)).await?;
                 outcomes.push((i, ImportOutcome::Imported(key.id)));

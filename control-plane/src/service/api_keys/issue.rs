@@ -156,8 +156,8 @@ impl KeyService {
         };
         let new_key = api_keys::insert(&tx, row).await?;
         // The new key holds the roles the old one does.
-        if old.holds_roles && roles::copy_grants(&tx, &old.id, &new_key.id).await? {
-            api_keys::set_holds_roles(&tx, &new_key.id, true).await?;
+        if old.holds_roles {
+            roles::copy_grants::<api_keys::Entity>(&tx, &old.id, &new_key.id).await?;
         }
         let previous = if grace.is_zero() {
             let revoked = api_keys::revoke(&tx, old, ctx.actor_label().1, "rotated").await?;

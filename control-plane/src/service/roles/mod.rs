@@ -207,10 +207,9 @@ impl RoleService {
         violations.finish()?;
         held.sort_by(|a, b| a.name.cmp(&b.name));
         let ids: Vec<String> = held.iter().map(|role| role.id.clone()).collect();
-        roles::set_grants(&tx, holder_id, &ids).await?;
         match holder {
-            Holder::Key => api_keys::set_holds_roles(&tx, holder_id, !ids.is_empty()).await?,
-            Holder::Identity => identities::set_holds_roles(&tx, holder_id, !ids.is_empty()).await?,
+            Holder::Key => roles::set_grants::<api_keys::Entity>(&tx, holder_id, &ids).await?,
+            Holder::Identity => roles::set_grants::<identities::Entity>(&tx, holder_id, &ids).await?,
         }
         key_events::append(&tx, holder_id, KeyEventKind::Updated).await?;
         let action = match holder {
