@@ -180,6 +180,11 @@ pub async fn holder_counts(db: &impl ConnectionTrait, org: &str, role_ids: &[Str
     Ok(counts.into_iter().map(|(id, count)| (id, u64::try_from(count).unwrap_or(0))).collect())
 }
 
+/// How many keys and identities of `org` hold role `id`.
+pub async fn holder_count(db: &impl ConnectionTrait, org: &str, id: &str) -> Result<u64> {
+    Ok(holder_counts(db, org, &[id.to_owned()]).await?.get(id).copied().unwrap_or(0))
+}
+
 /// The holders of role `id` of `org` (keys and identities), at most `limit`.
 pub async fn holders(db: &impl ConnectionTrait, org: &str, id: &str, limit: u64) -> Result<Vec<String>> {
     Ok(grant::Entity::find()

@@ -18,7 +18,6 @@ use crate::crypto::imported::{self, LOOKUP_CHARS, SourceFormat};
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
-use crate::service::roles::MAX_ROLES;
 use crate::service::validate::Violations;
 use crate::service::verify::MAX_CANDIDATES;
 use crate::store::api_keys::{self, NewKeyRow, NewLimits};
@@ -215,19 +214,8 @@ impl Batch<'_> {
 
     /// The ids of the roles `names` (names or ids of the batch's org).
     fn role_ids(&self, violations: &mut Violations, field: &str, names: &[String]) -> Vec<String> {
-        if names.len() > MAX_ROLES {
-            violations.add(format!("{field}.roles"), format!("at most {MAX_ROLES}"));
-            return Vec::new();
-        }
-        let mut ids = Vec::with_capacity(names.len());
-        for (j, name) in names.iter().enumerate() {
-            match self.roles.iter().find(|role| role.name == *name || role.id == *name) {
-                Some(role) if !ids.contains(&role.id) => ids.push(role.id.clone()),
-                Some(_) => {}
-                None => violations.add(format!("{field}.roles[{j}]"), "no role with this name or id in the org"),
-            }
-        }
-        ids
+        let held = crate::service::roles::resolve(violations, &format!("{field}.roles"), names, self.roles);
+        held.into_iter().map(|role| role.id).collect()
     }
 }
 

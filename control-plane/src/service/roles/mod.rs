@@ -91,8 +91,7 @@ impl RoleService {
             RoleLookup::Name(name) => roles::find_by_name(&self.db, &org, name).await?,
         };
         let role = found.ok_or(Error::NotFound("role"))?;
-        let holders = roles::holder_counts(&self.db, &org, std::slice::from_ref(&role.id)).await?;
-        Ok(RoleView { holders: holders.get(&role.id).copied().unwrap_or(0), role })
+        Ok(RoleView { holders: roles::holder_count(&self.db, &org, &role.id).await?, role })
     }
 
     /// A page of roles in name order.
@@ -151,9 +150,9 @@ impl RoleService {
         key_events::append(&tx, &role.id, KeyEventKind::Updated).await?;
         let details = json!({ "fields": changed, "name": role.name, "permissions": role.permission_list() });
         audit::append(&tx, ctx.audit(AuditAction::RoleUpdated, &role.id, details)).await?;
-        let holders = roles::holder_counts(tx.conn(), tx.org(), std::slice::from_ref(&role.id)).await?;
+        let holders = roles::holder_count(tx.conn(), tx.org(), &role.id).await?;
         tx.commit(&self.wakeups).await?;
-        Ok(RoleView { holders: holders.get(&role.id).copied().unwrap_or(0), role })
+        Ok(RoleView { holders, role })
     }
 
     /// Deletes a role: refused while held unless `detach`, which takes it
@@ -162,8 +161,7 @@ impl RoleService {
         let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
         let tx = ChangeTx::begin(&self.db, &org).await?;
         let role = roles::find(tx.conn(), tx.org(), id).await?.ok_or(Error::NotFound("role"))?;
-        let held = roles::holder_counts(tx.conn(), tx.org(), std::slice::from_ref(&role.id)).await?;
-        let holders = held.get(&role.id).copied().unwrap_or(0);
+        let holders = roles::holder_count(tx.conn(), tx.org(), &role.id).await?;
         if holders > 0 && !detach {
             return Err(Error::FailedPrecondition(format!(
                 "{holders} keys or identities hold the role: take it from them first, or delete with detach"
@@ -187,23 +185,11 @@ impl RoleService {
         names: &[String],
     ) -> Result<Vec<RoleRef>> {
         let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
-        if names.len() > MAX_ROLES {
-            return Err(Error::invalid("roles", format!("at most {MAX_ROLES}")));
-        }
         let tx = ChangeTx::begin(&self.db, &org).await?;
         let holder = find_holder(&tx, holder_id).await?;
         let found = roles::find_named(tx.conn(), tx.org(), names).await?;
         let mut violations = Violations::default();
-        let mut held: Vec<RoleRef> = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            match found.iter().find(|role| role.name == *name || role.id == *name) {
-                Some(role) if held.iter().all(|known| known.id != role.id) => {
-                    held.push(RoleRef { id: role.id.clone(), name: role.name.clone() });
-                }
-                Some(_) => {}
-                None => violations.add(format!("roles[{i}]"), "no role with this name or id in the org"),
-            }
-        }
+        let mut held = resolve(&mut violations, "roles", names, &found);
         violations.finish()?;
         held.sort_by(|a, b| a.name.cmp(&b.name));
         let ids: Vec<String> = held.iter().map(|role| role.id.clone()).collect();
@@ -259,6 +245,32 @@ impl RoleService {
         };
         effective::of_key(&self.db, &key, identity.as_ref()).await
     }
+}
+
+/// The roles `names` (names or ids) picks from `known` (the org's roles
+/// they name), each once, in the order named; an unknown one, or more than
+/// [`MAX_ROLES`], is a violation under `field`.
+pub(crate) fn resolve(
+    violations: &mut Violations,
+    field: &str,
+    names: &[String],
+    known: &[roles::Model],
+) -> Vec<RoleRef> {
+    if names.len() > MAX_ROLES {
+        violations.add(field, format!("at most {MAX_ROLES}"));
+        return Vec::new();
+    }
+    let mut held: Vec<RoleRef> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        match known.iter().find(|role| role.name == *name || role.id == *name) {
+            Some(role) if held.iter().all(|picked| picked.id != role.id) => {
+                held.push(RoleRef { id: role.id.clone(), name: role.name.clone() });
+            }
+            Some(_) => {}
+            None => violations.add(format!("{field}[{i}]"), "no role with this name or id in the org"),
+        }
+    }
+    held
 }
 
 /// Whether `id` is a key or an identity of the transaction's org (NOT_FOUND otherwise).
