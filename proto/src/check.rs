@@ -4,8 +4,9 @@
 //! and are each binary's own.
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use crate::admin::v1 as pb;
 use crate::permissions::{Holder, Query};
 use crate::token::Environment;
 use crate::usage::Outcome;
@@ -51,16 +52,98 @@ impl Denied {
     }
 }
 
+impl From<Denied> for pb::VerifyFailure {
+    /// How `VerifyApiKey` reports the refusal.
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Expired => pb::VerifyFailure::Expired,
+            Denied::WrongEnvironment => pb::VerifyFailure::WrongEnvironment,
+            Denied::IpNotAllowed => pb::VerifyFailure::IpNotAllowed,
+            Denied::MissingScope => pb::VerifyFailure::MissingScope,
+            Denied::MissingPermission => pb::VerifyFailure::MissingPermission,
+        }
+    }
+}
+
+/// What the decision reads of the limits of a key, or of its identity.
+pub trait Limited {
+    /// Inside its allow-list, if it has one (an unknown address is not).
+    fn allows_client(&self, client: Option<IpAddr>) -> bool;
+}
+
 /// What the decision reads of a key (and its identity).
 pub trait KeyState {
     fn expires_at(&self) -> Option<SystemTime>;
     fn environment(&self) -> Environment;
-    /// Inside the key's allow-list and its identity's, where they have one.
-    fn allows_client(&self, client: Option<IpAddr>) -> bool;
+    /// The key's limits and its identity's: a check must pass every one.
+    fn limits(&self) -> impl Iterator<Item = &dyn Limited>;
     fn has_scope(&self, scope: &str) -> bool;
     /// Holds permission `name`: by a scope, a role, or its identity
     /// (README "Roles and permissions"), exactly or under a wildcard.
     fn holds_permission(&self, name: &str) -> bool;
+
+    /// Inside the key's allow-list and its identity's, where they have one.
+    fn allows_client(&self, client: Option<IpAddr>) -> bool {
+        self.limits().all(|limits| limits.allows_client(client))
+    }
+}
+
+/// The limits of a key, or of an identity for all its keys, as a check
+/// reads them from the protocol (`Principal`): the sidecar caches this.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Limits {
+    /// Rate limit: (requests, window).
+    pub rate_limit: Option<(u32, Duration)>,
+    /// The rate limit is one budget shared by all sidecars (leased per window).
+    pub global_rate_limit: bool,
+    /// Client networks it may be used from; `None` = anywhere.
+    pub allowed_networks: Option<Vec<ipnet::IpNet>>,
+    /// Checks spend its credits.
+    pub has_credits: bool,
+}
+
+impl Limits {
+    /// No limit at all.
+    pub const NONE: Limits =
+        Limits { rate_limit: None, global_rate_limit: false, allowed_networks: None, has_credits: false };
+
+    /// Boxed, or `None` when there is no limit (most keys: 8 bytes).
+    pub fn boxed(self) -> Option<Box<Limits>> {
+        (self != Self::NONE).then(|| Box::new(self))
+    }
+
+    fn from_proto(rate_limit: Option<pb::RateLimit>, allowed_cidrs: &[String], has_credits: bool) -> Limits {
+        Limits {
+            global_rate_limit: rate_limit.as_ref().is_some_and(|l| l.scope == pb::RateLimitScope::Global as i32),
+            rate_limit: rate_limit.and_then(|limit| Some((limit.requests, Duration::try_from(limit.window?).ok()?))),
+            // A list whose entries all fail to parse still allows nobody.
+            allowed_networks: (!allowed_cidrs.is_empty())
+                .then(|| allowed_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()),
+            has_credits,
+        }
+    }
+}
+
+impl From<&pb::Principal> for Limits {
+    /// The key's own limits.
+    fn from(principal: &pb::Principal) -> Self {
+        Limits::from_proto(principal.rate_limit, &principal.allowed_cidrs, principal.has_credits)
+    }
+}
+
+impl From<&pb::PrincipalIdentity> for Limits {
+    fn from(identity: &pb::PrincipalIdentity) -> Self {
+        Limits::from_proto(identity.rate_limit, &identity.allowed_cidrs, identity.has_credits)
+    }
+}
+
+impl Limited for Limits {
+    fn allows_client(&self, client: Option<IpAddr>) -> bool {
+        match &self.allowed_networks {
+            None => true,
+            Some(networks) => client.is_some_and(|ip| networks.iter().any(|net| net.contains(&ip))),
+        }
+    }
 }
 
 /// A key's state as the holder of its permissions.
@@ -120,7 +203,7 @@ mod tests {
     struct Key {
         expires_at: Option<SystemTime>,
         environment: Environment,
-        network: Option<IpAddr>,
+        limits: Limits,
         scopes: Vec<&'static str>,
     }
 
@@ -131,8 +214,8 @@ mod tests {
         fn environment(&self) -> Environment {
             self.environment
         }
-        fn allows_client(&self, client: Option<IpAddr>) -> bool {
-            self.network.is_none() || client == self.network
+        fn limits(&self) -> impl Iterator<Item = &dyn Limited> {
+            std::iter::once(&self.limits as &dyn Limited)
         }
         fn has_scope(&self, scope: &str) -> bool {
             self.scopes.contains(&scope)
@@ -150,7 +233,7 @@ mod tests {
         let good = Key {
             expires_at: Some(now + Duration::from_secs(60)),
             environment: Environment::Live,
-            network: Some(office),
+            limits: Limits { allowed_networks: Some(vec![office.into()]), ..Limits::default() },
             scopes: vec!["orders:read", "billing.*"],
         };
         let orders = ["orders:read".to_owned()];
@@ -208,7 +291,7 @@ mod tests {
         Key {
             expires_at: key.expires_at,
             environment: key.environment,
-            network: key.network,
+            limits: key.limits.clone(),
             scopes: key.scopes.clone(),
         }
     }

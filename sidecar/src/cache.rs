@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use keyplane_proto::check::Limited;
+pub use keyplane_proto::check::Limits;
 use keyplane_proto::permissions::{Held, Holder, pattern_holds};
 use keyplane_proto::token::{Environment, KEY_ID_LEN, KEY_ID_PREFIX};
 use moka::future::Cache;
@@ -96,39 +98,6 @@ pub struct IdentityPrincipal {
     pub limits: Limits,
 }
 
-/// What a key, or an identity for all its keys, is limited to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Limits {
-    /// Rate limit: (requests, window).
-    pub rate_limit: Option<(u32, Duration)>,
-    /// The rate limit is one budget shared by all sidecars (leased per window).
-    pub global_rate_limit: bool,
-    /// Client networks it may be used from; `None` = anywhere.
-    pub allowed_networks: Option<Vec<ipnet::IpNet>>,
-    /// Checks spend its credits (leased, see `credits.rs`).
-    pub has_credits: bool,
-}
-
-impl Limits {
-    /// No limit at all.
-    pub const NONE: Limits =
-        Limits { rate_limit: None, global_rate_limit: false, allowed_networks: None, has_credits: false };
-
-    /// Boxed for a [`Principal`], or `None` when there is no limit.
-    pub fn boxed(self) -> Option<Box<Limits>> {
-        (self != Self::NONE).then(|| Box::new(self))
-    }
-
-    /// Whether a client at `client` may use it (an unknown address may
-    /// not, when there is an allow-list).
-    pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        match &self.allowed_networks {
-            None => true,
-            Some(networks) => client.is_some_and(|ip| networks.iter().any(|net| net.contains(&ip))),
-        }
-    }
-}
-
 impl keyplane_proto::check::KeyState for Principal {
     fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
@@ -138,8 +107,8 @@ impl keyplane_proto::check::KeyState for Principal {
         self.environment
     }
 
-    fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        Principal::allows_client(self, client)
+    fn limits(&self) -> impl Iterator<Item = &dyn Limited> {
+        self.own_and_identity_limits().map(|limits| limits as &dyn Limited)
     }
 
     fn has_scope(&self, scope: &str) -> bool {
@@ -171,12 +140,6 @@ impl Principal {
     pub fn all_limits<'a>(&'a self, key_id: &'a str) -> impl Iterator<Item = (&'a str, &'a Limits)> {
         std::iter::once((key_id, self.limits()))
             .chain(self.identity.as_ref().map(|identity| (identity.id.as_str(), &identity.limits)))
-    }
-
-    /// Whether a client at `client` may use the key: inside the key's
-    /// allow-list and its identity's.
-    pub fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
-        self.own_and_identity_limits().all(|limits| limits.allows_client(client))
     }
 
     /// Whether a check spends a budget (a rate limit or credits) of the key

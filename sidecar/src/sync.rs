@@ -261,10 +261,10 @@ fn principal_from_proto(principal: admin::Principal, shared: &SharedPrincipals) 
             Environment::Live
         },
         expires_at: principal.expires_at.and_then(|t| std::time::SystemTime::try_from(t).ok()),
-        limits: limits_from_proto(principal.rate_limit, &principal.allowed_cidrs, principal.has_credits).boxed(),
+        limits: Limits::from(&principal).boxed(),
         identity: principal.identity.map(|identity| {
             Box::new(IdentityPrincipal {
-                limits: limits_from_proto(identity.rate_limit, &identity.allowed_cidrs, identity.has_credits),
+                limits: Limits::from(&identity),
                 id: identity.id,
                 external_id: identity.external_id,
             })
@@ -284,15 +284,4 @@ fn grants_from_proto(principal: &admin::Principal) -> Option<Box<Grants>> {
             role_ids: principal.roles.iter().map(|role| role.id.clone()).collect(),
         })
     })
-}
-
-fn limits_from_proto(rate_limit: Option<admin::RateLimit>, allowed_cidrs: &[String], has_credits: bool) -> Limits {
-    Limits {
-        global_rate_limit: rate_limit.as_ref().is_some_and(|l| l.scope == admin::RateLimitScope::Global as i32),
-        rate_limit: rate_limit.and_then(|limit| Some((limit.requests, Duration::try_from(limit.window?).ok()?))),
-        // A list whose entries all fail to parse still allows nobody.
-        allowed_networks: (!allowed_cidrs.is_empty())
-            .then(|| allowed_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()),
-        has_credits,
-    }
 }

@@ -12,6 +12,7 @@
 mod chart;
 mod error;
 mod headers;
+mod input;
 mod nav;
 mod pages;
 mod session;

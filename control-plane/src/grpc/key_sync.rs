@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, sidecar_context};
 use crate::error::Error;
-use crate::service::records::KeyEventKind;
+use crate::service::records::{HolderId, KeyEventKind};
 use crate::service::sync::FeedMessage;
 use crate::service::{Authenticator, CreditService, SidecarSync};
 
@@ -98,7 +98,8 @@ impl KeySyncService for KeySyncGrpc {
     ) -> Result<Response<pb::LeaseCreditsResponse>, Status> {
         let ctx = sidecar_context(&self.auth, &request).await?;
         let request = request.into_inner();
-        let lease = self.credits.lease(&ctx, &request.key_id, request.requested, request.at_least).await?;
+        let lease =
+            self.credits.lease(&ctx, &HolderId::parse(&request.key_id), request.requested, request.at_least).await?;
         Ok(Response::new(pb::LeaseCreditsResponse {
             lease_id: lease.id,
             granted: lease.granted,
@@ -113,7 +114,8 @@ impl KeySyncService for KeySyncGrpc {
     ) -> Result<Response<pb::LeaseRequestsResponse>, Status> {
         let ctx = sidecar_context(&self.auth, &request).await?;
         let request = request.into_inner();
-        let (granted, window_left) = self.credits.lease_requests(&ctx, &request.key_id, request.requested).await?;
+        let (granted, window_left) =
+            self.credits.lease_requests(&ctx, &HolderId::parse(&request.key_id), request.requested).await?;
         Ok(Response::new(pb::LeaseRequestsResponse {
             granted,
             window_left: prost_types::Duration::try_from(window_left).ok(),

@@ -10,7 +10,7 @@ use super::convert::roles::{effective_to_proto, role_changes, role_ref_to_proto,
 use super::{allowed_context, request_context};
 use crate::service::authz::Action;
 use crate::service::paging::PageRequest;
-use crate::service::records::{NewRole, RoleLookup};
+use crate::service::records::{HolderId, NewRole, RoleLookup};
 use crate::service::{Authenticator, RoleService};
 
 /// The gRPC adapter of the role service.
@@ -82,7 +82,7 @@ impl role_service_server::RoleService for RoleGrpc {
     async fn set_roles(&self, request: Request<pb::SetRolesRequest>) -> Result<Response<pb::SetRolesResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::SetRolesRequest { org_id, holder_id, roles } = request.into_inner();
-        let held = self.roles.set_roles(&ctx, &org_id, &holder_id, &roles).await?;
+        let held = self.roles.set_roles(&ctx, &org_id, &HolderId::parse(&holder_id), &roles).await?;
         Ok(Response::new(pb::SetRolesResponse { roles: held.iter().map(role_ref_to_proto).collect() }))
     }
 
@@ -102,7 +102,7 @@ impl role_service_server::RoleService for RoleGrpc {
     ) -> Result<Response<pb::GetEffectivePermissionsResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::GetEffectivePermissionsRequest { org_id, holder_id } = request.into_inner();
-        let effective = self.roles.effective(&ctx, &org_id, &holder_id).await?;
+        let effective = self.roles.effective(&ctx, &org_id, &HolderId::parse(&holder_id)).await?;
         Ok(Response::new(effective_to_proto(&effective)))
     }
 }

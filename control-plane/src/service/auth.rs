@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use keyplane_proto::check::KeyState;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 

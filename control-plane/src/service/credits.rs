@@ -18,7 +18,7 @@ use super::sync::require_sidecar;
 use super::verify::VerifiedKey;
 use crate::error::{Error, Result};
 use crate::store::audit::{self, AuditAction, NewAuditEvent};
-use crate::store::credits::{self, Credits, Holder, HolderKind};
+use crate::store::credits::{self, Credits, Holder, HolderId};
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::leases;
 use crate::store::{self, ChangeTx, OrgScope, OrgTx, rate_windows};
@@ -52,19 +52,25 @@ impl CreditService {
         Self { db, wakeups, lease_ttl }
     }
 
-    /// Grants up to `requested` credits of key (or identity) `holder_id`,
+    /// Grants up to `requested` credits of key or identity `holder_id`,
     /// of any org: at most a quarter of what is left, so sidecars sharing a
     /// budget near its end take it a few credits at a time rather than
     /// strand it; but at least `at_least` (the cost of the waiting check),
     /// or nothing if fewer are left.
-    pub async fn lease(&self, ctx: &RequestContext, holder_id: &str, requested: u64, at_least: u64) -> Result<Lease> {
+    pub async fn lease(
+        &self,
+        ctx: &RequestContext,
+        holder_id: &HolderId,
+        requested: u64,
+        at_least: u64,
+    ) -> Result<Lease> {
         let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
         let tx = OrgTx::begin(&self.db, &holder.org_id).await?;
         let holder = Holder::find(tx.conn(), OrgScope::Org(tx.org()), holder_id)
             .await?
-            .ok_or(Error::NotFound(HolderKind::of_id(holder_id).name()))?;
+            .ok_or(Error::NotFound(holder_id.kind_name()))?;
         let Some(Credits { remaining, next_refill_at, .. }) = holder.credits else {
-            return Err(Error::FailedPrecondition(format!("the {} has no credits", holder.kind.name())));
+            return Err(Error::FailedPrecondition(format!("the {} has no credits", holder_id.kind_name())));
         };
         let at_least = at_least.max(1);
         let lease = if remaining < at_least {
@@ -92,12 +98,12 @@ impl CreditService {
     pub async fn lease_requests(
         &self,
         ctx: &RequestContext,
-        holder_id: &str,
+        holder_id: &HolderId,
         requested: u64,
     ) -> Result<(u64, Duration)> {
         let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
         let Some(limit) = holder.rate_limit.filter(|limit| limit.global) else {
-            return Err(Error::FailedPrecondition(format!("the {} has no global rate limit", holder.kind.name())));
+            return Err(Error::FailedPrecondition(format!("the {} has no global rate limit", holder_id.kind_name())));
         };
         let window_ms = i64::try_from(limit.window.as_millis()).unwrap_or(i64::MAX).max(1);
         let now_ms = store::now().timestamp_millis();
@@ -105,21 +111,20 @@ impl CreditService {
         let window_left = Duration::from_millis(u64::try_from(window_start + window_ms - now_ms).unwrap_or(0));
         let tx = OrgTx::begin(&self.db, &holder.org_id).await?;
         let wanted = i64::try_from(requested).unwrap_or(i64::MAX);
-        let granted = rate_windows::grant(&tx, &holder.id, window_start, i64::from(limit.requests), wanted).await?;
+        let granted =
+            rate_windows::grant(&tx, holder.id.as_str(), window_start, i64::from(limit.requests), wanted).await?;
         tx.commit().await?;
         Ok((u64::try_from(granted).unwrap_or(0), window_left))
     }
 
     /// The key or identity a sidecar leases from (any org), after the
     /// checks both kinds of lease share.
-    async fn holder_for_lease(&self, ctx: &RequestContext, holder_id: &str, requested: u64) -> Result<Holder> {
+    async fn holder_for_lease(&self, ctx: &RequestContext, holder_id: &HolderId, requested: u64) -> Result<Holder> {
         require_sidecar(ctx)?;
         if !(1..=MAX_LEASE_REQUEST).contains(&requested) {
             return Err(Error::invalid("requested", format!("must be between 1 and {MAX_LEASE_REQUEST}")));
         }
-        Holder::find(&self.db, OrgScope::AllOrgs, holder_id)
-            .await?
-            .ok_or(Error::NotFound(HolderKind::of_id(holder_id).name()))
+        Holder::find(&self.db, OrgScope::AllOrgs, holder_id).await?.ok_or(Error::NotFound(holder_id.kind_name()))
     }
 
     /// Forgets global rate-limit windows that started more than a day ago.
@@ -143,10 +148,10 @@ impl CreditService {
     /// left, from neither (false).
     pub async fn spend(&self, verified: &VerifiedKey, cost: u64) -> Result<bool> {
         let tx = OrgTx::begin(&self.db, &verified.key.org_id).await?;
-        let ids = std::iter::once(&verified.key.id).chain(verified.identity.as_ref().map(|identity| &identity.id));
+        let identity = verified.identity.as_ref().map(|identity| HolderId::Identity(identity.id.clone()));
         let mut holders = Vec::with_capacity(2);
-        for id in ids {
-            let Some(holder) = Holder::find(tx.conn(), OrgScope::Org(tx.org()), id).await? else { return Ok(false) };
+        for id in std::iter::once(HolderId::Key(verified.key.id.clone())).chain(identity) {
+            let Some(holder) = Holder::find(tx.conn(), OrgScope::Org(tx.org()), &id).await? else { return Ok(false) };
             holders.push(holder);
         }
         let spent = credits::spend(&tx, holders, cost).await?;
@@ -164,17 +169,17 @@ impl CreditService {
             let tx = ChangeTx::begin(&self.db, &org).await?;
             let Some(holder) = Holder::find(tx.conn(), OrgScope::Org(tx.org()), &id).await? else { continue };
             let Some(holder) = credits::refill(&tx, holder, now).await? else { continue };
-            key_events::append(&tx, &holder.id, KeyEventKind::Updated).await?;
+            key_events::append(&tx, holder.id.as_str(), KeyEventKind::Updated).await?;
             let credits = holder.credits;
             let details = json!({
                 "credits": credits.map(|c| c.remaining),
                 "next_refill_at": credits.and_then(|c| c.next_refill_at),
             });
-            let action = match holder.kind {
-                HolderKind::Key => AuditAction::ApiKeyCreditsRefilled,
-                HolderKind::Identity => AuditAction::IdentityCreditsRefilled,
+            let action = match holder.id {
+                HolderId::Key(_) => AuditAction::ApiKeyCreditsRefilled,
+                HolderId::Identity(_) => AuditAction::IdentityCreditsRefilled,
             };
-            let event = NewAuditEvent::by_system(REFILL, action, &holder.id, details);
+            let event = NewAuditEvent::by_system(REFILL, action, holder.id.as_str(), details);
             audit::append(&tx, event).await?;
             tx.commit(&self.wakeups).await?;
             refilled += 1;

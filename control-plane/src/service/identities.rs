@@ -16,7 +16,6 @@ use crate::service::authz::{Action, Target};
 use crate::store::audit::AuditAction;
 use crate::store::identities::{self, IdentityChanges, IdentityFilter, NewIdentity};
 use crate::store::key_events::{self, KeyEventKind};
-use crate::store::limits::HasLimits;
 use crate::store::{ChangeTx, OrgTx, api_keys, audit};
 use crate::wakeups::Wakeups;
 
@@ -121,10 +120,8 @@ impl IdentityService {
         }
         rules::check_limit_changes(&mut violations, &mut changes.limits, &mut changed);
         if changed.is_empty() {
-            violations.add(
-                "update_mask",
-                "name at least one field: external_id, metadata, rate_limit, allowed_cidrs, credits, credit_refill",
-            );
+            violations
+                .add("update_mask", format!("name at least one field: external_id, metadata, {}", rules::LIMIT_PATHS));
         }
         violations.finish()?;
 
@@ -189,14 +186,5 @@ async fn refuse_taken_external_id(tx: &OrgTx, field: &str, external_id: &str) ->
 
 /// Audit metadata of a new identity.
 fn audit_details(identity: &identities::Model) -> serde_json::Value {
-    json!({
-        "external_id": identity.external_id,
-        "rate_limit": identity.rate_limit().map(|limit| json!({
-            "requests": limit.requests,
-            "window_ms": limit.window.as_millis() as u64,
-            "global": limit.global,
-        })),
-        "allowed_cidrs": identity.allowed_cidr_list(),
-        "credits": identity.credits_remaining,
-    })
+    rules::with_limits(identity, json!({ "external_id": identity.external_id }))
 }

@@ -55,6 +55,7 @@ pub mod records {
     pub use crate::store::deliveries::attempt::Model as DeliveryAttempt;
     pub use crate::store::deliveries::{DeliveryFilter, DeliveryStatus, Model as Delivery};
     pub use crate::store::events::Model as Event;
+    pub use crate::store::holders::HolderId;
     pub use crate::store::identities::{IdentityChanges, IdentityFilter, Model as Identity, NewIdentity};
     pub use crate::store::key_events::{KeyEventKind, Model as KeyEvent};
     pub use crate::store::limits::{HasLimits, LimitChanges, Limits, NewLimits, RateLimit};

@@ -12,40 +12,18 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 use sea_orm::{QueryOrder, QuerySelect};
 
+pub use super::holders::HolderId;
 use super::leases::{self, ActiveModel, Model};
 use super::limits::{self, HasLimits, LimitTable};
 pub use super::policy::{Credits, CreditsChange, Refill, RefillPeriod};
 use super::{OrgScope, OrgTx, api_keys, identities};
 use crate::error::Result;
 
-/// Which table a [`Holder`] is a row of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HolderKind {
-    Key,
-    Identity,
-}
-
-impl HolderKind {
-    /// What `id` names, told apart by its prefix.
-    pub fn of_id(id: &str) -> Self {
-        if identities::is_identity_id(id) { HolderKind::Identity } else { HolderKind::Key }
-    }
-
-    /// Its name in messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            HolderKind::Key => "api key",
-            HolderKind::Identity => "identity",
-        }
-    }
-}
-
 /// What credits and a global rate limit belong to: a key, or an identity
 /// whose keys share them. Leases and rate-limit windows name either by id.
 #[derive(Clone, Debug)]
 pub struct Holder {
-    pub kind: HolderKind,
-    pub id: String,
+    pub id: HolderId,
     pub org_id: String,
     /// Its credits, if limited to a number of uses.
     pub credits: Option<Credits>,
@@ -54,20 +32,20 @@ pub struct Holder {
 }
 
 impl Holder {
-    fn of(kind: HolderKind, id: String, org_id: String, row: &impl HasLimits) -> Self {
-        Holder { kind, id, org_id, credits: row.credits(), rate_limit: row.rate_limit() }
+    fn of(id: &HolderId, org_id: String, row: &impl HasLimits) -> Self {
+        Holder { id: id.clone(), org_id, credits: row.credits(), rate_limit: row.rate_limit() }
     }
 
-    /// The key or identity `id` (told apart by the id's prefix) in `scope`.
-    pub async fn find(db: &impl ConnectionTrait, scope: OrgScope<'_>, id: &str) -> Result<Option<Self>> {
-        Ok(match HolderKind::of_id(id) {
-            HolderKind::Identity => {
-                let identity = identities::find_in(db, scope, id).await?;
-                identity.map(|row| Holder::of(HolderKind::Identity, row.id.clone(), row.org_id.clone(), &row))
+    /// Key or identity `id` in `scope`.
+    pub async fn find(db: &impl ConnectionTrait, scope: OrgScope<'_>, id: &HolderId) -> Result<Option<Self>> {
+        Ok(match id {
+            HolderId::Identity(found) => {
+                let identity = identities::find_in(db, scope, found).await?;
+                identity.map(|row| Holder::of(id, row.org_id.clone(), &row))
             }
-            HolderKind::Key => {
-                let key = api_keys::find_in(db, scope, id).await?;
-                key.map(|row| Holder::of(HolderKind::Key, row.id.clone(), row.org_id.clone(), &row))
+            HolderId::Key(found) => {
+                let key = api_keys::find_in(db, scope, found).await?;
+                key.map(|row| Holder::of(id, row.org_id.clone(), &row))
             }
         })
     }
@@ -82,9 +60,9 @@ impl Holder {
 
     /// Sets the remaining credits and the next refill.
     async fn store(mut self, tx: &OrgTx, remaining: i64, next_refill_at: Option<DateTime<Utc>>) -> Result<Self> {
-        match self.kind {
-            HolderKind::Key => store_in::<api_keys::Entity>(tx, &self.id, remaining, next_refill_at).await?,
-            HolderKind::Identity => store_in::<identities::Entity>(tx, &self.id, remaining, next_refill_at).await?,
+        match &self.id {
+            HolderId::Key(id) => store_in::<api_keys::Entity>(tx, id, remaining, next_refill_at).await?,
+            HolderId::Identity(id) => store_in::<identities::Entity>(tx, id, remaining, next_refill_at).await?,
         }
         if let Some(credits) = &mut self.credits {
             credits.remaining = u64::try_from(remaining).unwrap_or(0);
@@ -129,7 +107,7 @@ pub async fn lease(tx: &OrgTx, holder: Holder, wanted: u64, ttl: Duration) -> Re
     let lease = ActiveModel {
         id: Set(crate::crypto::new_id("lse")),
         org_id: Set(tx.org().to_owned()),
-        key_id: Set(holder.id.clone()),
+        key_id: Set(holder.id.as_str().to_owned()),
         granted: Set(granted),
         period: Set(period),
         created_at: Set(now),
@@ -163,7 +141,7 @@ pub async fn give_back(tx: &OrgTx, lease: Model, unused: u64) -> Result<u64> {
         return Ok(0);
     }
     let scope = OrgScope::Org(tx.org());
-    let Some(holder) = Holder::find(tx.conn(), scope, &lease.key_id).await? else { return Ok(0) };
+    let Some(holder) = Holder::find(tx.conn(), scope, &HolderId::parse(&lease.key_id)).await? else { return Ok(0) };
     let returned = i64::try_from(unused).unwrap_or(i64::MAX).min(lease.granted);
     match holder.remaining() {
         Some(remaining) if holder.next_refill_at() == lease.period => {
@@ -176,10 +154,11 @@ pub async fn give_back(tx: &OrgTx, lease: Model, unused: u64) -> Result<u64> {
 
 /// Up to `limit` keys and up to `limit` identities, of every org, whose
 /// refill is due at `now`: `(org, id)`.
-pub async fn due_refills(db: &impl ConnectionTrait, now: DateTime<Utc>, limit: u64) -> Result<Vec<(String, String)>> {
-    let mut due = due_in::<api_keys::Entity>(db, now, limit).await?;
-    due.extend(due_in::<identities::Entity>(db, now, limit).await?);
-    Ok(due)
+pub async fn due_refills(db: &impl ConnectionTrait, now: DateTime<Utc>, limit: u64) -> Result<Vec<(String, HolderId)>> {
+    let keys = due_in::<api_keys::Entity>(db, now, limit).await?;
+    let identities = due_in::<identities::Entity>(db, now, limit).await?;
+    let keys = keys.into_iter().map(|(org, id)| (org, HolderId::Key(id)));
+    Ok(keys.chain(identities.into_iter().map(|(org, id)| (org, HolderId::Identity(id)))).collect())
 }
 
 /// `(org, id)` of up to `limit` rows of `E` whose refill is due at `now`,

@@ -56,13 +56,8 @@ impl Model {
 }
 
 /// Prefix of identity ids; it tells them apart from key ids where either
-/// may be named (credit leases, key events).
+/// may be named ([`HolderId`](super::holders::HolderId)).
 pub const ID_PREFIX: &str = "idn_";
-
-/// Whether `id` names an identity rather than a key.
-pub fn is_identity_id(id: &str) -> bool {
-    id.starts_with(ID_PREFIX)
-}
 
 limits::limit_table!();
 

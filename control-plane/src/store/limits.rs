@@ -92,9 +92,17 @@ pub trait LimitTable: EntityTrait {
 }
 
 /// Implements [`LimitTable`] for the `Entity` in scope, whose `Column`s
-/// have the names every limit table uses (the compiler checks each).
+/// have the names every limit table uses (the compiler checks each), and
+/// the check decision's [`Limited`](keyplane_proto::check::Limited) for its
+/// `Model`.
 macro_rules! limit_table {
     () => {
+        impl keyplane_proto::check::Limited for Model {
+            fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
+                $crate::store::limits::HasLimits::allows_client(self, client)
+            }
+        }
+
         impl $crate::store::limits::LimitTable for Entity {
             const LIMITS: $crate::store::limits::LimitColumns<Column> = $crate::store::limits::LimitColumns {
                 id: Column::Id,

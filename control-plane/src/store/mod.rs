@@ -11,6 +11,7 @@ pub mod credits;
 pub mod deliveries;
 pub mod delivery_stats;
 pub mod events;
+pub mod holders;
 pub mod identities;
 pub mod imported_keys;
 pub mod key_events;

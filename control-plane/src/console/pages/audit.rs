@@ -5,8 +5,9 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::response::Response;
 
-use super::{local_time, next_page, page_request, render, respond};
+use super::{next_page, page_request, render, respond};
 use crate::console::Console;
+use crate::console::input::local_time;
 use crate::console::session::Signed;
 use crate::console::views::{AuditFilterForm, AuditPage, AuditRow, when};
 use crate::error::Result;

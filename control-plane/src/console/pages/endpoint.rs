@@ -7,9 +7,10 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{local_time, next_page, page_request, render, respond, window};
+use super::{next_page, page_request, render, respond, window};
 use crate::console::Console;
 use crate::console::chart::{self, Chart, Series};
+use crate::console::input::local_time;
 use crate::console::session::Signed;
 use crate::console::views::{
     ChartView, DeliveryFilterForm, DeliveryRow, SubscriptionDetail, WebhookPage, when, when_or_dash,

@@ -9,12 +9,12 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::shown::show_once;
-use super::{
-    bad_request, duration, granularity, next_page, page_request, render, respond, see_other, usage_chart, window, words,
-};
+use super::{bad_request, granularity, next_page, page_request, render, respond, see_other, usage_chart, window};
 use crate::console::Console;
+use crate::console::input::{duration, json, words};
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
+use crate::console::views::limits::{ChangeLimitsForm, LimitsView};
 use crate::console::views::{
     ConfirmPage, KeyDetail, KeyFilterForm, KeyPage, KeyRow, KeysPage, NewKeyForm, NewKeyPage, when, when_or_dash,
 };
@@ -22,10 +22,7 @@ use crate::error::{Error, Result};
 use crate::service::api_keys::{Expiry, KeyChanges, NewKey};
 use crate::service::paging::ListQuery;
 use crate::service::records::Granularity;
-use crate::service::records::{
-    ApiKey, CreditsChange, Environment, HasLimits, KeyFilter, KeyStatus, LimitChanges, NewLimits, RateLimit, Refill,
-    RefillPeriod,
-};
+use crate::service::records::{ApiKey, Environment, HasLimits, KeyFilter, KeyStatus};
 use crate::service::sessions::ShownOnce;
 
 pub async fn list(
@@ -101,11 +98,8 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         }
     };
     let ttl = violations.absorb(duration("ttl", &form.ttl))?.flatten();
-    let rate_limit = violations
-        .absorb(rate_limit_of(&form.rate_limit_requests, &form.rate_limit_window, form.rate_limit_global.is_some()))?
-        .flatten();
-    let metadata = violations.absorb(metadata("metadata", &form.metadata))?.flatten();
-    let credits = violations.absorb(credits_of(form))?.flatten();
+    let metadata = violations.absorb(json("metadata", &form.metadata))?.flatten();
+    let limits = form.limits.limits(&mut violations)?;
     violations.finish()?;
     Ok(NewKey {
         org_id: org,
@@ -114,65 +108,11 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         environment,
         scopes: words(&form.scopes),
         expiry: ttl.map(Expiry::Ttl),
-        limits: NewLimits { rate_limit, allowed_cidrs: words(&form.allowed_cidrs), credits },
+        limits,
         metadata,
         recoverable: form.recoverable.is_some(),
         identity_id: None,
     })
-}
-
-/// The form's credits: a count (empty: unlimited) and an optional refill.
-fn credits_of(form: &NewKeyForm) -> Result<Option<(u64, Option<Refill>)>> {
-    if form.credits.trim().is_empty() {
-        return Ok(None);
-    }
-    let remaining = whole_number("credits.remaining", &form.credits)?;
-    if form.refill_amount.trim().is_empty() && form.refill_period.trim().is_empty() {
-        return Ok(Some((remaining, None)));
-    }
-    let amount = whole_number("credits.refill.amount", &form.refill_amount)?;
-    let period = match form.refill_period.trim() {
-        "daily" => RefillPeriod::Daily,
-        text => match text.strip_prefix("monthly:") {
-            Some(day) => RefillPeriod::Monthly(whole_number("credits.refill.period", day)? as u32),
-            None => RefillPeriod::Every(duration("credits.refill.period", text)?.ok_or_else(|| {
-                Error::invalid("credits.refill.period", "daily, monthly:<day> or a duration such as 1h")
-            })?),
-        },
-    };
-    Ok(Some((remaining, Some(Refill { amount, period }))))
-}
-
-fn credits_change(change: &str, amount: &str) -> Result<CreditsChange> {
-    let amount = whole_number("update.credits", amount)?;
-    match change {
-        "set" => Ok(CreditsChange::Set(amount)),
-        "add" => Ok(CreditsChange::Add(amount)),
-        "subtract" => Ok(CreditsChange::Subtract(amount)),
-        _ => Err(Error::invalid("update.credits", "set, add or subtract")),
-    }
-}
-
-fn whole_number(field: &str, text: &str) -> Result<u64> {
-    text.trim().parse().map_err(|_| Error::invalid(field, "must be a whole number"))
-}
-
-fn rate_limit_of(requests: &str, window: &str, global: bool) -> Result<Option<RateLimit>> {
-    if requests.trim().is_empty() && window.trim().is_empty() {
-        return Ok(None);
-    }
-    let requests =
-        requests.trim().parse::<u32>().map_err(|_| Error::invalid("rate_limit.requests", "must be a whole number"))?;
-    let window =
-        duration("rate_limit.window", window)?.ok_or_else(|| Error::invalid("rate_limit.window", "is required"))?;
-    Ok(Some(RateLimit { requests, window, global }))
-}
-
-fn metadata(field: &str, text: &str) -> Result<Option<serde_json::Value>> {
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(text).map(Some).map_err(|e| Error::invalid(field, format!("is not JSON: {e}")))
 }
 
 pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<NewKeyForm>) -> Response {
@@ -242,7 +182,6 @@ pub async fn show(
 }
 
 fn detail(key: &ApiKey) -> KeyDetail {
-    let rate_limit = key.rate_limit().map(|l| format!("{}/{}", l.requests, humantime::format_duration(l.window)));
     KeyDetail {
         id: key.id.clone(),
         name: key.name.clone(),
@@ -253,12 +192,7 @@ fn detail(key: &ApiKey) -> KeyDetail {
         start: key.start.clone(),
         scopes: key.scope_list().join(" "),
         expires: key.expires_at.map_or_else(|| "never".to_owned(), when),
-        rate_limit: match (rate_limit.clone(), key.rate_limit().is_some_and(|l| l.global)) {
-            (None, _) => "none".to_owned(),
-            (Some(limit), true) => format!("{limit} (global: shared by all sidecars)"),
-            (Some(limit), false) => format!("{limit} (per sidecar)"),
-        },
-        rate_limit_global: key.rate_limit().is_some_and(|l| l.global),
+        limits: LimitsView::of(&key.limits()),
         metadata: key.metadata.as_ref().map_or_else(|| "—".to_owned(), ToString::to_string),
         recoverable: key.sealed_token.is_some(),
         created_by: key.created_by.clone(),
@@ -273,26 +207,8 @@ fn detail(key: &ApiKey) -> KeyDetail {
             .expires_at
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default(),
-        rate_limit_input: rate_limit.unwrap_or_default(),
         metadata_input: key.metadata.as_ref().map(ToString::to_string).unwrap_or_default(),
-        allowed_cidrs: match key.allowed_cidr_list() {
-            list if list.is_empty() => "anywhere".to_owned(),
-            list => list.join(" "),
-        },
-        allowed_cidrs_input: key.allowed_cidr_list().join(" "),
         identity: key.identity_id.clone().unwrap_or_else(|| "none".to_owned()),
-        credits: match key.credits() {
-            None => "unlimited".to_owned(),
-            Some(credits) => match credits.next_refill_at {
-                Some(at) => format!(
-                    "{} left, refilled to {} at {}",
-                    credits.remaining,
-                    credits.refill.map_or(0, |r| r.amount),
-                    when(at)
-                ),
-                None => format!("{} left", credits.remaining),
-            },
-        },
     }
 }
 
@@ -302,14 +218,9 @@ pub struct UpdateForm {
     description: String,
     scopes: String,
     expires_at: String,
-    rate_limit: String,
-    /// Checked: the rate limit is global.
-    rate_limit_global: Option<String>,
     metadata: String,
-    allowed_cidrs: String,
-    /// `set`, `add`, `subtract`, or empty to leave the credits alone.
-    credits_change: String,
-    credits_amount: String,
+    #[serde(flatten)]
+    limits: ChangeLimitsForm,
 }
 
 pub async fn update(
@@ -331,33 +242,15 @@ pub async fn update(
                 });
             violations.absorb(parsed)?
         };
-        let rate_limit = match form.rate_limit.trim().split_once('/') {
-            None if form.rate_limit.trim().is_empty() => None,
-            Some((requests, window)) => {
-                violations.absorb(rate_limit_of(requests, window, form.rate_limit_global.is_some()))?.flatten()
-            }
-            None => {
-                violations.add("update.rate_limit", "must be requests/window, e.g. 100/1m");
-                None
-            }
-        };
-        let metadata = violations.absorb(metadata("update.metadata", &form.metadata))?.flatten();
-        let credits = match form.credits_change.as_str() {
-            "" => None,
-            change => violations.absorb(credits_change(change, &form.credits_amount))?,
-        };
+        let limits = form.limits.changes(&mut violations)?;
+        let metadata = violations.absorb(json("update.metadata", &form.metadata))?.flatten();
         violations.finish()?;
         let changes = KeyChanges {
             description: Some(form.description.trim().to_owned()),
             scopes: Some(words(&form.scopes)),
             expires_at: Some(expires_at),
             metadata: Some(metadata),
-            limits: LimitChanges {
-                rate_limit: Some(rate_limit),
-                allowed_cidrs: Some(words(&form.allowed_cidrs)),
-                credits,
-                ..LimitChanges::default()
-            },
+            limits,
             ..KeyChanges::default()
         };
         console.keys.update(&signed.ctx, &signed.org(), &id, changes).await?;

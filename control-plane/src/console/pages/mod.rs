@@ -13,11 +13,9 @@ pub mod shown;
 pub mod signin;
 pub mod webhooks;
 
-use std::time::Duration;
-
 use askama::Template;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use super::chart::{self, Chart, Series};
 use super::error::error_page;
@@ -69,32 +67,6 @@ pub fn next_page(filters: &[(&str, &str)], token: &str) -> Option<String> {
     let mut pairs: Vec<(&str, &str)> = filters.iter().copied().filter(|(_, value)| !value.is_empty()).collect();
     pairs.push(("page", token));
     serde_urlencoded::to_string(pairs).ok()
-}
-
-/// Scopes or event types typed as one list (commas or spaces).
-pub fn words(text: &str) -> Vec<String> {
-    text.split([',', ' ', '\n', '\t']).map(str::trim).filter(|w| !w.is_empty()).map(str::to_owned).collect()
-}
-
-/// A `datetime-local` value (`YYYY-MM-DDTHH:MM`, taken as UTC), or none when empty.
-pub fn local_time(field: &str, text: &str) -> Result<Option<DateTime<Utc>>> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let parsed = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M")
-        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S"))
-        .map_err(|_| Error::invalid(field, "must be a date and time, YYYY-MM-DDTHH:MM (UTC)"))?;
-    Ok(Some(parsed.and_utc()))
-}
-
-/// A duration typed as `30d`, `12h`, `90s`.
-pub fn duration(field: &str, text: &str) -> Result<Option<Duration>> {
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    humantime::parse_duration(text.trim())
-        .map(Some)
-        .map_err(|_| Error::invalid(field, "must be a duration such as 30d, 12h or 15m"))
 }
 
 /// A usage window ending now: the last hour by minute, the last day by

@@ -9,16 +9,18 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{next_page, page_request, render, respond, see_other, words};
+use super::{next_page, page_request, render, respond, see_other};
 use crate::console::Console;
+use crate::console::input::words;
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
+use crate::console::views::limits::LimitsView;
 use crate::console::views::roles::{IdentityPage, PermissionsView, RolePage, RoleRow, RolesPage};
 use crate::console::views::{ConfirmPage, when_or_dash};
 use crate::error::Result;
 use crate::service::RequestContext;
 use crate::service::identities::IdentityRef;
-use crate::service::records::{Effective, HasLimits, NewRole, RoleChanges, RoleLookup, RoleView};
+use crate::service::records::{Effective, HasLimits, HolderId, NewRole, RoleChanges, RoleLookup, RoleView};
 
 fn row(view: &RoleView) -> RoleRow {
     RoleRow {
@@ -43,7 +45,10 @@ fn permissions_view(effective: &Effective, set_roles: String) -> PermissionsView
 
 /// What the key page shows of key `id`'s permissions.
 pub async fn of_key(console: &Console, ctx: &RequestContext, org: &str, id: &str) -> Result<PermissionsView> {
-    Ok(permissions_view(&console.roles.effective(ctx, org, id).await?, format!("/keys/{id}/roles")))
+    Ok(permissions_view(
+        &console.roles.effective(ctx, org, &HolderId::Key(id.to_owned())).await?,
+        format!("/keys/{id}/roles"),
+    ))
 }
 
 #[derive(Default, Deserialize)]
@@ -162,7 +167,7 @@ pub async fn set_key_roles(
     Path(id): Path<String>,
     post: SignedForm<HolderRolesForm>,
 ) -> Response {
-    set_holder_roles(&console, post, "keys", &format!("/keys/{id}"), &id).await
+    set_holder_roles(&console, post, "keys", &format!("/keys/{id}"), &HolderId::Key(id)).await
 }
 
 /// Sets the roles of identity `id` (from its page).
@@ -171,7 +176,8 @@ pub async fn set_identity_roles(
     Path(id): Path<String>,
     post: SignedForm<HolderRolesForm>,
 ) -> Response {
-    set_holder_roles(&console, post, "roles", &format!("/identities/{id}"), &id).await
+    let back = format!("/identities/{id}");
+    set_holder_roles(&console, post, "roles", &back, &HolderId::Identity(id)).await
 }
 
 async fn set_holder_roles(
@@ -179,7 +185,7 @@ async fn set_holder_roles(
     post: SignedForm<HolderRolesForm>,
     section: &'static str,
     back: &str,
-    holder: &str,
+    holder: &HolderId,
 ) -> Response {
     let (signed, form) = (post.signed, post.form);
     let nav = signed.nav(section);
@@ -195,17 +201,12 @@ pub async fn show_identity(State(console): State<Arc<Console>>, signed: Signed, 
     let nav = signed.nav("roles");
     let result = async {
         let identity = console.identities.get(&signed.ctx, &signed.org(), IdentityRef::Id(&id)).await?;
-        let effective = console.roles.effective(&signed.ctx, &signed.org(), &id).await?;
-        let dash = || "none".to_owned();
+        let effective = console.roles.effective(&signed.ctx, &signed.org(), &HolderId::Identity(id.clone())).await?;
         render(&IdentityPage {
             nav: Some(nav.clone()),
             id: identity.id.clone(),
             external_id: identity.external_id.clone(),
-            rate_limit: identity
-                .rate_limit()
-                .map_or_else(dash, |l| format!("{}/{}", l.requests, humantime::format_duration(l.window))),
-            credits: identity.credits().map_or_else(dash, |credits| credits.remaining.to_string()),
-            allowed_cidrs: Some(identity.allowed_cidr_list().join(" ")).filter(|l| !l.is_empty()).unwrap_or_else(dash),
+            limits: LimitsView::of(&identity.limits()),
             own: identity.permission_list().join(" "),
             permissions: permissions_view(&effective, format!("/identities/{id}/roles")),
         })

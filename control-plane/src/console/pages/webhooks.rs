@@ -9,8 +9,9 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::shown::show_once;
-use super::{bad_request, local_time, next_page, page_request, render, respond, see_other, words};
+use super::{bad_request, next_page, page_request, render, respond, see_other};
 use crate::console::Console;
+use crate::console::input::{local_time, words};
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
 use crate::console::views::{

@@ -2,6 +2,7 @@
 //! formatted (askama escapes every value; only chart SVG, built by
 //! `chart.rs` from escaped text, is marked safe).
 
+pub mod limits;
 pub mod roles;
 
 use askama::Template;
@@ -111,21 +112,11 @@ pub struct NewKeyForm {
     pub scopes: String,
     /// `30d`, `12h`…; empty for no expiry.
     pub ttl: String,
-    pub rate_limit_requests: String,
-    pub rate_limit_window: String,
-    /// Checked: one budget shared by all sidecars.
-    pub rate_limit_global: Option<String>,
     /// A JSON object, or empty.
     pub metadata: String,
     pub recoverable: Option<String>,
-    /// Networks, comma- or space-separated; empty for anywhere.
-    pub allowed_cidrs: String,
-    /// Uses allowed; empty for unlimited.
-    pub credits: String,
-    /// Credits each refill sets; empty for no refill.
-    pub refill_amount: String,
-    /// `daily`, `monthly:<day>` or a duration such as `1h`.
-    pub refill_period: String,
+    #[serde(flatten)]
+    pub limits: limits::NewLimitsForm,
 }
 
 #[derive(Template)]
@@ -153,7 +144,7 @@ pub struct KeyDetail {
     pub start: String,
     pub scopes: String,
     pub expires: String,
-    pub rate_limit: String,
+    pub limits: limits::LimitsView,
     pub metadata: String,
     pub recoverable: bool,
     pub created_by: String,
@@ -164,16 +155,9 @@ pub struct KeyDetail {
     pub rotated_from: String,
     pub last_used: String,
     pub uses: String,
-    /// The form's current values: RFC 3339, `100/1m`, JSON (empty for none).
+    /// The form's current values: RFC 3339, JSON (empty for none).
     pub expires_input: String,
-    pub rate_limit_input: String,
-    pub rate_limit_global: bool,
     pub metadata_input: String,
-    /// Allowed client networks, space-separated (`anywhere` when none).
-    pub allowed_cidrs: String,
-    /// Remaining credits and the next refill, or `unlimited`.
-    pub credits: String,
-    pub allowed_cidrs_input: String,
     /// The identity's id, or `none`.
     pub identity: String,
 }

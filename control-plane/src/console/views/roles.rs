@@ -48,9 +48,7 @@ pub struct IdentityPage {
     pub nav: Option<Nav>,
     pub id: String,
     pub external_id: String,
-    pub rate_limit: String,
-    pub credits: String,
-    pub allowed_cidrs: String,
+    pub limits: super::limits::LimitsView,
     /// Its own permissions, space-separated (for the form).
     pub own: String,
     pub permissions: PermissionsView,

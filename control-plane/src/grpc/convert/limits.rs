@@ -5,24 +5,65 @@ use keyplane_proto::admin::v1 as pb;
 
 use super::{duration_from_proto, time_to_proto};
 use crate::error::{Error, Result};
-use crate::service::records::{Credits, CreditsChange, LimitChanges, NewLimits, RateLimit, Refill, RefillPeriod};
+use crate::service::records::{
+    Credits, CreditsChange, HasLimits, LimitChanges, NewLimits, RateLimit, Refill, RefillPeriod,
+};
 
 /// A create request (of a key or an identity): its limit fields, taken out.
 pub trait CreateLimits {
     fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>);
 }
 
-impl CreateLimits for pb::CreateApiKeyRequest {
-    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
-        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
-    }
+/// A message showing a key's or an identity's limits.
+pub trait WithLimits {
+    /// The message with `holder`'s limits in it.
+    fn with_limits(self, holder: &impl HasLimits) -> Self;
 }
 
-impl CreateLimits for pb::CreateIdentityRequest {
-    fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
-        (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
-    }
+/// The limit fields have the same names in every message that carries
+/// them: one list of them for each kind of message.
+macro_rules! limit_fields {
+    (create: $($request:ty),+) => {$(
+        impl CreateLimits for $request {
+            fn take_limits(&mut self) -> (Option<pb::RateLimit>, Vec<String>, Option<pb::Credits>) {
+                (self.rate_limit.take(), std::mem::take(&mut self.allowed_cidrs), self.credits.take())
+            }
+        }
+    )+};
+    (update: $($update:ty),+) => {$(
+        impl<'a> From<&'a $update> for LimitUpdate<'a> {
+            fn from(update: &'a $update) -> Self {
+                let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
+                LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
+            }
+        }
+    )+};
+    (resource: $($resource:ty),+) => {$(
+        impl WithLimits for $resource {
+            fn with_limits(mut self, holder: &impl HasLimits) -> Self {
+                self.rate_limit = holder.rate_limit().map(rate_limit_to_proto);
+                self.allowed_cidrs = holder.allowed_cidr_list();
+                self.credits = holder.credits().map(credits_to_proto);
+                self
+            }
+        }
+    )+};
+    (principal: $($principal:ty),+) => {$(
+        impl WithLimits for $principal {
+            fn with_limits(mut self, holder: &impl HasLimits) -> Self {
+                self.rate_limit = holder.rate_limit().map(rate_limit_to_proto);
+                self.allowed_cidrs = holder.allowed_cidr_list();
+                self.has_credits = holder.has_credits();
+                self
+            }
+        }
+    )+};
 }
+
+limit_fields!(create: pb::CreateApiKeyRequest, pb::CreateIdentityRequest);
+limit_fields!(update: pb::ApiKeyUpdate, pb::IdentityUpdate);
+limit_fields!(resource: pb::ApiKey, pb::Identity);
+limit_fields!(principal: pb::Principal, pb::PrincipalIdentity);
 
 /// The limits of a create request → domain.
 pub fn new_limits(request: &mut impl CreateLimits) -> Result<NewLimits> {
@@ -45,7 +86,7 @@ pub fn rate_limit_from_proto(field: &str, limit: pb::RateLimit) -> Result<RateLi
     Ok(RateLimit { requests: limit.requests, window: duration_from_proto(&format!("{field}.window"), window)?, global })
 }
 
-pub(super) fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
+fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
     let scope = if limit.global { pb::RateLimitScope::Global } else { pb::RateLimitScope::Local };
     pb::RateLimit {
         requests: limit.requests,
@@ -54,7 +95,7 @@ pub(super) fn rate_limit_to_proto(limit: RateLimit) -> pb::RateLimit {
     }
 }
 
-pub(super) fn credits_to_proto(credits: Credits) -> pb::Credits {
+fn credits_to_proto(credits: Credits) -> pb::Credits {
     pb::Credits {
         remaining: credits.remaining,
         refill: credits.refill.map(|refill| pb::CreditRefill {
@@ -108,20 +149,6 @@ pub struct LimitUpdate<'a> {
     pub allowed_cidrs: &'a [String],
     pub credits: Option<pb::CreditsChange>,
     pub credit_refill: Option<pb::CreditRefill>,
-}
-
-impl<'a> From<&'a pb::ApiKeyUpdate> for LimitUpdate<'a> {
-    fn from(update: &'a pb::ApiKeyUpdate) -> Self {
-        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
-        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
-    }
-}
-
-impl<'a> From<&'a pb::IdentityUpdate> for LimitUpdate<'a> {
-    fn from(update: &'a pb::IdentityUpdate) -> Self {
-        let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
-        LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
-    }
 }
 
 /// Reads mask path `path` into `limits` when it names a limit (the same

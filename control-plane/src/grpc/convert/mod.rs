@@ -11,22 +11,21 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyplane_proto::admin::v1 as pb;
-use keyplane_proto::check::Denied;
 use prost_types::value::Kind;
 use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 use crate::service::records::{
-    ApiKey, AuditEvent, Connection, Delivery, DeliveryAttempt, DeliveryStatus, Environment, Event, HasLimits, Identity,
-    KeyStatus, Subscription, SubscriptionStatus,
+    ApiKey, AuditEvent, Connection, Delivery, DeliveryAttempt, DeliveryStatus, Environment, Event, Identity, KeyStatus,
+    Subscription, SubscriptionStatus,
 };
 use crate::service::verify::{Failure, Verification, VerifiedKey};
 pub use import::{import_records, import_result_to_proto};
+use limits::WithLimits;
 pub use limits::{
     CreateLimits, LimitUpdate, credits_change_from_proto, credits_from_proto, limit_path, new_limits,
     rate_limit_from_proto, refill_from_proto,
 };
-use limits::{credits_to_proto, rate_limit_to_proto};
 pub use schemes::scheme_from_proto;
 pub use usage::{
     counts_to_proto, delivery_stats_to_proto, granularity_from_proto, key_ranking_to_proto, outcome_from_proto,
@@ -153,7 +152,6 @@ pub fn api_key_to_proto(key: &ApiKey) -> pb::ApiKey {
         status: key_status_to_proto(key.status).into(),
         start: key.start.clone(),
         expires_at: key.expires_at.map(time_to_proto),
-        rate_limit: key.rate_limit().map(rate_limit_to_proto),
         metadata: key.metadata.as_ref().and_then(json_to_struct),
         recoverable: key.sealed_token.is_some(),
         created_by: key.created_by.clone(),
@@ -165,10 +163,10 @@ pub fn api_key_to_proto(key: &ApiKey) -> pb::ApiKey {
         rotated_from: key.rotated_from.clone().unwrap_or_default(),
         last_used_at: key.last_used_at.map(time_to_proto),
         usage_count: u64::try_from(key.usage_count).unwrap_or(0),
-        allowed_cidrs: key.allowed_cidr_list(),
-        credits: key.credits().map(credits_to_proto),
         identity_id: key.identity_id.clone().unwrap_or_default(),
+        ..Default::default()
     }
+    .with_limits(key)
 }
 
 /// Identity → protobuf resource.
@@ -178,12 +176,11 @@ pub fn identity_to_proto(identity: &Identity) -> pb::Identity {
         org_id: identity.org_id.clone(),
         external_id: identity.external_id.clone(),
         metadata: identity.metadata.as_ref().and_then(json_to_struct),
-        rate_limit: identity.rate_limit().map(rate_limit_to_proto),
-        allowed_cidrs: identity.allowed_cidr_list(),
-        credits: identity.credits().map(credits_to_proto),
         created_at: Some(time_to_proto(identity.created_at)),
         updated_at: Some(time_to_proto(identity.updated_at)),
+        ..Default::default()
     }
+    .with_limits(identity)
 }
 
 /// Reads each path of a required update mask with `read`, which answers
@@ -207,19 +204,19 @@ pub fn principal_to_proto(verified: &VerifiedKey) -> pb::Principal {
         environment: environment_to_proto(key.environment).into(),
         scopes: key.scope_list(),
         expires_at: key.expires_at.map(time_to_proto),
-        rate_limit: key.rate_limit().map(rate_limit_to_proto),
-        allowed_cidrs: key.allowed_cidr_list(),
-        has_credits: key.has_credits(),
-        identity: verified.identity.as_ref().map(|identity| pb::PrincipalIdentity {
-            id: identity.id.clone(),
-            external_id: identity.external_id.clone(),
-            rate_limit: identity.rate_limit().map(rate_limit_to_proto),
-            allowed_cidrs: identity.allowed_cidr_list(),
-            has_credits: identity.has_credits(),
+        identity: verified.identity.as_ref().map(|identity| {
+            pb::PrincipalIdentity {
+                id: identity.id.clone(),
+                external_id: identity.external_id.clone(),
+                ..Default::default()
+            }
+            .with_limits(identity)
         }),
         permissions: verified.grants.names(),
         roles: verified.grants.roles.iter().map(roles::role_ref_to_proto).collect(),
+        ..Default::default()
     }
+    .with_limits(key)
 }
 
 /// Domain failure → protobuf enum.
@@ -229,11 +226,7 @@ pub fn failure_to_proto(failure: Failure) -> pb::VerifyFailure {
         Failure::Unknown => pb::VerifyFailure::Unknown,
         Failure::BadSecret => pb::VerifyFailure::BadSecret,
         Failure::Revoked => pb::VerifyFailure::Revoked,
-        Failure::Denied(Denied::Expired) => pb::VerifyFailure::Expired,
-        Failure::Denied(Denied::WrongEnvironment) => pb::VerifyFailure::WrongEnvironment,
-        Failure::Denied(Denied::MissingScope) => pb::VerifyFailure::MissingScope,
-        Failure::Denied(Denied::IpNotAllowed) => pb::VerifyFailure::IpNotAllowed,
-        Failure::Denied(Denied::MissingPermission) => pb::VerifyFailure::MissingPermission,
+        Failure::Denied(denied) => denied.into(),
         Failure::Throttled => pb::VerifyFailure::Throttled,
         Failure::CreditsExhausted => pb::VerifyFailure::CreditsExhausted,
     }

@@ -65,8 +65,10 @@ impl KeyService {
         if changed.is_empty() {
             violations.add(
                 "update_mask",
-                "name at least one field: name, description, scopes, expires_at, rate_limit, metadata, allowed_cidrs, \
-                 credits, credit_refill, identity_id",
+                format!(
+                    "name at least one field: name, description, scopes, expires_at, metadata, identity_id, {}",
+                    rules::LIMIT_PATHS
+                ),
             );
         }
         violations.finish()?;

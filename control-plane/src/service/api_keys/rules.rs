@@ -127,17 +127,39 @@ pub fn check_new_limits(violations: &mut Violations, limits: &mut NewLimits) {
     }
 }
 
+/// The update-mask paths naming limits (the same on keys and identities).
+pub const LIMIT_PATHS: &str = "rate_limit, allowed_cidrs, credits, credit_refill";
+
 /// Audit metadata of a new key.
 pub fn audit_details(key: &api_keys::Model) -> Value {
-    json!({
-        "name": key.name,
-        "environment": key.environment.as_str(),
-        "scopes": key.scopes,
-        "expires_at": key.expires_at,
-        "recoverable": key.sealed_token.is_some(),
-        "rotated_from": key.rotated_from,
-        "allowed_cidrs": key.allowed_cidr_list(),
-        "credits": key.credits_remaining,
-        "identity_id": key.identity_id,
-    })
+    with_limits(
+        key,
+        json!({
+            "name": key.name,
+            "environment": key.environment.as_str(),
+            "scopes": key.scopes,
+            "expires_at": key.expires_at,
+            "recoverable": key.sealed_token.is_some(),
+            "rotated_from": key.rotated_from,
+            "identity_id": key.identity_id,
+        }),
+    )
+}
+
+/// Audit metadata `details` of a new key or identity, with its limits added.
+pub fn with_limits(holder: &impl HasLimits, mut details: Value) -> Value {
+    let limits = holder.limits();
+    let limits = json!({
+        "rate_limit": limits.rate_limit.map(|limit| json!({
+            "requests": limit.requests,
+            "window_ms": limit.window.as_millis() as u64,
+            "global": limit.global,
+        })),
+        "allowed_cidrs": limits.allowed_cidrs,
+        "credits": limits.credits.map(|credits| credits.remaining),
+    });
+    if let (Some(details), Value::Object(limits)) = (details.as_object_mut(), limits) {
+        details.extend(limits);
+    }
+    details
 }

@@ -16,7 +16,7 @@ use super::validate::Violations;
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
 use crate::store::audit::AuditAction;
-use crate::store::identities::is_identity_id;
+use crate::store::holders::HolderId;
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::roles::{self, NewRole, RoleChanges};
 use crate::store::{ChangeTx, OrgTx, api_keys, audit, identities};
@@ -46,12 +46,6 @@ pub struct RoleView {
 pub enum RoleLookup<'a> {
     Id(&'a str),
     Name(&'a str),
-}
-
-/// What holds roles.
-enum Holder {
-    Key,
-    Identity,
 }
 
 /// The role service.
@@ -181,29 +175,31 @@ impl RoleService {
         &self,
         ctx: &RequestContext,
         org_id: &str,
-        holder_id: &str,
+        holder: &HolderId,
         names: &[String],
     ) -> Result<Vec<RoleRef>> {
         let org = ctx.authorize(Action::WriteRoles, Target::Org(org_id))?;
         let tx = ChangeTx::begin(&self.db, &org).await?;
-        let holder = find_holder(&tx, holder_id).await?;
+        require_holder(&tx, holder).await?;
         let found = roles::find_named(tx.conn(), tx.org(), names).await?;
         let mut violations = Violations::default();
         let mut held = resolve(&mut violations, "roles", names, &found);
         violations.finish()?;
         held.sort_by(|a, b| a.name.cmp(&b.name));
         let ids: Vec<String> = held.iter().map(|role| role.id.clone()).collect();
-        match holder {
-            Holder::Key => roles::set_grants::<api_keys::Entity>(&tx, holder_id, &ids).await?,
-            Holder::Identity => roles::set_grants::<identities::Entity>(&tx, holder_id, &ids).await?,
-        }
-        key_events::append(&tx, holder_id, KeyEventKind::Updated).await?;
         let action = match holder {
-            Holder::Key => AuditAction::ApiKeyRolesSet,
-            Holder::Identity => AuditAction::IdentityRolesSet,
+            HolderId::Key(id) => {
+                roles::set_grants::<api_keys::Entity>(&tx, id, &ids).await?;
+                AuditAction::ApiKeyRolesSet
+            }
+            HolderId::Identity(id) => {
+                roles::set_grants::<identities::Entity>(&tx, id, &ids).await?;
+                AuditAction::IdentityRolesSet
+            }
         };
+        key_events::append(&tx, holder.as_str(), KeyEventKind::Updated).await?;
         let names: Vec<&str> = held.iter().map(|role| role.name.as_str()).collect();
-        audit::append(&tx, ctx.audit(action, holder_id, json!({ "roles": names }))).await?;
+        audit::append(&tx, ctx.audit(action, holder.as_str(), json!({ "roles": names }))).await?;
         tx.commit(&self.wakeups).await?;
         Ok(held)
     }
@@ -232,13 +228,16 @@ impl RoleService {
     }
 
     /// What a key or an identity holds, and why.
-    pub async fn effective(&self, ctx: &RequestContext, org_id: &str, holder_id: &str) -> Result<Effective> {
+    pub async fn effective(&self, ctx: &RequestContext, org_id: &str, holder: &HolderId) -> Result<Effective> {
         let org = ctx.authorize(Action::ReadRoles, Target::Org(org_id))?;
-        if is_identity_id(holder_id) {
-            let identity = identities::find(&self.db, &org, holder_id).await?.ok_or(Error::NotFound("identity"))?;
-            return effective::of_identity(&self.db, &identity).await;
-        }
-        let key = api_keys::find(&self.db, &org, holder_id).await?.ok_or(Error::NotFound("key"))?;
+        let key_id = match holder {
+            HolderId::Identity(id) => {
+                let identity = identities::find(&self.db, &org, id).await?.ok_or(Error::NotFound("identity"))?;
+                return effective::of_identity(&self.db, &identity).await;
+            }
+            HolderId::Key(id) => id,
+        };
+        let key = api_keys::find(&self.db, &org, key_id).await?.ok_or(Error::NotFound("key"))?;
         let identity = match &key.identity_id {
             Some(id) => identities::find(&self.db, &org, id).await?,
             None => None,
@@ -273,14 +272,13 @@ pub(crate) fn resolve(
     held
 }
 
-/// Whether `id` is a key or an identity of the transaction's org (NOT_FOUND otherwise).
-async fn find_holder(tx: &OrgTx, id: &str) -> Result<Holder> {
-    if is_identity_id(id) {
-        let identity = identities::find(tx.conn(), tx.org(), id).await?;
-        return identity.map(|_| Holder::Identity).ok_or(Error::NotFound("identity"));
-    }
-    let key = api_keys::find(tx.conn(), tx.org(), id).await?;
-    key.map(|_| Holder::Key).ok_or(Error::NotFound("key"))
+/// NOT_FOUND unless `holder` is in the transaction's org.
+async fn require_holder(tx: &OrgTx, holder: &HolderId) -> Result<()> {
+    let found = match holder {
+        HolderId::Identity(id) => identities::find(tx.conn(), tx.org(), id).await?.is_some(),
+        HolderId::Key(id) => api_keys::find(tx.conn(), tx.org(), id).await?.is_some(),
+    };
+    if found { Ok(()) } else { Err(Error::NotFound(holder.kind_name())) }
 }
 
 /// A role name: 1 to 64 of letters, digits, `_ - . :`, not looking like an id.

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use keyplane_proto::check::{self, CheckRequest, Denied, KeyState};
+use keyplane_proto::check::{self, CheckRequest, Denied, KeyState, Limited};
 use keyplane_proto::permissions::{Held, Holder, Query};
 use keyplane_proto::usage::Outcome;
 use moka::future::Cache;
@@ -124,12 +124,6 @@ impl VerifiedKey {
         Ok(self)
     }
 
-    /// Whether a client at `client` may use the key: inside the key's
-    /// allow-list and its identity's, where they have one.
-    pub fn allows_client(&self, client: Option<IpAddr>) -> bool {
-        self.key.allows_client(client) && self.identity.as_ref().is_none_or(|identity| identity.allows_client(client))
-    }
-
     /// Whether a use spends credits (of the key, its identity, or both).
     pub fn has_credits(&self) -> bool {
         self.key.has_credits() || self.identity.as_ref().is_some_and(HasLimits::has_credits)
@@ -145,8 +139,9 @@ impl KeyState for VerifiedKey {
         self.key.environment
     }
 
-    fn allows_client(&self, client: Option<IpAddr>) -> bool {
-        VerifiedKey::allows_client(self, client)
+    fn limits(&self) -> impl Iterator<Item = &dyn Limited> {
+        std::iter::once(&self.key as &dyn Limited)
+            .chain(self.identity.as_ref().map(|identity| identity as &dyn Limited))
     }
 
     fn has_scope(&self, scope: &str) -> bool {
