@@ -56,7 +56,7 @@ impl Model {
 }
 
 /// Prefix of identity ids; it tells them apart from key ids where either
-/// may be named ([`HolderId`](super::holders::HolderId)).
+/// may be named (`store::holders`).
 pub const ID_PREFIX: &str = "idn_";
 
 limits::limit_table!();

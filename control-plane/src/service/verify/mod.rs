@@ -16,8 +16,10 @@
 //! (unknown key id, throttled) waits as long as a typical hash, so timing
 //! does not tell a real key id from an unknown one.
 
+mod failure;
 mod imported;
 
+pub use failure::Failure;
 pub use imported::MAX_CANDIDATES;
 
 use std::net::IpAddr;
@@ -29,7 +31,6 @@ use std::time::{Duration, Instant, SystemTime};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use keyplane_proto::check::{self, CheckRequest, Denied, KeyState, Limited};
 use keyplane_proto::permissions::{Held, Holder, Query};
-use keyplane_proto::usage::Outcome;
 use moka::future::Cache;
 use sea_orm::DatabaseConnection;
 
@@ -42,53 +43,6 @@ use crate::store::api_keys::{self, KeyStatus};
 use crate::store::identities;
 use crate::store::limits::HasLimits;
 use crate::store::{self, OrgScope};
-
-/// Why a token is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// Not a token of this format, or a wrong checksum.
-    Malformed,
-    /// No such key in the caller's reach.
-    Unknown,
-    /// The secret does not match.
-    BadSecret,
-    /// The key was revoked.
-    Revoked,
-    /// The check decision shared with the sidecar refused the key
-    /// (expired, other environment, outside its networks, missing scope).
-    Denied(Denied),
-    /// Refused without hashing: too many wrong secrets for this key id
-    /// recently, or for all keys together.
-    Throttled,
-    /// Fewer credits are left than the use costs.
-    CreditsExhausted,
-}
-
-impl Failure {
-    /// Label used in metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Failure::Malformed => "malformed",
-            Failure::Unknown => "unknown",
-            Failure::BadSecret => "bad_secret",
-            Failure::Revoked => "revoked",
-            Failure::Denied(denied) => denied.as_str(),
-            Failure::Throttled => "throttled",
-            Failure::CreditsExhausted => "credits_exhausted",
-        }
-    }
-
-    /// How a verification that failed counts in usage analytics.
-    pub fn outcome(self) -> Outcome {
-        match self {
-            Failure::Denied(denied) => denied.outcome(),
-            Failure::CreditsExhausted => Outcome::RateLimited,
-            Failure::Malformed | Failure::Unknown | Failure::BadSecret | Failure::Revoked | Failure::Throttled => {
-                Outcome::Unauthorized
-            }
-        }
-    }
-}
 
 /// Why a token is being verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
