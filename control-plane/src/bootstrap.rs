@@ -4,7 +4,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, StorageArgs};
 use crate::crypto::{MasterKeys, token::encode_fixed};
 use crate::error::{Error, Result};
 
@@ -80,6 +80,35 @@ pub fn data_dir(path: &Path) -> Result<()> {
         .mode(0o700)
         .create(path)
         .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", path.display())))
+}
+
+/// Holds a lock on the SQLite database while `keyplane serve` runs: a
+/// second server on the same file would be a second writer running every
+/// background task again, so it is refused. Postgres replicas share their
+/// database by design and take no lock. The lock ends with the process.
+pub fn serve_lock(storage: &StorageArgs) -> Result<Option<std::fs::File>> {
+    let url = storage.database_url();
+    let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else { return Ok(None) };
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.serve-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::Config(format!("cannot open {lock_path}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
+            "another keyplane serve is running on {path} (it holds {lock_path}); stop it first. Several replicas \
+             need Postgres (--database-url postgres://…)"
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Config(format!("cannot lock {lock_path}: {e}"))),
+    }
 }
 
 /// Writes a new file readable by its owner only; never overwrites.

@@ -24,6 +24,7 @@ mod m20261206_000016_console_shown_once;
 mod m20261207_000017_signature_schemes;
 mod m20261207_000018_imported_keys;
 mod m20261207_000019_roles;
+mod m20261207_000020_orgs;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000017_signature_schemes::Migration),
             Box::new(m20261207_000018_imported_keys::Migration),
             Box::new(m20261207_000019_roles::Migration),
+            Box::new(m20261207_000020_orgs::Migration),
         ]
     }
 }

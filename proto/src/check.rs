@@ -138,6 +138,7 @@ impl From<&pb::PrincipalIdentity> for Limits {
 }
 
 impl Limited for Limits {
+    #[inline]
     fn allows_client(&self, client: Option<IpAddr>) -> bool {
         match &self.allowed_networks {
             None => true,

@@ -111,6 +111,12 @@ impl keyplane_proto::check::KeyState for Principal {
         self.own_and_identity_limits().map(|limits| limits as &dyn Limited)
     }
 
+    /// The same rule as the default, over the concrete limits (no dynamic
+    /// call on the hot path).
+    fn allows_client(&self, client: Option<std::net::IpAddr>) -> bool {
+        self.own_and_identity_limits().all(|limits| limits.allows_client(client))
+    }
+
     fn has_scope(&self, scope: &str) -> bool {
         Principal::has_scope(self, scope)
     }

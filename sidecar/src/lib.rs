@@ -54,6 +54,21 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 /// Idle rate limiters are dropped after this long.
 const LIMITER_IDLE: Duration = Duration::from_secs(600);
 
+/// Warns when the credential file can be read by others than its owner
+/// (it holds an API key that can verify every key of its org).
+fn warn_if_shared(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else { return };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{mode:o}"),
+            "the credential file is readable by other users: chmod 600 it"
+        );
+    }
+}
+
 /// Runs the sidecar until `shutdown` resolves; then stops its background
 /// work and sends the last usage counts.
 pub async fn run(
@@ -63,6 +78,7 @@ pub async fn run(
 ) -> Result<()> {
     let credential = std::fs::read_to_string(&config.credential_file)
         .map_err(|e| Error::Config(format!("cannot read credential file {}: {e}", config.credential_file.display())))?;
+    warn_if_shared(&config.credential_file);
     let credential = control_plane::Credential::bearer(credential.trim())?;
     // tonic's TLS uses rustls; make ring the process-wide provider explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();

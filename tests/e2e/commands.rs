@@ -2,10 +2,10 @@
 //! every migration's rollback), `generate-master-key`, and start-up refusals
 //! that must explain themselves.
 
-use keyplane_tests::process::{keyplane, refused_start};
+use keyplane_tests::process::{ControlPlaneProcess, keyplane, refused_start};
 use keyplane_tests::{Backend, both_backends};
 
-both_backends!(migrate_applies_then_reports);
+both_backends!(migrate_applies_then_reports, orgs_that_held_something_are_registered_by_the_migration);
 
 async fn migrate_applies_then_reports(backend: Backend) {
     let data = tempfile::tempdir().unwrap();
@@ -197,4 +197,88 @@ fn a_taken_address_is_named_with_its_flag() {
     let addr = taken.local_addr().unwrap().to_string();
     let stderr = refused_start(&["--data-dir", &dir, "--console-listen", &addr]);
     assert!(stderr.contains(&format!("--console-listen {addr}: ")) && stderr.contains("in use"), "{stderr}");
+}
+
+/// A second `keyplane serve` on one SQLite database is refused and says
+/// why; the first keeps serving, and once it stops a new one starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_sqlite_database_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let args = ["--data-dir".to_owned(), dir.clone(), "--argon2-memory-kib".into(), "256".into()];
+    let first = ControlPlaneProcess::start(&args).await;
+    let stderr = refused_start(&["--data-dir", &dir]);
+    assert!(stderr.contains("another keyplane serve is running"), "{stderr}");
+    assert!(stderr.contains("Postgres"), "it says what several replicas need: {stderr}");
+    let health = tonic::transport::Channel::from_shared(format!("http://{}", first.addr)).unwrap().connect().await;
+    assert!(health.is_ok(), "the first server still serves");
+    first.stop().await;
+    ControlPlaneProcess::start(&args).await.stop().await;
+}
+
+/// The sidecar warns about a credential file other users can read.
+#[tokio::test]
+async fn the_sidecar_warns_about_a_credential_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("sidecar-credential");
+    std::fs::write(&file, "kp_live_not_a_real_token").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = tokio::process::Command::new(keyplane_tests::process::workspace_binary("keyplane-sidecar"))
+        .args(["--control-plane", "http://127.0.0.1:1", "--log-format", "json"])
+        .arg("--credential-file")
+        .arg(&file)
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("readable by other users") {
+                return line;
+            }
+        }
+        panic!("the sidecar exited without the warning");
+    })
+    .await
+    .expect("the warning comes at start-up");
+    assert!(warned.contains("WARN") && warned.contains("644"), "{warned}");
+    assert!(!warned.contains("kp_live_not_a_real_token"), "the credential is not logged");
+}
+
+/// The orgs migration registers every org that held something before orgs
+/// were records (here: roles and identities written while it was rolled
+/// back), each named by its id, once.
+async fn orgs_that_held_something_are_registered_by_the_migration(backend: Backend) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let data = tempfile::tempdir().unwrap();
+    let Some(url) = backend.fresh_database(data.path()).await else { return };
+    let dir = data.path().display().to_string();
+    let base = ["--data-dir", dir.as_str(), "--database-url", url.as_str()];
+    let run = |args: &[&str]| {
+        let output = keyplane(&[args, &base].concat());
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    run(&["migrate"]);
+    run(&["migrate", "--rollback", "1"]);
+    let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    let now = "2026-12-01 00:00:00";
+    for (id, org) in [("rol_1", "legacy-a"), ("rol_2", "legacy-a"), ("rol_3", "legacy-b")] {
+        let sql = format!(
+            "INSERT INTO roles (id, org_id, name, description, permissions, created_at, updated_at) \
+             VALUES ('{id}', '{org}', '{id}', '', '[]', '{now}', '{now}')"
+        );
+        db.execute_unprepared(&sql).await.unwrap();
+    }
+    run(&["migrate"]);
+    let statement = Statement::from_string(db.get_database_backend(), "SELECT id, display_name FROM orgs ORDER BY id");
+    let rows = db.query_all_raw(statement).await.unwrap();
+    let orgs: Vec<(String, String)> =
+        rows.iter().map(|row| (row.try_get("", "id").unwrap(), row.try_get("", "display_name").unwrap())).collect();
+    assert_eq!(orgs, [("legacy-a".into(), "legacy-a".into()), ("legacy-b".into(), "legacy-b".into())]);
 }

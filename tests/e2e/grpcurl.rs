@@ -45,6 +45,9 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
     for expected in [
         "keyplane.admin.v1.ApiKeyService",
         "grpc.health.v1.Health",
+        "\"field\":\"name\"",
+        "\"field\":\"scopes[0]\"",
+        "Globex Corporation",
         "valid: True",
         "failure: VERIFY_FAILURE_REVOKED",
         "API_KEY_STATUS_REVOKED",
@@ -71,6 +74,10 @@ async fn readme_walkthrough_with_grpcurl(backend: Backend) {
     }
 
     let log = server.stop().await;
+    // The walkthrough's mistakes (a bad field, a refused destination, a
+    // reflection lookup of a symbol it lacks) are the caller's: no ERROR line.
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains("\"level\":\"ERROR\"")).collect();
+    assert!(errors.is_empty(), "ERROR lines for a caller's mistakes:\n{}", errors.join("\n"));
     assert!(log.contains("root token"), "the root token's path is logged");
     assert!(!log.contains(&root_token), "the root token itself is never logged");
     keyplane_tests::assert_no_token_in(&log);

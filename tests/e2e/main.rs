@@ -20,6 +20,7 @@ mod grpcurl;
 mod identities;
 mod import;
 mod isolation;
+mod orgs;
 mod partition;
 mod proxies;
 mod reseal;

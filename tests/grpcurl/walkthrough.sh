@@ -24,6 +24,18 @@ KEY_ID=$(echo "$CREATED" | field '["apiKey"]["id"]')
 TOKEN=$(echo "$CREATED" | field '["token"]')
 echo "created $KEY_ID"
 
+echo "== 2b. a mistake names every bad field (google.rpc.BadRequest, decoded through reflection)"
+grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d '{"org_id": "acme", "name": "", "scopes": ["bad scope"]}' \
+  "$ADDR" keyplane.admin.v1.ApiKeyService/CreateApiKey 2>&1 | grep -o '"field":"[^"]*"' || true
+
+echo "== 2c. orgs: name one, find it by a piece of its name"
+grpcurl -plaintext -H "authorization: Bearer $ROOT_TOKEN" \
+  -d '{"org_id": "globex", "display_name": "Globex Corporation"}' \
+  "$ADDR" keyplane.admin.v1.OrgService/CreateOrg | field '["org"]["displayName"]'
+grpcurl -plaintext -H "authorization: Bearer $ROOT_TOKEN" -d '{"search": "glob"}' \
+  "$ADDR" keyplane.admin.v1.OrgService/ListOrgs | field '["orgs"][0]["id"]'
+
 echo "== 3. get, list, update"
 grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d "{\"org_id\": \"acme\", \"id\": \"$KEY_ID\"}" \
   "$ADDR" keyplane.admin.v1.ApiKeyService/GetApiKey | field '["apiKey"]["name"]'

@@ -193,7 +193,11 @@ impl ConsoleClient {
         assert_eq!(answer.status, 303, "sign-in: {}", answer.body);
         if answer.location() == "/org" {
             self.get("/org").await;
-            let chosen = self.post("/org", &[("org", org)]).await;
+            let mut chosen = self.post("/org", &[("org", org)]).await;
+            if chosen.status == 404 {
+                // An org that holds nothing yet is not one: create it.
+                chosen = self.post("/orgs", &[("org_id", org)]).await;
+            }
             assert_eq!(chosen.status, 303, "choose org: {}", chosen.body);
         }
     }

@@ -28,6 +28,7 @@ use pb::connection_service_client::ConnectionServiceClient;
 use pb::delivery_service_client::DeliveryServiceClient;
 use pb::event_service_client::EventServiceClient;
 use pb::identity_service_client::IdentityServiceClient;
+use pb::org_service_client::OrgServiceClient;
 use pb::role_service_client::RoleServiceClient;
 use pb::usage_service_client::UsageServiceClient;
 use pb::webhook_service_client::WebhookServiceClient;
@@ -277,6 +278,11 @@ impl TestControlPlane {
     /// Role client authenticated with `token`.
     pub async fn roles(&self, token: &str) -> RoleServiceClient<Authed> {
         RoleServiceClient::new(self.authed(token).await)
+    }
+
+    /// Org client authenticated with `token`.
+    pub async fn orgs(&self, token: &str) -> OrgServiceClient<Authed> {
+        OrgServiceClient::new(self.authed(token).await)
     }
 
     /// Usage-analytics client authenticated with `token`.

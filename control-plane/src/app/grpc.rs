@@ -24,6 +24,9 @@ impl GrpcServices {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(keyplane_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc.BadRequest and the other error details, so
+                // reflection clients (grpcurl) can decode what errors carry.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         let reflection_v1 = reflection().build_v1().map_err(|e| Error::Config(format!("reflection: {e}")))?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| Error::Config(format!("reflection: {e}")))?;

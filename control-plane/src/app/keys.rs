@@ -1,4 +1,4 @@
-//! The keys subsystem: keys, identities, credits, usage, the audit log and
+//! The keys subsystem: orgs, keys, identities, credits, usage, the audit log and
 //! the key-event feed sidecars watch, with their sweeps and their gRPC
 //! services.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 use keyplane_proto::admin::v1::api_key_service_server::ApiKeyServiceServer;
 use keyplane_proto::admin::v1::audit_service_server::AuditServiceServer;
 use keyplane_proto::admin::v1::identity_service_server::IdentityServiceServer;
+use keyplane_proto::admin::v1::org_service_server::OrgServiceServer;
 use keyplane_proto::admin::v1::role_service_server::RoleServiceServer;
 use keyplane_proto::admin::v1::usage_service_server::UsageServiceServer;
 use keyplane_proto::sync::v1::key_sync_service_server::KeySyncServiceServer;
@@ -21,7 +22,7 @@ use crate::service::retention;
 use crate::service::sync::{FeedSettings, KeyEventFeed};
 use crate::service::usage::ingest::{LocalUsage, UsageRecorder};
 use crate::service::{
-    AuditService, CreditService, IdentityService, KeyService, RoleService, SidecarSync, UsageService,
+    AuditService, CreditService, IdentityService, KeyService, OrgService, RoleService, SidecarSync, UsageService,
 };
 
 /// How often old key events are compacted.
@@ -32,6 +33,7 @@ pub struct Keys {
     pub keys: Arc<KeyService>,
     pub identities: Arc<IdentityService>,
     pub roles: Arc<RoleService>,
+    pub orgs: Arc<OrgService>,
     pub credits: Arc<CreditService>,
     pub usage: Arc<UsageService>,
     pub audit: Arc<AuditService>,
@@ -78,6 +80,7 @@ impl Keys {
             keys,
             identities: Arc::new(IdentityService::new(db.clone(), core.wakeups.clone())),
             roles: Arc::new(RoleService::new(db.clone(), core.wakeups.clone())),
+            orgs: Arc::new(OrgService::new(db.clone(), core.wakeups.clone())),
             credits,
             usage: Arc::new(UsageService::new(db.clone(), usage.retention(), usage.ranking_cache_bytes())),
             audit: Arc::new(AuditService::new(db.clone())),
@@ -91,6 +94,7 @@ impl Keys {
         grpc.add(ApiKeyServiceServer::new(grpc::api_keys::ApiKeyGrpc::new(self.keys, auth.clone()))).await;
         grpc.add(IdentityServiceServer::new(grpc::identities::IdentityGrpc::new(self.identities, auth.clone()))).await;
         grpc.add(RoleServiceServer::new(grpc::roles::RoleGrpc::new(self.roles, auth.clone()))).await;
+        grpc.add(OrgServiceServer::new(grpc::orgs::OrgGrpc::new(self.orgs, auth.clone()))).await;
         grpc.add(UsageServiceServer::new(grpc::usage::UsageGrpc::new(self.usage, auth.clone()))).await;
         grpc.add(AuditServiceServer::new(grpc::audit::AuditGrpc::new(self.audit, auth.clone()))).await;
         let sync = grpc::key_sync::KeySyncGrpc::new(self.sync, self.credits, auth.clone());

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use tonic::transport::Server;
 use tonic::transport::server::TcpConnectInfo;
+use tower_http::classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -57,6 +58,7 @@ pub async fn run(
     let _ = rustls::crypto::ring::default_provider().install_default();
     config.validate()?;
     bootstrap::data_dir(&config.storage.data_dir)?;
+    let _serving = bootstrap::serve_lock(&config.storage)?;
     let tls = ReloadingTls::load(&config.tls)?;
     let grpc_addr = listeners.grpc.local_addr()?;
     if tls.is_none() && !grpc_addr.ip().is_loopback() {
@@ -119,7 +121,7 @@ pub async fn run(
     let result = Server::builder()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_grpc().make_span_with(request_span))
+        .layer(TraceLayer::new(SharedClassifier::new(server_failures())).make_span_with(request_span))
         .layer(availability::DatabaseGate(reachability))
         .add_routes(routes)
         .serve_with_incoming_shutdown(tls::incoming(listeners.grpc, tls, background), async move {
@@ -185,6 +187,7 @@ fn start_console(
         audit: keys.audit.clone(),
         connections: webhooks.connections.clone(),
         roles: keys.roles.clone(),
+        orgs: keys.orgs.clone(),
         identities: keys.identities.clone(),
         usage: keys.usage.clone(),
         portal: webhooks.portal.clone(),
@@ -202,4 +205,27 @@ fn start_console(
     background.spawn("console", console::serve(incoming, console::router(console), background.clone()));
     let purge = retention::purge_console_sessions(sessions, background.stop.clone());
     background.spawn("purge-console-sessions", purge);
+}
+
+/// The answers logged as failed requests (an ERROR line): the server's own
+/// failures only — INTERNAL, UNKNOWN, DATA_LOSS, UNAVAILABLE. Every other
+/// code answers a caller's mistake (a typo, a missing right, an unknown
+/// method asked by a reflection client), which is someone else's to fix.
+fn server_failures() -> GrpcErrorsAsFailures {
+    use GrpcCode::*;
+    let callers = [
+        Cancelled,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Unauthenticated,
+    ];
+    callers.into_iter().fold(GrpcErrorsAsFailures::new(), GrpcErrorsAsFailures::with_success)
 }

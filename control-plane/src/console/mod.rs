@@ -29,8 +29,8 @@ use tonic::transport::server::Connected;
 use crate::background::Background;
 use crate::service::webhooks::PortalLinks;
 use crate::service::{
-    AuditService, ConnectionService, DeliveryService, IdentityService, KeyService, RoleService, SessionService,
-    UsageService, WebhookService,
+    AuditService, ConnectionService, DeliveryService, IdentityService, KeyService, OrgService, RoleService,
+    SessionService, UsageService, WebhookService,
 };
 use crate::tls::Incoming;
 
@@ -42,6 +42,7 @@ pub struct Console {
     pub audit: Arc<AuditService>,
     pub connections: Arc<ConnectionService>,
     pub roles: Arc<RoleService>,
+    pub orgs: Arc<OrgService>,
     pub identities: Arc<IdentityService>,
     pub usage: Arc<UsageService>,
     pub portal: Arc<PortalLinks>,
@@ -63,6 +64,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/login", get(signin::form).post(signin::sign_in))
         .route("/logout", post(signin::sign_out))
         .route("/org", get(signin::org_form).post(signin::choose_org))
+        .route("/orgs", post(signin::create_org))
         .route("/portal/{token}", get(signin::confirm_portal).post(signin::open_portal))
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/new", get(keys::new_form))

@@ -143,7 +143,7 @@ impl FromRequestParts<Arc<Console>> for Signed {
                 None,
             ));
         }
-        if session.is_platform() && session.org.is_none() && path != "/org" && path != "/logout" {
+        if session.is_platform() && session.org.is_none() && !matches!(path, "/org" | "/orgs" | "/logout") {
             return Err(come_back(parts, "/org", false));
         }
         if session.portal

@@ -9,6 +9,7 @@ pub mod deliveries;
 pub mod events;
 pub mod identities;
 pub mod key_sync;
+pub mod orgs;
 pub mod roles;
 pub mod usage;
 pub mod webhooks;

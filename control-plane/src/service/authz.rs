@@ -143,13 +143,20 @@ pub enum Action {
     /// The sidecar protocol: verify any org's tokens, follow the key-event
     /// log, report usage, lease budgets.
     RunSidecar,
+    /// Read an org's record (its own keys may).
+    ReadOrg,
+    /// Change an org's display name.
+    RenameOrg,
+    /// Create, list and delete orgs: asked in the platform org, so only
+    /// platform credentials may.
+    ManageOrgs,
 }
 
 impl Action {
     /// The scope the action needs.
     pub fn scope(self) -> Scope {
         match self {
-            Action::ReadKeys | Action::ReadIdentities | Action::ReadRoles => Scope::KeysRead,
+            Action::ReadKeys | Action::ReadIdentities | Action::ReadRoles | Action::ReadOrg => Scope::KeysRead,
             Action::CreateKey
             | Action::UpdateKey
             | Action::RotateKey
@@ -160,7 +167,7 @@ impl Action {
             Action::RevealKey => Scope::KeysReveal,
             Action::ReadSubscriptions => Scope::WebhooksRead,
             Action::WriteSubscriptions | Action::CreatePortalLink => Scope::WebhooksWrite,
-            Action::ApproveSubscription => Scope::Admin,
+            Action::ApproveSubscription | Action::RenameOrg | Action::ManageOrgs => Scope::Admin,
             Action::PublishEvent => Scope::EventsPublish,
             Action::ReadDeliveries => Scope::DeliveriesRead,
             Action::RetryDeliveries => Scope::DeliveriesWrite,

@@ -16,6 +16,7 @@ use crate::service::authz::{Action, Target};
 use crate::store::audit::AuditAction;
 use crate::store::identities::{self, IdentityChanges, IdentityFilter, NewIdentity};
 use crate::store::key_events::{self, KeyEventKind};
+use crate::store::orgs;
 use crate::store::{ChangeTx, OrgTx, api_keys, audit};
 use crate::wakeups::Wakeups;
 
@@ -65,6 +66,7 @@ impl IdentityService {
         let tx = OrgTx::begin(&self.db, &org).await?;
         refuse_taken_external_id(&tx, "external_id", &new.external_id).await?;
         let identity = identities::insert(&tx, new).await?;
+        orgs::register(&tx).await?;
         audit::append(&tx, ctx.audit(AuditAction::IdentityCreated, &identity.id, audit_details(&identity))).await?;
         tx.commit().await?;
         Ok(identity)

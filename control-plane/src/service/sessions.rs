@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::store::api_keys::{self, KeyStatus};
 use crate::store::audit::AuditAction;
 use crate::store::sessions::{SessionActor, SessionKind};
-use crate::store::{self, OrgScope, OrgTx, audit, identities, portal_links, sessions};
+use crate::store::{self, OrgScope, OrgTx, audit, identities, orgs, portal_links, sessions};
 
 /// Sign-in attempts per client address per minute.
 const SIGN_INS_PER_MINUTE: u32 = 10;
@@ -282,6 +282,9 @@ impl SessionService {
             return Err(Error::PermissionDenied("only platform credentials choose an org".into()));
         }
         check_org_id(org)?;
+        if orgs::find(&self.db, org).await?.is_none() {
+            return Err(Error::NotFound("org"));
+        }
         sessions::set_org(&self.db, &session.id_hash, org).await
     }
 

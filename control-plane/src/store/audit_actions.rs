@@ -8,6 +8,7 @@ pub enum TargetType {
     ApiKey,
     Identity,
     Role,
+    Org,
     Connection,
     WebhookSubscription,
     Delivery,
@@ -21,6 +22,7 @@ impl TargetType {
             TargetType::ApiKey => "api_key",
             TargetType::Identity => "identity",
             TargetType::Role => "role",
+            TargetType::Org => "org",
             TargetType::Connection => "connection",
             TargetType::WebhookSubscription => "webhook_subscription",
             TargetType::Delivery => "delivery",
@@ -53,6 +55,9 @@ pub enum AuditAction {
     RoleCreated,
     RoleUpdated,
     RoleDeleted,
+    OrgCreated,
+    OrgRenamed,
+    OrgDeleted,
     ConnectionCreated,
     ConnectionDeleted,
     ConnectionAccessTokenIssued,
@@ -72,7 +77,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 36] = [
+    pub const ALL: [AuditAction; 39] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRotated,
@@ -93,6 +98,9 @@ impl AuditAction {
         AuditAction::RoleCreated,
         AuditAction::RoleUpdated,
         AuditAction::RoleDeleted,
+        AuditAction::OrgCreated,
+        AuditAction::OrgRenamed,
+        AuditAction::OrgDeleted,
         AuditAction::ConnectionCreated,
         AuditAction::ConnectionDeleted,
         AuditAction::ConnectionAccessTokenIssued,
@@ -134,6 +142,9 @@ impl AuditAction {
             AuditAction::RoleCreated => "role.created",
             AuditAction::RoleUpdated => "role.updated",
             AuditAction::RoleDeleted => "role.deleted",
+            AuditAction::OrgCreated => "org.created",
+            AuditAction::OrgRenamed => "org.renamed",
+            AuditAction::OrgDeleted => "org.deleted",
             AuditAction::ConnectionCreated => "connection.created",
             AuditAction::ConnectionDeleted => "connection.deleted",
             AuditAction::ConnectionAccessTokenIssued => "connection.access_token_issued",
@@ -174,6 +185,7 @@ impl AuditAction {
             | AuditAction::IdentityRolesSet
             | AuditAction::IdentityPermissionsSet => TargetType::Identity,
             AuditAction::RoleCreated | AuditAction::RoleUpdated | AuditAction::RoleDeleted => TargetType::Role,
+            AuditAction::OrgCreated | AuditAction::OrgRenamed | AuditAction::OrgDeleted => TargetType::Org,
             AuditAction::ConnectionCreated
             | AuditAction::ConnectionDeleted
             | AuditAction::ConnectionAccessTokenIssued => TargetType::Connection,

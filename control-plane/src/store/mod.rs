@@ -18,6 +18,7 @@ pub mod key_events;
 pub mod key_uses;
 pub mod leases;
 pub mod limits;
+pub mod orgs;
 pub mod policy;
 pub mod portal_links;
 pub mod rate_windows;

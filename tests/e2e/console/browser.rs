@@ -127,8 +127,9 @@ async fn a_new_user_walks_through_the_console() {
     // The root token: choose the org, see the overview.
     sign_in(&browser, &console, &plane.root_token).await;
     shoot(&browser, "01-choose-org").await;
-    fill(&browser, "org", &org).await;
-    submit(&browser, "form[action='/org']").await;
+    fill(&browser, "org_id", &org).await;
+    fill(&browser, "display_name", "Acme Rockets").await;
+    submit(&browser, "form[action='/orgs']").await;
     assert!(body(&browser).await.contains("break-glass"));
     shoot(&browser, "02-overview-root").await;
 
@@ -156,11 +157,16 @@ async fn a_new_user_walks_through_the_console() {
     fill(&browser, "scopes", "orders:read").await;
     submit(&browser, "form[action='/keys']").await;
     let token = browser.find(By::Id("shown-once")).await.unwrap().text().await.unwrap();
-    click_through(&browser, By::Css("a.button.secondary")).await;
-    let key_url = browser.current_url().await.unwrap().to_string();
+    // Reloading the page that showed the token neither shows it again nor
+    // makes a second key.
+    browser.refresh().await.unwrap();
+    let reloaded = body(&browser).await;
+    assert!(!reloaded.contains(&token) && reloaded.contains("shown once"), "{reloaded}");
     browser.goto(&format!("{console}/keys")).await.unwrap();
-    assert!(body(&browser).await.contains("checkout service"));
+    assert_eq!(body(&browser).await.matches("checkout service").count(), 1, "one key, not two");
     shoot(&browser, "05-keys").await;
+    click_through(&browser, By::LinkText("checkout service")).await;
+    let key_url = browser.current_url().await.unwrap().to_string();
 
     // A running sidecar allows it; its usage reports reach the key's page.
     let sidecar = TestSidecar::start(&plane, |_| {}).await;

@@ -38,8 +38,14 @@ async fn root_and_api_keys_sign_in_and_out(backend: Backend) {
     .unwrap();
     let hashes: Vec<String> = stored.iter().map(|row| row.try_get("", "id_hash").unwrap()).collect();
     assert!(!hashes.contains(&session), "only a hash of the session id is stored");
-    browser.get("/org").await;
-    assert_eq!(browser.post("/org", &[("org", &org)]).await.location(), "/");
+    let picker = browser.get("/org").await;
+    assert!(picker.body.contains("Create an org"), "a platform admin may create orgs: {}", picker.body);
+    let typo = browser.post("/org", &[("org", &org)]).await;
+    assert_eq!(typo.status, 404, "an id that is not an org is not found, not an empty org: {}", typo.body);
+    let created = browser.post("/orgs", &[("org_id", &org), ("display_name", "Acme Rockets")]).await;
+    assert_eq!(created.location(), "/", "created and opened: {}", created.body);
+    let listed = browser.get(&format!("/org?search={}", &org[..org.len() - 2])).await;
+    assert!(listed.body.contains("Acme Rockets") && listed.body.contains(&org), "{}", listed.body);
     let overview = browser.get("/").await;
     assert_eq!(overview.status, 200);
     assert!(overview.body.contains("break-glass"), "root banner");

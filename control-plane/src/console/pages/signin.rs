@@ -8,11 +8,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::{render, respond, see_other};
+use super::{next_page, page_request, render, respond, see_other};
 use crate::console::Console;
 use crate::console::error::error_page;
 use crate::console::session::{self, SESSION_COOKIE, Signed, SignedForm};
-use crate::console::views::{LoginPage, OrgPage, PortalOpenPage};
+use crate::console::views::{LoginPage, OrgPage, OrgRow, PortalOpenPage};
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::Error;
 
@@ -129,10 +129,39 @@ pub async fn sign_out(State(console): State<Arc<Console>>, parts: Parts, post: S
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
-pub async fn org_form(signed: Signed, Query(back): Query<ComeBack>) -> Response {
+/// What the org picker is asked: where to go next, and a search of orgs.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct OrgQuery {
+    next: String,
+    search: String,
+    page: String,
+}
+
+/// The org picker: the orgs (searched, a page at a time) for credentials
+/// that may list them, and a box for an org id.
+pub async fn org_form(State(console): State<Arc<Console>>, signed: Signed, Query(query): Query<OrgQuery>) -> Response {
     let nav = signed.nav("");
-    let next = session::local_next(&back.next).to_owned();
-    respond(&nav, render(&OrgPage { current: signed.org(), nav: Some(nav.clone()), next }))
+    let next = session::local_next(&query.next).to_owned();
+    let result = async {
+        let (orgs, more) = match console.orgs.list(&signed.ctx, &query.search, &page_request(&query.page)).await {
+            Ok(page) => {
+                let filters = [("next", next.as_str()), ("search", query.search.as_str())];
+                let more = next_page(&filters, &page.next_page_token);
+                let rows = page.items.into_iter().map(|view| OrgRow {
+                    keys: view.holdings.keys,
+                    endpoints: view.holdings.subscriptions,
+                    id: view.org.id,
+                    display_name: view.org.display_name,
+                });
+                (Some(rows.collect()), more)
+            }
+            Err(Error::PermissionDenied(_)) => (None, None),
+            Err(other) => return Err(other),
+        };
+        render(&OrgPage { current: signed.org(), nav: Some(nav.clone()), next, search: query.search, orgs, more })
+    };
+    respond(&nav, result.await)
 }
 
 #[derive(Default, Deserialize)]
@@ -147,6 +176,28 @@ pub async fn choose_org(State(console): State<Arc<Console>>, post: SignedForm<Or
     let nav = post.signed.nav("");
     let chosen = console.sessions.choose_org(&post.signed.session, post.form.org.trim()).await;
     respond(&nav, chosen.and_then(|()| see_other(session::local_next(&post.form.next))))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct NewOrgForm {
+    org_id: String,
+    display_name: String,
+    /// Where to go once it is open.
+    next: String,
+}
+
+/// Creates an org (a platform admin's act) and opens it.
+pub async fn create_org(State(console): State<Arc<Console>>, post: SignedForm<NewOrgForm>) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    let nav = signed.nav("");
+    let result = async {
+        let org = form.org_id.trim();
+        console.orgs.create(&signed.ctx, org, &form.display_name).await?;
+        console.sessions.choose_org(&signed.session, org).await?;
+        see_other(session::local_next(&form.next))
+    };
+    respond(&nav, result.await)
 }
 
 /// The double-submit cookie of a portal link's confirmation form.

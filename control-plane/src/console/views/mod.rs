@@ -58,6 +58,20 @@ pub struct OrgPage {
     pub current: String,
     /// Where to go once the org is chosen.
     pub next: String,
+    /// The search typed.
+    pub search: String,
+    /// One page of orgs; `None` when the credential may not list them.
+    pub orgs: Option<Vec<OrgRow>>,
+    /// Query string of the next page.
+    pub more: Option<String>,
+}
+
+/// An org in the org picker.
+pub struct OrgRow {
+    pub id: String,
+    pub display_name: String,
+    pub keys: u64,
+    pub endpoints: u64,
 }
 
 #[derive(Template)]

@@ -23,6 +23,7 @@ use crate::service::verify::MAX_CANDIDATES;
 use crate::store::api_keys::{self, NewKeyRow, NewLimits};
 use crate::store::audit::AuditAction;
 use crate::store::imported_keys::{self, ImportedKeyRow};
+use crate::store::orgs;
 use crate::store::{OrgTx, audit, roles};
 
 /// Most records in one call.
@@ -101,6 +102,7 @@ impl KeyService {
         let rows = refuse_crowded_lookups(&self.db, rows, &mut outcomes).await?;
         if !rows.is_empty() {
             let tx = OrgTx::begin(&self.db, &org).await?;
+            orgs::register(&tx).await?;
             for (i, row) in rows {
                 let details = json!({
                     "source_id": row.source_id,

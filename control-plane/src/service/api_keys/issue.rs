@@ -21,6 +21,7 @@ use crate::store::audit::AuditAction;
 use crate::store::credits::CreditsChange;
 use crate::store::key_events::{self, KeyEventKind};
 use crate::store::limits::HasLimits;
+use crate::store::orgs;
 use crate::store::{self, ChangeTx, audit, roles};
 
 /// What a key is issued with, at creation or copied by a rotation.
@@ -95,6 +96,7 @@ impl KeyService {
             identities::require_in(&tx, "identity_id", identity).await?;
         }
         let key = api_keys::insert(&tx, row).await?;
+        orgs::register(&tx).await?;
         audit::append(&tx, ctx.audit(AuditAction::ApiKeyCreated, &key.id, rules::audit_details(&key))).await?;
         outbox::publish_system_event(&tx, SystemEvent::ApiKeyCreated((&key).into())).await?;
         tx.commit(&self.wakeups).await?;

@@ -18,6 +18,7 @@ use crate::service::authz::{Action, Target};
 use crate::store::audit::AuditAction;
 use crate::store::holders::HolderId;
 use crate::store::key_events::{self, KeyEventKind};
+use crate::store::orgs;
 use crate::store::roles::{self, NewRole, RoleChanges};
 use crate::store::{ChangeTx, OrgTx, api_keys, audit, identities};
 use crate::wakeups::Wakeups;
@@ -70,6 +71,7 @@ impl RoleService {
         let tx = OrgTx::begin(&self.db, &org).await?;
         refuse_taken_name(&tx, "name", &new.name).await?;
         let role = roles::insert(&tx, new).await?;
+        orgs::register(&tx).await?;
         let details = json!({ "name": role.name, "permissions": role.permission_list() });
         audit::append(&tx, ctx.audit(AuditAction::RoleCreated, &role.id, details)).await?;
         tx.commit().await?;

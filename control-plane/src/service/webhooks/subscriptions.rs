@@ -19,6 +19,7 @@ use crate::service::authz::{Action, Target};
 use crate::service::paging::{Listing, Page, PageRequest};
 use crate::service::validate::Violations;
 use crate::store::audit::AuditAction;
+use crate::store::orgs;
 use crate::store::webhooks::{self, NewSubscriptionRow, SubscriptionStatus, SubscriptionUpdate};
 use crate::store::{self, OrgTx, audit};
 
@@ -119,6 +120,7 @@ impl WebhookService {
             )));
         }
         let subscription = webhooks::insert(&tx, row).await?;
+        orgs::register(&tx).await?;
         let mut details = audit_details(&subscription);
         details["secret"] = json!(secret_source);
         audit::append(&tx, ctx.audit(AuditAction::SubscriptionCreated, &subscription.id, details)).await?;
