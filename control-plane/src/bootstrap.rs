@@ -82,10 +82,12 @@ pub fn data_dir(path: &Path) -> Result<()> {
         .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", path.display())))
 }
 
-/// Holds a lock on the SQLite database while `keyplane serve` runs: a
-/// second server on the same file would be a second writer running every
-/// background task again, so it is refused. Postgres replicas share their
-/// database by design and take no lock. The lock ends with the process.
+/// Holds a lock on the SQLite database while `keyplane serve` runs, so that
+/// a second server on the same file — often an old process still running —
+/// is not silent: it warns, naming the file. (It still works: replicas
+/// coordinate through the database as they do on Postgres, but one SQLite
+/// file has one writer at a time.) Postgres replicas share their database
+/// by design and take no lock. The lock ends with the process.
 pub fn serve_lock(storage: &StorageArgs) -> Result<Option<std::fs::File>> {
     let url = storage.database_url();
     let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else { return Ok(None) };
@@ -103,10 +105,15 @@ pub fn serve_lock(storage: &StorageArgs) -> Result<Option<std::fs::File>> {
         .map_err(|e| Error::Config(format!("cannot open {lock_path}: {e}")))?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
-            "another keyplane serve is running on {path} (it holds {lock_path}); stop it first. Several replicas \
-             need Postgres (--database-url postgres://…)"
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::warn!(
+                database = path,
+                lock = lock_path,
+                "another keyplane serve is running on this SQLite database; both serve it, one writer at a \
+                 time. Stop the other, or run replicas on Postgres (--database-url postgres://…)"
+            );
+            Ok(None)
+        }
         Err(std::fs::TryLockError::Error(e)) => Err(Error::Config(format!("cannot lock {lock_path}: {e}"))),
     }
 }

@@ -76,8 +76,10 @@ async fn one_row_per_mutation_and_tamper_detection(backend: Backend) {
         "newest first, one per mutation"
     );
     assert_eq!(events.last().unwrap().actor_type, "root");
+    assert_eq!(events.last().unwrap().actor_name, "", "root has no key name");
     for event in &events[..6] {
         assert_eq!((event.actor_type.as_str(), event.actor_id.as_str()), ("api_key", admin.id.as_str()));
+        assert_eq!(event.actor_name, admin.name, "a key of the org that acted is named");
         assert!(event.peer_address.starts_with("127.0.0.1:"), "{}", event.peer_address);
         assert!(!event.request_id.is_empty());
         assert!(event.user_agent.contains("tonic"), "{}", event.user_agent);

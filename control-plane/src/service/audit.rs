@@ -1,11 +1,14 @@
 //! Reading the audit log and checking its hash chain.
 
+use std::collections::HashMap;
+
 use sea_orm::DatabaseConnection;
 
 use super::auth::RequestContext;
 use super::paging::{self, ListQuery, Listing, Page};
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
+use crate::store::api_keys;
 use crate::store::audit::{self, AuditFilter};
 
 const LISTING: Listing = Listing::named("audit");
@@ -20,6 +23,14 @@ pub struct ChainReport {
     pub first_broken: Option<(i64, String, String)>,
 }
 
+/// An audit event, with the name of the key that acted, when it is a key
+/// of the event's org.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    pub event: audit::Model,
+    pub actor_name: Option<String>,
+}
+
 /// The audit service.
 pub struct AuditService {
     db: DatabaseConnection,
@@ -31,7 +42,7 @@ impl AuditService {
     }
 
     /// A page of audit events, newest first.
-    pub async fn list(&self, ctx: &RequestContext, query: ListQuery<AuditFilter>) -> Result<Page<audit::Model>> {
+    pub async fn list(&self, ctx: &RequestContext, query: ListQuery<AuditFilter>) -> Result<Page<AuditEntry>> {
         let org = ctx.authorize(Action::ReadAudit, Target::Org(&query.org_id))?;
         let cursor = LISTING.start(&query.page)?;
         let before = cursor
@@ -45,7 +56,13 @@ impl AuditService {
             return Err(Error::invalid("end_time", "must be after start_time"));
         }
         let rows = audit::list(&self.db, &org, &query.filter, before, cursor.fetch()).await?;
-        Ok(cursor.page(rows, |e| e.seq.to_string()))
+        let keys: Vec<String> = rows.iter().filter(|e| e.actor_type == "api_key").map(|e| e.actor_id.clone()).collect();
+        let names: HashMap<String, String> = api_keys::names(&self.db, &org, &keys).await?;
+        let entries = rows
+            .into_iter()
+            .map(|event| AuditEntry { actor_name: names.get(&event.actor_id).cloned(), event })
+            .collect();
+        Ok(cursor.page(entries, |entry: &AuditEntry| entry.event.seq.to_string()))
     }
 
     /// Recomputes the org's chain from the first row and reports the first

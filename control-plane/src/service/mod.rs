@@ -48,6 +48,7 @@ pub mod records {
     pub use crate::crypto::Environment;
     pub use crate::crypto::imported::SourceFormat;
     pub use crate::crypto::signing::legacy::{Encoding, HmacHeader, SignatureScheme, SignedContent};
+    pub use crate::service::audit::AuditEntry;
     pub use crate::service::orgs::OrgView;
     pub use crate::service::roles::effective::{Effective, RoleRef, Source as PermissionSource};
     pub use crate::service::roles::{RoleLookup, RoleView};

@@ -349,6 +349,27 @@ pub async fn delete(tx: &OrgTx, id: &str) -> Result<bool> {
     Ok(result.rows_affected > 0)
 }
 
+/// The names of the keys of `org` among `ids`, by id.
+pub async fn names(
+    db: &impl ConnectionTrait,
+    org: &str,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, String>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(String, String)> = Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .column(Column::Name)
+        .filter(Column::OrgId.eq(org))
+        .filter(Column::Id.is_in(ids.iter().cloned()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The active keys of identity `identity_id` of the transaction's org.
 pub async fn active_of_identity(tx: &OrgTx, identity_id: &str) -> Result<Vec<Model>> {
     Ok(Entity::find()

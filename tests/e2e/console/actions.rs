@@ -244,6 +244,7 @@ async fn webhooks_deliveries_audit_and_connections(backend: Backend) {
         audit.body.contains("webhook.subscription_created") && audit.body.contains("&#34;via&#34;:&#34;console&#34;")
     );
     assert!(!audit.body.contains("delivery.test_sent"));
+    assert!(audit.body.contains(&format!("{org} key (api_key:key_")), "the acting key is named: {}", audit.body);
     assert!(browser.get("/audit/verify").await.body.contains("The hash chain is intact"));
 
     // Connections: an empty list; an unknown one is not found.

@@ -12,14 +12,19 @@ use crate::console::session::Signed;
 use crate::console::views::{AuditFilterForm, AuditPage, AuditRow, when};
 use crate::error::Result;
 use crate::service::paging::ListQuery;
-use crate::service::records::{AuditEvent, AuditFilter};
+use crate::service::records::{AuditEntry, AuditFilter};
 
-/// An audit event as a table row.
-pub fn audit_row(event: AuditEvent) -> AuditRow {
+/// An audit event as a table row: a key that acted is named.
+pub fn audit_row(entry: AuditEntry) -> AuditRow {
+    let AuditEntry { event, actor_name } = entry;
+    let actor = format!("{}:{}", event.actor_type, event.actor_id);
     AuditRow {
         seq: event.seq.to_string(),
         at: when(event.created_at),
-        actor: format!("{}:{}", event.actor_type, event.actor_id),
+        actor: match actor_name {
+            Some(name) => format!("{name} ({actor})"),
+            None => actor,
+        },
         action: event.action,
         target: format!("{}:{}", event.target_type, event.target_id),
         details: event.metadata.to_string(),

@@ -16,7 +16,7 @@ use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 use crate::service::records::{
-    ApiKey, AuditEvent, Connection, Delivery, DeliveryAttempt, DeliveryStatus, Environment, Event, Identity, KeyStatus,
+    ApiKey, AuditEntry, Connection, Delivery, DeliveryAttempt, DeliveryStatus, Environment, Event, Identity, KeyStatus,
     Subscription, SubscriptionStatus,
 };
 use crate::service::verify::{Failure, Verification, VerifiedKey};
@@ -243,8 +243,10 @@ pub fn verification_to_proto(verification: &Verification) -> (bool, pb::VerifyFa
 }
 
 /// Audit row → protobuf.
-pub fn audit_event_to_proto(event: AuditEvent) -> pb::AuditEvent {
+pub fn audit_event_to_proto(entry: AuditEntry) -> pb::AuditEvent {
+    let AuditEntry { event, actor_name } = entry;
     pb::AuditEvent {
+        actor_name: actor_name.unwrap_or_default(),
         metadata: json_to_struct(&event.metadata),
         created_at: Some(time_to_proto(event.created_at)),
         seq: u64::try_from(event.seq).unwrap_or(0),
