@@ -53,13 +53,11 @@ fn new_key(mut request: pb::CreateApiKeyRequest) -> Result<NewKey> {
     })
 }
 
-fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
+/// An update request: the org, the key, and the changes its mask names.
+fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<(String, String, KeyChanges)> {
     let update = request.update.unwrap_or_default();
     let mut changes = KeyChanges::default();
-    convert::read_mask(request.update_mask.as_ref(), |path| {
-        if convert::limit_path(&mut changes.limits, path, (&update).into())? {
-            return Ok(true);
-        }
+    changes.limits = convert::read_mask_with_limits(request.update_mask.as_ref(), (&update).into(), |path| {
         match path {
             "name" => changes.name = Some(update.name.clone()),
             "description" => changes.description = Some(update.description.clone()),
@@ -77,7 +75,7 @@ fn key_changes(request: pb::UpdateApiKeyRequest) -> Result<KeyChanges> {
         }
         Ok(true)
     })?;
-    Ok(changes)
+    Ok((request.org_id, request.id, changes))
 }
 
 #[tonic::async_trait]
@@ -133,11 +131,8 @@ impl ApiKeyService for ApiKeyGrpc {
             org_id: request.org_id,
             page: PageRequest { size: request.page_size, token: request.page_token },
         };
-        let page = self.keys.list(&ctx, query).await?;
-        Ok(Response::new(pb::ListApiKeysResponse {
-            api_keys: page.items.iter().map(api_key_to_proto).collect(),
-            next_page_token: page.next_page_token,
-        }))
+        let (api_keys, next_page_token) = self.keys.list(&ctx, query).await?.convert(api_key_to_proto);
+        Ok(Response::new(pb::ListApiKeysResponse { api_keys, next_page_token }))
     }
 
     async fn update_api_key(
@@ -145,9 +140,8 @@ impl ApiKeyService for ApiKeyGrpc {
         request: Request<pb::UpdateApiKeyRequest>,
     ) -> Result<Response<pb::UpdateApiKeyResponse>, Status> {
         let ctx = allowed_context(&self.auth, &request, Action::UpdateKey, |r| &r.org_id).await?;
-        let request = request.into_inner();
-        let (org_id, id) = (request.org_id.clone(), request.id.clone());
-        let key = self.keys.update(&ctx, &org_id, &id, key_changes(request)?).await?;
+        let (org_id, id, changes) = key_changes(request.into_inner())?;
+        let key = self.keys.update(&ctx, &org_id, &id, changes).await?;
         Ok(Response::new(pb::UpdateApiKeyResponse { api_key: Some(api_key_to_proto(&key)) }))
     }
 

@@ -36,13 +36,11 @@ fn new_identity(mut request: pb::CreateIdentityRequest) -> Result<NewIdentity> {
     })
 }
 
-fn identity_changes(request: pb::UpdateIdentityRequest) -> Result<IdentityChanges> {
+/// An update request: the org, the identity, and the changes its mask names.
+fn identity_changes(request: pb::UpdateIdentityRequest) -> Result<(String, String, IdentityChanges)> {
     let update = request.update.unwrap_or_default();
     let mut changes = IdentityChanges::default();
-    convert::read_mask(request.update_mask.as_ref(), |path| {
-        if convert::limit_path(&mut changes.limits, path, (&update).into())? {
-            return Ok(true);
-        }
+    changes.limits = convert::read_mask_with_limits(request.update_mask.as_ref(), (&update).into(), |path| {
         match path {
             "external_id" => changes.external_id = Some(update.external_id.clone()),
             "metadata" => {
@@ -53,7 +51,7 @@ fn identity_changes(request: pb::UpdateIdentityRequest) -> Result<IdentityChange
         }
         Ok(true)
     })?;
-    Ok(changes)
+    Ok((request.org_id, request.id, changes))
 }
 
 #[tonic::async_trait]
@@ -91,11 +89,8 @@ impl identity_service_server::IdentityService for IdentityGrpc {
             org_id: request.org_id,
             page: PageRequest { size: request.page_size, token: request.page_token },
         };
-        let page = self.identities.list(&ctx, query).await?;
-        Ok(Response::new(pb::ListIdentitiesResponse {
-            identities: page.items.iter().map(identity_to_proto).collect(),
-            next_page_token: page.next_page_token,
-        }))
+        let (identities, next_page_token) = self.identities.list(&ctx, query).await?.convert(identity_to_proto);
+        Ok(Response::new(pb::ListIdentitiesResponse { identities, next_page_token }))
     }
 
     async fn update_identity(
@@ -103,9 +98,8 @@ impl identity_service_server::IdentityService for IdentityGrpc {
         request: Request<pb::UpdateIdentityRequest>,
     ) -> Result<Response<pb::UpdateIdentityResponse>, Status> {
         let ctx = allowed_context(&self.auth, &request, Action::WriteIdentities, |r| &r.org_id).await?;
-        let request = request.into_inner();
-        let (org_id, id) = (request.org_id.clone(), request.id.clone());
-        let identity = self.identities.update(&ctx, &org_id, &id, identity_changes(request)?).await?;
+        let (org_id, id, changes) = identity_changes(request.into_inner())?;
+        let identity = self.identities.update(&ctx, &org_id, &id, changes).await?;
         Ok(Response::new(pb::UpdateIdentityResponse { identity: Some(identity_to_proto(&identity)) }))
     }
 

@@ -41,6 +41,13 @@ pub struct Page<T> {
     pub next_page_token: String,
 }
 
+impl<T> Page<T> {
+    /// Its items as `convert` makes them, and the next page's token.
+    pub fn convert<U>(self, convert: impl FnMut(&T) -> U) -> (Vec<U>, String) {
+        (self.items.iter().map(convert).collect(), self.next_page_token)
+    }
+}
+
 /// The page tokens of one listing: tokens carry the listing's name, so a
 /// token of another listing is refused.
 #[derive(Clone, Copy, Debug)]

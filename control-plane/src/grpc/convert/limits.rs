@@ -144,6 +144,7 @@ pub fn credits_change_from_proto(field: &str, change: Option<pb::CreditsChange>)
 }
 
 /// The limit fields of an update (of a key or an identity), as sent.
+#[derive(Clone, Copy)]
 pub struct LimitUpdate<'a> {
     pub rate_limit: Option<pb::RateLimit>,
     pub allowed_cidrs: &'a [String],
@@ -151,9 +152,21 @@ pub struct LimitUpdate<'a> {
     pub credit_refill: Option<pb::CreditRefill>,
 }
 
-/// Reads mask path `path` into `limits` when it names a limit (the same
-/// paths on keys and identities): whether it did.
-pub fn limit_path(limits: &mut LimitChanges, path: &str, update: LimitUpdate<'_>) -> Result<bool> {
+/// Reads each path of a required update mask of a key or an identity: the
+/// limit paths (the same on both) from `update`, the others with `read`
+/// (false: not a path it knows). Returns the limit changes.
+pub fn read_mask_with_limits(
+    mask: Option<&prost_types::FieldMask>,
+    update: LimitUpdate<'_>,
+    mut read: impl FnMut(&str) -> Result<bool>,
+) -> Result<LimitChanges> {
+    let mut limits = LimitChanges::default();
+    super::read_mask(mask, |path| Ok(limit_path(&mut limits, path, update)? || read(path)?))?;
+    Ok(limits)
+}
+
+/// Reads mask path `path` into `limits` when it names a limit: whether it did.
+fn limit_path(limits: &mut LimitChanges, path: &str, update: LimitUpdate<'_>) -> Result<bool> {
     match path {
         "rate_limit" => {
             limits.rate_limit =

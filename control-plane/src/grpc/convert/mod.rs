@@ -23,8 +23,8 @@ use crate::service::verify::{Failure, Verification, VerifiedKey};
 pub use import::{import_records, import_result_to_proto};
 use limits::WithLimits;
 pub use limits::{
-    CreateLimits, LimitUpdate, credits_change_from_proto, credits_from_proto, limit_path, new_limits,
-    rate_limit_from_proto, refill_from_proto,
+    CreateLimits, LimitUpdate, credits_change_from_proto, credits_from_proto, new_limits, rate_limit_from_proto,
+    read_mask_with_limits, refill_from_proto,
 };
 pub use schemes::scheme_from_proto;
 pub use usage::{
