@@ -33,6 +33,29 @@ pub fn duration(field: &str, text: &str) -> Result<Option<Duration>> {
         .map_err(|_| Error::invalid(field, "must be a duration such as 30d, 12h or 15m"))
 }
 
+/// When something ends, as typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ends {
+    At(DateTime<Utc>),
+    /// This long from now.
+    After(Duration),
+}
+
+/// When something ends, typed either way: a duration from now (`30d`,
+/// `12h`) or an RFC 3339 time (`2027-01-31T00:00:00Z`); none when empty.
+pub fn ends(field: &str, text: &str) -> Result<Option<Ends>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(Ends::At(at.with_timezone(&Utc))));
+    }
+    humantime::parse_duration(text).map(|after| Some(Ends::After(after))).map_err(|_| {
+        Error::invalid(field, "must be a duration from now such as 30d or 12h, or a time such as 2027-01-31T00:00:00Z")
+    })
+}
+
 /// A whole number, e.g. a count of credits.
 pub fn whole_number(field: &str, text: &str) -> Result<u64> {
     text.trim().parse().map_err(|_| Error::invalid(field, "must be a whole number"))

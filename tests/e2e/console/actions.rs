@@ -39,8 +39,9 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     for field in ["name", "scopes[0]"] {
         assert!(bad.body.contains(&format!("<code>{field}</code>")), "{field} is named: {}", bad.body);
     }
-    let bad = browser.post("/keys", &[("name", "x"), ("ttl", "soon"), ("metadata", "[1")]).await;
-    for field in ["ttl", "metadata"] {
+    // Every bad field at once, each named (not one per round).
+    let bad = browser.post("/keys", &[("name", "x"), ("ttl", "soon"), ("metadata", "[1"), ("rate_limit", "/33")]).await;
+    for field in ["ttl", "metadata", "rate_limit.requests"] {
         assert!(bad.body.contains(&format!("<code>{field}</code>")), "{field} is named: {}", bad.body);
     }
     let bad = browser.post("/keys", &[("name", "x"), ("allowed_cidrs", "10.0.0.0/8 10/33")]).await;
@@ -60,8 +61,7 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
                 ("environment", "live"),
                 ("scopes", "orders:read, orders:write"),
                 ("ttl", "30d"),
-                ("rate_limit_requests", "100"),
-                ("rate_limit_window", "1m"),
+                ("rate_limit", "100/1m"),
                 ("rate_limit_global", "on"),
                 ("metadata", r#"{"team":"orders"}"#),
                 ("recoverable", "on"),
@@ -127,6 +127,19 @@ async fn keys_from_creation_to_deletion(backend: Backend) {
     let page = browser.get(&format!("/keys/{key_id}")).await;
     assert!(page.body.contains("edited") && page.body.contains(">none<") && page.body.contains(">anywhere<"));
     assert!(page.body.contains("55 left"), "credits added");
+    // Expiry and rate limits are spelled the same way in both forms: a
+    // duration from now or a time; requests/window.
+    let update = |expires: &'static str| {
+        [("description", "edited"), ("scopes", "orders:read"), ("expires_at", expires), ("rate_limit", "5/1m")]
+    };
+    let later = browser.post(&format!("/keys/{key_id}/update"), &update("30d")).await;
+    assert_eq!(later.status, 303, "{}", later.body);
+    let page = browser.get(&format!("/keys/{key_id}")).await;
+    assert!(page.body.contains("5/1m (per sidecar)"), "{}", page.body);
+    let expected_year = (chrono::Utc::now() + chrono::Duration::days(30)).format("%Y-%m-%d").to_string();
+    assert!(page.body.contains(&expected_year), "expires 30 days from now: {}", page.body);
+    let bad = browser.post(&format!("/keys/{key_id}/update"), &update("next week")).await;
+    assert!(bad.body.contains("<code>update.expires_at</code>"), "{}", bad.body);
 
     // Reveal (recoverable) shows the same token.
     let revealed = browser.post_shown_once(&format!("/keys/{key_id}/reveal"), &[]).await;

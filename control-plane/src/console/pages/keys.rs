@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::shown::show_once;
 use super::{bad_request, granularity, next_page, page_request, render, respond, see_other, usage_chart, window};
 use crate::console::Console;
-use crate::console::input::{duration, json, words};
+use crate::console::input::{Ends, duration, ends, json, words};
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
 use crate::console::views::limits::{ChangeLimitsForm, LimitsView};
@@ -97,7 +97,10 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
             Environment::Live
         }
     };
-    let ttl = violations.absorb(duration("ttl", &form.ttl))?.flatten();
+    let expiry = violations.absorb(ends("ttl", &form.ttl))?.flatten().map(|ends| match ends {
+        Ends::At(at) => Expiry::At(at),
+        Ends::After(after) => Expiry::Ttl(after),
+    });
     let metadata = violations.absorb(json("metadata", &form.metadata))?.flatten();
     let limits = form.limits.limits(&mut violations)?;
     violations.finish()?;
@@ -107,7 +110,7 @@ fn new_key(org: String, form: &NewKeyForm) -> Result<NewKey> {
         description: form.description.trim().to_owned(),
         environment,
         scopes: words(&form.scopes),
-        expiry: ttl.map(Expiry::Ttl),
+        expiry,
         limits,
         metadata,
         recoverable: form.recoverable.is_some(),
@@ -232,15 +235,16 @@ pub async fn update(
     let nav = signed.nav("keys");
     let result = async {
         let mut violations = crate::service::validate::Violations::default();
-        let expires_at = if form.expires_at.trim().is_empty() {
-            None
-        } else {
-            let parsed = chrono::DateTime::parse_from_rfc3339(form.expires_at.trim())
-                .map(|at| at.with_timezone(&chrono::Utc))
-                .map_err(|_| {
-                    Error::invalid("update.expires_at", "must be an RFC 3339 time, e.g. 2027-01-31T00:00:00Z")
-                });
-            violations.absorb(parsed)?
+        let expires_at = match violations.absorb(ends("update.expires_at", &form.expires_at))?.flatten() {
+            None => None,
+            Some(Ends::At(at)) => Some(at),
+            Some(Ends::After(after)) => chrono::Duration::from_std(after)
+                .ok()
+                .and_then(|after| crate::store::now().checked_add_signed(after))
+                .or_else(|| {
+                    violations.add("update.expires_at", "is too far away");
+                    None
+                }),
         };
         let limits = form.limits.changes(&mut violations)?;
         let metadata = violations.absorb(json("update.metadata", &form.metadata))?.flatten();

@@ -63,8 +63,8 @@ impl LimitsView {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct NewLimitsForm {
-    pub rate_limit_requests: String,
-    pub rate_limit_window: String,
+    /// `100/1m`; empty for none (spelled as in the change form).
+    pub rate_limit: String,
     /// Checked: one budget shared by all sidecars.
     pub rate_limit_global: Option<String>,
     /// Networks, comma- or space-separated; empty for anywhere.
@@ -80,9 +80,7 @@ pub struct NewLimitsForm {
 impl NewLimitsForm {
     /// The limits typed; each bad field is added to `violations`.
     pub fn limits(&self, violations: &mut Violations) -> Result<NewLimits> {
-        let rate_limit = violations
-            .absorb(rate_limit(&self.rate_limit_requests, &self.rate_limit_window, self.rate_limit_global.is_some()))?
-            .flatten();
+        let rate_limit = rate_limit_text(violations, "rate_limit", &self.rate_limit, self.rate_limit_global.is_some())?;
         let credits = violations.absorb(self.credits())?.flatten();
         Ok(NewLimits { rate_limit, allowed_cidrs: words(&self.allowed_cidrs), credits })
     }
@@ -127,16 +125,8 @@ pub struct ChangeLimitsForm {
 impl ChangeLimitsForm {
     /// The changes typed; each bad field is added to `violations`.
     pub fn changes(&self, violations: &mut Violations) -> Result<LimitChanges> {
-        let rate_limit = match self.rate_limit.trim().split_once('/') {
-            None if self.rate_limit.trim().is_empty() => None,
-            Some((requests, window)) => {
-                violations.absorb(rate_limit(requests, window, self.rate_limit_global.is_some()))?.flatten()
-            }
-            None => {
-                violations.add("update.rate_limit", "must be requests/window, e.g. 100/1m");
-                None
-            }
-        };
+        let global = self.rate_limit_global.is_some();
+        let rate_limit = rate_limit_text(violations, "update.rate_limit", &self.rate_limit, global)?;
         let credits = match self.credits_change.as_str() {
             "" => None,
             change => violations.absorb(credits_change(change, &self.credits_amount))?,
@@ -157,6 +147,18 @@ fn credits_change(change: &str, amount: &str) -> Result<CreditsChange> {
         "add" => Ok(CreditsChange::Add(amount)),
         "subtract" => Ok(CreditsChange::Subtract(amount)),
         _ => Err(Error::invalid("update.credits", "set, add or subtract")),
+    }
+}
+
+/// A rate limit typed `requests/window` (`100/1m`); none when empty.
+fn rate_limit_text(violations: &mut Violations, field: &str, text: &str, global: bool) -> Result<Option<RateLimit>> {
+    match text.trim().split_once('/') {
+        None if text.trim().is_empty() => Ok(None),
+        Some((requests, window)) => Ok(violations.absorb(rate_limit(requests, window, global))?.flatten()),
+        None => {
+            violations.add(field, "must be requests/window, e.g. 100/1m");
+            Ok(None)
+        }
     }
 }
 
