@@ -124,8 +124,17 @@ async fn a_new_user_walks_through_the_console() {
     let driver = Chromedriver::start().await;
     let browser = driver.browser().await;
 
-    // The root token: choose the org, see the overview.
+    // Orgs others made: the picker lists them with what they hold.
+    let globex = keyplane_proto::admin::v1::CreateOrgRequest {
+        org_id: "globex".into(),
+        display_name: "Globex Corporation".into(),
+    };
+    plane.orgs(&plane.root_token).await.create_org(globex).await.unwrap();
+    plane.create_key("globex", &["orders:read"]).await;
+
+    // The root token: create the org, see the overview.
     sign_in(&browser, &console, &plane.root_token).await;
+    assert!(body(&browser).await.contains("Globex Corporation"), "the orgs are listed");
     shoot(&browser, "01-choose-org").await;
     fill(&browser, "org_id", &org).await;
     fill(&browser, "display_name", "Acme Rockets").await;
