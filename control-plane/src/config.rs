@@ -223,6 +223,13 @@ pub struct Config {
     pub console: ConsoleArgs,
 }
 
+/// Refuses `--console-port`, naming the flag that sets the console's port.
+fn no_console_port(_: &str) -> Result<String, String> {
+    Err("there is no --console-port: the console listens on --console-listen HOST:PORT \
+         (default 127.0.0.1:8080; `off` turns it off)"
+        .into())
+}
+
 /// The web console and its sessions.
 #[derive(Clone, Debug, Args)]
 pub struct ConsoleArgs {
@@ -234,6 +241,9 @@ pub struct ConsoleArgs {
     /// there), e.g. `https://keys.example.com`; default: from --console-listen.
     #[arg(long = "console-url", env = "KEYPLANE_CONSOLE_URL")]
     pub url: Option<String>,
+    /// Not a flag: says which one is (clap would suggest --console-url).
+    #[arg(long = "console-port", hide = true, value_parser = no_console_port)]
+    pub no_console_port: Option<String>,
     /// A console session ends after this long without a request.
     #[arg(long = "console-session-idle", env = "KEYPLANE_CONSOLE_SESSION_IDLE", default_value = "30m", value_parser = humantime::parse_duration)]
     pub session_idle: Duration,

@@ -283,3 +283,12 @@ async fn orgs_that_held_something_are_registered_by_the_migration(backend: Backe
         rows.iter().map(|row| (row.try_get("", "id").unwrap(), row.try_get("", "display_name").unwrap())).collect();
     assert_eq!(orgs, [("legacy-a".into(), "legacy-a".into()), ("legacy-b".into(), "legacy-b".into())]);
 }
+
+/// A flag people guess for the console's port points to the real one.
+#[test]
+fn console_port_names_the_flag_that_sets_the_port() {
+    let output = keyplane(&["serve", "--console-port", "9000"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--console-listen HOST:PORT") && !stderr.contains("--console-url"), "{stderr}");
+}
