@@ -15,6 +15,7 @@ mod crash;
 mod credits;
 mod expiry;
 mod failover;
+mod getting_started;
 mod global_limits;
 mod grpcurl;
 mod identities;
