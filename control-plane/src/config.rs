@@ -85,7 +85,7 @@ pub enum Command {
         #[arg(long, env = "KEYPLANE_TOKEN_PREFIX", default_value = "kp", value_parser = parse_prefix)]
         token_prefix: String,
     },
-    /// Bring data from another system through a running Keyplane (README
+    /// Bring data from another system through a running Keyplane (docs/migrating.md
     /// "Migrating to Keyplane").
     #[command(subcommand)]
     Import(crate::import_cli::ImportCommand),

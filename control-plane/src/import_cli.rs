@@ -21,7 +21,7 @@ use crate::grpc::convert::{json_to_struct, time_to_proto};
 /// What to import.
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
-    /// API keys from a JSON Lines file (README "Migrating to Keyplane").
+    /// API keys from a JSON Lines file (docs/migrating.md "Migrating to Keyplane").
     Keys(ImportKeysArgs),
 }
 

@@ -79,7 +79,7 @@ pub trait KeyState {
     fn limits(&self) -> impl Iterator<Item = &dyn Limited>;
     fn has_scope(&self, scope: &str) -> bool;
     /// Holds permission `name`: by a scope, a role, or its identity
-    /// (README "Roles and permissions"), exactly or under a wildcard.
+    /// (docs/api.md "Roles and permissions"), exactly or under a wildcard.
     fn holds_permission(&self, name: &str) -> bool;
 
     /// Inside the key's allow-list and its identity's, where they have one.

@@ -84,7 +84,7 @@ pub struct Config {
     pub default_scopes: Vec<String>,
     /// The permission query a forward-auth route requires, as
     /// `NAME=QUERY` (repeatable; `;`-separated in the variable): the proxy
-    /// checks route NAME at `/check/NAME` (README "Roles and permissions").
+    /// checks route NAME at `/check/NAME` (docs/api.md "Roles and permissions").
     /// ext_authz routes set the `permissions` context extension instead.
     #[arg(long = "route-permissions", env = "KEYPLANE_SIDECAR_ROUTE_PERMISSIONS", value_delimiter = ';', value_parser = crate::routes::parse)]
     pub route_permissions: Vec<crate::routes::RoutePermissions>,

@@ -1,4 +1,4 @@
-//! Credits spent locally (README "Credits"): for a key limited to a number
+//! Credits spent locally (docs/api.md "Credits"): for a key limited to a number
 //! of uses, the sidecar leases a block from the control plane
 //! (`LeaseCredits`, an atomic decrement there) and spends it check by check,
 //! so there is no round trip per check. The block grows while the key is

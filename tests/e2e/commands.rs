@@ -117,17 +117,17 @@ fn generated_master_keys_are_usable_lines() {
 
 #[test]
 fn help_documents_every_flag() {
-    // Every flag in the README's configuration table exists and is documented.
+    // Every flag in the configuration table (docs/operations.md) exists and is documented.
     let help = String::from_utf8(keyplane(&["serve", "--help"]).stdout).unwrap();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
     let flags: Vec<&str> = readme
         .lines()
         .filter(|line| line.starts_with("| `--"))
         .flat_map(|line| line.split('`').filter(|part| part.starts_with("--")))
         .collect();
-    assert!(flags.len() >= 25, "the README table lists the flags: {flags:?}");
+    assert!(flags.len() >= 25, "the configuration table lists the flags: {flags:?}");
     for flag in flags {
-        assert!(help.contains(flag), "{flag} is in the README but not in keyplane serve --help");
+        assert!(help.contains(flag), "{flag} is in docs/operations.md but not in keyplane serve --help");
     }
     assert!(help.contains("KEYPLANE_DATABASE_URL"));
     // And every flag of `serve --help` has its row.
@@ -139,7 +139,7 @@ fn help_documents_every_flag() {
         .map(|name| format!("--{name}"))
         .filter(|flag| *flag != "--help" && !readme.contains(&format!("`{flag}`")))
         .collect();
-    assert!(undocumented.is_empty(), "flags missing from the README table: {undocumented:?}");
+    assert!(undocumented.is_empty(), "flags missing from the table in docs/operations.md: {undocumented:?}");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The README's grpcurl walkthrough, run with the real grpcurl binary against
+//! The grpcurl walkthrough of docs/api.md, run with the real grpcurl binary against
 //! the real `keyplane` binary, on SQLite and on Postgres.
 
 use keyplane_tests::process::ControlPlaneProcess;

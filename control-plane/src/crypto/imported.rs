@@ -1,4 +1,4 @@
-//! Hashes of keys brought from another system (README "Migrating to
+//! Hashes of keys brought from another system (docs/migrating.md "Migrating to
 //! Keyplane"): checked and normalised when imported, verified against a
 //! whole token (not Keyplane's secret part), and bounded in cost so an
 //! imported hash cannot make one verification arbitrarily slow.

@@ -1,4 +1,4 @@
-//! Credits (README "Credits"): keys limited to a number of uses. Sidecars
+//! Credits (docs/api.md "Credits"): keys limited to a number of uses. Sidecars
 //! lease blocks and spend them locally, so a check costs no round trip;
 //! VerifyApiKey spends directly. Every grant is an atomic decrement in the
 //! key's org transaction, so across any number of sidecars and replicas the

@@ -1,4 +1,4 @@
-//! Identities (README "Identities"): the platform's own customers or users
+//! Identities (docs/api.md "Identities"): the platform's own customers or users
 //! inside an org. A key may belong to one; the identity's credits, rate
 //! limit and allow-list then apply to every check of each of its keys, on
 //! top of the key's own. A change appends a key event naming the identity,

@@ -1,4 +1,4 @@
-//! Orgs as records (README "Orgs"): an id people and systems use, and a
+//! Orgs as records (docs/api.md "Orgs"): an id people and systems use, and a
 //! display name people read. Platform credentials create, list and delete
 //! orgs; an org's own admins may rename it. An org also comes to exist
 //! when a key, identity, role or webhook endpoint is first created in it.

@@ -1,6 +1,6 @@
 //! Every action the audit log records, and what kind of thing each is done
 //! to: the compiler lists them, `ListAuditEvents` filters by their names,
-//! and the README's table is checked against [`AuditAction::ALL`].
+//! and the table in docs/security.md is checked against [`AuditAction::ALL`].
 
 /// What an audit row's target is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,9 +213,9 @@ mod tests {
     #[test]
     fn names_are_unique_and_listed_in_the_readme() {
         let mut names: Vec<&str> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../../docs/security.md");
         for name in &names {
-            assert!(readme.contains(&format!("`{name}`")), "README lists audit action {name}");
+            assert!(readme.contains(&format!("`{name}`")), "docs/security.md lists audit action {name}");
         }
         names.sort_unstable();
         names.dedup();

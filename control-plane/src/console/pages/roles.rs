@@ -1,4 +1,4 @@
-//! Roles (README "Roles and permissions"): the list with a create form, one
+//! Roles (docs/api.md "Roles and permissions"): the list with a create form, one
 //! role with its holders and an edit form, deletion (which takes the role
 //! from its holders), and a key's roles and effective permissions on its
 //! page.

@@ -1,4 +1,4 @@
-//! Importing keys from another system (README "Migrating to Keyplane"):
+//! Importing keys from another system (docs/migrating.md "Migrating to Keyplane"):
 //! each record keeps the hash the old system stored, so the token its
 //! customer holds keeps working. A batch is idempotent by the old system's
 //! id; a refused record does not stop the others; every imported key is

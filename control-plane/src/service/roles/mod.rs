@@ -1,4 +1,4 @@
-//! Roles and permissions (README "Roles and permissions"): roles are named
+//! Roles and permissions (docs/api.md "Roles and permissions"): roles are named
 //! sets of permissions an org defines; keys and identities hold roles, an
 //! identity holds permissions of its own, and a key holds its scopes too
 //! ([`effective`]). A change appends a key event naming the role, key or

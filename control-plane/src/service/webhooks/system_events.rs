@@ -1,6 +1,6 @@
 //! Keyplane's own webhook events, delivered to an org's subscriptions like
 //! any published event: one variant each, with its payload type, so the
-//! compiler lists every event and what it carries. The README's table is
+//! compiler lists every event and what it carries. The table in docs/webhooks.md is
 //! checked against [`SystemEvent::NAMES`].
 
 use chrono::{DateTime, Utc};
@@ -115,9 +115,9 @@ mod tests {
 
     #[test]
     fn every_event_type_is_listed_in_the_readme_and_valid() {
-        let readme = include_str!("../../../../README.md");
+        let readme = include_str!("../../../../docs/webhooks.md");
         for name in SystemEvent::NAMES {
-            assert!(readme.contains(&format!("`{name}`")), "README lists system event {name}");
+            assert!(readme.contains(&format!("`{name}`")), "docs/webhooks.md lists system event {name}");
             assert!(super::super::event_types::check_event_type(name).is_ok(), "{name}");
         }
         let deleted = SystemEvent::ApiKeyDeleted(KeyDeleted { key_id: "key_1".into(), reason: None });
