@@ -27,7 +27,32 @@ both_backends!(
     tokens_are_sealed_and_tampering_is_detected,
     connections_respect_orgs_and_scopes,
     provider_calls_obey_the_egress_policy,
+    a_deleted_org_takes_its_connections,
 );
+
+/// An org holding only a connection is registered by it, cannot be deleted
+/// with its sealed tokens left behind, and takes them when asked.
+async fn a_deleted_org_takes_its_connections(backend: Backend) {
+    let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;
+    let plane = start_or_skip_with!(backend, &[("acme", &provider, "client_secret_basic")]);
+    let org = random_org();
+    let connection = connect(&plane, &org, &provider).await;
+    let mut orgs = plane.orgs(&plane.root_token).await;
+    let delete = |delete_holdings| pb::DeleteOrgRequest { org_id: org.clone(), delete_holdings };
+    let refused = orgs.delete_org(delete(false)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("1 OAuth connections"), "{}", refused.message());
+    let deleted = orgs.delete_org(delete(true)).await.unwrap().into_inner().deleted.unwrap();
+    assert_eq!(deleted.oauth_connections, 1);
+    let gone = plane
+        .connections(&plane.root_token)
+        .await
+        .get_connection(pb::GetConnectionRequest { org_id: org.clone(), id: connection.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    plane.stop().await;
+}
 
 async fn exchange_refresh_rotate_and_revoke(backend: Backend) {
     let provider = FakeProvider::start("keyplane", CLIENT_SECRET, ClientAuth::Basic).await;

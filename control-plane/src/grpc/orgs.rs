@@ -30,6 +30,7 @@ fn holdings_to_proto(holdings: OrgHoldings) -> pb::OrgHoldings {
         identities: holdings.identities,
         roles: holdings.roles,
         webhook_endpoints: holdings.subscriptions,
+        oauth_connections: holdings.connections,
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sea_orm::DatabaseConnection;
 
-use super::auth::RequestContext;
+use super::auth::{API_KEY_ACTOR, RequestContext};
 use super::paging::{self, ListQuery, Listing, Page};
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
@@ -56,7 +56,8 @@ impl AuditService {
             return Err(Error::invalid("end_time", "must be after start_time"));
         }
         let rows = audit::list(&self.db, &org, &query.filter, before, cursor.fetch()).await?;
-        let keys: Vec<String> = rows.iter().filter(|e| e.actor_type == "api_key").map(|e| e.actor_id.clone()).collect();
+        let keys: Vec<String> =
+            rows.iter().filter(|e| e.actor_type == API_KEY_ACTOR).map(|e| e.actor_id.clone()).collect();
         let names: HashMap<String, String> = api_keys::names(&self.db, &org, &keys).await?;
         let entries = rows
             .into_iter()

@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use crate::store::OrgScope;
 use crate::store::audit::{AuditAction, NewAuditEvent};
 
+/// The audit log's actor type of an API key.
+pub const API_KEY_ACTOR: &str = "api_key";
+
 /// The authenticated caller.
 #[derive(Clone, Debug)]
 pub enum Actor {
@@ -77,7 +80,7 @@ impl RequestContext {
         match &self.actor {
             Actor::Root => ("root", "root".to_owned()),
             Actor::Operator => ("operator", "keyplane create-admin-key".to_owned()),
-            Actor::ApiKey { key_id, .. } => ("api_key", key_id.clone()),
+            Actor::ApiKey { key_id, .. } => (API_KEY_ACTOR, key_id.clone()),
             Actor::Portal { link_id, .. } => ("portal", link_id.clone()),
         }
     }

@@ -16,7 +16,7 @@ use crate::oauth::{OAuthClient, Providers, TokenSet};
 use crate::service::authz::{Action, Target};
 use crate::store::audit::AuditAction;
 use crate::store::connections::{self, NewConnectionRow, SealedTokens};
-use crate::store::{self, OrgTx, audit};
+use crate::store::{self, OrgTx, audit, orgs};
 
 /// An access token expiring within this is refreshed before it is handed out.
 pub const REFRESH_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
@@ -114,6 +114,7 @@ impl ConnectionService {
         };
         let tx = OrgTx::begin(&self.db, &org).await?;
         let connection = connections::insert(&tx, row).await?;
+        orgs::register(&tx).await?;
         let metadata = json!({
             "provider": connection.provider,
             "account_label": connection.account_label,

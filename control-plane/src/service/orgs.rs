@@ -60,15 +60,21 @@ impl OrgService {
         }
         audit::append(&tx, ctx.audit(AuditAction::OrgCreated, id, json!({ "display_name": display_name }))).await?;
         tx.commit().await?;
-        self.get(ctx, id).await
+        let org = orgs::find(&self.db, id).await?.ok_or(Error::NotFound("org"))?;
+        self.view(org).await
     }
 
     /// Org `id`: its own keys may read it, platform credentials any.
     pub async fn get(&self, ctx: &RequestContext, id: &str) -> Result<OrgView> {
         let org = ctx.authorize(Action::ReadOrg, Target::Org(id))?;
         let found = orgs::find(&self.db, &org).await?.ok_or(Error::NotFound("org"))?;
-        let holdings = orgs::holdings(&self.db, std::slice::from_ref(&org)).await?;
-        Ok(OrgView { holdings: holdings.get(&org).copied().unwrap_or_default(), org: found })
+        self.view(found).await
+    }
+
+    /// `org` with what it holds.
+    async fn view(&self, org: orgs::Model) -> Result<OrgView> {
+        let holdings = orgs::holdings(&self.db, std::slice::from_ref(&org.id)).await?;
+        Ok(OrgView { holdings: holdings.get(&org.id).copied().unwrap_or_default(), org })
     }
 
     /// A page of orgs in id order; `search` keeps those whose id or display
@@ -104,16 +110,17 @@ impl OrgService {
         let tx = OrgTx::begin(&self.db, &org).await?;
         let found = orgs::find(tx.conn(), &org).await?.ok_or(Error::NotFound("org"))?;
         let before = found.display_name.clone();
-        orgs::rename(&tx, found, display_name).await?;
+        let renamed = orgs::rename(&tx, found, display_name).await?;
         let details = json!({ "display_name": display_name, "before": before });
         audit::append(&tx, ctx.audit(AuditAction::OrgRenamed, &org, details)).await?;
         tx.commit().await?;
-        self.get(ctx, &org).await
+        self.view(renamed).await
     }
 
     /// Deletes org `id`: refused (FAILED_PRECONDITION) while it holds keys,
-    /// identities, roles or webhook endpoints, unless `delete_holdings`,
-    /// which deletes them with it — its keys stop working at every sidecar.
+    /// identities, roles, webhook endpoints or OAuth connections, unless
+    /// `delete_holdings`, which deletes them (and its portal links) with it —
+    /// its keys stop working at every sidecar.
     /// Audited; its audit log stays.
     pub async fn delete(&self, ctx: &RequestContext, id: &str, delete_holdings: bool) -> Result<Holdings> {
         ctx.authorize(Action::ManageOrgs, Target::Org(PLATFORM_ORG))?;
@@ -128,9 +135,9 @@ impl OrgService {
         let holdings = orgs::holdings(tx.conn(), &[id.to_owned()]).await?.remove(id).unwrap_or_default();
         if !holdings.is_empty() && !delete_holdings {
             return Err(Error::FailedPrecondition(format!(
-                "org {id} holds {} keys, {} identities, {} roles and {} webhook endpoints: delete them first, or \
-                 ask to delete them with it (delete_holdings)",
-                holdings.keys, holdings.identities, holdings.roles, holdings.subscriptions
+                "org {id} holds {} keys, {} identities, {} roles, {} webhook endpoints and {} OAuth connections: \
+                 delete them first, or ask to delete them with it (delete_holdings)",
+                holdings.keys, holdings.identities, holdings.roles, holdings.subscriptions, holdings.connections
             )));
         }
         for key_id in orgs::delete_holdings(&tx).await? {
@@ -142,14 +149,10 @@ impl OrgService {
             "identities": holdings.identities,
             "roles": holdings.roles,
             "webhook_endpoints": holdings.subscriptions,
+            "oauth_connections": holdings.connections,
         });
         audit::append(&tx, ctx.audit(AuditAction::OrgDeleted, id, details)).await?;
         tx.commit(&self.wakeups).await?;
         Ok(holdings)
-    }
-
-    /// Whether org `id` exists (for the console's org picker).
-    pub async fn exists(&self, id: &str) -> Result<bool> {
-        Ok(orgs::find(&self.db, id).await?.is_some())
     }
 }

@@ -10,7 +10,7 @@ use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Func, LikeExpr, OnConflict};
 use sea_orm::{Condition, ExprTrait, IntoActiveModel, QueryOrder, QuerySelect};
 
-use super::{OrgTx, api_keys, identities, roles, webhooks};
+use super::{OrgTx, api_keys, connections, identities, portal_links, roles, webhooks};
 use crate::error::Result;
 
 /// An `orgs` row.
@@ -35,6 +35,8 @@ pub struct Holdings {
     pub identities: u64,
     pub roles: u64,
     pub subscriptions: u64,
+    /// OAuth connections (their tokens sealed).
+    pub connections: u64,
 }
 
 impl Holdings {
@@ -123,6 +125,9 @@ pub async fn holdings(db: &impl ConnectionTrait, orgs: &[String]) -> Result<Hash
     for (org, count) in count_by_org::<webhooks::Entity>(db, webhooks::Column::OrgId, orgs).await? {
         counted.entry(org).or_default().subscriptions = count;
     }
+    for (org, count) in count_by_org::<connections::Entity>(db, connections::Column::OrgId, orgs).await? {
+        counted.entry(org).or_default().connections = count;
+    }
     Ok(counted)
 }
 
@@ -145,7 +150,8 @@ async fn count_by_org<E: EntityTrait>(
 }
 
 /// Deletes what makes the transaction's org hold anything: its keys (with
-/// their role grants), identities, roles and webhook subscriptions.
+/// their role grants), identities, roles, webhook subscriptions, OAuth
+/// connections and portal links.
 /// Returns the ids of the keys deleted (each needs its key event).
 pub async fn delete_holdings(tx: &OrgTx) -> Result<Vec<String>> {
     let org = tx.org();
@@ -161,5 +167,7 @@ pub async fn delete_holdings(tx: &OrgTx) -> Result<Vec<String>> {
     api_keys::Entity::delete_many().filter(api_keys::Column::OrgId.eq(org)).exec(tx.conn()).await?;
     identities::Entity::delete_many().filter(identities::Column::OrgId.eq(org)).exec(tx.conn()).await?;
     webhooks::Entity::delete_many().filter(webhooks::Column::OrgId.eq(org)).exec(tx.conn()).await?;
+    connections::Entity::delete_many().filter(connections::Column::OrgId.eq(org)).exec(tx.conn()).await?;
+    portal_links::Entity::delete_many().filter(portal_links::Column::OrgId.eq(org)).exec(tx.conn()).await?;
     Ok(keys)
 }
