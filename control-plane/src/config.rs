@@ -254,6 +254,15 @@ pub struct ConsoleArgs {
     /// TLS): set it when a TLS proxy sits in front of the console.
     #[arg(long = "console-secure-cookies", env = "KEYPLANE_CONSOLE_SECURE_COOKIES")]
     pub secure_cookies: bool,
+    /// People sign in to the console with this OpenID provider: a TOML file
+    /// naming the issuer, the client, and which groups hold which rights in
+    /// which orgs (docs/console.md, "Single sign-on").
+    #[arg(long = "oidc-config", env = "KEYPLANE_OIDC_CONFIG", value_name = "FILE")]
+    pub oidc_config: Option<PathBuf>,
+    /// Whether the console's sign-in form takes the root token and API keys
+    /// (break-glass and automation); `false` leaves single sign-on only.
+    #[arg(long = "console-key-sign-in", env = "KEYPLANE_CONSOLE_KEY_SIGN_IN", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub key_sign_in: bool,
 }
 
 /// Where the console listens, if anywhere.

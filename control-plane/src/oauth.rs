@@ -78,6 +78,20 @@ impl Provider {
     }
 }
 
+/// A client secret named by a configuration file: read from
+/// `client_secret_file` or the variable `client_secret_env` (exactly one).
+pub fn client_secret(file: Option<&Path>, variable: Option<&str>) -> std::result::Result<String, String> {
+    match (file, variable) {
+        (Some(file), None) => std::fs::read_to_string(file)
+            .map(|secret| secret.trim().to_owned())
+            .map_err(|e| format!("cannot read client_secret_file {}: {e}", file.display())),
+        (None, Some(variable)) => {
+            std::env::var(variable).map_err(|_| format!("client_secret_env names {variable}, which is not set"))
+        }
+        _ => Err("set exactly one of client_secret_file and client_secret_env".into()),
+    }
+}
+
 /// The configured providers, by name.
 #[derive(Clone, Debug, Default)]
 pub struct Providers(BTreeMap<String, Provider>);
@@ -109,15 +123,8 @@ impl Providers {
             };
             let token_url = url("token_url", &entry.token_url)?;
             let revocation_url = entry.revocation_url.as_deref().map(|u| url("revocation_url", u)).transpose()?;
-            let client_secret = match (&entry.client_secret_file, &entry.client_secret_env) {
-                (Some(file), None) => std::fs::read_to_string(file)
-                    .map_err(|e| bad(format!("cannot read client_secret_file {}: {e}", file.display())))?
-                    .trim()
-                    .to_owned(),
-                (None, Some(variable)) => std::env::var(variable)
-                    .map_err(|_| bad(format!("client_secret_env names {variable}, which is not set")))?,
-                _ => return Err(bad("set exactly one of client_secret_file and client_secret_env".into())),
-            };
+            let client_secret =
+                client_secret(entry.client_secret_file.as_deref(), entry.client_secret_env.as_deref()).map_err(bad)?;
             if entry.client_id.is_empty() || client_secret.is_empty() {
                 return Err(bad("client_id and the client secret must not be empty".into()));
             }

@@ -25,6 +25,7 @@ mod m20261207_000017_signature_schemes;
 mod m20261207_000018_imported_keys;
 mod m20261207_000019_roles;
 mod m20261207_000020_orgs;
+mod m20261207_000021_users;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000018_imported_keys::Migration),
             Box::new(m20261207_000019_roles::Migration),
             Box::new(m20261207_000020_orgs::Migration),
+            Box::new(m20261207_000021_users::Migration),
         ]
     }
 }

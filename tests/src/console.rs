@@ -214,6 +214,11 @@ impl ConsoleClient {
 
     /// The session cookie, if signed in.
     pub fn session_cookie(&self) -> Option<String> {
-        self.cookies.lock().expect("cookies").get("kp_session").cloned()
+        self.cookie("kp_session")
+    }
+
+    /// Cookie `name`, if the console set it.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.lock().expect("cookies").get(name).cloned()
     }
 }

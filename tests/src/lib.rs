@@ -8,6 +8,7 @@ pub mod console;
 pub mod echo;
 pub mod logs;
 pub mod oauth_provider;
+pub mod oidc_provider;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
@@ -129,6 +130,26 @@ impl TestControlPlane {
         client_tls: Option<ClientTlsConfig>,
         adjust: impl FnOnce(&mut Config),
     ) -> Option<Self> {
+        Self::start_serving_console(backend, client_tls, None, adjust).await
+    }
+
+    /// Like [`start_with`](Self::start_with), serving the console on
+    /// `console` (bound by the test, which needs its address first: an
+    /// OpenID provider must know the console's callback).
+    pub async fn start_with_console(
+        backend: Backend,
+        console: TcpListener,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Option<Self> {
+        Self::start_serving_console(backend, None, Some(console), adjust).await
+    }
+
+    async fn start_serving_console(
+        backend: Backend,
+        client_tls: Option<ClientTlsConfig>,
+        console: Option<TcpListener>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Option<Self> {
         logs::init();
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().to_path_buf();
@@ -142,7 +163,7 @@ impl TestControlPlane {
             config.master_key_file = Some(key_file);
         }
         adjust(&mut config);
-        let mut plane = Self::launch_with_tls(config, client_tls).await;
+        let mut plane = Self::launch_serving_console(config, client_tls, console).await;
         plane._temp = Some(temp);
         Some(plane)
     }
@@ -155,7 +176,15 @@ impl TestControlPlane {
     }
 
     /// Like [`launch`](Self::launch); the harness's clients use `client_tls`.
-    pub async fn launch_with_tls(mut config: Config, client_tls: Option<ClientTlsConfig>) -> Self {
+    pub async fn launch_with_tls(config: Config, client_tls: Option<ClientTlsConfig>) -> Self {
+        Self::launch_serving_console(config, client_tls, None).await
+    }
+
+    async fn launch_serving_console(
+        mut config: Config,
+        client_tls: Option<ClientTlsConfig>,
+        console: Option<TcpListener>,
+    ) -> Self {
         logs::init();
         std::fs::create_dir_all(&config.storage.data_dir).expect("data dir");
         let root_path =
@@ -172,7 +201,10 @@ impl TestControlPlane {
         let addr = listener.local_addr().expect("addr");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
         let metrics_addr = metrics.local_addr().expect("metrics addr");
-        let console = TcpListener::bind("127.0.0.1:0").await.expect("bind console");
+        let console = match console {
+            Some(console) => console,
+            None => TcpListener::bind("127.0.0.1:0").await.expect("bind console"),
+        };
         let console_addr = console.local_addr().expect("console addr");
         let (shutdown, stopped) = oneshot::channel::<()>();
         let database_url = config.storage.database_url();

@@ -23,8 +23,9 @@ use crate::crypto::{MasterKeys, SecretHasher, TokenFormat};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::service::admission::Admission;
-use crate::service::sessions::SessionSettings;
-use crate::service::{Authenticator, Crypto, SessionService, Verifier, retention};
+use crate::service::oidc::{Oidc, OidcSettings};
+use crate::service::sessions::{KeySignIn, SessionSettings};
+use crate::service::{Authenticator, Crypto, SessionService, UserService, Verifier, retention};
 use crate::tls::ReloadingTls;
 use crate::wakeups::Wakeups;
 use crate::{Listeners, availability, bootstrap, console, metrics, store, tls};
@@ -68,6 +69,8 @@ pub async fn run(
              set --tls-cert-file and --tls-key-file"
         );
     }
+    // A bad sign-in file stops start-up before anything is served.
+    let oidc = config.console.oidc_config.as_deref().map(|path| Oidc::new(OidcSettings::load(path)?)).transpose()?;
     let core = Core::start(&config).await?;
     let console_url = match (&config.console.url, &listeners.console) {
         (Some(url), _) => Some(url.trim_end_matches('/').to_owned()),
@@ -80,7 +83,8 @@ pub async fn run(
     let webhooks = Webhooks::start(&core, &config, console_url.clone())?;
     let background = &core.background;
     if let Some(listener) = listeners.console {
-        start_console(&core, &config, &keys, &webhooks, listener, tls.clone(), console_url.as_deref());
+        let url = console_url.as_deref();
+        start_console(&core, &config, (&keys, &webhooks), oidc, listener, tls.clone(), url);
     }
     if let Some(tls) = &tls {
         let reload = tls.clone().reload_on_change(config.tls.reload_interval, background.stop.clone());
@@ -171,15 +175,18 @@ impl Core {
 fn start_console(
     core: &Core,
     config: &Config,
-    keys: &Keys,
-    webhooks: &Webhooks,
+    (keys, webhooks): (&Keys, &Webhooks),
+    oidc: Option<Oidc>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<ReloadingTls>>,
     url: Option<&str>,
 ) {
-    let settings = SessionSettings { idle: config.console.session_idle, lifetime: config.console.session_lifetime };
+    let key_sign_in = if config.console.key_sign_in { KeySignIn::Allowed } else { KeySignIn::Refused };
+    let settings =
+        SessionSettings { idle: config.console.session_idle, lifetime: config.console.session_lifetime, key_sign_in };
     let sessions =
         Arc::new(SessionService::new(core.db.clone(), core.master_keys.clone(), core.auth.clone(), settings));
+    let users = Arc::new(UserService::new(core.db.clone(), oidc, sessions.clone()));
     let console = Arc::new(console::Console {
         keys: keys.keys.clone(),
         webhooks: webhooks.webhooks.clone(),
@@ -192,6 +199,7 @@ fn start_console(
         usage: keys.usage.clone(),
         portal: webhooks.portal.clone(),
         sessions: sessions.clone(),
+        users: users.clone(),
         secure_cookies: config.console.secure_cookies || tls.is_some(),
     });
     let root_token_file = config.root_token_path().filter(|path| path.exists());
@@ -203,7 +211,7 @@ fn start_console(
     let background = &core.background;
     let incoming = tls::incoming(listener, tls, background);
     background.spawn("console", console::serve(incoming, console::router(console), background.clone()));
-    let purge = retention::purge_console_sessions(sessions, background.stop.clone());
+    let purge = retention::purge_console_sessions(sessions, users, background.stop.clone());
     background.spawn("purge-console-sessions", purge);
 }
 

@@ -4,7 +4,8 @@
 //! are compiled into the binary, as are the stylesheet and the one small
 //! script (copy buttons only: every page works without JavaScript).
 //!
-//! A browser signs in with the root token or a Keyplane API key and gets a
+//! A person signs in with the OpenID provider (`service/users.rs`), or a
+//! browser with the root token or a Keyplane API key, and gets a
 //! server-side session (`service/sessions.rs`); every form carries the
 //! session's CSRF token; every response carries the security headers
 //! (`headers.rs`). Portal sessions reach only their org's webhooks.
@@ -30,7 +31,7 @@ use crate::background::Background;
 use crate::service::webhooks::PortalLinks;
 use crate::service::{
     AuditService, ConnectionService, DeliveryService, IdentityService, KeyService, OrgService, RoleService,
-    SessionService, UsageService, WebhookService,
+    SessionService, UsageService, UserService, WebhookService,
 };
 use crate::tls::Incoming;
 
@@ -47,6 +48,7 @@ pub struct Console {
     pub usage: Arc<UsageService>,
     pub portal: Arc<PortalLinks>,
     pub sessions: Arc<SessionService>,
+    pub users: Arc<UserService>,
     /// Mark cookies `Secure` and send `Strict-Transport-Security` (always
     /// when served over TLS; behind a TLS proxy when configured).
     pub secure_cookies: bool,
@@ -58,11 +60,16 @@ pub struct Peer(pub Option<std::net::SocketAddr>);
 
 /// Every route of the console.
 pub fn router(console: Arc<Console>) -> Router {
-    use pages::{audit, connections, deliveries, endpoint, keys, overview, roles, shown, signin, webhooks};
+    use pages::{audit, connections, deliveries, endpoint, keys, overview, roles, shown, signin, users, webhooks};
     Router::new()
         .route("/", get(overview::show))
         .route("/login", get(signin::form).post(signin::sign_in))
+        .route("/login/oidc", get(users::begin_sign_in))
+        .route("/login/oidc/callback", get(users::finish_sign_in))
         .route("/logout", post(signin::sign_out))
+        .route("/users", get(users::list))
+        .route("/users/{id}/disable", post(users::disable))
+        .route("/users/{id}/enable", post(users::enable))
         .route("/org", get(signin::org_form).post(signin::choose_org))
         .route("/orgs", post(signin::create_org))
         .route("/portal/{token}", get(signin::confirm_portal).post(signin::open_portal))

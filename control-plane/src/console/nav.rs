@@ -49,6 +49,8 @@ pub struct Nav {
     pub root: bool,
     pub portal: bool,
     pub platform: bool,
+    /// Whether the caller may act in another org (platform credentials, people).
+    pub chooses_org: bool,
     pub csrf: String,
     /// The section the page belongs to (for the navigation).
     pub section: &'static str,

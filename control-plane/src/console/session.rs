@@ -96,6 +96,7 @@ fn who(actor: &Actor) -> String {
         Actor::Operator => "operator".into(),
         Actor::Portal { org_id, .. } => format!("webhook portal of {org_id}"),
         Actor::ApiKey { key_id, .. } => key_id.clone(),
+        Actor::User { email, .. } => email.clone(),
     }
 }
 
@@ -143,7 +144,8 @@ impl FromRequestParts<Arc<Console>> for Signed {
                 None,
             ));
         }
-        if session.is_platform() && session.org.is_none() && !matches!(path, "/org" | "/orgs" | "/logout") {
+        let org_free = matches!(path, "/org" | "/orgs" | "/logout" | "/users") || path.starts_with("/users/");
+        if session.chooses_org() && session.org.is_none() && !org_free {
             return Err(come_back(parts, "/org", false));
         }
         if session.portal
@@ -160,6 +162,7 @@ impl FromRequestParts<Arc<Console>> for Signed {
             root: session.is_root(),
             portal: session.portal,
             platform: session.is_platform(),
+            chooses_org: session.chooses_org(),
             csrf: session.csrf.clone(),
             section: "",
         };

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 
 use sea_orm::DatabaseConnection;
 
-use super::auth::{API_KEY_ACTOR, RequestContext};
+use super::auth::{API_KEY_ACTOR, RequestContext, USER_ACTOR};
 use super::paging::{self, ListQuery, Listing, Page};
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
-use crate::store::api_keys;
 use crate::store::audit::{self, AuditFilter};
+use crate::store::{api_keys, users};
 
 const LISTING: Listing = Listing::named("audit");
 const CHAIN_BATCH: u64 = 1000;
@@ -23,8 +23,8 @@ pub struct ChainReport {
     pub first_broken: Option<(i64, String, String)>,
 }
 
-/// An audit event, with the name of the key that acted, when it is a key
-/// of the event's org.
+/// An audit event, with the name of the key that acted (when it is a key
+/// of the event's org) or the email of the person.
 #[derive(Clone, Debug)]
 pub struct AuditEntry {
     pub event: audit::Model,
@@ -58,7 +58,10 @@ impl AuditService {
         let rows = audit::list(&self.db, &org, &query.filter, before, cursor.fetch()).await?;
         let keys: Vec<String> =
             rows.iter().filter(|e| e.actor_type == API_KEY_ACTOR).map(|e| e.actor_id.clone()).collect();
-        let names: HashMap<String, String> = api_keys::names(&self.db, &org, &keys).await?;
+        let mut names: HashMap<String, String> = api_keys::names(&self.db, &org, &keys).await?;
+        let people: Vec<String> =
+            rows.iter().filter(|e| e.actor_type == USER_ACTOR).map(|e| e.actor_id.clone()).collect();
+        names.extend(users::emails(&self.db, &people).await?);
         let entries = rows
             .into_iter()
             .map(|event| AuditEntry { actor_name: names.get(&event.actor_id).cloned(), event })

@@ -9,6 +9,7 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use super::admission::Admission;
+use super::scopes::Rights;
 use super::verify::{Purpose, Verification, Verifier};
 use crate::error::{Error, Result};
 use crate::store::OrgScope;
@@ -16,6 +17,8 @@ use crate::store::audit::{AuditAction, NewAuditEvent};
 
 /// The audit log's actor type of an API key.
 pub const API_KEY_ACTOR: &str = "api_key";
+/// The audit log's actor type of a person signed in with the OpenID provider.
+pub const USER_ACTOR: &str = "user";
 
 /// The authenticated caller.
 #[derive(Clone, Debug)]
@@ -38,6 +41,15 @@ pub enum Actor {
         /// `keyplane` for platform keys.
         org_id: String,
         scopes: Vec<String>,
+    },
+    /// A person signed in to the console with the OpenID provider.
+    User {
+        /// `usr_…`.
+        user_id: String,
+        email: String,
+        /// The org the session acts in (empty until one is chosen).
+        org: String,
+        rights: Rights,
     },
 }
 
@@ -82,6 +94,7 @@ impl RequestContext {
             Actor::Operator => ("operator", "keyplane create-admin-key".to_owned()),
             Actor::ApiKey { key_id, .. } => (API_KEY_ACTOR, key_id.clone()),
             Actor::Portal { link_id, .. } => ("portal", link_id.clone()),
+            Actor::User { user_id, .. } => (USER_ACTOR, user_id.clone()),
         }
     }
 
@@ -151,6 +164,7 @@ impl Authenticator {
             Actor::Root => self.admission.spend("root"),
             Actor::ApiKey { key_id, .. } => self.admission.spend(key_id),
             Actor::Portal { link_id, .. } => self.admission.spend(link_id),
+            Actor::User { user_id, .. } => self.admission.spend(user_id),
             Actor::Operator => Ok(()),
         }
     }

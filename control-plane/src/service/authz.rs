@@ -13,96 +13,13 @@
 //! - The sidecar protocol needs a platform credential with `keyplane:sidecar`.
 
 use super::auth::{Actor, RequestContext};
+pub use super::scopes::{PLATFORM_ORG, Scope};
 use crate::error::{Error, Result};
 use crate::store::OrgScope;
 
-/// The reserved org whose keys are platform credentials acting across orgs.
-pub const PLATFORM_ORG: &str = "keyplane";
 /// What a webhook-portal session may do: its org's subscriptions and deliveries.
 const PORTAL_SCOPES: [Scope; 4] =
     [Scope::WebhooksRead, Scope::WebhooksWrite, Scope::DeliveriesRead, Scope::DeliveriesWrite];
-
-/// A permission a Keyplane API key can hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Read keys and identities, verify tokens of the own org.
-    KeysRead,
-    /// Create, change, rotate, revoke, delete keys and identities.
-    KeysWrite,
-    /// Reveal recoverable keys.
-    KeysReveal,
-    /// Read webhook subscriptions.
-    WebhooksRead,
-    /// Change webhook subscriptions, create portal links.
-    WebhooksWrite,
-    /// Publish events.
-    EventsPublish,
-    /// Read deliveries.
-    DeliveriesRead,
-    /// Retry deliveries, send test events.
-    DeliveriesWrite,
-    /// Read the audit log.
-    AuditRead,
-    /// Read OAuth connections.
-    ConnectionsRead,
-    /// Change OAuth connections.
-    ConnectionsWrite,
-    /// Obtain OAuth access tokens.
-    ConnectionsReveal,
-    /// Read usage analytics.
-    UsageRead,
-    /// Run a sidecar (verify any org's tokens, follow the key-event log);
-    /// only on a platform key.
-    Sidecar,
-    /// Everything.
-    Admin,
-}
-
-impl Scope {
-    pub const ALL: [Scope; 15] = [
-        Scope::KeysRead,
-        Scope::KeysWrite,
-        Scope::KeysReveal,
-        Scope::WebhooksRead,
-        Scope::WebhooksWrite,
-        Scope::EventsPublish,
-        Scope::DeliveriesRead,
-        Scope::DeliveriesWrite,
-        Scope::AuditRead,
-        Scope::ConnectionsRead,
-        Scope::ConnectionsWrite,
-        Scope::ConnectionsReveal,
-        Scope::UsageRead,
-        Scope::Sidecar,
-        Scope::Admin,
-    ];
-
-    /// The scope string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::KeysRead => "keyplane:keys:read",
-            Scope::KeysWrite => "keyplane:keys:write",
-            Scope::KeysReveal => "keyplane:keys:reveal",
-            Scope::WebhooksRead => "keyplane:webhooks:read",
-            Scope::WebhooksWrite => "keyplane:webhooks:write",
-            Scope::EventsPublish => "keyplane:events:publish",
-            Scope::DeliveriesRead => "keyplane:deliveries:read",
-            Scope::DeliveriesWrite => "keyplane:deliveries:write",
-            Scope::AuditRead => "keyplane:audit:read",
-            Scope::ConnectionsRead => "keyplane:connections:read",
-            Scope::ConnectionsWrite => "keyplane:connections:write",
-            Scope::ConnectionsReveal => "keyplane:connections:reveal",
-            Scope::UsageRead => "keyplane:usage:read",
-            Scope::Sidecar => "keyplane:sidecar",
-            Scope::Admin => "keyplane:admin",
-        }
-    }
-
-    /// Parses a `keyplane:` scope string.
-    pub fn parse(scope: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == scope)
-    }
-}
 
 /// Everything a caller can ask for, named by what it does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +67,11 @@ pub enum Action {
     /// Create, list and delete orgs: asked in the platform org, so only
     /// platform credentials may.
     ManageOrgs,
+    /// List the people who signed in with the OpenID provider, and their
+    /// rights (asked in the platform org).
+    ReadUsers,
+    /// Disable and enable people (asked in the platform org).
+    ManageUsers,
 }
 
 impl Action {
@@ -167,7 +89,11 @@ impl Action {
             Action::RevealKey => Scope::KeysReveal,
             Action::ReadSubscriptions => Scope::WebhooksRead,
             Action::WriteSubscriptions | Action::CreatePortalLink => Scope::WebhooksWrite,
-            Action::ApproveSubscription | Action::RenameOrg | Action::ManageOrgs => Scope::Admin,
+            Action::ApproveSubscription
+            | Action::RenameOrg
+            | Action::ManageOrgs
+            | Action::ReadUsers
+            | Action::ManageUsers => Scope::Admin,
             Action::PublishEvent => Scope::EventsPublish,
             Action::ReadDeliveries => Scope::DeliveriesRead,
             Action::RetryDeliveries => Scope::DeliveriesWrite,
@@ -225,8 +151,12 @@ impl RequestContext {
             Target::AllOrgs => return Err(Error::PermissionDenied("this action acts in one org".into())),
         };
         let org = self.resolve_org(requested_org)?;
+        // A person's rights differ by org; a key's are the same in each.
+        if !self.holds_in(&org, scope.as_str()) {
+            return Err(Error::PermissionDenied(format!("missing scope {} in org {org}", scope.as_str())));
+        }
         if let Target::Key { scopes, .. } = target
-            && let Some(scope) = scopes.iter().find(|s| s.starts_with("keyplane:") && !self.holds(s))
+            && let Some(scope) = scopes.iter().find(|s| s.starts_with("keyplane:") && !self.holds_in(&org, s))
         {
             return Err(Error::PermissionDenied(format!(
                 "the key would hold {scope}, which the caller does not hold: a credential cannot yield or widen \
@@ -243,7 +173,7 @@ impl RequestContext {
             Actor::Root | Actor::Operator => Ok(OrgScope::AllOrgs),
             Actor::ApiKey { .. } if self.is_platform() && self.has_scope(Scope::Sidecar) => Ok(OrgScope::AllOrgs),
             Actor::ApiKey { org_id, .. } if self.has_scope(Scope::KeysRead) => Ok(OrgScope::Org(org_id)),
-            Actor::ApiKey { .. } | Actor::Portal { .. } => Err(Error::PermissionDenied(format!(
+            Actor::ApiKey { .. } | Actor::Portal { .. } | Actor::User { .. } => Err(Error::PermissionDenied(format!(
                 "missing scope {} or {}",
                 Scope::KeysRead.as_str(),
                 Scope::Sidecar.as_str()
@@ -251,7 +181,8 @@ impl RequestContext {
         }
     }
 
-    /// Whether the caller holds `scope` (root and `keyplane:admin` hold all).
+    /// Whether the caller holds `scope` (root and `keyplane:admin` hold
+    /// all; a person, in the org their session acts in).
     pub fn has_scope(&self, scope: Scope) -> bool {
         self.holds(scope.as_str())
     }
@@ -262,15 +193,27 @@ impl RequestContext {
             Actor::Root | Actor::Operator => true,
             Actor::Portal { .. } => false,
             Actor::ApiKey { org_id, .. } => org_id == PLATFORM_ORG,
+            Actor::User { rights, .. } => rights.every_org(),
         }
     }
 
-    /// Whether the caller holds the scope string `scope`.
+    /// Whether the caller holds the scope string `scope` (a person: in the
+    /// org their session acts in).
     fn holds(&self, scope: &str) -> bool {
+        match &self.actor {
+            Actor::User { org, rights, .. } => rights.holds(org, scope),
+            _ => self.holds_in("", scope),
+        }
+    }
+
+    /// Whether the caller holds the scope string `scope` in `org`.
+    fn holds_in(&self, org: &str, scope: &str) -> bool {
+        let among = |scopes: &[String]| scopes.iter().any(|s| s == scope || s == Scope::Admin.as_str());
         match &self.actor {
             Actor::Root | Actor::Operator => true,
             Actor::Portal { .. } => PORTAL_SCOPES.iter().any(|s| s.as_str() == scope),
-            Actor::ApiKey { scopes, .. } => scopes.iter().any(|s| s == scope || s == Scope::Admin.as_str()),
+            Actor::ApiKey { scopes, .. } => among(scopes),
+            Actor::User { rights, .. } => rights.holds(org, scope),
         }
     }
 
@@ -290,6 +233,14 @@ impl RequestContext {
                 if requested_org.is_empty() || requested_org == org_id =>
             {
                 Ok(org_id.clone())
+            }
+            Actor::User { org, rights, .. } => {
+                let requested = if requested_org.is_empty() { org.as_str() } else { requested_org };
+                if rights.orgs().any(|held| held == requested) {
+                    Ok(requested.to_owned())
+                } else {
+                    Err(Error::PermissionDenied("you have no rights in this org".into()))
+                }
             }
             _ => Err(Error::PermissionDenied("this key acts only in its own org".into())),
         }

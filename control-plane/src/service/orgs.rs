@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use super::auth::RequestContext;
+use super::auth::{Actor, RequestContext};
 use super::authz::{Action, PLATFORM_ORG, Target, check_org_id};
 use super::paging::{Listing, Page, PageRequest};
 use super::validate::Violations;
@@ -78,16 +78,23 @@ impl OrgService {
     }
 
     /// A page of orgs in id order; `search` keeps those whose id or display
-    /// name contains it (ignoring case).
+    /// name contains it (ignoring case). A person who holds rights in named
+    /// orgs only sees those.
     pub async fn list(&self, ctx: &RequestContext, search: &str, page: &PageRequest) -> Result<Page<OrgView>> {
-        ctx.authorize(Action::ManageOrgs, Target::Org(PLATFORM_ORG))?;
+        let only: Option<Vec<String>> = match &ctx.actor {
+            Actor::User { rights, .. } if !rights.every_org() => Some(rights.orgs().map(str::to_owned).collect()),
+            _ => {
+                ctx.authorize(Action::ManageOrgs, Target::Org(PLATFORM_ORG))?;
+                None
+            }
+        };
         let search = search.trim();
         if search.chars().count() > MAX_SEARCH_CHARS {
             return Err(Error::invalid("search", format!("at most {MAX_SEARCH_CHARS} characters")));
         }
         let cursor = LISTING.start(page)?;
         let search = Some(search).filter(|s| !s.is_empty());
-        let rows = orgs::list(&self.db, search, cursor.position.as_deref(), cursor.fetch()).await?;
+        let rows = orgs::list(&self.db, search, only.as_deref(), cursor.position.as_deref(), cursor.fetch()).await?;
         let ids: Vec<String> = rows.iter().map(|org| org.id.clone()).collect();
         let mut holdings: HashMap<String, Holdings> = orgs::holdings(&self.db, &ids).await?;
         let views = rows

@@ -131,12 +131,19 @@ fn log_outcome(outcome: Result<u64>, done: &str, failed: &str) {
 }
 
 /// Deletes console sessions past their end (idle or absolute), every minute.
-pub async fn purge_console_sessions(sessions: std::sync::Arc<super::SessionService>, stop: CancellationToken) {
+pub async fn purge_console_sessions(
+    sessions: std::sync::Arc<super::SessionService>,
+    users: std::sync::Arc<super::UserService>,
+    stop: CancellationToken,
+) {
     repeat(Duration::from_secs(60), stop, || async {
         match sessions.purge_expired().await {
             Ok(0) => {}
             Ok(count) => tracing::debug!(count, "purged ended console sessions"),
             Err(error) => tracing::warn!(%error, "purging console sessions failed"),
+        }
+        if let Err(error) = users.purge_expired().await {
+            tracing::warn!(%error, "purging unfinished single sign-ons failed");
         }
     })
     .await;

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::admission::AddressLimiter;
 use super::auth::{Actor, Authenticator, Channel, RequestContext};
 use super::authz::{Action, PLATFORM_ORG, Target, check_org_id};
+use super::scopes::Rights;
 use super::verify::VerifiedKey;
 use crate::crypto::MasterKeys;
 use crate::crypto::token::{encode_fixed, random_bytes};
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::store::api_keys::{self, KeyStatus};
 use crate::store::audit::AuditAction;
 use crate::store::sessions::{SessionActor, SessionKind};
-use crate::store::{self, OrgScope, OrgTx, audit, identities, orgs, portal_links, sessions};
+use crate::store::{self, OrgScope, OrgTx, audit, identities, orgs, portal_links, sessions, users};
 
 /// Sign-in attempts per client address per minute.
 const SIGN_INS_PER_MINUTE: u32 = 10;
@@ -38,6 +39,7 @@ pub struct SessionSettings {
     pub idle: Duration,
     /// Ended this long after sign-in, whatever the activity.
     pub lifetime: Duration,
+    pub key_sign_in: KeySignIn,
 }
 
 /// A signed-in browser.
@@ -72,9 +74,15 @@ impl Session {
         }
     }
 
-    /// Whether the caller acts across orgs (and so must pick one).
+    /// Whether the caller acts across orgs.
     pub fn is_platform(&self) -> bool {
         self.context(&Client::default()).is_platform()
+    }
+
+    /// Whether the caller picks the org it acts in: platform credentials,
+    /// and people (who may hold rights in several).
+    pub fn chooses_org(&self) -> bool {
+        self.is_platform() || matches!(self.actor, Actor::User { .. })
     }
 }
 
@@ -110,6 +118,14 @@ pub struct SessionService {
     sign_ins: AddressLimiter,
 }
 
+/// Whether the console's sign-in form takes the root token and API keys
+/// (`--console-key-sign-in`); people with the OpenID provider always may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySignIn {
+    Allowed,
+    Refused,
+}
+
 impl SessionService {
     pub fn new(
         db: DatabaseConnection,
@@ -119,6 +135,11 @@ impl SessionService {
     ) -> Self {
         let sign_ins = AddressLimiter::per_minute(SIGN_INS_PER_MINUTE);
         Self { db, master_keys, authenticator, settings, sign_ins }
+    }
+
+    /// Whether the sign-in form takes keys.
+    pub fn key_sign_in(&self) -> KeySignIn {
+        self.settings.key_sign_in
     }
 
     /// Keeps `shown` for the session's next [`Self::take_shown_once`]: the
@@ -148,6 +169,9 @@ impl SessionService {
             && !self.sign_ins.attempt(ip)
         {
             return Err(Error::LimitReached("too many sign-in attempts from this address; wait a minute".into()));
+        }
+        if self.settings.key_sign_in == KeySignIn::Refused {
+            return Err(Error::Unauthenticated("signing in with a key is turned off here; use single sign-on"));
         }
         let invalid = Error::Unauthenticated("invalid credential");
         let actor = match self.authenticator.authenticate(Some(credential.trim()), client.ip).await {
@@ -199,6 +223,30 @@ impl SessionService {
         Ok(Some((id, session)))
     }
 
+    /// Opens a session for `user`, who holds `rights` (a sign-in with the
+    /// OpenID provider, already checked). A person who holds rights in one
+    /// org only acts in it; others pick one.
+    pub async fn open_for_user(
+        &self,
+        user: &users::Model,
+        rights: Rights,
+        client: &Client,
+    ) -> Result<(String, Session)> {
+        let orgs: Vec<&str> = rights.orgs().collect();
+        let org = match orgs.as_slice() {
+            [only] if !rights.every_org() => (*only).to_owned(),
+            _ => String::new(),
+        };
+        let (id, row) =
+            self.new_session(SessionKind::Console, SessionActor::User, Some(user.id.clone()), org, String::new());
+        sessions::insert(&self.db, row.clone()).await?;
+        let actor =
+            Actor::User { user_id: user.id.clone(), email: user.email.clone(), org: row.org_id.clone(), rights };
+        let session = self.session(&id, &row, actor);
+        self.audit(&session, client, PLATFORM_ORG, AuditAction::ConsoleSignedIn).await?;
+        Ok((id, session))
+    }
+
     /// The live session of `session_id` for a request from `client`, with
     /// its key's current scopes; `None` (and the session ended) when it is
     /// over: idle or too old; its key revoked, expired, stripped of its
@@ -218,6 +266,7 @@ impl SessionService {
             }
             SessionActor::Portal => self.live_portal(&row).await?,
             SessionActor::ApiKey => self.live_key(row.key_id.as_deref(), client).await?,
+            SessionActor::User => self.live_user(row.key_id.as_deref(), &row.org_id).await?,
         };
         let Some(actor) = actor else {
             sessions::delete(&self.db, &id_hash).await?;
@@ -245,6 +294,18 @@ impl SessionService {
         Ok(Some(Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id }))
     }
 
+    /// The actor of a person's session, acting in `org`, while they are
+    /// enabled and hold rights (as their last sign-in mapped them).
+    async fn live_user(&self, user_id: Option<&str>, org: &str) -> Result<Option<Actor>> {
+        let Some(user_id) = user_id else { return Ok(None) };
+        let Some(user) = users::find(&self.db, user_id).await?.filter(|user| !user.disabled) else { return Ok(None) };
+        let rights = Rights::from_stored(&user.rights);
+        if rights.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Actor::User { user_id: user.id, email: user.email, org: org.to_owned(), rights }))
+    }
+
     /// The key `key_id` while it is active, unexpired and holds a `keyplane:` scope.
     async fn usable_key(&self, key_id: Option<&str>) -> Result<Option<api_keys::Model>> {
         let Some(key_id) = key_id else { return Ok(None) };
@@ -263,6 +324,13 @@ impl SessionService {
         let Some(link) = portal_links::find(&self.db, &row.org_id, &link_id).await? else { return Ok(None) };
         let creator_may = match link.created_by.as_str() {
             "root" | "operator" => true,
+            user_id if user_id.starts_with("usr_") => match self.live_user(Some(user_id), &row.org_id).await? {
+                Some(actor) => {
+                    let ctx = RequestContext { actor, ..RequestContext::operator() };
+                    ctx.authorize(Action::CreatePortalLink, Target::Org(&row.org_id)).is_ok()
+                }
+                None => false,
+            },
             // The creator's own allow-list is about the creator, not the customer.
             key_id => match self.usable_key(Some(key_id)).await? {
                 Some(key) => {
@@ -276,12 +344,18 @@ impl SessionService {
         Ok(creator_may.then(|| Actor::Portal { org_id: row.org_id.clone(), link_id }))
     }
 
-    /// Makes a platform session act in `org`.
+    /// Makes a platform credential's or a person's session act in `org`.
     pub async fn choose_org(&self, session: &Session, org: &str) -> Result<()> {
-        if !session.is_platform() {
-            return Err(Error::PermissionDenied("only platform credentials choose an org".into()));
+        if !session.chooses_org() {
+            return Err(Error::PermissionDenied("only platform credentials and people choose an org".into()));
         }
         check_org_id(org)?;
+        if let Actor::User { rights, .. } = &session.actor
+            && !rights.every_org()
+            && !rights.orgs().any(|held| held == org)
+        {
+            return Err(Error::PermissionDenied(format!("you hold no rights in org {org}")));
+        }
         if orgs::find(&self.db, org).await?.is_none() {
             return Err(Error::NotFound("org"));
         }

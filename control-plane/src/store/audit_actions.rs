@@ -14,6 +14,7 @@ pub enum TargetType {
     Delivery,
     PortalLink,
     ConsoleSession,
+    User,
 }
 
 impl TargetType {
@@ -28,6 +29,7 @@ impl TargetType {
             TargetType::Delivery => "delivery",
             TargetType::PortalLink => "portal_link",
             TargetType::ConsoleSession => "console_session",
+            TargetType::User => "user",
         }
     }
 }
@@ -74,10 +76,12 @@ pub enum AuditAction {
     TestEventSent,
     ConsoleSignedIn,
     ConsoleSignedOut,
+    UserDisabled,
+    UserEnabled,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 39] = [
+    pub const ALL: [AuditAction; 41] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRotated,
@@ -117,6 +121,8 @@ impl AuditAction {
         AuditAction::TestEventSent,
         AuditAction::ConsoleSignedIn,
         AuditAction::ConsoleSignedOut,
+        AuditAction::UserDisabled,
+        AuditAction::UserEnabled,
     ];
 
     /// The stored name.
@@ -161,6 +167,8 @@ impl AuditAction {
             AuditAction::TestEventSent => "delivery.test_sent",
             AuditAction::ConsoleSignedIn => "console.signed_in",
             AuditAction::ConsoleSignedOut => "console.signed_out",
+            AuditAction::UserDisabled => "user.disabled",
+            AuditAction::UserEnabled => "user.enabled",
         }
     }
 
@@ -202,6 +210,7 @@ impl AuditAction {
             AuditAction::PortalOpened | AuditAction::ConsoleSignedIn | AuditAction::ConsoleSignedOut => {
                 TargetType::ConsoleSession
             }
+            AuditAction::UserDisabled | AuditAction::UserEnabled => TargetType::User,
         }
     }
 }

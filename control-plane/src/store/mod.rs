@@ -26,6 +26,7 @@ pub mod roles;
 pub mod sealed;
 pub mod sessions;
 pub mod usage;
+pub mod users;
 pub mod webhooks;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -73,14 +73,18 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<Model>> 
 }
 
 /// Up to `limit` orgs after id `after`, in id order; `search` keeps those
-/// whose id or display name contains it (ignoring case).
+/// whose id or display name contains it (ignoring case), `only` those named.
 pub async fn list(
     db: &impl ConnectionTrait,
     search: Option<&str>,
+    only: Option<&[String]>,
     after: Option<&str>,
     limit: u64,
 ) -> Result<Vec<Model>> {
     let mut condition = Condition::all();
+    if let Some(only) = only {
+        condition = condition.add(Column::Id.is_in(only.iter().cloned()));
+    }
     if let Some(after) = after {
         condition = condition.add(Column::Id.gt(after));
     }

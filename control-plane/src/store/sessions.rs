@@ -16,7 +16,7 @@ pub struct Model {
     pub id_hash: String,
     pub kind: SessionKind,
     pub actor_type: SessionActor,
-    /// The signed-in key, for `api_key` sessions.
+    /// The signed-in key, for `api_key` sessions (see [`SessionActor`]).
     pub key_id: Option<String>,
     /// The org the session acts in (empty until a platform credential picks one).
     pub org_id: String,
@@ -58,6 +58,9 @@ pub enum SessionActor {
     /// A portal link's customer (`key_id` holds the link id).
     #[sea_orm(string_value = "portal")]
     Portal,
+    /// A person signed in with the OpenID provider (`key_id` holds the user id).
+    #[sea_orm(string_value = "user")]
+    User,
 }
 
 /// Stores a new session.

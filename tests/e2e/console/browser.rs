@@ -17,17 +17,17 @@ use thirtyfour::prelude::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The chromedriver and browser this walk needs (Debian's packages).
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub(super) const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+pub(super) const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A chromedriver child on a port it picked; stops with the test.
-struct Chromedriver {
+pub(super) struct Chromedriver {
     url: String,
     _child: tokio::process::Child,
 }
 
 impl Chromedriver {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let mut child = tokio::process::Command::new(CHROMEDRIVER)
             .arg("--port=0")
             .stdout(Stdio::piped())
@@ -51,7 +51,7 @@ impl Chromedriver {
     }
 
     /// A fresh headless browser (its own profile: no cookies shared).
-    async fn browser(&self) -> WebDriver {
+    pub(super) async fn browser(&self) -> WebDriver {
         let mut caps = DesiredCapabilities::chrome();
         caps.set_binary(CHROMIUM).expect("binary");
         for arg in [
@@ -77,7 +77,7 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-async fn shoot(browser: &WebDriver, name: &str) {
+pub(super) async fn shoot(browser: &WebDriver, name: &str) {
     browser.screenshot(&screenshots().join(format!("{name}.png"))).await.expect("screenshot");
 }
 
@@ -90,7 +90,7 @@ async fn fill(browser: &WebDriver, id: &str, text: &str) {
 /// Clicks something that loads a new page and waits until it has: the
 /// old page's root element goes stale (WebDriver's click returns as soon
 /// as the click is dispatched, not when the navigation it starts ends).
-async fn click_through(browser: &WebDriver, target: By) {
+pub(super) async fn click_through(browser: &WebDriver, target: By) {
     let page = browser.find(By::Tag("html")).await.expect("page");
     browser.find(target).await.expect("element to click").click().await.expect("click");
     page.wait_until().stale().await.expect("the click loads a new page");
@@ -100,7 +100,7 @@ async fn submit(browser: &WebDriver, form_css: &str) {
     click_through(browser, By::Css(format!("{form_css} button[type=submit]"))).await;
 }
 
-async fn body(browser: &WebDriver) -> String {
+pub(super) async fn body(browser: &WebDriver) -> String {
     browser.source().await.expect("page source")
 }
 

@@ -4,6 +4,7 @@
 mod actions;
 mod browser;
 mod connections;
+mod oidc;
 mod portal;
 mod roles;
 mod security;

@@ -11,6 +11,7 @@ pub mod overview;
 pub mod roles;
 pub mod shown;
 pub mod signin;
+pub mod users;
 pub mod webhooks;
 
 use askama::Template;

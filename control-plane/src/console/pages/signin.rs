@@ -15,6 +15,7 @@ use crate::console::session::{self, SESSION_COOKIE, Signed, SignedForm};
 use crate::console::views::{LoginPage, OrgPage, OrgRow, PortalOpenPage};
 use crate::crypto::token::{encode_fixed, random_bytes};
 use crate::error::Error;
+use crate::service::sessions::KeySignIn;
 
 /// The double-submit cookie of the sign-in form (there is no session yet).
 const NONCE_COOKIE: &str = "kp_login";
@@ -26,7 +27,7 @@ pub struct ComeBack {
     /// Set when the person's session ended.
     ended: Option<String>,
     /// The page they asked for.
-    next: String,
+    pub next: String,
 }
 
 pub async fn form(State(console): State<Arc<Console>>, Query(back): Query<ComeBack>, parts: Parts) -> Response {
@@ -70,7 +71,9 @@ fn nonce_matches(parts: &Parts, cookie: &str, nonce: &str) -> bool {
 fn login_page(console: &Console, state: LoginState, status: StatusCode) -> Response {
     let (nonce, cookie) = form_nonce(console, NONCE_COOKIE, "/login");
     let LoginState { error, notice, next } = state;
-    match render(&LoginPage { nav: None, nonce, error, notice, next }) {
+    let sso = console.users.provider_label().map(str::to_owned);
+    let keys = console.sessions.key_sign_in() == KeySignIn::Allowed;
+    match render(&LoginPage { nav: None, nonce, error, notice, next, sso, keys }) {
         Ok(page) => (status, [(header::SET_COOKIE, cookie)], page).into_response(),
         Err(error) => error_page(error, None),
     }
@@ -100,21 +103,27 @@ pub async fn sign_in(
         Ok((id, signed_in)) => {
             let cookie = session::set_cookie(SESSION_COOKIE, &id, "/", console.secure_cookies, None);
             let next = session::local_next(&form.next);
-            let to = match (signed_in.is_platform() && signed_in.org.is_none(), next) {
+            let to = match (signed_in.chooses_org() && signed_in.org.is_none(), next) {
                 (true, "/") => "/org".to_owned(),
                 (true, next) => format!("/org?{}", serde_urlencoded::to_string([("next", next)]).unwrap_or_default()),
                 (false, next) => next.to_owned(),
             };
             ([(header::SET_COOKIE, cookie)], Redirect::to(&to)).into_response()
         }
-        Err(Error::Unauthenticated(message)) => {
-            login_page(&console, LoginState::error(message, &form.next), StatusCode::UNAUTHORIZED)
-        }
-        Err(Error::LimitReached(message)) => {
-            login_page(&console, LoginState::error(message, &form.next), StatusCode::TOO_MANY_REQUESTS)
-        }
-        Err(other) => error_page(other, None),
+        Err(error) => login_refusal(&console, error, &form.next),
     }
+}
+
+/// The sign-in page again, saying why a sign-in was refused (the server's
+/// own failures get the error page).
+pub fn login_refusal(console: &Console, error: Error, next: &str) -> Response {
+    let (message, status) = match error {
+        Error::Unauthenticated(message) => (message.to_owned(), StatusCode::UNAUTHORIZED),
+        Error::PermissionDenied(message) => (message, StatusCode::FORBIDDEN),
+        Error::LimitReached(message) => (message, StatusCode::TOO_MANY_REQUESTS),
+        other => return error_page(other, None),
+    };
+    login_page(console, LoginState::error(message, next), status)
 }
 
 #[derive(Deserialize)]

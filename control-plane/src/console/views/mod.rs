@@ -49,6 +49,28 @@ pub struct LoginPage {
     pub notice: Option<String>,
     /// Where to go once signed in.
     pub next: String,
+    /// The OpenID provider's button label, when single sign-on is on.
+    pub sso: Option<String>,
+    /// Whether the form takes API keys and the root token.
+    pub keys: bool,
+}
+
+#[derive(Template)]
+#[template(path = "users.html")]
+pub struct UsersPage {
+    pub nav: Option<Nav>,
+    pub users: Vec<UserRow>,
+}
+
+/// A person on the users page.
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    /// "acme: keyplane:admin", one line per org.
+    pub rights: Vec<String>,
+    pub disabled: bool,
+    pub last_sign_in: String,
 }
 
 #[derive(Template)]
