@@ -27,6 +27,9 @@ use crate::store::audit::AuditAction;
 use crate::store::sessions::{SessionActor, SessionKind};
 use crate::store::{self, OrgScope, OrgTx, audit, identities, orgs, portal_links, sessions, users};
 
+mod people;
+mod portal;
+
 /// Sign-in attempts per client address per minute.
 const SIGN_INS_PER_MINUTE: u32 = 10;
 /// Activity is written at most this often per session.
@@ -200,53 +203,6 @@ impl SessionService {
         Ok((id, session))
     }
 
-    /// Opens a portal session from a one-time link token; `None` when the
-    /// link is unknown, expired or used.
-    pub async fn open_portal(&self, token: &str, client: &Client) -> Result<Option<(String, Session)>> {
-        let token_hash = crate::crypto::hex(&crate::crypto::sha256(token.as_bytes()));
-        let Some(link) = portal_links::redeem(&self.db, &token_hash, store::now()).await? else {
-            return Ok(None);
-        };
-        let (id, mut row) = self.new_session(
-            SessionKind::Portal,
-            SessionActor::Portal,
-            Some(link.id.clone()),
-            link.org_id.clone(),
-            link.frame_ancestors,
-        );
-        // A portal session lasts no longer than its link would have.
-        row.expires_at = row.expires_at.min(link.expires_at);
-        sessions::insert(&self.db, row.clone()).await?;
-        let actor = Actor::Portal { org_id: link.org_id.clone(), link_id: link.id };
-        let session = self.session(&id, &row, actor);
-        self.audit(&session, client, &link.org_id, AuditAction::PortalOpened).await?;
-        Ok(Some((id, session)))
-    }
-
-    /// Opens a session for `user`, who holds `rights` (a sign-in with the
-    /// OpenID provider, already checked). A person who holds rights in one
-    /// org only acts in it; others pick one.
-    pub async fn open_for_user(
-        &self,
-        user: &users::Model,
-        rights: Rights,
-        client: &Client,
-    ) -> Result<(String, Session)> {
-        let orgs: Vec<&str> = rights.orgs().collect();
-        let org = match orgs.as_slice() {
-            [only] if !rights.every_org() => (*only).to_owned(),
-            _ => String::new(),
-        };
-        let (id, row) =
-            self.new_session(SessionKind::Console, SessionActor::User, Some(user.id.clone()), org, String::new());
-        sessions::insert(&self.db, row.clone()).await?;
-        let actor =
-            Actor::User { user_id: user.id.clone(), email: user.email.clone(), org: row.org_id.clone(), rights };
-        let session = self.session(&id, &row, actor);
-        self.audit(&session, client, PLATFORM_ORG, AuditAction::ConsoleSignedIn).await?;
-        Ok((id, session))
-    }
-
     /// The live session of `session_id` for a request from `client`, with
     /// its key's current scopes; `None` (and the session ended) when it is
     /// over: idle or too old; its key revoked, expired, stripped of its
@@ -294,18 +250,6 @@ impl SessionService {
         Ok(Some(Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id }))
     }
 
-    /// The actor of a person's session, acting in `org`, while they are
-    /// enabled and hold rights (as their last sign-in mapped them).
-    async fn live_user(&self, user_id: Option<&str>, org: &str) -> Result<Option<Actor>> {
-        let Some(user_id) = user_id else { return Ok(None) };
-        let Some(user) = users::find(&self.db, user_id).await?.filter(|user| !user.disabled) else { return Ok(None) };
-        let rights = Rights::from_stored(&user.rights);
-        if rights.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Actor::User { user_id: user.id, email: user.email, org: org.to_owned(), rights }))
-    }
-
     /// The key `key_id` while it is active, unexpired and holds a `keyplane:` scope.
     async fn usable_key(&self, key_id: Option<&str>) -> Result<Option<api_keys::Model>> {
         let Some(key_id) = key_id else { return Ok(None) };
@@ -315,33 +259,6 @@ impl SessionService {
                 && !key.is_expired(store::now())
                 && key.scope_list().iter().any(|s| s.starts_with("keyplane:"))
         }))
-    }
-
-    /// The actor of a portal session while the credential that created its
-    /// link could still create it.
-    async fn live_portal(&self, row: &sessions::Model) -> Result<Option<Actor>> {
-        let Some(link_id) = row.key_id.clone() else { return Ok(None) };
-        let Some(link) = portal_links::find(&self.db, &row.org_id, &link_id).await? else { return Ok(None) };
-        let creator_may = match link.created_by.as_str() {
-            "root" | "operator" => true,
-            user_id if user_id.starts_with("usr_") => match self.live_user(Some(user_id), &row.org_id).await? {
-                Some(actor) => {
-                    let ctx = RequestContext { actor, ..RequestContext::operator() };
-                    ctx.authorize(Action::CreatePortalLink, Target::Org(&row.org_id)).is_ok()
-                }
-                None => false,
-            },
-            // The creator's own allow-list is about the creator, not the customer.
-            key_id => match self.usable_key(Some(key_id)).await? {
-                Some(key) => {
-                    let actor = Actor::ApiKey { scopes: key.scope_list(), key_id: key.id, org_id: key.org_id };
-                    let ctx = RequestContext { actor, ..RequestContext::operator() };
-                    ctx.authorize(Action::CreatePortalLink, Target::Org(&row.org_id)).is_ok()
-                }
-                None => false,
-            },
-        };
-        Ok(creator_may.then(|| Actor::Portal { org_id: row.org_id.clone(), link_id }))
     }
 
     /// Makes a platform credential's or a person's session act in `org`.
