@@ -5,9 +5,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub const CLIENT_ID: &str = "keyplane-console";
 pub const CLIENT_SECRET: &str = "oidc-test-client-secret-0123456789";
@@ -36,18 +33,11 @@ impl OidcProvider {
             .kill_on_drop(true)
             .spawn()
             .expect("start node");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let issuer = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("provider output") {
-                if let Some(issuer) = line.strip_prefix("ready ") {
-                    return issuer.to_owned();
-                }
-            }
-            panic!("the OpenID provider exited before it listened");
+        let stdout = child.stdout.take().expect("stdout");
+        let issuer = crate::process::first_line_with(stdout, "the OpenID provider", |line| {
+            line.strip_prefix("ready ").map(str::to_owned)
         })
-        .await
-        .expect("the OpenID provider started in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .await;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
         Some(Self { issuer, http, _child: child })

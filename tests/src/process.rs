@@ -25,6 +25,28 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 }
 
 /// Runs the `keyplane` binary with `args` to completion.
+/// Reads a child's output line by line until `find` picks something out of
+/// a line (within 30 s; `what` names the child in failures), then keeps
+/// draining it in the background so the child never blocks on a full pipe.
+pub async fn first_line_with<T, R>(output: R, what: &str, mut find: impl FnMut(&str) -> Option<T>) -> T
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let mut lines = BufReader::new(output).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read output") {
+            if let Some(found) = find(&line) {
+                return found;
+            }
+        }
+        panic!("{what} exited before it was ready");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} was not ready in time"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    found
+}
+
 pub fn keyplane(args: &[&str]) -> std::process::Output {
     std::process::Command::new(workspace_binary("keyplane")).args(args).output().expect("run keyplane")
 }
@@ -179,20 +201,11 @@ impl SidecarProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn keyplane-sidecar");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let http_addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("read log") {
-                let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(addr) = parsed["fields"]["http"].as_str() {
-                    return addr.to_owned();
-                }
-            }
-            panic!("keyplane-sidecar exited before serving");
+        let http_addr = first_line_with(child.stderr.take().expect("stderr"), "keyplane-sidecar", |line| {
+            let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            parsed["fields"]["http"].as_str().map(str::to_owned)
         })
-        .await
-        .expect("sidecar started in time");
-        // Keep draining the log so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .await;
         let ready = format!("http://{http_addr}/readyz");
         crate::eventually(
             || async { reqwest::get(&ready).await.map(|r| r.status().as_u16()).unwrap_or(0) },

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use keyplane_tests::process::first_line_with;
 use keyplane_tests::receiver::Receiver;
 use keyplane_tests::{Backend, TestSidecar, random_org, start_webhooks_or_skip};
 use thirtyfour::prelude::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The chromedriver and browser this walk needs (Debian's packages).
 pub(super) const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -35,18 +35,10 @@ impl Chromedriver {
             .kill_on_drop(true)
             .spawn()
             .expect("start chromedriver");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let port = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await.expect("chromedriver output") {
-                if let Some(port) = line.split("started successfully on port ").nth(1) {
-                    return port.trim_end_matches('.').to_owned();
-                }
-            }
-            panic!("chromedriver exited before it started");
+        let port = first_line_with(child.stdout.take().expect("stdout"), "chromedriver", |line| {
+            line.split("started successfully on port ").nth(1).map(|port| port.trim_end_matches('.').to_owned())
         })
-        .await
-        .expect("chromedriver started in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .await;
         Self { url: format!("http://127.0.0.1:{port}"), _child: child }
     }
 
