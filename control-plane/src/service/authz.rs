@@ -133,7 +133,9 @@ impl RequestContext {
     /// Returns the org the request acts in (empty for [`Target::AllOrgs`]).
     pub fn authorize(&self, action: Action, target: Target<'_>) -> Result<String> {
         if action == Action::RunSidecar {
-            return if self.is_platform() && self.has_scope(Scope::Sidecar) {
+            // People sign in to the console; none runs a sidecar.
+            let person = matches!(self.actor, Actor::User { .. });
+            return if self.is_platform() && !person && self.holds_in(PLATFORM_ORG, Scope::Sidecar.as_str()) {
                 Ok(String::new())
             } else {
                 Err(Error::PermissionDenied(format!(
@@ -257,6 +259,7 @@ pub fn check_org_id(org: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::service::auth::Channel;
+    use crate::service::scopes::{Right, Rights};
 
     fn key(org: &str, scopes: &[&str]) -> RequestContext {
         RequestContext {
@@ -293,6 +296,46 @@ mod tests {
         let org_admin = key("acme", &["keyplane:admin"]);
         assert!(org_admin.authorize(Action::RotateKey, Target::Key { org: "acme", scopes: &admin }).is_ok());
         assert!(org_admin.authorize(Action::RotateKey, Target::Key { org: "other", scopes: &[] }).is_err());
+    }
+
+    fn person(org: &str, rights: &[(&str, &str)]) -> RequestContext {
+        let rights = rights.iter().map(|(org, scope)| Right { org: (*org).into(), scopes: vec![(*scope).into()] });
+        RequestContext {
+            actor: Actor::User {
+                user_id: "usr_x".into(),
+                email: "x@example.com".into(),
+                org: org.into(),
+                rights: Rights::new(rights),
+            },
+            ..key("", &[])
+        }
+    }
+
+    #[test]
+    fn a_person_holds_their_rights_org_by_org() {
+        let ada = person("acme", &[("acme", "keyplane:admin"), ("globex", "keyplane:keys:read")]);
+        assert!(!ada.is_platform());
+        assert_eq!(ada.authorize(Action::CreateKey, Target::Org("")).unwrap(), "acme");
+        assert_eq!(ada.authorize(Action::ReadKeys, Target::Org("globex")).unwrap(), "globex");
+        let refused = ada.authorize(Action::CreateKey, Target::Org("globex"));
+        assert!(matches!(refused, Err(Error::PermissionDenied(_))), "{refused:?}");
+        assert!(ada.authorize(Action::ReadKeys, Target::Org("initech")).is_err(), "no rights there");
+        assert!(ada.authorize(Action::ManageOrgs, Target::Org(PLATFORM_ORG)).is_err());
+        // A viewer in every org with admin in one is an admin there only,
+        // and never in the platform org.
+        let val = person("acme", &[("*", "keyplane:keys:read"), ("acme", "keyplane:admin")]);
+        assert!(val.is_platform());
+        assert!(val.authorize(Action::CreateKey, Target::Org("acme")).is_ok());
+        assert!(val.authorize(Action::CreateKey, Target::Org("globex")).is_err());
+        assert!(val.authorize(Action::ReadKeys, Target::Org("globex")).is_ok());
+        assert!(val.authorize(Action::ManageOrgs, Target::Org(PLATFORM_ORG)).is_err());
+        assert!(val.authorize(Action::RunSidecar, Target::AllOrgs).is_err());
+        let grace = person("", &[("*", "keyplane:admin")]);
+        assert!(grace.authorize(Action::ManageUsers, Target::Org(PLATFORM_ORG)).is_ok());
+        // Nothing yields a key stronger than the person holds in that org.
+        let admin = strings(&["keyplane:admin"]);
+        let reader = person("acme", &[("acme", "keyplane:keys:write")]);
+        assert!(reader.authorize(Action::CreateKey, Target::Key { org: "acme", scopes: &admin }).is_err());
     }
 
     #[test]
