@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "keyplane/admin/v1/identities.proto",
         "keyplane/admin/v1/roles.proto",
         "keyplane/admin/v1/orgs.proto",
+        "keyplane/admin/v1/event_types.proto",
         "keyplane/sync/v1/key_sync.proto",
     ];
     let wellknown = protoc_bin_vendored::include_path()?;

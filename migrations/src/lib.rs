@@ -26,6 +26,7 @@ mod m20261207_000018_imported_keys;
 mod m20261207_000019_roles;
 mod m20261207_000020_orgs;
 mod m20261207_000021_users;
+mod m20261207_000022_event_types;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000019_roles::Migration),
             Box::new(m20261207_000020_orgs::Migration),
             Box::new(m20261207_000021_users::Migration),
+            Box::new(m20261207_000022_event_types::Migration),
         ]
     }
 }

@@ -28,6 +28,7 @@ use pb::audit_service_client::AuditServiceClient;
 use pb::connection_service_client::ConnectionServiceClient;
 use pb::delivery_service_client::DeliveryServiceClient;
 use pb::event_service_client::EventServiceClient;
+use pb::event_type_service_client::EventTypeServiceClient;
 use pb::identity_service_client::IdentityServiceClient;
 use pb::org_service_client::OrgServiceClient;
 use pb::role_service_client::RoleServiceClient;
@@ -310,6 +311,11 @@ impl TestControlPlane {
     /// Role client authenticated with `token`.
     pub async fn roles(&self, token: &str) -> RoleServiceClient<Authed> {
         RoleServiceClient::new(self.authed(token).await)
+    }
+
+    /// Event-catalog client authenticated with `token`.
+    pub async fn event_types(&self, token: &str) -> EventTypeServiceClient<Authed> {
+        EventTypeServiceClient::new(self.authed(token).await)
     }
 
     /// Org client authenticated with `token`.

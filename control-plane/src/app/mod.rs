@@ -190,6 +190,7 @@ fn start_console(
     let console = Arc::new(console::Console {
         keys: keys.keys.clone(),
         webhooks: webhooks.webhooks.clone(),
+        catalog: webhooks.catalog.clone(),
         deliveries: webhooks.deliveries.clone(),
         audit: keys.audit.clone(),
         connections: webhooks.connections.clone(),

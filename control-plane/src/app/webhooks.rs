@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keyplane_proto::admin::v1::connection_service_server::ConnectionServiceServer;
 use keyplane_proto::admin::v1::delivery_service_server::DeliveryServiceServer;
 use keyplane_proto::admin::v1::event_service_server::EventServiceServer;
+use keyplane_proto::admin::v1::event_type_service_server::EventTypeServiceServer;
 use keyplane_proto::admin::v1::webhook_service_server::WebhookServiceServer;
 
 use super::Core;
@@ -14,8 +15,8 @@ use super::grpc::GrpcServices;
 use crate::config::Config;
 use crate::error::Result;
 use crate::service::retention;
-use crate::service::webhooks::PortalLinks;
 use crate::service::webhooks::dispatch::queue::DispatchQueue;
+use crate::service::webhooks::{EventCatalog, PortalLinks};
 use crate::service::{ConnectionService, DeliveryService, Dispatcher, EventService, WebhookService};
 use crate::{grpc, oauth};
 
@@ -24,6 +25,7 @@ pub struct Webhooks {
     pub webhooks: Arc<WebhookService>,
     pub portal: Arc<PortalLinks>,
     pub events: Arc<EventService>,
+    pub catalog: Arc<EventCatalog>,
     pub deliveries: Arc<DeliveryService>,
     pub connections: Arc<ConnectionService>,
 }
@@ -55,10 +57,14 @@ impl Webhooks {
         let purge = retention::purge_delivered_webhooks(db.clone(), retention, background.stop.clone());
         background.spawn("purge-delivered-webhooks", purge);
 
+        let catalog = Arc::new(EventCatalog::new(db.clone()));
+        let events =
+            EventService::new(db.clone(), queue, policy.clone(), catalog.clone(), core.metrics.clone(), background);
         Ok(Self {
             webhooks: Arc::new(WebhookService::new(db.clone(), core.master_keys.clone(), policy.clone())),
             portal: Arc::new(PortalLinks::new(db.clone(), console_url)),
-            events: Arc::new(EventService::new(db.clone(), queue, policy, core.metrics.clone(), background)),
+            events: Arc::new(events),
+            catalog,
             deliveries: Arc::new(DeliveryService::new(db.clone(), core.wakeups.clone())),
             connections: Arc::new(ConnectionService::new(
                 db.clone(),
@@ -75,6 +81,8 @@ impl Webhooks {
         let webhooks = grpc::webhooks::WebhookGrpc::new(self.webhooks, self.portal, auth.clone());
         grpc.add(WebhookServiceServer::new(webhooks)).await;
         grpc.add(EventServiceServer::new(grpc::events::EventGrpc::new(self.events, auth.clone()))).await;
+        let catalog = grpc::event_types::EventTypeGrpc::new(self.catalog, auth.clone());
+        grpc.add(EventTypeServiceServer::new(catalog)).await;
         grpc.add(DeliveryServiceServer::new(grpc::deliveries::DeliveryGrpc::new(self.deliveries, auth.clone()))).await;
         let connections = grpc::connections::ConnectionGrpc::new(self.connections, auth.clone());
         grpc.add(ConnectionServiceServer::new(connections)).await;

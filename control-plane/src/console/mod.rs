@@ -28,7 +28,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::Connected;
 
 use crate::background::Background;
-use crate::service::webhooks::PortalLinks;
+use crate::service::webhooks::{EventCatalog, PortalLinks};
 use crate::service::{
     AuditService, ConnectionService, DeliveryService, IdentityService, KeyService, OrgService, RoleService,
     SessionService, UsageService, UserService, WebhookService,
@@ -39,6 +39,7 @@ use crate::tls::Incoming;
 pub struct Console {
     pub keys: Arc<KeyService>,
     pub webhooks: Arc<WebhookService>,
+    pub catalog: Arc<EventCatalog>,
     pub deliveries: Arc<DeliveryService>,
     pub audit: Arc<AuditService>,
     pub connections: Arc<ConnectionService>,
@@ -60,7 +61,9 @@ pub struct Peer(pub Option<std::net::SocketAddr>);
 
 /// Every route of the console.
 pub fn router(console: Arc<Console>) -> Router {
-    use pages::{audit, connections, deliveries, endpoint, keys, overview, roles, shown, signin, users, webhooks};
+    use pages::{
+        audit, catalog, connections, deliveries, endpoint, keys, overview, roles, shown, signin, users, webhooks,
+    };
     Router::new()
         .route("/", get(overview::show))
         .route("/login", get(signin::form).post(signin::sign_in))
@@ -92,6 +95,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/webhooks/new", get(webhooks::new_form))
         .route("/webhooks/portal-link", post(webhooks::portal_link))
+        .route("/webhooks/catalog", get(catalog::list))
         .route("/webhooks/{id}", get(endpoint::show))
         .route("/webhooks/{id}/update", post(webhooks::update))
         .route("/webhooks/{id}/enable", post(webhooks::enable))

@@ -99,8 +99,8 @@ impl delivery_service_server::DeliveryService for DeliveryGrpc {
         request: Request<pb::SendTestEventRequest>,
     ) -> Result<Response<pb::SendTestEventResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let pb::SendTestEventRequest { org_id, subscription_id } = request.into_inner();
-        let delivery = self.deliveries.send_test(&ctx, &org_id, &subscription_id).await?;
+        let pb::SendTestEventRequest { org_id, subscription_id, event_type } = request.into_inner();
+        let delivery = self.deliveries.send_test(&ctx, &org_id, &subscription_id, &event_type).await?;
         Ok(Response::new(pb::SendTestEventResponse { delivery: Some(delivery_to_proto(&delivery)) }))
     }
 }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod connections;
 pub mod convert;
 pub mod deliveries;
+pub mod event_types;
 pub mod events;
 pub mod identities;
 pub mod key_sync;

@@ -86,7 +86,7 @@ pub struct Model {
 impl ActiveModelBehavior for ActiveModel {}
 
 /// Whether a key may be used at all (expiry is checked separately).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, schemars::JsonSchema)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {

@@ -15,6 +15,7 @@ pub enum TargetType {
     PortalLink,
     ConsoleSession,
     User,
+    EventType,
 }
 
 impl TargetType {
@@ -30,6 +31,7 @@ impl TargetType {
             TargetType::PortalLink => "portal_link",
             TargetType::ConsoleSession => "console_session",
             TargetType::User => "user",
+            TargetType::EventType => "event_type",
         }
     }
 }
@@ -78,10 +80,14 @@ pub enum AuditAction {
     ConsoleSignedOut,
     UserDisabled,
     UserEnabled,
+    EventTypeCreated,
+    EventTypeUpdated,
+    EventTypeArchived,
+    EventTypeRestored,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 41] = [
+    pub const ALL: [AuditAction; 45] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRotated,
@@ -123,6 +129,10 @@ impl AuditAction {
         AuditAction::ConsoleSignedOut,
         AuditAction::UserDisabled,
         AuditAction::UserEnabled,
+        AuditAction::EventTypeCreated,
+        AuditAction::EventTypeUpdated,
+        AuditAction::EventTypeArchived,
+        AuditAction::EventTypeRestored,
     ];
 
     /// The stored name.
@@ -169,6 +179,10 @@ impl AuditAction {
             AuditAction::ConsoleSignedOut => "console.signed_out",
             AuditAction::UserDisabled => "user.disabled",
             AuditAction::UserEnabled => "user.enabled",
+            AuditAction::EventTypeCreated => "event_type.created",
+            AuditAction::EventTypeUpdated => "event_type.updated",
+            AuditAction::EventTypeArchived => "event_type.archived",
+            AuditAction::EventTypeRestored => "event_type.restored",
         }
     }
 
@@ -211,6 +225,10 @@ impl AuditAction {
                 TargetType::ConsoleSession
             }
             AuditAction::UserDisabled | AuditAction::UserEnabled => TargetType::User,
+            AuditAction::EventTypeCreated
+            | AuditAction::EventTypeUpdated
+            | AuditAction::EventTypeArchived
+            | AuditAction::EventTypeRestored => TargetType::EventType,
         }
     }
 }

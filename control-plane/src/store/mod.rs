@@ -10,6 +10,7 @@ pub mod connections;
 pub mod credits;
 pub mod deliveries;
 pub mod delivery_stats;
+pub mod event_types;
 pub mod events;
 pub mod holders;
 pub mod identities;

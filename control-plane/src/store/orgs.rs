@@ -10,7 +10,7 @@ use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Func, LikeExpr, OnConflict};
 use sea_orm::{Condition, ExprTrait, IntoActiveModel, QueryOrder, QuerySelect};
 
-use super::{OrgTx, api_keys, connections, identities, portal_links, roles, webhooks};
+use super::{OrgTx, api_keys, connections, event_types, identities, portal_links, roles, webhooks};
 use crate::error::Result;
 
 /// An `orgs` row.
@@ -106,8 +106,10 @@ pub async fn rename(tx: &OrgTx, org: Model, display_name: &str) -> Result<Model>
     Ok(row.update(tx.conn()).await?)
 }
 
-/// Deletes the transaction's org row (what it holds is deleted first).
+/// Deletes the transaction's org row and its event catalog (what it holds
+/// is deleted first).
 pub async fn delete(tx: &OrgTx) -> Result<bool> {
+    event_types::Entity::delete_many().filter(event_types::Column::OrgId.eq(tx.org())).exec(tx.conn()).await?;
     Ok(Entity::delete_by_id(tx.org()).exec(tx.conn()).await?.rows_affected == 1)
 }
 

@@ -54,7 +54,11 @@ async fn delivery_is_signed_and_carries_the_exact_payload(backend: Backend) {
     let test = plane
         .deliveries(&plane.root_token)
         .await
-        .send_test_event(pb::SendTestEventRequest { org_id: org.clone(), subscription_id: subscription.id.clone() })
+        .send_test_event(pb::SendTestEventRequest {
+            org_id: org.clone(),
+            subscription_id: subscription.id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

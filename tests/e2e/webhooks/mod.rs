@@ -1,6 +1,7 @@
 //! Webhooks end to end: a real receiver on loopback, real gRPC, both
 //! databases; one topic a file.
 
+mod catalog;
 mod concurrency;
 mod delivery;
 mod disabling;

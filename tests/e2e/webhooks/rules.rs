@@ -208,6 +208,7 @@ async fn webhooks_respect_orgs_and_scopes(backend: Backend) {
             .send_test_event(pb::SendTestEventRequest {
                 org_id: String::new(),
                 subscription_id: b_subscription.id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_err()

@@ -94,6 +94,8 @@ pub async fn show(
             (Vec::new(), None)
         };
         let notice = query.recovered.map(|n| format!("{n} failed deliveries will be sent again."));
+        let catalog = console.catalog.list(ctx, &org, false).await?;
+        let examples = catalog.into_iter().filter(|t| !t.examples.is_empty()).map(|t| t.name).collect();
         render(&WebhookPage {
             nav: Some(nav.clone()),
             subscription: detail(&subscription),
@@ -102,6 +104,7 @@ pub async fn show(
             filter: query.filter,
             next,
             notice,
+            examples,
         })
     };
     respond(&nav, result.await)

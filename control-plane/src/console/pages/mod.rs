@@ -3,6 +3,7 @@
 //! renders a template; any [`Error`] becomes the error page.
 
 pub mod audit;
+pub mod catalog;
 pub mod connections;
 pub mod deliveries;
 pub mod endpoint;

@@ -50,9 +50,23 @@ pub async fn list(State(console): State<Arc<Console>>, signed: Signed, Query(que
     respond(&nav, result.await)
 }
 
-pub async fn new_form(signed: Signed) -> Response {
+pub async fn new_form(State(console): State<Arc<Console>>, signed: Signed) -> Response {
     let nav = signed.nav("webhooks");
-    respond(&nav, render(&NewWebhookPage { nav: Some(nav.clone()), form: WebhookForm::default(), errors: Vec::new() }))
+    let result = async {
+        let catalog = catalog_names(&console, &signed).await?;
+        render(&NewWebhookPage { nav: Some(nav.clone()), form: WebhookForm::default(), errors: Vec::new(), catalog })
+    };
+    respond(&nav, result.await)
+}
+
+/// The names of the org's catalog, Keyplane's own first (none for a
+/// credential that may add endpoints but not read them).
+async fn catalog_names(console: &Console, signed: &Signed) -> Result<Vec<String>> {
+    match console.catalog.list(&signed.ctx, &signed.org(), false).await {
+        Ok(types) => Ok(types.into_iter().map(|t| t.name).collect()),
+        Err(Error::PermissionDenied(_)) => Ok(Vec::new()),
+        Err(other) => Err(other),
+    }
 }
 
 fn rate_limit(field: &str, text: &str) -> Result<u32> {
@@ -98,7 +112,12 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<Webhoo
         }
         Err(Error::InvalidArgument(violations)) => {
             let errors = violations.into_iter().map(|v| (v.field, v.description)).collect();
-            render(&NewWebhookPage { nav: Some(nav.clone()), form, errors }).map(bad_request)
+            match catalog_names(&console, &signed).await {
+                Ok(catalog) => {
+                    render(&NewWebhookPage { nav: Some(nav.clone()), form, errors, catalog }).map(bad_request)
+                }
+                Err(error) => Err(error),
+            }
         }
         Err(other) => Err(other),
     };
@@ -192,15 +211,22 @@ pub async fn rotate(State(console): State<Arc<Console>>, Path(id): Path<String>,
     respond(&nav, result.await)
 }
 
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct TestForm {
+    /// A catalog type whose example to send (empty: the test event).
+    event_type: String,
+}
+
 pub async fn send_test(
     State(console): State<Arc<Console>>,
     Path(id): Path<String>,
-    post: SignedForm<Empty>,
+    post: SignedForm<TestForm>,
 ) -> Response {
-    let signed = post.signed;
+    let (signed, form) = (post.signed, post.form);
     let nav = signed.nav("webhooks");
     let result = async {
-        let delivery = console.deliveries.send_test(&signed.ctx, &signed.org(), &id).await?;
+        let delivery = console.deliveries.send_test(&signed.ctx, &signed.org(), &id, &form.event_type).await?;
         see_other(&format!("/deliveries/{}", delivery.id))
     };
     respond(&nav, result.await)

@@ -265,13 +265,8 @@ pub struct NewWebhookPage {
     pub nav: Option<Nav>,
     pub form: WebhookForm,
     pub errors: Vec<(String, String)>,
-}
-
-impl NewWebhookPage {
-    /// Keyplane's own event types, suggested in the form.
-    pub fn system_events(&self) -> &'static [&'static str] {
-        &crate::service::webhooks::system_events::SystemEvent::NAMES
-    }
+    /// The catalog's event types (Keyplane's own first), suggested in the form.
+    pub catalog: Vec<String>,
 }
 
 pub struct SubscriptionDetail {
@@ -322,6 +317,30 @@ pub struct WebhookPage {
     pub filter: DeliveryFilterForm,
     pub next: Option<String>,
     pub notice: Option<String>,
+    /// Catalog types with an example, which the endpoint can be sent.
+    pub examples: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "catalog.html")]
+pub struct CatalogPage {
+    pub nav: Option<Nav>,
+    /// Types by group, Keyplane's own first.
+    pub groups: Vec<(String, Vec<CatalogRow>)>,
+}
+
+/// An event type of the catalog, as the catalog page shows it.
+pub struct CatalogRow {
+    pub name: String,
+    pub description: String,
+    pub deprecated: bool,
+    pub system: bool,
+    /// "v2", or empty without a schema.
+    pub version: String,
+    /// The newest schema, indented.
+    pub schema: String,
+    /// The first example, indented.
+    pub example: String,
 }
 
 pub struct AttemptRow {

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
+use super::catalog::EventTypeView;
 use super::dispatch::delivery_body;
 use super::outbox;
 use crate::crypto::signing::legacy::SignatureScheme;
@@ -14,7 +15,7 @@ use crate::service::paging::{ListQuery, Listing, Page};
 use crate::store::audit::AuditAction;
 use crate::store::deliveries::{DeliveryFilter, DeliveryStatus};
 use crate::store::webhooks::SubscriptionStatus;
-use crate::store::{ChangeTx, OrgTx, audit, deliveries, events, webhooks};
+use crate::store::{ChangeTx, OrgTx, audit, deliveries, event_types, events, webhooks};
 use crate::wakeups::Wakeups;
 
 const LISTING: Listing = Listing::named("deliveries");
@@ -133,19 +134,29 @@ impl DeliveryService {
         Ok(recovered)
     }
 
-    /// Sends a `webhook.test` event to one active subscription.
+    /// Sends a `webhook.test` event to one active subscription, or, when
+    /// `example_of` names a catalog type, that type's first example.
     pub async fn send_test(
         &self,
         ctx: &RequestContext,
         org_id: &str,
         subscription_id: &str,
+        example_of: &str,
     ) -> Result<deliveries::Model> {
         let org = ctx.authorize(Action::RetryDeliveries, Target::Org(org_id))?;
         let tx = ChangeTx::begin(&self.db, &org).await?;
         let subscription = require_active(&tx, subscription_id).await?;
-        let payload = json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" });
+        let (event_type, payload) = if example_of.is_empty() {
+            (TEST_EVENT_TYPE, json!({ "subscription_id": subscription.id, "message": "test event from Keyplane" }))
+        } else {
+            let listed = event_types::find(tx.conn(), &org, example_of).await?.ok_or(Error::NotFound("event type"))?;
+            let example = EventTypeView::from(listed).examples.into_iter().next().ok_or_else(|| {
+                Error::FailedPrecondition(format!("event type {example_of} has no example in the catalog"))
+            })?;
+            (example_of, example)
+        };
         let target = std::slice::from_ref(&subscription.id);
-        let (event, mut deliveries) = outbox::publish_to(&tx, TEST_EVENT_TYPE, payload.to_string(), target).await?;
+        let (event, mut deliveries) = outbox::publish_to(&tx, event_type, payload.to_string(), target).await?;
         audit::append(&tx, ctx.audit(AuditAction::TestEventSent, subscription_id, json!({ "event_id": event.id })))
             .await?;
         tx.commit(&self.wakeups).await?;

@@ -1,4 +1,5 @@
-//! PublishEvent: the caller's event, validated, then written to the outbox
+//! PublishEvent: the caller's event, validated (its payload against its
+//! type's schema in the catalog, when it has one), then written to the outbox
 //! with a delivery per matching subscription by the [`super::publisher`].
 
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
+use super::catalog::EventCatalog;
 use super::dispatch::queue::DispatchQueue;
 use super::event_types::check_event_type;
 use super::policy::WebhookPolicy;
@@ -25,6 +27,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 pub struct EventService {
     publisher: Publisher,
     policy: Arc<WebhookPolicy>,
+    catalog: Arc<EventCatalog>,
 }
 
 impl EventService {
@@ -32,10 +35,11 @@ impl EventService {
         db: DatabaseConnection,
         dispatch: DispatchQueue,
         policy: Arc<WebhookPolicy>,
+        catalog: Arc<EventCatalog>,
         metrics: Arc<Metrics>,
         background: &Background,
     ) -> Self {
-        Self { publisher: Publisher::start(db, dispatch, metrics, background), policy }
+        Self { publisher: Publisher::start(db, dispatch, metrics, background), policy, catalog }
     }
 
     /// Publishes an event to the org's matching subscriptions.
@@ -49,9 +53,8 @@ impl EventService {
     ) -> Result<Published> {
         let org = ctx.authorize(Action::PublishEvent, Target::Org(org_id))?;
         let mut violations = Violations::default();
-        if let Err(why) = check_event_type(event_type) {
-            violations.add("event_type", why);
-        }
+        let type_ok = check_event_type(event_type).map_err(|why| violations.add("event_type", why)).is_ok();
+        let mut payload = None;
         if payload_json.len() > self.policy.max_payload_bytes {
             violations.add(
                 "payload_json",
@@ -59,12 +62,15 @@ impl EventService {
             );
         } else {
             match serde_json::from_str::<Value>(&payload_json) {
-                Ok(value) if value.is_object() => {}
+                Ok(value) if value.is_object() => payload = Some(value),
                 Ok(_) => violations.add("payload_json", "must be a JSON object"),
                 Err(e) => violations.add("payload_json", format!("is not JSON: {e}")),
             }
         }
         violations.optional_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_LEN);
+        if let Some(payload) = payload.filter(|_| type_ok) {
+            violations.absorb(self.catalog.check_payload(&org, event_type, &payload).await)?;
+        }
         violations.finish()?;
 
         // A publication is data-plane traffic: it is not audited, so it

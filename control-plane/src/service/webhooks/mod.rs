@@ -8,11 +8,13 @@
 //! | [`event_types`] | the event-type and pattern grammar |
 //! | [`outbox`] | writing an event and its deliveries in one transaction |
 //! | [`events`] | PublishEvent |
+//! | [`catalog`] | the event catalog: types, schemas, examples; payloads checked at publication |
 //! | [`publisher`] | group commit: concurrent publications written a batch per transaction |
 //! | [`deliveries`] | reading, retrying and test-sending deliveries |
 //! | [`portal`] | one-time links to the webhook portal for an org |
 //! | [`dispatch`] | sending: the loop, retries, throttling, the request, endpoint health |
 
+pub mod catalog;
 pub mod deliveries;
 pub mod dispatch;
 pub mod event_types;
@@ -25,6 +27,7 @@ pub mod secrets;
 pub mod subscriptions;
 pub mod system_events;
 
+pub use catalog::EventCatalog;
 pub use deliveries::DeliveryService;
 pub use dispatch::{DispatchSettings, Dispatcher};
 pub use events::EventService;

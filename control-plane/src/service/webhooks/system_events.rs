@@ -4,13 +4,14 @@
 //! checked against [`SystemEvent::NAMES`].
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::store::api_keys::{self, KeyStatus};
 
 /// What events about a key say of it (never its scopes or secrets).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct KeyData {
     pub key_id: String,
     pub name: String,
@@ -36,7 +37,7 @@ impl From<&api_keys::Model> for KeyData {
 }
 
 /// `api_key.rotated`: the old key, and its replacement.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct KeyRotated {
     #[serde(flatten)]
     pub key: KeyData,
@@ -45,7 +46,7 @@ pub struct KeyRotated {
 }
 
 /// `api_key.deleted`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct KeyDeleted {
     pub key_id: String,
     /// `retention` when the retention of ended keys deleted it.
@@ -54,10 +55,15 @@ pub struct KeyDeleted {
 }
 
 /// `webhook.endpoint_disabled`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct EndpointDisabled {
     pub subscription_id: String,
     pub reason: String,
+}
+
+/// The JSON Schema of `T`.
+fn schema<T: JsonSchema>() -> Value {
+    schemars::schema_for!(T).to_value()
 }
 
 /// One of Keyplane's own events.
@@ -92,6 +98,30 @@ impl SystemEvent {
             SystemEvent::ApiKeyDeleted(_) => Self::NAMES[4],
             SystemEvent::EndpointDisabled(_) => Self::NAMES[5],
         }
+    }
+
+    /// What event type `name` means, for the catalog.
+    pub fn description_of(name: &str) -> &'static str {
+        match name {
+            "api_key.created" => "An API key was created (never its token or scopes).",
+            "api_key.rotated" => "An API key was rotated: the old key, its replacement and the grace period.",
+            "api_key.revoked" => "An API key was revoked.",
+            "api_key.expired" => "An API key reached its expiry.",
+            "api_key.deleted" => "An API key was deleted (`reason: retention` when retention deleted it).",
+            "webhook.endpoint_disabled" => "An endpoint was disabled after failing for too long.",
+            _ => "",
+        }
+    }
+
+    /// The JSON Schema of event type `name`'s payload, generated from its type.
+    pub fn schema_of(name: &str) -> Option<Value> {
+        Some(match name {
+            "api_key.created" | "api_key.revoked" | "api_key.expired" => schema::<KeyData>(),
+            "api_key.rotated" => schema::<KeyRotated>(),
+            "api_key.deleted" => schema::<KeyDeleted>(),
+            "webhook.endpoint_disabled" => schema::<EndpointDisabled>(),
+            _ => return None,
+        })
     }
 
     /// The payload (`data` of the delivered body).

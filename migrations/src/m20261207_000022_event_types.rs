@@ -1,0 +1,47 @@
+//! The event catalog: `event_types`, an org's event types with their
+//! description, group, JSON Schema versions and examples.
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum EventTypes {
+    Table,
+    OrgId,
+    Name,
+    Description,
+    GroupName,
+    Schemas,
+    Examples,
+    Deprecated,
+    Archived,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let table = Table::create()
+            .table(EventTypes::Table)
+            .col(string(EventTypes::OrgId))
+            .col(string(EventTypes::Name))
+            .col(text(EventTypes::Description))
+            .col(string(EventTypes::GroupName))
+            .col(text(EventTypes::Schemas))
+            .col(text(EventTypes::Examples))
+            .col(boolean(EventTypes::Deprecated))
+            .col(boolean(EventTypes::Archived))
+            .col(timestamp_with_time_zone(EventTypes::CreatedAt))
+            .col(timestamp_with_time_zone(EventTypes::UpdatedAt))
+            .primary_key(Index::create().col(EventTypes::OrgId).col(EventTypes::Name))
+            .to_owned();
+        manager.create_table(table).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.drop_table(Table::drop().table(EventTypes::Table).to_owned()).await
+    }
+}
