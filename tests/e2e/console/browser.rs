@@ -230,6 +230,27 @@ async fn a_new_user_walks_through_the_console() {
     browser.goto(&format!("{console}/webhooks")).await.unwrap();
     shoot(&browser, "10-webhooks").await;
 
+    // The event catalog: a type with a schema and an example, beside Keyplane's own.
+    let order_created = keyplane_proto::admin::v1::CreateEventTypeRequest {
+        org_id: org.clone(),
+        name: "order.created".into(),
+        description: "An order was placed.".into(),
+        group: "orders".into(),
+        schema_json: r#"{"type": "object", "required": ["order_id"], "properties": {"order_id": {"type": "string"}}}"#
+            .into(),
+        examples_json: vec![r#"{"order_id": "ord_1"}"#.into()],
+    };
+    plane.event_types(&plane.root_token).await.create_event_type(order_created).await.unwrap();
+    click_through(&browser, By::LinkText("Event catalog")).await;
+    let order_row = "//tr[td[contains(., 'order.created')]]//summary";
+    for summary in browser.find_all(By::XPath(order_row)).await.unwrap() {
+        summary.click().await.unwrap();
+    }
+    let catalog = body(&browser).await;
+    assert!(catalog.contains("order.created") && catalog.contains("api_key.created"), "{catalog}");
+    shoot(&browser, "12-catalog").await;
+    browser.goto(&format!("{console}/webhooks")).await.unwrap();
+
     // A portal link, opened in a fresh browser: only this org's webhooks.
     click_through(&browser, By::XPath("//button[text()='Create a portal link']")).await;
     let link = browser.find(By::Id("shown-once")).await.unwrap().text().await.unwrap();

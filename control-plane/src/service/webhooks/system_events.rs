@@ -107,7 +107,9 @@ impl SystemEvent {
             "api_key.rotated" => "An API key was rotated: the old key, its replacement and the grace period.",
             "api_key.revoked" => "An API key was revoked.",
             "api_key.expired" => "An API key reached its expiry.",
-            "api_key.deleted" => "An API key was deleted (`reason: retention` when retention deleted it).",
+            "api_key.deleted" => {
+                "An API key was deleted (reason \"retention\" when the retention of ended keys deleted it)."
+            }
             "webhook.endpoint_disabled" => "An endpoint was disabled after failing for too long.",
             _ => "",
         }
