@@ -1,5 +1,6 @@
 //! The event catalog: `event_types`, an org's event types with their
-//! description, group, JSON Schema versions and examples.
+//! description, group, JSON Schema versions and examples; and
+//! `orgs.require_cataloged_events`, whether the org publishes only those.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -21,6 +22,12 @@ enum EventTypes {
     UpdatedAt,
 }
 
+#[derive(DeriveIden)]
+enum Orgs {
+    Table,
+    RequireCatalogedEvents,
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -38,10 +45,17 @@ impl MigrationTrait for Migration {
             .col(timestamp_with_time_zone(EventTypes::UpdatedAt))
             .primary_key(Index::create().col(EventTypes::OrgId).col(EventTypes::Name))
             .to_owned();
-        manager.create_table(table).await
+        manager.create_table(table).await?;
+        let policy = Table::alter()
+            .table(Orgs::Table)
+            .add_column(boolean(Orgs::RequireCatalogedEvents).default(false))
+            .to_owned();
+        manager.alter_table(policy).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let policy = Table::alter().table(Orgs::Table).drop_column(Orgs::RequireCatalogedEvents).to_owned();
+        manager.alter_table(policy).await?;
         manager.drop_table(Table::drop().table(EventTypes::Table).to_owned()).await
     }
 }

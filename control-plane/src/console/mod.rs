@@ -96,6 +96,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/webhooks/new", get(webhooks::new_form))
         .route("/webhooks/portal-link", post(webhooks::portal_link))
         .route("/webhooks/catalog", get(catalog::list))
+        .route("/webhooks/catalog/policy", post(catalog::set_policy))
         .route("/webhooks/{id}", get(endpoint::show))
         .route("/webhooks/{id}/update", post(webhooks::update))
         .route("/webhooks/{id}/enable", post(webhooks::enable))

@@ -80,8 +80,10 @@ impl event_type_service_server::EventTypeService for EventTypeGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::ListEventTypesRequest { org_id, include_archived } = request.into_inner();
         let listed = self.catalog.list(&ctx, &org_id, include_archived).await?;
+        let require_cataloged_events = self.catalog.requires_cataloged(&ctx, &org_id).await?;
         Ok(Response::new(pb::ListEventTypesResponse {
             event_types: listed.into_iter().map(event_type_to_proto).collect(),
+            require_cataloged_events,
         }))
     }
 
@@ -116,5 +118,15 @@ impl event_type_service_server::EventTypeService for EventTypeGrpc {
         let pb::ArchiveEventTypeRequest { org_id, name, archived } = request.into_inner();
         let changed = self.catalog.archive(&ctx, &org_id, &name, archived).await?;
         Ok(Response::new(pb::ArchiveEventTypeResponse { event_type: Some(event_type_to_proto(changed)) }))
+    }
+
+    async fn set_catalog_policy(
+        &self,
+        request: Request<pb::SetCatalogPolicyRequest>,
+    ) -> Result<Response<pb::SetCatalogPolicyResponse>, Status> {
+        let ctx = request_context(&self.auth, &request).await?;
+        let pb::SetCatalogPolicyRequest { org_id, require_cataloged_events } = request.into_inner();
+        let set = self.catalog.set_policy(&ctx, &org_id, require_cataloged_events).await?;
+        Ok(Response::new(pb::SetCatalogPolicyResponse { require_cataloged_events: set }))
     }
 }

@@ -62,8 +62,8 @@ pub enum Action {
     RunSidecar,
     /// Read an org's record (its own keys may).
     ReadOrg,
-    /// Change an org's display name.
-    RenameOrg,
+    /// Change an org's display name or its settings (the event catalog policy).
+    ChangeOrg,
     /// Create, list and delete orgs: asked in the platform org, so only
     /// platform credentials may.
     ManageOrgs,
@@ -90,7 +90,7 @@ impl Action {
             Action::ReadSubscriptions => Scope::WebhooksRead,
             Action::WriteSubscriptions | Action::CreatePortalLink => Scope::WebhooksWrite,
             Action::ApproveSubscription
-            | Action::RenameOrg
+            | Action::ChangeOrg
             | Action::ManageOrgs
             | Action::ReadUsers
             | Action::ManageUsers => Scope::Admin,

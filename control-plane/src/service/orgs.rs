@@ -106,7 +106,7 @@ impl OrgService {
 
     /// Renames org `id` (audited).
     pub async fn rename(&self, ctx: &RequestContext, id: &str, display_name: &str) -> Result<OrgView> {
-        let org = ctx.authorize(Action::RenameOrg, Target::Org(id))?;
+        let org = ctx.authorize(Action::ChangeOrg, Target::Org(id))?;
         let display_name = display_name.trim();
         let mut violations = Violations::default();
         if display_name.is_empty() {

@@ -84,10 +84,11 @@ pub enum AuditAction {
     EventTypeUpdated,
     EventTypeArchived,
     EventTypeRestored,
+    CatalogPolicySet,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 45] = [
+    pub const ALL: [AuditAction; 46] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRotated,
@@ -133,6 +134,7 @@ impl AuditAction {
         AuditAction::EventTypeUpdated,
         AuditAction::EventTypeArchived,
         AuditAction::EventTypeRestored,
+        AuditAction::CatalogPolicySet,
     ];
 
     /// The stored name.
@@ -183,6 +185,7 @@ impl AuditAction {
             AuditAction::EventTypeUpdated => "event_type.updated",
             AuditAction::EventTypeArchived => "event_type.archived",
             AuditAction::EventTypeRestored => "event_type.restored",
+            AuditAction::CatalogPolicySet => "org.catalog_policy_set",
         }
     }
 
@@ -207,7 +210,10 @@ impl AuditAction {
             | AuditAction::IdentityRolesSet
             | AuditAction::IdentityPermissionsSet => TargetType::Identity,
             AuditAction::RoleCreated | AuditAction::RoleUpdated | AuditAction::RoleDeleted => TargetType::Role,
-            AuditAction::OrgCreated | AuditAction::OrgRenamed | AuditAction::OrgDeleted => TargetType::Org,
+            AuditAction::OrgCreated
+            | AuditAction::OrgRenamed
+            | AuditAction::OrgDeleted
+            | AuditAction::CatalogPolicySet => TargetType::Org,
             AuditAction::ConnectionCreated
             | AuditAction::ConnectionDeleted
             | AuditAction::ConnectionAccessTokenIssued => TargetType::Connection,

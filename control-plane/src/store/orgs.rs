@@ -22,6 +22,8 @@ pub struct Model {
     pub id: String,
     /// How people see it; its id until named.
     pub display_name: String,
+    /// PublishEvent refuses event types that are not in the org's catalog.
+    pub require_cataloged_events: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -51,6 +53,7 @@ pub async fn insert(tx: &OrgTx, display_name: &str) -> Result<bool> {
     let row = ActiveModel {
         id: Set(tx.org().to_owned()),
         display_name: Set(display_name.to_owned()),
+        require_cataloged_events: Set(false),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -104,6 +107,18 @@ pub async fn rename(tx: &OrgTx, org: Model, display_name: &str) -> Result<Model>
     row.display_name = Set(display_name.to_owned());
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)
+}
+
+/// Sets whether the transaction's org publishes only cataloged event
+/// types; false when the org is not registered.
+pub async fn set_require_cataloged_events(tx: &OrgTx, required: bool) -> Result<bool> {
+    let result = Entity::update_many()
+        .col_expr(Column::RequireCatalogedEvents, Expr::val(required))
+        .col_expr(Column::UpdatedAt, Expr::val(super::now()))
+        .filter(Column::Id.eq(tx.org()))
+        .exec(tx.conn())
+        .await?;
+    Ok(result.rows_affected == 1)
 }
 
 /// Deletes the transaction's org row and its event catalog (what it holds

@@ -203,8 +203,35 @@ async fn the_catalog_checks_what_is_published(backend: Backend) {
     assert!(listed.event_types.iter().all(|t| t.name != "order.created"));
     assert_eq!(publish(&plane, &org, "order.created", r#"{"free": "form"}"#).await.deliveries_created, 1);
 
+    // An org may publish only what its catalog lists (archived types included out).
+    let policy =
+        |required: bool| pb::SetCatalogPolicyRequest { org_id: org.clone(), require_cataloged_events: required };
+    assert!(catalog.set_catalog_policy(policy(true)).await.unwrap().into_inner().require_cataloged_events);
+    let listed = catalog
+        .list_event_types(pb::ListEventTypesRequest { org_id: org.clone(), include_archived: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.require_cataloged_events && listed.event_types.iter().any(|t| t.name == "order.created"));
+    for (event_type, payload) in
+        [("order.shipped", "{}"), ("order.created", r#"{"order_id": "ord_3", "amount": 2100}"#)]
+    {
+        let mut request = publish_request(payload);
+        request.event_type = event_type.into();
+        let refused = events.publish_event(request).await.unwrap_err();
+        assert_invalid_field(&refused, "event_type");
+        assert!(refused.message().contains("catalog") || format!("{:?}", violations(&refused)).contains("catalog"));
+    }
+    let restore = pb::ArchiveEventTypeRequest { org_id: org.clone(), name: "order.created".into(), archived: false };
+    catalog.archive_event_type(restore).await.unwrap();
+    let fitting_payload = r#"{"order_id": "ord_3", "amount": 2100}"#;
+    assert!(events.publish_event(publish_request(fitting_payload)).await.is_ok(), "cataloged again");
+    catalog.set_catalog_policy(policy(false)).await.unwrap();
+    assert_eq!(publish(&plane, &org, "order.shipped", "{}").await.deliveries_created, 1);
+    assert_eq!(plane.audit_events(&org, "org.catalog_policy_set").await.len(), 2);
+
     // Audited; readers may read, only writers change.
-    for action in ["event_type.created", "event_type.updated", "event_type.archived"] {
+    for action in ["event_type.created", "event_type.updated", "event_type.archived", "event_type.restored"] {
         assert_eq!(plane.audit_events(&org, action).await.len(), 1, "{action}");
     }
     let (_, reader) = plane.create_key(&org, &["keyplane:webhooks:read"]).await;
@@ -213,5 +240,10 @@ async fn the_catalog_checks_what_is_published(backend: Backend) {
     assert!(as_reader.get_event_type(get).await.is_ok());
     let denied = as_reader.create_event_type(create("order.refunded", "", &[])).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
+    let (_, writer) = plane.create_key(&org, &["keyplane:webhooks:write"]).await;
+    let mut as_writer = plane.event_types(&writer).await;
+    let denied = as_writer
+        .set_catalog_policy(pb::SetCatalogPolicyRequest { org_id: String::new(), require_cataloged_events: true });
+    assert_eq!(denied.await.unwrap_err().code(), Code::PermissionDenied, "the policy is an org admin's");
     plane.stop().await;
 }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
+use serde::Deserialize;
 
-use super::{render, respond};
+use super::{render, respond, see_other};
 use crate::console::Console;
-use crate::console::session::Signed;
+use crate::console::session::{Signed, SignedForm};
 use crate::console::views::{CatalogPage, CatalogRow};
 
 pub async fn list(State(console): State<Arc<Console>>, signed: Signed) -> Response {
@@ -32,7 +33,23 @@ pub async fn list(State(console): State<Arc<Console>>, signed: Signed) -> Respon
                 _ => groups.push((t.group, vec![row])),
             }
         }
-        render(&CatalogPage { nav: Some(nav.clone()), groups })
+        let required = console.catalog.requires_cataloged(&signed.ctx, &signed.org()).await?;
+        render(&CatalogPage { nav: Some(nav.clone()), groups, required })
     };
     respond(&nav, result.await)
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct PolicyForm {
+    /// "on" to publish only cataloged types.
+    required: String,
+}
+
+/// Sets whether the org publishes only cataloged types.
+pub async fn set_policy(State(console): State<Arc<Console>>, post: SignedForm<PolicyForm>) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    let nav = signed.nav("webhooks");
+    let set = console.catalog.set_policy(&signed.ctx, &signed.org(), form.required == "on").await;
+    respond(&nav, set.and_then(|_| see_other("/webhooks/catalog")))
 }

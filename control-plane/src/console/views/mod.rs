@@ -327,6 +327,8 @@ pub struct CatalogPage {
     pub nav: Option<Nav>,
     /// Types by group, Keyplane's own first.
     pub groups: Vec<(String, Vec<CatalogRow>)>,
+    /// Whether the org publishes only cataloged types.
+    pub required: bool,
 }
 
 /// An event type of the catalog, as the catalog page shows it.

@@ -31,6 +31,18 @@ const MAX_PAYLOAD_VIOLATIONS: usize = 10;
 /// A schema change reaches other replicas' publishers within this long.
 const VALIDATOR_TTL: Duration = Duration::from_secs(5);
 
+impl EventCatalog {
+    /// Whether `org` requires cataloged types (cached).
+    async fn policy(&self, org: &str) -> Result<bool> {
+        if let Some(required) = self.policies.get(org) {
+            return Ok(required);
+        }
+        let required = orgs::find(&self.db, org).await?.is_some_and(|row| row.require_cataloged_events);
+        self.policies.insert(org.to_owned(), required);
+        Ok(required)
+    }
+}
+
 /// One schema version as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SchemaVersion {
@@ -95,20 +107,44 @@ pub struct TypeChanges {
     pub deprecated: Option<bool>,
 }
 
-/// A compiled newest schema of a type (`None`: the type has none, or is
-/// not in the catalog).
+/// A cataloged type's compiled newest schema (`None`: it has none).
 type Compiled = Option<Arc<jsonschema::Validator>>;
 
 /// The event catalog service.
 pub struct EventCatalog {
     db: DatabaseConnection,
-    validators: moka::sync::Cache<(String, String), Compiled>,
+    /// What a publication of a type in an org is checked against: `None`
+    /// for a type that is not in the catalog (or archived).
+    validators: moka::sync::Cache<(String, String), Option<Compiled>>,
+    /// Whether an org publishes only cataloged types.
+    policies: moka::sync::Cache<String, bool>,
 }
 
 impl EventCatalog {
     pub fn new(db: DatabaseConnection) -> Self {
         let validators = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VALIDATOR_TTL).build();
-        Self { db, validators }
+        let policies = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VALIDATOR_TTL).build();
+        Self { db, validators, policies }
+    }
+
+    /// Whether the org publishes only cataloged types.
+    pub async fn requires_cataloged(&self, ctx: &RequestContext, org_id: &str) -> Result<bool> {
+        let org = ctx.authorize(Action::ReadSubscriptions, Target::Org(org_id))?;
+        Ok(orgs::find(&self.db, &org).await?.is_some_and(|row| row.require_cataloged_events))
+    }
+
+    /// Sets whether the org publishes only cataloged types (audited; an
+    /// org admin's act, as it changes what the org's publishers may send).
+    pub async fn set_policy(&self, ctx: &RequestContext, org_id: &str, required: bool) -> Result<bool> {
+        let org = ctx.authorize(Action::ChangeOrg, Target::Org(org_id))?;
+        let tx = OrgTx::begin(&self.db, &org).await?;
+        orgs::register(&tx).await?;
+        orgs::set_require_cataloged_events(&tx, required).await?;
+        let details = json!({ "require_cataloged_events": required });
+        audit::append(&tx, ctx.audit(AuditAction::CatalogPolicySet, &org, details)).await?;
+        tx.commit().await?;
+        self.policies.invalidate(&org);
+        Ok(required)
     }
 
     /// Adds an event type (audited).
@@ -247,24 +283,38 @@ impl EventCatalog {
 
     /// Checks `payload` of an event of `event_type` published in `org`
     /// against its type's newest schema: INVALID_ARGUMENT naming each
-    /// JSON pointer and rule it breaks. Types without a schema, archived
-    /// or not in the catalog pass. Compiled schemas are cached for
+    /// JSON pointer and rule it breaks. Types without a schema pass; types
+    /// archived or not in the catalog pass unless the org requires
+    /// cataloged types. Compiled schemas and policies are cached for
     /// [`VALIDATOR_TTL`].
     pub async fn check_payload(&self, org: &str, event_type: &str, payload: &Value) -> Result<()> {
         let key = (org.to_owned(), event_type.to_owned());
-        let validator = match self.validators.get(&key) {
-            Some(validator) => validator,
+        let listed = match self.validators.get(&key) {
+            Some(listed) => listed,
             None => {
-                let row = event_types::find(&self.db, org, event_type).await?;
-                let newest = row
-                    .filter(|row| !row.archived)
-                    .and_then(|row| EventTypeView::from(row).schemas.pop())
-                    .and_then(|version| compile(&version.schema).ok());
-                self.validators.insert(key, newest.clone());
-                newest
+                let row = event_types::find(&self.db, org, event_type).await?.filter(|row| !row.archived);
+                let listed = row.map(|row| {
+                    EventTypeView::from(row).schemas.pop().and_then(|version| compile(&version.schema).ok())
+                });
+                self.validators.insert(key, listed.clone());
+                listed
             }
         };
+        let Some(validator) = listed else {
+            return if self.policy(org).await? {
+                Err(Error::invalid(
+                    "event_type",
+                    format!("{event_type} is not in the org's event catalog, which this org requires"),
+                ))
+            } else {
+                Ok(())
+            };
+        };
         let Some(validator) = validator else { return Ok(()) };
+        // The common case answers without building errors.
+        if validator.is_valid(payload) {
+            return Ok(());
+        }
         let mut violations = Violations::default();
         for error in validator.iter_errors(payload).take(MAX_PAYLOAD_VIOLATIONS) {
             let pointer = error.instance_path().as_str();
