@@ -284,6 +284,9 @@ pub struct AttemptRecord {
     pub delivery_id: String,
     pub org_id: String,
     pub subscription_id: String,
+    /// The delivered event's type (operational notices are not sent about
+    /// deliveries of operational notices).
+    pub event_type: String,
     /// When the subscription's run of failures began, as read when the
     /// delivery was claimed (`None`: it was not failing).
     pub failing_since: Option<DateTime<Utc>>,

@@ -66,6 +66,30 @@ fn schema<T: JsonSchema>() -> Value {
     schemars::schema_for!(T).to_value()
 }
 
+/// `webhook.endpoint_failing`: the first failed attempt of a run.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct EndpointFailing {
+    pub subscription_id: String,
+    /// The HTTP status of the failed attempt, if one came.
+    pub status_code: Option<i32>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// `webhook.delivery_exhausted`: a delivery gave up (its last attempt
+/// failed, or the endpoint answered 410); it can be retried by hand.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct DeliveryExhausted {
+    pub delivery_id: String,
+    pub subscription_id: String,
+    pub event_type: String,
+    pub attempts: i32,
+    /// The last attempt's HTTP status, if one came.
+    pub status_code: Option<i32>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
 /// One of Keyplane's own events.
 #[derive(Clone, Debug)]
 pub enum SystemEvent {
@@ -75,18 +99,29 @@ pub enum SystemEvent {
     ApiKeyExpired(KeyData),
     ApiKeyDeleted(KeyDeleted),
     EndpointDisabled(EndpointDisabled),
+    EndpointFailing(EndpointFailing),
+    DeliveryExhausted(DeliveryExhausted),
 }
 
 impl SystemEvent {
     /// Every event type, as subscriptions name them.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 8] = [
         "api_key.created",
         "api_key.rotated",
         "api_key.revoked",
         "api_key.expired",
         "api_key.deleted",
         "webhook.endpoint_disabled",
+        "webhook.endpoint_failing",
+        "webhook.delivery_exhausted",
     ];
+
+    /// Whether `event_type` is a notice about endpoints' health: no notice
+    /// is sent about a delivery of one (an endpoint that fails everything
+    /// would otherwise be sent notices about its notices, without end).
+    pub fn is_endpoint_notice(event_type: &str) -> bool {
+        Self::NAMES[5..].contains(&event_type)
+    }
 
     /// The event type.
     pub fn name(&self) -> &'static str {
@@ -97,6 +132,8 @@ impl SystemEvent {
             SystemEvent::ApiKeyExpired(_) => Self::NAMES[3],
             SystemEvent::ApiKeyDeleted(_) => Self::NAMES[4],
             SystemEvent::EndpointDisabled(_) => Self::NAMES[5],
+            SystemEvent::EndpointFailing(_) => Self::NAMES[6],
+            SystemEvent::DeliveryExhausted(_) => Self::NAMES[7],
         }
     }
 
@@ -111,6 +148,8 @@ impl SystemEvent {
                 "An API key was deleted (reason \"retention\" when the retention of ended keys deleted it)."
             }
             "webhook.endpoint_disabled" => "An endpoint was disabled after failing for too long.",
+            "webhook.endpoint_failing" => "An endpoint's attempts began to fail (once per run of failures).",
+            "webhook.delivery_exhausted" => "A delivery gave up after its last attempt (the dead letter).",
             _ => "",
         }
     }
@@ -122,6 +161,8 @@ impl SystemEvent {
             "api_key.rotated" => schema::<KeyRotated>(),
             "api_key.deleted" => schema::<KeyDeleted>(),
             "webhook.endpoint_disabled" => schema::<EndpointDisabled>(),
+            "webhook.endpoint_failing" => schema::<EndpointFailing>(),
+            "webhook.delivery_exhausted" => schema::<DeliveryExhausted>(),
             _ => return None,
         })
     }
@@ -135,6 +176,8 @@ impl SystemEvent {
             SystemEvent::ApiKeyRotated(rotated) => serde_json::to_value(rotated),
             SystemEvent::ApiKeyDeleted(deleted) => serde_json::to_value(deleted),
             SystemEvent::EndpointDisabled(disabled) => serde_json::to_value(disabled),
+            SystemEvent::EndpointFailing(failing) => serde_json::to_value(failing),
+            SystemEvent::DeliveryExhausted(exhausted) => serde_json::to_value(exhausted),
         };
         // Plain structs of strings, numbers and times always serialize.
         value.unwrap_or(Value::Null)

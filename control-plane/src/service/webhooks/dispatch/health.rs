@@ -1,7 +1,9 @@
 //! Endpoint health: a run of failed attempts starts a subscription's
-//! `failing_since`, a success ends it; an endpoint that answers 410 Gone, or
-//! has failed without a single success for `--webhook-disable-after`, is
-//! disabled (audited as the system, announced as `webhook.endpoint_disabled`).
+//! `failing_since` (announced as `webhook.endpoint_failing`), a success ends
+//! it; an endpoint that answers 410 Gone, or has failed without a single
+//! success for `--webhook-disable-after`, is disabled (audited as the
+//! system, announced as `webhook.endpoint_disabled`). A delivery that gives
+//! up is announced as `webhook.delivery_exhausted`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use serde_json::json;
 
 use crate::error::Result;
 use crate::service::webhooks::outbox;
-use crate::service::webhooks::system_events::{EndpointDisabled, SystemEvent};
+use crate::service::webhooks::system_events::{DeliveryExhausted, EndpointDisabled, EndpointFailing, SystemEvent};
 use crate::store::audit::AuditAction;
 use crate::store::deliveries::{AttemptRecord, NextStep};
 use crate::store::{self, ChangeTx, audit, webhooks};
@@ -26,6 +28,15 @@ pub struct Disabling {
     org: String,
     subscription_id: String,
     reason: String,
+}
+
+/// What a recorded batch says about endpoints: who to disable, and the
+/// notices to publish once the batch is stored.
+#[derive(Debug, Default)]
+pub struct HealthNews {
+    pub to_disable: Vec<Disabling>,
+    /// Notices by org.
+    notices: Vec<(String, SystemEvent)>,
 }
 
 /// Tracks failure runs and disables endpoints.
@@ -49,14 +60,25 @@ impl EndpointHealth {
     /// started after the claim is ended by this endpoint's next success,
     /// which sees it; the disabling decision uses the run's start as read at
     /// the claim (or now, for a run this batch starts).
-    pub async fn record(&self, tx: &DatabaseTransaction, records: &[AttemptRecord]) -> Result<Vec<Disabling>> {
+    pub async fn record(&self, tx: &DatabaseTransaction, records: &[AttemptRecord]) -> Result<HealthNews> {
         let mut latest: HashMap<&str, &AttemptRecord> = HashMap::new();
+        let mut news = HealthNews::default();
         for record in records.iter().filter(|r| r.number.is_some()) {
             latest.insert(&record.subscription_id, record);
+            if record.next == NextStep::Failed && !SystemEvent::is_endpoint_notice(&record.event_type) {
+                let exhausted = DeliveryExhausted {
+                    delivery_id: record.delivery_id.clone(),
+                    subscription_id: record.subscription_id.clone(),
+                    event_type: record.event_type.clone(),
+                    attempts: record.number.unwrap_or_default(),
+                    status_code: record.status_code,
+                    error: record.error.clone(),
+                };
+                news.notices.push((record.org_id.clone(), SystemEvent::DeliveryExhausted(exhausted)));
+            }
         }
         let now = store::now();
         let (mut recovered, mut failing) = (Vec::new(), Vec::new());
-        let mut to_disable = Vec::new();
         for (subscription, last) in latest {
             if last.next == NextStep::Succeeded {
                 if last.failing_since.is_some() {
@@ -66,6 +88,12 @@ impl EndpointHealth {
             }
             if last.failing_since.is_none() {
                 failing.push(subscription);
+                let notice = EndpointFailing {
+                    subscription_id: subscription.to_owned(),
+                    status_code: last.status_code,
+                    error: last.error.clone(),
+                };
+                news.notices.push((last.org_id.clone(), SystemEvent::EndpointFailing(notice)));
             }
             let since = last.failing_since.unwrap_or(now);
             let reason = if last.status_code == Some(410) {
@@ -77,17 +105,40 @@ impl EndpointHealth {
             };
             if let Some(reason) = reason {
                 let (org, subscription_id) = (last.org_id.clone(), subscription.to_owned());
-                to_disable.push(Disabling { org, subscription_id, reason });
+                news.to_disable.push(Disabling { org, subscription_id, reason });
             }
         }
         webhooks::set_failure_run(tx, &recovered, None).await?;
         webhooks::set_failure_run(tx, &failing, Some(now)).await?;
-        Ok(to_disable)
+        Ok(news)
+    }
+
+    /// Publishes a stored batch's notices, one transaction per org, and
+    /// disables the endpoints it named. A notice that cannot be stored is
+    /// logged and not tried again (the attempts it is about are recorded).
+    pub async fn announce(&self, news: HealthNews) {
+        let mut by_org: HashMap<String, Vec<SystemEvent>> = HashMap::new();
+        for (org, notice) in news.notices {
+            by_org.entry(org).or_default().push(notice);
+        }
+        for (org, notices) in by_org {
+            let published = async {
+                let tx = ChangeTx::begin(&self.db, &org).await?;
+                for notice in notices {
+                    outbox::publish_system_event(&tx, notice).await?;
+                }
+                tx.commit(&self.wakeups).await
+            };
+            if let Err(error) = published.await {
+                tracing::warn!(%org, %error, "publishing webhook health notices failed");
+            }
+        }
+        self.disable_all(news.to_disable).await;
     }
 
     /// Disables each endpoint; a failure is logged, and the endpoint's next
     /// failed attempt tries again.
-    pub async fn disable_all(&self, endpoints: Vec<Disabling>) {
+    async fn disable_all(&self, endpoints: Vec<Disabling>) {
         for disabling in endpoints {
             if let Err(error) = self.disable(&disabling).await {
                 let subscription = &disabling.subscription_id;

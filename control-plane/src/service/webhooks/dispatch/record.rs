@@ -35,7 +35,8 @@ impl Dispatcher {
     }
 
     /// Records finished attempts, their statistics and endpoint health in one transaction,
-    /// then disables endpoints that answered 410 or have failed for too long.
+    /// then announces failure runs and exhausted deliveries and disables
+    /// endpoints that answered 410 or have failed for too long.
     /// Empties `batch` when stored; when the database cannot be reached,
     /// leaves it for the caller to try again and returns false. A batch the
     /// database rejects is dropped (logged): its deliveries are retried
@@ -45,14 +46,14 @@ impl Dispatcher {
             let tx = store::begin_relaxed(&self.db).await?;
             deliveries::record_attempts(&tx, batch).await?;
             stats::record(&tx, batch).await?;
-            let to_disable = self.health.record(&tx, batch).await?;
+            let news = self.health.record(&tx, batch).await?;
             tx.commit().await?;
-            Ok::<_, Error>(to_disable)
+            Ok::<_, Error>(news)
         };
         match stored.await {
-            Ok(to_disable) => {
+            Ok(news) => {
                 batch.clear();
-                self.health.disable_all(to_disable).await;
+                self.health.announce(news).await;
                 true
             }
             Err(Error::Database(error)) if crate::error::is_unavailable(&error) => {
@@ -74,6 +75,7 @@ pub(super) fn abandon(delivery: &deliveries::Model, why: &str) -> AttemptRecord 
         delivery_id: delivery.id.clone(),
         org_id: delivery.org_id.clone(),
         subscription_id: delivery.subscription_id.clone(),
+        event_type: delivery.event_type.clone(),
         failing_since: None,
         number: None,
         started_at: store::now(),

@@ -78,6 +78,7 @@ impl Sender {
             delivery_id: delivery.id.clone(),
             org_id: delivery.org_id.clone(),
             subscription_id: delivery.subscription_id.clone(),
+            event_type: delivery.event_type.clone(),
             failing_since: subscription.failing_since,
             number: Some(number),
             started_at,
