@@ -190,6 +190,10 @@ pub struct Config {
     /// credits not given back by then count as spent.
     #[arg(long, env = "KEYPLANE_CREDIT_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub credit_lease_ttl: Duration,
+    /// Publish `api_key.expiring` this long before a key expires (once per
+    /// expiry, by the expiry sweep); none when unset.
+    #[arg(long, env = "KEYPLANE_KEY_EXPIRING_NOTICE", value_parser = humantime::parse_duration)]
+    pub key_expiring_notice: Option<Duration>,
     /// Delete keys that expired or were revoked longer ago than this
     /// (audited, actor `system`); kept for ever when unset.
     #[arg(long, env = "KEYPLANE_DELETE_EXPIRED_KEYS_AFTER", value_parser = humantime::parse_duration)]
@@ -504,6 +508,7 @@ impl Config {
             expiry_sweep_interval: Duration::from_millis(100),
             credit_lease_ttl: DEFAULT_CREDIT_LEASE_TTL,
             delete_expired_keys_after: None,
+            key_expiring_notice: None,
             oauth_providers: None,
             oauth_timeout: Duration::from_secs(10),
             abuse: AbuseArgs {

@@ -27,6 +27,7 @@ mod m20261207_000019_roles;
 mod m20261207_000020_orgs;
 mod m20261207_000021_users;
 mod m20261207_000022_event_types;
+mod m20261207_000023_key_expiring_notices;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000020_orgs::Migration),
             Box::new(m20261207_000021_users::Migration),
             Box::new(m20261207_000022_event_types::Migration),
+            Box::new(m20261207_000023_key_expiring_notices::Migration),
         ]
     }
 }

@@ -5,10 +5,18 @@
 use std::time::Duration;
 
 use keyplane_proto::admin::v1 as pb;
-use keyplane_tests::{Backend, TestControlPlane, TestSidecar, both_backends, eventually, random_org, timestamp_in};
+use keyplane_tests::receiver::Receiver;
+use keyplane_tests::webhooks::{WAIT, subscribe};
+use keyplane_tests::{
+    Backend, TestControlPlane, TestSidecar, both_backends, eventually, random_org, start_webhooks_or_skip, timestamp_in,
+};
 use tonic::Code;
 
-both_backends!(the_expiry_sweep_reaches_a_sidecar_unasked, retention_deletes_ended_keys_as_the_system);
+both_backends!(
+    the_expiry_sweep_reaches_a_sidecar_unasked,
+    retention_deletes_ended_keys_as_the_system,
+    keys_about_to_expire_are_announced_once_per_expiry,
+);
 
 type Keys = pb::api_key_service_client::ApiKeyServiceClient<keyplane_tests::Authed>;
 
@@ -115,5 +123,37 @@ async fn retention_deletes_ended_keys_as_the_system(backend: Backend) {
     let mut expected = vec![expiring.id, revoked.id];
     expected.sort();
     assert_eq!(deleted, expected);
+    plane.stop().await;
+}
+
+/// `api_key.expiring` for a key that expires within `--key-expiring-notice`:
+/// once, and again when its expiry changes; never for one expiring later.
+async fn keys_about_to_expire_are_announced_once_per_expiry(backend: Backend) {
+    let plane = start_webhooks_or_skip!(backend, |config| {
+        config.key_expiring_notice = Some(Duration::from_secs(3600));
+    });
+    let org = random_org();
+    let receiver = Receiver::start().await;
+    subscribe(&plane, &org, &receiver.url("/expiring"), &["api_key.expiring"]).await;
+    let (soon, _) = plane.create_key(&org, &[]).await;
+    let (later, _) = plane.create_key(&org, &[]).await;
+    let mut keys = plane.keys(&plane.root_token).await;
+    expire_in(&mut keys, &org, &later.id, chrono::Duration::hours(2)).await.unwrap();
+    expire_in(&mut keys, &org, &soon.id, chrono::Duration::minutes(30)).await.unwrap();
+    let first = receiver.wait_for("/expiring", 1, WAIT).await;
+    let body: serde_json::Value = serde_json::from_slice(&first[0].body).unwrap();
+    assert_eq!(body["type"], "api_key.expiring");
+    assert_eq!(body["data"]["key_id"], soon.id);
+    let seconds = body["data"]["expires_in_seconds"].as_i64().unwrap();
+    assert!((1700..=1800).contains(&seconds), "{seconds}");
+    // Many sweeps later (every 100 ms here), still one notice.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received("/expiring").len(), 1, "once per expiry; none for the key expiring in 2 h");
+    // A new expiry, still within the hour: announced again.
+    expire_in(&mut keys, &org, &soon.id, chrono::Duration::minutes(40)).await.unwrap();
+    let both = receiver.wait_for("/expiring", 2, WAIT).await;
+    let body: serde_json::Value = serde_json::from_slice(&both[1].body).unwrap();
+    assert_eq!(body["data"]["key_id"], soon.id);
+    assert!(body["data"]["expires_in_seconds"].as_i64().unwrap() > 2300);
     plane.stop().await;
 }

@@ -62,7 +62,8 @@ impl Keys {
         let sweep = config.expiry_sweep_interval;
         background.spawn("key-event-tailer", feed.clone().tail(core.wakeups.key_events()));
         background.spawn("key-event-listener", feed.wake_on_notifications(core.wakeups.key_events()));
-        background.spawn("expire-keys", retention::expire_keys(keys.clone(), sweep, stop.clone()));
+        let expiring = config.key_expiring_notice;
+        background.spawn("expire-keys", retention::expire_keys(keys.clone(), sweep, expiring, stop.clone()));
         background.spawn("refill-credits", retention::refill_credits(credits.clone(), sweep, stop.clone()));
         if let Some(after) = config.delete_expired_keys_after {
             background.spawn("purge-ended-keys", retention::purge_ended_keys(keys.clone(), after, stop.clone()));

@@ -70,9 +70,19 @@ pub async fn purge_usage_rollups(
     .await;
 }
 
-/// Marks keys past their expiry `expired` every `every`, in batches.
-pub async fn expire_keys(keys: Arc<KeyService>, every: Duration, stop: CancellationToken) {
+/// Marks keys past their expiry `expired` every `every`, in batches, and
+/// announces keys expiring within `expiring_notice`, when set.
+pub async fn expire_keys(
+    keys: Arc<KeyService>,
+    every: Duration,
+    expiring_notice: Option<Duration>,
+    stop: CancellationToken,
+) {
     repeat(every, stop, || async {
+        if let Some(lead) = expiring_notice {
+            let announced = drain(|| keys.announce_expiring(lead, PURGE_BATCH)).await;
+            log_outcome(announced, "announced keys about to expire", "announcing keys about to expire failed");
+        }
         let swept = drain(|| keys.expire_due(PURGE_BATCH)).await;
         log_outcome(swept, "marked keys past their expiry expired", "the expiry sweep failed");
         if let Err(error) = keys.count_legacy_hashes().await {

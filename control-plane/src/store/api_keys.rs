@@ -81,6 +81,8 @@ pub struct Model {
     pub upgrade_on_use: bool,
     /// A role grant may name the key (false: none does; see `store::roles`).
     pub holds_roles: bool,
+    /// The expiry an `api_key.expiring` notice was published for.
+    pub expiring_notice_for: Option<DateTime<Utc>>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -182,6 +184,7 @@ impl NewKeyRow {
             import_source_id: Set(None),
             upgrade_on_use: Set(false),
             holds_roles: Set(false),
+            expiring_notice_for: Set(None),
             ..Default::default()
         };
         limits::set_new::<Entity>(&mut row, self.limits)?;
@@ -314,6 +317,40 @@ pub async fn due_to_expire(db: &impl ConnectionTrait, now: DateTime<Utc>, limit:
         .into_tuple()
         .all(db)
         .await?)
+}
+
+/// Up to `limit` active keys, of every org, that expire after `now` and by
+/// `by`, and whose expiry was not announced yet: `(org, id)`, soonest first.
+pub async fn due_expiring_notice(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+    by: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<(String, String)>> {
+    let unannounced = Condition::any()
+        .add(Column::ExpiringNoticeFor.is_null())
+        .add(Expr::col(Column::ExpiringNoticeFor).ne(Expr::col(Column::ExpiresAt)));
+    Ok(Entity::find()
+        .select_only()
+        .column(Column::OrgId)
+        .column(Column::Id)
+        .filter(Column::Status.eq(KeyStatus::Active))
+        .filter(Column::ExpiresAt.gt(now))
+        .filter(Column::ExpiresAt.lte(by))
+        .filter(unannounced)
+        .order_by_asc(Column::ExpiresAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Records that `key`'s current expiry was announced.
+pub async fn mark_expiring_noticed(tx: &OrgTx, key: Model) -> Result<Model> {
+    let expires_at = key.expires_at;
+    let mut row = key.into_active_model();
+    row.expiring_notice_for = Set(expires_at);
+    Ok(row.update(tx.conn()).await?)
 }
 
 /// Up to `limit` keys, of every org, that expired or were revoked before

@@ -1,5 +1,6 @@
-//! Keys that end by themselves: the expiry sweep marks keys past their
-//! expiry `expired`, and key retention deletes keys that ended long ago.
+//! Keys that end by themselves: the expiry sweep announces keys about to
+//! expire (`--key-expiring-notice`) and marks keys past their expiry
+//! `expired`, and key retention deletes keys that ended long ago.
 //! Both act as the system (audit actor type `system`) and append a key
 //! event, so sidecars drop the key without waiting for a check of it.
 
@@ -9,7 +10,7 @@ use serde_json::json;
 use super::KeyService;
 use crate::error::Result;
 use crate::service::webhooks::outbox;
-use crate::service::webhooks::system_events::{KeyDeleted, SystemEvent};
+use crate::service::webhooks::system_events::{KeyDeleted, KeyExpiring, SystemEvent};
 use crate::store::api_keys::{self, KeyStatus};
 use crate::store::audit::AuditAction;
 use crate::store::audit::{self, NewAuditEvent};
@@ -45,6 +46,30 @@ impl KeyService {
             expired += 1;
         }
         Ok(expired)
+    }
+
+    /// Publishes `api_key.expiring` for up to `batch` active keys that
+    /// expire within `lead`, once per expiry (a key given another expiry is
+    /// announced again when that one nears). Returns how many.
+    pub async fn announce_expiring(&self, lead: std::time::Duration, batch: u64) -> Result<u64> {
+        let now = store::now();
+        let by = now + chrono::Duration::from_std(lead).unwrap_or(chrono::Duration::MAX);
+        let mut announced = 0;
+        for (org, id) in api_keys::due_expiring_notice(&self.db, now, by, batch).await? {
+            let tx = ChangeTx::begin(&self.db, &org).await?;
+            let Some(key) = api_keys::find(tx.conn(), tx.org(), &id).await? else { continue };
+            let due = key.expires_at.filter(|at| *at > now && *at <= by);
+            let (Some(expires_at), KeyStatus::Active) = (due, key.status) else { continue };
+            if key.expiring_notice_for == Some(expires_at) {
+                continue;
+            }
+            let key = api_keys::mark_expiring_noticed(&tx, key).await?;
+            let expiring = KeyExpiring { key: (&key).into(), expires_in_seconds: (expires_at - now).num_seconds() };
+            outbox::publish_system_event(&tx, SystemEvent::ApiKeyExpiring(expiring)).await?;
+            tx.commit(&self.wakeups).await?;
+            announced += 1;
+        }
+        Ok(announced)
     }
 
     /// Deletes up to `batch` keys that expired, or were revoked, before

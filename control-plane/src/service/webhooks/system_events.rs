@@ -45,6 +45,15 @@ pub struct KeyRotated {
     pub grace_seconds: u64,
 }
 
+/// `api_key.expiring`: a key expires within the configured lead time.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct KeyExpiring {
+    #[serde(flatten)]
+    pub key: KeyData,
+    /// Seconds from the notice to the expiry.
+    pub expires_in_seconds: i64,
+}
+
 /// `api_key.deleted`.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct KeyDeleted {
@@ -98,6 +107,7 @@ pub enum SystemEvent {
     ApiKeyRevoked(KeyData),
     ApiKeyExpired(KeyData),
     ApiKeyDeleted(KeyDeleted),
+    ApiKeyExpiring(KeyExpiring),
     EndpointDisabled(EndpointDisabled),
     EndpointFailing(EndpointFailing),
     DeliveryExhausted(DeliveryExhausted),
@@ -105,7 +115,7 @@ pub enum SystemEvent {
 
 impl SystemEvent {
     /// Every event type, as subscriptions name them.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "api_key.created",
         "api_key.rotated",
         "api_key.revoked",
@@ -114,13 +124,14 @@ impl SystemEvent {
         "webhook.endpoint_disabled",
         "webhook.endpoint_failing",
         "webhook.delivery_exhausted",
+        "api_key.expiring",
     ];
 
     /// Whether `event_type` is a notice about endpoints' health: no notice
     /// is sent about a delivery of one (an endpoint that fails everything
     /// would otherwise be sent notices about its notices, without end).
     pub fn is_endpoint_notice(event_type: &str) -> bool {
-        Self::NAMES[5..].contains(&event_type)
+        Self::NAMES[5..8].contains(&event_type)
     }
 
     /// The event type.
@@ -134,6 +145,7 @@ impl SystemEvent {
             SystemEvent::EndpointDisabled(_) => Self::NAMES[5],
             SystemEvent::EndpointFailing(_) => Self::NAMES[6],
             SystemEvent::DeliveryExhausted(_) => Self::NAMES[7],
+            SystemEvent::ApiKeyExpiring(_) => Self::NAMES[8],
         }
     }
 
@@ -150,6 +162,9 @@ impl SystemEvent {
             "webhook.endpoint_disabled" => "An endpoint was disabled after failing for too long.",
             "webhook.endpoint_failing" => "An endpoint's attempts began to fail (once per run of failures).",
             "webhook.delivery_exhausted" => "A delivery gave up after its last attempt (the dead letter).",
+            "api_key.expiring" => {
+                "An API key expires within the lead time set by --key-expiring-notice (once per expiry)."
+            }
             _ => "",
         }
     }
@@ -163,6 +178,7 @@ impl SystemEvent {
             "webhook.endpoint_disabled" => schema::<EndpointDisabled>(),
             "webhook.endpoint_failing" => schema::<EndpointFailing>(),
             "webhook.delivery_exhausted" => schema::<DeliveryExhausted>(),
+            "api_key.expiring" => schema::<KeyExpiring>(),
             _ => return None,
         })
     }
@@ -178,6 +194,7 @@ impl SystemEvent {
             SystemEvent::EndpointDisabled(disabled) => serde_json::to_value(disabled),
             SystemEvent::EndpointFailing(failing) => serde_json::to_value(failing),
             SystemEvent::DeliveryExhausted(exhausted) => serde_json::to_value(exhausted),
+            SystemEvent::ApiKeyExpiring(expiring) => serde_json::to_value(expiring),
         };
         // Plain structs of strings, numbers and times always serialize.
         value.unwrap_or(Value::Null)
