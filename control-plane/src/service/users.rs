@@ -10,6 +10,7 @@ use sea_orm::DatabaseConnection;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use super::admission::AddressLimiter;
 use super::auth::{Actor, RequestContext};
 use super::authz::{Action, Target};
 use super::oidc::Oidc;
@@ -22,6 +23,9 @@ use crate::store::{self, OrgTx, audit};
 
 /// How long a sign-in may take at the provider.
 const SIGN_IN_TTL: chrono::Duration = chrono::Duration::minutes(10);
+/// Sign-ins begun per client address per minute (each stores a row until
+/// it is finished or expires).
+const BEGINS_PER_MINUTE: u32 = 30;
 
 /// A user as the users page shows them.
 #[derive(Clone, Debug)]
@@ -61,11 +65,12 @@ pub struct UserService {
     db: DatabaseConnection,
     oidc: Option<Oidc>,
     sessions: Arc<SessionService>,
+    begins: AddressLimiter,
 }
 
 impl UserService {
     pub fn new(db: DatabaseConnection, oidc: Option<Oidc>, sessions: Arc<SessionService>) -> Self {
-        Self { db, oidc, sessions }
+        Self { db, oidc, sessions, begins: AddressLimiter::per_minute(BEGINS_PER_MINUTE) }
     }
 
     /// The sign-in button's label, when a provider is configured.
@@ -77,9 +82,16 @@ impl UserService {
         self.oidc.as_ref().ok_or(Error::NotFound("OpenID Connect sign-in (start with --oidc-config)"))
     }
 
-    /// Starts a sign-in at the provider that returns to console path `next`.
-    pub async fn begin_sign_in(&self, next: &str) -> Result<SignInStart> {
-        let begun = self.oidc()?.begin().await?;
+    /// Starts a sign-in at the provider that returns to console path `next`
+    /// (throttled per client address).
+    pub async fn begin_sign_in(&self, next: &str, client: &Client) -> Result<SignInStart> {
+        let oidc = self.oidc()?;
+        if let Some(ip) = client.ip
+            && !self.begins.attempt(ip)
+        {
+            return Err(Error::LimitReached("too many sign-ins begun from this address; wait a minute".into()));
+        }
+        let begun = oidc.begin().await?;
         let row = pending::Model {
             state_hash: digest(&begun.state),
             nonce: begun.nonce,
@@ -153,6 +165,7 @@ impl UserService {
 
     /// Deletes sign-ins begun and never finished.
     pub async fn purge_expired(&self) -> Result<u64> {
+        self.begins.prune();
         pending::purge_expired(&self.db, store::now()).await
     }
 }

@@ -207,6 +207,13 @@ async fn forged_and_replayed_answers_are_refused(backend: Backend) {
     let (page, _) = setup.sign_in(&ConsoleClient::new(plane.console_addr), "ada").await;
     assert_eq!(page.status, 200, "honest again: {}", page.body);
 
+    // Beginning sign-ins (each stores a row for ten minutes) is throttled per address.
+    let spammer = ConsoleClient::from(plane.console_addr, std::net::Ipv4Addr::new(127, 0, 9, 9).into());
+    for _ in 0..30 {
+        assert_eq!(spammer.get("/login/oidc").await.status, 303);
+    }
+    assert_eq!(spammer.get("/login/oidc").await.status, 429);
+
     // A provider that says no.
     let said_no = ConsoleClient::new(plane.console_addr).get("/login/oidc/callback?error=access_denied").await;
     assert_eq!(said_no.status, 401);

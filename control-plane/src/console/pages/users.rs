@@ -26,9 +26,13 @@ const STATE_COOKIE: &str = "kp_oidc";
 const CALLBACK: &str = "/login/oidc/callback";
 
 /// Sends the browser to the provider.
-pub async fn begin_sign_in(State(console): State<Arc<Console>>, Query(back): Query<ComeBack>) -> Response {
+pub async fn begin_sign_in(
+    State(console): State<Arc<Console>>,
+    Query(back): Query<ComeBack>,
+    parts: Parts,
+) -> Response {
     let next = session::local_next(&back.next);
-    match console.users.begin_sign_in(next).await {
+    match console.users.begin_sign_in(next, &session::client(&parts)).await {
         Ok(start) => {
             let secure = if console.secure_cookies { "; Secure" } else { "" };
             let cookie =
