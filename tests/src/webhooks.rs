@@ -164,6 +164,39 @@ pub fn verifies_with(secret: &str, request: &Received) -> bool {
 }
 
 /// Subscribes `org` to `load.*` events at `url` through the server at `addr`.
+/// Publishes `messages` events, the `i`th made by `request(i)`, from
+/// `clients` concurrently (each takes the next number until all are taken);
+/// returns each publication's latency.
+pub async fn publish_concurrently(
+    clients: Vec<EventServiceClient<crate::Authed>>,
+    messages: usize,
+    request: impl Fn(usize) -> pb::PublishEventRequest + Send + Sync + 'static,
+) -> Vec<Duration> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let request = Arc::new(request);
+    let mut tasks = Vec::with_capacity(clients.len());
+    for mut client in clients {
+        let (next, request) = (next.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= messages {
+                    return latencies;
+                }
+                let begun = std::time::Instant::now();
+                client.publish_event(request(i)).await.expect("publish");
+                latencies.push(begun.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(messages);
+    for task in tasks {
+        latencies.extend(task.await.expect("publisher"));
+    }
+    latencies
+}
+
 pub async fn subscribe_to_load(addr: &str, token: &str, org: &str, url: &str) {
     WebhookServiceClient::new(authed_channel(addr, token).await)
         .create_subscription(pb::CreateSubscriptionRequest {

@@ -10,8 +10,6 @@
 //!
 //! Every loop is bounded by a count; everything is on loopback.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use clap::Parser;
@@ -19,6 +17,7 @@ use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::process::{ControlPlaneProcess, WebhookServer};
 use keyplane_tests::receiver::Receiver;
 use keyplane_tests::stats::Summary;
+use keyplane_tests::webhooks::publish_concurrently;
 use keyplane_tests::{Backend, authed_channel, random_org};
 
 #[derive(Parser)]
@@ -95,38 +94,19 @@ async fn org(addr: &str, root: &str, receiver: &Receiver, path: &str, schema: Op
 
 /// Publishes `messages` payloads with `publishers` concurrent publishers.
 async fn round(addr: &str, (org, token): &(String, String), messages: usize, publishers: usize) -> Summary {
-    let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..publishers {
         clients.push(pb::event_service_client::EventServiceClient::new(authed_channel(addr, token).await));
     }
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for mut client in clients {
-        let (next, org) = (next.clone(), org.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= messages {
-                    return latencies;
-                }
-                let request = pb::PublishEventRequest {
-                    org_id: org.clone(),
-                    event_type: "order.created".into(),
-                    payload_json: payload(i),
-                    idempotency_key: String::new(),
-                };
-                let begun = Instant::now();
-                client.publish_event(request).await.expect("publish");
-                latencies.push(begun.elapsed());
-            }
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("publisher"));
-    }
+    let org = org.clone();
+    let latencies = publish_concurrently(clients, messages, move |i| pb::PublishEventRequest {
+        org_id: org.clone(),
+        event_type: "order.created".into(),
+        payload_json: payload(i),
+        idempotency_key: String::new(),
+    })
+    .await;
     Summary::of(latencies, started.elapsed())
 }
 

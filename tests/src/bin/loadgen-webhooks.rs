@@ -22,7 +22,6 @@
 //! Every loop is bounded by a count and a deadline; everything is on loopback.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,7 @@ use keyplane_tests::postgres::{self, PgServer};
 use keyplane_tests::process::{ControlPlaneProcess, WebhookServer, cpu_ticks};
 use keyplane_tests::receiver::Receiver;
 use keyplane_tests::stats::Summary;
+use keyplane_tests::webhooks::publish_concurrently;
 use keyplane_tests::{Authed, Backend, authed_channel, random_org};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
@@ -186,28 +186,8 @@ impl Bench {
         let before_count = self.receiver.count(path);
         self.quiesce().await;
         let before = self.costs().await;
-        let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
-        let mut tasks = Vec::with_capacity(publishers);
-        for mut client in clients {
-            let (next, org) = (next.clone(), org.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= messages {
-                        return latencies;
-                    }
-                    let begun = Instant::now();
-                    client.publish_event(publish_request(&org, i)).await.expect("publish");
-                    latencies.push(begun.elapsed());
-                }
-            }));
-        }
-        let mut latencies = Vec::with_capacity(messages);
-        for task in tasks {
-            latencies.extend(task.await.expect("publisher"));
-        }
+        let latencies = publish_concurrently(clients, messages, move |i| publish_request(&org, i)).await;
         let publish = Summary::of(latencies, started.elapsed());
         wait_count(&self.receiver, path, before_count + deliveries).await;
         let elapsed = started.elapsed();
