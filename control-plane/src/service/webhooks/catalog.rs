@@ -130,7 +130,7 @@ impl EventCatalog {
     /// Whether the org publishes only cataloged types.
     pub async fn requires_cataloged(&self, ctx: &RequestContext, org_id: &str) -> Result<bool> {
         let org = ctx.authorize(Action::ReadSubscriptions, Target::Org(org_id))?;
-        Ok(orgs::find(&self.db, &org).await?.is_some_and(|row| row.require_cataloged_events))
+        self.policy(&org).await
     }
 
     /// Sets whether the org publishes only cataloged types (audited; an
