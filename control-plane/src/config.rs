@@ -636,6 +636,7 @@ impl WebhookArgs {
     /// The rules subscriptions and events follow.
     pub fn policy(&self, egress: std::sync::Arc<EgressPolicy>) -> WebhookPolicy {
         WebhookPolicy::new(egress, &self.allowed_hosts, self.max_subscriptions, self.max_payload_bytes)
+            .with_request_timeout(self.timeout)
     }
 }
 

@@ -63,15 +63,61 @@ impl EgressPolicy {
 
     /// An HTTP client that enforces this policy, with a whole-request `timeout`.
     pub fn client(self: &Arc<Self>, timeout: Duration) -> reqwest::Result<EgressClient> {
-        let http = reqwest::Client::builder()
+        let http = self.builder(timeout).build()?;
+        Ok(EgressClient { policy: self.clone(), http, timeout })
+    }
+
+    /// [`Self::client`] presenting a client certificate and/or trusting only
+    /// a private CA (one endpoint's settings).
+    pub fn client_with_tls(self: &Arc<Self>, timeout: Duration, tls: &EndpointTls) -> reqwest::Result<EgressClient> {
+        let http = tls.apply(self.builder(timeout))?.build()?;
+        Ok(EgressClient { policy: self.clone(), http, timeout })
+    }
+
+    fn builder(self: &Arc<Self>, timeout: Duration) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver { policy: self.clone() }))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("Keyplane/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(EgressClient { policy: self.clone(), http, timeout })
+    }
+}
+
+/// One endpoint's TLS settings, as PEM text.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointTls {
+    /// Certificate chain and private key presented for mutual TLS.
+    pub identity_pem: Option<String>,
+    /// CA certificates trusted instead of the public roots.
+    pub ca_bundle_pem: Option<String>,
+}
+
+impl EndpointTls {
+    fn apply(&self, mut builder: reqwest::ClientBuilder) -> reqwest::Result<reqwest::ClientBuilder> {
+        if let Some(identity) = &self.identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(identity.as_bytes())?);
+        }
+        if let Some(bundle) = &self.ca_bundle_pem {
+            builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(bundle.as_bytes())?);
+        }
+        Ok(builder)
+    }
+
+    /// Whether the settings make a TLS client (a key that belongs to its
+    /// certificate, certificates that parse); why not.
+    pub fn check(&self) -> Result<(), String> {
+        let built = self.apply(reqwest::Client::builder()).and_then(reqwest::ClientBuilder::build);
+        built.map(drop).map_err(|error| {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        })
     }
 }
 

@@ -28,6 +28,7 @@ mod m20261207_000020_orgs;
 mod m20261207_000021_users;
 mod m20261207_000022_event_types;
 mod m20261207_000023_key_expiring_notices;
+mod m20261207_000024_webhook_products;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000021_users::Migration),
             Box::new(m20261207_000022_event_types::Migration),
             Box::new(m20261207_000023_key_expiring_notices::Migration),
+            Box::new(m20261207_000024_webhook_products::Migration),
         ]
     }
 }

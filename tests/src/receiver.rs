@@ -39,6 +39,8 @@ pub enum Behavior {
     Redirect(String),
     /// 503 with a body of this many bytes.
     LargeError(usize),
+    /// 422 with `webhook-delivery: abort-message` (stop retrying).
+    Abort,
 }
 
 /// One request the receiver got.
@@ -80,6 +82,7 @@ struct State {
 #[derive(Clone)]
 pub struct Receiver {
     pub addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<State>,
 }
 
@@ -96,12 +99,59 @@ impl Receiver {
         let state = Arc::new(State::default());
         let shared = state.clone();
         crate::serve_http(listener, move |request| answer(shared.clone(), request));
-        Self { addr, state }
+        Self { addr, scheme: "http", state }
     }
 
-    /// `http://<addr><path>` (`[::1]` for IPv6).
+    /// Starts an HTTPS receiver on 127.0.0.1:0 presenting `server`; with
+    /// `client_ca` (PEM), only clients with a certificate it issued get
+    /// through the handshake.
+    pub async fn start_tls(server: &crate::certs::Pair, client_ca: Option<&str>) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(server.cert.as_bytes()).collect::<Result<_, _>>().expect("server chain");
+        let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).expect("server key");
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(cert.expect("client CA")).expect("add client CA");
+                }
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().expect("verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(chain, key).expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            use hyper_util::rt::{TokioExecutor, TokioIo};
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                tokio::spawn(async move {
+                    // A refused handshake (no or an unknown client certificate) ends here.
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let service = hyper::service::service_fn(move |request| answer(shared.clone(), request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, scheme: "https", state }
+    }
+
+    /// `http://<addr><path>` (`[::1]` for IPv6; `https` for a TLS receiver).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// Scripts the answers to `path`.
@@ -176,6 +226,11 @@ async fn answer(
         }
         Behavior::TooManyRequests { .. } => respond(StatusCode::OK, "ok"),
         Behavior::Gone => respond(StatusCode::GONE, "gone"),
+        Behavior::Abort => {
+            let mut response = respond(StatusCode::UNPROCESSABLE_ENTITY, "not for us");
+            response.headers_mut().insert("webhook-delivery", "abort-message".parse().expect("header value"));
+            response
+        }
         Behavior::LargeError(size) => {
             let mut response = Response::new(Full::new(Bytes::from(vec![b'x'; size])));
             *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

@@ -83,7 +83,7 @@ pub async fn publish(plane: &TestControlPlane, org: &str, event_type: &str, payl
             org_id: org.to_owned(),
             event_type: event_type.to_owned(),
             payload_json: payload.to_owned(),
-            idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect("publish")
@@ -231,7 +231,7 @@ impl LoadPublishers {
                         org_id: org.clone(),
                         event_type: "load.tested".into(),
                         payload_json: format!(r#"{{"i":{i}}}"#),
-                        idempotency_key: String::new(),
+                        ..Default::default()
                     };
                     match client.publish_event(request).await {
                         Ok(response) => {
@@ -272,4 +272,12 @@ pub async fn wait_until_none_pending(addr: &str, token: &str, org: &str) {
         async move { client.list_deliveries(request).await.expect("list").into_inner().deliveries.len() }
     };
     crate::eventually_within(Duration::from_secs(60), pending, |count| *count == 0).await;
+}
+
+/// The field violations of an INVALID_ARGUMENT: `(field, description)`.
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let bad = details.bad_request().expect("BadRequest details");
+    bad.field_violations.iter().map(|v| (v.field.clone(), v.description.clone())).collect()
 }

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::event_to_proto;
 use super::request_context;
+use crate::service::webhooks::events::Publish;
 use crate::service::{Authenticator, EventService};
 
 /// The gRPC adapter of the event service.
@@ -30,8 +31,10 @@ impl event_service_server::EventService for EventGrpc {
         request: Request<pb::PublishEventRequest>,
     ) -> Result<Response<pb::PublishEventResponse>, Status> {
         let ctx = request_context(&self.auth, &request).await?;
-        let pb::PublishEventRequest { org_id, event_type, payload_json, idempotency_key } = request.into_inner();
-        let published = self.events.publish(&ctx, &org_id, &event_type, payload_json, &idempotency_key).await?;
+        let pb::PublishEventRequest { org_id, event_type, payload_json, idempotency_key, channels } =
+            request.into_inner();
+        let publication = Publish { org_id, event_type, payload_json, idempotency_key, channels };
+        let published = self.events.publish(&ctx, publication).await?;
         Ok(Response::new(pb::PublishEventResponse {
             event: Some(event_to_proto(&published.event)),
             deliveries_created: u32::try_from(published.deliveries_created).unwrap_or(u32::MAX),

@@ -14,6 +14,7 @@ use crate::service::paging::PageRequest;
 use crate::service::webhooks::PortalLinks;
 use crate::service::webhooks::subscriptions::{NewSubscription, SubscriptionChanges};
 use crate::service::{Authenticator, WebhookService};
+use crate::store::webhooks::Model as Subscription;
 
 /// The gRPC adapter of the subscription service.
 pub struct WebhookGrpc {
@@ -25,6 +26,10 @@ pub struct WebhookGrpc {
 impl WebhookGrpc {
     pub fn new(webhooks: Arc<WebhookService>, portal: Arc<PortalLinks>, auth: Authenticator) -> Self {
         Self { webhooks, portal, auth }
+    }
+
+    fn show(&self, subscription: &Subscription) -> Result<pb::Subscription> {
+        Ok(subscription_to_proto(subscription, self.webhooks.options(subscription)?))
     }
 }
 
@@ -41,6 +46,12 @@ fn changes(request: &pb::UpdateSubscriptionRequest) -> Result<SubscriptionChange
             "signature_scheme" => {
                 let scheme = convert::scheme_from_proto("update.signature_scheme", update.signature_scheme.clone())?;
                 changes.signature_scheme = Some(scheme);
+            }
+            "channels" => changes.channels = Some(update.channels.clone()),
+            "delivery_options" => {
+                let field = "update.delivery_options";
+                changes.delivery_options =
+                    Some(convert::delivery_options_from_proto(field, update.delivery_options.clone())?);
             }
             _ => return Ok(false),
         }
@@ -65,10 +76,12 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
             rate_limit_per_second: request.rate_limit_per_second,
             signature_scheme: convert::scheme_from_proto("signature_scheme", request.signature_scheme)?,
             secret: request.secret,
+            channels: request.channels,
+            delivery_options: convert::delivery_options_from_proto("delivery_options", request.delivery_options)?,
         };
         let created = self.webhooks.create(&ctx, new).await?;
         Ok(Response::new(pb::CreateSubscriptionResponse {
-            subscription: Some(subscription_to_proto(&created.subscription)),
+            subscription: Some(self.show(&created.subscription)?),
             secret: created.secret,
         }))
     }
@@ -80,7 +93,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::GetSubscriptionRequest { org_id, id } = request.into_inner();
         let subscription = self.webhooks.get(&ctx, &org_id, &id).await?;
-        Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(subscription_to_proto(&subscription)) }))
+        Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(self.show(&subscription)?) }))
     }
 
     async fn list_subscriptions(
@@ -91,7 +104,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         let pb::ListSubscriptionsRequest { org_id, page_size, page_token } = request.into_inner();
         let page = self.webhooks.list(&ctx, &org_id, &PageRequest { size: page_size, token: page_token }).await?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: page.items.iter().map(subscription_to_proto).collect(),
+            subscriptions: page.items.iter().map(|s| self.show(s)).collect::<Result<_>>()?,
             next_page_token: page.next_page_token,
         }))
     }
@@ -104,7 +117,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         let request = request.into_inner();
         let changes = changes(&request)?;
         let subscription = self.webhooks.update(&ctx, &request.org_id, &request.id, changes).await?;
-        Ok(Response::new(pb::UpdateSubscriptionResponse { subscription: Some(subscription_to_proto(&subscription)) }))
+        Ok(Response::new(pb::UpdateSubscriptionResponse { subscription: Some(self.show(&subscription)?) }))
     }
 
     async fn delete_subscription(
@@ -126,7 +139,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         let grace = grace_period.map(|g| convert::duration_from_proto("grace_period", g)).transpose()?;
         let rotated = self.webhooks.rotate_secret(&ctx, &org_id, &id, grace).await?;
         Ok(Response::new(pb::RotateSubscriptionSecretResponse {
-            subscription: Some(subscription_to_proto(&rotated.subscription)),
+            subscription: Some(self.show(&rotated.subscription)?),
             secret: rotated.secret,
         }))
     }
@@ -138,7 +151,7 @@ impl webhook_service_server::WebhookService for WebhookGrpc {
         let ctx = request_context(&self.auth, &request).await?;
         let pb::ApproveSubscriptionRequest { org_id, id } = request.into_inner();
         let subscription = self.webhooks.approve(&ctx, &org_id, &id).await?;
-        Ok(Response::new(pb::ApproveSubscriptionResponse { subscription: Some(subscription_to_proto(&subscription)) }))
+        Ok(Response::new(pb::ApproveSubscriptionResponse { subscription: Some(self.show(&subscription)?) }))
     }
 
     async fn create_portal_link(

@@ -35,7 +35,7 @@ pub async fn reseal_all(db: &impl ConnectionTrait, keys: &MasterKeys) -> Result<
         let resealed = reseal_column(db, keys, column, &mut report).await?;
         match column {
             SealedColumn::ApiKeyToken => report.api_keys += resealed,
-            SealedColumn::WebhookSecrets => report.webhook_subscriptions += resealed,
+            SealedColumn::WebhookSecrets | SealedColumn::WebhookOptions => report.webhook_subscriptions += resealed,
             SealedColumn::ConnectionAccessToken | SealedColumn::ConnectionRefreshToken => {
                 report.oauth_tokens += resealed;
             }
@@ -48,6 +48,7 @@ pub async fn reseal_all(db: &impl ConnectionTrait, keys: &MasterKeys) -> Result<
 fn associated_data(column: SealedColumn, id: &str) -> String {
     match column {
         SealedColumn::ApiKeyToken | SealedColumn::WebhookSecrets => id.to_owned(),
+        SealedColumn::WebhookOptions => crate::service::webhooks::endpoints::associated(id),
         SealedColumn::ConnectionAccessToken => super::connections::associated(id, "access"),
         SealedColumn::ConnectionRefreshToken => super::connections::associated(id, "refresh"),
     }

@@ -40,12 +40,12 @@ impl Violations {
         Error::InvalidArgument(self.0)
     }
 
-    /// Ok when nothing was recorded.
     /// Whether nothing is wrong so far.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Ok when nothing was recorded.
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
     }

@@ -21,32 +21,46 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     /// Publication time.
     pub created_at: DateTime<Utc>,
+    /// JSON array of the channels it was published to; NULL for none.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub channels: Option<Json>,
+}
+
+impl Model {
+    /// The channels it was published to.
+    pub fn channel_list(&self) -> Vec<String> {
+        super::list_from_column(self.channels.as_ref())
+    }
 }
 
 impl ActiveModelBehavior for ActiveModel {}
 
+/// What a new event says; see [`new`].
+#[derive(Clone, Debug, Default)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+    pub channels: Vec<String>,
+}
+
 /// A new event of the transaction's org, published at `published_at`; not
 /// stored until [`insert_all`].
-pub fn new(
-    tx: &OrgTx,
-    event_type: &str,
-    payload: String,
-    idempotency_key: Option<String>,
-    published_at: DateTime<Utc>,
-) -> Model {
+pub fn new(tx: &OrgTx, event: NewEvent, published_at: DateTime<Utc>) -> Model {
     Model {
         id: crate::crypto::new_id("msg_"),
         org_id: tx.org().to_owned(),
-        event_type: event_type.to_owned(),
-        payload,
-        idempotency_key,
+        event_type: event.event_type,
+        payload: event.payload,
+        idempotency_key: event.idempotency_key,
         created_at: published_at,
+        channels: super::list_column(&event.channels),
     }
 }
 
 /// Stores `events`, made by [`new`] for the transaction's org.
 pub async fn insert_all(tx: &OrgTx, events: Vec<Model>) -> Result<()> {
-    // Six columns a row: well inside the smallest bind limit (SQLite's 32,766).
+    // Seven columns a row: well inside the smallest bind limit (SQLite's 32,766).
     super::insert_chunked::<Entity>(tx, events, 1_000).await
 }
 

@@ -122,6 +122,16 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// A list of names as stored in a nullable JSON column: NULL for none.
+pub fn list_column(list: &[String]) -> Option<serde_json::Value> {
+    (!list.is_empty()).then(|| serde_json::json!(list))
+}
+
+/// A list stored by [`list_column`].
+pub fn list_from_column(column: Option<&serde_json::Value>) -> Vec<String> {
+    column.and_then(|json| serde_json::from_value(json.clone()).ok()).unwrap_or_default()
+}
+
 /// The string keys (`key`) of up to `limit` rows of `E` matching `filter`:
 /// the first half of a batched purge (the caller may delete children first).
 async fn batch_keys<E: EntityTrait>(

@@ -16,6 +16,8 @@ pub enum SealedColumn {
     ApiKeyToken,
     /// `webhook_subscriptions.sealed_secrets`: signing-secret sets.
     WebhookSecrets,
+    /// `webhook_subscriptions.sealed_options`: custom headers, client keys, CA bundles.
+    WebhookOptions,
     /// `oauth_connections.sealed_access_token`.
     ConnectionAccessToken,
     /// `oauth_connections.sealed_refresh_token`.
@@ -24,8 +26,13 @@ pub enum SealedColumn {
 
 impl SealedColumn {
     /// Every sealed column.
-    pub const ALL: [Self; 4] =
-        [Self::ApiKeyToken, Self::WebhookSecrets, Self::ConnectionAccessToken, Self::ConnectionRefreshToken];
+    pub const ALL: [Self; 5] = [
+        Self::ApiKeyToken,
+        Self::WebhookSecrets,
+        Self::WebhookOptions,
+        Self::ConnectionAccessToken,
+        Self::ConnectionRefreshToken,
+    ];
 
     /// Up to `limit` (row id, sealed value) pairs with ids after `after_id`,
     /// in id order; rows without a value are skipped.
@@ -36,6 +43,10 @@ impl SealedColumn {
             }
             Self::WebhookSecrets => {
                 page::<webhooks::Entity>(db, webhooks::Column::Id, webhooks::Column::SealedSecrets, after_id, limit)
+                    .await
+            }
+            Self::WebhookOptions => {
+                page::<webhooks::Entity>(db, webhooks::Column::Id, webhooks::Column::SealedOptions, after_id, limit)
                     .await
             }
             Self::ConnectionAccessToken => {
@@ -61,6 +72,10 @@ impl SealedColumn {
                 let column = webhooks::Column::SealedSecrets;
                 replace::<webhooks::Entity>(db, webhooks::Column::Id, column, id, read, fresh).await
             }
+            Self::WebhookOptions => {
+                let column = webhooks::Column::SealedOptions;
+                replace::<webhooks::Entity>(db, webhooks::Column::Id, column, id, read, fresh).await
+            }
             Self::ConnectionAccessToken => {
                 let column = connections::Column::SealedAccessToken;
                 replace::<connections::Entity>(db, connections::Column::Id, column, id, read, fresh).await
@@ -76,7 +91,7 @@ impl SealedColumn {
     pub fn table(self) -> &'static str {
         match self {
             Self::ApiKeyToken => "api_keys",
-            Self::WebhookSecrets => "webhook_subscriptions",
+            Self::WebhookSecrets | Self::WebhookOptions => "webhook_subscriptions",
             Self::ConnectionAccessToken | Self::ConnectionRefreshToken => "oauth_connections",
         }
     }

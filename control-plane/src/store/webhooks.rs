@@ -37,6 +37,14 @@ pub struct Model {
     /// A [`SignatureScheme`] as JSON; null means Standard Webhooks only.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub signature_scheme: Option<Json>,
+    /// JSON array of the channels it listens to; NULL: every channel.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub channels: Option<Json>,
+    /// Sealed delivery options (headers, client certificate and key, CA
+    /// bundle; `<id>:options` as associated data); never leaves the service layer.
+    pub sealed_options: Option<String>,
+    /// The endpoint's own request timeout.
+    pub timeout_ms: Option<i32>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
@@ -79,6 +87,9 @@ pub struct NewSubscriptionRow {
     pub rate_limit_per_second: i32,
     pub sealed_secrets: String,
     pub signature_scheme: SignatureScheme,
+    pub channels: Vec<String>,
+    pub sealed_options: Option<String>,
+    pub timeout_ms: Option<i32>,
 }
 
 /// Column changes of [`update`]; `None` leaves a column alone, and for the
@@ -94,6 +105,9 @@ pub struct SubscriptionUpdate {
     pub rate_limit_per_second: Option<i32>,
     pub sealed_secrets: Option<String>,
     pub signature_scheme: Option<SignatureScheme>,
+    pub channels: Option<Vec<String>>,
+    /// Sealed options and timeout, set together.
+    pub options: Option<(Option<String>, Option<i32>)>,
 }
 
 /// The stored form of a scheme: null for the default.
@@ -105,6 +119,16 @@ impl Model {
     /// The subscription's event types and patterns.
     pub fn event_type_list(&self) -> Vec<String> {
         serde_json::from_value(self.event_types.clone()).unwrap_or_default()
+    }
+
+    /// The channels it listens to; empty: every channel.
+    pub fn channel_list(&self) -> Vec<String> {
+        super::list_from_column(self.channels.as_ref())
+    }
+
+    /// Whether its deliveries need more than the shared client and no headers.
+    pub fn has_options(&self) -> bool {
+        self.sealed_options.is_some() || self.timeout_ms.is_some()
     }
 
     /// How its deliveries are signed. Only [`insert`] and [`update`] write
@@ -131,6 +155,9 @@ pub async fn insert(tx: &OrgTx, new: NewSubscriptionRow) -> Result<Model> {
         created_at: Set(now),
         updated_at: Set(now),
         signature_scheme: Set(scheme_column(&new.signature_scheme)),
+        channels: Set(super::list_column(&new.channels)),
+        sealed_options: Set(new.sealed_options),
+        timeout_ms: Set(new.timeout_ms),
     };
     Ok(row.insert(tx.conn()).await?)
 }
@@ -192,6 +219,13 @@ pub async fn update(tx: &OrgTx, subscription: Model, changes: SubscriptionUpdate
     }
     if let Some(scheme) = changes.signature_scheme {
         row.signature_scheme = Set(scheme_column(&scheme));
+    }
+    if let Some(channels) = changes.channels {
+        row.channels = Set(super::list_column(&channels));
+    }
+    if let Some((sealed, timeout_ms)) = changes.options {
+        row.sealed_options = Set(sealed);
+        row.timeout_ms = Set(timeout_ms);
     }
     row.updated_at = Set(super::now());
     Ok(row.update(tx.conn()).await?)

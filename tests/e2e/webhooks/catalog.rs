@@ -8,10 +8,9 @@ use std::time::Duration;
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::console::ConsoleClient;
 use keyplane_tests::receiver::Receiver;
-use keyplane_tests::webhooks::{publish, subscribe};
+use keyplane_tests::webhooks::{publish, subscribe, violations};
 use keyplane_tests::{Backend, assert_invalid_field, both_backends, random_org, start_webhooks_or_skip};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 both_backends!(the_catalog_checks_what_is_published);
 
@@ -24,12 +23,6 @@ const ORDER_SCHEMA: &str = r#"{
     "amount": { "type": "integer", "minimum": 0 }
   }
 }"#;
-
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    let details = status.get_error_details();
-    let bad = details.bad_request().expect("BadRequest details");
-    bad.field_violations.iter().map(|v| (v.field.clone(), v.description.clone())).collect()
-}
 
 async fn the_catalog_checks_what_is_published(backend: Backend) {
     let plane = start_webhooks_or_skip!(backend);
@@ -71,7 +64,7 @@ async fn the_catalog_checks_what_is_published(backend: Backend) {
         org_id: org.clone(),
         event_type: "order.created".into(),
         payload_json: payload.into(),
-        idempotency_key: String::new(),
+        ..Default::default()
     };
     let refused = events.publish_event(publish_request(r#"{"order_id": "x", "amount": -5}"#)).await.unwrap_err();
     let said = violations(&refused);

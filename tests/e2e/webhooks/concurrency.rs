@@ -35,7 +35,7 @@ fn publishers(plane: &TestControlPlane, org: &str) -> Vec<tokio::task::JoinHandl
                         org_id: org.clone(),
                         event_type: "order.created".into(),
                         payload_json: format!(r#"{{"publisher":{p},"n":{i}}}"#),
-                        idempotency_key: String::new(),
+                        ..Default::default()
                     };
                     let payload = request.payload_json.clone();
                     let published = events.publish_event(request).await.expect("publish").into_inner();
@@ -81,6 +81,7 @@ async fn concurrent_publishers_and_key_changes_keep_every_guarantee(backend: Bac
                     event_type: "order.paid".into(),
                     payload_json: "{}".into(),
                     idempotency_key: "pay-once".into(),
+                    ..Default::default()
                 };
                 let published = pb::event_service_client::EventServiceClient::new(channel)
                     .publish_event(request)
@@ -232,6 +233,7 @@ async fn idempotency_keys_raced_within_and_across_batches_publish_once(backend: 
                             event_type: "order.paid".into(),
                             payload_json: payload_json.clone(),
                             idempotency_key: key.clone(),
+                            ..Default::default()
                         };
                         let published = events.publish_event(request).await.expect("publish").into_inner();
                         let event = published.event.expect("event");
@@ -334,7 +336,7 @@ async fn a_publication_whose_caller_gave_up_in_the_queue_is_not_stored_postgres(
         org_id: org.clone(),
         event_type: "order.paid".into(),
         payload_json: format!(r#"{{"n":{n}}}"#),
-        idempotency_key: String::new(),
+        ..Default::default()
     };
     // One publication per writer, each then waiting on the lock: the second
     // is sent once the first writer waits, so that one writer cannot take

@@ -92,6 +92,7 @@ async fn wildcards_pick_subscriptions_and_idempotency_keys_dedupe(backend: Backe
         event_type: "order.created".into(),
         payload_json: r#"{"n":1}"#.into(),
         idempotency_key: "order-1".into(),
+        ..Default::default()
     };
     let first = events.publish_event(request.clone()).await.unwrap().into_inner();
     let again = events.publish_event(request).await.unwrap().into_inner();
@@ -164,7 +165,7 @@ async fn two_control_planes_share_the_work_postgres() {
                         org_id: org.clone(),
                         event_type: "work.item".into(),
                         payload_json: "{}".into(),
-                        idempotency_key: String::new(),
+                        ..Default::default()
                     };
                     ids.push(events.publish_event(request).await.unwrap().into_inner().event.unwrap().id);
                 }

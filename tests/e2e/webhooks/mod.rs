@@ -5,6 +5,7 @@ mod catalog;
 mod concurrency;
 mod delivery;
 mod disabling;
+mod endpoints;
 mod legacy;
 mod listing;
 mod retries;

@@ -122,7 +122,7 @@ async fn subscription_rules_and_bad_input(backend: Backend) {
         org_id: org.clone(),
         event_type: event_type.to_owned(),
         payload_json: payload.to_owned(),
-        idempotency_key: String::new(),
+        ..Default::default()
     };
     for (request, field) in [
         (event("order.*", "{}"), "event_type"),

@@ -104,7 +104,7 @@ async fn round(addr: &str, (org, token): &(String, String), messages: usize, pub
         org_id: org.clone(),
         event_type: "order.created".into(),
         payload_json: payload(i),
-        idempotency_key: String::new(),
+        ..Default::default()
     })
     .await;
     Summary::of(latencies, started.elapsed())

@@ -232,7 +232,7 @@ fn publish_request(org: &str, i: usize) -> pb::PublishEventRequest {
         org_id: org.to_owned(),
         event_type: "order.created".into(),
         payload_json: format!(r#"{{"order_id":{i},"amount_cents":1999,"currency":"EUR"}}"#),
-        idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,7 @@ use crate::service::records::{
     Subscription, SubscriptionStatus,
 };
 use crate::service::verify::{Failure, Verification, VerifiedKey};
+use crate::service::webhooks::endpoints::{DeliveryOptions, OptionsView};
 pub use import::{import_records, import_result_to_proto};
 use limits::WithLimits;
 pub use limits::{
@@ -265,8 +266,9 @@ pub fn audit_event_to_proto(entry: AuditEntry) -> pb::AuditEvent {
     }
 }
 
-/// Subscription → protobuf resource (never its secrets).
-pub fn subscription_to_proto(subscription: &Subscription) -> pb::Subscription {
+/// Subscription and what it shows of its delivery options → protobuf
+/// resource (never its secrets).
+pub fn subscription_to_proto(subscription: &Subscription, options: OptionsView) -> pb::Subscription {
     let status = match subscription.status {
         SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
         SubscriptionStatus::Disabled => pb::SubscriptionStatus::Disabled,
@@ -285,7 +287,26 @@ pub fn subscription_to_proto(subscription: &Subscription) -> pb::Subscription {
         created_at: Some(time_to_proto(subscription.created_at)),
         updated_at: Some(time_to_proto(subscription.updated_at)),
         signature_scheme: Some(schemes::scheme_to_proto(&subscription.signature_scheme())),
+        channels: subscription.channel_list(),
+        delivery_options: Some(pb::DeliveryOptionsView {
+            header_names: options.header_names,
+            client_certificate_sha256: options.client_certificate_sha256.unwrap_or_default(),
+            ca_certificates: u32::try_from(options.ca_certificates).unwrap_or(u32::MAX),
+            timeout: options.timeout.and_then(|t| prost_types::Duration::try_from(t).ok()),
+        }),
     }
+}
+
+/// Protobuf delivery options → domain (checked by the service).
+pub fn delivery_options_from_proto(field: &str, options: Option<pb::DeliveryOptions>) -> Result<DeliveryOptions> {
+    let Some(options) = options else { return Ok(DeliveryOptions::default()) };
+    Ok(DeliveryOptions {
+        headers: options.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        client_certificate_pem: options.client_certificate_pem,
+        client_key_pem: options.client_key_pem,
+        ca_bundle_pem: options.ca_bundle_pem,
+        timeout: options.timeout.map(|t| duration_from_proto(&format!("{field}.timeout"), t)).transpose()?,
+    })
 }
 
 /// Event → protobuf.
@@ -297,6 +318,7 @@ pub fn event_to_proto(event: &Event) -> pb::Event {
         payload_json: event.payload.clone(),
         idempotency_key: event.idempotency_key.clone().unwrap_or_default(),
         created_at: Some(time_to_proto(event.created_at)),
+        channels: event.channel_list(),
     }
 }
 

@@ -8,6 +8,7 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
 use super::catalog::EventCatalog;
+use super::channels::check_channels;
 use super::dispatch::queue::DispatchQueue;
 use super::event_types::check_event_type;
 use super::policy::WebhookPolicy;
@@ -19,9 +20,23 @@ use crate::metrics::Metrics;
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
 use crate::service::validate::Violations;
+use crate::store::events::NewEvent;
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// What PublishEvent asks for.
+#[derive(Debug, Default)]
+pub struct Publish {
+    /// May be empty for callers that act in their own org.
+    pub org_id: String,
+    pub event_type: String,
+    /// A JSON object.
+    pub payload_json: String,
+    /// Empty for none.
+    pub idempotency_key: String,
+    pub channels: Vec<String>,
+}
 
 /// The event service.
 pub struct EventService {
@@ -43,15 +58,10 @@ impl EventService {
     }
 
     /// Publishes an event to the org's matching subscriptions.
-    pub async fn publish(
-        &self,
-        ctx: &RequestContext,
-        org_id: &str,
-        event_type: &str,
-        payload_json: String,
-        idempotency_key: &str,
-    ) -> Result<Published> {
-        let org = ctx.authorize(Action::PublishEvent, Target::Org(org_id))?;
+    pub async fn publish(&self, ctx: &RequestContext, publication: Publish) -> Result<Published> {
+        let Publish { org_id, event_type, payload_json, idempotency_key, channels } = publication;
+        let (event_type, idempotency_key) = (event_type.as_str(), idempotency_key.as_str());
+        let org = ctx.authorize(Action::PublishEvent, Target::Org(&org_id))?;
         let mut violations = Violations::default();
         let type_ok = check_event_type(event_type).map_err(|why| violations.add("event_type", why)).is_ok();
         let mut payload = None;
@@ -68,6 +78,7 @@ impl EventService {
             }
         }
         violations.optional_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_LEN);
+        check_channels(&mut violations, "channels", &channels);
         if let Some(payload) = payload.filter(|_| type_ok) {
             violations.absorb(self.catalog.check_payload(&org, event_type, &payload).await)?;
         }
@@ -79,9 +90,12 @@ impl EventService {
         self.publisher
             .publish(Publication {
                 org,
-                event_type: event_type.to_owned(),
-                payload: payload_json,
-                idempotency_key: (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned()),
+                event: NewEvent {
+                    event_type: event_type.to_owned(),
+                    payload: payload_json,
+                    idempotency_key: (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned()),
+                    channels,
+                },
             })
             .await
     }

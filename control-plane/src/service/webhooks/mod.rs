@@ -4,8 +4,10 @@
 //! |---|---|
 //! | [`subscriptions`] | the subscription service: create, change, rotate, approve |
 //! | [`secrets`] | a subscription's sealed signing-secret set |
+//! | [`endpoints`] | a subscription's delivery options: headers, mutual TLS, CA, timeout |
 //! | [`policy`] | the operator's URL, host and size rules |
 //! | [`event_types`] | the event-type and pattern grammar |
+//! | [`channels`] | channels: which subscriptions an event's channels reach |
 //! | [`outbox`] | writing an event and its deliveries in one transaction |
 //! | [`events`] | PublishEvent |
 //! | [`catalog`] | the event catalog: types, schemas, examples; payloads checked at publication |
@@ -15,8 +17,10 @@
 //! | [`dispatch`] | sending: the loop, retries, throttling, the request, endpoint health |
 
 pub mod catalog;
+pub mod channels;
 pub mod deliveries;
 pub mod dispatch;
+pub mod endpoints;
 pub mod event_types;
 pub mod events;
 pub mod outbox;

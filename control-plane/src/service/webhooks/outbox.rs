@@ -5,9 +5,11 @@
 
 use chrono::{DateTime, Utc};
 
+use super::channels::listens;
 use super::event_types::matches;
 use super::system_events::SystemEvent;
 use crate::error::Result;
+use crate::store::events::NewEvent;
 use crate::store::{ChangeTx, OrgTx, deliveries, events, webhooks};
 
 /// Events of one org and their deliveries, stored together by [`Outbox::write`]:
@@ -29,15 +31,8 @@ impl Outbox {
 
     /// Adds an event of the transaction's org with a delivery to each of
     /// `subscription_ids`; returns it.
-    pub fn add(
-        &mut self,
-        tx: &OrgTx,
-        event_type: &str,
-        payload: String,
-        idempotency_key: Option<String>,
-        subscription_ids: &[String],
-    ) -> &events::Model {
-        let event = events::new(tx, event_type, payload, idempotency_key, self.published_at);
+    pub fn add(&mut self, tx: &OrgTx, event: NewEvent, subscription_ids: &[String]) -> &events::Model {
+        let event = events::new(tx, event, self.published_at);
         self.deliveries.extend(deliveries::new_for_event(&event, subscription_ids, self.leased_until));
         self.events.push(event);
         &self.events[self.events.len() - 1]
@@ -51,11 +46,13 @@ impl Outbox {
     }
 }
 
-/// The ids of `subscriptions` with a pattern that matches `event_type`.
-pub fn matching(subscriptions: &[webhooks::Model], event_type: &str) -> Vec<String> {
+/// The ids of `subscriptions` with a pattern that matches `event_type`
+/// and listening to one of `channels` (or to every channel).
+pub fn matching(subscriptions: &[webhooks::Model], event_type: &str, channels: &[String]) -> Vec<String> {
     subscriptions
         .iter()
         .filter(|s| s.event_type_list().iter().any(|pattern| matches(pattern, event_type)))
+        .filter(|s| listens(&s.channel_list(), channels))
         .map(|s| s.id.clone())
         .collect()
 }
@@ -64,7 +61,7 @@ pub fn matching(subscriptions: &[webhooks::Model], event_type: &str) -> Vec<Stri
 pub async fn publish_system_event(tx: &ChangeTx, event: SystemEvent) -> Result<()> {
     let subscriptions = webhooks::active(tx.conn(), tx.org()).await?;
     let event_type = event.name();
-    publish_to(tx, event_type, event.payload().to_string(), &matching(&subscriptions, event_type)).await.map(drop)
+    publish_to(tx, event_type, event.payload().to_string(), &matching(&subscriptions, event_type, &[])).await.map(drop)
 }
 
 /// Stores an event of the transaction's org, due at once to each of
@@ -76,6 +73,7 @@ pub async fn publish_to(
     subscription_ids: &[String],
 ) -> Result<(events::Model, Vec<deliveries::Model>)> {
     let mut outbox = Outbox::new(crate::store::now(), None);
-    let event = outbox.add(tx, event_type, payload, None, subscription_ids).clone();
+    let event = NewEvent { event_type: event_type.to_owned(), payload, ..NewEvent::default() };
+    let event = outbox.add(tx, event, subscription_ids).clone();
     Ok((event, outbox.write(tx).await?))
 }

@@ -2,10 +2,13 @@
 //! use: URL checks, hosts that need approval, subscription and payload limits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::egress::EgressPolicy;
 use crate::error::{Error, Result};
 
+/// `--webhook-timeout`'s default.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest endpoint URL.
 const MAX_URL_LEN: usize = 2048;
 
@@ -18,6 +21,8 @@ pub struct WebhookPolicy {
     pub allowed_hosts: Vec<String>,
     pub max_subscriptions_per_org: u64,
     pub max_payload_bytes: usize,
+    /// The dispatcher's request timeout: an endpoint's own may only be shorter.
+    pub request_timeout: Duration,
 }
 
 impl WebhookPolicy {
@@ -34,7 +39,13 @@ impl WebhookPolicy {
             allowed_hosts: allowed_hosts.iter().map(|h| h.trim_start_matches('.').to_ascii_lowercase()).collect(),
             max_subscriptions_per_org,
             max_payload_bytes,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// The policy for a dispatcher whose requests time out after `timeout`.
+    pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        Self { request_timeout: timeout, ..self }
     }
 
     /// Whether an endpoint on `host` waits for an admin's approval.

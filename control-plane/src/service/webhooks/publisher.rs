@@ -19,6 +19,7 @@ use crate::background::Background;
 use crate::error::{DATABASE_UNAVAILABLE, Error, Result, is_unavailable, is_unique_violation};
 use crate::metrics::Metrics;
 use crate::service::webhooks::dispatch::queue::DispatchQueue;
+use crate::store::events::NewEvent;
 use crate::store::{self, OrgTx, events, webhooks};
 
 /// Result of a publication (what `PublishEvent` answers).
@@ -44,9 +45,7 @@ const KEY_RACE_RETRIES: usize = 3;
 /// A validated publication.
 pub struct Publication {
     pub org: String,
-    pub event_type: String,
-    pub payload: String,
-    pub idempotency_key: Option<String>,
+    pub event: NewEvent,
 }
 
 struct Queued {
@@ -149,7 +148,7 @@ impl Writer {
     /// first event instead.
     async fn write(&self, org: &str, publications: &[Publication]) -> Result<Vec<Published>> {
         let tx = OrgTx::begin_unaudited(&self.db, org).await?.for_changes();
-        let keys: Vec<&str> = publications.iter().filter_map(|p| p.idempotency_key.as_deref()).collect();
+        let keys: Vec<&str> = publications.iter().filter_map(|p| p.event.idempotency_key.as_deref()).collect();
         let mut first_with_key: HashMap<String, events::Model> =
             events::find_by_idempotency_keys(tx.conn(), org, &keys)
                 .await?
@@ -162,14 +161,14 @@ impl Writer {
         let mut outbox = Outbox::new(now, leased_until);
         let mut published = Vec::with_capacity(publications.len());
         for publication in publications {
-            let key = publication.idempotency_key.as_ref();
+            let new = &publication.event;
+            let key = new.idempotency_key.as_ref();
             if let Some(event) = key.and_then(|key| first_with_key.get(key)) {
                 published.push(Published { event: event.clone(), deliveries_created: 0, duplicate: true });
                 continue;
             }
-            let targets = matching(&subscriptions, &publication.event_type);
-            let event =
-                outbox.add(&tx, &publication.event_type, publication.payload.clone(), key.cloned(), &targets).clone();
+            let targets = matching(&subscriptions, &new.event_type, &new.channels);
+            let event = outbox.add(&tx, new.clone(), &targets).clone();
             if let Some(key) = key {
                 first_with_key.insert(key.clone(), event.clone());
             }
@@ -200,14 +199,16 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::service::webhooks::dispatch::queue::DispatchQueue;
     use crate::store;
+    use crate::store::events::NewEvent;
 
     fn publication(payload: &str, key: Option<&str>) -> Publication {
-        Publication {
-            org: "org_a".into(),
+        let event = NewEvent {
             event_type: "order.paid".into(),
             payload: payload.into(),
             idempotency_key: key.map(str::to_owned),
-        }
+            channels: Vec::new(),
+        };
+        Publication { org: "org_a".into(), event }
     }
 
     /// A batch in which a key repeats, and one whose key an earlier batch

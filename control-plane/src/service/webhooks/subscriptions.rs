@@ -7,6 +7,8 @@ use std::time::Duration;
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
+use super::channels::check_channels;
+use super::endpoints::{self, DeliveryOptions, OptionsView};
 use super::event_types::check_patterns;
 use super::policy::WebhookPolicy;
 use super::secrets::SecretSet;
@@ -47,6 +49,9 @@ pub struct NewSubscription {
     pub signature_scheme: SignatureScheme,
     /// A secret brought from another system ([`WebhookSecret::import`]); empty: a new one.
     pub secret: String,
+    /// Empty: every channel.
+    pub channels: Vec<String>,
+    pub delivery_options: DeliveryOptions,
 }
 
 /// Fields to change in [`WebhookService::update`]; `None` leaves a field alone.
@@ -58,6 +63,9 @@ pub struct SubscriptionChanges {
     pub enabled: Option<bool>,
     pub rate_limit_per_second: Option<u32>,
     pub signature_scheme: Option<SignatureScheme>,
+    pub channels: Option<Vec<String>>,
+    /// Replaces the options whole.
+    pub delivery_options: Option<DeliveryOptions>,
 }
 
 /// A subscription with a secret shown once.
@@ -92,6 +100,8 @@ impl WebhookService {
             "" => None,
             text => violations.absorb(WebhookSecret::import("secret", text))?,
         };
+        check_channels(&mut violations, "channels", &new.channels);
+        let options = endpoints::check(&mut violations, &self.policy, "delivery_options", new.delivery_options);
         violations.finish()?;
 
         let id = crate::crypto::new_id("sub_");
@@ -104,13 +114,16 @@ impl WebhookService {
         };
         let row = NewSubscriptionRow {
             sealed_secrets: secrets.seal(&self.master_keys, &id)?,
-            id,
             url: new.url,
             event_types: new.event_types,
             description: new.description,
             status,
             rate_limit_per_second: rate_limit.unwrap_or_default(),
             signature_scheme: new.signature_scheme,
+            channels: new.channels,
+            sealed_options: options.seal(&self.master_keys, &id)?,
+            id,
+            timeout_ms: options.timeout_ms(),
         };
         let tx = OrgTx::begin(&self.db, &org).await?;
         let existing = webhooks::count(tx.conn(), tx.org()).await?;
@@ -123,6 +136,7 @@ impl WebhookService {
         orgs::register(&tx).await?;
         let mut details = audit_details(&subscription);
         details["secret"] = json!(secret_source);
+        details["delivery_options"] = options.audit();
         audit::append(&tx, ctx.audit(AuditAction::SubscriptionCreated, &subscription.id, details)).await?;
         tx.commit().await?;
         Ok(WithSecret { subscription, secret })
@@ -173,6 +187,14 @@ impl WebhookService {
         if changes.signature_scheme.is_some() {
             changed.push("signature_scheme");
         }
+        if let Some(channels) = &changes.channels {
+            check_channels(&mut violations, "update.channels", channels);
+            changed.push("channels");
+        }
+        let options = changes.delivery_options.map(|options| {
+            changed.push("delivery_options");
+            endpoints::check(&mut violations, &self.policy, "update.delivery_options", options)
+        });
         let rate_limit = match changes.rate_limit_per_second {
             Some(limit) => {
                 changed.push("rate_limit_per_second");
@@ -184,7 +206,7 @@ impl WebhookService {
             violations.add(
                 "update_mask",
                 "name at least one field: url, event_types, description, enabled, rate_limit_per_second, \
-                 signature_scheme",
+                 signature_scheme, channels, delivery_options",
             );
         }
         violations.finish()?;
@@ -199,6 +221,11 @@ impl WebhookService {
             description: changes.description,
             rate_limit_per_second: rate_limit,
             signature_scheme: changes.signature_scheme,
+            channels: changes.channels,
+            options: match &options {
+                Some(options) => Some((options.seal(&self.master_keys, id)?, options.timeout_ms())),
+                None => None,
+            },
             ..SubscriptionUpdate::default()
         };
         match changes.enabled {
@@ -220,6 +247,9 @@ impl WebhookService {
         let mut details = json!({ "fields": changed });
         if changed.contains(&"signature_scheme") {
             details["signature_scheme"] = json!(subscription.signature_scheme());
+        }
+        if let Some(options) = &options {
+            details["delivery_options"] = options.audit();
         }
         audit::append(&tx, ctx.audit(AuditAction::SubscriptionUpdated, id, details)).await?;
         tx.commit().await?;
@@ -286,6 +316,13 @@ impl WebhookService {
     }
 }
 
+impl WebhookService {
+    /// What `subscription` shows of its delivery options.
+    pub fn options(&self, subscription: &webhooks::Model) -> Result<OptionsView> {
+        endpoints::view(&self.master_keys, subscription)
+    }
+}
+
 fn check_rate_limit(field: &str, per_second: u32) -> Result<i32> {
     match i32::try_from(per_second) {
         Ok(limit) if limit <= MAX_RATE_LIMIT => Ok(limit),
@@ -301,5 +338,6 @@ fn audit_details(subscription: &webhooks::Model) -> Value {
         "status": subscription.status,
         "rate_limit_per_second": subscription.rate_limit_per_second,
         "signature_scheme": subscription.signature_scheme(),
+        "channels": subscription.channel_list(),
     })
 }

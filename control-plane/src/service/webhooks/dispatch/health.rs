@@ -21,6 +21,8 @@ use crate::wakeups::Wakeups;
 
 /// Why an endpoint answering 410 fails its delivery and is disabled at once.
 pub const GONE: &str = "the endpoint answered 410 Gone";
+/// Why a delivery whose receiver stopped its retries failed.
+pub const ABORTED: &str = "the receiver stopped retries (webhook-delivery: abort-message)";
 
 /// An endpoint to disable, and why.
 #[derive(Debug)]
@@ -80,7 +82,8 @@ impl EndpointHealth {
         let now = store::now();
         let (mut recovered, mut failing) = (Vec::new(), Vec::new());
         for (subscription, last) in latest {
-            if last.next == NextStep::Succeeded {
+            // A receiver that stopped a delivery's retries is up and answering.
+            if last.next == NextStep::Succeeded || last.error.as_deref() == Some(ABORTED) {
                 if last.failing_since.is_some() {
                     recovered.push(subscription);
                 }

@@ -99,9 +99,10 @@ impl Dispatcher {
         egress: &Arc<EgressPolicy>,
         background: Background,
     ) -> Result<Arc<Self>> {
-        let client = egress.client(settings.timeout).map_err(|e| Error::Config(format!("webhook HTTP client: {e}")))?;
+        let sender = Sender::new(egress, settings.timeout, settings.schedule.clone(), metrics)
+            .map_err(|e| Error::Config(format!("webhook HTTP client: {e}")))?;
         Ok(Arc::new(Self {
-            sender: Sender::new(client, settings.schedule.clone(), metrics),
+            sender,
             throttle: EndpointThrottle::new(settings.endpoint_concurrency),
             health: EndpointHealth::new(db.clone(), queue.wakeups().clone(), settings.disable_after),
             permits: Arc::new(Semaphore::new(settings.concurrency)),
@@ -320,6 +321,14 @@ impl Dispatcher {
                     }
                 }
             };
+            let endpoint = match self.sender.endpoint(&self.master_keys, &subscription) {
+                Ok(endpoint) => endpoint,
+                Err(error) => {
+                    tracing::error!(subscription = %subscription.id, %error, "cannot open the delivery options");
+                    let _ = results.send(abandon(&delivery, "the endpoint's delivery options cannot be used"));
+                    continue;
+                }
+            };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 if let Err(error) = deliveries::defer(&self.db, &delivery.org_id, &delivery.id, now).await {
                     unstarted.push_front(delivery);
@@ -331,7 +340,8 @@ impl Dispatcher {
             let slot = self.throttle.occupy(&subscription.id);
             let (dispatcher, results) = (self.clone(), results.clone());
             self.background.spawn_child(async move {
-                let record = dispatcher.sender.attempt(&delivery, &subscription, &event, &signing).await;
+                let record =
+                    dispatcher.sender.attempt(&delivery, &subscription, &event, &signing, endpoint.as_deref()).await;
                 drop((slot, permit));
                 dispatcher.permit_freed.notify_one();
                 let _ = results.send(record);
