@@ -65,7 +65,8 @@ async fn operator_services(
     let limits =
         AbuseLimits { failures_per_key: 1, failure_window: Duration::from_secs(1), suspect_hashes_per_second: 1 };
     let verifier = Arc::new(Verifier::new(db.clone(), crypto.clone(), metrics.clone(), 1, limits));
-    let usage = Arc::new(LocalUsage::new(Arc::new(UsageRecorder::new(db.clone(), metrics))));
+    let recorder = UsageRecorder::new(db.clone(), metrics, wakeups::Wakeups::default());
+    let usage = Arc::new(LocalUsage::new(Arc::new(recorder)));
     let credits =
         Arc::new(CreditService::new(db.clone(), wakeups::Wakeups::default(), config::DEFAULT_CREDIT_LEASE_TTL));
     let keys = KeyService::new(db.clone(), crypto, wakeups::Wakeups::default(), verifier, usage, credits);

@@ -68,7 +68,8 @@ async fn credits_are_exact_across_sidecars_and_replicas(backend: Backend) {
     let replica = plane.replica().await;
     let org = random_org();
     let mut keys = plane.keys(&plane.root_token).await;
-    let (id, token) = key_with_credits(&mut keys, &org, pb::Credits { remaining: 1000, refill: None }).await;
+    let (id, token) =
+        key_with_credits(&mut keys, &org, pb::Credits { remaining: 1000, refill: None, low_alert: None }).await;
     let sidecars = [
         TestSidecar::start(&plane, |_| {}).await,
         TestSidecar::start(&plane, |_| {}).await,
@@ -107,7 +108,8 @@ async fn a_killed_sidecar_strands_at_most_its_lease(backend: Backend) {
     };
     let org = random_org();
     let mut keys = plane.keys(&plane.root_token).await;
-    let (id, token) = key_with_credits(&mut keys, &org, pb::Credits { remaining: 1000, refill: None }).await;
+    let (id, token) =
+        key_with_credits(&mut keys, &org, pb::Credits { remaining: 1000, refill: None, low_alert: None }).await;
     let (_, credential) = plane.create_key("keyplane", &["keyplane:sidecar"]).await;
     let doomed = keyplane_tests::process::SidecarProcess::start(&plane, &credential).await;
     let http = reqwest::Client::new();
@@ -147,7 +149,8 @@ async fn refills_costs_and_verify_api_key(backend: Backend) {
         period: Some(pb::credit_refill::Period::Every(prost_types::Duration { seconds: 2, nanos: 0 })),
         next_refill_at: None,
     };
-    let (id, token) = key_with_credits(&mut keys, &org, pb::Credits { remaining: 4, refill: Some(refill) }).await;
+    let (id, token) =
+        key_with_credits(&mut keys, &org, pb::Credits { remaining: 4, refill: Some(refill), low_alert: None }).await;
 
     // A check costing 3, then one costing 2 with 1 left: 429 with Retry-After up to the refill.
     let costly = |cost: &'static str| {
@@ -197,7 +200,7 @@ async fn credit_calls_are_checked(backend: Backend) {
     let Some(plane) = TestControlPlane::start(backend).await else { return };
     let org = random_org();
     let mut keys = plane.keys(&plane.root_token).await;
-    let (id, _) = key_with_credits(&mut keys, &org, pb::Credits { remaining: 10, refill: None }).await;
+    let (id, _) = key_with_credits(&mut keys, &org, pb::Credits { remaining: 10, refill: None, low_alert: None }).await;
     let (unlimited, _) = plane.create_key(&org, &[]).await;
     let lease =
         |key_id: &str, requested| sync::LeaseCreditsRequest { key_id: key_id.to_owned(), requested, at_least: 1 };
@@ -257,7 +260,7 @@ async fn credit_calls_are_checked(backend: Backend) {
     let create = |refill| pb::CreateApiKeyRequest {
         org_id: org.clone(),
         name: "bad".into(),
-        credits: Some(pb::Credits { remaining: 1, refill: Some(refill) }),
+        credits: Some(pb::Credits { remaining: 1, refill: Some(refill), low_alert: None }),
         ..Default::default()
     };
     let refused = keys.create_api_key(create(refill(0, half_second))).await.expect_err("bad refill");

@@ -43,7 +43,7 @@ async fn key_of(keys: &mut Keys, org: &str, identity: &str, credits: Option<u64>
         org_id: org.to_owned(),
         name: "customer key".into(),
         identity_id: identity.to_owned(),
-        credits: credits.map(|remaining| pb::Credits { remaining, refill: None }),
+        credits: credits.map(|remaining| pb::Credits { remaining, refill: None, low_alert: None }),
         ..Default::default()
     };
     let created = keys.create_api_key(request).await.expect("create key").into_inner();
@@ -71,7 +71,7 @@ async fn identity_lifecycle_and_isolation(backend: Backend) {
             metadata: keyplane_control_plane::grpc::convert::json_to_struct(&serde_json::json!({"plan": "pro"})),
             rate_limit: Some(minute_limit(100, pb::RateLimitScope::Global)),
             allowed_cidrs: vec!["10.1.2.3/8".into()],
-            credits: Some(pb::Credits { remaining: 500, refill: None }),
+            credits: Some(pb::Credits { remaining: 500, refill: None, low_alert: None }),
             ..new("cust_acme")
         },
     )
@@ -246,8 +246,10 @@ async fn sidecars_enforce_an_identitys_limits_across_its_keys(backend: Backend) 
         external_id: external_id.to_owned(),
         ..Default::default()
     };
-    let shared =
-        pb::CreateIdentityRequest { credits: Some(pb::Credits { remaining: 60, refill: None }), ..new("metered") };
+    let shared = pb::CreateIdentityRequest {
+        credits: Some(pb::Credits { remaining: 60, refill: None, low_alert: None }),
+        ..new("metered")
+    };
     let metered = create_identity(&mut identities, shared).await;
     let (_, first) = key_of(&mut keys, &org, &metered.id, None).await;
     let (_, second) = key_of(&mut keys, &org, &metered.id, None).await;
@@ -326,8 +328,10 @@ async fn sidecars_enforce_an_identitys_limits_across_its_keys(backend: Backend) 
     // A key with credits of its own under an identity with fewer: the
     // identity refuses first, and the key's credits spent for those
     // refused checks are put back.
-    let scarce =
-        pb::CreateIdentityRequest { credits: Some(pb::Credits { remaining: 5, refill: None }), ..new("scarce") };
+    let scarce = pb::CreateIdentityRequest {
+        credits: Some(pb::Credits { remaining: 5, refill: None, low_alert: None }),
+        ..new("scarce")
+    };
     let scarce = create_identity(&mut identities, scarce).await;
     let (rich, rich_token) = key_of(&mut keys, &org, &scarce.id, Some(100)).await;
     let mut statuses = Vec::new();
@@ -355,7 +359,7 @@ async fn verify_api_key_and_leases_use_both_budgets(backend: Backend) {
         pb::CreateIdentityRequest {
             org_id: org.clone(),
             external_id: "user_42".into(),
-            credits: Some(pb::Credits { remaining: 2, refill: None }),
+            credits: Some(pb::Credits { remaining: 2, refill: None, low_alert: None }),
             allowed_cidrs: vec!["192.0.2.0/24".into()],
             rate_limit: Some(minute_limit(10, pb::RateLimitScope::Global)),
             ..Default::default()

@@ -44,7 +44,7 @@ impl Keys {
     /// Builds the services and starts their background work.
     pub async fn start(core: &Core, config: &Config) -> Result<Self> {
         let (db, background, stop) = (&core.db, &core.background, &core.background.stop);
-        let recorder = Arc::new(UsageRecorder::new(db.clone(), core.metrics.clone()));
+        let recorder = Arc::new(UsageRecorder::new(db.clone(), core.metrics.clone(), core.wakeups.clone()));
         let local_usage = Arc::new(LocalUsage::new(recorder.clone()));
         let credits = Arc::new(CreditService::new(db.clone(), core.wakeups.clone(), config.credit_lease_ttl));
         let keys = Arc::new(KeyService::new(

@@ -99,6 +99,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/webhooks/catalog/policy", post(catalog::set_policy))
         .route("/webhooks/{id}", get(endpoint::show))
         .route("/webhooks/{id}/update", post(webhooks::update))
+        .route("/webhooks/{id}/options", post(webhooks::set_options))
         .route("/webhooks/{id}/enable", post(webhooks::enable))
         .route("/webhooks/{id}/disable", post(webhooks::disable))
         .route("/webhooks/{id}/approve", post(webhooks::approve))

@@ -17,6 +17,8 @@ use super::auth::RequestContext;
 use super::sync::require_sidecar;
 use super::verify::VerifiedKey;
 use crate::error::{Error, Result};
+use crate::service::webhooks::outbox::publish_system_event;
+use crate::service::webhooks::system_events::{CreditsLow, SystemEvent};
 use crate::store::audit::{self, AuditAction, NewAuditEvent};
 use crate::store::credits::{self, Credits, Holder, HolderId};
 use crate::store::key_events::{self, KeyEventKind};
@@ -65,7 +67,7 @@ impl CreditService {
         at_least: u64,
     ) -> Result<Lease> {
         let holder = self.holder_for_lease(ctx, holder_id, requested).await?;
-        let tx = OrgTx::begin(&self.db, &holder.org_id).await?;
+        let tx = ChangeTx::begin(&self.db, &holder.org_id).await?;
         let holder = Holder::find(tx.conn(), OrgScope::Org(tx.org()), holder_id)
             .await?
             .ok_or(Error::NotFound(holder_id.kind_name()))?;
@@ -79,7 +81,14 @@ impl CreditService {
             let wanted = requested.max(at_least).min(remaining.div_ceil(4).max(at_least));
             credits::lease(&tx, holder, wanted, self.lease_ttl).await?
         };
-        tx.commit().await?;
+        let lease = match lease {
+            Some((lease, holder)) => {
+                announce_low_credits(&tx, &[holder]).await?;
+                Some(lease)
+            }
+            None => None,
+        };
+        tx.commit(&self.wakeups).await?;
         Ok(match lease {
             Some(lease) => Lease {
                 id: lease.id,
@@ -147,16 +156,17 @@ impl CreditService {
     /// identity, whichever are limited: from both or, when either has fewer
     /// left, from neither (false).
     pub async fn spend(&self, verified: &VerifiedKey, cost: u64) -> Result<bool> {
-        let tx = OrgTx::begin(&self.db, &verified.key.org_id).await?;
+        let tx = ChangeTx::begin(&self.db, &verified.key.org_id).await?;
         let identity = verified.identity.as_ref().map(|identity| HolderId::Identity(identity.id.clone()));
         let mut holders = Vec::with_capacity(2);
         for id in std::iter::once(HolderId::Key(verified.key.id.clone())).chain(identity) {
             let Some(holder) = Holder::find(tx.conn(), OrgScope::Org(tx.org()), &id).await? else { return Ok(false) };
             holders.push(holder);
         }
-        let spent = credits::spend(&tx, holders, cost).await?;
-        tx.commit().await?;
-        Ok(spent)
+        let Some(spent) = credits::spend(&tx, holders, cost).await? else { return Ok(false) };
+        announce_low_credits(&tx, &spent).await?;
+        tx.commit(&self.wakeups).await?;
+        Ok(true)
     }
 
     /// Refills up to `batch` keys and identities whose refill is due, each
@@ -191,4 +201,29 @@ impl CreditService {
     pub async fn purge_ended_leases(&self, batch: u64) -> Result<u64> {
         leases::purge(&self.db, store::now(), batch).await
     }
+}
+
+/// Publishes `api_key.credits_low` for each of `holders` (just spent from
+/// or leased, in the transaction's org) whose credits are now low and were
+/// not yet announced in this refill period.
+async fn announce_low_credits(tx: &ChangeTx, holders: &[Holder]) -> Result<()> {
+    for holder in holders {
+        let Some(credits) = holder.credits.filter(Credits::are_low) else { continue };
+        if !credits::claim_low_notice(tx, holder).await? {
+            continue;
+        }
+        let (key_id, identity_id) = match &holder.id {
+            HolderId::Key(id) => (Some(id.clone()), None),
+            HolderId::Identity(id) => (None, Some(id.clone())),
+        };
+        let notice = CreditsLow {
+            key_id,
+            identity_id,
+            remaining: credits.remaining,
+            threshold: credits.low_threshold().unwrap_or_default(),
+            next_refill_at: credits.next_refill_at,
+        };
+        publish_system_event(tx, SystemEvent::CreditsLow(notice)).await?;
+    }
+    Ok(())
 }

@@ -66,7 +66,7 @@ pub mod records {
     pub use crate::store::holders::HolderId;
     pub use crate::store::identities::{IdentityChanges, IdentityFilter, Model as Identity, NewIdentity};
     pub use crate::store::key_events::{KeyEventKind, Model as KeyEvent};
-    pub use crate::store::limits::{HasLimits, LimitChanges, Limits, NewLimits, RateLimit};
+    pub use crate::store::limits::{HasLimits, LimitChanges, Limits, LowCredits, NewLimits, RateLimit};
     pub use crate::store::orgs::Holdings as OrgHoldings;
     pub use crate::store::roles::{Model as Role, NewRole, RoleChanges};
     pub use crate::store::usage::{Counts, Granularity, Outcome as UsageOutcome};

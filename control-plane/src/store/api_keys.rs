@@ -83,6 +83,12 @@ pub struct Model {
     pub holds_roles: bool,
     /// The expiry an `api_key.expiring` notice was published for.
     pub expiring_notice_for: Option<DateTime<Utc>>,
+    /// A low-credits alert, `below:<n>` or `percent:<p>` (`store::limits`).
+    pub credits_low_alert: Option<String>,
+    /// The refill period a low-credits notice was published for.
+    pub credits_low_notice_for: Option<DateTime<Utc>>,
+    /// Start (Unix ms) of the window a rate-limited notice was published for.
+    pub rate_limited_notice_at: Option<i64>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -54,7 +54,8 @@ impl Holder {
         self.credits.map(|credits| i64::try_from(credits.remaining).unwrap_or(i64::MAX))
     }
 
-    fn next_refill_at(&self) -> Option<DateTime<Utc>> {
+    /// When its credits are refilled next.
+    pub fn next_refill_at(&self) -> Option<DateTime<Utc>> {
         self.credits.and_then(|credits| credits.next_refill_at)
     }
 
@@ -97,8 +98,9 @@ async fn store_in<E: LimitTable>(
 }
 
 /// Takes up to `wanted` credits from `holder` (loaded in the transaction's
-/// org) into a new lease lasting `ttl`; `None` when none are left.
-pub async fn lease(tx: &OrgTx, holder: Holder, wanted: u64, ttl: Duration) -> Result<Option<Model>> {
+/// org) into a new lease lasting `ttl`; `None` when none are left. Returns
+/// the lease and the holder as it is now.
+pub async fn lease(tx: &OrgTx, holder: Holder, wanted: u64, ttl: Duration) -> Result<Option<(Model, Holder)>> {
     let Some(remaining) = holder.remaining().filter(|r| *r > 0) else { return Ok(None) };
     let granted = i64::try_from(wanted).unwrap_or(i64::MAX).min(remaining);
     let period = holder.next_refill_at();
@@ -113,23 +115,76 @@ pub async fn lease(tx: &OrgTx, holder: Holder, wanted: u64, ttl: Duration) -> Re
         created_at: Set(now),
         expires_at: Set(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)),
     };
-    Ok(Some(lease.insert(tx.conn()).await?))
+    Ok(Some((lease.insert(tx.conn()).await?, holder)))
 }
 
 /// Spends `cost` credits of each of `holders` (loaded in the transaction's
 /// org) at once (VerifyApiKey: a key and its identity); false, spending
-/// nothing, when any has fewer left.
-pub async fn spend(tx: &OrgTx, holders: Vec<Holder>, cost: u64) -> Result<bool> {
+/// nothing, when any has fewer left (`None`). Returns the holders as they are now.
+pub async fn spend(tx: &OrgTx, holders: Vec<Holder>, cost: u64) -> Result<Option<Vec<Holder>>> {
     let cost = i64::try_from(cost).unwrap_or(i64::MAX);
     if holders.iter().any(|holder| holder.remaining().is_some_and(|remaining| remaining < cost)) {
-        return Ok(false);
+        return Ok(None);
     }
+    let mut spent = Vec::with_capacity(holders.len());
     for holder in holders {
-        if let Some(remaining) = holder.remaining() {
-            holder.set_remaining(tx, remaining - cost).await?;
-        }
+        spent.push(match holder.remaining() {
+            Some(remaining) => holder.set_remaining(tx, remaining - cost).await?,
+            None => holder,
+        });
     }
-    Ok(true)
+    Ok(Some(spent))
+}
+
+/// Records that `holder`'s low credits are announced for its current refill
+/// period (the epoch without a refill); false when they already were.
+pub async fn claim_low_notice(tx: &OrgTx, holder: &Holder) -> Result<bool> {
+    let period = holder.next_refill_at().unwrap_or(DateTime::UNIX_EPOCH);
+    match &holder.id {
+        HolderId::Key(id) => claim_low_in::<api_keys::Entity>(tx, id, period).await,
+        HolderId::Identity(id) => claim_low_in::<identities::Entity>(tx, id, period).await,
+    }
+}
+
+async fn claim_low_in<E: LimitTable>(tx: &OrgTx, id: &str, period: DateTime<Utc>) -> Result<bool> {
+    let column = E::LIMITS.credits_low_notice_for;
+    let unclaimed = sea_orm::Condition::any().add(column.is_null()).add(column.ne(period));
+    claim_in::<E>(tx, id, column, period.into(), unclaimed).await
+}
+
+/// Records that `holder`'s refusals by its rate limit are announced for
+/// the window starting at `window_start` (Unix ms); false when that window
+/// (or a later one) already was.
+pub async fn claim_rate_limited_notice(tx: &OrgTx, holder: &HolderId, window_start: i64) -> Result<bool> {
+    match holder {
+        HolderId::Key(id) => claim_window_in::<api_keys::Entity>(tx, id, window_start).await,
+        HolderId::Identity(id) => claim_window_in::<identities::Entity>(tx, id, window_start).await,
+    }
+}
+
+async fn claim_window_in<E: LimitTable>(tx: &OrgTx, id: &str, window_start: i64) -> Result<bool> {
+    let column = E::LIMITS.rate_limited_notice_at;
+    let unclaimed = sea_orm::Condition::any().add(column.is_null()).add(column.lt(window_start));
+    claim_in::<E>(tx, id, column, window_start.into(), unclaimed).await
+}
+
+/// Sets `column` of row `id` to `value` where `unclaimed` holds: whether it did.
+async fn claim_in<E: LimitTable>(
+    tx: &OrgTx,
+    id: &str,
+    column: E::Column,
+    value: sea_orm::Value,
+    unclaimed: sea_orm::Condition,
+) -> Result<bool> {
+    let columns = E::LIMITS;
+    let claimed = E::update_many()
+        .col_expr(column, Expr::value(value))
+        .filter(columns.id.eq(id))
+        .filter(columns.org_id.eq(tx.org()))
+        .filter(unclaimed)
+        .exec(tx.conn())
+        .await?;
+    Ok(claimed.rows_affected > 0)
 }
 
 /// Ends `lease` (loaded in the transaction's org), giving back up to

@@ -37,6 +37,12 @@ pub struct Model {
     pub credit_refill_amount: Option<i64>,
     pub credit_refill_period: Option<String>,
     pub credit_refill_next_at: Option<DateTime<Utc>>,
+    /// A low-credits alert, `below:<n>` or `percent:<p>` (`store::limits`).
+    pub credits_low_alert: Option<String>,
+    /// The refill period a low-credits notice was published for.
+    pub credits_low_notice_for: Option<DateTime<Utc>>,
+    /// Start (Unix ms) of the window a rate-limited notice was published for.
+    pub rate_limited_notice_at: Option<i64>,
     /// JSON array of the identity's own permissions; NULL = none.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub permissions: Option<Json>,

@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Nullable, ValueType};
 
-pub use super::policy::{Credits, CreditsChange, RateLimit, Refill, RefillPeriod};
+pub use super::policy::{Credits, CreditsChange, LowCredits, RateLimit, Refill, RefillPeriod};
 use super::{OrgTx, leases, policy};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What a key or an identity is limited by.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct NewLimits {
     pub allowed_cidrs: Vec<String>,
     /// Uses allowed, with an optional refill; `None` = unlimited.
     pub credits: Option<(u64, Option<Refill>)>,
+    /// When the credits count as low.
+    pub credits_low_alert: Option<LowCredits>,
 }
 
 /// Changes to the limits of a key or an identity; `None` leaves one alone,
@@ -43,6 +45,8 @@ pub struct LimitChanges {
     pub credits: Option<CreditsChange>,
     /// A new refill (`Some(None)` removes it).
     pub credit_refill: Option<Option<Refill>>,
+    /// A new low-credits alert (`Some(None)` removes it).
+    pub credits_low_alert: Option<Option<LowCredits>>,
 }
 
 impl From<Limits> for NewLimits {
@@ -52,6 +56,7 @@ impl From<Limits> for NewLimits {
             rate_limit: limits.rate_limit,
             allowed_cidrs: limits.allowed_cidrs,
             credits: limits.credits.map(|credits| (credits.remaining, credits.refill)),
+            credits_low_alert: limits.credits.and_then(|credits| credits.low_alert),
         }
     }
 }
@@ -64,6 +69,7 @@ impl From<NewLimits> for LimitChanges {
             allowed_cidrs: Some(new.allowed_cidrs),
             credits: new.credits.map(|(remaining, _)| CreditsChange::Set(remaining)),
             credit_refill: Some(new.credits.and_then(|(_, refill)| refill)),
+            credits_low_alert: Some(new.credits_low_alert),
         }
     }
 }
@@ -84,6 +90,13 @@ pub struct LimitColumns<C> {
     /// `every:<ms>`, `daily` or `monthly:<day>`.
     pub credit_refill_period: C,
     pub credit_refill_next_at: C,
+    /// A [`LowCredits`] in its stored form.
+    pub credits_low_alert: C,
+    /// The refill period (its end; the epoch without a refill) a low-credits
+    /// notice was published for.
+    pub credits_low_notice_for: C,
+    /// Start (Unix ms) of the window a rate-limited notice was published for.
+    pub rate_limited_notice_at: C,
 }
 
 /// A table whose rows carry limits: `api_keys` and `identities`.
@@ -115,11 +128,19 @@ macro_rules! limit_table {
                 credit_refill_amount: Column::CreditRefillAmount,
                 credit_refill_period: Column::CreditRefillPeriod,
                 credit_refill_next_at: Column::CreditRefillNextAt,
+                credits_low_alert: Column::CreditsLowAlert,
+                credits_low_notice_for: Column::CreditsLowNoticeFor,
+                rate_limited_notice_at: Column::RateLimitedNoticeAt,
             };
         }
     };
 }
 pub(super) use limit_table;
+
+/// The value `row` holds or will write for `column` (`None` for NULL or unset).
+fn read_active<E: LimitTable, T: ValueType + Nullable>(row: &E::ActiveModel, column: E::Column) -> Option<T> {
+    row.get(column).into_value().and_then(|value| <Option<T> as ValueType>::try_from(value).ok()).flatten()
+}
 
 /// The value of column `column` of `model`; `None` for NULL (a column of
 /// another type too, which the round-trip tests below rule out).
@@ -171,6 +192,7 @@ where
             read(self, columns.credit_refill_amount),
             read::<_, String>(self, columns.credit_refill_period).as_deref(),
             read(self, columns.credit_refill_next_at),
+            read::<_, String>(self, columns.credits_low_alert).as_deref(),
         )
     }
 
@@ -187,6 +209,7 @@ where
 /// together have the same columns).
 pub fn set_new<E: LimitTable>(row: &mut E::ActiveModel, limits: NewLimits) -> Result<()> {
     row.try_set(E::LIMITS.credits_remaining, Option::<i64>::None.into())?;
+    row.try_set(E::LIMITS.rate_limited_notice_at, Option::<i64>::None.into())?;
     apply::<E>(row, limits.into())?;
     Ok(())
 }
@@ -215,10 +238,16 @@ fn apply<E: LimitTable>(row: &mut E::ActiveModel, changes: LimitChanges) -> Resu
         row.try_set(columns.allowed_cidrs, policy::cidr_column(cidrs).into())?;
     }
     let mut set_anew = false;
+    // Credits given or an alert changed: low credits are announced afresh.
+    if changes.credits.is_some() || changes.credits_low_alert.is_some() || changes.credit_refill.is_some() {
+        row.try_set(columns.credits_low_notice_for, Option::<DateTimeUtc>::None.into())?;
+    }
+    if let Some(alert) = changes.credits_low_alert {
+        row.try_set(columns.credits_low_alert, alert.map(LowCredits::to_column).into())?;
+    }
     if let Some(change) = changes.credits {
         set_anew = matches!(change, CreditsChange::Set(_));
-        let remaining = row.get(columns.credits_remaining).into_value();
-        let remaining = remaining.and_then(|value| <Option<i64> as ValueType>::try_from(value).ok()).flatten();
+        let remaining = read_active::<E, i64>(row, columns.credits_remaining);
         row.try_set(columns.credits_remaining, Some(change.apply(remaining)).into())?;
     }
     if let Some(refill) = changes.credit_refill {
@@ -226,6 +255,15 @@ fn apply<E: LimitTable>(row: &mut E::ActiveModel, changes: LimitChanges) -> Resu
         row.try_set(columns.credit_refill_amount, amount.into())?;
         row.try_set(columns.credit_refill_period, period.into())?;
         row.try_set(columns.credit_refill_next_at, next_at.into())?;
+    }
+    let alert = read_active::<E, String>(row, columns.credits_low_alert).and_then(|a| LowCredits::from_column(&a));
+    if matches!(alert, Some(LowCredits::PercentOfRefill(_)))
+        && read_active::<E, i64>(row, columns.credit_refill_amount).is_none()
+    {
+        return Err(Error::invalid(
+            "update.credits_low_alert",
+            "a percentage is of the refill amount, and there is no refill; give `below` instead",
+        ));
     }
     Ok(set_anew)
 }
@@ -244,6 +282,7 @@ mod tests {
             rate_limit: Some(RateLimit { requests: 7, window: Duration::from_secs(60), global: true }),
             allowed_cidrs: vec!["10.0.0.0/8".into()],
             credits: Some((5, Some(Refill { amount: 9, period: RefillPeriod::Daily }))),
+            credits_low_alert: Some(LowCredits::PercentOfRefill(20)),
         }
     }
 
@@ -284,5 +323,24 @@ mod tests {
         let credits = keys.credits.unwrap();
         assert_eq!((credits.remaining, credits.refill), (5, limits().credits.unwrap().1));
         assert!(credits.next_refill_at.is_some());
+        assert_eq!(credits.low_alert, Some(LowCredits::PercentOfRefill(20)));
+        assert_eq!((credits.low_threshold(), credits.are_low()), (Some(1), false));
+    }
+
+    #[test]
+    fn low_credit_alerts_round_trip_and_need_a_refill_for_a_percentage() {
+        for alert in [LowCredits::Below(1), LowCredits::Below(u64::MAX), LowCredits::PercentOfRefill(99)] {
+            assert_eq!(LowCredits::from_column(&alert.to_column()), Some(alert));
+        }
+        assert_eq!(LowCredits::from_column("percent:x"), None);
+        let no_refill = Credits {
+            remaining: 3,
+            refill: None,
+            next_refill_at: None,
+            low_alert: Some(LowCredits::PercentOfRefill(50)),
+        };
+        assert_eq!(no_refill.low_threshold(), None);
+        let below = Credits { low_alert: Some(LowCredits::Below(4)), ..no_refill };
+        assert!(below.are_low());
     }
 }

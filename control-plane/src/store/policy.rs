@@ -73,6 +73,52 @@ pub struct Credits {
     pub refill: Option<Refill>,
     /// When the next refill happens (output only).
     pub next_refill_at: Option<DateTime<Utc>>,
+    /// Below what an `api_key.credits_low` notice is published.
+    pub low_alert: Option<LowCredits>,
+}
+
+/// When credits count as low.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowCredits {
+    /// Fewer than this many left.
+    Below(u64),
+    /// Fewer than this percentage (1–99) of the refill amount left.
+    PercentOfRefill(u8),
+}
+
+impl LowCredits {
+    /// The stored form: `below:<n>` or `percent:<p>`.
+    pub fn to_column(self) -> String {
+        match self {
+            LowCredits::Below(n) => format!("below:{n}"),
+            LowCredits::PercentOfRefill(p) => format!("percent:{p}"),
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn from_column(text: &str) -> Option<Self> {
+        match text.split_once(':')? {
+            ("below", n) => n.parse().ok().map(LowCredits::Below),
+            ("percent", p) => p.parse().ok().map(LowCredits::PercentOfRefill),
+            _ => None,
+        }
+    }
+}
+
+impl Credits {
+    /// The number of credits below which they are low, if an alert is set
+    /// (a percentage needs a refill to be a percentage of).
+    pub fn low_threshold(&self) -> Option<u64> {
+        match self.low_alert? {
+            LowCredits::Below(n) => Some(n),
+            LowCredits::PercentOfRefill(p) => Some(self.refill?.amount.saturating_mul(u64::from(p)) / 100),
+        }
+    }
+
+    /// Whether they are low now.
+    pub fn are_low(&self) -> bool {
+        self.low_threshold().is_some_and(|threshold| self.remaining < threshold)
+    }
 }
 
 /// A change to the remaining credits.
@@ -117,13 +163,14 @@ impl Credits {
         refill_amount: Option<i64>,
         refill_period: Option<&str>,
         next_refill_at: Option<DateTime<Utc>>,
+        low_alert: Option<&str>,
     ) -> Option<Self> {
         let remaining = u64::try_from(remaining?).unwrap_or(0);
         let refill = match (refill_amount, refill_period.and_then(RefillPeriod::from_column)) {
             (Some(amount), Some(period)) => Some(Refill { amount: u64::try_from(amount).unwrap_or(0), period }),
             _ => None,
         };
-        Some(Credits { remaining, refill, next_refill_at })
+        Some(Credits { remaining, refill, next_refill_at, low_alert: low_alert.and_then(LowCredits::from_column) })
     }
 }
 

@@ -249,6 +249,22 @@ async fn a_new_user_walks_through_the_console() {
     let catalog = body(&browser).await;
     assert!(catalog.contains("order.created") && catalog.contains("api_key.created"), "{catalog}");
     shoot(&browser, "12-catalog").await;
+
+    // The endpoint's authentication: a header whose value is never shown
+    // again, a timeout, a channel.
+    browser.goto(&format!("{console}/webhooks")).await.unwrap();
+    click_through(&browser, By::LinkText(receiver.url("/hook"))).await;
+    browser.find(By::XPath("//summary[text()='Endpoint authentication']")).await.unwrap().click().await.unwrap();
+    fill(&browser, "options-headers", "Authorization: Bearer walk-s3cret").await;
+    fill(&browser, "options-timeout", "1s").await;
+    submit(&browser, "form[action$='/options']").await;
+    browser.find(By::XPath("//summary[text()='Edit the endpoint']")).await.unwrap().click().await.unwrap();
+    fill(&browser, "edit-channels", "eu customer-42").await;
+    submit(&browser, "form[action$='/update']").await;
+    let endpoint = body(&browser).await;
+    assert!(endpoint.contains("Authorization (values hidden)") && endpoint.contains("eu customer-42"), "{endpoint}");
+    assert!(!browser.source().await.unwrap().contains("walk-s3cret"), "a header value in the page");
+    shoot(&browser, "15-endpoint-options").await;
     browser.goto(&format!("{console}/webhooks")).await.unwrap();
 
     // A portal link, opened in a fresh browser: only this org's webhooks.
@@ -262,6 +278,15 @@ async fn a_new_user_walks_through_the_console() {
     assert!(portal.contains(&receiver.url("/hook")) && portal.contains("Webhook portal for"));
     assert!(!portal.contains("href=\"/keys\""));
     shoot(&customer, "11-portal").await;
+    // The portal shows the catalog, and the endpoint without its header values.
+    customer.goto(&format!("{console}/webhooks/catalog")).await.unwrap();
+    let portal_catalog = body(&customer).await;
+    assert!(portal_catalog.contains("order.created") && portal_catalog.contains("An order was placed."));
+    shoot(&customer, "13-portal-catalog").await;
+    customer.goto(&format!("{console}/webhooks")).await.unwrap();
+    click_through(&customer, By::LinkText(receiver.url("/hook"))).await;
+    assert!(body(&customer).await.contains("Authorization (values hidden)"));
+    assert!(!customer.source().await.unwrap().contains("walk-s3cret"));
     customer.goto(&format!("{console}/keys")).await.unwrap();
     assert!(body(&customer).await.contains("Not allowed"));
 

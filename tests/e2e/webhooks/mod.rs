@@ -6,6 +6,7 @@ mod concurrency;
 mod delivery;
 mod disabling;
 mod endpoints;
+mod key_notices;
 mod legacy;
 mod listing;
 mod retries;

@@ -13,12 +13,13 @@ use crate::console::chart::{self, Chart, Series};
 use crate::console::input::local_time;
 use crate::console::session::Signed;
 use crate::console::views::{
-    ChartView, DeliveryFilterForm, DeliveryRow, SubscriptionDetail, WebhookPage, when, when_or_dash,
+    ChartView, DeliveryFilterForm, DeliveryRow, SubscriptionDetail, WebhookPage, options_lines, when, when_or_dash,
 };
 use crate::service::paging::ListQuery;
 use crate::service::records::Granularity;
 use crate::service::records::{DeliveryFilter, DeliveryStatus, Subscription, SubscriptionStatus};
 use crate::service::usage::DeliveryStatsBucket;
+use crate::service::webhooks::endpoints::OptionsView;
 
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -98,7 +99,7 @@ pub async fn show(
         let examples = catalog.into_iter().filter(|t| !t.examples.is_empty()).map(|t| t.name).collect();
         render(&WebhookPage {
             nav: Some(nav.clone()),
-            subscription: detail(&subscription),
+            subscription: detail(&subscription, &console.webhooks.options(&subscription)?),
             stats,
             deliveries,
             filter: query.filter,
@@ -110,7 +111,7 @@ pub async fn show(
     respond(&nav, result.await)
 }
 
-fn detail(subscription: &Subscription) -> SubscriptionDetail {
+fn detail(subscription: &Subscription, options: &OptionsView) -> SubscriptionDetail {
     SubscriptionDetail {
         id: subscription.id.clone(),
         url: subscription.url.clone(),
@@ -131,6 +132,8 @@ fn detail(subscription: &Subscription) -> SubscriptionDetail {
         failing_since: when_or_dash(subscription.failing_since),
         created: when(subscription.created_at),
         legacy_signature: subscription.signature_scheme().describe(),
+        channels: subscription.channel_list().join(" "),
+        options: options_lines(options),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::console::input::{local_time, words};
 use crate::console::pages::signin::Empty;
 use crate::console::session::{Signed, SignedForm};
 use crate::console::views::{
-    ConfirmPage, NewWebhookPage, SubscriptionRow, WebhookForm, WebhooksPage, when, when_or_dash,
+    ConfirmPage, DeliveryOptionsForm, NewWebhookPage, SubscriptionRow, WebhookForm, WebhooksPage, when, when_or_dash,
 };
 use crate::error::{Error, Result};
 use crate::service::authz::{Action, Target};
@@ -87,6 +87,7 @@ pub async fn create(State(console): State<Arc<Console>>, post: SignedForm<Webhoo
                 event_types: words(&form.event_types),
                 description: form.description.trim().to_owned(),
                 rate_limit_per_second,
+                channels: words(&form.channels),
                 ..NewSubscription::default()
             };
             console.webhooks.create(&signed.ctx, new).await
@@ -137,12 +138,29 @@ pub async fn update(
             event_types: Some(words(&form.event_types)).filter(|t| !t.is_empty()),
             description: Some(form.description.trim().to_owned()),
             rate_limit_per_second: Some(rate_limit("update.rate_limit_per_second", &form.rate_limit)?),
+            channels: Some(words(&form.channels)),
             ..SubscriptionChanges::default()
         };
         console.webhooks.update(&signed.ctx, &signed.org(), &id, changes).await?;
         see_other(&format!("/webhooks/{id}"))
     };
     respond(&nav, result.await)
+}
+
+/// Replaces the endpoint's delivery options with those typed.
+pub async fn set_options(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    post: SignedForm<DeliveryOptionsForm>,
+) -> Response {
+    let (signed, form) = (post.signed, post.form);
+    match form.options() {
+        Ok(options) => {
+            let changes = SubscriptionChanges { delivery_options: Some(options), ..SubscriptionChanges::default() };
+            change(&console, signed, &id, changes).await
+        }
+        Err(error) => respond(&signed.nav("webhooks"), Err(error)),
+    }
 }
 
 /// Applies `changes` to endpoint `id` and goes back to its page.

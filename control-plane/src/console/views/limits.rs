@@ -8,7 +8,9 @@ use serde::Deserialize;
 use super::when;
 use crate::console::input::{duration, whole_number, words};
 use crate::error::{Error, Result};
-use crate::service::records::{CreditsChange, LimitChanges, Limits, NewLimits, RateLimit, Refill, RefillPeriod};
+use crate::service::records::{
+    CreditsChange, LimitChanges, Limits, LowCredits, NewLimits, RateLimit, Refill, RefillPeriod,
+};
 use crate::service::validate::Violations;
 
 /// Limits as shown, and as the change form starts out.
@@ -24,6 +26,8 @@ pub struct LimitsView {
     pub rate_limit_global: bool,
     /// Space-separated; empty for anywhere.
     pub allowed_cidrs_input: String,
+    /// The low-credits alert as typed: `100` or `10%`; empty for none.
+    pub credits_low_input: String,
 }
 
 impl LimitsView {
@@ -38,15 +42,17 @@ impl LimitsView {
             },
             credits: match &limits.credits {
                 None => "unlimited".to_owned(),
-                Some(credits) => match credits.next_refill_at {
-                    Some(at) => format!(
-                        "{} left, refilled to {} at {}",
-                        credits.remaining,
-                        credits.refill.map_or(0, |r| r.amount),
-                        when(at)
-                    ),
-                    None => format!("{} left", credits.remaining),
-                },
+                Some(credits) => {
+                    (match credits.next_refill_at {
+                        Some(at) => format!(
+                            "{} left, refilled to {} at {}",
+                            credits.remaining,
+                            credits.refill.map_or(0, |r| r.amount),
+                            when(at)
+                        ),
+                        None => format!("{} left", credits.remaining),
+                    }) + &credits.low_alert.map(|a| format!("; low below {}", alert_text(a))).unwrap_or_default()
+                }
             },
             allowed_cidrs: match limits.allowed_cidrs.join(" ") {
                 list if list.is_empty() => "anywhere".to_owned(),
@@ -55,7 +61,34 @@ impl LimitsView {
             rate_limit_input: rate_limit.unwrap_or_default(),
             rate_limit_global: global,
             allowed_cidrs_input: limits.allowed_cidrs.join(" "),
+            credits_low_input: limits.credits.and_then(|c| c.low_alert).map(alert_text).unwrap_or_default(),
         }
+    }
+}
+
+/// A low-credits alert as typed: `100` or `10%`.
+fn alert_text(alert: LowCredits) -> String {
+    match alert {
+        LowCredits::Below(n) => n.to_string(),
+        LowCredits::PercentOfRefill(p) => format!("{p}%"),
+    }
+}
+
+/// A low-credits alert typed as `100` or `10%` (of the refill); none when empty.
+fn alert(field: &str, text: &str) -> Result<Option<LowCredits>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.strip_suffix('%') {
+        Some(percent) => match percent.trim().parse::<u8>() {
+            Ok(p) if (1..=99).contains(&p) => Ok(Some(LowCredits::PercentOfRefill(p))),
+            _ => Err(Error::invalid(field, "a percentage must be 1% to 99%")),
+        },
+        None => match whole_number(field, text)? {
+            0 => Err(Error::invalid(field, "must be at least 1")),
+            n => Ok(Some(LowCredits::Below(n))),
+        },
     }
 }
 
@@ -75,6 +108,8 @@ pub struct NewLimitsForm {
     pub refill_amount: String,
     /// `daily`, `monthly:<day>` or a duration such as `1h`.
     pub refill_period: String,
+    /// `100` or `10%`; empty for no low-credits alert.
+    pub credits_low: String,
 }
 
 impl NewLimitsForm {
@@ -82,7 +117,13 @@ impl NewLimitsForm {
     pub fn limits(&self, violations: &mut Violations) -> Result<NewLimits> {
         let rate_limit = rate_limit_text(violations, "rate_limit", &self.rate_limit, self.rate_limit_global.is_some())?;
         let credits = violations.absorb(self.credits())?.flatten();
-        Ok(NewLimits { rate_limit, allowed_cidrs: words(&self.allowed_cidrs), credits })
+        let credits_low_alert = violations.absorb(alert("credits.low_alert", &self.credits_low))?.flatten();
+        if matches!(credits_low_alert, Some(LowCredits::PercentOfRefill(_)))
+            && credits.is_some_and(|(_, r)| r.is_none())
+        {
+            violations.add("credits.low_alert", "a percentage needs a refill; give a number instead");
+        }
+        Ok(NewLimits { rate_limit, allowed_cidrs: words(&self.allowed_cidrs), credits, credits_low_alert })
     }
 
     /// A count (empty: unlimited) and an optional refill.
@@ -120,6 +161,8 @@ pub struct ChangeLimitsForm {
     /// `set`, `add`, `subtract`, or empty to leave the credits alone.
     pub credits_change: String,
     pub credits_amount: String,
+    /// `100` or `10%`; empty for none.
+    pub credits_low: String,
 }
 
 impl ChangeLimitsForm {
@@ -131,10 +174,12 @@ impl ChangeLimitsForm {
             "" => None,
             change => violations.absorb(credits_change(change, &self.credits_amount))?,
         };
+        let credits_low_alert = violations.absorb(alert("update.credits_low_alert", &self.credits_low))?;
         Ok(LimitChanges {
             rate_limit: Some(rate_limit),
             allowed_cidrs: Some(words(&self.allowed_cidrs)),
             credits,
+            credits_low_alert,
             ..LimitChanges::default()
         })
     }

@@ -4,6 +4,7 @@
 
 pub mod limits;
 pub mod roles;
+pub mod webhooks;
 
 use askama::Template;
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 
 use super::nav::Nav;
 use crate::service::sessions::ShownOnce;
+pub use webhooks::*;
 
 /// A time as the console shows it.
 pub fn when(at: DateTime<Utc>) -> String {
@@ -231,150 +233,6 @@ pub struct ConfirmPage {
     /// An input to fill in before confirming: (label, name, placeholder).
     pub input: Option<(String, String, String)>,
     pub back: String,
-}
-
-pub struct SubscriptionRow {
-    pub id: String,
-    pub url: String,
-    pub event_types: String,
-    pub status: String,
-    pub failing_since: String,
-}
-
-#[derive(Template)]
-#[template(path = "webhooks.html")]
-pub struct WebhooksPage {
-    pub nav: Option<Nav>,
-    pub subscriptions: Vec<SubscriptionRow>,
-    pub next: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct WebhookForm {
-    pub url: String,
-    /// Comma- or space-separated event types and patterns.
-    pub event_types: String,
-    pub description: String,
-    pub rate_limit: String,
-}
-
-#[derive(Template)]
-#[template(path = "webhook_new.html")]
-pub struct NewWebhookPage {
-    pub nav: Option<Nav>,
-    pub form: WebhookForm,
-    pub errors: Vec<(String, String)>,
-    /// The catalog's event types (Keyplane's own first), suggested in the form.
-    pub catalog: Vec<String>,
-}
-
-pub struct SubscriptionDetail {
-    pub id: String,
-    pub url: String,
-    pub event_types: String,
-    pub description: String,
-    pub status: String,
-    pub active: bool,
-    pub pending_approval: bool,
-    pub disabled_reason: String,
-    pub rate_limit: String,
-    /// The rate limit as the edit form takes it (empty: none).
-    pub rate_limit_input: String,
-    pub failing_since: String,
-    pub created: String,
-    /// The legacy signature headers sent beside Standard Webhooks' (empty: none).
-    pub legacy_signature: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct DeliveryFilterForm {
-    pub status: String,
-    pub event_type: String,
-    /// `YYYY-MM-DDTHH:MM` (UTC), as a datetime-local input sends it.
-    pub since: String,
-    pub until: String,
-    pub page: String,
-}
-
-pub struct DeliveryRow {
-    pub id: String,
-    pub event_type: String,
-    pub status: String,
-    pub attempts: String,
-    pub last_status: String,
-    pub created: String,
-}
-
-#[derive(Template)]
-#[template(path = "webhook.html")]
-pub struct WebhookPage {
-    pub nav: Option<Nav>,
-    pub subscription: SubscriptionDetail,
-    pub stats: Option<ChartView>,
-    pub deliveries: Vec<DeliveryRow>,
-    pub filter: DeliveryFilterForm,
-    pub next: Option<String>,
-    pub notice: Option<String>,
-    /// Catalog types with an example, which the endpoint can be sent.
-    pub examples: Vec<String>,
-}
-
-#[derive(Template)]
-#[template(path = "catalog.html")]
-pub struct CatalogPage {
-    pub nav: Option<Nav>,
-    /// Types by group, Keyplane's own first.
-    pub groups: Vec<(String, Vec<CatalogRow>)>,
-    /// Whether the org publishes only cataloged types.
-    pub required: bool,
-}
-
-/// An event type of the catalog, as the catalog page shows it.
-pub struct CatalogRow {
-    pub name: String,
-    pub description: String,
-    pub deprecated: bool,
-    pub system: bool,
-    /// "v2", or empty without a schema.
-    pub version: String,
-    /// The newest schema, indented.
-    pub schema: String,
-    /// The first example, indented.
-    pub example: String,
-}
-
-pub struct AttemptRow {
-    pub number: String,
-    pub started: String,
-    pub status: String,
-    pub latency: String,
-    pub error: String,
-    pub excerpt: String,
-}
-
-#[derive(Template)]
-#[template(path = "delivery.html")]
-pub struct DeliveryPage {
-    pub nav: Option<Nav>,
-    pub id: String,
-    pub subscription_id: String,
-    pub event_id: String,
-    pub event_type: String,
-    pub status: String,
-    pub finished: bool,
-    /// Pending with no attempt yet: sending now; the page refreshes.
-    pub sending: bool,
-    pub next_attempt: String,
-    pub created: String,
-    /// The endpoint's URL.
-    pub url: String,
-    /// The request body every attempt sends (empty when the event is gone).
-    pub body: String,
-    /// Legacy signature headers sent too (`name: what`).
-    pub legacy_headers: Vec<String>,
-    pub attempts: Vec<AttemptRow>,
 }
 
 pub struct AuditRow {

@@ -6,7 +6,7 @@ use keyplane_proto::admin::v1 as pb;
 use super::{duration_from_proto, time_to_proto};
 use crate::error::{Error, Result};
 use crate::service::records::{
-    Credits, CreditsChange, HasLimits, LimitChanges, NewLimits, RateLimit, Refill, RefillPeriod,
+    Credits, CreditsChange, HasLimits, LimitChanges, LowCredits, NewLimits, RateLimit, Refill, RefillPeriod,
 };
 
 /// A create request (of a key or an identity): its limit fields, taken out.
@@ -34,7 +34,9 @@ macro_rules! limit_fields {
         impl<'a> From<&'a $update> for LimitUpdate<'a> {
             fn from(update: &'a $update) -> Self {
                 let (rate_limit, credits, credit_refill) = (update.rate_limit, update.credits, update.credit_refill);
-                LimitUpdate { rate_limit, allowed_cidrs: &update.allowed_cidrs, credits, credit_refill }
+                let allowed_cidrs = &update.allowed_cidrs;
+                let credits_low_alert = update.credits_low_alert;
+                LimitUpdate { rate_limit, allowed_cidrs, credits, credit_refill, credits_low_alert }
             }
         }
     )+};
@@ -68,11 +70,43 @@ limit_fields!(principal: pb::Principal, pb::PrincipalIdentity);
 /// The limits of a create request → domain.
 pub fn new_limits(request: &mut impl CreateLimits) -> Result<NewLimits> {
     let (rate_limit, allowed_cidrs, credits) = request.take_limits();
+    let alert = credits.as_ref().and_then(|c| c.low_alert);
+    let credits = credits.map(|c| credits_from_proto("credits", c)).transpose()?;
+    let credits_low_alert = alert.map(|a| low_alert_from_proto("credits.low_alert", a)).transpose()?;
+    if matches!(credits_low_alert, Some(LowCredits::PercentOfRefill(_))) && credits.is_some_and(|(_, r)| r.is_none()) {
+        return Err(Error::invalid("credits.low_alert.percent_of_refill", "needs a refill; give `below` instead"));
+    }
     Ok(NewLimits {
         rate_limit: rate_limit.map(|l| rate_limit_from_proto("rate_limit", l)).transpose()?,
         allowed_cidrs,
-        credits: credits.map(|c| credits_from_proto("credits", c)).transpose()?,
+        credits,
+        credits_low_alert,
     })
+}
+
+/// Protobuf low-credits alert → domain.
+pub fn low_alert_from_proto(field: &str, alert: pb::LowCreditsAlert) -> Result<LowCredits> {
+    match alert.threshold {
+        Some(pb::low_credits_alert::Threshold::Below(n)) if n >= 1 => Ok(LowCredits::Below(n)),
+        Some(pb::low_credits_alert::Threshold::PercentOfRefill(p)) if (1..=99).contains(&p) => {
+            Ok(LowCredits::PercentOfRefill(u8::try_from(p).unwrap_or(99)))
+        }
+        Some(pb::low_credits_alert::Threshold::Below(_)) => {
+            Err(Error::invalid(format!("{field}.below"), "must be at least 1"))
+        }
+        Some(pb::low_credits_alert::Threshold::PercentOfRefill(_)) => {
+            Err(Error::invalid(format!("{field}.percent_of_refill"), "must be between 1 and 99"))
+        }
+        None => Err(Error::invalid(field, "set one of below or percent_of_refill")),
+    }
+}
+
+fn low_alert_to_proto(alert: LowCredits) -> pb::LowCreditsAlert {
+    let threshold = match alert {
+        LowCredits::Below(n) => pb::low_credits_alert::Threshold::Below(n),
+        LowCredits::PercentOfRefill(p) => pb::low_credits_alert::Threshold::PercentOfRefill(u32::from(p)),
+    };
+    pb::LowCreditsAlert { threshold: Some(threshold) }
 }
 
 /// Protobuf rate limit → domain.
@@ -109,6 +143,7 @@ fn credits_to_proto(credits: Credits) -> pb::Credits {
             }),
             next_refill_at: credits.next_refill_at.map(time_to_proto),
         }),
+        low_alert: credits.low_alert.map(low_alert_to_proto),
     }
 }
 
@@ -150,6 +185,7 @@ pub struct LimitUpdate<'a> {
     pub allowed_cidrs: &'a [String],
     pub credits: Option<pb::CreditsChange>,
     pub credit_refill: Option<pb::CreditRefill>,
+    pub credits_low_alert: Option<pb::LowCreditsAlert>,
 }
 
 /// Reads each path of a required update mask of a key or an identity: the
@@ -177,6 +213,10 @@ fn limit_path(limits: &mut LimitChanges, path: &str, update: LimitUpdate<'_>) ->
         "credit_refill" => {
             limits.credit_refill =
                 Some(update.credit_refill.map(|r| refill_from_proto("update.credit_refill", r)).transpose()?);
+        }
+        "credits_low_alert" => {
+            let alert = update.credits_low_alert.map(|a| low_alert_from_proto("update.credits_low_alert", a));
+            limits.credits_low_alert = Some(alert.transpose()?);
         }
         _ => return Ok(false),
     }

@@ -109,6 +109,9 @@ pub fn check_limit_changes(violations: &mut Violations, limits: &mut LimitChange
         }
         changed.push("credit_refill");
     }
+    if limits.credits_low_alert.is_some() {
+        changed.push("credits_low_alert");
+    }
 }
 
 /// Checks the limits of a new key or identity, canonicalising the allow-list.
@@ -128,7 +131,7 @@ pub fn check_new_limits(violations: &mut Violations, limits: &mut NewLimits) {
 }
 
 /// The update-mask paths naming limits (the same on keys and identities).
-pub const LIMIT_PATHS: &str = "rate_limit, allowed_cidrs, credits, credit_refill";
+pub const LIMIT_PATHS: &str = "rate_limit, allowed_cidrs, credits, credit_refill, credits_low_alert";
 
 /// Audit metadata of a new key.
 pub fn audit_details(key: &api_keys::Model) -> Value {
@@ -160,6 +163,9 @@ pub fn with_limits(holder: &impl HasLimits, mut details: Value) -> Value {
     });
     if let (Some(details), Value::Object(limits)) = (details.as_object_mut(), limits) {
         details.extend(limits);
+    }
+    if let Some(alert) = holder.credits().and_then(|credits| credits.low_alert) {
+        details["credits_low_alert"] = json!(alert.to_column());
     }
     details
 }

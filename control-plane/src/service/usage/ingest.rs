@@ -4,7 +4,7 @@
 //! transaction, so a retried report (whose answer was lost) is not counted
 //! twice; ids are remembered for the deduplication window.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,15 +16,25 @@ use tokio_util::sync::CancellationToken;
 use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::OrgScope;
-use crate::store::api_keys;
+use crate::service::webhooks::outbox::publish_system_event;
+use crate::service::webhooks::system_events::{RateLimited, SystemEvent};
+use crate::store::credits::{self, HolderId};
 use crate::store::key_uses::{self, KeyUse};
+use crate::store::limits::{HasLimits, RateLimit};
 use crate::store::usage::{self, Counts, Granularity, KeyBucket, OrgBucket};
+use crate::store::{ChangeTx, OrgScope, api_keys, identities};
+use crate::wakeups::Wakeups;
 
 /// Most counts in one report.
 pub const MAX_COUNTS_PER_REPORT: usize = 1000;
 /// How far ahead of this server's clock a reported minute may be.
 const CLOCK_SKEW: i64 = 300;
+
+/// The window rate-limited notices are counted in: the limit's, and at
+/// least the minute usage is reported by.
+fn limit_window(limit: RateLimit) -> Duration {
+    limit.window.max(Duration::from_secs(60))
+}
 
 /// One key's checks in one minute, as reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,11 +111,12 @@ pub fn check_report(report: &UsageReport, now: DateTime<Utc>) -> Result<()> {
 pub struct UsageRecorder {
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
+    wakeups: Wakeups,
 }
 
 impl UsageRecorder {
-    pub fn new(db: DatabaseConnection, metrics: Arc<Metrics>) -> Self {
-        Self { db, metrics }
+    pub fn new(db: DatabaseConnection, metrics: Arc<Metrics>, wakeups: Wakeups) -> Self {
+        Self { db, metrics, wakeups }
     }
 
     /// Applies `report` (checked with [`check_report`]) in one transaction.
@@ -138,7 +149,66 @@ impl UsageRecorder {
         }
         tx.commit().await?;
         self.metrics.usage_counts.get_or_create(&vec![("result", "applied")]).inc_by(known.len() as u64);
+        let refused: Vec<&MinuteCount> = known.iter().copied().filter(|c| c.counts.rate_limited > 0).collect();
+        if !refused.is_empty()
+            && let Err(error) = self.announce_rate_limited(&refused, &owners).await
+        {
+            // The counts are stored; a notice lost here is not sent later.
+            tracing::warn!(%error, "publishing api_key.rate_limited notices failed");
+        }
         Ok(Applied { applied: known.len() as u64, duplicate: false })
+    }
+
+    /// Publishes `api_key.rate_limited` for refused keys whose limiting key
+    /// or identity had no notice yet in the window their refusals fell in.
+    async fn announce_rate_limited(
+        &self,
+        refused: &[&MinuteCount],
+        owners: &HashMap<String, (String, Environment)>,
+    ) -> Result<()> {
+        let mut by_org: BTreeMap<&str, BTreeMap<&str, (i64, i64)>> = BTreeMap::new();
+        for count in refused {
+            let Some((org, _)) = owners.get(&count.key_id) else { continue };
+            let seen = by_org.entry(org).or_default().entry(&count.key_id).or_insert((count.minute, 0));
+            *seen = (seen.0.max(count.minute), seen.1 + count.counts.rate_limited);
+        }
+        for (org, keys) in by_org {
+            let tx = ChangeTx::begin(&self.db, org).await?;
+            for (key_id, (minute, refused)) in keys {
+                let Some(key) = api_keys::find_in(tx.conn(), OrgScope::Org(org), key_id).await? else { continue };
+                let identity = match &key.identity_id {
+                    Some(id) => identities::find_in(tx.conn(), OrgScope::Org(org), id).await?,
+                    None => None,
+                };
+                // The key's own limit refused, or else its identity's. Usage
+                // counts running out of credits as rate-limited too: with no
+                // rate limit on either, that is what it was.
+                let (holder, limit, limited_by) = match (key.rate_limit(), identity) {
+                    (Some(own), _) => (HolderId::Key(key.id.clone()), limit_window(own), "key"),
+                    (None, Some(identity)) => match identity.rate_limit() {
+                        Some(shared) => (HolderId::Identity(identity.id.clone()), limit_window(shared), "identity"),
+                        None => continue,
+                    },
+                    (None, None) => continue,
+                };
+                let window_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+                let window_start = minute * 1000 - (minute * 1000).rem_euclid(window_ms);
+                if !credits::claim_rate_limited_notice(&tx, &holder, window_start).await? {
+                    continue;
+                }
+                let notice = RateLimited {
+                    key_id: key.id.clone(),
+                    identity_id: key.identity_id.clone(),
+                    limited_by,
+                    window_start: DateTime::from_timestamp_millis(window_start).unwrap_or_default(),
+                    window_seconds: limit.as_secs(),
+                    refused: u64::try_from(refused).unwrap_or(0),
+                };
+                publish_system_event(&tx, SystemEvent::RateLimited(notice)).await?;
+            }
+            tx.commit(&self.wakeups).await?;
+        }
+        Ok(())
     }
 }
 

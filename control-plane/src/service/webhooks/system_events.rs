@@ -99,6 +99,37 @@ pub struct DeliveryExhausted {
     pub error: Option<String>,
 }
 
+/// `api_key.credits_low`: a key's or an identity's credits fell below its
+/// alert (once per refill period; without a refill, once until credits are
+/// given again). Leases count as spent: sidecars hold what they leased.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct CreditsLow {
+    /// The key whose credits are low, when they are a key's own.
+    pub key_id: Option<String>,
+    /// The identity whose credits (shared by its keys) are low.
+    pub identity_id: Option<String>,
+    pub remaining: u64,
+    /// Below this many, credits are low.
+    pub threshold: u64,
+    pub next_refill_at: Option<DateTime<Utc>>,
+}
+
+/// `api_key.rate_limited`: a key's checks were refused by a rate limit
+/// (its own or its identity's): at most one notice per window, from the
+/// sidecars' usage reports.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RateLimited {
+    pub key_id: String,
+    pub identity_id: Option<String>,
+    /// Whose limit refused: `key` or `identity`.
+    pub limited_by: &'static str,
+    /// Start of the window the refusals fell in.
+    pub window_start: DateTime<Utc>,
+    pub window_seconds: u64,
+    /// Refusals in the report that announced them (more may follow in the window).
+    pub refused: u64,
+}
+
 /// One of Keyplane's own events.
 #[derive(Clone, Debug)]
 pub enum SystemEvent {
@@ -111,11 +142,13 @@ pub enum SystemEvent {
     EndpointDisabled(EndpointDisabled),
     EndpointFailing(EndpointFailing),
     DeliveryExhausted(DeliveryExhausted),
+    CreditsLow(CreditsLow),
+    RateLimited(RateLimited),
 }
 
 impl SystemEvent {
     /// Every event type, as subscriptions name them.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 11] = [
         "api_key.created",
         "api_key.rotated",
         "api_key.revoked",
@@ -125,6 +158,8 @@ impl SystemEvent {
         "webhook.endpoint_failing",
         "webhook.delivery_exhausted",
         "api_key.expiring",
+        "api_key.credits_low",
+        "api_key.rate_limited",
     ];
 
     /// Whether `event_type` is a notice about endpoints' health: no notice
@@ -146,6 +181,8 @@ impl SystemEvent {
             SystemEvent::EndpointFailing(_) => Self::NAMES[6],
             SystemEvent::DeliveryExhausted(_) => Self::NAMES[7],
             SystemEvent::ApiKeyExpiring(_) => Self::NAMES[8],
+            SystemEvent::CreditsLow(_) => Self::NAMES[9],
+            SystemEvent::RateLimited(_) => Self::NAMES[10],
         }
     }
 
@@ -165,6 +202,10 @@ impl SystemEvent {
             "api_key.expiring" => {
                 "An API key expires within the lead time set by --key-expiring-notice (once per expiry)."
             }
+            "api_key.credits_low" => {
+                "A key's or an identity's credits fell below its low-credits alert (once per refill period)."
+            }
+            "api_key.rate_limited" => "A key's checks were refused by its rate limit (at most once per window).",
             _ => "",
         }
     }
@@ -179,6 +220,8 @@ impl SystemEvent {
             "webhook.endpoint_failing" => schema::<EndpointFailing>(),
             "webhook.delivery_exhausted" => schema::<DeliveryExhausted>(),
             "api_key.expiring" => schema::<KeyExpiring>(),
+            "api_key.credits_low" => schema::<CreditsLow>(),
+            "api_key.rate_limited" => schema::<RateLimited>(),
             _ => return None,
         })
     }
@@ -195,6 +238,8 @@ impl SystemEvent {
             SystemEvent::EndpointFailing(failing) => serde_json::to_value(failing),
             SystemEvent::DeliveryExhausted(exhausted) => serde_json::to_value(exhausted),
             SystemEvent::ApiKeyExpiring(expiring) => serde_json::to_value(expiring),
+            SystemEvent::CreditsLow(low) => serde_json::to_value(low),
+            SystemEvent::RateLimited(limited) => serde_json::to_value(limited),
         };
         // Plain structs of strings, numbers and times always serialize.
         value.unwrap_or(Value::Null)
