@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::{Freshness, KeyCache, KeyId, Principal, Verdict};
 use crate::control_plane::ControlPlaneClient;
 use crate::credits::{CreditLeases, Receipt, Spend};
+use crate::log_sample::LogSample;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::sync::{self, Readiness, SyncState};
@@ -181,6 +182,8 @@ pub struct Checker {
     sync: Arc<SyncState>,
     client: ControlPlaneClient,
     metrics: Arc<Metrics>,
+    /// Which authentication failures are logged (every one is counted).
+    failures_logged: LogSample,
 }
 
 /// Parts a [`Checker`] is built from.
@@ -235,6 +238,7 @@ impl Checker {
             sync: parts.sync,
             client: parts.client,
             metrics: parts.metrics,
+            failures_logged: LogSample::default(),
         }
     }
 
@@ -263,12 +267,15 @@ impl Checker {
                     }
                 }
                 if denial.status == DenyStatus::Unauthenticated {
-                    tracing::warn!(
-                        reason = denial.reason,
-                        peer = %request.peer,
-                        request_id = %request.request_id,
-                        "authentication failed"
-                    );
+                    if let Some(left_out) = self.failures_logged.admit() {
+                        tracing::warn!(
+                            reason = denial.reason,
+                            peer = %request.peer,
+                            request_id = %request.request_id,
+                            left_out,
+                            "authentication failed"
+                        );
+                    }
                     if !self.expose_denial_reasons && denial.reason != MISSING_CREDENTIAL {
                         denial.shown = GENERIC_REASON;
                     }

@@ -15,6 +15,7 @@ pub mod ext_authz;
 pub mod failover;
 pub mod http;
 pub mod listen;
+pub mod log_sample;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;

@@ -223,3 +223,60 @@ async fn clients_learn_only_invalid_token_and_failures_are_logged() {
     chatty.stop().await;
     plane.stop().await;
 }
+
+/// A flood of bad tokens: every refusal is counted, the log gets a sample
+/// (at most 10 lines a second), and the next line says how many it left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_is_counted_and_logged_as_a_sample() {
+    const FLOOD: usize = 400;
+    let Some(plane) = TestControlPlane::start(Backend::Sqlite).await else { return };
+    let sidecar = TestSidecar::start(&plane, |_| {}).await;
+    let url = format!("http://{}/check", sidecar.http_addr);
+    let before = sidecar.metric("keyplane_sidecar_checks_total", "reason=\"malformed\"").await;
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..8 {
+        let (http, url) = (sidecar.http.clone(), url.clone());
+        senders.spawn(async move {
+            for i in (sender..FLOOD).step_by(8) {
+                let response = http
+                    .get(&url)
+                    .header("authorization", "Bearer kp_live_garbage")
+                    .header("x-request-id", format!("flood-{i}"))
+                    .send()
+                    .await
+                    .expect("check");
+                assert_eq!(response.status(), 401);
+            }
+        });
+    }
+    senders.join_all().await;
+    let seconds = started.elapsed().as_secs() + 1;
+    let counted = sidecar.metric("keyplane_sidecar_checks_total", "reason=\"malformed\"").await - before;
+    assert_eq!(counted, FLOOD as f64, "every refusal is counted");
+    let logged = logs::captured().lines().filter(|l| l.contains("request_id=flood-")).count() as u64;
+    assert!((1..=10 * (seconds + 1)).contains(&logged), "{logged} lines for {FLOOD} refusals in {seconds} s");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = sidecar
+        .http
+        .get(&url)
+        .header("authorization", "Bearer kp_live_garbage")
+        .header("x-request-id", "flood-after")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+    // Every refusal is in the log once: as a line or in a later line's count.
+    let lines: Vec<String> =
+        logs::captured().lines().filter(|l| l.contains("request_id=flood-")).map(str::to_owned).collect();
+    assert!(lines.iter().any(|l| l.contains("flood-after")), "the line after the flood is logged");
+    let left_out: u64 = lines
+        .iter()
+        .map(|l| l.split("left_out=").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()).expect(l))
+        .sum();
+    assert_eq!(left_out + lines.len() as u64, FLOOD as u64 + 1, "{lines:#?}");
+    assert!(left_out > 0);
+    sidecar.stop().await;
+    plane.stop().await;
+}

@@ -30,21 +30,10 @@ const MAX_PEM_BYTES: usize = 64 * 1024;
 /// Shortest endpoint timeout.
 const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Headers Keyplane sets itself, or that belong to the connection.
-const RESERVED: [&str; 12] = [
-    "host",
-    "user-agent",
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "authority",
-    "cookie2",
-    "content-length",
-];
+/// Headers Keyplane sets itself, or that belong to the connection (besides
+/// every `webhook-*`, `content-*` and `proxy-*` header).
+const RESERVED: [&str; 9] =
+    ["host", "user-agent", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect"];
 
 /// The associated data of a subscription's sealed options.
 pub fn associated(subscription_id: &str) -> String {

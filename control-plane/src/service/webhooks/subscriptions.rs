@@ -148,6 +148,11 @@ impl WebhookService {
         webhooks::find(&self.db, &org, id).await?.ok_or(Error::NotFound("subscription"))
     }
 
+    /// What `subscription` shows of its delivery options.
+    pub fn options(&self, subscription: &webhooks::Model) -> Result<OptionsView> {
+        endpoints::view(&self.master_keys, subscription)
+    }
+
     /// A page of subscriptions in creation order.
     pub async fn list(&self, ctx: &RequestContext, org_id: &str, page: &PageRequest) -> Result<Page<webhooks::Model>> {
         let org = ctx.authorize(Action::ReadSubscriptions, Target::Org(org_id))?;
@@ -313,13 +318,6 @@ impl WebhookService {
         audit::append(&tx, ctx.audit(AuditAction::SubscriptionApproved, id, json!({}))).await?;
         tx.commit().await?;
         Ok(subscription)
-    }
-}
-
-impl WebhookService {
-    /// What `subscription` shows of its delivery options.
-    pub fn options(&self, subscription: &webhooks::Model) -> Result<OptionsView> {
-        endpoints::view(&self.master_keys, subscription)
     }
 }
 
