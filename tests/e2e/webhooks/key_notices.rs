@@ -64,7 +64,7 @@ async fn low_credits_are_announced_once_per_period(backend: Backend) {
         .create_identity(pb::CreateIdentityRequest {
             org_id: org.clone(),
             external_id: "customer-1".into(),
-            credits: Some(pb::Credits { remaining: 100, refill: Some(refill), low_alert: percent.clone() }),
+            credits: Some(pb::Credits { remaining: 100, refill: Some(refill), low_alert: percent }),
             ..Default::default()
         })
         .await
@@ -92,7 +92,7 @@ async fn low_credits_are_announced_once_per_period(backend: Backend) {
         .create_api_key(pb::CreateApiKeyRequest {
             org_id: org.clone(),
             name: "bad".into(),
-            credits: Some(pb::Credits { remaining: 5, refill: None, low_alert: percent.clone() }),
+            credits: Some(pb::Credits { remaining: 5, refill: None, low_alert: percent }),
             ..Default::default()
         })
         .await
