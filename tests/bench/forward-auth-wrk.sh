@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # SIDECAR=/path/to/keyplane-sidecar compares another build (e.g. an older commit);
 # CREDITS=0 skips the runs with a key that has credits and one with a global
-# rate limit (builds without them).
+# rate limit (builds without them); FLOOD=0 skips the flood of bad tokens.
 PROFILE=${PROFILE:-release}
 SIDECAR=${SIDECAR:-target/$PROFILE/keyplane-sidecar}
 DATA=$(mktemp -d)
@@ -82,5 +82,12 @@ fi
 if [ "${IDENTITY:-1}" = 1 ]; then
   echo "== sidecar /check, a key with credits of an identity with credits and a global rate limit"
   wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $OF_IDENTITY" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%|Non-2xx"
+fi
+if [ "${FLOOD:-1}" = 1 ]; then
+  # Refused checks: a token that names no key (401), and how many log lines they cost.
+  echo "== sidecar /check, a flood of bad tokens"
+  before=$(grep -c "authentication failed" "$DATA/sidecar.log" || true)
+  wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer kp_live_garbage" http://127.0.0.1:18081/check | grep -E "requests in|Requests/sec|  50%|  99%"
+  echo "log lines written: $(( $(grep -c "authentication failed" "$DATA/sidecar.log" || true) - before ))"
 fi
 echo "== hello again"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
