@@ -42,7 +42,7 @@ impl ExtAuthz {
 pub fn allowed(key_id: &KeyId, principal: &Principal, remove_header: Option<&str>) -> CheckResponse {
     let mut ok = OkHttpResponseBuilder::new();
     for (name, value) in identity_headers(key_id, principal) {
-        ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
+        ok.add_header(name.as_str(), value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
     }
     if let Some(name) = remove_header {
         ok.remove_header(name);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,17 +28,40 @@ pub const CHECK_PREFIX: &str = "/check";
 /// overwrite), so it only ever adds to `--default-scopes`.
 pub const REQUIRED_SCOPES_HEADER: &str = "x-required-scopes";
 
+/// The headers a check reads and sets, named once at compile time: a
+/// lookup or insert by `&str` parses and checks the name on every request.
+mod names {
+    use hyper::header::HeaderName;
+
+    pub const REQUIRED_SCOPES: HeaderName = HeaderName::from_static(super::REQUIRED_SCOPES_HEADER);
+    pub const FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+    pub const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+    pub const FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+    pub const ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+    pub const REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    pub const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const COST: HeaderName = HeaderName::from_static("x-keyplane-cost");
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub const REMOVE_HEADERS: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
+    pub const KEY_ID: HeaderName = HeaderName::from_static("x-keyplane-key-id");
+    pub const ORG_ID: HeaderName = HeaderName::from_static("x-keyplane-org-id");
+    pub const SCOPES: HeaderName = HeaderName::from_static("x-keyplane-scopes");
+    pub const ENVIRONMENT: HeaderName = HeaderName::from_static("x-keyplane-environment");
+    pub const IDENTITY: HeaderName = HeaderName::from_static("x-keyplane-identity");
+    pub const IDENTITY_ID: HeaderName = HeaderName::from_static("x-keyplane-identity-id");
+}
+
 /// The identity headers set on allowed requests (overwriting any sent by
 /// the client: the identity ones are empty for a key without an identity).
-pub fn identity_headers<'a>(key_id: &'a KeyId, principal: &'a Principal) -> [(&'static str, &'a str); 6] {
+pub fn identity_headers<'a>(key_id: &'a KeyId, principal: &'a Principal) -> [(HeaderName, &'a str); 6] {
     let identity = principal.identity.as_ref();
     [
-        ("x-keyplane-key-id", key_id),
-        ("x-keyplane-org-id", &principal.org_id),
-        ("x-keyplane-scopes", &principal.scopes),
-        ("x-keyplane-environment", principal.environment.as_str()),
-        ("x-keyplane-identity", identity.map_or("", |i| &i.external_id)),
-        ("x-keyplane-identity-id", identity.map_or("", |i| &i.id)),
+        (names::KEY_ID, key_id),
+        (names::ORG_ID, &principal.org_id),
+        (names::SCOPES, &principal.scopes),
+        (names::ENVIRONMENT, principal.environment.as_str()),
+        (names::IDENTITY, identity.map_or("", |i| &i.external_id)),
+        (names::IDENTITY_ID, identity.map_or("", |i| &i.id)),
     ]
 }
 
@@ -69,8 +92,8 @@ pub struct HttpFrontEnd {
     /// The decision maker.
     pub checker: Arc<Checker>,
     pub metrics: Arc<Metrics>,
-    /// Credential header name (lowercase).
-    pub credential_header: String,
+    /// Credential header name.
+    pub credential_header: HeaderName,
     /// Ask the proxy to drop the credential header.
     pub strip_credential: bool,
     /// Scopes every check requires.
@@ -114,12 +137,9 @@ impl HttpFrontEnd {
 
     async fn forward_auth(&self, request: &Request<Incoming>, peer: &str) -> Reply {
         let headers = request.headers();
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let required = required_scopes(&self.default_scopes, text(REQUIRED_SCOPES_HEADER));
-        let method =
-            text("x-forwarded-method").or_else(|| text("x-original-method")).unwrap_or(request.method().as_str());
-        let uri = text("x-forwarded-uri").or_else(|| text("x-original-uri")).unwrap_or_default();
-        let credential = credential_from(text(&self.credential_header), &self.credential_header);
+        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let required = required_scopes(&self.default_scopes, text(&names::REQUIRED_SCOPES));
+        let credential = credential_from(text(&self.credential_header), self.credential_header.as_str());
         let decision = self
             .checker
             .check(&CheckInput {
@@ -133,14 +153,22 @@ impl HttpFrontEnd {
                 peer,
                 client: self.trusted_proxies.client(
                     peer,
-                    text("x-real-ip"),
-                    headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()),
+                    text(&names::REAL_IP),
+                    headers.get_all(&names::FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()),
                 ),
-                cost: parse_cost(text("x-keyplane-cost")),
-                request_id: text("x-request-id").unwrap_or_default(),
+                cost: parse_cost(text(&names::COST)),
+                request_id: text(&names::REQUEST_ID).unwrap_or_default(),
             })
             .await;
-        tracing::debug!(method, uri, allowed = matches!(decision, Decision::Allow { .. }), "forward-auth check");
+        // The field expressions run only when DEBUG is on.
+        tracing::debug!(
+            method = text(&names::FORWARDED_METHOD)
+                .or_else(|| text(&names::ORIGINAL_METHOD))
+                .unwrap_or(request.method().as_str()),
+            uri = text(&names::FORWARDED_URI).or_else(|| text(&names::ORIGINAL_URI)).unwrap_or_default(),
+            allowed = matches!(decision, Decision::Allow { .. }),
+            "forward-auth check"
+        );
         match decision {
             Decision::Allow { key_id, principal } => {
                 let mut response = reply(StatusCode::OK, Bytes::new());
@@ -150,11 +178,9 @@ impl HttpFrontEnd {
                         out.insert(name, value);
                     }
                 }
-                if self.strip_credential
-                    && let Ok(value) = HeaderValue::from_str(&self.credential_header)
-                {
+                if self.strip_credential {
                     // Envoy's HTTP ext_authz honours this; other proxies are configured to drop it.
-                    out.insert("x-envoy-auth-headers-to-remove", value);
+                    out.insert(names::REMOVE_HEADERS, HeaderValue::from(self.credential_header.clone()));
                 }
                 response
             }

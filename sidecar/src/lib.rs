@@ -148,10 +148,12 @@ pub async fn run(
 
     let strip = !config.keep_credential;
     let header = config.credential_header.to_ascii_lowercase();
+    let credential_header = hyper::header::HeaderName::from_bytes(header.as_bytes())
+        .map_err(|_| Error::Config(format!("--credential-header {header:?} is not a header name")))?;
     let front = Arc::new(http::HttpFrontEnd {
         checker: checker.clone(),
         metrics: metrics.clone(),
-        credential_header: header.clone(),
+        credential_header,
         strip_credential: strip,
         default_scopes: config.default_scopes.clone(),
         routes: routes::Routes::new(&config.route_permissions),
