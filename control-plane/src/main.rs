@@ -44,7 +44,7 @@ async fn execute(command: Command) -> keyplane_control_plane::Result<()> {
                     ConsoleListen::Off => None,
                 },
             };
-            keyplane_control_plane::run(*config, listeners, shutdown_signal()).await
+            keyplane_control_plane::run(*config, listeners, keyplane_proto::shutdown::signal()).await
         }
         Command::Migrate { storage, status, rollback } => {
             let action = match (status, rollback) {
@@ -115,21 +115,5 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, not when it is first awaited: a signal that comes as soon as the
-/// server says it is serving is a shutdown, not a kill.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = interrupt.recv() => {},
-        }
-        tracing::info!("shutdown signal received; draining");
     }
 }

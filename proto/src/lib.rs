@@ -27,6 +27,7 @@ pub const MAX_CHECK_COST: u64 = 1000;
 pub mod check;
 pub mod codec;
 pub mod permissions;
+pub mod shutdown;
 pub mod token;
 pub mod usage;
 

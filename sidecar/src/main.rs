@@ -29,7 +29,7 @@ async fn main() -> std::process::ExitCode {
             grpc: Listener::bind(&config.grpc_listen).await?,
             http: Listener::bind(&config.http_listen).await?,
         };
-        keyplane_sidecar::run(config, listeners, shutdown_signal()).await
+        keyplane_sidecar::run(config, listeners, keyplane_proto::shutdown::signal()).await
     };
     match result.await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -38,21 +38,5 @@ async fn main() -> std::process::ExitCode {
             eprintln!("keyplane-sidecar: {error}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, not when it is first awaited: a signal that comes as soon as the
-/// sidecar says it is serving is a shutdown, not a kill.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = interrupt.recv() => {},
-        }
-        tracing::info!("shutdown signal received; draining");
     }
 }
