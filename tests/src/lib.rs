@@ -7,6 +7,7 @@ pub mod connections;
 pub mod console;
 pub mod echo;
 pub mod logs;
+pub mod nemesis;
 pub mod oauth_provider;
 pub mod oidc_provider;
 pub mod postgres;

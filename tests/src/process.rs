@@ -92,6 +92,11 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sends `kill -<signal> <pid>`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+}
+
 /// A `keyplane serve` child process logging JSON to a pipe.
 pub struct ControlPlaneProcess {
     pub child: Child,
@@ -105,8 +110,14 @@ pub struct ControlPlaneProcess {
 impl ControlPlaneProcess {
     /// Starts `keyplane serve --listen 127.0.0.1:0 <args>` and waits until it serves.
     pub async fn start(args: &[String]) -> Self {
+        Self::start_at("127.0.0.1:0", args).await
+    }
+
+    /// Starts `keyplane serve --listen <listen> <args>` and waits until it
+    /// serves (a restart on the address it had: its sidecars follow it there).
+    pub async fn start_at(listen: &str, args: &[String]) -> Self {
         let mut child = Command::new(workspace_binary("keyplane"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "serve", "--listen", listen, "--console-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info,keyplane_control_plane=debug")
             .stdin(Stdio::null())
@@ -146,10 +157,16 @@ impl ControlPlaneProcess {
         let _ = self.reader.await;
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.child.id() {
+            send_signal(pid, signal);
+        }
+    }
+
     /// Sends SIGTERM, waits for a clean exit and returns the whole log.
     pub async fn stop(mut self) -> String {
-        let pid = self.child.id().expect("pid");
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        send_signal(self.child.id().expect("pid"), "TERM");
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exit in time")
@@ -167,6 +184,8 @@ pub struct SidecarProcess {
     child: Child,
     /// Its HTTP address (forward-auth, health, metrics).
     pub http_addr: String,
+    /// Its gRPC address (ext_authz).
+    pub grpc_addr: String,
     _credential: tempfile::NamedTempFile,
 }
 
@@ -185,6 +204,12 @@ impl SidecarProcess {
 
     /// As [`Self::start_following`], with `extra` flags.
     pub async fn start_following_with(addresses: &[String], credential: &str, extra: &[&str]) -> Self {
+        Self::start_at(addresses, credential, ("127.0.0.1:0", "127.0.0.1:0"), extra).await
+    }
+
+    /// As [`Self::start_following_with`], listening on `(grpc, http)` (a
+    /// restart on the addresses it had).
+    pub async fn start_at(addresses: &[String], credential: &str, listen: (&str, &str), extra: &[&str]) -> Self {
         let mut file = tempfile::NamedTempFile::new().expect("credential file");
         std::io::Write::write_all(&mut file, credential.as_bytes()).expect("write credential");
         let control_planes: Vec<String> = addresses.iter().map(|addr| format!("http://{addr}")).collect();
@@ -192,7 +217,7 @@ impl SidecarProcess {
             .args(["--control-plane", &control_planes.join(","), "--log-format", "json"])
             .arg("--credential-file")
             .arg(file.path())
-            .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--grpc-listen", listen.0, "--http-listen", listen.1])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -201,9 +226,10 @@ impl SidecarProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn keyplane-sidecar");
-        let http_addr = first_line_with(child.stderr.take().expect("stderr"), "keyplane-sidecar", |line| {
+        let (grpc_addr, http_addr) = first_line_with(child.stderr.take().expect("stderr"), "keyplane-sidecar", |line| {
             let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            parsed["fields"]["http"].as_str().map(str::to_owned)
+            let field = |name: &str| parsed["fields"][name].as_str().map(str::to_owned);
+            field("grpc").zip(field("http"))
         })
         .await;
         let ready = format!("http://{http_addr}/readyz");
@@ -212,7 +238,7 @@ impl SidecarProcess {
             |s| *s == 200,
         )
         .await;
-        Self { child, http_addr, _credential: file }
+        Self { child, http_addr, grpc_addr, _credential: file }
     }
 
     /// The forward-auth URL.

@@ -54,6 +54,9 @@ pub struct Received {
     pub body: Bytes,
     /// When it arrived.
     pub at: Instant,
+    /// Whether it was answered 2xx in time (a hung answer is not: the
+    /// sender gave up on it).
+    pub answered_ok: bool,
 }
 
 impl Received {
@@ -197,15 +200,21 @@ async fn answer(
     let path = request.uri().path().to_owned();
     let headers = request.headers().clone();
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let behavior = state.behaviors.lock().expect("lock").get(&path).cloned().unwrap_or(Behavior::Succeed);
     let seen = {
         let mut log = state.log.lock().expect("lock");
-        log.requests.push(Received { path: path.clone(), headers, body, at });
         let seen = log.per_path.entry(path.clone()).or_default();
         *seen += 1;
-        *seen
+        let seen = *seen;
+        let answered_ok = match &behavior {
+            Behavior::Succeed => true,
+            Behavior::Fail { times } | Behavior::TooManyRequests { times, .. } => seen > *times,
+            _ => false,
+        };
+        log.requests.push(Received { path: path.clone(), headers, body, at, answered_ok });
+        seen
     };
     state.arrived.notify_waiters();
-    let behavior = state.behaviors.lock().expect("lock").get(&path).cloned().unwrap_or(Behavior::Succeed);
     let respond = |status: StatusCode, body: &'static str| {
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *response.status_mut() = status;

@@ -1,0 +1,225 @@
+//! The checkers, run over the whole history after the run. Each returns
+//! what it counted and the violations it found, each violation with the
+//! few history records that show it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use super::cluster::STALENESS_BOUND;
+use super::history::{Answer, At, Check, History, Holder, Narrowed};
+use super::workload::{ENDPOINT_PATHS, matches};
+use crate::receiver::Receiver;
+
+/// A broken promise and the records that show it.
+pub struct Violation {
+    pub checker: &'static str,
+    pub what: String,
+    pub excerpt: Vec<String>,
+}
+
+/// (1) No check is allowed by a key later than [`STALENESS_BOUND`] after
+/// its revocation, deletion, rotation or narrowing took effect. Returns the
+/// violations and the latest allow seen after any such change.
+pub fn revocations(history: &History) -> (Vec<Violation>, Duration) {
+    let mut by_key: HashMap<usize, Vec<&Check>> = HashMap::new();
+    for check in &history.checks {
+        by_key.entry(check.key).or_default().push(check);
+    }
+    let mut violations = Vec::new();
+    let mut worst = Duration::ZERO;
+    for narrowing in &history.narrowings {
+        let taken_away = |check: &&&Check| {
+            check.answer == Answer::Allowed
+                && check.sent > narrowing.effective_by
+                && (narrowing.what != Narrowed::ScopeRemoved || check.scope == "write")
+        };
+        for check in by_key.get(&narrowing.key).into_iter().flatten().filter(taken_away) {
+            let lag = check.sent - narrowing.effective_by;
+            worst = worst.max(lag);
+            if lag > STALENESS_BOUND {
+                let mut excerpt = vec![format!(
+                    "{} {:?} of key {}: sent {}, effective by {}",
+                    at(narrowing.invoked),
+                    narrowing.what,
+                    history.keys[narrowing.key].id,
+                    at(narrowing.invoked),
+                    at(narrowing.effective_by)
+                )];
+                excerpt.extend(faults_between(history, narrowing.invoked.saturating_sub(STALENESS_BOUND), check.answered));
+                excerpt.push(describe(check));
+                violations.push(Violation {
+                    checker: "revocation bound",
+                    what: format!("allowed {lag:?} after the change took effect (bound {STALENESS_BOUND:?})"),
+                    excerpt,
+                });
+            }
+        }
+    }
+    (violations, worst)
+}
+
+/// What the delivery checker counted.
+#[derive(Default, Debug)]
+pub struct Deliveries {
+    /// (publication, endpoint) pairs that must arrive.
+    pub expected: usize,
+    pub delivered: usize,
+    /// Arrivals answered 2xx beyond the first of a pair.
+    pub duplicates: usize,
+    /// Distinct events delivered that no publisher saw acknowledged.
+    pub unacknowledged_delivered: usize,
+}
+
+/// (2) Every acknowledged publication reaches every endpoint it matches,
+/// and no endpoint gets one it does not match.
+pub fn deliveries(history: &History, receiver: &Receiver) -> (Vec<Violation>, Deliveries) {
+    let mut counts = Deliveries::default();
+    let mut violations = Vec::new();
+    let acknowledged: HashMap<&str, _> = history.publications.iter().map(|p| (p.event_id.as_str(), p)).collect();
+    for path in ENDPOINT_PATHS {
+        let mut ok: HashMap<String, usize> = HashMap::new();
+        for request in receiver.received(path) {
+            let id = request.header("webhook-id");
+            let entry = ok.entry(id).or_default();
+            *entry += usize::from(request.answered_ok);
+        }
+        for publication in &history.publications {
+            let arrived = ok.get(&publication.event_id).copied().unwrap_or(0);
+            if !matches(path, publication) {
+                if ok.contains_key(&publication.event_id) {
+                    violations.push(Violation {
+                        checker: "deliveries",
+                        what: format!("{path} got {} which it does not match", publication.event_id),
+                        excerpt: vec![format!("{publication:?}")],
+                    });
+                }
+                continue;
+            }
+            counts.expected += 1;
+            if arrived == 0 {
+                let mut excerpt = vec![format!("{} acknowledged {publication:?}", at(publication.acknowledged))];
+                excerpt.extend(faults_between(history, publication.acknowledged.saturating_sub(Duration::from_secs(5)), publication.acknowledged + Duration::from_secs(60)));
+                violations.push(Violation {
+                    checker: "deliveries",
+                    what: format!("{} never delivered to {path}", publication.event_id),
+                    excerpt,
+                });
+            } else {
+                counts.delivered += 1;
+                counts.duplicates += arrived - 1;
+            }
+        }
+        counts.unacknowledged_delivered +=
+            ok.iter().filter(|(id, n)| **n > 0 && !acknowledged.contains_key(id.as_str())).count();
+    }
+    (violations, counts)
+}
+
+/// (3) Allowed checks of a holder's keys never exceed the credits it was
+/// granted (counting grants whose outcome is unknown as granted). Returns
+/// the violations and (allowed spending checks, credits granted, of which
+/// with no answer).
+pub fn credits(history: &History) -> (Vec<Violation>, (u64, u64, u64)) {
+    let mut spent: HashMap<Holder, u64> = HashMap::new();
+    for check in history.checks.iter().filter(|c| c.answer == Answer::Allowed) {
+        let key = &history.keys[check.key];
+        if key.spends {
+            let holder = key.identity.map_or(Holder::Key(check.key), Holder::Identity);
+            *spent.entry(holder).or_default() += 1;
+        }
+    }
+    let mut granted: HashMap<Holder, u64> = HashMap::new();
+    for grant in &history.grants {
+        *granted.entry(grant.holder).or_default() += grant.amount;
+    }
+    let violations = spent
+        .iter()
+        .filter(|(holder, allowed)| **allowed > granted.get(holder).copied().unwrap_or(0))
+        .map(|(holder, allowed)| Violation {
+            checker: "credits",
+            what: format!("{holder:?}: {allowed} checks allowed, {} credits granted", granted.get(holder).copied().unwrap_or(0)),
+            excerpt: history.grants.iter().filter(|g| g.holder == *holder).map(|g| format!("{g:?}")).collect(),
+        })
+        .collect();
+    let unanswered = history.grants.iter().filter(|g| !g.acknowledged).map(|g| g.amount).sum();
+    (violations, (spent.values().sum(), granted.values().sum(), unanswered))
+}
+
+/// (4b) The key-event log is gap-free and in commit order, and holds an
+/// event for every change the workload saw take effect. Returns the
+/// violations and the number of events read.
+pub async fn key_event_log(history: &History, database_url: &str) -> (Vec<Violation>, usize) {
+    let db = sea_orm::Database::connect(database_url).await.expect("connect to the nemesis database");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT seq, key_id, kind, created_at FROM key_events ORDER BY seq",
+        ))
+        .await
+        .expect("read key_events");
+    let mut violations = Vec::new();
+    let mut kinds: HashMap<String, Vec<String>> = HashMap::new();
+    let mut previous: Option<(i64, chrono::DateTime<chrono::Utc>)> = None;
+    for row in &rows {
+        let seq: i64 = row.try_get("", "seq").expect("seq");
+        let created: chrono::DateTime<chrono::Utc> = row.try_get("", "created_at").expect("created_at");
+        let key: String = row.try_get("", "key_id").expect("key_id");
+        kinds.entry(key).or_default().push(row.try_get("", "kind").expect("kind"));
+        if let Some((last, last_created)) = previous {
+            if seq != last + 1 || created < last_created {
+                violations.push(Violation {
+                    checker: "key-event log",
+                    what: format!("seq {last} ({last_created}) is followed by seq {seq} ({created})"),
+                    excerpt: Vec::new(),
+                });
+            }
+        }
+        previous = Some((seq, created));
+    }
+    for narrowing in &history.narrowings {
+        let kind = match narrowing.what {
+            Narrowed::Revoked | Narrowed::Rotated => "revoked",
+            Narrowed::Deleted => "deleted",
+            Narrowed::ScopeRemoved => "updated",
+        };
+        let id = &history.keys[narrowing.key].id;
+        if !kinds.get(id).is_some_and(|k| k.iter().any(|k| k == kind)) {
+            violations.push(Violation {
+                checker: "key-event log",
+                what: format!("no {kind} event for {id}"),
+                excerpt: vec![format!("{narrowing:?}")],
+            });
+        }
+    }
+    db.close().await.ok();
+    (violations, rows.len())
+}
+
+/// The faults in force at some time within `[from, to]`.
+fn faults_between(history: &History, from: At, to: At) -> Vec<String> {
+    history
+        .faults
+        .iter()
+        .filter(|f| f.healed >= from && f.started <= to)
+        .map(|f| format!("{}–{} fault: {}", at(f.started), at(f.healed), f.fault))
+        .collect()
+}
+
+fn describe(check: &Check) -> String {
+    format!(
+        "{}–{} sidecar {} {:?} scope {} → {:?}",
+        at(check.sent),
+        at(check.answered),
+        check.sidecar,
+        check.via,
+        check.scope,
+        check.answer
+    )
+}
+
+/// A moment as seconds since the start.
+pub fn at(moment: At) -> String {
+    format!("{:.3}s", moment.as_secs_f64())
+}
