@@ -226,12 +226,13 @@ impl SidecarProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn keyplane-sidecar");
-        let (grpc_addr, http_addr) = first_line_with(child.stderr.take().expect("stderr"), "keyplane-sidecar", |line| {
-            let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            let field = |name: &str| parsed["fields"][name].as_str().map(str::to_owned);
-            field("grpc").zip(field("http"))
-        })
-        .await;
+        let (grpc_addr, http_addr) =
+            first_line_with(child.stderr.take().expect("stderr"), "keyplane-sidecar", |line| {
+                let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                let field = |name: &str| parsed["fields"][name].as_str().map(str::to_owned);
+                field("grpc").zip(field("http"))
+            })
+            .await;
         let ready = format!("http://{http_addr}/readyz");
         crate::eventually(
             || async { reqwest::get(&ready).await.map(|r| r.status().as_u16()).unwrap_or(0) },

@@ -22,7 +22,6 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let seed = args.seed.unwrap_or_else(rand::random);
     let options = keyplane_tests::nemesis::Options { seed, duration: args.duration };
     match keyplane_tests::nemesis::run(options).await {

@@ -20,7 +20,8 @@ pub enum Outcome<T> {
     Acknowledged(T),
     /// A definitive refusal (the request was judged, not lost).
     Refused(Code),
-    Unknown,
+    /// No answer about the request; the last error seen.
+    Unknown(Status),
 }
 
 impl<T> Outcome<T> {
@@ -28,7 +29,7 @@ impl<T> Outcome<T> {
         match self {
             Outcome::Acknowledged(value) => Outcome::Acknowledged(f(value)),
             Outcome::Refused(code) => Outcome::Refused(code),
-            Outcome::Unknown => Outcome::Unknown,
+            Outcome::Unknown(status) => Outcome::Unknown(status),
         }
     }
 }
@@ -89,12 +90,12 @@ impl Admin {
         let outcome = match call.await {
             Ok(response) => Outcome::Acknowledged(response.into_inner()),
             Err(status) if definitive(&status) => Outcome::Refused(status.code()),
-            Err(_) => Outcome::Unknown,
+            Err(status) => Outcome::Unknown(status),
         };
-        record(&self.history, |h| match outcome {
+        record(&self.history, |h| match &outcome {
             Outcome::Acknowledged(_) => h.operations.0 += 1,
             Outcome::Refused(_) => h.operations.1 += 1,
-            Outcome::Unknown => h.operations.2 += 1,
+            Outcome::Unknown(_) => h.operations.2 += 1,
         });
         outcome
     }
@@ -114,7 +115,7 @@ impl Admin {
         let mut replica = first;
         loop {
             match self.once(call(replica)).await {
-                Outcome::Unknown if tokio::time::Instant::now() < deadline => {
+                Outcome::Unknown(_) if tokio::time::Instant::now() < deadline => {
                     replica = (replica + 1) % self.channels.len();
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

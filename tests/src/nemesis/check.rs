@@ -47,7 +47,11 @@ pub fn revocations(history: &History) -> (Vec<Violation>, Duration) {
                     at(narrowing.invoked),
                     at(narrowing.effective_by)
                 )];
-                excerpt.extend(faults_between(history, narrowing.invoked.saturating_sub(STALENESS_BOUND), check.answered));
+                excerpt.extend(faults_between(
+                    history,
+                    narrowing.invoked.saturating_sub(STALENESS_BOUND),
+                    check.answered,
+                ));
                 excerpt.push(describe(check));
                 violations.push(Violation {
                     checker: "revocation bound",
@@ -100,7 +104,11 @@ pub fn deliveries(history: &History, receiver: &Receiver) -> (Vec<Violation>, De
             counts.expected += 1;
             if arrived == 0 {
                 let mut excerpt = vec![format!("{} acknowledged {publication:?}", at(publication.acknowledged))];
-                excerpt.extend(faults_between(history, publication.acknowledged.saturating_sub(Duration::from_secs(5)), publication.acknowledged + Duration::from_secs(60)));
+                excerpt.extend(faults_between(
+                    history,
+                    publication.acknowledged.saturating_sub(Duration::from_secs(5)),
+                    publication.acknowledged + Duration::from_secs(60),
+                ));
                 violations.push(Violation {
                     checker: "deliveries",
                     what: format!("{} never delivered to {path}", publication.event_id),
@@ -139,7 +147,10 @@ pub fn credits(history: &History) -> (Vec<Violation>, (u64, u64, u64)) {
         .filter(|(holder, allowed)| **allowed > granted.get(holder).copied().unwrap_or(0))
         .map(|(holder, allowed)| Violation {
             checker: "credits",
-            what: format!("{holder:?}: {allowed} checks allowed, {} credits granted", granted.get(holder).copied().unwrap_or(0)),
+            what: format!(
+                "{holder:?}: {allowed} checks allowed, {} credits granted",
+                granted.get(holder).copied().unwrap_or(0)
+            ),
             excerpt: history.grants.iter().filter(|g| g.holder == *holder).map(|g| format!("{g:?}")).collect(),
         })
         .collect();
@@ -167,14 +178,14 @@ pub async fn key_event_log(history: &History, database_url: &str) -> (Vec<Violat
         let created: chrono::DateTime<chrono::Utc> = row.try_get("", "created_at").expect("created_at");
         let key: String = row.try_get("", "key_id").expect("key_id");
         kinds.entry(key).or_default().push(row.try_get("", "kind").expect("kind"));
-        if let Some((last, last_created)) = previous {
-            if seq != last + 1 || created < last_created {
-                violations.push(Violation {
-                    checker: "key-event log",
-                    what: format!("seq {last} ({last_created}) is followed by seq {seq} ({created})"),
-                    excerpt: Vec::new(),
-                });
-            }
+        if let Some((last, last_created)) = previous
+            && (seq != last + 1 || created < last_created)
+        {
+            violations.push(Violation {
+                checker: "key-event log",
+                what: format!("seq {last} ({last_created}) is followed by seq {seq} ({created})"),
+                excerpt: Vec::new(),
+            });
         }
         previous = Some((seq, created));
     }
@@ -222,4 +233,102 @@ fn describe(check: &Check) -> String {
 /// A moment as seconds since the start.
 pub fn at(moment: At) -> String {
     format!("{:.3}s", moment.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nemesis::history::{Grant, Key, Narrowing, Publication, Via};
+
+    fn key(spends: bool, identity: Option<usize>) -> Key {
+        Key { id: "key_x".into(), identity, spends }
+    }
+
+    fn allowed(key: usize, scope: &'static str, sent: Duration) -> Check {
+        Check { sidecar: 0, via: Via::ForwardAuth, key, scope, sent, answered: sent, answer: Answer::Allowed }
+    }
+
+    fn seconds(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn an_allow_past_the_bound_after_a_change_is_a_violation() {
+        let mut history = History { keys: vec![key(false, None), key(false, None)], ..Default::default() };
+        let narrowing = |key, what| Narrowing { key, what, invoked: seconds(0.5), effective_by: seconds(1.0) };
+        history.narrowings = vec![narrowing(0, Narrowed::Revoked), narrowing(1, Narrowed::ScopeRemoved)];
+        let late = seconds(1.0) + STALENESS_BOUND + seconds(0.001);
+        // Before the change took effect, within the bound, or a scope still held: no violation.
+        history.checks =
+            vec![allowed(0, "read", seconds(0.8)), allowed(0, "read", seconds(2.0)), allowed(1, "read", late)];
+        let (violations, worst) = revocations(&history);
+        assert!(violations.is_empty());
+        assert_eq!(worst, seconds(1.0));
+        history.checks.push(allowed(0, "read", late));
+        history.checks.push(allowed(1, "write", late));
+        let (violations, worst) = revocations(&history);
+        assert_eq!(violations.len(), 2, "the revoked key and the removed scope");
+        assert_eq!(worst, late - seconds(1.0));
+    }
+
+    #[test]
+    fn allows_beyond_the_credits_granted_are_a_violation() {
+        let mut history =
+            History { keys: vec![key(true, None), key(true, Some(0)), key(true, Some(0))], ..Default::default() };
+        history.grants = vec![
+            Grant { holder: Holder::Key(0), amount: 2, acknowledged: true },
+            Grant { holder: Holder::Identity(0), amount: 2, acknowledged: true },
+            Grant { holder: Holder::Identity(0), amount: 1, acknowledged: false },
+        ];
+        history.checks = (0..2).map(|_| allowed(0, "read", seconds(1.0))).collect();
+        history.checks.extend([allowed(1, "read", seconds(1.0)), allowed(2, "read", seconds(1.0))]);
+        history.checks.push(allowed(2, "read", seconds(1.0)));
+        let (violations, totals) = credits(&history);
+        assert!(violations.is_empty(), "a grant with no answer counts as granted");
+        assert_eq!(totals, (5, 5, 1));
+        history.checks.push(allowed(0, "read", seconds(2.0)));
+        history.checks.push(allowed(1, "read", seconds(2.0)));
+        let (violations, _) = credits(&history);
+        assert_eq!(violations.len(), 2, "the key's own credits and its identity's");
+    }
+
+    #[tokio::test]
+    async fn a_publication_missing_at_a_matching_endpoint_is_a_violation() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let receiver = Receiver::start().await;
+        let publication = |id: &str, event_type, channels: Vec<&'static str>| Publication {
+            event_id: id.into(),
+            event_type,
+            channels,
+            acknowledged: seconds(1.0),
+        };
+        let history = History {
+            publications: vec![
+                publication("evt_a", "order.created", vec!["eu"]),
+                publication("evt_b", "order.paid", vec![]),
+            ],
+            ..Default::default()
+        };
+        let http = reqwest::Client::new();
+        let deliver = |path: &str, id: &str| http.post(receiver.url(path)).header("webhook-id", id).send();
+        for (path, id) in
+            [("/all", "evt_a"), ("/created", "evt_a"), ("/eu", "evt_a"), ("/all", "evt_b"), ("/all", "evt_b")]
+        {
+            deliver(path, id).await.expect("deliver");
+        }
+        let (violations, counts) = deliveries(&history, &receiver);
+        assert!(violations.is_empty(), "{:?}", violations.iter().map(|v| &v.what).collect::<Vec<_>>());
+        assert_eq!((counts.expected, counts.delivered, counts.duplicates), (4, 4, 1));
+        // evt_b is not for /eu (no channel); evt_a never reaching /all is lost.
+        deliver("/eu", "evt_b").await.expect("deliver");
+        let history = History {
+            publications: vec![publication("evt_c", "order.created", vec![]), history.publications[1].clone()],
+            ..history
+        };
+        let (violations, _) = deliveries(&history, &receiver);
+        let found: Vec<&str> = violations.iter().map(|v| v.what.as_str()).collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().any(|v| v.contains("evt_b") && v.contains("/eu")), "{found:?}");
+        assert_eq!(found.iter().filter(|v| v.contains("evt_c never delivered")).count(), 2, "{found:?}");
+    }
 }

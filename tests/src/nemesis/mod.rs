@@ -39,6 +39,7 @@ pub struct Options {
 /// Runs the nemesis and prints its report; returns whether every checker
 /// passed, or `None` when Postgres is missing (and not required).
 pub async fn run(options: Options) -> Option<bool> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let seed = options.seed;
     println!("nemesis: seed {seed}, faults for {:?}", options.duration);
     let rng = |stream: u64| StdRng::seed_from_u64(seed.wrapping_mul(1_000).wrapping_add(stream));
@@ -53,21 +54,37 @@ pub async fn run(options: Options) -> Option<bool> {
     let checking = Arc::new(AtomicBool::new(true));
     let mut traffic = Vec::new();
     for (s, addrs) in cluster.sidecar_addrs.iter().enumerate() {
-        let run = traffic::run(s, addrs.clone(), fixture.pools.clone(), history.clone(), clock, checking.clone(), rng(10 + s as u64));
+        let run = traffic::run(
+            s,
+            addrs.clone(),
+            fixture.pools.clone(),
+            history.clone(),
+            clock,
+            checking.clone(),
+            rng(10 + s as u64),
+        );
         traffic.push(tokio::spawn(run));
     }
-    let mut workers = vec![tokio::spawn(workload::change_keys(admin.clone(), fixture.clone(), clock, until, deadline, rng(1)))];
+    let mut workers =
+        vec![tokio::spawn(workload::change_keys(admin.clone(), fixture.clone(), clock, until, deadline, rng(1)))];
     for p in 0..3 {
-        let publish = workload::publish(admin.clone(), fixture.webhook_org.clone(), p, clock, until, deadline, rng(20 + p as u64));
+        let publish = workload::publish(
+            admin.clone(),
+            fixture.webhook_org.clone(),
+            p,
+            clock,
+            until,
+            deadline,
+            rng(20 + p as u64),
+        );
         workers.push(tokio::spawn(publish));
     }
     faults::run(&cluster, clock, until, rng(0), &history).await;
+    let healed = clock.now();
+    let recovery = cluster.wait_ready(RECOVERY_BOUND * 2).await;
     for worker in workers {
         worker.await.expect("workload task");
     }
-
-    let healed = clock.now();
-    let recovery = cluster.wait_ready(RECOVERY_BOUND * 2).await;
     // Checks go on past the bound, so late allows would be seen.
     tokio::time::sleep(STALENESS_BOUND + Duration::from_secs(2)).await;
     checking.store(false, Ordering::Release);
@@ -90,21 +107,42 @@ pub async fn run(options: Options) -> Option<bool> {
     violations.extend(found);
     for (what, took) in &recovery {
         if took.is_none_or(|t| t > RECOVERY_BOUND) {
-            violations.push(check::Violation { checker: "recovery", what: format!("{what} not ready within {RECOVERY_BOUND:?}: {took:?}"), excerpt: Vec::new() });
+            violations.push(check::Violation {
+                checker: "recovery",
+                what: format!("{what} not ready within {RECOVERY_BOUND:?}: {took:?}"),
+                excerpt: Vec::new(),
+            });
         }
     }
     if drained.is_none() {
-        violations.push(check::Violation { checker: "recovery", what: format!("deliveries not drained within {DELIVERY_BOUND:?}"), excerpt: Vec::new() });
+        violations.push(check::Violation {
+            checker: "recovery",
+            what: format!("deliveries not drained within {DELIVERY_BOUND:?}"),
+            excerpt: Vec::new(),
+        });
     }
 
     println!("\nnemesis report (seed {seed}; faults healed at {})", check::at(healed));
     report_faults(&history);
-    println!("checks: {} through 3 sidecars; by answer: {:?}", history.checks.len(), sorted(traffic::tally(&history.checks)));
+    println!(
+        "checks: {} through 3 sidecars; by answer: {:?}",
+        history.checks.len(),
+        sorted(traffic::tally(&history.checks))
+    );
     let (acknowledged, refused, unknown) = history.operations;
     println!("admin operations: {acknowledged} acknowledged, {refused} refused, {unknown} with no answer");
-    println!("narrowings checked: {} (revoked, deleted, rotated, scope removed); latest allow after one took effect: {worst_lag:?} (bound {STALENESS_BOUND:?})", history.narrowings.len());
-    println!("publications: {} acknowledged, {} never acknowledged; deliveries: {deliveries:?}", history.publications.len(), history.unacknowledged);
-    println!("credits: {spent} spending checks allowed, {granted} credits granted ({unanswered} by calls with no answer)");
+    println!(
+        "narrowings checked: {} (revoked, deleted, rotated, scope removed); latest allow after one took effect: {worst_lag:?} (bound {STALENESS_BOUND:?})",
+        history.narrowings.len()
+    );
+    println!(
+        "publications: {} acknowledged, {} never acknowledged; deliveries: {deliveries:?}",
+        history.publications.len(),
+        history.unacknowledged
+    );
+    println!(
+        "credits: {spent} spending checks allowed, {granted} credits granted ({unanswered} by calls with no answer)"
+    );
     println!("key-event log: {key_events} events; audit chains: {audited} events verified");
     for (what, took) in &recovery {
         println!("recovery: {what} ready after {took:?}");
@@ -146,7 +184,9 @@ async fn wait_delivered(cluster: &cluster::Cluster, history: &Shared, within: Du
     let expected: Vec<(&str, String)> = history::record(history, |h| {
         workload::ENDPOINT_PATHS
             .iter()
-            .flat_map(|path| h.publications.iter().filter(|p| workload::matches(path, p)).map(|p| (*path, p.event_id.clone())))
+            .flat_map(|path| {
+                h.publications.iter().filter(|p| workload::matches(path, p)).map(|p| (*path, p.event_id.clone()))
+            })
             .collect()
     });
     while started.elapsed() < within {
@@ -176,7 +216,10 @@ async fn verify_audit(admin: &admin::Admin, orgs: &[&str]) -> (Vec<check::Violat
         if !verdict.intact {
             violations.push(check::Violation {
                 checker: "audit chain",
-                what: format!("{org}: broken at seq {} ({}): {}", verdict.first_broken_seq, verdict.first_broken_id, verdict.problem),
+                what: format!(
+                    "{org}: broken at seq {} ({}): {}",
+                    verdict.first_broken_seq, verdict.first_broken_id, verdict.problem
+                ),
                 excerpt: Vec::new(),
             });
         }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use envoy::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3 as envoy;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;

@@ -15,11 +15,8 @@ use super::admin::{Admin, Outcome};
 use super::history::{Clock, Grant, Holder, Key, Narrowed, Narrowing, Publication, Shared, record};
 
 /// The receiver's endpoints: (path, event types, channels).
-pub const ENDPOINTS: [(&str, &[&str], &[&str]); 3] = [
-    ("/all", &EVENT_TYPES, &[]),
-    ("/created", &["order.created"], &[]),
-    ("/eu", &EVENT_TYPES, &["eu"]),
-];
+pub const ENDPOINTS: [(&str, &[&str], &[&str]); 3] =
+    [("/all", &EVENT_TYPES, &[]), ("/created", &["order.created"], &[]), ("/eu", &EVENT_TYPES, &["eu"])];
 /// Their paths.
 pub const ENDPOINT_PATHS: [&str; 3] = [ENDPOINTS[0].0, ENDPOINTS[1].0, ENDPOINTS[2].0];
 /// What publishers publish.
@@ -140,21 +137,27 @@ async fn create(
     let Outcome::Acknowledged(created) = admin.once(admin.keys(replica).create_api_key(request)).await else {
         return None;
     };
-    let key = Key {
-        id: created.api_key.expect("key").id,
-        identity,
-        spends: credits.is_some() || identity.is_some(),
-    };
-    Some((record(admin.history(), |h| {
-        h.keys.push(key);
-        h.keys.len() - 1
-    }), created.token))
+    let key = Key { id: created.api_key.expect("key").id, identity, spends: credits.is_some() || identity.is_some() };
+    Some((
+        record(admin.history(), |h| {
+            h.keys.push(key);
+            h.keys.len() - 1
+        }),
+        created.token,
+    ))
 }
 
 /// The key operations, one every 150–400 ms until `until`; a narrowing is
 /// retried until definitive (or `deadline`), so the time it took effect by
 /// is known.
-pub async fn change_keys(admin: Admin, fixture: Fixture, clock: Clock, until: Duration, deadline: Deadline, mut rng: StdRng) {
+pub async fn change_keys(
+    admin: Admin,
+    fixture: Fixture,
+    clock: Clock,
+    until: Duration,
+    deadline: Deadline,
+    mut rng: StdRng,
+) {
     let org = fixture.key_org.as_str();
     while clock.now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..400))).await;
@@ -223,11 +226,7 @@ async fn narrow(admin: &Admin, fixture: &Fixture, what: Narrowed, clock: &Clock,
             };
             match admin.once(admin.keys(first).rotate_api_key(request)).await {
                 Outcome::Acknowledged(rotated) => {
-                    let new = Key {
-                        id: rotated.api_key.expect("new key").id,
-                        identity: None,
-                        spends: false,
-                    };
+                    let new = Key { id: rotated.api_key.expect("new key").id, identity: None, spends: false };
                     let index = record(admin.history(), |h| {
                         h.keys.push(new);
                         h.keys.len() - 1
@@ -274,7 +273,7 @@ async fn narrow(admin: &Admin, fixture: &Fixture, what: Narrowed, clock: &Clock,
 /// Whether a retried call reached a definitive answer (for a revocation or
 /// deletion, a refusal means an earlier try already applied it).
 fn settled<T>(outcome: Outcome<T>) -> bool {
-    !matches!(outcome, Outcome::Unknown)
+    !matches!(outcome, Outcome::Unknown(_))
 }
 
 /// Sets or clears a rate limit of 5 requests a second on a live key.
@@ -321,7 +320,7 @@ async fn add_credits(admin: &Admin, fixture: &Fixture, replica: usize, rng: &mut
     };
     let acknowledged = match outcome {
         Outcome::Acknowledged(()) => true,
-        Outcome::Unknown => false,
+        Outcome::Unknown(_) => false,
         Outcome::Refused(_) => return,
     };
     record(admin.history(), |h| h.grants.push(Grant { holder, amount: ADD, acknowledged }));
@@ -329,7 +328,15 @@ async fn add_credits(admin: &Admin, fixture: &Fixture, replica: usize, rng: &mut
 
 /// One publisher: an event every 100–300 ms until `until`, each retried
 /// with its idempotency key until acknowledged (or `deadline`).
-pub async fn publish(admin: Admin, org: String, publisher: usize, clock: Clock, until: Duration, deadline: Deadline, mut rng: StdRng) {
+pub async fn publish(
+    admin: Admin,
+    org: String,
+    publisher: usize,
+    clock: Clock,
+    until: Duration,
+    deadline: Deadline,
+    mut rng: StdRng,
+) {
     let mut n = 0u64;
     while clock.now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
@@ -355,7 +362,10 @@ pub async fn publish(admin: Admin, org: String, publisher: usize, clock: Clock, 
                 record(admin.history(), |h| h.publications.push(publication));
             }
             Outcome::Refused(code) => panic!("publication refused: {code:?}"),
-            Outcome::Unknown => record(admin.history(), |h| h.unacknowledged += 1),
+            Outcome::Unknown(status) => {
+                println!("publication nemesis-{publisher}-{n} never acknowledged; last answer: {status:?}");
+                record(admin.history(), |h| h.unacknowledged += 1);
+            }
         }
     }
 }
