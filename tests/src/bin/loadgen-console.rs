@@ -22,7 +22,7 @@ use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_tests::console::ConsoleClient;
 use keyplane_tests::stats::measure;
 use keyplane_tests::{Backend, random_org, seed, webhooks};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::DatabaseConnection;
 
 #[derive(Parser)]
 struct Args {
@@ -60,7 +60,8 @@ async fn main() {
             webhooks::subscribe(&plane, &org, &format!("http://127.0.0.1:9/hook/{i}"), &["*"]).await;
         endpoints.push(subscription.id);
     }
-    seed_deliveries(&db, backend, &org, &endpoints, args.deliveries).await;
+    seed::deliveries(&db, &org, &endpoints, 1..=args.deliveries, 1.0, "bench").await;
+    seed::analyze_deliveries(&db).await;
     println!(
         "seeded {} keys and {} deliveries (and as many events and attempts) in {:.0}s",
         args.keys,
@@ -151,65 +152,4 @@ async fn seed_keys(db: &DatabaseConnection, org: &str, count: usize) -> Vec<Stri
     })
     .await;
     ids
-}
-
-/// `count` events, each delivered once (one attempt) to one of
-/// `endpoints` in turn, a second apart up to now; one in ten failed, event
-/// types `order.created` and (one in twenty) `invoice.paid`. Written by the
-/// database itself.
-async fn seed_deliveries(db: &DatabaseConnection, backend: Backend, org: &str, endpoints: &[String], count: usize) {
-    let run = |sql: String| async move { db.execute_unprepared(&sql).await.expect("seed deliveries") };
-    let (series, at, pick) = if backend == Backend::Postgres {
-        (
-            format!("generate_series(1, {count}) AS s(n)"),
-            format!("now() - make_interval(secs => {count} - n)"),
-            "(ARRAY[{endpoints}])[1 + n % {len}]",
-        )
-    } else {
-        (
-            format!(
-                "(WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {count}) SELECT n FROM s)"
-            ),
-            format!("strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-' || ({count} - n) || ' seconds')"),
-            "json_extract(json_array({endpoints}), '$[' || (n % {len}) || ']')",
-        )
-    };
-    let quoted: Vec<String> = endpoints.iter().map(|id| format!("'{id}'")).collect();
-    let pick = pick.replace("{endpoints}", &quoted.join(",")).replace("{len}", &endpoints.len().to_string());
-    let id = |prefix: &str| {
-        if backend == Backend::Postgres {
-            format!("'{prefix}bench' || lpad(n::text, 13, '0')")
-        } else {
-            format!("'{prefix}bench' || printf('%013d', n)")
-        }
-    };
-    let event_type = "CASE WHEN n % 20 = 0 THEN 'invoice.paid' ELSE 'order.created' END";
-    let failed = "n % 10 = 0";
-    run(format!(
-        "INSERT INTO webhook_events (id, org_id, event_type, payload, idempotency_key, created_at) \
-         SELECT {}, '{org}', {event_type}, '{{\"order\":' || n || '}}', NULL, {at} FROM {series}",
-        id("msg_")
-    ))
-    .await;
-    run(format!(
-        "INSERT INTO webhook_deliveries (id, org_id, subscription_id, event_id, event_type, status, attempt_count, \
-         next_attempt_at, last_status_code, last_error, created_at, finished_at) \
-         SELECT {}, '{org}', {pick}, {}, {event_type}, CASE WHEN {failed} THEN 'failed' ELSE 'succeeded' END, 1, \
-         {at}, CASE WHEN {failed} THEN 500 ELSE 200 END, NULL, {at}, {at} FROM {series}",
-        id("dlv_"),
-        id("msg_")
-    ))
-    .await;
-    run(format!(
-        "INSERT INTO webhook_attempts (id, delivery_id, org_id, number, started_at, status_code, latency_micros, \
-         error, response_excerpt) \
-         SELECT {}, {}, '{org}', 1, {at}, CASE WHEN {failed} THEN 500 ELSE 200 END, 1000 + n % 5000, NULL, 'ok' \
-         FROM {series}",
-        id("att_"),
-        id("dlv_")
-    ))
-    .await;
-    for table in ["webhook_events", "webhook_deliveries", "webhook_attempts"] {
-        seed::analyze(db, table).await;
-    }
 }

@@ -207,11 +207,9 @@ async fn query(backend: Backend, keys: usize, days: i64, requests: usize) {
     let org = random_org();
     let ids = seed_keys(&db, &org, keys).await;
     let now = Utc::now();
-    let this_hour = now.duration_trunc(TimeDelta::hours(1)).expect("hour").timestamp();
     let today = now.duration_trunc(TimeDelta::days(1)).expect("day").timestamp();
-    let this_minute = now.duration_trunc(TimeDelta::minutes(1)).expect("minute").timestamp();
     let started = Instant::now();
-    seed_rollups(&db, backend, &org, &ids, this_hour, today, this_minute, days).await;
+    seed::rollups(&db, &org, &ids, days, now).await;
     println!("seeded {days} days of hourly rollups for {keys} keys in {:.0}s", started.elapsed().as_secs_f64());
 
     if std::env::var("EXPLAIN").is_ok() {
@@ -305,73 +303,4 @@ async fn query(backend: Backend, keys: usize, days: i64, requests: usize) {
         println!("TopKeys over 7 days, a report of {reported} into today before each: {summary}");
     }
     plane.stop().await;
-}
-
-/// Hourly rows for every key over `days`, daily rows over `days`, and a
-/// day of org minutes, written by the database itself in time order, as
-/// reports write them (a bucket's rows sit together on disk, not one key's).
-#[allow(clippy::too_many_arguments)]
-async fn seed_rollups(
-    db: &DatabaseConnection,
-    backend: Backend,
-    org: &str,
-    ids: &[String],
-    this_hour: i64,
-    today: i64,
-    this_minute: i64,
-    days: i64,
-) {
-    let sqlite = backend == Backend::Sqlite;
-    let keys_table = "bench_keys";
-    let create = format!("CREATE TABLE {keys_table} (key_id TEXT)");
-    let run = |sql: String| async move { db.execute_raw(Statement::from_string(db.get_database_backend(), sql)).await };
-    run(create).await.expect("temp table");
-    for chunk in ids.chunks(1000) {
-        let values: Vec<String> = chunk.iter().map(|id| format!("('{id}')")).collect();
-        run(format!("INSERT INTO {keys_table} VALUES {}", values.join(","))).await.expect("keys");
-    }
-    let series = |from: i64, to: i64, step: i64| {
-        if sqlite {
-            format!(
-                "(WITH RECURSIVE s(b) AS (SELECT {from} UNION ALL SELECT b + {step} FROM s WHERE b + {step} <= {to}) SELECT b FROM s)"
-            )
-        } else {
-            format!("(SELECT generate_series({from}, {to}, {step}) AS b)")
-        }
-    };
-    let counts = "(abs(random()) % 50) + 1, abs(random()) % 3, 0, abs(random()) % 2";
-    let pg_counts = "(random() * 50)::bigint + 1, (random() * 3)::bigint, 0, (random() * 2)::bigint";
-    let counts = if sqlite { counts } else { pg_counts };
-    for (table, from, to, step) in [
-        ("usage_key_hours", this_hour - days * 86_400, this_hour, 3600),
-        ("usage_key_days", today - days * 86_400, today, 86_400),
-    ] {
-        run(format!(
-            "INSERT INTO {table} (bucket, key_id, org_id, environment, allowed, unauthorized, forbidden, rate_limited) \
-             SELECT t.b, k.key_id, '{org}', 'live', {counts} FROM {} t CROSS JOIN {keys_table} k ORDER BY t.b, k.key_id",
-            series(from, to, step)
-        ))
-        .await
-        .expect("key rollups");
-    }
-    run(format!(
-        "INSERT INTO usage_org_minutes (bucket, org_id, environment, allowed, unauthorized, forbidden, rate_limited) \
-         SELECT t.b, '{org}', 'live', {counts} FROM {} t",
-        series(this_minute - 86_400, this_minute, 60)
-    ))
-    .await
-    .expect("org minutes");
-    // The org rows are the sums of the key rows, as reports write them
-    // (TopKeys relies on it).
-    for granularity in ["hours", "days"] {
-        run(format!(
-            "INSERT INTO usage_org_{granularity} (bucket, org_id, environment, allowed, unauthorized, forbidden, rate_limited) \
-             SELECT bucket, org_id, environment, SUM(allowed), SUM(unauthorized), SUM(forbidden), SUM(rate_limited) \
-             FROM usage_key_{granularity} WHERE org_id = '{org}' GROUP BY bucket, org_id, environment"
-        ))
-        .await
-        .expect("org rollups");
-    }
-    seed::analyze(db, "usage_key_hours").await;
-    seed::analyze(db, "usage_key_days").await;
 }

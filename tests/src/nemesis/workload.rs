@@ -190,7 +190,7 @@ pub type Deadline = tokio::time::Instant;
 /// when that took effect by.
 async fn narrow(admin: &Admin, fixture: &Fixture, what: Narrowed, clock: &Clock, deadline: Deadline, rng: &mut StdRng) {
     let org = fixture.key_org.clone();
-    let key = {
+    let (key, from_full) = {
         let mut pools = fixture.pools.lock().expect("pools");
         let from_full = what == Narrowed::ScopeRemoved || pools.read_only.is_empty() || rng.random_bool(0.5);
         let pool = if from_full { &mut pools.full } else { &mut pools.read_only };
@@ -198,7 +198,7 @@ async fn narrow(admin: &Admin, fixture: &Fixture, what: Narrowed, clock: &Clock,
             return;
         }
         let at = rng.random_range(0..pool.len());
-        pool.swap_remove(at)
+        (pool.swap_remove(at), from_full)
     };
     let id = record(admin.history(), |h| h.keys[key.0].id.clone());
     let first = rng.random_range(0..super::cluster::SIZE);
@@ -231,7 +231,10 @@ async fn narrow(admin: &Admin, fixture: &Fixture, what: Narrowed, clock: &Clock,
                         h.keys.push(new);
                         h.keys.len() - 1
                     });
-                    fixture.pools.lock().expect("pools").full.push((index, rotated.token));
+                    // The new key has the old one's scopes.
+                    let mut pools = fixture.pools.lock().expect("pools");
+                    let pool = if from_full { &mut pools.full } else { &mut pools.read_only };
+                    pool.push((index, rotated.token));
                     (what, true)
                 }
                 // Not known whether it rotated: revoke the old key for sure.
