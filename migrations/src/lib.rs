@@ -29,6 +29,7 @@ mod m20261207_000021_users;
 mod m20261207_000022_event_types;
 mod m20261207_000023_key_expiring_notices;
 mod m20261207_000024_webhook_products;
+mod m20261207_000025_legacy_hash_index;
 
 /// Every Keyplane migration, in order.
 pub struct Migrator;
@@ -61,6 +62,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000022_event_types::Migration),
             Box::new(m20261207_000023_key_expiring_notices::Migration),
             Box::new(m20261207_000024_webhook_products::Migration),
+            Box::new(m20261207_000025_legacy_hash_index::Migration),
         ]
     }
 }

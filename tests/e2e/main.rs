@@ -23,6 +23,7 @@ mod import;
 mod isolation;
 mod orgs;
 mod partition;
+mod plans;
 mod proxies;
 mod reseal;
 mod roles;

@@ -235,6 +235,26 @@ impl PgServer {
     }
 }
 
+/// Statements executed since `pg_stat_statements_reset()` in the current
+/// database (the server must preload `pg_stat_statements`): their total
+/// calls, and each statement's calls and execution time in ms, longest first.
+pub async fn statements(db: &sea_orm::DatabaseConnection) -> (i64, Vec<(i64, f64, String)>) {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let query = "SELECT calls, total_exec_time::float8 AS ms, query FROM pg_stat_statements \
+                 WHERE query NOT LIKE '%pg_stat_statements%' AND dbid = \
+                 (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY total_exec_time DESC";
+    let rows =
+        db.query_all_raw(Statement::from_string(DbBackend::Postgres, query)).await.expect("read pg_stat_statements");
+    let counted: Vec<(i64, f64, String)> = rows
+        .iter()
+        .map(|row| {
+            let calls = row.try_get::<i64>("", "calls").unwrap_or(0);
+            (calls, row.try_get("", "ms").unwrap_or(0.0), row.try_get("", "query").unwrap_or_default())
+        })
+        .collect();
+    (counted.iter().map(|(calls, _, _)| calls).sum(), counted)
+}
+
 /// 16 random lowercase hex characters.
 pub fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};

@@ -136,37 +136,3 @@ async fn succeeded_deliveries_are_purged_after_retention(backend: Backend) {
     let kept = deliveries.get_delivery(pb::GetDeliveryRequest { org_id: org.clone(), id: failed.id.clone() }).await;
     assert_eq!(kept.unwrap().into_inner().attempts.len(), 3, "failed deliveries and their attempts are kept");
 }
-
-/// An org whose rows all sort before another org's (older ids) still gets
-/// its first page from its own index: the planner must not walk the primary
-/// key backwards through every row of the other org (found by the soak,
-/// docs/reliability.md). A plan, not a time: the test cannot be flaky.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_of_an_org_is_read_from_its_index_postgres() {
-    use keyplane_control_plane::store::deliveries::{DeliveryFilter, list_query};
-    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait};
-    let plane = start_webhooks_or_skip!(Backend::Postgres);
-    let db = plane.database().await;
-    let (quiet, busy) = (random_org(), random_org());
-    for (n, org) in [&quiet, &busy].into_iter().enumerate() {
-        let (subscription, _) = subscribe(&plane, org, "http://127.0.0.1:9/hook", &["bulk.none"]).await;
-        keyplane_tests::seed::deliveries(&db, org, &[subscription.id], 1..=30_000, 1.0, &format!("plan{n}_")).await;
-    }
-    keyplane_tests::seed::analyze_deliveries(&db).await;
-    for filter in
-        [DeliveryFilter::default(), DeliveryFilter { event_type: Some("order.created".into()), ..Default::default() }]
-    {
-        let mut statement = list_query(DbBackend::Postgres, &quiet, &filter, None, 51).build(DbBackend::Postgres);
-        statement.sql = format!("EXPLAIN (ANALYZE, COSTS OFF) {}", statement.sql);
-        let plan: Vec<String> = db
-            .query_all_raw(statement)
-            .await
-            .expect("explain")
-            .iter()
-            .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan line"))
-            .collect();
-        let plan = plan.join("\n");
-        assert!(plan.contains("using webhook_deliveries_org_id"), "{filter:?}: read from an org index:\n{plan}");
-        assert!(!plan.contains("webhook_deliveries_pkey"), "{filter:?}: not the primary key:\n{plan}");
-    }
-}

@@ -34,6 +34,7 @@ use keyplane_control_plane::crypto::new_id;
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_proto::admin::v1 as pb;
 use keyplane_tests::console::ConsoleClient;
+use keyplane_tests::postgres::{self, PgServer};
 use keyplane_tests::receiver::Receiver;
 use keyplane_tests::stats::{Summary, measure};
 use keyplane_tests::{Backend, TestControlPlane, TestSidecar, random_org, seed, webhooks};
@@ -86,6 +87,7 @@ struct Figures {
 }
 
 struct Soak {
+    _postgres: PgServer,
     plane: TestControlPlane,
     sidecar: TestSidecar,
     receiver: Receiver,
@@ -129,7 +131,13 @@ async fn main() {
 
 impl Soak {
     async fn start(args: &Args, retention: Duration) -> Self {
+        // A server of its own, counting statements: where a figure falls,
+        // the statements say what the time went to.
+        let postgres =
+            postgres::dedicated_with("-c shared_preload_libraries=pg_stat_statements").expect("Postgres is required");
+        let database_url = postgres.create_database().await;
         let plane = webhooks::start(Backend::Postgres, |config| {
+            config.storage.database_url = Some(database_url);
             config.webhooks.max_subscriptions = 1000;
             config.webhooks.delivery_retention = retention;
             config.abuse.admin_requests_per_second = 0;
@@ -139,6 +147,7 @@ impl Soak {
         let sidecar = TestSidecar::start(&plane, |_| {}).await;
         let receiver = Receiver::start().await;
         let db = plane.database().await;
+        db.execute_unprepared("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.expect("extension");
         let org = random_org();
         let bulk = |org: String| {
             let plane = &plane;
@@ -161,6 +170,7 @@ impl Soak {
         console.sign_in_to(&admin, &org).await;
         let key_orgs = (0..args.orgs).map(|_| random_org()).collect();
         Self {
+            _postgres: postgres,
             plane,
             sidecar,
             receiver,
@@ -231,6 +241,7 @@ impl Soak {
     }
 
     async fn measure(&self, args: &Args) -> Figures {
+        self.db.execute_unprepared("SELECT pg_stat_statements_reset()").await.expect("reset statements");
         let (publish_rate, publish_p99) = self.publish_to_receipt(args.messages).await;
         println!(
             "  publish → receipt, 1 endpoint, {} messages: {publish_rate:.0}/s, p99 {publish_p99:?}",
@@ -255,6 +266,11 @@ impl Soak {
         })
         .await;
         println!("  console endpoint page: {console}");
+        let (calls, top) = postgres::statements(&self.db).await;
+        println!("  statements while measuring: {calls}; the longest in all:");
+        for (calls, ms, query) in top.iter().take(6) {
+            println!("    {calls:>7} {ms:>9.1} ms  {}", query.chars().take(140).collect::<String>());
+        }
         Figures {
             publish_rate,
             publish_p99,

@@ -142,28 +142,6 @@ impl Bench {
         }
     }
 
-    /// Statements executed since the reset, and each statement's calls and
-    /// total execution time in ms, longest first (Postgres).
-    async fn statements(&self) -> Option<(i64, Vec<(i64, f64, String)>)> {
-        self.postgres.as_ref()?;
-        let query = "SELECT calls, total_exec_time::float8 AS ms, query FROM pg_stat_statements \
-                     WHERE query NOT LIKE '%pg_stat_statements%' AND dbid = \
-                     (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY total_exec_time DESC";
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_string(DbBackend::Postgres, query))
-            .await
-            .expect("read pg_stat_statements");
-        let counted: Vec<(i64, f64, String)> = rows
-            .iter()
-            .map(|row| {
-                let calls = row.try_get::<i64>("", "calls").unwrap_or(0);
-                (calls, row.try_get("", "ms").unwrap_or(0.0), row.try_get("", "query").unwrap_or_default())
-            })
-            .collect();
-        Some((counted.iter().map(|(calls, _, _)| calls).sum(), counted))
-    }
-
     /// Publishes `messages` messages to the org (its `endpoints` endpoints
     /// all on `path`) with `publishers` concurrent publishers, each on its
     /// own connection; returns when every delivery arrived and prints the
@@ -207,7 +185,10 @@ impl Bench {
             (after.postgres_ticks - before.postgres_ticks) as f64 / TICKS_PER_SECOND / seconds * 100.0,
             per_thousand(after.postgres_ticks - before.postgres_ticks),
         );
-        if let Some((total, top)) = self.statements().await {
+        if let Some((total, top)) = match &self.postgres {
+            Some(_) => Some(postgres::statements(&self.db).await),
+            None => None,
+        } {
             let per_thousand = total as f64 * 1000.0 / deliveries as f64;
             println!("  statements: {per_thousand:.0} per 1,000 deliveries; longest in total (calls, ms):");
             for (calls, ms, query) in top.iter().take(8) {

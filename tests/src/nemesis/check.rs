@@ -8,7 +8,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use super::cluster::STALENESS_BOUND;
-use super::history::{Answer, At, Check, History, Holder, Narrowed};
+use super::history::{Answer, At, Check, Clock, History, Holder, Narrowed};
 use super::workload::{ENDPOINT_PATHS, matches};
 use crate::receiver::Receiver;
 
@@ -70,27 +70,30 @@ pub struct Deliveries {
     /// (publication, endpoint) pairs that must arrive.
     pub expected: usize,
     pub delivered: usize,
-    /// Arrivals answered 2xx beyond the first of a pair.
-    pub duplicates: usize,
+    /// Arrivals answered 2xx beyond the first of a pair, by the fault in
+    /// force when they were sent.
+    pub duplicates: std::collections::BTreeMap<&'static str, usize>,
     /// Distinct events delivered that no publisher saw acknowledged.
     pub unacknowledged_delivered: usize,
 }
 
 /// (2) Every acknowledged publication reaches every endpoint it matches,
 /// and no endpoint gets one it does not match.
-pub fn deliveries(history: &History, receiver: &Receiver) -> (Vec<Violation>, Deliveries) {
+pub fn deliveries(history: &History, receiver: &Receiver, clock: Clock) -> (Vec<Violation>, Deliveries) {
     let mut counts = Deliveries::default();
     let mut violations = Vec::new();
     let acknowledged: HashMap<&str, _> = history.publications.iter().map(|p| (p.event_id.as_str(), p)).collect();
     for path in ENDPOINT_PATHS {
-        let mut ok: HashMap<String, usize> = HashMap::new();
+        // Each event's arrivals answered 2xx, in order.
+        let mut ok: HashMap<String, Vec<At>> = HashMap::new();
         for request in receiver.received(path) {
-            let id = request.header("webhook-id");
-            let entry = ok.entry(id).or_default();
-            *entry += usize::from(request.answered_ok);
+            let arrivals = ok.entry(request.header("webhook-id")).or_default();
+            if request.answered_ok {
+                arrivals.push(clock.since(request.at));
+            }
         }
         for publication in &history.publications {
-            let arrived = ok.get(&publication.event_id).copied().unwrap_or(0);
+            let arrived = ok.get(&publication.event_id).map(Vec::as_slice).unwrap_or_default();
             if !matches(path, publication) {
                 if ok.contains_key(&publication.event_id) {
                     violations.push(Violation {
@@ -102,7 +105,7 @@ pub fn deliveries(history: &History, receiver: &Receiver) -> (Vec<Violation>, De
                 continue;
             }
             counts.expected += 1;
-            if arrived == 0 {
+            let Some((first, again)) = arrived.split_first() else {
                 let mut excerpt = vec![format!("{} acknowledged {publication:?}", at(publication.acknowledged))];
                 excerpt.extend(faults_between(
                     history,
@@ -114,16 +117,29 @@ pub fn deliveries(history: &History, receiver: &Receiver) -> (Vec<Violation>, De
                     what: format!("{} never delivered to {path}", publication.event_id),
                     excerpt,
                 });
-            } else {
-                counts.delivered += 1;
-                counts.duplicates += arrived - 1;
+                continue;
+            };
+            counts.delivered += 1;
+            for copy in again {
+                // The fault in force from just before the first copy (a
+                // lease earlier) to this one.
+                let cause = history
+                    .faults
+                    .iter()
+                    .find(|f| f.healed >= first.saturating_sub(DUPLICATE_WINDOW) && f.started <= *copy)
+                    .map_or("no fault", |f| f.kind);
+                *counts.duplicates.entry(cause).or_default() += 1;
             }
         }
         counts.unacknowledged_delivered +=
-            ok.iter().filter(|(id, n)| **n > 0 && !acknowledged.contains_key(id.as_str())).count();
+            ok.iter().filter(|(id, n)| !n.is_empty() && !acknowledged.contains_key(id.as_str())).count();
     }
     (violations, counts)
 }
+
+/// How long before a delivery's first copy a fault can make it sent again:
+/// the delivery lease, and a second.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(6);
 
 /// (3) Allowed checks of a holder's keys never exceed the credits it was
 /// granted (counting grants whose outcome is unknown as granted). Returns
@@ -295,6 +311,7 @@ mod tests {
     #[tokio::test]
     async fn a_publication_missing_at_a_matching_endpoint_is_a_violation() {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let clock = Clock::start();
         let receiver = Receiver::start().await;
         let publication = |id: &str, event_type, channels: Vec<&'static str>| Publication {
             event_id: id.into(),
@@ -316,16 +333,17 @@ mod tests {
         {
             deliver(path, id).await.expect("deliver");
         }
-        let (violations, counts) = deliveries(&history, &receiver);
+        let (violations, counts) = deliveries(&history, &receiver, clock);
         assert!(violations.is_empty(), "{:?}", violations.iter().map(|v| &v.what).collect::<Vec<_>>());
-        assert_eq!((counts.expected, counts.delivered, counts.duplicates), (4, 4, 1));
+        assert_eq!((counts.expected, counts.delivered), (4, 4));
+        assert_eq!(counts.duplicates.get("no fault"), Some(&1));
         // evt_b is not for /eu (no channel); evt_a never reaching /all is lost.
         deliver("/eu", "evt_b").await.expect("deliver");
         let history = History {
             publications: vec![publication("evt_c", "order.created", vec![]), history.publications[1].clone()],
             ..history
         };
-        let (violations, _) = deliveries(&history, &receiver);
+        let (violations, _) = deliveries(&history, &receiver, clock);
         let found: Vec<&str> = violations.iter().map(|v| v.what.as_str()).collect();
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(found.iter().any(|v| v.contains("evt_b") && v.contains("/eu")), "{found:?}");

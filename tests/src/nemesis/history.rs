@@ -21,6 +21,11 @@ impl Clock {
     pub fn now(&self) -> At {
         self.0.elapsed()
     }
+
+    /// `instant` on this clock.
+    pub fn since(&self, instant: Instant) -> At {
+        instant.saturating_duration_since(self.0)
+    }
 }
 
 /// How a check reached a sidecar.

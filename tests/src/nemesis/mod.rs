@@ -97,7 +97,7 @@ pub async fn run(options: Options) -> Option<bool> {
     let mut violations = Vec::new();
     let (found, worst_lag) = check::revocations(&history);
     violations.extend(found);
-    let (found, deliveries) = check::deliveries(&history, &cluster.receiver);
+    let (found, deliveries) = check::deliveries(&history, &cluster.receiver, clock);
     violations.extend(found);
     let (found, (spent, granted, unanswered)) = check::credits(&history);
     violations.extend(found);

@@ -279,21 +279,27 @@ fn settled<T>(outcome: Outcome<T>) -> bool {
     !matches!(outcome, Outcome::Unknown(_))
 }
 
-/// Sets or clears a rate limit of 5 requests a second on a live key.
+/// Sets or clears a rate limit of 5 requests a second on a live key, or on
+/// the spending keys' identity.
 async fn change_rate_limit(admin: &Admin, fixture: &Fixture, replica: usize, rng: &mut StdRng) {
-    let Some((key, _)) = fixture.pools.lock().expect("pools").full.choose(rng).cloned() else { return };
-    let id = record(admin.history(), |h| h.keys[key].id.clone());
     let rate_limit = rng.random_bool(0.5).then(|| pb::RateLimit {
         requests: 5,
         window: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
         ..Default::default()
     });
-    let request = pb::UpdateApiKeyRequest {
-        org_id: fixture.key_org.clone(),
-        id,
-        update: Some(pb::ApiKeyUpdate { rate_limit, ..Default::default() }),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["rate_limit".into()] }),
-    };
+    let (org_id, update_mask) =
+        (fixture.key_org.clone(), Some(prost_types::FieldMask { paths: vec!["rate_limit".into()] }));
+    if rng.random_bool(0.5) {
+        let id = record(admin.history(), |h| h.identities[0].clone());
+        let update = Some(pb::IdentityUpdate { rate_limit, ..Default::default() });
+        let request = pb::UpdateIdentityRequest { org_id, id, update, update_mask };
+        admin.once(admin.identities(replica).update_identity(request)).await;
+        return;
+    }
+    let Some((key, _)) = fixture.pools.lock().expect("pools").full.choose(rng).cloned() else { return };
+    let id = record(admin.history(), |h| h.keys[key].id.clone());
+    let update = Some(pb::ApiKeyUpdate { rate_limit, ..Default::default() });
+    let request = pb::UpdateApiKeyRequest { org_id, id, update, update_mask };
     admin.once(admin.keys(replica).update_api_key(request)).await;
 }
 
