@@ -25,12 +25,15 @@
 //!
 //! Every loop is bounded by a count and a deadline; everything is on loopback.
 
+mod figures;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use figures::{Figures, report};
 use keyplane_control_plane::crypto::new_id;
 use keyplane_control_plane::service::records::{Environment, KeyStatus};
 use keyplane_proto::admin::v1 as pb;
@@ -79,38 +82,6 @@ const EMPTY: usize = 200;
 const SEEDED_SPAN: Duration = Duration::from_secs(25 * 86_400);
 /// Keys with hourly usage rollups.
 const USAGE_KEYS: usize = 1000;
-
-/// What is measured at one step.
-#[derive(Clone, Copy, Default)]
-struct Figures {
-    publish_rate: f64,
-    publish_p99: Duration,
-    dispatch_rate: f64,
-    verify_p99: Duration,
-    list_p99: Duration,
-    list_endpoint_p99: Duration,
-    console_p99: Duration,
-}
-
-impl Figures {
-    /// Each figure's median over `rounds`.
-    fn median(rounds: &[Figures]) -> Figures {
-        fn middle<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
-            values.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
-            values[values.len() / 2]
-        }
-        let of = |f: fn(&Figures) -> Duration| middle(rounds.iter().map(f).collect());
-        Figures {
-            publish_rate: middle(rounds.iter().map(|r| r.publish_rate).collect()),
-            publish_p99: of(|r| r.publish_p99),
-            dispatch_rate: middle(rounds.iter().map(|r| r.dispatch_rate).collect()),
-            verify_p99: of(|r| r.verify_p99),
-            list_p99: of(|r| r.list_p99),
-            list_endpoint_p99: of(|r| r.list_endpoint_p99),
-            console_p99: of(|r| r.console_p99),
-        }
-    }
-}
 
 struct Soak {
     _postgres: PgServer,
@@ -433,38 +404,5 @@ impl Soak {
             }
         })
         .await
-    }
-}
-
-/// Each figure at every step, and its ratio to the empty tables'.
-fn report(results: &[(usize, Figures)]) {
-    let Some((_, empty)) = results.first().copied() else { return };
-    type Rate = fn(&Figures) -> f64;
-    type Latency = fn(&Figures) -> Duration;
-    let rates: [(&str, Rate); 2] =
-        [("publish → receipt /s", |f| f.publish_rate), ("dispatch deliveries/s", |f| f.dispatch_rate)];
-    let latencies: [(&str, Latency); 5] = [
-        ("publish → receipt p99", |f| f.publish_p99),
-        ("cache-miss verify p99", |f| f.verify_p99),
-        ("ListDeliveries p99", |f| f.list_p99),
-        ("ListDeliveries, endpoint p99", |f| f.list_endpoint_p99),
-        ("console endpoint page p99", |f| f.console_p99),
-    ];
-    let steps: Vec<String> = results.iter().map(|(step, _)| step.to_string()).collect();
-    println!("\n| figure | {} | ratio at the last step |", steps.join(" | "));
-    println!("|---|{}---|", "---|".repeat(steps.len()));
-    let last = results.last().map(|(_, f)| *f).unwrap_or_default();
-    for (name, rate) in rates {
-        let cells: Vec<String> = results.iter().map(|(_, f)| format!("{:.0}", rate(f))).collect();
-        println!("| {name} | {} | {:.2} |", cells.join(" | "), rate(&last) / rate(&empty));
-    }
-    for (name, latency) in latencies {
-        let cells: Vec<String> =
-            results.iter().map(|(_, f)| format!("{:.2} ms", latency(f).as_secs_f64() * 1e3)).collect();
-        println!(
-            "| {name} | {} | {:.2} |",
-            cells.join(" | "),
-            latency(&empty).as_secs_f64() / latency(&last).as_secs_f64()
-        );
     }
 }
