@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use keyplane_control_plane::store::key_events::{self, KeyEventKind};
 
 use super::cluster::STALENESS_BOUND;
 use super::history::{Answer, At, Check, Clock, History, Holder, Narrowed};
@@ -179,49 +179,42 @@ pub fn credits(history: &History) -> (Vec<Violation>, (u64, u64, u64)) {
 /// violations and the number of events read.
 pub async fn key_event_log(history: &History, database_url: &str) -> (Vec<Violation>, usize) {
     let db = sea_orm::Database::connect(database_url).await.expect("connect to the nemesis database");
-    let rows = db
-        .query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT seq, key_id, kind, created_at FROM key_events ORDER BY seq",
-        ))
-        .await
-        .expect("read key_events");
+    let events = key_events::after(&db, 0, i64::MAX as u64).await.expect("read the key-event log");
     let mut violations = Vec::new();
-    let mut kinds: HashMap<String, Vec<String>> = HashMap::new();
-    let mut previous: Option<(i64, chrono::DateTime<chrono::Utc>)> = None;
-    for row in &rows {
-        let seq: i64 = row.try_get("", "seq").expect("seq");
-        let created: chrono::DateTime<chrono::Utc> = row.try_get("", "created_at").expect("created_at");
-        let key: String = row.try_get("", "key_id").expect("key_id");
-        kinds.entry(key).or_default().push(row.try_get("", "kind").expect("kind"));
-        if let Some((last, last_created)) = previous
-            && (seq != last + 1 || created < last_created)
-        {
+    let mut kinds: HashMap<&str, Vec<KeyEventKind>> = HashMap::new();
+    for event in &events {
+        kinds.entry(event.key_id.as_str()).or_default().push(event.kind);
+    }
+    for pair in events.windows(2) {
+        let (last, next) = (&pair[0], &pair[1]);
+        if next.seq != last.seq + 1 || next.created_at < last.created_at {
             violations.push(Violation {
                 checker: "key-event log",
-                what: format!("seq {last} ({last_created}) is followed by seq {seq} ({created})"),
+                what: format!(
+                    "seq {} ({}) is followed by seq {} ({})",
+                    last.seq, last.created_at, next.seq, next.created_at
+                ),
                 excerpt: Vec::new(),
             });
         }
-        previous = Some((seq, created));
     }
     for narrowing in &history.narrowings {
         let kind = match narrowing.what {
-            Narrowed::Revoked | Narrowed::Rotated => "revoked",
-            Narrowed::Deleted => "deleted",
-            Narrowed::ScopeRemoved => "updated",
+            Narrowed::Revoked | Narrowed::Rotated => KeyEventKind::Revoked,
+            Narrowed::Deleted => KeyEventKind::Deleted,
+            Narrowed::ScopeRemoved => KeyEventKind::Updated,
         };
-        let id = &history.keys[narrowing.key].id;
-        if !kinds.get(id).is_some_and(|k| k.iter().any(|k| k == kind)) {
+        let id = history.keys[narrowing.key].id.as_str();
+        if !kinds.get(id).is_some_and(|k| k.contains(&kind)) {
             violations.push(Violation {
                 checker: "key-event log",
-                what: format!("no {kind} event for {id}"),
+                what: format!("no {kind:?} event for {id}"),
                 excerpt: vec![format!("{narrowing:?}")],
             });
         }
     }
     db.close().await.ok();
-    (violations, rows.len())
+    (violations, events.len())
 }
 
 /// The faults in force at some time within `[from, to]`.
