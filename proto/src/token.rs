@@ -83,7 +83,8 @@ impl std::error::Error for UnknownEnvironment {}
 /// Builds and parses tokens for one configured prefix (default `kp`).
 #[derive(Clone, Debug)]
 pub struct TokenFormat {
-    prefix: String,
+    /// `<prefix>_live_` and `<prefix>_test_`, built once: every check parses a token.
+    heads: [String; 2],
 }
 
 /// A token that passed the format and checksum test. Borrowed from the input.
@@ -130,38 +131,42 @@ impl fmt::Debug for NewToken {
 impl TokenFormat {
     /// A format with this prefix (letters and digits only, checked by config).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        let prefix = prefix.into();
+        let head = |environment: Environment| format!("{prefix}_{}_", environment.as_str());
+        Self { heads: [head(Environment::Live), head(Environment::Test)] }
     }
 
-    fn head(&self, environment: Environment) -> String {
-        format!("{}_{}_", self.prefix, environment.as_str())
+    fn head(&self, environment: Environment) -> &str {
+        match environment {
+            Environment::Live => &self.heads[0],
+            Environment::Test => &self.heads[1],
+        }
     }
 
     /// Generates a new key id and secret for `environment`.
     pub fn generate(&self, environment: Environment) -> NewToken {
         let id_body = new_id_body();
         let secret = encode_fixed(&random_bytes::<32>(), SECRET_LEN);
-        let mut token = self.head(environment);
+        let mut token = self.head(environment).to_owned();
         token.push_str(&id_body);
         let start = token.clone();
         token.push_str(&secret);
-        let checksum = encode_fixed(&crc32fast::hash(token.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
-        token.push_str(&checksum);
+        let checksum = checksum(&token);
+        token.extend(checksum.iter().map(|&digit| char::from(digit)));
         NewToken { token, key_id: format!("{KEY_ID_PREFIX}{id_body}"), start }
     }
 
     /// Checks the prefix, length, alphabet and checksum. Costs no lookup.
     pub fn parse<'a>(&self, token: &'a str) -> Option<ParsedToken<'a>> {
         let environment =
-            [Environment::Live, Environment::Test].into_iter().find(|env| token.starts_with(&self.head(*env)))?;
+            [Environment::Live, Environment::Test].into_iter().find(|env| token.starts_with(self.head(*env)))?;
         let head_len = self.head(environment).len();
         let body = &token[head_len..];
         if body.len() != KEY_ID_LEN + SECRET_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
         let (signed, checksum) = token.split_at(token.len() - CHECKSUM_LEN);
-        let expected = encode_fixed(&crc32fast::hash(signed.as_bytes()).to_be_bytes(), CHECKSUM_LEN);
-        if checksum != expected {
+        if checksum.as_bytes() != self::checksum(signed) {
             return None;
         }
         Some(ParsedToken {
@@ -170,6 +175,18 @@ impl TokenFormat {
             secret: &body[KEY_ID_LEN..KEY_ID_LEN + SECRET_LEN],
         })
     }
+}
+
+/// The checksum of a token's `signed` part: [`encode_fixed`] of its CRC-32,
+/// without allocating.
+fn checksum(signed: &str) -> [u8; CHECKSUM_LEN] {
+    let mut value = crc32fast::hash(signed.as_bytes());
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = ALPHABET[(value % 62) as usize];
+        value /= 62;
+    }
+    digits
 }
 
 /// `N` bytes from the operating system's CSPRNG (via `rand`'s thread RNG).
@@ -222,6 +239,16 @@ mod tests {
         assert_eq!(parsed.key_id(), new.key_id);
         assert!(new.start.ends_with(parsed.key_id_body));
         assert_eq!(new.secret(), parsed.secret);
+    }
+
+    #[test]
+    fn checksums_are_the_base62_of_the_crc() {
+        for signed in ["", "kp_live_", "kp_test_0123456789abcdefghijklmnopqrstuvwxyzABCDEF"] {
+            let crc = crc32fast::hash(signed.as_bytes());
+            assert_eq!(checksum(signed).to_vec(), encode_fixed(&crc.to_be_bytes(), CHECKSUM_LEN).into_bytes());
+        }
+        // The largest CRC still fits the width.
+        assert_eq!(encode_fixed(&u32::MAX.to_be_bytes(), CHECKSUM_LEN).len(), CHECKSUM_LEN);
     }
 
     #[test]

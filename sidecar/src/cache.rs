@@ -351,6 +351,9 @@ pub struct KeyCache {
     /// The latest change of an identity or a role: a verdict at least this
     /// recent needs no lookup of its identity's or roles' changes.
     holders_changed: Arc<AtomicU64>,
+    /// The latest change of anything: a verdict at least this recent needs
+    /// no lookup of its key's change (the usual case between revocations).
+    any_changed: Arc<AtomicU64>,
 }
 
 impl KeyCache {
@@ -380,6 +383,7 @@ impl KeyCache {
             shared: SharedPrincipals::default(),
             floor,
             holders_changed: Arc::new(AtomicU64::new(0)),
+            any_changed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -387,8 +391,10 @@ impl KeyCache {
     /// key, nor of its key's identity, nor of a role it holds.
     pub async fn freshness(&self, verdict: &Verdict) -> Freshness {
         let change = match verdict.key_id() {
-            Some(key_id) => self.changes.get(key_id).await,
-            None => None,
+            Some(key_id) if verdict.as_of() < self.any_changed.load(Ordering::Acquire) => {
+                self.changes.get(key_id).await
+            }
+            _ => None,
         };
         if let Some(change) = change.filter(|change| change.seq > verdict.as_of()) {
             return change.ended.map_or(Freshness::Stale, Freshness::Ended);
@@ -452,6 +458,9 @@ impl KeyCache {
     pub async fn apply_change(&self, key_id: &str, seq: u64, ended: Option<Refusal>) {
         let previous = self.changes.get(key_id).await;
         let ended = previous.and_then(|p| p.ended).or(ended);
+        // Raised before the record is written: a check that misses the
+        // record then looked before the change was applied.
+        self.any_changed.fetch_max(seq, Ordering::AcqRel);
         if !key_id.starts_with(KEY_ID_PREFIX) {
             self.holders_changed.fetch_max(seq, Ordering::AcqRel);
         }

@@ -3,6 +3,7 @@
 //! freshness against applied revocations → expiry, environment, scopes →
 //! rate limit. The rules themselves are the pure [`decide`].
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -169,6 +170,8 @@ enum Named<'a> {
 pub struct Checker {
     tokens: TokenFormat,
     imported_prefixes: Vec<String>,
+    /// The orgs served (`--org`); empty: every org.
+    orgs: HashSet<String>,
     environment: Environment,
     max_staleness: Duration,
     fail_open: bool,
@@ -192,6 +195,8 @@ pub struct CheckerParts {
     pub tokens: TokenFormat,
     /// Starts of tokens imported from another system.
     pub imported_prefixes: Vec<String>,
+    /// The orgs served; empty: every org.
+    pub orgs: HashSet<String>,
     /// Environment served.
     pub environment: Environment,
     /// Staleness bound.
@@ -225,6 +230,7 @@ impl Checker {
         Self {
             tokens: parts.tokens,
             imported_prefixes: parts.imported_prefixes,
+            orgs: parts.orgs,
             environment: parts.environment,
             max_staleness: parts.max_staleness,
             fail_open: parts.fail_open,
@@ -245,13 +251,14 @@ impl Checker {
     /// Decides about one request and counts it in the key's usage (a
     /// token naming no key, or a check the sidecar could not answer, is
     /// not a key's). Refused tokens are logged at WARN with the precise
-    /// reason, the client's address and the request id.
+    /// reason, the client's address and the request id, a sample of them
+    /// under a flood ([`LogSample`]); every one is counted in metrics.
     pub async fn check(&self, request: &CheckInput<'_>) -> Decision {
         let (mut decision, named) = self.decide(request).await;
-        let (label, reason) = match &mut decision {
+        match &mut decision {
             Decision::Allow { key_id, .. } => {
                 self.usage.record(key_id, Outcome::Allowed);
-                ("allow", "ok")
+                self.metrics.hot.allowed.inc();
             }
             Decision::Deny(denial) => {
                 let outcome = match denial.status {
@@ -280,10 +287,9 @@ impl Checker {
                         denial.shown = GENERIC_REASON;
                     }
                 }
-                ("deny", denial.reason)
+                self.metrics.checks.get_or_create(&[("decision", "deny"), ("reason", denial.reason)]).inc();
             }
-        };
-        self.metrics.checks.get_or_create(&[("decision", label), ("reason", reason)]).inc();
+        }
         decision
     }
 
@@ -315,6 +321,14 @@ impl Checker {
             Err(denial) => return (Decision::Deny(denial), parsed),
         };
         let named = parsed.or_else(|| verdict.key_id().map(|id| Named::Imported(id.to_owned())));
+        // Another org's key: this sidecar does not follow its events, so
+        // nothing it knows about it can be trusted.
+        if let Verdict::Valid { principal, .. } = &verdict
+            && !self.orgs.is_empty()
+            && !self.orgs.contains(&*principal.org_id)
+        {
+            return (Decision::Deny(Denial::new(Unauthenticated, "org_not_served")), named);
+        }
         let required = Requirements {
             environment: self.environment,
             scopes: request.required_scopes,
@@ -379,7 +393,8 @@ impl Checker {
     /// cache, or from Verify (once more if the answer raced an update).
     async fn trusted_verdict(&self, digest: [u8; 32], token: &str) -> Result<Verdict, Denial> {
         let cached = self.cache.get(&digest).await;
-        self.metrics.cache_lookups.get_or_create(&[("result", if cached.is_some() { "hit" } else { "miss" })]).inc();
+        let hot = &self.metrics.hot;
+        if cached.is_some() { &hot.hits } else { &hot.misses }.inc();
         if let Some(verdict) = cached {
             match self.cache.freshness(&verdict).await {
                 Freshness::Fresh => return Ok(verdict),

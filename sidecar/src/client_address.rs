@@ -22,8 +22,8 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client of a forward-auth request from socket peer `peer` (text of
-    /// a socket address; a Unix socket peer has none), given its
+    /// The client of a forward-auth request from socket peer `peer` (its
+    /// [`peer_ip`]; a Unix socket peer has none), given its
     /// `X-Real-IP` and every `X-Forwarded-For` line in order. Headers count
     /// only from a trusted peer, and then the proxy's own value wins:
     /// - `X-Real-IP`, which a proxy sets to the address it saw, overwriting
@@ -35,11 +35,10 @@ impl TrustedProxies {
     /// - else the peer.
     pub fn client<'a>(
         &self,
-        peer: &str,
+        peer: Option<IpAddr>,
         real_ip: Option<&str>,
         forwarded_for: impl Iterator<Item = &'a str>,
     ) -> Option<IpAddr> {
-        let peer = peer.parse::<SocketAddr>().ok().map(|addr| addr.ip().to_canonical());
         let Some(proxy) = peer.filter(|ip| self.trusts(*ip)) else { return peer };
         let real_ip = real_ip.map(|value| parse_ip(value.trim()));
         match real_ip {
@@ -62,6 +61,12 @@ impl TrustedProxies {
     }
 }
 
+/// The IP of a socket peer given as the text of its address (`unix` for a
+/// Unix socket peer, which has none). Parsed once per connection.
+pub fn peer_ip(peer: &str) -> Option<IpAddr> {
+    peer.parse::<SocketAddr>().ok().map(|addr| addr.ip().to_canonical())
+}
+
 /// An address as found in forwarding headers or Envoy's attributes: an IP,
 /// optionally with a port (`1.2.3.4:5`, `[::1]:5`).
 pub fn parse_ip(text: &str) -> Option<IpAddr> {
@@ -77,7 +82,7 @@ mod tests {
         let proxies = TrustedProxies::new(proxies.iter().map(|p| p.parse().unwrap()).collect());
         let real_ip = headers.iter().find(|(n, _)| *n == "x-real-ip").map(|(_, v)| *v);
         let forwarded = headers.iter().filter(|(n, _)| *n == "x-forwarded-for").map(|(_, v)| *v);
-        proxies.client(peer, real_ip, forwarded).map(|ip| ip.to_string())
+        proxies.client(peer_ip(peer), real_ip, forwarded).map(|ip| ip.to_string())
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub struct Config {
     /// ext_authz routes set the `permissions` context extension instead.
     #[arg(long = "route-permissions", env = "KEYPLANE_SIDECAR_ROUTE_PERMISSIONS", value_delimiter = ';', value_parser = crate::routes::parse)]
     pub route_permissions: Vec<crate::routes::RoutePermissions>,
+    /// Serve only these orgs' keys (repeatable or comma-separated; default:
+    /// every org). The sidecar then follows only their key events, and
+    /// refuses any other org's key (401; `org_not_served` in metrics): a
+    /// replica writes each event only to the sidecars that serve its org.
+    #[arg(long = "org", env = "KEYPLANE_SIDECAR_ORGS", value_delimiter = ',')]
+    pub orgs: Vec<String>,
     /// Request header carrying the key (`authorization` expects `Bearer <token>`).
     #[arg(long, env = "KEYPLANE_SIDECAR_CREDENTIAL_HEADER", default_value = "authorization")]
     pub credential_header: String,
@@ -181,6 +187,7 @@ impl Config {
             expose_denial_reasons: false,
             default_scopes: Vec::new(),
             route_permissions: Vec::new(),
+            orgs: Vec::new(),
             credential_header: "authorization".into(),
             trusted_proxies: Vec::new(),
             keep_credential: false,

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -16,7 +17,7 @@ use hyper_util::server::conn::auto;
 
 use crate::cache::{KeyId, Principal};
 use crate::check::{CheckInput, Checker, Decision, DenyStatus, parse_cost, required_scopes};
-use crate::client_address::TrustedProxies;
+use crate::client_address::{self, TrustedProxies};
 use crate::listen::Listener;
 use crate::metrics::Metrics;
 use crate::sync::Readiness;
@@ -106,6 +107,14 @@ pub struct HttpFrontEnd {
 
 type Reply = Response<Full<Bytes>>;
 
+/// Who a connection comes from, worked out once per connection.
+struct Peer {
+    /// The socket peer's address (`unix` for a Unix socket), for logs.
+    text: String,
+    /// Its IP, for allow-lists.
+    ip: Option<IpAddr>,
+}
+
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -113,7 +122,7 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Reply {
 }
 
 impl HttpFrontEnd {
-    async fn handle(&self, request: Request<Incoming>, peer: &str) -> Reply {
+    async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Reply {
         let path = request.uri().path();
         match path {
             "/healthz" => reply(StatusCode::OK, "ok\n"),
@@ -135,7 +144,7 @@ impl HttpFrontEnd {
         }
     }
 
-    async fn forward_auth(&self, request: &Request<Incoming>, peer: &str) -> Reply {
+    async fn forward_auth(&self, request: &Request<Incoming>, peer: &Peer) -> Reply {
         let headers = request.headers();
         let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let required = required_scopes(&self.default_scopes, text(&names::REQUIRED_SCOPES));
@@ -150,9 +159,9 @@ impl HttpFrontEnd {
                     .path()
                     .strip_prefix(CHECK_PREFIX)
                     .and_then(|rest| self.routes.for_path(rest))),
-                peer,
+                peer: &peer.text,
                 client: self.trusted_proxies.client(
-                    peer,
+                    peer.ip,
                     text(&names::REAL_IP),
                     headers.get_all(&names::FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()),
                 ),
@@ -173,8 +182,13 @@ impl HttpFrontEnd {
             Decision::Allow { key_id, principal } => {
                 let mut response = reply(StatusCode::OK, Bytes::new());
                 let out = response.headers_mut();
+                // Six identity headers and the credential to drop: sized once, not grown.
+                out.reserve(8);
                 for (name, value) in identity_headers(&key_id, &principal) {
-                    if let Ok(value) = HeaderValue::from_str(value) {
+                    // An absent identity's headers are empty: no copy to make.
+                    let value =
+                        if value.is_empty() { Ok(HeaderValue::from_static("")) } else { HeaderValue::from_str(value) };
+                    if let Ok(value) = value {
                         out.insert(name, value);
                     }
                 }
@@ -217,7 +231,7 @@ impl HttpFrontEnd {
                 },
             };
             let front = self.clone();
-            let peer: Arc<str> = peer.into();
+            let peer = Arc::new(Peer { ip: client_address::peer_ip(&peer), text: peer });
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let (front, peer) = (front.clone(), peer.clone());

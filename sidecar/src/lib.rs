@@ -98,6 +98,7 @@ pub async fn run(
     let checker = Arc::new(check::Checker::new(check::CheckerParts {
         tokens: TokenFormat::new(config.token_prefix.clone()),
         imported_prefixes: config.imported_token_prefixes.clone(),
+        orgs: config.orgs.iter().cloned().collect(),
         environment: config.environment,
         max_staleness: config.max_staleness,
         fail_open: config.fail_open,
@@ -122,7 +123,7 @@ pub async fn run(
         (credits.clone(), global_limits),
         state.clone(),
         metrics.clone(),
-        config.max_staleness,
+        (config.max_staleness, config.orgs.clone()),
     );
     spawn(&tasks, "key-event-stream", until(stop.clone(), follow));
     let reporting = usage.clone().report_every(client.clone(), config.usage_interval, config.control_plane_timeout);

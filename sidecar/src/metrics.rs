@@ -20,6 +20,9 @@ pub struct Metrics {
     pub checks: Family<CheckLabels, Counter>,
     /// Cache lookups by result (hit/miss); the hit ratio is hit / (hit + miss).
     pub cache_lookups: Family<Label, Counter>,
+    /// The counters every allowed check from the cache adds to, looked up
+    /// once: `checks{decision="allow",reason="ok"}`, `cache_lookups{result}`.
+    pub hot: HotCounters,
     /// Verify calls to the control plane.
     pub verify_calls: Counter,
     /// Latency of Verify calls.
@@ -85,10 +88,17 @@ impl Default for Metrics {
             "Usage reports dropped unsent because the control plane did not acknowledge them for too long",
             usage_reports_dropped.clone(),
         );
+        // One statement each: `get_or_create` holds the family's lock until
+        // its guard is dropped, and the next one may need to write.
+        let allowed = checks.get_or_create(&[("decision", "allow"), ("reason", "ok")]).clone();
+        let hits = cache_lookups.get_or_create(&[("result", "hit")]).clone();
+        let misses = cache_lookups.get_or_create(&[("result", "miss")]).clone();
+        let hot = HotCounters { allowed, hits, misses };
         Self {
             registry,
             checks,
             cache_lookups,
+            hot,
             verify_calls,
             verify_seconds,
             key_events,
@@ -103,6 +113,13 @@ impl Default for Metrics {
             usage_reports_dropped,
         }
     }
+}
+
+/// Counters of [`Metrics`] families, each also in its family.
+pub struct HotCounters {
+    pub allowed: Counter,
+    pub hits: Counter,
+    pub misses: Counter,
 }
 
 impl Metrics {

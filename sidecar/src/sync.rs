@@ -92,13 +92,14 @@ pub async fn follow(
     (credits, global_limits): (Arc<CreditLeases>, Arc<CreditLeases>),
     state: Arc<SyncState>,
     metrics: Arc<Metrics>,
-    max_staleness: Duration,
+    (max_staleness, orgs): (Duration, Vec<String>),
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let replica = failover.current();
         let url = failover.url(replica).to_owned();
-        match watch_once(client.clone(), &cache, (&credits, &global_limits), &state, &metrics, max_staleness).await {
+        let limits = (&credits, &global_limits);
+        match watch_once(client.clone(), &cache, limits, &state, &metrics, (max_staleness, &orgs)).await {
             Ok(()) => tracing::warn!(replica = url, "key-event stream ended; reconnecting"),
             Err(error) => {
                 tracing::warn!(replica = url, error = %error_chain(&error), "key-event stream failed; reconnecting");
@@ -159,13 +160,14 @@ async fn watch_once(
     (credits, global_limits): (&Arc<CreditLeases>, &Arc<CreditLeases>),
     state: &SyncState,
     metrics: &Metrics,
-    max_staleness: Duration,
+    (max_staleness, orgs): (Duration, &[String]),
 ) -> Result<()> {
     let after_seq = state.position();
     // Until the first catch-up nothing is cached (checks answer 503), so
     // there is nothing to replay: start at the head.
     let from_head = !state.caught_up.load(Ordering::Acquire);
-    let mut stream = client.watch(pb::WatchRequest { after_seq, from_head }).await?.into_inner();
+    let request = pb::WatchRequest { after_seq, from_head, org_ids: orgs.to_vec() };
+    let mut stream = client.watch(request).await?.into_inner();
     metrics.stream_connected.set(1);
     tracing::info!(after_seq, "following the key-event stream");
     // Until the first heartbeat says how often they come, allow the staleness bound.

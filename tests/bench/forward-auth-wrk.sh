@@ -62,10 +62,35 @@ fi
 SC=$!
 target/$PROFILE/hello-server 127.0.0.1:18080 >/dev/null 2>&1 &
 HELLO=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf -m 2 http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.1; done
 curl -s -o /dev/null -w "warm-up check: %{http_code}\n" -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check
-echo "== hello"; wrk -t2 -c64 -d10s --latency http://127.0.0.1:18080/ | grep -E "Requests/sec|  50%|  99%"
-echo "== sidecar /check"; wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check | grep -E "Requests/sec|  50%|  99%|Non-2xx"
+# ROUNDS=N alternates the trivial server and `/check` N times at each of
+# wrk's two concurrencies (-t2 -c64, -t1 -c32) before the other runs.
+# Each run also prints the server's CPU time per answer (/proc, in clock ticks of 10 ms).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+measured() { # PID, then wrk's arguments
+  local pid=$1 before out requests; shift
+  before=$(ticks "$pid")
+  out=$( { /usr/bin/time -f "wrk CPU %U %S" wrk "$@"; } 2>&1)
+  echo "$out" | grep -E "Requests/sec|  50%|  99%|Non-2xx"
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  echo "server CPU: $(( ($(ticks "$pid") - before) * 10000000 / requests )) ns per answer;" \
+    "wrk CPU: $(echo "$out" | awk -v n="$requests" '/wrk CPU/ {printf "%d", ($3 + $4) * 1e9 / n}') ns per answer"
+}
+for round in $(seq "${ROUNDS:-1}"); do
+  for load in "-t2 -c64" "-t1 -c32"; do
+    echo "== round $round, $load: hello"
+    measured "$HELLO" $load -d10s --latency http://127.0.0.1:18080/
+    echo "== round $round, $load: sidecar /check"
+    # PERF=FILE records the sidecar's profile (perf record -g) during the first of these runs.
+    if [ -n "${PERF:-}" ] && [ "$round" = 1 ] && [ "$load" = "-t2 -c64" ]; then
+      perf record -F 999 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$SC" -o "$PERF" -- sleep "${PERF_SECONDS:-8}" >/dev/null 2>&1 &
+      PERF_PID=$!
+    fi
+    measured "$SC" $load -d10s --latency -H "Authorization: Bearer $TOKEN" -H "X-Required-Scopes: orders:read" http://127.0.0.1:18081/check
+    if [ -n "${PERF_PID:-}" ]; then wait "$PERF_PID"; PERF_PID=; fi
+  done
+done
 if [ "${ROLES:-1}" = 1 ]; then
   curl -s -o /dev/null -w "warm-up /check/orders: %{http_code}\n" -H "Authorization: Bearer $ROLE_TOKEN" http://127.0.0.1:18081/check/orders
   echo "== sidecar /check/orders, a role-holding key and a permission query"

@@ -20,6 +20,7 @@ mod global_limits;
 mod grpcurl;
 mod identities;
 mod import;
+mod interest;
 mod isolation;
 mod orgs;
 mod partition;

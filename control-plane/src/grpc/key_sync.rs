@@ -75,7 +75,8 @@ impl KeySyncService for KeySyncGrpc {
         let ctx = sidecar_context(&self.auth, &request).await?;
         let after =
             i64::try_from(request.get_ref().after_seq).map_err(|_| Error::invalid("after_seq", "is out of range"))?;
-        let receiver = self.sync.watch(&ctx, after, request.get_ref().from_head)?;
+        let request = request.into_inner();
+        let receiver = self.sync.watch(&ctx, after, request.from_head, request.org_ids)?;
         let interval = prost_types::Duration::try_from(self.sync.heartbeat_interval()).ok();
         let stream =
             ReceiverStream::new(receiver).map(move |item| item.map(|m| to_proto(m, interval)).map_err(Status::from));

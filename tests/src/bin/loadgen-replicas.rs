@@ -11,7 +11,10 @@
 //! 2. Fan-out: `--streams` Watch streams on each replica (one HTTP/2
 //!    connection each, as sidecars have), then `--revocations` revocations
 //!    through random replicas: every stream must get every event; latency
-//!    from the revocation call's start to each stream's receipt.
+//!    from the revocation call's start to each stream's receipt. With
+//!    `--orgs N` the revoked keys belong to N orgs and stream i asks only
+//!    for org i mod N's events (sidecars started with `--org`): each must
+//!    get exactly its org's.
 //! 3. The replicas' RSS and CPU with the streams open and idle (heartbeats only).
 //!
 //! `cargo build --release --workspace && target/release/loadgen-replicas`
@@ -46,6 +49,10 @@ struct Args {
     /// Revocations per second during the fan-out (0: back to back).
     #[arg(long, default_value_t = 50)]
     revocation_rate: u64,
+    /// Orgs the fan-out's keys belong to, each stream following one of them
+    /// (0: one org, every stream following every org).
+    #[arg(long, default_value_t = 0)]
+    orgs: usize,
     /// Seconds the streams stay idle while the replicas' CPU is measured.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
@@ -84,18 +91,22 @@ async fn main() {
     let credential =
         keys[0].create_api_key(create("keyplane", "sidecar", &["keyplane:sidecar"])).await.unwrap().into_inner().token;
     let org = keyplane_tests::random_org();
+    let orgs: Vec<String> = (0..args.orgs).map(|i| format!("{org}-{i}")).collect();
+    // The org of the fan-out's i-th key.
+    let org_of = |i: usize| if orgs.is_empty() { org.clone() } else { orgs[i % orgs.len()].clone() };
     let total = args.sidecar_revocations + args.revocations;
     let mut tokens = Vec::with_capacity(total);
     for i in 0..total {
-        let created = keys[i % 3].create_api_key(create(&org, "bench", &[])).await.unwrap().into_inner();
-        tokens.push((created.api_key.unwrap().id, created.token));
+        let key_org = if i < args.sidecar_revocations { org.clone() } else { org_of(i - args.sidecar_revocations) };
+        let created = keys[i % 3].create_api_key(create(&key_org, "bench", &[])).await.unwrap().into_inner();
+        tokens.push((created.api_key.unwrap().id, created.token, key_org));
     }
 
     // 1. Through replica A, denied at a sidecar of replica C.
     let sidecar = SidecarProcess::start_following(&[replicas[2].addr.clone()], &credential).await;
     let http = reqwest::Client::new();
     let mut latencies = Vec::new();
-    for (id, token) in &tokens[..args.sidecar_revocations] {
+    for (id, token, _) in &tokens[..args.sidecar_revocations] {
         let status = http.get(sidecar.check_url()).bearer_auth(token).send().await.unwrap().status();
         assert_eq!(status, 200, "cached before the revocation");
         let started = Instant::now();
@@ -126,8 +137,9 @@ async fn main() {
         let replica = &replicas[stream % 3];
         let channel = keyplane_tests::authed_channel(&replica.addr, &credential).await;
         let mut client = sync_pb::key_sync_service_client::KeySyncServiceClient::new(channel);
-        let mut messages =
-            client.watch(sync_pb::WatchRequest { after_seq: 0, from_head: true }).await.unwrap().into_inner();
+        let org_ids = if orgs.is_empty() { Vec::new() } else { vec![orgs[stream % orgs.len()].clone()] };
+        let request = sync_pb::WatchRequest { after_seq: 0, from_head: true, org_ids };
+        let mut messages = client.watch(request).await.unwrap().into_inner();
         let seen = seen_tx.clone();
         watchers.push(tokio::spawn(async move {
             while let Ok(Some(message)) = messages.message().await {
@@ -157,16 +169,20 @@ async fn main() {
     let fanout_started = Instant::now();
     let mut pace = (args.revocation_rate > 0)
         .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / args.revocation_rate as f64)));
-    for (id, _) in &tokens[args.sidecar_revocations..] {
+    for (id, _, key_org) in &tokens[args.sidecar_revocations..] {
         if let Some(pace) = &mut pace {
             pace.tick().await;
         }
         let through = rand::rng().random_range(0..3);
-        started.insert(id.clone(), Instant::now());
-        let revoke = pb::RevokeApiKeyRequest { org_id: org.clone(), id: id.clone(), reason: String::new() };
+        started.insert(id.clone(), (Instant::now(), key_org.clone()));
+        let revoke = pb::RevokeApiKeyRequest { org_id: key_org.clone(), id: id.clone(), reason: String::new() };
         keys[through].revoke_api_key(revoke).await.unwrap();
     }
-    let expected = args.revocations * args.streams * 3;
+    // What stream `stream` must get: every revocation of the org it follows.
+    let wanted = |stream: usize| {
+        (0..args.revocations).filter(|i| orgs.is_empty() || i % orgs.len() == stream % orgs.len()).count()
+    };
+    let expected: usize = (0..args.streams * 3).map(wanted).sum();
     let mut received = 0;
     let mut latencies = Vec::with_capacity(expected);
     let mut per_stream = vec![0usize; args.streams * 3];
@@ -175,19 +191,21 @@ async fn main() {
             .await
             .expect("every stream gets every event within 30 s")
             .unwrap();
-        if let Some(begun) = started.get(&key_id) {
+        if let Some((begun, key_org)) = started.get(&key_id) {
+            assert!(orgs.is_empty() || *key_org == orgs[stream % orgs.len()], "a stream got another org's event");
             latencies.push(at.saturating_duration_since(*begun));
             per_stream[stream] += 1;
             received += 1;
         }
     }
-    assert!(per_stream.iter().all(|n| *n == args.revocations), "every stream got every event");
+    assert!((0..per_stream.len()).all(|s| per_stream[s] == wanted(s)), "every stream got every event of its orgs");
     let elapsed = fanout_started.elapsed();
     println!(
-        "fan-out of {} revocations ({}/s) to {} streams ({} deliveries, all received): {}",
+        "fan-out of {} revocations ({}/s) to {} streams following {} ({} deliveries, all received): {}",
         args.revocations,
         args.revocation_rate,
         args.streams * 3,
+        if orgs.is_empty() { "every org".to_owned() } else { format!("one of {} orgs each", orgs.len()) },
         expected,
         Summary::of(latencies, elapsed)
     );

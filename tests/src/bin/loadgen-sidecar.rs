@@ -390,8 +390,8 @@ async fn main() {
     for _ in 0..args.streams.saturating_sub(1) {
         let mut client = sync_pb::key_sync_service_client::KeySyncServiceClient::new(plane.authed(&credential).await);
         let seen = seen_tx.clone();
-        let mut stream =
-            client.watch(sync_pb::WatchRequest { after_seq: 0, from_head: true }).await.unwrap().into_inner();
+        let request = sync_pb::WatchRequest { after_seq: 0, from_head: true, ..Default::default() };
+        let mut stream = client.watch(request).await.unwrap().into_inner();
         watchers.push(tokio::spawn(async move {
             while let Ok(Some(message)) = stream.message().await {
                 if let Some(sync_pb::watch_response::Message::Event(event)) = message.message {

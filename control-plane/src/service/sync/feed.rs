@@ -4,6 +4,7 @@
 //! fallback) and fans events out to its Watch streams, so a change made
 //! through any replica reaches every sidecar.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -45,6 +46,42 @@ pub enum FeedMessage {
     Reset(i64),
 }
 
+/// The orgs whose events a stream carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Interest {
+    /// Every org's (a sidecar serving any key).
+    #[default]
+    Every,
+    /// Only these orgs' (a sidecar started with `--org`).
+    Orgs(HashSet<String>),
+}
+
+impl Interest {
+    /// Most orgs one stream may name.
+    pub const MAX_ORGS: usize = 1000;
+
+    /// The interest of a stream naming `orgs` (none: every org).
+    pub fn new(orgs: Vec<String>) -> Result<Self> {
+        if orgs.is_empty() {
+            return Ok(Self::Every);
+        }
+        if orgs.len() > Self::MAX_ORGS {
+            return Err(Error::invalid("org_ids", format!("at most {} orgs", Self::MAX_ORGS)));
+        }
+        if orgs.iter().any(|org| crate::service::authz::check_org_id(org).is_err()) {
+            return Err(Error::invalid("org_ids", "each must be 1 to 128 letters, digits, '_', '.' or '-'"));
+        }
+        Ok(Self::Orgs(orgs.into_iter().collect()))
+    }
+
+    fn wants(&self, event: &key_events::Model) -> bool {
+        match self {
+            Self::Every => true,
+            Self::Orgs(orgs) => orgs.contains(&event.org_id),
+        }
+    }
+}
+
 /// Timing of the feed.
 #[derive(Clone, Copy, Debug)]
 pub struct FeedSettings {
@@ -59,7 +96,8 @@ pub struct FeedSettings {
 pub struct KeyEventFeed {
     db: DatabaseConnection,
     settings: FeedSettings,
-    live: broadcast::Sender<key_events::Model>,
+    /// Shared, not cloned, by every stream it reaches.
+    live: broadcast::Sender<Arc<key_events::Model>>,
     /// Highest seq broadcast so far.
     tailed: AtomicI64,
     /// When the log was last read successfully (by the tailer or a replay).
@@ -135,7 +173,7 @@ impl KeyEventFeed {
             };
             for event in events {
                 // No receivers is fine: nobody is watching.
-                let _ = self.live.send(event);
+                let _ = self.live.send(Arc::new(event));
             }
             self.tailed.store(last, Ordering::Release);
         }
@@ -164,15 +202,20 @@ impl KeyEventFeed {
         last_read.elapsed() <= self.settings.heartbeat + self.settings.poll
     }
 
-    /// Starts a Watch stream after `after_seq` (or at the head, for a sidecar
-    /// with nothing cached).
-    pub fn watch(self: &Arc<Self>, after_seq: i64, from_head: bool) -> mpsc::Receiver<Result<FeedMessage>> {
+    /// Starts a Watch stream of the events `interest` names after
+    /// `after_seq` (or at the head, for a sidecar with nothing cached).
+    pub fn watch(
+        self: &Arc<Self>,
+        after_seq: i64,
+        from_head: bool,
+        interest: Interest,
+    ) -> mpsc::Receiver<Result<FeedMessage>> {
         // Subscribe before reading the log so nothing committed in between is missed.
         let live = self.live.subscribe();
         let (sender, receiver) = mpsc::channel(256);
         let feed = self.clone();
         self.background.spawn_child(async move {
-            if let Err(error) = feed.stream(after_seq, from_head, live, &sender).await {
+            if let Err(error) = feed.stream(after_seq, from_head, &interest, live, &sender).await {
                 let _ = sender.send(Err(error)).await;
             }
         });
@@ -183,7 +226,8 @@ impl KeyEventFeed {
         &self,
         after_seq: i64,
         from_head: bool,
-        mut live: broadcast::Receiver<key_events::Model>,
+        interest: &Interest,
+        mut live: broadcast::Receiver<Arc<key_events::Model>>,
         sender: &mpsc::Sender<Result<FeedMessage>>,
     ) -> Result<()> {
         let send = |message| async { sender.send(Ok(message)).await.map_err(|_| Error::StreamClosed) };
@@ -197,9 +241,9 @@ impl KeyEventFeed {
             position = head;
             send(FeedMessage::Reset(head)).await?;
         }
-        position = self.replay(position, sender).await?;
-        // A heartbeat carries only what this stream delivered: resuming after
-        // it can never skip an event still queued for this stream.
+        position = self.replay(position, interest, sender).await?;
+        // A heartbeat carries only what this stream delivered (or left out):
+        // resuming after it can never skip an event still queued for this stream.
         send(FeedMessage::Heartbeat(position)).await?;
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         heartbeat.tick().await;
@@ -217,19 +261,29 @@ impl KeyEventFeed {
                 received = live.recv() => match received {
                     Ok(event) if event.seq > position => {
                         position = event.seq;
-                        send(FeedMessage::Event(event)).await?;
+                        if interest.wants(&event) {
+                            send(FeedMessage::Event(Arc::unwrap_or_clone(event))).await?;
+                        }
                     }
                     Ok(_) => {}
                     // Fell behind the broadcast buffer: catch up from the log.
-                    Err(broadcast::error::RecvError::Lagged(_)) => position = self.replay(position, sender).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        position = self.replay(position, interest, sender).await?;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 }
             }
         }
     }
 
-    /// Sends every logged event after `position`; returns the new position.
-    async fn replay(&self, mut position: i64, sender: &mpsc::Sender<Result<FeedMessage>>) -> Result<i64> {
+    /// Sends every logged event after `position` that `interest` names;
+    /// returns the new position (the last event read, sent or not).
+    async fn replay(
+        &self,
+        mut position: i64,
+        interest: &Interest,
+        sender: &mpsc::Sender<Result<FeedMessage>>,
+    ) -> Result<i64> {
         loop {
             let events = self.read_log(position).await?;
             if events.is_empty() {
@@ -237,7 +291,9 @@ impl KeyEventFeed {
             }
             for event in events {
                 position = event.seq;
-                sender.send(Ok(FeedMessage::Event(event))).await.map_err(|_| Error::StreamClosed)?;
+                if interest.wants(&event) {
+                    sender.send(Ok(FeedMessage::Event(event))).await.map_err(|_| Error::StreamClosed)?;
+                }
             }
         }
     }

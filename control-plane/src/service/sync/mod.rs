@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
-pub use feed::{FeedMessage, FeedSettings, KeyEventFeed};
+pub use feed::{FeedMessage, FeedSettings, Interest, KeyEventFeed};
 
 use super::auth::RequestContext;
 use super::authz::{Action, Target};
@@ -44,16 +44,17 @@ impl SidecarSync {
         Ok((self.verifier.verify(OrgScope::AllOrgs, token, Purpose::Check).await?, as_of))
     }
 
-    /// Starts a Watch stream after `after_seq`, or at the head for a
-    /// sidecar with nothing cached.
+    /// Starts a Watch stream of the events of `orgs` (none: every org)
+    /// after `after_seq`, or at the head for a sidecar with nothing cached.
     pub fn watch(
         &self,
         ctx: &RequestContext,
         after_seq: i64,
         from_head: bool,
+        orgs: Vec<String>,
     ) -> Result<mpsc::Receiver<Result<FeedMessage>>> {
         require_sidecar(ctx)?;
-        Ok(self.feed.watch(after_seq, from_head))
+        Ok(self.feed.watch(after_seq, from_head, Interest::new(orgs)?))
     }
 
     /// The heartbeat period of every Watch stream.
