@@ -68,13 +68,15 @@ curl -s -o /dev/null -w "warm-up check: %{http_code}\n" -H "Authorization: Beare
 # wrk's two concurrencies (-t2 -c64, -t1 -c32) before the other runs.
 # Each run also prints the server's CPU time per answer (/proc, in clock ticks of 10 ms).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 measured() { # PID, then wrk's arguments
-  local pid=$1 before out requests; shift
-  before=$(ticks "$pid")
+  local pid=$1 before user out requests; shift
+  before=$(ticks "$pid"); user=$(user_ticks "$pid")
   out=$( { /usr/bin/time -f "wrk CPU %U %S" wrk "$@"; } 2>&1)
   echo "$out" | grep -E "Requests/sec|  50%|  99%|Non-2xx"
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
-  echo "server CPU: $(( ($(ticks "$pid") - before) * 10000000 / requests )) ns per answer;" \
+  echo "server CPU: $(( ($(ticks "$pid") - before) * 10000000 / requests )) ns per answer" \
+    "(user $(( ($(user_ticks "$pid") - user) * 10000000 / requests )) ns);" \
     "wrk CPU: $(echo "$out" | awk -v n="$requests" '/wrk CPU/ {printf "%d", ($3 + $4) * 1e9 / n}') ns per answer"
 }
 for round in $(seq "${ROUNDS:-1}"); do
