@@ -68,11 +68,27 @@ async fn a_stream_of_some_orgs_carries_only_theirs(backend: Backend) {
     assert_eq!(events, vec![mine.id.clone()]);
     assert_eq!(covered, head);
 
-    // A stream of every org (no org named) gets all three.
+    // A stream of two orgs (on the shared channel, filtered) gets only theirs too.
+    let two = vec![ours.clone(), random_org()];
+    let two = sync_pb::WatchRequest { after_seq: 0, from_head: true, org_ids: two };
+    let mut two = sync.watch(two).await.expect("watch two orgs").into_inner();
+    let Message::Heartbeat(now) = next(&mut two).await else { panic!("a stream starts with a heartbeat") };
+    let (late, _) = plane.create_key(&ours, &[]).await;
+    let (late_other, _) = plane.create_key(&theirs, &[]).await;
+    revoke(&plane, &theirs, &late_other.id).await;
+    revoke(&plane, &ours, &late.id).await;
+    let (events, covered) = events_through(&mut two, now.head_seq + 2).await;
+    assert_eq!(events, vec![late.id.clone()]);
+    assert_eq!(covered, now.head_seq + 2);
+    // The single-org stream, live all along, got the new one too.
+    let (events, _) = events_through(&mut stream, now.head_seq + 2).await;
+    assert_eq!(events, vec![late.id.clone()]);
+
+    // A stream of every org (no org named) gets all the others' too.
     let every = sync_pb::WatchRequest { after_seq: start.head_seq, from_head: false, org_ids: Vec::new() };
     let mut every = sync.watch(every).await.expect("watch every org").into_inner();
-    let (events, _) = events_through(&mut every, head).await;
-    assert_eq!(events, vec![other.id, mine.id, another.id]);
+    let (events, _) = events_through(&mut every, head + 2).await;
+    assert_eq!(events, vec![other.id, mine.id, another.id, late_other.id, late.id]);
     plane.stop().await;
 }
 

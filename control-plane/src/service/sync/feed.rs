@@ -4,7 +4,6 @@
 //! fallback) and fans events out to its Watch streams, so a change made
 //! through any replica reaches every sidecar.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,6 +16,8 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use crate::background::Background;
 use crate::error::{Error, Result};
 use crate::store::key_events;
+
+use super::channels::{Channels, Interest, Live};
 
 /// Events read from the log per query.
 const BATCH: u64 = 1000;
@@ -46,42 +47,6 @@ pub enum FeedMessage {
     Reset(i64),
 }
 
-/// The orgs whose events a stream carries.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Interest {
-    /// Every org's (a sidecar serving any key).
-    #[default]
-    Every,
-    /// Only these orgs' (a sidecar started with `--org`).
-    Orgs(HashSet<String>),
-}
-
-impl Interest {
-    /// Most orgs one stream may name.
-    pub const MAX_ORGS: usize = 1000;
-
-    /// The interest of a stream naming `orgs` (none: every org).
-    pub fn new(orgs: Vec<String>) -> Result<Self> {
-        if orgs.is_empty() {
-            return Ok(Self::Every);
-        }
-        if orgs.len() > Self::MAX_ORGS {
-            return Err(Error::invalid("org_ids", format!("at most {} orgs", Self::MAX_ORGS)));
-        }
-        if orgs.iter().any(|org| crate::service::authz::check_org_id(org).is_err()) {
-            return Err(Error::invalid("org_ids", "each must be 1 to 128 letters, digits, '_', '.' or '-'"));
-        }
-        Ok(Self::Orgs(orgs.into_iter().collect()))
-    }
-
-    fn wants(&self, event: &key_events::Model) -> bool {
-        match self {
-            Self::Every => true,
-            Self::Orgs(orgs) => orgs.contains(&event.org_id),
-        }
-    }
-}
-
 /// Timing of the feed.
 #[derive(Clone, Copy, Debug)]
 pub struct FeedSettings {
@@ -96,8 +61,8 @@ pub struct FeedSettings {
 pub struct KeyEventFeed {
     db: DatabaseConnection,
     settings: FeedSettings,
-    /// Shared, not cloned, by every stream it reaches.
-    live: broadcast::Sender<Arc<key_events::Model>>,
+    /// What the tailer sends each stream.
+    channels: Channels,
     /// Highest seq broadcast so far.
     tailed: AtomicI64,
     /// When the log was last read successfully (by the tailer or a replay).
@@ -111,11 +76,10 @@ impl KeyEventFeed {
     /// A feed starting at the current head of the log, whose streams end at shutdown.
     pub async fn new(db: DatabaseConnection, settings: FeedSettings, background: Background) -> Result<Arc<Self>> {
         let head = key_events::head_seq(&db).await?;
-        let (live, _) = broadcast::channel(4096);
         Ok(Arc::new(Self {
             db,
             settings,
-            live,
+            channels: Channels::default(),
             tailed: AtomicI64::new(head),
             last_read: std::sync::Mutex::new(tokio::time::Instant::now()),
             background,
@@ -171,10 +135,9 @@ impl KeyEventFeed {
             let Some(last) = events.last().map(|e| e.seq) else {
                 return Ok(());
             };
-            for event in events {
-                // No receivers is fine: nobody is watching.
-                let _ = self.live.send(Arc::new(event));
-            }
+            self.channels.send(events);
+            // After the events are in the channels: a stream that reads this
+            // finds every event up to it in its channel (see `stream`).
             self.tailed.store(last, Ordering::Release);
         }
     }
@@ -211,7 +174,7 @@ impl KeyEventFeed {
         interest: Interest,
     ) -> mpsc::Receiver<Result<FeedMessage>> {
         // Subscribe before reading the log so nothing committed in between is missed.
-        let live = self.live.subscribe();
+        let live = self.channels.subscribe(&interest);
         let (sender, receiver) = mpsc::channel(256);
         let feed = self.clone();
         self.background.spawn_child(async move {
@@ -227,7 +190,7 @@ impl KeyEventFeed {
         after_seq: i64,
         from_head: bool,
         interest: &Interest,
-        mut live: broadcast::Receiver<Arc<key_events::Model>>,
+        mut live: Live,
         sender: &mpsc::Sender<Result<FeedMessage>>,
     ) -> Result<()> {
         let send = |message| async { sender.send(Ok(message)).await.map_err(|_| Error::StreamClosed) };
@@ -253,6 +216,11 @@ impl KeyEventFeed {
                 () = self.background.stop.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
                     if self.vouches() {
+                        // Every event up to `tailed` is in this stream's channel: once
+                        // it is drained, the stream has had all of them that it wants,
+                        // including those its channel never carried (other orgs').
+                        let tailed = self.tailed.load(Ordering::Acquire);
+                        position = self.drain(position, interest, &mut live, sender).await?.max(tailed);
                         send(FeedMessage::Heartbeat(position)).await?;
                     } else {
                         tracing::warn!("the key-event log has not been read recently; withholding heartbeats");
@@ -271,6 +239,35 @@ impl KeyEventFeed {
                         position = self.replay(position, interest, sender).await?;
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Sends what is waiting in `live` (from the log when the stream fell
+    /// behind); returns the new position.
+    async fn drain(
+        &self,
+        mut position: i64,
+        interest: &Interest,
+        live: &mut Live,
+        sender: &mpsc::Sender<Result<FeedMessage>>,
+    ) -> Result<i64> {
+        loop {
+            match live.try_recv() {
+                Ok(event) if event.seq > position => {
+                    position = event.seq;
+                    if interest.wants(&event) {
+                        let message = FeedMessage::Event(Arc::unwrap_or_clone(event));
+                        sender.send(Ok(message)).await.map_err(|_| Error::StreamClosed)?;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    position = self.replay(position, interest, sender).await?;
+                }
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => {
+                    return Ok(position);
                 }
             }
         }

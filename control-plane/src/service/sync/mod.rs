@@ -2,6 +2,7 @@
 //! `keyplane:sidecar`: verification with the log position it reflects, the
 //! key-event feed ([`feed`]), and usage reports.
 
+pub mod channels;
 pub mod feed;
 
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 
-pub use feed::{FeedMessage, FeedSettings, Interest, KeyEventFeed};
+pub use channels::Interest;
+pub use feed::{FeedMessage, FeedSettings, KeyEventFeed};
 
 use super::auth::RequestContext;
 use super::authz::{Action, Target};
