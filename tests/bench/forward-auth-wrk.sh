@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sidecar HTTP forward-auth (`/check`, cached key + scope check) against the
 # trivial hyper server, measured in one sitting with wrk (BENCHMARKS.md).
-# Needs release binaries (cargo build --release --workspace), wrk, grpcurl
+# Needs release binaries (cargo build --release --workspace), wrk, GNU time (/usr/bin/time), grpcurl
 # and python3; PROFILE=dist takes the sidecar and the trivial server from
 # target/dist (cargo build --profile dist -p keyplane-sidecar -p keyplane-tests
 # --bin keyplane-sidecar --bin hello-server), the control plane stays release. Everything listens on loopback and stops at exit.

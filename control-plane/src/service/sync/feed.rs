@@ -227,13 +227,7 @@ impl KeyEventFeed {
                     }
                 }
                 received = live.recv() => match received {
-                    Ok(event) if event.seq > position => {
-                        position = event.seq;
-                        if interest.wants(&event) {
-                            send(FeedMessage::Event(Arc::unwrap_or_clone(event))).await?;
-                        }
-                    }
-                    Ok(_) => {}
+                    Ok(event) => forward(&mut position, interest, event, sender).await?,
                     // Fell behind the broadcast buffer: catch up from the log.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         position = self.replay(position, interest, sender).await?;
@@ -255,14 +249,7 @@ impl KeyEventFeed {
     ) -> Result<i64> {
         loop {
             match live.try_recv() {
-                Ok(event) if event.seq > position => {
-                    position = event.seq;
-                    if interest.wants(&event) {
-                        let message = FeedMessage::Event(Arc::unwrap_or_clone(event));
-                        sender.send(Ok(message)).await.map_err(|_| Error::StreamClosed)?;
-                    }
-                }
-                Ok(_) => {}
+                Ok(event) => forward(&mut position, interest, event, sender).await?,
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
                     position = self.replay(position, interest, sender).await?;
                 }
@@ -294,4 +281,22 @@ impl KeyEventFeed {
             }
         }
     }
+}
+
+/// Sends a live `event` on a stream at `position` when the stream has not
+/// had it and wants it; either way the stream moves past it.
+async fn forward(
+    position: &mut i64,
+    interest: &Interest,
+    event: Arc<key_events::Model>,
+    sender: &mpsc::Sender<Result<FeedMessage>>,
+) -> Result<()> {
+    if event.seq <= *position {
+        return Ok(());
+    }
+    *position = event.seq;
+    if interest.wants(&event) {
+        sender.send(Ok(FeedMessage::Event(Arc::unwrap_or_clone(event)))).await.map_err(|_| Error::StreamClosed)?;
+    }
+    Ok(())
 }
