@@ -3,9 +3,13 @@
 //! right after. The transaction is a [`ChangeTx`], whose commit wakes the
 //! dispatcher to send at once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::channels::listens;
+use super::dispatch::queue::Leased;
 use super::event_types::matches;
 use super::system_events::SystemEvent;
 use crate::error::Result;
@@ -17,7 +21,7 @@ use crate::store::{ChangeTx, OrgTx, deliveries, events, webhooks};
 pub struct Outbox {
     published_at: DateTime<Utc>,
     leased_until: Option<DateTime<Utc>>,
-    events: Vec<events::Model>,
+    events: Vec<Arc<events::Model>>,
     deliveries: Vec<deliveries::Model>,
 }
 
@@ -34,15 +38,23 @@ impl Outbox {
     pub fn add(&mut self, tx: &OrgTx, event: NewEvent, subscription_ids: &[String]) -> &events::Model {
         let event = events::new(tx, event, self.published_at);
         self.deliveries.extend(deliveries::new_for_event(&event, subscription_ids, self.leased_until));
-        self.events.push(event);
+        self.events.push(Arc::new(event));
         &self.events[self.events.len() - 1]
     }
 
-    /// Stores what was added; returns the deliveries.
-    pub async fn write(self, tx: &ChangeTx) -> Result<Vec<deliveries::Model>> {
-        events::insert_all(tx, self.events).await?;
-        deliveries::insert_all(tx, &self.deliveries).await?;
-        Ok(self.deliveries)
+    /// Stores what was added; returns the deliveries, each with its event.
+    pub async fn write(self, tx: &ChangeTx) -> Result<Vec<Leased>> {
+        let Self { events, deliveries, .. } = self;
+        events::insert_all(tx, events.iter().map(|event| events::Model::clone(event)).collect()).await?;
+        deliveries::insert_all(tx, &deliveries).await?;
+        let by_id: HashMap<&str, &Arc<events::Model>> = events.iter().map(|event| (event.id.as_str(), event)).collect();
+        Ok(deliveries
+            .into_iter()
+            .map(|delivery| {
+                let event = by_id.get(delivery.event_id.as_str()).map(|event| Arc::clone(event));
+                Leased { delivery, event }
+            })
+            .collect())
     }
 }
 
@@ -75,5 +87,6 @@ pub async fn publish_to(
     let mut outbox = Outbox::new(crate::store::now(), None);
     let event = NewEvent { event_type: event_type.to_owned(), payload, ..NewEvent::default() };
     let event = outbox.add(tx, event, subscription_ids).clone();
-    Ok((event, outbox.write(tx).await?))
+    let written = outbox.write(tx).await?;
+    Ok((event, written.into_iter().map(|leased| leased.delivery).collect()))
 }

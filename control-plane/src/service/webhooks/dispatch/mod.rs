@@ -44,7 +44,7 @@ use crate::store::deliveries::{self, AttemptRecord};
 use crate::store::webhooks::SubscriptionStatus;
 use crate::store::{self, events, webhooks};
 use health::EndpointHealth;
-use queue::DispatchQueue;
+use queue::{DispatchQueue, Leased};
 use record::abandon;
 use send::Sender;
 use throttle::EndpointThrottle;
@@ -196,7 +196,8 @@ impl Dispatcher {
         // A fresh delivery that waited here so long that its lease no longer
         // covers a request is left to the scan, which finds it when the
         // lease runs out.
-        let (fresh, outlived): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| d.next_attempt_at - now > timeout);
+        let (fresh, outlived): (Vec<_>, Vec<_>) =
+            fresh.into_iter().partition(|leased| leased.delivery.next_attempt_at - now > timeout);
         if !outlived.is_empty() {
             tracing::debug!(deliveries = outlived.len(), "fresh deliveries outlived their lease in the queue");
         }
@@ -211,7 +212,7 @@ impl Dispatcher {
             let claimed = deliveries::claim_due(&tx, now, lease_until, free as u64).await?;
             tx.commit().await?;
             let claimed_full = claimed.len() == free;
-            let deferred = self.start(claimed, results).await?;
+            let deferred = self.start(claimed.into_iter().map(Leased::from).collect(), results).await?;
             deferred_until = deferred_until.into_iter().chain(deferred).min();
             if claimed_full {
                 *next_scan = Instant::now();
@@ -237,7 +238,7 @@ impl Dispatcher {
     /// returns when the earliest deferred one is due again.
     async fn start(
         self: &Arc<Self>,
-        claimed: Vec<deliveries::Model>,
+        claimed: Vec<Leased>,
         results: &mpsc::UnboundedSender<AttemptRecord>,
     ) -> Result<Option<DateTime<Utc>>> {
         let mut unstarted = VecDeque::from(claimed);
@@ -254,31 +255,30 @@ impl Dispatcher {
     /// when the database fails, the ones not started are left in it.
     async fn start_each(
         self: &Arc<Self>,
-        unstarted: &mut VecDeque<deliveries::Model>,
+        unstarted: &mut VecDeque<Leased>,
         results: &mpsc::UnboundedSender<AttemptRecord>,
     ) -> Result<Option<DateTime<Utc>>> {
         if unstarted.is_empty() {
             return Ok(None);
         }
-        let subscription_ids: Vec<String> =
-            unstarted.iter().map(|d| d.subscription_id.clone()).collect::<HashSet<_>>().into_iter().collect();
-        let event_ids: Vec<String> =
-            unstarted.iter().map(|d| d.event_id.clone()).collect::<HashSet<_>>().into_iter().collect();
+        let subscription_ids: Vec<String> = unstarted
+            .iter()
+            .map(|leased| leased.delivery.subscription_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let subscriptions: HashMap<String, Arc<webhooks::Model>> =
             webhooks::find_for_dispatch(&self.db, &subscription_ids)
                 .await?
                 .into_iter()
                 .map(|s| (s.id.clone(), Arc::new(s)))
                 .collect();
-        let events: HashMap<String, Arc<events::Model>> = events::find_for_dispatch(&self.db, &event_ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.id.clone(), Arc::new(e)))
-            .collect();
+        let events = self.events_of(unstarted).await?;
         let mut secrets: HashMap<String, Arc<Vec<WebhookSecret>>> = HashMap::new();
         let now = store::now();
         let mut deferred_until: Option<DateTime<Utc>> = None;
-        while let Some(delivery) = unstarted.pop_front() {
+        while let Some(leased) = unstarted.pop_front() {
+            let delivery = leased.delivery;
             let subscription = match subscriptions.get(&delivery.subscription_id) {
                 None => {
                     let _ = results.send(abandon(&delivery, "the subscription was deleted"));
@@ -298,7 +298,7 @@ impl Dispatcher {
             if let Some(wait) = self.throttle.must_wait(&subscription) {
                 let until = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
                 if let Err(error) = deliveries::defer(&self.db, &delivery.org_id, &delivery.id, until).await {
-                    unstarted.push_front(delivery);
+                    unstarted.push_front(Leased { delivery, event: Some(event) });
                     return Err(error);
                 }
                 deferred_until = deferred_until.into_iter().chain([until]).min();
@@ -331,7 +331,7 @@ impl Dispatcher {
             };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 if let Err(error) = deliveries::defer(&self.db, &delivery.org_id, &delivery.id, now).await {
-                    unstarted.push_front(delivery);
+                    unstarted.push_front(Leased { delivery, event: Some(event) });
                     return Err(error);
                 }
                 deferred_until = Some(now);
@@ -348,5 +348,30 @@ impl Dispatcher {
             });
         }
         Ok(deferred_until)
+    }
+
+    /// The events of `leased` deliveries: those their publications handed
+    /// over, and the rest read in one query.
+    async fn events_of(&self, leased: &VecDeque<Leased>) -> Result<HashMap<String, Arc<events::Model>>> {
+        let mut found: HashMap<String, Arc<events::Model>> = HashMap::new();
+        let mut missing: HashSet<String> = HashSet::new();
+        for leased in leased {
+            match &leased.event {
+                Some(event) => {
+                    found.entry(event.id.clone()).or_insert_with(|| event.clone());
+                }
+                None => {
+                    missing.insert(leased.delivery.event_id.clone());
+                }
+            }
+        }
+        missing.retain(|id| !found.contains_key(id));
+        if !missing.is_empty() {
+            let ids: Vec<String> = missing.into_iter().collect();
+            for event in events::find_for_dispatch(&self.db, &ids).await? {
+                found.insert(event.id.clone(), Arc::new(event));
+            }
+        }
+        Ok(found)
     }
 }

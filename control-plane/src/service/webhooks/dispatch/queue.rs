@@ -9,14 +9,31 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::store::ChangeTx;
 use crate::store::deliveries::Model as Delivery;
+use crate::store::{ChangeTx, events};
 use crate::wakeups::Wakeups;
 
 /// Fresh deliveries queued at most, plus those of the publications in
 /// flight when it is reached (they asked before it was); past it,
 /// publications write their deliveries due at once, for a scan to find.
 const MAX_FRESH: usize = 10_000;
+
+/// A delivery leased to this process's dispatcher and not started, with
+/// its event when the publication that wrote it handed that over: events
+/// never change, so the dispatcher need not read it again. (Its
+/// subscription it does read again: that may have been paused, rotated
+/// or marked failing since.)
+#[derive(Clone, Debug, PartialEq)]
+pub struct Leased {
+    pub delivery: Delivery,
+    pub event: Option<Arc<events::Model>>,
+}
+
+impl From<Delivery> for Leased {
+    fn from(delivery: Delivery) -> Self {
+        Self { delivery, event: None }
+    }
+}
 
 /// The queue; clones share it.
 #[derive(Clone, Default)]
@@ -33,7 +50,7 @@ struct State {
     /// Deliveries leased to this process's dispatcher and not started,
     /// oldest first: new publications', and claimed ones it could not
     /// start when the database failed.
-    fresh: VecDeque<Delivery>,
+    fresh: VecDeque<Leased>,
 }
 
 impl State {
@@ -65,7 +82,7 @@ impl DispatchQueue {
     /// Commits a publication that created `deliveries` (leased by
     /// [`Self::publication_lease`] when `leased`), then hands the leased
     /// ones to the dispatcher.
-    pub async fn commit_published(&self, tx: ChangeTx, deliveries: Vec<Delivery>, leased: bool) -> Result<()> {
+    pub async fn commit_published(&self, tx: ChangeTx, deliveries: Vec<Leased>, leased: bool) -> Result<()> {
         tx.commit(&self.wakeups).await?;
         if leased {
             self.lock().fresh.extend(deliveries);
@@ -82,7 +99,7 @@ impl DispatchQueue {
 
     /// Puts deliveries the dispatcher took and could not start back at the
     /// front of the queue.
-    pub fn requeue(&self, unstarted: VecDeque<Delivery>) {
+    pub fn requeue(&self, unstarted: VecDeque<Leased>) {
         let mut state = self.lock();
         for delivery in unstarted.into_iter().rev() {
             state.fresh.push_front(delivery);
@@ -94,11 +111,11 @@ impl DispatchQueue {
     pub fn stop_leasing(&self) -> Vec<Delivery> {
         let mut state = self.lock();
         state.lease = None;
-        std::mem::take(&mut state.fresh).into()
+        std::mem::take(&mut state.fresh).into_iter().map(|leased| leased.delivery).collect()
     }
 
     /// Takes up to `at_most` fresh deliveries, oldest first.
-    pub fn take(&self, at_most: usize) -> Vec<Delivery> {
+    pub fn take(&self, at_most: usize) -> Vec<Leased> {
         let mut state = self.lock();
         let oldest = at_most.min(state.fresh.len());
         state.fresh.drain(..oldest).collect()
@@ -113,10 +130,10 @@ impl DispatchQueue {
 mod tests {
     use std::time::Duration;
 
-    use super::{DispatchQueue, MAX_FRESH};
+    use super::{DispatchQueue, Leased, MAX_FRESH};
     use crate::store::deliveries::{DeliveryStatus, Model as Delivery};
 
-    fn deliveries(range: std::ops::Range<usize>) -> Vec<Delivery> {
+    fn deliveries(range: std::ops::Range<usize>) -> Vec<Leased> {
         let now = chrono::DateTime::UNIX_EPOCH;
         range
             .map(|i| Delivery {
@@ -133,6 +150,7 @@ mod tests {
                 created_at: now,
                 finished_at: None,
             })
+            .map(Leased::from)
             .collect()
     }
 
