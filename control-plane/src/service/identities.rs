@@ -26,15 +26,6 @@ pub const MAX_EXTERNAL_ID_CHARS: usize = 200;
 /// The revocation reason of keys revoked with their identity.
 const REVOKED_WITH_IDENTITY: &str = "identity deleted";
 
-/// Fails with INVALID_ARGUMENT naming `field` unless identity `id` exists
-/// in the transaction's org (a foreign identity does not).
-pub(crate) async fn require_in(tx: &OrgTx, field: &str, id: &str) -> Result<()> {
-    match identities::find(tx.conn(), tx.org(), id).await? {
-        Some(_) => Ok(()),
-        None => Err(Error::invalid(field, "no identity with this id in the org")),
-    }
-}
-
 /// How to find one identity.
 #[derive(Clone, Copy, Debug)]
 pub enum IdentityRef<'a> {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod authz;
 pub mod connections;
 pub mod credits;
+pub mod effective;
 pub mod identities;
 pub mod oidc;
 pub mod orgs;
@@ -53,8 +54,8 @@ pub mod records {
     pub use crate::crypto::imported::SourceFormat;
     pub use crate::crypto::signing::legacy::{Encoding, HmacHeader, SignatureScheme, SignedContent};
     pub use crate::service::audit::AuditEntry;
+    pub use crate::service::effective::{Effective, RoleRef, Source as PermissionSource};
     pub use crate::service::orgs::OrgView;
-    pub use crate::service::roles::effective::{Effective, RoleRef, Source as PermissionSource};
     pub use crate::service::roles::{RoleLookup, RoleView};
     pub use crate::store::api_keys::{KeyFilter, KeyStatus, Model as ApiKey};
     pub use crate::store::audit::{AuditFilter, Model as AuditEvent};

@@ -8,7 +8,6 @@ use super::{KeyChanges, KeyService};
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, Target};
-use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
 use crate::service::webhooks::system_events::{KeyDeleted, SystemEvent};
@@ -84,7 +83,7 @@ impl KeyService {
             return Err(Error::FailedPrecondition("the key has expired for good; create a new one".into()));
         }
         if let Some(Some(identity)) = &changes.identity_id {
-            identities::require_in(&tx, "update.identity_id", identity).await?;
+            rules::require_identity(&tx, "update.identity_id", identity).await?;
         }
         let changes_summary = changes.limits.credits.map(|change| format!("{change:?}").to_lowercase());
         let key = api_keys::update(&tx, key, changes).await?;

@@ -12,7 +12,6 @@ use crate::crypto::Environment;
 use crate::error::{Error, Result};
 use crate::service::auth::RequestContext;
 use crate::service::authz::{Action, PLATFORM_ORG, Scope, Target};
-use crate::service::identities;
 use crate::service::validate::Violations;
 use crate::service::webhooks::outbox;
 use crate::service::webhooks::system_events::{KeyRotated, SystemEvent};
@@ -93,7 +92,7 @@ impl KeyService {
         let (row, token) = self.generate(ctx, attributes, None).await?;
         let tx = ChangeTx::begin(&self.db, &org).await?;
         if let Some(identity) = &row.identity_id {
-            identities::require_in(&tx, "identity_id", identity).await?;
+            rules::require_identity(&tx, "identity_id", identity).await?;
         }
         let key = api_keys::insert(&tx, row).await?;
         orgs::register(&tx).await?;

@@ -11,6 +11,7 @@ use crate::service::validate::Violations;
 use crate::store::api_keys::{self, LimitChanges, NewLimits, RateLimit};
 use crate::store::credits::{Refill, RefillPeriod};
 use crate::store::limits::HasLimits;
+use crate::store::{OrgTx, identities};
 
 /// Shortest TTL accepted at creation.
 pub const MIN_TTL: Duration = Duration::from_secs(60);
@@ -168,4 +169,14 @@ pub fn with_limits(holder: &impl HasLimits, mut details: Value) -> Value {
         details["credits_low_alert"] = json!(alert.to_column());
     }
     details
+}
+
+/// Fails with INVALID_ARGUMENT naming `field` unless identity `id`, which a
+/// key is to belong to, exists in the transaction's org (a foreign
+/// identity does not).
+pub(crate) async fn require_identity(tx: &OrgTx, field: &str, id: &str) -> Result<()> {
+    match identities::find(tx.conn(), tx.org(), id).await? {
+        Some(_) => Ok(()),
+        None => Err(Error::invalid(field, "no identity with this id in the org")),
+    }
 }

@@ -4,13 +4,11 @@
 //! ([`effective`]). A change appends a key event naming the role, key or
 //! identity, so sidecars stop trusting what they cached for it at once.
 
-pub mod effective;
-
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-use self::effective::{Effective, RoleRef};
 use super::auth::RequestContext;
+use super::effective::{self, Effective, RoleRef};
 use super::paging::{Listing, Page, PageRequest};
 use super::validate::Violations;
 use crate::error::{Error, Result};

@@ -35,7 +35,7 @@ use moka::future::Cache;
 use sea_orm::DatabaseConnection;
 
 use super::Crypto;
-use super::roles::effective::{self, Effective};
+use super::effective::{self, Effective};
 use crate::crypto::Environment;
 use crate::error::Result;
 use crate::metrics::Metrics;

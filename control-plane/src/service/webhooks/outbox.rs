@@ -9,12 +9,28 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::channels::listens;
-use super::dispatch::queue::Leased;
 use super::event_types::matches;
 use super::system_events::SystemEvent;
 use crate::error::Result;
 use crate::store::events::NewEvent;
 use crate::store::{ChangeTx, OrgTx, deliveries, events, webhooks};
+
+/// A delivery leased to this process's dispatcher and not started, with
+/// its event when the publication that wrote it handed that over: events
+/// never change, so the dispatcher need not read it again. (Its
+/// subscription it does read again: that may have been paused, rotated
+/// or marked failing since.)
+#[derive(Clone, Debug, PartialEq)]
+pub struct Leased {
+    pub delivery: deliveries::Model,
+    pub event: Option<Arc<events::Model>>,
+}
+
+impl From<deliveries::Model> for Leased {
+    fn from(delivery: deliveries::Model) -> Self {
+        Self { delivery, event: None }
+    }
+}
 
 /// Events of one org and their deliveries, stored together by [`Outbox::write`]:
 /// a statement per table for the lot, not per event.

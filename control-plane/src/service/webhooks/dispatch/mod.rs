@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use retry::{MAX_RETRY_AFTER, RetrySchedule};
 pub use send::delivery_body;
 
+use super::outbox::Leased;
 use super::secrets::SecretSet;
 use crate::background::Background;
 use crate::crypto::MasterKeys;
@@ -44,7 +45,7 @@ use crate::store::deliveries::{self, AttemptRecord};
 use crate::store::webhooks::SubscriptionStatus;
 use crate::store::{self, events, webhooks};
 use health::EndpointHealth;
-use queue::{DispatchQueue, Leased};
+use queue::DispatchQueue;
 use record::abandon;
 use send::Sender;
 use throttle::EndpointThrottle;

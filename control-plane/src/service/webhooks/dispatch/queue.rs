@@ -9,31 +9,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
+use crate::service::webhooks::outbox::Leased;
+use crate::store::ChangeTx;
 use crate::store::deliveries::Model as Delivery;
-use crate::store::{ChangeTx, events};
 use crate::wakeups::Wakeups;
 
 /// Fresh deliveries queued at most, plus those of the publications in
 /// flight when it is reached (they asked before it was); past it,
 /// publications write their deliveries due at once, for a scan to find.
 const MAX_FRESH: usize = 10_000;
-
-/// A delivery leased to this process's dispatcher and not started, with
-/// its event when the publication that wrote it handed that over: events
-/// never change, so the dispatcher need not read it again. (Its
-/// subscription it does read again: that may have been paused, rotated
-/// or marked failing since.)
-#[derive(Clone, Debug, PartialEq)]
-pub struct Leased {
-    pub delivery: Delivery,
-    pub event: Option<Arc<events::Model>>,
-}
-
-impl From<Delivery> for Leased {
-    fn from(delivery: Delivery) -> Self {
-        Self { delivery, event: None }
-    }
-}
 
 /// The queue; clones share it.
 #[derive(Clone, Default)]
