@@ -4,28 +4,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::{Dispatcher, RECORD_BATCH, stats};
 use crate::error::Error;
 use crate::store;
 use crate::store::deliveries::{self, AttemptRecord, NextStep};
 
-/// How long the recorder waits after the first attempt of a batch for more
-/// to share its transaction (fewer statements and commits per attempt).
-/// Nothing is sent later for it: the request has been answered, and the
-/// record is committed asynchronously anyway (a crash before it makes the
-/// delivery due again after its lease, as it always could).
-const RECORD_LINGER: Duration = Duration::from_millis(20);
-
 impl Dispatcher {
-    /// Records finished attempts in batches (what arrives within
-    /// [`RECORD_LINGER`] of the first, and while the previous batch was
-    /// stored) until every sender is gone; sets `backlogged` while a batch
-    /// waits for the database to come back.
+    /// Records finished attempts in batches (whatever arrived while the
+    /// previous batch was stored) until every sender is gone; sets
+    /// `backlogged` while a batch waits for the database to come back.
     pub(super) async fn record_until_closed(
         self: Arc<Self>,
         mut finished: mpsc::UnboundedReceiver<AttemptRecord>,
@@ -33,11 +23,8 @@ impl Dispatcher {
     ) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         loop {
-            if batch.is_empty() {
-                if finished.recv_many(&mut batch, RECORD_BATCH).await == 0 {
-                    return;
-                }
-                linger(&mut finished, &mut batch).await;
+            if batch.is_empty() && finished.recv_many(&mut batch, RECORD_BATCH).await == 0 {
+                return;
             }
             let stored = self.record(&mut batch).await;
             backlogged.store(!stored, Ordering::Release);
@@ -81,18 +68,6 @@ impl Dispatcher {
         }
     }
 }
-/// Adds to `batch` what arrives within [`RECORD_LINGER`], up to [`RECORD_BATCH`].
-async fn linger(finished: &mut mpsc::UnboundedReceiver<AttemptRecord>, batch: &mut Vec<AttemptRecord>) {
-    let deadline = Instant::now() + RECORD_LINGER;
-    while batch.len() < RECORD_BATCH {
-        let room = RECORD_BATCH - batch.len();
-        match tokio::time::timeout_at(deadline, finished.recv_many(batch, room)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
 /// A claimed delivery that fails without a request: its subscription or
 /// event is gone, or its secrets cannot be opened.
 pub(super) fn abandon(delivery: &deliveries::Model, why: &str) -> AttemptRecord {
@@ -109,51 +84,5 @@ pub(super) fn abandon(delivery: &deliveries::Model, why: &str) -> AttemptRecord 
         error: Some(why.to_owned()),
         response_excerpt: None,
         next: NextStep::Failed,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::sync::mpsc;
-
-    use super::{RECORD_BATCH, linger};
-    use crate::store::deliveries::{AttemptRecord, NextStep};
-
-    fn record(i: usize) -> AttemptRecord {
-        AttemptRecord {
-            delivery_id: format!("dlv_{i}"),
-            org_id: "org_a".into(),
-            subscription_id: "sub_a".into(),
-            event_type: "a.b".into(),
-            failing_since: None,
-            number: Some(1),
-            started_at: crate::store::now(),
-            status_code: Some(200),
-            latency_micros: 1,
-            error: None,
-            response_excerpt: None,
-            next: NextStep::Succeeded,
-        }
-    }
-
-    /// A batch takes what is queued, up to its cap, and does not wait out
-    /// the window once every sender is gone.
-    #[tokio::test]
-    async fn a_batch_gathers_what_is_queued_up_to_its_cap() {
-        let (send, mut finished) = mpsc::unbounded_channel();
-        for i in 0..RECORD_BATCH + 5 {
-            send.send(record(i)).unwrap();
-        }
-        let mut batch = vec![finished.recv().await.unwrap()];
-        linger(&mut finished, &mut batch).await;
-        assert_eq!(batch.len(), RECORD_BATCH);
-        assert_eq!(batch[RECORD_BATCH - 1].delivery_id, format!("dlv_{}", RECORD_BATCH - 1), "in order");
-
-        drop(send);
-        let mut rest = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(30), linger(&mut finished, &mut rest))
-            .await
-            .expect("a closed channel ends the wait");
-        assert_eq!(rest.len(), 5);
     }
 }
